@@ -1,0 +1,42 @@
+/**
+ * Why a packet was not forwarded. Numeric so that the hot path counts into a typed array
+ * (`counters[reason]++`); names are for `qnat show stats` and traces.
+ * Every layer (wire, routing, conntrack, NAT, dataplane) reports through this one enum.
+ */
+export enum DropReason {
+  None = 0,
+  // wire: validation at the edge (src/wire/validate.ts)
+  Truncated,            // shorter than an IPv4 header
+  BadVersion,           // version != 4
+  BadHeaderLength,      // IHL < 5 or header beyond the buffer
+  BadTotalLength,       // total length beyond the buffer or below the header
+  BadHeaderChecksum,
+  TruncatedL4,          // first fragment too short for its TCP/UDP/ICMP header
+  BadL4,                // L4 header inconsistent (e.g. TCP data offset < 5, UDP length)
+  // routing and forwarding
+  MartianSource,        // source is 0/8, 127/8, multicast, broadcast (Linux: ip_route_input_slow)
+  MartianDestination,   // destination 0.0.0.0 or 127/8 arriving on the wire
+  TtlExceeded,          // TTL <= 1 on forward: ICMP time exceeded sent (if allowed)
+  NoRoute,              // no route: ICMP net unreachable sent (if allowed)
+  FragmentationNeeded,  // DF set and larger than egress MTU: ICMP frag needed sent
+  TooBigNoDf,           // larger than egress MTU without DF (qnat does not fragment)
+  // conntrack
+  ConntrackInvalid,     // ctstate INVALID (out of window / bad TCP flags / orphan ICMP error)
+  ConntrackFull,        // table full and no non-ASSURED entry could be evicted
+  // NAT
+  NatNoFreeTuple,       // port/id range exhausted for this binding
+  FragmentNoState,      // non-first fragment whose first fragment was never seen
+  FragmentTableFull,
+  // egress
+  EgressQueueFull,
+  IcmpRateLimited,      // an ICMP error was due but the rate limit suppressed it
+  Count,
+}
+
+export const DROP_REASON_COUNT = DropReason.Count as number;
+
+/** kebab-case names for display: DropReason.TtlExceeded -> "ttl-exceeded". */
+export function dropReasonName(reason: DropReason): string {
+  const name = DropReason[reason] ?? `reason-${reason}`;
+  return name.replace(/([a-z0-9])([A-Z])/g, "$1-$2").toLowerCase();
+}
