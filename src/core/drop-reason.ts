@@ -23,6 +23,7 @@ export enum DropReason {
   // conntrack
   ConntrackInvalid,     // ctstate INVALID (out of window / bad TCP flags / orphan ICMP error)
   ConntrackFull,        // table full and no non-ASSURED entry could be evicted
+  ConntrackInsertFailed, // a clashing entry was confirmed first (nf_conntrack_confirm insert_failed)
   // NAT
   NatNoFreeTuple,       // port/id range exhausted for this binding
   FragmentNoState,      // non-first fragment whose first fragment was never seen

@@ -1,0 +1,280 @@
+/**
+ * The router's configuration file (YAML; contract in DESIGN.md, `examples/seed.yaml` is the
+ * seed's router). Loading validates everything a user can get wrong and reports the first
+ * problem as one line, `FILE:LINE: what is wrong` (a ConfigError), never a stack trace.
+ */
+import { readFileSync } from "node:fs";
+import { isMap, isScalar, isSeq, LineCounter, parseDocument, type Node as YamlNode, type YAMLMap } from "yaml";
+import { dirname, resolve } from "node:path";
+import { type Cidr, formatCidr, parseCidr, parseIpv4 } from "../core/addr.js";
+
+/** Linux IFNAMSIZ is 16 including the terminating NUL (include/uapi/linux/if.h). */
+export const MAX_INTERFACE_NAME = 15;
+
+export interface WireConfig {
+  readonly namespace: string;
+  readonly device: string;
+}
+
+export interface PortConfig {
+  readonly name: string;
+  /** First address is the primary one (REDIRECT and ICMP errors use it). */
+  readonly addresses: readonly Cidr[];
+  readonly wire: WireConfig;
+  readonly mtu: number;
+  readonly line: number;
+}
+
+export interface Located<T> {
+  readonly value: T;
+  readonly line: number;
+}
+
+export interface MetadataInstance {
+  readonly fields: Readonly<Record<string, string>>;
+}
+
+export interface MetadataConfig {
+  readonly port: number;
+  /** Keyed by the instance's fixed IPv4 address (text). */
+  readonly instances: ReadonlyMap<string, Readonly<Record<string, string>>>;
+}
+
+export interface LabHostConfig {
+  readonly namespace: string;
+  readonly addresses: readonly Cidr[];
+  readonly routes: readonly string[];
+  readonly loopback: readonly Cidr[];
+}
+
+export interface RouterConfig {
+  readonly file: string;
+  readonly id: string;
+  /** `qrouter-<id>` unless `router.namespace` says otherwise. */
+  readonly namespace: string;
+  readonly ports: readonly PortConfig[];
+  readonly routes: readonly Located<string>[];
+  /** iptables nat text; `firstLine` is the config line of its first line. */
+  readonly nat: { readonly text: string; readonly firstLine: number; readonly file: string };
+  readonly metadata: MetadataConfig | undefined;
+  readonly lab: readonly LabHostConfig[];
+}
+
+/** A user's mistake in a config or rules file: printed as `FILE:LINE: message`. */
+export class ConfigError extends Error {
+  constructor(
+    readonly file: string,
+    readonly line: number,
+    readonly detail: string,
+  ) {
+    super(`${file}:${line}: ${detail}`);
+    this.name = "ConfigError";
+  }
+}
+
+const NAME_PATTERN = /^[A-Za-z0-9_.:-]+$/;
+
+export function loadConfig(path: string): RouterConfig {
+  let text: string;
+  try {
+    text = readFileSync(path, "utf8");
+  } catch (error) {
+    const code = (error as NodeJS.ErrnoException).code ?? "error";
+    throw new ConfigError(path, 0, `cannot read config (${code})`);
+  }
+  return parseConfig(text, path);
+}
+
+export function parseConfig(text: string, file: string): RouterConfig {
+  const lines = new LineCounter();
+  const doc = parseDocument(text, { lineCounter: lines, prettyErrors: false, uniqueKeys: true });
+  const lineOf = (node: YamlNode | null | undefined): number =>
+    node?.range ? lines.linePos(node.range[0]).line : 1;
+  const fail = (node: YamlNode | null | undefined, message: string): never => {
+    throw new ConfigError(file, lineOf(node), message);
+  };
+  if (doc.errors.length > 0) {
+    const first = doc.errors[0]!;
+    const line = first.linePos?.[0]?.line ?? 1;
+    throw new ConfigError(file, line, `invalid YAML: ${first.message.split("\n")[0]}`);
+  }
+  const root = doc.contents;
+  if (!isMap(root)) fail(root, "the config must be a mapping with router, ports, routes and nat");
+  const top = root as YAMLMap;
+  const known = new Set(["router", "ports", "routes", "nat", "metadata", "lab"]);
+  for (const pair of top.items) {
+    const key = isScalar(pair.key) ? String(pair.key.value) : "";
+    if (!known.has(key)) fail(pair.key as YamlNode, `unknown key "${key}" (expected one of ${[...known].join(", ")})`);
+  }
+
+  const get = (map: YAMLMap, key: string): YamlNode | undefined => map.get(key, true) as YamlNode | undefined;
+  const str = (node: YamlNode | undefined, what: string, parent: YamlNode): string => {
+    if (node === undefined) return fail(parent, `missing ${what}`);
+    if (!isScalar(node) || (typeof node.value !== "string" && typeof node.value !== "number"))
+      return fail(node, `${what} must be a string`);
+    return String(node.value);
+  };
+  const cidrList = (node: YamlNode | undefined, what: string, parent: YamlNode, allowEmpty = false): Cidr[] => {
+    if (node === undefined) {
+      if (allowEmpty) return [];
+      return fail(parent, `missing ${what}`);
+    }
+    if (!isSeq(node)) return fail(node, `${what} must be a list of A.B.C.D/N`);
+    const out: Cidr[] = [];
+    for (const item of node.items as YamlNode[]) {
+      const text = str(item, what, node);
+      const cidr = parseCidr(text);
+      if (cidr === undefined) fail(item, `${what}: "${text}" is not an IPv4 address with prefix length`);
+      out.push(cidr!);
+    }
+    if (!allowEmpty && out.length === 0) fail(node, `${what} must not be empty`);
+    return out;
+  };
+  const interfaceName = (node: YamlNode | undefined, what: string, parent: YamlNode): string => {
+    const name = str(node, what, parent);
+    if (name.length > MAX_INTERFACE_NAME)
+      fail(node, `${what} "${name}" is ${name.length} characters; Linux interface names have at most ${MAX_INTERFACE_NAME}`);
+    if (!NAME_PATTERN.test(name) || name === "." || name === "..") fail(node, `${what} "${name}" is not a valid interface name`);
+    return name;
+  };
+
+  // router
+  const routerNode = get(top, "router");
+  if (!isMap(routerNode)) return fail(routerNode ?? root, "missing router: { id: ... }");
+  const id = str(get(routerNode, "id"), "router.id", routerNode);
+  if (!NAME_PATTERN.test(id)) fail(get(routerNode, "id"), `router.id "${id}" may only contain letters, digits, '-', '_', '.'`);
+  const nsNode = get(routerNode, "namespace");
+  const namespace = nsNode === undefined ? `qrouter-${id}` : str(nsNode, "router.namespace", routerNode);
+  if (!NAME_PATTERN.test(namespace)) fail(nsNode ?? routerNode, `namespace "${namespace}" is not a valid name`);
+
+  // ports
+  const portsNode = get(top, "ports");
+  if (!isSeq(portsNode) || portsNode.items.length === 0) return fail(portsNode ?? root, "ports must be a non-empty list");
+  const ports: PortConfig[] = [];
+  const seenAddresses = new Map<number, string>();
+  for (const item of portsNode.items as YamlNode[]) {
+    if (!isMap(item)) fail(item, "each port must be a mapping with name, addresses and wire");
+    const port = item as YAMLMap;
+    for (const pair of port.items) {
+      const key = isScalar(pair.key) ? String(pair.key.value) : "";
+      if (!["name", "addresses", "wire", "mtu"].includes(key)) fail(pair.key as YamlNode, `unknown port key "${key}"`);
+    }
+    const name = interfaceName(get(port, "name"), "port name", port);
+    if (ports.some((p) => p.name === name)) fail(get(port, "name"), `port "${name}" is defined twice`);
+    const addresses = cidrList(get(port, "addresses"), `port ${name} addresses`, port);
+    for (const [i, cidr] of addresses.entries()) {
+      const owner = seenAddresses.get(cidr.addr);
+      if (owner !== undefined) fail((get(port, "addresses") as unknown as { items: YamlNode[] }).items[i], `address ${formatCidr(cidr)} is already on port ${owner}`);
+      seenAddresses.set(cidr.addr, name);
+    }
+    const wireNode = get(port, "wire");
+    if (!isMap(wireNode)) return fail(wireNode ?? port, `port ${name}: missing wire: { namespace: NS, device: DEV }`);
+    const wireNamespace = str(get(wireNode, "namespace"), `port ${name} wire.namespace`, wireNode);
+    if (!NAME_PATTERN.test(wireNamespace)) fail(get(wireNode, "namespace"), `wire namespace "${wireNamespace}" is not a valid name`);
+    if (wireNamespace === namespace) fail(get(wireNode, "namespace"), `port ${name}: the wire leg must be in another namespace than the router's`);
+    const device = interfaceName(get(wireNode, "device"), `port ${name} wire.device`, wireNode);
+    const mtuNode = get(port, "mtu");
+    let mtu = 1500;
+    if (mtuNode !== undefined) {
+      if (!isScalar(mtuNode) || typeof mtuNode.value !== "number" || !Number.isInteger(mtuNode.value))
+        fail(mtuNode, "mtu must be an integer");
+      mtu = (mtuNode as { value: number }).value;
+      // IPv4 needs 68 (RFC 791); qnat's packet slots hold at most 65535.
+      if (mtu < 68 || mtu > 65535) fail(mtuNode, `mtu ${mtu} is outside 68..65535`);
+    }
+    ports.push({ name, addresses, wire: { namespace: wireNamespace, device }, mtu, line: lineOf(item) });
+  }
+  const wires = new Set<string>();
+  for (const port of ports) {
+    const key = `${port.wire.namespace}/${port.wire.device}`;
+    if (wires.has(key)) throw new ConfigError(file, port.line, `port ${port.name}: wire ${key} is used by another port`);
+    wires.add(key);
+  }
+
+  // routes
+  const routesNode = get(top, "routes");
+  const routes: Located<string>[] = [];
+  if (routesNode !== undefined) {
+    if (!isSeq(routesNode)) fail(routesNode, "routes must be a list of `ip route add` lines");
+    for (const item of (routesNode as { items: YamlNode[] }).items) routes.push({ value: str(item, "route", routesNode!), line: lineOf(item) });
+  }
+
+  // nat
+  const natNode = get(top, "nat");
+  let nat = { text: "", firstLine: 1, file };
+  if (natNode !== undefined) {
+    if (isScalar(natNode) && typeof natNode.value === "string") {
+      const start = lineOf(natNode);
+      const block = natNode.type === "BLOCK_LITERAL" || natNode.type === "BLOCK_FOLDED";
+      nat = { text: natNode.value, firstLine: block ? start + 1 : start, file };
+    } else if (isMap(natNode) && get(natNode, "file") !== undefined) {
+      const rel = str(get(natNode, "file"), "nat.file", natNode);
+      const path = resolve(dirname(file), rel);
+      try {
+        nat = { text: readFileSync(path, "utf8"), firstLine: 1, file: path };
+      } catch {
+        fail(get(natNode, "file"), `cannot read nat rules file ${path}`);
+      }
+    } else fail(natNode, "nat must be iptables text (`nat: |`) or { file: PATH }");
+  }
+
+  // metadata
+  const metaNode = get(top, "metadata");
+  let metadata: MetadataConfig | undefined;
+  if (metaNode !== undefined) {
+    if (!isMap(metaNode)) return fail(metaNode, "metadata must be a mapping with port and instances");
+    const portNode = get(metaNode, "port");
+    const port = portNode === undefined ? 9697 : Number(str(portNode, "metadata.port", metaNode));
+    if (!Number.isInteger(port) || port < 1 || port > 65535) fail(portNode, "metadata.port must be 1..65535");
+    const instances = new Map<string, Record<string, string>>();
+    const instNode = get(metaNode, "instances");
+    if (instNode !== undefined) {
+      if (!isMap(instNode)) fail(instNode, "metadata.instances must map fixed IPs to { instance-id, hostname }");
+      for (const pair of (instNode as YAMLMap).items) {
+        const addrText = isScalar(pair.key) ? String(pair.key.value) : "";
+        if (parseIpv4(addrText) < 0) fail(pair.key as YamlNode, `metadata instance key "${addrText}" is not an IPv4 address`);
+        if (!isMap(pair.value)) fail((pair.value ?? pair.key) as YamlNode, `metadata for ${addrText} must be a mapping`);
+        const fields: Record<string, string> = {};
+        for (const field of (pair.value as YAMLMap).items) {
+          const k = isScalar(field.key) ? String(field.key.value) : "";
+          fields[k] = str(field.value as YamlNode, `metadata ${addrText} ${k}`, pair.value as YamlNode);
+        }
+        if (fields["instance-id"] === undefined) fail(pair.value as YamlNode, `metadata for ${addrText} needs an instance-id`);
+        instances.set(addrText, fields);
+      }
+    }
+    metadata = { port, instances };
+  }
+
+  // lab
+  const lab: LabHostConfig[] = [];
+  const labNode = get(top, "lab");
+  if (labNode !== undefined) {
+    if (!isMap(labNode)) fail(labNode, "lab must map namespace names to { addresses, routes, loopback }");
+    for (const pair of (labNode as YAMLMap).items) {
+      const ns = isScalar(pair.key) ? String(pair.key.value) : "";
+      if (!NAME_PATTERN.test(ns)) fail(pair.key as YamlNode, `lab namespace "${ns}" is not a valid name`);
+      if (!ports.some((p) => p.wire.namespace === ns))
+        fail(pair.key as YamlNode, `lab namespace "${ns}" is not the wire namespace of any port`);
+      const host = pair.value as YamlNode;
+      if (!isMap(host)) fail(host ?? (pair.key as YamlNode), `lab ${ns} must be a mapping`);
+      for (const field of (host as YAMLMap).items) {
+        const k = isScalar(field.key) ? String(field.key.value) : "";
+        if (!["addresses", "routes", "loopback"].includes(k)) fail(field.key as YamlNode, `unknown lab key "${k}"`);
+      }
+      const hostRoutes: string[] = [];
+      const r = get(host as YAMLMap, "routes");
+      if (r !== undefined) {
+        if (!isSeq(r)) fail(r, "lab routes must be a list");
+        for (const item of (r as { items: YamlNode[] }).items) hostRoutes.push(str(item, "lab route", r!));
+      }
+      lab.push({
+        namespace: ns,
+        addresses: cidrList(get(host as YAMLMap, "addresses"), `lab ${ns} addresses`, host),
+        routes: hostRoutes,
+        loopback: cidrList(get(host as YAMLMap, "loopback"), `lab ${ns} loopback`, host, true),
+      });
+    }
+  }
+  return { file, id, namespace, ports, routes, nat, metadata, lab };
+}

@@ -1,0 +1,365 @@
+/**
+ * The forwarding pipeline: one batch of packets from one leg of one port in, one verdict per
+ * packet out (the egress `port * 2 + leg`, or a drop), with the packets rewritten in place.
+ * ICMP errors the router itself originates are written into `generated` and pass the OUTPUT
+ * path like anything the router's host sends (Linux: icmp_send -> ip_local_out).
+ *
+ * Order per packet follows Linux (DESIGN.md "Pipeline"):
+ *   wire leg:   validate -> conntrack -> PREROUTING nat -> route -> (local: INPUT nat -> mirror)
+ *               | (forward: TTL, MTU -> POSTROUTING nat -> wire leg of the egress port)
+ *   mirror leg: validate -> conntrack -> OUTPUT nat -> route -> POSTROUTING nat -> wire leg
+ * Conntrack entries are confirmed at the end of the path (Linux __nf_conntrack_confirm at
+ * POSTROUTING/INPUT); NAT rules run only for a connection's first packet.
+ *
+ * Hot path: no allocation. Numbers in, numbers out; every refusal is a counted DropReason.
+ */
+import type { Clock } from "../core/clock.js";
+import { DROP_REASON_COUNT, DropReason } from "../core/drop-reason.js";
+import type { PacketBatch } from "../core/batch.js";
+import type { ConntrackTable } from "../conntrack/table.js";
+import { CtDir, CtState, TrackResult, track } from "../conntrack/track.js";
+import type { RoutingTable } from "../route/table.js";
+import { RouteType } from "../route/table.js";
+import { writeIcmpError } from "../wire/build.js";
+import {
+  ICMP_DEST_UNREACHABLE,
+  ICMP_FRAGMENTATION_NEEDED,
+  ICMP_NET_UNREACHABLE,
+  ICMP_TIME_EXCEEDED,
+  ICMP_TTL_EXCEEDED_IN_TRANSIT,
+  ICMP_HOST_UNREACHABLE,
+  ICMP_ADMIN_PROHIBITED,
+} from "../wire/icmp.js";
+import { ipv4DecrementTtl } from "../wire/ipv4.js";
+import { IPPROTO_ICMP, PacketInfo } from "../wire/packet-info.js";
+import { parsePacket } from "../wire/validate.js";
+import { IcmpRateLimiter } from "./icmp-rate-limit.js";
+import { LEG_MIRROR, LEG_WIRE, RouterPort, VERDICT_DROP, egressOf, type PortSpec } from "./port.js";
+import { Hook, type NatStage } from "./nat-stage.js";
+
+/** Linux sysctl net.ipv4.ip_default_ttl. */
+const DEFAULT_TTL = 64;
+
+/** Per-port counters, laid out [port * PORT_COUNTERS + field] in one Float64Array. */
+export const enum PortCounter {
+  RxPackets = 0,
+  RxBytes,
+  TxPackets,
+  TxBytes,
+  MirrorRxPackets,
+  MirrorRxBytes,
+  MirrorTxPackets,
+  MirrorTxBytes,
+  IcmpErrorsSent,
+  Count,
+}
+const PORT_COUNTERS = PortCounter.Count as number;
+
+export interface DataplaneOptions {
+  readonly ports: readonly PortSpec[];
+  readonly routes: RoutingTable;
+  readonly conntrack: ConntrackTable;
+  readonly clock: Clock;
+  /** The NAT stage (rules + bindings); without it the router forwards without translating. */
+  readonly nat?: NatStage;
+  /** Capacity of the batch for router-originated ICMP errors. */
+  readonly generatedCapacity?: number;
+}
+
+export class Dataplane {
+  readonly ports: readonly RouterPort[];
+  readonly routes: RoutingTable;
+  readonly conntrack: ConntrackTable;
+  readonly nat: NatStage | undefined;
+  /** Port counters, see PortCounter. */
+  readonly portCounters: Float64Array;
+  /** Drops by [port * DROP_REASON_COUNT + reason], counted against the ingress port. */
+  readonly drops: Float64Array;
+
+  private readonly clock: Clock;
+  private readonly info = new PacketInfo();
+  private readonly ct = new TrackResult();
+  private readonly icmpLimiter: IcmpRateLimiter;
+  /** Router addresses -> owning port (Linux local table: RTN_LOCAL). */
+  private readonly localAddresses = new Map<number, number>();
+  /** Directed and limited broadcast addresses (RTN_BROADCAST): received, never forwarded. */
+  private readonly broadcastAddresses = new Set<number>();
+  private ipId = 1;
+
+  constructor(options: DataplaneOptions) {
+    this.ports = options.ports.map((p, i) => new RouterPort(i, p.name, p.addresses, p.mtu));
+    this.routes = options.routes;
+    this.conntrack = options.conntrack;
+    this.clock = options.clock;
+    this.nat = options.nat;
+    this.icmpLimiter = new IcmpRateLimiter(options.clock);
+    this.portCounters = new Float64Array(this.ports.length * PORT_COUNTERS);
+    this.drops = new Float64Array(this.ports.length * DROP_REASON_COUNT);
+    for (const port of this.ports) {
+      for (const addr of port.addresses) this.localAddresses.set(addr, port.index);
+      for (const addr of port.broadcasts) this.broadcastAddresses.add(addr);
+    }
+    this.broadcastAddresses.add(0xffffffff);
+  }
+
+  /** True when `addr` is one of the router's own addresses. */
+  isLocalAddress(addr: number): boolean {
+    return this.localAddresses.has(addr);
+  }
+
+  /**
+   * Processes `batch`, received on `leg` of port `ingress`. `verdicts[i]` receives the egress
+   * (`port * 2 + leg`) or VERDICT_DROP for packet i. ICMP errors the router sends in response
+   * are appended to `generated` (with their verdicts in `generatedVerdicts`), already through
+   * the OUTPUT path.
+   */
+  processBatch(
+    batch: PacketBatch,
+    ingress: number,
+    leg: number,
+    verdicts: Int32Array,
+    generated: PacketBatch,
+    generatedVerdicts: Int32Array,
+  ): void {
+    const firstGenerated = generated.count;
+    const counters = this.portCounters;
+    const base = ingress * PORT_COUNTERS + (leg === LEG_WIRE ? PortCounter.RxPackets : PortCounter.MirrorRxPackets);
+    const data = batch.data;
+    const slot = batch.slotSize;
+    for (let i = 0; i < batch.count; i++) {
+      const length = batch.lengths[i]!;
+      counters[base] += 1;
+      counters[base + 1] += length;
+      const verdict =
+        leg === LEG_WIRE
+          ? this.processFromWire(data, i * slot, length, ingress, generated)
+          : this.processLocalOut(data, i * slot, length, ingress);
+      verdicts[i] = verdict;
+      if (verdict >= 0) this.countTx(verdict, length);
+    }
+    // Router-originated ICMP errors take the OUTPUT path (their conntrack lookup finds the
+    // connection they are RELATED to, and NAT translates them like any related packet).
+    for (let i = firstGenerated; i < generated.count; i++) {
+      const length = generated.lengths[i]!;
+      const verdict = this.processLocalOut(generated.data, i * generated.slotSize, length, -1);
+      generatedVerdicts[i] = verdict;
+      if (verdict >= 0) this.countTx(verdict, length);
+    }
+  }
+
+  private countTx(verdict: number, length: number): void {
+    const at = (verdict >> 1) * PORT_COUNTERS + ((verdict & 1) === LEG_WIRE ? PortCounter.TxPackets : PortCounter.MirrorTxPackets);
+    this.portCounters[at] += 1;
+    this.portCounters[at + 1] += length;
+  }
+
+  private drop(port: number, reason: DropReason): number {
+    if (port >= 0) this.drops[port * DROP_REASON_COUNT + reason] += 1;
+    return VERDICT_DROP;
+  }
+
+  /** A packet from the network: PREROUTING, then INPUT or FORWARD + POSTROUTING. */
+  private processFromWire(buf: Uint8Array, off: number, length: number, ingress: number, generated: PacketBatch): number {
+    const info = this.info;
+    const reason = parsePacket(buf, off, length, info);
+    if (reason !== DropReason.None) return this.drop(ingress, reason);
+    // Martian sources (Linux ip_route_input_slow / ip_route_input_mc): multicast, limited
+    // broadcast, 0.0.0.0/8 and loopback sources are never routed.
+    const src = info.src;
+    if (isMartianSource(src) || this.broadcastAddresses.has(src)) return this.drop(ingress, DropReason.MartianSource);
+    const firstOctet = info.dst >>> 24;
+    if (firstOctet === 127 || firstOctet === 0) return this.drop(ingress, DropReason.MartianDestination);
+
+    // Conntrack (PREROUTING, priority -200) then DNAT (-100).
+    const ct = this.ct;
+    const tracked = this.trackPacket(ingress);
+    if (tracked < 0) return tracked;
+    if (this.nat !== undefined) {
+      const natReason = this.nat.prerouting(buf, info, ct, ingress);
+      if (natReason !== DropReason.None) return this.release(ingress, natReason);
+    }
+
+    const dst = info.dst;
+    // Local delivery: to the mirror of the port the packet came in on (INPUT).
+    // Broadcasts and multicast (qnat runs no multicast routing) go to the router's host too.
+    if (this.localAddresses.has(dst) || this.broadcastAddresses.has(dst) || firstOctet >>> 4 === 0xe) {
+      return this.finishLocalIn(buf, ingress);
+    }
+
+    const route = this.routes.lookup(dst);
+    if (route < 0) {
+      this.sendIcmpError(buf, off, ICMP_DEST_UNREACHABLE, ICMP_NET_UNREACHABLE, 0, ingress, generated);
+      return this.release(ingress, DropReason.NoRoute);
+    }
+    const type = this.routes.routeType(route);
+    if (type !== RouteType.Unicast) {
+      // ip_error(): unreachable -> host unreachable, prohibit -> admin prohibited, blackhole silent.
+      if (type === RouteType.Unreachable) this.sendIcmpError(buf, off, ICMP_DEST_UNREACHABLE, ICMP_HOST_UNREACHABLE, 0, ingress, generated);
+      else if (type === RouteType.Prohibit) this.sendIcmpError(buf, off, ICMP_DEST_UNREACHABLE, ICMP_ADMIN_PROHIBITED, 0, ingress, generated);
+      return this.release(ingress, DropReason.NoRoute);
+    }
+    const egress = this.routes.routePort(route);
+
+    // ip_forward(): TTL first, then the MTU check.
+    if (info.ttl <= 1) {
+      this.sendIcmpError(buf, off, ICMP_TIME_EXCEEDED, ICMP_TTL_EXCEEDED_IN_TRANSIT, 0, ingress, generated);
+      return this.release(ingress, DropReason.TtlExceeded);
+    }
+    const mtu = this.ports[egress]!.mtu;
+    if (info.length > mtu) {
+      if (info.dontFragment) {
+        this.sendIcmpError(buf, off, ICMP_DEST_UNREACHABLE, ICMP_FRAGMENTATION_NEEDED, mtu, ingress, generated);
+        return this.release(ingress, DropReason.FragmentationNeeded);
+      }
+      return this.release(ingress, DropReason.TooBigNoDf);
+    }
+    ipv4DecrementTtl(buf, off);
+    info.ttl -= 1;
+
+    if (this.nat !== undefined) {
+      const natReason = this.nat.postrouting(buf, info, ct, ingress, egress);
+      if (natReason !== DropReason.None) return this.release(ingress, natReason);
+    }
+    if (!this.confirm(ingress)) return VERDICT_DROP;
+    return egressOf(egress, LEG_WIRE);
+  }
+
+  /** INPUT: nat INPUT (SNAT to the router's host is possible), confirm, to the ingress mirror. */
+  private finishLocalIn(buf: Uint8Array, ingress: number): number {
+    const ct = this.ct;
+    if (this.nat !== undefined) {
+      const natReason = this.nat.input(buf, this.info, ct, ingress);
+      if (natReason !== DropReason.None) return this.release(ingress, natReason);
+    }
+    if (!this.confirm(ingress)) return VERDICT_DROP;
+    return egressOf(ingress, LEG_MIRROR);
+  }
+
+  /**
+   * A packet the router's own host sent (read from a mirror), or an ICMP error qnat generated
+   * (`ingress` -1): OUTPUT nat, routing, POSTROUTING nat. No TTL decrement: it is not forwarded.
+   */
+  private processLocalOut(buf: Uint8Array, off: number, length: number, ingress: number): number {
+    const info = this.info;
+    const reason = parsePacket(buf, off, length, info);
+    if (reason !== DropReason.None) return this.drop(ingress, reason);
+    const ct = this.ct;
+    const tracked = this.trackPacket(ingress);
+    if (tracked < 0) return tracked;
+    if (this.nat !== undefined) {
+      const natReason = this.nat.output(buf, info, ct);
+      if (natReason !== DropReason.None) return this.release(ingress, natReason);
+    }
+    const dst = info.dst;
+    let egress: number;
+    if (this.localAddresses.has(dst)) {
+      // The host talks to itself through a mirror (its kernel would have used loopback):
+      // hand it back on the mirror it came from.
+      egress = ingress >= 0 ? ingress : this.localAddresses.get(dst)!;
+      if (!this.confirm(ingress)) return VERDICT_DROP;
+      return egressOf(egress, LEG_MIRROR);
+    }
+    const route = this.routes.lookup(dst);
+    if (route < 0 || this.routes.routeType(route) !== RouteType.Unicast) return this.release(ingress, DropReason.NoRoute);
+    egress = this.routes.routePort(route);
+    if (this.nat !== undefined) {
+      const natReason = this.nat.postrouting(buf, info, ct, -1, egress);
+      if (natReason !== DropReason.None) return this.release(ingress, natReason);
+    }
+    if (!this.confirm(ingress)) return VERDICT_DROP;
+    return egressOf(egress, LEG_WIRE);
+  }
+
+  /**
+   * Conntrack for the current packet into `this.ct`. INVALID packets are not dropped (Linux
+   * conntrack only marks them; without a filter rule they pass, untranslated); they are counted
+   * by the table. Returns 0, or a drop verdict (table full).
+   */
+  private trackPacket(ingress: number): number {
+    const ct = this.ct;
+    if (this.info.isFragment && !this.info.hasL4) {
+      // Non-first fragments carry no ports; the NAT stage's fragment tracker handles them.
+      ct.id = -1;
+      ct.state = CtState.Invalid;
+      return 0;
+    }
+    const reason = track(this.conntrack, this.info, ct);
+    if (reason !== DropReason.None) return this.drop(ingress, reason);
+    return 0;
+  }
+
+  /** Confirms a NEW connection at the end of its first packet's path (__nf_conntrack_confirm). */
+  private confirm(ingress: number): boolean {
+    const ct = this.ct;
+    if (ct.id < 0 || !ct.isNew) return true;
+    if (this.conntrack.confirm(ct.id)) return true;
+    this.drop(ingress, DropReason.ConntrackInsertFailed);
+    return false;
+  }
+
+  /** Drops the current packet, discarding the unconfirmed entry it created. */
+  private release(ingress: number, reason: DropReason): number {
+    const ct = this.ct;
+    if (ct.id >= 0 && ct.isNew) {
+      this.conntrack.release(ct.id);
+      ct.id = -1;
+    }
+    return this.drop(ingress, reason);
+  }
+
+  /**
+   * Queues an ICMP error about the packet at `buf[off..]` (RFC 1812 4.3.2.7; Linux __icmp_send):
+   * never about an ICMP error, a non-first fragment, a packet to a broadcast/multicast address,
+   * or from an address that cannot be answered; rate limited. Source: the preferred source of
+   * the route back to the sender, else the primary address of the port that route uses.
+   */
+  private sendIcmpError(
+    buf: Uint8Array,
+    off: number,
+    type: number,
+    code: number,
+    mtu: number,
+    ingress: number,
+    generated: PacketBatch,
+  ): void {
+    const info = this.info;
+    if (info.fragmentOffset !== 0) return;
+    if (info.protocol === IPPROTO_ICMP && (info.isIcmpError || !info.hasL4)) return;
+    const to = info.src;
+    if (to === 0 || isMartianSource(to) || this.broadcastAddresses.has(to)) return;
+    if (this.broadcastAddresses.has(info.dst) || info.dst >>> 28 === 0xe) return;
+    if (generated.count >= generated.capacity) return;
+    if (!this.icmpLimiter.allow(type, code, to)) {
+      this.drops[ingress * DROP_REASON_COUNT + DropReason.IcmpRateLimited] += 1;
+      return;
+    }
+    let from = this.ports[ingress]!.primary;
+    const back = this.routes.lookup(to);
+    if (back >= 0) {
+      const prefSrc = this.routes.routePrefSrc(back);
+      from = prefSrc !== 0 ? prefSrc : this.ports[this.routes.routePort(back)]!.primary;
+    }
+    const at = generated.count * generated.slotSize;
+    this.ipId = (this.ipId + 1) & 0xffff;
+    const length = writeIcmpError(generated.data, at, type, code, mtu, from, to, buf, off, info.length, DEFAULT_TTL, this.ipId);
+    if (length === 0) return;
+    generated.lengths[generated.count] = length;
+    generated.count++;
+    this.portCounters[ingress * PORT_COUNTERS + PortCounter.IcmpErrorsSent] += 1;
+  }
+
+  /** Incremental housekeeping, once per batch: expire a bounded number of conntrack entries. */
+  housekeeping(): void {
+    this.conntrack.gc(64);
+    this.nat?.housekeeping();
+    void this.clock;
+  }
+}
+
+/** Linux ipv4_is_zeronet / ipv4_is_loopback / ipv4_is_multicast / ipv4_is_lbcast. */
+function isMartianSource(addr: number): boolean {
+  const first = addr >>> 24;
+  return first === 0 || first === 127 || first >= 224;
+}
+
+export { Hook };

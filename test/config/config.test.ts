@@ -1,0 +1,61 @@
+import { describe, expect, it } from "vitest";
+import { readFileSync } from "node:fs";
+import { ConfigError, loadConfig, parseConfig } from "../../src/config/config.js";
+import { formatCidr } from "../../src/core/addr.js";
+
+const seedText = readFileSync("examples/seed.yaml", "utf8");
+
+function errorOf(text: string): string {
+  try {
+    parseConfig(text, "bad.yaml");
+  } catch (error) {
+    expect(error).toBeInstanceOf(ConfigError);
+    return (error as Error).message;
+  }
+  throw new Error("expected a ConfigError");
+}
+
+describe("the seed's config", () => {
+  const config = loadConfig("examples/seed.yaml");
+  it("names the router namespace after the router id", () => {
+    expect(config.namespace).toBe("qrouter-40fff075-d3a2-477b-942c-6b1adb42e35e");
+  });
+  it("has the qr- and qg- ports with the seed's addresses", () => {
+    expect(config.ports.map((p) => p.name)).toEqual(["qr-694450d6-f6", "qg-e76de35e-90"]);
+    expect(config.ports[1]!.addresses.map(formatCidr)).toEqual(["9.186.100.2/24", "9.186.100.129/32"]);
+    expect(config.ports[0]!.wire).toEqual({ namespace: "qnat-tenant", device: "eth0" });
+  });
+  it("keeps the nat rules verbatim with their line numbers in the config", () => {
+    expect(config.nat.text).toBe(readFileSync("examples/neutron-nat.rules", "utf8"));
+    const lines = seedText.split("\n");
+    expect(lines[config.nat.firstLine - 1]!.trim()).toBe("-P PREROUTING ACCEPT");
+  });
+  it("has the lab hosts and metadata instances", () => {
+    expect(config.lab.map((h) => h.namespace)).toEqual(["qnat-tenant", "qnat-external"]);
+    expect(config.metadata?.port).toBe(9697);
+    expect(config.metadata?.instances.get("10.0.0.2")?.["instance-id"]).toBe("i-00000001");
+    expect(config.routes).toEqual([{ value: "default via 9.186.100.1 dev qg-e76de35e-90", line: 16 }]);
+  });
+});
+
+describe("a broken config gets one line: FILE:LINE: what is wrong", () => {
+  it("port name longer than 15 characters", () => {
+    const text = seedText.replace("name: qr-694450d6-f6", "name: qr-694450d6-f6-too-long");
+    expect(errorOf(text)).toMatch(/^bad\.yaml:7: port name "qr-694450d6-f6-too-long" is 23 characters; Linux interface names have at most 15$/);
+  });
+  it("bad address", () => {
+    expect(errorOf(seedText.replace("[10.0.0.1/24]", "[10.0.0.300/24]"))).toBe(
+      'bad.yaml:8: port qr-694450d6-f6 addresses: "10.0.0.300/24" is not an IPv4 address with prefix length',
+    );
+  });
+  it("unknown key, invalid YAML, missing ports, duplicate address", () => {
+    expect(errorOf("router: {id: x}\nportz: []\n")).toBe('bad.yaml:2: unknown key "portz" (expected one of router, ports, routes, nat, metadata, lab)');
+    expect(errorOf("router: {id: x\n")).toMatch(/^bad\.yaml:\d+: invalid YAML: /);
+    expect(errorOf("router: {id: x}\n")).toMatch(/^bad\.yaml:1: ports must be a non-empty list$/);
+    expect(errorOf(seedText.replace("9.186.100.129/32]", "10.0.0.1/32]"))).toMatch(/^bad\.yaml:12: address 10\.0\.0\.1\/32 is already on port qr-694450d6-f6$/);
+  });
+  it("mtu out of range and a missing file", () => {
+    expect(errorOf(seedText.replace("mtu: 1500", "mtu: 40"))).toBe("bad.yaml:10: mtu 40 is outside 68..65535");
+    expect(() => loadConfig("/nonexistent/qnat.yaml")).toThrow("/nonexistent/qnat.yaml:0: cannot read config (ENOENT)");
+  });
+});
