@@ -1,0 +1,75 @@
+/**
+ * The interface of qnat's TUN addon (native/tun.cc, built to native/build/Release/qnat_tun.node).
+ * The addon only makes syscalls into buffers that the TypeScript side owns; src/io/tun.ts is its
+ * one user and decides everything else.
+ *
+ * Every failure throws an Error carrying `code` (the errno name: "EPERM", "ENOENT", "EBUSY"...,
+ * or "ENAMETOOLONG"/"EINVAL"/"ERR_INVALID_ARG_TYPE"/"ERR_OUT_OF_RANGE" for bad arguments),
+ * `errno` (negative, as in Node's own errors) and `syscall`; the message reads
+ * "TUNSETIFF qr-694450d6-f6: Operation not permitted".
+ */
+
+/** The error shape the addon throws (a plain Error with these fields set). */
+export interface TunNativeError extends Error {
+  code: string;
+  errno?: number;
+  syscall?: string;
+}
+
+/** An opaque readiness watcher returned by `poll`. */
+export interface TunPollHandle {
+  readonly __tunPollHandle: unique symbol;
+}
+
+export interface TunNativeConstants {
+  /** include/uapi/linux/if_tun.h: each packet is preceded by a struct virtio_net_hdr. */
+  readonly IFF_VNET_HDR: number;
+  /** TUNSETOFFLOAD flags (include/uapi/linux/if_tun.h). */
+  readonly TUN_F_CSUM: number;
+  readonly TUN_F_TSO4: number;
+  readonly TUN_F_TSO6: number;
+  readonly TUN_F_TSO_ECN: number;
+  /** sizeof(struct virtio_net_hdr), include/uapi/linux/virtio_net.h: 10. */
+  readonly VIRTIO_NET_HDR_LEN: number;
+  /** include/uapi/linux/if.h: names are at most IFNAMSIZ - 1 = 15 bytes. */
+  readonly IFNAMSIZ: number;
+}
+
+export interface TunNative {
+  /**
+   * Opens /dev/net/tun (O_NONBLOCK | O_CLOEXEC) and attaches it with TUNSETIFF to a TUN device
+   * `name` (IFF_TUN | IFF_NO_PI | flags; flags may only be IFF_VNET_HDR), created if missing.
+   * With `netnsPath` (e.g. "/run/netns/qnat-tenant") the calling thread enters that namespace
+   * for the two calls and returns to its own, also on error. The device lives as long as the fd.
+   */
+  open(name: string, netnsPath: string | null, flags: number): number;
+  /** TUNSETOFFLOAD with TUN_F_* flags (for a device opened with IFF_VNET_HDR). */
+  setOffload(fd: number, offloadFlags: number): void;
+  /** SIOCSIFMTU on the interface `name` in the namespace at `netnsPath` (null: this one). */
+  setMtu(name: string, netnsPath: string | null, mtu: number): void;
+  /** Sets (default) or clears IFF_UP with SIOCGIFFLAGS/SIOCSIFFLAGS. */
+  setUp(name: string, netnsPath: string | null, up?: boolean): void;
+  /**
+   * read()s packets into slots `data[i * slotSize ..]` until EAGAIN or `maxPackets`, filling
+   * `lengths[i]` (cut to slotSize when a packet is longer). Returns the count, 0 when none was
+   * queued. Throws only when the first read fails with something other than EAGAIN.
+   */
+  readBatch(fd: number, data: Uint8Array, slotSize: number, lengths: Uint32Array, maxPackets: number): number;
+  /**
+   * write()s packets 0..count-1 from their slots. Returns how many were written: fewer than
+   * `count` on EAGAIN, or before a failing packet (which the next call, starting there, reports
+   * by throwing).
+   */
+  writeBatch(fd: number, data: Uint8Array, slotSize: number, lengths: Uint32Array, count: number): number;
+  /**
+   * Watches `fd` with a uv_poll_t (UV_READABLE) on Node's loop. `callback(0)` when readable;
+   * `callback(-errno)` once if libuv reports an error, after which the watcher has stopped.
+   * An active watcher keeps the process alive, like a socket.
+   */
+  poll(fd: number, callback: (status: number) => void): TunPollHandle;
+  /** Stops the watcher; returns whether it was polling. Idempotent. */
+  stopPoll(handle: TunPollHandle): boolean;
+  /** close(2). Stop polling the fd first. */
+  close(fd: number): void;
+  readonly constants: TunNativeConstants;
+}

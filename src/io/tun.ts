@@ -1,0 +1,235 @@
+/**
+ * A TUN device (Linux drivers/net/tun.c, IFF_TUN | IFF_NO_PI: one read is one IPv4/IPv6 packet)
+ * read and written a PacketBatch at a time through qnat's addon (native/tun.cc). The device may
+ * live in another network namespace: the addon enters it only to open the device, so the
+ * process stays where it is and holds every leg of the router (DESIGN.md, "Topology").
+ *
+ * With `vnetHdr` each slot holds a struct virtio_net_hdr (10 bytes, include/uapi/linux/virtio_net.h)
+ * before the packet, on reads and on writes, as wireguard-go's tun/tun_linux.go uses it for
+ * offloads; `vnetHeaderLength` says where the packet starts. Offloads themselves (TUNSETOFFLOAD)
+ * are off unless `setOffload` is called.
+ */
+import { existsSync } from "node:fs";
+import { createRequire } from "node:module";
+import { dirname, join, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
+import { getSystemErrorName } from "node:util";
+import type { PacketBatch } from "../core/batch.js";
+import { netnsPath } from "./netns.js";
+import type { TunNative, TunNativeError, TunPollHandle } from "./tun-native.js";
+
+/** Where `npm install` (node-gyp, native/binding.gyp) puts the addon, from the package root. */
+export const TUN_ADDON_PATH = join("native", "build", "Release", "qnat_tun.node");
+
+/** The addon is missing or does not load: one line for the user, no stack trace wanted. */
+export class TunAddonNotBuiltError extends Error {
+  readonly code = "ERR_QNAT_TUN_ADDON_NOT_BUILT";
+  constructor(
+    readonly searched: readonly string[],
+    readonly loadError?: string,
+  ) {
+    super(
+      loadError === undefined
+        ? "qnat's TUN addon is not built: run npm install"
+        : `qnat's TUN addon does not load (${loadError}): run npm install`,
+    );
+    this.name = "TunAddonNotBuiltError";
+  }
+}
+
+/** A failure of a TUN syscall: `code` is the errno name ("EPERM", "ENOENT", "EBUSY"...). */
+export type TunError = TunNativeError;
+
+const require = createRequire(import.meta.url);
+let loadedAddon: TunNative | undefined;
+
+/**
+ * Finds and loads the addon, looking for native/build/Release/qnat_tun.node in the folders above
+ * this module (src/io when run from source, dist/src/io when compiled). `searchFrom` is for tests.
+ */
+export function loadTunAddon(searchFrom?: string): TunNative {
+  if (searchFrom === undefined && loadedAddon !== undefined) return loadedAddon;
+  const start = searchFrom ?? dirname(fileURLToPath(import.meta.url));
+  const searched: string[] = [];
+  let dir = resolve(start);
+  for (let level = 0; level < 5; level++) {
+    const candidate = join(dir, TUN_ADDON_PATH);
+    searched.push(candidate);
+    if (existsSync(candidate)) {
+      let addon: TunNative;
+      try {
+        addon = require(candidate) as TunNative;
+      } catch (error) {
+        throw new TunAddonNotBuiltError(searched, error instanceof Error ? error.message.split("\n")[0] : String(error));
+      }
+      if (searchFrom === undefined) loadedAddon = addon;
+      return addon;
+    }
+    const parent = dirname(dir);
+    if (parent === dir) break;
+    dir = parent;
+  }
+  throw new TunAddonNotBuiltError(searched);
+}
+
+export interface TunOpenOptions {
+  /** A namespace name as `ip netns` knows it (under /run/netns), or a path such as /proc/PID/ns/net. */
+  readonly netns?: string;
+  /** Open with IFF_VNET_HDR: every packet carries a virtio_net_hdr prefix. */
+  readonly vnetHdr?: boolean;
+}
+
+export class TunDevice {
+  /** Bytes before the packet in each slot: 0, or 10 with `vnetHdr`. */
+  readonly vnetHeaderLength: number;
+  /** Packets the kernel refused on write (e.g. EINVAL for a malformed one); they are skipped. */
+  writeErrors = 0;
+  lastWriteError: TunError | undefined;
+
+  private pollHandle: TunPollHandle | null = null;
+  private closed = false;
+
+  private constructor(
+    private readonly addon: TunNative,
+    readonly name: string,
+    readonly fd: number,
+    /** The namespace the device lives in (the name or path given), null for this process's. */
+    readonly netns: string | null,
+    private readonly netnsFile: string | null,
+    vnetHdr: boolean,
+  ) {
+    this.vnetHeaderLength = vnetHdr ? addon.constants.VIRTIO_NET_HDR_LEN : 0;
+  }
+
+  /**
+   * Creates (or attaches to) the TUN device `name`, non-blocking, in `options.netns` or here.
+   * The device disappears when it is closed (it is not made persistent).
+   */
+  static open(name: string, options: TunOpenOptions = {}): TunDevice {
+    const addon = loadTunAddon();
+    const netns = options.netns ?? null;
+    const file = netns === null ? null : netnsPath(netns);
+    const vnetHdr = options.vnetHdr === true;
+    const fd = addon.open(name, file, vnetHdr ? addon.constants.IFF_VNET_HDR : 0);
+    return new TunDevice(addon, name, fd, netns, file, vnetHdr);
+  }
+
+  get isClosed(): boolean {
+    return this.closed;
+  }
+
+  get isPolling(): boolean {
+    return this.pollHandle !== null;
+  }
+
+  /**
+   * Reads the queued packets into `batch` from slot 0 (up to its capacity) and sets
+   * `batch.count`; returns it, 0 when nothing is queued.
+   */
+  readInto(batch: PacketBatch): number {
+    this.checkOpen();
+    const count = this.addon.readBatch(this.fd, batch.data, batch.slotSize, batch.lengths, batch.capacity);
+    batch.count = count;
+    return count;
+  }
+
+  /**
+   * Writes `batch`'s packets 0..count-1; returns how many the kernel took. A packet the kernel
+   * refuses is skipped and counted in `writeErrors`; on EAGAIN the rest is not written.
+   */
+  write(batch: PacketBatch): number {
+    this.checkOpen();
+    const count = batch.count;
+    let next = this.addon.writeBatch(this.fd, batch.data, batch.slotSize, batch.lengths, count);
+    if (next === count) return count;
+    // Rare path: EAGAIN, or a packet the kernel refused (the next call reports it by throwing).
+    let written = next;
+    while (next < count) {
+      try {
+        const n = this.addon.writeBatch(
+          this.fd,
+          batch.data.subarray(next * batch.slotSize),
+          batch.slotSize,
+          batch.lengths.subarray(next),
+          count - next,
+        );
+        if (n === 0) break; // EAGAIN
+        next += n;
+        written += n;
+      } catch (error) {
+        this.writeErrors++;
+        this.lastWriteError = error as TunError;
+        next++;
+      }
+    }
+    return written;
+  }
+
+  /**
+   * Calls `callback` from Node's event loop whenever the device has packets to read (replacing
+   * an earlier callback). If the watcher fails, it stops and `callback` gets the error once.
+   */
+  onReadable(callback: (error?: TunError) => void): void {
+    this.checkOpen();
+    this.stopReadable();
+    this.pollHandle = this.addon.poll(this.fd, (status) => {
+      if (status === 0) {
+        callback();
+        return;
+      }
+      this.pollHandle = null;
+      callback(pollError(this.name, status));
+    });
+  }
+
+  /** Stops the readable callbacks; idempotent. */
+  stopReadable(): void {
+    if (this.pollHandle === null) return;
+    const handle = this.pollHandle;
+    this.pollHandle = null;
+    this.addon.stopPoll(handle);
+  }
+
+  /** SIOCSIFMTU on this device, in its namespace. */
+  setMtu(mtu: number): void {
+    this.checkOpen();
+    this.addon.setMtu(this.name, this.netnsFile, mtu);
+  }
+
+  /** Brings the device up (or down) with SIOCSIFFLAGS, in its namespace. */
+  setUp(up = true): void {
+    this.checkOpen();
+    this.addon.setUp(this.name, this.netnsFile, up);
+  }
+
+  /** TUNSETOFFLOAD with the addon's TUN_F_* constants; only for a device opened with `vnetHdr`. */
+  setOffload(offloadFlags: number): void {
+    this.checkOpen();
+    this.addon.setOffload(this.fd, offloadFlags);
+  }
+
+  /** Stops polling and closes the fd, which removes the device. Idempotent. */
+  close(): void {
+    if (this.closed) return;
+    this.stopReadable();
+    this.closed = true;
+    this.addon.close(this.fd);
+  }
+
+  private checkOpen(): void {
+    if (this.closed) {
+      const error = new Error(`TUN ${this.name} is closed`) as TunError;
+      error.code = "EBADF";
+      throw error;
+    }
+  }
+}
+
+function pollError(name: string, status: number): TunError {
+  const code = getSystemErrorName(status);
+  const error = new Error(`poll ${name}: ${code}`) as TunError;
+  error.code = code;
+  error.errno = status;
+  error.syscall = "poll";
+  return error;
+}
