@@ -1,0 +1,228 @@
+/**
+ * NAT mangling with incremental checksum updates (RFC 1624 eqn. 3), as Linux does in
+ * net/netfilter/nf_nat_proto.c (nf_nat_ipv4_manip_pkt, tcp/udp/icmp_manip_pkt,
+ * nf_nat_icmp_reply_translation).
+ *
+ * Every function takes the offsets of an already validated packet (`parsePacket` returned None):
+ * `o` is the outer IPv4 header, `innerOffset` the IPv4 header embedded in an ICMP error
+ * (PacketInfo.innerOffset). Fields the functions need (IHL, protocol, fragment offset, total
+ * length) are read back from the buffer, so they stay correct when applied one after another.
+ * No allocation; nothing can fail on a validated packet (a rewrite that does not apply, e.g. a
+ * port rewrite on a non-first fragment, does nothing).
+ *
+ * Checksum rules:
+ * - IPv4 header checksum: patched for every address change (outer and embedded header).
+ * - TCP/UDP: the pseudo-header makes addresses part of the L4 checksum (RFC 793 3.1, RFC 768),
+ *   so an address change patches it too when the L4 header is present (unfragmented or first
+ *   fragment); a non-first fragment only gets its IP header patched.
+ * - UDP: checksum 0 means "none" and stays 0; a patched checksum that comes out 0 is sent as
+ *   0xffff (RFC 768; Linux CSUM_MANGLED_0 in udp_manip_pkt).
+ * - ICMP errors: the embedded packet is rewritten like a packet of its own (its IP header
+ *   checksum, and its L4 checksum when the embedded L4 header is complete enough to hold it:
+ *   TCP only with all 20 header bytes present, as tcp_manip_pkt; UDP and ICMP always, their
+ *   checksum is in the first 8 bytes), and the outer ICMP checksum, which covers all of those
+ *   bytes, is patched for every 16-bit word that changes, embedded checksums included. Linux
+ *   recomputes the outer ICMP checksum in full here; patching gives the same value.
+ */
+import { read16, read32, write16, write32 } from "./bytes.js";
+import { checksumUpdate16, checksumUpdate32 } from "./checksum.js";
+import { IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP } from "./packet-info.js";
+
+const IP_SRC = 12;
+const IP_DST = 16;
+const IP_CHECKSUM = 10;
+const TCP_CHECKSUM = 16;
+const UDP_CHECKSUM = 6;
+const ICMP_CHECKSUM = 2;
+const ICMP_ID = 4;
+
+/** Rewrites the IPv4 source address (SNAT), patching the IP and TCP/UDP checksums. */
+export function rewriteSrcAddr(b: Uint8Array, o: number, newAddr: number): void {
+  rewriteAddr(b, o, o + IP_SRC, newAddr);
+}
+
+/** Rewrites the IPv4 destination address (DNAT), patching the IP and TCP/UDP checksums. */
+export function rewriteDstAddr(b: Uint8Array, o: number, newAddr: number): void {
+  rewriteAddr(b, o, o + IP_DST, newAddr);
+}
+
+/** Rewrites the TCP/UDP source port, patching the L4 checksum. No-op for other protocols and non-first fragments. */
+export function rewriteSrcPort(b: Uint8Array, o: number, newPort: number): void {
+  rewritePort(b, o, 0, newPort);
+}
+
+/** Rewrites the TCP/UDP destination port, patching the L4 checksum. No-op for other protocols and non-first fragments. */
+export function rewriteDstPort(b: Uint8Array, o: number, newPort: number): void {
+  rewritePort(b, o, 2, newPort);
+}
+
+/** Rewrites the identifier of an ICMP query (echo etc.), patching the ICMP checksum (icmp_manip_pkt). */
+export function rewriteIcmpId(b: Uint8Array, o: number, newId: number): void {
+  if (b[o + 9] !== IPPROTO_ICMP || (read16(b, o + 6) & 0x1fff) !== 0) return;
+  const l4 = o + ((b[o]! & 0x0f) << 2);
+  const old = read16(b, l4 + ICMP_ID);
+  write16(b, l4 + ICMP_ID, newId);
+  write16(b, l4 + ICMP_CHECKSUM, checksumUpdate16(read16(b, l4 + ICMP_CHECKSUM), old, newId));
+}
+
+function rewriteAddr(b: Uint8Array, o: number, at: number, newAddr: number): void {
+  const old = read32(b, at);
+  write32(b, at, newAddr);
+  write16(b, o + IP_CHECKSUM, checksumUpdate32(read16(b, o + IP_CHECKSUM), old, newAddr));
+  if ((read16(b, o + 6) & 0x1fff) !== 0) return; // non-first fragment: no L4 header
+  const protocol = b[o + 9]!;
+  const l4 = o + ((b[o]! & 0x0f) << 2);
+  if (protocol === IPPROTO_TCP) {
+    const c = l4 + TCP_CHECKSUM;
+    write16(b, c, checksumUpdate32(read16(b, c), old, newAddr));
+  } else if (protocol === IPPROTO_UDP) {
+    const c = l4 + UDP_CHECKSUM;
+    const checksum = read16(b, c);
+    if (checksum !== 0) write16(b, c, udpNonZero(checksumUpdate32(checksum, old, newAddr)));
+  }
+}
+
+function rewritePort(b: Uint8Array, o: number, portField: number, newPort: number): void {
+  if ((read16(b, o + 6) & 0x1fff) !== 0) return;
+  const protocol = b[o + 9]!;
+  const l4 = o + ((b[o]! & 0x0f) << 2);
+  const at = l4 + portField;
+  if (protocol === IPPROTO_TCP) {
+    const old = read16(b, at);
+    write16(b, at, newPort);
+    const c = l4 + TCP_CHECKSUM;
+    write16(b, c, checksumUpdate16(read16(b, c), old, newPort));
+  } else if (protocol === IPPROTO_UDP) {
+    const old = read16(b, at);
+    write16(b, at, newPort);
+    const c = l4 + UDP_CHECKSUM;
+    const checksum = read16(b, c);
+    if (checksum !== 0) write16(b, c, udpNonZero(checksumUpdate16(checksum, old, newPort)));
+  }
+}
+
+function udpNonZero(checksum: number): number {
+  return checksum === 0 ? 0xffff : checksum;
+}
+
+// ---- ICMP errors: the embedded packet (nf_nat_icmp_reply_translation) ----
+
+/**
+ * Writes a 16-bit word inside the outer ICMP message and patches the outer ICMP checksum for it.
+ * `icmpChecksumAt` is the absolute offset of the outer ICMP checksum field. Every word of the
+ * embedded packet lies at an even distance from the ICMP header (8 + multiples of 2), so the
+ * word-wise patch is exact.
+ */
+function setIcmpPayloadWord(b: Uint8Array, icmpChecksumAt: number, at: number, value: number): void {
+  const old = read16(b, at);
+  if (old === value) return;
+  write16(b, at, value);
+  write16(b, icmpChecksumAt, checksumUpdate16(read16(b, icmpChecksumAt), old, value));
+}
+
+function outerIcmpChecksumAt(b: Uint8Array, o: number): number {
+  return o + ((b[o]! & 0x0f) << 2) + ICMP_CHECKSUM;
+}
+
+function outerEnd(b: Uint8Array, o: number): number {
+  return o + read16(b, o + 2);
+}
+
+/**
+ * Offset of the embedded packet's L4 checksum field when it is present in the outer packet and
+ * may be patched, else -1 (embedded non-first fragment, truncated header, other protocol).
+ * TCP needs all 20 header bytes (tcp_manip_pkt: "this could be an inner header returned in icmp
+ * packet; in such cases we cannot update the checksum field since it is outside of the 8 bytes
+ * of transport layer headers we are guaranteed").
+ */
+function innerL4ChecksumAt(b: Uint8Array, end: number, innerOffset: number): number {
+  if ((read16(b, innerOffset + 6) & 0x1fff) !== 0) return -1;
+  const protocol = b[innerOffset + 9]!;
+  const l4 = innerOffset + ((b[innerOffset]! & 0x0f) << 2);
+  if (protocol === IPPROTO_TCP) return l4 + 20 <= end ? l4 + TCP_CHECKSUM : -1;
+  if (protocol === IPPROTO_UDP) return l4 + 8 <= end ? l4 + UDP_CHECKSUM : -1;
+  if (protocol === IPPROTO_ICMP) return l4 + 8 <= end ? l4 + ICMP_CHECKSUM : -1;
+  return -1;
+}
+
+/** Patches an embedded L4 checksum for a change of one 16-bit word it covers (UDP 0 stays 0). */
+function patchInnerL4Checksum(
+  b: Uint8Array,
+  icmpChecksumAt: number,
+  checksumAt: number,
+  protocol: number,
+  oldWord: number,
+  newWord: number,
+): void {
+  const checksum = read16(b, checksumAt);
+  if (protocol === IPPROTO_UDP) {
+    if (checksum === 0) return;
+    setIcmpPayloadWord(b, icmpChecksumAt, checksumAt, udpNonZero(checksumUpdate16(checksum, oldWord, newWord)));
+  } else {
+    setIcmpPayloadWord(b, icmpChecksumAt, checksumAt, checksumUpdate16(checksum, oldWord, newWord));
+  }
+}
+
+function rewriteInnerAddr(b: Uint8Array, o: number, innerOffset: number, at: number, newAddr: number): void {
+  const icmpChecksumAt = outerIcmpChecksumAt(b, o);
+  const old = read32(b, at);
+  const oldHi = old >>> 16;
+  const oldLo = old & 0xffff;
+  const newHi = newAddr >>> 16;
+  const newLo = newAddr & 0xffff;
+  setIcmpPayloadWord(b, icmpChecksumAt, at, newHi);
+  setIcmpPayloadWord(b, icmpChecksumAt, at + 2, newLo);
+  // Embedded IPv4 header checksum.
+  const ipChecksumAt = innerOffset + IP_CHECKSUM;
+  setIcmpPayloadWord(b, icmpChecksumAt, ipChecksumAt, checksumUpdate32(read16(b, ipChecksumAt), old, newAddr));
+  // Embedded TCP/UDP pseudo-header (ICMP has none).
+  const protocol = b[innerOffset + 9]!;
+  if (protocol !== IPPROTO_TCP && protocol !== IPPROTO_UDP) return;
+  const checksumAt = innerL4ChecksumAt(b, outerEnd(b, o), innerOffset);
+  if (checksumAt < 0) return;
+  const checksum = read16(b, checksumAt);
+  if (protocol === IPPROTO_UDP && checksum === 0) return;
+  let updated = checksumUpdate16(checksumUpdate16(checksum, oldHi, newHi), oldLo, newLo);
+  if (protocol === IPPROTO_UDP) updated = udpNonZero(updated);
+  setIcmpPayloadWord(b, icmpChecksumAt, checksumAt, updated);
+}
+
+function rewriteInnerWord(b: Uint8Array, o: number, innerOffset: number, l4Field: number, value: number): void {
+  if ((read16(b, innerOffset + 6) & 0x1fff) !== 0) return;
+  const end = outerEnd(b, o);
+  const l4 = innerOffset + ((b[innerOffset]! & 0x0f) << 2);
+  if (l4 + 8 > end) return; // fewer than 8 embedded L4 bytes: no ports to rewrite
+  const icmpChecksumAt = outerIcmpChecksumAt(b, o);
+  const at = l4 + l4Field;
+  const old = read16(b, at);
+  setIcmpPayloadWord(b, icmpChecksumAt, at, value);
+  const checksumAt = innerL4ChecksumAt(b, end, innerOffset);
+  if (checksumAt >= 0) patchInnerL4Checksum(b, icmpChecksumAt, checksumAt, b[innerOffset + 9]!, old, value);
+}
+
+/** ICMP error: rewrites the embedded packet's source address (its IP and L4 checksums, and the outer ICMP checksum). */
+export function rewriteInnerSrcAddr(b: Uint8Array, o: number, innerOffset: number, newAddr: number): void {
+  rewriteInnerAddr(b, o, innerOffset, innerOffset + IP_SRC, newAddr);
+}
+
+/** ICMP error: rewrites the embedded packet's destination address (its IP and L4 checksums, and the outer ICMP checksum). */
+export function rewriteInnerDstAddr(b: Uint8Array, o: number, innerOffset: number, newAddr: number): void {
+  rewriteInnerAddr(b, o, innerOffset, innerOffset + IP_DST, newAddr);
+}
+
+/** ICMP error: rewrites the embedded TCP/UDP source port. No-op for other embedded protocols. */
+export function rewriteInnerSrcPort(b: Uint8Array, o: number, innerOffset: number, newPort: number): void {
+  const protocol = b[innerOffset + 9];
+  if (protocol === IPPROTO_TCP || protocol === IPPROTO_UDP) rewriteInnerWord(b, o, innerOffset, 0, newPort);
+}
+
+/** ICMP error: rewrites the embedded TCP/UDP destination port. No-op for other embedded protocols. */
+export function rewriteInnerDstPort(b: Uint8Array, o: number, innerOffset: number, newPort: number): void {
+  const protocol = b[innerOffset + 9];
+  if (protocol === IPPROTO_TCP || protocol === IPPROTO_UDP) rewriteInnerWord(b, o, innerOffset, 2, newPort);
+}
+
+/** ICMP error about an ICMP query (e.g. an echo that hit a TTL limit): rewrites its identifier. */
+export function rewriteInnerIcmpId(b: Uint8Array, o: number, innerOffset: number, newId: number): void {
+  if (b[innerOffset + 9] === IPPROTO_ICMP) rewriteInnerWord(b, o, innerOffset, ICMP_ID, newId);
+}
