@@ -1,0 +1,146 @@
+/**
+ * `conntrack -L` text, as conntrack-tools prints it through libnetfilter_conntrack
+ * (src/conntrack/snprintf_default.c): protocol name left-justified in 8 columns and its number
+ * ("%-8s %u "), remaining seconds ("%u ", ctnetlink_dump_timeout: nf_ct_expires / HZ, rounded
+ * down), the TCP state, the original tuple, "[UNREPLIED]" without IPS_SEEN_REPLY, the reply
+ * tuple, "[ASSURED]", "mark=%u", "use=%u". Tuples: "src= dst= sport= dport=" for TCP/UDP,
+ * "src= dst= type= code= id=" for ICMP, "src= dst=" for other protocols.
+ * Plus a JSON form for `--json`. Control plane only: strings are fine here.
+ */
+import { formatIpv4 } from "../core/addr.js";
+import { IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP } from "../wire/packet-info.js";
+import { CtStatus, type ConntrackTable } from "./table.js";
+import { TCP_STATE_NAMES } from "./tcp.js";
+
+/** libnetfilter_conntrack l4proto2str. */
+const PROTOCOL_NAMES: Readonly<Record<number, string>> = {
+  1: "icmp",
+  6: "tcp",
+  17: "udp",
+  33: "dccp",
+  47: "gre",
+  58: "icmpv6",
+  132: "sctp",
+  136: "udplite",
+};
+
+export function protocolName(protocol: number): string {
+  return PROTOCOL_NAMES[protocol] ?? "unknown";
+}
+
+/** Whole seconds left, as ctnetlink reports them (never negative). */
+export function remainingSeconds(table: ConntrackTable, id: number, now = table.clock.now()): number {
+  const left = Math.floor(table.expiresAt(id) - now);
+  return left > 0 ? left : 0;
+}
+
+function formatTuple(table: ConntrackTable, id: number, dir: number): string {
+  const protocol = table.protocol(id);
+  const head = `src=${formatIpv4(table.tupleSrcOf(id, dir))} dst=${formatIpv4(table.tupleDstOf(id, dir))}`;
+  const sport = table.tupleSportOf(id, dir);
+  const dport = table.tupleDportOf(id, dir);
+  if (protocol === IPPROTO_TCP || protocol === IPPROTO_UDP) return `${head} sport=${sport} dport=${dport}`;
+  if (protocol === IPPROTO_ICMP) return `${head} type=${dport >>> 8} code=${dport & 0xff} id=${sport}`;
+  return head;
+}
+
+/** One `conntrack -L` line (no trailing newline). */
+export function formatConntrackEntry(table: ConntrackTable, id: number, now = table.clock.now()): string {
+  const protocol = table.protocol(id);
+  const status = table.status(id);
+  const parts: string[] = [`${protocolName(protocol).padEnd(8)} ${protocol}`, String(remainingSeconds(table, id, now))];
+  if (protocol === IPPROTO_TCP) parts.push(TCP_STATE_NAMES[table.tcpState(id)] ?? "NONE");
+  parts.push(formatTuple(table, id, 0));
+  if ((status & CtStatus.SeenReply) === 0) parts.push("[UNREPLIED]");
+  parts.push(formatTuple(table, id, 1));
+  if (status & CtStatus.Assured) parts.push("[ASSURED]");
+  parts.push(`mark=${table.mark(id)}`, "use=1");
+  return parts.join(" ");
+}
+
+/** The whole table as `conntrack -L` prints it, one line per live confirmed entry. */
+export function formatConntrackTable(table: ConntrackTable): string {
+  const now = table.clock.now();
+  return table.entries().map((id) => formatConntrackEntry(table, id, now) + "\n").join("");
+}
+
+export interface ConntrackTupleJson {
+  src: string;
+  dst: string;
+  sport?: number;
+  dport?: number;
+  type?: number;
+  code?: number;
+  id?: number;
+}
+
+export interface ConntrackEntryJson {
+  id: number;
+  protocol: string;
+  protonum: number;
+  timeout: number;
+  /** TCP only */
+  state?: string;
+  original: ConntrackTupleJson;
+  reply: ConntrackTupleJson;
+  /** IPS_* names that are set, e.g. ["SEEN_REPLY", "ASSURED", "CONFIRMED", "SRC_NAT", "SRC_NAT_DONE"] */
+  status: string[];
+  mark: number;
+  use: number;
+}
+
+const STATUS_NAMES: readonly [number, string][] = [
+  [CtStatus.Expected, "EXPECTED"],
+  [CtStatus.SeenReply, "SEEN_REPLY"],
+  [CtStatus.Assured, "ASSURED"],
+  [CtStatus.Confirmed, "CONFIRMED"],
+  [CtStatus.SrcNat, "SRC_NAT"],
+  [CtStatus.DstNat, "DST_NAT"],
+  [CtStatus.SeqAdjust, "SEQ_ADJUST"],
+  [CtStatus.SrcNatDone, "SRC_NAT_DONE"],
+  [CtStatus.DstNatDone, "DST_NAT_DONE"],
+  [CtStatus.Dying, "DYING"],
+  [CtStatus.FixedTimeout, "FIXED_TIMEOUT"],
+];
+
+export function statusNames(status: number): string[] {
+  return STATUS_NAMES.filter(([bit]) => (status & bit) !== 0).map(([, name]) => name);
+}
+
+function tupleJson(table: ConntrackTable, id: number, dir: number): ConntrackTupleJson {
+  const protocol = table.protocol(id);
+  const tuple: ConntrackTupleJson = { src: formatIpv4(table.tupleSrcOf(id, dir)), dst: formatIpv4(table.tupleDstOf(id, dir)) };
+  const sport = table.tupleSportOf(id, dir);
+  const dport = table.tupleDportOf(id, dir);
+  if (protocol === IPPROTO_TCP || protocol === IPPROTO_UDP) {
+    tuple.sport = sport;
+    tuple.dport = dport;
+  } else if (protocol === IPPROTO_ICMP) {
+    tuple.type = dport >>> 8;
+    tuple.code = dport & 0xff;
+    tuple.id = sport;
+  }
+  return tuple;
+}
+
+export function conntrackEntryJson(table: ConntrackTable, id: number, now = table.clock.now()): ConntrackEntryJson {
+  const protocol = table.protocol(id);
+  const entry: ConntrackEntryJson = {
+    id,
+    protocol: protocolName(protocol),
+    protonum: protocol,
+    timeout: remainingSeconds(table, id, now),
+    original: tupleJson(table, id, 0),
+    reply: tupleJson(table, id, 1),
+    status: statusNames(table.status(id)),
+    mark: table.mark(id),
+    use: 1,
+  };
+  if (protocol === IPPROTO_TCP) entry.state = TCP_STATE_NAMES[table.tcpState(id)] ?? "NONE";
+  return entry;
+}
+
+export function conntrackTableJson(table: ConntrackTable): ConntrackEntryJson[] {
+  const now = table.clock.now();
+  return table.entries().map((id) => conntrackEntryJson(table, id, now));
+}

@@ -1,0 +1,26 @@
+/**
+ * UDP tracking: nf_conntrack_udp_packet in Linux 6.x net/netfilter/nf_conntrack_proto_udp.c.
+ * Until a reply is seen the entry is UNREPLIED with the 30 s timeout. Once SEEN_REPLY is set (by
+ * the tracker after the first reply packet), every packet refreshes it; a flow still active more
+ * than 2 s after its first packet (`stream_ts`) is a stream: the 120 s stream timeout and ASSURED.
+ */
+import { CtStatus, type ConntrackTable } from "./table.js";
+import { UDP_STREAM_DELAY } from "./timeouts.js";
+
+export function udpPacket(table: ConntrackTable, id: number, now: number): void {
+  const status = table.status(id);
+  const timeouts = table.timeouts;
+  if (status & CtStatus.SeenReply) {
+    let extra = timeouts.udpUnreplied;
+    let stream = false;
+    // "Still active after two seconds? Extend timeout." (time_after: strictly later)
+    if (now > table.startedAt(id) + UDP_STREAM_DELAY) {
+      extra = timeouts.udpReplied;
+      stream = (status & CtStatus.Assured) === 0;
+    }
+    table.refresh(id, extra, now);
+    if (stream) table.setStatus(id, CtStatus.Assured);
+  } else {
+    table.refresh(id, timeouts.udpUnreplied, now);
+  }
+}
