@@ -1,0 +1,261 @@
+/**
+ * `qnat show ports` and `qnat show stats`: plain data views of the running router and their
+ * text, where `ip -s link` (one block per interface, counters under a header row) meets
+ * `ovs-appctl dpctl/show` (datapath totals, then the ports). `--json` prints the same views as
+ * JSON (`formatJson`). Routes, rules and conntrack have their own printers
+ * (RoutingTable.format, src/nat/rules/format.ts, src/conntrack/format.ts).
+ *
+ * `collectPorts` / `collectStats` build the views from a Dataplane; the formatters only see
+ * plain objects, so tests and the control socket use them without a router.
+ */
+import { formatCidr } from "../core/addr.js";
+import { DROP_REASON_COUNT, dropReasonName } from "../core/drop-reason.js";
+import type { ConntrackCounters } from "../conntrack/table.js";
+import { type Dataplane, PortCounter } from "../dataplane/pipeline.js";
+
+/** Packet and byte counts of one leg (wire or mirror) of a port, as the dataplane counts them. */
+export interface LegCounters {
+  readonly rxPackets: number;
+  readonly rxBytes: number;
+  readonly txPackets: number;
+  readonly txBytes: number;
+}
+
+export interface WireLeg {
+  /** The namespace of the network the port faces (e.g. `qnat-tenant`). */
+  readonly namespace: string;
+  readonly device: string;
+}
+
+export interface PortView {
+  readonly index: number;
+  readonly name: string;
+  /** CIDR text, primary first: `10.0.0.1/24`. */
+  readonly addresses: readonly string[];
+  readonly mtu: number;
+  readonly wire: WireLeg;
+  readonly counters: { readonly wire: LegCounters; readonly mirror: LegCounters };
+}
+
+export interface PortStatsView {
+  readonly index: number;
+  readonly name: string;
+  readonly wire: LegCounters;
+  readonly mirror: LegCounters;
+  /** ICMP errors the router sent about packets that came in on this port. */
+  readonly icmpErrorsSent: number;
+  /** Drops counted against this port (the ingress), by DropReason name; non-zero only. */
+  readonly drops: Readonly<Record<string, number>>;
+}
+
+export interface ConntrackStatsView {
+  /** Entries allocated (Linux nf_conntrack_count). */
+  readonly count: number;
+  /** Maximum entries (Linux nf_conntrack_max). */
+  readonly capacity: number;
+  readonly memoryBytes?: number;
+  readonly counters: Readonly<ConntrackCounters>;
+}
+
+export interface MetadataStatsView {
+  readonly served: number;
+  readonly notFound: number;
+  readonly methodNotAllowed: number;
+}
+
+export interface StatsView {
+  readonly ports: readonly PortStatsView[];
+  readonly conntrack: ConntrackStatsView;
+  /** Present when the router serves instance metadata. */
+  readonly metadata?: MetadataStatsView;
+}
+
+// ---- collecting from a dataplane (control plane: reads the counters, allocates freely) ------
+
+const PORT_COUNTERS = PortCounter.Count as number;
+
+function legCounters(counters: Float64Array, port: number, first: PortCounter): LegCounters {
+  const at = port * PORT_COUNTERS + first;
+  return { rxPackets: counters[at]!, rxBytes: counters[at + 1]!, txPackets: counters[at + 2]!, txBytes: counters[at + 3]! };
+}
+
+/** Drops of one port by reason name, non-zero only, in DropReason order. */
+export function portDrops(drops: Float64Array, port: number): Record<string, number> {
+  const out: Record<string, number> = {};
+  for (let reason = 1; reason < DROP_REASON_COUNT; reason++) {
+    const n = drops[port * DROP_REASON_COUNT + reason]!;
+    if (n > 0) out[dropReasonName(reason)] = n;
+  }
+  return out;
+}
+
+/** `wires[i]` is port i's wire leg (from the config: `ports[i].wire`). */
+export function collectPorts(dataplane: Dataplane, wires: readonly WireLeg[]): PortView[] {
+  const counters = dataplane.portCounters;
+  return dataplane.ports.map((port) => ({
+    index: port.index,
+    name: port.name,
+    addresses: port.cidrs.map(formatCidr),
+    mtu: port.mtu,
+    wire: { namespace: wires[port.index]?.namespace ?? "?", device: wires[port.index]?.device ?? "?" },
+    counters: {
+      wire: legCounters(counters, port.index, PortCounter.RxPackets),
+      mirror: legCounters(counters, port.index, PortCounter.MirrorRxPackets),
+    },
+  }));
+}
+
+export function collectStats(dataplane: Dataplane, metadata?: MetadataStatsView): StatsView {
+  const counters = dataplane.portCounters;
+  const table = dataplane.conntrack;
+  const stats: StatsView = {
+    ports: dataplane.ports.map((port) => ({
+      index: port.index,
+      name: port.name,
+      wire: legCounters(counters, port.index, PortCounter.RxPackets),
+      mirror: legCounters(counters, port.index, PortCounter.MirrorRxPackets),
+      icmpErrorsSent: counters[port.index * PORT_COUNTERS + PortCounter.IcmpErrorsSent]!,
+      drops: portDrops(dataplane.drops, port.index),
+    })),
+    conntrack: { count: table.count, capacity: table.capacity, memoryBytes: table.memoryBytes, counters: { ...table.counters } },
+  };
+  return metadata === undefined ? stats : { ...stats, metadata: { ...metadata } };
+}
+
+// ---- text -------------------------------------------------------------------------------------
+
+const INDENT = "    ";
+const COUNTER_HEADER = ["", "RX packets", "RX bytes", "TX packets", "TX bytes"];
+
+/** Rows of cells as aligned text: first column left-justified, the others right-justified. */
+function alignRows(rows: readonly (readonly string[])[], widths: readonly number[]): string[] {
+  return rows.map((row) =>
+    row
+      .map((cell, column) => (column === 0 ? cell.padEnd(widths[column]!) : cell.padStart(widths[column]!)))
+      .join("  ")
+      .trimEnd(),
+  );
+}
+
+function columnWidths(rows: readonly (readonly string[])[]): number[] {
+  const widths: number[] = [];
+  for (const row of rows) row.forEach((cell, column) => (widths[column] = Math.max(widths[column] ?? 0, cell.length)));
+  return widths;
+}
+
+function counterRows(wire: LegCounters, mirror: LegCounters): string[][] {
+  const row = (leg: string, c: LegCounters): string[] => [leg, `${c.rxPackets}`, `${c.rxBytes}`, `${c.txPackets}`, `${c.txBytes}`];
+  return [row("wire", wire), row("mirror", mirror)];
+}
+
+/** The counter table of every port, aligned the same across ports (one width per column). */
+function counterTables(legs: readonly { wire: LegCounters; mirror: LegCounters }[]): string[][] {
+  const tables = legs.map((l) => [COUNTER_HEADER, ...counterRows(l.wire, l.mirror)]);
+  const widths = columnWidths(tables.flat());
+  return tables.map((rows) => alignRows(rows, widths).map((line) => INDENT + line));
+}
+
+/**
+ * `qnat show ports`:
+ *   0: qr-694450d6-f6: mtu 1500
+ *       inet 10.0.0.1/24
+ *       wire eth0 in qnat-tenant, mirror qr-694450d6-f6 in the router namespace
+ *               RX packets  RX bytes  TX packets  TX bytes
+ *       wire            12      1234          10      1000
+ *       mirror           0         0           0         0
+ */
+export function formatPorts(ports: readonly PortView[]): string {
+  const tables = counterTables(ports.map((p) => p.counters));
+  const lines: string[] = [];
+  ports.forEach((port, i) => {
+    lines.push(`${port.index}: ${port.name}: mtu ${port.mtu}`);
+    for (const address of port.addresses) lines.push(`${INDENT}inet ${address}`);
+    lines.push(`${INDENT}wire ${port.wire.device} in ${port.wire.namespace}, mirror ${port.name} in the router namespace`);
+    lines.push(...tables[i]!);
+  });
+  return lines.join("\n");
+}
+
+/** conntrack -S names (conntrack-tools src/conntrack.c): snake_case of the counter. */
+function snakeCase(name: string): string {
+  return name.replace(/([a-z0-9])([A-Z])/g, "$1_$2").toLowerCase();
+}
+
+function formatBytes(bytes: number): string {
+  const units = ["B", "KiB", "MiB", "GiB"];
+  let value = bytes;
+  let unit = 0;
+  while (value >= 1024 && unit < units.length - 1) {
+    value /= 1024;
+    unit++;
+  }
+  return unit === 0 ? `${value} B` : `${value.toFixed(1)} ${units[unit]}`;
+}
+
+/** `key=value` pairs, wrapped before `width` columns. */
+function wrapPairs(pairs: readonly string[], indent: string, width = 80): string[] {
+  const lines: string[] = [];
+  let line = indent;
+  for (const pair of pairs) {
+    if (line.length > indent.length && line.length + 1 + pair.length > width) {
+      lines.push(line);
+      line = indent;
+    }
+    line += (line.length > indent.length ? " " : "") + pair;
+  }
+  if (line.length > indent.length) lines.push(line);
+  return lines;
+}
+
+/**
+ * `qnat show stats`:
+ *   packets: received 14, sent 11, dropped 4, icmp errors sent 1
+ *   conntrack: 3 entries, max 262144 (0.0%), 20.0 MiB
+ *       found=10 invalid=0 ignore=0 created=3 inserted=3 insert_failed=0 ...
+ *   port 0: qr-694450d6-f6
+ *               RX packets  RX bytes  TX packets  TX bytes
+ *       wire            12      1234          10      1000
+ *       mirror           0         0           0         0
+ *       icmp errors sent: 1
+ *       drops: 4
+ *           no-route      3
+ *           ttl-exceeded  1
+ *   metadata: served 2, not found 1, method not allowed 0
+ */
+export function formatStats(stats: StatsView): string {
+  const lines: string[] = [];
+  // The datapath's totals first, as `ovs-appctl dpctl/show` starts with its lookups line.
+  const sum = (pick: (p: PortStatsView) => number): number => stats.ports.reduce((total, p) => total + pick(p), 0);
+  const received = sum((p) => p.wire.rxPackets + p.mirror.rxPackets);
+  const sent = sum((p) => p.wire.txPackets + p.mirror.txPackets);
+  const dropped = sum((p) => Object.values(p.drops).reduce((total, n) => total + n, 0));
+  lines.push(`packets: received ${received}, sent ${sent}, dropped ${dropped}, icmp errors sent ${sum((p) => p.icmpErrorsSent)}`);
+  const ct = stats.conntrack;
+  const usage = ct.capacity > 0 ? ` (${((100 * ct.count) / ct.capacity).toFixed(1)}%)` : "";
+  const memory = ct.memoryBytes !== undefined ? `, ${formatBytes(ct.memoryBytes)}` : "";
+  lines.push(`conntrack: ${ct.count} ${ct.count === 1 ? "entry" : "entries"}, max ${ct.capacity}${usage}${memory}`);
+  lines.push(...wrapPairs(Object.entries(ct.counters).map(([name, value]) => `${snakeCase(name)}=${value}`), INDENT));
+
+  const tables = counterTables(stats.ports);
+  const reasonWidth = Math.max(0, ...stats.ports.flatMap((p) => Object.keys(p.drops).map((name) => name.length)));
+  stats.ports.forEach((port, i) => {
+    lines.push(`port ${port.index}: ${port.name}`);
+    lines.push(...tables[i]!);
+    lines.push(`${INDENT}icmp errors sent: ${port.icmpErrorsSent}`);
+    const drops = Object.entries(port.drops).filter(([, n]) => n > 0);
+    const total = drops.reduce((sum, [, n]) => sum + n, 0);
+    lines.push(`${INDENT}drops: ${total === 0 ? "none" : total}`);
+    for (const [name, n] of drops) lines.push(`${INDENT}${INDENT}${name.padEnd(reasonWidth)}  ${n}`);
+  });
+
+  const md = stats.metadata;
+  if (md !== undefined) {
+    lines.push(`metadata: served ${md.served}, not found ${md.notFound}, method not allowed ${md.methodNotAllowed}`);
+  }
+  return lines.join("\n");
+}
+
+/** `--json`: the view itself, indented, as the CLI prints it. */
+export function formatJson(view: unknown): string {
+  return JSON.stringify(view, null, 2);
+}

@@ -1,0 +1,202 @@
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import {
+  collectPorts,
+  collectStats,
+  formatJson,
+  formatPorts,
+  formatStats,
+  type LegCounters,
+  type PortView,
+  type StatsView,
+} from "../../src/control/show.js";
+import { controlRequest, serveControl } from "../../src/control/socket.js";
+import { buildPacket } from "../../src/wire/build.js";
+import { MemoryRouter } from "../support/memory-router.js";
+
+const QR = "qr-694450d6-f6";
+const QG = "qg-e76de35e-90";
+
+const legs = (rxPackets: number, rxBytes: number, txPackets: number, txBytes: number): LegCounters => ({ rxPackets, rxBytes, txPackets, txBytes });
+const idle = legs(0, 0, 0, 0);
+
+// The seed's router after 10.0.0.3 pinged out a few times and 10.0.0.2 asked for its metadata.
+const seedPorts: PortView[] = [
+  {
+    index: 0,
+    name: QR,
+    addresses: ["10.0.0.1/24"],
+    mtu: 1500,
+    wire: { namespace: "qnat-tenant", device: "eth0" },
+    counters: { wire: legs(12, 1234, 10, 1000), mirror: legs(2, 168, 1, 84) },
+  },
+  {
+    index: 1,
+    name: QG,
+    addresses: ["9.186.100.2/24", "9.186.100.129/32"],
+    mtu: 1500,
+    wire: { namespace: "qnat-external", device: "eth0" },
+    counters: { wire: legs(10, 1000, 12, 1234567890), mirror: idle },
+  },
+];
+
+const seedStats: StatsView = {
+  ports: [
+    { index: 0, name: QR, wire: legs(12, 1234, 10, 1000), mirror: legs(2, 168, 1, 84), icmpErrorsSent: 1, drops: { "no-route": 3, "ttl-exceeded": 1 } },
+    { index: 1, name: QG, wire: idle, mirror: idle, icmpErrorsSent: 0, drops: {} },
+  ],
+  conntrack: {
+    count: 3,
+    capacity: 262144,
+    memoryBytes: 20 * 1024 * 1024,
+    counters: { found: 10, invalid: 0, ignore: 0, created: 3, inserted: 3, insertFailed: 0, earlyDrop: 0, dropFull: 0, expired: 0, released: 0, removed: 0 },
+  },
+  metadata: { served: 2, notFound: 1, methodNotAllowed: 0 },
+};
+
+describe("qnat show ports", () => {
+  it("prints one block per port: addresses, legs, counters aligned across ports", () => {
+    expect(formatPorts(seedPorts)).toBe(
+      [
+        "0: qr-694450d6-f6: mtu 1500",
+        "    inet 10.0.0.1/24",
+        "    wire eth0 in qnat-tenant, mirror qr-694450d6-f6 in the router namespace",
+        "            RX packets  RX bytes  TX packets    TX bytes",
+        "    wire            12      1234          10        1000",
+        "    mirror           2       168           1          84",
+        "1: qg-e76de35e-90: mtu 1500",
+        "    inet 9.186.100.2/24",
+        "    inet 9.186.100.129/32",
+        "    wire eth0 in qnat-external, mirror qg-e76de35e-90 in the router namespace",
+        "            RX packets  RX bytes  TX packets    TX bytes",
+        "    wire            10      1000          12  1234567890",
+        "    mirror           0         0           0           0",
+      ].join("\n"),
+    );
+  });
+
+  it("--json is the same data", () => {
+    expect(JSON.parse(formatJson(seedPorts))).toEqual(seedPorts);
+  });
+
+  it("no ports, no text", () => {
+    expect(formatPorts([])).toBe("");
+  });
+});
+
+describe("qnat show stats", () => {
+  it("prints totals, conntrack as conntrack -S, then per port counters and drops by reason", () => {
+    expect(formatStats(seedStats)).toBe(
+      [
+        "packets: received 14, sent 11, dropped 4, icmp errors sent 1",
+        "conntrack: 3 entries, max 262144 (0.0%), 20.0 MiB",
+        "    found=10 invalid=0 ignore=0 created=3 inserted=3 insert_failed=0",
+        "    early_drop=0 drop_full=0 expired=0 released=0 removed=0",
+        "port 0: qr-694450d6-f6",
+        "            RX packets  RX bytes  TX packets  TX bytes",
+        "    wire            12      1234          10      1000",
+        "    mirror           2       168           1        84",
+        "    icmp errors sent: 1",
+        "    drops: 4",
+        "        no-route      3",
+        "        ttl-exceeded  1",
+        "port 1: qg-e76de35e-90",
+        "            RX packets  RX bytes  TX packets  TX bytes",
+        "    wire             0         0           0         0",
+        "    mirror           0         0           0         0",
+        "    icmp errors sent: 0",
+        "    drops: none",
+        "metadata: served 2, not found 1, method not allowed 0",
+      ].join("\n"),
+    );
+  });
+
+  it("leaves the metadata line out when the router serves no metadata", () => {
+    const { metadata: _unused, ...withoutMetadata } = seedStats;
+    expect(formatStats(withoutMetadata)).not.toContain("metadata");
+    expect(formatStats({ ...withoutMetadata, conntrack: { ...withoutMetadata.conntrack, count: 1 } })).toContain("conntrack: 1 entry, max 262144");
+  });
+
+  it("--json is the same data", () => {
+    expect(JSON.parse(formatJson(seedStats))).toEqual(seedStats);
+  });
+});
+
+describe("views collected from the seed's running router", () => {
+  it("counts a ping to the router's own address on the wire leg in and the mirror out", () => {
+    const router = MemoryRouter.fromFile("examples/seed.yaml", { withoutNat: true });
+    const ping = buildPacket({ protocol: "icmp", src: "10.0.0.2", dst: "10.0.0.1", icmpType: 8, icmpId: 1, icmpSeq: 1 });
+    router.send(QR, ping);
+    router.run();
+    expect(router.delivered(QR)).toHaveLength(1);
+
+    const ports = collectPorts(
+      router.dataplane,
+      router.config.ports.map((p) => p.wire),
+    );
+    expect(ports.map((p) => [p.index, p.name, p.addresses, p.mtu, p.wire])).toEqual([
+      [0, QR, ["10.0.0.1/24"], 1500, { namespace: "qnat-tenant", device: "eth0" }],
+      [1, QG, ["9.186.100.2/24", "9.186.100.129/32"], 1500, { namespace: "qnat-external", device: "eth0" }],
+    ]);
+    expect(ports[0]!.counters).toEqual({ wire: legs(1, ping.length, 0, 0), mirror: legs(0, 0, 1, ping.length) });
+    expect(ports[1]!.counters).toEqual({ wire: idle, mirror: idle });
+  });
+
+  it("counts a truncated packet as a drop on its ingress port, and conntrack's size", () => {
+    const router = MemoryRouter.fromFile("examples/seed.yaml", { withoutNat: true, conntrackCapacity: 1024 });
+    router.send(QG, new Uint8Array(10));
+    router.send(QR, buildPacket({ protocol: "icmp", src: "10.0.0.2", dst: "10.0.0.1", icmpType: 8, icmpId: 2, icmpSeq: 1 }));
+    router.run();
+
+    const stats = collectStats(router.dataplane, { served: 1, notFound: 0, methodNotAllowed: 0 });
+    expect(stats.ports[1]!.drops).toEqual({ truncated: 1 });
+    expect(stats.ports[0]!.drops).toEqual({});
+    expect(stats.conntrack.capacity).toBe(1024);
+    expect(stats.conntrack.count).toBe(1);
+    expect(stats.conntrack.counters.created).toBe(1);
+    expect(stats.metadata).toEqual({ served: 1, notFound: 0, methodNotAllowed: 0 });
+    expect(formatStats(stats)).toContain("port 1: qg-e76de35e-90");
+    expect(formatStats(stats)).toMatch(/drops: 1\n {8}truncated {2}1/);
+  });
+});
+
+describe("qnat show through the control socket", () => {
+  let runDir: string;
+  beforeAll(() => {
+    runDir = mkdtempSync(join(tmpdir(), "qnat-show-"));
+  });
+  afterAll(() => {
+    rmSync(runDir, { recursive: true, force: true });
+  });
+
+  it("answers show ports and show stats --json from the router's counters", async () => {
+    const router = MemoryRouter.fromFile("examples/seed.yaml", { withoutNat: true });
+    const wires = router.config.ports.map((p) => p.wire);
+    const path = join(runDir, `${router.config.namespace}.sock`);
+    const server = await serveControl(path, (request) => {
+      if (request.cmd !== "show") return { ok: false, error: "not here" };
+      if (request.what === "ports") {
+        const ports = collectPorts(router.dataplane, wires);
+        return { ok: true, text: request.json ? formatJson(ports) : formatPorts(ports), data: ports };
+      }
+      const stats = collectStats(router.dataplane);
+      return { ok: true, text: request.json ? formatJson(stats) : formatStats(stats), data: stats };
+    });
+    try {
+      router.send(QR, buildPacket({ protocol: "icmp", src: "10.0.0.3", dst: "10.0.0.1", icmpType: 8, icmpId: 3, icmpSeq: 1 }));
+      router.run();
+      const ports = await controlRequest(path, { cmd: "show", what: "ports" });
+      expect(ports.ok && ports.text).toMatch(/^0: qr-694450d6-f6: mtu 1500\n {4}inet 10\.0\.0\.1\/24\n/);
+      const stats = await controlRequest(path, { cmd: "show", what: "stats", json: true });
+      expect(stats.ok).toBe(true);
+      if (stats.ok) {
+        expect(JSON.parse(stats.text!)).toEqual(stats.data);
+        expect((stats.data as StatsView).ports[0]!.wire.rxPackets).toBe(1);
+      }
+    } finally {
+      await server.close();
+    }
+  });
+});
