@@ -8,14 +8,6 @@ import type { DropReason } from "../core/drop-reason.js";
 import type { TrackResult } from "../conntrack/track.js";
 import type { PacketInfo } from "../wire/packet-info.js";
 
-export enum Hook {
-  Prerouting = 0,
-  Input = 1,
-  Forward = 2,
-  Output = 3,
-  Postrouting = 4,
-}
-
 export interface NatStage {
   prerouting(buf: Uint8Array, info: PacketInfo, ct: TrackResult, ingress: number): DropReason;
   input(buf: Uint8Array, info: PacketInfo, ct: TrackResult, ingress: number): DropReason;

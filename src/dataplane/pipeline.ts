@@ -13,14 +13,18 @@
  *
  * Hot path: no allocation. Numbers in, numbers out; every refusal is a counted DropReason.
  */
+import { formatIpv4 } from "../core/addr.js";
 import type { Clock } from "../core/clock.js";
 import { DROP_REASON_COUNT, DropReason } from "../core/drop-reason.js";
 import type { PacketBatch } from "../core/batch.js";
 import type { ConntrackTable } from "../conntrack/table.js";
-import { CtDir, CtState, TrackResult, track } from "../conntrack/track.js";
+import { CtState } from "../conntrack/table.js";
+import { TrackResult, track } from "../conntrack/track.js";
 import type { RoutingTable } from "../route/table.js";
 import { RouteType } from "../route/table.js";
-import { writeIcmpError } from "../wire/build.js";
+import { describePacket, writeIcmpError } from "../wire/build.js";
+import { dropReasonName } from "../core/drop-reason.js";
+import { formatConntrackEntry } from "../conntrack/format.js";
 import {
   ICMP_DEST_UNREACHABLE,
   ICMP_FRAGMENTATION_NEEDED,
@@ -31,11 +35,11 @@ import {
   ICMP_ADMIN_PROHIBITED,
 } from "../wire/icmp.js";
 import { ipv4DecrementTtl } from "../wire/ipv4.js";
-import { IPPROTO_ICMP, PacketInfo } from "../wire/packet-info.js";
+import { IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, PacketInfo } from "../wire/packet-info.js";
 import { parsePacket } from "../wire/validate.js";
 import { IcmpRateLimiter } from "./icmp-rate-limit.js";
 import { LEG_MIRROR, LEG_WIRE, RouterPort, VERDICT_DROP, egressOf, type PortSpec } from "./port.js";
-import { Hook, type NatStage } from "./nat-stage.js";
+import type { NatStage } from "./nat-stage.js";
 
 /** Linux sysctl net.ipv4.ip_default_ttl. */
 const DEFAULT_TTL = 64;
@@ -54,6 +58,14 @@ export const enum PortCounter {
   Count,
 }
 const PORT_COUNTERS = PortCounter.Count as number;
+
+/**
+ * Receives the pipeline's decisions for one packet when `qnat trace` runs it (control plane:
+ * the hot path only tests `tracer !== null`).
+ */
+export interface PipelineTracer {
+  step(stage: string, text: string): void;
+}
 
 export interface DataplaneOptions {
   readonly ports: readonly PortSpec[];
@@ -85,6 +97,10 @@ export class Dataplane {
   /** Directed and limited broadcast addresses (RTN_BROADCAST): received, never forwarded. */
   private readonly broadcastAddresses = new Set<number>();
   private ipId = 1;
+  /** Set while `qnat trace` runs one packet. */
+  tracer: PipelineTracer | null = null;
+  /** Trace mode: new connections are released instead of confirmed, so the table is unchanged. */
+  dryRun = false;
 
   constructor(options: DataplaneOptions) {
     this.ports = options.ports.map((p, i) => new RouterPort(i, p.name, p.addresses, p.mtu));
@@ -154,6 +170,7 @@ export class Dataplane {
   }
 
   private drop(port: number, reason: DropReason): number {
+    if (this.tracer !== null) this.tracer.step("drop", `dropped: ${dropReasonName(reason)}`);
     if (port >= 0) this.drops[port * DROP_REASON_COUNT + reason] += 1;
     return VERDICT_DROP;
   }
@@ -183,10 +200,12 @@ export class Dataplane {
     // Local delivery: to the mirror of the port the packet came in on (INPUT).
     // Broadcasts and multicast (qnat runs no multicast routing) go to the router's host too.
     if (this.localAddresses.has(dst) || this.broadcastAddresses.has(dst) || firstOctet >>> 4 === 0xe) {
+      if (this.tracer !== null) this.tracer.step("route", `local: ${describePacket(this.info)} is for the router itself (INPUT), delivered through the ${this.ports[ingress]!.name} mirror`);
       return this.finishLocalIn(buf, ingress);
     }
 
     const route = this.routes.lookup(dst);
+    if (this.tracer !== null) this.traceRoute(route);
     if (route < 0) {
       this.sendIcmpError(buf, off, ICMP_DEST_UNREACHABLE, ICMP_NET_UNREACHABLE, 0, ingress, generated);
       return this.release(ingress, DropReason.NoRoute);
@@ -215,6 +234,7 @@ export class Dataplane {
     }
     ipv4DecrementTtl(buf, off);
     info.ttl -= 1;
+    if (this.tracer !== null) this.tracer.step("forward", `ttl ${info.ttl + 1} -> ${info.ttl}; ${info.length} bytes fit mtu ${mtu} of ${this.ports[egress]!.name}`);
 
     if (this.nat !== undefined) {
       const natReason = this.nat.postrouting(buf, info, ct, ingress, egress);
@@ -222,6 +242,12 @@ export class Dataplane {
     }
     if (!this.confirm(ingress)) return VERDICT_DROP;
     return egressOf(egress, LEG_WIRE);
+  }
+
+  private traceRoute(route: number): void {
+    const dst = this.info.dst;
+    const text = route < 0 ? "no route (no default route either)" : this.routes.describeRoute(route);
+    this.tracer!.step("route", `${formatIpv4(dst)}: ${text}`);
   }
 
   /** INPUT: nat INPUT (SNAT to the router's host is possible), confirm, to the ingress mirror. */
@@ -260,6 +286,7 @@ export class Dataplane {
       return egressOf(egress, LEG_MIRROR);
     }
     const route = this.routes.lookup(dst);
+    if (this.tracer !== null) this.traceRoute(route);
     if (route < 0 || this.routes.routeType(route) !== RouteType.Unicast) return this.release(ingress, DropReason.NoRoute);
     egress = this.routes.routePort(route);
     if (this.nat !== undefined) {
@@ -277,21 +304,43 @@ export class Dataplane {
    */
   private trackPacket(ingress: number): number {
     const ct = this.ct;
-    if (this.info.isFragment && !this.info.hasL4) {
+    const info = this.info;
+    if (info.fragmentOffset !== 0 && hasPorts(info.protocol)) {
       // Non-first fragments carry no ports; the NAT stage's fragment tracker handles them.
       ct.id = -1;
+      ct.isNew = false;
       ct.state = CtState.Invalid;
       return 0;
     }
-    const reason = track(this.conntrack, this.info, ct);
+    const reason = track(this.conntrack, info, ct);
     if (reason !== DropReason.None) return this.drop(ingress, reason);
+    if (this.tracer !== null) this.traceConntrack();
     return 0;
+  }
+
+  private traceConntrack(): void {
+    const ct = this.ct;
+    const tracer = this.tracer!;
+    tracer.step("validate", `${describePacket(this.info, { tcpFlags: true })}, ${this.info.length} bytes, ttl ${this.info.ttl}`);
+    const state = CtState[ct.state]!.toUpperCase();
+    if (ct.id < 0) tracer.step("conntrack", `${state}: not tracked; passes without NAT`);
+    else if (ct.isNew) tracer.step("conntrack", `${state}: no connection matches; a new entry is created (unconfirmed), so the nat rules run`);
+    else
+      tracer.step(
+        "conntrack",
+        `${state}: ${ct.dir === 0 ? "original" : "reply"} direction of ${formatConntrackEntry(this.conntrack, ct.id)} — nat rules are skipped, the stored binding applies`,
+      );
   }
 
   /** Confirms a NEW connection at the end of its first packet's path (__nf_conntrack_confirm). */
   private confirm(ingress: number): boolean {
     const ct = this.ct;
     if (ct.id < 0 || !ct.isNew) return true;
+    if (this.dryRun) {
+      if (this.tracer !== null) this.tracer.step("confirm", `would confirm: ${formatConntrackEntry(this.conntrack, ct.id)}`);
+      this.conntrack.release(ct.id);
+      return true;
+    }
     if (this.conntrack.confirm(ct.id)) return true;
     this.drop(ingress, DropReason.ConntrackInsertFailed);
     return false;
@@ -344,6 +393,7 @@ export class Dataplane {
     const length = writeIcmpError(generated.data, at, type, code, mtu, from, to, buf, off, info.length, DEFAULT_TTL, this.ipId);
     if (length === 0) return;
     generated.lengths[generated.count] = length;
+    if (this.tracer !== null) this.tracer.step("icmp", `the router answers with ICMP ${type}/${code} from ${formatIpv4(from)} to ${formatIpv4(to)}`);
     generated.count++;
     this.portCounters[ingress * PORT_COUNTERS + PortCounter.IcmpErrorsSent] += 1;
   }
@@ -356,10 +406,14 @@ export class Dataplane {
   }
 }
 
+/** Protocols whose conntrack tuple needs the L4 header (ports or ICMP identifier). */
+function hasPorts(protocol: number): boolean {
+  return protocol === IPPROTO_TCP || protocol === IPPROTO_UDP || protocol === IPPROTO_ICMP;
+}
+
 /** Linux ipv4_is_zeronet / ipv4_is_loopback / ipv4_is_multicast / ipv4_is_lbcast. */
 function isMartianSource(addr: number): boolean {
   const first = addr >>> 24;
   return first === 0 || first === 127 || first >= 224;
 }
 
-export { Hook };

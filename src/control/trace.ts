@@ -1,0 +1,265 @@
+/**
+ * `qnat trace`: one packet through the router, explained hop by hop — the conntrack verdict,
+ * every chain and rule visited, the route, the NAT binding and its port search, and the packet
+ * as it leaves. It runs the real pipeline in dry-run mode: a new connection is released instead
+ * of confirmed, and counters and the state of an existing connection are put back afterwards,
+ * so tracing against a live router changes nothing.
+ *
+ * Packet spec: `PORT PROTO SRC[:SPORT] > DST[:DPORT] [FLAGS]`
+ *   PORT   a port name (the packet arrives on its wire), or `host` for a packet the router's
+ *          own host sends (the OUTPUT path);
+ *   PROTO  tcp, udp, icmp, or an IP protocol number;
+ *   FLAGS  syn ack fin rst psh urg, ttl=N, len=N (total length), df, id=N (ICMP identifier),
+ *          type=N code=N or N/N (ICMP; default 8/0, echo request).
+ */
+import { parseIpv4 } from "../core/addr.js";
+import { PacketBatch } from "../core/batch.js";
+import type { Dataplane } from "../dataplane/pipeline.js";
+import type { NatTraceSink, NetfilterNat } from "../dataplane/netfilter-nat.js";
+import { LEG_MIRROR, LEG_WIRE, VERDICT_DROP } from "../dataplane/port.js";
+import { BUILTIN_CHAIN_NAMES, type Hook } from "../nat/rules/model.js";
+import { RuleTrace } from "../nat/rules/evaluate.js";
+import { buildPacket, describePacket, type PacketSpec } from "../wire/build.js";
+import { icmpIsQuery } from "../wire/icmp.js";
+import { IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, PacketInfo, TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN, TCP_URG } from "../wire/packet-info.js";
+import { parsePacket } from "../wire/validate.js";
+
+export class TraceSpecError extends Error {}
+
+export interface TraceStep {
+  /** validate, conntrack, PREROUTING/INPUT/OUTPUT/POSTROUTING, route, forward, icmp, confirm, drop... */
+  readonly stage: string;
+  readonly text: string;
+  /** For rule steps: the chain, rule number and whether it matched. */
+  readonly chain?: string;
+  readonly rule?: number;
+  readonly matched?: boolean;
+}
+
+export interface TraceResult {
+  readonly verdict: "forward" | "local" | "drop";
+  readonly reason: string | null;
+  readonly in: { readonly port: string; readonly packet: string };
+  readonly out: { readonly port: string; readonly packet: string } | null;
+  readonly steps: TraceStep[];
+  /** Packets the router itself sends in response (ICMP errors), as they leave. */
+  readonly responses: { readonly port: string; readonly packet: string }[];
+}
+
+export interface ParsedTraceSpec {
+  /** Port name, or "host". */
+  readonly port: string;
+  readonly packet: PacketSpec;
+}
+
+const TCP_FLAG_WORDS: Record<string, number> = { syn: TCP_SYN, ack: TCP_ACK, fin: TCP_FIN, rst: TCP_RST, psh: TCP_PSH, urg: TCP_URG };
+
+/** Parses the packet spec; throws TraceSpecError with a one-line message. */
+export function parseTraceSpec(spec: string): ParsedTraceSpec {
+  const tokens = spec.trim().split(/\s+/).filter((t) => t.length > 0);
+  const usage = "expected 'PORT PROTO SRC[:SPORT] > DST[:DPORT] [FLAGS]'";
+  if (tokens.length < 5 || tokens[3] !== ">") throw new TraceSpecError(`bad packet spec "${spec}": ${usage}`);
+  const [port, protoText, srcText, , dstText, ...flags] = tokens as [string, string, string, string, string, ...string[]];
+  let protocol: PacketSpec["protocol"];
+  if (protoText === "tcp" || protoText === "udp" || protoText === "icmp") protocol = protoText;
+  else if (/^\d{1,3}$/.test(protoText) && Number(protoText) < 256) protocol = Number(protoText);
+  else throw new TraceSpecError(`unknown protocol "${protoText}" (tcp, udp, icmp or a number)`);
+  const withPorts = protocol === "tcp" || protocol === "udp";
+  const endpoint = (text: string, what: string): { addr: string; port?: number } => {
+    const colon = text.indexOf(":");
+    const addr = colon < 0 ? text : text.slice(0, colon);
+    if (parseIpv4(addr) < 0) throw new TraceSpecError(`${what} "${addr}" is not an IPv4 address`);
+    if (colon < 0) return { addr };
+    if (!withPorts) throw new TraceSpecError(`${what} "${text}": only tcp and udp have ports`);
+    const port = Number(text.slice(colon + 1));
+    if (!/^\d+$/.test(text.slice(colon + 1)) || port > 65535) throw new TraceSpecError(`${what} port "${text.slice(colon + 1)}" is not 0..65535`);
+    return { addr, port };
+  };
+  const src = endpoint(srcText, "source");
+  const dst = endpoint(dstText, "destination");
+  const packet: PacketSpec = { protocol, src: src.addr, dst: dst.addr };
+  if (withPorts) {
+    packet.sport = src.port ?? 40000;
+    packet.dport = dst.port ?? 80;
+  }
+  let tcpFlags = 0;
+  for (const flag of flags) {
+    const lower = flag.toLowerCase();
+    const [key, value] = lower.split("=", 2) as [string, string | undefined];
+    const number = (max: number): number => {
+      const n = Number(value);
+      if (value === undefined || !/^\d+$/.test(value) || n > max) throw new TraceSpecError(`flag "${flag}": expected ${key}=0..${max}`);
+      return n;
+    };
+    if (TCP_FLAG_WORDS[lower] !== undefined) {
+      if (protocol !== "tcp") throw new TraceSpecError(`flag "${flag}" is for tcp packets`);
+      tcpFlags |= TCP_FLAG_WORDS[lower]!;
+    } else if (lower === "df") packet.df = true;
+    else if (key === "ttl") packet.ttl = number(255);
+    else if (key === "len") packet.length = number(65535);
+    else if (key === "id") packet.icmpId = number(65535);
+    else if (key === "type") packet.icmpType = number(255);
+    else if (key === "code") packet.icmpCode = number(255);
+    else if (/^\d+\/\d+$/.test(lower)) {
+      const [type, code] = lower.split("/").map(Number) as [number, number];
+      packet.icmpType = type;
+      packet.icmpCode = code;
+    } else throw new TraceSpecError(`unknown flag "${flag}" (syn ack fin rst psh urg ttl=N len=N df id=N type=N code=N)`);
+  }
+  if (protocol === "tcp") packet.tcpFlags = tcpFlags === 0 ? TCP_SYN : tcpFlags;
+  if (protocol === "icmp") {
+    packet.icmpType ??= 8;
+    packet.icmpCode ??= 0;
+    if (icmpIsQuery(packet.icmpType)) packet.icmpId ??= 1;
+  }
+  return { port, packet };
+}
+
+/** Runs one packet through `dataplane` without changing its state; returns every step. */
+export function runTrace(dataplane: Dataplane, spec: string): TraceResult {
+  const parsed = parseTraceSpec(spec);
+  const fromHost = parsed.port === "host";
+  const ingress = fromHost ? 0 : dataplane.ports.findIndex((p) => p.name === parsed.port);
+  if (ingress < 0) {
+    throw new TraceSpecError(`no port "${parsed.port}" (ports: ${dataplane.ports.map((p) => p.name).join(", ")}, or host)`);
+  }
+  let bytes: Uint8Array;
+  try {
+    bytes = buildPacket(parsed.packet);
+  } catch (error) {
+    throw new TraceSpecError(`cannot build that packet: ${(error as Error).message}`);
+  }
+  const inInfo = new PacketInfo();
+  parsePacket(bytes, 0, bytes.length, inInfo);
+
+  const steps: TraceStep[] = [];
+  const restore = saveState(dataplane, inInfo);
+  const nat = dataplane.nat as NetfilterNat | undefined;
+  const hasNatTracer = nat !== undefined && "tracer" in nat;
+  dataplane.tracer = { step: (stage, text) => steps.push({ stage, text }) };
+  dataplane.dryRun = true;
+  if (hasNatTracer) nat.tracer = natSink(steps);
+
+  const rx = new PacketBatch(1, Math.max(2048, bytes.length));
+  rx.push(bytes);
+  const verdicts = new Int32Array(1);
+  const generated = new PacketBatch(4, 2048);
+  const generatedVerdicts = new Int32Array(4);
+  try {
+    dataplane.processBatch(rx, ingress, fromHost ? LEG_MIRROR : LEG_WIRE, verdicts, generated, generatedVerdicts);
+  } finally {
+    dataplane.tracer = null;
+    dataplane.dryRun = false;
+    if (hasNatTracer) nat.tracer = null;
+    restore();
+  }
+
+  const describe = (batch: PacketBatch, i: number): string => {
+    const info = new PacketInfo();
+    parsePacket(batch.data, i * batch.slotSize, batch.lengths[i]!, info);
+    return describePacket(info);
+  };
+  const verdict = verdicts[0]!;
+  const responses: { port: string; packet: string }[] = [];
+  for (let i = 0; i < generated.count; i++) {
+    const v = generatedVerdicts[i]!;
+    if (v >= 0) responses.push({ port: dataplane.ports[v >> 1]!.name, packet: describe(generated, i) });
+  }
+  const inDesc = { port: parsed.port, packet: describePacket(inInfo) };
+  if (verdict === VERDICT_DROP || verdict < 0) {
+    const dropStep = [...steps].reverse().find((s) => s.stage === "drop");
+    return { verdict: "drop", reason: dropStep ? dropStep.text.replace(/^dropped: /, "") : "dropped", in: inDesc, out: null, steps, responses };
+  }
+  const out = { port: dataplane.ports[verdict >> 1]!.name, packet: describe(rx, 0) };
+  return { verdict: (verdict & 1) === LEG_MIRROR ? "local" : "forward", reason: null, in: inDesc, out, steps, responses };
+}
+
+function natSink(steps: TraceStep[]): NatTraceSink {
+  return {
+    ruleTrace: () => new RuleTrace(),
+    rules(hook: Hook, trace: RuleTrace) {
+      const stage = BUILTIN_CHAIN_NAMES[hook]!;
+      for (const s of trace.steps) {
+        const text = s.kind === "rule" ? `${s.text}  ${s.matched ? `=> ${s.action}` : "(no match)"}` : `${s.text} => ${s.action}`;
+        steps.push({ stage, text, chain: s.chain, rule: s.ruleNumber, matched: s.matched });
+      }
+      if (trace.steps.length === 0) steps.push({ stage, text: `${stage} is empty: policy ACCEPT` });
+    },
+    binding(hook: Hook, lines: string[]) {
+      const stage = BUILTIN_CHAIN_NAMES[hook]!;
+      for (const line of lines) steps.push({ stage, text: line });
+    },
+    translated(hook: Hook, what: string) {
+      steps.push({ stage: BUILTIN_CHAIN_NAMES[hook]!, text: what });
+    },
+  };
+}
+
+/**
+ * Saves what a traced packet may change — port, drop, rule and NAT counters, and the state of
+ * the connection it belongs to — and returns a function that puts it back.
+ */
+function saveState(dataplane: Dataplane, info: PacketInfo): () => void {
+  const portCounters = dataplane.portCounters.slice();
+  const drops = dataplane.drops.slice();
+  const nat = dataplane.nat as NetfilterNat | undefined;
+  const rules = nat?.rules;
+  const ruleCounters = rules ? [rules.packets.slice(), rules.bytes.slice(), rules.policyPackets.slice(), rules.policyBytes.slice()] : [];
+  const natCounters = nat?.engine ? { ...nat.engine.counters } : undefined;
+  const table = dataplane.conntrack;
+  const ctCounters = { ...table.counters };
+  const found = lookupConnection(dataplane, info);
+  const entry =
+    found >= 0
+      ? { id: found, status: table.status(found), tcpState: table.tcpState(found), tcpFlags: table.tcpFlags(found), expires: table.expiresAt(found) }
+      : undefined;
+  return () => {
+    dataplane.portCounters.set(portCounters);
+    dataplane.drops.set(drops);
+    if (rules) {
+      rules.packets.set(ruleCounters[0]!);
+      rules.bytes.set(ruleCounters[1]!);
+      rules.policyPackets.set(ruleCounters[2]!);
+      rules.policyBytes.set(ruleCounters[3]!);
+    }
+    if (natCounters && nat) Object.assign(nat.engine.counters, natCounters);
+    Object.assign(table.counters, ctCounters);
+    if (entry && table.isAllocated(entry.id)) {
+      table.clearStatus(entry.id, 0xffffffff);
+      table.setStatus(entry.id, entry.status);
+      table.setTcpState(entry.id, entry.tcpState);
+      table.setTcpFlags(entry.id, entry.tcpFlags);
+      table.setExpiresAt(entry.id, entry.expires);
+    }
+  };
+}
+
+/** The connection a TCP/UDP/ICMP-query packet belongs to, either direction; -1 if none. */
+function lookupConnection(dataplane: Dataplane, info: PacketInfo): number {
+  const table = dataplane.conntrack;
+  let found = -1;
+  if (info.protocol === IPPROTO_TCP || info.protocol === IPPROTO_UDP) {
+    found = table.lookup(info.protocol, info.src, info.dst, info.sport, info.dport);
+  } else if (info.protocol === IPPROTO_ICMP && !info.isIcmpError) {
+    found = table.lookup(IPPROTO_ICMP, info.src, info.dst, info.icmpId, (info.icmpType << 8) | info.icmpCode);
+  } else if (info.protocol !== IPPROTO_ICMP) {
+    found = table.lookup(info.protocol, info.src, info.dst, 0, 0);
+  }
+  return found < 0 ? -1 : found >> 1;
+}
+
+/** The trace as text: one line per step, then the verdict. */
+export function formatTrace(result: TraceResult): string {
+  const lines = [`trace: ${result.in.packet} arriving ${result.in.port === "host" ? "from the router's own host (OUTPUT)" : `on ${result.in.port}`}`];
+  let previous = "";
+  for (const step of result.steps) {
+    const stage = step.stage === previous ? "" : step.stage;
+    previous = step.stage;
+    lines.push(`  ${stage.padEnd(12)} ${step.text}`);
+  }
+  for (const response of result.responses) lines.push(`  ${"response".padEnd(12)} ${response.packet} leaves on ${response.port}`);
+  if (result.verdict === "drop") lines.push(`verdict: drop (${result.reason})`);
+  else if (result.verdict === "local") lines.push(`verdict: local — delivered to the router's own host through the ${result.out!.port} mirror as ${result.out!.packet}`);
+  else lines.push(`verdict: forward — leaves on ${result.out!.port} as ${result.out!.packet}`);
+  return lines.join("\n") + "\n";
+}

@@ -1,0 +1,677 @@
+/**
+ * The router's main routing table with Linux semantics (net/ipv4/fib_frontend.c, fib_semantics.c,
+ * fib_trie.c) and iproute2's `ip route` text (ip/iproute.c, iproute2-6.1 as on the lab hosts).
+ *
+ * Control plane: `addConnected` (what the kernel adds for an interface address), `addRoute` /
+ * `deleteRoute` (`ip route add|del` text), `format` / `routes` / `toJSON` (`ip route`, `ip -j route`).
+ * Hot path: `lookup(dst)` returns a route id (-1 = no route) and the `route*` accessors read
+ * typed arrays indexed by that id; none of them allocates.
+ *
+ * Limits: at most MAX_ROUTES routes (route ids are LPM values, see lpm.ts); only the main table,
+ * no multipath, no tos, no nexthop objects; iproute2's abbreviated addresses ("10.0.0") are refused.
+ */
+import { formatIpv4, parseCidr, parseIpv4, prefixMask } from "../core/addr.js";
+import { Lpm4, LPM_MAX_VALUE } from "./lpm.js";
+
+/** Route types: the kernel's RTN_* numbers (include/uapi/linux/rtnetlink.h). */
+export enum RouteType {
+  Unicast = 1,
+  Blackhole = 6,   // dropped silently (`ip route get`: EINVAL)
+  Unreachable = 7, // ICMP host unreachable (EHOSTUNREACH)
+  Prohibit = 8,    // ICMP communication administratively prohibited (EACCES)
+}
+
+/** Route scopes: RT_SCOPE_* (include/uapi/linux/rtnetlink.h). */
+export enum RouteScope {
+  Universe = 0,
+  Site = 200,
+  Link = 253,
+  Host = 254,
+  Nowhere = 255,
+}
+
+/** Route protocols iproute2 names (/etc/iproute2/rt_protos, include/uapi/linux/rtnetlink.h). */
+export const RouteProtocol = { Kernel: 2, Boot: 3, Static: 4 } as const;
+
+const PROTOCOL_NAMES = new Map<number, string>([
+  [0, "unspec"], [1, "redirect"], [2, "kernel"], [3, "boot"], [4, "static"], [8, "gated"],
+  [9, "ra"], [10, "mrt"], [11, "zebra"], [12, "bird"], [13, "dnrouted"], [14, "xorp"],
+  [15, "ntk"], [16, "dhcp"], [18, "keepalived"], [42, "babel"], [99, "openr"], [186, "bgp"],
+  [187, "isis"], [188, "ospf"], [189, "rip"], [192, "eigrp"],
+]);
+const PROTOCOL_NUMBERS = new Map([...PROTOCOL_NAMES].map(([number, name]) => [name, number]));
+
+/** iproute2 lib/rt_names.c: scope names ("global" for 0 is never printed by `ip route`). */
+const SCOPE_NAMES = new Map<number, string>([
+  [0, "global"], [200, "site"], [253, "link"], [254, "host"], [255, "nowhere"],
+]);
+const SCOPE_NUMBERS = new Map<string, number>([
+  ["global", 0], ["universe", 0], ["site", 200], ["link", 253], ["host", 254], ["nowhere", 255],
+]);
+
+const TYPE_NAMES = new Map<RouteType, string>([
+  [RouteType.Unicast, "unicast"], [RouteType.Blackhole, "blackhole"],
+  [RouteType.Unreachable, "unreachable"], [RouteType.Prohibit, "prohibit"],
+]);
+const TYPE_NUMBERS = new Map([...TYPE_NAMES].map(([type, name]) => [name, type]));
+
+/** Route ids are LPM values. */
+export const MAX_ROUTES = LPM_MAX_VALUE + 1;
+
+/** A refused route or address, with a one-line message worded like iproute2's. */
+export class RouteError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = "RouteError";
+  }
+}
+
+export interface RouteEntry {
+  readonly id: number;
+  readonly type: RouteType;
+  readonly prefix: number;
+  readonly prefixLength: number;
+  /** Configured gateway (`via`); 0 = none. */
+  readonly gateway: number;
+  /** Port index; -1 for blackhole/unreachable/prohibit. */
+  readonly port: number;
+  readonly protocol: number;
+  readonly scope: number;
+  /** Configured preferred source (`src`); 0 = none. */
+  readonly prefSrc: number;
+  readonly metric: number;
+  readonly onlink: boolean;
+}
+
+/** One route as `ip -j route` prints it. */
+export interface RouteJson {
+  type?: string;
+  dst: string;
+  gateway?: string;
+  dev?: string;
+  protocol?: string;
+  scope?: string;
+  prefsrc?: string;
+  metric?: number;
+  flags: string[];
+}
+
+export interface PortAddress {
+  readonly addr: number;
+  readonly prefixLength: number;
+  /** Same subnet as an earlier address of the port (Linux IFA_F_SECONDARY): adds no route. */
+  readonly secondary: boolean;
+}
+
+export interface FormatOptions {
+  /** iproute2 up to 6.1 (this project's lab hosts) ends every route line with a space. */
+  readonly trailingSpace?: boolean;
+}
+
+interface MutableRoute extends RouteEntry {
+  /** Whether a `via` gateway is used on the wire (nexthop scope link), see routeGateway. */
+  gatewayOnLink: boolean;
+}
+
+type ResolvedRoute = Omit<ParsedRoute, "scope" | "metric"> & { scope: number; metric: number };
+
+interface ParsedRoute {
+  type: RouteType;
+  prefix: number;
+  prefixLength: number;
+  gateway: number;
+  port: number;
+  protocol: number;
+  scope: number | undefined;
+  prefSrc: number;
+  metric: number | undefined;
+  onlink: boolean;
+}
+
+export class RoutingTable {
+  private readonly lpm = new Lpm4({ maxTbl8Groups: 4096 });
+  private readonly routesById: (MutableRoute | undefined)[] = [];
+  private readonly freeIds: number[] = [];
+  /** Route ids per prefix in the kernel's alias order (metric, then insertion). */
+  private readonly chains = new Map<number, number[]>();
+  private readonly addresses: PortAddress[][];
+  private readonly portsByName = new Map<string, number>();
+
+  // Hot-path columns, indexed by route id.
+  private types = new Uint8Array(16);
+  private ports = new Int32Array(16);
+  private gateways = new Uint32Array(16);
+  private sources = new Uint32Array(16);
+
+  constructor(readonly portNames: readonly string[]) {
+    portNames.forEach((name, index) => {
+      if (this.portsByName.has(name)) throw new RouteError(`duplicate port name "${name}"`);
+      this.portsByName.set(name, index);
+    });
+    this.addresses = portNames.map(() => []);
+  }
+
+  /** Port index for a name, or -1. */
+  portIndex(name: string): number {
+    return this.portsByName.get(name) ?? -1;
+  }
+
+  /** The addresses of a port, in the kernel's order (primaries first, then secondaries). */
+  portAddresses(port: number): readonly PortAddress[] {
+    return [...this.addresses[port]!].sort((a, b) => Number(a.secondary) - Number(b.secondary));
+  }
+
+  // ---------------------------------------------------------------- hot path
+
+  /** The route for dst (longest prefix, then lowest metric), or -1. No allocation. */
+  lookup(dst: number): number {
+    return this.lpm.lookup(dst);
+  }
+
+  /** Egress port index; -1 for blackhole/unreachable/prohibit. */
+  routePort(id: number): number {
+    return this.ports[id]!;
+  }
+
+  /** Next hop to resolve on the wire; 0 = directly connected (the next hop is dst itself). */
+  routeGateway(id: number): number {
+    return this.gateways[id]!;
+  }
+
+  routeType(id: number): RouteType {
+    return this.types[id]!;
+  }
+
+  /**
+   * The source address Linux uses for packets the router itself sends on this route
+   * (FIB_RES_PREFSRC, include/net/ip_fib.h): the configured `src`, otherwise the port's first
+   * primary address in the gateway's subnet, otherwise its first primary address
+   * (inet_select_addr, net/ipv4/devinet.c); 0 if none.
+   */
+  routePrefSrc(id: number): number {
+    return this.sources[id]!;
+  }
+
+  /** The port that holds dst as one of its addresses, or -1 (the router's own addresses). */
+  localAddressPort(dst: number): number {
+    for (let port = 0; port < this.addresses.length; port++) {
+      const list = this.addresses[port]!;
+      for (let i = 0; i < list.length; i++) if (list[i]!.addr === dst) return port;
+    }
+    return -1;
+  }
+
+  // ---------------------------------------------------------------- control plane
+
+  /**
+   * An interface address, as `ip addr add ADDR/LEN dev PORT` makes the kernel do
+   * (fib_add_ifaddr, net/ipv4/fib_frontend.c): a primary address that is not a /32 adds
+   * `PREFIX dev PORT proto kernel scope link src ADDR`; a second address in the same subnet
+   * on the same port is secondary and adds nothing.
+   */
+  addConnected(port: number, addr: number, prefixLength: number): void {
+    if (!Number.isInteger(port) || port < 0 || port >= this.portNames.length) {
+      throw new RouteError(`Cannot find device with index ${port}`);
+    }
+    if (!Number.isInteger(prefixLength) || prefixLength < 0 || prefixLength > 32) {
+      throw new RouteError(`Error: invalid prefix length ${prefixLength}.`);
+    }
+    addr >>>= 0;
+    const list = this.addresses[port]!;
+    if (list.some((a) => a.addr === addr && a.prefixLength === prefixLength)) {
+      throw new RouteError("RTNETLINK answers: File exists");
+    }
+    const mask = prefixMask(prefixLength);
+    const prefix = (addr & mask) >>> 0;
+    const secondary = list.some(
+      (a) => !a.secondary && a.prefixLength === prefixLength && ((a.addr & mask) >>> 0) === prefix,
+    );
+    list.push({ addr, prefixLength, secondary });
+    // fib_add_ifaddr: no prefix route for a /32 (prefix == addr) nor for 0.0.0.0/8.
+    if (!secondary && prefixLength < 32 && prefix >>> 24 !== 0) {
+      this.insertRoute(
+        {
+          type: RouteType.Unicast, prefix, prefixLength, gateway: 0, port,
+          protocol: RouteProtocol.Kernel, scope: RouteScope.Link, prefSrc: addr, metric: 0, onlink: false,
+        },
+        false,
+        true,
+      );
+    }
+    this.refreshSources();
+  }
+
+  /**
+   * `ip route add` text (without the `ip route add`): returns the new route's id.
+   * Throws RouteError with iproute2's or the kernel's message when Linux would refuse it.
+   */
+  addRoute(text: string): number {
+    const parsed = this.parseRouteText(text);
+    if (parsed.prefixLength !== 32 && ((parsed.prefix & ~prefixMask(parsed.prefixLength)) >>> 0) !== 0) {
+      throw new RouteError("Error: Invalid prefix for given prefix length."); // fib_valid_key_len
+    }
+    // iproute2 (ip/iproute.c): unicast without a gateway defaults to scope link, else universe.
+    const scope =
+      parsed.scope ?? (parsed.type === RouteType.Unicast && parsed.gateway === 0 ? RouteScope.Link : RouteScope.Universe);
+    const route: ResolvedRoute = { ...parsed, scope, metric: parsed.metric ?? 0 };
+    let gatewayOnLink = false;
+    if (route.type !== RouteType.Unicast) {
+      // fib_create_info: error routes carry no nexthop.
+      if (route.gateway !== 0 || route.port >= 0) {
+        throw new RouteError("Error: Gateway, device and multipath can not be specified for this route type.");
+      }
+    } else {
+      if (scope > RouteScope.Host) throw new RouteError("Error: Invalid scope.");
+      if (scope === RouteScope.Host) {
+        if (route.gateway !== 0) throw new RouteError("Error: Route with host scope can not have a gateway.");
+        if (route.port < 0) throw new RouteError("RTNETLINK answers: No such device");
+      } else if (route.gateway !== 0) {
+        const resolved = this.checkGateway(route.gateway, route.port, scope, route.onlink);
+        route.port = resolved.port;
+        gatewayOnLink = resolved.onLink;
+      } else {
+        // fib_check_nh_v4 without a gateway.
+        if (route.onlink) {
+          throw new RouteError("Error: Invalid flags for nexthop - PERVASIVE and ONLINK can not be set.");
+        }
+        if (route.port < 0) throw new RouteError("RTNETLINK answers: No such device");
+      }
+    }
+    if (route.prefSrc !== 0 && this.localAddressPort(route.prefSrc) < 0) {
+      throw new RouteError("Error: Invalid prefsrc address."); // fib_valid_prefsrc
+    }
+    const id = this.insertRoute(route, true, gatewayOnLink);
+    this.sources[id] = this.sourceFor(this.routesById[id]!);
+    return id;
+  }
+
+  /**
+   * `ip route del` text: removes the first route of the prefix that matches every attribute given
+   * (fib_table_delete, net/ipv4/fib_trie.c); the covering shorter route takes over its addresses.
+   */
+  deleteRoute(text: string): void {
+    const parsed = this.parseRouteText(text);
+    const chain = this.chains.get(chainKey(parsed.prefix, parsed.prefixLength));
+    const typeGiven = /\b(blackhole|unreachable|prohibit|unicast)\b/.test(text);
+    const id = chain?.find((candidate) => {
+      const r = this.routesById[candidate]!;
+      return (
+        (!typeGiven || r.type === parsed.type) &&
+        (parsed.metric === undefined || r.metric === parsed.metric) &&
+        (parsed.scope === undefined || r.scope === parsed.scope) &&
+        (parsed.gateway === 0 || r.gateway === parsed.gateway) &&
+        (parsed.port < 0 || r.port === parsed.port) &&
+        (parsed.prefSrc === 0 || r.prefSrc === parsed.prefSrc) &&
+        (!/\bproto(col)?\b/.test(text) || r.protocol === parsed.protocol)
+      );
+    });
+    if (id === undefined) throw new RouteError("RTNETLINK answers: No such process");
+    const key = chainKey(parsed.prefix, parsed.prefixLength);
+    const remaining = chain!.filter((candidate) => candidate !== id);
+    if (remaining.length === 0) {
+      this.chains.delete(key);
+      this.lpm.delete(parsed.prefix, parsed.prefixLength);
+    } else {
+      this.chains.set(key, remaining);
+      this.lpm.insert(parsed.prefix, parsed.prefixLength, remaining[0]!);
+    }
+    this.routesById[id] = undefined;
+    this.types[id] = 0;
+    this.ports[id] = -1;
+    this.gateways[id] = 0;
+    this.sources[id] = 0;
+    this.freeIds.push(id);
+  }
+
+  /** The route with this id (control plane), or undefined. */
+  route(id: number): RouteEntry | undefined {
+    const r = this.routesById[id];
+    return r === undefined ? undefined : publicEntry(r);
+  }
+
+  /** All routes in the kernel's dump order: by prefix value, longer first, then metric. */
+  routes(): RouteEntry[] {
+    const keys = [...this.chains.keys()].sort((a, b) => {
+      const [pa, la] = splitChainKey(a);
+      const [pb, lb] = splitChainKey(b);
+      return pa !== pb ? pa - pb : lb - la;
+    });
+    return keys.flatMap((key) => this.chains.get(key)!.map((id) => publicEntry(this.routesById[id]!)));
+  }
+
+  /** The table as `ip route` prints it (iproute2-6.1 byte for byte by default). */
+  format(options: FormatOptions = {}): string {
+    const trailing = options.trailingSpace ?? true ? " " : "";
+    return this.routes()
+      .map((r) => this.formatWords(r).join(" ") + trailing + "\n")
+      .join("");
+  }
+
+  /** One route as `ip route` prints it, without the trailing space (traces). */
+  describeRoute(id: number): string {
+    const r = this.routesById[id];
+    return r === undefined ? `route ${id} (deleted)` : this.formatWords(publicEntry(r)).join(" ");
+  }
+
+  /** The table as `ip -j route` prints it (parsed; JSON.stringify gives iproute2's bytes). */
+  toJSON(): RouteJson[] {
+    return this.routes().map((r) => {
+      const out = {} as RouteJson; // keys in iproute2's order
+      if (r.type !== RouteType.Unicast) out.type = TYPE_NAMES.get(r.type)!;
+      out.dst = formatDestination(r);
+      if (r.gateway !== 0) out.gateway = formatIpv4(r.gateway);
+      if (r.port >= 0) out.dev = this.portNames[r.port]!;
+      if (r.protocol !== RouteProtocol.Boot) out.protocol = protocolName(r.protocol);
+      if (r.scope !== RouteScope.Universe) out.scope = scopeName(r.scope);
+      if (r.prefSrc !== 0) out.prefsrc = formatIpv4(r.prefSrc);
+      if (r.metric !== 0) out.metric = r.metric;
+      out.flags = r.onlink ? ["onlink"] : [];
+      return out;
+    });
+  }
+
+  // ---------------------------------------------------------------- internals
+
+  private formatWords(r: RouteEntry): string[] {
+    const words: string[] = [];
+    if (r.type !== RouteType.Unicast) words.push(TYPE_NAMES.get(r.type)!);
+    words.push(formatDestination(r));
+    if (r.gateway !== 0) words.push("via", formatIpv4(r.gateway));
+    if (r.port >= 0) words.push("dev", this.portNames[r.port]!);
+    if (r.protocol !== RouteProtocol.Boot) words.push("proto", protocolName(r.protocol));
+    if (r.scope !== RouteScope.Universe) words.push("scope", scopeName(r.scope));
+    if (r.prefSrc !== 0) words.push("src", formatIpv4(r.prefSrc));
+    if (r.metric !== 0) words.push("metric", String(r.metric));
+    if (r.onlink) words.push("onlink");
+    return words;
+  }
+
+  /**
+   * fib_check_nh_v4_gw (net/ipv4/fib_semantics.c): an `onlink` gateway needs a device and must
+   * be a unicast address; otherwise the gateway must be reachable through a route of scope link
+   * or narrower (a connected route, or one of the router's own addresses in the local table),
+   * on the given device if one was given. Returns the nexthop's port and whether the gateway
+   * is used on the wire (nexthop scope link) rather than being one of the router's addresses.
+   */
+  private checkGateway(gateway: number, port: number, scope: number, onlink: boolean): { port: number; onLink: boolean } {
+    if (onlink) {
+      if (scope >= RouteScope.Link) throw new RouteError("Error: Nexthop has invalid scope.");
+      if (port < 0) throw new RouteError("Error: Nexthop device required for onlink.");
+      // inet_addr_type_dev_table must say RTN_UNICAST: not ours, not 0/8, broadcast or multicast.
+      if (this.localAddressPort(gateway) >= 0 || this.isBroadcastAddress(gateway) || gateway >>> 28 === 0xe) {
+        throw new RouteError("Error: Nexthop has invalid gateway.");
+      }
+      return { port, onLink: true };
+    }
+    const wantedScope = Math.max(scope + 1, RouteScope.Link);
+    // The local table first (fib_lookup goes through the local rule before main).
+    const localPort = this.localAddressPort(gateway);
+    if (localPort >= 0 && (port < 0 || port === localPort)) {
+      return { port: localPort, onLink: false }; // RTN_LOCAL: nexthop scope host
+    }
+    if (wantedScope <= RouteScope.Link && this.broadcastPort(gateway, port) >= 0) {
+      throw new RouteError("Error: Nexthop has invalid gateway."); // RTN_BROADCAST
+    }
+    // The main table (fib_table_lookup): the longest prefix holding a route whose scope is wide
+    // enough (and on the device, if given); an error route found that way fails the lookup.
+    let best: MutableRoute | undefined;
+    for (const chain of this.chains.values()) {
+      const head = this.routesById[chain[0]!]!;
+      if (best !== undefined && head.prefixLength <= best.prefixLength) continue;
+      if (((gateway & prefixMask(head.prefixLength)) >>> 0) !== head.prefix) continue;
+      for (const id of chain) {
+        const r = this.routesById[id]!;
+        if (r.scope < wantedScope || (port >= 0 && r.port !== port)) continue;
+        best = r;
+        break;
+      }
+    }
+    if (best === undefined || best.type !== RouteType.Unicast || best.port < 0) {
+      throw new RouteError("Error: Nexthop has invalid gateway.");
+    }
+    return { port: best.port, onLink: best.scope === RouteScope.Link };
+  }
+
+  private isBroadcastAddress(addr: number): boolean {
+    return addr === 0xffffffff || addr >>> 24 === 0 || this.broadcastPort(addr, -1) >= 0;
+  }
+
+  /** The port whose primary address's subnet broadcast is addr (fib_add_ifaddr adds it for < /31). */
+  private broadcastPort(addr: number, onlyPort: number): number {
+    for (let port = 0; port < this.addresses.length; port++) {
+      if (onlyPort >= 0 && port !== onlyPort) continue;
+      for (const a of this.addresses[port]!) {
+        if (a.secondary || a.prefixLength >= 31) continue;
+        if (((a.addr | ~prefixMask(a.prefixLength)) >>> 0) === addr) return port;
+      }
+    }
+    return -1;
+  }
+
+  private insertRoute(
+    route: ResolvedRoute,
+    exclusive: boolean,
+    gatewayOnLink: boolean,
+  ): number {
+    const key = chainKey(route.prefix, route.prefixLength);
+    const chain = this.chains.get(key) ?? [];
+    // fib_table_insert: same prefix, tos and priority exists -> EEXIST for `ip route add`
+    // (NLM_F_EXCL); the kernel's own connected routes are appended (NLM_F_APPEND).
+    if (exclusive && chain.some((id) => this.routesById[id]!.metric === route.metric)) {
+      throw new RouteError("RTNETLINK answers: File exists");
+    }
+    const id = this.allocateId();
+    const entry: MutableRoute = {
+      id, type: route.type, prefix: route.prefix, prefixLength: route.prefixLength,
+      gateway: route.gateway, port: route.port, protocol: route.protocol, scope: route.scope,
+      prefSrc: route.prefSrc, metric: route.metric, onlink: route.onlink, gatewayOnLink,
+    };
+    this.routesById[id] = entry;
+    this.types[id] = route.type;
+    this.ports[id] = route.port;
+    this.gateways[id] = route.gateway !== 0 && gatewayOnLink ? route.gateway : 0;
+    let at = chain.length;
+    while (at > 0 && this.routesById[chain[at - 1]!]!.metric > route.metric) at--;
+    chain.splice(at, 0, id);
+    this.chains.set(key, chain);
+    this.lpm.insert(route.prefix, route.prefixLength, chain[0]!);
+    return id;
+  }
+
+  private allocateId(): number {
+    const free = this.freeIds.pop();
+    if (free !== undefined) return free;
+    const id = this.routesById.length;
+    if (id >= MAX_ROUTES) throw new RouteError(`Error: the routing table is full (${MAX_ROUTES} routes).`);
+    if (id >= this.types.length) {
+      const capacity = Math.min(MAX_ROUTES, this.types.length * 2);
+      this.types = grow(this.types, new Uint8Array(capacity));
+      this.ports = grow(this.ports, new Int32Array(capacity));
+      this.gateways = grow(this.gateways, new Uint32Array(capacity));
+      this.sources = grow(this.sources, new Uint32Array(capacity));
+    }
+    this.routesById.push(undefined);
+    return id;
+  }
+
+  /** Recomputes every route's FIB_RES_PREFSRC (the kernel does it lazily on address changes). */
+  private refreshSources(): void {
+    for (const r of this.routesById) if (r !== undefined) this.sources[r.id] = this.sourceFor(r);
+  }
+
+  private sourceFor(r: RouteEntry): number {
+    return r.prefSrc !== 0 ? r.prefSrc : r.port < 0 ? 0 : this.selectAddress(r.port, r.gateway);
+  }
+
+  /** inet_select_addr (net/ipv4/devinet.c) for addresses of scope global. */
+  private selectAddress(port: number, destination: number): number {
+    let first = 0;
+    for (const a of this.addresses[port]!) {
+      if (a.secondary) continue;
+      const mask = prefixMask(a.prefixLength);
+      if (destination === 0 || ((destination & mask) >>> 0) === ((a.addr & mask) >>> 0)) return a.addr;
+      if (first === 0) first = a.addr;
+    }
+    if (first !== 0) return first;
+    // No address on the device: the first primary address of any other device.
+    for (const list of this.addresses) {
+      for (const a of list) if (!a.secondary) return a.addr;
+    }
+    return 0;
+  }
+
+  /** Parses `ip route add|del` arguments the way iproute2's iproute_modify does. */
+  private parseRouteText(text: string): ParsedRoute {
+    const words = text.trim().split(/\s+/).filter((w) => w.length > 0);
+    let type = RouteType.Unicast;
+    let destination: { prefix: number; prefixLength: number } | undefined;
+    let gateway: number | undefined;
+    let deviceName: string | undefined;
+    let protocol: number = RouteProtocol.Boot;
+    let scope: number | undefined;
+    let prefSrc = 0;
+    let metric: number | undefined;
+    let onlink = false;
+    const next = (i: number): string => {
+      const word = words[i + 1];
+      if (word === undefined) throw new RouteError('Command line is not complete. Try option "help"');
+      return word;
+    };
+    const address = (word: string): number => {
+      const addr = parseIpv4(word);
+      if (addr < 0) throw new RouteError(`Error: inet address is expected rather than "${word}".`);
+      return addr;
+    };
+    for (let i = 0; i < words.length; i++) {
+      const word = words[i]!;
+      switch (word) {
+        case "via": {
+          const value = next(i++);
+          if (gateway !== undefined) {
+            throw new RouteError('Error: argument "via" is wrong: use nexthop syntax to specify multiple via');
+          }
+          gateway = address(value);
+          break;
+        }
+        case "dev":
+        case "oif":
+          deviceName = next(i++);
+          break;
+        case "proto":
+        case "protocol": {
+          const value = next(i++);
+          const number = PROTOCOL_NUMBERS.get(value) ?? parseUint(value, 255);
+          if (number === undefined) throw new RouteError(`Error: argument "${value}" is wrong: "protocol" value is invalid`);
+          protocol = number;
+          break;
+        }
+        case "scope": {
+          const value = next(i++);
+          const number = SCOPE_NUMBERS.get(value) ?? parseUint(value, 255);
+          if (number === undefined) throw new RouteError(`Error: argument "${value}" is wrong: invalid "scope" value`);
+          scope = number;
+          break;
+        }
+        case "src":
+          prefSrc = address(next(i++));
+          break;
+        case "metric":
+        case "priority":
+        case "preference": {
+          const value = next(i++);
+          const number = parseUint(value, 0xffffffff);
+          if (number === undefined) throw new RouteError(`Error: argument "${value}" is wrong: "metric" value is invalid`);
+          metric = number;
+          break;
+        }
+        case "onlink":
+          onlink = true;
+          break;
+        case "table":
+        case "tos":
+        case "dsfield":
+        case "nexthop":
+        case "nhid":
+        case "mtu":
+        case "encap":
+          throw new RouteError(`Error: "${word}" is not supported by qnat's routing table.`);
+        default: {
+          let prefixWord = word;
+          if (word === "to") {
+            prefixWord = next(i++);
+          }
+          const typeNumber = TYPE_NUMBERS.get(prefixWord);
+          if (typeNumber !== undefined) {
+            type = typeNumber;
+            prefixWord = next(i++);
+          }
+          if (destination !== undefined) {
+            throw new RouteError(`Error: either "to" is duplicate, or "${prefixWord}" is a garbage.`);
+          }
+          destination = parseDestination(prefixWord);
+        }
+      }
+    }
+    let port = -1;
+    if (deviceName !== undefined) {
+      port = this.portIndex(deviceName);
+      if (port < 0) throw new RouteError(`Cannot find device "${deviceName}"`);
+    }
+    if (destination === undefined) {
+      throw new RouteError(`Error: a destination prefix or "default" is required.`);
+    }
+    return {
+      type, prefix: destination.prefix, prefixLength: destination.prefixLength, gateway: gateway ?? 0,
+      port, protocol, scope, prefSrc, metric, onlink,
+    };
+  }
+}
+
+function parseDestination(word: string): { prefix: number; prefixLength: number } {
+  if (word === "default" || word === "all" || word === "any") return { prefix: 0, prefixLength: 0 };
+  const parsed = parseCidr(word);
+  if (parsed === undefined) throw new RouteError(`Error: any valid prefix is expected rather than "${word}".`);
+  return { prefix: parsed.addr, prefixLength: parsed.prefixLength };
+}
+
+function parseUint(text: string, max: number): number | undefined {
+  if (!/^(0x[0-9a-f]+|\d+)$/i.test(text)) return undefined;
+  const value = Number(text);
+  return value <= max ? value : undefined;
+}
+
+function protocolName(protocol: number): string {
+  return PROTOCOL_NAMES.get(protocol) ?? String(protocol);
+}
+
+function scopeName(scope: number): string {
+  return SCOPE_NAMES.get(scope) ?? String(scope);
+}
+
+function formatDestination(r: RouteEntry): string {
+  if (r.prefixLength === 0) return "default";
+  if (r.prefixLength === 32) return formatIpv4(r.prefix);
+  return `${formatIpv4(r.prefix)}/${r.prefixLength}`;
+}
+
+/** A prefix as one number: prefix * 64 + length (exact in a double). */
+function chainKey(prefix: number, prefixLength: number): number {
+  return prefix * 64 + prefixLength;
+}
+
+function splitChainKey(key: number): [number, number] {
+  const prefixLength = key % 64;
+  return [(key - prefixLength) / 64, prefixLength];
+}
+
+function publicEntry(r: MutableRoute): RouteEntry {
+  return {
+    id: r.id, type: r.type, prefix: r.prefix, prefixLength: r.prefixLength, gateway: r.gateway,
+    port: r.port, protocol: r.protocol, scope: r.scope, prefSrc: r.prefSrc, metric: r.metric, onlink: r.onlink,
+  };
+}
+
+function grow<T extends Uint8Array | Int32Array | Uint32Array>(old: T, fresh: T): T {
+  fresh.set(old);
+  return fresh;
+}
