@@ -1,0 +1,644 @@
+/**
+ * NAT bindings: choosing the translated tuple of a NEW connection, as Linux
+ * net/netfilter/nf_nat_core.c (nf_nat_setup_info, get_unique_tuple, find_appropriate_src,
+ * find_best_ips_proto, nf_nat_l4proto_unique_tuple, nf_nat_used_tuple, nf_nat_alloc_null_binding).
+ *
+ * The binding lives in the conntrack entry itself, as in Linux: NAT rewrites the entry's reply
+ * tuple (nf_conntrack_alter_reply) and sets IPS_SRC_NAT / IPS_DST_NAT when the tuple changed and
+ * IPS_*_NAT_DONE in any case. Packets are then rewritten from the two tuples (manip.ts).
+ *
+ * Tuples here are in "original" form (src, dst, sport, dport) with the encoding of
+ * src/conntrack/tuple.ts: TCP/UDP ports; ICMP queries sport = identifier, dport = type<<8 | code;
+ * other protocols ports 0. A tuple is "used" when the conntrack table already holds its inverse
+ * (nf_nat_used_tuple: conntrack only indexes incoming tuples, so the reply of the candidate is
+ * looked up).
+ *
+ * Where qnat differs from the kernel, on purpose:
+ *  - Port offset: Linux >= 5.x starts the port search at get_random_u16() for every connection.
+ *    qnat starts it at a keyed hash of (new address, peer address, peer port) — the 3-tuple
+ *    Linux < 5.x hashed with siphash and a boot-time key (secure_ipv4_port_ephemeral) — mixed
+ *    with the endpoint being translated (without it every client of one server would probe
+ *    from the same offset and the first window would always be taken). A binding is thus a
+ *    deterministic function of the tuple and the engine's seed; `--random` and `--random-fully`
+ *    take the offset from the injected Rng instead. Later "another_round" offsets come from the
+ *    Rng, as Linux.
+ *  - When no unique tuple exists Linux keeps a clashing one and drops the packet when the entry
+ *    is confirmed (__nf_conntrack_confirm); qnat reports it at once: `setupNat` returns false and
+ *    the caller drops the packet with DropReason.NatNoFreeTuple.
+ *  - The address hash of find_best_ips_proto (jhash2 in Linux) is a seeded murmur-style mix.
+ *
+ * Hot path: `setupNat` runs once per NEW connection and allocates nothing unless an `explain`
+ * array is passed (control plane: `qnat trace`).
+ */
+import { formatIpv4 } from "../core/addr.js";
+import type { Rng } from "../core/rng.js";
+import { CtStatus, type ConntrackTable } from "../conntrack/table.js";
+import { icmpInverseType } from "../conntrack/tuple.js";
+import { IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, type PacketInfo } from "../wire/packet-info.js";
+import { natIcmpError as translateIcmpError, natPacket as translatePacket } from "./manip.js";
+import {
+  formatNatRange,
+  Manip,
+  NF_NAT_RANGE_MAP_IPS,
+  NF_NAT_RANGE_PERSISTENT,
+  NF_NAT_RANGE_PROTO_RANDOM_ALL,
+  NF_NAT_RANGE_PROTO_SPECIFIED,
+  type NatRange,
+} from "./range.js";
+
+/** nf_nat_l4proto_unique_tuple: `max_attempts`, the first search window. */
+export const NAT_MAX_ATTEMPTS = 128;
+/** nf_nat_l4proto_unique_tuple: no further (halved) round once the window is below this. */
+export const NAT_MIN_ATTEMPTS = 16;
+
+/** Counters for `qnat show stats`. */
+export interface NatCounters {
+  /** setupNat calls that produced a binding (null bindings included). */
+  bindings: number;
+  /** bindings whose tuple differs from the original (IPS_SRC_NAT / IPS_DST_NAT set). */
+  translated: number;
+  /** bindings whose port/id had to be searched. */
+  searches: number;
+  /** candidate tuples tried by searches. */
+  searchTries: number;
+  /** bindings reusing the mapping of an existing connection from the same source (find_appropriate_src). */
+  sourceMapReused: number;
+  /** setupNat calls that found no unique tuple (DropReason.NatNoFreeTuple). */
+  noFreeTuple: number;
+}
+
+/** Number of buckets of the by-source index for a table of `capacity` entries. */
+function bucketCountFor(capacity: number): number {
+  let n = 16;
+  while (n < capacity) n *= 2;
+  return n;
+}
+
+export class NatEngine {
+  readonly counters: NatCounters = {
+    bindings: 0,
+    translated: 0,
+    searches: 0,
+    searchTries: 0,
+    sourceMapReused: 0,
+    noFreeTuple: 0,
+  };
+
+  /** Boot-time hash keys (Linux nf_nat_hash_rnd / net_secret), drawn once from the Rng. */
+  private readonly addrKey: number;
+  private readonly portKey: number;
+  private readonly bysourceKey: number;
+
+  /**
+   * The by-source index (Linux nf_nat_bysource): every connection with a SRC binding, chained by
+   * hash of its original (protocol, source address, source port). Singly linked through
+   * `bysourceNext[id]`; `bysourceBucketOf[id]` is the bucket an id is linked in (-1: none).
+   * Stale ids (freed entries when `forget` is not wired to the table's onRemove) are checked and
+   * unlinked lazily when a walk meets them.
+   */
+  private readonly bysourceHeads: Int32Array;
+  private readonly bysourceNext: Int32Array;
+  private readonly bysourceBucketOf: Int32Array;
+  private readonly bysourceMask: number;
+
+  // The tuple being built (original form), and the current one (invert of the reply tuple).
+  private protocol = 0;
+  private curSrc = 0;
+  private curDst = 0;
+  private curSport = 0;
+  private curDport = 0;
+  private newSrc = 0;
+  private newDst = 0;
+  private newSport = 0;
+  private newDport = 0;
+  /** Connection being set up (ignored by nf_nat_used_tuple). */
+  private settingUp = -1;
+  /** The last search (see `lastSearch`) and the connection whose mapping was reused. */
+  private lastSearchTries = 0;
+  private lastSearchOffset = 0;
+  private lastSearchMin = 0;
+  private lastSearchSize = 0;
+  private reusedFrom = -1;
+
+  constructor(
+    readonly table: ConntrackTable,
+    private readonly rng: Rng,
+  ) {
+    this.addrKey = rng.next() | 0;
+    this.portKey = rng.next() | 0;
+    this.bysourceKey = rng.next() | 0;
+    const buckets = bucketCountFor(table.capacity);
+    this.bysourceHeads = new Int32Array(buckets).fill(-1);
+    this.bysourceMask = buckets - 1;
+    this.bysourceNext = new Int32Array(table.capacity).fill(-1);
+    this.bysourceBucketOf = new Int32Array(table.capacity).fill(-1);
+  }
+
+  /** True when the SRC (or DST) binding of the connection is set up (IPS_SRC_NAT_DONE / IPS_DST_NAT_DONE). */
+  manipDone(id: number, manip: Manip): boolean {
+    const bit = manip === Manip.Src ? CtStatus.SrcNatDone : CtStatus.DstNatDone;
+    return (this.table.status(id) & bit) !== 0;
+  }
+
+  /**
+   * nf_nat_alloc_null_binding: a binding that maps the connection onto its own address (the
+   * current one, after any earlier manip), letting the port search remap a source port that
+   * clashes with another connection's translated tuple (two tenants behind one SNAT address, or
+   * a tenant whose port the SNAT already handed out). Used for NEW connections no rule NATs.
+   */
+  nullBinding(id: number, manip: Manip, explain?: string[]): boolean {
+    const table = this.table;
+    // "Use reply in case it's already been mangled": the address the packet carries now.
+    const addr = manip === Manip.Src ? table.replyDst(id) : table.replySrc(id);
+    this.nullRange.minAddr = addr;
+    this.nullRange.maxAddr = addr;
+    return this.setupNat(id, manip, this.nullRange, explain);
+  }
+  private readonly nullRange: NatRange = { minAddr: 0, maxAddr: 0, minPort: 0, maxPort: 0, flags: NF_NAT_RANGE_MAP_IPS };
+
+  /**
+   * nf_nat_setup_info: binds connection `id` (created, not yet confirmed) so that its `manip` side
+   * maps into `range` with a tuple no other connection uses. Rewrites the entry's reply tuple and
+   * status. Returns false when no unique tuple exists (the caller drops the packet with
+   * DropReason.NatNoFreeTuple and releases the entry). On a confirmed entry, or a second call for
+   * a manip already done, nothing changes and true is returned (Linux: NF_ACCEPT, resp. WARN).
+   * `explain` (control plane only) receives one line per decision.
+   */
+  setupNat(id: number, manip: Manip, range: NatRange, explain?: string[]): boolean {
+    const table = this.table;
+    // "Can't setup nat info for confirmed ct" (nf_nat_setup_info): its tuples are in the hash.
+    if (table.isConfirmed(id)) {
+      if (explain) explain.push("connection already confirmed: binding unchanged");
+      return true;
+    }
+    if (this.manipDone(id, manip)) {
+      if (explain) explain.push(`${manip === Manip.Src ? "source" : "destination"} NAT already set up`);
+      return true;
+    }
+    const protocol = table.protocol(id);
+    this.protocol = protocol;
+    this.settingUp = id;
+    // What we've got will look like the inverse of the reply (nf_nat_setup_info).
+    this.curSrc = table.replyDst(id);
+    this.curDst = table.replySrc(id);
+    if (protocol === IPPROTO_ICMP) {
+      this.curSport = table.replySport(id);
+      const dport = table.replyDport(id);
+      const inverse = icmpInverseType(dport >>> 8);
+      this.curDport = ((inverse < 0 ? dport >>> 8 : inverse) << 8) | (dport & 0xff);
+    } else {
+      this.curSport = table.replyDport(id);
+      this.curDport = table.replySport(id);
+    }
+
+    if (!this.getUniqueTuple(manip, range, explain)) {
+      this.counters.noFreeTuple++;
+      return false;
+    }
+
+    if (
+      this.newSrc !== this.curSrc ||
+      this.newDst !== this.curDst ||
+      this.newSport !== this.curSport ||
+      this.newDport !== this.curDport
+    ) {
+      // Alter the conntrack entry so replies are recognised (nf_conntrack_alter_reply).
+      if (protocol === IPPROTO_ICMP) {
+        const inverse = icmpInverseType(this.newDport >>> 8);
+        const type = inverse < 0 ? this.newDport >>> 8 : inverse;
+        table.setReplyTuple(id, this.newDst, this.newSrc, this.newSport, (type << 8) | (this.newDport & 0xff));
+      } else {
+        table.setReplyTuple(id, this.newDst, this.newSrc, this.newDport, this.newSport);
+      }
+      table.setStatus(id, manip === Manip.Src ? CtStatus.SrcNat : CtStatus.DstNat);
+      this.counters.translated++;
+    }
+    if (manip === Manip.Src) this.linkBySource(id);
+    table.setStatus(id, manip === Manip.Src ? CtStatus.SrcNatDone : CtStatus.DstNatDone);
+    this.counters.bindings++;
+    if (explain) {
+      explain.push(
+        `${manip === Manip.Src ? "SNAT" : "DNAT"} binding: ${this.formatTuple(this.curSrc, this.curDst, this.curSport, this.curDport)}` +
+          ` -> ${this.formatTuple(this.newSrc, this.newDst, this.newSport, this.newDport)}`,
+      );
+    }
+    return true;
+  }
+
+  /** nf_nat_packet for connection `id`, direction `dir`, at a hook doing `manip` (manip.ts). */
+  natPacket(buf: Uint8Array, info: PacketInfo, id: number, dir: number, manip: Manip): void {
+    translatePacket(this.table, buf, info, id, dir, manip);
+  }
+
+  /** nf_nat_icmp_reply_translation (manip.ts); false: drop the error. */
+  natIcmpError(buf: Uint8Array, info: PacketInfo, id: number, dir: number, manip: Manip): boolean {
+    return translateIcmpError(this.table, buf, info, id, dir, manip);
+  }
+
+  /**
+   * Forgets NAT state of a conntrack entry being freed (Linux nf_nat_cleanup_conntrack). Wire it
+   * to ConntrackTable's `onRemove`; without it stale ids are cleaned lazily.
+   */
+  forget(id: number): void {
+    if (id >= 0 && id < this.bysourceBucketOf.length) this.unlinkBySource(id);
+  }
+
+  // ---- get_unique_tuple ------------------------------------------------------------------------
+
+  private getUniqueTuple(manip: Manip, range: NatRange, explain: string[] | undefined): boolean {
+    const flags = range.flags;
+    this.reusedFrom = -1;
+    this.lastSearchTries = 0;
+    // 1) SRC manip: keep the original tuple when it is in range and free; else reuse the mapping
+    //    an existing connection from the same source has, if it gives a free tuple in range.
+    if (manip === Manip.Src && (flags & NF_NAT_RANGE_PROTO_RANDOM_ALL) === 0) {
+      this.copyCurrentToNew();
+      if (this.inRange(range)) {
+        if (!this.isUsed()) {
+          if (explain) explain.push(`source ${this.formatEndpoint(this.curSrc, this.curSport)} is in range ${formatNatRange(range)} and free: kept`);
+          return true;
+        }
+        if (explain) explain.push(`source ${this.formatEndpoint(this.curSrc, this.curSport)} is in range but taken`);
+      } else if (this.findAppropriateSource(range)) {
+        if (!this.isUsed()) {
+          this.counters.sourceMapReused++;
+          if (explain) {
+            explain.push(
+              `source ${this.formatEndpoint(this.curSrc, this.curSport)} already maps to ` +
+                `${this.formatEndpoint(this.newSrc, this.newSport)} (connection ${this.reusedFrom}): reused`,
+            );
+          }
+          return true;
+        }
+      }
+    }
+
+    // 2) Select the IP in the range (find_best_ips_proto).
+    this.copyCurrentToNew();
+    this.findBestIps(manip, range, explain);
+
+    // 3) Only search the per-protocol part if it is not already in range and unique.
+    if ((flags & NF_NAT_RANGE_PROTO_RANDOM_ALL) === 0) {
+      if (flags & NF_NAT_RANGE_PROTO_SPECIFIED) {
+        if (this.l4InRange(manip, range.minPort, range.maxPort) && !this.isUsed()) {
+          if (explain) explain.push(`${this.sideName(manip)} ${this.keyName()} ${this.currentKey(manip)} is in ${range.minPort}-${range.maxPort} and free: kept`);
+          return true;
+        }
+      } else if (!this.isUsed()) {
+        if (explain && this.hasKey(manip)) explain.push(`${this.sideName(manip)} ${this.keyName()} ${this.currentKey(manip)} is free: kept`);
+        return true;
+      }
+    }
+    return this.uniqueL4(manip, range, explain);
+  }
+
+  private copyCurrentToNew(): void {
+    this.newSrc = this.curSrc;
+    this.newDst = this.curDst;
+    this.newSport = this.curSport;
+    this.newDport = this.curDport;
+  }
+
+  /** nf_nat_used_tuple: is the inverse of the candidate held by another connection? */
+  private isUsed(): boolean {
+    const protocol = this.protocol;
+    if (protocol === IPPROTO_ICMP) {
+      const inverse = icmpInverseType(this.newDport >>> 8);
+      const type = inverse < 0 ? this.newDport >>> 8 : inverse;
+      return this.table.isTupleTaken(protocol, this.newDst, this.newSrc, this.newSport, (type << 8) | (this.newDport & 0xff), this.settingUp);
+    }
+    return this.table.isTupleTaken(protocol, this.newDst, this.newSrc, this.newDport, this.newSport, this.settingUp);
+  }
+
+  /** in_range: the candidate's source (address, and port/id when PROTO_SPECIFIED) lies in the range. */
+  private inRange(range: NatRange): boolean {
+    if (range.flags & NF_NAT_RANGE_MAP_IPS) {
+      const src = this.newSrc >>> 0;
+      if (src < range.minAddr >>> 0 || src > range.maxAddr >>> 0) return false;
+    }
+    if ((range.flags & NF_NAT_RANGE_PROTO_SPECIFIED) === 0) return true;
+    return this.l4InRange(Manip.Src, range.minPort, range.maxPort);
+  }
+
+  /** l4proto_in_range: ICMP id (either manip), TCP/UDP port of the manip side; other protocols always. */
+  private l4InRange(manip: Manip, min: number, max: number): boolean {
+    const protocol = this.protocol;
+    if (protocol === IPPROTO_ICMP) return this.newSport >= min && this.newSport <= max;
+    if (protocol === IPPROTO_TCP || protocol === IPPROTO_UDP) {
+      const port = manip === Manip.Src ? this.newSport : this.newDport;
+      return port >= min && port <= max;
+    }
+    return true;
+  }
+
+  /**
+   * find_appropriate_src: a connection from the same source (protocol, address, port) already
+   * SNATed; its translated source, with our destination, if that is in range.
+   */
+  private findAppropriateSource(range: NatRange): boolean {
+    const table = this.table;
+    const protocol = this.protocol;
+    const src = this.curSrc;
+    const sport = this.curSport;
+    const bucket = this.bysourceBucket(protocol, src, sport);
+    let previous = -1;
+    let candidate = this.bysourceHeads[bucket]!;
+    while (candidate >= 0) {
+      const next = this.bysourceNext[candidate]!;
+      if (
+        !table.isAllocated(candidate) ||
+        (table.status(candidate) & CtStatus.SrcNatDone) === 0 ||
+        this.bysourceBucket(table.protocol(candidate), table.origSrc(candidate), table.origSport(candidate)) !== bucket
+      ) {
+        // Stale: freed, or reused by a connection that is not (yet) source-bound here.
+        if (previous < 0) this.bysourceHeads[bucket] = next;
+        else this.bysourceNext[previous] = next;
+        this.bysourceNext[candidate] = -1;
+        this.bysourceBucketOf[candidate] = -1;
+        candidate = next;
+        continue;
+      }
+      if (
+        candidate !== this.settingUp &&
+        table.protocol(candidate) === protocol &&
+        table.origSrc(candidate) === src &&
+        table.origSport(candidate) === sport
+      ) {
+        // Copy the source part from the (inverted) reply tuple; keep our destination.
+        this.newSrc = table.replyDst(candidate);
+        this.newSport = protocol === IPPROTO_ICMP ? table.replySport(candidate) : table.replyDport(candidate);
+        this.newDst = this.curDst;
+        this.newDport = this.curDport;
+        if (this.inRange(range)) {
+          this.reusedFrom = candidate;
+          return true;
+        }
+      }
+      previous = candidate;
+      candidate = next;
+    }
+    return false;
+  }
+
+  /**
+   * find_best_ips_proto: one address in [minAddr, maxAddr] from a hash of the tuple's addresses,
+   * so a client keeps its translated address across connections ("some Internet Banking sites
+   * like this"); with PERSISTENT the other side's address is left out of the hash.
+   */
+  private findBestIps(manip: Manip, range: NatRange, explain: string[] | undefined): void {
+    if ((range.flags & NF_NAT_RANGE_MAP_IPS) === 0) return;
+    const min = range.minAddr >>> 0;
+    const max = range.maxAddr >>> 0;
+    let chosen: number;
+    if (min === max) {
+      chosen = min;
+    } else {
+      const j = mix2(this.addrKey, this.newSrc, range.flags & NF_NAT_RANGE_PERSISTENT ? 0 : this.newDst);
+      const dist = max >= min ? max - min + 1 : 1;
+      chosen = (min + reciprocalScale(j, dist)) >>> 0;
+    }
+    if (manip === Manip.Src) this.newSrc = chosen;
+    else this.newDst = chosen;
+    if (explain && min !== max) {
+      explain.push(
+        `address ${formatIpv4(chosen)} chosen from ${formatIpv4(min)}-${formatIpv4(max)} by hash of ` +
+          (range.flags & NF_NAT_RANGE_PERSISTENT ? "the source address (persistent)" : "source and destination addresses"),
+      );
+    }
+  }
+
+  /**
+   * nf_nat_l4proto_unique_tuple: search the port (TCP/UDP, manip side) or the ICMP identifier
+   * for a tuple nobody uses. Windows of at most 128 candidates from an offset; when one fails,
+   * a new random offset and half the window ("another_round"), until the window is below 16 or
+   * covers the whole range.
+   */
+  private uniqueL4(manip: Manip, range: NatRange, explain: string[] | undefined): boolean {
+    const protocol = this.protocol;
+    const flags = range.flags;
+    let min: number;
+    let rangeSize: number;
+    let isIcmp = false;
+    if (protocol === IPPROTO_ICMP) {
+      // The id is the same in either direction.
+      isIcmp = true;
+      if (flags & NF_NAT_RANGE_PROTO_SPECIFIED) {
+        min = range.minPort;
+        rangeSize = range.maxPort - range.minPort + 1;
+      } else {
+        min = 0;
+        rangeSize = 65536;
+      }
+    } else if (protocol === IPPROTO_TCP || protocol === IPPROTO_UDP) {
+      if ((flags & NF_NAT_RANGE_PROTO_SPECIFIED) === 0) {
+        // If it's a destination rewrite, the port cannot change.
+        if (manip === Manip.Dst) {
+          if (explain) explain.push(`destination ${this.formatEndpoint(this.newDst, this.newDport)} is taken and no port range is given: drop (nat-no-free-tuple)`);
+          return false;
+        }
+        const port = this.newSport;
+        if (port < 1024) {
+          // "Loose convention: >> 512 is credential passing."
+          if (port < 512) {
+            min = 1;
+            rangeSize = 511;
+          } else {
+            min = 600;
+            rangeSize = 1023 - 600 + 1;
+          }
+        } else {
+          min = 1024;
+          rangeSize = 65535 - 1024 + 1;
+        }
+      } else {
+        let lo = range.minPort;
+        let hi = range.maxPort;
+        if (hi < lo) {
+          const t = lo;
+          lo = hi;
+          hi = t;
+        }
+        min = lo;
+        rangeSize = hi - lo + 1;
+      }
+    } else {
+      // Generic protocols: nothing but the address to vary.
+      if (explain) explain.push(`tuple ${this.formatTuple(this.newSrc, this.newDst, this.newSport, this.newDport)} is taken and ${this.protocol} has no ports: drop (nat-no-free-tuple)`);
+      return false;
+    }
+
+    const src = manip === Manip.Src;
+    const oldKey = isIcmp ? this.newSport : src ? this.newSport : this.newDport;
+    // Offset: --random / --random-fully from the Rng; default from the keyed 3-tuple hash.
+    let off: number;
+    if (flags & NF_NAT_RANGE_PROTO_RANDOM_ALL) {
+      off = this.rng.next() & 0xffff;
+    } else {
+      // The 3-tuple of secure_ipv4_port_ephemeral (our new address, the peer's address and
+      // port), plus the endpoint being translated so that many clients of one server do not all
+      // probe from the same offset.
+      const peerPort = src ? this.newDport : this.newSport;
+      const h = mix3(this.portKey, src ? this.newSrc : this.newDst, src ? this.newDst : this.newSrc, peerPort);
+      off = mix2(h, src ? this.curSrc : this.curDst, (src ? this.curSport : this.curDport) | (this.protocol << 16)) & 0xffff;
+    }
+    const firstOffset = off;
+    let attempts = rangeSize < NAT_MAX_ATTEMPTS ? rangeSize : NAT_MAX_ATTEMPTS;
+    let tries = 0;
+    this.counters.searches++;
+    for (;;) {
+      for (let i = 0; i < attempts; i++, off = (off + 1) & 0xffff) {
+        const key = min + (off % rangeSize);
+        if (isIcmp || src) this.newSport = key;
+        else this.newDport = key;
+        tries++;
+        if (!this.isUsed()) {
+          this.counters.searchTries += tries;
+          this.noteSearch(tries, firstOffset, min, rangeSize);
+          if (explain) this.explainSearch(explain, manip, oldKey, min, rangeSize, firstOffset, key, tries);
+          return true;
+        }
+      }
+      if (attempts >= rangeSize || attempts < NAT_MIN_ATTEMPTS) break;
+      attempts >>>= 1;
+      off = this.rng.next() & 0xffff;
+    }
+    this.counters.searchTries += tries;
+    this.noteSearch(tries, firstOffset, min, rangeSize);
+    if (explain) {
+      explain.push(
+        `${this.sideName(manip)} ${this.keyName()} ${oldKey} is taken; no free ${this.keyName()} in ` +
+          `${min}-${min + rangeSize - 1} after ${tries} tries: drop (nat-no-free-tuple)`,
+      );
+    }
+    return false;
+  }
+
+  private explainSearch(
+    explain: string[],
+    manip: Manip,
+    oldKey: number,
+    min: number,
+    rangeSize: number,
+    offset: number,
+    chosen: number,
+    tries: number,
+  ): void {
+    explain.push(
+      `${this.sideName(manip)} ${this.keyName()} ${oldKey} is taken; searching ${min}-${min + rangeSize - 1} ` +
+        `from offset ${offset % rangeSize}: chose ${chosen} after ${tries} ${tries === 1 ? "try" : "tries"}`,
+    );
+  }
+
+  private noteSearch(tries: number, offset: number, min: number, size: number): void {
+    this.lastSearchTries = tries;
+    this.lastSearchOffset = offset;
+    this.lastSearchMin = min;
+    this.lastSearchSize = size;
+  }
+
+  /** The last port/id search of `setupNat` (tries 0: none was needed). Control plane. */
+  get lastSearch(): { tries: number; offset: number; min: number; size: number } {
+    return { tries: this.lastSearchTries, offset: this.lastSearchOffset, min: this.lastSearchMin, size: this.lastSearchSize };
+  }
+
+  // ---- by-source index -------------------------------------------------------------------------
+
+  private bysourceBucket(protocol: number, src: number, sport: number): number {
+    return mix3(this.bysourceKey, protocol, src, sport) & this.bysourceMask;
+  }
+
+  private linkBySource(id: number): void {
+    this.unlinkBySource(id);
+    const bucket = this.bysourceBucket(this.table.protocol(id), this.table.origSrc(id), this.table.origSport(id));
+    this.bysourceNext[id] = this.bysourceHeads[bucket]!;
+    this.bysourceHeads[bucket] = id;
+    this.bysourceBucketOf[id] = bucket;
+  }
+
+  private unlinkBySource(id: number): void {
+    const bucket = this.bysourceBucketOf[id]!;
+    if (bucket < 0) return;
+    let previous = -1;
+    let current = this.bysourceHeads[bucket]!;
+    while (current >= 0) {
+      if (current === id) {
+        const next = this.bysourceNext[id]!;
+        if (previous < 0) this.bysourceHeads[bucket] = next;
+        else this.bysourceNext[previous] = next;
+        break;
+      }
+      previous = current;
+      current = this.bysourceNext[current]!;
+    }
+    this.bysourceNext[id] = -1;
+    this.bysourceBucketOf[id] = -1;
+  }
+
+  // ---- formatting (explain only) ---------------------------------------------------------------
+
+  private hasKey(manip: Manip): boolean {
+    return this.protocol === IPPROTO_ICMP || ((this.protocol === IPPROTO_TCP || this.protocol === IPPROTO_UDP) && manip === Manip.Src);
+  }
+  private sideName(manip: Manip): string {
+    if (this.protocol === IPPROTO_ICMP) return "icmp";
+    return manip === Manip.Src ? "source" : "destination";
+  }
+  private keyName(): string {
+    return this.protocol === IPPROTO_ICMP ? "id" : "port";
+  }
+  private currentKey(manip: Manip): number {
+    return this.protocol === IPPROTO_ICMP || manip === Manip.Src ? this.newSport : this.newDport;
+  }
+  private formatEndpoint(addr: number, port: number): string {
+    if (this.protocol === IPPROTO_ICMP) return `${formatIpv4(addr)} id ${port}`;
+    if (this.protocol === IPPROTO_TCP || this.protocol === IPPROTO_UDP) return `${formatIpv4(addr)}:${port}`;
+    return formatIpv4(addr);
+  }
+  private formatTuple(src: number, dst: number, sport: number, dport: number): string {
+    if (this.protocol === IPPROTO_ICMP) return `${formatIpv4(src)} > ${formatIpv4(dst)} id ${sport}`;
+    if (this.protocol === IPPROTO_TCP || this.protocol === IPPROTO_UDP) {
+      return `${formatIpv4(src)}:${sport} > ${formatIpv4(dst)}:${dport}`;
+    }
+    return `${formatIpv4(src)} > ${formatIpv4(dst)}`;
+  }
+}
+
+// ---- hashing ---------------------------------------------------------------------------------
+
+function mixWord(h: number, word: number): number {
+  let k = Math.imul(word, 0xcc9e2d51);
+  k = (k << 15) | (k >>> 17);
+  k = Math.imul(k, 0x1b873593);
+  h ^= k;
+  h = (h << 13) | (h >>> 19);
+  return (Math.imul(h, 5) + 0xe6546b64) | 0;
+}
+
+function finalize(h: number): number {
+  h ^= h >>> 16;
+  h = Math.imul(h, 0x85ebca6b);
+  h ^= h >>> 13;
+  h = Math.imul(h, 0xc2b2ae35);
+  h ^= h >>> 16;
+  return h >>> 0;
+}
+
+/** Keyed hash of two words (stands in for jhash2 in find_best_ips_proto). uint32. */
+export function mix2(key: number, a: number, b: number): number {
+  return finalize(mixWord(mixWord(key, a), b) ^ 8);
+}
+
+/** Keyed hash of three words (stands in for siphash in secure_ipv4_port_ephemeral / hash_by_src). uint32. */
+export function mix3(key: number, a: number, b: number, c: number): number {
+  return finalize(mixWord(mixWord(mixWord(key, a), b), c) ^ 12);
+}
+
+/**
+ * Linux reciprocal_scale(val, ep_ro) = (val * ep_ro) >> 32 for a uint32 `val` and a range size up
+ * to 2^32, computed exactly in doubles by splitting `val` into 16-bit halves.
+ */
+export function reciprocalScale(val: number, range: number): number {
+  const hi = val >>> 16;
+  const lo = val & 0xffff;
+  return Math.floor((hi * range + Math.floor((lo * range) / 65536)) / 65536);
+}
