@@ -416,6 +416,100 @@ Napi::Value WriteBatchCall(const Napi::CallbackInfo& info) {
   return Napi::Number::New(env, static_cast<double>(count));
 }
 
+// writeSelected(fd, data, slotSize, lengths, verdicts, count, want) -> slots passed. Writes the
+// packets i < count with verdicts[i] == want (the forwarding loop's egress of a processed batch,
+// src/dataplane/port.ts), so a batch goes out to each leg without being copied. The return value
+// is the index it got to, as writeBatch's: every selected packet before it was written; below
+// `count` it stopped at EAGAIN, or before a failing packet that the next call, started there,
+// reports by throwing.
+Napi::Value WriteSelectedCall(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd = -1;
+  BatchView batch;
+  if (!ReadFd(info, 0, &fd)) return env.Undefined();
+  if (!info[1].IsTypedArray() || info[1].As<Napi::TypedArray>().TypedArrayType() != napi_uint8_array) {
+    ThrowCoded(env, "ERR_INVALID_ARG_TYPE", "data must be a Uint8Array", true);
+    return env.Undefined();
+  }
+  if (!info[3].IsTypedArray() || info[3].As<Napi::TypedArray>().TypedArrayType() != napi_uint32_array) {
+    ThrowCoded(env, "ERR_INVALID_ARG_TYPE", "lengths must be a Uint32Array", true);
+    return env.Undefined();
+  }
+  if (!info[4].IsTypedArray() || info[4].As<Napi::TypedArray>().TypedArrayType() != napi_int32_array) {
+    ThrowCoded(env, "ERR_INVALID_ARG_TYPE", "verdicts must be an Int32Array", true);
+    return env.Undefined();
+  }
+  Napi::Uint8Array data = info[1].As<Napi::Uint8Array>();
+  Napi::Uint32Array lengths = info[3].As<Napi::Uint32Array>();
+  Napi::Int32Array verdicts = info[4].As<Napi::Int32Array>();
+  int64_t slot_size = 0;
+  int64_t count = 0;
+  int64_t want = 0;
+  size_t max_count = lengths.ElementLength() < verdicts.ElementLength() ? lengths.ElementLength() : verdicts.ElementLength();
+  if (!ReadInt(info, 2, "slotSize", 1, INT32_MAX, &slot_size) ||
+      !ReadInt(info, 5, "count", 0, static_cast<int64_t>(max_count), &count) ||
+      !ReadInt(info, 6, "want", INT32_MIN, INT32_MAX, &want)) {
+    return env.Undefined();
+  }
+  if (static_cast<uint64_t>(count) * static_cast<uint64_t>(slot_size) > data.ByteLength()) {
+    ThrowCoded(env, "ERR_OUT_OF_RANGE", "count slots of slotSize bytes exceed data");
+    return env.Undefined();
+  }
+  batch.data = data.Data();
+  batch.lengths = lengths.Data();
+  batch.slot_size = static_cast<size_t>(slot_size);
+  batch.count = static_cast<size_t>(count);
+  const int32_t* verdict = verdicts.Data();
+  size_t index = 0;
+  while (index < static_cast<size_t>(count)) {
+    if (verdict[index] != static_cast<int32_t>(want)) {
+      index++;
+      continue;
+    }
+    size_t length = batch.lengths[index];
+    if (length > batch.slot_size) {
+      ThrowCoded(env, "ERR_OUT_OF_RANGE", "lengths[" + std::to_string(index) + "] exceeds slotSize");
+      return env.Undefined();
+    }
+    ssize_t n = write(fd, batch.data + index * batch.slot_size, length);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      if (errno == EAGAIN || errno == EWOULDBLOCK) break;
+      if (index == 0) {
+        ThrowErrno(env, errno, "write", "fd " + std::to_string(fd));
+        return env.Undefined();
+      }
+      break;
+    }
+    index++;
+  }
+  return Napi::Number::New(env, static_cast<double>(index));
+}
+
+// enterNetns(netnsPath): moves the calling thread (Node's main thread) into a network namespace
+// for good (setns(2), CLONE_NEWNET affects only the calling thread). Sockets it creates from then
+// on, such as the metadata proxy's listener, belong to that namespace; child processes forked from
+// it start there.
+Napi::Value EnterNetns(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  std::string path;
+  if (!ReadNetnsPath(info, 0, &path)) return env.Undefined();
+  if (path.empty()) {
+    ThrowCoded(env, "EINVAL", "enterNetns needs a namespace path");
+    return env.Undefined();
+  }
+  int target = open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (target < 0) {
+    ThrowErrno(env, errno, "open", "netns " + path);
+    return env.Undefined();
+  }
+  int rc = setns(target, CLONE_NEWNET);
+  int err = errno;
+  close(target);
+  if (rc != 0) ThrowErrno(env, err, "setns", "netns " + path);
+  return env.Undefined();
+}
+
 Napi::Value Close(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   int fd = -1;
@@ -562,6 +656,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("setUp", Napi::Function::New(env, SetUp, "setUp"));
   exports.Set("readBatch", Napi::Function::New(env, ReadBatchCall, "readBatch"));
   exports.Set("writeBatch", Napi::Function::New(env, WriteBatchCall, "writeBatch"));
+  exports.Set("writeSelected", Napi::Function::New(env, WriteSelectedCall, "writeSelected"));
+  exports.Set("enterNetns", Napi::Function::New(env, EnterNetns, "enterNetns"));
   exports.Set("poll", Napi::Function::New(env, Poll, "poll"));
   exports.Set("stopPoll", Napi::Function::New(env, StopPoll, "stopPoll"));
   exports.Set("close", Napi::Function::New(env, Close, "close"));

@@ -62,6 +62,26 @@ export interface TunNative {
    */
   writeBatch(fd: number, data: Uint8Array, slotSize: number, lengths: Uint32Array, count: number): number;
   /**
+   * write()s, of packets 0..count-1, those with `verdicts[i] === want` (a processed batch's
+   * egress, src/dataplane/port.ts), without copying. Returns the index it got to: every selected
+   * packet before it was written; less than `count` on EAGAIN, or before a failing packet (which
+   * the next call, started at that index, reports by throwing), as writeBatch.
+   */
+  writeSelected(
+    fd: number,
+    data: Uint8Array,
+    slotSize: number,
+    lengths: Uint32Array,
+    verdicts: Int32Array,
+    count: number,
+    want: number,
+  ): number;
+  /**
+   * Moves the calling thread (Node's main thread) into the network namespace at `netnsPath` for
+   * good (setns(2)): sockets created afterwards, and child processes, belong to it.
+   */
+  enterNetns(netnsPath: string): void;
+  /**
    * Watches `fd` with a uv_poll_t (UV_READABLE) on Node's loop. `callback(0)` when readable;
    * `callback(-errno)` once if libuv reports an error, after which the watcher has stopped.
    * An active watcher keeps the process alive, like a socket.

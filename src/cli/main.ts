@@ -1,0 +1,215 @@
+#!/usr/bin/env node
+/**
+ * The `qnat` command (package.json "bin"). Contracts in DESIGN.md "CLI". Every error a user can
+ * act on is one line: a bad config or rules file `FILE:LINE: ...` and a usage mistake exit 2,
+ * missing privileges or an operational problem exit 1; anything unexpected is
+ * `qnat: internal error: ...` with exit 70 (EX_SOFTWARE, sysexits.h), the stack only with
+ * QNAT_DEBUG=1.
+ */
+import { readFileSync, realpathSync } from "node:fs";
+import { fileURLToPath } from "node:url";
+import { ConfigError } from "../config/config.js";
+import { CommandError } from "../io/netns.js";
+import { TunAddonNotBuiltError } from "../io/tun.js";
+import { ControlError } from "../control/socket.js";
+import { OperationalError, PrivilegeError, UsageError } from "./errors.js";
+import { parseArgs, type ParsedArgs } from "./args.js";
+import { defaultConfigPath, resolveRouterNamespace } from "./paths.js";
+
+export const USAGE = `usage: qnat COMMAND ...
+
+  qnat run CONFIG                       run the router of CONFIG in the foreground (root)
+  qnat lab up [CONFIG]                  build the lab of CONFIG (default examples/seed.yaml) and start its router (root)
+  qnat lab down [CONFIG]                stop the lab's router and remove everything the lab made (root)
+  qnat demo [CONFIG]                    lab up, then a guided tour with real traffic (what \`npm start\` runs; root)
+  qnat show ports|routes|rules|conntrack|stats [--json] [-v] [--router NAMESPACE | --config CONFIG]
+                                        ask the running router (default: the seed's)
+  qnat trace [--config CONFIG | --router NAMESPACE] [--json] 'PORT PROTO SRC[:SPORT] > DST[:DPORT] [FLAGS]'
+                                        explain one packet hop by hop (offline from a config needs no root)
+  qnat rules check FILE                 check iptables nat text; each problem as FILE:LINE: ...
+  qnat help                             this text
+`;
+
+/** EX_SOFTWARE (sysexits.h): an internal software error. */
+export const EXIT_INTERNAL = 70;
+
+type Out = (text: string) => void;
+
+export interface CliIo {
+  readonly out: Out;
+  readonly err: Out;
+}
+
+const processIo: CliIo = {
+  out: (text) => process.stdout.write(text),
+  err: (text) => process.stderr.write(text),
+};
+
+function withNewline(text: string): string {
+  return text.endsWith("\n") || text === "" ? text : `${text}\n`;
+}
+
+/** Runs one qnat command line (without `node main.js`); resolves with the exit code. */
+export async function runCli(argv: readonly string[], io: CliIo = processIo): Promise<number> {
+  try {
+    return await dispatch(parseArgs(argv), io);
+  } catch (error) {
+    return reportError(error, io);
+  }
+}
+
+/** Prints an error as the CLI does and returns its exit code. */
+export function reportError(error: unknown, io: CliIo): number {
+  if (error instanceof ConfigError) {
+    io.err(`${error.message}\n`);
+    return 2;
+  }
+  if (error instanceof UsageError) {
+    io.err(`qnat: ${error.message}\n${error.message.startsWith("usage") ? "" : "run `qnat help` for usage\n"}`);
+    return 2;
+  }
+  if (error instanceof PrivilegeError || error instanceof OperationalError || error instanceof ControlError) {
+    io.err(`qnat: ${firstLine(error.message)}\n`);
+    return error.exitCode;
+  }
+  if (error instanceof CommandError || error instanceof TunAddonNotBuiltError) {
+    io.err(`qnat: ${firstLine(error.message)}\n`);
+    return 1;
+  }
+  const message = error instanceof Error ? error.message : String(error);
+  io.err(`qnat: internal error: ${firstLine(message)}\n`);
+  if (process.env["QNAT_DEBUG"] === "1" && error instanceof Error && error.stack) io.err(`${error.stack}\n`);
+  return EXIT_INTERNAL;
+}
+
+function firstLine(text: string): string {
+  return text.split("\n", 1)[0]!.trim();
+}
+
+async function dispatch(args: ParsedArgs, io: CliIo): Promise<number> {
+  const [command, ...rest] = args.positional;
+  if (args.flags.has("help") || command === undefined || command === "help") {
+    io.out(USAGE);
+    return command === undefined && !args.flags.has("help") ? 2 : 0;
+  }
+  switch (command) {
+    case "run": {
+      args.allow("run", []);
+      const config = args.exactlyOne(rest, "qnat run CONFIG");
+      const { runRouterCommand } = await import("../control/router-process.js");
+      return runRouterCommand(config);
+    }
+    case "lab": {
+      args.allow("lab", []);
+      const [action, config, ...extra] = rest;
+      if ((action !== "up" && action !== "down") || extra.length > 0) throw new UsageError("usage: qnat lab up|down [CONFIG]");
+      const lab = await import("../control/lab.js");
+      const path = config ?? defaultConfigPath();
+      return action === "up" ? lab.labUp(path, io.out) : lab.labDown(path, io.out);
+    }
+    case "demo": {
+      args.allow("demo", []);
+      if (rest.length > 1) throw new UsageError("usage: qnat demo [CONFIG]");
+      const { runDemo } = await import("./demo.js");
+      return runDemo(rest[0] ?? defaultConfigPath(), io.out);
+    }
+    case "show": {
+      args.allow("show", ["json", "verbose", "router", "config"]);
+      const what = args.exactlyOne(rest, "qnat show ports|routes|rules|conntrack|stats");
+      const { SHOW_WHAT, controlRequest, controlSocketPath } = await import("../control/socket.js");
+      if (!(SHOW_WHAT as readonly string[]).includes(what)) {
+        throw new UsageError(`show what? expected one of ${SHOW_WHAT.join(", ")}`);
+      }
+      const namespace = resolveRouterNamespace(args.value("router"), args.value("config"));
+      const response = await controlRequest(controlSocketPath(namespace), {
+        cmd: "show",
+        what: what as (typeof SHOW_WHAT)[number],
+        json: args.flags.has("json"),
+        verbose: args.flags.has("verbose"),
+      });
+      if (!response.ok) throw new OperationalError(response.error);
+      io.out(withNewline(response.text ?? JSON.stringify(response.data)));
+      return 0;
+    }
+    case "trace":
+      args.allow("trace", ["json", "router", "config"]);
+      return trace(args, rest, io);
+    case "rules": {
+      args.allow("rules", []);
+      const [sub, file, ...extra] = rest;
+      if (sub !== "check" || file === undefined || extra.length > 0) throw new UsageError("usage: qnat rules check FILE");
+      return rulesCheck(file, io);
+    }
+    default:
+      throw new UsageError(`unknown command "${command}"`);
+  }
+}
+
+async function trace(args: ParsedArgs, rest: readonly string[], io: CliIo): Promise<number> {
+  if (rest.length === 0) throw new UsageError("usage: qnat trace [--config CONFIG | --router NAMESPACE] [--json] 'PORT PROTO SRC[:SPORT] > DST[:DPORT] [FLAGS]'");
+  const spec = rest.join(" ");
+  const json = args.flags.has("json");
+  const configPath = args.value("config");
+  const router = args.value("router");
+  if (configPath !== undefined && router !== undefined) throw new UsageError("give --config or --router, not both");
+  if (router === undefined) {
+    // Offline: a fresh dataplane built from the config; no root needed.
+    const { loadConfig } = await import("../config/config.js");
+    const { buildDataplane } = await import("../dataplane/from-config.js");
+    const traceModule = await import("../control/trace.js");
+    const dataplane = buildDataplane(loadConfig(configPath ?? defaultConfigPath()));
+    let result;
+    try {
+      result = traceModule.runTrace(dataplane, spec);
+    } catch (error) {
+      if (error instanceof traceModule.TraceSpecError) throw new UsageError(error.message);
+      throw error;
+    }
+    io.out(withNewline(json ? JSON.stringify(result) : traceModule.formatTrace(result)));
+    return result.verdict === "drop" ? 1 : 0;
+  }
+  const { controlRequest, controlSocketPath } = await import("../control/socket.js");
+  const response = await controlRequest(controlSocketPath(router), { cmd: "trace", packet: spec, json });
+  if (!response.ok) throw new OperationalError(response.error);
+  io.out(withNewline(response.text ?? JSON.stringify(response.data)));
+  return 0;
+}
+
+async function rulesCheck(file: string, io: CliIo): Promise<number> {
+  let text: string;
+  try {
+    text = readFileSync(file, "utf8");
+  } catch (error) {
+    throw new ConfigError(file, 0, `cannot read rules file (${(error as NodeJS.ErrnoException).code ?? "error"})`);
+  }
+  const { checkRulesText } = await import("../nat/rules/check.js");
+  const problems = checkRulesText(text, file);
+  for (const problem of problems) io.err(`${problem}\n`);
+  if (problems.length > 0) return 2;
+  const { parseRules } = await import("../nat/rules/parse.js");
+  const { rulesInOrder } = await import("../nat/rules/model.js");
+  io.out(`${file}: ${rulesInOrder(parseRules(text).table).length} rules, OK\n`);
+  return 0;
+}
+
+/** Whether this module is the program (`node dist/src/cli/main.js`, or the bin symlink to it). */
+function isMainModule(): boolean {
+  const invoked = process.argv[1];
+  if (invoked === undefined) return false;
+  try {
+    return realpathSync(invoked) === realpathSync(fileURLToPath(import.meta.url));
+  } catch {
+    return false;
+  }
+}
+
+if (isMainModule()) {
+  runCli(process.argv.slice(2)).then(
+    (code) => {
+      process.exitCode = code;
+    },
+    (error: unknown) => {
+      process.exitCode = reportError(error, processIo);
+    },
+  );
+}

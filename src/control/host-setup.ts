@@ -1,0 +1,222 @@
+/**
+ * What `qnat run` and `qnat lab up` configure in the kernel, through iproute2 (control plane
+ * only): the router namespace (its host mirrors' addresses, the configured routes, sysctls and
+ * the policy routing that makes OUTPUT DNAT work), the wire namespaces, and the lab's hosts.
+ *
+ * The router namespace's kernel is only the router's own host (DESIGN.md "Topology"): it has
+ * `ip_forward=0`; what it sends leaves through a mirror into qnat's OUTPUT path, and what qnat
+ * delivers locally arrives through the mirror of the port it came in on.
+ */
+import { formatCidr, formatIpv4, prefixMask, type Cidr } from "../core/addr.js";
+import { ConfigError, type LabHostConfig, type RouterConfig } from "../config/config.js";
+import { TargetKind, type NatTable } from "../nat/rules/model.js";
+import { parseRules } from "../nat/rules/parse.js";
+import { ensureNetns, ip, netnsExec, netnsExists } from "../io/netns.js";
+
+/**
+ * The routing table that sends the router host's own packets for OUTPUT-DNATed local addresses
+ * to a mirror (any id from 1 to 252 that is not local/main/default; rt_tables(5)).
+ */
+export const OUTPUT_DNAT_TABLE = 200;
+/** Preference of the rule for those packets: ahead of the local table's. */
+export const OUTPUT_DNAT_RULE_PREF = 50;
+/** Where the local table's rule moves from 0 (fib_default_rules_init, net/ipv4/fib_rules.c). */
+export const LOCAL_RULE_PREF = 100;
+
+/** Parses the config's nat text; every error becomes the ConfigError of its config line. */
+export function parseConfigRules(config: RouterConfig): NatTable {
+  const result = parseRules(config.nat.text);
+  const first = result.errors[0];
+  if (first !== undefined) {
+    const inline = config.nat.file === config.file;
+    const line = inline ? config.nat.firstLine + first.line - 1 : first.line;
+    throw new ConfigError(config.nat.file, line, first.message);
+  }
+  return result.table;
+}
+
+/** Names of the chains reachable from a built-in chain by -j/-g (itself included). */
+export function chainsReachableFrom(table: NatTable, builtin: string): Set<string> {
+  const seen = new Set<string>();
+  const pending = [builtin];
+  while (pending.length > 0) {
+    const name = pending.pop()!;
+    if (seen.has(name)) continue;
+    seen.add(name);
+    for (const rule of table.chains.get(name)?.rules ?? []) {
+      const target = rule.target;
+      if (target.kind === TargetKind.Jump || target.kind === TargetKind.Goto) pending.push(target.chain);
+    }
+  }
+  return seen;
+}
+
+/**
+ * The router's own addresses that a DNAT rule reachable from OUTPUT may translate: the router
+ * host's kernel would deliver its packets to them to itself (they are in its local table), so
+ * they get policy routing toward a mirror. Only DNAT rules that name a destination (`-d`, not
+ * negated) count; a rule without `-d` would make every local address leave through qnat.
+ */
+export function outputDnatLocalAddresses(config: RouterConfig, table: NatTable): Cidr[] {
+  const reachable = chainsReachableFrom(table, "OUTPUT");
+  const found = new Map<number, Cidr>();
+  for (const name of reachable) {
+    for (const rule of table.chains.get(name)?.rules ?? []) {
+      if (rule.target.kind !== TargetKind.Dnat) continue;
+      if (rule.dst.mask === 0 || rule.dst.invert) continue;
+      for (const port of config.ports) {
+        for (const cidr of port.addresses) {
+          if (((cidr.addr & rule.dst.mask) >>> 0) === rule.dst.addr >>> 0) found.set(cidr.addr, { addr: cidr.addr, prefixLength: 32 });
+        }
+      }
+    }
+  }
+  return [...found.values()];
+}
+
+/**
+ * Fixed IP -> floating IP from the 1:1 DNAT rules reachable from PREROUTING
+ * (`-d FLOATING/32 -j DNAT --to-destination FIXED`), for the metadata proxy's `public-ipv4`.
+ */
+export function floatingIpsOf(table: NatTable): Map<string, string> {
+  const map = new Map<string, string>();
+  for (const name of chainsReachableFrom(table, "PREROUTING")) {
+    for (const rule of table.chains.get(name)?.rules ?? []) {
+      const target = rule.target;
+      if (target.kind !== TargetKind.Dnat) continue;
+      if (rule.dst.mask !== 0xffffffff || rule.dst.invert) continue;
+      if (target.range.minAddr !== target.range.maxAddr || target.range.minAddr === 0) continue;
+      map.set(formatIpv4(target.range.minAddr), formatIpv4(rule.dst.addr));
+    }
+  }
+  return map;
+}
+
+/** `A.B.C.D/N brd +` as iproute2 takes it: the broadcast address as Linux computes it. */
+function broadcastOf(cidr: Cidr): string {
+  return formatIpv4((cidr.addr | ~prefixMask(cidr.prefixLength)) >>> 0);
+}
+
+/**
+ * Writes sysctls in a namespace with one shell started there (/proc/sys/net is per namespace).
+ * Keys that do not exist (a kernel without IPv6) are skipped.
+ */
+export function setSysctls(netns: string, entries: ReadonlyArray<readonly [string, string | number]>): void {
+  const script = entries
+    .map(([key, value]) => {
+      if (!/^[A-Za-z0-9_.-]+$/.test(key)) throw new Error(`not a sysctl key: ${key}`);
+      const path = `/proc/sys/${key.replaceAll(".", "/")}`;
+      return `[ -e ${path} ] && echo ${String(value).replace(/[^0-9A-Za-z]/g, "")} > ${path}`;
+    })
+    .join("; ");
+  netnsExec(netns, "sh", ["-c", `${script}; true`]);
+}
+
+/** The namespaces a config names: the router's, then each wire namespace once. */
+export function namespacesOf(config: RouterConfig): string[] {
+  const names = [config.namespace];
+  for (const port of config.ports) if (!names.includes(port.wire.namespace)) names.push(port.wire.namespace);
+  for (const host of config.lab) if (!names.includes(host.namespace)) names.push(host.namespace);
+  return names;
+}
+
+/**
+ * Creates the router namespace and every wire namespace that is missing, with IPv6 off (the
+ * dataplane is IPv4; devices created afterwards inherit `default`); returns those it created.
+ */
+export function ensureNamespaces(config: RouterConfig): string[] {
+  const created: string[] = [];
+  for (const name of namespacesOf(config)) {
+    if (ensureNetns(name)) created.push(name);
+    setSysctls(name, [
+      ["net.ipv6.conf.all.disable_ipv6", 1],
+      ["net.ipv6.conf.default.disable_ipv6", 1],
+    ]);
+    ip(name, "link", "set", "lo", "up");
+  }
+  return created;
+}
+
+/**
+ * The router namespace's kernel, once its mirrors exist and are up: the router's host, not a
+ * router. Sysctls: no forwarding; no reverse-path filter and local sources accepted on the
+ * mirrors (replies to the router's own OUTPUT-DNATed connections come back from one of its own
+ * addresses, which fib_validate_source, net/ipv4/fib_frontend.c, refuses without accept_local).
+ */
+export function configureRouterNamespace(config: RouterConfig, outputDnat: readonly Cidr[]): void {
+  const ns = config.namespace;
+  const sysctls: Array<[string, number]> = [
+    ["net.ipv4.ip_forward", 0],
+    ["net.ipv4.conf.all.rp_filter", 0],
+    ["net.ipv4.conf.default.rp_filter", 0],
+    ["net.ipv4.conf.all.accept_local", 1],
+    ["net.ipv4.conf.default.accept_local", 1],
+  ];
+  for (const port of config.ports) {
+    sysctls.push([`net.ipv4.conf.${port.name}.rp_filter`, 0], [`net.ipv4.conf.${port.name}.accept_local`, 1]);
+  }
+  setSysctls(ns, sysctls);
+  ip(ns, "link", "set", "lo", "up");
+  for (const port of config.ports) {
+    for (const cidr of port.addresses) {
+      ip(ns, "addr", "replace", formatCidr(cidr), "brd", broadcastOf(cidr), "dev", port.name);
+    }
+  }
+  for (const route of config.routes) ip(ns, "route", "replace", ...route.value.trim().split(/\s+/));
+  installOutputDnatRouting(config, outputDnat);
+}
+
+/**
+ * Policy routing for OUTPUT DNAT (DESIGN.md): the router host's own packets (`iif lo`) to an
+ * address that OUTPUT DNATs are looked up in OUTPUT_DNAT_TABLE, which routes them out of the
+ * mirror of the port that owns the address, ahead of the local table (whose rule moves from
+ * preference 0 to LOCAL_RULE_PREF). Idempotent.
+ */
+export function installOutputDnatRouting(config: RouterConfig, addresses: readonly Cidr[]): void {
+  if (addresses.length === 0) return;
+  const ns = config.namespace;
+  const rules = ip(ns, "-4", "rule", "show");
+  if (!new RegExp(`^${LOCAL_RULE_PREF}:\\s+from all lookup local`, "m").test(rules)) {
+    ip(ns, "-4", "rule", "add", "pref", String(LOCAL_RULE_PREF), "lookup", "local");
+  }
+  if (/^0:\s+from all lookup local/m.test(rules)) ip(ns, "-4", "rule", "del", "pref", "0", "lookup", "local");
+  for (const cidr of addresses) {
+    const owner = config.ports.find((p) => p.addresses.some((a) => a.addr === cidr.addr));
+    if (owner === undefined) continue;
+    const to = formatCidr(cidr);
+    const rule = new RegExp(`^${OUTPUT_DNAT_RULE_PREF}:\\s+from all to ${to.replace("/32", "")} iif lo lookup ${OUTPUT_DNAT_TABLE}`, "m");
+    if (!rule.test(rules)) {
+      ip(ns, "-4", "rule", "add", "pref", String(OUTPUT_DNAT_RULE_PREF), "iif", "lo", "to", to, "lookup", String(OUTPUT_DNAT_TABLE));
+    }
+    ip(ns, "route", "replace", to, "dev", owner.name, "table", String(OUTPUT_DNAT_TABLE));
+  }
+}
+
+/** The wire device a lab host's namespace uses (the port facing that namespace). */
+export function labDeviceOf(config: RouterConfig, host: LabHostConfig): string {
+  const port = config.ports.find((p) => p.wire.namespace === host.namespace);
+  if (port === undefined) throw new ConfigError(config.file, 1, `lab namespace ${host.namespace} is not the wire namespace of any port`);
+  return port.wire.device;
+}
+
+/**
+ * Gives the lab's hosts their addresses and routes on the wire device (which exists while the
+ * router holds it open), loopback addresses on lo. Idempotent (`replace`), so `lab up` re-applies
+ * it after a router restart, which re-creates the wire devices without addresses.
+ */
+export function configureLabHosts(config: RouterConfig): void {
+  for (const host of config.lab) {
+    const device = labDeviceOf(config, host);
+    const ns = host.namespace;
+    ip(ns, "link", "set", "lo", "up");
+    ip(ns, "link", "set", device, "up");
+    for (const cidr of host.addresses) ip(ns, "addr", "replace", formatCidr(cidr), "brd", broadcastOf(cidr), "dev", device);
+    for (const cidr of host.loopback) ip(ns, "addr", "replace", formatCidr(cidr), "dev", "lo");
+    for (const route of host.routes) ip(ns, "route", "replace", ...route.trim().split(/\s+/));
+  }
+}
+
+/** The namespaces of the config that exist now. */
+export function existingNamespaces(config: RouterConfig): string[] {
+  return namespacesOf(config).filter((name) => netnsExists(name));
+}

@@ -1,0 +1,244 @@
+/**
+ * `qnat run CONFIG`: the router in the foreground (DESIGN.md "Topology").
+ *
+ * Order, so that a mistake leaves nothing behind:
+ *   1. root check; load the config and build the whole dataplane (rules compiled, routes
+ *      checked) and load the TUN addon: any error here touches nothing;
+ *   2. take the control socket `/run/qnat/<namespace>.sock` (it doubles as the router's lock:
+ *      a second `qnat run` of the same router stops here with one line);
+ *   3. create the namespaces that are missing, open every leg (the host mirror named as the
+ *      port in the router namespace, the wire device in the port's wire namespace), MTU, up,
+ *      addresses and routes, sysctls, policy routing for OUTPUT DNAT; on failure undo what
+ *      this run created;
+ *   4. move this process's main thread into the router namespace (so the metadata proxy
+ *      listens there), start the proxy, and forward: each leg's fd is polled with libuv and
+ *      pumped a bounded number of batches per wake-up, so no leg starves the others.
+ * SIGINT/SIGTERM stop it: legs closed (their devices vanish with them), sockets closed, the
+ * socket and pid files removed; the namespaces stay (the lab's to remove).
+ */
+import { formatCidr } from "../core/addr.js";
+import { type RouterConfig, loadConfig } from "../config/config.js";
+import { formatConntrackTable, conntrackTableJson } from "../conntrack/format.js";
+import { buildDataplane } from "../dataplane/from-config.js";
+import { NetfilterNat } from "../dataplane/netfilter-nat.js";
+import type { Dataplane } from "../dataplane/pipeline.js";
+import { Forwarder } from "../io/forwarder.js";
+import { deleteNetns, isRoot, netnsPath } from "../io/netns.js";
+import { loadTunAddon, TunDevice, type TunError } from "../io/tun.js";
+import { TunLeg } from "../io/tun-leg.js";
+import { formatRules } from "../nat/rules/format.js";
+import type { NatTable } from "../nat/rules/model.js";
+import { PrivilegeError, OperationalError } from "../cli/errors.js";
+import {
+  configureRouterNamespace,
+  ensureNamespaces,
+  floatingIpsOf,
+  outputDnatLocalAddresses,
+  parseConfigRules,
+} from "./host-setup.js";
+import { startMetadataServer, type MetadataServer } from "./metadata.js";
+import { collectPorts, collectStats, formatJson, formatPorts, formatStats } from "./show.js";
+import { controlSocketPath, serveControl, type ControlRequest, type ControlResponse, type ControlServer } from "./socket.js";
+import { formatTrace, runTrace } from "./trace.js";
+
+/** Batches one wake-up of a leg may pump before yielding to the others (uv_poll is level-triggered). */
+export const PUMP_BUDGET = 16;
+/** Conntrack expiry also runs when no packet arrives. */
+const HOUSEKEEPING_INTERVAL_MS = 1000;
+
+export interface RouterOptions {
+  /** Where progress lines go (stdout by default). */
+  readonly log?: (line: string) => void;
+}
+
+/** The checks of `qnat run` that touch nothing: returns what the router needs. */
+export function prepareRouter(configPath: string): { config: RouterConfig; dataplane: Dataplane; rules: NatTable } {
+  const config = loadConfig(configPath);
+  const rules = parseConfigRules(config);
+  const dataplane = buildDataplane(config);
+  loadTunAddon();
+  return { config, dataplane, rules };
+}
+
+/** A running router: its legs, servers and a way to stop it. */
+export interface RunningRouter {
+  readonly config: RouterConfig;
+  readonly dataplane: Dataplane;
+  /** Resolves once stopped. */
+  stop(): Promise<void>;
+}
+
+/**
+ * Runs `qnat run CONFIG` until SIGINT/SIGTERM; resolves with the exit code (0 after a clean
+ * stop). Throws PrivilegeError, ConfigError, ControlError or OperationalError before anything
+ * runs.
+ */
+export async function runRouterCommand(configPath: string, options: RouterOptions = {}): Promise<number> {
+  const router = await startRouter(configPath, options);
+  await new Promise<void>((resolve) => {
+    const onSignal = (): void => {
+      process.off("SIGINT", onSignal);
+      process.off("SIGTERM", onSignal);
+      void router.stop().then(resolve);
+    };
+    process.on("SIGINT", onSignal);
+    process.on("SIGTERM", onSignal);
+  });
+  return 0;
+}
+
+export async function startRouter(configPath: string, options: RouterOptions = {}): Promise<RunningRouter> {
+  const log = options.log ?? ((line: string) => process.stdout.write(`${line}\n`));
+  if (!isRoot()) throw new PrivilegeError("run");
+  const { config, dataplane, rules } = prepareRouter(configPath);
+  const addon = loadTunAddon();
+  const natRules = dataplane.nat instanceof NetfilterNat ? dataplane.nat.rules : undefined;
+
+  let ready = false;
+  let metadata: MetadataServer | undefined;
+  const wires = config.ports.map((p) => p.wire);
+  const handler = (request: ControlRequest): ControlResponse => {
+    if (!ready) return { ok: false, error: `router ${config.namespace} is starting` };
+    if (request.cmd === "trace") {
+      const result = runTrace(dataplane, request.packet);
+      return request.json ? { ok: true, text: JSON.stringify(result), data: result } : { ok: true, text: formatTrace(result) };
+    }
+    if (request.cmd !== "show") return { ok: false, error: "unknown command" };
+    switch (request.what) {
+      case "ports": {
+        const view = collectPorts(dataplane, wires);
+        return { ok: true, text: request.json ? formatJson(view) : formatPorts(view), data: view };
+      }
+      case "stats": {
+        const view = collectStats(dataplane, metadata?.counters);
+        return { ok: true, text: request.json ? formatJson(view) : formatStats(view), data: view };
+      }
+      case "routes": {
+        const view = dataplane.routes.toJSON();
+        return { ok: true, text: request.json ? JSON.stringify(view) + "\n" : dataplane.routes.format({ trailingSpace: false }), data: view };
+      }
+      case "rules": {
+        if (natRules !== undefined) natRules.copyCountersToModel();
+        const table: NatTable = natRules !== undefined ? { chains: new Map(natRules.chains.map((c) => [c.name, c])) } : rules;
+        const text = formatRules(table, { counters: request.verbose === true });
+        return { ok: true, text: request.json ? JSON.stringify({ rules: text.trimEnd().split("\n") }) + "\n" : text };
+      }
+      case "conntrack": {
+        if (request.json) {
+          const view = conntrackTableJson(dataplane.conntrack);
+          return { ok: true, text: formatJson(view), data: view };
+        }
+        return { ok: true, text: formatConntrackTable(dataplane.conntrack) };
+      }
+    }
+    return { ok: false, error: "unknown show" };
+  };
+
+  // 2. the control socket is the lock: a second router of this namespace stops here.
+  const control: ControlServer = await serveControl(controlSocketPath(config.namespace), handler);
+
+  // 3. the kernel side.
+  const legs: TunLeg[] = [];
+  let created: string[] = [];
+  let housekeeping: NodeJS.Timeout | undefined;
+  const closeLegs = (): void => {
+    for (const leg of legs) {
+      try {
+        leg.device.stopReadable();
+        leg.close();
+      } catch {
+        // closing is best effort: the fd goes with the process anyway
+      }
+    }
+  };
+  try {
+    created = ensureNamespaces(config);
+    for (const port of config.ports) {
+      const wire = TunDevice.open(port.wire.device, { netns: port.wire.namespace });
+      legs.push(new TunLeg(wire));
+      const mirror = TunDevice.open(port.name, { netns: config.namespace });
+      legs.push(new TunLeg(mirror));
+      for (const device of [wire, mirror]) {
+        device.setMtu(port.mtu);
+        device.setUp();
+      }
+    }
+    configureRouterNamespace(config, outputDnatLocalAddresses(config, rules));
+    // 4. this process's sockets from now on belong to the router namespace.
+    addon.enterNetns(netnsPath(config.namespace));
+    if (config.metadata !== undefined) {
+      metadata = await startMetadataServer({
+        port: config.metadata.port,
+        instances: config.metadata.instances,
+        floatingIps: floatingIpsOf(rules),
+      });
+    }
+  } catch (error) {
+    closeLegs();
+    for (const name of created.reverse()) {
+      try {
+        deleteNetns(name);
+      } catch {
+        // reported below with the original error
+      }
+    }
+    await control.close();
+    throw startError(error);
+  }
+
+  const forwarder = new Forwarder(dataplane, legs);
+  legs.forEach((leg, index) => {
+    leg.device.onReadable((error?: TunError) => {
+      if (error !== undefined) {
+        log(`qnat: ${leg.name}: ${error.message}; this leg stopped`);
+        return;
+      }
+      for (let round = 0; round < PUMP_BUDGET; round++) {
+        if (forwarder.pump(index) === 0) break;
+      }
+    });
+  });
+  housekeeping = setInterval(() => dataplane.housekeeping(), HOUSEKEEPING_INTERVAL_MS);
+  housekeeping.unref();
+  ready = true;
+
+  log(`qnat: router ${config.namespace} running (pid ${process.pid}), control socket ${control.path}`);
+  for (const port of config.ports) {
+    log(
+      `qnat:   ${port.name} ${port.addresses.map(formatCidr).join(" ")} mtu ${port.mtu}` +
+        ` <-> ${port.wire.namespace}/${port.wire.device}`,
+    );
+  }
+  if (metadata !== undefined) log(`qnat:   metadata proxy on 0.0.0.0:${metadata.address.port} in ${config.namespace}`);
+
+  let stopping: Promise<void> | undefined;
+  return {
+    config,
+    dataplane,
+    stop: () => {
+      stopping ??= (async () => {
+        ready = false;
+        if (housekeeping !== undefined) clearInterval(housekeeping);
+        closeLegs();
+        if (metadata !== undefined) await metadata.close();
+        await control.close();
+        log(`qnat: router ${config.namespace} stopped`);
+      })();
+      return stopping;
+    },
+  };
+}
+
+/** A failure while building the kernel side, as one line. */
+function startError(error: unknown): Error {
+  if (error instanceof Error && "exitCode" in error) return error;
+  const tunError = error as TunError;
+  if (tunError?.code === "EBUSY") {
+    return new OperationalError(`${tunError.message}: another process holds this TUN device (is another router running?)`);
+  }
+  if (tunError?.code === "EPERM" || tunError?.code === "EACCES") {
+    return new OperationalError(`${tunError.message}: qnat run needs root (CAP_NET_ADMIN)`);
+  }
+  if (error instanceof Error) return new OperationalError(error.message.split("\n")[0]!);
+  return new OperationalError(String(error));
+}
