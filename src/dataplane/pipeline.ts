@@ -16,7 +16,7 @@
 import { formatIpv4 } from "../core/addr.js";
 import type { Clock } from "../core/clock.js";
 import { DROP_REASON_COUNT, DropReason } from "../core/drop-reason.js";
-import type { PacketBatch } from "../core/batch.js";
+import { PacketBatch } from "../core/batch.js";
 import type { ConntrackTable } from "../conntrack/table.js";
 import { CtState } from "../conntrack/table.js";
 import { TrackResult, track } from "../conntrack/track.js";
@@ -37,8 +37,9 @@ import {
 import { ipv4DecrementTtl } from "../wire/ipv4.js";
 import { IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, PacketInfo } from "../wire/packet-info.js";
 import { parsePacket } from "../wire/validate.js";
+import { FragmentTable } from "../nat/fragments.js";
 import { IcmpRateLimiter } from "./icmp-rate-limit.js";
-import { LEG_MIRROR, LEG_WIRE, RouterPort, VERDICT_DROP, egressOf, type PortSpec } from "./port.js";
+import { LEG_MIRROR, LEG_WIRE, RouterPort, VERDICT_DROP, VERDICT_STOLEN, egressOf, type PortSpec } from "./port.js";
 import type { NatStage } from "./nat-stage.js";
 
 /** Linux sysctl net.ipv4.ip_default_ttl. */
@@ -74,8 +75,8 @@ export interface DataplaneOptions {
   readonly clock: Clock;
   /** The NAT stage (rules + bindings); without it the router forwards without translating. */
   readonly nat?: NatStage;
-  /** Capacity of the batch for router-originated ICMP errors. */
-  readonly generatedCapacity?: number;
+  /** Fragment tracking for NAT (virtual reassembly); default: a table with Linux-like limits. */
+  readonly fragments?: FragmentTable;
 }
 
 export class Dataplane {
@@ -97,6 +98,16 @@ export class Dataplane {
   /** Directed and limited broadcast addresses (RTN_BROADCAST): received, never forwarded. */
   private readonly broadcastAddresses = new Set<number>();
   private ipId = 1;
+  /**
+   * Non-first fragments are translated from their first fragment's connection (virtual
+   * reassembly, src/nat/fragments.ts); those that arrive before it are held, then released here
+   * and run through the pipeline again after the batch that brought their first fragment.
+   */
+  readonly fragments: FragmentTable;
+  readonly released = new PacketBatch(64, 2048);
+  readonly releasedVerdicts = new Int32Array(64);
+  /** Held fragments dropped because their first fragment never came (Linux ipfrag_time). */
+  fragmentsExpired = 0;
   /** Set while `qnat trace` runs one packet. */
   tracer: PipelineTracer | null = null;
   /** Trace mode: new connections are released instead of confirmed, so the table is unchanged. */
@@ -109,6 +120,7 @@ export class Dataplane {
     this.clock = options.clock;
     this.nat = options.nat;
     this.icmpLimiter = new IcmpRateLimiter(options.clock);
+    this.fragments = options.fragments ?? new FragmentTable({ clock: options.clock });
     this.portCounters = new Float64Array(this.ports.length * PORT_COUNTERS);
     this.drops = new Float64Array(this.ports.length * DROP_REASON_COUNT);
     for (const port of this.ports) {
@@ -152,6 +164,21 @@ export class Dataplane {
           : this.processLocalOut(data, i * slot, length, ingress);
       verdicts[i] = verdict;
       if (verdict >= 0) this.countTx(verdict, length);
+    }
+    // Fragments held for a first fragment that this batch brought, as if they arrived now.
+    this.released.clear();
+    if (this.fragments.hasReleased) {
+      this.fragments.releaseHeld(this.released);
+      const rel = this.released;
+      for (let i = 0; i < rel.count; i++) {
+        const length = rel.lengths[i]!;
+        const verdict =
+          leg === LEG_WIRE
+            ? this.processFromWire(rel.data, i * rel.slotSize, length, ingress, generated)
+            : this.processLocalOut(rel.data, i * rel.slotSize, length, ingress);
+        this.releasedVerdicts[i] = verdict;
+        if (verdict >= 0) this.countTx(verdict, length);
+      }
     }
     // Router-originated ICMP errors take the OUTPUT path (their conntrack lookup finds the
     // connection they are RELATED to, and NAT translates them like any related packet).
@@ -305,17 +332,42 @@ export class Dataplane {
   private trackPacket(ingress: number): number {
     const ct = this.ct;
     const info = this.info;
-    if (info.fragmentOffset !== 0 && hasPorts(info.protocol)) {
-      // Non-first fragments carry no ports; the NAT stage's fragment tracker handles them.
-      ct.id = -1;
-      ct.isNew = false;
-      ct.state = CtState.Invalid;
-      return 0;
-    }
+    if (info.fragmentOffset !== 0 && hasPorts(info.protocol)) return this.trackFragment(ingress);
     const reason = track(this.conntrack, info, ct);
     if (reason !== DropReason.None) return this.drop(ingress, reason);
     if (this.tracer !== null) this.traceConntrack();
+    if (info.moreFragments && ct.id >= 0 && this.nat !== undefined && hasPorts(info.protocol)) {
+      // A first fragment: remember its connection for the fragments that follow (before NAT).
+      const noted = this.fragments.noteFirstFragment(info.buf, info, (ct.id << 1) | ct.dir);
+      if (noted !== DropReason.None) return this.release(ingress, noted);
+    }
     return 0;
+  }
+
+  /**
+   * A non-first TCP/UDP/ICMP fragment has no ports: it belongs to the connection of its first
+   * fragment. Without NAT it needs nothing; with NAT it is translated like its first fragment, or
+   * held until that arrives.
+   */
+  private trackFragment(ingress: number): number {
+    const ct = this.ct;
+    ct.id = -1;
+    ct.isNew = false;
+    ct.state = CtState.Invalid;
+    if (this.nat === undefined) return 0;
+    const info = this.info;
+    const ref = this.fragments.lookupFragment(info.buf, info);
+    if (ref >= 0) {
+      ct.id = ref >> 1;
+      ct.dir = ref & 1;
+      ct.state = CtState.Established;
+      if (this.tracer !== null) this.tracer.step("conntrack", `fragment at offset ${info.fragmentOffset}: belongs to ${formatConntrackEntry(this.conntrack, ct.id)}`);
+      return 0;
+    }
+    const held = this.fragments.holdFragment(info.buf, info);
+    if (held !== DropReason.None) return this.drop(ingress, held);
+    if (this.tracer !== null) this.tracer.step("conntrack", `fragment at offset ${info.fragmentOffset} came before its first fragment: held`);
+    return VERDICT_STOLEN;
   }
 
   private traceConntrack(): void {
@@ -401,6 +453,7 @@ export class Dataplane {
   /** Incremental housekeeping, once per batch: expire a bounded number of conntrack entries. */
   housekeeping(): void {
     this.conntrack.gc(64);
+    this.fragmentsExpired += this.fragments.expire();
     this.nat?.housekeeping();
     void this.clock;
   }

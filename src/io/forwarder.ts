@@ -34,6 +34,8 @@ export class Forwarder {
     this.generated.clear();
     this.dataplane.processBatch(this.rx, index >> 1, index & 1, this.verdicts, this.generated, this.generatedVerdicts);
     this.flush(this.rx, this.verdicts);
+    const released = this.dataplane.released;
+    if (released.count > 0) this.flush(released, this.dataplane.releasedVerdicts);
     if (this.generated.count > 0) this.flush(this.generated, this.generatedVerdicts);
     this.dataplane.housekeeping();
     return count;
