@@ -100,7 +100,7 @@ export class NetfilterNat implements NatStage {
     const before = describePacket(info);
     engine.natPacket(buf, info, id, ct.dir, manip);
     const after = describePacket(info);
-    this.tracer.translated(hook, before === after ? `${MANIP_NAMES[manip]}: unchanged` : `${MANIP_NAMES[manip]}: ${before} -> ${after}`);
+    if (before !== after) this.tracer.translated(hook, `${MANIP_NAMES[manip]}: ${before} -> ${after}`);
     return DropReason.None;
   }
 
@@ -163,6 +163,18 @@ export class NetfilterNat implements NatStage {
       }
       default:
         ok = this.engine.nullBinding(id, manip, explain);
+        if (explain !== undefined && ok) {
+          // Linux nf_nat_alloc_null_binding: no rule NATs this connection at this hook, but its
+          // tuple must still be unique (a clashing source port is remapped).
+          const changed = (this.table.status(id) & (manip === Manip.Src ? CtStatus.SrcNat : CtStatus.DstNat)) !== 0;
+          const side = manip === Manip.Src ? "source" : "destination";
+          explain.length = 0;
+          explain.push(
+            changed
+              ? `no ${side} NAT rule: null binding, but the tuple clashed, so it was remapped (nf_nat_alloc_null_binding)`
+              : `no ${side} NAT rule: null binding, ${side} kept`,
+          );
+        }
     }
     if (tracer !== null) tracer.binding(hook, explain!);
     return ok ? DropReason.None : DropReason.NatNoFreeTuple;

@@ -184,6 +184,7 @@ export class Dataplane {
     // connection they are RELATED to, and NAT translates them like any related packet).
     for (let i = firstGenerated; i < generated.count; i++) {
       const length = generated.lengths[i]!;
+      if (this.tracer !== null) this.tracer.step("output", "the router's own ICMP error takes the OUTPUT path:");
       const verdict = this.processLocalOut(generated.data, i * generated.slotSize, length, -1);
       generatedVerdicts[i] = verdict;
       if (verdict >= 0) this.countTx(verdict, length);
