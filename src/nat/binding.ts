@@ -523,10 +523,9 @@ export class NatEngine {
     chosen: number,
     tries: number,
   ): void {
-    explain.push(
-      `${this.sideName(manip)} ${this.keyName()} ${oldKey} is taken; searching ${min}-${min + rangeSize - 1} ` +
-        `from offset ${offset % rangeSize}: chose ${chosen} after ${tries} ${tries === 1 ? "try" : "tries"}`,
-    );
+    const max = min + rangeSize - 1;
+    const why = oldKey < min || oldKey > max ? `is outside ${min}-${max}` : `is taken; searching ${min}-${max} from offset ${offset % rangeSize}`;
+    explain.push(`${this.sideName(manip)} ${this.keyName()} ${oldKey} ${why}: chose ${chosen} after ${tries} ${tries === 1 ? "try" : "tries"}`);
   }
 
   private noteSearch(tries: number, offset: number, min: number, size: number): void {
