@@ -32,6 +32,15 @@ namespace {
 // a field there is named `class`); wireguard-go's tun/offload_linux.go calls it virtioNetHdrLen.
 constexpr int kVirtioNetHdrLen = 10;
 
+// UDP segmentation offload (Linux 6.2, include/uapi/linux/if_tun.h); older userspace headers
+// lack them. TUNSETOFFLOAD fails with EINVAL on kernels that do not know them.
+#ifndef TUN_F_USO4
+#define TUN_F_USO4 0x20
+#endif
+#ifndef TUN_F_USO6
+#define TUN_F_USO6 0x40
+#endif
+
 // ---------------------------------------------------------------------------------------------
 // Errors: `code` is the errno name (as Node's own fs/net errors), `errno` the negative errno,
 // `syscall` what failed; the message reads "TUNSETIFF qr-694450d6-f6: Operation not permitted".
@@ -138,7 +147,18 @@ struct BatchView {
   uint32_t* lengths;
   size_t slot_size;
   size_t count;
+  size_t headroom;
 };
+
+// The optional `headroom` argument at `index` (bytes before each packet in its slot), below slotSize.
+bool ReadHeadroom(const Napi::CallbackInfo& info, size_t index, size_t slot_size, size_t* headroom) {
+  *headroom = 0;
+  if (info.Length() <= index || info[index].IsUndefined()) return true;
+  int64_t value = 0;
+  if (!ReadInt(info, index, "headroom", 0, static_cast<int64_t>(slot_size) - 1, &value)) return false;
+  *headroom = static_cast<size_t>(value);
+  return true;
+}
 
 bool ReadBatch(const Napi::CallbackInfo& info, const char* count_name, BatchView* batch) {
   Napi::Env env = info.Env();
@@ -164,7 +184,7 @@ bool ReadBatch(const Napi::CallbackInfo& info, const char* count_name, BatchView
   batch->lengths = lengths.Data();
   batch->slot_size = static_cast<size_t>(slot_size);
   batch->count = static_cast<size_t>(count);
-  return true;
+  return ReadHeadroom(info, 5, batch->slot_size, &batch->headroom);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -359,9 +379,11 @@ Napi::Value SetUp(const Napi::CallbackInfo& info) {
 // ---------------------------------------------------------------------------------------------
 // Batched I/O: one native call per batch, one read()/write() per packet.
 
-// readBatch(fd, data, slotSize, lengths, maxPackets) -> packets read (0 when none is queued).
-// A packet longer than its slot is cut to slotSize (tun_put_user copies what fits); the IPv4
-// validator then sees a total length beyond the buffer and counts the drop.
+// readBatch(fd, data, slotSize, lengths, maxPackets, headroom = 0) -> packets read (0 when none
+// is queued). Each read fills a slot from its start; lengths[i] is what follows the headroom. A
+// packet longer than its slot is cut to the slot (tun_put_user copies what fits); the IPv4
+// validator then sees a total length beyond the buffer and counts the drop. A read shorter than
+// the headroom (impossible with IFF_VNET_HDR: the header always comes) gives length 0.
 Napi::Value ReadBatchCall(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   int fd = -1;
@@ -381,13 +403,15 @@ Napi::Value ReadBatchCall(const Napi::CallbackInfo& info) {
       break;
     }
     size_t length = static_cast<size_t>(n);
-    batch.lengths[count] = static_cast<uint32_t>(length < batch.slot_size ? length : batch.slot_size);
+    if (length > batch.slot_size) length = batch.slot_size;
+    batch.lengths[count] = static_cast<uint32_t>(length > batch.headroom ? length - batch.headroom : 0);
     count++;
   }
   return Napi::Number::New(env, static_cast<double>(count));
 }
 
-// writeBatch(fd, data, slotSize, lengths, count) -> packets written. Stops at EAGAIN. A failing
+// writeBatch(fd, data, slotSize, lengths, count, headroom = 0) -> packets written; each write
+// sends the slot's headroom (the virtio_net_hdr) and the packet after it. Stops at EAGAIN. A failing
 // packet after the first is left for the caller's next call, which then reports its error.
 Napi::Value WriteBatchCall(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
@@ -396,9 +420,9 @@ Napi::Value WriteBatchCall(const Napi::CallbackInfo& info) {
   if (!ReadFd(info, 0, &fd) || !ReadBatch(info, "count", &batch)) return env.Undefined();
   size_t count = 0;
   while (count < batch.count) {
-    size_t length = batch.lengths[count];
+    size_t length = batch.lengths[count] + batch.headroom;
     if (length > batch.slot_size) {
-      ThrowCoded(env, "ERR_OUT_OF_RANGE", "lengths[" + std::to_string(count) + "] exceeds slotSize");
+      ThrowCoded(env, "ERR_OUT_OF_RANGE", "lengths[" + std::to_string(count) + "] exceeds slotSize - headroom");
       return env.Undefined();
     }
     ssize_t n = write(fd, batch.data + count * batch.slot_size, length);
@@ -416,7 +440,7 @@ Napi::Value WriteBatchCall(const Napi::CallbackInfo& info) {
   return Napi::Number::New(env, static_cast<double>(count));
 }
 
-// writeSelected(fd, data, slotSize, lengths, verdicts, count, want) -> slots passed. Writes the
+// writeSelected(fd, data, slotSize, lengths, verdicts, count, want, headroom = 0) -> slots passed. Writes the
 // packets i < count with verdicts[i] == want (the forwarding loop's egress of a processed batch,
 // src/dataplane/port.ts), so a batch goes out to each leg without being copied. The return value
 // is the index it got to, as writeBatch's: every selected packet before it was written; below
@@ -459,6 +483,7 @@ Napi::Value WriteSelectedCall(const Napi::CallbackInfo& info) {
   batch.lengths = lengths.Data();
   batch.slot_size = static_cast<size_t>(slot_size);
   batch.count = static_cast<size_t>(count);
+  if (!ReadHeadroom(info, 7, batch.slot_size, &batch.headroom)) return env.Undefined();
   const int32_t* verdict = verdicts.Data();
   size_t index = 0;
   while (index < static_cast<size_t>(count)) {
@@ -466,9 +491,9 @@ Napi::Value WriteSelectedCall(const Napi::CallbackInfo& info) {
       index++;
       continue;
     }
-    size_t length = batch.lengths[index];
+    size_t length = batch.lengths[index] + batch.headroom;
     if (length > batch.slot_size) {
-      ThrowCoded(env, "ERR_OUT_OF_RANGE", "lengths[" + std::to_string(index) + "] exceeds slotSize");
+      ThrowCoded(env, "ERR_OUT_OF_RANGE", "lengths[" + std::to_string(index) + "] exceeds slotSize - headroom");
       return env.Undefined();
     }
     ssize_t n = write(fd, batch.data + index * batch.slot_size, length);
@@ -668,6 +693,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   constants.Set("TUN_F_TSO4", Napi::Number::New(env, TUN_F_TSO4));
   constants.Set("TUN_F_TSO6", Napi::Number::New(env, TUN_F_TSO6));
   constants.Set("TUN_F_TSO_ECN", Napi::Number::New(env, TUN_F_TSO_ECN));
+  constants.Set("TUN_F_USO4", Napi::Number::New(env, TUN_F_USO4));
+  constants.Set("TUN_F_USO6", Napi::Number::New(env, TUN_F_USO6));
   constants.Set("VIRTIO_NET_HDR_LEN", Napi::Number::New(env, kVirtioNetHdrLen));
   constants.Set("IFNAMSIZ", Napi::Number::New(env, IFNAMSIZ));
   exports.Set("constants", constants);

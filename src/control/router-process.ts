@@ -13,6 +13,18 @@
  *   4. move this process's main thread into the router namespace (so the metadata proxy
  *      listens there), start the proxy, and forward: each leg's fd is polled with libuv and
  *      pumped a bounded number of batches per wake-up, so no leg starves the others.
+ *
+ * Offloads (on unless `offloads: false` or QNAT_OFFLOAD=0): every leg, wire legs and mirrors
+ * alike, is opened with IFF_VNET_HDR and gets the same TUNSETOFFLOAD (CSUM, TSO4/6, USO4/6 where
+ * the kernel has it), as wireguard-go's tun/tun_linux.go does, so TCP moves as 64 KiB GSO
+ * super-packets instead of 1500-byte ones. Because every leg negotiated the same offloads, a
+ * super-packet can be written to whichever leg the pipeline picks and never needs segmenting in
+ * userspace (the kernel segments it, if at all, where it goes next). If one leg refuses them,
+ * they are turned off on all.
+ *
+ * Pass-through (`passthrough: true` or QNAT_PASSTHROUGH=1): the same legs and loop, but each
+ * packet from a wire leg is written as it is to the other port's wire leg (io/passthrough.ts):
+ * the I/O floor the end-to-end benchmark compares qnat with. No NAT, no routing, no TTL.
  * SIGINT/SIGTERM stop it: legs closed (their devices vanish with them), sockets closed, the
  * socket and pid files removed; the namespaces stay (the lab's to remove).
  */
@@ -23,8 +35,9 @@ import { buildDataplane } from "../dataplane/from-config.js";
 import { NetfilterNat } from "../dataplane/netfilter-nat.js";
 import type { Dataplane } from "../dataplane/pipeline.js";
 import { Forwarder } from "../io/forwarder.js";
+import { PassthroughForwarder } from "../io/passthrough.js";
 import { deleteNetns, isRoot, netnsPath } from "../io/netns.js";
-import { loadTunAddon, TunDevice, type TunError } from "../io/tun.js";
+import { GSO_SLOT_SIZE, loadTunAddon, TunDevice, type TunError, type TunOffloads } from "../io/tun.js";
 import { TunLeg } from "../io/tun-leg.js";
 import { formatRules } from "../nat/rules/format.js";
 import type { NatTable } from "../nat/rules/model.js";
@@ -43,12 +56,25 @@ import { formatTrace, runTrace } from "./trace.js";
 
 /** Batches one wake-up of a leg may pump before yielding to the others (uv_poll is level-triggered). */
 export const PUMP_BUDGET = 16;
+/** Default busy-poll window after a wake-up, in microseconds (QNAT_SPIN_US overrides; 0: off). */
+export const SPIN_MICROSECONDS = 0;
+/** At most this long spinning per wake-up. */
+const SPIN_LIMIT_MS = 2;
 /** Conntrack expiry also runs when no packet arrives. */
 const HOUSEKEEPING_INTERVAL_MS = 1000;
+
+/** Packets per batch read from a leg. */
+export const BATCH_SIZE = 64;
 
 export interface RouterOptions {
   /** Where progress lines go (stdout by default). */
   readonly log?: (line: string) => void;
+  /** TUN offloads on every leg (default: on unless the environment says QNAT_OFFLOAD=0). */
+  readonly offloads?: boolean;
+  /** Pass-through mode, qnat's I/O floor (default: QNAT_PASSTHROUGH=1 in the environment). */
+  readonly passthrough?: boolean;
+  /** Busy-poll window after each wake-up (default QNAT_SPIN_US or SPIN_MICROSECONDS). */
+  readonly spinMicroseconds?: number;
 }
 
 /** The checks of `qnat run` that touch nothing: returns what the router needs. */
@@ -89,6 +115,9 @@ export async function runRouterCommand(configPath: string, options: RouterOption
 
 export async function startRouter(configPath: string, options: RouterOptions = {}): Promise<RunningRouter> {
   const log = options.log ?? ((line: string) => process.stdout.write(`${line}\n`));
+  const wantOffloads = options.offloads ?? process.env.QNAT_OFFLOAD !== "0";
+  const passthrough = options.passthrough ?? process.env.QNAT_PASSTHROUGH === "1";
+  const spinMicroseconds = options.spinMicroseconds ?? Number(process.env.QNAT_SPIN_US ?? SPIN_MICROSECONDS);
   if (!isRoot()) throw new PrivilegeError("run");
   const { config, dataplane, rules } = prepareRouter(configPath);
   const addon = loadTunAddon();
@@ -151,17 +180,20 @@ export async function startRouter(configPath: string, options: RouterOptions = {
       }
     }
   };
+  let offloads: TunOffloads | undefined;
   try {
+    if (passthrough && config.ports.length !== 2) throw new OperationalError("pass-through mode needs a router with exactly two ports");
     created = ensureNamespaces(config);
     for (const port of config.ports) {
-      const wire = TunDevice.open(port.wire.device, { netns: port.wire.namespace });
+      const wire = TunDevice.open(port.wire.device, { netns: port.wire.namespace, vnetHdr: wantOffloads });
       legs.push(new TunLeg(wire));
-      const mirror = TunDevice.open(port.name, { netns: config.namespace });
+      const mirror = TunDevice.open(port.name, { netns: config.namespace, vnetHdr: wantOffloads });
       legs.push(new TunLeg(mirror));
-      for (const device of [wire, mirror]) {
-        device.setMtu(port.mtu);
-        device.setUp();
-      }
+    }
+    if (wantOffloads) offloads = enableOffloadsOnAll(legs.map((leg) => leg.device), log);
+    for (const [index, leg] of legs.entries()) {
+      leg.device.setMtu(config.ports[index >> 1]!.mtu);
+      leg.device.setUp();
     }
     configureRouterNamespace(config, outputDnatLocalAddresses(config, rules));
     // 4. this process's sockets from now on belong to the router namespace.
@@ -186,7 +218,13 @@ export async function startRouter(configPath: string, options: RouterOptions = {
     throw startError(error);
   }
 
-  const forwarder = new Forwarder(dataplane, legs);
+  // With IFF_VNET_HDR every slot starts with the virtio_net_hdr (the headroom); with offloads
+  // the slots hold 64 KiB super-packets.
+  const headroom = wantOffloads ? legs[0]!.device.vnetHeaderLength : 0;
+  const slotSize = offloads !== undefined ? GSO_SLOT_SIZE : 2048 + headroom;
+  const forwarder = passthrough
+    ? new PassthroughForwarder(legs, BATCH_SIZE, slotSize, headroom)
+    : new Forwarder(dataplane, legs, BATCH_SIZE, slotSize, headroom);
   legs.forEach((leg, index) => {
     leg.device.onReadable((error?: TunError) => {
       if (error !== undefined) {
@@ -196,13 +234,32 @@ export async function startRouter(configPath: string, options: RouterOptions = {
       for (let round = 0; round < PUMP_BUDGET; round++) {
         if (forwarder.pump(index) === 0) break;
       }
+      if (spinMicroseconds > 0) spinPoll();
     });
   });
+  // Latency: what this wake-up wrote often comes back at once (the peer's kernel answers inside
+  // our write()), so before going back to epoll every leg is polled without sleeping until none
+  // had anything for `spinMicroseconds` (bounded per wake-up, so the control socket and timers
+  // still run). A wake-up from epoll costs far more than that on a VM.
+  const spinLimitMs = Math.max(SPIN_LIMIT_MS, spinMicroseconds / 1000);
+  const spinPoll = (): void => {
+    const started = performance.now();
+    let lastMoved = started;
+    for (;;) {
+      let moved = 0;
+      for (let leg = 0; leg < legs.length; leg++) moved += forwarder.pump(leg);
+      const now = performance.now();
+      if (moved > 0) lastMoved = now;
+      else if ((now - lastMoved) * 1000 >= spinMicroseconds) break;
+      if (now - started >= spinLimitMs) break;
+    }
+  };
   housekeeping = setInterval(() => dataplane.housekeeping(), HOUSEKEEPING_INTERVAL_MS);
   housekeeping.unref();
   ready = true;
 
   log(`qnat: router ${config.namespace} running (pid ${process.pid}), control socket ${control.path}`);
+  log(`qnat:   offloads: ${describeOffloads(offloads)}${passthrough ? "; PASS-THROUGH mode (no processing: qnat's I/O floor)" : ""}`);
   for (const port of config.ports) {
     log(
       `qnat:   ${port.name} ${port.addresses.map(formatCidr).join(" ")} mtu ${port.mtu}` +
@@ -227,6 +284,44 @@ export async function startRouter(configPath: string, options: RouterOptions = {
       return stopping;
     },
   };
+}
+
+/**
+ * TUNSETOFFLOAD on every device, or on none: a leg that refuses them turns them off on the others
+ * (flags 0), so all legs agree and a super-packet never meets a leg that cannot take it. The
+ * devices keep IFF_VNET_HDR either way (a zero header is a plain packet).
+ */
+function enableOffloadsOnAll(devices: readonly TunDevice[], log: (line: string) => void): TunOffloads | undefined {
+  let common: TunOffloads | undefined;
+  try {
+    for (const device of devices) {
+      const got = device.enableOffloads();
+      common ??= got;
+      if (got.udpSegmentation !== common.udpSegmentation) throw new Error(`${device.name}: USO differs between legs`);
+    }
+    // Legs that got USO before one did not: bring them down to TCP offloads only.
+    if (common !== undefined && !common.udpSegmentation) {
+      const addon = loadTunAddon();
+      const tcp = addon.constants.TUN_F_CSUM | addon.constants.TUN_F_TSO4 | addon.constants.TUN_F_TSO6;
+      for (const device of devices) device.setOffload(tcp);
+    }
+    return common;
+  } catch (error) {
+    log(`qnat: offloads refused (${error instanceof Error ? error.message : String(error)}); running without`);
+    for (const device of devices) {
+      try {
+        device.setOffload(0);
+      } catch {
+        // a device that refuses TUNSETOFFLOAD has none on
+      }
+    }
+    return undefined;
+  }
+}
+
+function describeOffloads(offloads: TunOffloads | undefined): string {
+  if (offloads === undefined) return "off (1500-byte packets, full checksums)";
+  return `checksum, TSO4/TSO6${offloads.udpSegmentation ? ", USO4/USO6" : ""} on every leg (GSO super-packets up to 64 KiB)`;
 }
 
 /** A failure while building the kernel side, as one line. */

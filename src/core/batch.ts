@@ -1,8 +1,28 @@
 /**
  * A batch of packets in fixed-size slots of one buffer that the TypeScript side owns.
- * Packet i lives at `data[i * slotSize .. i * slotSize + lengths[i])`. The TUN addon reads
+ * Packet i lives at `data[i * slotSize + headroom .. + lengths[i])`. The TUN addon reads
  * into and writes from batches in one call; in-memory ports queue them.
+ *
+ * `headroom` is what each slot holds before its packet: 0, or the 10-byte struct virtio_net_hdr
+ * (include/uapi/linux/virtio_net.h) that a TUN device opened with IFF_VNET_HDR puts before every
+ * packet (drivers/net/tun.c tun_put_user / tun_get_user). With offloads on (TUNSETOFFLOAD) that
+ * header says whether the packet is a GSO super-packet (`gsoSizeOf`) and whether its TCP/UDP
+ * checksum is only partial (`isChecksumPartial`); the packet bytes alone cannot tell. A header
+ * of zeros is a plain packet with a full checksum, so slots of packets the router builds itself
+ * only need their header bytes left at zero.
  */
+
+/** sizeof(struct virtio_net_hdr) (include/uapi/linux/virtio_net.h; wireguard-go virtioNetHdrLen). */
+export const VIRTIO_NET_HDR_LEN = 10;
+/** virtio_net_hdr.flags: the TCP/UDP checksum is partial (csum_start/csum_offset are set). */
+export const VIRTIO_NET_HDR_F_NEEDS_CSUM = 1;
+/** virtio_net_hdr.gso_type values (include/uapi/linux/virtio_net.h). */
+export const VIRTIO_NET_HDR_GSO_NONE = 0;
+export const VIRTIO_NET_HDR_GSO_TCPV4 = 1;
+export const VIRTIO_NET_HDR_GSO_TCPV6 = 4;
+export const VIRTIO_NET_HDR_GSO_UDP_L4 = 5;
+export const VIRTIO_NET_HDR_GSO_ECN = 0x80;
+
 export class PacketBatch {
   readonly data: Uint8Array;
   readonly lengths: Uint32Array;
@@ -11,20 +31,54 @@ export class PacketBatch {
   constructor(
     readonly capacity: number,
     readonly slotSize = 2048,
+    /** Bytes before each packet in its slot: 0, or VIRTIO_NET_HDR_LEN for IFF_VNET_HDR devices. */
+    readonly headroom = 0,
   ) {
+    if (headroom < 0 || headroom >= slotSize) throw new RangeError(`headroom ${headroom} does not fit a ${slotSize}-byte slot`);
     this.data = new Uint8Array(capacity * slotSize);
     this.lengths = new Uint32Array(capacity);
   }
 
+  /** Offset of packet i (after the slot's headroom). */
   offsetOf(index: number): number {
-    return index * this.slotSize;
+    return index * this.slotSize + this.headroom;
   }
 
-  /** Copies a packet into the next free slot; returns false when the batch is full or it does not fit. */
+  /** The largest packet a slot holds. */
+  get maxPacketLength(): number {
+    return this.slotSize - this.headroom;
+  }
+
+  /**
+   * The GSO segment size of packet i (virtio_net_hdr.gso_size, little-endian as TUN uses it on
+   * little-endian hosts), 0 when the packet is not a super-packet (or there is no header).
+   */
+  gsoSizeOf(index: number): number {
+    if (this.headroom < VIRTIO_NET_HDR_LEN) return 0;
+    const at = index * this.slotSize;
+    const data = this.data;
+    if ((data[at + 1]! & ~VIRTIO_NET_HDR_GSO_ECN) === VIRTIO_NET_HDR_GSO_NONE) return 0;
+    return data[at + 4]! | (data[at + 5]! << 8);
+  }
+
+  /**
+   * Whether packet i's TCP/UDP checksum field holds only the pseudo-header sum, to be completed
+   * by whoever transmits it (VIRTIO_NET_HDR_F_NEEDS_CSUM; Linux CHECKSUM_PARTIAL).
+   */
+  isChecksumPartial(index: number): boolean {
+    if (this.headroom < VIRTIO_NET_HDR_LEN) return false;
+    return (this.data[index * this.slotSize]! & VIRTIO_NET_HDR_F_NEEDS_CSUM) !== 0;
+  }
+
+  /**
+   * Copies a packet into the next free slot (its header bytes zeroed: a plain packet); returns
+   * false when the batch is full or it does not fit.
+   */
   push(packet: Uint8Array, start = 0, length = packet.length - start): boolean {
-    if (this.count >= this.capacity || length > this.slotSize) return false;
-    const at = this.count * this.slotSize;
-    this.data.set(packet.subarray(start, start + length), at);
+    if (this.count >= this.capacity || length > this.slotSize - this.headroom) return false;
+    const slot = this.count * this.slotSize;
+    if (this.headroom !== 0) this.data.fill(0, slot, slot + this.headroom);
+    this.data.set(packet.subarray(start, start + length), slot + this.headroom);
     this.lengths[this.count] = length;
     this.count++;
     return true;
@@ -32,7 +86,7 @@ export class PacketBatch {
 
   /** A copy of packet i (tests and control plane only). */
   copyOut(index: number): Uint8Array {
-    const at = index * this.slotSize;
+    const at = index * this.slotSize + this.headroom;
     return this.data.slice(at, at + this.lengths[index]!);
   }
 

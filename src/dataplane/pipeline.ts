@@ -36,7 +36,8 @@ import {
 } from "../wire/icmp.js";
 import { ipv4DecrementTtl } from "../wire/ipv4.js";
 import { IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, PacketInfo } from "../wire/packet-info.js";
-import { parsePacket } from "../wire/validate.js";
+import { gsoSegmentNetworkLength, parsePacket } from "../wire/validate.js";
+import { setL4ChecksumPartial } from "../wire/rewrite.js";
 import { FragmentTable } from "../nat/fragments.js";
 import { IcmpRateLimiter } from "./icmp-rate-limit.js";
 import { LEG_MIRROR, LEG_WIRE, RouterPort, VERDICT_DROP, VERDICT_STOLEN, egressOf, type PortSpec } from "./port.js";
@@ -98,6 +99,8 @@ export class Dataplane {
   /** Directed and limited broadcast addresses (RTN_BROADCAST): received, never forwarded. */
   private readonly broadcastAddresses = new Set<number>();
   private ipId = 1;
+  /** The current packet's GSO segment size (batch virtio_net_hdr), 0 for a plain packet. */
+  private gsoSize = 0;
   /**
    * Non-first fragments are translated from their first fragment's connection (virtual
    * reassembly, src/nat/fragments.ts); those that arrive before it are held, then released here
@@ -154,16 +157,26 @@ export class Dataplane {
     const base = ingress * PORT_COUNTERS + (leg === LEG_WIRE ? PortCounter.RxPackets : PortCounter.MirrorRxPackets);
     const data = batch.data;
     const slot = batch.slotSize;
+    const headroom = batch.headroom;
     for (let i = 0; i < batch.count; i++) {
       const length = batch.lengths[i]!;
       counters[base] += 1;
       counters[base + 1] += length;
+      // Offloads (TUN virtio_net_hdr): super-packets and partial TCP/UDP checksums.
+      if (headroom !== 0) {
+        setL4ChecksumPartial(batch.isChecksumPartial(i));
+        this.gsoSize = batch.gsoSizeOf(i);
+      }
       const verdict =
         leg === LEG_WIRE
-          ? this.processFromWire(data, i * slot, length, ingress, generated)
-          : this.processLocalOut(data, i * slot, length, ingress);
+          ? this.processFromWire(data, i * slot + headroom, length, ingress, generated)
+          : this.processLocalOut(data, i * slot + headroom, length, ingress);
       verdicts[i] = verdict;
       if (verdict >= 0) this.countTx(verdict, length);
+    }
+    if (headroom !== 0) {
+      setL4ChecksumPartial(false);
+      this.gsoSize = 0;
     }
     // Fragments held for a first fragment that this batch brought, as if they arrived now.
     this.released.clear();
@@ -174,8 +187,8 @@ export class Dataplane {
         const length = rel.lengths[i]!;
         const verdict =
           leg === LEG_WIRE
-            ? this.processFromWire(rel.data, i * rel.slotSize, length, ingress, generated)
-            : this.processLocalOut(rel.data, i * rel.slotSize, length, ingress);
+            ? this.processFromWire(rel.data, rel.offsetOf(i), length, ingress, generated)
+            : this.processLocalOut(rel.data, rel.offsetOf(i), length, ingress);
         this.releasedVerdicts[i] = verdict;
         if (verdict >= 0) this.countTx(verdict, length);
       }
@@ -185,7 +198,7 @@ export class Dataplane {
     for (let i = firstGenerated; i < generated.count; i++) {
       const length = generated.lengths[i]!;
       if (this.tracer !== null) this.tracer.step("output", "the router's own ICMP error takes the OUTPUT path:");
-      const verdict = this.processLocalOut(generated.data, i * generated.slotSize, length, -1);
+      const verdict = this.processLocalOut(generated.data, generated.offsetOf(i), length, -1);
       generatedVerdicts[i] = verdict;
       if (verdict >= 0) this.countTx(verdict, length);
     }
@@ -253,7 +266,8 @@ export class Dataplane {
       return this.release(ingress, DropReason.TtlExceeded);
     }
     const mtu = this.ports[egress]!.mtu;
-    if (info.length > mtu) {
+    // A GSO super-packet fits when each of its segments does (ip_exceeds_mtu, skb_gso_validate_network_len).
+    if ((this.gsoSize === 0 ? info.length : gsoSegmentNetworkLength(info, this.gsoSize)) > mtu) {
       if (info.dontFragment) {
         this.sendIcmpError(buf, off, ICMP_DEST_UNREACHABLE, ICMP_FRAGMENTATION_NEEDED, mtu, ingress, generated);
         return this.release(ingress, DropReason.FragmentationNeeded);
@@ -441,7 +455,7 @@ export class Dataplane {
       const prefSrc = this.routes.routePrefSrc(back);
       from = prefSrc !== 0 ? prefSrc : this.ports[this.routes.routePort(back)]!.primary;
     }
-    const at = generated.count * generated.slotSize;
+    const at = generated.offsetOf(generated.count);
     this.ipId = (this.ipId + 1) & 0xffff;
     const length = writeIcmpError(generated.data, at, type, code, mtu, from, to, buf, off, info.length, DEFAULT_TTL, this.ipId);
     if (length === 0) return;

@@ -13,16 +13,22 @@ export class Forwarder {
   private readonly generated: PacketBatch;
   private readonly generatedVerdicts: Int32Array;
 
-  /** `legs[port * 2 + leg]`: the wire leg and the mirror of every port (see dataplane/port.ts). */
+  /**
+   * `legs[port * 2 + leg]`: the wire leg and the mirror of every port (see dataplane/port.ts).
+   * `headroom`: bytes before each packet in a slot, the legs' virtio_net_hdr length (TUN legs
+   * with offloads: 10, with `slotSize` GSO_SLOT_SIZE for 64 KiB super-packets); the router's
+   * own ICMP errors get the same headroom, left zero (a plain packet), in small slots.
+   */
   constructor(
     readonly dataplane: Dataplane,
     readonly legs: readonly Leg[],
     batchSize = 64,
     slotSize = 2048,
+    headroom = 0,
   ) {
-    this.rx = new PacketBatch(batchSize, slotSize);
+    this.rx = new PacketBatch(batchSize, slotSize, headroom);
     this.verdicts = new Int32Array(batchSize);
-    this.generated = new PacketBatch(batchSize, slotSize);
+    this.generated = new PacketBatch(batchSize, Math.min(slotSize, 2048 + headroom), headroom);
     this.generatedVerdicts = new Int32Array(batchSize);
   }
 

@@ -6,8 +6,14 @@
  * A packet the kernel refuses (EINVAL for a malformed one, drivers/net/tun.c tun_get_user) is
  * skipped and counted; on EAGAIN the rest of the batch is dropped for this leg and counted, as
  * a full device queue drops on Linux (tun_net_xmit) rather than blocking the forwarding loop.
+ *
+ * A batch whose headroom is not this device's virtio_net_hdr length (the pipeline's released
+ * fragments, headroom 0, going to an IFF_VNET_HDR leg) is copied, packet by packet, into a
+ * staging batch with a zeroed header (a plain packet). The router opens every leg the same way
+ * (offloads on all of them or on none), so a GSO super-packet never meets a leg that cannot
+ * take it and nothing needs segmenting in userspace.
  */
-import type { PacketBatch } from "../core/batch.js";
+import { PacketBatch } from "../core/batch.js";
 import type { Leg } from "./leg.js";
 import { loadTunAddon, type TunDevice, type TunError } from "./tun.js";
 import type { TunNative } from "./tun-native.js";
@@ -20,6 +26,8 @@ export class TunLeg implements Leg {
   lastWriteError: TunError | undefined;
 
   private readonly addon: TunNative;
+  private staging: PacketBatch | undefined;
+  private stagingVerdicts: Int32Array | undefined;
 
   constructor(readonly device: TunDevice) {
     this.addon = loadTunAddon();
@@ -34,9 +42,11 @@ export class TunLeg implements Leg {
   }
 
   writeSelected(batch: PacketBatch, verdicts: Int32Array, want: number): number {
+    if (batch.headroom !== this.device.vnetHeaderLength) return this.writeRestaged(batch, verdicts, want);
     const count = batch.count;
     const fd = this.device.fd;
-    let next = this.addon.writeSelected(fd, batch.data, batch.slotSize, batch.lengths, verdicts, count, want);
+    const headroom = batch.headroom;
+    let next = this.addon.writeSelected(fd, batch.data, batch.slotSize, batch.lengths, verdicts, count, want, headroom);
     if (next === count) return countSelected(verdicts, 0, count, want);
     // Rare path: EAGAIN, or a packet the kernel refused (a call started at it throws).
     let refused = 0;
@@ -51,6 +61,7 @@ export class TunLeg implements Leg {
           verdicts.subarray(next),
           count - next,
           want,
+          headroom,
         );
       } catch (error) {
         this.writeErrors++;
@@ -67,6 +78,27 @@ export class TunLeg implements Leg {
       next += reached;
     }
     return countSelected(verdicts, 0, next, want) - refused;
+  }
+
+  /** Rare path: copies the selected packets behind this device's header length, then writes them. */
+  private writeRestaged(batch: PacketBatch, verdicts: Int32Array, want: number): number {
+    if (this.staging === undefined) {
+      this.staging = new PacketBatch(64, 2048 + this.device.vnetHeaderLength, this.device.vnetHeaderLength);
+      this.stagingVerdicts = new Int32Array(64);
+    }
+    const staging = this.staging;
+    let written = 0;
+    let i = 0;
+    while (i < batch.count) {
+      staging.clear();
+      for (; i < batch.count && staging.count < staging.capacity; i++) {
+        if (verdicts[i] !== want) continue;
+        const at = i * batch.slotSize + batch.headroom;
+        if (!staging.push(batch.data, at, batch.lengths[i]!)) this.writeErrors++;
+      }
+      if (staging.count > 0) written += this.writeSelected(staging, this.stagingVerdicts!.fill(want), want);
+    }
+    return written;
   }
 
   /** Stops polling and closes the device (which removes it). Idempotent. */

@@ -29,6 +29,9 @@ export interface TunNativeConstants {
   readonly TUN_F_TSO4: number;
   readonly TUN_F_TSO6: number;
   readonly TUN_F_TSO_ECN: number;
+  /** UDP segmentation offload (Linux 6.2+); TUNSETOFFLOAD refuses them (EINVAL) on older kernels. */
+  readonly TUN_F_USO4: number;
+  readonly TUN_F_USO6: number;
   /** sizeof(struct virtio_net_hdr), include/uapi/linux/virtio_net.h: 10. */
   readonly VIRTIO_NET_HDR_LEN: number;
   /** include/uapi/linux/if.h: names are at most IFNAMSIZ - 1 = 15 bytes. */
@@ -51,16 +54,17 @@ export interface TunNative {
   setUp(name: string, netnsPath: string | null, up?: boolean): void;
   /**
    * read()s packets into slots `data[i * slotSize ..]` until EAGAIN or `maxPackets`, filling
-   * `lengths[i]` (cut to slotSize when a packet is longer). Returns the count, 0 when none was
-   * queued. Throws only when the first read fails with something other than EAGAIN.
+   * `lengths[i]` with the bytes after the slot's first `headroom` (default 0; the virtio_net_hdr
+   * of an IFF_VNET_HDR device), cut to the slot when a packet is longer. Returns the count, 0
+   * when none was queued. Throws only when the first read fails with something other than EAGAIN.
    */
-  readBatch(fd: number, data: Uint8Array, slotSize: number, lengths: Uint32Array, maxPackets: number): number;
+  readBatch(fd: number, data: Uint8Array, slotSize: number, lengths: Uint32Array, maxPackets: number, headroom?: number): number;
   /**
-   * write()s packets 0..count-1 from their slots. Returns how many were written: fewer than
-   * `count` on EAGAIN, or before a failing packet (which the next call, starting there, reports
-   * by throwing).
+   * write()s packets 0..count-1 from their slots, each as `headroom + lengths[i]` bytes from the
+   * slot's start. Returns how many were written: fewer than `count` on EAGAIN, or before a
+   * failing packet (which the next call, starting there, reports by throwing).
    */
-  writeBatch(fd: number, data: Uint8Array, slotSize: number, lengths: Uint32Array, count: number): number;
+  writeBatch(fd: number, data: Uint8Array, slotSize: number, lengths: Uint32Array, count: number, headroom?: number): number;
   /**
    * write()s, of packets 0..count-1, those with `verdicts[i] === want` (a processed batch's
    * egress, src/dataplane/port.ts), without copying. Returns the index it got to: every selected
@@ -75,6 +79,7 @@ export interface TunNative {
     verdicts: Int32Array,
     count: number,
     want: number,
+    headroom?: number,
   ): number;
   /**
    * Moves the calling thread (Node's main thread) into the network namespace at `netnsPath` for

@@ -6,15 +6,17 @@
  *
  * With `vnetHdr` each slot holds a struct virtio_net_hdr (10 bytes, include/uapi/linux/virtio_net.h)
  * before the packet, on reads and on writes, as wireguard-go's tun/tun_linux.go uses it for
- * offloads; `vnetHeaderLength` says where the packet starts. Offloads themselves (TUNSETOFFLOAD)
- * are off unless `setOffload` is called.
+ * offloads: batches read or written must then have that headroom (PacketBatch.headroom ===
+ * `vnetHeaderLength`). Offloads themselves are off unless `enableOffloads` (or `setOffload`) is
+ * called: then the kernel hands over TCP (and UDP, with USO) super-packets of up to 64 KiB with
+ * partial checksums (`GSO_SLOT_SIZE` slots hold them), and takes them back the same way.
  */
 import { existsSync } from "node:fs";
 import { createRequire } from "node:module";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { getSystemErrorName } from "node:util";
-import type { PacketBatch } from "../core/batch.js";
+import { VIRTIO_NET_HDR_LEN, type PacketBatch } from "../core/batch.js";
 import { netnsPath } from "./netns.js";
 import type { TunNative, TunNativeError, TunPollHandle } from "./tun-native.js";
 
@@ -70,6 +72,20 @@ export function loadTunAddon(searchFrom?: string): TunNative {
     dir = parent;
   }
   throw new TunAddonNotBuiltError(searched);
+}
+
+/**
+ * A slot that holds the largest packet an offloading TUN device hands over: the virtio_net_hdr and
+ * an IPv4 total length of up to 65535 bytes (the TUN device's gso_max_size is 64 KiB,
+ * GSO_LEGACY_MAX_SIZE; BIG TCP is not enabled on TUN), rounded up to 16 bytes.
+ */
+export const GSO_SLOT_SIZE = (VIRTIO_NET_HDR_LEN + 65535 + 15) & ~15;
+
+/** The offloads `enableOffloads` negotiated. */
+export interface TunOffloads {
+  readonly checksum: boolean;
+  readonly tcpSegmentation: boolean;
+  readonly udpSegmentation: boolean;
 }
 
 export interface TunOpenOptions {
@@ -128,7 +144,8 @@ export class TunDevice {
    */
   readInto(batch: PacketBatch): number {
     this.checkOpen();
-    const count = this.addon.readBatch(this.fd, batch.data, batch.slotSize, batch.lengths, batch.capacity);
+    this.checkHeadroom(batch);
+    const count = this.addon.readBatch(this.fd, batch.data, batch.slotSize, batch.lengths, batch.capacity, batch.headroom);
     batch.count = count;
     return count;
   }
@@ -139,8 +156,9 @@ export class TunDevice {
    */
   write(batch: PacketBatch): number {
     this.checkOpen();
+    this.checkHeadroom(batch);
     const count = batch.count;
-    let next = this.addon.writeBatch(this.fd, batch.data, batch.slotSize, batch.lengths, count);
+    let next = this.addon.writeBatch(this.fd, batch.data, batch.slotSize, batch.lengths, count, batch.headroom);
     if (next === count) return count;
     // Rare path: EAGAIN, or a packet the kernel refused (the next call reports it by throwing).
     let written = next;
@@ -152,6 +170,7 @@ export class TunDevice {
           batch.slotSize,
           batch.lengths.subarray(next),
           count - next,
+          batch.headroom,
         );
         if (n === 0) break; // EAGAIN
         next += n;
@@ -208,12 +227,43 @@ export class TunDevice {
     this.addon.setOffload(this.fd, offloadFlags);
   }
 
+  /**
+   * Turns on the offloads wireguard-go's tun/tun_linux.go asks for: TUN_F_CSUM | TUN_F_TSO4 |
+   * TUN_F_TSO6, plus TUN_F_USO4 | TUN_F_USO6 where the kernel has them (Linux 6.2; older kernels
+   * refuse them with EINVAL, then they are left out). Only for a device opened with `vnetHdr`.
+   * From then on the kernel may hand over GSO super-packets with partial checksums.
+   */
+  enableOffloads(): TunOffloads {
+    if (this.vnetHeaderLength === 0) throw new Error(`TUN ${this.name}: offloads need a device opened with vnetHdr`);
+    const c = this.addon.constants;
+    const tcp = c.TUN_F_CSUM | c.TUN_F_TSO4 | c.TUN_F_TSO6;
+    try {
+      this.setOffload(tcp | c.TUN_F_USO4 | c.TUN_F_USO6);
+      return { checksum: true, tcpSegmentation: true, udpSegmentation: true };
+    } catch (error) {
+      if ((error as TunError).code !== "EINVAL") throw error;
+    }
+    this.setOffload(tcp);
+    return { checksum: true, tcpSegmentation: true, udpSegmentation: false };
+  }
+
   /** Stops polling and closes the fd, which removes the device. Idempotent. */
   close(): void {
     if (this.closed) return;
     this.stopReadable();
     this.closed = true;
     this.addon.close(this.fd);
+  }
+
+  /** A batch's slots must leave room for exactly this device's virtio_net_hdr. */
+  checkHeadroom(batch: PacketBatch): void {
+    if (batch.headroom !== this.vnetHeaderLength) {
+      const error = new Error(
+        `TUN ${this.name}: batch headroom ${batch.headroom} does not match the device's virtio_net_hdr length ${this.vnetHeaderLength}`,
+      ) as TunError;
+      error.code = "ERR_INVALID_ARG_VALUE";
+      throw error;
+    }
   }
 
   private checkOpen(): void {

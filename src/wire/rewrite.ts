@@ -36,6 +36,33 @@ const UDP_CHECKSUM = 6;
 const ICMP_CHECKSUM = 2;
 const ICMP_ID = 4;
 
+/** Whether the current packet's TCP/UDP checksum is partial (see the module comment). */
+let l4ChecksumPartial = false;
+
+/**
+ * Says whether the TCP/UDP checksum of the packet the next rewrites apply to holds only the
+ * pseudo-header sum (VIRTIO_NET_HDR_F_NEEDS_CSUM). Set it for every packet; false by default.
+ */
+export function setL4ChecksumPartial(partial: boolean): void {
+  l4ChecksumPartial = partial;
+}
+
+/** Whether rewrites currently treat the TCP/UDP checksum as partial. */
+export function isL4ChecksumPartial(): boolean {
+  return l4ChecksumPartial;
+}
+
+/**
+ * A partial (pseudo-header) sum after a 32-bit field it covers changed from oldValue to newValue:
+ * S' = S + ~old + new, folded (RFC 1624 eqn. 3 without the complements around it).
+ */
+export function partialChecksumUpdate32(partialSum: number, oldValue: number, newValue: number): number {
+  let sum = partialSum + (~(oldValue >>> 16) & 0xffff) + (~oldValue & 0xffff) + (newValue >>> 16) + (newValue & 0xffff);
+  sum = (sum & 0xffff) + (sum >>> 16);
+  sum = (sum & 0xffff) + (sum >>> 16);
+  return sum;
+}
+
 /** Rewrites the IPv4 source address (SNAT), patching the IP and TCP/UDP checksums. */
 export function rewriteSrcAddr(b: Uint8Array, o: number, newAddr: number): void {
   rewriteAddr(b, o, o + IP_SRC, newAddr);
@@ -74,11 +101,13 @@ function rewriteAddr(b: Uint8Array, o: number, at: number, newAddr: number): voi
   const l4 = o + ((b[o]! & 0x0f) << 2);
   if (protocol === IPPROTO_TCP) {
     const c = l4 + TCP_CHECKSUM;
-    write16(b, c, checksumUpdate32(read16(b, c), old, newAddr));
+    if (l4ChecksumPartial) write16(b, c, partialChecksumUpdate32(read16(b, c), old, newAddr));
+    else write16(b, c, checksumUpdate32(read16(b, c), old, newAddr));
   } else if (protocol === IPPROTO_UDP) {
     const c = l4 + UDP_CHECKSUM;
     const checksum = read16(b, c);
-    if (checksum !== 0) write16(b, c, udpNonZero(checksumUpdate32(checksum, old, newAddr)));
+    if (l4ChecksumPartial) write16(b, c, partialChecksumUpdate32(checksum, old, newAddr));
+    else if (checksum !== 0) write16(b, c, udpNonZero(checksumUpdate32(checksum, old, newAddr)));
   }
 }
 
@@ -87,6 +116,11 @@ function rewritePort(b: Uint8Array, o: number, portField: number, newPort: numbe
   const protocol = b[o + 9]!;
   const l4 = o + ((b[o]! & 0x0f) << 2);
   const at = l4 + portField;
+  if (l4ChecksumPartial) {
+    // The ports are summed when the checksum is completed: nothing to patch.
+    if (protocol === IPPROTO_TCP || protocol === IPPROTO_UDP) write16(b, at, newPort);
+    return;
+  }
   if (protocol === IPPROTO_TCP) {
     const old = read16(b, at);
     write16(b, at, newPort);

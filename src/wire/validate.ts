@@ -208,3 +208,20 @@ export function verifyL4Checksum(buf: Uint8Array, info: PacketInfo): boolean {
   // 0x0000 and 0xffff are both one's complement zero; a sender may use either for a zero sum.
   return stored === expected || (expected === 0 && stored === 0xffff) || (expected === 0xffff && stored === 0);
 }
+
+/**
+ * The network-layer length of each segment a GSO super-packet of a parsed packet becomes, given
+ * its segment size (virtio_net_hdr.gso_size): IPv4 header + L4 header + gso_size, never more than
+ * the packet itself. This is what a router checks against the egress MTU for such packets (Linux
+ * ip_forward -> ip_exceeds_mtu -> skb_gso_validate_network_len, net/core/gso.c). TCP's header
+ * length comes from its data offset, UDP's is 8 (USO); other protocols are not segmented.
+ */
+export function gsoSegmentNetworkLength(info: PacketInfo, gsoSize: number): number {
+  if (!info.hasL4 || gsoSize <= 0) return info.length;
+  let l4HeaderLength: number;
+  if (info.protocol === IPPROTO_TCP) l4HeaderLength = (info.buf[info.l4Offset + 12]! >>> 4) << 2;
+  else if (info.protocol === IPPROTO_UDP) l4HeaderLength = 8;
+  else return info.length;
+  const segment = info.headerLength + l4HeaderLength + gsoSize;
+  return segment < info.length ? segment : info.length;
+}

@@ -281,11 +281,15 @@ describe.skipIf(!root)("two namespaces joined by qnat's TUN legs", () => {
     ip(nsA, "addr", "add", "10.99.1.1/24", "dev", "vnet0");
     vnet.setUp();
     await sendDatagrams(nsA, "10.99.1.2", 7011, 1);
-    const batch = new PacketBatch(4);
+    // A batch without room for the header is refused.
+    expect(thrown(() => vnet.readInto(new PacketBatch(4))).code).toBe("ERR_INVALID_ARG_VALUE");
+    const batch = new PacketBatch(4, 2048 + 10, 10);
     expect(vnet.readInto(batch)).toBe(1);
-    const at = batch.offsetOf(0) + vnet.vnetHeaderLength;
+    const at = batch.offsetOf(0);
+    expect(at).toBe(10);
     expect(batch.data[at]).toBe(0x45); // IPv4, IHL 5, right after the header
-    expect(batch.lengths[0]).toBe(10 + 20 + 8 + "qnat-batch-0".length);
+    expect(batch.lengths[0]).toBe(20 + 8 + "qnat-batch-0".length); // the header is not counted
+    expect(batch.gsoSizeOf(0)).toBe(0); // no offloads negotiated: a plain packet
     vnet.close();
   });
 });

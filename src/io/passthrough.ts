@@ -1,0 +1,44 @@
+/**
+ * qnat's I/O floor: the same legs, batches and event loop as the Forwarder, but no processing —
+ * every packet read from a port's wire leg is written, as it is, to the other port's wire leg
+ * (a two-port router: the lab's tenant and gateway ports). No validation, conntrack, routing,
+ * NAT or TTL. What the router's own host sends through a mirror is read and dropped.
+ * `qnat run` uses it with QNAT_PASSTHROUGH=1; the end-to-end benchmark measures it as the
+ * ceiling qnat's processing is compared with.
+ */
+import { PacketBatch } from "../core/batch.js";
+import type { Leg } from "./leg.js";
+
+export class PassthroughForwarder {
+  private readonly rx: PacketBatch;
+  private readonly verdicts: Int32Array;
+  /** Packets read from mirrors and dropped. */
+  mirrorDropped = 0;
+
+  /** `legs[port * 2 + leg]` as for the Forwarder; exactly two ports. */
+  constructor(
+    readonly legs: readonly Leg[],
+    batchSize = 64,
+    slotSize = 2048,
+    headroom = 0,
+  ) {
+    if (legs.length !== 4) throw new Error(`pass-through needs exactly two ports, not ${legs.length / 2}`);
+    this.rx = new PacketBatch(batchSize, slotSize, headroom);
+    this.verdicts = new Int32Array(batchSize);
+  }
+
+  /** Reads one batch from leg `index` and writes it to the other port's wire leg; returns how many were read. */
+  pump(index: number): number {
+    const count = this.legs[index]!.readInto(this.rx);
+    if (count === 0) return 0;
+    if ((index & 1) !== 0) {
+      this.mirrorDropped += count;
+      return count;
+    }
+    const target = ((index >> 1) ^ 1) << 1;
+    const verdicts = this.verdicts;
+    for (let i = 0; i < count; i++) verdicts[i] = target;
+    this.legs[target]!.writeSelected(this.rx, verdicts, target);
+    return count;
+  }
+}
