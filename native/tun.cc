@@ -410,6 +410,27 @@ Napi::Value ReadBatchCall(const Napi::CallbackInfo& info) {
   return Napi::Number::New(env, static_cast<double>(count));
 }
 
+enum class SlotWrite { kWritten, kStop, kThrown };
+
+// Writes slot `index` of a batch: its headroom (the virtio_net_hdr) and the packet after it,
+// retrying on EINTR. kStop at EAGAIN, or at a failing packet that is not the call's first (the
+// caller's next call, starting there, reports it); kThrown when the first packet fails.
+static SlotWrite WriteSlot(Napi::Env env, int fd, const BatchView& batch, size_t index, bool first) {
+  size_t length = batch.lengths[index] + batch.headroom;
+  if (length > batch.slot_size) {
+    ThrowCoded(env, "ERR_OUT_OF_RANGE", "lengths[" + std::to_string(index) + "] exceeds slotSize - headroom");
+    return SlotWrite::kThrown;
+  }
+  for (;;) {
+    ssize_t n = write(fd, batch.data + index * batch.slot_size, length);
+    if (n >= 0) return SlotWrite::kWritten;
+    if (errno == EINTR) continue;
+    if (errno == EAGAIN || errno == EWOULDBLOCK || !first) return SlotWrite::kStop;
+    ThrowErrno(env, errno, "write", "fd " + std::to_string(fd));
+    return SlotWrite::kThrown;
+  }
+}
+
 // writeBatch(fd, data, slotSize, lengths, count, headroom = 0) -> packets written; each write
 // sends the slot's headroom (the virtio_net_hdr) and the packet after it. Stops at EAGAIN. A failing
 // packet after the first is left for the caller's next call, which then reports its error.
@@ -420,21 +441,9 @@ Napi::Value WriteBatchCall(const Napi::CallbackInfo& info) {
   if (!ReadFd(info, 0, &fd) || !ReadBatch(info, "count", &batch)) return env.Undefined();
   size_t count = 0;
   while (count < batch.count) {
-    size_t length = batch.lengths[count] + batch.headroom;
-    if (length > batch.slot_size) {
-      ThrowCoded(env, "ERR_OUT_OF_RANGE", "lengths[" + std::to_string(count) + "] exceeds slotSize - headroom");
-      return env.Undefined();
-    }
-    ssize_t n = write(fd, batch.data + count * batch.slot_size, length);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      if (errno == EAGAIN || errno == EWOULDBLOCK) break;
-      if (count == 0) {
-        ThrowErrno(env, errno, "write", "fd " + std::to_string(fd));
-        return env.Undefined();
-      }
-      break;
-    }
+    SlotWrite result = WriteSlot(env, fd, batch, count, count == 0);
+    if (result == SlotWrite::kThrown) return env.Undefined();
+    if (result == SlotWrite::kStop) break;
     count++;
   }
   return Napi::Number::New(env, static_cast<double>(count));
@@ -486,26 +495,16 @@ Napi::Value WriteSelectedCall(const Napi::CallbackInfo& info) {
   if (!ReadHeadroom(info, 7, batch.slot_size, &batch.headroom)) return env.Undefined();
   const int32_t* verdict = verdicts.Data();
   size_t index = 0;
+  bool first = true;
   while (index < static_cast<size_t>(count)) {
     if (verdict[index] != static_cast<int32_t>(want)) {
       index++;
       continue;
     }
-    size_t length = batch.lengths[index] + batch.headroom;
-    if (length > batch.slot_size) {
-      ThrowCoded(env, "ERR_OUT_OF_RANGE", "lengths[" + std::to_string(index) + "] exceeds slotSize - headroom");
-      return env.Undefined();
-    }
-    ssize_t n = write(fd, batch.data + index * batch.slot_size, length);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      if (errno == EAGAIN || errno == EWOULDBLOCK) break;
-      if (index == 0) {
-        ThrowErrno(env, errno, "write", "fd " + std::to_string(fd));
-        return env.Undefined();
-      }
-      break;
-    }
+    SlotWrite result = WriteSlot(env, fd, batch, index, first);
+    if (result == SlotWrite::kThrown) return env.Undefined();
+    if (result == SlotWrite::kStop) break;
+    first = false;
     index++;
   }
   return Napi::Number::New(env, static_cast<double>(index));

@@ -46,27 +46,31 @@ export class TunLeg implements Leg {
     const count = batch.count;
     const fd = this.device.fd;
     const headroom = batch.headroom;
-    let next = this.addon.writeSelected(fd, batch.data, batch.slotSize, batch.lengths, verdicts, count, want, headroom);
-    if (next === count) return countSelected(verdicts, 0, count, want);
-    // Rare path: EAGAIN, or a packet the kernel refused (a call started at it throws).
+    let next = 0;
     let refused = 0;
     while (next < count) {
       let reached: number;
       try {
-        reached = this.addon.writeSelected(
-          fd,
-          batch.data.subarray(next * batch.slotSize),
-          batch.slotSize,
-          batch.lengths.subarray(next),
-          verdicts.subarray(next),
-          count - next,
-          want,
-          headroom,
-        );
+        reached =
+          next === 0
+            ? this.addon.writeSelected(fd, batch.data, batch.slotSize, batch.lengths, verdicts, count, want, headroom)
+            : // Rare path (after EAGAIN or a refused packet): resume where the last call stopped.
+              this.addon.writeSelected(
+                fd,
+                batch.data.subarray(next * batch.slotSize),
+                batch.slotSize,
+                batch.lengths.subarray(next),
+                verdicts.subarray(next),
+                count - next,
+                want,
+                headroom,
+              );
       } catch (error) {
+        // The kernel refused the first selected packet at or after `next` (a call throws for it).
         this.writeErrors++;
         this.lastWriteError = error as TunError;
         refused++;
+        while (next < count && verdicts[next] !== want) next++;
         next++;
         continue;
       }
