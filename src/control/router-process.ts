@@ -235,6 +235,7 @@ export async function startRouter(configPath: string, options: RouterOptions = {
         if (forwarder.pump(index) === 0) break;
       }
       if (spinMicroseconds > 0) spinPoll();
+      else sweep();
     });
   });
   // Latency: what this wake-up wrote often comes back at once (the peer's kernel answers inside
@@ -252,6 +253,13 @@ export async function startRouter(configPath: string, options: RouterOptions = {
       if (moved > 0) lastMoved = now;
       else if ((now - lastMoved) * 1000 >= spinMicroseconds) break;
       if (now - started >= spinLimitMs) break;
+    }
+  };
+  // Without a spin window, one pass over every leg: a reply the peer's kernel produced inside
+  // our write() (a ping answered, an ACK) leaves now instead of after another epoll wake-up.
+  const sweep = (): void => {
+    for (let leg = 0; leg < legs.length; leg++) {
+      for (let round = 0; round < PUMP_BUDGET; round++) if (forwarder.pump(leg) === 0) break;
     }
   };
   housekeeping = setInterval(() => dataplane.housekeeping(), HOUSEKEEPING_INTERVAL_MS);
