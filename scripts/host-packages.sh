@@ -14,6 +14,7 @@ declare -A wanted=(
   [ping]=iputils-ping
   [traceroute]=traceroute
   [sysctl]=procps
+  [python3]=python3  # the conformance harness's probe (test/conformance/probe.py)
 )
 
 missing=()

@@ -5,6 +5,6 @@
  */
 import type { ConntrackTable } from "./table.js";
 
-export function genericPacket(table: ConntrackTable, id: number, now: number): void {
-  table.refresh(id, table.timeouts.generic, now);
+export function genericPacket(table: ConntrackTable, id: number): void {
+  table.refreshNow(id, table.timeouts.generic);
 }

@@ -6,6 +6,6 @@
  */
 import type { ConntrackTable } from "./table.js";
 
-export function icmpPacket(table: ConntrackTable, id: number, now: number): void {
-  table.refresh(id, table.timeouts.icmp, now);
+export function icmpPacket(table: ConntrackTable, id: number): void {
+  table.refreshNow(id, table.timeouts.icmp);
 }

@@ -2,12 +2,13 @@
  * The connection tracking table: Linux nf_conntrack_core.c's hash of `nf_conntrack_tuple_hash`
  * (each connection is indexed twice, by its original and by its reply tuple) in typed arrays.
  *
- * Layout (struct of arrays, no object per entry): an entry `id` owns two tuple nodes,
- * `node = (id << 1) | dir` — node 2*id is the original tuple, 2*id+1 the reply tuple. A node is
- * exactly the handle `lookup` returns. Per node: src, dst, (sport << 16 | dport), and `nextNode`
- * (the hash chain, -1 terminated). Per entry: protocol, status (Linux IPS_* bits), TCP state,
- * TCP private flags, expiry time, start time, mark. Buckets: a power of two >= capacity, each the
- * head node of a chain. Free entries are chained through `nextNode[2*id]`.
+ * Layout (no object per entry): an entry `id` owns two tuple nodes, `node = (id << 1) | dir` —
+ * node 2*id is the original tuple, 2*id+1 the reply tuple. A node is exactly the handle `lookup`
+ * returns. Each entry is one packed 64-byte record (see ENTRY_WORDS below): per node src, dst,
+ * (sport << 16 | dport) and the hash-chain link (-1 terminated); per entry protocol, TCP state and
+ * private flags, status (Linux IPS_* bits), mark, expiry time and start time. Buckets: a power of
+ * two >= capacity, each the head node of a chain. Free entries are chained through the original
+ * node's link.
  *
  * Life of an entry, as Linux: `create` allocates an *unconfirmed* entry for a NEW packet (not
  * in the hash, `lookup` cannot see it); NAT may `setReplyTuple`; when the packet leaves,
@@ -98,11 +99,36 @@ export interface ConntrackTableOptions {
   onRemove?: (id: number) => void;
 }
 
-const SLOT_FREE = 0;
-const SLOT_USED = 1;
-
 /** TCP private flags byte (see tcp.ts): kept here only to initialise it. */
 const TCP_PRIVATE_INITIAL = 5; // last flag index = TCP_NONE_SET, as tcp_new
+
+/**
+ * Packed entry layout: one 64-byte record (a cache line) per entry in one ArrayBuffer, read as
+ * Int32 words (`ENTRY_WORDS` per entry) and, for the two times, as Float64.
+ * A lookup that hits touches its bucket and this one record; the struct-of-arrays layout before it
+ * touched one cache line (and TLB page) per field array, 8-10 per packet.
+ */
+const ENTRY_WORDS = 16;
+const ENTRY_SHIFT = 4; // log2(ENTRY_WORDS)
+const DOUBLE_SHIFT = 3; // log2(Float64 per entry)
+/** Node words: src, dst, ports, next. The original node is at word 0, the reply node at word 4. */
+const NODE_SRC = 0;
+const NODE_DST = 1;
+const NODE_PORTS = 2;
+const NODE_NEXT = 3;
+/** protocol (bits 0-7) | TCP state (8-15) | TCP private flags (16-23) | slot used (bit 24). */
+const W_META = 8;
+const W_STATUS = 9;
+const W_MARK = 10;
+/** Float64 index within the entry (words 12-13 and 14-15). */
+const D_EXPIRY = 6;
+const D_STARTED = 7;
+const META_USED = 1 << 24;
+
+/** Word offset of node `node` ((id << 1) | dir) in the entry array. */
+function nodeBase(node: number): number {
+  return ((node >> 1) << ENTRY_SHIFT) + ((node & 1) << 2);
+}
 
 export class ConntrackTable {
   readonly capacity: number;
@@ -124,59 +150,45 @@ export class ConntrackTable {
   /** After a failed `confirm`: the handle ((id << 1) | dir) of the entry whose tuple clashed, else -1. */
   clashWith = -1;
 
-  // per node (2 per entry)
-  private readonly tupleSrc: Uint32Array;
-  private readonly tupleDst: Uint32Array;
-  private readonly tuplePorts: Uint32Array;
-  private readonly nextNode: Int32Array;
+  /** The entries, ENTRY_WORDS Int32 words each (layout above). */
+  private readonly words: Int32Array;
+  /** The same memory as Float64, 2^DOUBLE_SHIFT per entry (expiry, start time). */
+  private readonly doubles: Float64Array;
   // per bucket
   private readonly buckets: Int32Array;
   private readonly bucketMask: number;
-  // per entry
-  private readonly protocols: Uint8Array;
-  private readonly slots: Uint8Array;
-  private readonly statuses: Uint16Array;
-  private readonly tcpStates: Uint8Array;
-  private readonly tcpPrivate: Uint8Array;
-  private readonly marks: Uint32Array;
-  private readonly expiry: Float64Array;
-  private readonly started: Float64Array;
 
   private readonly hashSeed: number;
   private readonly onRemove: ((id: number) => void) | undefined;
   private freeHead = -1;
   private used = 0;
   private gcCursor = 0;
+  /**
+   * [0]: the time pinned by `pinTime` for the current batch (NaN: read the clock); [1]: the time
+   * `findNode` judges expiry by. Kept in a Float64Array rather than passed around: a double that
+   * crosses a call V8 does not inline is boxed, i.e. allocated, and these run for every packet.
+   */
+  private readonly times = new Float64Array([NaN, 0]);
 
   constructor(options: ConntrackTableOptions) {
     const capacity = Math.floor(options.capacity);
-    if (!(capacity >= 1 && capacity <= 1 << 29)) throw new RangeError("conntrack capacity must be 1..2^29");
+    if (!(capacity >= 1 && capacity <= 1 << 25)) throw new RangeError("conntrack capacity must be 1..2^25");
     this.capacity = capacity;
     this.clock = options.clock;
     this.timeouts = resolveTimeouts(options.timeouts);
     this.hashSeed = new XorShift32(options.seed ?? 0x2545f491).next() | 0;
     this.onRemove = options.onRemove;
 
-    const nodes = capacity * 2;
-    this.tupleSrc = new Uint32Array(nodes);
-    this.tupleDst = new Uint32Array(nodes);
-    this.tuplePorts = new Uint32Array(nodes);
-    this.nextNode = new Int32Array(nodes);
+    const memory = new ArrayBuffer(capacity * ENTRY_WORDS * 4);
+    this.words = new Int32Array(memory);
+    this.doubles = new Float64Array(memory);
     let bucketCount = 16;
     while (bucketCount < capacity) bucketCount *= 2;
     this.buckets = new Int32Array(bucketCount).fill(-1);
     this.bucketMask = bucketCount - 1;
-    this.protocols = new Uint8Array(capacity);
-    this.slots = new Uint8Array(capacity);
-    this.statuses = new Uint16Array(capacity);
-    this.tcpStates = new Uint8Array(capacity);
-    this.tcpPrivate = new Uint8Array(capacity);
-    this.marks = new Uint32Array(capacity);
-    this.expiry = new Float64Array(capacity);
-    this.started = new Float64Array(capacity);
     // free list in id order so ids are handed out 0, 1, 2, ...
     for (let id = capacity - 1; id >= 0; id--) {
-      this.nextNode[id << 1] = this.freeHead;
+      this.words[(id << ENTRY_SHIFT) + NODE_NEXT] = this.freeHead;
       this.freeHead = id;
     }
   }
@@ -188,12 +200,26 @@ export class ConntrackTable {
 
   /** Bytes held by the table's arrays (for `qnat show stats` and the memory test). */
   get memoryBytes(): number {
-    return (
-      this.tupleSrc.byteLength + this.tupleDst.byteLength + this.tuplePorts.byteLength + this.nextNode.byteLength +
-      this.buckets.byteLength + this.protocols.byteLength + this.slots.byteLength + this.statuses.byteLength +
-      this.tcpStates.byteLength + this.tcpPrivate.byteLength + this.marks.byteLength + this.expiry.byteLength +
-      this.started.byteLength
-    );
+    return this.words.byteLength + this.buckets.byteLength;
+  }
+
+  /**
+   * The time conntrack uses: the pinned batch time if any, else the clock. The dataplane pins the
+   * time once per batch (`pinTime`), as Linux reads jiffies rather than a clock per packet; a
+   * batch lasts microseconds and the table's resolution is seconds.
+   */
+  now(): number {
+    const pinned = this.times[0]!;
+    return pinned === pinned ? pinned : this.clock.now();
+  }
+
+  /** Uses `now` as the time of every operation until `unpinTime` (one clock read per batch). */
+  pinTime(now: number): void {
+    this.times[0] = now;
+  }
+
+  unpinTime(): void {
+    this.times[0] = NaN;
   }
 
   // ---- hashing -------------------------------------------------------------------------------
@@ -213,59 +239,65 @@ export class ConntrackTable {
   }
 
   private nodeBucket(node: number): number {
-    return this.hashTuple(this.protocols[node >> 1]!, this.tupleSrc[node]!, this.tupleDst[node]!, this.tuplePorts[node]!);
+    const w = this.words;
+    const b = nodeBase(node);
+    return this.hashTuple(w[((node >> 1) << ENTRY_SHIFT) + W_META]! & 0xff, w[b + NODE_SRC]!, w[b + NODE_DST]!, w[b + NODE_PORTS]!);
   }
 
   private link(node: number): void {
     const bucket = this.nodeBucket(node);
-    this.nextNode[node] = this.buckets[bucket]!;
+    this.words[nodeBase(node) + NODE_NEXT] = this.buckets[bucket]!;
     this.buckets[bucket] = node;
   }
 
   private unlink(node: number): void {
     const bucket = this.nodeBucket(node);
+    const w = this.words;
     let current = this.buckets[bucket]!;
     let previous = -1;
     while (current >= 0) {
+      const next = w[nodeBase(current) + NODE_NEXT]!;
       if (current === node) {
-        const after = this.nextNode[current]!;
-        if (previous < 0) this.buckets[bucket] = after;
-        else this.nextNode[previous] = after;
-        this.nextNode[node] = -1;
+        if (previous < 0) this.buckets[bucket] = next;
+        else w[nodeBase(previous) + NODE_NEXT] = next;
+        w[nodeBase(node) + NODE_NEXT] = -1;
         return;
       }
       previous = current;
-      current = this.nextNode[current]!;
+      current = next;
     }
   }
 
   private isDead(id: number, now: number): boolean {
     // nf_ct_is_expired: (s32)(ct->timeout - nfct_time_stamp) <= 0; a killed entry is dying.
-    return this.expiry[id]! <= now || (this.statuses[id]! & CtStatus.Dying) !== 0;
+    return this.doubles[(id << DOUBLE_SHIFT) + D_EXPIRY]! <= now || (this.words[(id << ENTRY_SHIFT) + W_STATUS]! & CtStatus.Dying) !== 0;
   }
 
   /**
    * The live confirmed node holding exactly this tuple, or -1. A dead entry met on the way is
-   * removed (Linux ____nf_conntrack_find -> nf_ct_gc_expired) and -1 returned.
+   * removed (Linux ____nf_conntrack_find -> nf_ct_gc_expired) and -1 returned. Addresses and
+   * ports are compared as int32 words (`| 0`), as they are stored.
    */
-  private findNode(protocol: number, src: number, dst: number, ports: number, now: number): number {
+  private findNode(protocol: number, src: number, dst: number, ports: number): number {
+    const w = this.words;
+    const now = this.times[1]!;
+    src |= 0;
+    dst |= 0;
+    ports |= 0;
     let node = this.buckets[this.hashTuple(protocol, src, dst, ports)]!;
     while (node >= 0) {
-      if (
-        this.tupleSrc[node] === src &&
-        this.tupleDst[node] === dst &&
-        this.tuplePorts[node] === ports &&
-        this.protocols[node >> 1] === protocol
-      ) {
+      const b = ((node >> 1) << ENTRY_SHIFT) + ((node & 1) << 2);
+      if (w[b + NODE_SRC] === src && w[b + NODE_DST] === dst && w[b + NODE_PORTS] === ports && (w[((node >> 1) << ENTRY_SHIFT) + W_META]! & 0xff) === protocol) {
         const id = node >> 1;
-        if (this.isDead(id, now)) {
+        // isDead(id, now), written out: a double argument to a call V8 does not inline is boxed.
+        if (this.doubles[(id << DOUBLE_SHIFT) + D_EXPIRY]! <= now || (w[(id << ENTRY_SHIFT) + W_STATUS]! & CtStatus.Dying) !== 0) {
           this.counters.expired++;
           this.freeEntry(id);
           return -1;
         }
         return node;
       }
-      node = this.nextNode[node]!;
+      node = w[b + NODE_NEXT]!;
     }
     return -1;
   }
@@ -274,14 +306,45 @@ export class ConntrackTable {
 
   /** The handle `(id << 1) | dir` of the live connection with this tuple in either direction, or -1. */
   lookup(protocol: number, src: number, dst: number, sport: number, dport: number): number {
-    return this.lookupAt(protocol, src, dst, sport, dport, this.clock.now());
+    const pinned = this.times[0]!;
+    this.times[1] = pinned === pinned ? pinned : this.clock.now();
+    const node = this.findNode(protocol, src, dst, (sport << 16) | dport);
+    if (node >= 0) this.counters.found++;
+    return node;
   }
 
   /** `lookup` with the time already read (one clock read per packet in track()). */
   lookupAt(protocol: number, src: number, dst: number, sport: number, dport: number, now: number): number {
-    const node = this.findNode(protocol, src >>> 0, dst >>> 0, ((sport << 16) | dport) >>> 0, now);
+    this.times[1] = now;
+    const node = this.findNode(protocol, src, dst, (sport << 16) | dport);
     if (node >= 0) this.counters.found++;
     return node;
+  }
+
+  /**
+   * Batch prefetch, step 1: the head node of the bucket this tuple hashes to (-1: empty). The
+   * dataplane calls it for every packet of a batch before processing any, so the cache misses of
+   * the bucket loads overlap instead of stalling one packet after another (VPP/DPDK's
+   * prefetch-then-process batching; JavaScript has no prefetch instruction, a plain load does it).
+   */
+  bucketHead(protocol: number, src: number, dst: number, sport: number, dport: number): number {
+    return this.buckets[this.hashTuple(protocol, src | 0, dst | 0, (sport << 16) | dport)]!;
+  }
+
+  /** Batch prefetch, step 2: loads the record of `node` (from `bucketHead`) into the cache. */
+  touchNode(node: number): number {
+    return this.words[nodeBase(node) + NODE_SRC]!;
+  }
+
+  /**
+   * `lookup` without counting `found` (the dataplane's fast path counts when it commits), at
+   * `now()`. Takes no time argument: a double passed to a function V8 does not inline is boxed,
+   * i.e. allocated, and this runs for every packet.
+   */
+  findLive(protocol: number, src: number, dst: number, sport: number, dport: number): number {
+    const pinned = this.times[0]!;
+    this.times[1] = pinned === pinned ? pinned : this.clock.now();
+    return this.findNode(protocol, src, dst, (sport << 16) | dport);
   }
 
   /**
@@ -289,23 +352,26 @@ export class ConntrackTable {
    * this tuple in either direction. Dead entries do not count (and are left for lookup/gc).
    */
   isTupleTaken(protocol: number, src: number, dst: number, sport: number, dport: number, ignoreId = -1): boolean {
-    src >>>= 0;
-    dst >>>= 0;
-    const ports = ((sport << 16) | dport) >>> 0;
-    const now = this.clock.now();
+    src |= 0;
+    dst |= 0;
+    const ports = (sport << 16) | dport;
+    const now = this.now();
+    const w = this.words;
     let node = this.buckets[this.hashTuple(protocol, src, dst, ports)]!;
     while (node >= 0) {
+      const b = nodeBase(node);
       if (
-        this.tupleSrc[node] === src &&
-        this.tupleDst[node] === dst &&
-        this.tuplePorts[node] === ports &&
-        this.protocols[node >> 1] === protocol &&
+        w[b + NODE_SRC] === src &&
+        w[b + NODE_DST] === dst &&
+        w[b + NODE_PORTS] === ports &&
+        (w[((node >> 1) << ENTRY_SHIFT) + W_META]! & 0xff) === protocol &&
         node >> 1 !== ignoreId &&
-        !this.isDead(node >> 1, now)
+        // !isDead(id, now), written out (no boxed double argument)
+        !(this.doubles[((node >> 1) << DOUBLE_SHIFT) + D_EXPIRY]! <= now || (w[((node >> 1) << ENTRY_SHIFT) + W_STATUS]! & CtStatus.Dying) !== 0)
       ) {
         return true;
       }
-      node = this.nextNode[node]!;
+      node = w[b + NODE_NEXT]!;
     }
     return false;
   }
@@ -317,41 +383,38 @@ export class ConntrackTable {
    * The caller (tracker) sets the timeout; the entry expires "now" until it does.
    */
   create(protocol: number, src: number, dst: number, sport: number, dport: number): number {
-    src >>>= 0;
-    dst >>>= 0;
-    if (this.freeHead < 0 && !this.earlyDrop(this.hashTuple(protocol, src, dst, ((sport << 16) | dport) >>> 0))) {
+    src |= 0;
+    dst |= 0;
+    if (this.freeHead < 0 && !this.earlyDrop(this.hashTuple(protocol, src, dst, (sport << 16) | dport))) {
       this.counters.dropFull++;
       return -1;
     }
+    const w = this.words;
     const id = this.freeHead;
-    this.freeHead = this.nextNode[id << 1]!;
-    const orig = id << 1;
-    const reply = orig | 1;
-    this.slots[id] = SLOT_USED;
-    this.protocols[id] = protocol;
-    this.statuses[id] = 0;
-    this.tcpStates[id] = 0;
-    this.tcpPrivate[id] = TCP_PRIVATE_INITIAL;
-    this.marks[id] = 0;
-    const now = this.clock.now();
-    this.expiry[id] = now;
-    this.started[id] = now;
-    this.tupleSrc[orig] = src;
-    this.tupleDst[orig] = dst;
-    this.tuplePorts[orig] = ((sport << 16) | dport) >>> 0;
-    this.tupleSrc[reply] = dst;
-    this.tupleDst[reply] = src;
+    const e = id << ENTRY_SHIFT;
+    this.freeHead = w[e + NODE_NEXT]!;
+    w[e + W_META] = protocol | (TCP_PRIVATE_INITIAL << 16) | META_USED;
+    w[e + W_STATUS] = 0;
+    w[e + W_MARK] = 0;
+    const now = this.now();
+    this.doubles[(id << DOUBLE_SHIFT) + D_EXPIRY] = now;
+    this.doubles[(id << DOUBLE_SHIFT) + D_STARTED] = now;
+    w[e + NODE_SRC] = src;
+    w[e + NODE_DST] = dst;
+    w[e + NODE_PORTS] = (sport << 16) | dport;
+    w[e + 4 + NODE_SRC] = dst;
+    w[e + 4 + NODE_DST] = src;
     if (protocol === IPPROTO_TCP || protocol === IPPROTO_UDP) {
-      this.tuplePorts[reply] = ((dport << 16) | sport) >>> 0;
+      w[e + 4 + NODE_PORTS] = (dport << 16) | sport;
     } else if (protocol === IPPROTO_ICMP) {
       const inverse = icmpInverseType(dport >>> 8);
       const type = inverse < 0 ? dport >>> 8 : inverse;
-      this.tuplePorts[reply] = ((sport << 16) | (type << 8) | (dport & 0xff)) >>> 0;
+      w[e + 4 + NODE_PORTS] = (sport << 16) | (type << 8) | (dport & 0xff);
     } else {
-      this.tuplePorts[reply] = ((dport << 16) | sport) >>> 0;
+      w[e + 4 + NODE_PORTS] = (dport << 16) | sport;
     }
-    this.nextNode[orig] = -1;
-    this.nextNode[reply] = -1;
+    w[e + NODE_NEXT] = -1;
+    w[e + 4 + NODE_NEXT] = -1;
     this.used++;
     this.counters.created++;
     return id;
@@ -363,11 +426,12 @@ export class ConntrackTable {
    */
   setReplyTuple(id: number, src: number, dst: number, sport: number, dport: number): void {
     const reply = (id << 1) | 1;
-    const confirmed = (this.statuses[id]! & CtStatus.Confirmed) !== 0;
+    const confirmed = (this.words[(id << ENTRY_SHIFT) + W_STATUS]! & CtStatus.Confirmed) !== 0;
     if (confirmed) this.unlink(reply);
-    this.tupleSrc[reply] = src >>> 0;
-    this.tupleDst[reply] = dst >>> 0;
-    this.tuplePorts[reply] = ((sport << 16) | dport) >>> 0;
+    const b = nodeBase(reply);
+    this.words[b + NODE_SRC] = src | 0;
+    this.words[b + NODE_DST] = dst | 0;
+    this.words[b + NODE_PORTS] = (sport << 16) | dport;
     if (confirmed) this.link(reply);
   }
 
@@ -377,15 +441,15 @@ export class ConntrackTable {
    * holder, `counters.insertFailed` counts it, and false is returned. Confirming twice is a no-op.
    */
   confirm(id: number): boolean {
-    if (this.slots[id] !== SLOT_USED) return false;
-    const status = this.statuses[id]!;
+    if (!this.isAllocated(id)) return false;
+    const w = this.words;
+    const e = id << ENTRY_SHIFT;
+    const status = w[e + W_STATUS]!;
     if (status & CtStatus.Confirmed) return true;
-    const now = this.clock.now();
-    const orig = id << 1;
-    const reply = orig | 1;
-    const protocol = this.protocols[id]!;
-    let clash = this.findNode(protocol, this.tupleSrc[orig]!, this.tupleDst[orig]!, this.tuplePorts[orig]!, now);
-    if (clash < 0) clash = this.findNode(protocol, this.tupleSrc[reply]!, this.tupleDst[reply]!, this.tuplePorts[reply]!, now);
+    this.times[1] = this.now();
+    const protocol = w[e + W_META]! & 0xff;
+    let clash = this.findNode(protocol, w[e + NODE_SRC]!, w[e + NODE_DST]!, w[e + NODE_PORTS]!);
+    if (clash < 0) clash = this.findNode(protocol, w[e + 4 + NODE_SRC]!, w[e + 4 + NODE_DST]!, w[e + 4 + NODE_PORTS]!);
     if (clash >= 0) {
       this.clashWith = clash;
       this.counters.insertFailed++;
@@ -393,24 +457,24 @@ export class ConntrackTable {
       return false;
     }
     this.clashWith = -1;
-    this.statuses[id] = status | CtStatus.Confirmed;
-    this.link(orig);
-    this.link(reply);
+    w[e + W_STATUS] = status | CtStatus.Confirmed;
+    this.link(id << 1);
+    this.link((id << 1) | 1);
     this.counters.inserted++;
     return true;
   }
 
   /** Frees an unconfirmed entry whose packet was dropped. No-op on a free slot or a confirmed entry. */
   release(id: number): void {
-    if (id < 0 || id >= this.capacity || this.slots[id] !== SLOT_USED) return;
-    if (this.statuses[id]! & CtStatus.Confirmed) return;
+    if (!this.isAllocated(id)) return;
+    if (this.words[(id << ENTRY_SHIFT) + W_STATUS]! & CtStatus.Confirmed) return;
     this.counters.released++;
     this.freeEntry(id);
   }
 
   /** Removes an entry now (conntrack -D, TCP reopen). No-op on a free slot. */
   remove(id: number): void {
-    if (id < 0 || id >= this.capacity || this.slots[id] !== SLOT_USED) return;
+    if (!this.isAllocated(id)) return;
     this.counters.removed++;
     this.freeEntry(id);
   }
@@ -420,20 +484,22 @@ export class ConntrackTable {
    * gc removes it, so the packet that killed it can still be translated from its binding.
    */
   kill(id: number): void {
-    if (this.slots[id] !== SLOT_USED) return;
-    this.statuses[id] = this.statuses[id]! | CtStatus.Dying;
-    this.expiry[id] = 0;
+    if (!this.isAllocated(id)) return;
+    this.words[(id << ENTRY_SHIFT) + W_STATUS] |= CtStatus.Dying;
+    this.doubles[(id << DOUBLE_SHIFT) + D_EXPIRY] = 0;
   }
 
   private freeEntry(id: number): void {
     if (this.onRemove) this.onRemove(id);
-    if (this.statuses[id]! & CtStatus.Confirmed) {
+    const w = this.words;
+    const e = id << ENTRY_SHIFT;
+    if (w[e + W_STATUS]! & CtStatus.Confirmed) {
       this.unlink(id << 1);
       this.unlink((id << 1) | 1);
     }
-    this.slots[id] = SLOT_FREE;
-    this.statuses[id] = 0;
-    this.nextNode[id << 1] = this.freeHead;
+    w[e + W_META] = 0;
+    w[e + W_STATUS] = 0;
+    w[e + NODE_NEXT] = this.freeHead;
     this.freeHead = id;
     this.used--;
   }
@@ -443,7 +509,8 @@ export class ConntrackTable {
    * entry that is dead, not ASSURED, or a closing TCP connection. True when a slot was freed.
    */
   private earlyDrop(bucket: number): boolean {
-    const now = this.clock.now();
+    const now = this.now();
+    const w = this.words;
     for (let i = 0; i < CT_EVICTION_RANGE; i++) {
       let node = this.buckets[(bucket + i) & this.bucketMask]!;
       while (node >= 0) {
@@ -453,12 +520,12 @@ export class ConntrackTable {
           this.freeEntry(id);
           return true;
         }
-        if ((this.statuses[id]! & CtStatus.Assured) === 0 || this.canEarlyDropAssured(id)) {
+        if ((w[(id << ENTRY_SHIFT) + W_STATUS]! & CtStatus.Assured) === 0 || this.canEarlyDropAssured(id)) {
           this.counters.earlyDrop++;
           this.freeEntry(id);
           return true;
         }
-        node = this.nextNode[node]!;
+        node = w[nodeBase(node) + NODE_NEXT]!;
       }
     }
     return false;
@@ -466,8 +533,8 @@ export class ConntrackTable {
 
   /** tcp_can_early_drop (nf_conntrack_proto_tcp.c): FIN_WAIT, CLOSE_WAIT, LAST_ACK, TIME_WAIT, CLOSE. */
   private canEarlyDropAssured(id: number): boolean {
-    if (this.protocols[id] !== IPPROTO_TCP) return false;
-    const state = this.tcpStates[id]!;
+    if (this.protocol(id) !== IPPROTO_TCP) return false;
+    const state = this.tcpState(id);
     return state >= 4 && state <= 8;
   }
 
@@ -476,12 +543,14 @@ export class ConntrackTable {
    * rotating cursor and removes dead confirmed entries. O(budget). Returns how many it removed.
    */
   gc(budget: number): number {
-    const now = this.clock.now();
+    const now = this.now();
     let removed = 0;
     let cursor = this.gcCursor;
     const capacity = this.capacity;
+    const w = this.words;
     for (let i = 0; i < budget && i < capacity; i++) {
-      if (this.slots[cursor] === SLOT_USED && (this.statuses[cursor]! & CtStatus.Confirmed) !== 0 && this.isDead(cursor, now)) {
+      const e = cursor << ENTRY_SHIFT;
+      if ((w[e + W_META]! & META_USED) !== 0 && (w[e + W_STATUS]! & CtStatus.Confirmed) !== 0 && this.isDead(cursor, now)) {
         this.counters.expired++;
         this.freeEntry(cursor);
         removed++;
@@ -496,108 +565,121 @@ export class ConntrackTable {
   // ---- accessors (numeric, hot path) ---------------------------------------------------------
 
   isAllocated(id: number): boolean {
-    return id >= 0 && id < this.capacity && this.slots[id] === SLOT_USED;
+    return id >= 0 && id < this.capacity && (this.words[(id << ENTRY_SHIFT) + W_META]! & META_USED) !== 0;
   }
   protocol(id: number): number {
-    return this.protocols[id]!;
+    return this.words[(id << ENTRY_SHIFT) + W_META]! & 0xff;
   }
   origSrc(id: number): number {
-    return this.tupleSrc[id << 1]!;
+    return this.words[(id << ENTRY_SHIFT) + NODE_SRC]! >>> 0;
   }
   origDst(id: number): number {
-    return this.tupleDst[id << 1]!;
+    return this.words[(id << ENTRY_SHIFT) + NODE_DST]! >>> 0;
   }
   origSport(id: number): number {
-    return this.tuplePorts[id << 1]! >>> 16;
+    return this.words[(id << ENTRY_SHIFT) + NODE_PORTS]! >>> 16;
   }
   origDport(id: number): number {
-    return this.tuplePorts[id << 1]! & 0xffff;
+    return this.words[(id << ENTRY_SHIFT) + NODE_PORTS]! & 0xffff;
   }
   replySrc(id: number): number {
-    return this.tupleSrc[(id << 1) | 1]!;
+    return this.words[(id << ENTRY_SHIFT) + 4 + NODE_SRC]! >>> 0;
   }
   replyDst(id: number): number {
-    return this.tupleDst[(id << 1) | 1]!;
+    return this.words[(id << ENTRY_SHIFT) + 4 + NODE_DST]! >>> 0;
   }
   replySport(id: number): number {
-    return this.tuplePorts[(id << 1) | 1]! >>> 16;
+    return this.words[(id << ENTRY_SHIFT) + 4 + NODE_PORTS]! >>> 16;
   }
   replyDport(id: number): number {
-    return this.tuplePorts[(id << 1) | 1]! & 0xffff;
+    return this.words[(id << ENTRY_SHIFT) + 4 + NODE_PORTS]! & 0xffff;
   }
   /** Tuple of direction `dir` (0 original, 1 reply). */
   tupleSrcOf(id: number, dir: number): number {
-    return this.tupleSrc[(id << 1) | dir]!;
+    return this.words[(id << ENTRY_SHIFT) + (dir << 2) + NODE_SRC]! >>> 0;
   }
   tupleDstOf(id: number, dir: number): number {
-    return this.tupleDst[(id << 1) | dir]!;
+    return this.words[(id << ENTRY_SHIFT) + (dir << 2) + NODE_DST]! >>> 0;
   }
   tupleSportOf(id: number, dir: number): number {
-    return this.tuplePorts[(id << 1) | dir]! >>> 16;
+    return this.words[(id << ENTRY_SHIFT) + (dir << 2) + NODE_PORTS]! >>> 16;
   }
   tupleDportOf(id: number, dir: number): number {
-    return this.tuplePorts[(id << 1) | dir]! & 0xffff;
+    return this.words[(id << ENTRY_SHIFT) + (dir << 2) + NODE_PORTS]! & 0xffff;
   }
   status(id: number): number {
-    return this.statuses[id]!;
+    return this.words[(id << ENTRY_SHIFT) + W_STATUS]!;
   }
   /** ORs `bits` into the status (Linux set_bit / `ct->status |= bits`). */
   setStatus(id: number, bits: number): void {
-    this.statuses[id] = this.statuses[id]! | bits;
+    this.words[(id << ENTRY_SHIFT) + W_STATUS] |= bits;
   }
   /** Clears `bits` from the status (Linux clear_bit). */
   clearStatus(id: number, bits: number): void {
-    this.statuses[id] = this.statuses[id]! & ~bits;
+    this.words[(id << ENTRY_SHIFT) + W_STATUS] &= ~bits;
   }
   isConfirmed(id: number): boolean {
-    return (this.statuses[id]! & CtStatus.Confirmed) !== 0;
+    return (this.words[(id << ENTRY_SHIFT) + W_STATUS]! & CtStatus.Confirmed) !== 0;
   }
   /** TCP state (TcpState in tcp.ts); 0 (NONE) for other protocols. */
   tcpState(id: number): number {
-    return this.tcpStates[id]!;
+    return (this.words[(id << ENTRY_SHIFT) + W_META]! >>> 8) & 0xff;
   }
   setTcpState(id: number, state: number): void {
-    this.tcpStates[id] = state;
+    const at = (id << ENTRY_SHIFT) + W_META;
+    this.words[at] = (this.words[at]! & ~0xff00) | ((state & 0xff) << 8);
   }
   /** The TCP tracker's private bits (last flag index/direction, CLOSE_INIT...; see tcp.ts). */
   tcpFlags(id: number): number {
-    return this.tcpPrivate[id]!;
+    return (this.words[(id << ENTRY_SHIFT) + W_META]! >>> 16) & 0xff;
   }
   setTcpFlags(id: number, bits: number): void {
-    this.tcpPrivate[id] = bits;
+    const at = (id << ENTRY_SHIFT) + W_META;
+    this.words[at] = (this.words[at]! & ~0xff0000) | ((bits & 0xff) << 16);
   }
   mark(id: number): number {
-    return this.marks[id]!;
+    return this.words[(id << ENTRY_SHIFT) + W_MARK]! >>> 0;
   }
   setMark(id: number, mark: number): void {
-    this.marks[id] = mark >>> 0;
+    this.words[(id << ENTRY_SHIFT) + W_MARK] = mark | 0;
   }
   /** Absolute clock time (seconds) at which the entry expires. */
   expiresAt(id: number): number {
-    return this.expiry[id]!;
+    return this.doubles[(id << DOUBLE_SHIFT) + D_EXPIRY]!;
   }
   /** Clock time of the entry's first packet. */
   startedAt(id: number): number {
-    return this.started[id]!;
+    return this.doubles[(id << DOUBLE_SHIFT) + D_STARTED]!;
   }
   /** nf_ct_refresh: the entry now expires `timeout` seconds after `now` (unless IPS_FIXED_TIMEOUT). */
   refresh(id: number, timeout: number, now: number): void {
-    if (this.statuses[id]! & CtStatus.FixedTimeout) return;
-    this.expiry[id] = now + timeout;
+    if (this.words[(id << ENTRY_SHIFT) + W_STATUS]! & CtStatus.FixedTimeout) return;
+    this.doubles[(id << DOUBLE_SHIFT) + D_EXPIRY] = now + timeout;
+  }
+  /** `refresh` at `now()` (no double crosses the call). */
+  refreshNow(id: number, timeout: number): void {
+    if (this.words[(id << ENTRY_SHIFT) + W_STATUS]! & CtStatus.FixedTimeout) return;
+    const pinned = this.times[0]!;
+    this.doubles[(id << DOUBLE_SHIFT) + D_EXPIRY] = (pinned === pinned ? pinned : this.clock.now()) + timeout;
+  }
+  /** True when `now()` is more than `seconds` after the entry's first packet (time_after). */
+  startedMoreThan(id: number, seconds: number): boolean {
+    const pinned = this.times[0]!;
+    return (pinned === pinned ? pinned : this.clock.now()) > this.doubles[(id << DOUBLE_SHIFT) + D_STARTED]! + seconds;
   }
   /** Sets the absolute expiry time. */
   setExpiresAt(id: number, at: number): void {
-    this.expiry[id] = at;
+    this.doubles[(id << DOUBLE_SHIFT) + D_EXPIRY] = at;
   }
 
   // ---- control plane -------------------------------------------------------------------------
 
   /** Ids of the live confirmed entries, in id order (what `conntrack -L` lists). */
   entries(): number[] {
-    const now = this.clock.now();
+    const now = this.now();
     const ids: number[] = [];
     for (let id = 0; id < this.capacity; id++) {
-      if (this.slots[id] === SLOT_USED && (this.statuses[id]! & CtStatus.Confirmed) !== 0 && !this.isDead(id, now)) ids.push(id);
+      if (this.isAllocated(id) && this.isConfirmed(id) && !this.isDead(id, now)) ids.push(id);
     }
     return ids;
   }
@@ -605,7 +687,7 @@ export class ConntrackTable {
   /** Removes every entry (conntrack -F). */
   flush(): void {
     for (let id = 0; id < this.capacity; id++) {
-      if (this.slots[id] === SLOT_USED) this.remove(id);
+      if (this.isAllocated(id)) this.remove(id);
     }
   }
 }

@@ -200,7 +200,7 @@ function tcpIgnore(table: ConntrackTable, id: number, bits: number, index: numbe
  * state NONE (tcp_new has passed). Flags must already be valid (tcpFlagsValid). Returns a TcpVerdict;
  * the caller sets SEEN_REPLY after an accepted reply-direction packet, as nf_conntrack_in does.
  */
-export function tcpPacket(table: ConntrackTable, id: number, dir: number, flags: number, now: number): number {
+export function tcpPacket(table: ConntrackTable, id: number, dir: number, flags: number): number {
   const oldState = table.tcpState(id);
   const index = tcpFlagIndex(flags);
   let newState = tcpNextState(dir, index, oldState);
@@ -270,6 +270,7 @@ export function tcpPacket(table: ConntrackTable, id: number, dir: number, flags:
   ) {
     table.setStatus(id, CtStatus.Assured);
   }
-  table.refresh(id, timeout, now);
+  // At the table's time (`now()`, pinned once per batch): no double crosses a call.
+  table.refreshNow(id, timeout);
   return TcpVerdict.Accept;
 }

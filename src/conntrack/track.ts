@@ -75,8 +75,9 @@ export function track(table: ConntrackTable, info: PacketInfo, result: TrackResu
     dport = icmpTupleDport(info.icmpType, info.icmpCode);
   }
 
-  const now = table.clock.now();
-  const handle = table.lookupAt(protocol, info.src, info.dst, sport, dport, now);
+  // Time: the table's `now()` (pinned once per batch by the dataplane), read by each step itself.
+  // Addresses as int32 bits: a uint32 of 2^31 or more passed to a call is a boxed (allocated) double.
+  const handle = table.lookup(protocol, info.src | 0, info.dst | 0, sport, dport);
   if (handle >= 0) {
     const id = handle >> 1;
     const dir = handle & 1;
@@ -84,7 +85,7 @@ export function track(table: ConntrackTable, info: PacketInfo, result: TrackResu
     const state = dir === CtDir.Reply || (status & CtStatus.SeenReply) !== 0 ? CtState.Established : CtState.New;
     let reopen = false;
     if (protocol === IPPROTO_TCP) {
-      const verdict = tcpPacket(table, id, dir, info.tcpFlags, now);
+      const verdict = tcpPacket(table, id, dir, info.tcpFlags);
       if (verdict === TcpVerdict.Invalid) return invalid(table, result);
       if (verdict === TcpVerdict.Reopen) {
         // tcp_packet: nf_ct_kill + NF_REPEAT; the SYN is looked up again and starts a new connection.
@@ -92,11 +93,11 @@ export function track(table: ConntrackTable, info: PacketInfo, result: TrackResu
         reopen = true;
       }
     } else if (protocol === IPPROTO_UDP) {
-      udpPacket(table, id, now);
+      udpPacket(table, id);
     } else if (protocol === IPPROTO_ICMP) {
-      icmpPacket(table, id, now);
+      icmpPacket(table, id);
     } else {
-      genericPacket(table, id, now);
+      genericPacket(table, id);
     }
     if (!reopen) {
       // nf_conntrack_in: IPS_SEEN_REPLY is set after the protocol handler accepted a reply packet.
@@ -112,15 +113,15 @@ export function track(table: ConntrackTable, info: PacketInfo, result: TrackResu
   if (protocol === IPPROTO_TCP && !tcpMayCreate(info.tcpFlags)) return invalid(table, result);
   if (protocol === IPPROTO_ICMP && !icmpMayCreate(info.icmpType)) return invalid(table, result);
 
-  const id = table.create(protocol, info.src, info.dst, sport, dport);
+  const id = table.create(protocol, info.src | 0, info.dst | 0, sport, dport);
   if (id < 0) {
     result.state = CtState.Invalid;
     return DropReason.ConntrackFull;
   }
-  if (protocol === IPPROTO_TCP) tcpPacket(table, id, CtDir.Original, info.tcpFlags, now);
-  else if (protocol === IPPROTO_UDP) udpPacket(table, id, now);
-  else if (protocol === IPPROTO_ICMP) icmpPacket(table, id, now);
-  else genericPacket(table, id, now);
+  if (protocol === IPPROTO_TCP) tcpPacket(table, id, CtDir.Original, info.tcpFlags);
+  else if (protocol === IPPROTO_UDP) udpPacket(table, id);
+  else if (protocol === IPPROTO_ICMP) icmpPacket(table, id);
+  else genericPacket(table, id);
   result.id = id;
   result.dir = CtDir.Original;
   result.state = CtState.New;

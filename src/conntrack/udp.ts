@@ -7,20 +7,22 @@
 import { CtStatus, type ConntrackTable } from "./table.js";
 import { UDP_STREAM_DELAY } from "./timeouts.js";
 
-export function udpPacket(table: ConntrackTable, id: number, now: number): void {
+export function udpPacket(table: ConntrackTable, id: number): void {
+  // The time is the table's (`now()`: pinned once per batch by the dataplane); no double crosses
+  // a call, so nothing is boxed per packet.
   const status = table.status(id);
   const timeouts = table.timeouts;
   if (status & CtStatus.SeenReply) {
     let extra = timeouts.udpUnreplied;
     let stream = false;
     // "Still active after two seconds? Extend timeout." (time_after: strictly later)
-    if (now > table.startedAt(id) + UDP_STREAM_DELAY) {
+    if (table.startedMoreThan(id, UDP_STREAM_DELAY)) {
       extra = timeouts.udpReplied;
       stream = (status & CtStatus.Assured) === 0;
     }
-    table.refresh(id, extra, now);
+    table.refreshNow(id, extra);
     if (stream) table.setStatus(id, CtStatus.Assured);
   } else {
-    table.refresh(id, timeouts.udpUnreplied, now);
+    table.refreshNow(id, timeouts.udpUnreplied);
   }
 }

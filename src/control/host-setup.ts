@@ -188,7 +188,9 @@ export function installOutputDnatRouting(config: RouterConfig, addresses: readon
     if (!rule.test(rules)) {
       ip(ns, "-4", "rule", "add", "pref", String(OUTPUT_DNAT_RULE_PREF), "iif", "lo", "to", to, "lookup", String(OUTPUT_DNAT_TABLE));
     }
-    ip(ns, "route", "replace", to, "dev", owner.name, "table", String(OUTPUT_DNAT_TABLE));
+    // `src` = the address itself, as the local table's route for it has: Linux picks a local
+    // destination's own address as the source of the router's packets to it.
+    ip(ns, "route", "replace", to, "dev", owner.name, "src", to.replace("/32", ""), "table", String(OUTPUT_DNAT_TABLE));
   }
 }
 

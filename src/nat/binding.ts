@@ -305,9 +305,10 @@ export class NatEngine {
     if (protocol === IPPROTO_ICMP) {
       const inverse = icmpInverseType(this.newDport >>> 8);
       const type = inverse < 0 ? this.newDport >>> 8 : inverse;
-      return this.table.isTupleTaken(protocol, this.newDst, this.newSrc, this.newSport, (type << 8) | (this.newDport & 0xff), this.settingUp);
+      return this.table.isTupleTaken(protocol, this.newDst | 0, this.newSrc | 0, this.newSport, (type << 8) | (this.newDport & 0xff), this.settingUp);
     }
-    return this.table.isTupleTaken(protocol, this.newDst, this.newSrc, this.newDport, this.newSport, this.settingUp);
+    // Addresses as int32 bits: a uint32 of 2^31 or more passed to a call is a boxed (allocated) double.
+    return this.table.isTupleTaken(protocol, this.newDst | 0, this.newSrc | 0, this.newDport, this.newSport, this.settingUp);
   }
 
   /** in_range: the candidate's source (address, and port/id when PROTO_SPECIFIED) lies in the range. */

@@ -9,7 +9,9 @@
  *   than /24. Entries are value + 1 or 0.
  *
  * A lookup is one load, or two for addresses under a longer-than-/24 prefix; it allocates
- * nothing and never throws.
+ * nothing and never throws. A 128 KiB summary per /16 (`tbl16`) answers first when all of a /16
+ * maps to one value (most of the address space of a small table), so the lookups of a router
+ * with a few routes stay in the CPU cache instead of touching a random page of tbl24.
  *
  * Incremental insert/delete stay exact without a per-entry depth array for tbl24 (which would
  * cost another 16 MiB): every prefix is kept in a compact exact-match store (per length: a direct
@@ -25,7 +27,7 @@
  * - at most LPM_MAX_TBL8_GROUPS (32768) /24s that hold longer-than-/24 prefixes (each such /24
  *   costs one group: 768 bytes). Callers may lower the group limit to bound memory.
  *
- * Memory: 34 MiB fixed (tbl24 + trie bits) + 768 B per tbl8 group + the prefix store (about
+ * Memory: 34 MiB fixed (tbl24 + tbl16 + trie bits) + 768 B per tbl8 group + the prefix store (about
  * 6-12 B per prefix). A 1M-prefix Internet-like table takes about 57 MiB.
  */
 
@@ -35,6 +37,10 @@ export const LPM_MAX_VALUE = 0x7ffe;
 export const LPM_MAX_TBL8_GROUPS = 0x8000;
 
 const TBL8_FLAG = 0x8000;
+/** tbl16 entry: the /16 is not uniform, look in tbl24. */
+const TBL16_MIXED = 0xffff;
+/** The /16 summary is consulted while fewer than half of the /16s are mixed. */
+const TBL16_USEFUL_BELOW = 1 << 15;
 const TBL24_SIZE = 1 << 24;
 const GROUP_SIZE = 256;
 
@@ -203,6 +209,18 @@ export interface LpmPrefix {
 export class Lpm4 {
   /** Hot-path tables: read by `lookup` only. */
   private readonly tbl24 = new Uint16Array(TBL24_SIZE);
+  /**
+   * One Uint16 per /16 (128 KiB): the tbl24 value shared by all 256 /24s of the /16 when they
+   * are equal and none holds a tbl8 group, else TBL16_MIXED. A small table (a few routes and a
+   * default) answers almost every lookup from here, which stays in the CPU cache, instead of
+   * from a random line (and page) of the 32 MiB tbl24. Kept exact by every tbl24 write.
+   */
+  private readonly tbl16 = new Uint16Array(1 << 16);
+  /**
+   * How many /16s are TBL16_MIXED. When most are (a full Internet table) the summary would only
+   * add a load to every lookup, so `lookup` skips it; with a few routes it answers nearly all.
+   */
+  private mixed16 = 0;
   private tbl8 = new Uint16Array(0);
   /** Prefix length that owns each tbl8 entry; 0 = inherited from the group's cover. */
   private tbl8Depth = new Uint8Array(0);
@@ -235,6 +253,10 @@ export class Lpm4 {
    * dst is a uint32 (a negative int32 of the same bits works too).
    */
   lookup(dst: number): number {
+    if (this.mixed16 < TBL16_USEFUL_BELOW) {
+      const uniform = this.tbl16[dst >>> 16]!;
+      if (uniform !== TBL16_MIXED) return uniform - 1;
+    }
     const entry = this.tbl24[dst >>> 8]!;
     if (entry < TBL8_FLAG) return entry - 1;
     return this.tbl8[((entry - TBL8_FLAG) << 8) | (dst & 0xff)]! - 1;
@@ -254,6 +276,7 @@ export class Lpm4 {
   byteLength(): number {
     let bytes =
       this.tbl24.byteLength +
+      this.tbl16.byteLength +
       this.nestedBits.byteLength +
       this.tbl8.byteLength +
       this.tbl8Depth.byteLength +
@@ -294,6 +317,7 @@ export class Lpm4 {
       // The group is made before the prefix is stored, so a full tbl8 leaves the table unchanged.
       entry = TBL8_FLAG + this.allocateGroup(entry);
       this.tbl24[index24] = entry;
+      this.summarise16(index24 >>> 8);
     }
     const group = entry - TBL8_FLAG;
     if (this.sets[prefixLength]!.set(keyOf(prefix, prefixLength), encoded)) {
@@ -377,6 +401,7 @@ export class Lpm4 {
     }
     if (--this.groupPrefixCount[group]! === 0) {
       this.tbl24[index24] = this.groupCover[group]!;
+      this.summarise16(index24 >>> 8);
       this.freeGroups.push(group);
     }
     return true;
@@ -459,7 +484,26 @@ export class Lpm4 {
     }
   }
 
+  /** Recomputes the tbl16 entry of the /16 `index16` from its 256 tbl24 entries. */
+  private summarise16(index16: number): void {
+    const tbl24 = this.tbl24;
+    const base = index16 << 8;
+    const first = tbl24[base]!;
+    let uniform = first < TBL8_FLAG;
+    for (let index = base + 1; uniform && index < base + 256; index++) uniform = tbl24[index] === first;
+    const summary = uniform ? first : TBL16_MIXED;
+    const before = this.tbl16[index16]!;
+    if (before === TBL16_MIXED && summary !== TBL16_MIXED) this.mixed16--;
+    else if (before !== TBL16_MIXED && summary === TBL16_MIXED) this.mixed16++;
+    this.tbl16[index16] = summary;
+  }
+
   private fillTbl24(start: number, end: number, encoded: number): void {
+    this.fillTbl24Range(start, end, encoded);
+    if (end > start) for (let index16 = start >>> 8; index16 <= (end - 1) >>> 8; index16++) this.summarise16(index16);
+  }
+
+  private fillTbl24Range(start: number, end: number, encoded: number): void {
     const tbl24 = this.tbl24;
     for (let index = start; index < end; index++) {
       const entry = tbl24[index]!;

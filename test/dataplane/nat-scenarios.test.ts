@@ -161,6 +161,19 @@ describe("the seed's NAT, packet by packet (in-memory ports)", () => {
     });
   });
 
+  it("7c. the router's own time exceeded about a packet to the floating IP comes from 9.186.100.129 and hides 10.0.0.2, as Linux", () => {
+    const router = seed();
+    router.send(QG, { protocol: "udp", src: "9.186.100.1", dst: "9.186.100.129", sport: 5000, dport: 6000, ttl: 1 });
+    router.run();
+    expect(router.received(QR)).toEqual([]);
+    expect(one(router.received(QG))).toMatchObject({
+      src: "9.186.100.129",
+      dst: "9.186.100.1",
+      icmpType: 11,
+      inner: { protocol: "udp", src: "9.186.100.1", dst: "9.186.100.129", sport: 5000, dport: 6000 },
+    });
+  });
+
   it("8. router-originated traffic to 9.186.100.129 is DNATed by the OUTPUT chain", () => {
     const router = seed();
     router.sendFromHost(QG, { protocol: "icmp", src: "9.186.100.2", dst: "9.186.100.129", icmpType: 8, icmpId: 9 });

@@ -1,0 +1,400 @@
+/**
+ * `npm run bench`: the in-memory hot path with benchmark.js, one core, the seed's rules
+ * (examples/seed.yaml), 64-byte IPv4 packets in pre-built batches of 256 (see docs/performance.md).
+ *
+ * Measures: established SNAT flows at 64k and 1M concurrent flows, established inbound TCP through
+ * the floating-IP DNAT, new connections, route lookups on a random 1M-prefix table (and its size
+ * and build time), conntrack bytes per entry at 1M entries, heap allocations per packet on the
+ * established path, and per-stage costs. Writes bench/results/latest.{json,md} and hotpath.svg.
+ *
+ * Run with `--expose-gc` (the npm script does). `BENCH_QUICK=1` shortens every measurement;
+ * `BENCH_ONLY=established64k,route,...` runs a subset (results then hold only those figures).
+ */
+import Benchmark from "benchmark";
+import { writeFileSync } from "node:fs";
+import { PerformanceObserver } from "node:perf_hooks";
+import { getHeapSpaceStatistics } from "node:v8";
+import { XorShift32 } from "../src/core/rng.js";
+import { ConntrackTable } from "../src/conntrack/table.js";
+import { TrackResult, track } from "../src/conntrack/track.js";
+import { NatEngine } from "../src/nat/binding.js";
+import { Lpm4 } from "../src/route/lpm.js";
+import { syntheticInternetTable } from "../src/route/synthetic-table.js";
+import { PacketInfo } from "../src/wire/packet-info.js";
+import { parsePacket } from "../src/wire/validate.js";
+import type { NetfilterNat } from "../src/dataplane/netfilter-nat.js";
+import {
+  BATCH,
+  BenchClock,
+  Driver,
+  GATEWAY_PORT,
+  PACKET_BYTES,
+  PacketTemplate,
+  SLOT,
+  TENANT_PORT,
+  establishInboundTcp,
+  establishTenantFlows,
+  inboundFlows,
+  seedRouter,
+  shuffled,
+  tenantFlows,
+  udpPacket,
+} from "./lib/scenario.js";
+import { type Figure, type HotpathResults, machine, markdown, svgChart, writeJson } from "./lib/report.js";
+
+const QUICK = process.env.BENCH_QUICK === "1";
+const ONLY = new Set((process.env.BENCH_ONLY ?? "").split(",").filter((s) => s !== ""));
+const MAX_TIME = QUICK ? 0.5 : 3;
+const gc = (globalThis as { gc?: () => void }).gc;
+
+function wanted(name: string): boolean {
+  return ONLY.size === 0 || ONLY.has(name);
+}
+
+function log(text: string): void {
+  process.stdout.write(text + "\n");
+}
+
+function collect(): void {
+  if (gc) {
+    gc();
+    gc();
+  }
+}
+
+/** Runs `fn` under benchmark.js; returns calls per second and the relative margin of error (%). */
+function measure(name: string, fn: () => void): { hz: number; rme: number } {
+  const bench = new Benchmark(name, fn, { maxTime: MAX_TIME, minSamples: QUICK ? 5 : 20, initCount: 1 });
+  bench.run({ async: false });
+  if (bench.error) throw bench.error as Error;
+  return { hz: bench.hz, rme: bench.stats.rme };
+}
+
+const figures: Figure[] = [];
+const stages: Figure[] = [];
+
+/** Established UDP flows tenant -> outside, SNAT to 9.186.100.2, at `count` concurrent flows. */
+function establishedSnat(count: number, key: string, label: string, target: number): Driver {
+  const capacity = Math.max(262_144, Math.ceil(count * 1.05));
+  const started = performance.now();
+  const router = seedRouter(capacity);
+  const flows = tenantFlows(count, 0xc0ffee);
+  const packets = establishTenantFlows(router, flows);
+  const template = new PacketTemplate(packets, shuffled(count, 0x5eed));
+  packets.length = 0;
+  const driver = new Driver(router.dataplane);
+  log(`  ${count} flows established in ${((performance.now() - started) / 1000).toFixed(1)} s (conntrack ${router.dataplane.conntrack.count})`);
+  collect();
+  let next = 0;
+  const views = template.views;
+  const batches = template.batches;
+  const result = measure(key, () => {
+    driver.run(views[next]!, TENANT_PORT);
+    if (++next === batches) next = 0;
+  });
+  const pps = result.hz * BATCH;
+  checkForwarded(driver, GATEWAY_PORT * 2);
+  figures.push({ key, label, value: pps, unit: "packets/s", target, higher: true, rme: result.rme });
+  log(`  ${label}: ${(pps / 1e6).toFixed(2)} Mpps ±${result.rme.toFixed(1)}%`);
+  if (key === "established64k") {
+    stageCosts(router.dataplane.conntrack, router.dataplane.nat as NetfilterNat, router.dataplane, template, driver, pps);
+    allocations(driver, template);
+  }
+  return driver;
+}
+
+function checkForwarded(driver: Driver, verdict: number): void {
+  for (let i = 0; i < BATCH; i++) {
+    if (driver.verdicts[i] !== verdict) throw new Error(`bench: packet ${i} got verdict ${driver.verdicts[i]}, expected ${verdict}`);
+  }
+}
+
+/** Cumulative micro-benchmarks of the established path: copy, +parse, +conntrack, +NAT, +route. */
+function stageCosts(
+  conntrack: ConntrackTable,
+  nat: NetfilterNat,
+  dataplane: Driver["dataplane"],
+  template: PacketTemplate,
+  driver: Driver,
+  fullPps: number,
+): void {
+  const info = new PacketInfo();
+  const ct = new TrackResult();
+  const batch = driver.batch;
+  const data = batch.data;
+  const views = template.views;
+  const batches = template.batches;
+  const routes = dataplane.routes;
+  let next = 0;
+  let sink = 0;
+  const prefetch = (dataplane as unknown as { prefetchBatch(batch: Driver["batch"]): void }).prefetchBatch.bind(dataplane);
+  batch.count = BATCH;
+  const level = (name: string, depth: number): number => {
+    const r = measure(name, () => {
+      data.set(views[next]!);
+      if (++next === batches) next = 0;
+      if (depth === 0) return;
+      // as processBatch: one clock read per batch, then the batch prefetch
+      conntrack.pinTime(conntrack.clock.now());
+      prefetch(batch);
+      if (depth === 1) {
+        conntrack.unpinTime();
+        return;
+      }
+      for (let i = 0; i < BATCH; i++) {
+        const off = i * SLOT;
+        parsePacket(data, off, PACKET_BYTES, info);
+        if (depth === 2) continue;
+        track(conntrack, info, ct);
+        if (depth === 3) continue;
+        nat.prerouting(data, info, ct, TENANT_PORT);
+        sink += routes.lookup(info.dst);
+        nat.postrouting(data, info, ct, TENANT_PORT, GATEWAY_PORT);
+      }
+      conntrack.unpinTime();
+    });
+    return 1e9 / (r.hz * BATCH);
+  };
+  const copy = level("copy", 0);
+  const prefetched = level("prefetch", 1);
+  const parse = level("parse", 2);
+  const tracked = level("track", 3);
+  const natted = level("nat", 4);
+  const full = 1e9 / fullPps;
+  void sink;
+  stages.push(
+    { key: "copy", label: "copy the packet into the receive batch (bench harness; a TUN read does this)", value: copy, unit: "ns" },
+    { key: "prefetch", label: "batch prefetch: clock read, conntrack bucket + entry and tbl24 loads", value: prefetched - copy, unit: "ns" },
+    { key: "parse", label: "parsePacket: validate IPv4 + UDP, fill PacketInfo", value: parse - prefetched, unit: "ns" },
+    { key: "track", label: "conntrack: hash, lookup, UDP refresh", value: tracked - parse, unit: "ns" },
+    { key: "nat+route", label: "PREROUTING nat + route lookup + POSTROUTING nat (SNAT rewrite)", value: natted - tracked, unit: "ns" },
+    { key: "pipeline", label: "rest of processBatch (martians, local check, TTL, MTU, counters, calls)", value: full - natted, unit: "ns" },
+    { key: "total", label: "total per packet (established, 64k flows)", value: full, unit: "ns" },
+  );
+  for (const s of stages) log(`    ${s.label}: ${s.value.toFixed(1)} ns`);
+}
+
+/** Heap allocated per established packet: new-space growth and heapUsed over many packets, no GC in between. */
+function allocations(driver: Driver, template: PacketTemplate): void {
+  const packets = QUICK ? 2_000_000 : 10_000_000;
+  const rounds = Math.ceil(packets / BATCH);
+  const views = template.views;
+  const batches = template.batches;
+  // warm up (optimised code must exist before measuring: compiling allocates code objects)
+  let next = 0;
+  for (let i = 0; i < 20_000; i++) {
+    driver.run(views[next]!, TENANT_PORT);
+    if (++next === batches) next = 0;
+  }
+  let gcs = 0;
+  const observer = new PerformanceObserver((list) => {
+    gcs += list.getEntries().length;
+  });
+  collect();
+  const newSpace = (): number => getHeapSpaceStatistics().find((s) => s.space_name === "new_space")!.space_used_size;
+  const n0 = newSpace();
+  const h0 = process.memoryUsage().heapUsed;
+  observer.observe({ entryTypes: ["gc"] });
+  for (let r = 0; r < rounds; r++) {
+    driver.run(views[next]!, TENANT_PORT);
+    if (++next === batches) next = 0;
+  }
+  const n1 = newSpace();
+  const h1 = process.memoryUsage().heapUsed;
+  // gc entries are delivered asynchronously; the synchronous bench reads them at the end (below).
+  pendingAllocation = { packets: rounds * BATCH, newSpace: n1 - n0, heapUsed: h1 - h0, observer, gcs: () => gcs };
+}
+
+let pendingAllocation:
+  | { packets: number; newSpace: number; heapUsed: number; observer: PerformanceObserver; gcs: () => number }
+  | undefined;
+
+async function finishAllocations(): Promise<void> {
+  if (pendingAllocation === undefined) return;
+  await new Promise((resolve) => setTimeout(resolve, 50));
+  const a = pendingAllocation;
+  a.observer.disconnect();
+  const gcs = a.gcs();
+  const perPacket = Math.max(a.newSpace, 0) / a.packets;
+  figures.push({
+    key: "allocPerPacket",
+    label: "heap allocated per established packet",
+    value: perPacket,
+    unit: "bytes",
+    target: 0,
+    higher: false,
+    note: `new-space growth ${a.newSpace} B and heapUsed delta ${a.heapUsed} B over ${a.packets} packets; ${gcs} GCs during the run`,
+  });
+  log(`  allocations: ${perPacket.toFixed(4)} B/packet (new space +${a.newSpace} B, heapUsed ${a.heapUsed >= 0 ? "+" : ""}${a.heapUsed} B over ${a.packets} packets, ${gcs} GCs)`);
+}
+
+/** Established TCP segments from outside to the floating IP 9.186.100.129:80 (DNAT to 10.0.0.2). */
+function inboundTcp(): void {
+  const count = 65_536;
+  const router = seedRouter(262_144);
+  const flows = inboundFlows(count, 0xbeef);
+  const packets = establishInboundTcp(router, flows);
+  const template = new PacketTemplate(packets, shuffled(count, 0xfeed));
+  const driver = new Driver(router.dataplane);
+  collect();
+  let next = 0;
+  const r = measure("inboundTcp", () => {
+    driver.run(template.views[next]!, GATEWAY_PORT);
+    if (++next === template.batches) next = 0;
+  });
+  checkForwarded(driver, TENANT_PORT * 2);
+  const pps = r.hz * BATCH;
+  figures.push({ key: "inboundTcpDnat", label: "established inbound TCP via floating-IP DNAT, 64k flows", value: pps, unit: "packets/s", rme: r.rme });
+  log(`  inbound TCP DNAT: ${(pps / 1e6).toFixed(2)} Mpps ±${r.rme.toFixed(1)}%`);
+}
+
+/**
+ * New connections: first packets of distinct UDP flows through conntrack, the nat rules (SNAT to
+ * 9.186.100.2: port kept or searched), confirm. The flow pool is replayed after moving the clock
+ * 31 s on, so each round's entries have expired (UDP unreplied: 30 s) and a new connection also
+ * pays for freeing the dead entry it meets — the steady state of a busy router.
+ */
+function newConnections(): void {
+  const pool = 131_072;
+  const router = seedRouter(262_144);
+  const flows = tenantFlows(pool, 0xabcd);
+  const packets: Uint8Array[] = [];
+  for (let i = 0; i < pool; i++) packets.push(udpPacket(flows.src[i]!, flows.dst[i]!, flows.sport[i]!, flows.dport[i]!));
+  const template = new PacketTemplate(packets, shuffled(pool, 0x1234));
+  const driver = new Driver(router.dataplane);
+  const clock: BenchClock = router.clock;
+  const conntrack = router.dataplane.conntrack;
+  collect();
+  let next = 0;
+  const r = measure("newConnections", () => {
+    driver.run(template.views[next]!, TENANT_PORT);
+    if (++next === template.batches) {
+      next = 0;
+      clock.offset += 31;
+    }
+  });
+  checkForwarded(driver, GATEWAY_PORT * 2);
+  const cps = r.hz * BATCH;
+  figures.push({
+    key: "newConnections",
+    label: "new connections (rules, port choice, insert)",
+    value: cps,
+    unit: "connections/s",
+    target: 1_000_000,
+    higher: true,
+    rme: r.rme,
+    note: `conntrack created ${conntrack.counters.created}, expired ${conntrack.counters.expired}`,
+  });
+  log(`  new connections: ${(cps / 1e3).toFixed(0)} k/s ±${r.rme.toFixed(1)}%`);
+}
+
+function routeLookups(): void {
+  const rng = new XorShift32(0x1f2e3d4c);
+  const prefixes = syntheticInternetTable(1_000_000, rng);
+  collect();
+  const before = process.memoryUsage();
+  const started = performance.now();
+  const lpm = new Lpm4();
+  lpm.insertAll(prefixes);
+  const buildMs = performance.now() - started;
+  collect();
+  const after = process.memoryUsage();
+  const measured = after.heapUsed + after.arrayBuffers - (before.heapUsed + before.arrayBuffers);
+  const addresses = new Uint32Array(1 << 20);
+  for (let i = 0; i < addresses.length; i++) addresses[i] = rng.next();
+  const mask = addresses.length - 1;
+  let at = 0;
+  let sink = 0;
+  const PER_CALL = 1024;
+  const r = measure("route", () => {
+    let s = 0;
+    for (let i = 0; i < PER_CALL; i++) s += lpm.lookup(addresses[(at + i) & mask]!);
+    at = (at + PER_CALL) & mask;
+    sink += s;
+  });
+  void sink;
+  const lps = r.hz * PER_CALL;
+  figures.push(
+    { key: "routeLookups", label: "route lookups, random addresses, 1M prefixes", value: lps, unit: "lookups/s", target: 30e6, higher: true, rme: r.rme },
+    { key: "routeBytes", label: "route table size, 1M prefixes", value: lpm.byteLength(), unit: "bytes", target: 80 * 2 ** 20, higher: false, note: `heap+arrayBuffers growth ${measured} B` },
+    { key: "routeBuildMs", label: "route table build, 1M prefixes", value: buildMs, unit: "ms", target: 2000, higher: false },
+  );
+  log(`  route: ${(lps / 1e6).toFixed(1)} M lookups/s, ${(lpm.byteLength() / 2 ** 20).toFixed(1)} MiB (measured ${(measured / 2 ** 20).toFixed(1)} MiB), built in ${buildMs.toFixed(0)} ms`);
+}
+
+/** Conntrack (+ NAT by-source index) bytes per entry with 1M live entries, from heap + arrayBuffers growth. */
+function conntrackMemory(): void {
+  const entries = 1_000_000;
+  collect();
+  const before = process.memoryUsage();
+  const clock = new BenchClock();
+  const table = new ConntrackTable({ capacity: entries, clock, seed: 1 });
+  const afterTable = process.memoryUsage();
+  const engine = new NatEngine(table, new XorShift32(3));
+  const rng = new XorShift32(99);
+  for (let i = 0; i < entries; i++) {
+    const id = table.create(17, (0x0a000000 | (i & 0xffff)) >>> 0, rng.next(), 1024 + (i >>> 16), 53);
+    table.refresh(id, 30, clock.now());
+    table.confirm(id);
+  }
+  collect();
+  const after = process.memoryUsage();
+  if (table.count !== entries) throw new Error(`bench: conntrack holds ${table.count}, expected ${entries}`);
+  const tableBytes = afterTable.heapUsed + afterTable.arrayBuffers - (before.heapUsed + before.arrayBuffers);
+  const total = after.heapUsed + after.arrayBuffers - (before.heapUsed + before.arrayBuffers);
+  void engine;
+  figures.push({
+    key: "conntrackBytesPerEntry",
+    label: "conntrack memory per entry at 1M entries (with NAT index)",
+    value: total / entries,
+    unit: "bytes",
+    target: 128,
+    higher: false,
+    note: `table alone ${(tableBytes / entries).toFixed(1)} B/entry (its own count: ${(table.memoryBytes / entries).toFixed(1)})`,
+  });
+  log(`  conntrack: ${(total / entries).toFixed(1)} B/entry with NAT index; table alone ${(tableBytes / entries).toFixed(1)} B/entry`);
+}
+
+async function main(): Promise<void> {
+  if (!gc) log("warning: run with --expose-gc for the memory and allocation figures");
+  const m = machine();
+  log(`qnat hot path bench — ${m.cpu}, ${m.cores} cores, Node ${m.node}${QUICK ? " (quick)" : ""}`);
+  if (wanted("established64k")) {
+    log("established SNAT, 64k flows");
+    establishedSnat(65_536, "established64k", "established UDP with SNAT, 64k flows", 10e6);
+    await finishAllocations();
+    collect();
+  }
+  if (wanted("established1m")) {
+    log("established SNAT, 1M flows");
+    establishedSnat(1_000_000, "established1m", "established UDP with SNAT, 1M flows", 5e6);
+    collect();
+  }
+  if (wanted("inbound")) {
+    log("established inbound TCP through the floating IP");
+    inboundTcp();
+    collect();
+  }
+  if (wanted("new")) {
+    log("new connections");
+    newConnections();
+    collect();
+  }
+  if (wanted("route")) {
+    log("route lookups");
+    routeLookups();
+    collect();
+  }
+  if (wanted("memory")) {
+    log("conntrack memory");
+    conntrackMemory();
+  }
+  const results: HotpathResults = { date: new Date().toISOString(), machine: m, figures, stages };
+  const dir = process.env.BENCH_OUT ?? "bench/results";
+  writeJson(`${dir}/latest.json`, results);
+  writeFileSync(`${dir}/latest.md`, markdown(results));
+  writeFileSync(`${dir}/hotpath.svg`, svgChart(results));
+  log(`wrote ${dir}/latest.json, latest.md, hotpath.svg`);
+}
+
+await main();

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# `npm run conformance -- [CONFIG]` (default examples/seed.yaml): builds the kernel twin of CONFIG
+# and qnat's lab of it side by side (namespaces renamed X-<tag>, nothing shared, nothing linked to
+# this host's namespace), runs every conformance scenario through both and prints a readable
+# report: each scenario AGREE or DIFFER, and every difference with both sides side by side.
+# Needs root (network namespaces); run `npm run build` first (npm test's pretest does).
+# Set QNAT_CONFORMANCE_VERBOSE=1 to print every section, equal ones too.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+config="${1:-examples/seed.yaml}"
+if [ ! -f "$config" ]; then echo "qnat conformance: no such config: $config" >&2; exit 2; fi
+if [ "$(id -u)" -ne 0 ]; then echo "qnat conformance: needs root (it builds network namespaces): sudo npm run conformance -- $config" >&2; exit 1; fi
+command -v python3 >/dev/null || { echo "qnat conformance: python3 is missing (scripts/host-packages.sh installs it)" >&2; exit 1; }
+[ -f dist/src/cli/main.js ] || npm run build >/dev/null
+report="$(mktemp /tmp/qnat-conformance.XXXXXX)"
+trap 'rm -f "$report"' EXIT
+status=0
+QNAT_CONFORMANCE_CONFIG="$config" QNAT_CONFORMANCE_REPORT="$report" \
+  npx vitest run test/conformance/conformance.test.ts --reporter=dot >/dev/null 2>&1 || status=$?
+echo
+cat "$report"
+if [ "$status" -eq 0 ]; then
+  echo "qnat conformance: the kernel and qnat agree on $config (scenarios marked 'known qnat bug' are reported bugs; documented differences are in docs/differences.md)"
+else
+  echo "qnat conformance: the kernel and qnat DIFFER on $config (see above)" >&2
+fi
+exit "$status"

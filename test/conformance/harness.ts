@@ -1,0 +1,564 @@
+/**
+ * The conformance harness: one config, two routers built from it side by side — the kernel twin
+ * (src/control/twin.ts: veths, ip_forward=1, the nat rules in iptables) and qnat's lab (`qnat lab
+ * up` of the same config) — each with its namespaces renamed X -> X-<tag> so they never collide.
+ * A scenario (a Plan) runs the same programs in both (probe.py: servers, a sniffer on each wire
+ * device, clients, crafted packets) and compares what the endpoints observed and the connection
+ * tables, normalised for what may legitimately differ (timers, ports the kernel picks at random,
+ * router-generated IP ids). A difference fails the scenario with both sides printed side by side.
+ */
+import { spawn, spawnSync } from "node:child_process";
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join, resolve } from "node:path";
+import { parseConfig, type RouterConfig } from "../../src/config/config.js";
+import { buildKernelTwin, randomTag, retagConfigText, type KernelTwin } from "../../src/control/twin.js";
+
+export const ROOT = resolve(import.meta.dirname, "../..");
+export const CLI = join(ROOT, "dist/src/cli/main.js");
+export const PROBE = join(import.meta.dirname, "probe.py");
+export const isRoot = typeof process.getuid === "function" && process.getuid() === 0;
+const COMMAND_LIMIT_MS = 30_000;
+
+export type SideName = "kernel" | "qnat";
+
+/** One router built from the config: its renamed namespaces and how to read its conntrack table. */
+export interface Side {
+  readonly name: SideName;
+  readonly tag: string;
+  /** The renamed config. */
+  readonly config: RouterConfig;
+  /** The original namespace name -> this side's. */
+  ns(original: string): string;
+  conntrack(): Promise<CtEntry[]>;
+  teardown(): Promise<void>;
+}
+
+export interface CtTuple {
+  src: string;
+  dst: string;
+  sport?: number;
+  dport?: number;
+}
+
+export interface CtEntry {
+  protocol: string;
+  state?: string;
+  original: CtTuple;
+  reply: CtTuple;
+  unreplied: boolean;
+  assured: boolean;
+  timeout: number;
+}
+
+export function run(command: string, args: readonly string[], options: { input?: string; timeoutMs?: number } = {}): { code: number | null; stdout: string; stderr: string } {
+  const result = spawnSync(command, args, { encoding: "utf8", input: options.input, timeout: options.timeoutMs ?? COMMAND_LIMIT_MS });
+  return { code: result.status, stdout: result.stdout ?? "", stderr: result.stderr ?? "" };
+}
+
+function runAsync(command: string, args: readonly string[], timeoutMs = COMMAND_LIMIT_MS): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  return new Promise((resolvePromise) => {
+    const child = spawn(command, args, { stdio: ["ignore", "pipe", "pipe"] });
+    let stdout = "";
+    let stderr = "";
+    child.stdout.on("data", (c: Buffer) => (stdout += c.toString()));
+    child.stderr.on("data", (c: Buffer) => (stderr += c.toString()));
+    const timer = setTimeout(() => child.kill("SIGKILL"), timeoutMs);
+    child.on("close", (code) => {
+      clearTimeout(timer);
+      resolvePromise({ code, stdout, stderr });
+    });
+  });
+}
+
+/** `conntrack -L` text (libnetfilter_conntrack's default format) -> entries. */
+export function parseConntrackText(text: string): CtEntry[] {
+  const entries: CtEntry[] = [];
+  for (const line of text.split("\n")) {
+    const words = line.trim().split(/\s+/);
+    if (words.length < 4 || !/^\d+$/.test(words[1] ?? "")) continue;
+    const protocol = words[0]!;
+    const timeout = Number(words[2]);
+    let i = 3;
+    let state: string | undefined;
+    if (!words[i]!.includes("=")) state = words[i++];
+    const tuples: CtTuple[] = [];
+    let current: Record<string, string> = {};
+    let unreplied = false;
+    let assured = false;
+    const flush = (): void => {
+      if (current.src === undefined) return;
+      const tuple: CtTuple = { src: current.src, dst: current.dst ?? "" };
+      const sport = current.sport ?? current.id ?? current.srckey;
+      const dport = current.dport ?? (current.type !== undefined ? String((Number(current.type) << 8) | Number(current.code ?? 0)) : current.dstkey);
+      if (sport !== undefined && current.srckey === undefined) tuple.sport = Number(sport);
+      if (dport !== undefined && current.dstkey === undefined) tuple.dport = Number(dport);
+      tuples.push(tuple);
+      current = {};
+    };
+    for (; i < words.length; i++) {
+      const word = words[i]!;
+      if (word === "[UNREPLIED]") unreplied = true;
+      else if (word === "[ASSURED]") assured = true;
+      else if (word.startsWith("mark=") || word.startsWith("use=") || word.startsWith("zone=")) continue;
+      else if (word.includes("=")) {
+        const [key, value] = word.split("=") as [string, string];
+        if (key === "src" && current.src !== undefined) flush();
+        current[key] = value;
+      }
+    }
+    flush();
+    if (tuples.length < 2) continue;
+    entries.push({ protocol, state, original: tuples[0]!, reply: tuples[1]!, unreplied, assured, timeout });
+  }
+  return entries;
+}
+
+interface QnatJsonEntry {
+  protocol: string;
+  state?: string;
+  timeout: number;
+  original: { src: string; dst: string; sport?: number; dport?: number; type?: number; code?: number; id?: number };
+  reply: { src: string; dst: string; sport?: number; dport?: number; type?: number; code?: number; id?: number };
+  status: string[];
+}
+
+function fromQnatTuple(t: QnatJsonEntry["original"]): CtTuple {
+  if (t.type !== undefined) return { src: t.src, dst: t.dst, sport: t.id, dport: (t.type << 8) | (t.code ?? 0) };
+  const tuple: CtTuple = { src: t.src, dst: t.dst };
+  if (t.sport !== undefined) tuple.sport = t.sport;
+  if (t.dport !== undefined) tuple.dport = t.dport;
+  return tuple;
+}
+
+/** `qnat show conntrack --json` -> entries. */
+export function parseQnatConntrack(json: string): CtEntry[] {
+  const parsed = JSON.parse(json) as QnatJsonEntry[] | { entries: QnatJsonEntry[] };
+  const list = Array.isArray(parsed) ? parsed : parsed.entries;
+  return list.map((e) => ({
+    protocol: e.protocol,
+    state: e.state,
+    original: fromQnatTuple(e.original),
+    reply: fromQnatTuple(e.reply),
+    unreplied: !e.status.includes("SEEN_REPLY"),
+    assured: e.status.includes("ASSURED"),
+    timeout: e.timeout,
+  }));
+}
+
+function renamer(config: RouterConfig, tag: string): (name: string) => string {
+  const known = new Set([config.namespace, ...config.ports.map((p) => p.wire.namespace), ...config.lab.map((h) => h.namespace)]);
+  return (name: string) => {
+    if (!known.has(name)) throw new Error(`namespace ${name} is not in the config`);
+    return `${name}-${tag}`;
+  };
+}
+
+/** The kernel twin of CONFIG, renamed with a fresh tag, checksum offload off so the sniffers see real checksums. */
+export async function startKernelSide(configPath: string, original: RouterConfig): Promise<Side> {
+  const tag = randomTag("k");
+  const text = retagConfigText(readFileSync(configPath, "utf8"), configPath, tag);
+  const config = parseConfig(text, configPath);
+  let twin: KernelTwin | undefined;
+  twin = await buildKernelTwin(config);
+  for (const port of config.ports) {
+    run("ip", ["netns", "exec", config.namespace, "python3", PROBE, "txcsum-off", port.name]);
+    run("ip", ["netns", "exec", port.wire.namespace, "python3", PROBE, "txcsum-off", port.wire.device]);
+  }
+  const rename = renamer(original, tag);
+  return {
+    name: "kernel",
+    tag,
+    config,
+    ns: rename,
+    async conntrack() {
+      const out = await runAsync("ip", ["netns", "exec", config.namespace, "conntrack", "-L"]);
+      return parseConntrackText(out.stdout);
+    },
+    async teardown() {
+      twin?.destroy();
+      twin = undefined;
+    },
+  };
+}
+
+/** qnat's lab of CONFIG (`qnat lab up` of a renamed copy in a temp directory). */
+export async function startQnatSide(configPath: string, original: RouterConfig): Promise<Side> {
+  if (!existsSync(CLI)) throw new Error(`${CLI} is missing: run npm run build`);
+  const tag = randomTag("q");
+  const text = retagConfigText(readFileSync(configPath, "utf8"), configPath, tag);
+  const config = parseConfig(text, configPath);
+  const dir = mkdtempSync(join(tmpdir(), "qnat-conformance-"));
+  const path = join(dir, "config.yaml");
+  writeFileSync(path, text);
+  const down = async (): Promise<void> => {
+    await runAsync(process.execPath, [CLI, "lab", "down", path], 60_000);
+    rmSync(dir, { recursive: true, force: true });
+  };
+  const up = await runAsync(process.execPath, [CLI, "lab", "up", path], 60_000);
+  if (up.code !== 0) {
+    await down();
+    throw new Error(`qnat lab up failed (${up.code}): ${up.stderr.trim() || up.stdout.trim()}`);
+  }
+  return {
+    name: "qnat",
+    tag,
+    config,
+    ns: renamer(original, tag),
+    async conntrack() {
+      const out = await runAsync(process.execPath, [CLI, "show", "conntrack", "--json", "--router", config.namespace]);
+      if (out.code !== 0) throw new Error(`qnat show conntrack: ${out.stderr.trim()}`);
+      return parseQnatConntrack(out.stdout);
+    },
+    teardown: down,
+  };
+}
+
+// ------------------------------------------------------------------------------------ plans
+
+export interface AgentSpec {
+  udp?: number[];
+  tcp?: number[];
+  /** Sniff incoming IPv4 on this namespace's wire device (default true for wire namespaces). */
+  sniff?: boolean;
+}
+
+export type ClientAction = Record<string, unknown> & { kind: "udp" | "tcp" | "raw" | "sleep" | "http" };
+
+export interface Observation {
+  /** Per original namespace: what its agent recorded. */
+  agents: Record<string, { events: Array<Record<string, unknown>>; packets: Array<Record<string, unknown>> }>;
+  /** Per client (in plan order): the results of its actions. */
+  clients: Array<Array<Record<string, unknown>>>;
+  conntrack: CtEntry[];
+}
+
+export interface ClientRun {
+  /** Original namespace name (the router's namespace for router-originated traffic). */
+  ns: string;
+  actions: ClientAction[] | ((seen: Observation) => ClientAction[]);
+}
+
+export interface Plan {
+  name: string;
+  /** Original namespace -> what runs there. Wire namespaces without an entry still get a sniffer. */
+  agents?: Record<string, AgentSpec>;
+  /** Steps run one after the other; the clients of one step run at the same time. */
+  steps: ClientRun[][];
+  /** Shell commands run in a namespace (original name) before the agents start, on both sides. */
+  setup?: Array<{ ns: string; argv: string[] }>;
+  /** Which conntrack entries belong to the scenario. */
+  conntrack?: (entry: CtEntry) => boolean;
+  /** Port numbers the scenario chose (client source ports, server ports, ICMP ids): others are the kernel's pick and normalised. */
+  knownPorts: number[];
+  /** How long to let packets settle after the last step, ms (default 300). */
+  settleMs?: number;
+  /**
+   * Clients race for the same translated ports (several hosts SNATed to one address at once):
+   * which of them keeps a port is first come, first served on both routers, so client results
+   * are compared without saying which client saw them, and conntrack without the original source.
+   */
+  racing?: boolean;
+  /**
+   * Many TCP connections close at once: whether a server's FIN is retransmitted (and the late
+   * ACK then answered with a RST, leaving the entry in CLOSE instead of TIME_WAIT) depends on
+   * whether the client's last ACK crossed the router within the server's RTO (200 ms minimum).
+   * Under load a userspace router can miss that; it is timing, not NAT semantics, so these
+   * scenarios compare TIME_WAIT and CLOSE as one state and leave RSTs out of the wire view.
+   */
+  teardownTiming?: boolean;
+  /** A qnat bug this scenario shows (reported): the test expects the difference until it is fixed. */
+  knownBug?: string;
+  /** Sections that may differ, with the reason (docs/differences.md): printed, not failed. */
+  documented?: Partial<Record<string, string>>;
+}
+
+async function startAgent(netns: string, spec: object, limitSeconds: number): Promise<() => Promise<Observation["agents"][string]>> {
+  const child = spawn("ip", ["netns", "exec", netns, "python3", PROBE, "agent", JSON.stringify({ ...spec, seconds: limitSeconds })], {
+    stdio: ["pipe", "pipe", "pipe"],
+  });
+  let stdout = "";
+  let stderr = "";
+  child.stderr.on("data", (c: Buffer) => (stderr += c.toString()));
+  const closed = new Promise<void>((resolvePromise) => child.on("close", () => resolvePromise()));
+  await new Promise<void>((resolvePromise, reject) => {
+    const timer = setTimeout(() => reject(new Error(`agent in ${netns} did not start: ${stderr}`)), 10_000);
+    child.stdout.on("data", (c: Buffer) => {
+      stdout += c.toString();
+      if (stdout.startsWith("ready\n")) {
+        clearTimeout(timer);
+        resolvePromise();
+      }
+    });
+    child.on("close", () => {
+      clearTimeout(timer);
+      reject(new Error(`agent in ${netns} exited: ${stderr.trim()}`));
+    });
+  });
+  return async () => {
+    child.stdin.end();
+    const timer = setTimeout(() => child.kill("SIGKILL"), (limitSeconds + 5) * 1000);
+    await closed;
+    clearTimeout(timer);
+    const json = stdout.slice("ready\n".length).trim();
+    if (json === "") throw new Error(`agent in ${netns} printed nothing: ${stderr.trim()}`);
+    return JSON.parse(json) as Observation["agents"][string];
+  };
+}
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((resolvePromise) => setTimeout(resolvePromise, ms));
+}
+
+/** Runs a plan on one side and returns what it observed. */
+export async function observe(side: Side, original: RouterConfig, plan: Plan): Promise<Observation> {
+  for (const step of plan.setup ?? []) {
+    const result = run("ip", ["netns", "exec", side.ns(step.ns), ...step.argv]);
+    if (result.code !== 0) throw new Error(`${side.name}: setup ${step.argv.join(" ")} in ${step.ns}: ${result.stderr.trim()}`);
+  }
+  const agentNs = new Map<string, AgentSpec>();
+  for (const port of original.ports) agentNs.set(port.wire.namespace, { sniff: true });
+  for (const [ns, spec] of Object.entries(plan.agents ?? {})) agentNs.set(ns, { sniff: agentNs.has(ns), ...spec });
+  const stops = new Map<string, () => Promise<Observation["agents"][string]>>();
+  try {
+    for (const [ns, spec] of agentNs) {
+      const device = original.ports.find((p) => p.wire.namespace === ns)?.wire.device;
+      stops.set(ns, await startAgent(side.ns(ns), { udp: spec.udp ?? [], tcp: spec.tcp ?? [], sniff: spec.sniff && device ? device : null }, 40));
+    }
+    const observation: Observation = { agents: {}, clients: [], conntrack: [] };
+    for (const step of plan.steps) {
+      const results = await Promise.all(
+        step.map(async (client) => {
+          const actions = typeof client.actions === "function" ? client.actions(observation) : client.actions;
+          const out = await runAsync("ip", ["netns", "exec", side.ns(client.ns), "python3", PROBE, "client", JSON.stringify(actions)], 60_000);
+          if (out.code !== 0) throw new Error(`${side.name}: client in ${client.ns} failed: ${out.stderr.trim()}`);
+          return JSON.parse(out.stdout) as Array<Record<string, unknown>>;
+        }),
+      );
+      observation.clients.push(...results);
+    }
+    await sleep(plan.settleMs ?? 300);
+    for (const [ns, stop] of stops) observation.agents[ns] = await stop();
+    stops.clear();
+    observation.conntrack = (await side.conntrack()).filter(plan.conntrack ?? (() => true));
+    return observation;
+  } finally {
+    for (const stop of stops.values()) await stop().catch(() => undefined);
+  }
+}
+
+// ------------------------------------------------------------------------------- normalising
+
+/** A port the scenario chose stays; one the router picked is "~" (the kernel picks at random). */
+function port(value: unknown, known: ReadonlySet<number>): string {
+  if (value === undefined) return "";
+  return known.has(Number(value)) ? String(value) : "~";
+}
+
+/** Client results: replies "seen IP:PORT N" keep the port only when it is the client's own (kept). */
+export function normaliseClients(observation: Observation, plan: Plan): string[] {
+  const known = new Set(plan.knownPorts);
+  const lines: string[] = [];
+  let index = 0;
+  for (const results of observation.clients) {
+    for (const result of results) {
+      const reply = typeof result.reply === "string" ? result.reply.replace(/(\d+\.\d+\.\d+\.\d+):(\d+)/g, (_, a: string, p: string) => `${a}:${port(Number(p), known)}`) : undefined;
+      const parts = [plan.racing ? String(result.kind) : `#${index} ${String(result.kind)}`];
+      if (reply !== undefined) parts.push(`reply "${reply.replace(/\r?\n/g, "\\n").slice(0, 160)}"`);
+      if (result.error !== undefined) {
+        const e = result.error as Record<string, unknown>;
+        parts.push(`error ${String(e.errno)}${e.type !== undefined ? ` icmp ${String(e.type)}/${String(e.code)} from ${String(e.from)}${e.info ? ` info ${String(e.info)}` : ""}` : ""}`);
+      }
+      if (result.sent !== undefined) parts.push(`sent ${String(result.sent)}`);
+      if (result.errors !== undefined) parts.push(`send errors ${JSON.stringify(result.errors)}`);
+      lines.push(parts.join(" "));
+    }
+    index++;
+  }
+  return plan.racing ? lines.sort() : lines;
+}
+
+/** Server events: protocol, server port, the peer's address (its port as kept/picked), bytes. */
+export function normaliseEvents(observation: Observation, plan: Plan, ns: string): string[] {
+  const known = new Set(plan.knownPorts);
+  return (observation.agents[ns]?.events ?? [])
+    .map((e) => {
+      const [address, p] = String(e.peer).split(":");
+      return `${String(e.proto)} ${String(e.to)}:${String(e.port)} from ${address}:${port(p, known)} ${String(e.bytes)} bytes`;
+    })
+    .sort();
+}
+
+/** One sniffed packet as text, without what legitimately differs (arrival time, router-chosen ids and ports). */
+export function packetText(p: Record<string, unknown>, known: ReadonlySet<number>, keepIpId = false): string {
+  // A bare ACK's length is its TCP options (SACK blocks, timestamps): the stacks' timing, not the router's.
+  const bareAck = p.proto === 6 && p.flags === "A";
+  const parts = [`${String(p.src)} > ${String(p.dst)}`, `p${String(p.proto)}`, `ttl ${String(p.ttl)}`, bareAck ? "len *" : `len ${String(p.len)}`];
+  if (keepIpId) parts.push(`id ${String(p.id)}`);
+  if (p.df) parts.push("DF");
+  if (p.mf) parts.push("MF");
+  if (p.offset) parts.push(`off ${String(p.offset)}`);
+  if (p.sport !== undefined) parts.push(`${port(p.sport, known)} > ${port(p.dport, known)}`);
+  if (p.flags !== undefined) parts.push(`[${String(p.flags)}]`);
+  if (p.type !== undefined) parts.push(`icmp ${String(p.type)}/${String(p.code)}`);
+  if (p.icmpid !== undefined) parts.push(`id ${port(p.icmpid, known)} seq ${String(p.seq)}`);
+  if (p.mtu !== undefined) parts.push(`mtu ${String(p.mtu)}`);
+  if (p.ipcsum !== undefined && p.ipcsum !== "ok") parts.push(`ipcsum ${String(p.ipcsum)}`);
+  if (p.l4csum !== undefined && p.l4csum !== "ok") parts.push(`l4csum ${String(p.l4csum)}`);
+  if (p.inner !== undefined) parts.push(`{ ${packetText(p.inner as Record<string, unknown>, known)} }`);
+  return parts.join(" ");
+}
+
+/**
+ * The distinct packets that arrived, sorted. Distinct, not counted: how many pure ACKs or
+ * retransmissions two TCP stacks exchange depends on timing (delayed ACK, RTO under load), not on
+ * the router; every distinct translated form of a packet still has to appear on both sides.
+ */
+export function normalisePackets(observation: Observation, plan: Plan, ns: string): string[] {
+  const known = new Set(plan.knownPorts);
+  const packets = (observation.agents[ns]?.packets ?? []).filter((p) => !(plan.teardownTiming && p.proto === 6 && p.flags === "R"));
+  return [...new Set(packets.map((p) => packetText(p, known)))].sort();
+}
+
+export function conntrackText(entry: CtEntry, known: ReadonlySet<number>): string {
+  const tuple = (t: CtTuple): string => {
+    if (t.sport === undefined) return `${t.src} > ${t.dst}`;
+    // ICMP: sport is the echo id, dport type << 8 | code (src/conntrack/tuple.ts).
+    if (entry.protocol === "icmp") return `${t.src} > ${t.dst} type ${(t.dport ?? 0) >> 8}/${(t.dport ?? 0) & 0xff} id ${port(t.sport, known)}`;
+    return `${t.src}:${port(t.sport, known)} > ${t.dst}:${port(t.dport, known)}`;
+  };
+  const parts = [entry.protocol];
+  if (entry.state !== undefined) parts.push(entry.state);
+  parts.push(tuple(entry.original), "|", tuple(entry.reply));
+  if (entry.unreplied) parts.push("[UNREPLIED]");
+  if (entry.assured) parts.push("[ASSURED]");
+  return parts.join(" ");
+}
+
+export function normaliseConntrack(observation: Observation, plan: Plan): string[] {
+  const known = new Set(plan.knownPorts);
+  return observation.conntrack
+    .map((e) => (plan.teardownTiming && (e.state === "TIME_WAIT" || e.state === "CLOSE") ? { ...e, state: "TIME_WAIT|CLOSE" } : e))
+    .map((e) => conntrackText(plan.racing ? { ...e, original: { ...e.original, src: "*" } } : e, known))
+    .sort();
+}
+
+// ------------------------------------------------------------------------------- comparing
+
+export interface SectionResult {
+  section: string;
+  kernel: string[];
+  qnat: string[];
+  equal: boolean;
+  /** Why a difference is expected (docs/differences.md), when it is. */
+  documented?: string;
+}
+
+export interface ScenarioResult {
+  name: string;
+  sections: SectionResult[];
+  /** True when every section is equal or documented. */
+  agree: boolean;
+  ms: number;
+  knownBug?: string;
+}
+
+/**
+ * Two columns, `|` between equal lines, `!` where they differ. Both lists are sorted multisets,
+ * so they are aligned by merging: a line only one side has stands alone on its side.
+ * With `onlyDifferences`, equal lines are counted instead of printed.
+ */
+export function sideBySide(title: string, left: readonly string[], right: readonly string[], onlyDifferences = false, leftName = "kernel (Linux)", rightName = "qnat"): string {
+  const rows: Array<[string, string]> = [];
+  let i = 0;
+  let j = 0;
+  while (i < left.length || j < right.length) {
+    const a = left[i];
+    const b = right[j];
+    if (a !== undefined && b !== undefined && a === b) rows.push([a, b]), i++, j++;
+    else if (b === undefined || (a !== undefined && a < b)) rows.push([a!, ""]), i++;
+    else rows.push(["", b]), j++;
+  }
+  const shown = onlyDifferences ? rows.filter(([a, b]) => a !== b) : rows;
+  const width = Math.min(100, Math.max(leftName.length, ...shown.map(([a]) => a.length)));
+  const fit = (text: string): string => (text.length > width ? text.slice(0, width - 1) + "…" : text.padEnd(width));
+  const lines = [`--- ${title}`, `  ${fit(leftName)}   ${rightName}`];
+  for (const [a, b] of shown) lines.push(`${a === b ? " " : "!"} ${fit(a)} ${a === b ? "|" : "!"} ${b}`);
+  if (onlyDifferences && shown.length < rows.length) lines.push(`  (${rows.length - shown.length} equal lines not shown)`);
+  if (rows.length === 0) lines.push("  (nothing on either side)");
+  return lines.join("\n");
+}
+
+export function compareObservations(plan: Plan, original: RouterConfig, kernel: Observation, qnat: Observation, ms: number): ScenarioResult {
+  const sections: SectionResult[] = [];
+  const add = (section: string, k: string[], q: string[]): void => {
+    const equal = k.length === q.length && k.every((line, i) => line === q[i]);
+    sections.push({ section, kernel: k, qnat: q, equal, documented: equal ? undefined : plan.documented?.[section] ?? plan.documented?.[section.split(" ")[0]!] });
+  };
+  add("clients", normaliseClients(kernel, plan), normaliseClients(qnat, plan));
+  const namespaces = [...new Set([...Object.keys(kernel.agents), ...Object.keys(qnat.agents)])].sort();
+  for (const ns of namespaces) {
+    const k = normaliseEvents(kernel, plan, ns);
+    const q = normaliseEvents(qnat, plan, ns);
+    if (k.length > 0 || q.length > 0) add(`servers in ${ns}`, k, q);
+  }
+  for (const ns of namespaces) {
+    const k = normalisePackets(kernel, plan, ns);
+    const q = normalisePackets(qnat, plan, ns);
+    if (k.length > 0 || q.length > 0) add(`wire into ${ns}`, k, q);
+  }
+  add("conntrack", normaliseConntrack(kernel, plan), normaliseConntrack(qnat, plan));
+  void original;
+  return { name: plan.name, sections, agree: sections.every((s) => s.equal || s.documented !== undefined), ms, knownBug: plan.knownBug };
+}
+
+export function formatScenario(result: ScenarioResult, verbose = false): string {
+  const head = `${result.agree ? "AGREE " : "DIFFER"} ${result.name} (${(result.ms / 1000).toFixed(1)} s)${result.knownBug && !result.agree ? `\n       known qnat bug: ${result.knownBug}` : ""}`;
+  const parts = [head];
+  for (const section of result.sections) {
+    if (section.equal && !verbose) continue;
+    const label = section.equal ? section.section : section.documented !== undefined ? `${section.section} — differs as documented: ${section.documented}` : `${section.section} — DIFFERS`;
+    parts.push(sideBySide(label, section.kernel, section.qnat, !verbose && !section.equal && section.kernel.length + section.qnat.length > 24));
+  }
+  return parts.join("\n");
+}
+
+/** Both routers of one config, up side by side. */
+export class ConformancePair {
+  readonly results: ScenarioResult[] = [];
+  private constructor(
+    readonly configPath: string,
+    readonly original: RouterConfig,
+    readonly kernel: Side,
+    readonly qnat: Side,
+  ) {}
+
+  static async start(configPath: string): Promise<ConformancePair> {
+    const original = parseConfig(readFileSync(configPath, "utf8"), configPath);
+    const [kernel, qnat] = await Promise.allSettled([startKernelSide(configPath, original), startQnatSide(configPath, original)]);
+    if (kernel.status === "rejected" || qnat.status === "rejected") {
+      if (kernel.status === "fulfilled") await kernel.value.teardown();
+      if (qnat.status === "fulfilled") await qnat.value.teardown();
+      throw kernel.status === "rejected" ? kernel.reason : (qnat as PromiseRejectedResult).reason;
+    }
+    return new ConformancePair(configPath, original, kernel.value, qnat.value);
+  }
+
+  /** Runs the plan on both routers at once and compares. */
+  async run(plan: Plan): Promise<ScenarioResult> {
+    const started = Date.now();
+    const [k, q] = await Promise.all([observe(this.kernel, this.original, plan), observe(this.qnat, this.original, plan)]);
+    const result = compareObservations(plan, this.original, k, q, Date.now() - started);
+    this.results.push(result);
+    return result;
+  }
+
+  async stop(): Promise<void> {
+    await Promise.allSettled([this.kernel.teardown(), this.qnat.teardown()]);
+  }
+}
+
+/** Throws with the side-by-side picture when the scenario disagrees (a vitest failure). */
+export function assertAgree(result: ScenarioResult): void {
+  if (!result.agree) throw new Error(`kernel and qnat differ:\n${formatScenario(result)}`);
+}
