@@ -31,6 +31,7 @@
  * array is passed (control plane: `qnat trace`).
  */
 import { formatIpv4 } from "../core/addr.js";
+import { hashFinal, hashMix } from "../core/hash.js";
 import type { Rng } from "../core/rng.js";
 import { CtStatus, type ConntrackTable } from "../conntrack/table.js";
 import { icmpInverseType } from "../conntrack/tuple.js";
@@ -605,32 +606,14 @@ export class NatEngine {
 
 // ---- hashing ---------------------------------------------------------------------------------
 
-function mixWord(h: number, word: number): number {
-  let k = Math.imul(word, 0xcc9e2d51);
-  k = (k << 15) | (k >>> 17);
-  k = Math.imul(k, 0x1b873593);
-  h ^= k;
-  h = (h << 13) | (h >>> 19);
-  return (Math.imul(h, 5) + 0xe6546b64) | 0;
-}
-
-function finalize(h: number): number {
-  h ^= h >>> 16;
-  h = Math.imul(h, 0x85ebca6b);
-  h ^= h >>> 13;
-  h = Math.imul(h, 0xc2b2ae35);
-  h ^= h >>> 16;
-  return h >>> 0;
-}
-
 /** Keyed hash of two words (stands in for jhash2 in find_best_ips_proto). uint32. */
 export function mix2(key: number, a: number, b: number): number {
-  return finalize(mixWord(mixWord(key, a), b) ^ 8);
+  return hashFinal(hashMix(hashMix(key, a), b) ^ 8);
 }
 
 /** Keyed hash of three words (stands in for siphash in secure_ipv4_port_ephemeral / hash_by_src). uint32. */
 export function mix3(key: number, a: number, b: number, c: number): number {
-  return finalize(mixWord(mixWord(mixWord(key, a), b), c) ^ 12);
+  return hashFinal(hashMix(hashMix(hashMix(key, a), b), c) ^ 12);
 }
 
 /**

@@ -37,6 +37,7 @@ import type { PacketBatch } from "../core/batch.js";
 import type { Clock } from "../core/clock.js";
 import { DropReason } from "../core/drop-reason.js";
 import type { PacketInfo } from "../wire/packet-info.js";
+import { hashFinal, hashMix } from "../core/hash.js";
 
 /** Linux ipfrag_time (net/ipv4/ip_fragment.c, IP_FRAG_TIME = 30 * HZ). */
 export const FRAGMENT_TIMEOUT_SECONDS = 30;
@@ -428,23 +429,5 @@ function keyIdProto(buf: Uint8Array, info: PacketInfo): number {
 }
 
 function hash3(seed: number, a: number, b: number, c: number): number {
-  let h = seed;
-  h = mix(h, a);
-  h = mix(h, b);
-  h = mix(h, c);
-  h ^= h >>> 16;
-  h = Math.imul(h, 0x85ebca6b);
-  h ^= h >>> 13;
-  h = Math.imul(h, 0xc2b2ae35);
-  h ^= h >>> 16;
-  return h >>> 0;
-}
-
-function mix(h: number, word: number): number {
-  let k = Math.imul(word, 0xcc9e2d51);
-  k = (k << 15) | (k >>> 17);
-  k = Math.imul(k, 0x1b873593);
-  h ^= k;
-  h = (h << 13) | (h >>> 19);
-  return (Math.imul(h, 5) + 0xe6546b64) | 0;
+  return hashFinal(hashMix(hashMix(hashMix(seed, a), b), c));
 }
