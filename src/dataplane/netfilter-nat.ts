@@ -17,7 +17,7 @@ import type { TrackResult } from "../conntrack/track.js";
 import { NatEngine } from "../nat/binding.js";
 import { Manip, NF_NAT_RANGE_MAP_IPS, type NatRange } from "../nat/range.js";
 import { CtState as RuleCtState, Hook } from "../nat/rules/model.js";
-import { type CompiledRules, NatDecisionKind, RuleInput, type RuleTrace } from "../nat/rules/evaluate.js";
+import { type CompiledRules, type NatDecision, NatDecisionKind, RuleInput, type RuleTrace } from "../nat/rules/evaluate.js";
 import { describePacket } from "../wire/build.js";
 import { IPPROTO_ICMP, type PacketInfo } from "../wire/packet-info.js";
 import type { NatStage } from "./nat-stage.js";
@@ -104,6 +104,17 @@ export class NetfilterNat implements NatStage {
     return DropReason.None;
   }
 
+  /** A binding into [minAddr, maxAddr] with the rule's ports and flags (nf_nat_setup_info). */
+  private setup(id: number, manip: Manip, decision: NatDecision, minAddr: number, maxAddr: number, explain: string[] | undefined): boolean {
+    const range = this.range;
+    range.minAddr = minAddr;
+    range.maxAddr = maxAddr;
+    range.minPort = decision.minPort;
+    range.maxPort = decision.maxPort;
+    range.flags = decision.flags | NF_NAT_RANGE_MAP_IPS;
+    return this.engine.setupNat(id, manip, range, explain);
+  }
+
   /** The first packet of a connection at this hook: walk the chain, set up the binding. */
   private bind(hook: Hook, manip: Manip, info: PacketInfo, ct: TrackResult, ingress: number, egress: number): DropReason {
     const id = ct.id;
@@ -127,38 +138,22 @@ export class NetfilterNat implements NatStage {
     const explain: string[] | undefined = tracer !== null ? [] : undefined;
     if (tracer !== null) tracer.rules(hook, trace!);
 
-    const range = this.range;
     let ok: boolean;
     switch (decision.kind) {
       case NatDecisionKind.Dnat:
       case NatDecisionKind.Snat:
-        range.minAddr = decision.minAddr;
-        range.maxAddr = decision.maxAddr;
-        range.minPort = decision.minPort;
-        range.maxPort = decision.maxPort;
-        range.flags = decision.flags | NF_NAT_RANGE_MAP_IPS;
-        ok = this.engine.setupNat(id, manip, range, explain);
+        ok = this.setup(id, manip, decision, decision.minAddr, decision.maxAddr, explain);
         break;
       case NatDecisionKind.Redirect: {
         // nf_nat_redirect_ipv4: the primary address of the incoming interface; loopback for OUTPUT.
         const addr = ingress >= 0 ? this.portPrimaries[ingress]! : LOOPBACK;
-        range.minAddr = addr;
-        range.maxAddr = addr;
-        range.minPort = decision.minPort;
-        range.maxPort = decision.maxPort;
-        range.flags = decision.flags | NF_NAT_RANGE_MAP_IPS;
-        ok = this.engine.setupNat(id, manip, range, explain);
+        ok = this.setup(id, manip, decision, addr, addr, explain);
         break;
       }
       case NatDecisionKind.Masquerade: {
         // nf_nat_masquerade_ipv4: the egress interface's address (inet_select_addr).
         const addr = egress >= 0 ? this.portPrimaries[egress]! : info.src;
-        range.minAddr = addr;
-        range.maxAddr = addr;
-        range.minPort = decision.minPort;
-        range.maxPort = decision.maxPort;
-        range.flags = decision.flags | NF_NAT_RANGE_MAP_IPS;
-        ok = this.engine.setupNat(id, manip, range, explain);
+        ok = this.setup(id, manip, decision, addr, addr, explain);
         break;
       }
       default:
