@@ -56,6 +56,13 @@ export enum CtStatus {
   FixedTimeout = 1 << 10,
 }
 
+/**
+ * Status bits the per-packet code tests, as plain constants: CtStatus is a (non-const) enum, an
+ * object whose properties optimized code would load on every use.
+ */
+const STATUS_DYING = CtStatus.Dying;
+const STATUS_FIXED_TIMEOUT = CtStatus.FixedTimeout;
+
 /** IPS_NAT_MASK and IPS_NAT_DONE_MASK. */
 export const CT_STATUS_NAT_MASK = CtStatus.SrcNat | CtStatus.DstNat;
 export const CT_STATUS_NAT_DONE_MASK = CtStatus.SrcNatDone | CtStatus.DstNatDone;
@@ -279,18 +286,23 @@ export class ConntrackTable {
    * ports are compared as int32 words (`| 0`), as they are stored.
    */
   private findNode(protocol: number, src: number, dst: number, ports: number): number {
-    const w = this.words;
-    const now = this.times[1]!;
     src |= 0;
     dst |= 0;
     ports |= 0;
-    let node = this.buckets[this.hashTuple(protocol, src, dst, ports)]!;
+    return this.findNodeIn(this.hashTuple(protocol, src, dst, ports), protocol, src, dst, ports);
+  }
+
+  /** `findNode` in a bucket already hashed (`bucketOf`); src, dst and ports are int32 words. */
+  private findNodeIn(bucket: number, protocol: number, src: number, dst: number, ports: number): number {
+    const w = this.words;
+    const now = this.times[1]!;
+    let node = this.buckets[bucket]!;
     while (node >= 0) {
       const b = ((node >> 1) << ENTRY_SHIFT) + ((node & 1) << 2);
       if (w[b + NODE_SRC] === src && w[b + NODE_DST] === dst && w[b + NODE_PORTS] === ports && (w[((node >> 1) << ENTRY_SHIFT) + W_META]! & 0xff) === protocol) {
         const id = node >> 1;
         // isDead(id, now), written out: a double argument to a call V8 does not inline is boxed.
-        if (this.doubles[(id << DOUBLE_SHIFT) + D_EXPIRY]! <= now || (w[(id << ENTRY_SHIFT) + W_STATUS]! & CtStatus.Dying) !== 0) {
+        if (this.doubles[(id << DOUBLE_SHIFT) + D_EXPIRY]! <= now || (w[(id << ENTRY_SHIFT) + W_STATUS]! & STATUS_DYING) !== 0) {
           this.counters.expired++;
           this.freeEntry(id);
           return -1;
@@ -331,9 +343,26 @@ export class ConntrackTable {
     return this.buckets[this.hashTuple(protocol, src | 0, dst | 0, (sport << 16) | dport)]!;
   }
 
+  /**
+   * The bucket this tuple hashes to. The dataplane's batch prefetch computes it once per packet
+   * and hands it back to `findLiveInBucket`, so the fast path does not hash the tuple twice.
+   */
+  bucketOf(protocol: number, src: number, dst: number, sport: number, dport: number): number {
+    return this.hashTuple(protocol, src | 0, dst | 0, (sport << 16) | dport);
+  }
+
+  /** The head node of `bucket` (-1: empty); with `bucketOf`, step 1 of the batch prefetch. */
+  bucketHeadAt(bucket: number): number {
+    return this.buckets[bucket]!;
+  }
+
   /** Batch prefetch, step 2: loads the record of `node` (from `bucketHead`) into the cache. */
   touchNode(node: number): number {
-    return this.words[nodeBase(node) + NODE_SRC]!;
+    // Two loads: the node's words and the entry's times. A large ArrayBuffer's memory is not
+    // 64-byte aligned (glibc's mmap'd chunks start 16 bytes into a page), so a 64-byte record
+    // usually spans two cache lines, the times (words 12-15) in the second.
+    const w = this.words;
+    return w[nodeBase(node) + NODE_SRC]! ^ w[((node >> 1) << ENTRY_SHIFT) + (D_EXPIRY << 1)]!;
   }
 
   /**
@@ -345,6 +374,16 @@ export class ConntrackTable {
     const pinned = this.times[0]!;
     this.times[1] = pinned === pinned ? pinned : this.clock.now();
     return this.findNode(protocol, src, dst, (sport << 16) | dport);
+  }
+
+  /**
+   * `findLive` with src, dst and `ports` (sport << 16 | dport) as int32 words, in `bucket`, which
+   * must be `bucketOf` this tuple, or -1 to hash it here.
+   */
+  findLiveInBucket(bucket: number, protocol: number, src: number, dst: number, ports: number): number {
+    const pinned = this.times[0]!;
+    this.times[1] = pinned === pinned ? pinned : this.clock.now();
+    return this.findNodeIn(bucket >= 0 ? bucket : this.hashTuple(protocol, src, dst, ports), protocol, src, dst, ports);
   }
 
   /**
@@ -601,6 +640,17 @@ export class ConntrackTable {
   tupleDstOf(id: number, dir: number): number {
     return this.words[(id << ENTRY_SHIFT) + (dir << 2) + NODE_DST]! >>> 0;
   }
+  /** Source address of direction `dir` as stored: int32 bits (`>>> 0` gives the uint32). */
+  tupleSrcBits(id: number, dir: number): number {
+    return this.words[(id << ENTRY_SHIFT) + (dir << 2) + NODE_SRC]!;
+  }
+  tupleDstBits(id: number, dir: number): number {
+    return this.words[(id << ENTRY_SHIFT) + (dir << 2) + NODE_DST]!;
+  }
+  /** Ports of direction `dir` as stored: sport << 16 | dport (int32). */
+  tuplePortsBits(id: number, dir: number): number {
+    return this.words[(id << ENTRY_SHIFT) + (dir << 2) + NODE_PORTS]!;
+  }
   tupleSportOf(id: number, dir: number): number {
     return this.words[(id << ENTRY_SHIFT) + (dir << 2) + NODE_PORTS]! >>> 16;
   }
@@ -658,7 +708,7 @@ export class ConntrackTable {
   }
   /** `refresh` at `now()` (no double crosses the call). */
   refreshNow(id: number, timeout: number): void {
-    if (this.words[(id << ENTRY_SHIFT) + W_STATUS]! & CtStatus.FixedTimeout) return;
+    if (this.words[(id << ENTRY_SHIFT) + W_STATUS]! & STATUS_FIXED_TIMEOUT) return;
     const pinned = this.times[0]!;
     this.doubles[(id << DOUBLE_SHIFT) + D_EXPIRY] = (pinned === pinned ? pinned : this.clock.now()) + timeout;
   }

@@ -7,21 +7,25 @@
 import { CtStatus, type ConntrackTable } from "./table.js";
 import { UDP_STREAM_DELAY } from "./timeouts.js";
 
+/** CtStatus bits as plain constants (CtStatus is an enum object; its properties are loads). */
+const SEEN_REPLY = CtStatus.SeenReply;
+const ASSURED = CtStatus.Assured;
+
 export function udpPacket(table: ConntrackTable, id: number): void {
   // The time is the table's (`now()`: pinned once per batch by the dataplane); no double crosses
   // a call, so nothing is boxed per packet.
   const status = table.status(id);
   const timeouts = table.timeouts;
-  if (status & CtStatus.SeenReply) {
+  if (status & SEEN_REPLY) {
     let extra = timeouts.udpUnreplied;
     let stream = false;
     // "Still active after two seconds? Extend timeout." (time_after: strictly later)
     if (table.startedMoreThan(id, UDP_STREAM_DELAY)) {
       extra = timeouts.udpReplied;
-      stream = (status & CtStatus.Assured) === 0;
+      stream = (status & ASSURED) === 0;
     }
     table.refreshNow(id, extra);
-    if (stream) table.setStatus(id, CtStatus.Assured);
+    if (stream) table.setStatus(id, ASSURED);
   } else {
     table.refreshNow(id, timeouts.udpUnreplied);
   }

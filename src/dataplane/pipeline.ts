@@ -46,12 +46,21 @@ import { CtStatus } from "../conntrack/table.js";
 import { TcpState, tcpPacket } from "../conntrack/tcp.js";
 import { udpPacket } from "../conntrack/udp.js";
 import { TCP_ACK, TCP_PSH } from "../wire/packet-info.js";
-import { rewriteDstAddr, rewriteDstPort, rewriteSrcAddr, rewriteSrcPort } from "../wire/rewrite.js";
+import { rewriteForwardPlain } from "../wire/rewrite.js";
 import { NetfilterNat } from "./netfilter-nat.js";
 
 /** forwardEstablished() declines the packet: it takes the general path. */
 const FAST_PATH_MISS = -100;
 const NAT_DONE_BOTH = CtStatus.SrcNatDone | CtStatus.DstNatDone;
+/**
+ * CtStatus bits the fast path tests, as module constants: CtStatus is a (non-const) enum, i.e.
+ * an object whose properties optimized code loads on every use.
+ */
+const CT_SEEN_REPLY = CtStatus.SeenReply;
+const CT_DST_NAT = CtStatus.DstNat;
+const CT_SRC_NAT = CtStatus.SrcNat;
+const ROUTE_UNICAST = RouteType.Unicast;
+const TCP_ESTABLISHED = TcpState.Established;
 
 /** Linux sysctl net.ipv4.ip_default_ttl. */
 const DEFAULT_TTL = 64;
@@ -128,6 +137,19 @@ export class Dataplane {
   private readonly netfilterNat: NetfilterNat | null;
   /** Batch prefetch scratch: bucket head node per packet (see prefetchBatch). */
   private prefetchHeads = new Int32Array(256);
+  /**
+   * What prefetchBatch computed per packet, reused by forwardEstablished for packet i when
+   * i < prefetchedCount: the conntrack bucket of its tuple (-1: not computed) and the route of
+   * its destination. Neither can change within the batch for the same bytes (the hash is seeded
+   * once; routes change only between batches), and packet i's bytes are not touched before it is
+   * processed.
+   */
+  private prefetchBuckets = new Int32Array(256);
+  private prefetchRoutes = new Int32Array(256);
+  private prefetchedCount = 0;
+  /** forwardEstablished's DataView (see viewOf) and the bytes it views. */
+  private view: DataView<ArrayBufferLike> = new DataView(new ArrayBuffer(0));
+  private viewBytes: Uint8Array | null = null;
   /** Keeps the prefetch loads observable so the compiler cannot drop them. */
   prefetchSink = 0;
   /** The current packet's GSO segment size (batch virtio_net_hdr), 0 for a plain packet. */
@@ -195,6 +217,7 @@ export class Dataplane {
   ): void {
     // One clock read per batch for conntrack (Linux reads jiffies; a batch lasts microseconds).
     this.conntrack.pinTime(this.clock.now());
+    this.prefetchedCount = 0;
     try {
       if (this.fastPath && this.tracer === null) this.prefetchBatch(batch);
       this.processBatchPinned(batch, ingress, leg, verdicts, generated, generatedVerdicts);
@@ -213,36 +236,42 @@ export class Dataplane {
   private prefetchBatch(batch: PacketBatch): void {
     const count = batch.count;
     if (count < 2) return;
-    if (this.prefetchHeads.length < count) this.prefetchHeads = new Int32Array(batch.capacity);
+    if (this.prefetchHeads.length < count) {
+      this.prefetchHeads = new Int32Array(batch.capacity);
+      this.prefetchBuckets = new Int32Array(batch.capacity);
+      this.prefetchRoutes = new Int32Array(batch.capacity);
+    }
     const heads = this.prefetchHeads;
+    const buckets = this.prefetchBuckets;
+    const routeOf = this.prefetchRoutes;
     const data = batch.data;
     const end = data.length;
+    const v = data === this.viewBytes ? this.view : this.viewOf(data);
     const conntrack = this.conntrack;
     const routes = this.routes;
     let sink = 0;
     for (let i = 0; i < count; i++) {
       heads[i] = -1;
+      buckets[i] = -1;
       const off = batch.offsetOf(i);
       if (off + 24 > end) continue;
-      const b0 = data[off]!;
-      const protocol = data[off + 9]!;
+      const b0 = v.getUint8(off);
+      const protocol = v.getUint8(off + 9);
       const l4 = off + ((b0 & 0x0f) << 2);
       if (b0 >>> 4 !== 4 || (protocol !== IPPROTO_TCP && protocol !== IPPROTO_UDP) || l4 + 4 > end) continue;
-      const dst = (data[off + 16]! << 24) | (data[off + 17]! << 16) | (data[off + 18]! << 8) | data[off + 19]!;
-      heads[i] = conntrack.bucketHead(
-        protocol,
-        (data[off + 12]! << 24) | (data[off + 13]! << 16) | (data[off + 14]! << 8) | data[off + 15]!,
-        dst,
-        (data[l4]! << 8) | data[l4 + 1]!,
-        (data[l4 + 2]! << 8) | data[l4 + 3]!,
-      );
-      sink ^= routes.lookup(dst);
+      const dst = v.getInt32(off + 16);
+      const ports = v.getInt32(l4);
+      const bucket = conntrack.bucketOf(protocol, v.getInt32(off + 12), dst, ports >>> 16, ports & 0xffff);
+      buckets[i] = bucket;
+      heads[i] = conntrack.bucketHeadAt(bucket);
+      routeOf[i] = routes.lookup(dst);
     }
     for (let i = 0; i < count; i++) {
       const node = heads[i]!;
       if (node >= 0) sink ^= conntrack.touchNode(node);
     }
     this.prefetchSink = sink;
+    this.prefetchedCount = count;
   }
 
   private processBatchPinned(
@@ -259,6 +288,9 @@ export class Dataplane {
     const data = batch.data;
     const slot = batch.slotSize;
     const headroom = batch.headroom;
+    // The fast path is tried here; processFromWire (also used for released fragments) tries it
+    // for the packets that reach it any other way.
+    const fast = this.fastPathEnabled();
     for (let i = 0; i < batch.count; i++) {
       const length = batch.lengths[i]!;
       counters[base] += 1;
@@ -268,10 +300,14 @@ export class Dataplane {
         setL4ChecksumPartial(batch.isChecksumPartial(i));
         this.gsoSize = batch.gsoSizeOf(i);
       }
-      const verdict =
-        leg === LEG_WIRE
-          ? this.processFromWire(data, i * slot + headroom, length, ingress, generated)
-          : this.processLocalOut(data, i * slot + headroom, length, ingress);
+      const off = i * slot + headroom;
+      let verdict = FAST_PATH_MISS;
+      if (leg === LEG_WIRE) {
+        if (fast) verdict = this.forwardEstablished(data, off, length, i);
+        if (verdict === FAST_PATH_MISS) verdict = this.processFromWire(data, off, length, ingress, generated);
+      } else {
+        verdict = this.processLocalOut(data, off, length, ingress);
+      }
       verdicts[i] = verdict;
       if (verdict >= 0) this.countTx(verdict, length);
     }
@@ -288,7 +324,7 @@ export class Dataplane {
         const length = rel.lengths[i]!;
         const verdict =
           leg === LEG_WIRE
-            ? this.processFromWire(rel.data, rel.offsetOf(i), length, ingress, generated)
+            ? this.processFromWireOrFast(rel.data, rel.offsetOf(i), length, ingress, generated)
             : this.processLocalOut(rel.data, rel.offsetOf(i), length, ingress);
         this.releasedVerdicts[i] = verdict;
         if (verdict >= 0) this.countTx(verdict, length);
@@ -309,11 +345,21 @@ export class Dataplane {
   }
 
   /** A packet from the network: PREROUTING, then INPUT or FORWARD + POSTROUTING. */
-  private processFromWire(buf: Uint8Array, off: number, length: number, ingress: number, generated: PacketBatch): number {
-    if (this.fastPath && this.tracer === null && this.netfilterNat !== null && this.netfilterNat.tracer === null) {
-      const fast = this.forwardEstablished(buf, off, length);
+  private fastPathEnabled(): boolean {
+    return this.fastPath && this.tracer === null && this.netfilterNat !== null && this.netfilterNat.tracer === null;
+  }
+
+  /** processFromWire, after the fast path for a packet outside the batch (a released fragment). */
+  private processFromWireOrFast(buf: Uint8Array, off: number, length: number, ingress: number, generated: PacketBatch): number {
+    if (this.fastPathEnabled()) {
+      const fast = this.forwardEstablished(buf, off, length, -1);
       if (fast !== FAST_PATH_MISS) return fast;
     }
+    return this.processFromWire(buf, off, length, ingress, generated);
+  }
+
+  /** A packet from the network (the fast path declined it): PREROUTING, then INPUT or FORWARD + POSTROUTING. */
+  private processFromWire(buf: Uint8Array, off: number, length: number, ingress: number, generated: PacketBatch): number {
     const info = this.info;
     const reason = parsePacket(buf, off, length, info);
     if (reason !== DropReason.None) return this.drop(ingress, reason);
@@ -393,75 +439,86 @@ export class Dataplane {
    * runs before anything changes; any failing one returns FAST_PATH_MISS and the general path
    * handles the packet from scratch (so drops, ICMP errors and counters stay its business).
    */
-  private forwardEstablished(buf: Uint8Array, off: number, length: number): number {
+  private forwardEstablished(buf: Uint8Array, off: number, length: number, index: number): number {
     if (this.gsoSize !== 0) return FAST_PATH_MISS;
     if (!(off >= 0) || length < 28 || off + length > buf.length) return FAST_PATH_MISS;
+    // The header is read as big-endian words through a DataView (one bounds check and one load
+    // per word instead of per byte); every read below is inside [off, off + length).
+    const v = buf === this.viewBytes ? this.view : this.viewOf(buf);
+    const w0 = v.getUint32(off);
     // Version 4, IHL 5 (options take the general path).
-    if (buf[off] !== 0x45) return FAST_PATH_MISS;
+    if (w0 >>> 24 !== 0x45) return FAST_PATH_MISS;
+    const w1 = v.getUint32(off + 4);
+    const w2 = v.getUint32(off + 8);
+    // Addresses stay int32 here: a uint32 of 2^31 or more is a heap number in V8, and passing one
+    // to a function that is not inlined allocates it (the allocation-per-packet figure of the bench).
+    const src = v.getInt32(off + 12);
+    const dst = v.getInt32(off + 16);
     // ip_fast_csum over the 20-byte header must fold to 0xffff (validate.ts, ip_rcv_core).
-    let sum = 0;
-    for (let k = off; k < off + 20; k += 2) sum += (buf[k]! << 8) | buf[k + 1]!;
+    let sum =
+      (w0 >>> 16) + (w0 & 0xffff) + (w1 >>> 16) + (w1 & 0xffff) + (w2 >>> 16) + (w2 & 0xffff) +
+      (src >>> 16) + (src & 0xffff) + (dst >>> 16) + (dst & 0xffff);
     sum = (sum & 0xffff) + (sum >>> 16);
     sum = (sum & 0xffff) + (sum >>> 16);
     if (sum !== 0xffff) return FAST_PATH_MISS;
-    const total = (buf[off + 2]! << 8) | buf[off + 3]!;
+    const total = w0 & 0xffff;
     if (total > length) return FAST_PATH_MISS;
     // Not a fragment (MF clear, offset 0); DF may be set. The reserved bit takes the general path.
-    if ((buf[off + 6]! & 0xbf) !== 0 || buf[off + 7]! !== 0) return FAST_PATH_MISS;
-    const protocol = buf[off + 9]!;
+    if ((w1 & 0xbfff) !== 0) return FAST_PATH_MISS;
+    const protocol = (w2 >>> 16) & 0xff;
     const l4 = off + 20;
     const l4Length = total - 20;
     let tcpFlags = 0;
     if (protocol === IPPROTO_UDP) {
       if (l4Length < 8) return FAST_PATH_MISS;
-      const udpLength = (buf[l4 + 4]! << 8) | buf[l4 + 5]!;
+      const udpLength = v.getUint16(l4 + 4);
       if (udpLength < 8 || udpLength > l4Length) return FAST_PATH_MISS;
     } else if (protocol === IPPROTO_TCP) {
       if (l4Length < 20) return FAST_PATH_MISS;
-      const dataOffset = buf[l4 + 12]! >>> 4;
+      const offsetAndFlags = v.getUint16(l4 + 12);
+      const dataOffset = offsetAndFlags >>> 12;
       if (dataOffset < 5 || dataOffset << 2 > l4Length) return FAST_PATH_MISS;
-      tcpFlags = buf[l4 + 13]!;
+      tcpFlags = offsetAndFlags & 0xff;
       if (tcpFlags !== TCP_ACK && tcpFlags !== (TCP_ACK | TCP_PSH)) return FAST_PATH_MISS;
     } else {
       return FAST_PATH_MISS;
     }
-    // Addresses stay int32 here: a uint32 of 2^31 or more is a heap number in V8, and passing one
-    // to a function that is not inlined allocates it (the allocation-per-packet figure of the bench).
-    const src = (buf[off + 12]! << 24) | (buf[off + 13]! << 16) | (buf[off + 14]! << 8) | buf[off + 15]!;
-    const dst = (buf[off + 16]! << 24) | (buf[off + 17]! << 16) | (buf[off + 18]! << 8) | buf[off + 19]!;
     if (isMartianSource(src) || includes(this.broadcastList, src)) return FAST_PATH_MISS;
     const firstOctet = dst >>> 24;
     if (firstOctet === 127 || firstOctet === 0) return FAST_PATH_MISS;
-    const sport = (buf[l4]! << 8) | buf[l4 + 1]!;
-    const dport = (buf[l4 + 2]! << 8) | buf[l4 + 3]!;
+    const ports = v.getInt32(l4);
+    const sport = ports >>> 16;
+    const dport = ports & 0xffff;
 
     const table = this.conntrack;
-    const handle = table.findLive(protocol, src, dst, sport, dport);
+    const prefetched = index >= 0 && index < this.prefetchedCount;
+    const handle = table.findLiveInBucket(prefetched ? this.prefetchBuckets[index]! : -1, protocol, src, dst, ports);
     if (handle < 0) return FAST_PATH_MISS;
     const id = handle >> 1;
     const dir = handle & 1;
     const status = table.status(id);
     if ((status & NAT_DONE_BOTH) !== NAT_DONE_BOTH) return FAST_PATH_MISS;
-    if (protocol === IPPROTO_TCP && table.tcpState(id) !== TcpState.Established) return FAST_PATH_MISS;
+    if (protocol === IPPROTO_TCP && table.tcpState(id) !== TCP_ESTABLISHED) return FAST_PATH_MISS;
     // nf_nat_packet at PREROUTING (destination) and POSTROUTING (source), as manip.ts natPacket.
     const other = dir ^ 1;
     let newDst = dst;
     let newDport = dport;
-    if ((status & (dir === 0 ? CtStatus.DstNat : CtStatus.SrcNat)) !== 0) {
-      newDst = table.tupleSrcOf(id, other) | 0;
-      newDport = table.tupleSportOf(id, other);
+    if ((status & (dir === 0 ? CT_DST_NAT : CT_SRC_NAT)) !== 0) {
+      newDst = table.tupleSrcBits(id, other);
+      newDport = table.tuplePortsBits(id, other) >>> 16;
     }
     if (includes(this.localList, newDst) || includes(this.broadcastList, newDst) || newDst >>> 28 === 0xe) return FAST_PATH_MISS;
     const routes = this.routes;
-    const route = routes.lookup(newDst);
-    if (route < 0 || routes.routeType(route) !== RouteType.Unicast) return FAST_PATH_MISS;
+    // The prefetch looked up the original destination; a DNATed packet looks up its new one.
+    const route = prefetched && newDst === dst ? this.prefetchRoutes[index]! : routes.lookup(newDst);
+    if (route < 0 || routes.routeType(route) !== ROUTE_UNICAST) return FAST_PATH_MISS;
     const egress = routes.routePort(route);
-    if (buf[off + 8]! <= 1 || total > this.ports[egress]!.mtu) return FAST_PATH_MISS;
+    if (w2 >>> 24 <= 1 || total > this.ports[egress]!.mtu) return FAST_PATH_MISS;
     let newSrc = src;
     let newSport = sport;
-    if ((status & (dir === 0 ? CtStatus.SrcNat : CtStatus.DstNat)) !== 0) {
-      newSrc = table.tupleDstOf(id, other) | 0;
-      newSport = table.tupleDportOf(id, other);
+    if ((status & (dir === 0 ? CT_SRC_NAT : CT_DST_NAT)) !== 0) {
+      newSrc = table.tupleDstBits(id, other);
+      newSport = table.tuplePortsBits(id, other) & 0xffff;
     }
 
     // Commit: conntrack (track(): the protocol handler, then SEEN_REPLY for a reply).
@@ -469,14 +526,17 @@ export class Dataplane {
     table.counters.found++;
     if (protocol === IPPROTO_UDP) udpPacket(table, id);
     else tcpPacket(table, id, dir, tcpFlags);
-    if (dir === 1) table.setStatus(id, CtStatus.SeenReply);
-    // Rewrites in the general path's order: DNAT, TTL, SNAT.
-    if (newDst !== dst) rewriteDstAddr(buf, off, newDst);
-    if (newDport !== dport) rewriteDstPort(buf, off, newDport);
-    ipv4DecrementTtl(buf, off);
-    if (newSrc !== src) rewriteSrcAddr(buf, off, newSrc);
-    if (newSport !== sport) rewriteSrcPort(buf, off, newSport);
+    if (dir === 1) table.setStatus(id, CT_SEEN_REPLY);
+    // Rewrites in the general path's order: DNAT, TTL, SNAT (one pass, same bytes).
+    rewriteForwardPlain(v, off, protocol, newSrc, newSport, newDst, newDport);
     return egressOf(egress, LEG_WIRE);
+  }
+
+  /** A DataView of `buf`'s bytes for forwardEstablished, made once per packet buffer. */
+  private viewOf(buf: Uint8Array): DataView<ArrayBufferLike> {
+    this.viewBytes = buf;
+    this.view = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
+    return this.view;
   }
 
   private traceRoute(route: number): void {

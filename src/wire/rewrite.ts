@@ -260,3 +260,72 @@ export function rewriteInnerDstPort(b: Uint8Array, o: number, innerOffset: numbe
 export function rewriteInnerIcmpId(b: Uint8Array, o: number, innerOffset: number, newId: number): void {
   if (b[innerOffset + 9] === IPPROTO_ICMP) rewriteInnerWord(b, o, innerOffset, ICMP_ID, newId);
 }
+
+/**
+ * The established fast path's rewrites (dataplane/pipeline.ts forwardEstablished) in one pass,
+ * for a validated plain packet: IHL 5, not a fragment, TCP or UDP (`protocol`). The effects are
+ * exactly those of rewriteDstAddr, rewriteDstPort, ipv4DecrementTtl (wire/ipv4.ts),
+ * rewriteSrcAddr, rewriteSrcPort in that order (the general path's: DNAT at PREROUTING, TTL in
+ * ip_forward, SNAT at POSTROUTING), each field rewritten only when its new value differs, and the
+ * checksums patched by the same RFC 1624 steps — kept in locals between the steps instead of
+ * written and read back, and without re-deriving IHL, protocol and fragment offset each time.
+ * Addresses are int32 bits; `v` views the packet's buffer (big-endian reads, one per field).
+ */
+export function rewriteForwardPlain(
+  v: DataView,
+  o: number,
+  protocol: number,
+  newSrc: number,
+  newSport: number,
+  newDst: number,
+  newDport: number,
+): void {
+  const l4 = o + 20;
+  const tcp = protocol === IPPROTO_TCP;
+  const c = l4 + (tcp ? TCP_CHECKSUM : UDP_CHECKSUM);
+  const partial = l4ChecksumPartial;
+  let ip = v.getUint16(o + IP_CHECKSUM);
+  let l4sum = v.getUint16(c);
+  const oldPorts = v.getInt32(l4);
+  const oldDst = v.getInt32(o + IP_DST);
+  if (oldDst !== newDst) {
+    v.setInt32(o + IP_DST, newDst);
+    ip = checksumUpdate32(ip, oldDst, newDst);
+    l4sum = l4AddrUpdate(tcp, partial, l4sum, oldDst, newDst);
+  }
+  const oldDport = oldPorts & 0xffff;
+  if (oldDport !== newDport) {
+    v.setUint16(l4 + 2, newDport);
+    if (!partial) l4sum = l4PortUpdate(tcp, l4sum, oldDport, newDport);
+  }
+  // ipv4DecrementTtl: the TTL/protocol word goes down by 0x100 (RFC 1624 for the header checksum).
+  const ttlWord = v.getUint16(o + 8);
+  v.setUint8(o + 8, ((ttlWord >>> 8) - 1) & 0xff);
+  ip = checksumUpdate16(ip, ttlWord, ttlWord - 0x100);
+  const oldSrc = v.getInt32(o + IP_SRC);
+  if (oldSrc !== newSrc) {
+    v.setInt32(o + IP_SRC, newSrc);
+    ip = checksumUpdate32(ip, oldSrc, newSrc);
+    l4sum = l4AddrUpdate(tcp, partial, l4sum, oldSrc, newSrc);
+  }
+  const oldSport = oldPorts >>> 16;
+  if (oldSport !== newSport) {
+    v.setUint16(l4, newSport);
+    if (!partial) l4sum = l4PortUpdate(tcp, l4sum, oldSport, newSport);
+  }
+  v.setUint16(o + IP_CHECKSUM, ip);
+  v.setUint16(c, l4sum);
+}
+
+/** rewriteAddr's TCP/UDP checksum step on a checksum held in a local. */
+function l4AddrUpdate(tcp: boolean, partial: boolean, sum: number, oldAddr: number, newAddr: number): number {
+  if (partial) return partialChecksumUpdate32(sum, oldAddr, newAddr);
+  if (tcp) return checksumUpdate32(sum, oldAddr, newAddr);
+  return sum !== 0 ? udpNonZero(checksumUpdate32(sum, oldAddr, newAddr)) : 0;
+}
+
+/** rewritePort's checksum step (full checksum) on a checksum held in a local. */
+function l4PortUpdate(tcp: boolean, sum: number, oldPort: number, newPort: number): number {
+  if (tcp) return checksumUpdate16(sum, oldPort, newPort);
+  return sum !== 0 ? udpNonZero(checksumUpdate16(sum, oldPort, newPort)) : 0;
+}

@@ -45,10 +45,11 @@ export function conformanceSuite(configPath: string): void {
       // One retry for the others: both routers carry real traffic with real timers (a 200 ms TCP
       // retransmit can fire on a busy machine); a real difference differs twice.
       const test = plan.knownBug === undefined ? it : it.fails;
-      test(plan.knownBug === undefined ? plan.name : `${plan.name} [known qnat bug]`, async () => {
+      const options = { timeout: 60_000, retry: plan.knownBug === undefined ? 1 : 0 };
+      test(plan.knownBug === undefined ? plan.name : `${plan.name} [known qnat bug]`, options, async () => {
         if (pair === undefined) throw new Error("the routers are not up");
         assertAgree(await pair.run(plan));
-      }, { timeout: 60_000, retry: plan.knownBug === undefined ? 1 : 0 });
+      });
     }
   });
 }
