@@ -37,7 +37,7 @@ import {
 import { ipv4DecrementTtl } from "../wire/ipv4.js";
 import { IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, PacketInfo } from "../wire/packet-info.js";
 import { gsoSegmentNetworkLength, parsePacket } from "../wire/validate.js";
-import { setL4ChecksumPartial } from "../wire/rewrite.js";
+import { isL4ChecksumPartial, setL4ChecksumPartial } from "../wire/rewrite.js";
 import { FragmentTable } from "../nat/fragments.js";
 import { IcmpRateLimiter } from "./icmp-rate-limit.js";
 import { LEG_MIRROR, LEG_WIRE, RouterPort, VERDICT_DROP, VERDICT_STOLEN, egressOf, type PortSpec } from "./port.js";
@@ -739,7 +739,11 @@ export class Dataplane {
     const state = ct.state;
     this.attached = id >= 0 ? (id << 1) | (dir ^ 1) : -1;
     if (this.tracer !== null) this.tracer.step("output", "the router's own ICMP error takes the OUTPUT path:");
+    // The error is a whole packet of its own: no offload state of the packet it is about.
+    const partial = isL4ChecksumPartial();
+    setL4ChecksumPartial(false);
     const verdict = this.processLocalOut(generated.data, at, length, -1);
+    setL4ChecksumPartial(partial);
     this.attached = -1;
     this.generatedVerdicts[index] = verdict;
     if (verdict >= 0) this.countTx(verdict, length);
@@ -754,7 +758,6 @@ export class Dataplane {
     this.conntrack.gc(64);
     this.fragmentsExpired += this.fragments.expire();
     this.nat?.housekeeping();
-    void this.clock;
   }
 }
 
