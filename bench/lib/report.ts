@@ -113,8 +113,8 @@ function escapeXml(text: string): string {
 /** Horizontal bars: each figure as a percentage of its target (100% line drawn), value printed. */
 export function svgChart(results: HotpathResults): string {
   const rows = results.figures.filter((f) => f.target !== undefined);
-  const width = 1000;
-  const left = 330;
+  const width = 1100;
+  const left = 420;
   const barMax = 400;
   const rowHeight = 34;
   const top = 58;
