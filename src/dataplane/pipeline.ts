@@ -49,6 +49,9 @@ import { TCP_ACK, TCP_PSH } from "../wire/packet-info.js";
 import { rewriteForwardPlain } from "../wire/rewrite.js";
 import { NetfilterNat } from "./netfilter-nat.js";
 
+/** A fragment reference (src/nat/fragments.ts) for a datagram whose first fragment was not tracked. */
+const FRAGMENT_UNTRACKED = 0x7fffffff;
+
 /** forwardEstablished() declines the packet: it takes the general path. */
 const FAST_PATH_MISS = -100;
 const NAT_DONE_BOTH = CtStatus.SrcNatDone | CtStatus.DstNatDone;
@@ -292,9 +295,14 @@ export class Dataplane {
     // for the packets that reach it any other way.
     const fast = this.fastPathEnabled();
     for (let i = 0; i < batch.count; i++) {
-      const length = batch.lengths[i]!;
+      let length = batch.lengths[i]!;
       counters[base] += 1;
       counters[base + 1] += length;
+      // Bytes past the IPv4 total length are not part of the packet (ip_rcv_core: pskb_trim_rcsum):
+      // they never leave. A total length that is not plausible is left for validation to refuse.
+      const o = i * slot + headroom;
+      const total = length >= 20 ? (data[o + 2]! << 8) | data[o + 3]! : 0;
+      if (total >= 20 && total < length) batch.lengths[i] = length = total;
       // Offloads (TUN virtio_net_hdr): super-packets and partial TCP/UDP checksums.
       if (headroom !== 0) {
         setL4ChecksumPartial(batch.isChecksumPartial(i));
@@ -366,7 +374,10 @@ export class Dataplane {
     // Martian sources (Linux ip_route_input_slow / ip_route_input_mc): multicast, limited
     // broadcast, 0.0.0.0/8 and loopback sources are never routed.
     const src = info.src;
-    if (isMartianSource(src) || includes(this.broadcastList, src)) return this.drop(ingress, DropReason.MartianSource);
+    // A source that is one of the router's own addresses is a martian too (fib_validate_source).
+    if (isMartianSource(src) || includes(this.broadcastList, src) || includes(this.localList, src)) {
+      return this.drop(ingress, DropReason.MartianSource);
+    }
     const firstOctet = info.dst >>> 24;
     if (firstOctet === 127 || firstOctet === 0) return this.drop(ingress, DropReason.MartianDestination);
 
@@ -382,7 +393,7 @@ export class Dataplane {
     const dst = info.dst;
     // Local delivery: to the mirror of the port the packet came in on (INPUT).
     // Broadcasts and multicast (qnat runs no multicast routing) go to the router's host too.
-    if (includes(this.localList, dst) || includes(this.broadcastList, dst) || firstOctet >>> 4 === 0xe) {
+    if (includes(this.localList, dst) || includes(this.broadcastList, dst) || dst >>> 28 === 0xe) {
       if (this.tracer !== null) this.tracer.step("route", `local: ${describePacket(this.info)} is for the router itself (INPUT), delivered through the ${this.ports[ingress]!.name} mirror`);
       return this.finishLocalIn(buf, ingress);
     }
@@ -483,7 +494,7 @@ export class Dataplane {
     } else {
       return FAST_PATH_MISS;
     }
-    if (isMartianSource(src) || includes(this.broadcastList, src)) return FAST_PATH_MISS;
+    if (isMartianSource(src) || includes(this.broadcastList, src) || includes(this.localList, src)) return FAST_PATH_MISS;
     const firstOctet = dst >>> 24;
     if (firstOctet === 127 || firstOctet === 0) return FAST_PATH_MISS;
     const ports = v.getInt32(l4);
@@ -573,6 +584,9 @@ export class Dataplane {
     }
     const dst = info.dst;
     let egress: number;
+    // Loopback (an OUTPUT REDIRECT: nf_nat_redirect_ipv4 uses 127.0.0.1): Linux delivers it over
+    // `lo`, which qnat cannot reach; it must never leave on a wire.
+    if (dst >>> 24 === 127) return this.release(ingress, DropReason.MartianDestination);
     if (includes(this.localList, dst)) {
       // The host talks to itself through a mirror (its kernel would have used loopback):
       // hand it back on the mirror it came from.
@@ -604,9 +618,11 @@ export class Dataplane {
     const reason = track(this.conntrack, info, ct);
     if (reason !== DropReason.None) return this.drop(ingress, reason);
     if (this.tracer !== null) this.traceConntrack();
-    if (info.moreFragments && ct.id >= 0 && this.nat !== undefined && hasPorts(info.protocol)) {
+    if (info.moreFragments && this.nat !== undefined && hasPorts(info.protocol)) {
       // A first fragment: remember its connection for the fragments that follow (before NAT).
-      const noted = this.fragments.noteFirstFragment(info.buf, info, (ct.id << 1) | ct.dir);
+      // Untracked (INVALID) ones too: Linux passes the whole datagram untranslated then.
+      const ref = ct.id >= 0 ? (ct.id << 1) | ct.dir : FRAGMENT_UNTRACKED;
+      const noted = this.fragments.noteFirstFragment(info.buf, info, ref);
       if (noted !== DropReason.None) return this.release(ingress, noted);
     }
     return 0;
@@ -625,9 +641,27 @@ export class Dataplane {
     if (this.nat === undefined) return 0;
     const info = this.info;
     const ref = this.fragments.lookupFragment(info.buf, info);
+    if (ref === FRAGMENT_UNTRACKED) {
+      if (this.tracer !== null) this.tracer.step("conntrack", `fragment at offset ${info.fragmentOffset}: its first fragment was not tracked; passes without NAT`);
+      return 0;
+    }
     if (ref >= 0) {
-      ct.id = ref >> 1;
-      ct.dir = ref & 1;
+      const id = ref >> 1;
+      const dir = ref & 1;
+      // The first fragment's connection must still be the one it was: a first fragment dropped
+      // later in its path, or an entry freed since, leaves a stale id (Linux never completes
+      // such a datagram: ip_expire discards it).
+      const table = this.conntrack;
+      if (
+        !table.isAllocated(id) ||
+        table.protocol(id) !== info.protocol ||
+        (table.tupleSrcOf(id, dir) | 0) !== (info.src | 0) ||
+        (table.tupleDstOf(id, dir) | 0) !== (info.dst | 0)
+      ) {
+        return this.drop(ingress, DropReason.FragmentNoState);
+      }
+      ct.id = id;
+      ct.dir = dir;
       ct.state = CtState.Established;
       if (this.tracer !== null) this.tracer.step("conntrack", `fragment at offset ${info.fragmentOffset}: belongs to ${formatConntrackEntry(this.conntrack, ct.id)}`);
       return 0;
