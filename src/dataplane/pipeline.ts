@@ -37,7 +37,6 @@ import {
 import { ipv4DecrementTtl } from "../wire/ipv4.js";
 import { IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, PacketInfo } from "../wire/packet-info.js";
 import { gsoSegmentNetworkLength, parsePacket } from "../wire/validate.js";
-import { isL4ChecksumPartial, setL4ChecksumPartial } from "../wire/rewrite.js";
 import { FragmentTable } from "../nat/fragments.js";
 import { IcmpRateLimiter } from "./icmp-rate-limit.js";
 import { LEG_MIRROR, LEG_WIRE, RouterPort, VERDICT_DROP, VERDICT_STOLEN, egressOf, type PortSpec } from "./port.js";
@@ -157,6 +156,8 @@ export class Dataplane {
   prefetchSink = 0;
   /** The current packet's GSO segment size (batch virtio_net_hdr), 0 for a plain packet. */
   private gsoSize = 0;
+  /** The current packet's TCP/UDP checksum is partial (batch virtio_net_hdr NEEDS_CSUM). */
+  private l4Partial = false;
   /**
    * Non-first fragments are translated from their first fragment's connection (virtual
    * reassembly, src/nat/fragments.ts); those that arrive before it are held, then released here
@@ -305,7 +306,7 @@ export class Dataplane {
       if (total >= 20 && total < length) batch.lengths[i] = length = total;
       // Offloads (TUN virtio_net_hdr): super-packets and partial TCP/UDP checksums.
       if (headroom !== 0) {
-        setL4ChecksumPartial(batch.isChecksumPartial(i));
+        this.l4Partial = batch.isChecksumPartial(i);
         this.gsoSize = batch.gsoSizeOf(i);
       }
       const off = i * slot + headroom;
@@ -320,7 +321,7 @@ export class Dataplane {
       if (verdict >= 0) this.countTx(verdict, length);
     }
     if (headroom !== 0) {
-      setL4ChecksumPartial(false);
+      this.l4Partial = false;
       this.gsoSize = 0;
     }
     // Fragments held for a first fragment that this batch brought, as if they arrived now.
@@ -370,6 +371,7 @@ export class Dataplane {
   private processFromWire(buf: Uint8Array, off: number, length: number, ingress: number, generated: PacketBatch): number {
     const info = this.info;
     const reason = parsePacket(buf, off, length, info);
+    info.l4ChecksumPartial = this.l4Partial;
     if (reason !== DropReason.None) return this.drop(ingress, reason);
     // Martian sources (Linux ip_route_input_slow / ip_route_input_mc): multicast, limited
     // broadcast, 0.0.0.0/8 and loopback sources are never routed.
@@ -539,7 +541,7 @@ export class Dataplane {
     else tcpPacket(table, id, dir, tcpFlags);
     if (dir === 1) table.setStatus(id, CT_SEEN_REPLY);
     // Rewrites in the general path's order: DNAT, TTL, SNAT (one pass, same bytes).
-    rewriteForwardPlain(v, off, protocol, newSrc, newSport, newDst, newDport);
+    rewriteForwardPlain(v, off, protocol, newSrc, newSport, newDst, newDport, this.l4Partial);
     return egressOf(egress, LEG_WIRE);
   }
 
@@ -574,6 +576,7 @@ export class Dataplane {
   private processLocalOut(buf: Uint8Array, off: number, length: number, ingress: number): number {
     const info = this.info;
     const reason = parsePacket(buf, off, length, info);
+    info.l4ChecksumPartial = this.l4Partial;
     if (reason !== DropReason.None) return this.drop(ingress, reason);
     const ct = this.ct;
     const tracked = this.attached >= 0 ? this.attachConnection() : this.trackPacket(ingress);
@@ -774,10 +777,10 @@ export class Dataplane {
     this.attached = id >= 0 ? (id << 1) | (dir ^ 1) : -1;
     if (this.tracer !== null) this.tracer.step("output", "the router's own ICMP error takes the OUTPUT path:");
     // The error is a whole packet of its own: no offload state of the packet it is about.
-    const partial = isL4ChecksumPartial();
-    setL4ChecksumPartial(false);
+    const partial = this.l4Partial;
+    this.l4Partial = false;
     const verdict = this.processLocalOut(generated.data, at, length, -1);
-    setL4ChecksumPartial(partial);
+    this.l4Partial = partial;
     this.attached = -1;
     this.generatedVerdicts[index] = verdict;
     if (verdict >= 0) this.countTx(verdict, length);

@@ -50,14 +50,14 @@ export function natPacket(table: ConntrackTable, buf: Uint8Array, info: PacketIn
   if (manip === Manip.Src) {
     const addr = table.tupleDstOf(id, other);
     if (addr !== info.src) {
-      rewriteSrcAddr(buf, o, addr);
+      rewriteSrcAddr(buf, o, addr, info.l4ChecksumPartial);
       info.src = addr;
     }
     if (!info.hasL4) return;
     if (protocol === IPPROTO_TCP || protocol === IPPROTO_UDP) {
       const port = table.tupleDportOf(id, other);
       if (port !== info.sport) {
-        rewriteSrcPort(buf, o, port);
+        rewriteSrcPort(buf, o, port, info.l4ChecksumPartial);
         info.sport = port;
       }
     } else if (protocol === IPPROTO_ICMP && !info.isIcmpError) {
@@ -66,14 +66,14 @@ export function natPacket(table: ConntrackTable, buf: Uint8Array, info: PacketIn
   } else {
     const addr = table.tupleSrcOf(id, other);
     if (addr !== info.dst) {
-      rewriteDstAddr(buf, o, addr);
+      rewriteDstAddr(buf, o, addr, info.l4ChecksumPartial);
       info.dst = addr;
     }
     if (!info.hasL4) return;
     if (protocol === IPPROTO_TCP || protocol === IPPROTO_UDP) {
       const port = table.tupleSportOf(id, other);
       if (port !== info.dport) {
-        rewriteDstPort(buf, o, port);
+        rewriteDstPort(buf, o, port, info.l4ChecksumPartial);
         info.dport = port;
       }
     } else if (protocol === IPPROTO_ICMP && !info.isIcmpError) {

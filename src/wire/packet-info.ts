@@ -54,6 +54,11 @@ export class PacketInfo {
   innerIcmpType = 0;
   innerIcmpCode = 0;
   innerHasPorts = false;
+  /**
+   * The TCP/UDP checksum holds only the pseudo-header sum (a TUN offload's
+   * VIRTIO_NET_HDR_F_NEEDS_CSUM): rewrites update it as such. Set by the I/O side per packet.
+   */
+  l4ChecksumPartial = false;
 }
 
 export const IPPROTO_ICMP = 1;

@@ -23,6 +23,11 @@
  *   checksum is in the first 8 bytes), and the outer ICMP checksum, which covers all of those
  *   bytes, is patched for every 16-bit word that changes, embedded checksums included. Linux
  *   recomputes the outer ICMP checksum in full here; patching gives the same value.
+ * - Offloaded packets (`partial`, a TUN's VIRTIO_NET_HDR_F_NEEDS_CSUM): the TCP/UDP checksum field
+ *   holds only the uncomplemented pseudo-header sum S, which the device completes. An address
+ *   change updates it as a pseudo-header change (S' = S + ~m + m', partialChecksumUpdate32; Linux
+ *   inet_proto_csum_replace4 with pseudohdr on a CHECKSUM_PARTIAL skb); a port change leaves it
+ *   alone; UDP's "0 = none" does not apply.
  */
 import { read16, read32, write16, write32 } from "./bytes.js";
 import { checksumUpdate16, checksumUpdate32 } from "./checksum.js";
@@ -36,22 +41,6 @@ const UDP_CHECKSUM = 6;
 const ICMP_CHECKSUM = 2;
 const ICMP_ID = 4;
 
-/** Whether the current packet's TCP/UDP checksum is partial (see the module comment). */
-let l4ChecksumPartial = false;
-
-/**
- * Says whether the TCP/UDP checksum of the packet the next rewrites apply to holds only the
- * pseudo-header sum (VIRTIO_NET_HDR_F_NEEDS_CSUM). Set it for every packet; false by default.
- */
-export function setL4ChecksumPartial(partial: boolean): void {
-  l4ChecksumPartial = partial;
-}
-
-/** Whether rewrites currently treat the TCP/UDP checksum as partial. */
-export function isL4ChecksumPartial(): boolean {
-  return l4ChecksumPartial;
-}
-
 /**
  * A partial (pseudo-header) sum after a 32-bit field it covers changed from oldValue to newValue:
  * S' = S + ~old + new, folded (RFC 1624 eqn. 3 without the complements around it).
@@ -63,24 +52,27 @@ export function partialChecksumUpdate32(partialSum: number, oldValue: number, ne
   return sum;
 }
 
-/** Rewrites the IPv4 source address (SNAT), patching the IP and TCP/UDP checksums. */
-export function rewriteSrcAddr(b: Uint8Array, o: number, newAddr: number): void {
-  rewriteAddr(b, o, o + IP_SRC, newAddr);
+/**
+ * Rewrites the IPv4 source address (SNAT), patching the IP and TCP/UDP checksums. `partial`: the
+ * TCP/UDP checksum holds only the pseudo-header sum (see the module comment).
+ */
+export function rewriteSrcAddr(b: Uint8Array, o: number, newAddr: number, partial = false): void {
+  rewriteAddr(b, o, o + IP_SRC, newAddr, partial);
 }
 
 /** Rewrites the IPv4 destination address (DNAT), patching the IP and TCP/UDP checksums. */
-export function rewriteDstAddr(b: Uint8Array, o: number, newAddr: number): void {
-  rewriteAddr(b, o, o + IP_DST, newAddr);
+export function rewriteDstAddr(b: Uint8Array, o: number, newAddr: number, partial = false): void {
+  rewriteAddr(b, o, o + IP_DST, newAddr, partial);
 }
 
 /** Rewrites the TCP/UDP source port, patching the L4 checksum. No-op for other protocols and non-first fragments. */
-export function rewriteSrcPort(b: Uint8Array, o: number, newPort: number): void {
-  rewritePort(b, o, 0, newPort);
+export function rewriteSrcPort(b: Uint8Array, o: number, newPort: number, partial = false): void {
+  rewritePort(b, o, 0, newPort, partial);
 }
 
 /** Rewrites the TCP/UDP destination port, patching the L4 checksum. No-op for other protocols and non-first fragments. */
-export function rewriteDstPort(b: Uint8Array, o: number, newPort: number): void {
-  rewritePort(b, o, 2, newPort);
+export function rewriteDstPort(b: Uint8Array, o: number, newPort: number, partial = false): void {
+  rewritePort(b, o, 2, newPort, partial);
 }
 
 /** Rewrites the identifier of an ICMP query (echo etc.), patching the ICMP checksum (icmp_manip_pkt). */
@@ -92,7 +84,7 @@ export function rewriteIcmpId(b: Uint8Array, o: number, newId: number): void {
   write16(b, l4 + ICMP_CHECKSUM, checksumUpdate16(read16(b, l4 + ICMP_CHECKSUM), old, newId));
 }
 
-function rewriteAddr(b: Uint8Array, o: number, at: number, newAddr: number): void {
+function rewriteAddr(b: Uint8Array, o: number, at: number, newAddr: number, partial: boolean): void {
   const old = read32(b, at);
   write32(b, at, newAddr);
   write16(b, o + IP_CHECKSUM, checksumUpdate32(read16(b, o + IP_CHECKSUM), old, newAddr));
@@ -101,22 +93,22 @@ function rewriteAddr(b: Uint8Array, o: number, at: number, newAddr: number): voi
   const l4 = o + ((b[o]! & 0x0f) << 2);
   if (protocol === IPPROTO_TCP) {
     const c = l4 + TCP_CHECKSUM;
-    if (l4ChecksumPartial) write16(b, c, partialChecksumUpdate32(read16(b, c), old, newAddr));
+    if (partial) write16(b, c, partialChecksumUpdate32(read16(b, c), old, newAddr));
     else write16(b, c, checksumUpdate32(read16(b, c), old, newAddr));
   } else if (protocol === IPPROTO_UDP) {
     const c = l4 + UDP_CHECKSUM;
     const checksum = read16(b, c);
-    if (l4ChecksumPartial) write16(b, c, partialChecksumUpdate32(checksum, old, newAddr));
+    if (partial) write16(b, c, partialChecksumUpdate32(checksum, old, newAddr));
     else if (checksum !== 0) write16(b, c, udpNonZero(checksumUpdate32(checksum, old, newAddr)));
   }
 }
 
-function rewritePort(b: Uint8Array, o: number, portField: number, newPort: number): void {
+function rewritePort(b: Uint8Array, o: number, portField: number, newPort: number, partial: boolean): void {
   if ((read16(b, o + 6) & 0x1fff) !== 0) return;
   const protocol = b[o + 9]!;
   const l4 = o + ((b[o]! & 0x0f) << 2);
   const at = l4 + portField;
-  if (l4ChecksumPartial) {
+  if (partial) {
     // The ports are summed when the checksum is completed: nothing to patch.
     if (protocol === IPPROTO_TCP || protocol === IPPROTO_UDP) write16(b, at, newPort);
     return;
@@ -279,11 +271,11 @@ export function rewriteForwardPlain(
   newSport: number,
   newDst: number,
   newDport: number,
+  partial: boolean,
 ): void {
   const l4 = o + 20;
   const tcp = protocol === IPPROTO_TCP;
   const c = l4 + (tcp ? TCP_CHECKSUM : UDP_CHECKSUM);
-  const partial = l4ChecksumPartial;
   let ip = v.getUint16(o + IP_CHECKSUM);
   let l4sum = v.getUint16(c);
   const oldPorts = v.getInt32(l4);

@@ -160,6 +160,7 @@ function readU32(b: Uint8Array, o: number): number {
 function resetPacketInfo(info: PacketInfo, buf: Uint8Array, off: number): void {
   info.buf = buf;
   info.offset = off;
+  info.l4ChecksumPartial = false;
   info.length = 0;
   info.headerLength = 0;
   info.protocol = 0;

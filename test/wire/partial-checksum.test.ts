@@ -4,7 +4,7 @@
  * sum; the device that finally transmits them adds the L4 bytes. A NAT rewrite of such a packet
  * must leave a field that, once completed, equals a full recompute of the translated packet.
  */
-import { afterEach, describe, expect, it } from "vitest";
+import { describe, expect, it } from "vitest";
 import { formatIpv4, parseIpv4 } from "../../src/core/addr.js";
 import { DropReason } from "../../src/core/drop-reason.js";
 import { XorShift32 } from "../../src/core/rng.js";
@@ -18,7 +18,6 @@ import {
   rewriteDstPort,
   rewriteSrcAddr,
   rewriteSrcPort,
-  setL4ChecksumPartial,
 } from "../../src/wire/rewrite.js";
 import { gsoSegmentNetworkLength, parsePacket } from "../../src/wire/validate.js";
 import { randomBytes } from "./random-packets.js";
@@ -78,16 +77,13 @@ function randomTcpOrUdp(rng: XorShift32): PacketSpec {
   };
 }
 
-afterEach(() => setL4ChecksumPartial(false));
-
 describe("partial checksums: what the device completes is the full checksum of the translated packet", () => {
   it("10.0.0.3:40000 leaves as 9.186.100.2:1024 with a partial TCP checksum (SNAT)", () => {
     const spec: PacketSpec = { protocol: "tcp", src: "10.0.0.3", dst: "203.0.113.10", sport: 40000, dport: 5201, tcpFlags: 0x18, seq: 7, payload: new Uint8Array(3000).fill(0x5a) };
     const b = buildPacket(spec);
     makePartial(b);
-    setL4ChecksumPartial(true);
-    rewriteSrcAddr(b, 0, parseIpv4("9.186.100.2"));
-    rewriteSrcPort(b, 0, 1024);
+    rewriteSrcAddr(b, 0, parseIpv4("9.186.100.2"), true);
+    rewriteSrcPort(b, 0, 1024, true);
     // Still a partial sum: exactly the pseudo-header sum of the new addresses.
     const expected = buildPacket({ ...spec, src: "9.186.100.2", sport: 1024 });
     makePartial(expected);
@@ -101,9 +97,8 @@ describe("partial checksums: what the device completes is the full checksum of t
     const spec: PacketSpec = { protocol: "udp", src: "203.0.113.10", dst: "9.186.100.129", sport: 5000, dport: 53, payload: Uint8Array.of(1, 2, 3, 4, 5) };
     const b = buildPacket(spec);
     makePartial(b);
-    setL4ChecksumPartial(true);
-    rewriteDstAddr(b, 0, parseIpv4("10.0.0.2"));
-    rewriteDstPort(b, 0, 5353);
+    rewriteDstAddr(b, 0, parseIpv4("10.0.0.2"), true);
+    rewriteDstPort(b, 0, 5353, true);
     completeChecksum(b);
     const expected = buildPacket({ ...spec, dst: "10.0.0.2", dport: 5353 });
     expect(b).toEqual(expected);
@@ -113,10 +108,8 @@ describe("partial checksums: what the device completes is the full checksum of t
     const b = buildPacket({ protocol: "tcp", src: "10.0.0.3", dst: "203.0.113.10", sport: 40000, dport: 80 });
     makePartial(b);
     const partial = l4ChecksumField(b);
-    setL4ChecksumPartial(true);
-    rewriteSrcPort(b, 0, 1024);
+    rewriteSrcPort(b, 0, 1024, true);
     expect(l4ChecksumField(b)).toBe(partial);
-    setL4ChecksumPartial(false);
     rewriteSrcPort(b, 0, 1025);
     expect(l4ChecksumField(b)).not.toBe(partial);
   });
@@ -143,14 +136,13 @@ describe("partial checksums: what the device completes is the full checksum of t
       const b = buildPacket(spec);
       makePartial(b);
       expect(parsePacket(b, 0, b.length, info)).toBe(DropReason.None);
-      setL4ChecksumPartial(true);
       const steps = 1 + (rng.next() % 4);
       for (let s = 0; s < steps; s++) {
         const which = rng.next() % 4;
-        if (which === 0) rewriteSrcAddr(b, 0, rng.next() >>> 0);
-        else if (which === 1) rewriteDstAddr(b, 0, rng.next() >>> 0);
-        else if (which === 2) rewriteSrcPort(b, 0, rng.next() & 0xffff);
-        else rewriteDstPort(b, 0, rng.next() & 0xffff);
+        if (which === 0) rewriteSrcAddr(b, 0, rng.next() >>> 0, true);
+        else if (which === 1) rewriteDstAddr(b, 0, rng.next() >>> 0, true);
+        else if (which === 2) rewriteSrcPort(b, 0, rng.next() & 0xffff, true);
+        else rewriteDstPort(b, 0, rng.next() & 0xffff, true);
       }
       expect(ipv4ChecksumValid(b, 0)).toBe(true);
       completeChecksum(b);
