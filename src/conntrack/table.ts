@@ -23,6 +23,7 @@
  * Expiry is O(1) per packet: an expired entry met by a lookup is removed then (Linux
  * `nf_ct_gc_expired`), and `gc(budget)` sweeps `budget` slots per call from a rotating cursor.
  */
+import { hashFinal, hashMix } from "../core/hash.js";
 import type { Clock } from "../core/clock.js";
 import { XorShift32 } from "../core/rng.js";
 import { IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP } from "../wire/packet-info.js";
@@ -233,16 +234,7 @@ export class ConntrackTable {
 
   /** Seeded murmur3-style mix of the tuple (Linux hash_conntrack_raw uses siphash with a random seed). */
   private hashTuple(protocol: number, src: number, dst: number, ports: number): number {
-    let h = this.hashSeed ^ protocol;
-    h = mixWord(h, src);
-    h = mixWord(h, dst);
-    h = mixWord(h, ports);
-    h ^= h >>> 16;
-    h = Math.imul(h, 0x85ebca6b);
-    h ^= h >>> 13;
-    h = Math.imul(h, 0xc2b2ae35);
-    h ^= h >>> 16;
-    return h & this.bucketMask;
+    return hashFinal(hashMix(hashMix(hashMix(this.hashSeed ^ protocol, src), dst), ports)) & this.bucketMask;
   }
 
   private nodeBucket(node: number): number {
@@ -742,11 +734,3 @@ export class ConntrackTable {
   }
 }
 
-function mixWord(h: number, word: number): number {
-  let k = Math.imul(word, 0xcc9e2d51);
-  k = (k << 15) | (k >>> 17);
-  k = Math.imul(k, 0x1b873593);
-  h ^= k;
-  h = (h << 13) | (h >>> 19);
-  return (Math.imul(h, 5) + 0xe6546b64) | 0;
-}

@@ -2,45 +2,27 @@ import { describe, expect, it } from "vitest";
 import { readFileSync } from "node:fs";
 import { parseConfig } from "../../src/config/config.js";
 import { buildPacket } from "../../src/wire/build.js";
-import { ipv4FillChecksum, setIpv4FragmentOffset, setIpv4MoreFragments, setIpv4TotalLength } from "../../src/wire/ipv4.js";
+import { fragmentDatagram } from "../support/fragments.js";
 import { TCP_SYN } from "../../src/wire/packet-info.js";
 import { MemoryRouter } from "../support/memory-router.js";
 
 const QR = "qr-694450d6-f6";
 const QG = "qg-e76de35e-90";
 
-/** An IPv4 datagram of `size` payload bytes split into fragments of `chunk` L4 bytes. */
-function fragments(spec: Parameters<typeof buildPacket>[0], chunk: number): Uint8Array[] {
-  const whole = buildPacket(spec);
-  const l4 = whole.subarray(20);
-  const out: Uint8Array[] = [];
-  for (let offset = 0; offset < l4.length; offset += chunk) {
-    const part = l4.subarray(offset, Math.min(l4.length, offset + chunk));
-    const f = new Uint8Array(20 + part.length);
-    f.set(whole.subarray(0, 20));
-    f.set(part, 20);
-    setIpv4TotalLength(f, 0, f.length);
-    setIpv4FragmentOffset(f, 0, offset);
-    setIpv4MoreFragments(f, 0, offset + chunk < l4.length);
-    ipv4FillChecksum(f, 0);
-    out.push(f);
-  }
-  return out;
-}
 
 const payload = new Uint8Array(3000).map((_, i) => (i * 13 + 7) & 0xff);
 
 describe("edge cases a Linux router handles, and qnat too", () => {
   it("fragments whose first fragment was dropped are never translated with a connection that reused its slot", () => {
     const router = MemoryRouter.fromFile();
-    const ttl1 = fragments({ protocol: "udp", src: "10.0.0.3", dst: "203.0.113.10", sport: 4000, dport: 53, payload, id: 0x1234, ttl: 1 }, 1480);
+    const ttl1 = fragmentDatagram({ protocol: "udp", src: "10.0.0.3", dst: "203.0.113.10", sport: 4000, dport: 53, payload, id: 0x1234, ttl: 1 }, 1480);
     router.send(QR, ttl1[0]!); // dropped: TTL exceeded; its unconfirmed entry is freed
     router.run();
     router.received(QR);
     router.send(QR, { protocol: "udp", src: "10.0.0.2", dst: "203.0.113.10", sport: 5000, dport: 80 }); // takes the freed slot
     router.run();
     expect(router.received(QG).map((p) => p.src)).toEqual(["9.186.100.129"]);
-    const later = fragments({ protocol: "udp", src: "10.0.0.3", dst: "203.0.113.10", sport: 4000, dport: 53, payload, id: 0x1234 }, 1480);
+    const later = fragmentDatagram({ protocol: "udp", src: "10.0.0.3", dst: "203.0.113.10", sport: 4000, dport: 53, payload, id: 0x1234 }, 1480);
     router.send(QR, later[1]!);
     router.run();
     expect(router.received(QG)).toEqual([]);
@@ -49,7 +31,7 @@ describe("edge cases a Linux router handles, and qnat too", () => {
 
   it("a fragmented datagram whose first fragment is not tracked (an unsolicited echo reply) passes whole, untranslated", () => {
     const router = MemoryRouter.fromFile();
-    for (const f of fragments({ protocol: "icmp", src: "203.0.113.10", dst: "10.0.0.3", icmpType: 0, icmpId: 9, payload, id: 0x4321 }, 1480)) {
+    for (const f of fragmentDatagram({ protocol: "icmp", src: "203.0.113.10", dst: "10.0.0.3", icmpType: 0, icmpId: 9, payload, id: 0x4321 }, 1480)) {
       router.send(QG, f);
     }
     router.run();

@@ -1,31 +1,17 @@
 import { describe, expect, it } from "vitest";
 import { parseIpv4 } from "../../src/core/addr.js";
-import { buildPacket, decodePacket } from "../../src/wire/build.js";
+import { decodePacket } from "../../src/wire/build.js";
 import { internetChecksum, pseudoHeaderSum } from "../../src/wire/checksum.js";
-import { ipv4FillChecksum, setIpv4FragmentOffset, setIpv4MoreFragments, setIpv4TotalLength } from "../../src/wire/ipv4.js";
+import { fragmentDatagram } from "../support/fragments.js";
 import { MemoryRouter } from "../support/memory-router.js";
 
 const QR = "qr-694450d6-f6";
 const QG = "qg-e76de35e-90";
 
-/** Splits a UDP datagram into IPv4 fragments of at most `chunk` payload bytes (a multiple of 8). */
+/** A UDP datagram of `size` patterned payload bytes as fragments of at most `chunk` bytes. */
 function fragment(src: string, dst: string, sport: number, dport: number, size: number, chunk: number, id: number): Uint8Array[] {
   const payload = new Uint8Array(size).map((_, i) => (i * 13 + 7) & 0xff);
-  const whole = buildPacket({ protocol: "udp", src, dst, sport, dport, payload, id });
-  const l4 = whole.subarray(20);
-  const out: Uint8Array[] = [];
-  for (let offset = 0; offset < l4.length; offset += chunk) {
-    const part = l4.subarray(offset, Math.min(l4.length, offset + chunk));
-    const f = new Uint8Array(20 + part.length);
-    f.set(whole.subarray(0, 20));
-    f.set(part, 20);
-    setIpv4TotalLength(f, 0, f.length);
-    setIpv4FragmentOffset(f, 0, offset);
-    setIpv4MoreFragments(f, 0, offset + chunk < l4.length);
-    ipv4FillChecksum(f, 0);
-    out.push(f);
-  }
-  return out;
+  return fragmentDatagram({ protocol: "udp", src, dst, sport, dport, payload, id }, chunk);
 }
 
 /** Reassembles fragments (any order) and checks the UDP checksum of the whole datagram. */
