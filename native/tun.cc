@@ -322,6 +322,20 @@ int OpenInterfaceSocket(const std::string& netns, SocketFailure* failure) {
   return sock;
 }
 
+// An AF_INET socket in `netns` and an ifreq naming `name`, for the SIOC*IF* ioctls. Returns the
+// socket, or -1 after throwing.
+static int OpenInterfaceRequest(Napi::Env env, const std::string& netns, const std::string& name, struct ifreq* request) {
+  SocketFailure failure;
+  int sock = OpenInterfaceSocket(netns, &failure);
+  if (sock < 0) {
+    ThrowErrno(env, failure.err, failure.syscall, failure.subject);
+    return -1;
+  }
+  std::memset(request, 0, sizeof(*request));
+  std::memcpy(request->ifr_name, name.data(), name.size());
+  return sock;
+}
+
 Napi::Value SetMtu(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   std::string name;
@@ -331,15 +345,9 @@ Napi::Value SetMtu(const Napi::CallbackInfo& info) {
       !ReadInt(info, 2, "mtu", 68, 65535, &mtu)) {
     return env.Undefined();
   }
-  SocketFailure failure;
-  int sock = OpenInterfaceSocket(netns, &failure);
-  if (sock < 0) {
-    ThrowErrno(env, failure.err, failure.syscall, failure.subject);
-    return env.Undefined();
-  }
   struct ifreq request;
-  std::memset(&request, 0, sizeof(request));
-  std::memcpy(request.ifr_name, name.data(), name.size());
+  int sock = OpenInterfaceRequest(env, netns, name, &request);
+  if (sock < 0) return env.Undefined();
   request.ifr_mtu = static_cast<int>(mtu);
   if (ioctl(sock, SIOCSIFMTU, &request) != 0) ThrowErrno(env, errno, "SIOCSIFMTU", name);
   close(sock);
@@ -353,15 +361,9 @@ Napi::Value SetUp(const Napi::CallbackInfo& info) {
   std::string netns;
   if (!ReadInterfaceName(info, 0, &name) || !ReadNetnsPath(info, 1, &netns)) return env.Undefined();
   bool up = info.Length() < 3 || info[2].IsUndefined() || info[2].ToBoolean().Value();
-  SocketFailure failure;
-  int sock = OpenInterfaceSocket(netns, &failure);
-  if (sock < 0) {
-    ThrowErrno(env, failure.err, failure.syscall, failure.subject);
-    return env.Undefined();
-  }
   struct ifreq request;
-  std::memset(&request, 0, sizeof(request));
-  std::memcpy(request.ifr_name, name.data(), name.size());
+  int sock = OpenInterfaceRequest(env, netns, name, &request);
+  if (sock < 0) return env.Undefined();
   if (ioctl(sock, SIOCGIFFLAGS, &request) != 0) {
     ThrowErrno(env, errno, "SIOCGIFFLAGS", name);
   } else {
