@@ -461,6 +461,10 @@ export interface ScenarioResult {
   agree: boolean;
   ms: number;
   knownBug?: string;
+  /** What the comparison inferred and allowed for (timing), printed under the verdict. */
+  notes: string[];
+  /** When the scenario differs: each side's packets in arrival order (timeline()). */
+  timelines?: { kernel: string[]; qnat: string[] };
 }
 
 /**
@@ -489,7 +493,50 @@ export function sideBySide(title: string, left: readonly string[], right: readon
   return lines.join("\n");
 }
 
-export function compareObservations(plan: Plan, original: RouterConfig, kernel: Observation, qnat: Observation, ms: number): ScenarioResult {
+/** At most this many packets of each side in a differing scenario's timeline. */
+const TIMELINE_LINES = 60;
+
+/**
+ * Every sniffed packet of one side in arrival order, with milliseconds since the first and the
+ * TCP sequence number: when a scenario differs, this shows retransmissions and late packets.
+ */
+export function timeline(observation: Observation, plan: Plan): string[] {
+  const known = new Set(plan.knownPorts);
+  const all = Object.entries(observation.agents).flatMap(([ns, agent]) => (agent?.packets ?? []).map((p) => ({ ns, p, t: Number(p.t ?? 0) })));
+  all.sort((a, b) => a.t - b.t);
+  const start = all[0]?.t ?? 0;
+  const lines = all.map(({ ns, p, t }) => `${((t - start) * 1000).toFixed(1).padStart(8)} ms  into ${ns}: ${packetText(p, known)}${p.tcpseq !== undefined ? ` seq ${String(p.tcpseq)}` : ""}`);
+  return lines.length > TIMELINE_LINES ? [...lines.slice(0, TIMELINE_LINES), `(${lines.length - TIMELINE_LINES} more)`] : lines;
+}
+
+/**
+ * Whether a TCP FIN crossed into a host twice (same addresses, ports and sequence number): the
+ * sender's retransmission timer fired before the round trip through the router completed. The
+ * late original and the retransmission then both get answered, and the second answer meets a
+ * socket that is already gone: a RST, and conntrack in CLOSE instead of TIME_WAIT. That is
+ * scheduling (a userspace router descheduled for more than the 200 ms minimum RTO on a loaded
+ * machine), not NAT, so such a scenario compares teardown as plan.teardownTiming does.
+ */
+export function finRetransmitted(observation: Observation): boolean {
+  const seen = new Set<string>();
+  for (const packets of Object.values(observation.agents)) {
+    for (const p of packets?.packets ?? []) {
+      if (p.proto !== 6 || typeof p.flags !== "string" || !p.flags.includes("F") || p.tcpseq === undefined) continue;
+      const key = `${String(p.src)}:${String(p.sport)}>${String(p.dst)}:${String(p.dport)}#${String(p.tcpseq)}`;
+      if (seen.has(key)) return true;
+      seen.add(key);
+    }
+  }
+  return false;
+}
+
+export function compareObservations(original: Plan, kernel: Observation, qnat: Observation, ms: number): ScenarioResult {
+  const retransmitted = [finRetransmitted(kernel) ? "kernel" : "", finRetransmitted(qnat) ? "qnat" : ""].filter((side) => side !== "");
+  const plan: Plan = retransmitted.length > 0 ? { ...original, teardownTiming: true } : original;
+  const notes =
+    retransmitted.length > 0 && original.teardownTiming !== true
+      ? [`a TCP FIN was retransmitted on the ${retransmitted.join(" and ")} side (a round trip outlasted the sender's RTO): RSTs and TIME_WAIT/CLOSE compared as timing`]
+      : [];
   const sections: SectionResult[] = [];
   const add = (section: string, k: string[], q: string[]): void => {
     const equal = k.length === q.length && k.every((line, i) => line === q[i]);
@@ -508,17 +555,21 @@ export function compareObservations(plan: Plan, original: RouterConfig, kernel: 
     if (k.length > 0 || q.length > 0) add(`wire into ${ns}`, k, q);
   }
   add("conntrack", normaliseConntrack(kernel, plan), normaliseConntrack(qnat, plan));
-  void original;
-  return { name: plan.name, sections, agree: sections.every((s) => s.equal || s.documented !== undefined), ms, knownBug: plan.knownBug };
+  const agree = sections.every((s) => s.equal || s.documented !== undefined);
+  const timelines = agree ? undefined : { kernel: timeline(kernel, plan), qnat: timeline(qnat, plan) };
+  return { name: plan.name, sections, agree, ms, knownBug: plan.knownBug, notes, timelines };
 }
 
 export function formatScenario(result: ScenarioResult, verbose = false): string {
   const head = `${result.agree ? "AGREE " : "DIFFER"} ${result.name} (${(result.ms / 1000).toFixed(1)} s)${result.knownBug && !result.agree ? `\n       known qnat bug: ${result.knownBug}` : ""}`;
-  const parts = [head];
+  const parts = [head, ...result.notes.map((note) => `       note: ${note}`)];
   for (const section of result.sections) {
     if (section.equal && !verbose) continue;
     const label = section.equal ? section.section : section.documented !== undefined ? `${section.section} — differs as documented: ${section.documented}` : `${section.section} — DIFFERS`;
     parts.push(sideBySide(label, section.kernel, section.qnat, !verbose && !section.equal && section.kernel.length + section.qnat.length > 24));
+  }
+  if (result.timelines !== undefined) {
+    for (const side of ["kernel", "qnat"] as const) parts.push([`--- timeline, ${side}`, ...result.timelines[side].map((line) => `  ${line}`)].join("\n"));
   }
   return parts.join("\n");
 }
@@ -548,7 +599,7 @@ export class ConformancePair {
   async run(plan: Plan): Promise<ScenarioResult> {
     const started = Date.now();
     const [k, q] = await Promise.all([observe(this.kernel, this.original, plan), observe(this.qnat, this.original, plan)]);
-    const result = compareObservations(plan, this.original, k, q, Date.now() - started);
+    const result = compareObservations(plan, k, q, Date.now() - started);
     this.results.push(result);
     return result;
   }

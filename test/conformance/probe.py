@@ -95,6 +95,7 @@ def decode_l4(proto, l4, src, dst, whole, partial=False):
         out["sport"], out["dport"] = struct.unpack("!HH", l4[:4])
         if proto == 6 and len(l4) >= 14:
             out["flags"] = flag_text(l4[13])
+            out["tcpseq"] = struct.unpack("!I", l4[4:8])[0]
         if whole and (proto == 6 and len(l4) >= 20 or proto == 17 and len(l4) >= 8):
             field = struct.unpack("!H", l4[16:18] if proto == 6 else l4[6:8])[0]
             if proto == 17 and field == 0:

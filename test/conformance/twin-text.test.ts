@@ -7,7 +7,7 @@ import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { parseConfig } from "../../src/config/config.js";
 import { natRestoreText, retagConfigText } from "../../src/control/twin.js";
-import { conntrackText, parseConntrackText, ROOT, sideBySide } from "./harness.js";
+import { compareObservations, conntrackText, finRetransmitted, parseConntrackText, ROOT, sideBySide, type CtEntry, type Observation, type Plan } from "./harness.js";
 
 const SEED = join(ROOT, "examples/seed.yaml");
 const seedText = readFileSync(SEED, "utf8");
@@ -55,5 +55,55 @@ describe("reading conntrack -L", () => {
   it("prints two sides side by side, marking the lines that differ", () => {
     const text = sideBySide("conntrack", ["a", "b"], ["a", "c"]);
     expect(text.split("\n").slice(2)).toEqual(["  a              | a", "! b              ! ", "!                ! c"]);
+  });
+});
+
+describe("teardown timing", () => {
+  // A server on 192.168.20.11:7002 closes after the client (LAST_ACK). Both routers show the same
+  // packets, but on one side the server's FIN also arrived twice (retransmitted) and the second
+  // ACK met a closed socket: a RST, and the entry in CLOSE instead of TIME_WAIT.
+  const entry = (state: string): CtEntry => ({
+    protocol: "tcp",
+    state,
+    original: { src: "192.168.10.12", dst: "172.16.50.22", sport: 42131, dport: 7002 },
+    reply: { src: "192.168.20.11", dst: "192.168.20.1", sport: 7002, dport: 42131 },
+    unreplied: false,
+    assured: true,
+    timeout: 10,
+  });
+  const packet = (flags: string, tcpseq: number) => ({ src: "172.16.50.22", dst: "192.168.10.12", proto: 6, ttl: 63, len: 52, df: true, sport: 7002, dport: 42131, flags, tcpseq });
+  const observation = (packets: Array<Record<string, unknown>>, state: string): Observation => ({
+    agents: { "tenant-a": { events: [], packets } },
+    clients: [],
+    conntrack: [entry(state)],
+  });
+  const plan: Plan = { name: "hairpin", steps: [], knownPorts: [42131, 7002] };
+  const clean = observation([packet("SA", 100), packet("PA", 101), packet("FA", 120)], "TIME_WAIT");
+
+  it("finds a FIN that crossed twice with the same sequence number, and only that", () => {
+    expect(finRetransmitted(clean)).toBe(false);
+    expect(finRetransmitted(observation([packet("FA", 120), packet("A", 121), packet("A", 121)], "TIME_WAIT"))).toBe(false);
+    expect(finRetransmitted(observation([packet("FA", 120), packet("FA", 120)], "CLOSE"))).toBe(true);
+  });
+
+  it("compares RSTs and TIME_WAIT/CLOSE as timing only after a retransmitted FIN, and says so", () => {
+    const late = observation([packet("SA", 100), packet("PA", 101), packet("FA", 120), packet("FA", 120), packet("R", 121)], "CLOSE");
+    const allowed = compareObservations(plan, clean, late, 1);
+    expect(allowed.agree).toBe(true);
+    expect(allowed.notes).toEqual([expect.stringContaining("retransmitted on the qnat side")]);
+    // The same RST and CLOSE without the retransmission is a real difference.
+    const unexplained = observation([packet("SA", 100), packet("PA", 101), packet("FA", 120), packet("R", 121)], "CLOSE");
+    const differs = compareObservations(plan, clean, unexplained, 1);
+    expect(differs.agree).toBe(false);
+    expect(differs.sections.filter((s) => !s.equal).map((s) => s.section)).toEqual(["wire into tenant-a", "conntrack"]);
+    expect(differs.notes).toEqual([]);
+    // A differing scenario carries both sides' packets in arrival order, sequence numbers shown.
+    expect(differs.timelines?.qnat.map((line) => line.replace(/^ *[\d.]+ ms {2}/, ""))).toEqual([
+      "into tenant-a: 172.16.50.22 > 192.168.10.12 p6 ttl 63 len 52 DF 7002 > 42131 [SA] seq 100",
+      "into tenant-a: 172.16.50.22 > 192.168.10.12 p6 ttl 63 len 52 DF 7002 > 42131 [PA] seq 101",
+      "into tenant-a: 172.16.50.22 > 192.168.10.12 p6 ttl 63 len 52 DF 7002 > 42131 [FA] seq 120",
+      "into tenant-a: 172.16.50.22 > 192.168.10.12 p6 ttl 63 len 52 DF 7002 > 42131 [R] seq 121",
+    ]);
+    expect(allowed.timelines).toBeUndefined();
   });
 });

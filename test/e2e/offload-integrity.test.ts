@@ -98,6 +98,7 @@ describe.skipIf(!isRoot)("offloads on: large TCP transfers through qnat arrive i
 
   it("the router saw GSO super-packets, not 1500-byte ones, and dropped nothing", async () => {
     const response = await controlRequest(controlSocketPath(config.namespace), { cmd: "show", what: "stats", json: true });
+    if (!response.ok) throw new Error(`qnat show stats: ${response.error}`);
     const stats = response.data as { ports: { wire: { rxPackets: number; rxBytes: number }; drops: Record<string, number> }[] };
     const tenantWire = stats.ports[0]!.wire;
     expect(tenantWire.rxBytes / tenantWire.rxPackets).toBeGreaterThan(1500);
