@@ -45,7 +45,9 @@ import { CtStatus } from "../conntrack/table.js";
 import { TcpState, tcpPacket } from "../conntrack/tcp.js";
 import { udpPacket } from "../conntrack/udp.js";
 import { TCP_ACK, TCP_PSH } from "../wire/packet-info.js";
-import { rewriteForwardPlain } from "../wire/rewrite.js";
+import { rewriteForwardIcmpEcho, rewriteForwardPlain } from "../wire/rewrite.js";
+import { icmpPacket } from "../conntrack/icmp.js";
+import { ICMP_ECHO, ICMP_ECHO_REPLY } from "../conntrack/tuple.js";
 import { NetfilterNat } from "./netfilter-nat.js";
 
 /** A fragment reference (src/nat/fragments.ts) for a datagram whose first fragment was not tracked. */
@@ -493,18 +495,28 @@ export class Dataplane {
       if (dataOffset < 5 || dataOffset << 2 > l4Length) return FAST_PATH_MISS;
       tcpFlags = offsetAndFlags & 0xff;
       if (tcpFlags !== TCP_ACK && tcpFlags !== (TCP_ACK | TCP_PSH)) return FAST_PATH_MISS;
+    } else if (protocol === IPPROTO_ICMP) {
+      // Echo request and reply only (a ping): errors and the other queries take the general path,
+      // and so does an ICMP checksum the kernel left partial.
+      if (l4Length < 8 || this.l4Partial) return FAST_PATH_MISS;
+      const typeCode = v.getUint16(l4);
+      if (typeCode !== ICMP_ECHO << 8 && typeCode !== ICMP_ECHO_REPLY << 8) return FAST_PATH_MISS;
     } else {
       return FAST_PATH_MISS;
     }
     if (isMartianSource(src) || includes(this.broadcastList, src) || includes(this.localList, src)) return FAST_PATH_MISS;
     const firstOctet = dst >>> 24;
     if (firstOctet === 127 || firstOctet === 0) return FAST_PATH_MISS;
-    const ports = v.getInt32(l4);
+    // The tuple's ports: TCP/UDP source and destination port; ICMP identifier and type/code
+    // (conntrack/tuple.ts), so one lookup serves both.
+    const icmp = protocol === IPPROTO_ICMP;
+    const ports = icmp ? (v.getUint16(l4 + 4) << 16) | v.getUint16(l4) : v.getInt32(l4);
     const sport = ports >>> 16;
     const dport = ports & 0xffff;
 
     const table = this.conntrack;
-    const prefetched = index >= 0 && index < this.prefetchedCount;
+    // prefetchBatch covers TCP and UDP (bucket and route); other packets have bucket -1.
+    const prefetched = index >= 0 && index < this.prefetchedCount && this.prefetchBuckets[index]! >= 0;
     const handle = table.findLiveInBucket(prefetched ? this.prefetchBuckets[index]! : -1, protocol, src, dst, ports);
     if (handle < 0) return FAST_PATH_MISS;
     const id = handle >> 1;
@@ -518,7 +530,7 @@ export class Dataplane {
     let newDport = dport;
     if ((status & (dir === 0 ? CT_DST_NAT : CT_SRC_NAT)) !== 0) {
       newDst = table.tupleSrcBits(id, other);
-      newDport = table.tuplePortsBits(id, other) >>> 16;
+      if (!icmp) newDport = table.tuplePortsBits(id, other) >>> 16;
     }
     if (includes(this.localList, newDst) || includes(this.broadcastList, newDst) || newDst >>> 28 === 0xe) return FAST_PATH_MISS;
     const routes = this.routes;
@@ -531,17 +543,24 @@ export class Dataplane {
     let newSport = sport;
     if ((status & (dir === 0 ? CT_SRC_NAT : CT_DST_NAT)) !== 0) {
       newSrc = table.tupleDstBits(id, other);
-      newSport = table.tuplePortsBits(id, other) & 0xffff;
+      if (!icmp) newSport = table.tuplePortsBits(id, other) & 0xffff;
     }
 
     // Commit: conntrack (track(): the protocol handler, then SEEN_REPLY for a reply).
     this.fastPathPackets++;
     table.counters.found++;
     if (protocol === IPPROTO_UDP) udpPacket(table, id);
+    else if (icmp) icmpPacket(table, id);
     else tcpPacket(table, id, dir, tcpFlags);
     if (dir === 1) table.setStatus(id, CT_SEEN_REPLY);
     // Rewrites in the general path's order: DNAT, TTL, SNAT (one pass, same bytes).
-    rewriteForwardPlain(v, off, protocol, newSrc, newSport, newDst, newDport, this.l4Partial);
+    if (icmp) {
+      // The identifier is the ICMP "port" in both tuples (nf_nat_proto.c icmp_manip_pkt): either
+      // manip sets it to the other tuple's, which equals this one's when nothing translates it.
+      rewriteForwardIcmpEcho(v, off, newSrc, newDst, table.tuplePortsBits(id, other) >>> 16);
+    } else {
+      rewriteForwardPlain(v, off, protocol, newSrc, newSport, newDst, newDport, this.l4Partial);
+    }
     return egressOf(egress, LEG_WIRE);
   }
 

@@ -290,10 +290,7 @@ export function rewriteForwardPlain(
     v.setUint16(l4 + 2, newDport);
     if (!partial) l4sum = l4PortUpdate(tcp, l4sum, oldDport, newDport);
   }
-  // ipv4DecrementTtl: the TTL/protocol word goes down by 0x100 (RFC 1624 for the header checksum).
-  const ttlWord = v.getUint16(o + 8);
-  v.setUint8(o + 8, ((ttlWord >>> 8) - 1) & 0xff);
-  ip = checksumUpdate16(ip, ttlWord, ttlWord - 0x100);
+  ip = decrementTtl(v, o, ip);
   const oldSrc = v.getInt32(o + IP_SRC);
   if (oldSrc !== newSrc) {
     v.setInt32(o + IP_SRC, newSrc);
@@ -307,6 +304,43 @@ export function rewriteForwardPlain(
   }
   v.setUint16(o + IP_CHECKSUM, ip);
   v.setUint16(c, l4sum);
+}
+
+/**
+ * rewriteForwardPlain for an ICMP echo request or reply (IHL 5, not a fragment): destination,
+ * TTL, source, then the identifier. The ICMP checksum covers no pseudo-header, so only the
+ * identifier changes it (RFC 1624), as rewriteIcmpId does.
+ */
+export function rewriteForwardIcmpEcho(v: DataView, o: number, newSrc: number, newDst: number, newId: number): void {
+  let ip = v.getUint16(o + IP_CHECKSUM);
+  const oldDst = v.getInt32(o + IP_DST);
+  if (oldDst !== newDst) {
+    v.setInt32(o + IP_DST, newDst);
+    ip = checksumUpdate32(ip, oldDst, newDst);
+  }
+  ip = decrementTtl(v, o, ip);
+  const oldSrc = v.getInt32(o + IP_SRC);
+  if (oldSrc !== newSrc) {
+    v.setInt32(o + IP_SRC, newSrc);
+    ip = checksumUpdate32(ip, oldSrc, newSrc);
+  }
+  v.setUint16(o + IP_CHECKSUM, ip);
+  const l4 = o + 20;
+  const oldId = v.getUint16(l4 + ICMP_ID);
+  if (oldId !== newId) {
+    v.setUint16(l4 + ICMP_ID, newId);
+    v.setUint16(l4 + ICMP_CHECKSUM, checksumUpdate16(v.getUint16(l4 + ICMP_CHECKSUM), oldId, newId));
+  }
+}
+
+/**
+ * ipv4DecrementTtl on a header checksum held in a local: the TTL/protocol word goes down by
+ * 0x100 (RFC 1624). Returns the new checksum.
+ */
+function decrementTtl(v: DataView, o: number, ip: number): number {
+  const ttlWord = v.getUint16(o + 8);
+  v.setUint8(o + 8, ((ttlWord >>> 8) - 1) & 0xff);
+  return checksumUpdate16(ip, ttlWord, ttlWord - 0x100);
 }
 
 /** rewriteAddr's TCP/UDP checksum step on a checksum held in a local. */

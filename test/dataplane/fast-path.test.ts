@@ -34,6 +34,7 @@ describe("the established fast path changes nothing but speed", () => {
     slow.dataplane.fastPath = false;
     const rng = new XorShift32(2024);
     const seenOut: { src: string; dst: string; sport: number; dport: number; protocol: string }[] = [];
+    const seenIn: typeof seenOut = [];
     let forwarded = 0;
     for (let round = 0; round < 1500; round++) {
       const burst = 1 + (rng.next() % 8);
@@ -44,10 +45,22 @@ describe("the established fast path changes nothing but speed", () => {
         let spec: PacketSpec;
         const kind = rng.next() % 4;
         if (kind === 0 && seenOut.length > 0) {
-          // a reply to something that left through the gateway (after SNAT)
+          // a reply to something that left through the gateway (after SNAT); for a ping, an echo
+          // reply with the identifier it left with (or, now and then, another one)
           const o = seenOut[rng.next() % seenOut.length]!;
           port = QG;
-          spec = { protocol: o.protocol as "udp" | "tcp", src: o.dst, dst: o.src, sport: o.dport, dport: o.sport, tcpFlags };
+          spec =
+            o.protocol === "icmp"
+              ? { protocol: "icmp", src: o.dst, dst: o.src, icmpType: 0, icmpId: rng.next() % 8 === 0 ? o.sport ^ 1 : o.sport, icmpSeq: rng.next() & 0xffff }
+              : { protocol: o.protocol as "udp" | "tcp", src: o.dst, dst: o.src, sport: o.dport, dport: o.sport, tcpFlags };
+        } else if (kind === 1 && rng.next() % 3 === 0) {
+          // a ping to the floating IP (DNAT) or the SNAT address, or an echo reply nobody asked for
+          port = QG;
+          spec = { protocol: "icmp", src: pick(rng, OUTSIDE.slice(0, 4)), dst: rng.next() & 1 ? "9.186.100.129" : "9.186.100.2", icmpType: pick(rng, [8, 8, 0]), icmpId: 7 + (rng.next() % 3), icmpSeq: rng.next() & 0xffff };
+        } else if (kind === 2 && seenIn.length > 0 && rng.next() % 2 === 0) {
+          // 10.0.0.2 answers a ping that reached it through the floating IP
+          const o = seenIn[rng.next() % seenIn.length]!;
+          spec = { protocol: "icmp", src: o.dst, dst: o.src, icmpType: 0, icmpId: o.sport, icmpSeq: rng.next() & 0xffff };
         } else if (kind === 1) {
           // inbound to the floating IP or the SNAT address
           port = QG;
@@ -70,8 +83,15 @@ describe("the established fast path changes nothing but speed", () => {
           for (const p of a) {
             const d = decodePacket(p);
             if (d.protocol === "udp" || d.protocol === "tcp") seenOut.push({ src: d.src, dst: d.dst, sport: d.sport!, dport: d.dport!, protocol: d.protocol });
+            if (d.protocol === "icmp" && d.icmpType === 8) seenOut.push({ src: d.src, dst: d.dst, sport: d.icmpId!, dport: 0, protocol: "icmp" });
           }
           if (seenOut.length > 64) seenOut.splice(0, seenOut.length - 64);
+        } else {
+          for (const p of a) {
+            const d = decodePacket(p);
+            if (d.protocol === "icmp" && d.icmpType === 8) seenIn.push({ src: d.src, dst: d.dst, sport: d.icmpId!, dport: 0, protocol: "icmp" });
+          }
+          if (seenIn.length > 16) seenIn.splice(0, seenIn.length - 16);
         }
         expect(fast.delivered(name).length).toBe(slow.delivered(name).length);
         expect(fast.drops(name)).toEqual(slow.drops(name));
@@ -88,5 +108,64 @@ describe("the established fast path changes nothing but speed", () => {
     expect(forwarded).toBeGreaterThan(2000);
     expect(fast.dataplane.fastPathPackets).toBeGreaterThan(200);
     expect(slow.dataplane.fastPathPackets).toBe(0);
+  });
+
+  it("pings through SNAT and through the floating IP take it once their connection is confirmed, byte for byte as the general path", () => {
+    const fast = MemoryRouter.fromFile("examples/seed.yaml");
+    const slow = MemoryRouter.fromFile("examples/seed.yaml");
+    slow.dataplane.fastPath = false;
+    const both = (port: string, spec: PacketSpec): string[] => {
+      const bytes = buildPacket({ ...spec, payload: new Uint8Array(56).fill(0x5a) });
+      fast.send(port, bytes);
+      slow.send(port, bytes);
+      fast.run();
+      slow.run();
+      const out = (r: MemoryRouter) => [QR, QG].flatMap((name) => r.receivedRaw(name).map((p) => `${name} ${Buffer.from(p).toString("hex")}`));
+      const a = out(fast);
+      expect(a).toEqual(out(slow));
+      expect(a).toHaveLength(1);
+      return a;
+    };
+    const before = fast.dataplane.fastPathPackets;
+    for (let seq = 1; seq <= 3; seq++) {
+      // 10.0.0.3 pings 203.0.113.10: SNAT to 9.186.100.2; the reply is translated back.
+      const request = decodePacket(Buffer.from(both(QR, { protocol: "icmp", src: "10.0.0.3", dst: "203.0.113.10", icmpType: 8, icmpId: 4242, icmpSeq: seq })[0]!.split(" ")[1]!, "hex"));
+      expect([request.src, request.icmpId]).toEqual(["9.186.100.2", 4242]);
+      both(QG, { protocol: "icmp", src: "203.0.113.10", dst: "9.186.100.2", icmpType: 0, icmpId: 4242, icmpSeq: seq });
+      // 203.0.113.10 pings the floating IP: DNAT to 10.0.0.2, whose reply leaves as 9.186.100.129.
+      both(QG, { protocol: "icmp", src: "203.0.113.10", dst: "9.186.100.129", icmpType: 8, icmpId: 99, icmpSeq: seq });
+      const reply = decodePacket(Buffer.from(both(QR, { protocol: "icmp", src: "10.0.0.2", dst: "203.0.113.10", icmpType: 0, icmpId: 99, icmpSeq: seq })[0]!.split(" ")[1]!, "hex"));
+      expect([reply.src, reply.dst, reply.icmpId]).toEqual(["9.186.100.129", "203.0.113.10", 99]);
+    }
+    // The first request of each ping creates its connection (rules, NAT binding): general path.
+    // Every later packet, the first replies included, is forwarded by the fast path.
+    expect(fast.dataplane.fastPathPackets - before).toBe(12 - 2);
+    expect(formatConntrackTable(fast.dataplane.conntrack)).toBe(formatConntrackTable(slow.dataplane.conntrack));
+  });
+
+  it("a ping whose identifier the NAT changed is translated both ways by the fast path", () => {
+    const fast = MemoryRouter.fromFile("examples/seed.yaml");
+    const slow = MemoryRouter.fromFile("examples/seed.yaml");
+    slow.dataplane.fastPath = false;
+    const out: string[][] = [[], []];
+    // 10.0.0.3 and 10.0.0.4 ping the same server with the same identifier: both SNAT to 9.186.100.2,
+    // so the second gets another identifier (nf_nat_core's port search over ICMP ids).
+    for (const [k, r] of [fast, slow].entries()) {
+      for (const src of ["10.0.0.3", "10.0.0.4"]) r.send(QR, { protocol: "icmp", src, dst: "203.0.113.10", icmpType: 8, icmpId: 7, icmpSeq: 1 });
+      r.run();
+      const ids = r.received(QG).map((p) => p.icmpId!);
+      expect(ids[0]).toBe(7);
+      expect(ids[1]).not.toBe(7);
+      for (let seq = 2; seq < 4; seq++) {
+        for (const id of ids) r.send(QG, { protocol: "icmp", src: "203.0.113.10", dst: "9.186.100.2", icmpType: 0, icmpId: id, icmpSeq: seq });
+        for (const src of ["10.0.0.3", "10.0.0.4"]) r.send(QR, { protocol: "icmp", src, dst: "203.0.113.10", icmpType: 8, icmpId: 7, icmpSeq: seq });
+        r.run();
+        out[k]!.push(...[QR, QG].flatMap((name) => r.receivedRaw(name).map((p) => Buffer.from(p).toString("hex"))));
+      }
+    }
+    expect(out[0]).toEqual(out[1]);
+    const replies = out[0]!.map((hex) => decodePacket(Buffer.from(hex, "hex"))).filter((p) => p.icmpType === 0);
+    expect(replies.map((p) => `${p.dst} ${p.icmpId}`)).toEqual(["10.0.0.3 7", "10.0.0.4 7", "10.0.0.3 7", "10.0.0.4 7"]);
+    expect(fast.dataplane.fastPathPackets).toBe(8);
   });
 });
