@@ -12,6 +12,12 @@ export class Forwarder {
   private readonly verdicts: Int32Array;
   private readonly generated: PacketBatch;
   private readonly generatedVerdicts: Int32Array;
+  /**
+   * Bit `leg` is set when a batch was written to that leg (cleared by whoever reads it): the
+   * peer's kernel often answers inside that write() (a ping reply, an ACK), so the router's loop
+   * reads those legs next instead of waiting for another wake-up.
+   */
+  written = 0;
 
   /**
    * `legs[port * 2 + leg]`: the wire leg and the mirror of every port (see dataplane/port.ts).
@@ -30,6 +36,11 @@ export class Forwarder {
     this.verdicts = new Int32Array(batchSize);
     this.generated = new PacketBatch(batchSize, Math.min(slotSize, 2048 + headroom), headroom);
     this.generatedVerdicts = new Int32Array(batchSize);
+  }
+
+  /** Packets one pump reads at most: a pump that read fewer found the leg empty (EAGAIN). */
+  get batchCapacity(): number {
+    return this.rx.capacity;
   }
 
   /** Reads and forwards one batch from leg `index`; returns how many packets it read. */
@@ -54,6 +65,7 @@ export class Forwarder {
       for (let i = 0; i < batch.count; i++) {
         if (verdicts[i] === leg) {
           legs[leg]!.writeSelected(batch, verdicts, leg);
+          this.written |= 1 << leg;
           break;
         }
       }

@@ -14,6 +14,8 @@ export class PassthroughForwarder {
   private readonly verdicts: Int32Array;
   /** Packets read from mirrors and dropped. */
   mirrorDropped = 0;
+  /** Bit `leg` set when a batch was written to that leg (as Forwarder.written). */
+  written = 0;
 
   /** `legs[port * 2 + leg]` as for the Forwarder; exactly two ports. */
   constructor(
@@ -25,6 +27,11 @@ export class PassthroughForwarder {
     if (legs.length !== 4) throw new Error(`pass-through needs exactly two ports, not ${legs.length / 2}`);
     this.rx = new PacketBatch(batchSize, slotSize, headroom);
     this.verdicts = new Int32Array(batchSize);
+  }
+
+  /** Packets one pump reads at most: a pump that read fewer found the leg empty (EAGAIN). */
+  get batchCapacity(): number {
+    return this.rx.capacity;
   }
 
   /** Reads one batch from leg `index` and writes it to the other port's wire leg; returns how many were read. */
@@ -39,6 +46,7 @@ export class PassthroughForwarder {
     const verdicts = this.verdicts;
     for (let i = 0; i < count; i++) verdicts[i] = target;
     this.legs[target]!.writeSelected(this.rx, verdicts, target);
+    this.written |= 1 << target;
     return count;
   }
 }
