@@ -6,9 +6,9 @@
  * node 2*id is the original tuple, 2*id+1 the reply tuple. A node is exactly the handle `lookup`
  * returns. Each entry is one packed 64-byte record (see ENTRY_WORDS below): per node src, dst,
  * (sport << 16 | dport) and the hash-chain link (-1 terminated); per entry protocol, TCP state and
- * private flags, status (Linux IPS_* bits), mark, expiry time and start time. Buckets: a power of
- * two >= capacity, each the head node of a chain. Free entries are chained through the original
- * node's link.
+ * private flags, status (Linux IPS_* bits), mark, the dataplane's route cache, expiry time and
+ * start time. Buckets: a power of two >= capacity, each the head node of a chain. Free entries
+ * are chained through the original node's link.
  *
  * Life of an entry, as Linux: `create` allocates an *unconfirmed* entry for a NEW packet (not
  * in the hash, `lookup` cannot see it); NAT may `setReplyTuple`; when the packet leaves,
@@ -128,6 +128,8 @@ const NODE_NEXT = 3;
 const W_META = 8;
 const W_STATUS = 9;
 const W_MARK = 10;
+/** The dataplane's route cache (routeCache below); 0: nothing cached. */
+const W_ROUTE = 11;
 /** Float64 index within the entry (words 12-13 and 14-15). */
 const D_EXPIRY = 6;
 const D_STARTED = 7;
@@ -343,6 +345,25 @@ export class ConntrackTable {
     return this.hashTuple(protocol, src | 0, dst | 0, (sport << 16) | dport);
   }
 
+  /**
+   * One word per entry that the dataplane owns: where each direction's packets were last routed
+   * (the egress port), with the routing table version it was looked up in
+   * (dataplane/pipeline.ts forwardEstablished). Zero when the entry is created.
+   */
+  routeCache(id: number): number {
+    return this.words[(id << ENTRY_SHIFT) + W_ROUTE]!;
+  }
+
+  setRouteCache(id: number, value: number): void {
+    this.words[(id << ENTRY_SHIFT) + W_ROUTE] = value;
+  }
+
+  /** Forgets every entry's route cache (the routing table version wrapped around). */
+  clearRouteCaches(): void {
+    const w = this.words;
+    for (let at = W_ROUTE; at < w.length; at += ENTRY_WORDS) w[at] = 0;
+  }
+
   /** The head node of `bucket` (-1: empty); with `bucketOf`, step 1 of the batch prefetch. */
   bucketHeadAt(bucket: number): number {
     return this.buckets[bucket]!;
@@ -427,6 +448,7 @@ export class ConntrackTable {
     w[e + W_META] = protocol | (TCP_PRIVATE_INITIAL << 16) | META_USED;
     w[e + W_STATUS] = 0;
     w[e + W_MARK] = 0;
+    w[e + W_ROUTE] = 0;
     const now = this.now();
     this.doubles[(id << DOUBLE_SHIFT) + D_EXPIRY] = now;
     this.doubles[(id << DOUBLE_SHIFT) + D_STARTED] = now;

@@ -143,14 +143,23 @@ export class Dataplane {
   private prefetchHeads = new Int32Array(256);
   /**
    * What prefetchBatch computed per packet, reused by forwardEstablished for packet i when
-   * i < prefetchedCount: the conntrack bucket of its tuple (-1: not computed) and the route of
-   * its destination. Neither can change within the batch for the same bytes (the hash is seeded
-   * once; routes change only between batches), and packet i's bytes are not touched before it is
-   * processed.
+   * i < prefetchedCount: the conntrack bucket of its tuple (-1: not computed). It cannot change
+   * within the batch for the same bytes (the hash is seeded once), and packet i's bytes are not
+   * touched before it is processed.
    */
   private prefetchBuckets = new Int32Array(256);
-  private prefetchRoutes = new Int32Array(256);
   private prefetchedCount = 0;
+  /**
+   * The route cache in each conntrack entry (ConntrackTable.routeCache): bits 0-7 the egress
+   * port + 1 of original-direction packets, bits 8-15 of reply-direction ones (0: none), bits
+   * 16-31 the low 16 bits of the routing table version it was looked up in. An established
+   * packet whose cache matches skips the route lookup — on a large table, a cache and TLB miss
+   * in tbl24 per packet. The destination it was looked up for is the entry's translated one,
+   * fixed per direction. When the version's high bits change (65536 route changes), every cache
+   * is cleared, so an old low half can never match again.
+   */
+  private routeVersion = 0;
+  private routeEpoch = 0;
   /** forwardEstablished's DataView (see viewOf) and the bytes it views. */
   private view: DataView<ArrayBufferLike> = new DataView(new ArrayBuffer(0));
   private viewBytes: Uint8Array | null = null;
@@ -223,6 +232,12 @@ export class Dataplane {
   ): void {
     // One clock read per batch for conntrack (Linux reads jiffies; a batch lasts microseconds).
     this.conntrack.pinTime(this.clock.now());
+    const version = this.routes.version;
+    if (version >>> 16 !== this.routeEpoch) {
+      this.conntrack.clearRouteCaches();
+      this.routeEpoch = version >>> 16;
+    }
+    this.routeVersion = version & 0xffff;
     this.prefetchedCount = 0;
     try {
       if (this.fastPath && this.tracer === null) this.prefetchBatch(batch);
@@ -234,8 +249,8 @@ export class Dataplane {
 
   /**
    * Before any packet of the batch is processed, loads what each will need from the big tables —
-   * its conntrack bucket, then the entry record the bucket points to, and its route (tbl24) — in
-   * loops whose iterations do not depend on each other, so the CPU overlaps the cache misses
+   * its conntrack bucket, then the entry record the bucket points to (which caches its route) —
+   * in loops whose iterations do not depend on each other, so the CPU overlaps the cache misses
    * (memory-level parallelism; VPP and DPDK prefetch the same way). Only reads; the bytes are not
    * validated here (a garbage packet merely loads a useless line; parsePacket judges it later).
    */
@@ -245,16 +260,13 @@ export class Dataplane {
     if (this.prefetchHeads.length < count) {
       this.prefetchHeads = new Int32Array(batch.capacity);
       this.prefetchBuckets = new Int32Array(batch.capacity);
-      this.prefetchRoutes = new Int32Array(batch.capacity);
     }
     const heads = this.prefetchHeads;
     const buckets = this.prefetchBuckets;
-    const routeOf = this.prefetchRoutes;
     const data = batch.data;
     const end = data.length;
     const v = data === this.viewBytes ? this.view : this.viewOf(data);
     const conntrack = this.conntrack;
-    const routes = this.routes;
     let sink = 0;
     for (let i = 0; i < count; i++) {
       heads[i] = -1;
@@ -270,7 +282,6 @@ export class Dataplane {
       const bucket = conntrack.bucketOf(protocol, v.getInt32(off + 12), dst, ports >>> 16, ports & 0xffff);
       buckets[i] = bucket;
       heads[i] = conntrack.bucketHeadAt(bucket);
-      routeOf[i] = routes.lookup(dst);
     }
     for (let i = 0; i < count; i++) {
       const node = heads[i]!;
@@ -533,11 +544,19 @@ export class Dataplane {
       if (!icmp) newDport = table.tuplePortsBits(id, other) >>> 16;
     }
     if (includes(this.localList, newDst) || includes(this.broadcastList, newDst) || newDst >>> 28 === 0xe) return FAST_PATH_MISS;
-    const routes = this.routes;
-    // The prefetch looked up the original destination; a DNATed packet looks up its new one.
-    const route = prefetched && newDst === dst ? this.prefetchRoutes[index]! : routes.lookup(newDst);
-    if (route < 0 || routes.routeType(route) !== ROUTE_UNICAST) return FAST_PATH_MISS;
-    const egress = routes.routePort(route);
+    // The route: from the entry's route cache when it is current (see routeVersion).
+    const version = this.routeVersion;
+    const cache = table.routeCache(id);
+    const shift = dir << 3;
+    const current = cache >>> 16 === version;
+    let egress = current ? ((cache >>> shift) & 0xff) - 1 : -1;
+    if (egress < 0) {
+      const routes = this.routes;
+      const route = routes.lookup(newDst);
+      if (route < 0 || routes.routeType(route) !== ROUTE_UNICAST) return FAST_PATH_MISS;
+      egress = routes.routePort(route);
+      if (egress < 0xff) table.setRouteCache(id, (version << 16) | (current ? cache & (0xff << (shift ^ 8)) : 0) | ((egress + 1) << shift));
+    }
     if (w2 >>> 24 <= 1 || total > this.ports[egress]!.mtu) return FAST_PATH_MISS;
     let newSrc = src;
     let newSport = sport;

@@ -143,6 +143,12 @@ export class RoutingTable {
   private gateways = new Uint32Array(16);
   private sources = new Uint32Array(16);
 
+  /**
+   * Bumped by every change of the lookup result for any address (a route added or deleted):
+   * whoever caches lookups (the conntrack route cache of dataplane/pipeline.ts) compares it.
+   */
+  private generation = 1;
+
   constructor(readonly portNames: readonly string[]) {
     portNames.forEach((name, index) => {
       if (this.portsByName.has(name)) throw new RouteError(`duplicate port name "${name}"`);
@@ -162,6 +168,11 @@ export class RoutingTable {
   }
 
   // ---------------------------------------------------------------- hot path
+
+  /** Changes whenever a lookup may give another answer than before (see `generation`). */
+  get version(): number {
+    return this.generation;
+  }
 
   /** The route for dst (longest prefix, then lowest metric), or -1. No allocation. */
   lookup(dst: number): number {
@@ -315,6 +326,7 @@ export class RoutingTable {
       this.chains.set(key, remaining);
       this.lpm.insert(parsed.prefix, parsed.prefixLength, remaining[0]!);
     }
+    this.generation++;
     this.routesById[id] = undefined;
     this.types[id] = 0;
     this.ports[id] = -1;
@@ -475,6 +487,7 @@ export class RoutingTable {
     chain.splice(at, 0, id);
     this.chains.set(key, chain);
     this.lpm.insert(route.prefix, route.prefixLength, chain[0]!);
+    this.generation++;
     return id;
   }
 

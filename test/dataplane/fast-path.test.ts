@@ -168,4 +168,58 @@ describe("the established fast path changes nothing but speed", () => {
     expect(replies.map((p) => `${p.dst} ${p.icmpId}`)).toEqual(["10.0.0.3 7", "10.0.0.4 7", "10.0.0.3 7", "10.0.0.4 7"]);
     expect(fast.dataplane.fastPathPackets).toBe(8);
   });
+
+  describe("the route each connection caches", () => {
+    /** One UDP packet of an established SNAT flow from 10.0.0.3, on both routers; where it left. */
+    function setup() {
+      const fast = MemoryRouter.fromFile("examples/seed.yaml");
+      const slow = MemoryRouter.fromFile("examples/seed.yaml");
+      slow.dataplane.fastPath = false;
+      const send = (): string[] => {
+        const spec: PacketSpec = { protocol: "udp", src: "10.0.0.3", dst: "203.0.113.10", sport: 5353, dport: 53, payload: new Uint8Array(8) };
+        const left: string[][] = [];
+        for (const r of [fast, slow]) {
+          r.send(QR, spec);
+          r.run();
+          left.push([QR, QG].flatMap((name) => r.receivedRaw(name).map((p) => `${name} ${Buffer.from(p).toString("hex")}`)));
+        }
+        expect(left[0]).toEqual(left[1]);
+        return left[0]!.map((line) => line.split(" ")[0]!);
+      };
+      const routes = (text: string, remove = false) => {
+        for (const r of [fast, slow]) {
+          if (remove) r.dataplane.routes.deleteRoute(text);
+          else r.dataplane.routes.addRoute(text);
+        }
+      };
+      return { fast, send, routes };
+    }
+
+    it("is used while the table is unchanged and dropped when a route changes", () => {
+      const { fast, send, routes } = setup();
+      send();
+      // The first packet confirms the connection; the next two are the fast path's, from the cache.
+      expect([send(), send()]).toEqual([[QG], [QG]]);
+      const before = fast.dataplane.fastPathPackets;
+      // A more specific route sends the server's subnet out of the tenant port: the cache is stale.
+      routes(`203.0.113.0/24 dev ${QR}`);
+      expect(send()).toEqual([QR]);
+      routes(`203.0.113.0/24 dev ${QR}`, true);
+      expect(send()).toEqual([QG]);
+      expect(fast.dataplane.fastPathPackets - before).toBe(2);
+    });
+
+    it("cannot match again after the version's low 16 bits wrap around (65536 changes)", () => {
+      const { send, routes } = setup();
+      send();
+      expect(send()).toEqual([QG]); // cached at version v
+      routes(`203.0.113.0/24 dev ${QR}`); // v + 1: the server is now behind the tenant port
+      for (let i = 0; i < 32767; i++) {
+        routes("198.51.100.0/24 via 9.186.100.1");
+        routes("198.51.100.0/24 via 9.186.100.1", true);
+      }
+      routes("192.0.2.0/24 via 9.186.100.1"); // v + 65536: the same low 16 bits as the cache
+      expect(send()).toEqual([QR]);
+    });
+  });
 });
