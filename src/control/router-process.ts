@@ -37,6 +37,8 @@ import type { Dataplane } from "../dataplane/pipeline.js";
 import { Forwarder } from "../io/forwarder.js";
 import { PassthroughForwarder } from "../io/passthrough.js";
 import { deleteNetns, isRoot, netnsPath } from "../io/netns.js";
+import { VIRTIO_NET_HDR_LEN } from "../core/batch.js";
+import { warmUp, type WarmUpReport } from "../dataplane/warmup.js";
 import { GSO_SLOT_SIZE, loadTunAddon, TunDevice, type TunError, type TunOffloads } from "../io/tun.js";
 import { TunLeg } from "../io/tun-leg.js";
 import { formatRules } from "../nat/rules/format.js";
@@ -75,6 +77,8 @@ export interface RouterOptions {
   readonly passthrough?: boolean;
   /** Busy-poll window after each wake-up (default QNAT_SPIN_US or SPIN_MICROSECONDS). */
   readonly spinMicroseconds?: number;
+  /** JIT warm-up before going live (dataplane/warmup.ts; default: on unless QNAT_WARMUP=0). */
+  readonly warmUp?: boolean;
 }
 
 /** The checks of `qnat run` that touch nothing: returns what the router needs. */
@@ -118,6 +122,7 @@ export async function startRouter(configPath: string, options: RouterOptions = {
   const wantOffloads = options.offloads ?? process.env.QNAT_OFFLOAD !== "0";
   const passthrough = options.passthrough ?? process.env.QNAT_PASSTHROUGH === "1";
   const spinMicroseconds = options.spinMicroseconds ?? Number(process.env.QNAT_SPIN_US ?? SPIN_MICROSECONDS);
+  const wantWarmUp = options.warmUp ?? process.env.QNAT_WARMUP !== "0";
   if (!isRoot()) throw new PrivilegeError("run");
   const { config, dataplane, rules } = prepareRouter(configPath);
   const addon = loadTunAddon();
@@ -181,6 +186,12 @@ export async function startRouter(configPath: string, options: RouterOptions = {
     }
   };
   let offloads: TunOffloads | undefined;
+  // Before any device exists: the per-packet code compiled on a scratch dataplane, in the slot
+  // geometry the legs will most likely have (offloads on: a header and 64 KiB slots).
+  let warmed: WarmUpReport | undefined;
+  if (wantWarmUp && !passthrough) {
+    warmed = warmUp(config, wantOffloads ? { headroom: VIRTIO_NET_HDR_LEN, slotSize: GSO_SLOT_SIZE } : {});
+  }
   try {
     if (passthrough && config.ports.length !== 2) throw new OperationalError("pass-through mode needs a router with exactly two ports");
     created = ensureNamespaces(config);
@@ -283,6 +294,11 @@ export async function startRouter(configPath: string, options: RouterOptions = {
 
   log(`qnat: router ${config.namespace} running (pid ${process.pid}), control socket ${control.path}`);
   log(`qnat:   offloads: ${describeOffloads(offloads)}${passthrough ? "; PASS-THROUGH mode (no processing: qnat's I/O floor)" : ""}`);
+  log(
+    warmed !== undefined
+      ? `qnat:   JIT warm-up: ${warmed.packets} synthetic packets through a scratch dataplane in ${warmed.ms.toFixed(0)} ms`
+      : "qnat:   JIT warm-up: off",
+  );
   for (const port of config.ports) {
     log(
       `qnat:   ${port.name} ${port.addresses.map(formatCidr).join(" ")} mtu ${port.mtu}` +
