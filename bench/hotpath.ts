@@ -18,7 +18,9 @@ import { XorShift32 } from "../src/core/rng.js";
 import { ConntrackTable } from "../src/conntrack/table.js";
 import { TrackResult, track } from "../src/conntrack/track.js";
 import { NatEngine } from "../src/nat/binding.js";
+import { formatIpv4 } from "../src/core/addr.js";
 import { Lpm4 } from "../src/route/lpm.js";
+import { RoutingTable } from "../src/route/table.js";
 import { syntheticInternetTable } from "../src/route/synthetic-table.js";
 import { PacketInfo } from "../src/wire/packet-info.js";
 import { parsePacket } from "../src/wire/validate.js";
@@ -353,6 +355,18 @@ function routeLookups(): void {
     { key: "routeBuildMs", label: "route table build, 1M prefixes", value: buildMs, unit: "ms", target: 2000, higher: false },
   );
   log(`  route: ${(lps / 1e6).toFixed(1)} M lookups/s, ${(lpm.byteLength() / 2 ** 20).toFixed(1)} MiB (measured ${(measured / 2 ** 20).toFixed(1)} MiB), built in ${buildMs.toFixed(0)} ms`);
+
+  // The control plane: the same prefixes as a config's `ip route add` lines (parsed, the gateway
+  // resolved, the chain and the LPM updated), as `qnat run` loads them.
+  const ROUTES = 30_000; // below MAX_ROUTES (32768), the table's limit
+  const table = new RoutingTable(["qg"]);
+  table.addConnected(0, 0x09ba6402, 24); // 9.186.100.2/24
+  const texts = prefixes.slice(0, ROUTES).map((p) => `${formatIpv4(p.prefix)}/${p.prefixLength} via 9.186.100.1`);
+  const addStarted = performance.now();
+  for (const text of texts) table.addRoute(text);
+  const addSeconds = (performance.now() - addStarted) / 1000;
+  figures.push({ key: "routeAdds", label: `routes added as \`ip route add\` text, ${ROUTES / 1000}k prefixes`, value: ROUTES / addSeconds, unit: "routes/s" });
+  log(`  ip route add: ${ROUTES} routes in ${(addSeconds * 1000).toFixed(0)} ms`);
 }
 
 /** Conntrack (+ NAT by-source index) bytes per entry with 1M live entries, from heap + arrayBuffers growth. */

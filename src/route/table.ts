@@ -426,11 +426,11 @@ export class RoutingTable {
     }
     // The main table (fib_table_lookup): the longest prefix holding a route whose scope is wide
     // enough (and on the device, if given); an error route found that way fails the lookup.
+    // Prefix lengths from /32 down, one chain lookup each (a full table holds a million chains).
     let best: MutableRoute | undefined;
-    for (const chain of this.chains.values()) {
-      const head = this.routesById[chain[0]!]!;
-      if (best !== undefined && head.prefixLength <= best.prefixLength) continue;
-      if (((gateway & prefixMask(head.prefixLength)) >>> 0) !== head.prefix) continue;
+    for (let length = 32; length >= 0 && best === undefined; length--) {
+      const chain = this.chains.get(chainKey((gateway & prefixMask(length)) >>> 0, length));
+      if (chain === undefined) continue;
       for (const id of chain) {
         const r = this.routesById[id]!;
         if (r.scope < wantedScope || (port >= 0 && r.port !== port)) continue;
