@@ -81,6 +81,23 @@ export interface RouterOptions {
   readonly warmUp?: boolean;
 }
 
+/** An on/off switch from the environment: unset is `fallback`, "0" off, "1" on, anything else refused. */
+export function envSwitch(name: string, fallback: boolean, env: NodeJS.ProcessEnv = process.env): boolean {
+  const value = env[name];
+  if (value === undefined || value === "") return fallback;
+  if (value === "0" || value === "1") return value === "1";
+  throw new OperationalError(`${name} must be 0 or 1, not '${value}'`, 2);
+}
+
+/** A number of microseconds from the environment (0 to 1 000 000), `fallback` when unset. */
+export function envMicroseconds(name: string, fallback: number, env: NodeJS.ProcessEnv = process.env): number {
+  const value = env[name];
+  if (value === undefined || value === "") return fallback;
+  const number = /^\d+$/.test(value) ? Number(value) : NaN;
+  if (!(number <= 1_000_000)) throw new OperationalError(`${name} must be a number of microseconds from 0 to 1000000, not '${value}'`, 2);
+  return number;
+}
+
 /** The checks of `qnat run` that touch nothing: returns what the router needs. */
 export function prepareRouter(configPath: string): { config: RouterConfig; dataplane: Dataplane; rules: NatTable } {
   const config = loadConfig(configPath);
@@ -119,10 +136,10 @@ export async function runRouterCommand(configPath: string, options: RouterOption
 
 export async function startRouter(configPath: string, options: RouterOptions = {}): Promise<RunningRouter> {
   const log = options.log ?? ((line: string) => process.stdout.write(`${line}\n`));
-  const wantOffloads = options.offloads ?? process.env.QNAT_OFFLOAD !== "0";
-  const passthrough = options.passthrough ?? process.env.QNAT_PASSTHROUGH === "1";
-  const spinMicroseconds = options.spinMicroseconds ?? Number(process.env.QNAT_SPIN_US ?? SPIN_MICROSECONDS);
-  const wantWarmUp = options.warmUp ?? process.env.QNAT_WARMUP !== "0";
+  const wantOffloads = options.offloads ?? envSwitch("QNAT_OFFLOAD", true);
+  const passthrough = options.passthrough ?? envSwitch("QNAT_PASSTHROUGH", false);
+  const spinMicroseconds = options.spinMicroseconds ?? envMicroseconds("QNAT_SPIN_US", SPIN_MICROSECONDS);
+  const wantWarmUp = options.warmUp ?? envSwitch("QNAT_WARMUP", true);
   if (!isRoot()) throw new PrivilegeError("run");
   const { config, dataplane, rules } = prepareRouter(configPath);
   const addon = loadTunAddon();
