@@ -35,6 +35,7 @@ import { buildDataplane } from "../dataplane/from-config.js";
 import { NetfilterNat } from "../dataplane/netfilter-nat.js";
 import type { Dataplane } from "../dataplane/pipeline.js";
 import { Forwarder } from "../io/forwarder.js";
+import { LEGS_BEYOND_MASK, legBit } from "../io/leg.js";
 import { PassthroughForwarder } from "../io/passthrough.js";
 import { deleteNetns, isRoot, netnsPath } from "../io/netns.js";
 import { VIRTIO_NET_HDR_LEN } from "../core/batch.js";
@@ -203,14 +204,14 @@ export async function startRouter(configPath: string, options: RouterOptions = {
     }
   };
   let offloads: TunOffloads | undefined;
-  // Before any device exists: the per-packet code compiled on a scratch dataplane, in the slot
-  // geometry the legs will most likely have (offloads on: a header and 64 KiB slots).
   let warmed: WarmUpReport | undefined;
-  if (wantWarmUp && !passthrough) {
-    warmed = warmUp(config, wantOffloads ? { headroom: VIRTIO_NET_HDR_LEN, slotSize: GSO_SLOT_SIZE } : {});
-  }
   try {
     if (passthrough && config.ports.length !== 2) throw new OperationalError("pass-through mode needs a router with exactly two ports");
+    // Before any device exists: the per-packet code compiled on a scratch dataplane, in the slot
+    // geometry the legs will most likely have (offloads on: a header and 64 KiB slots).
+    if (wantWarmUp && !passthrough) {
+      warmed = warmUp(config, wantOffloads ? { headroom: VIRTIO_NET_HDR_LEN, slotSize: GSO_SLOT_SIZE } : {});
+    }
     created = ensureNamespaces(config);
     for (const port of config.ports) {
       const wire = TunDevice.open(port.wire.device, { netns: port.wire.namespace, vnetHdr: wantOffloads });
@@ -261,7 +262,7 @@ export async function startRouter(configPath: string, options: RouterOptions = {
   // Bits of the mirror legs (odd indexes): the router namespace's kernel may answer a packet
   // written to one mirror through another (its own routing decides), so they are swept together.
   let mirrorBits = 0;
-  for (let index = 1; index < legs.length; index += 2) mirrorBits |= 1 << index;
+  for (let index = 1; index < legs.length; index += 2) mirrorBits |= legBit(index);
   legs.forEach((leg, index) => {
     leg.device.onReadable((error?: TunError) => {
       if (error !== undefined) {
@@ -302,7 +303,9 @@ export async function startRouter(configPath: string, options: RouterOptions = {
       if (pending === 0) return;
       if ((pending & mirrorBits) !== 0) pending |= mirrorBits;
       forwarder.written = 0;
-      for (let index = 0; index < legs.length; index++) if ((pending & (1 << index)) !== 0) drain(index);
+      // Legs past the mask's 31 bits (16 ports and more) are covered by reading every leg.
+      const every = (pending & LEGS_BEYOND_MASK) !== 0;
+      for (let index = 0; index < legs.length; index++) if (every || (pending & legBit(index)) !== 0) drain(index);
     }
   };
   housekeeping = setInterval(() => dataplane.housekeeping(), HOUSEKEEPING_INTERVAL_MS);

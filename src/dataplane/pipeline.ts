@@ -526,7 +526,7 @@ export class Dataplane {
     const dport = ports & 0xffff;
 
     const table = this.conntrack;
-    // prefetchBatch covers TCP and UDP (bucket and route); other packets have bucket -1.
+    // prefetchBatch hashes TCP and UDP tuples; other packets have bucket -1.
     const prefetched = index >= 0 && index < this.prefetchedCount && this.prefetchBuckets[index]! >= 0;
     const handle = table.findLiveInBucket(prefetched ? this.prefetchBuckets[index]! : -1, protocol, src, dst, ports);
     if (handle < 0) return FAST_PATH_MISS;

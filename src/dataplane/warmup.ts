@@ -12,7 +12,7 @@
  * The scratch dataplane uses the live one's batch geometry (headroom, slot size) and the system
  * clock, so the code is warmed for the same shapes it will meet.
  */
-import { formatIpv4 } from "../core/addr.js";
+import { formatIpv4, type Cidr } from "../core/addr.js";
 import { PacketBatch } from "../core/batch.js";
 import type { RouterConfig } from "../config/config.js";
 import { buildPacket, decodePacket, type PacketSpec } from "../wire/build.js";
@@ -26,8 +26,8 @@ export interface WarmUpOptions {
   headroom?: number;
   /** Slot size of the receive batch. Default 2048 + headroom. */
   slotSize?: number;
-  /** Rounds over every flow shape. Default 20. */
-  rounds?: number;
+  /** Packets to send at least (whole conversations, so a few more). Default 9000. */
+  packets?: number;
 }
 
 export interface WarmUpReport {
@@ -49,47 +49,48 @@ export function warmUp(config: RouterConfig, options: WarmUpOptions = {}): WarmU
   const started = performance.now();
   const headroom = options.headroom ?? 0;
   const slotSize = options.slotSize ?? 2048 + headroom;
-  const rounds = options.rounds ?? 20;
+  const budget = options.packets ?? 9000;
   const dataplane = buildDataplane(config, { conntrackCapacity: 16_384 });
   const runner = new Runner(dataplane, headroom, slotSize, config.ports.length);
 
-  // Who talks: on each port a neighbour (an address of its first subnet that is not the
+  // Who talks: on each port a neighbour (a host address of its first subnet that is not the
   // router's), the router itself through each mirror, and a remote host arriving on any port.
   const ports = config.ports.map((port, index) => {
     const primary = port.addresses[0];
-    const addresses = port.addresses.map((a) => formatIpv4(a.addr));
-    if (primary === undefined) return { index, neighbour: undefined, addresses };
-    const hostBits = primary.prefixLength >= 31 ? 0 : (1 << (32 - primary.prefixLength)) - 1;
-    const base = (primary.addr & ~hostBits) >>> 0;
-    let neighbour = base + 2;
-    if (neighbour === primary.addr >>> 0) neighbour = base + 3;
-    return { index, neighbour: hostBits >= 3 ? formatIpv4(neighbour) : undefined, addresses };
+    return { index, neighbour: primary === undefined ? undefined : neighbourOf(primary), addresses: port.addresses.map((a) => formatIpv4(a.addr)) };
   });
   const destinations = [REMOTE, ...ports.flatMap((p) => [...p.addresses, ...(p.neighbour ? [p.neighbour] : [])])];
 
+  // Every conversation once, per port, then interleaved port by port: a router with many ports
+  // spends the budget on all of them rather than on the first ones (the number of conversations
+  // grows with ports x addresses; the budget keeps the warm-up at a fraction of a second).
+  const perPort = ports.map((port) => {
+    const list: Conversation[] = [];
+    for (const src of [...(port.neighbour ? [port.neighbour] : []), REMOTE]) {
+      for (const dst of destinations) if (dst !== src) list.push({ port: port.index, leg: LEG_WIRE, src, dst });
+    }
+    const own = port.addresses[0];
+    if (own !== undefined) for (const dst of destinations) if (dst !== own) list.push({ port: port.index, leg: LEG_MIRROR, src: own, dst });
+    if (port.neighbour) list.push({ port: port.index, leg: LEG_WIRE, src: port.neighbour, dst: REMOTE, ttlExpires: true });
+    return list;
+  });
+  const conversations: Conversation[] = [];
+  for (let i = 0; perPort.some((list) => i < list.length); i++) {
+    for (const list of perPort) if (i < list.length) conversations.push(list[i]!);
+  }
+
   let sport = 20_000;
-  for (let round = 0; round < rounds; round++) {
-    for (const port of ports) {
-      const sources = [...(port.neighbour ? [port.neighbour] : []), REMOTE];
-      for (const src of sources) {
-        for (const dst of destinations) {
-          if (dst === src) continue;
-          sport = sport >= 60_000 ? 20_000 : sport + 1;
-          runner.tcpConversation(port.index, LEG_WIRE, src, dst, sport);
-          runner.udpExchange(port.index, LEG_WIRE, src, dst, sport);
-          runner.ping(port.index, LEG_WIRE, src, dst, sport);
-        }
-      }
-      // The router's own traffic (OUTPUT path) from the port's address.
-      const own = port.addresses[0];
-      if (own !== undefined) {
-        for (const dst of destinations) {
-          if (dst === own) continue;
-          sport = sport >= 60_000 ? 20_000 : sport + 1;
-          runner.udpExchange(port.index, LEG_MIRROR, own, dst, sport);
-        }
-      }
-      if (port.neighbour) runner.send(port.index, LEG_WIRE, { protocol: "udp", src: port.neighbour, dst: REMOTE, sport: 33434, dport: 33434, ttl: 1 });
+  for (let i = 0; conversations.length > 0 && runner.packets < budget; i = (i + 1) % conversations.length) {
+    const c = conversations[i]!;
+    sport = sport >= 60_000 ? 20_000 : sport + 1;
+    if (c.ttlExpires) {
+      runner.send(c.port, c.leg, { protocol: "udp", src: c.src, dst: c.dst, sport: 33434, dport: 33434, ttl: 1 });
+    } else if (c.leg === LEG_MIRROR) {
+      runner.udpExchange(c.port, c.leg, c.src, c.dst, sport);
+    } else {
+      runner.tcpConversation(c.port, c.leg, c.src, c.dst, sport);
+      runner.udpExchange(c.port, c.leg, c.src, c.dst, sport);
+      runner.ping(c.port, c.leg, c.src, c.dst, sport);
     }
   }
   return {
@@ -100,6 +101,28 @@ export function warmUp(config: RouterConfig, options: WarmUpOptions = {}): WarmU
     connections: dataplane.conntrack.counters.created,
     ms: performance.now() - started,
   };
+}
+
+interface Conversation {
+  port: number;
+  leg: number;
+  src: string;
+  dst: string;
+  /** A single UDP packet with TTL 1 instead: the router's own ICMP time exceeded. */
+  ttlExpires?: boolean;
+}
+
+/**
+ * A host address of `cidr`'s subnet other than the router's own: the first usable one, else the
+ * next; on a /31 the other address (RFC 3021); none on a /32.
+ */
+function neighbourOf(cidr: Cidr): string | undefined {
+  if (cidr.prefixLength >= 32) return undefined;
+  const own = cidr.addr >>> 0;
+  if (cidr.prefixLength === 31) return formatIpv4((own ^ 1) >>> 0);
+  const hostBits = (1 << (32 - cidr.prefixLength)) - 1;
+  const base = (own & ~hostBits) >>> 0;
+  return formatIpv4(base + 1 === own ? base + 2 : base + 1);
 }
 
 /** Sends synthetic packets through a dataplane and answers what leaves. */

@@ -5,7 +5,7 @@
  */
 import { PacketBatch } from "../core/batch.js";
 import type { Dataplane } from "../dataplane/pipeline.js";
-import type { Leg } from "./leg.js";
+import { legBit, type Leg } from "./leg.js";
 
 export class Forwarder {
   private readonly rx: PacketBatch;
@@ -13,7 +13,7 @@ export class Forwarder {
   private readonly generated: PacketBatch;
   private readonly generatedVerdicts: Int32Array;
   /**
-   * Bit `leg` is set when a batch was written to that leg (cleared by whoever reads it): the
+   * `legBit(leg)` is set when a batch was written to that leg (cleared by whoever reads it): the
    * peer's kernel often answers inside that write() (a ping reply, an ACK), so the router's loop
    * reads those legs next instead of waiting for another wake-up.
    */
@@ -65,7 +65,7 @@ export class Forwarder {
       for (let i = 0; i < batch.count; i++) {
         if (verdicts[i] === leg) {
           legs[leg]!.writeSelected(batch, verdicts, leg);
-          this.written |= 1 << leg;
+          this.written |= legBit(leg);
           break;
         }
       }

@@ -7,14 +7,14 @@
  * ceiling qnat's processing is compared with.
  */
 import { PacketBatch } from "../core/batch.js";
-import type { Leg } from "./leg.js";
+import { legBit, type Leg } from "./leg.js";
 
 export class PassthroughForwarder {
   private readonly rx: PacketBatch;
   private readonly verdicts: Int32Array;
   /** Packets read from mirrors and dropped. */
   mirrorDropped = 0;
-  /** Bit `leg` set when a batch was written to that leg (as Forwarder.written). */
+  /** `legBit(leg)` set when a batch was written to that leg (as Forwarder.written). */
   written = 0;
 
   /** `legs[port * 2 + leg]` as for the Forwarder; exactly two ports. */
@@ -46,7 +46,7 @@ export class PassthroughForwarder {
     const verdicts = this.verdicts;
     for (let i = 0; i < count; i++) verdicts[i] = target;
     this.legs[target]!.writeSelected(this.rx, verdicts, target);
-    this.written |= 1 << target;
+    this.written |= legBit(target);
     return count;
   }
 }
