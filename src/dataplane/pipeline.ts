@@ -128,6 +128,12 @@ export class Dataplane {
    */
   private readonly localList: Int32Array;
   private readonly broadcastList: Int32Array;
+  /**
+   * The fast path's pre-filter for those scans: one byte per value of foldAddress(), non-zero
+   * where a local or broadcast address folds. Most packets' addresses fold elsewhere and skip
+   * both scans (one L1 load instead of a dozen compares, twice per packet).
+   */
+  private readonly specialFold = new Uint8Array(256);
   private ipId = 1;
   /** Verdicts of the router's own ICMP errors in the current batch (see sendIcmpError). */
   private generatedVerdicts: Int32Array = new Int32Array(0);
@@ -209,6 +215,8 @@ export class Dataplane {
     this.broadcastAddresses.add(0xffffffff);
     this.localList = Int32Array.from(this.localAddresses.keys(), (a) => a | 0);
     this.broadcastList = Int32Array.from(this.broadcastAddresses, (a) => a | 0);
+    for (const addr of this.localList) this.specialFold[foldAddress(addr)] = 1;
+    for (const addr of this.broadcastList) this.specialFold[foldAddress(addr)] = 1;
   }
 
   /** True when `addr` is one of the router's own addresses. */
@@ -515,7 +523,8 @@ export class Dataplane {
     } else {
       return FAST_PATH_MISS;
     }
-    if (isMartianSource(src) || includes(this.broadcastList, src) || includes(this.localList, src)) return FAST_PATH_MISS;
+    const special = this.specialFold;
+    if (isMartianSource(src) || (special[foldAddress(src)] !== 0 && (includes(this.broadcastList, src) || includes(this.localList, src)))) return FAST_PATH_MISS;
     const firstOctet = dst >>> 24;
     if (firstOctet === 127 || firstOctet === 0) return FAST_PATH_MISS;
     // The tuple's ports: TCP/UDP source and destination port; ICMP identifier and type/code
@@ -543,7 +552,9 @@ export class Dataplane {
       newDst = table.tupleSrcBits(id, other);
       if (!icmp) newDport = table.tuplePortsBits(id, other) >>> 16;
     }
-    if (includes(this.localList, newDst) || includes(this.broadcastList, newDst) || newDst >>> 28 === 0xe) return FAST_PATH_MISS;
+    if ((special[foldAddress(newDst)] !== 0 && (includes(this.localList, newDst) || includes(this.broadcastList, newDst))) || newDst >>> 28 === 0xe) {
+      return FAST_PATH_MISS;
+    }
     // The route: from the entry's route cache when it is current (see routeVersion).
     const version = this.routeVersion;
     const cache = table.routeCache(id);
@@ -834,6 +845,12 @@ export class Dataplane {
     this.fragmentsExpired += this.fragments.expire();
     this.nat?.housekeeping();
   }
+}
+
+/** The four bytes of `addr` xor-ed together: an index into Dataplane.specialFold. */
+function foldAddress(addr: number): number {
+  const half = addr ^ (addr >>> 16);
+  return (half ^ (half >>> 8)) & 0xff;
 }
 
 /** True when `addr` (uint32 or int32 bits) is in `list` (int32). */

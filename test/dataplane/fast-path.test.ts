@@ -8,8 +8,10 @@ import { MemoryRouter } from "../support/memory-router.js";
 const QR = "qr-694450d6-f6";
 const QG = "qg-e76de35e-90";
 
-const TENANTS = ["10.0.0.2", "10.0.0.3", "10.0.0.4", "10.0.0.1"];
-const OUTSIDE = ["9.186.100.1", "203.0.113.10", "198.51.100.7", "200.1.2.3", "127.0.0.1", "224.0.0.5"];
+// The router's own addresses and the subnets' broadcasts are among them: the fast path must hand
+// those to the general path (its fold pre-filter may not let one through).
+const TENANTS = ["10.0.0.2", "10.0.0.3", "10.0.0.4", "10.0.0.1", "10.0.0.255"];
+const OUTSIDE = ["9.186.100.1", "203.0.113.10", "198.51.100.7", "200.1.2.3", "127.0.0.1", "224.0.0.5", "9.186.100.255", "255.255.255.255", "9.186.100.129"];
 const FLAGS = [TCP_SYN, TCP_ACK, TCP_ACK | TCP_PSH, TCP_ACK | TCP_PSH, TCP_FIN | TCP_ACK, TCP_RST, TCP_SYN | TCP_ACK, TCP_ACK];
 
 function pick<T>(rng: XorShift32, list: readonly T[]): T {
