@@ -463,7 +463,7 @@ export interface ScenarioResult {
   knownBug?: string;
   /** What the comparison inferred and allowed for (timing), printed under the verdict. */
   notes: string[];
-  /** When the scenario differs: each side's packets in arrival order (timeline()). */
+  /** When the scenario differs or a timing allowance applied: each side's packets in arrival order (timeline()). */
   timelines?: { kernel: string[]; qnat: string[] };
 }
 
@@ -556,7 +556,8 @@ export function compareObservations(original: Plan, kernel: Observation, qnat: O
   }
   add("conntrack", normaliseConntrack(kernel, plan), normaliseConntrack(qnat, plan));
   const agree = sections.every((s) => s.equal || s.documented !== undefined);
-  const timelines = agree ? undefined : { kernel: timeline(kernel, plan), qnat: timeline(qnat, plan) };
+  // Shown when the scenario differs, and when a timing allowance was applied (the evidence).
+  const timelines = agree && notes.length === 0 ? undefined : { kernel: timeline(kernel, plan), qnat: timeline(qnat, plan) };
   return { name: plan.name, sections, agree, ms, knownBug: plan.knownBug, notes, timelines };
 }
 

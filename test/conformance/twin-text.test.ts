@@ -104,6 +104,8 @@ describe("teardown timing", () => {
       "into tenant-a: 172.16.50.22 > 192.168.10.12 p6 ttl 63 len 52 DF 7002 > 42131 [FA] seq 120",
       "into tenant-a: 172.16.50.22 > 192.168.10.12 p6 ttl 63 len 52 DF 7002 > 42131 [R] seq 121",
     ]);
-    expect(allowed.timelines).toBeUndefined();
+    // The allowance shows its evidence: the FIN twice in the qnat side's timeline.
+    expect(allowed.timelines?.qnat.filter((line) => line.includes("[FA] seq 120"))).toHaveLength(2);
+    expect(compareObservations(plan, clean, clean, 1).timelines).toBeUndefined();
   });
 });
