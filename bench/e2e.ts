@@ -14,11 +14,12 @@
  * bench/results/e2e.svg.
  */
 import { spawn } from "node:child_process";
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { cpus, hostname, release, tmpdir } from "node:os";
 import { join } from "node:path";
 import { isRoot } from "../src/io/netns.js";
 import { packageRoot, retagForRun, runTag, startKernelLab, startQnatLab, type Lab, type LabKind } from "./e2e-lab.js";
+import { escapeXml, mergeResults } from "./lib/report.js";
 
 const TCP_SECONDS = Number(process.env.QNAT_BENCH_TCP_SECONDS ?? 5);
 const UDP_SECONDS = Number(process.env.QNAT_BENCH_UDP_SECONDS ?? 5);
@@ -328,10 +329,6 @@ function svg(result: E2eResult): string {
   return parts.join("\n") + "\n";
 }
 
-function escapeXml(text: string): string {
-  return text.replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;");
-}
-
 function iperfVersion(): Promise<string> {
   return new Promise((resolve) => {
     const child = spawn("iperf3", ["--version"], { stdio: ["ignore", "pipe", "ignore"] });
@@ -399,17 +396,7 @@ async function main(): Promise<number> {
   const dir = join(root, "bench", "results");
   mkdirSync(dir, { recursive: true });
   const latestPath = join(dir, "latest.json");
-  // Merge: the hot-path benchmark writes its own key into the same file.
-  let latest: Record<string, unknown> = {};
-  if (existsSync(latestPath)) {
-    try {
-      latest = JSON.parse(readFileSync(latestPath, "utf8")) as Record<string, unknown>;
-    } catch {
-      latest = {};
-    }
-  }
-  latest.e2e = result;
-  writeFileSync(latestPath, JSON.stringify(latest, null, 2) + "\n");
+  mergeResults(latestPath, "e2e", result); // the hot-path bench writes its own key beside it
   writeFileSync(join(dir, "e2e.md"), table(result));
   writeFileSync(join(dir, "e2e.svg"), svg(result));
   process.stdout.write(table(result));

@@ -40,9 +40,9 @@ import {
   seedRouter,
   shuffled,
   tenantFlows,
-  udpPacket,
+  newConnectionWorkload,
 } from "./lib/scenario.js";
-import { type Figure, type HotpathResults, machine, markdown, svgChart, writeJson } from "./lib/report.js";
+import { type Figure, type HotpathResults, machine, markdown, mergeResults, svgChart } from "./lib/report.js";
 
 const QUICK = process.env.BENCH_QUICK === "1";
 const ONLY = new Set((process.env.BENCH_ONLY ?? "").split(",").filter((s) => s !== ""));
@@ -290,13 +290,7 @@ function inboundTcp(): void {
  * pays for freeing the dead entry it meets — the steady state of a busy router.
  */
 function newConnections(): void {
-  const pool = 131_072;
-  const router = seedRouter(262_144);
-  const flows = tenantFlows(pool, 0xabcd);
-  const packets: Uint8Array[] = [];
-  for (let i = 0; i < pool; i++) packets.push(udpPacket(flows.src[i]!, flows.dst[i]!, flows.sport[i]!, flows.dport[i]!));
-  const template = new PacketTemplate(packets, shuffled(pool, 0x1234));
-  const driver = new Driver(router.dataplane);
+  const { router, template, driver } = newConnectionWorkload(131_072);
   const clock: BenchClock = router.clock;
   const conntrack = router.dataplane.conntrack;
   collect();
@@ -442,7 +436,7 @@ async function main(): Promise<void> {
   }
   const results: HotpathResults = { date: new Date().toISOString(), machine: m, figures, stages };
   const dir = process.env.BENCH_OUT ?? "bench/results";
-  writeJson(`${dir}/latest.json`, results);
+  mergeResults(`${dir}/latest.json`, "hotpath", results);
   writeFileSync(`${dir}/latest.md`, markdown(results));
   writeFileSync(`${dir}/hotpath.svg`, svgChart(results));
   log(`wrote ${dir}/latest.json, latest.md, hotpath.svg`);

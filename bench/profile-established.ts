@@ -3,7 +3,7 @@
  * Dataplane.processBatch in a plain loop for `node --cpu-prof`. Usage:
  *   node --cpu-prof dist/bench/profile-established.js [flows] [seconds]
  */
-import { BATCH, Driver, PacketTemplate, TENANT_PORT, establishTenantFlows, seedRouter, shuffled, tenantFlows } from "./lib/scenario.js";
+import { BATCH, Driver, PacketTemplate, TENANT_PORT, establishTenantFlows, runTimed, seedRouter, shuffled, tenantFlows } from "./lib/scenario.js";
 
 const flows = Number(process.argv[2] ?? 65_536);
 const seconds = Number(process.argv[3] ?? 5);
@@ -14,20 +14,7 @@ const driver = new Driver(router.dataplane);
 // `noprefetch` as third argument: compare without the batch prefetch.
 if (process.argv[4] === "noprefetch") (router.dataplane as unknown as { prefetchBatch(): void }).prefetchBatch = () => {};
 let next = 0;
-const end = performance.now() + seconds * 1000;
-let rounds = 0;
-let t0 = performance.now();
-let lastRounds = 0;
-while (performance.now() < end) {
-  for (let k = 0; k < 64; k++) {
-    driver.run(template.views[next]!, TENANT_PORT);
-    if (++next === template.batches) next = 0;
-  }
-  rounds += 64;
-  const t = performance.now();
-  if (t - t0 > 1000) {
-    process.stdout.write(`${(((rounds - lastRounds) * BATCH) / ((t - t0) / 1000) / 1e6).toFixed(2)} Mpps\n`);
-    t0 = t;
-    lastRounds = rounds;
-  }
-}
+runTimed(seconds, BATCH, 1e6, "Mpps", () => {
+  driver.run(template.views[next]!, TENANT_PORT);
+  if (++next === template.batches) next = 0;
+});

@@ -54,7 +54,8 @@ export function met(f: Figure): boolean | undefined {
   return f.higher === false ? f.value <= f.target : f.value >= f.target;
 }
 
-export function writeJson(path: string, hotpath: HotpathResults): void {
+/** Sets `key` in the JSON object at `path` (created if missing): both benches share latest.json. */
+export function mergeResults(path: string, key: string, value: unknown): void {
   mkdirSync(dirname(path), { recursive: true });
   let existing: Record<string, unknown> = {};
   if (existsSync(path)) {
@@ -64,7 +65,7 @@ export function writeJson(path: string, hotpath: HotpathResults): void {
       existing = {};
     }
   }
-  existing.hotpath = hotpath;
+  existing[key] = value;
   writeFileSync(path, JSON.stringify(existing, null, 2) + "\n");
 }
 
@@ -106,7 +107,7 @@ export function markdown(results: HotpathResults): string {
   return lines.join("\n");
 }
 
-function escapeXml(text: string): string {
+export function escapeXml(text: string): string {
   return text.replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;");
 }
 

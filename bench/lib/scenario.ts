@@ -11,7 +11,9 @@ import { loadConfig } from "../../src/config/config.js";
 import { buildDataplane } from "../../src/dataplane/from-config.js";
 import type { Dataplane } from "../../src/dataplane/pipeline.js";
 import { LEG_WIRE, egressOf } from "../../src/dataplane/port.js";
+import { formatIpv4 } from "../../src/core/addr.js";
 import { buildPacket } from "../../src/wire/build.js";
+import { read16, read32 } from "../../src/wire/bytes.js";
 import { TCP_ACK, TCP_PSH, TCP_SYN } from "../../src/wire/packet-info.js";
 
 /** Packets per batch (what one TUN read/recvmmsg hands the pipeline). */
@@ -50,10 +52,6 @@ export interface FlowSet {
   readonly dst: Uint32Array;
   readonly sport: Uint16Array;
   readonly dport: Uint16Array;
-}
-
-function ipText(addr: number): string {
-  return `${addr >>> 24}.${(addr >>> 16) & 255}.${(addr >>> 8) & 255}.${addr & 255}`;
 }
 
 /** A random public unicast address outside the seed's networks (11.0.0.0 - 223.255.255.254). */
@@ -99,11 +97,11 @@ export function inboundFlows(count: number, seed: number): FlowSet {
 }
 
 export function udpPacket(src: number, dst: number, sport: number, dport: number): Uint8Array {
-  return buildPacket({ protocol: "udp", src: ipText(src), dst: ipText(dst), sport, dport, length: PACKET_BYTES });
+  return buildPacket({ protocol: "udp", src: formatIpv4(src), dst: formatIpv4(dst), sport, dport, length: PACKET_BYTES });
 }
 
 export function tcpPacket(src: number, dst: number, sport: number, dport: number, flags: number): Uint8Array {
-  return buildPacket({ protocol: "tcp", src: ipText(src), dst: ipText(dst), sport, dport, tcpFlags: flags, length: PACKET_BYTES });
+  return buildPacket({ protocol: "tcp", src: formatIpv4(src), dst: formatIpv4(dst), sport, dport, tcpFlags: flags, length: PACKET_BYTES });
 }
 
 /**
@@ -175,12 +173,6 @@ export class Driver {
   }
 }
 
-function read16(b: Uint8Array, at: number): number {
-  return (b[at]! << 8) | b[at + 1]!;
-}
-function read32(b: Uint8Array, at: number): number {
-  return ((b[at]! << 24) | (b[at + 1]! << 16) | (b[at + 2]! << 8) | b[at + 3]!) >>> 0;
-}
 
 function expectVerdict(got: number, want: number, what: string): void {
   if (got !== want) throw new Error(`bench set-up: ${what}: verdict ${got}, expected ${want}`);
@@ -238,4 +230,38 @@ export function establishInboundTcp(router: Router, flows: FlowSet): Uint8Array[
     for (const v of done.verdicts) expectVerdict(v, egressOf(TENANT_PORT, LEG_WIRE), "ACK");
   }
   return data;
+}
+
+/**
+ * The new-connection workload: the first packets of `pool` distinct UDP flows from the tenants,
+ * shuffled into batches. Replayed after the clock moved past the UDP timeout, every packet is a
+ * new connection that also frees the expired entry of its previous round.
+ */
+export function newConnectionWorkload(pool: number): { router: Router; template: PacketTemplate; driver: Driver } {
+  const router = seedRouter(262_144);
+  const flows = tenantFlows(pool, 0xabcd);
+  const packets: Uint8Array[] = [];
+  for (let i = 0; i < pool; i++) packets.push(udpPacket(flows.src[i]!, flows.dst[i]!, flows.sport[i]!, flows.dport[i]!));
+  return { router, template: new PacketTemplate(packets, shuffled(pool, 0x1234)), driver: new Driver(router.dataplane) };
+}
+
+/**
+ * The profiling helpers' loop: `step()` (one batch) for `seconds`, printing the rate of
+ * `perStep` units a second once a second as `unit` (scaled by `scale`).
+ */
+export function runTimed(seconds: number, perStep: number, scale: number, unit: string, step: () => void): void {
+  const end = performance.now() + seconds * 1000;
+  let steps = 0;
+  let t0 = performance.now();
+  let lastSteps = 0;
+  while (performance.now() < end) {
+    for (let k = 0; k < 16; k++) step();
+    steps += 16;
+    const t = performance.now();
+    if (t - t0 > 1000) {
+      process.stdout.write(`${(((steps - lastSteps) * perStep) / ((t - t0) / 1000) / scale).toFixed(scale >= 1e6 ? 2 : 0)} ${unit}\n`);
+      t0 = t;
+      lastSteps = steps;
+    }
+  }
 }

@@ -319,24 +319,6 @@ export class ConntrackTable {
     return node;
   }
 
-  /** `lookup` with the time already read (one clock read per packet in track()). */
-  lookupAt(protocol: number, src: number, dst: number, sport: number, dport: number, now: number): number {
-    this.times[1] = now;
-    const node = this.findNode(protocol, src, dst, (sport << 16) | dport);
-    if (node >= 0) this.counters.found++;
-    return node;
-  }
-
-  /**
-   * Batch prefetch, step 1: the head node of the bucket this tuple hashes to (-1: empty). The
-   * dataplane calls it for every packet of a batch before processing any, so the cache misses of
-   * the bucket loads overlap instead of stalling one packet after another (VPP/DPDK's
-   * prefetch-then-process batching; JavaScript has no prefetch instruction, a plain load does it).
-   */
-  bucketHead(protocol: number, src: number, dst: number, sport: number, dport: number): number {
-    return this.buckets[this.hashTuple(protocol, src | 0, dst | 0, (sport << 16) | dport)]!;
-  }
-
   /**
    * The bucket this tuple hashes to. The dataplane's batch prefetch computes it once per packet
    * and hands it back to `findLiveInBucket`, so the fast path does not hash the tuple twice.
@@ -364,12 +346,17 @@ export class ConntrackTable {
     for (let at = W_ROUTE; at < w.length; at += ENTRY_WORDS) w[at] = 0;
   }
 
-  /** The head node of `bucket` (-1: empty); with `bucketOf`, step 1 of the batch prefetch. */
+  /**
+   * Batch prefetch, step 1 (with `bucketOf`): the head node of `bucket` (-1: empty). The dataplane
+   * reads it for every packet of a batch before processing any, so the cache misses of the bucket
+   * loads overlap instead of stalling one packet after another (VPP/DPDK's prefetch-then-process
+   * batching; JavaScript has no prefetch instruction, a plain load does it).
+   */
   bucketHeadAt(bucket: number): number {
     return this.buckets[bucket]!;
   }
 
-  /** Batch prefetch, step 2: loads the record of `node` (from `bucketHead`) into the cache. */
+  /** Batch prefetch, step 2: loads the record of `node` (from `bucketHeadAt`) into the cache. */
   touchNode(node: number): number {
     // Two loads: the node's words and the entry's times. A large ArrayBuffer's memory is not
     // 64-byte aligned (glibc's mmap'd chunks start 16 bytes into a page), so a 64-byte record
@@ -380,18 +367,9 @@ export class ConntrackTable {
 
   /**
    * `lookup` without counting `found` (the dataplane's fast path counts when it commits), at
-   * `now()`. Takes no time argument: a double passed to a function V8 does not inline is boxed,
-   * i.e. allocated, and this runs for every packet.
-   */
-  findLive(protocol: number, src: number, dst: number, sport: number, dport: number): number {
-    const pinned = this.times[0]!;
-    this.times[1] = pinned === pinned ? pinned : this.clock.now();
-    return this.findNode(protocol, src, dst, (sport << 16) | dport);
-  }
-
-  /**
-   * `findLive` with src, dst and `ports` (sport << 16 | dport) as int32 words, in `bucket`, which
-   * must be `bucketOf` this tuple, or -1 to hash it here.
+   * `now()`, with src, dst and `ports` (sport << 16 | dport) as int32 words, in `bucket`, which
+   * must be `bucketOf` this tuple, or -1 to hash it here. Takes no time argument: a double passed
+   * to a function V8 does not inline is boxed, i.e. allocated, and this runs for every packet.
    */
   findLiveInBucket(bucket: number, protocol: number, src: number, dst: number, ports: number): number {
     const pinned = this.times[0]!;

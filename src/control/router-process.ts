@@ -249,7 +249,7 @@ export async function startRouter(configPath: string, options: RouterOptions = {
 
   // With IFF_VNET_HDR every slot starts with the virtio_net_hdr (the headroom); with offloads
   // the slots hold 64 KiB super-packets.
-  const headroom = wantOffloads ? legs[0]!.device.vnetHeaderLength : 0;
+  const headroom = legs[0]!.device.vnetHeaderLength; // 0 without IFF_VNET_HDR
   const slotSize = offloads !== undefined ? GSO_SLOT_SIZE : 2048 + headroom;
   const forwarder = passthrough
     ? new PassthroughForwarder(legs, BATCH_SIZE, slotSize, headroom)
@@ -356,13 +356,8 @@ function enableOffloadsOnAll(devices: readonly TunDevice[], log: (line: string) 
     for (const device of devices) {
       const got = device.enableOffloads();
       common ??= got;
+      // All legs run the same kernel, so they agree; if they did not, none gets offloads.
       if (got.udpSegmentation !== common.udpSegmentation) throw new Error(`${device.name}: USO differs between legs`);
-    }
-    // Legs that got USO before one did not: bring them down to TCP offloads only.
-    if (common !== undefined && !common.udpSegmentation) {
-      const addon = loadTunAddon();
-      const tcp = addon.constants.TUN_F_CSUM | addon.constants.TUN_F_TSO4 | addon.constants.TUN_F_TSO6;
-      for (const device of devices) device.setOffload(tcp);
     }
     return common;
   } catch (error) {

@@ -44,11 +44,6 @@ export class PacketBatch {
     return index * this.slotSize + this.headroom;
   }
 
-  /** The largest packet a slot holds. */
-  get maxPacketLength(): number {
-    return this.slotSize - this.headroom;
-  }
-
   /**
    * The GSO segment size of packet i (virtio_net_hdr.gso_size, little-endian as TUN uses it on
    * little-endian hosts), 0 when the packet is not a super-packet (or there is no header).

@@ -219,11 +219,6 @@ export class Dataplane {
     for (const addr of this.broadcastList) this.specialFold[foldAddress(addr)] = 1;
   }
 
-  /** True when `addr` is one of the router's own addresses. */
-  isLocalAddress(addr: number): boolean {
-    return this.localAddresses.has(addr);
-  }
-
   /**
    * Processes `batch`, received on `leg` of port `ingress`. `verdicts[i]` receives the egress
    * (`port * 2 + leg`) or VERDICT_DROP for packet i. ICMP errors the router sends in response
@@ -322,15 +317,14 @@ export class Dataplane {
       counters[base + 1] += length;
       // Bytes past the IPv4 total length are not part of the packet (ip_rcv_core: pskb_trim_rcsum):
       // they never leave. A total length that is not plausible is left for validation to refuse.
-      const o = i * slot + headroom;
-      const total = length >= 20 ? (data[o + 2]! << 8) | data[o + 3]! : 0;
+      const off = i * slot + headroom;
+      const total = length >= 20 ? (data[off + 2]! << 8) | data[off + 3]! : 0;
       if (total >= 20 && total < length) batch.lengths[i] = length = total;
       // Offloads (TUN virtio_net_hdr): super-packets and partial TCP/UDP checksums.
       if (headroom !== 0) {
         this.l4Partial = batch.isChecksumPartial(i);
         this.gsoSize = batch.gsoSizeOf(i);
       }
-      const off = i * slot + headroom;
       let verdict = FAST_PATH_MISS;
       if (leg === LEG_WIRE) {
         if (fast) verdict = this.forwardEstablished(data, off, length, i);
@@ -374,7 +368,7 @@ export class Dataplane {
     return VERDICT_DROP;
   }
 
-  /** A packet from the network: PREROUTING, then INPUT or FORWARD + POSTROUTING. */
+  /** The established fast path runs unless a trace is being recorded. */
   private fastPathEnabled(): boolean {
     return this.fastPath && this.tracer === null && this.netfilterNat !== null && this.netfilterNat.tracer === null;
   }

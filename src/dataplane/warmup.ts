@@ -133,7 +133,7 @@ class Runner {
   readonly perPort: number[];
   private readonly batch: PacketBatch;
   private readonly verdicts = new Int32Array(BATCH);
-  private readonly errors = new PacketBatch(BATCH, 2048);
+  private readonly errors: PacketBatch;
   private readonly errorVerdicts = new Int32Array(BATCH);
   private readonly payload = new Uint8Array(64);
 
@@ -144,6 +144,8 @@ class Runner {
     ports: number,
   ) {
     this.batch = new PacketBatch(BATCH, slotSize, headroom);
+    // As the Forwarder's batch of the router's own ICMP errors: small slots, the legs' headroom.
+    this.errors = new PacketBatch(BATCH, Math.min(slotSize, 2048 + headroom), headroom);
     this.perPort = new Array<number>(ports).fill(0);
   }
 

@@ -114,11 +114,7 @@ export class NatEngine {
   private newDport = 0;
   /** Connection being set up (ignored by nf_nat_used_tuple). */
   private settingUp = -1;
-  /** The last search (see `lastSearch`) and the connection whose mapping was reused. */
-  private lastSearchTries = 0;
-  private lastSearchOffset = 0;
-  private lastSearchMin = 0;
-  private lastSearchSize = 0;
+  /** The connection whose mapping was reused (for the explanation). */
   private reusedFrom = -1;
 
   constructor(
@@ -249,7 +245,6 @@ export class NatEngine {
   private getUniqueTuple(manip: Manip, range: NatRange, explain: string[] | undefined): boolean {
     const flags = range.flags;
     this.reusedFrom = -1;
-    this.lastSearchTries = 0;
     // 1) SRC manip: keep the original tuple when it is in range and free; else reuse the mapping
     //    an existing connection from the same source has, if it gives a free tuple in range.
     if (manip === Manip.Src && (flags & NF_NAT_RANGE_PROTO_RANDOM_ALL) === 0) {
@@ -495,7 +490,6 @@ export class NatEngine {
         tries++;
         if (!this.isUsed()) {
           this.counters.searchTries += tries;
-          this.noteSearch(tries, firstOffset, min, rangeSize);
           if (explain) this.explainSearch(explain, manip, oldKey, min, rangeSize, firstOffset, key, tries);
           return true;
         }
@@ -505,7 +499,6 @@ export class NatEngine {
       off = this.rng.next() & 0xffff;
     }
     this.counters.searchTries += tries;
-    this.noteSearch(tries, firstOffset, min, rangeSize);
     if (explain) {
       explain.push(
         `${this.sideName(manip)} ${this.keyName()} ${oldKey} is taken; no free ${this.keyName()} in ` +
@@ -528,18 +521,6 @@ export class NatEngine {
     const max = min + rangeSize - 1;
     const why = oldKey < min || oldKey > max ? `is outside ${min}-${max}` : `is taken; searching ${min}-${max} from offset ${offset % rangeSize}`;
     explain.push(`${this.sideName(manip)} ${this.keyName()} ${oldKey} ${why}: chose ${chosen} after ${tries} ${tries === 1 ? "try" : "tries"}`);
-  }
-
-  private noteSearch(tries: number, offset: number, min: number, size: number): void {
-    this.lastSearchTries = tries;
-    this.lastSearchOffset = offset;
-    this.lastSearchMin = min;
-    this.lastSearchSize = size;
-  }
-
-  /** The last port/id search of `setupNat` (tries 0: none was needed). Control plane. */
-  get lastSearch(): { tries: number; offset: number; min: number; size: number } {
-    return { tries: this.lastSearchTries, offset: this.lastSearchOffset, min: this.lastSearchMin, size: this.lastSearchSize };
   }
 
   // ---- by-source index -------------------------------------------------------------------------

@@ -97,7 +97,6 @@ export class FragmentTable {
   private readonly totalLength: Int32Array;
   private readonly heldHead: Int32Array;
   private readonly heldTail: Int32Array;
-  private readonly heldCount: Uint16Array;
   private readonly chainNext: Int32Array;
   private readonly agePrev: Int32Array;
   private readonly ageNext: Int32Array;
@@ -136,7 +135,6 @@ export class FragmentTable {
     this.totalLength = new Int32Array(n).fill(NONE);
     this.heldHead = new Int32Array(n).fill(NONE);
     this.heldTail = new Int32Array(n).fill(NONE);
-    this.heldCount = new Uint16Array(n);
     this.chainNext = new Int32Array(n);
     this.agePrev = new Int32Array(n).fill(NONE);
     this.ageNext = new Int32Array(n).fill(NONE);
@@ -197,7 +195,6 @@ export class FragmentTable {
       this.releasedTail = this.heldTail[e]!;
       this.heldHead[e] = NONE;
       this.heldTail[e] = NONE;
-      this.heldCount[e] = 0;
     }
     this.account(e, info);
     return DropReason.None;
@@ -249,7 +246,6 @@ export class FragmentTable {
     if (this.heldTail[e] === NONE) this.heldHead[e] = slot;
     else this.slotNext[this.heldTail[e]!] = slot;
     this.heldTail[e] = slot;
-    this.heldCount[e] = this.heldCount[e]! + 1;
     this.slotsUsed++;
     this.bytesHeld += length;
     this.counters.held++;
@@ -347,7 +343,6 @@ export class FragmentTable {
     this.totalLength[e] = NONE;
     this.heldHead[e] = NONE;
     this.heldTail[e] = NONE;
-    this.heldCount[e] = 0;
     const bucket = this.bucketOf(src, dst, idProto);
     this.chainNext[e] = this.buckets[bucket]!;
     this.buckets[bucket] = e;
@@ -407,7 +402,6 @@ export class FragmentTable {
     }
     this.heldHead[e] = NONE;
     this.heldTail[e] = NONE;
-    this.heldCount[e] = 0;
     this.chainNext[e] = this.freeEntry;
     this.freeEntry = e;
     this.entries--;

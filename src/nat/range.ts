@@ -51,13 +51,7 @@ export function natRange(minAddr: number, maxAddr = minAddr, minPort = 0, maxPor
  * `rule` may be undefined when the rule gives no `--to-ports`.
  */
 export function masqueradeRange(egressAddr: number, rule?: NatRange): NatRange {
-  return {
-    minAddr: egressAddr >>> 0,
-    maxAddr: egressAddr >>> 0,
-    minPort: rule?.minPort ?? 0,
-    maxPort: rule?.maxPort ?? 0,
-    flags: (rule?.flags ?? 0) | NF_NAT_RANGE_MAP_IPS,
-  };
+  return oneAddressRange(egressAddr, rule);
 }
 
 /**
@@ -66,9 +60,14 @@ export function masqueradeRange(egressAddr: number, rule?: NatRange): NatRange {
  * keeping the rule's `--to-ports` and random flags.
  */
 export function redirectRange(localAddr: number, rule?: NatRange): NatRange {
+  return oneAddressRange(localAddr, rule);
+}
+
+/** `addr` alone, with the rule's ports and flags (what MASQUERADE and REDIRECT both build). */
+function oneAddressRange(addr: number, rule: NatRange | undefined): NatRange {
   return {
-    minAddr: localAddr >>> 0,
-    maxAddr: localAddr >>> 0,
+    minAddr: addr >>> 0,
+    maxAddr: addr >>> 0,
     minPort: rule?.minPort ?? 0,
     maxPort: rule?.maxPort ?? 0,
     flags: (rule?.flags ?? 0) | NF_NAT_RANGE_MAP_IPS,

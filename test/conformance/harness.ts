@@ -13,11 +13,12 @@ import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { parseConfig, type RouterConfig } from "../../src/config/config.js";
 import { buildKernelTwin, randomTag, retagConfigText, type KernelTwin } from "../../src/control/twin.js";
+import { isRoot as runningAsRoot } from "../../src/io/netns.js";
 
 export const ROOT = resolve(import.meta.dirname, "../..");
 export const CLI = join(ROOT, "dist/src/cli/main.js");
 export const PROBE = join(import.meta.dirname, "probe.py");
-export const isRoot = typeof process.getuid === "function" && process.getuid() === 0;
+export const isRoot = runningAsRoot();
 const COMMAND_LIMIT_MS = 30_000;
 
 export type SideName = "kernel" | "qnat";

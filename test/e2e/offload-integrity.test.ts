@@ -11,11 +11,11 @@
 import { spawn } from "node:child_process";
 import { resolve } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { netnsExecAsync } from "../../src/io/netns.js";
+import { isRoot as runningAsRoot, netnsExecAsync } from "../../src/io/netns.js";
 import { controlRequest, controlSocketPath } from "../../src/control/socket.js";
 import { retagForRun, runTag, startQnatLab, type Lab } from "../../bench/e2e-lab.js";
 
-const isRoot = typeof process.getuid === "function" && process.getuid() === 0;
+const isRoot = runningAsRoot();
 if (!isRoot) console.warn("test/e2e/offload-integrity.test.ts: not root, so the offload transfer tests are skipped");
 
 const SEED = resolve(import.meta.dirname, "../../examples/seed.yaml");

@@ -13,8 +13,9 @@ import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "no
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
+import { isRoot as runningAsRoot } from "../../src/io/netns.js";
 
-const isRoot = typeof process.getuid === "function" && process.getuid() === 0;
+const isRoot = runningAsRoot();
 if (!isRoot) console.warn("test/e2e/seed-lab.test.ts: not root, so the end-to-end lab tests are skipped (CI runs them as root)");
 
 const ROOT = resolve(import.meta.dirname, "../..");
