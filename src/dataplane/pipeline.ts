@@ -119,8 +119,6 @@ export class Dataplane {
   private readonly icmpLimiter: IcmpRateLimiter;
   /** Router addresses -> owning port (Linux local table: RTN_LOCAL). */
   private readonly localAddresses = new Map<number, number>();
-  /** Directed and limited broadcast addresses (RTN_BROADCAST): received, never forwarded. */
-  private readonly broadcastAddresses = new Set<number>();
   /**
    * The same two sets as int32 arrays for the per-packet checks: a router has a handful of
    * addresses, and a Map/Set probe with a key of 2^30 or more (most public addresses) hashes a
@@ -129,9 +127,9 @@ export class Dataplane {
   private readonly localList: Int32Array;
   private readonly broadcastList: Int32Array;
   /**
-   * The fast path's pre-filter for those scans: one byte per value of foldAddress(), non-zero
-   * where a local or broadcast address folds. Most packets' addresses fold elsewhere and skip
-   * both scans (one L1 load instead of a dozen compares, twice per packet).
+   * The pre-filter for those scans (isOwnOrBroadcast): one byte per value of foldAddress(),
+   * non-zero where a local or broadcast address folds. Most packets' addresses fold elsewhere and
+   * skip both scans (one L1 load instead of a dozen compares, twice per packet).
    */
   private readonly specialFold = new Uint8Array(256);
   private ipId = 1;
@@ -208,13 +206,14 @@ export class Dataplane {
     this.fragments = options.fragments ?? new FragmentTable({ clock: options.clock });
     this.portCounters = new Float64Array(this.ports.length * PORT_COUNTERS);
     this.drops = new Float64Array(this.ports.length * DROP_REASON_COUNT);
+    // Directed and limited broadcast addresses (RTN_BROADCAST): received, never forwarded.
+    const broadcasts = new Set<number>([0xffffffff]);
     for (const port of this.ports) {
       for (const addr of port.addresses) this.localAddresses.set(addr, port.index);
-      for (const addr of port.broadcasts) this.broadcastAddresses.add(addr);
+      for (const addr of port.broadcasts) broadcasts.add(addr);
     }
-    this.broadcastAddresses.add(0xffffffff);
     this.localList = Int32Array.from(this.localAddresses.keys(), (a) => a | 0);
-    this.broadcastList = Int32Array.from(this.broadcastAddresses, (a) => a | 0);
+    this.broadcastList = Int32Array.from(broadcasts, (a) => a | 0);
     for (const addr of this.localList) this.specialFold[foldAddress(addr)] = 1;
     for (const addr of this.broadcastList) this.specialFold[foldAddress(addr)] = 1;
   }
@@ -368,6 +367,14 @@ export class Dataplane {
     return VERDICT_DROP;
   }
 
+  /**
+   * One of the router's own addresses or a broadcast address (int32 or uint32 bits). The fold
+   * filter answers "neither" for almost every address without scanning either list.
+   */
+  private isOwnOrBroadcast(addr: number): boolean {
+    return this.specialFold[foldAddress(addr)] !== 0 && (includes(this.localList, addr) || includes(this.broadcastList, addr));
+  }
+
   /** The established fast path runs unless a trace is being recorded. */
   private fastPathEnabled(): boolean {
     return this.fastPath && this.tracer === null && this.netfilterNat !== null && this.netfilterNat.tracer === null;
@@ -392,7 +399,7 @@ export class Dataplane {
     // broadcast, 0.0.0.0/8 and loopback sources are never routed.
     const src = info.src;
     // A source that is one of the router's own addresses is a martian too (fib_validate_source).
-    if (isMartianSource(src) || includes(this.broadcastList, src) || includes(this.localList, src)) {
+    if (isMartianSource(src) || this.isOwnOrBroadcast(src)) {
       return this.drop(ingress, DropReason.MartianSource);
     }
     const firstOctet = info.dst >>> 24;
@@ -410,7 +417,7 @@ export class Dataplane {
     const dst = info.dst;
     // Local delivery: to the mirror of the port the packet came in on (INPUT).
     // Broadcasts and multicast (qnat runs no multicast routing) go to the router's host too.
-    if (includes(this.localList, dst) || includes(this.broadcastList, dst) || dst >>> 28 === 0xe) {
+    if (this.isOwnOrBroadcast(dst) || dst >>> 28 === 0xe) {
       if (this.tracer !== null) this.tracer.step("route", `local: ${describePacket(this.info)} is for the router itself (INPUT), delivered through the ${this.ports[ingress]!.name} mirror`);
       return this.finishLocalIn(buf, ingress);
     }
@@ -517,8 +524,7 @@ export class Dataplane {
     } else {
       return FAST_PATH_MISS;
     }
-    const special = this.specialFold;
-    if (isMartianSource(src) || (special[foldAddress(src)] !== 0 && (includes(this.broadcastList, src) || includes(this.localList, src)))) return FAST_PATH_MISS;
+    if (isMartianSource(src) || this.isOwnOrBroadcast(src)) return FAST_PATH_MISS;
     const firstOctet = dst >>> 24;
     if (firstOctet === 127 || firstOctet === 0) return FAST_PATH_MISS;
     // The tuple's ports: TCP/UDP source and destination port; ICMP identifier and type/code
@@ -546,9 +552,7 @@ export class Dataplane {
       newDst = table.tupleSrcBits(id, other);
       if (!icmp) newDport = table.tuplePortsBits(id, other) >>> 16;
     }
-    if ((special[foldAddress(newDst)] !== 0 && (includes(this.localList, newDst) || includes(this.broadcastList, newDst))) || newDst >>> 28 === 0xe) {
-      return FAST_PATH_MISS;
-    }
+    if (this.isOwnOrBroadcast(newDst) || newDst >>> 28 === 0xe) return FAST_PATH_MISS;
     // The route: from the entry's route cache when it is current (see routeVersion).
     const version = this.routeVersion;
     const cache = table.routeCache(id);
@@ -788,8 +792,8 @@ export class Dataplane {
     if (info.fragmentOffset !== 0) return;
     if (info.protocol === IPPROTO_ICMP && (info.isIcmpError || !info.hasL4)) return;
     const to = info.src;
-    if (to === 0 || isMartianSource(to) || this.broadcastAddresses.has(to)) return;
-    if (this.broadcastAddresses.has(info.dst) || info.dst >>> 28 === 0xe) return;
+    if (to === 0 || isMartianSource(to) || includes(this.broadcastList, to)) return;
+    if (includes(this.broadcastList, info.dst) || info.dst >>> 28 === 0xe) return;
     if (generated.count >= generated.capacity) return;
     if (!this.icmpLimiter.allow(type, code, to)) {
       this.drops[ingress * DROP_REASON_COUNT + DropReason.IcmpRateLimited] += 1;
