@@ -28,7 +28,7 @@ import type { Clock } from "../core/clock.js";
 import { XorShift32 } from "../core/rng.js";
 import { IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP } from "../wire/packet-info.js";
 import { type ConntrackTimeouts, resolveTimeouts } from "./timeouts.js";
-import { icmpInverseType } from "./tuple.js";
+import { icmpInverseDport } from "./tuple.js";
 
 /** Direction of a packet relative to its connection (Linux `enum ip_conntrack_dir`). */
 export const CtDir = { Original: 0, Reply: 1 } as const;
@@ -438,9 +438,7 @@ export class ConntrackTable {
     if (protocol === IPPROTO_TCP || protocol === IPPROTO_UDP) {
       w[e + 4 + NODE_PORTS] = (dport << 16) | sport;
     } else if (protocol === IPPROTO_ICMP) {
-      const inverse = icmpInverseType(dport >>> 8);
-      const type = inverse < 0 ? dport >>> 8 : inverse;
-      w[e + 4 + NODE_PORTS] = (sport << 16) | (type << 8) | (dport & 0xff);
+      w[e + 4 + NODE_PORTS] = (sport << 16) | icmpInverseDport(dport);
     } else {
       w[e + 4 + NODE_PORTS] = (dport << 16) | sport;
     }

@@ -46,6 +46,16 @@ export function icmpMayCreate(type: number): boolean {
   return type === ICMP_ECHO || type === ICMP_TIMESTAMP || type === ICMP_INFO_REQUEST || type === ICMP_ADDRESS;
 }
 
+/**
+ * The inverse tuple's dport of an ICMP tuple dport ((type << 8) | code): the reply type, or the
+ * same type when it has none (the callers have checked that it may be inverted), same code.
+ */
+export function icmpInverseDport(dport: number): number {
+  const type = (dport >>> 8) & 0xff;
+  const inverse = icmpInverseType(type);
+  return ((inverse < 0 ? type : inverse) << 8) | (dport & 0xff);
+}
+
 /** The dport of an ICMP tuple: (type << 8) | code. */
 export function icmpTupleDport(type: number, code: number): number {
   return ((type & 0xff) << 8) | (code & 0xff);

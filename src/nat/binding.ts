@@ -34,7 +34,7 @@ import { formatIpv4 } from "../core/addr.js";
 import { hashFinal, hashMix } from "../core/hash.js";
 import type { Rng } from "../core/rng.js";
 import { CtStatus, type ConntrackTable } from "../conntrack/table.js";
-import { icmpInverseType } from "../conntrack/tuple.js";
+import { icmpInverseDport } from "../conntrack/tuple.js";
 import { IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, type PacketInfo } from "../wire/packet-info.js";
 import { natIcmpError as translateIcmpError, natPacket as translatePacket } from "./manip.js";
 import {
@@ -181,8 +181,7 @@ export class NatEngine {
     if (protocol === IPPROTO_ICMP) {
       this.curSport = table.replySport(id);
       const dport = table.replyDport(id);
-      const inverse = icmpInverseType(dport >>> 8);
-      this.curDport = ((inverse < 0 ? dport >>> 8 : inverse) << 8) | (dport & 0xff);
+      this.curDport = icmpInverseDport(dport);
     } else {
       this.curSport = table.replyDport(id);
       this.curDport = table.replySport(id);
@@ -201,9 +200,7 @@ export class NatEngine {
     ) {
       // Alter the conntrack entry so replies are recognised (nf_conntrack_alter_reply).
       if (protocol === IPPROTO_ICMP) {
-        const inverse = icmpInverseType(this.newDport >>> 8);
-        const type = inverse < 0 ? this.newDport >>> 8 : inverse;
-        table.setReplyTuple(id, this.newDst, this.newSrc, this.newSport, (type << 8) | (this.newDport & 0xff));
+        table.setReplyTuple(id, this.newDst, this.newSrc, this.newSport, icmpInverseDport(this.newDport));
       } else {
         table.setReplyTuple(id, this.newDst, this.newSrc, this.newDport, this.newSport);
       }
@@ -299,9 +296,7 @@ export class NatEngine {
   private isUsed(): boolean {
     const protocol = this.protocol;
     if (protocol === IPPROTO_ICMP) {
-      const inverse = icmpInverseType(this.newDport >>> 8);
-      const type = inverse < 0 ? this.newDport >>> 8 : inverse;
-      return this.table.isTupleTaken(protocol, this.newDst | 0, this.newSrc | 0, this.newSport, (type << 8) | (this.newDport & 0xff), this.settingUp);
+      return this.table.isTupleTaken(protocol, this.newDst | 0, this.newSrc | 0, this.newSport, icmpInverseDport(this.newDport), this.settingUp);
     }
     // Addresses as int32 bits: a uint32 of 2^31 or more passed to a call is a boxed (allocated) double.
     return this.table.isTupleTaken(protocol, this.newDst | 0, this.newSrc | 0, this.newDport, this.newSport, this.settingUp);
