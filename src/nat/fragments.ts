@@ -177,15 +177,8 @@ export class FragmentTable {
    */
   noteFirstFragment(buf: Uint8Array, info: PacketInfo, ref: number): DropReason {
     const now = this.clock.now();
-    const idProto = keyIdProto(buf, info);
-    let e = this.find(info.src, info.dst, idProto, now);
-    if (e === NONE) {
-      e = this.insert(info.src, info.dst, idProto, now);
-      if (e === NONE) {
-        this.counters.tableFull++;
-        return DropReason.FragmentTableFull;
-      }
-    }
+    const e = this.findOrInsert(info.src, info.dst, keyIdProto(buf, info), now);
+    if (e === NONE) return DropReason.FragmentTableFull;
     this.refs[e] = ref;
     // Hand the waiting fragments over, in arrival order.
     const head = this.heldHead[e]!;
@@ -226,15 +219,8 @@ export class FragmentTable {
       this.counters.tableFull++;
       return DropReason.FragmentTableFull;
     }
-    const idProto = keyIdProto(buf, info);
-    let e = this.find(info.src, info.dst, idProto, now);
-    if (e === NONE) {
-      e = this.insert(info.src, info.dst, idProto, now);
-      if (e === NONE) {
-        this.counters.tableFull++;
-        return DropReason.FragmentTableFull;
-      }
-    }
+    const e = this.findOrInsert(info.src, info.dst, keyIdProto(buf, info), now);
+    if (e === NONE) return DropReason.FragmentTableFull;
     const slot = this.freeSlot;
     this.freeSlot = this.slotNext[slot]!;
     const pool = this.pool;
@@ -290,8 +276,7 @@ export class FragmentTable {
    * a lookup): the caller counts them as DropReason.FragmentNoState. O(expired entries).
    */
   expire(): number {
-    const now = this.clock.now();
-    while (this.ageHead !== NONE && this.expires[this.ageHead]! <= now) this.expireEntry(this.ageHead);
+    this.reclaimExpired(this.clock.now());
     const dropped = this.unreportedNoState;
     this.unreportedNoState = 0;
     return dropped;
@@ -326,10 +311,25 @@ export class FragmentTable {
     return NONE;
   }
 
+  /** The datagram's entry, created when missing; NONE (counted as tableFull) when there is no room. */
+  private findOrInsert(src: number, dst: number, idProto: number, now: number): number {
+    let e = this.find(src, dst, idProto, now);
+    if (e === NONE) {
+      e = this.insert(src, dst, idProto, now);
+      if (e === NONE) this.counters.tableFull++;
+    }
+    return e;
+  }
+
+  /** Expires every entry whose timeout passed, oldest first (the age list is in expiry order). */
+  private reclaimExpired(now: number): void {
+    while (this.ageHead !== NONE && this.expires[this.ageHead]! <= now) this.expireEntry(this.ageHead);
+  }
+
   private insert(src: number, dst: number, idProto: number, now: number): number {
     if (this.freeEntry === NONE) {
       // Reclaim expired entries before refusing (their held fragments are counted in counters.expiredHeld).
-      while (this.ageHead !== NONE && this.expires[this.ageHead]! <= now) this.expireEntry(this.ageHead);
+      this.reclaimExpired(now);
       if (this.freeEntry === NONE) return NONE;
     }
     const e = this.freeEntry;
