@@ -324,15 +324,7 @@ export class Dataplane {
         this.l4Partial = batch.isChecksumPartial(i);
         this.gsoSize = batch.gsoSizeOf(i);
       }
-      let verdict = FAST_PATH_MISS;
-      if (leg === LEG_WIRE) {
-        if (fast) verdict = this.forwardEstablished(data, off, length, i);
-        if (verdict === FAST_PATH_MISS) verdict = this.processFromWire(data, off, length, ingress, generated);
-      } else {
-        verdict = this.processLocalOut(data, off, length, ingress);
-      }
-      verdicts[i] = verdict;
-      if (verdict >= 0) this.countTx(verdict, length);
+      verdicts[i] = this.forwardOne(data, off, length, i, ingress, leg, fast, generated);
     }
     if (headroom !== 0) {
       this.l4Partial = false;
@@ -344,15 +336,26 @@ export class Dataplane {
       this.fragments.releaseHeld(this.released);
       const rel = this.released;
       for (let i = 0; i < rel.count; i++) {
-        const length = rel.lengths[i]!;
-        const verdict =
-          leg === LEG_WIRE
-            ? this.processFromWireOrFast(rel.data, rel.offsetOf(i), length, ingress, generated)
-            : this.processLocalOut(rel.data, rel.offsetOf(i), length, ingress);
-        this.releasedVerdicts[i] = verdict;
-        if (verdict >= 0) this.countTx(verdict, length);
+        this.releasedVerdicts[i] = this.forwardOne(rel.data, rel.offsetOf(i), rel.lengths[i]!, -1, ingress, leg, fast, generated);
       }
     }
+  }
+
+  /**
+   * One packet from `leg` of port `ingress`: the established fast path, else the general path
+   * (from the wire), or the OUTPUT path (from a mirror); counts what leaves. `index` is the
+   * packet's slot in the batch (for the prefetch), -1 for a packet outside it.
+   */
+  private forwardOne(buf: Uint8Array, off: number, length: number, index: number, ingress: number, leg: number, fast: boolean, generated: PacketBatch): number {
+    let verdict = FAST_PATH_MISS;
+    if (leg === LEG_WIRE) {
+      if (fast) verdict = this.forwardEstablished(buf, off, length, index);
+      if (verdict === FAST_PATH_MISS) verdict = this.processFromWire(buf, off, length, ingress, generated);
+    } else {
+      verdict = this.processLocalOut(buf, off, length, ingress);
+    }
+    if (verdict >= 0) this.countTx(verdict, length);
+    return verdict;
   }
 
   private countTx(verdict: number, length: number): void {
@@ -378,15 +381,6 @@ export class Dataplane {
   /** The established fast path runs unless a trace is being recorded. */
   private fastPathEnabled(): boolean {
     return this.fastPath && this.tracer === null && this.netfilterNat !== null && this.netfilterNat.tracer === null;
-  }
-
-  /** processFromWire, after the fast path for a packet outside the batch (a released fragment). */
-  private processFromWireOrFast(buf: Uint8Array, off: number, length: number, ingress: number, generated: PacketBatch): number {
-    if (this.fastPathEnabled()) {
-      const fast = this.forwardEstablished(buf, off, length, -1);
-      if (fast !== FAST_PATH_MISS) return fast;
-    }
-    return this.processFromWire(buf, off, length, ingress, generated);
   }
 
   /** A packet from the network (the fast path declined it): PREROUTING, then INPUT or FORWARD + POSTROUTING. */
