@@ -63,6 +63,8 @@ export enum CtStatus {
  */
 const STATUS_DYING = CtStatus.Dying;
 const STATUS_FIXED_TIMEOUT = CtStatus.FixedTimeout;
+const STATUS_CONFIRMED = CtStatus.Confirmed;
+const STATUS_ASSURED = CtStatus.Assured;
 
 /** IPS_NAT_MASK and IPS_NAT_DONE_MASK. */
 export const CT_STATUS_NAT_MASK = CtStatus.SrcNat | CtStatus.DstNat;
@@ -271,7 +273,7 @@ export class ConntrackTable {
 
   private isDead(id: number, now: number): boolean {
     // nf_ct_is_expired: (s32)(ct->timeout - nfct_time_stamp) <= 0; a killed entry is dying.
-    return this.doubles[(id << DOUBLE_SHIFT) + D_EXPIRY]! <= now || (this.words[(id << ENTRY_SHIFT) + W_STATUS]! & CtStatus.Dying) !== 0;
+    return this.doubles[(id << DOUBLE_SHIFT) + D_EXPIRY]! <= now || (this.words[(id << ENTRY_SHIFT) + W_STATUS]! & STATUS_DYING) !== 0;
   }
 
   /**
@@ -397,7 +399,7 @@ export class ConntrackTable {
         (w[((node >> 1) << ENTRY_SHIFT) + W_META]! & 0xff) === protocol &&
         node >> 1 !== ignoreId &&
         // !isDead(id, now), written out (no boxed double argument)
-        !(this.doubles[((node >> 1) << DOUBLE_SHIFT) + D_EXPIRY]! <= now || (w[((node >> 1) << ENTRY_SHIFT) + W_STATUS]! & CtStatus.Dying) !== 0)
+        !(this.doubles[((node >> 1) << DOUBLE_SHIFT) + D_EXPIRY]! <= now || (w[((node >> 1) << ENTRY_SHIFT) + W_STATUS]! & STATUS_DYING) !== 0)
       ) {
         return true;
       }
@@ -455,7 +457,7 @@ export class ConntrackTable {
    */
   setReplyTuple(id: number, src: number, dst: number, sport: number, dport: number): void {
     const reply = (id << 1) | 1;
-    const confirmed = (this.words[(id << ENTRY_SHIFT) + W_STATUS]! & CtStatus.Confirmed) !== 0;
+    const confirmed = (this.words[(id << ENTRY_SHIFT) + W_STATUS]! & STATUS_CONFIRMED) !== 0;
     if (confirmed) this.unlink(reply);
     const b = nodeBase(reply);
     this.words[b + NODE_SRC] = src | 0;
@@ -474,7 +476,7 @@ export class ConntrackTable {
     const w = this.words;
     const e = id << ENTRY_SHIFT;
     const status = w[e + W_STATUS]!;
-    if (status & CtStatus.Confirmed) return true;
+    if (status & STATUS_CONFIRMED) return true;
     this.times[1] = this.now();
     const protocol = w[e + W_META]! & 0xff;
     let clash = this.findNode(protocol, w[e + NODE_SRC]!, w[e + NODE_DST]!, w[e + NODE_PORTS]!);
@@ -486,7 +488,7 @@ export class ConntrackTable {
       return false;
     }
     this.clashWith = -1;
-    w[e + W_STATUS] = status | CtStatus.Confirmed;
+    w[e + W_STATUS] = status | STATUS_CONFIRMED;
     this.link(id << 1);
     this.link((id << 1) | 1);
     this.counters.inserted++;
@@ -496,7 +498,7 @@ export class ConntrackTable {
   /** Frees an unconfirmed entry whose packet was dropped. No-op on a free slot or a confirmed entry. */
   release(id: number): void {
     if (!this.isAllocated(id)) return;
-    if (this.words[(id << ENTRY_SHIFT) + W_STATUS]! & CtStatus.Confirmed) return;
+    if (this.words[(id << ENTRY_SHIFT) + W_STATUS]! & STATUS_CONFIRMED) return;
     this.counters.released++;
     this.freeEntry(id);
   }
@@ -514,7 +516,7 @@ export class ConntrackTable {
    */
   kill(id: number): void {
     if (!this.isAllocated(id)) return;
-    this.words[(id << ENTRY_SHIFT) + W_STATUS] |= CtStatus.Dying;
+    this.words[(id << ENTRY_SHIFT) + W_STATUS] |= STATUS_DYING;
     this.doubles[(id << DOUBLE_SHIFT) + D_EXPIRY] = 0;
   }
 
@@ -522,7 +524,7 @@ export class ConntrackTable {
     if (this.onRemove) this.onRemove(id);
     const w = this.words;
     const e = id << ENTRY_SHIFT;
-    if (w[e + W_STATUS]! & CtStatus.Confirmed) {
+    if (w[e + W_STATUS]! & STATUS_CONFIRMED) {
       this.unlink(id << 1);
       this.unlink((id << 1) | 1);
     }
@@ -549,7 +551,7 @@ export class ConntrackTable {
           this.freeEntry(id);
           return true;
         }
-        if ((w[(id << ENTRY_SHIFT) + W_STATUS]! & CtStatus.Assured) === 0 || this.canEarlyDropAssured(id)) {
+        if ((w[(id << ENTRY_SHIFT) + W_STATUS]! & STATUS_ASSURED) === 0 || this.canEarlyDropAssured(id)) {
           this.counters.earlyDrop++;
           this.freeEntry(id);
           return true;
@@ -579,7 +581,7 @@ export class ConntrackTable {
     const w = this.words;
     for (let i = 0; i < budget && i < capacity; i++) {
       const e = cursor << ENTRY_SHIFT;
-      if ((w[e + W_META]! & META_USED) !== 0 && (w[e + W_STATUS]! & CtStatus.Confirmed) !== 0 && this.isDead(cursor, now)) {
+      if ((w[e + W_META]! & META_USED) !== 0 && (w[e + W_STATUS]! & STATUS_CONFIRMED) !== 0 && this.isDead(cursor, now)) {
         this.counters.expired++;
         this.freeEntry(cursor);
         removed++;
@@ -659,7 +661,7 @@ export class ConntrackTable {
     this.words[(id << ENTRY_SHIFT) + W_STATUS] &= ~bits;
   }
   isConfirmed(id: number): boolean {
-    return (this.words[(id << ENTRY_SHIFT) + W_STATUS]! & CtStatus.Confirmed) !== 0;
+    return (this.words[(id << ENTRY_SHIFT) + W_STATUS]! & STATUS_CONFIRMED) !== 0;
   }
   /** TCP state (TcpState in tcp.ts); 0 (NONE) for other protocols. */
   tcpState(id: number): number {
@@ -693,7 +695,7 @@ export class ConntrackTable {
   }
   /** nf_ct_refresh: the entry now expires `timeout` seconds after `now` (unless IPS_FIXED_TIMEOUT). */
   refresh(id: number, timeout: number, now: number): void {
-    if (this.words[(id << ENTRY_SHIFT) + W_STATUS]! & CtStatus.FixedTimeout) return;
+    if (this.words[(id << ENTRY_SHIFT) + W_STATUS]! & STATUS_FIXED_TIMEOUT) return;
     this.doubles[(id << DOUBLE_SHIFT) + D_EXPIRY] = now + timeout;
   }
   /** `refresh` at `now()` (no double crosses the call). */
