@@ -18,8 +18,9 @@ import { formatIpv4, prefixMask } from "../src/core/addr.js";
 import { parseConfig, type RouterConfig } from "../src/config/config.js";
 import { ip } from "../src/io/netns.js";
 import { configureLabHosts } from "../src/control/host-setup.js";
-import { controlRequest, controlSocketPath } from "../src/control/socket.js";
+import { routerAnswers } from "../src/control/lab.js";
 import { buildKernelTwin, destroyKernelTwin, retagConfigText } from "../src/control/twin.js";
+import { setTimeout as sleep } from "node:timers/promises";
 
 export type LabKind = "qnat" | "kernel" | "passthrough";
 
@@ -52,18 +53,6 @@ export function retagForRun(path: string, tag: string): { text: string; config: 
   });
   const renamed = retagConfigText(text, path, tag, (name) => names.get(name) ?? `qnt-${tag}-${name}`);
   return { text: renamed, config: parseConfig(renamed, path) };
-}
-
-function sleep(ms: number): Promise<void> {
-  return new Promise((done) => setTimeout(done, ms));
-}
-
-async function routerAnswers(config: RouterConfig): Promise<boolean> {
-  try {
-    return (await controlRequest(controlSocketPath(config.namespace), { cmd: "show", what: "ports" }, 1000)).ok;
-  } catch {
-    return false;
-  }
 }
 
 /**
@@ -127,7 +116,7 @@ export async function startQnatLab(text: string, config: RouterConfig, options: 
   try {
     const limit = options.startLimitMs ?? 20_000;
     const started = Date.now();
-    while (!(await routerAnswers(config))) {
+    while (!(await routerAnswers(config, 1000))) {
       if (exited) throw new Error(`qnat run exited while starting: ${output.trim().split("\n").slice(-2).join(" | ")}`);
       if (Date.now() - started > limit) throw new Error(`qnat run did not answer within ${limit} ms`);
       await sleep(50);

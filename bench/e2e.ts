@@ -20,6 +20,7 @@ import { join } from "node:path";
 import { isRoot } from "../src/io/netns.js";
 import { packageRoot, retagForRun, runTag, startKernelLab, startQnatLab, type Lab, type LabKind } from "./e2e-lab.js";
 import { escapeXml, mergeResults } from "./lib/report.js";
+import { setTimeout as sleep } from "node:timers/promises";
 
 const TCP_SECONDS = Number(process.env.QNAT_BENCH_TCP_SECONDS ?? 5);
 const UDP_SECONDS = Number(process.env.QNAT_BENCH_UDP_SECONDS ?? 5);
@@ -63,10 +64,6 @@ function inNs(netns: string, command: string, args: readonly string[], limitMs: 
       else reject(new Error(`${command} ${args.join(" ")} in ${netns}: exit ${code}: ${(err || out).trim().split("\n").slice(-3).join(" | ")}`));
     });
   });
-}
-
-function sleep(ms: number): Promise<void> {
-  return new Promise((done) => setTimeout(done, ms));
 }
 
 /** One iperf3 test: a one-shot server in `serverNs`, the client in `clientNs`; the client's JSON. */

@@ -22,6 +22,7 @@ import { prepareRouter } from "./router-process.js";
 import { controlRequest, controlSocketPath, pidPathFor, probeControlSocket, runDir } from "./socket.js";
 import { mkdirSync } from "node:fs";
 import { join } from "node:path";
+import { setTimeout as sleep } from "node:timers/promises";
 
 /** How long `lab up` waits for the router to answer, and then to forward. */
 const START_LIMIT_MS = 20_000;
@@ -33,10 +34,6 @@ type Out = (text: string) => void;
 
 export function labLogPath(namespace: string): string {
   return join(runDir(), `${namespace}.log`);
-}
-
-function sleep(ms: number): Promise<void> {
-  return new Promise((resolve) => setTimeout(resolve, ms));
 }
 
 /** Whether `pid` runs; a zombie (exited, not yet reaped by its parent) does not. */
@@ -73,9 +70,10 @@ function lastLines(path: string, count: number): string {
   }
 }
 
-async function routerAnswers(config: RouterConfig): Promise<boolean> {
+/** Whether the router of `config` answers on its control socket within `timeoutMs`. */
+export async function routerAnswers(config: RouterConfig, timeoutMs = 2000): Promise<boolean> {
   try {
-    const response = await controlRequest(controlSocketPath(config.namespace), { cmd: "show", what: "ports" }, 2000);
+    const response = await controlRequest(controlSocketPath(config.namespace), { cmd: "show", what: "ports" }, timeoutMs);
     return response.ok;
   } catch {
     return false;

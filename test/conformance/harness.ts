@@ -14,6 +14,7 @@ import { join, resolve } from "node:path";
 import { parseConfig, type RouterConfig } from "../../src/config/config.js";
 import { buildKernelTwin, randomTag, retagConfigText, type KernelTwin } from "../../src/control/twin.js";
 import { isRoot as runningAsRoot } from "../../src/io/netns.js";
+import { setTimeout as sleep } from "node:timers/promises";
 
 export const ROOT = resolve(import.meta.dirname, "../..");
 export const CLI = join(ROOT, "dist/src/cli/main.js");
@@ -305,10 +306,6 @@ async function startAgent(netns: string, spec: object, limitSeconds: number): Pr
     if (json === "") throw new Error(`agent in ${netns} printed nothing: ${stderr.trim()}`);
     return JSON.parse(json) as Observation["agents"][string];
   };
-}
-
-function sleep(ms: number): Promise<void> {
-  return new Promise((resolvePromise) => setTimeout(resolvePromise, ms));
 }
 
 /** Runs a plan on one side and returns what it observed. */
