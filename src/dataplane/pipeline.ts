@@ -11,20 +11,23 @@
  * Conntrack entries are confirmed at the end of the path (Linux __nf_conntrack_confirm at
  * POSTROUTING/INPUT); NAT rules run only for a connection's first packet.
  *
+ * Stages with files of their own: the established fast path with its batch prefetch and route
+ * cache (fast-path.ts), the router's own/broadcast/martian address checks (addresses.ts), the
+ * ICMP errors the router originates (icmp-error.ts), the NAT hooks (netfilter-nat.ts).
+ *
  * Hot path: no allocation. Numbers in, numbers out; every refusal is a counted DropReason.
  */
 import { formatIpv4 } from "../core/addr.js";
 import type { Clock } from "../core/clock.js";
-import { DROP_REASON_COUNT, DropReason } from "../core/drop-reason.js";
+import { DROP_REASON_COUNT, DropReason, dropReasonName } from "../core/drop-reason.js";
 import { PacketBatch } from "../core/batch.js";
 import type { ConntrackTable } from "../conntrack/table.js";
 import { CtState } from "../conntrack/table.js";
 import { TrackResult, track } from "../conntrack/track.js";
+import { formatConntrackEntry } from "../conntrack/format.js";
 import type { RoutingTable } from "../route/table.js";
 import { RouteType } from "../route/table.js";
-import { describePacket, writeIcmpError } from "../wire/build.js";
-import { dropReasonName } from "../core/drop-reason.js";
-import { formatConntrackEntry } from "../conntrack/format.js";
+import { describePacket } from "../wire/build.js";
 import {
   ICMP_DEST_UNREACHABLE,
   ICMP_FRAGMENTATION_NEEDED,
@@ -38,36 +41,15 @@ import { ipv4DecrementTtl } from "../wire/ipv4.js";
 import { IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, PacketInfo } from "../wire/packet-info.js";
 import { gsoSegmentNetworkLength, parsePacket } from "../wire/validate.js";
 import { FragmentTable } from "../nat/fragments.js";
-import { IcmpRateLimiter } from "./icmp-rate-limit.js";
+import { RouterAddresses, isMartianDestination, isMartianSource } from "./addresses.js";
+import { EstablishedFastPath, FAST_PATH_MISS } from "./fast-path.js";
+import { ICMP_ERROR_RATE_LIMITED, IcmpErrorWriter } from "./icmp-error.js";
 import { LEG_MIRROR, LEG_WIRE, RouterPort, VERDICT_DROP, VERDICT_STOLEN, egressOf, type PortSpec } from "./port.js";
 import type { NatStage } from "./nat-stage.js";
-import { CtStatus } from "../conntrack/table.js";
-import { TcpState, tcpPacket } from "../conntrack/tcp.js";
-import { udpPacket } from "../conntrack/udp.js";
-import { TCP_ACK, TCP_PSH } from "../wire/packet-info.js";
-import { rewriteForwardIcmpEcho, rewriteForwardPlain } from "../wire/rewrite.js";
-import { icmpPacket } from "../conntrack/icmp.js";
-import { ICMP_ECHO, ICMP_ECHO_REPLY } from "../conntrack/tuple.js";
 import { NetfilterNat } from "./netfilter-nat.js";
 
 /** A fragment reference (src/nat/fragments.ts) for a datagram whose first fragment was not tracked. */
 const FRAGMENT_UNTRACKED = 0x7fffffff;
-
-/** forwardEstablished() declines the packet: it takes the general path. */
-const FAST_PATH_MISS = -100;
-const NAT_DONE_BOTH = CtStatus.SrcNatDone | CtStatus.DstNatDone;
-/**
- * CtStatus bits the fast path tests, as module constants: CtStatus is a (non-const) enum, i.e.
- * an object whose properties optimized code loads on every use.
- */
-const CT_SEEN_REPLY = CtStatus.SeenReply;
-const CT_DST_NAT = CtStatus.DstNat;
-const CT_SRC_NAT = CtStatus.SrcNat;
-const ROUTE_UNICAST = RouteType.Unicast;
-const TCP_ESTABLISHED = TcpState.Established;
-
-/** Linux sysctl net.ipv4.ip_default_ttl. */
-const DEFAULT_TTL = 64;
 
 /** Per-port counters, laid out [port * PORT_COUNTERS + field] in one Float64Array. */
 export const enum PortCounter {
@@ -116,23 +98,9 @@ export class Dataplane {
   private readonly clock: Clock;
   private readonly info = new PacketInfo();
   private readonly ct = new TrackResult();
-  private readonly icmpLimiter: IcmpRateLimiter;
-  /** Router addresses -> owning port (Linux local table: RTN_LOCAL). */
-  private readonly localAddresses = new Map<number, number>();
-  /**
-   * The same two sets as int32 arrays for the per-packet checks: a router has a handful of
-   * addresses, and a Map/Set probe with a key of 2^30 or more (most public addresses) hashes a
-   * boxed double — slower than this scan, and it allocates.
-   */
-  private readonly localList: Int32Array;
-  private readonly broadcastList: Int32Array;
-  /**
-   * The pre-filter for those scans (isOwnOrBroadcast): one byte per value of foldAddress(),
-   * non-zero where a local or broadcast address folds. Most packets' addresses fold elsewhere and
-   * skip both scans (one L1 load instead of a dozen compares, twice per packet).
-   */
-  private readonly specialFold = new Uint8Array(256);
-  private ipId = 1;
+  /** The router's own, broadcast and martian addresses. */
+  readonly addresses: RouterAddresses;
+  private readonly icmpErrors: IcmpErrorWriter;
   /** Verdicts of the router's own ICMP errors in the current batch (see sendIcmpError). */
   private generatedVerdicts: Int32Array = new Int32Array(0);
   /**
@@ -143,32 +111,8 @@ export class Dataplane {
   private attached = -1;
   /** The NAT stage when it is qnat's netfilter NAT (bindings in conntrack): enables the fast path. */
   private readonly netfilterNat: NetfilterNat | null;
-  /** Batch prefetch scratch: bucket head node per packet (see prefetchBatch). */
-  private prefetchHeads = new Int32Array(256);
-  /**
-   * What prefetchBatch computed per packet, reused by forwardEstablished for packet i when
-   * i < prefetchedCount: the conntrack bucket of its tuple (-1: not computed). It cannot change
-   * within the batch for the same bytes (the hash is seeded once), and packet i's bytes are not
-   * touched before it is processed.
-   */
-  private prefetchBuckets = new Int32Array(256);
-  private prefetchedCount = 0;
-  /**
-   * The route cache in each conntrack entry (ConntrackTable.routeCache): bits 0-7 the egress
-   * port + 1 of original-direction packets, bits 8-15 of reply-direction ones (0: none), bits
-   * 16-31 the low 16 bits of the routing table version it was looked up in. An established
-   * packet whose cache matches skips the route lookup — on a large table, a cache and TLB miss
-   * in tbl24 per packet. The destination it was looked up for is the entry's translated one,
-   * fixed per direction. When the version's high bits change (65536 route changes), every cache
-   * is cleared, so an old low half can never match again.
-   */
-  private routeVersion = 0;
-  private routeEpoch = 0;
-  /** forwardEstablished's DataView (see viewOf) and the bytes it views. */
-  private view: DataView<ArrayBufferLike> = new DataView(new ArrayBuffer(0));
-  private viewBytes: Uint8Array | null = null;
-  /** Keeps the prefetch loads observable so the compiler cannot drop them. */
-  prefetchSink = 0;
+  /** The established fast path, its batch prefetch and route cache (fast-path.ts). */
+  private readonly established: EstablishedFastPath;
   /** The current packet's GSO segment size (batch virtio_net_hdr), 0 for a plain packet. */
   private gsoSize = 0;
   /** The current packet's TCP/UDP checksum is partial (batch virtio_net_hdr NEEDS_CSUM). */
@@ -186,12 +130,10 @@ export class Dataplane {
   /** Set while `qnat trace` runs one packet. */
   tracer: PipelineTracer | null = null;
   /**
-   * The established fast path (forwardEstablished) and the batch prefetch. On by default; tests
-   * turn it off to check that it changes nothing but speed.
+   * The established fast path (fast-path.ts) and the batch prefetch. On by default; tests turn it
+   * off to check that it changes nothing but speed.
    */
   fastPath = true;
-  /** Packets forwarded by the fast path (the rest took the general path). */
-  fastPathPackets = 0;
   /** Trace mode: new connections are released instead of confirmed, so the table is unchanged. */
   dryRun = false;
 
@@ -202,20 +144,17 @@ export class Dataplane {
     this.clock = options.clock;
     this.nat = options.nat;
     this.netfilterNat = options.nat instanceof NetfilterNat ? options.nat : null;
-    this.icmpLimiter = new IcmpRateLimiter(options.clock);
     this.fragments = options.fragments ?? new FragmentTable({ clock: options.clock });
     this.portCounters = new Float64Array(this.ports.length * PORT_COUNTERS);
     this.drops = new Float64Array(this.ports.length * DROP_REASON_COUNT);
-    // Directed and limited broadcast addresses (RTN_BROADCAST): received, never forwarded.
-    const broadcasts = new Set<number>([0xffffffff]);
-    for (const port of this.ports) {
-      for (const addr of port.addresses) this.localAddresses.set(addr, port.index);
-      for (const addr of port.broadcasts) broadcasts.add(addr);
-    }
-    this.localList = Int32Array.from(this.localAddresses.keys(), (a) => a | 0);
-    this.broadcastList = Int32Array.from(broadcasts, (a) => a | 0);
-    for (const addr of this.localList) this.specialFold[foldAddress(addr)] = 1;
-    for (const addr of this.broadcastList) this.specialFold[foldAddress(addr)] = 1;
+    this.addresses = new RouterAddresses(this.ports);
+    this.icmpErrors = new IcmpErrorWriter(options.clock, this.routes, this.ports, this.addresses);
+    this.established = new EstablishedFastPath(this.conntrack, this.routes, this.ports, this.addresses);
+  }
+
+  /** Packets forwarded by the established fast path (the rest took the general path). */
+  get fastPathPackets(): number {
+    return this.established.packets;
   }
 
   /**
@@ -234,63 +173,13 @@ export class Dataplane {
   ): void {
     // One clock read per batch for conntrack (Linux reads jiffies; a batch lasts microseconds).
     this.conntrack.pinTime(this.clock.now());
-    const version = this.routes.version;
-    if (version >>> 16 !== this.routeEpoch) {
-      this.conntrack.clearRouteCaches();
-      this.routeEpoch = version >>> 16;
-    }
-    this.routeVersion = version & 0xffff;
-    this.prefetchedCount = 0;
+    this.established.beginBatch();
     try {
-      if (this.fastPath && this.tracer === null) this.prefetchBatch(batch);
+      if (this.fastPath && this.tracer === null) this.established.prefetch(batch);
       this.processBatchPinned(batch, ingress, leg, verdicts, generated, generatedVerdicts);
     } finally {
       this.conntrack.unpinTime();
     }
-  }
-
-  /**
-   * Before any packet of the batch is processed, loads what each will need from the big tables —
-   * its conntrack bucket, then the entry record the bucket points to (which caches its route) —
-   * in loops whose iterations do not depend on each other, so the CPU overlaps the cache misses
-   * (memory-level parallelism; VPP and DPDK prefetch the same way). Only reads; the bytes are not
-   * validated here (a garbage packet merely loads a useless line; parsePacket judges it later).
-   */
-  private prefetchBatch(batch: PacketBatch): void {
-    const count = batch.count;
-    if (count < 2) return;
-    if (this.prefetchHeads.length < count) {
-      this.prefetchHeads = new Int32Array(batch.capacity);
-      this.prefetchBuckets = new Int32Array(batch.capacity);
-    }
-    const heads = this.prefetchHeads;
-    const buckets = this.prefetchBuckets;
-    const data = batch.data;
-    const end = data.length;
-    const v = data === this.viewBytes ? this.view : this.viewOf(data);
-    const conntrack = this.conntrack;
-    let sink = 0;
-    for (let i = 0; i < count; i++) {
-      heads[i] = -1;
-      buckets[i] = -1;
-      const off = batch.offsetOf(i);
-      if (off + 24 > end) continue;
-      const b0 = v.getUint8(off);
-      const protocol = v.getUint8(off + 9);
-      const l4 = off + ((b0 & 0x0f) << 2);
-      if (b0 >>> 4 !== 4 || (protocol !== IPPROTO_TCP && protocol !== IPPROTO_UDP) || l4 + 4 > end) continue;
-      const dst = v.getInt32(off + 16);
-      const ports = v.getInt32(l4);
-      const bucket = conntrack.bucketOf(protocol, v.getInt32(off + 12), dst, ports >>> 16, ports & 0xffff);
-      buckets[i] = bucket;
-      heads[i] = conntrack.bucketHeadAt(bucket);
-    }
-    for (let i = 0; i < count; i++) {
-      const node = heads[i]!;
-      if (node >= 0) sink ^= conntrack.touchNode(node);
-    }
-    this.prefetchSink = sink;
-    this.prefetchedCount = count;
   }
 
   private processBatchPinned(
@@ -349,7 +238,7 @@ export class Dataplane {
   private forwardOne(buf: Uint8Array, off: number, length: number, index: number, ingress: number, leg: number, fast: boolean, generated: PacketBatch): number {
     let verdict = FAST_PATH_MISS;
     if (leg === LEG_WIRE) {
-      if (fast) verdict = this.forwardEstablished(buf, off, length, index);
+      if (fast && this.gsoSize === 0) verdict = this.established.forward(buf, off, length, index, this.l4Partial);
       if (verdict === FAST_PATH_MISS) verdict = this.processFromWire(buf, off, length, ingress, generated);
     } else {
       verdict = this.processLocalOut(buf, off, length, ingress);
@@ -370,14 +259,6 @@ export class Dataplane {
     return VERDICT_DROP;
   }
 
-  /**
-   * One of the router's own addresses or a broadcast address (int32 or uint32 bits). The fold
-   * filter answers "neither" for almost every address without scanning either list.
-   */
-  private isOwnOrBroadcast(addr: number): boolean {
-    return this.specialFold[foldAddress(addr)] !== 0 && (includes(this.localList, addr) || includes(this.broadcastList, addr));
-  }
-
   /** The established fast path runs unless a trace is being recorded. */
   private fastPathEnabled(): boolean {
     return this.fastPath && this.tracer === null && this.netfilterNat !== null && this.netfilterNat.tracer === null;
@@ -393,11 +274,10 @@ export class Dataplane {
     // broadcast, 0.0.0.0/8 and loopback sources are never routed.
     const src = info.src;
     // A source that is one of the router's own addresses is a martian too (fib_validate_source).
-    if (isMartianSource(src) || this.isOwnOrBroadcast(src)) {
+    if (isMartianSource(src) || this.addresses.isOwnOrBroadcast(src)) {
       return this.drop(ingress, DropReason.MartianSource);
     }
-    const firstOctet = info.dst >>> 24;
-    if (firstOctet === 127 || firstOctet === 0) return this.drop(ingress, DropReason.MartianDestination);
+    if (isMartianDestination(info.dst)) return this.drop(ingress, DropReason.MartianDestination);
 
     // Conntrack (PREROUTING, priority -200) then DNAT (-100).
     const ct = this.ct;
@@ -411,7 +291,7 @@ export class Dataplane {
     const dst = info.dst;
     // Local delivery: to the mirror of the port the packet came in on (INPUT).
     // Broadcasts and multicast (qnat runs no multicast routing) go to the router's host too.
-    if (this.isOwnOrBroadcast(dst) || dst >>> 28 === 0xe) {
+    if (this.addresses.isLocalDestination(dst)) {
       if (this.tracer !== null) this.tracer.step("route", `local: ${describePacket(this.info)} is for the router itself (INPUT), delivered through the ${this.ports[ingress]!.name} mirror`);
       return this.finishLocalIn(buf, ingress);
     }
@@ -457,142 +337,6 @@ export class Dataplane {
     return egressOf(egress, LEG_WIRE);
   }
 
-  /**
-   * The established fast path (VPP's idea: the common case in one straight pass). A plain IPv4
-   * packet — no options, not a fragment, not a GSO super-packet — carrying TCP (ACK or ACK+PSH, on
-   * an ESTABLISHED connection) or UDP, of a confirmed connection whose SNAT and DNAT bindings are
-   * both set up, routed to a unicast route that fits it, is validated, tracked, routed and
-   * translated here with exactly the effects of the general path (same checks, same conntrack
-   * updates through udpPacket/tcpPacket, same rewrites in the same order), without filling
-   * PacketInfo or walking the hooks. Every test that could refuse the packet or send it elsewhere
-   * runs before anything changes; any failing one returns FAST_PATH_MISS and the general path
-   * handles the packet from scratch (so drops, ICMP errors and counters stay its business).
-   */
-  private forwardEstablished(buf: Uint8Array, off: number, length: number, index: number): number {
-    if (this.gsoSize !== 0) return FAST_PATH_MISS;
-    if (!(off >= 0) || length < 28 || off + length > buf.length) return FAST_PATH_MISS;
-    // The header is read as big-endian words through a DataView (one bounds check and one load
-    // per word instead of per byte); every read below is inside [off, off + length).
-    const v = buf === this.viewBytes ? this.view : this.viewOf(buf);
-    const w0 = v.getUint32(off);
-    // Version 4, IHL 5 (options take the general path).
-    if (w0 >>> 24 !== 0x45) return FAST_PATH_MISS;
-    const w1 = v.getUint32(off + 4);
-    const w2 = v.getUint32(off + 8);
-    // Addresses stay int32 here: a uint32 of 2^31 or more is a heap number in V8, and passing one
-    // to a function that is not inlined allocates it (the allocation-per-packet figure of the bench).
-    const src = v.getInt32(off + 12);
-    const dst = v.getInt32(off + 16);
-    // ip_fast_csum over the 20-byte header must fold to 0xffff (validate.ts, ip_rcv_core).
-    let sum =
-      (w0 >>> 16) + (w0 & 0xffff) + (w1 >>> 16) + (w1 & 0xffff) + (w2 >>> 16) + (w2 & 0xffff) +
-      (src >>> 16) + (src & 0xffff) + (dst >>> 16) + (dst & 0xffff);
-    sum = (sum & 0xffff) + (sum >>> 16);
-    sum = (sum & 0xffff) + (sum >>> 16);
-    if (sum !== 0xffff) return FAST_PATH_MISS;
-    const total = w0 & 0xffff;
-    if (total > length) return FAST_PATH_MISS;
-    // Not a fragment (MF clear, offset 0); DF may be set. The reserved bit takes the general path.
-    if ((w1 & 0xbfff) !== 0) return FAST_PATH_MISS;
-    const protocol = (w2 >>> 16) & 0xff;
-    const l4 = off + 20;
-    const l4Length = total - 20;
-    let tcpFlags = 0;
-    if (protocol === IPPROTO_UDP) {
-      if (l4Length < 8) return FAST_PATH_MISS;
-      const udpLength = v.getUint16(l4 + 4);
-      if (udpLength < 8 || udpLength > l4Length) return FAST_PATH_MISS;
-    } else if (protocol === IPPROTO_TCP) {
-      if (l4Length < 20) return FAST_PATH_MISS;
-      const offsetAndFlags = v.getUint16(l4 + 12);
-      const dataOffset = offsetAndFlags >>> 12;
-      if (dataOffset < 5 || dataOffset << 2 > l4Length) return FAST_PATH_MISS;
-      tcpFlags = offsetAndFlags & 0xff;
-      if (tcpFlags !== TCP_ACK && tcpFlags !== (TCP_ACK | TCP_PSH)) return FAST_PATH_MISS;
-    } else if (protocol === IPPROTO_ICMP) {
-      // Echo request and reply only (a ping): errors and the other queries take the general path,
-      // and so does an ICMP checksum the kernel left partial.
-      if (l4Length < 8 || this.l4Partial) return FAST_PATH_MISS;
-      const typeCode = v.getUint16(l4);
-      if (typeCode !== ICMP_ECHO << 8 && typeCode !== ICMP_ECHO_REPLY << 8) return FAST_PATH_MISS;
-    } else {
-      return FAST_PATH_MISS;
-    }
-    if (isMartianSource(src) || this.isOwnOrBroadcast(src)) return FAST_PATH_MISS;
-    const firstOctet = dst >>> 24;
-    if (firstOctet === 127 || firstOctet === 0) return FAST_PATH_MISS;
-    // The tuple's ports: TCP/UDP source and destination port; ICMP identifier and type/code
-    // (conntrack/tuple.ts), so one lookup serves both.
-    const icmp = protocol === IPPROTO_ICMP;
-    const ports = icmp ? (v.getUint16(l4 + 4) << 16) | v.getUint16(l4) : v.getInt32(l4);
-    const sport = ports >>> 16;
-    const dport = ports & 0xffff;
-
-    const table = this.conntrack;
-    // prefetchBatch hashes TCP and UDP tuples; other packets have bucket -1.
-    const prefetched = index >= 0 && index < this.prefetchedCount && this.prefetchBuckets[index]! >= 0;
-    const handle = table.findLiveInBucket(prefetched ? this.prefetchBuckets[index]! : -1, protocol, src, dst, ports);
-    if (handle < 0) return FAST_PATH_MISS;
-    const id = handle >> 1;
-    const dir = handle & 1;
-    const status = table.status(id);
-    if ((status & NAT_DONE_BOTH) !== NAT_DONE_BOTH) return FAST_PATH_MISS;
-    if (protocol === IPPROTO_TCP && table.tcpState(id) !== TCP_ESTABLISHED) return FAST_PATH_MISS;
-    // nf_nat_packet at PREROUTING (destination) and POSTROUTING (source), as manip.ts natPacket.
-    const other = dir ^ 1;
-    let newDst = dst;
-    let newDport = dport;
-    if ((status & (dir === 0 ? CT_DST_NAT : CT_SRC_NAT)) !== 0) {
-      newDst = table.tupleSrcBits(id, other);
-      if (!icmp) newDport = table.tuplePortsBits(id, other) >>> 16;
-    }
-    if (this.isOwnOrBroadcast(newDst) || newDst >>> 28 === 0xe) return FAST_PATH_MISS;
-    // The route: from the entry's route cache when it is current (see routeVersion).
-    const version = this.routeVersion;
-    const cache = table.routeCache(id);
-    const shift = dir << 3;
-    const current = cache >>> 16 === version;
-    let egress = current ? ((cache >>> shift) & 0xff) - 1 : -1;
-    if (egress < 0) {
-      const routes = this.routes;
-      const route = routes.lookup(newDst);
-      if (route < 0 || routes.routeType(route) !== ROUTE_UNICAST) return FAST_PATH_MISS;
-      egress = routes.routePort(route);
-      if (egress < 0xff) table.setRouteCache(id, (version << 16) | (current ? cache & (0xff << (shift ^ 8)) : 0) | ((egress + 1) << shift));
-    }
-    if (w2 >>> 24 <= 1 || total > this.ports[egress]!.mtu) return FAST_PATH_MISS;
-    let newSrc = src;
-    let newSport = sport;
-    if ((status & (dir === 0 ? CT_SRC_NAT : CT_DST_NAT)) !== 0) {
-      newSrc = table.tupleDstBits(id, other);
-      if (!icmp) newSport = table.tuplePortsBits(id, other) & 0xffff;
-    }
-
-    // Commit: conntrack (track(): the protocol handler, then SEEN_REPLY for a reply).
-    this.fastPathPackets++;
-    table.counters.found++;
-    if (protocol === IPPROTO_UDP) udpPacket(table, id);
-    else if (icmp) icmpPacket(table, id);
-    else tcpPacket(table, id, dir, tcpFlags);
-    if (dir === 1) table.setStatus(id, CT_SEEN_REPLY);
-    // Rewrites in the general path's order: DNAT, TTL, SNAT (one pass, same bytes).
-    if (icmp) {
-      // The identifier is the ICMP "port" in both tuples (nf_nat_proto.c icmp_manip_pkt): either
-      // manip sets it to the other tuple's, which equals this one's when nothing translates it.
-      rewriteForwardIcmpEcho(v, off, newSrc, newDst, table.tuplePortsBits(id, other) >>> 16);
-    } else {
-      rewriteForwardPlain(v, off, protocol, newSrc, newSport, newDst, newDport, this.l4Partial);
-    }
-    return egressOf(egress, LEG_WIRE);
-  }
-
-  /** A DataView of `buf`'s bytes for forwardEstablished, made once per packet buffer. */
-  private viewOf(buf: Uint8Array): DataView<ArrayBufferLike> {
-    this.viewBytes = buf;
-    this.view = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
-    return this.view;
-  }
-
   private traceRoute(route: number): void {
     const dst = this.info.dst;
     const text = route < 0 ? "no route (no default route either)" : this.routes.describeRoute(route);
@@ -631,10 +375,10 @@ export class Dataplane {
     // Loopback (an OUTPUT REDIRECT: nf_nat_redirect_ipv4 uses 127.0.0.1): Linux delivers it over
     // `lo`, which qnat cannot reach; it must never leave on a wire.
     if (dst >>> 24 === 127) return this.release(ingress, DropReason.MartianDestination);
-    if (includes(this.localList, dst)) {
+    if (this.addresses.isOwn(dst)) {
       // The host talks to itself through a mirror (its kernel would have used loopback):
       // hand it back on the mirror it came from.
-      egress = ingress >= 0 ? ingress : this.localAddresses.get(dst)!;
+      egress = ingress >= 0 ? ingress : this.addresses.portOf(dst);
       if (!this.confirm(ingress)) return VERDICT_DROP;
       return egressOf(egress, LEG_MIRROR);
     }
@@ -768,10 +512,8 @@ export class Dataplane {
   }
 
   /**
-   * Queues an ICMP error about the packet at `buf[off..]` (RFC 1812 4.3.2.7; Linux __icmp_send):
-   * never about an ICMP error, a non-first fragment, a packet to a broadcast/multicast address,
-   * or from an address that cannot be answered; rate limited. Source: the preferred source of
-   * the route back to the sender, else the primary address of the port that route uses.
+   * Sends the ICMP error `type`/`code` about the current packet (at `buf[off..]`) when one is due
+   * (icmp-error.ts): appended to `generated`, through the OUTPUT path at once.
    */
   private sendIcmpError(
     buf: Uint8Array,
@@ -782,29 +524,14 @@ export class Dataplane {
     ingress: number,
     generated: PacketBatch,
   ): void {
-    const info = this.info;
-    if (info.fragmentOffset !== 0) return;
-    if (info.protocol === IPPROTO_ICMP && (info.isIcmpError || !info.hasL4)) return;
-    const to = info.src;
-    if (to === 0 || isMartianSource(to) || includes(this.broadcastList, to)) return;
-    if (includes(this.broadcastList, info.dst) || info.dst >>> 28 === 0xe) return;
-    if (generated.count >= generated.capacity) return;
-    if (!this.icmpLimiter.allow(type, code, to)) {
+    const length = this.icmpErrors.write(this.info, buf, off, type, code, mtu, ingress, generated);
+    if (length === ICMP_ERROR_RATE_LIMITED) {
       this.drops[ingress * DROP_REASON_COUNT + DropReason.IcmpRateLimited] += 1;
       return;
     }
-    let from = this.ports[ingress]!.primary;
-    const back = this.routes.lookup(to);
-    if (back >= 0) {
-      const prefSrc = this.routes.routePrefSrc(back);
-      from = prefSrc !== 0 ? prefSrc : this.ports[this.routes.routePort(back)]!.primary;
-    }
+    if (length <= 0) return;
     const at = generated.offsetOf(generated.count);
-    this.ipId = (this.ipId + 1) & 0xffff;
-    const length = writeIcmpError(generated.data, at, type, code, mtu, from, to, buf, off, info.length, DEFAULT_TTL, this.ipId);
-    if (length === 0) return;
-    generated.lengths[generated.count] = length;
-    if (this.tracer !== null) this.tracer.step("icmp", `the router answers with ICMP ${type}/${code} from ${formatIpv4(from)} to ${formatIpv4(to)}`);
+    if (this.tracer !== null) this.tracer.step("icmp", `the router answers with ICMP ${type}/${code} from ${formatIpv4(this.icmpErrors.lastFrom)} to ${formatIpv4(this.info.src)}`);
     const index = generated.count++;
     this.portCounters[ingress * PORT_COUNTERS + PortCounter.IcmpErrorsSent] += 1;
 
@@ -839,27 +566,7 @@ export class Dataplane {
   }
 }
 
-/** The four bytes of `addr` xor-ed together: an index into Dataplane.specialFold. */
-function foldAddress(addr: number): number {
-  const half = addr ^ (addr >>> 16);
-  return (half ^ (half >>> 8)) & 0xff;
-}
-
-/** True when `addr` (uint32 or int32 bits) is in `list` (int32). */
-function includes(list: Int32Array, addr: number): boolean {
-  const key = addr | 0;
-  for (let i = 0; i < list.length; i++) if (list[i] === key) return true;
-  return false;
-}
-
 /** Protocols whose conntrack tuple needs the L4 header (ports or ICMP identifier). */
 function hasPorts(protocol: number): boolean {
   return protocol === IPPROTO_TCP || protocol === IPPROTO_UDP || protocol === IPPROTO_ICMP;
 }
-
-/** Linux ipv4_is_zeronet / ipv4_is_loopback / ipv4_is_multicast / ipv4_is_lbcast. */
-function isMartianSource(addr: number): boolean {
-  const first = addr >>> 24;
-  return first === 0 || first === 127 || first >= 224;
-}
-

@@ -1,0 +1,265 @@
+/**
+ * The established fast path (VPP's idea: the common case in one straight pass), its batch
+ * prefetch and the route cache it keeps in each conntrack entry.
+ *
+ * A plain IPv4 packet — no options, not a fragment, not a GSO super-packet — carrying TCP (ACK or
+ * ACK+PSH, on an ESTABLISHED connection), UDP or an ICMP echo request/reply, of a confirmed
+ * connection whose SNAT and DNAT bindings are both set up, routed to a unicast route that fits
+ * it, is validated, tracked, routed and translated here with exactly the effects of the general
+ * path (same checks, same conntrack updates through udpPacket/tcpPacket/icmpPacket, same rewrites
+ * in the same order), without filling PacketInfo or walking the hooks. Every test that could
+ * refuse the packet or send it elsewhere runs before anything changes; any failing one returns
+ * FAST_PATH_MISS and the general path (pipeline.ts) handles the packet from scratch, so drops,
+ * ICMP errors and counters stay its business. test/dataplane/fast-path.test.ts proves the two
+ * equal over random traffic (STYLE.md rule 10).
+ */
+import type { PacketBatch } from "../core/batch.js";
+import type { ConntrackTable } from "../conntrack/table.js";
+import { CtStatus } from "../conntrack/table.js";
+import { TcpState, tcpPacket } from "../conntrack/tcp.js";
+import { udpPacket } from "../conntrack/udp.js";
+import { icmpPacket } from "../conntrack/icmp.js";
+import { ICMP_ECHO, ICMP_ECHO_REPLY } from "../conntrack/tuple.js";
+import type { RoutingTable } from "../route/table.js";
+import { RouteType } from "../route/table.js";
+import { IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, TCP_ACK, TCP_PSH } from "../wire/packet-info.js";
+import { rewriteForwardIcmpEcho, rewriteForwardPlain } from "../wire/rewrite.js";
+import { isMartianDestination, isMartianSource, type RouterAddresses } from "./addresses.js";
+import { LEG_WIRE, egressOf, type RouterPort } from "./port.js";
+
+/** EstablishedFastPath.forward() declines the packet: it takes the general path. */
+export const FAST_PATH_MISS = -100;
+
+/**
+ * CtStatus bits and states tested per packet, as module constants: CtStatus is a (non-const)
+ * enum, i.e. an object whose properties optimized code loads on every use.
+ */
+const NAT_DONE_BOTH = CtStatus.SrcNatDone | CtStatus.DstNatDone;
+const CT_SEEN_REPLY = CtStatus.SeenReply;
+const CT_DST_NAT = CtStatus.DstNat;
+const CT_SRC_NAT = CtStatus.SrcNat;
+const ROUTE_UNICAST = RouteType.Unicast;
+const TCP_ESTABLISHED = TcpState.Established;
+
+export class EstablishedFastPath {
+  /** Packets forwarded here (the rest took the general path). */
+  packets = 0;
+  /** Keeps the prefetch loads observable so the compiler cannot drop them. */
+  prefetchSink = 0;
+
+  /** Batch prefetch scratch: bucket head node per packet (see prefetch). */
+  private prefetchHeads = new Int32Array(256);
+  /**
+   * What prefetch computed per packet, reused by forward for packet i when i < prefetchedCount:
+   * the conntrack bucket of its tuple (-1: not computed). It cannot change within the batch for
+   * the same bytes (the hash key is fixed), and packet i's bytes are not touched before it is
+   * processed.
+   */
+  private prefetchBuckets = new Int32Array(256);
+  private prefetchedCount = 0;
+  /**
+   * The route cache in each conntrack entry (ConntrackTable.routeCache): bits 0-7 the egress
+   * port + 1 of original-direction packets, bits 8-15 of reply-direction ones (0: none), bits
+   * 16-31 the low 16 bits of the routing table version it was looked up in. An established
+   * packet whose cache matches skips the route lookup — on a large table, a cache and TLB miss
+   * in tbl24 per packet. The destination it was looked up for is the entry's translated one,
+   * fixed per direction. When the version's high bits change (65536 route changes), every cache
+   * is cleared, so an old low half can never match again.
+   */
+  private routeVersion = 0;
+  private routeEpoch = 0;
+  /** forward's DataView (see viewOf) and the bytes it views. */
+  private view: DataView<ArrayBufferLike> = new DataView(new ArrayBuffer(0));
+  private viewBytes: Uint8Array | null = null;
+
+  constructor(
+    private readonly conntrack: ConntrackTable,
+    private readonly routes: RoutingTable,
+    private readonly ports: readonly RouterPort[],
+    private readonly addresses: RouterAddresses,
+  ) {}
+
+  /** Once per batch, before any packet: the routing table's version for the route caches. */
+  beginBatch(): void {
+    const version = this.routes.version;
+    if (version >>> 16 !== this.routeEpoch) {
+      this.conntrack.clearRouteCaches();
+      this.routeEpoch = version >>> 16;
+    }
+    this.routeVersion = version & 0xffff;
+    this.prefetchedCount = 0;
+  }
+
+  /**
+   * Before any packet of the batch is processed, loads what each will need from the big tables —
+   * its conntrack bucket, then the entry record the bucket points to (which caches its route) —
+   * in loops whose iterations do not depend on each other, so the CPU overlaps the cache misses
+   * (memory-level parallelism; VPP and DPDK prefetch the same way). Only reads; the bytes are not
+   * validated here (a garbage packet merely loads a useless line; parsePacket judges it later).
+   */
+  prefetch(batch: PacketBatch): void {
+    const count = batch.count;
+    if (count < 2) return;
+    if (this.prefetchHeads.length < count) {
+      this.prefetchHeads = new Int32Array(batch.capacity);
+      this.prefetchBuckets = new Int32Array(batch.capacity);
+    }
+    const heads = this.prefetchHeads;
+    const buckets = this.prefetchBuckets;
+    const data = batch.data;
+    const end = data.length;
+    const v = data === this.viewBytes ? this.view : this.viewOf(data);
+    const conntrack = this.conntrack;
+    let sink = 0;
+    for (let i = 0; i < count; i++) {
+      heads[i] = -1;
+      buckets[i] = -1;
+      const off = batch.offsetOf(i);
+      if (off + 24 > end) continue;
+      const b0 = v.getUint8(off);
+      const protocol = v.getUint8(off + 9);
+      const l4 = off + ((b0 & 0x0f) << 2);
+      if (b0 >>> 4 !== 4 || (protocol !== IPPROTO_TCP && protocol !== IPPROTO_UDP) || l4 + 4 > end) continue;
+      const dst = v.getInt32(off + 16);
+      const ports = v.getInt32(l4);
+      const bucket = conntrack.bucketOf(protocol, v.getInt32(off + 12), dst, ports >>> 16, ports & 0xffff);
+      buckets[i] = bucket;
+      heads[i] = conntrack.bucketHeadAt(bucket);
+    }
+    for (let i = 0; i < count; i++) {
+      const node = heads[i]!;
+      if (node >= 0) sink ^= conntrack.touchNode(node);
+    }
+    this.prefetchSink = sink;
+    this.prefetchedCount = count;
+  }
+
+  /**
+   * One packet from a wire leg, not a GSO super-packet: its egress (`port * 2 + leg`) when the
+   * fast path forwarded it, else FAST_PATH_MISS with nothing changed. `index` is its slot in the
+   * prefetched batch, -1 for a packet outside it; `l4Partial`: its TCP/UDP checksum is partial.
+   */
+  forward(buf: Uint8Array, off: number, length: number, index: number, l4Partial: boolean): number {
+    if (!(off >= 0) || length < 28 || off + length > buf.length) return FAST_PATH_MISS;
+    // The header is read as big-endian words through a DataView (one bounds check and one load
+    // per word instead of per byte); every read below is inside [off, off + length).
+    const v = buf === this.viewBytes ? this.view : this.viewOf(buf);
+    const w0 = v.getUint32(off);
+    // Version 4, IHL 5 (options take the general path).
+    if (w0 >>> 24 !== 0x45) return FAST_PATH_MISS;
+    const w1 = v.getUint32(off + 4);
+    const w2 = v.getUint32(off + 8);
+    // Addresses stay int32 here: a uint32 of 2^31 or more is a heap number in V8, and passing one
+    // to a function that is not inlined allocates it (the allocation-per-packet figure of the bench).
+    const src = v.getInt32(off + 12);
+    const dst = v.getInt32(off + 16);
+    // ip_fast_csum over the 20-byte header must fold to 0xffff (validate.ts, ip_rcv_core).
+    let sum =
+      (w0 >>> 16) + (w0 & 0xffff) + (w1 >>> 16) + (w1 & 0xffff) + (w2 >>> 16) + (w2 & 0xffff) +
+      (src >>> 16) + (src & 0xffff) + (dst >>> 16) + (dst & 0xffff);
+    sum = (sum & 0xffff) + (sum >>> 16);
+    sum = (sum & 0xffff) + (sum >>> 16);
+    if (sum !== 0xffff) return FAST_PATH_MISS;
+    const total = w0 & 0xffff;
+    if (total > length) return FAST_PATH_MISS;
+    // Not a fragment (MF clear, offset 0); DF may be set. The reserved bit takes the general path.
+    if ((w1 & 0xbfff) !== 0) return FAST_PATH_MISS;
+    const protocol = (w2 >>> 16) & 0xff;
+    const l4 = off + 20;
+    const l4Length = total - 20;
+    let tcpFlags = 0;
+    if (protocol === IPPROTO_UDP) {
+      if (l4Length < 8) return FAST_PATH_MISS;
+      const udpLength = v.getUint16(l4 + 4);
+      if (udpLength < 8 || udpLength > l4Length) return FAST_PATH_MISS;
+    } else if (protocol === IPPROTO_TCP) {
+      if (l4Length < 20) return FAST_PATH_MISS;
+      const offsetAndFlags = v.getUint16(l4 + 12);
+      const dataOffset = offsetAndFlags >>> 12;
+      if (dataOffset < 5 || dataOffset << 2 > l4Length) return FAST_PATH_MISS;
+      tcpFlags = offsetAndFlags & 0xff;
+      if (tcpFlags !== TCP_ACK && tcpFlags !== (TCP_ACK | TCP_PSH)) return FAST_PATH_MISS;
+    } else if (protocol === IPPROTO_ICMP) {
+      // Echo request and reply only (a ping): errors and the other queries take the general path,
+      // and so does an ICMP checksum the kernel left partial.
+      if (l4Length < 8 || l4Partial) return FAST_PATH_MISS;
+      const typeCode = v.getUint16(l4);
+      if (typeCode !== ICMP_ECHO << 8 && typeCode !== ICMP_ECHO_REPLY << 8) return FAST_PATH_MISS;
+    } else {
+      return FAST_PATH_MISS;
+    }
+    const addresses = this.addresses;
+    if (isMartianSource(src) || addresses.isOwnOrBroadcast(src)) return FAST_PATH_MISS;
+    if (isMartianDestination(dst)) return FAST_PATH_MISS;
+    // The tuple's ports: TCP/UDP source and destination port; ICMP identifier and type/code
+    // (conntrack/tuple.ts), so one lookup serves both.
+    const icmp = protocol === IPPROTO_ICMP;
+    const ports = icmp ? (v.getUint16(l4 + 4) << 16) | v.getUint16(l4) : v.getInt32(l4);
+    const sport = ports >>> 16;
+    const dport = ports & 0xffff;
+
+    const table = this.conntrack;
+    // prefetch hashes TCP and UDP tuples; other packets have bucket -1.
+    const prefetched = index >= 0 && index < this.prefetchedCount && this.prefetchBuckets[index]! >= 0;
+    const handle = table.findLiveInBucket(prefetched ? this.prefetchBuckets[index]! : -1, protocol, src, dst, ports);
+    if (handle < 0) return FAST_PATH_MISS;
+    const id = handle >> 1;
+    const dir = handle & 1;
+    const status = table.status(id);
+    if ((status & NAT_DONE_BOTH) !== NAT_DONE_BOTH) return FAST_PATH_MISS;
+    if (protocol === IPPROTO_TCP && table.tcpState(id) !== TCP_ESTABLISHED) return FAST_PATH_MISS;
+    // nf_nat_packet at PREROUTING (destination) and POSTROUTING (source), as manip.ts natPacket.
+    const other = dir ^ 1;
+    let newDst = dst;
+    let newDport = dport;
+    if ((status & (dir === 0 ? CT_DST_NAT : CT_SRC_NAT)) !== 0) {
+      newDst = table.tupleSrcBits(id, other);
+      if (!icmp) newDport = table.tuplePortsBits(id, other) >>> 16;
+    }
+    if (addresses.isLocalDestination(newDst)) return FAST_PATH_MISS;
+    // The route: from the entry's route cache when it is current (see routeVersion).
+    const version = this.routeVersion;
+    const cache = table.routeCache(id);
+    const shift = dir << 3;
+    const current = cache >>> 16 === version;
+    let egress = current ? ((cache >>> shift) & 0xff) - 1 : -1;
+    if (egress < 0) {
+      const routes = this.routes;
+      const route = routes.lookup(newDst);
+      if (route < 0 || routes.routeType(route) !== ROUTE_UNICAST) return FAST_PATH_MISS;
+      egress = routes.routePort(route);
+      if (egress < 0xff) table.setRouteCache(id, (version << 16) | (current ? cache & (0xff << (shift ^ 8)) : 0) | ((egress + 1) << shift));
+    }
+    if (w2 >>> 24 <= 1 || total > this.ports[egress]!.mtu) return FAST_PATH_MISS;
+    let newSrc = src;
+    let newSport = sport;
+    if ((status & (dir === 0 ? CT_SRC_NAT : CT_DST_NAT)) !== 0) {
+      newSrc = table.tupleDstBits(id, other);
+      if (!icmp) newSport = table.tuplePortsBits(id, other) & 0xffff;
+    }
+
+    // Commit: conntrack (track(): the protocol handler, then SEEN_REPLY for a reply).
+    this.packets++;
+    table.counters.found++;
+    if (protocol === IPPROTO_UDP) udpPacket(table, id);
+    else if (icmp) icmpPacket(table, id);
+    else tcpPacket(table, id, dir, tcpFlags);
+    if (dir === 1) table.setStatus(id, CT_SEEN_REPLY);
+    // Rewrites in the general path's order: DNAT, TTL, SNAT (one pass, same bytes).
+    if (icmp) {
+      // The identifier is the ICMP "port" in both tuples (nf_nat_proto.c icmp_manip_pkt): either
+      // manip sets it to the other tuple's, which equals this one's when nothing translates it.
+      rewriteForwardIcmpEcho(v, off, newSrc, newDst, table.tuplePortsBits(id, other) >>> 16);
+    } else {
+      rewriteForwardPlain(v, off, protocol, newSrc, newSport, newDst, newDport, l4Partial);
+    }
+    return egressOf(egress, LEG_WIRE);
+  }
+
+  /** A DataView of `buf`'s bytes for forward, made once per packet buffer. */
+  private viewOf(buf: Uint8Array): DataView<ArrayBufferLike> {
+    this.viewBytes = buf;
+    this.view = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
+    return this.view;
+  }
+}
