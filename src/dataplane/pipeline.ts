@@ -23,7 +23,7 @@ import { DROP_REASON_COUNT, DropReason, dropReasonName } from "../core/drop-reas
 import { PacketBatch } from "../core/batch.js";
 import type { ConntrackTable } from "../conntrack/table.js";
 import { CtState } from "../conntrack/table.js";
-import { TrackResult, track } from "../conntrack/track.js";
+import { track } from "../conntrack/track.js";
 import { formatConntrackEntry } from "../conntrack/format.js";
 import type { RoutingTable } from "../route/table.js";
 import { RouteType } from "../route/table.js";
@@ -38,7 +38,7 @@ import {
   ICMP_ADMIN_PROHIBITED,
 } from "../wire/icmp.js";
 import { ipv4DecrementTtl } from "../wire/ipv4.js";
-import { IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, PacketInfo } from "../wire/packet-info.js";
+import { IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP } from "../wire/packet-info.js";
 import { gsoSegmentNetworkLength, parsePacket } from "../wire/validate.js";
 import { FragmentTable } from "../nat/fragments.js";
 import { RouterAddresses, isMartianDestination, isMartianSource } from "./addresses.js";
@@ -47,6 +47,7 @@ import { ICMP_ERROR_RATE_LIMITED, IcmpErrorWriter } from "./icmp-error.js";
 import { LEG_MIRROR, LEG_WIRE, RouterPort, VERDICT_DROP, VERDICT_STOLEN, egressOf, type PortSpec } from "./port.js";
 import type { NatStage } from "./nat-stage.js";
 import { NetfilterNat } from "./netfilter-nat.js";
+import { PacketContext } from "./packet-context.js";
 
 /** A fragment reference (src/nat/fragments.ts) for a datagram whose first fragment was not tracked. */
 const FRAGMENT_UNTRACKED = 0x7fffffff;
@@ -96,27 +97,18 @@ export class Dataplane {
   readonly drops: Float64Array;
 
   private readonly clock: Clock;
-  private readonly info = new PacketInfo();
-  private readonly ct = new TrackResult();
+  /** The packet being processed, and the ICMP error the router may send about it (packet-context.ts). */
+  private readonly packet = new PacketContext();
+  private readonly errorPacket = new PacketContext();
   /** The router's own, broadcast and martian addresses. */
   readonly addresses: RouterAddresses;
   private readonly icmpErrors: IcmpErrorWriter;
   /** Verdicts of the router's own ICMP errors in the current batch (see sendIcmpError). */
   private generatedVerdicts: Int32Array = new Int32Array(0);
-  /**
-   * The connection (`id << 1 | dir`) the ICMP error being sent belongs to, -1 for none: Linux
-   * attaches the offending packet's conntrack to the error (icmp_glue_bits -> nf_ct_attach) as
-   * RELATED in the other direction, so NAT translates it back (nf_nat_icmp_reply_translation).
-   */
-  private attached = -1;
   /** The NAT stage when it is qnat's netfilter NAT (bindings in conntrack): enables the fast path. */
   private readonly netfilterNat: NetfilterNat | null;
   /** The established fast path, its batch prefetch and route cache (fast-path.ts). */
   private readonly established: EstablishedFastPath;
-  /** The current packet's GSO segment size (batch virtio_net_hdr), 0 for a plain packet. */
-  private gsoSize = 0;
-  /** The current packet's TCP/UDP checksum is partial (batch virtio_net_hdr NEEDS_CSUM). */
-  private l4Partial = false;
   /**
    * Non-first fragments are translated from their first fragment's connection (virtual
    * reassembly, src/nat/fragments.ts); those that arrive before it are held, then released here
@@ -199,6 +191,7 @@ export class Dataplane {
     // The fast path is tried here; processFromWire (also used for released fragments) tries it
     // for the packets that reach it any other way.
     const fast = this.fastPathEnabled();
+    const packet = this.packet;
     for (let i = 0; i < batch.count; i++) {
       let length = batch.lengths[i]!;
       counters[base] += 1;
@@ -210,14 +203,14 @@ export class Dataplane {
       if (total >= 20 && total < length) batch.lengths[i] = length = total;
       // Offloads (TUN virtio_net_hdr): super-packets and partial TCP/UDP checksums.
       if (headroom !== 0) {
-        this.l4Partial = batch.isChecksumPartial(i);
-        this.gsoSize = batch.gsoSizeOf(i);
+        packet.l4Partial = batch.isChecksumPartial(i);
+        packet.gsoSize = batch.gsoSizeOf(i);
       }
       verdicts[i] = this.forwardOne(data, off, length, i, ingress, leg, fast, generated);
     }
     if (headroom !== 0) {
-      this.l4Partial = false;
-      this.gsoSize = 0;
+      packet.l4Partial = false;
+      packet.gsoSize = 0;
     }
     // Fragments held for a first fragment that this batch brought, as if they arrived now.
     this.released.clear();
@@ -236,12 +229,13 @@ export class Dataplane {
    * packet's slot in the batch (for the prefetch), -1 for a packet outside it.
    */
   private forwardOne(buf: Uint8Array, off: number, length: number, index: number, ingress: number, leg: number, fast: boolean, generated: PacketBatch): number {
+    const p = this.packet;
     let verdict = FAST_PATH_MISS;
     if (leg === LEG_WIRE) {
-      if (fast && this.gsoSize === 0) verdict = this.established.forward(buf, off, length, index, this.l4Partial);
-      if (verdict === FAST_PATH_MISS) verdict = this.processFromWire(buf, off, length, ingress, generated);
+      if (fast && p.gsoSize === 0) verdict = this.established.forward(buf, off, length, index, p.l4Partial);
+      if (verdict === FAST_PATH_MISS) verdict = this.processFromWire(p, buf, off, length, ingress, generated);
     } else {
-      verdict = this.processLocalOut(buf, off, length, ingress);
+      verdict = this.processLocalOut(p, buf, off, length, ingress);
     }
     if (verdict >= 0) this.countTx(verdict, length);
     return verdict;
@@ -265,10 +259,10 @@ export class Dataplane {
   }
 
   /** A packet from the network (the fast path declined it): PREROUTING, then INPUT or FORWARD + POSTROUTING. */
-  private processFromWire(buf: Uint8Array, off: number, length: number, ingress: number, generated: PacketBatch): number {
-    const info = this.info;
+  private processFromWire(p: PacketContext, buf: Uint8Array, off: number, length: number, ingress: number, generated: PacketBatch): number {
+    const info = p.info;
     const reason = parsePacket(buf, off, length, info);
-    info.l4ChecksumPartial = this.l4Partial;
+    info.l4ChecksumPartial = p.l4Partial;
     if (reason !== DropReason.None) return this.drop(ingress, reason);
     // Martian sources (Linux ip_route_input_slow / ip_route_input_mc): multicast, limited
     // broadcast, 0.0.0.0/8 and loopback sources are never routed.
@@ -280,50 +274,50 @@ export class Dataplane {
     if (isMartianDestination(info.dst)) return this.drop(ingress, DropReason.MartianDestination);
 
     // Conntrack (PREROUTING, priority -200) then DNAT (-100).
-    const ct = this.ct;
-    const tracked = this.trackPacket(ingress);
+    const ct = p.ct;
+    const tracked = this.trackPacket(p, ingress);
     if (tracked < 0) return tracked;
     if (this.nat !== undefined) {
       const natReason = this.nat.prerouting(buf, info, ct, ingress);
-      if (natReason !== DropReason.None) return this.release(ingress, natReason);
+      if (natReason !== DropReason.None) return this.release(p, ingress, natReason);
     }
 
     const dst = info.dst;
     // Local delivery: to the mirror of the port the packet came in on (INPUT).
     // Broadcasts and multicast (qnat runs no multicast routing) go to the router's host too.
     if (this.addresses.isLocalDestination(dst)) {
-      if (this.tracer !== null) this.tracer.step("route", `local: ${describePacket(this.info)} is for the router itself (INPUT), delivered through the ${this.ports[ingress]!.name} mirror`);
-      return this.finishLocalIn(buf, ingress);
+      if (this.tracer !== null) this.tracer.step("route", `local: ${describePacket(p.info)} is for the router itself (INPUT), delivered through the ${this.ports[ingress]!.name} mirror`);
+      return this.finishLocalIn(p, buf, ingress);
     }
 
     const route = this.routes.lookup(dst);
-    if (this.tracer !== null) this.traceRoute(route);
+    if (this.tracer !== null) this.traceRoute(p, route);
     if (route < 0) {
-      this.sendIcmpError(buf, off, ICMP_DEST_UNREACHABLE, ICMP_NET_UNREACHABLE, 0, ingress, generated);
-      return this.release(ingress, DropReason.NoRoute);
+      this.sendIcmpError(p, buf, off, ICMP_DEST_UNREACHABLE, ICMP_NET_UNREACHABLE, 0, ingress, generated);
+      return this.release(p, ingress, DropReason.NoRoute);
     }
     const type = this.routes.routeType(route);
     if (type !== RouteType.Unicast) {
       // ip_error(): unreachable -> host unreachable, prohibit -> admin prohibited, blackhole silent.
-      if (type === RouteType.Unreachable) this.sendIcmpError(buf, off, ICMP_DEST_UNREACHABLE, ICMP_HOST_UNREACHABLE, 0, ingress, generated);
-      else if (type === RouteType.Prohibit) this.sendIcmpError(buf, off, ICMP_DEST_UNREACHABLE, ICMP_ADMIN_PROHIBITED, 0, ingress, generated);
-      return this.release(ingress, DropReason.NoRoute);
+      if (type === RouteType.Unreachable) this.sendIcmpError(p, buf, off, ICMP_DEST_UNREACHABLE, ICMP_HOST_UNREACHABLE, 0, ingress, generated);
+      else if (type === RouteType.Prohibit) this.sendIcmpError(p, buf, off, ICMP_DEST_UNREACHABLE, ICMP_ADMIN_PROHIBITED, 0, ingress, generated);
+      return this.release(p, ingress, DropReason.NoRoute);
     }
     const egress = this.routes.routePort(route);
 
     // ip_forward(): TTL first, then the MTU check.
     if (info.ttl <= 1) {
-      this.sendIcmpError(buf, off, ICMP_TIME_EXCEEDED, ICMP_TTL_EXCEEDED_IN_TRANSIT, 0, ingress, generated);
-      return this.release(ingress, DropReason.TtlExceeded);
+      this.sendIcmpError(p, buf, off, ICMP_TIME_EXCEEDED, ICMP_TTL_EXCEEDED_IN_TRANSIT, 0, ingress, generated);
+      return this.release(p, ingress, DropReason.TtlExceeded);
     }
     const mtu = this.ports[egress]!.mtu;
     // A GSO super-packet fits when each of its segments does (ip_exceeds_mtu, skb_gso_validate_network_len).
-    if ((this.gsoSize === 0 ? info.length : gsoSegmentNetworkLength(info, this.gsoSize)) > mtu) {
+    if ((p.gsoSize === 0 ? info.length : gsoSegmentNetworkLength(info, p.gsoSize)) > mtu) {
       if (info.dontFragment) {
-        this.sendIcmpError(buf, off, ICMP_DEST_UNREACHABLE, ICMP_FRAGMENTATION_NEEDED, mtu, ingress, generated);
-        return this.release(ingress, DropReason.FragmentationNeeded);
+        this.sendIcmpError(p, buf, off, ICMP_DEST_UNREACHABLE, ICMP_FRAGMENTATION_NEEDED, mtu, ingress, generated);
+        return this.release(p, ingress, DropReason.FragmentationNeeded);
       }
-      return this.release(ingress, DropReason.TooBigNoDf);
+      return this.release(p, ingress, DropReason.TooBigNoDf);
     }
     ipv4DecrementTtl(buf, off);
     info.ttl -= 1;
@@ -331,26 +325,26 @@ export class Dataplane {
 
     if (this.nat !== undefined) {
       const natReason = this.nat.postrouting(buf, info, ct, ingress, egress);
-      if (natReason !== DropReason.None) return this.release(ingress, natReason);
+      if (natReason !== DropReason.None) return this.release(p, ingress, natReason);
     }
-    if (!this.confirm(ingress)) return VERDICT_DROP;
+    if (!this.confirm(p, ingress)) return VERDICT_DROP;
     return egressOf(egress, LEG_WIRE);
   }
 
-  private traceRoute(route: number): void {
-    const dst = this.info.dst;
+  private traceRoute(p: PacketContext, route: number): void {
+    const dst = p.info.dst;
     const text = route < 0 ? "no route (no default route either)" : this.routes.describeRoute(route);
     this.tracer!.step("route", `${formatIpv4(dst)}: ${text}`);
   }
 
   /** INPUT: nat INPUT (SNAT to the router's host is possible), confirm, to the ingress mirror. */
-  private finishLocalIn(buf: Uint8Array, ingress: number): number {
-    const ct = this.ct;
+  private finishLocalIn(p: PacketContext, buf: Uint8Array, ingress: number): number {
+    const ct = p.ct;
     if (this.nat !== undefined) {
-      const natReason = this.nat.input(buf, this.info, ct, ingress);
-      if (natReason !== DropReason.None) return this.release(ingress, natReason);
+      const natReason = this.nat.input(buf, p.info, ct, ingress);
+      if (natReason !== DropReason.None) return this.release(p, ingress, natReason);
     }
-    if (!this.confirm(ingress)) return VERDICT_DROP;
+    if (!this.confirm(p, ingress)) return VERDICT_DROP;
     return egressOf(ingress, LEG_MIRROR);
   }
 
@@ -358,60 +352,60 @@ export class Dataplane {
    * A packet the router's own host sent (read from a mirror), or an ICMP error qnat generated
    * (`ingress` -1): OUTPUT nat, routing, POSTROUTING nat. No TTL decrement: it is not forwarded.
    */
-  private processLocalOut(buf: Uint8Array, off: number, length: number, ingress: number): number {
-    const info = this.info;
+  private processLocalOut(p: PacketContext, buf: Uint8Array, off: number, length: number, ingress: number): number {
+    const info = p.info;
     const reason = parsePacket(buf, off, length, info);
-    info.l4ChecksumPartial = this.l4Partial;
+    info.l4ChecksumPartial = p.l4Partial;
     if (reason !== DropReason.None) return this.drop(ingress, reason);
-    const ct = this.ct;
-    const tracked = this.attached >= 0 ? this.attachConnection() : this.trackPacket(ingress);
+    const ct = p.ct;
+    const tracked = p.attached >= 0 ? this.attachConnection(p) : this.trackPacket(p, ingress);
     if (tracked < 0) return tracked;
     if (this.nat !== undefined) {
       const natReason = this.nat.output(buf, info, ct);
-      if (natReason !== DropReason.None) return this.release(ingress, natReason);
+      if (natReason !== DropReason.None) return this.release(p, ingress, natReason);
     }
     const dst = info.dst;
     let egress: number;
     // Loopback (an OUTPUT REDIRECT: nf_nat_redirect_ipv4 uses 127.0.0.1): Linux delivers it over
     // `lo`, which qnat cannot reach; it must never leave on a wire.
-    if (dst >>> 24 === 127) return this.release(ingress, DropReason.MartianDestination);
+    if (dst >>> 24 === 127) return this.release(p, ingress, DropReason.MartianDestination);
     if (this.addresses.isOwn(dst)) {
       // The host talks to itself through a mirror (its kernel would have used loopback):
       // hand it back on the mirror it came from.
       egress = ingress >= 0 ? ingress : this.addresses.portOf(dst);
-      if (!this.confirm(ingress)) return VERDICT_DROP;
+      if (!this.confirm(p, ingress)) return VERDICT_DROP;
       return egressOf(egress, LEG_MIRROR);
     }
     const route = this.routes.lookup(dst);
-    if (this.tracer !== null) this.traceRoute(route);
-    if (route < 0 || this.routes.routeType(route) !== RouteType.Unicast) return this.release(ingress, DropReason.NoRoute);
+    if (this.tracer !== null) this.traceRoute(p, route);
+    if (route < 0 || this.routes.routeType(route) !== RouteType.Unicast) return this.release(p, ingress, DropReason.NoRoute);
     egress = this.routes.routePort(route);
     if (this.nat !== undefined) {
       const natReason = this.nat.postrouting(buf, info, ct, -1, egress);
-      if (natReason !== DropReason.None) return this.release(ingress, natReason);
+      if (natReason !== DropReason.None) return this.release(p, ingress, natReason);
     }
-    if (!this.confirm(ingress)) return VERDICT_DROP;
+    if (!this.confirm(p, ingress)) return VERDICT_DROP;
     return egressOf(egress, LEG_WIRE);
   }
 
   /**
-   * Conntrack for the current packet into `this.ct`. INVALID packets are not dropped (Linux
+   * Conntrack for the current packet into `p.ct`. INVALID packets are not dropped (Linux
    * conntrack only marks them; without a filter rule they pass, untranslated); they are counted
    * by the table. Returns 0, or a drop verdict (table full).
    */
-  private trackPacket(ingress: number): number {
-    const ct = this.ct;
-    const info = this.info;
-    if (info.fragmentOffset !== 0 && hasPorts(info.protocol)) return this.trackFragment(ingress);
+  private trackPacket(p: PacketContext, ingress: number): number {
+    const ct = p.ct;
+    const info = p.info;
+    if (info.fragmentOffset !== 0 && hasPorts(info.protocol)) return this.trackFragment(p, ingress);
     const reason = track(this.conntrack, info, ct);
     if (reason !== DropReason.None) return this.drop(ingress, reason);
-    if (this.tracer !== null) this.traceConntrack();
+    if (this.tracer !== null) this.traceConntrack(p);
     if (info.moreFragments && this.nat !== undefined && hasPorts(info.protocol)) {
       // A first fragment: remember its connection for the fragments that follow (before NAT).
       // Untracked (INVALID) ones too: Linux passes the whole datagram untranslated then.
       const ref = ct.id >= 0 ? (ct.id << 1) | ct.dir : FRAGMENT_UNTRACKED;
       const noted = this.fragments.noteFirstFragment(info.buf, info, ref);
-      if (noted !== DropReason.None) return this.release(ingress, noted);
+      if (noted !== DropReason.None) return this.release(p, ingress, noted);
     }
     return 0;
   }
@@ -421,13 +415,13 @@ export class Dataplane {
    * fragment. Without NAT it needs nothing; with NAT it is translated like its first fragment, or
    * held until that arrives.
    */
-  private trackFragment(ingress: number): number {
-    const ct = this.ct;
+  private trackFragment(p: PacketContext, ingress: number): number {
+    const ct = p.ct;
     ct.id = -1;
     ct.isNew = false;
     ct.state = CtState.Invalid;
     if (this.nat === undefined) return 0;
-    const info = this.info;
+    const info = p.info;
     const ref = this.fragments.lookupFragment(info.buf, info);
     if (ref === FRAGMENT_UNTRACKED) {
       if (this.tracer !== null) this.tracer.step("conntrack", `fragment at offset ${info.fragmentOffset}: its first fragment was not tracked; passes without NAT`);
@@ -460,10 +454,10 @@ export class Dataplane {
     return VERDICT_STOLEN;
   }
 
-  private traceConntrack(): void {
-    const ct = this.ct;
+  private traceConntrack(p: PacketContext): void {
+    const ct = p.ct;
     const tracer = this.tracer!;
-    tracer.step("validate", `${describePacket(this.info, { tcpFlags: true })}, ${this.info.length} bytes, ttl ${this.info.ttl}`);
+    tracer.step("validate", `${describePacket(p.info, { tcpFlags: true })}, ${p.info.length} bytes, ttl ${p.info.ttl}`);
     const state = CtState[ct.state]!.toUpperCase();
     if (ct.id < 0) tracer.step("conntrack", `${state}: not tracked; passes without NAT`);
     else if (ct.isNew) tracer.step("conntrack", `${state}: no connection matches; a new entry is created (unconfirmed), so the nat rules run`);
@@ -475,10 +469,10 @@ export class Dataplane {
   }
 
   /** The router's ICMP error takes the connection of the packet it is about (see `attached`). */
-  private attachConnection(): number {
-    const ct = this.ct;
-    ct.id = this.attached >> 1;
-    ct.dir = this.attached & 1;
+  private attachConnection(p: PacketContext): number {
+    const ct = p.ct;
+    ct.id = p.attached >> 1;
+    ct.dir = p.attached & 1;
     ct.isNew = false;
     ct.state = CtState.Related;
     if (this.tracer !== null) {
@@ -488,8 +482,8 @@ export class Dataplane {
   }
 
   /** Confirms a NEW connection at the end of its first packet's path (__nf_conntrack_confirm). */
-  private confirm(ingress: number): boolean {
-    const ct = this.ct;
+  private confirm(p: PacketContext, ingress: number): boolean {
+    const ct = p.ct;
     if (ct.id < 0 || !ct.isNew) return true;
     if (this.dryRun) {
       if (this.tracer !== null) this.tracer.step("confirm", `would confirm: ${formatConntrackEntry(this.conntrack, ct.id)}`);
@@ -502,8 +496,8 @@ export class Dataplane {
   }
 
   /** Drops the current packet, discarding the unconfirmed entry it created. */
-  private release(ingress: number, reason: DropReason): number {
-    const ct = this.ct;
+  private release(p: PacketContext, ingress: number, reason: DropReason): number {
+    const ct = p.ct;
     if (ct.id >= 0 && ct.isNew) {
       this.conntrack.release(ct.id);
       ct.id = -1;
@@ -516,6 +510,7 @@ export class Dataplane {
    * (icmp-error.ts): appended to `generated`, through the OUTPUT path at once.
    */
   private sendIcmpError(
+    p: PacketContext,
     buf: Uint8Array,
     off: number,
     type: number,
@@ -524,38 +519,31 @@ export class Dataplane {
     ingress: number,
     generated: PacketBatch,
   ): void {
-    const length = this.icmpErrors.write(this.info, buf, off, type, code, mtu, ingress, generated);
+    const length = this.icmpErrors.write(p.info, buf, off, type, code, mtu, ingress, generated);
     if (length === ICMP_ERROR_RATE_LIMITED) {
       this.drops[ingress * DROP_REASON_COUNT + DropReason.IcmpRateLimited] += 1;
       return;
     }
     if (length <= 0) return;
     const at = generated.offsetOf(generated.count);
-    if (this.tracer !== null) this.tracer.step("icmp", `the router answers with ICMP ${type}/${code} from ${formatIpv4(this.icmpErrors.lastFrom)} to ${formatIpv4(this.info.src)}`);
+    if (this.tracer !== null) this.tracer.step("icmp", `the router answers with ICMP ${type}/${code} from ${formatIpv4(this.icmpErrors.lastFrom)} to ${formatIpv4(p.info.src)}`);
     const index = generated.count++;
     this.portCounters[ingress * PORT_COUNTERS + PortCounter.IcmpErrorsSent] += 1;
 
     // The error takes the OUTPUT path now, while the offending packet's connection (even an
     // unconfirmed one) still exists: Linux sends it from inside ip_forward (icmp_send).
-    const ct = this.ct;
-    const id = ct.id;
-    const dir = ct.dir;
-    const isNew = ct.isNew;
-    const state = ct.state;
-    this.attached = id >= 0 ? (id << 1) | (dir ^ 1) : -1;
+    // The error is a whole packet of its own, in its own context: no offload state of the packet
+    // it is about, and that packet's context stays as it is.
+    const error = this.errorPacket;
+    const ct = p.ct;
+    error.attached = ct.id >= 0 ? (ct.id << 1) | (ct.dir ^ 1) : -1;
+    error.l4Partial = false;
+    error.gsoSize = 0;
     if (this.tracer !== null) this.tracer.step("output", "the router's own ICMP error takes the OUTPUT path:");
-    // The error is a whole packet of its own: no offload state of the packet it is about.
-    const partial = this.l4Partial;
-    this.l4Partial = false;
-    const verdict = this.processLocalOut(generated.data, at, length, -1);
-    this.l4Partial = partial;
-    this.attached = -1;
+    const verdict = this.processLocalOut(error, generated.data, at, length, -1);
+    error.attached = -1;
     this.generatedVerdicts[index] = verdict;
     if (verdict >= 0) this.countTx(verdict, length);
-    ct.id = id;
-    ct.dir = dir;
-    ct.isNew = isNew;
-    ct.state = state;
   }
 
   /** Incremental housekeeping, once per batch: expire a bounded number of conntrack entries. */
