@@ -7,6 +7,7 @@ import { readFileSync } from "node:fs";
 import { isMap, isScalar, isSeq, LineCounter, parseDocument, type Node as YamlNode, type YAMLMap } from "yaml";
 import { dirname, resolve } from "node:path";
 import { type Cidr, formatCidr, parseCidr, parseIpv4 } from "../core/addr.js";
+import { MAX_CONNTRACK_CAPACITY } from "../conntrack/table.js";
 
 /** Linux IFNAMSIZ is 16 including the terminating NUL (include/uapi/linux/if.h). */
 export const MAX_INTERFACE_NAME = 15;
@@ -47,6 +48,16 @@ export interface LabHostConfig {
   readonly loopback: readonly Cidr[];
 }
 
+/**
+ * The connection table's size (Linux sysctl net.netfilter.nf_conntrack_max). Linux derives its
+ * default from the host's memory; qnat's is 262144 entries (16 MiB of 64-byte records).
+ */
+export interface ConntrackConfig {
+  readonly max: number;
+}
+
+export const DEFAULT_CONNTRACK_MAX = 262_144;
+
 export interface RouterConfig {
   readonly file: string;
   readonly id: string;
@@ -58,6 +69,7 @@ export interface RouterConfig {
   readonly nat: { readonly text: string; readonly firstLine: number; readonly file: string };
   readonly metadata: MetadataConfig | undefined;
   readonly lab: readonly LabHostConfig[];
+  readonly conntrack: ConntrackConfig;
 }
 
 /** A user's mistake in a config or rules file: printed as `FILE:LINE: message`. */
@@ -101,7 +113,7 @@ export function parseConfig(text: string, file: string): RouterConfig {
   const root = doc.contents;
   if (!isMap(root)) fail(root, "the config must be a mapping with router, ports, routes and nat");
   const top = root as YAMLMap;
-  const known = new Set(["router", "ports", "routes", "nat", "metadata", "lab"]);
+  const known = new Set(["router", "ports", "routes", "nat", "metadata", "lab", "conntrack"]);
   for (const pair of top.items) {
     const key = isScalar(pair.key) ? String(pair.key.value) : "";
     if (!known.has(key)) fail(pair.key as YamlNode, `unknown key "${key}" (expected one of ${[...known].join(", ")})`);
@@ -276,5 +288,23 @@ export function parseConfig(text: string, file: string): RouterConfig {
       });
     }
   }
-  return { file, id, namespace, ports, routes, nat, metadata, lab };
+  // conntrack
+  const conntrackNode = get(top, "conntrack");
+  let conntrackMax = DEFAULT_CONNTRACK_MAX;
+  if (conntrackNode !== undefined) {
+    if (!isMap(conntrackNode)) return fail(conntrackNode, "conntrack must be a mapping, e.g. { max: 65536 }");
+    for (const pair of conntrackNode.items) {
+      const key = isScalar(pair.key) ? String(pair.key.value) : "";
+      if (key !== "max") fail(pair.key as YamlNode, `unknown conntrack key "${key}"`);
+    }
+    const maxNode = get(conntrackNode, "max");
+    if (maxNode !== undefined) {
+      if (!isScalar(maxNode) || typeof maxNode.value !== "number" || !Number.isInteger(maxNode.value))
+        fail(maxNode, "conntrack.max must be a whole number of entries");
+      conntrackMax = (maxNode as { value: number }).value;
+      if (conntrackMax < 1 || conntrackMax > MAX_CONNTRACK_CAPACITY)
+        fail(maxNode, `conntrack.max ${conntrackMax} is outside 1..${MAX_CONNTRACK_CAPACITY}`);
+    }
+  }
+  return { file, id, namespace, ports, routes, nat, metadata, lab, conntrack: { max: conntrackMax } };
 }

@@ -70,6 +70,9 @@ const STATUS_ASSURED = CtStatus.Assured;
 export const CT_STATUS_NAT_MASK = CtStatus.SrcNat | CtStatus.DstNat;
 export const CT_STATUS_NAT_DONE_MASK = CtStatus.SrcNatDone | CtStatus.DstNatDone;
 
+/** The most entries a table can hold (2^25: 2 GiB of 64-byte records). */
+export const MAX_CONNTRACK_CAPACITY = 1 << 25;
+
 /** Linux NF_CT_EVICTION_RANGE (nf_conntrack_core.c): buckets early_drop() looks at. */
 export const CT_EVICTION_RANGE = 8;
 
@@ -184,7 +187,7 @@ export class ConntrackTable {
 
   constructor(options: ConntrackTableOptions) {
     const capacity = Math.floor(options.capacity);
-    if (!(capacity >= 1 && capacity <= 1 << 25)) throw new RangeError("conntrack capacity must be 1..2^25");
+    if (!(capacity >= 1 && capacity <= MAX_CONNTRACK_CAPACITY)) throw new RangeError("conntrack capacity must be 1..2^25");
     this.capacity = capacity;
     this.clock = options.clock;
     this.timeouts = resolveTimeouts(options.timeouts);

@@ -19,7 +19,7 @@ import { Dataplane } from "./pipeline.js";
 export interface BuildOptions {
   readonly clock?: Clock;
   readonly rng?: Rng;
-  /** Maximum concurrent connections (Linux nf_conntrack_max). */
+  /** Maximum concurrent connections (Linux nf_conntrack_max); default: the config's `conntrack.max`. */
   readonly conntrackCapacity?: number;
   /** Leave NAT out (plain router). */
   readonly withoutNat?: boolean;
@@ -48,7 +48,7 @@ export function buildDataplane(config: RouterConfig, options: BuildOptions = {})
   const rules = compileRules(config);
   let engine: NatEngine | undefined;
   const conntrack = new ConntrackTable({
-    capacity: options.conntrackCapacity ?? 262_144,
+    capacity: options.conntrackCapacity ?? config.conntrack.max,
     clock,
     seed: rng.next(),
     // nf_nat_cleanup_conntrack: a freed connection leaves the NAT by-source index.

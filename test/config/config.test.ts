@@ -2,6 +2,7 @@ import { describe, expect, it } from "vitest";
 import { readFileSync } from "node:fs";
 import { ConfigError, loadConfig, parseConfig } from "../../src/config/config.js";
 import { formatCidr } from "../../src/core/addr.js";
+import { buildDataplane } from "../../src/dataplane/from-config.js";
 
 const seedText = readFileSync("examples/seed.yaml", "utf8");
 
@@ -49,7 +50,7 @@ describe("a broken config gets one line: FILE:LINE: what is wrong", () => {
     );
   });
   it("unknown key, invalid YAML, missing ports, duplicate address", () => {
-    expect(errorOf("router: {id: x}\nportz: []\n")).toBe('bad.yaml:2: unknown key "portz" (expected one of router, ports, routes, nat, metadata, lab)');
+    expect(errorOf("router: {id: x}\nportz: []\n")).toBe('bad.yaml:2: unknown key "portz" (expected one of router, ports, routes, nat, metadata, lab, conntrack)');
     expect(errorOf("router: {id: x\n")).toMatch(/^bad\.yaml:\d+: invalid YAML: /);
     expect(errorOf("router: {id: x}\n")).toMatch(/^bad\.yaml:1: ports must be a non-empty list$/);
     expect(errorOf(seedText.replace("9.186.100.129/32]", "10.0.0.1/32]"))).toMatch(/^bad\.yaml:12: address 10\.0\.0\.1\/32 is already on port qr-694450d6-f6$/);
@@ -57,5 +58,26 @@ describe("a broken config gets one line: FILE:LINE: what is wrong", () => {
   it("mtu out of range and a missing file", () => {
     expect(errorOf(seedText.replace("mtu: 1500", "mtu: 40"))).toBe("bad.yaml:10: mtu 40 is outside 68..65535");
     expect(() => loadConfig("/nonexistent/qnat.yaml")).toThrow("/nonexistent/qnat.yaml:0: cannot read config (ENOENT)");
+  });
+});
+
+describe("conntrack.max: the connection table's size (Linux nf_conntrack_max)", () => {
+  const withConntrack = (block: string): string => `${seedText}conntrack:\n${block}\n`;
+  const lineOfConntrack = seedText.split("\n").length;
+
+  it("the seed's router holds 262144 connections, a config can make it 4096", () => {
+    expect(loadConfig("examples/seed.yaml").conntrack.max).toBe(262_144);
+    const small = parseConfig(withConntrack("  max: 4096"), "small.yaml");
+    expect(small.conntrack.max).toBe(4096);
+    expect(buildDataplane(small).conntrack.capacity).toBe(4096);
+  });
+  it("zero, a fraction, text or more than the table can hold is a FILE:LINE error", () => {
+    const line = lineOfConntrack + 1;
+    expect(errorOf(withConntrack("  max: 0"))).toBe(`bad.yaml:${line}: conntrack.max 0 is outside 1..33554432`);
+    expect(errorOf(withConntrack("  max: 33554433"))).toBe(`bad.yaml:${line}: conntrack.max 33554433 is outside 1..33554432`);
+    expect(errorOf(withConntrack("  max: 1.5"))).toBe(`bad.yaml:${line}: conntrack.max must be a whole number of entries`);
+    expect(errorOf(withConntrack("  max: lots"))).toBe(`bad.yaml:${line}: conntrack.max must be a whole number of entries`);
+    expect(errorOf(withConntrack("  maximum: 10"))).toBe(`bad.yaml:${line}: unknown conntrack key "maximum"`);
+    expect(errorOf(`${seedText}conntrack: 4096\n`)).toBe(`bad.yaml:${lineOfConntrack}: conntrack must be a mapping, e.g. { max: 65536 }`);
   });
 });
