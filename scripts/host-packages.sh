@@ -15,6 +15,7 @@ declare -A wanted=(
   [traceroute]=traceroute
   [sysctl]=procps
   [python3]=python3  # the conformance harness's probe (test/conformance/probe.py)
+  [hping3]=hping3    # the flood tests (test/e2e/floods.test.ts): SYN floods with spoofed sources, fragments
 )
 
 missing=()
