@@ -11,6 +11,7 @@
 import { formatCidr } from "../core/addr.js";
 import { DROP_REASON_COUNT, dropReasonName } from "../core/drop-reason.js";
 import type { ConntrackCounters } from "../conntrack/table.js";
+import type { FragmentCounters } from "../nat/fragments.js";
 import { type Dataplane, PortCounter } from "../dataplane/pipeline.js";
 
 /** Packet and byte counts of one leg (wire or mirror) of a port, as the dataplane counts them. */
@@ -57,6 +58,17 @@ export interface ConntrackStatsView {
   readonly counters: Readonly<ConntrackCounters>;
 }
 
+/** The fragment table (src/nat/fragments.ts): datagrams tracked and fragments held, with their bounds. */
+export interface FragmentStatsView {
+  readonly datagrams: number;
+  readonly maxDatagrams: number;
+  /** Fragments held waiting for their first fragment, and the pool's slots. */
+  readonly held: number;
+  readonly maxHeld: number;
+  readonly heldBytes: number;
+  readonly counters: Readonly<FragmentCounters>;
+}
+
 export interface MetadataStatsView {
   readonly served: number;
   readonly notFound: number;
@@ -66,6 +78,7 @@ export interface MetadataStatsView {
 export interface StatsView {
   readonly ports: readonly PortStatsView[];
   readonly conntrack: ConntrackStatsView;
+  readonly fragments?: FragmentStatsView;
   /** Present when the router serves instance metadata. */
   readonly metadata?: MetadataStatsView;
 }
@@ -108,6 +121,7 @@ export function collectPorts(dataplane: Dataplane, wires: readonly WireLeg[]): P
 export function collectStats(dataplane: Dataplane, metadata?: MetadataStatsView): StatsView {
   const counters = dataplane.portCounters;
   const table = dataplane.conntrack;
+  const fragments = dataplane.fragments;
   const stats: StatsView = {
     ports: dataplane.ports.map((port) => ({
       index: port.index,
@@ -118,6 +132,14 @@ export function collectStats(dataplane: Dataplane, metadata?: MetadataStatsView)
       drops: portDrops(dataplane.drops, port.index),
     })),
     conntrack: { count: table.count, capacity: table.capacity, memoryBytes: table.memoryBytes, counters: { ...table.counters } },
+    fragments: {
+      datagrams: fragments.size,
+      maxDatagrams: fragments.maxDatagrams,
+      held: fragments.heldFragments,
+      maxHeld: fragments.maxHeldFragments,
+      heldBytes: fragments.heldBytes,
+      counters: { ...fragments.counters },
+    },
   };
   return metadata === undefined ? stats : { ...stats, metadata: { ...metadata } };
 }
@@ -181,6 +203,11 @@ function snakeCase(name: string): string {
   return name.replace(/([a-z0-9])([A-Z])/g, "$1_$2").toLowerCase();
 }
 
+/** `name=value` of every counter, names as `conntrack -S` prints them. */
+function counterPairs(counters: object): string[] {
+  return Object.entries(counters).map(([name, value]) => `${snakeCase(name)}=${value}`);
+}
+
 function formatBytes(bytes: number): string {
   const units = ["B", "KiB", "MiB", "GiB"];
   let value = bytes;
@@ -212,6 +239,9 @@ function wrapPairs(pairs: readonly string[], indent: string, width = 80): string
  *   packets: received 14, sent 11, dropped 4, icmp errors sent 1
  *   conntrack: 3 entries, max 262144 (0.0%), 20.0 MiB
  *       found=10 invalid=0 ignore=0 created=3 inserted=3 insert_failed=0 ...
+ *   fragments: 1 datagram, max 1024; 2 held, max 256 (2.9 KiB)
+ *       datagrams=1 translated=0 held=2 released=0 expired_held=0 table_full=0
+ *       completed=0
  *   port 0: qr-694450d6-f6
  *               RX packets  RX bytes  TX packets  TX bytes
  *       wire            12      1234          10      1000
@@ -234,7 +264,13 @@ export function formatStats(stats: StatsView): string {
   const usage = ct.capacity > 0 ? ` (${((100 * ct.count) / ct.capacity).toFixed(1)}%)` : "";
   const memory = ct.memoryBytes !== undefined ? `, ${formatBytes(ct.memoryBytes)}` : "";
   lines.push(`conntrack: ${ct.count} ${ct.count === 1 ? "entry" : "entries"}, max ${ct.capacity}${usage}${memory}`);
-  lines.push(...wrapPairs(Object.entries(ct.counters).map(([name, value]) => `${snakeCase(name)}=${value}`), INDENT));
+  lines.push(...wrapPairs(counterPairs(ct.counters), INDENT));
+  const fr = stats.fragments;
+  if (fr !== undefined) {
+    const datagrams = `${fr.datagrams} ${fr.datagrams === 1 ? "datagram" : "datagrams"}, max ${fr.maxDatagrams}`;
+    lines.push(`fragments: ${datagrams}; ${fr.held} held, max ${fr.maxHeld} (${formatBytes(fr.heldBytes)})`);
+    lines.push(...wrapPairs(counterPairs(fr.counters), INDENT));
+  }
 
   const tables = counterTables(stats.ports);
   const reasonWidth = Math.max(0, ...stats.ports.flatMap((p) => Object.keys(p.drops).map((name) => name.length)));

@@ -160,6 +160,25 @@ describe("views collected from the seed's running router", () => {
     expect(formatStats(stats)).toContain("port 1: qg-e76de35e-90");
     expect(formatStats(stats)).toMatch(/drops: 1\n {8}truncated {2}1/);
   });
+
+  it("a fragment of 203.0.113.10's datagram whose first fragment has not come is held, and the pool's bounds are shown", () => {
+    const router = MemoryRouter.fromFile("examples/seed.yaml");
+    const middle = { protocol: "udp", src: "203.0.113.10", dst: "9.186.100.129", fragmentOffset: 1480, mf: true, payload: new Uint8Array(100) } as const;
+    const fragment = buildPacket(middle);
+    router.send(QG, fragment);
+    router.run();
+
+    const stats = collectStats(router.dataplane);
+    expect(stats.fragments).toMatchObject({ datagrams: 1, maxDatagrams: 1024, held: 1, maxHeld: 256 });
+    expect(stats.fragments!.counters.held).toBe(1);
+    expect(formatStats(stats)).toContain(
+      [
+        "fragments: 1 datagram, max 1024; 1 held, max 256 (120 B)",
+        "    datagrams=1 translated=0 held=1 released=0 expired_held=0 table_full=0",
+        "    completed=0",
+      ].join("\n"),
+    );
+  });
 });
 
 describe("qnat show through the control socket", () => {
