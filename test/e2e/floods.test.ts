@@ -291,9 +291,9 @@ describe.skipIf(!isRoot)("floods and exhaustion through qnat in namespaces", () 
     }
     const floodMs = Date.now() - floodStart;
     const pings = pingSummary(await ping.output);
+    const rssAfter = rssBytes(lab!.pid!); // before the control plane builds 2048 entries' JSON
     const after = await stats();
     const entryAfter = (await conntrack()).find(isConversation);
-    const rssAfter = rssBytes(lab!.pid!);
     conversation.child.kill("SIGTERM");
     const talk = JSON.parse((await conversation.output).trim().split("\n").pop()!) as { rounds: number; broken: string | null };
 

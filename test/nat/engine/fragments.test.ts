@@ -163,6 +163,23 @@ describe("fragments of a SNATed datagram (virtual reassembly)", () => {
     expect(dp.drops).toEqual([]);
   });
 
+  it("a flood of fragments that never complete fills the pool to its bound, and the timeout empties it for new datagrams", () => {
+    const { f, frags, dp } = setup(); // the router's defaults: 1024 datagrams, 256 held fragments
+    for (let id = 1; id <= 1300; id++) dp.receive(buildPacket(datagram("10.0.0.3", id)[1]!));
+    expect(frags.heldFragments).toBe(256);
+    expect(frags.heldBytes).toBeLessThanOrEqual(256 * frags.slotSize);
+    expect(frags.size).toBeLessThanOrEqual(frags.maxDatagrams);
+    expect(dp.drops).toEqual(Array(1300 - 256).fill(DropReason.FragmentTableFull));
+
+    f.clock.advance(30); // Linux ipfrag_time
+    expect(frags.expire()).toBe(256); // counted by the caller as DropReason.FragmentNoState
+    expect(frags.heldFragments).toBe(0);
+    expect(frags.heldBytes).toBe(0);
+    expect(frags.size).toBe(0);
+    dp.receive(buildPacket(datagram("10.0.0.3", 2000)[1]!));
+    expect(frags.heldFragments).toBe(1);
+  });
+
   it("a duplicate fragment gets the same translation (per-datagram, not per-byte)", () => {
     const { dp } = setup();
     const [first, second, third] = datagram();
