@@ -1,23 +1,10 @@
 /**
  * Errors the CLI prints as one line without a stack trace: a user's mistake (exit 2), a missing
- * privilege (exit 1), or an environment problem (exit 1).
+ * privilege (exit 1), or an environment problem (exit 1). The last two are raised by the control
+ * plane too, so they are defined there (src/control/errors.ts) and only re-exported here.
  */
 export class UsageError extends Error {
   readonly exitCode = 2;
 }
 
-export class PrivilegeError extends Error {
-  readonly exitCode = 1;
-  constructor(what: string) {
-    super(`${what} needs root (network namespaces and TUN devices): run it as root`);
-  }
-}
-
-/** Anything else a user can act on: a router not running, a namespace already in use... */
-export class OperationalError extends Error {
-  readonly exitCode: number;
-  constructor(message: string, exitCode = 1) {
-    super(message);
-    this.exitCode = exitCode;
-  }
-}
+export { OperationalError, PrivilegeError } from "../control/errors.js";

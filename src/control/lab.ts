@@ -16,7 +16,7 @@ import { closeSync, existsSync, openSync, readFileSync, unlinkSync } from "node:
 import { formatIpv4 } from "../core/addr.js";
 import { loadConfig, type RouterConfig } from "../config/config.js";
 import { deleteNetns, ip, isRoot, netnsExecAsync, netnsExists } from "../io/netns.js";
-import { OperationalError, PrivilegeError } from "../cli/errors.js";
+import { OperationalError, PrivilegeError } from "./errors.js";
 import { configureLabHosts, labDeviceOf, namespacesOf } from "./host-setup.js";
 import { prepareRouter } from "./router-process.js";
 import { controlRequest, controlSocketPath, pidPathFor, probeControlSocket, runDir } from "./socket.js";

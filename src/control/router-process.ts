@@ -44,7 +44,7 @@ import { GSO_SLOT_SIZE, loadTunAddon, TunDevice, type TunError, type TunOffloads
 import { TunLeg } from "../io/tun-leg.js";
 import { formatRules } from "../nat/rules/format.js";
 import type { NatTable } from "../nat/rules/model.js";
-import { PrivilegeError, OperationalError } from "../cli/errors.js";
+import { PrivilegeError, OperationalError } from "./errors.js";
 import {
   configureRouterNamespace,
   ensureNamespaces,
