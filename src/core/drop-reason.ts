@@ -31,6 +31,8 @@ export enum DropReason {
   // egress
   EgressQueueFull,
   IcmpRateLimited,      // an ICMP error was due but the rate limit suppressed it
+  // the router itself
+  Internal,             // processing the packet threw (a bug): the packet is dropped, the loop goes on
   Count,
 }
 
