@@ -1,9 +1,11 @@
 /**
  * `qnat trace`: one packet through the router, explained hop by hop — the conntrack verdict,
  * every chain and rule visited, the route, the NAT binding and its port search, and the packet
- * as it leaves. It runs the real pipeline in dry-run mode: a new connection is released instead
- * of confirmed, and counters and the state of an existing connection are put back afterwards,
- * so tracing against a live router changes nothing.
+ * as it leaves. It runs the real pipeline, in dry-run mode (a new connection is released instead
+ * of confirmed, and the trace says what would be confirmed), on the live dataplane, and then puts
+ * back everything reachable from the dataplane — conntrack entries and their timers, counters,
+ * the ICMP rate limiter's tokens, the ICMP errors' IP id, NAT port-search state — as it was
+ * (state-snapshot.ts), so tracing against a live router changes nothing.
  *
  * Packet spec: `PORT PROTO SRC[:SPORT] > DST[:DPORT] [FLAGS]`
  *   PORT   a port name (the packet arrives on its wire), or `host` for a packet the router's
@@ -21,8 +23,9 @@ import { BUILTIN_CHAIN_NAMES, type Hook } from "../nat/rules/model.js";
 import { RuleTrace } from "../nat/rules/evaluate.js";
 import { buildPacket, describePacket, type PacketSpec } from "../wire/build.js";
 import { icmpIsQuery } from "../wire/icmp.js";
-import { IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, PacketInfo, TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN, TCP_URG } from "../wire/packet-info.js";
+import { PacketInfo, TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN, TCP_URG } from "../wire/packet-info.js";
 import { parsePacket } from "../wire/validate.js";
+import { snapshotState } from "./state-snapshot.js";
 
 export class TraceSpecError extends Error {}
 
@@ -133,7 +136,11 @@ export function runTrace(dataplane: Dataplane, spec: string): TraceResult {
   parsePacket(bytes, 0, bytes.length, inInfo);
 
   const steps: TraceStep[] = [];
-  const restore = saveState(dataplane, inInfo);
+  // Everything the packet could change is saved and put back (state-snapshot.ts explains why
+  // this, and not a dry-run test at each mutation).
+  // Packets only read the routing table (routes change from the control plane), so its arrays
+  // are left out of the copy.
+  const restore = snapshotState(dataplane, [dataplane.routes]);
   const nat = dataplane.nat as NetfilterNat | undefined;
   const hasNatTracer = nat !== undefined && "tracer" in nat;
   dataplane.tracer = { step: (stage, text) => steps.push({ stage, text }) };
@@ -193,59 +200,6 @@ function natSink(steps: TraceStep[]): NatTraceSink {
       steps.push({ stage: BUILTIN_CHAIN_NAMES[hook]!, text: what });
     },
   };
-}
-
-/**
- * Saves what a traced packet may change — port, drop, rule and NAT counters, and the state of
- * the connection it belongs to — and returns a function that puts it back.
- */
-function saveState(dataplane: Dataplane, info: PacketInfo): () => void {
-  const portCounters = dataplane.portCounters.slice();
-  const drops = dataplane.drops.slice();
-  const nat = dataplane.nat as NetfilterNat | undefined;
-  const rules = nat?.rules;
-  const ruleCounters = rules ? [rules.packets.slice(), rules.bytes.slice(), rules.policyPackets.slice(), rules.policyBytes.slice()] : [];
-  const natCounters = nat?.engine ? { ...nat.engine.counters } : undefined;
-  const table = dataplane.conntrack;
-  const ctCounters = { ...table.counters };
-  const found = lookupConnection(dataplane, info);
-  const entry =
-    found >= 0
-      ? { id: found, status: table.status(found), tcpState: table.tcpState(found), tcpFlags: table.tcpFlags(found), expires: table.expiresAt(found) }
-      : undefined;
-  return () => {
-    dataplane.portCounters.set(portCounters);
-    dataplane.drops.set(drops);
-    if (rules) {
-      rules.packets.set(ruleCounters[0]!);
-      rules.bytes.set(ruleCounters[1]!);
-      rules.policyPackets.set(ruleCounters[2]!);
-      rules.policyBytes.set(ruleCounters[3]!);
-    }
-    if (natCounters && nat) Object.assign(nat.engine.counters, natCounters);
-    Object.assign(table.counters, ctCounters);
-    if (entry && table.isAllocated(entry.id)) {
-      table.clearStatus(entry.id, 0xffffffff);
-      table.setStatus(entry.id, entry.status);
-      table.setTcpState(entry.id, entry.tcpState);
-      table.setTcpFlags(entry.id, entry.tcpFlags);
-      table.setExpiresAt(entry.id, entry.expires);
-    }
-  };
-}
-
-/** The connection a TCP/UDP/ICMP-query packet belongs to, either direction; -1 if none. */
-function lookupConnection(dataplane: Dataplane, info: PacketInfo): number {
-  const table = dataplane.conntrack;
-  let found = -1;
-  if (info.protocol === IPPROTO_TCP || info.protocol === IPPROTO_UDP) {
-    found = table.lookup(info.protocol, info.src, info.dst, info.sport, info.dport);
-  } else if (info.protocol === IPPROTO_ICMP && !info.isIcmpError) {
-    found = table.lookup(IPPROTO_ICMP, info.src, info.dst, info.icmpId, (info.icmpType << 8) | info.icmpCode);
-  } else if (info.protocol !== IPPROTO_ICMP) {
-    found = table.lookup(info.protocol, info.src, info.dst, 0, 0);
-  }
-  return found < 0 ? -1 : found >> 1;
 }
 
 /** The trace as text: one line per step, then the verdict. */
