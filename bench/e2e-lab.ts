@@ -31,6 +31,10 @@ export interface Lab {
   readonly pid: number | undefined;
   /** Stops the router (SIGINT: a --cpu-prof profile is written) and removes every namespace. */
   stop(): Promise<void>;
+  /** What the router printed so far (qnat kinds). */
+  output?(): string;
+  /** Resolves with the router's exit code (null: killed by a signal) once it exits (qnat kinds). */
+  readonly exited?: Promise<number | null>;
 }
 
 /** The package root (this file is bench/ from source, dist/bench/ compiled). */
@@ -100,7 +104,8 @@ export async function startQnatLab(text: string, config: RouterConfig, options: 
   child.stdout!.on("data", (chunk: Buffer) => (output += chunk.toString()));
   child.stderr!.on("data", (chunk: Buffer) => (output += chunk.toString()));
   let exited = false;
-  const exit = new Promise<void>((done) => child.once("exit", () => ((exited = true), done())));
+  const exitCode = new Promise<number | null>((done) => child.once("exit", (code) => ((exited = true), done(code))));
+  const exit = exitCode.then(() => undefined);
   const stop = async (): Promise<void> => {
     if (!exited) {
       child.kill("SIGINT");
@@ -127,7 +132,7 @@ export async function startQnatLab(text: string, config: RouterConfig, options: 
     await stop();
     throw error;
   }
-  return { kind: options.passthrough === true ? "passthrough" : "qnat", config, pid: child.pid, stop };
+  return { kind: options.passthrough === true ? "passthrough" : "qnat", config, pid: child.pid, stop, output: () => output, exited: exitCode };
 }
 
 /** Builds the kernel twin of the renamed config (no metadata proxy: not needed to forward). */

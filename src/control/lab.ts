@@ -7,6 +7,8 @@
  *       namespaces and TUN devices); waits until its control socket answers; gives the lab
  *       hosts their addresses and routes (again after a router restart: the wire devices,
  *       and the addresses on them, go away with the router process); waits until it forwards.
+ *       With the router running, a lab namespace deleted meanwhile (`ip netns del`) is made
+ *       anew first, and lab up waits until the router has re-created its leg there by itself.
  * down: stops the router (SIGTERM, then SIGKILL after a bound), ends any process left in the
  *       lab's namespaces, deletes the namespaces (which takes every device in them) and the
  *       socket, pid and log files; also after the router crashed or was killed with -9.
@@ -17,7 +19,8 @@ import { formatIpv4 } from "../core/addr.js";
 import { loadConfig, type RouterConfig } from "../config/config.js";
 import { deleteNetns, ip, isRoot, netnsExecAsync, netnsExists } from "../io/netns.js";
 import { OperationalError, PrivilegeError } from "./errors.js";
-import { configureLabHosts, labDeviceOf, namespacesOf } from "./host-setup.js";
+import { configureLabHosts, ensureNamespaces, labDeviceOf, namespacesOf } from "./host-setup.js";
+import type { PortView } from "./show.js";
 import { prepareRouter } from "./router-process.js";
 import { controlRequest, controlSocketPath, pidPathFor, probeControlSocket, runDir } from "./socket.js";
 import { mkdirSync } from "node:fs";
@@ -27,6 +30,8 @@ import { setTimeout as sleep } from "node:timers/promises";
 /** How long `lab up` waits for the router to answer, and then to forward. */
 const START_LIMIT_MS = 20_000;
 const FORWARD_LIMIT_MS = 10_000;
+/** How long `lab up` waits for a running router to re-create the legs of re-made namespaces. */
+const LEGS_LIMIT_MS = 10_000;
 /** How long `lab down` waits after SIGTERM before SIGKILL, and after SIGKILL. */
 const STOP_LIMIT_MS = 5_000;
 
@@ -135,6 +140,11 @@ export async function labUp(configPath: string, out: Out): Promise<number> {
   if (found.state === "live") {
     pid = found.pid;
     out(`qnat: lab ${config.namespace} is already up (router pid ${pid ?? "unknown"}); checking it\n`);
+    const made = ensureNamespaces(config);
+    if (made.length > 0) {
+      out(`qnat: made ${made.join(", ")} anew; waiting for the router to re-create its legs there\n`);
+      await waitForLegsUp(config, socketPath, logPath);
+    }
   } else {
     pid = startRouterProcess(configPath, logPath);
     const started = Date.now();
@@ -175,6 +185,30 @@ export async function labUp(configPath: string, out: Out): Promise<number> {
   out(describeLab(config, pid ?? 0, socketPath, logPath));
   for (const warning of warnings) out(`${warning}\n`);
   return 0;
+}
+
+/** Waits until the running router reports every leg up (show ports), bounded. */
+async function waitForLegsUp(config: RouterConfig, socketPath: string, logPath: string): Promise<void> {
+  const started = Date.now();
+  for (;;) {
+    let down: string[] = [];
+    try {
+      const response = await controlRequest(socketPath, { cmd: "show", what: "ports", json: true }, 2000);
+      const ports = (response.ok ? response.data : []) as PortView[];
+      down = [];
+      for (const port of ports) {
+        if (port.legs?.wire.state === "down") down.push(`${port.wire.namespace}/${port.wire.device}`);
+        if (port.legs?.mirror.state === "down") down.push(port.name);
+      }
+      if (response.ok && down.length === 0) return;
+    } catch {
+      down = ["(the router did not answer)"];
+    }
+    if (Date.now() - started > LEGS_LIMIT_MS) {
+      throw new OperationalError(`the router did not re-create ${down.join(", ")} within ${LEGS_LIMIT_MS / 1000} s (log ${logPath}); run qnat lab down`);
+    }
+    await sleep(100);
+  }
 }
 
 function describeLab(config: RouterConfig, pid: number, socketPath: string, logPath: string): string {

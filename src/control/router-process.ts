@@ -25,8 +25,15 @@
  * Pass-through (`passthrough: true` or QNAT_PASSTHROUGH=1): the same legs and loop, but each
  * packet from a wire leg is written as it is to the other port's wire leg (io/passthrough.ts):
  * the I/O floor the end-to-end benchmark compares qnat with. No NAT, no routing, no TTL.
- * SIGINT/SIGTERM stop it: legs closed (their devices vanish with them), sockets closed, the
- * socket and pid files removed; the namespaces stay (the lab's to remove).
+ * Faults stay where they happen: a packet that makes the pipeline throw is one DropReason.Internal
+ * drop; a leg that fails (its device deleted, its namespace deleted or replaced, an I/O error) is
+ * retired and re-created by itself when it can be (io/leg-supervisor.ts), the other legs
+ * forwarding meanwhile; `show ports` says which leg is down, why and since when.
+ *
+ * SIGINT/SIGTERM stop it within a second: reading stops, the stop hooks run (state saving), legs
+ * close (their devices, the mirrors among them, vanish with them), sockets close, the socket and
+ * pid files are removed; the namespaces stay (the lab's to remove). SIGHUP only logs that the
+ * config is not re-read yet.
  */
 import { formatCidr } from "../core/addr.js";
 import { type RouterConfig, loadConfig } from "../config/config.js";
@@ -42,6 +49,8 @@ import { VIRTIO_NET_HDR_LEN } from "../core/batch.js";
 import { warmUp, type WarmUpReport } from "../dataplane/warmup.js";
 import { GSO_SLOT_SIZE, loadTunAddon, TunDevice, type TunError, type TunOffloads } from "../io/tun.js";
 import { TunLeg } from "../io/tun-leg.js";
+import { LegSupervisor, TICK_MS, openLeg, type LegSpec } from "../io/leg-supervisor.js";
+import { RateLimitedLog } from "../core/log-limit.js";
 import { formatRules } from "../nat/rules/format.js";
 import type { NatTable } from "../nat/rules/model.js";
 import { PrivilegeError, OperationalError } from "./errors.js";
@@ -112,21 +121,43 @@ export function prepareRouter(configPath: string): { config: RouterConfig; datap
 export interface RunningRouter {
   readonly config: RouterConfig;
   readonly dataplane: Dataplane;
+  /**
+   * Adds work to do when the router stops, after it stopped reading and before its legs and
+   * control socket close: where the conntrack state is saved on SIGTERM (issue 10, "Restarts
+   * that keep connections"). Hooks run in order; one that throws is logged and the stop goes on.
+   */
+  onStop(hook: () => void | Promise<void>): void;
   /** Resolves once stopped. */
   stop(): Promise<void>;
 }
 
+/** How long a stop may take before the process exits anyway (the contract: within a second). */
+export const STOP_LIMIT_MS = 900;
+
 /**
  * Runs `qnat run CONFIG` until SIGINT/SIGTERM; resolves with the exit code (0 after a clean
  * stop). Throws PrivilegeError, ConfigError, ControlError or OperationalError before anything
- * runs.
+ * runs. SIGHUP is answered with a log line: the config is not re-read yet (live changes, `qnat
+ * apply`, come with their own issue), and the router goes on as it was.
  */
 export async function runRouterCommand(configPath: string, options: RouterOptions = {}): Promise<number> {
-  const router = await startRouter(configPath, options);
+  const log = options.log ?? ((line: string) => process.stdout.write(`${line}\n`));
+  const router = await startRouter(configPath, { ...options, log });
+  const onHangup = (): void => {
+    log(`qnat: SIGHUP: re-reading the config is not supported yet; still running with ${configPath} as it was at start`);
+  };
+  process.on("SIGHUP", onHangup);
   await new Promise<void>((resolve) => {
-    const onSignal = (): void => {
+    const onSignal = (signal: NodeJS.Signals): void => {
       process.off("SIGINT", onSignal);
       process.off("SIGTERM", onSignal);
+      process.off("SIGHUP", onHangup);
+      log(`qnat: ${signal}: stopping`);
+      // Whatever a stop waits for (a client that does not hang up), the process ends in time.
+      setTimeout(() => {
+        log(`qnat: stopping took more than ${STOP_LIMIT_MS} ms; exiting now`);
+        process.exit(0);
+      }, STOP_LIMIT_MS).unref();
       void router.stop().then(resolve);
     };
     process.on("SIGINT", onSignal);
@@ -145,9 +176,11 @@ export async function startRouter(configPath: string, options: RouterOptions = {
   const { config, dataplane, rules } = prepareRouter(configPath);
   const addon = loadTunAddon();
   const natRules = dataplane.nat instanceof NetfilterNat ? dataplane.nat.rules : undefined;
+  dataplane.log = log;
 
   let ready = false;
   let metadata: MetadataServer | undefined;
+  let supervisor: LegSupervisor | undefined;
   const wires = config.ports.map((p) => p.wire);
   const handler = (request: ControlRequest): ControlResponse => {
     if (!ready) return { ok: false, error: `router ${config.namespace} is starting` };
@@ -158,7 +191,7 @@ export async function startRouter(configPath: string, options: RouterOptions = {
     if (request.cmd !== "show") return { ok: false, error: "unknown command" };
     switch (request.what) {
       case "ports": {
-        const view = collectPorts(dataplane, wires);
+        const view = collectPorts(dataplane, wires, (index) => supervisor?.health(index));
         return { ok: true, text: request.json ? formatJson(view) : formatPorts(view), data: view };
       }
       case "stats": {
@@ -194,7 +227,7 @@ export async function startRouter(configPath: string, options: RouterOptions = {
   let created: string[] = [];
   let housekeeping: NodeJS.Timeout | undefined;
   const closeLegs = (): void => {
-    for (const leg of legs) {
+    for (const leg of supervisor?.openLegs ?? legs) {
       try {
         leg.device.stopReadable();
         leg.close();
@@ -263,18 +296,53 @@ export async function startRouter(configPath: string, options: RouterOptions = {
   // written to one mirror through another (its own routing decides), so they are swept together.
   let mirrorBits = 0;
   for (let index = 1; index < legs.length; index += 2) mirrorBits |= legBit(index);
-  legs.forEach((leg, index) => {
+  // The last line of defence: the pipeline contains a packet's exception and the legs their own
+  // (LegSlots), so nothing should reach here; if something does, it is logged and the loop goes on.
+  const loopErrors = new RateLimitedLog(log, () => performance.now() / 1000);
+  const watch = (index: number, leg: TunLeg): void => {
     leg.device.onReadable((error?: TunError) => {
       if (error !== undefined) {
-        log(`qnat: ${leg.name}: ${error.message}; this leg stopped`);
+        supervisor!.fail(index, error);
         return;
       }
-      forwarder.written = 0;
-      drain(index);
-      if (spinMicroseconds > 0) spinPoll();
-      else sweep();
+      try {
+        forwarder.written = 0;
+        drain(index);
+        if (spinMicroseconds > 0) spinPoll();
+        else sweep();
+      } catch (failure) {
+        loopErrors.offer(() => `qnat: internal error in the packet loop (it goes on): ${failure instanceof Error ? failure.stack : String(failure)}`);
+      }
     });
+  };
+  // A leg that fails is retired and re-created when it can be (io/leg-supervisor.ts).
+  const c = addon.constants;
+  const offloadFlags = offloads === undefined ? 0 : c.TUN_F_CSUM | c.TUN_F_TSO4 | c.TUN_F_TSO6 | (offloads.udpSegmentation ? c.TUN_F_USO4 | c.TUN_F_USO6 : 0);
+  const specs: LegSpec[] = legs.map((leg, index) => ({
+    device: leg.name,
+    netns: (index & 1) === 0 ? config.ports[index >> 1]!.wire.namespace : config.namespace,
+    vnetHdr: wantOffloads,
+    offloadFlags,
+    mtu: config.ports[index >> 1]!.mtu,
+  }));
+  supervisor = new LegSupervisor(forwarder.slots, specs, legs, {
+    log,
+    open: openLeg,
+    reopened: (index, leg) => {
+      watch(index, leg);
+      // A mirror made anew has lost its addresses, and the router namespace the routes through it.
+      if ((index & 1) === 1) {
+        try {
+          configureRouterNamespace(config, outputDnatLocalAddresses(config, rules));
+        } catch (error) {
+          log(`qnat: ${leg.name}: re-configuring the router namespace failed: ${error instanceof Error ? error.message : String(error)}`);
+        }
+      }
+    },
   });
+  legs.forEach((leg, index) => watch(index, leg));
+  const legTicks = setInterval(() => supervisor!.tick(), TICK_MS);
+  legTicks.unref();
   // Latency: what this wake-up wrote often comes back at once (the peer's kernel answers inside
   // our write()), so before going back to epoll every leg is polled without sleeping until none
   // had anything for `spinMicroseconds` (bounded per wake-up, so the control socket and timers
@@ -328,13 +396,31 @@ export async function startRouter(configPath: string, options: RouterOptions = {
   if (metadata !== undefined) log(`qnat:   metadata proxy on 0.0.0.0:${metadata.address.port} in ${config.namespace}`);
 
   let stopping: Promise<void> | undefined;
+  const stopHooks: Array<() => void | Promise<void>> = [];
   return {
     config,
     dataplane,
+    onStop: (hook) => {
+      stopHooks.push(hook);
+    },
     stop: () => {
       stopping ??= (async () => {
         ready = false;
         if (housekeeping !== undefined) clearInterval(housekeeping);
+        clearInterval(legTicks);
+        supervisor!.stop();
+        // 1. Stop reading: no wake-up runs the loop again. 2. Flush: nothing to do — every
+        // batch is written with write(2) before its wake-up returns, so qnat holds no packet.
+        for (const leg of supervisor!.openLegs) leg.device.stopReadable();
+        // 3. What must outlive the process (the conntrack state) is saved by the hooks.
+        for (const hook of stopHooks) {
+          try {
+            await hook();
+          } catch (error) {
+            log(`qnat: while stopping: ${error instanceof Error ? error.message : String(error)}`);
+          }
+        }
+        // 4. The legs close (the mirrors vanish with their fds), then the servers and the socket.
         closeLegs();
         if (metadata !== undefined) await metadata.close();
         await control.close();

@@ -13,6 +13,7 @@ import { DROP_REASON_COUNT, dropReasonName } from "../core/drop-reason.js";
 import type { ConntrackCounters } from "../conntrack/table.js";
 import type { FragmentCounters } from "../nat/fragments.js";
 import { type Dataplane, PortCounter } from "../dataplane/pipeline.js";
+import type { LegHealth } from "../io/leg-supervisor.js";
 
 /** Packet and byte counts of one leg (wire or mirror) of a port, as the dataplane counts them. */
 export interface LegCounters {
@@ -28,6 +29,20 @@ export interface WireLeg {
   readonly device: string;
 }
 
+/** Whether a leg is up, and if not, why and since when (io/leg-supervisor.ts). */
+export interface LegStateView {
+  readonly state: "up" | "down";
+  /** While down: the errno name (ENOENT, EBADFD, EIO...), what failed, since when (ISO 8601). */
+  readonly error?: string;
+  readonly reason?: string;
+  readonly since?: string;
+  /** Times the leg went down and was re-created since the router started. */
+  readonly failures: number;
+  readonly recoveries: number;
+  /** Packets sent toward the leg while it was down. */
+  readonly droppedWhileDown: number;
+}
+
 export interface PortView {
   readonly index: number;
   readonly name: string;
@@ -36,6 +51,8 @@ export interface PortView {
   readonly mtu: number;
   readonly wire: WireLeg;
   readonly counters: { readonly wire: LegCounters; readonly mirror: LegCounters };
+  /** Present from a running router: the state of each leg. */
+  readonly legs?: { readonly wire: LegStateView; readonly mirror: LegStateView };
 }
 
 export interface PortStatsView {
@@ -102,20 +119,35 @@ export function portDrops(drops: Float64Array, port: number): Record<string, num
   return out;
 }
 
-/** `wires[i]` is port i's wire leg (from the config: `ports[i].wire`). */
-export function collectPorts(dataplane: Dataplane, wires: readonly WireLeg[]): PortView[] {
+function legState(health: LegHealth): LegStateView {
+  const counts = { failures: health.failures, recoveries: health.recoveries, droppedWhileDown: health.droppedWhileDown };
+  if (health.fault === null) return { state: "up", ...counts };
+  const fault = health.fault;
+  return { state: "down", error: fault.code, reason: fault.message, since: new Date(fault.since).toISOString(), ...counts };
+}
+
+/**
+ * `wires[i]` is port i's wire leg (from the config: `ports[i].wire`); `health(port * 2 + leg)`,
+ * from a running router, the state of each leg.
+ */
+export function collectPorts(dataplane: Dataplane, wires: readonly WireLeg[], health?: (index: number) => LegHealth | undefined): PortView[] {
   const counters = dataplane.portCounters;
-  return dataplane.ports.map((port) => ({
-    index: port.index,
-    name: port.name,
-    addresses: port.cidrs.map(formatCidr),
-    mtu: port.mtu,
-    wire: { namespace: wires[port.index]?.namespace ?? "?", device: wires[port.index]?.device ?? "?" },
-    counters: {
-      wire: legCounters(counters, port.index, PortCounter.RxPackets),
-      mirror: legCounters(counters, port.index, PortCounter.MirrorRxPackets),
-    },
-  }));
+  return dataplane.ports.map((port) => {
+    const view: PortView = {
+      index: port.index,
+      name: port.name,
+      addresses: port.cidrs.map(formatCidr),
+      mtu: port.mtu,
+      wire: { namespace: wires[port.index]?.namespace ?? "?", device: wires[port.index]?.device ?? "?" },
+      counters: {
+        wire: legCounters(counters, port.index, PortCounter.RxPackets),
+        mirror: legCounters(counters, port.index, PortCounter.MirrorRxPackets),
+      },
+    };
+    const wire = health?.(port.index * 2);
+    const mirror = health?.(port.index * 2 + 1);
+    return wire === undefined || mirror === undefined ? view : { ...view, legs: { wire: legState(wire), mirror: legState(mirror) } };
+  });
 }
 
 export function collectStats(dataplane: Dataplane, metadata?: MetadataStatsView): StatsView {
@@ -182,6 +214,7 @@ function counterTables(legs: readonly { wire: LegCounters; mirror: LegCounters }
  *   0: qr-694450d6-f6: mtu 1500
  *       inet 10.0.0.1/24
  *       wire eth0 in qnat-tenant, mirror qr-694450d6-f6 in the router namespace
+ *       wire leg DOWN since 2026-11-30T04:40:00.000Z: ENOENT (namespace qnat-tenant was deleted), 3 packets dropped
  *               RX packets  RX bytes  TX packets  TX bytes
  *       wire            12      1234          10      1000
  *       mirror           0         0           0         0
@@ -193,9 +226,25 @@ export function formatPorts(ports: readonly PortView[]): string {
     lines.push(`${port.index}: ${port.name}: mtu ${port.mtu}`);
     for (const address of port.addresses) lines.push(`${INDENT}inet ${address}`);
     lines.push(`${INDENT}wire ${port.wire.device} in ${port.wire.namespace}, mirror ${port.name} in the router namespace`);
+    if (port.legs !== undefined) {
+      for (const [leg, state] of [["wire", port.legs.wire], ["mirror", port.legs.mirror]] as const) {
+        const line = describeLegState(leg, state);
+        if (line !== undefined) lines.push(`${INDENT}${line}`);
+      }
+    }
     lines.push(...tables[i]!);
   });
   return lines.join("\n");
+}
+
+/** A line about a leg that is down, or that was and came back; nothing for a leg that never failed. */
+function describeLegState(leg: string, state: LegStateView): string | undefined {
+  const times = (n: number): string => `${n} ${n === 1 ? "time" : "times"}`;
+  if (state.state === "down") {
+    return `${leg} leg DOWN since ${state.since}: ${state.error} (${state.reason}), ${state.droppedWhileDown} packets dropped`;
+  }
+  if (state.failures === 0) return undefined;
+  return `${leg} leg up: went down ${times(state.failures)}, re-created ${times(state.recoveries)}`;
 }
 
 /** conntrack -S names (conntrack-tools src/conntrack.c): snake_case of the counter. */

@@ -2,10 +2,11 @@
  * Moves batches between a dataplane and its legs: read one batch from a leg, run it through the
  * pipeline, write each packet to the leg its verdict names (and the router's own ICMP errors
  * after it). The same loop drives TUN devices and in-memory legs. Buffers are allocated once.
+ * A leg whose read or write throws is taken out (`slots`, io/leg.ts); the others go on.
  */
 import { PacketBatch } from "../core/batch.js";
 import type { Dataplane } from "../dataplane/pipeline.js";
-import { legBit, type Leg } from "./leg.js";
+import { LegSlots, legBit, type Leg } from "./leg.js";
 
 export class Forwarder {
   private readonly rx: PacketBatch;
@@ -18,6 +19,8 @@ export class Forwarder {
    * reads those legs next instead of waiting for another wake-up.
    */
   written = 0;
+  /** The legs, a failed one replaced by a DownLeg until the router re-creates it. */
+  readonly slots: LegSlots;
 
   /**
    * `legs[port * 2 + leg]`: the wire leg and the mirror of every port (see dataplane/port.ts).
@@ -27,11 +30,12 @@ export class Forwarder {
    */
   constructor(
     readonly dataplane: Dataplane,
-    readonly legs: readonly Leg[],
+    legs: readonly Leg[],
     batchSize = 64,
     slotSize = 2048,
     headroom = 0,
   ) {
+    this.slots = new LegSlots(legs);
     this.rx = new PacketBatch(batchSize, slotSize, headroom);
     this.verdicts = new Int32Array(batchSize);
     this.generated = new PacketBatch(batchSize, Math.min(slotSize, 2048 + headroom), headroom);
@@ -45,8 +49,7 @@ export class Forwarder {
 
   /** Reads and forwards one batch from leg `index`; returns how many packets it read. */
   pump(index: number): number {
-    const source = this.legs[index]!;
-    const count = source.readInto(this.rx);
+    const count = this.slots.read(index, this.rx);
     if (count === 0) return 0;
     this.generated.clear();
     this.dataplane.processBatch(this.rx, index >> 1, index & 1, this.verdicts, this.generated, this.generatedVerdicts);
@@ -59,12 +62,12 @@ export class Forwarder {
   }
 
   private flush(batch: PacketBatch, verdicts: Int32Array): void {
-    const legs = this.legs;
+    const slots = this.slots;
     // Few ports: one selective pass per leg that has something to send.
-    for (let leg = 0; leg < legs.length; leg++) {
+    for (let leg = 0; leg < slots.length; leg++) {
       for (let i = 0; i < batch.count; i++) {
         if (verdicts[i] === leg) {
-          legs[leg]!.writeSelected(batch, verdicts, leg);
+          slots.write(leg, batch, verdicts, leg);
           this.written |= legBit(leg);
           break;
         }
@@ -77,7 +80,7 @@ export class Forwarder {
     let total = 0;
     for (let round = 0; round < maxRounds; round++) {
       let moved = 0;
-      for (let index = 0; index < this.legs.length; index++) moved += this.pump(index);
+      for (let index = 0; index < this.slots.length; index++) moved += this.pump(index);
       if (moved === 0) break;
       total += moved;
     }

@@ -7,7 +7,7 @@
  * ceiling qnat's processing is compared with.
  */
 import { PacketBatch } from "../core/batch.js";
-import { legBit, type Leg } from "./leg.js";
+import { LegSlots, legBit, type Leg } from "./leg.js";
 
 export class PassthroughForwarder {
   private readonly rx: PacketBatch;
@@ -16,15 +16,18 @@ export class PassthroughForwarder {
   mirrorDropped = 0;
   /** `legBit(leg)` set when a batch was written to that leg (as Forwarder.written). */
   written = 0;
+  /** The legs, a failed one replaced by a DownLeg (as the Forwarder's). */
+  readonly slots: LegSlots;
 
   /** `legs[port * 2 + leg]` as for the Forwarder; exactly two ports. */
   constructor(
-    readonly legs: readonly Leg[],
+    legs: readonly Leg[],
     batchSize = 64,
     slotSize = 2048,
     headroom = 0,
   ) {
     if (legs.length !== 4) throw new Error(`pass-through needs exactly two ports, not ${legs.length / 2}`);
+    this.slots = new LegSlots(legs);
     this.rx = new PacketBatch(batchSize, slotSize, headroom);
     this.verdicts = new Int32Array(batchSize);
   }
@@ -36,7 +39,7 @@ export class PassthroughForwarder {
 
   /** Reads one batch from leg `index` and writes it to the other port's wire leg; returns how many were read. */
   pump(index: number): number {
-    const count = this.legs[index]!.readInto(this.rx);
+    const count = this.slots.read(index, this.rx);
     if (count === 0) return 0;
     if ((index & 1) !== 0) {
       this.mirrorDropped += count;
@@ -45,7 +48,7 @@ export class PassthroughForwarder {
     const target = ((index >> 1) ^ 1) << 1;
     const verdicts = this.verdicts;
     for (let i = 0; i < count; i++) verdicts[i] = target;
-    this.legs[target]!.writeSelected(this.rx, verdicts, target);
+    this.slots.write(target, this.rx, verdicts, target);
     this.written |= legBit(target);
     return count;
   }

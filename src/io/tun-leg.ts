@@ -4,7 +4,8 @@
  * (`writeSelected`), straight from the batch's slots, without copying.
  *
  * A packet the kernel refuses (EINVAL for a malformed one, drivers/net/tun.c tun_get_user) is
- * skipped and counted; on EAGAIN the rest of the batch is dropped for this leg and counted, as
+ * skipped and counted; any other error (EBADFD once the device is gone, EIO, EFAULT...) means
+ * the leg itself is broken, and is thrown for the loop to take the leg out (io/leg.ts LegSlots); on EAGAIN the rest of the batch is dropped for this leg and counted, as
  * a full device queue drops on Linux (tun_net_xmit) rather than blocking the forwarding loop.
  *
  * A batch whose headroom is not this device's virtio_net_hdr length (the pipeline's released
@@ -69,6 +70,7 @@ export class TunLeg implements Leg {
         // The kernel refused the first selected packet at or after `next` (a call throws for it).
         this.writeErrors++;
         this.lastWriteError = error as TunError;
+        if (!isPacketRefusal(error as TunError)) throw error;
         refused++;
         while (next < count && verdicts[next] !== want) next++;
         next++;
@@ -109,6 +111,16 @@ export class TunLeg implements Leg {
   close(): void {
     this.device.close();
   }
+}
+
+/**
+ * Errors about one packet, after which the device still works: tun_get_user() refuses a
+ * malformed packet or virtio_net_hdr with EINVAL, one too big with EMSGSIZE, and may lack memory
+ * for one (ENOMEM, ENOBUFS). Anything else is the leg's.
+ */
+export function isPacketRefusal(error: TunError): boolean {
+  const code = error?.code;
+  return code === "EINVAL" || code === "EMSGSIZE" || code === "ENOMEM" || code === "ENOBUFS";
 }
 
 /** How many of verdicts[start..end) equal `want`. */
