@@ -141,10 +141,9 @@ export async function labUp(configPath: string, out: Out): Promise<number> {
     pid = found.pid;
     out(`qnat: lab ${config.namespace} is already up (router pid ${pid ?? "unknown"}); checking it\n`);
     const made = ensureNamespaces(config);
-    if (made.length > 0) {
-      out(`qnat: made ${made.join(", ")} anew; waiting for the router to re-create its legs there\n`);
-      await waitForLegsUp(config, socketPath, logPath);
-    }
+    if (made.length > 0) out(`qnat: made ${made.join(", ")} anew; waiting for the router to re-create its legs there\n`);
+    // Also a leg whose device was deleted comes back by itself; its hosts' addresses come after.
+    await waitForLegsUp(socketPath, logPath);
   } else {
     pid = startRouterProcess(configPath, logPath);
     const started = Date.now();
@@ -188,7 +187,7 @@ export async function labUp(configPath: string, out: Out): Promise<number> {
 }
 
 /** Waits until the running router reports every leg up (show ports), bounded. */
-async function waitForLegsUp(config: RouterConfig, socketPath: string, logPath: string): Promise<void> {
+async function waitForLegsUp(socketPath: string, logPath: string): Promise<void> {
   const started = Date.now();
   for (;;) {
     let down: string[] = [];

@@ -196,7 +196,12 @@ export class TunDevice {
         callback();
         return;
       }
+      // libuv stopped the watcher; the handle is still open and referenced: close it (from
+      // inside its own callback, which libuv allows), or it is torn down with the process, after
+      // its fd, and that crashes the exit.
+      const handle = this.pollHandle;
       this.pollHandle = null;
+      if (handle !== null) this.addon.stopPoll(handle);
       callback(pollError(this.name, status));
     });
   }
