@@ -96,7 +96,8 @@ async function pingOnce(netns: string, destination: string, source?: string): Pr
   }
 }
 
-async function pingUntil(netns: string, destination: string, limitMs: number, source?: string): Promise<boolean> {
+/** Pings from inside `netns` (one bounded ping at a time) until one is answered or `limitMs` passed. */
+export async function pingUntil(netns: string, destination: string, limitMs: number, source?: string): Promise<boolean> {
   const started = Date.now();
   while (Date.now() - started < limitMs) {
     if (await pingOnce(netns, destination, source)) return true;

@@ -376,7 +376,13 @@ export async function startRouter(configPath: string, options: RouterOptions = {
       for (let index = 0; index < legs.length; index++) if (every || (pending & legBit(index)) !== 0) drain(index);
     }
   };
-  housekeeping = setInterval(() => dataplane.housekeeping(), HOUSEKEEPING_INTERVAL_MS);
+  housekeeping = setInterval(() => {
+    try {
+      dataplane.housekeeping();
+    } catch (failure) {
+      loopErrors.offer(() => `qnat: internal error in housekeeping (it goes on): ${failure instanceof Error ? failure.stack : String(failure)}`);
+    }
+  }, HOUSEKEEPING_INTERVAL_MS);
   housekeeping.unref();
   ready = true;
 

@@ -13,9 +13,9 @@ import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { deleteNetns, ip, isRoot as runningAsRoot, netnsExecAsync } from "../../src/io/netns.js";
+import { deleteNetns, ip, isRoot as runningAsRoot } from "../../src/io/netns.js";
 import { controlRequest, controlSocketPath, pidPathFor } from "../../src/control/socket.js";
-import { labUp } from "../../src/control/lab.js";
+import { labUp, pingUntil } from "../../src/control/lab.js";
 import type { PortView } from "../../src/control/show.js";
 import { retagForRun, runTag, startQnatLab, type Lab } from "../../bench/e2e-lab.js";
 
@@ -25,23 +25,9 @@ if (!isRoot) console.warn("test/e2e/fault-containment.test.ts: not root, so the 
 const SEED = resolve(import.meta.dirname, "../../examples/seed.yaml");
 const WAIT_MS = 10_000;
 
-async function pings(netns: string, destination: string, source?: string): Promise<boolean> {
-  const args = ["-c", "1", "-W", "1", ...(source === undefined ? [] : ["-I", source]), destination];
-  try {
-    await netnsExecAsync(netns, "ping", args, { timeoutMs: 3000 });
-    return true;
-  } catch {
-    return false;
-  }
-}
-
-/** Pings until one answer, for at most `limitMs`. */
-async function pingsWithin(netns: string, destination: string, source?: string, limitMs = WAIT_MS): Promise<boolean> {
-  const started = Date.now();
-  do {
-    if (await pings(netns, destination, source)) return true;
-  } while (Date.now() - started < limitMs);
-  return false;
+/** Pings until one answer, for at most WAIT_MS. */
+function pingsWithin(netns: string, destination: string, source?: string): Promise<boolean> {
+  return pingUntil(netns, destination, WAIT_MS, source);
 }
 
 async function until(condition: () => Promise<boolean> | boolean, limitMs = WAIT_MS): Promise<boolean> {
