@@ -88,7 +88,9 @@ export interface TunNative {
   enterNetns(netnsPath: string): void;
   /**
    * Watches `fd` with a uv_poll_t (UV_READABLE) on Node's loop. `callback(0)` when readable;
-   * `callback(-errno)` once if libuv reports an error, after which the watcher has stopped.
+   * `callback(-errno)` once if libuv reports an error (EBADF when the device was deleted), after
+   * which the watcher has stopped but its handle is still open: call `stopPoll` then too, or the
+   * handle is only closed at exit, after its fd, which crashes the process (tun.ts does this).
    * An active watcher keeps the process alive, like a socket.
    */
   poll(fd: number, callback: (status: number) => void): TunPollHandle;
