@@ -130,7 +130,7 @@ function stageCosts(
   const routes = dataplane.routes;
   let next = 0;
   let sink = 0;
-  const prefetch = (dataplane as unknown as { prefetchBatch(batch: Driver["batch"]): void }).prefetchBatch.bind(dataplane);
+  const fastPath = dataplane.established;
   batch.count = BATCH;
   const level = (name: string, depth: number): number => {
     const r = measure(name, () => {
@@ -139,7 +139,7 @@ function stageCosts(
       if (depth === 0) return;
       // as processBatch: one clock read per batch, then the batch prefetch
       conntrack.pinTime(conntrack.clock.now());
-      prefetch(batch);
+      fastPath.prefetch(batch);
       if (depth === 1) {
         conntrack.unpinTime();
         return;

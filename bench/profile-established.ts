@@ -12,7 +12,7 @@ const packets = establishTenantFlows(router, tenantFlows(flows, 0xc0ffee));
 const template = new PacketTemplate(packets, shuffled(flows, 0x5eed));
 const driver = new Driver(router.dataplane);
 // `noprefetch` as third argument: compare without the batch prefetch.
-if (process.argv[4] === "noprefetch") (router.dataplane as unknown as { prefetchBatch(): void }).prefetchBatch = () => {};
+if (process.argv[4] === "noprefetch") router.dataplane.established.prefetch = () => {};
 let next = 0;
 runTimed(seconds, BATCH, 1e6, "Mpps", () => {
   driver.run(template.views[next]!, TENANT_PORT);

@@ -335,7 +335,7 @@ export class ConntrackTable {
   /**
    * One word per entry that the dataplane owns: where each direction's packets were last routed
    * (the egress port), with the routing table version it was looked up in
-   * (dataplane/pipeline.ts forwardEstablished). Zero when the entry is created.
+   * (dataplane/fast-path.ts). Zero when the entry is created.
    */
   routeCache(id: number): number {
     return this.words[(id << ENTRY_SHIFT) + W_ROUTE]!;

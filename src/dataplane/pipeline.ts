@@ -109,7 +109,7 @@ export class Dataplane {
   /** The NAT stage when it is qnat's netfilter NAT (bindings in conntrack): enables the fast path. */
   private readonly netfilterNat: NetfilterNat | null;
   /** The established fast path, its batch prefetch and route cache (fast-path.ts). */
-  private readonly established: EstablishedFastPath;
+  readonly established: EstablishedFastPath;
   /**
    * Non-first fragments are translated from their first fragment's connection (virtual
    * reassembly, src/nat/fragments.ts); those that arrive before it are held, then released here
