@@ -83,6 +83,8 @@ export interface QnatLabOptions {
   /** Offloads on (default) or off (QNAT_OFFLOAD=0). */
   readonly offloads?: boolean;
   readonly startLimitMs?: number;
+  /** The qnat build to run (a package root with dist/; default this one). */
+  readonly root?: string;
 }
 
 /** Starts `qnat run` on the renamed config and configures the lab hosts. */
@@ -90,7 +92,7 @@ export async function startQnatLab(text: string, config: RouterConfig, options: 
   const dir = mkdtempSync(join(tmpdir(), "qnat-e2e-"));
   const file = join(dir, "router.yaml");
   writeFileSync(file, text);
-  const main = join(packageRoot(), "dist", "src", "cli", "main.js");
+  const main = join(options.root ?? packageRoot(), "dist", "src", "cli", "main.js");
   const nodeArgs = options.cpuProfDir === undefined ? [] : ["--cpu-prof", "--cpu-prof-dir", options.cpuProfDir];
   let output = "";
   const child: ChildProcess = spawn(process.execPath, [...nodeArgs, main, "run", file], {

@@ -121,14 +121,21 @@ async function dispatch(args: ParsedArgs, io: CliIo): Promise<number> {
         throw new UsageError(`show what? expected one of ${SHOW_WHAT.join(", ")}`);
       }
       const namespace = resolveRouterNamespace(args.value("router"), args.value("config"));
-      const response = await controlRequest(controlSocketPath(namespace), {
-        cmd: "show",
-        what: what as (typeof SHOW_WHAT)[number],
-        json: args.flags.has("json"),
-        verbose: args.flags.has("verbose"),
-      });
+      // A streamed answer (show conntrack) is printed as its pieces arrive.
+      let streamed = "";
+      const response = await controlRequest(
+        controlSocketPath(namespace),
+        { cmd: "show", what: what as (typeof SHOW_WHAT)[number], json: args.flags.has("json"), verbose: args.flags.has("verbose") },
+        undefined,
+        (piece) => {
+          if (piece === "") return;
+          io.out(piece);
+          streamed = piece;
+        },
+      );
       if (!response.ok) throw new OperationalError(response.error);
-      io.out(withNewline(response.text ?? JSON.stringify(response.data)));
+      if (streamed !== "") io.out(withNewline(streamed).slice(streamed.length));
+      else io.out(withNewline(response.text ?? JSON.stringify(response.data)));
       return 0;
     }
     case "trace":

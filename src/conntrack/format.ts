@@ -144,3 +144,91 @@ export function conntrackTableJson(table: ConntrackTable): ConntrackEntryJson[] 
   const now = table.clock.now();
   return table.entries().map((id) => conntrackEntryJson(table, id, now));
 }
+
+// ---- the listing in pieces (control plane: `qnat show conntrack` of a big table) --------------
+
+/** How much one piece of a listing may do (ConntrackCursor.next). */
+export interface ListingBudget {
+  /** Entries formatted per piece at most. */
+  readonly entries: number;
+  /** Slots looked at per piece at most: a sparse table has long runs of free slots. */
+  readonly slots: number;
+  /** Milliseconds per piece at most (looked at every 64 entries). */
+  readonly ms: number;
+}
+
+/** About 1 ms of the packet thread per piece, whatever the table's size. */
+export const LISTING_BUDGET: ListingBudget = { entries: 4096, slots: 65_536, ms: 1 };
+
+/** Entries formatted between two looks at the clock. */
+const CLOCK_EVERY = 64;
+
+/**
+ * `formatConntrackTable` (or the `--json` text, `JSON.stringify(conntrackTableJson(table), null,
+ * 2)`) in pieces: a cursor over entry ids that formats up to one budget per `next()` call, so the
+ * caller can hand the event loop back to the packet legs between pieces. The pieces, joined,
+ * are exactly the one-shot text when nothing changes meanwhile.
+ *
+ * Consistency is that of Linux's `conntrack -L` (a ctnetlink dump, ctnetlink_dump_table, which
+ * walks the hash a bucket at a time between netlink messages): every entry live and confirmed
+ * from the first piece to the last is listed exactly once (an entry keeps its id for its whole
+ * life, and the cursor only moves forward over ids); an entry created meanwhile is listed if
+ * its id is past the cursor; one that died before the cursor reached it is not listed; each
+ * line is the entry's state, timeout included, when its piece was formatted. A slot freed and
+ * reused meanwhile lists the new connection if the cursor has not passed it yet.
+ */
+export class ConntrackCursor {
+  private id = 0;
+  private listed = 0;
+  private finished = false;
+  /** Pieces produced so far. */
+  pieces = 0;
+
+  constructor(
+    private readonly table: ConntrackTable,
+    private readonly form: "text" | "json",
+    private readonly budget: ListingBudget = LISTING_BUDGET,
+  ) {}
+
+  /** The next piece of text, or undefined after the last one. */
+  next(): string | undefined {
+    if (this.finished) return undefined;
+    const table = this.table;
+    const now = table.clock.now();
+    const started = performance.now();
+    const slotEnd = Math.min(table.capacity, this.id + this.budget.slots);
+    let text = this.pieces === 0 && this.form === "json" ? "[" : "";
+    let entries = 0;
+    let id = this.id;
+    for (; id < slotEnd && entries < this.budget.entries; id++) {
+      if (!isListed(table, id, now)) continue;
+      if (this.form === "text") text += formatConntrackEntry(table, id, now) + "\n";
+      else text += (this.listed === 0 ? "\n" : ",\n") + indentJson(JSON.stringify(conntrackEntryJson(table, id, now), null, 2));
+      this.listed++;
+      entries++;
+      if (entries % CLOCK_EVERY === 0 && performance.now() - started >= this.budget.ms) {
+        id++;
+        break;
+      }
+    }
+    this.id = id;
+    if (id >= table.capacity) {
+      this.finished = true;
+      if (this.form === "json") text += this.listed === 0 ? "]" : "\n]";
+    }
+    this.pieces++;
+    return text;
+  }
+}
+
+/** What `ConntrackTable.entries()` lists: allocated, confirmed, not expired, not dying. */
+function isListed(table: ConntrackTable, id: number, now: number): boolean {
+  return (
+    table.isAllocated(id) && table.isConfirmed(id) && table.expiresAt(id) > now && (table.status(id) & CtStatus.Dying) === 0
+  );
+}
+
+/** An array element of `JSON.stringify(array, null, 2)`: its own text indented one level. */
+function indentJson(text: string): string {
+  return "  " + text.replace(/\n/g, "\n  ");
+}

@@ -37,7 +37,7 @@
  */
 import { formatCidr } from "../core/addr.js";
 import { type RouterConfig, loadConfig } from "../config/config.js";
-import { formatConntrackTable, conntrackTableJson } from "../conntrack/format.js";
+import { ConntrackCursor } from "../conntrack/format.js";
 import { buildDataplane } from "../dataplane/from-config.js";
 import { NetfilterNat } from "../dataplane/netfilter-nat.js";
 import type { Dataplane } from "../dataplane/pipeline.js";
@@ -63,7 +63,7 @@ import {
 } from "./host-setup.js";
 import { startMetadataServer, type MetadataServer } from "./metadata.js";
 import { collectPorts, collectStats, formatJson, formatPorts, formatStats } from "./show.js";
-import { controlSocketPath, serveControl, type ControlRequest, type ControlResponse, type ControlServer } from "./socket.js";
+import { controlSocketPath, serveControl, type ControlAnswer, type ControlRequest, type ControlServer } from "./socket.js";
 import { formatTrace, runTrace } from "./trace.js";
 
 /** Batches one wake-up of a leg may pump before yielding to the others (uv_poll is level-triggered). */
@@ -182,7 +182,7 @@ export async function startRouter(configPath: string, options: RouterOptions = {
   let metadata: MetadataServer | undefined;
   let supervisor: LegSupervisor | undefined;
   const wires = config.ports.map((p) => p.wire);
-  const handler = (request: ControlRequest): ControlResponse => {
+  const handler = (request: ControlRequest): ControlAnswer => {
     if (!ready) return { ok: false, error: `router ${config.namespace} is starting` };
     if (request.cmd === "trace") {
       const result = runTrace(dataplane, request.packet);
@@ -208,13 +208,12 @@ export async function startRouter(configPath: string, options: RouterOptions = {
         const text = formatRules(table, { counters: request.verbose === true });
         return { ok: true, text: request.json ? JSON.stringify({ rules: text.trimEnd().split("\n") }) + "\n" : text };
       }
-      case "conntrack": {
-        if (request.json) {
-          const view = conntrackTableJson(dataplane.conntrack);
-          return { ok: true, text: formatJson(view), data: view };
-        }
-        return { ok: true, text: formatConntrackTable(dataplane.conntrack) };
-      }
+      case "conntrack":
+        // Streamed from the live table, about 1 ms of formatting per turn of the event loop, so
+        // the legs are served between pieces (socket.ts); a snapshot for a worker thread would
+        // first copy the whole table on this thread (64 MiB for 1M entries) and could not
+        // match a live dump's freshness anyway. Consistency as `conntrack -L`: ConntrackCursor.
+        return { ok: true, pieces: new ConntrackCursor(dataplane.conntrack, request.json ? "json" : "text") };
     }
     return { ok: false, error: "unknown show" };
   };

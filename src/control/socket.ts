@@ -2,22 +2,58 @@
  * The running router's control socket: a unix stream socket at `/run/qnat/<namespace>.sock`
  * (directory overridable with QNAT_RUN_DIR), with a pid file beside it. `qnat show` and
  * `qnat trace --router` talk to it; `qnat run` refuses to start when another router already
- * answers on it.
+ * answers on it. The socket is mode 0600, owned by the router's user (root), whatever the umask.
  *
- * Protocol: newline-delimited JSON. Each request line gets one response line, in order:
+ * Protocol: newline-delimited JSON. Each request line gets its answer, in order:
  *   {"cmd":"show","what":"ports"|"routes"|"rules"|"conntrack"|"stats","json":bool,"verbose":bool}
  *   {"cmd":"trace","packet":"qr-694450d6-f6 tcp 10.0.0.3:40000 > 8.8.8.8:53 syn","json":bool}
  *   {"cmd":"ping"}
  * ->{"ok":true,"text":"...","data":...} | {"ok":false,"error":"one line"}
- * `ping` is answered by the server itself with `data: { pid }`.
+ * `ping` is answered by the server itself with `data: { pid }`. A big answer (`show conntrack`)
+ * comes in pieces: lines `{"ok":true,"more":true,"text":PIECE}`, then a last line without
+ * `more` (`{"ok":true,"text":""}`, or `{"ok":false,...}` if it failed midway); the texts joined
+ * are the answer.
+ *
+ * The router serves this socket on its packet thread, so nothing here may hold that thread for
+ * long: a streamed answer is produced one piece (about a millisecond of work) per turn of the
+ * event loop, written with backpressure (the next piece waits for the client to read), and
+ * dropped as soon as the client goes away. Bounds (CONTROL_LIMITS): a request line of at most
+ * 64 KiB (a longer one is refused and the connection closed), a few requests in flight per
+ * client and in all (further ones get an error answer, in order), a bounded number of
+ * connections; garbage gets one error line per request line.
  */
 import { createConnection, createServer, type Server, type Socket } from "node:net";
-import { lstatSync, mkdirSync, readFileSync, statSync, unlinkSync, writeFileSync } from "node:fs";
+import { chmodSync, lstatSync, mkdirSync, readFileSync, statSync, unlinkSync, writeFileSync } from "node:fs";
 import { basename, dirname, join } from "node:path";
 
 export const DEFAULT_RUN_DIR = "/run/qnat";
 /** A request line longer than this is refused (and the connection closed). */
 export const MAX_REQUEST_BYTES = 64 * 1024;
+
+/** How much of the router one control client, and all of them, may hold. */
+export interface ControlLimits {
+  /** Bytes in one request line. */
+  readonly requestBytes: number;
+  /** Requests of one connection waiting for or receiving their answer. */
+  readonly inFlightPerClient: number;
+  /** The same, over all connections. */
+  readonly inFlight: number;
+  /** Request lines one connection may have queued (answered or refused in order); past this it is not read. */
+  readonly queuedPerClient: number;
+  /** Open connections; one more gets an error line and is closed. */
+  readonly connections: number;
+  /** A connection with nothing in flight that sends no complete request for this long is closed. */
+  readonly idleMs: number;
+}
+
+export const CONTROL_LIMITS: ControlLimits = {
+  requestBytes: MAX_REQUEST_BYTES,
+  inFlightPerClient: 8,
+  inFlight: 32,
+  queuedPerClient: 64,
+  connections: 64,
+  idleMs: 60_000,
+};
 /** sockaddr_un.sun_path is 108 bytes including the NUL (include/uapi/linux/un.h). */
 const MAX_SOCKET_PATH = 107;
 
@@ -33,7 +69,20 @@ export type ControlResponse =
   | { readonly ok: true; readonly text?: string; readonly data?: unknown }
   | { readonly ok: false; readonly error: string };
 
-export type ControlHandler = (request: ControlRequest) => Promise<ControlResponse> | ControlResponse;
+/** An answer given in pieces: `next()` returns the next piece of text, undefined after the last. */
+export interface ControlPieces {
+  next(): string | undefined;
+}
+
+/** A streamed answer (`show conntrack`): the server calls `pieces.next()` once per turn of the event loop. */
+export interface ControlStream {
+  readonly ok: true;
+  readonly pieces: ControlPieces;
+}
+
+export type ControlAnswer = ControlResponse | ControlStream;
+
+export type ControlHandler = (request: ControlRequest) => Promise<ControlAnswer> | ControlAnswer;
 
 export interface ControlServer {
   readonly path: string;
@@ -164,7 +213,7 @@ function alreadyRunning(path: string, pid: number | undefined): ControlError {
  * `router <namespace> is already running (pid N)`. Writes the pid file beside the socket;
  * `close()` removes both (when they are still this server's).
  */
-export async function serveControl(path: string, handler: ControlHandler): Promise<ControlServer> {
+export async function serveControl(path: string, handler: ControlHandler, limits: ControlLimits = CONTROL_LIMITS): Promise<ControlServer> {
   if (Buffer.byteLength(path) > MAX_SOCKET_PATH) {
     throw new ControlError(`control socket path is too long for a unix socket (${Buffer.byteLength(path)} > ${MAX_SOCKET_PATH} bytes): ${path}`, "ENAMETOOLONG");
   }
@@ -178,10 +227,18 @@ export async function serveControl(path: string, handler: ControlHandler): Promi
   }
 
   const connections = new Set<Socket>();
-  const server = createServer((socket) => {
+  const load: ServerLoad = { inFlight: 0 };
+  // allowHalfOpen: a client that sends its requests and then shuts down its side still gets
+  // every answer; the connection ends when they are written.
+  const server = createServer({ allowHalfOpen: true }, (socket) => {
+    if (connections.size >= limits.connections) {
+      socket.on("error", () => socket.destroy());
+      socket.end(`${JSON.stringify({ ok: false, error: `too many control connections (at most ${limits.connections})` })}\n`);
+      return;
+    }
     connections.add(socket);
     socket.on("close", () => connections.delete(socket));
-    serveConnection(socket, handler);
+    new ControlConnection(socket, handler, limits, load);
   });
 
   // Two attempts: the second after removing a stale file, or after losing a start-up race.
@@ -231,14 +288,31 @@ export async function serveControl(path: string, handler: ControlHandler): Promi
   };
 }
 
+/**
+ * Binds and listens with umask 0177, so the socket file is born mode 0600: a chmod after bind()
+ * would leave a moment in which anyone could connect under a umask of 000. Node binds a unix
+ * socket synchronously inside listen() (net.js setupListenHandle), so the umask is back before
+ * anything else runs; the chmod afterwards only restates it.
+ */
 function listen(server: Server, path: string): Promise<void> {
   return new Promise<void>((resolve, reject) => {
     const onError = (error: Error): void => reject(error);
     server.once("error", onError);
-    server.listen(path, () => {
-      server.off("error", onError);
-      resolve();
-    });
+    const saved = process.umask(0o177);
+    try {
+      server.listen(path, () => {
+        server.off("error", onError);
+        try {
+          chmodSync(path, 0o600);
+          resolve();
+        } catch (error) {
+          server.close();
+          reject(error);
+        }
+      });
+    } finally {
+      process.umask(saved);
+    }
   });
 }
 
@@ -250,35 +324,213 @@ function unlinkIfExists(path: string): void {
   }
 }
 
-/** Reads request lines from one client and writes one response line for each, in order. */
-function serveConnection(socket: Socket, handler: ControlHandler): void {
-  socket.setEncoding("utf8");
-  let buffered = "";
-  let queue: Promise<void> = Promise.resolve();
-  const respond = (response: ControlResponse): void => {
-    if (!socket.destroyed && socket.writable) socket.write(`${JSON.stringify(response)}\n`);
-  };
-  socket.on("data", (chunk: string) => {
-    buffered += chunk;
-    let newline: number;
-    while ((newline = buffered.indexOf("\n")) >= 0) {
-      const line = buffered.slice(0, newline).trim();
-      buffered = buffered.slice(newline + 1);
-      if (line === "") continue;
-      queue = queue.then(() => answer(line, handler).then(respond));
-    }
-    if (Buffer.byteLength(buffered) > MAX_REQUEST_BYTES) {
-      buffered = "";
-      queue = queue.then(() => {
-        respond({ ok: false, error: `request longer than ${MAX_REQUEST_BYTES} bytes` });
-        socket.end();
-      });
-    }
-  });
-  socket.on("error", () => socket.destroy());
+/** Requests in flight over all connections of one server. */
+interface ServerLoad {
+  inFlight: number;
 }
 
-async function answer(line: string, handler: ControlHandler): Promise<ControlResponse> {
+/** One request line of a connection, waiting for its turn; `refusal` answers it without the handler. */
+interface QueuedRequest {
+  readonly line: string;
+  readonly refusal: string | undefined;
+  /** Counted in the connection's and the server's in-flight numbers. */
+  readonly counted: boolean;
+  /** The connection is closed once this one is answered. */
+  readonly last: boolean;
+}
+
+/** Yields to the event loop: setImmediate runs after the poll phase, so the legs' reads run first. */
+function nextTurn(): Promise<void> {
+  return new Promise<void>((resolve) => setImmediate(resolve));
+}
+
+/**
+ * One client: reads request lines, answers them one at a time in order (a streamed answer piece
+ * by piece), and enforces the limits. Nothing it does throws out of an event handler: a write
+ * error or a vanished client just ends the connection and releases what it held.
+ */
+class ControlConnection {
+  private input = "";
+  private readonly queue: QueuedRequest[] = [];
+  private inFlight = 0;
+  private working = false;
+  /** No more requests are read (a request was too long, or the client shut down its side). */
+  private inputDone = false;
+  /** The client went away (or the connection was destroyed): nothing more is written. */
+  private gone = false;
+  private drainWaiter: (() => void) | undefined;
+
+  constructor(
+    private readonly socket: Socket,
+    private readonly handler: ControlHandler,
+    private readonly limits: ControlLimits,
+    private readonly load: ServerLoad,
+  ) {
+    socket.setEncoding("utf8");
+    socket.setTimeout(limits.idleMs);
+    socket.on("timeout", () => {
+      if (this.queue.length === 0) socket.destroy();
+    });
+    socket.on("data", (chunk: string) => this.receive(chunk));
+    socket.on("end", () => {
+      this.inputDone = true;
+      this.input = "";
+      if (!this.working) this.finish();
+    });
+    socket.on("drain", () => this.wakeWriter());
+    socket.on("error", () => socket.destroy());
+    socket.on("close", () => this.vanish());
+  }
+
+  private receive(chunk: string): void {
+    if (this.inputDone) return;
+    this.input += chunk;
+    this.takeLines();
+    if (!this.working && this.queue.length > 0) this.work().catch(() => this.socket.destroy());
+  }
+
+  /** Turns complete input lines into queued requests, as long as the queue has room. */
+  private takeLines(): void {
+    let newline: number;
+    while (!this.inputDone && this.queue.length < this.limits.queuedPerClient && (newline = this.input.indexOf("\n")) >= 0) {
+      const line = this.input.slice(0, newline);
+      this.input = this.input.slice(newline + 1);
+      if (Buffer.byteLength(line) > this.limits.requestBytes) {
+        this.refuseTooLong();
+        return;
+      }
+      if (line.trim() !== "") this.enqueue(line.trim());
+    }
+    if (!this.inputDone && Buffer.byteLength(this.input) > this.limits.requestBytes) {
+      this.refuseTooLong();
+      return;
+    }
+    // Backpressure on a client that sends faster than it is answered: stop reading it.
+    if (this.queue.length >= this.limits.queuedPerClient) this.socket.pause();
+    else if (this.socket.isPaused()) this.socket.resume();
+  }
+
+  private refuseTooLong(): void {
+    this.input = "";
+    this.inputDone = true;
+    this.queue.push({ line: "", refusal: `request longer than ${this.limits.requestBytes} bytes`, counted: false, last: true });
+  }
+
+  private enqueue(line: string): void {
+    if (this.inFlight >= this.limits.inFlightPerClient) {
+      this.queue.push({ line, refusal: `too many requests in flight on this connection (at most ${this.limits.inFlightPerClient})`, counted: false, last: false });
+    } else if (this.load.inFlight >= this.limits.inFlight) {
+      this.queue.push({ line, refusal: `router busy: too many control requests in flight (at most ${this.limits.inFlight})`, counted: false, last: false });
+    } else {
+      this.inFlight++;
+      this.load.inFlight++;
+      this.queue.push({ line, refusal: undefined, counted: true, last: false });
+    }
+  }
+
+  private release(request: QueuedRequest): void {
+    if (!request.counted) return;
+    this.inFlight--;
+    this.load.inFlight--;
+  }
+
+  /** Answers the queue in order, one request at a time. */
+  private async work(): Promise<void> {
+    this.working = true;
+    this.socket.setTimeout(0);
+    try {
+      while (this.queue.length > 0 && !this.gone) {
+        const request = this.queue[0]!;
+        try {
+          if (request.refusal !== undefined) this.send({ ok: false, error: request.refusal });
+          else await this.answerOne(request.line);
+        } finally {
+          // vanish() may have emptied the queue and released everything already.
+          if (this.queue[0] === request) {
+            this.queue.shift();
+            this.release(request);
+          }
+        }
+        if (request.last) {
+          this.socket.end();
+          return;
+        }
+        if (!this.inputDone) this.takeLines();
+      }
+    } finally {
+      this.working = false;
+      if (!this.gone) this.socket.setTimeout(this.limits.idleMs);
+    }
+    this.finish();
+  }
+
+  private async answerOne(line: string): Promise<void> {
+    const reply = await answer(line, this.handler);
+    if (!("pieces" in reply)) {
+      this.send(reply);
+      return;
+    }
+    // A streamed answer: one piece per turn of the event loop, and only when the client has
+    // read the previous ones; a client that went away stops the listing.
+    for (;;) {
+      if (this.gone) return;
+      let piece: string | undefined;
+      try {
+        piece = reply.pieces.next();
+      } catch (error) {
+        this.send({ ok: false, error: oneLine(error) });
+        return;
+      }
+      if (piece === undefined) {
+        this.send({ ok: true, text: "" });
+        return;
+      }
+      if (!this.send({ ok: true, more: true, text: piece })) await this.drained();
+      await nextTurn();
+    }
+  }
+
+  /** Writes one line; false when the socket's buffer is full (wait for `drained`). */
+  private send(message: ControlResponse | { ok: true; more: true; text: string }): boolean {
+    if (this.gone || this.socket.destroyed || !this.socket.writable) return true;
+    let line: string;
+    try {
+      line = JSON.stringify(message);
+    } catch (error) {
+      line = JSON.stringify({ ok: false, error: `the answer cannot be sent: ${oneLine(error)}` });
+    }
+    return this.socket.write(`${line}\n`);
+  }
+
+  private drained(): Promise<void> {
+    return new Promise<void>((resolve) => {
+      if (this.gone) resolve();
+      else this.drainWaiter = resolve;
+    });
+  }
+
+  private wakeWriter(): void {
+    const waiter = this.drainWaiter;
+    this.drainWaiter = undefined;
+    waiter?.();
+  }
+
+  /** Input ended and every answer is written: close our side too. */
+  private finish(): void {
+    if (this.inputDone && this.queue.length === 0 && !this.gone) this.socket.end();
+  }
+
+  /** The connection closed: forget queued requests (the one being answered stops at its next piece). */
+  private vanish(): void {
+    if (this.gone) return;
+    this.gone = true;
+    const waiting = this.working ? this.queue.splice(1) : this.queue.splice(0);
+    for (const request of waiting) this.release(request);
+    this.wakeWriter();
+  }
+}
+
+async function answer(line: string, handler: ControlHandler): Promise<ControlAnswer> {
   let decoded: unknown;
   try {
     decoded = JSON.parse(line);
@@ -298,13 +550,22 @@ async function answer(line: string, handler: ControlHandler): Promise<ControlRes
 
 /**
  * Sends one request to the router at `path` and resolves with its response (an `ok: false`
- * response is a normal answer). Transport problems reject with a one-line ControlError.
+ * response is a normal answer). A streamed answer's pieces go to `onText` as they arrive (the
+ * resolved response then has no text), or are joined into the response's text. `timeoutMs`
+ * bounds the silence before the first line and between two lines, not the whole answer.
+ * Transport problems reject with a one-line ControlError.
  */
-export function controlRequest(path: string, request: ControlRequest, timeoutMs = 5000): Promise<ControlResponse> {
+export function controlRequest(
+  path: string,
+  request: ControlRequest,
+  timeoutMs = 5000,
+  onText?: (text: string) => void,
+): Promise<ControlResponse> {
   const namespace = namespaceOfSocket(path);
   return new Promise<ControlResponse>((resolve, reject) => {
     let settled = false;
     let received = "";
+    const pieces: string[] = [];
     const socket = createConnection(path);
     const finish = (error: ControlError | undefined, response?: ControlResponse): void => {
       if (settled) return;
@@ -314,22 +575,34 @@ export function controlRequest(path: string, request: ControlRequest, timeoutMs 
       if (error !== undefined) reject(error);
       else resolve(response!);
     };
-    const timer = setTimeout(() => {
-      finish(new ControlError(`router ${namespace} did not answer within ${formatSeconds(timeoutMs)} (${path})`, "ETIMEDOUT"));
-    }, timeoutMs);
+    const silence = (): ControlError =>
+      new ControlError(`router ${namespace} did not answer within ${formatSeconds(timeoutMs)} (${path})`, "ETIMEDOUT");
+    const timer = setTimeout(() => finish(silence()), timeoutMs);
 
     socket.setEncoding("utf8");
     socket.on("connect", () => socket.write(`${JSON.stringify(request)}\n`));
     socket.on("data", (chunk: string) => {
       received += chunk;
-      const newline = received.indexOf("\n");
-      if (newline < 0) {
-        if (Buffer.byteLength(received) > 256 * 1024 * 1024) finish(new ControlError(`router ${namespace} sent an oversized response`, "EPROTO"));
-        return;
+      timer.refresh();
+      let newline: number;
+      while (!settled && (newline = received.indexOf("\n")) >= 0) {
+        const line = decodeResponse(received.slice(0, newline));
+        received = received.slice(newline + 1);
+        if (line === undefined) {
+          finish(new ControlError(`router ${namespace} sent a response that is not qnat's protocol (${path})`, "EPROTO"));
+        } else if (line.more) {
+          if (onText !== undefined) onText(line.text);
+          else pieces.push(line.text);
+        } else if (!line.response.ok || pieces.length === 0) {
+          finish(undefined, line.response);
+        } else {
+          pieces.push(line.response.text ?? "");
+          finish(undefined, { ...line.response, text: pieces.join("") });
+        }
       }
-      const response = decodeResponse(received.slice(0, newline));
-      if (response === undefined) finish(new ControlError(`router ${namespace} sent a response that is not qnat's protocol (${path})`, "EPROTO"));
-      else finish(undefined, response);
+      if (!settled && Buffer.byteLength(received) > MAX_RESPONSE_LINE_BYTES) {
+        finish(new ControlError(`router ${namespace} sent an oversized response`, "EPROTO"));
+      }
     });
     socket.on("end", () => {
       finish(new ControlError(`router ${namespace} closed the control connection without answering`, "ECONNRESET"));
@@ -338,7 +611,12 @@ export function controlRequest(path: string, request: ControlRequest, timeoutMs 
   });
 }
 
-function decodeResponse(line: string): ControlResponse | undefined {
+/** The longest response line a client accepts (a whole answer, or one piece of a streamed one). */
+const MAX_RESPONSE_LINE_BYTES = 256 * 1024 * 1024;
+
+type ResponseLine = { readonly more: true; readonly text: string } | { readonly more: false; readonly response: ControlResponse };
+
+function decodeResponse(line: string): ResponseLine | undefined {
   let value: unknown;
   try {
     value = JSON.parse(line);
@@ -347,8 +625,12 @@ function decodeResponse(line: string): ControlResponse | undefined {
   }
   if (typeof value !== "object" || value === null) return undefined;
   const response = value as Record<string, unknown>;
-  if (response["ok"] === true) return { ok: true, text: typeof response["text"] === "string" ? response["text"] : undefined, data: response["data"] };
-  if (response["ok"] === false) return { ok: false, error: typeof response["error"] === "string" ? response["error"] : "error without a message" };
+  const text = typeof response["text"] === "string" ? response["text"] : undefined;
+  if (response["ok"] === true && response["more"] === true) return text === undefined ? undefined : { more: true, text };
+  if (response["ok"] === true) return { more: false, response: { ok: true, text, data: response["data"] } };
+  if (response["ok"] === false) {
+    return { more: false, response: { ok: false, error: typeof response["error"] === "string" ? response["error"] : "error without a message" } };
+  }
   return undefined;
 }
 

@@ -1,11 +1,13 @@
-import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
+import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from "vitest";
 import { spawn } from "node:child_process";
 import { existsSync, lstatSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
-import { createConnection } from "node:net";
+import { createConnection, type Socket } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import {
+  CONTROL_LIMITS,
   ControlError,
+  MAX_REQUEST_BYTES,
   controlRequest,
   controlSocketPath,
   parseControlRequest,
@@ -222,5 +224,263 @@ describe("parseControlRequest", () => {
     expect(parseControlRequest({ cmd: "show", what: "rules", verbose: "yes" })).toBe('"verbose" must be true or false');
     expect(parseControlRequest({ cmd: "trace" })).toBe('trace needs "packet": a packet spec');
     expect(parseControlRequest([1])).toBe("request must be a JSON object");
+  });
+});
+
+// ---- the socket holds up against its clients ------------------------------------------------
+
+/** A raw client: writes what it is given, collects the answer lines, knows when the server closed. */
+function rawClient(path: string): { socket: Socket; lines: string[]; closed: Promise<void>; lineCount: (n: number) => Promise<string[]> } {
+  const socket = createConnection(path);
+  const lines: string[] = [];
+  let partial = "";
+  const waiters: (() => void)[] = [];
+  socket.setEncoding("utf8");
+  socket.on("data", (chunk: string) => {
+    partial += chunk;
+    const parts = partial.split("\n");
+    partial = parts.pop()!;
+    lines.push(...parts);
+    for (const wake of waiters.splice(0)) wake();
+  });
+  socket.on("error", () => {});
+  const closed = new Promise<void>((resolve) => socket.once("close", () => resolve()));
+  const lineCount = async (n: number): Promise<string[]> => {
+    while (lines.length < n) {
+      const more = new Promise<void>((resolve) => waiters.push(resolve));
+      const ended = closed.then(() => {
+        throw new Error(`closed after ${lines.length} of ${n} lines`);
+      });
+      await Promise.race([more, ended]);
+    }
+    return lines.slice(0, n).map((line) => JSON.parse(line));
+  };
+  return { socket, lines, closed, lineCount };
+}
+
+/** A handler whose `show ports` waits until `release()`; anything else answers at once. */
+function gatedHandler(): { handler: ControlHandler; release: () => void; started: () => number } {
+  let open: () => void = () => {};
+  const gate = new Promise<void>((resolve) => (open = resolve));
+  let started = 0;
+  return {
+    handler: async (request) => {
+      if (request.cmd === "show" && request.what === "ports") {
+        started++;
+        await gate;
+        return { ok: true, text: "ports" };
+      }
+      return { ok: true, text: "routes" };
+    },
+    release: () => open(),
+    started: () => started,
+  };
+}
+
+const SHOW_PORTS = '{"cmd":"show","what":"ports"}\n';
+const SHOW_ROUTES = '{"cmd":"show","what":"routes"}\n';
+const LIMITS = { ...CONTROL_LIMITS, inFlightPerClient: 2, inFlight: 3 };
+
+/** A streamed answer of `count` pieces of `size` bytes; `made()` says how many were produced. */
+function manyPieces(count: number, size: number): { handler: ControlHandler; made: () => number } {
+  let made = 0;
+  const piece = "x".repeat(size);
+  return {
+    handler: () => ({ ok: true, pieces: { next: () => (made < count ? (made++, piece) : undefined) } }),
+    made: () => made,
+  };
+}
+
+describe("the control socket holds up against its clients", () => {
+  it("is mode 0600 and owned by the router's user even under a umask of 000", async () => {
+    const path = controlSocketPath("qrouter-umask");
+    const saved = process.umask(0);
+    try {
+      await serve(path);
+    } finally {
+      process.umask(saved);
+    }
+    expect(process.umask()).toBe(saved); // put back
+    const stat = lstatSync(path);
+    expect(stat.mode & 0o777).toBe(0o600);
+    expect(stat.uid).toBe(process.getuid!());
+    expect((await controlRequest(path, { cmd: "ping" })).ok).toBe(true);
+  });
+
+  it("refuses a request line over 64 KiB with one error line and closes the connection", async () => {
+    const path = controlSocketPath("qrouter-big");
+    await serve(path);
+    const client = rawClient(path);
+    client.socket.write(SHOW_ROUTES + `{"cmd":"trace","packet":"${"x".repeat(MAX_REQUEST_BYTES)}"}\n` + SHOW_ROUTES);
+    expect(await client.lineCount(2)).toEqual([
+      { ok: true, text: "default via 9.186.100.1 dev qg-e76de35e-90" },
+      { ok: false, error: "request longer than 65536 bytes" },
+    ]);
+    await client.closed;
+    expect(client.lines).toHaveLength(2); // the request after the long one is not answered
+
+    // The same for a line that never ends: refused as soon as it is too long.
+    const endless = rawClient(path);
+    endless.socket.write('{"cmd":"trace","packet":"');
+    for (let i = 0; i < 5 && !endless.socket.destroyed; i++) endless.socket.write("y".repeat(20_000));
+    expect(await endless.lineCount(1)).toEqual([{ ok: false, error: "request longer than 65536 bytes" }]);
+    await endless.closed;
+    expect((await controlRequest(path, { cmd: "ping" })).ok).toBe(true);
+  });
+
+  it("answers at most N requests in flight per client; the next ones get an error answer, in order", async () => {
+    const path = controlSocketPath("qrouter-busy");
+    const gated = gatedHandler();
+    open.push(await serveControl(path, gated.handler, LIMITS));
+    const client = rawClient(path);
+    client.socket.write(SHOW_PORTS + SHOW_PORTS + SHOW_PORTS + SHOW_ROUTES);
+    await vi.waitFor(() => expect(gated.started()).toBe(1));
+    gated.release();
+    expect(await client.lineCount(4)).toEqual([
+      { ok: true, text: "ports" },
+      { ok: true, text: "ports" },
+      { ok: false, error: "too many requests in flight on this connection (at most 2)" },
+      { ok: false, error: "too many requests in flight on this connection (at most 2)" },
+    ]);
+    // Once answered, the connection takes requests again.
+    client.socket.write(SHOW_ROUTES);
+    expect((await client.lineCount(5))[4]).toEqual({ ok: true, text: "routes" });
+    client.socket.destroy();
+  }, 10_000);
+
+  it("answers at most N requests in flight over all clients", async () => {
+    const path = controlSocketPath("qrouter-load");
+    const gated = gatedHandler();
+    open.push(await serveControl(path, gated.handler, LIMITS));
+    const first = rawClient(path);
+    first.socket.write(SHOW_PORTS + SHOW_PORTS);
+    await vi.waitFor(() => expect(gated.started()).toBe(1));
+    const second = rawClient(path);
+    second.socket.write(SHOW_PORTS + SHOW_ROUTES);
+    await vi.waitFor(() => expect(gated.started()).toBe(2));
+    gated.release();
+    expect(await first.lineCount(2)).toEqual([{ ok: true, text: "ports" }, { ok: true, text: "ports" }]);
+    expect(await second.lineCount(2)).toEqual([
+      { ok: true, text: "ports" },
+      { ok: false, error: "router busy: too many control requests in flight (at most 3)" },
+    ]);
+    first.socket.destroy();
+    second.socket.destroy();
+  }, 10_000);
+
+  it("answers garbage with one error line per line and goes on serving", async () => {
+    const path = controlSocketPath("qrouter-garbage");
+    await serve(path);
+    const client = rawClient(path);
+    client.socket.write(Buffer.from([0xff, 0xfe, 0x00, 0x7b, 0x0a, 0x80, 0x81, 0x0a]));
+    client.socket.write('{"cmd":"show"}\n"just a string"\n{"cmd":"show","what":"ports","json":"yes"}\n');
+    expect(await client.lineCount(5)).toEqual([
+      { ok: false, error: "request is not valid JSON" },
+      { ok: false, error: "request is not valid JSON" },
+      { ok: false, error: "show what? expected one of ports, routes, rules, conntrack, stats" },
+      { ok: false, error: "request must be a JSON object" },
+      { ok: false, error: '"json" must be true or false' },
+    ]);
+    client.socket.write(SHOW_ROUTES);
+    expect((await client.lineCount(6))[5]).toEqual({ ok: true, text: "default via 9.186.100.1 dev qg-e76de35e-90" });
+    client.socket.destroy();
+  });
+
+  it("keeps serving others beside a half request, and closes that connection once it idles", async () => {
+    const path = controlSocketPath("qrouter-half");
+    open.push(await serveControl(path, seedHandler, { ...CONTROL_LIMITS, idleMs: 200 }));
+    const half = rawClient(path);
+    half.socket.write('{"cmd":"show","wh');
+    expect(await controlRequest(path, { cmd: "show", what: "routes" })).toMatchObject({ ok: true });
+    await half.closed;
+    expect(half.lines).toEqual([]);
+  });
+
+  it("answers every request of a client that shuts down its side right after sending", async () => {
+    const path = controlSocketPath("qrouter-halfclose");
+    await serve(path);
+    const client = rawClient(path);
+    client.socket.end(SHOW_ROUTES + '{"cmd":"ping"}\n');
+    await client.closed;
+    expect(client.lines.map((line) => JSON.parse(line))).toEqual([
+      { ok: true, text: "default via 9.186.100.1 dev qg-e76de35e-90" },
+      { ok: true, text: "pong", data: { pid: process.pid } },
+    ]);
+  });
+
+  it("forgets a client that vanished before its answer: its requests no longer count as in flight", async () => {
+    const path = controlSocketPath("qrouter-vanish");
+    const gated = gatedHandler();
+    open.push(await serveControl(path, gated.handler, { ...LIMITS, inFlight: 2 }));
+    const gone = rawClient(path);
+    gone.socket.write(SHOW_PORTS + SHOW_ROUTES);
+    await vi.waitFor(() => expect(gated.started()).toBe(1));
+    gone.socket.destroy();
+    await gone.closed;
+    // Its answer cannot be written; once its handler returns, both its places are free again
+    // (the server's whole in-flight allowance is 2).
+    gated.release();
+    await vi.waitFor(async () => {
+      const client = rawClient(path);
+      client.socket.write(SHOW_PORTS + SHOW_PORTS);
+      try {
+        expect(await client.lineCount(2)).toEqual([{ ok: true, text: "ports" }, { ok: true, text: "ports" }]);
+      } finally {
+        client.socket.destroy();
+      }
+    });
+  });
+
+  it("stops a streamed answer whose client vanished mid-stream, and serves the next client", async () => {
+    const path = controlSocketPath("qrouter-midstream");
+    const stream = manyPieces(100_000, 1000);
+    open.push(await serveControl(path, stream.handler, { ...CONTROL_LIMITS, inFlight: 1 }));
+    const client = rawClient(path);
+    client.socket.write('{"cmd":"show","what":"conntrack"}\n');
+    expect(await client.lineCount(1)).toEqual([{ ok: true, more: true, text: "x".repeat(1000) }]);
+    client.socket.destroy();
+    await client.closed;
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    const made = stream.made();
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    expect(stream.made()).toBe(made);
+    expect(made).toBeLessThan(100_000);
+    // The listing released its place: the server (limit 1 in flight) answers the next one.
+    expect(await controlRequest(path, { cmd: "ping" })).toMatchObject({ ok: true, text: "pong" });
+  });
+
+  it("makes the next piece only as the client reads: a client that stops reading holds a bounded amount", async () => {
+    const path = controlSocketPath("qrouter-slow");
+    const stream = manyPieces(2000, 16_384);
+    await serve(path, stream.handler);
+    const client = rawClient(path);
+    client.socket.write('{"cmd":"show","what":"conntrack"}\n');
+    await client.lineCount(1);
+    client.socket.pause();
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    const whilePaused = stream.made();
+    expect(whilePaused).toBeLessThan(2000); // 32 MiB were not formatted into a socket nobody reads
+    client.socket.resume();
+    await client.lineCount(2001);
+    expect(stream.made()).toBe(2000);
+    expect(JSON.parse(client.lines[2000]!)).toEqual({ ok: true, text: "" });
+    client.socket.destroy();
+  });
+
+  it("refuses connections beyond the limit with one error line", async () => {
+    const path = controlSocketPath("qrouter-crowd");
+    open.push(await serveControl(path, seedHandler, { ...CONTROL_LIMITS, connections: 2 }));
+    const a = rawClient(path);
+    const b = rawClient(path);
+    await Promise.all([a, b].map((c) => new Promise((resolve) => c.socket.once("connect", resolve))));
+    await new Promise((resolve) => setTimeout(resolve, 20));
+    const third = rawClient(path);
+    expect(await third.lineCount(1)).toEqual([{ ok: false, error: "too many control connections (at most 2)" }]);
+    await third.closed;
+    a.socket.destroy();
+    await a.closed;
+    await new Promise((resolve) => setTimeout(resolve, 20));
+    expect(await controlRequest(path, { cmd: "ping" })).toMatchObject({ ok: true });
+    b.socket.destroy();
   });
 });
