@@ -158,7 +158,7 @@ export interface ListingBudget {
 }
 
 /** About 1 ms of the packet thread per piece, whatever the table's size. */
-export const LISTING_BUDGET: ListingBudget = { entries: 4096, slots: 65_536, ms: 1 };
+export const LISTING_BUDGET: ListingBudget = { entries: 1024, slots: 65_536, ms: 1 };
 
 /** Entries formatted between two looks at the clock. */
 const CLOCK_EVERY = 64;

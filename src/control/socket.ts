@@ -582,10 +582,12 @@ export function controlRequest(
     socket.setEncoding("utf8");
     socket.on("connect", () => socket.write(`${JSON.stringify(request)}\n`));
     socket.on("data", (chunk: string) => {
+      // Only the new chunk is searched for the end of a line: a long line arrives in many chunks.
+      let newline = chunk.indexOf("\n");
+      if (newline >= 0) newline += received.length;
       received += chunk;
       timer.refresh();
-      let newline: number;
-      while (!settled && (newline = received.indexOf("\n")) >= 0) {
+      for (; !settled && newline >= 0; newline = received.indexOf("\n")) {
         const line = decodeResponse(received.slice(0, newline));
         received = received.slice(newline + 1);
         if (line === undefined) {
@@ -600,7 +602,7 @@ export function controlRequest(
           finish(undefined, { ...line.response, text: pieces.join("") });
         }
       }
-      if (!settled && Buffer.byteLength(received) > MAX_RESPONSE_LINE_BYTES) {
+      if (!settled && received.length > MAX_RESPONSE_LINE_CHARS) {
         finish(new ControlError(`router ${namespace} sent an oversized response`, "EPROTO"));
       }
     });
@@ -612,7 +614,7 @@ export function controlRequest(
 }
 
 /** The longest response line a client accepts (a whole answer, or one piece of a streamed one). */
-const MAX_RESPONSE_LINE_BYTES = 256 * 1024 * 1024;
+const MAX_RESPONSE_LINE_CHARS = 256 * 1024 * 1024;
 
 type ResponseLine = { readonly more: true; readonly text: string } | { readonly more: false; readonly response: ControlResponse };
 

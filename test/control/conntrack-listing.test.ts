@@ -4,7 +4,8 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { ConntrackCursor, conntrackTableJson, formatConntrackTable } from "../../src/conntrack/format.js";
 import { formatJson } from "../../src/control/show.js";
-import { controlRequest, serveControl, type ControlServer } from "../../src/control/socket.js";
+import { controlRequest, controlSocketPath, serveControl, type ControlServer } from "../../src/control/socket.js";
+import { runCli } from "../../src/cli/main.js";
 import { MemoryRouter } from "../support/memory-router.js";
 
 const QR = "qr-694450d6-f6";
@@ -146,5 +147,26 @@ describe("show conntrack through the control socket lets the event loop run betw
     expect(printed.length).toBeGreaterThanOrEqual(3);
     expect(printed.join("")).toBe(formatJson(conntrackTableJson(router.dataplane.conntrack)));
     expect(JSON.parse(printed.join(""))[0]).toMatchObject({ protocol: "udp", original: { src: "10.0.0.3", sport: 20000 }, reply: { dst: "9.186.100.2" } });
+  });
+
+  it("qnat show conntrack prints the listing piece by piece as it arrives, --json with a final newline", async () => {
+    const router = routerWithConnections(2000);
+    const table = router.dataplane.conntrack;
+    const savedRunDir = process.env["QNAT_RUN_DIR"];
+    process.env["QNAT_RUN_DIR"] = runDir;
+    try {
+      const namespace = "qrouter-cli";
+      open.push(await serveControl(controlSocketPath(namespace), (request) => ({ ok: true, pieces: new ConntrackCursor(table, request.cmd === "show" && request.json ? "json" : "text", SMALL) })));
+      const text: string[] = [];
+      expect(await runCli(["show", "conntrack", "--router", namespace], { out: (t) => text.push(t), err: (t) => text.push(`ERR ${t}`) })).toBe(0);
+      expect(text.length).toBeGreaterThanOrEqual(4);
+      expect(text.join("")).toBe(formatConntrackTable(table));
+      const json: string[] = [];
+      expect(await runCli(["show", "conntrack", "--json", "--router", namespace], { out: (t) => json.push(t), err: (t) => json.push(`ERR ${t}`) })).toBe(0);
+      expect(json.join("")).toBe(formatJson(conntrackTableJson(table)) + "\n");
+    } finally {
+      if (savedRunDir === undefined) delete process.env["QNAT_RUN_DIR"];
+      else process.env["QNAT_RUN_DIR"] = savedRunDir;
+    }
   });
 });
