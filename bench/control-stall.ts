@@ -1,7 +1,7 @@
 /**
  * Does `qnat show conntrack` stall forwarding? (issue 10, "a control plane that never stalls
  * forwarding"; figures in docs/performance.md). As root:
- *   npm run bench:control-stall -- [--entries N] [--baseline PACKAGE_ROOT]
+ *   npm run bench:control-stall -- [--entries N] [--baseline PACKAGE_ROOT [--baseline-label TEXT]]
  *
  * For each qnat build (this one, and the one at --baseline, e.g. a checkout of an older commit
  * built with `npx tsc`): a fresh copy of the seed's lab under unique namespace names
@@ -40,19 +40,23 @@ const CHILD_LIMIT_MS = 120_000;
 interface Options {
   readonly entries: number;
   readonly baseline: string | undefined;
+  /** What to call the baseline build in the results (default: its git commit). */
+  readonly baselineLabel: string | undefined;
 }
 
 function parseOptions(argv: readonly string[]): Options {
   let entries = 220_000;
   let baseline: string | undefined;
+  let baselineLabel: string | undefined;
   for (let i = 0; i < argv.length; i++) {
     if (argv[i] === "--entries") entries = Number(argv[++i]);
     else if (argv[i] === "--baseline") baseline = resolve(argv[++i] ?? "");
-    else throw new Error(`control-stall: unknown argument ${argv[i]} (--entries N, --baseline PACKAGE_ROOT)`);
+    else if (argv[i] === "--baseline-label") baselineLabel = argv[++i];
+    else throw new Error(`control-stall: unknown argument ${argv[i]} (--entries N, --baseline PACKAGE_ROOT, --baseline-label TEXT)`);
   }
   // 4 source ports x 65535 destination ports, and under the table's 262,144 (no early drop).
   if (!(Number.isInteger(entries) && entries >= 1000 && entries <= 250_000)) throw new Error("--entries must be 1000..250000");
-  return { entries, baseline };
+  return { entries, baseline, baselineLabel };
 }
 
 interface RttFigures {
@@ -218,12 +222,12 @@ async function measureListing(config: RouterConfig, cli: string, form: "text" | 
   };
 }
 
-async function measureBuild(label: string, root: string, entries: number): Promise<BuildRun> {
+async function measureBuild(label: string, root: string, entries: number, commitLabel?: string): Promise<BuildRun> {
   const seed = join(packageRoot(), "examples", "seed.yaml");
   const text = retagConfigText(readFileSync(seed, "utf8"), seed, randomTag());
   const config = parseConfig(text, seed);
   const cli = join(packageRoot(), "dist", "src", "cli", "main.js");
-  const commit = (await run("git", ["-C", root, "rev-parse", "--short", "HEAD"])).stdout.trim() || "unknown";
+  const commit = commitLabel ?? ((await run("git", ["-C", root, "rev-parse", "--short", "HEAD"])).stdout.trim() || "unknown");
   process.stdout.write(`${label}: ${root} (${commit}), router ${config.namespace}\n`);
   let lab: Lab | undefined;
   try {
@@ -250,7 +254,7 @@ function markdown(builds: readonly BuildRun[], date: string): string {
     "",
     `Run of ${date} (\`npm run bench:control-stall\`; ${cpus().length} cores, Node ${process.version}). Seed lab under unique`,
     "namespace names; ping 10.0.0.3 -> 203.0.113.10 (SNAT) every 5 ms; the table filled with unreplied UDP",
-    "connections by real packets. \"idle\": the 2 s before the listing; \"listing\": pings sent while the CLI listed.",
+    "connections by real packets. \"idle\": the 2 s before the listing; \"listing\": pings sent while the table was listed.",
     "",
     "| build | listing | table entries | lines | listing ms | idle median / max ms | listing median / max ms | lost |",
     "|---|---|---:|---:|---:|---:|---:|---:|",
@@ -274,7 +278,7 @@ async function main(): Promise<void> {
     return;
   }
   const builds: BuildRun[] = [];
-  if (options.baseline !== undefined) builds.push(await measureBuild("before", options.baseline, options.entries));
+  if (options.baseline !== undefined) builds.push(await measureBuild("before", options.baseline, options.entries, options.baselineLabel));
   builds.push(await measureBuild("after", packageRoot(), options.entries));
   const date = new Date().toISOString();
   const results = join(packageRoot(), "bench", "results");
