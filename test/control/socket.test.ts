@@ -295,12 +295,13 @@ describe("the control socket holds up against its clients", () => {
   it("is mode 0600 and owned by the router's user even under a umask of 000", async () => {
     const path = controlSocketPath("qrouter-umask");
     const saved = process.umask(0);
+    let umaskAfter: number;
     try {
       await serve(path);
     } finally {
-      process.umask(saved);
+      umaskAfter = process.umask(saved);
     }
-    expect(process.umask()).toBe(saved); // put back
+    expect(umaskAfter).toBe(0); // the caller's umask is given back
     const stat = lstatSync(path);
     expect(stat.mode & 0o777).toBe(0o600);
     expect(stat.uid).toBe(process.getuid!());
