@@ -373,6 +373,7 @@ class ControlConnection {
     });
     socket.on("data", (chunk: string) => this.receive(chunk));
     socket.on("end", () => {
+      this.takeLines();
       this.inputDone = true;
       this.input = "";
       if (!this.working) this.finish();
@@ -401,7 +402,9 @@ class ControlConnection {
       }
       if (line.trim() !== "") this.enqueue(line.trim());
     }
-    if (!this.inputDone && Buffer.byteLength(this.input) > this.limits.requestBytes) {
+    // A partial line past the limit is refused now; complete lines waiting for room in the
+    // queue are not a long request.
+    if (!this.inputDone && this.input.indexOf("\n") < 0 && Buffer.byteLength(this.input) > this.limits.requestBytes) {
       this.refuseTooLong();
       return;
     }

@@ -329,6 +329,19 @@ describe("the control socket holds up against its clients", () => {
     expect((await controlRequest(path, { cmd: "ping" })).ok).toBe(true);
   });
 
+  it("answers a client that pipelines more small requests than the size limit at once, none of them 'too long'", async () => {
+    const path = controlSocketPath("qrouter-pipeline");
+    // 300 requests of 15 bytes in one write: 4.5 KiB against a 1 KiB limit per request, and
+    // only 4 of them queued at a time.
+    open.push(await serveControl(path, seedHandler, { ...CONTROL_LIMITS, requestBytes: 1024, queuedPerClient: 4 }));
+    const client = rawClient(path);
+    client.socket.write('{"cmd":"ping"}\n'.repeat(300));
+    const answers = await client.lineCount(300);
+    expect(answers.filter((a) => JSON.stringify(a).includes("longer than"))).toEqual([]);
+    expect(answers[0]).toEqual({ ok: true, text: "pong", data: { pid: process.pid } });
+    client.socket.destroy();
+  });
+
   it("answers at most N requests in flight per client; the next ones get an error answer, in order", async () => {
     const path = controlSocketPath("qrouter-busy");
     const gated = gatedHandler();
