@@ -28,6 +28,7 @@ import { isRoot } from "../src/io/netns.js";
 import { controlRequest, controlSocketPath } from "../src/control/socket.js";
 import { randomTag, retagConfigText } from "../src/control/twin.js";
 import { packageRoot, startQnatLab, type Lab } from "./e2e-lab.js";
+import { sendUdpFlows } from "./lib/udp-flows.js";
 
 const SOURCE = "10.0.0.3";
 const TARGET = "203.0.113.10";
@@ -83,48 +84,22 @@ interface BuildRun {
   readonly runs: ListingRun[];
 }
 
-/** Runs a command to completion (bounded); stdout is only counted unless `keep`. */
-function run(
-  command: string,
-  args: readonly string[],
-  keep = true,
-): Promise<{ code: number | null; stdout: string; bytes: number; newlines: number; stderr: string }> {
+/** Runs a command to completion (bounded in time). */
+function run(command: string, args: readonly string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
   return new Promise((done, fail) => {
     const child = spawn(command, args, { stdio: ["ignore", "pipe", "pipe"] });
     let stdout = "";
     let stderr = "";
-    let bytes = 0;
-    let newlines = 0;
     const timer = setTimeout(() => child.kill("SIGKILL"), CHILD_LIMIT_MS);
-    child.stdout.on("data", (chunk: Buffer) => {
-      bytes += chunk.length;
-      for (let i = chunk.indexOf(10); i >= 0; i = chunk.indexOf(10, i + 1)) newlines++;
-      if (keep) stdout += chunk.toString();
-    });
+    child.stdout.on("data", (chunk: Buffer) => (stdout += chunk.toString()));
     child.stderr.on("data", (chunk: Buffer) => (stderr += chunk.toString()));
     child.on("error", fail);
     child.on("exit", (code) => {
       clearTimeout(timer);
-      done({ code, stdout, bytes, newlines, stderr });
+      done({ code, stdout, stderr });
     });
   });
 }
-
-/** The filler: one datagram per (source port, destination port), paced, bounded by count and time. */
-const FILL_SCRIPT = `
-const dgram = require("node:dgram");
-const [source, target, perPort, ...ports] = process.argv.slice(1);
-const sockets = ports.map((port) => { const s = dgram.createSocket("udp4"); s.bind(Number(port), source); return s; });
-const payload = Buffer.from("x");
-const deadline = Date.now() + 60000;
-let port = 1;
-function batch() {
-  for (let i = 0; i < 64 && port <= Number(perPort); i++, port++) for (const s of sockets) s.send(payload, port, target);
-  if (port <= Number(perPort) && Date.now() < deadline) setTimeout(batch, 1);
-  else setTimeout(() => { for (const s of sockets) s.close(); }, 200);
-}
-Promise.all(sockets.map((s) => new Promise((r) => s.once("listening", r)))).then(batch);
-`;
 
 async function conntrackCount(cli: string, router: string): Promise<number> {
   const out = await run(process.execPath, [cli, "show", "stats", "--json", "--router", router]);
@@ -138,8 +113,7 @@ async function fill(config: RouterConfig, cli: string, entries: number): Promise
   const perPort = Math.ceil(entries / SOURCE_PORTS.length);
   let count = 0;
   for (let pass = 0; pass < 3; pass++) {
-    const out = await run("ip", ["netns", "exec", tenant, process.execPath, "-e", FILL_SCRIPT, SOURCE, TARGET, String(perPort), ...SOURCE_PORTS.map(String)]);
-    if (out.code !== 0) throw new Error(`filler: ${out.stderr.trim()}`);
+    await sendUdpFlows(tenant, SOURCE, TARGET, perPort, SOURCE_PORTS);
     await sleep(300);
     count = await conntrackCount(cli, config.namespace);
     if (count >= entries * 0.93) return count; // a few datagrams are lost in the TUN queues

@@ -174,7 +174,8 @@ describe.skipIf(!isRoot)("floods and exhaustion through qnat in namespaces", () 
   async function conntrack(): Promise<ConntrackEntryJson[]> {
     const response = await controlRequest(socket, { cmd: "show", what: "conntrack", json: true }, 10_000);
     if (!response.ok) throw new Error(`qnat show conntrack: ${response.error}`);
-    return response.data as ConntrackEntryJson[];
+    // A streamed answer: its pieces, joined, are the JSON text.
+    return JSON.parse(response.text ?? "") as ConntrackEntryJson[];
   }
   const drops = (view: StatsView, port: number, reason: string): number => view.ports[port]!.drops[reason] ?? 0;
   function started(helper: Helper): Helper {
