@@ -211,6 +211,12 @@ function isMainModule(): boolean {
 }
 
 if (isMainModule()) {
+  // A reader that goes away (`qnat show conntrack | head`) ends the command quietly, as SIGPIPE
+  // ends a C tool; Node ignores SIGPIPE and reports EPIPE on the stream instead.
+  process.stdout.on("error", (error: NodeJS.ErrnoException) => {
+    if (error.code !== "EPIPE") process.stderr.write(`qnat: cannot write output (${error.code ?? error.message})\n`);
+    process.exit(error.code === "EPIPE" ? 0 : 1);
+  });
   runCli(process.argv.slice(2)).then(
     (code) => {
       process.exitCode = code;

@@ -72,3 +72,15 @@ describe("qnat's command line without root", () => {
     expect(missing.err).toBe("/nonexistent/qnat.yaml:0: cannot read config (ENOENT)\n");
   });
 });
+
+describe("the qnat command in a pipeline", () => {
+  it("ends quietly with exit 0 when its reader has gone (qnat trace ... | true), as SIGPIPE ends a C tool", async () => {
+    const { spawnSync } = await import("node:child_process");
+    const main = resolve(import.meta.dirname, "../../dist/src/cli/main.js");
+    const trace = `'${process.execPath}' '${main}' trace --config '${SEED}' 'qr-694450d6-f6 tcp 10.0.0.3:40000 > 9.186.100.1:80 syn'`;
+    // `true` exits before node has started, so the first write meets a closed pipe (EPIPE).
+    const result = spawnSync("sh", ["-c", `{ ${trace}; echo "qnat exit $?" >&2; } | true`], { encoding: "utf8", timeout: 20_000 });
+    expect(result.stderr).not.toMatch(/EPIPE|at .*\.js:\d+/);
+    expect(result.stderr.trim()).toBe("qnat exit 0");
+  });
+});
