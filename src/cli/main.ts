@@ -164,7 +164,9 @@ async function trace(args: ParsedArgs, rest: readonly string[], io: CliIo): Prom
     const { loadConfig } = await import("../config/config.js");
     const { buildDataplane } = await import("../dataplane/from-config.js");
     const traceModule = await import("../control/trace.js");
-    const dataplane = buildDataplane(loadConfig(configPath ?? defaultConfigPath()));
+    const { XorShift32 } = await import("../core/rng.js");
+    // Fixed keys: the same packet traces the same way (port choice included) every run.
+    const dataplane = buildDataplane(loadConfig(configPath ?? defaultConfigPath()), { rng: new XorShift32() });
     let result;
     try {
       result = traceModule.runTrace(dataplane, spec);

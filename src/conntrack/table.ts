@@ -23,7 +23,7 @@
  * Expiry is O(1) per packet: an expired entry met by a lookup is removed then (Linux
  * `nf_ct_gc_expired`), and `gc(budget)` sweeps `budget` slots per call from a rotating cursor.
  */
-import { hashFinal, hashMix } from "../core/hash.js";
+import { type HashKey, hashKeyFrom, hsiphash } from "../core/hash.js";
 import type { Clock } from "../core/clock.js";
 import { XorShift32 } from "../core/rng.js";
 import { IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP } from "../wire/packet-info.js";
@@ -102,11 +102,27 @@ export interface ConntrackCounters {
   removed: number;
 }
 
+/** Hash-chain walks (`ConntrackTable.chainStats`), for `qnat show stats`. */
+export interface ConntrackChainStats {
+  /** tuple lookups (packets, confirms, NAT's probes for a free tuple) */
+  lookups: number;
+  /** chain nodes those lookups walked */
+  nodesWalked: number;
+  /** the most nodes one lookup walked: the longest chain seen */
+  longestWalk: number;
+}
+
 export interface ConntrackTableOptions {
   capacity: number;
   clock: Clock;
   timeouts?: Partial<ConntrackTimeouts>;
-  /** Seed of the tuple hash (via src/core/rng.ts). Give a random one in production against hash flooding. */
+  /**
+   * Key of the tuple hash (HalfSipHash, src/core/hash.ts). A running router gives a random one
+   * (from a CryptoRng, dataplane/from-config.ts) against hash flooding, as Linux draws
+   * nf_conntrack_hash_rnd at boot.
+   */
+  key?: HashKey;
+  /** Without `key`: a seed the key is derived from (XorShift32), for reproducible tests. */
   seed?: number;
   /** Called just before an entry's slot is freed (NAT releases its binding state). Control-plane rate. */
   onRemove?: (id: number) => void;
@@ -173,7 +189,15 @@ export class ConntrackTable {
   private readonly buckets: Int32Array;
   private readonly bucketMask: number;
 
-  private readonly hashSeed: number;
+  /** The tuple hash's key words (options.key). */
+  private readonly k0: number;
+  private readonly k1: number;
+  /**
+   * Hash-chain walks, for `qnat show stats` (a collision attack shows up here): [0] lookups,
+   * [1] nodes walked by them, [2] the most nodes one lookup walked. Float64 so totals do not wrap;
+   * a typed array so counting costs a load and a store, never an allocation.
+   */
+  private readonly walks = new Float64Array(3);
   private readonly onRemove: ((id: number) => void) | undefined;
   private freeHead = -1;
   private used = 0;
@@ -191,7 +215,9 @@ export class ConntrackTable {
     this.capacity = capacity;
     this.clock = options.clock;
     this.timeouts = resolveTimeouts(options.timeouts);
-    this.hashSeed = new XorShift32(options.seed ?? 0x2545f491).next() | 0;
+    const key = options.key ?? hashKeyFrom(new XorShift32(options.seed ?? 0x2545f491));
+    this.k0 = key.k0 | 0;
+    this.k1 = key.k1 | 0;
     this.onRemove = options.onRemove;
 
     const memory = new ArrayBuffer(capacity * ENTRY_WORDS * 4);
@@ -239,9 +265,9 @@ export class ConntrackTable {
 
   // ---- hashing -------------------------------------------------------------------------------
 
-  /** Seeded murmur3-style mix of the tuple (Linux hash_conntrack_raw uses siphash with a random seed). */
+  /** Keyed HalfSipHash of the tuple (Linux hash_conntrack_raw: siphash of the tuple, random key). */
   private hashTuple(protocol: number, src: number, dst: number, ports: number): number {
-    return hashFinal(hashMix(hashMix(hashMix(this.hashSeed ^ protocol, src), dst), ports)) & this.bucketMask;
+    return hsiphash(this.k0, this.k1, 4, protocol, src, dst, ports) & this.bucketMask;
   }
 
   private nodeBucket(node: number): number {
@@ -294,23 +320,42 @@ export class ConntrackTable {
   /** `findNode` in a bucket already hashed (`bucketOf`); src, dst and ports are int32 words. */
   private findNodeIn(bucket: number, protocol: number, src: number, dst: number, ports: number): number {
     const w = this.words;
-    const now = this.times[1]!;
     let node = this.buckets[bucket]!;
+    let walked = 0;
     while (node >= 0) {
+      walked++;
       const b = ((node >> 1) << ENTRY_SHIFT) + ((node & 1) << 2);
-      if (w[b + NODE_SRC] === src && w[b + NODE_DST] === dst && w[b + NODE_PORTS] === ports && (w[((node >> 1) << ENTRY_SHIFT) + W_META]! & 0xff) === protocol) {
-        const id = node >> 1;
-        // isDead(id, now), written out: a double argument to a call V8 does not inline is boxed.
-        if (this.doubles[(id << DOUBLE_SHIFT) + D_EXPIRY]! <= now || (w[(id << ENTRY_SHIFT) + W_STATUS]! & STATUS_DYING) !== 0) {
-          this.counters.expired++;
-          this.freeEntry(id);
-          return -1;
-        }
-        return node;
-      }
+      if (w[b + NODE_SRC] === src && w[b + NODE_DST] === dst && w[b + NODE_PORTS] === ports && (w[((node >> 1) << ENTRY_SHIFT) + W_META]! & 0xff) === protocol) break;
       node = w[b + NODE_NEXT]!;
     }
-    return -1;
+    this.countWalk(walked);
+    if (node < 0) return -1;
+    const id = node >> 1;
+    // isDead(id, now), written out: a double argument to a call V8 does not inline is boxed.
+    if (this.doubles[(id << DOUBLE_SHIFT) + D_EXPIRY]! <= this.times[1]! || (w[(id << ENTRY_SHIFT) + W_STATUS]! & STATUS_DYING) !== 0) {
+      this.counters.expired++;
+      this.freeEntry(id);
+      return -1;
+    }
+    return node;
+  }
+
+  /** One lookup walked `walked` nodes of a chain (the `walks` statistics). */
+  private countWalk(walked: number): void {
+    const walks = this.walks;
+    walks[0]++;
+    walks[1] += walked;
+    if (walked > walks[2]!) walks[2] = walked;
+  }
+
+  /**
+   * Hash-chain statistics since the table was made: lookups (packets' and NAT's tuple probes),
+   * the chain nodes they walked, and the most one walked. With a good key, nodes per lookup stay
+   * near 1 and the longest walk small; a flood of tuples aimed at one bucket would show here.
+   * (Linux counted walked nodes as `searched` in its per-cpu conntrack statistics.)
+   */
+  get chainStats(): ConntrackChainStats {
+    return { lookups: this.walks[0]!, nodesWalked: this.walks[1]!, longestWalk: this.walks[2]! };
   }
 
   // ---- hot-path API --------------------------------------------------------------------------
@@ -393,7 +438,9 @@ export class ConntrackTable {
     const now = this.now();
     const w = this.words;
     let node = this.buckets[this.hashTuple(protocol, src, dst, ports)]!;
+    let walked = 0;
     while (node >= 0) {
+      walked++;
       const b = nodeBase(node);
       if (
         w[b + NODE_SRC] === src &&
@@ -404,11 +451,12 @@ export class ConntrackTable {
         // !isDead(id, now), written out (no boxed double argument)
         !(this.doubles[((node >> 1) << DOUBLE_SHIFT) + D_EXPIRY]! <= now || (w[((node >> 1) << ENTRY_SHIFT) + W_STATUS]! & STATUS_DYING) !== 0)
       ) {
-        return true;
+        break;
       }
       node = w[b + NODE_NEXT]!;
     }
-    return false;
+    this.countWalk(walked);
+    return node >= 0;
   }
 
   /**

@@ -36,6 +36,7 @@
  * config is not re-read yet.
  */
 import { formatCidr } from "../core/addr.js";
+import { CryptoRng } from "../core/rng.js";
 import { type RouterConfig, loadConfig } from "../config/config.js";
 import { ConntrackCursor } from "../conntrack/format.js";
 import { buildDataplane } from "../dataplane/from-config.js";
@@ -112,7 +113,9 @@ export function envMicroseconds(name: string, fallback: number, env: NodeJS.Proc
 export function prepareRouter(configPath: string): { config: RouterConfig; dataplane: Dataplane; rules: NatTable } {
   const config = loadConfig(configPath);
   const rules = parseConfigRules(config);
-  const dataplane = buildDataplane(config);
+  // Fresh random hash keys and NAT randomness for every start (crypto.getRandomValues), so
+  // nobody can aim tuples at one conntrack bucket or predict the ports NAT hands out.
+  const dataplane = buildDataplane(config, { rng: new CryptoRng() });
   loadTunAddon();
   return { config, dataplane, rules };
 }

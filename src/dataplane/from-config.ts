@@ -1,16 +1,22 @@
 /**
  * Builds a dataplane from a router config: ports, connected and configured routes, a conntrack
- * table and the NAT stage compiled from the config's iptables text. Problems are reported as
- * ConfigError (`FILE:LINE: ...`).
+ * table, a fragment table and the NAT stage compiled from the config's iptables text. Problems
+ * are reported as ConfigError (`FILE:LINE: ...`).
+ *
+ * Every hash key (conntrack, NAT, fragments) and the NAT's `--random` draws come from one Rng.
+ * By default that is a CryptoRng, so a router gets fresh unpredictable keys and port choices
+ * each time it starts (Linux: get_random_once for its hash keys); tests, `qnat trace` from a
+ * config and the benchmarks pass a seeded XorShift32 and get the same results every run.
  */
 import type { Clock } from "../core/clock.js";
 import { systemClock } from "../core/clock.js";
-import type { Rng } from "../core/rng.js";
-import { XorShift32 } from "../core/rng.js";
+import { hashKeyFrom } from "../core/hash.js";
+import { CryptoRng, type Rng } from "../core/rng.js";
 import { ConfigError, type RouterConfig } from "../config/config.js";
 import { ConntrackTable } from "../conntrack/table.js";
 import { RouteError, RoutingTable } from "../route/table.js";
 import { NatEngine } from "../nat/binding.js";
+import { FragmentTable } from "../nat/fragments.js";
 import { compile, type CompiledRules } from "../nat/rules/evaluate.js";
 import { parseRules } from "../nat/rules/parse.js";
 import { NetfilterNat } from "./netfilter-nat.js";
@@ -18,6 +24,10 @@ import { Dataplane } from "./pipeline.js";
 
 export interface BuildOptions {
   readonly clock?: Clock;
+  /**
+   * Source of every hash key and of the NAT's random port offsets. Default: a CryptoRng (a
+   * running router). Give a seeded XorShift32 for reproducible results (tests, traces, benches).
+   */
   readonly rng?: Rng;
   /** Maximum concurrent connections (Linux nf_conntrack_max); default: the config's `conntrack.max`. */
   readonly conntrackCapacity?: number;
@@ -43,14 +53,14 @@ export function buildRoutingTable(config: RouterConfig): RoutingTable {
 
 export function buildDataplane(config: RouterConfig, options: BuildOptions = {}): Dataplane {
   const clock = options.clock ?? systemClock;
-  const rng = options.rng ?? new XorShift32();
+  const rng = options.rng ?? new CryptoRng();
   const routes = buildRoutingTable(config);
   const rules = compileRules(config);
   let engine: NatEngine | undefined;
   const conntrack = new ConntrackTable({
     capacity: options.conntrackCapacity ?? config.conntrack.max,
     clock,
-    seed: rng.next(),
+    key: hashKeyFrom(rng),
     // nf_nat_cleanup_conntrack: a freed connection leaves the NAT by-source index.
     onRemove: (id) => engine?.forget(id),
   });
@@ -62,6 +72,7 @@ export function buildDataplane(config: RouterConfig, options: BuildOptions = {})
     conntrack,
     clock,
     nat,
+    fragments: new FragmentTable({ clock, key: hashKeyFrom(rng) }),
   });
 }
 

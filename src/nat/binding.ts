@@ -19,19 +19,24 @@
  *    Linux < 5.x hashed with siphash and a boot-time key (secure_ipv4_port_ephemeral) — mixed
  *    with the endpoint being translated (without it every client of one server would probe
  *    from the same offset and the first window would always be taken). A binding is thus a
- *    deterministic function of the tuple and the engine's seed; `--random` and `--random-fully`
- *    take the offset from the injected Rng instead. Later "another_round" offsets come from the
- *    Rng, as Linux.
+ *    deterministic function of the tuple and the engine's key, which a running router draws at
+ *    random when it starts (so the port a clashing connection gets cannot be predicted from the
+ *    source, and differs from one start to the next); `--random` and `--random-fully` take the
+ *    offset from the injected Rng instead. Later "another_round" offsets come from the Rng, as
+ *    Linux.
  *  - When no unique tuple exists Linux keeps a clashing one and drops the packet when the entry
  *    is confirmed (__nf_conntrack_confirm); qnat reports it at once: `setupNat` returns false and
  *    the caller drops the packet with DropReason.NatNoFreeTuple.
- *  - The address hash of find_best_ips_proto (jhash2 in Linux) is a seeded murmur-style mix.
+ *  - The address hash of find_best_ips_proto (jhash2 with a fixed initval in Linux) is keyed too.
+ *
+ * Every hash here is the keyed HalfSipHash of src/core/hash.ts, its keys drawn from the Rng when
+ * the engine is made (Linux: nf_nat_hash_rnd, net_secret).
  *
  * Hot path: `setupNat` runs once per NEW connection and allocates nothing unless an `explain`
  * array is passed (control plane: `qnat trace`).
  */
 import { formatIpv4 } from "../core/addr.js";
-import { hashFinal, hashMix } from "../core/hash.js";
+import { type HashKey, hash2, hash3, hash4, hashKeyFrom } from "../core/hash.js";
 import type { Rng } from "../core/rng.js";
 import { CtStatus, type ConntrackTable } from "../conntrack/table.js";
 import { icmpInverseDport } from "../conntrack/tuple.js";
@@ -86,9 +91,9 @@ export class NatEngine {
   };
 
   /** Boot-time hash keys (Linux nf_nat_hash_rnd / net_secret), drawn once from the Rng. */
-  private readonly addrKey: number;
-  private readonly portKey: number;
-  private readonly bysourceKey: number;
+  private readonly addrKey: HashKey;
+  private readonly portKey: HashKey;
+  private readonly bysourceKey: HashKey;
 
   /**
    * The by-source index (Linux nf_nat_bysource): every connection with a SRC binding, chained by
@@ -121,9 +126,9 @@ export class NatEngine {
     readonly table: ConntrackTable,
     private readonly rng: Rng,
   ) {
-    this.addrKey = rng.next() | 0;
-    this.portKey = rng.next() | 0;
-    this.bysourceKey = rng.next() | 0;
+    this.addrKey = hashKeyFrom(rng);
+    this.portKey = hashKeyFrom(rng);
+    this.bysourceKey = hashKeyFrom(rng);
     const buckets = bucketCountFor(table.capacity);
     this.bysourceHeads = new Int32Array(buckets).fill(-1);
     this.bysourceMask = buckets - 1;
@@ -385,7 +390,7 @@ export class NatEngine {
     if (min === max) {
       chosen = min;
     } else {
-      const j = mix2(this.addrKey, this.newSrc, range.flags & NF_NAT_RANGE_PERSISTENT ? 0 : this.newDst);
+      const j = hash2(this.addrKey, this.newSrc, range.flags & NF_NAT_RANGE_PERSISTENT ? 0 : this.newDst);
       const dist = max >= min ? max - min + 1 : 1;
       chosen = (min + reciprocalScale(j, dist)) >>> 0;
     }
@@ -468,10 +473,13 @@ export class NatEngine {
     } else {
       // The 3-tuple of secure_ipv4_port_ephemeral (our new address, the peer's address and
       // port), plus the endpoint being translated so that many clients of one server do not all
-      // probe from the same offset.
+      // probe from the same offset. The two ports share a word; the protocol is left out (TCP
+      // and UDP ports are separate spaces, one offset for both costs nothing).
       const peerPort = src ? this.newDport : this.newSport;
-      const h = mix3(this.portKey, src ? this.newSrc : this.newDst, src ? this.newDst : this.newSrc, peerPort);
-      off = mix2(h, src ? this.curSrc : this.curDst, (src ? this.curSport : this.curDport) | (this.protocol << 16)) & 0xffff;
+      const ownPort = src ? this.curSport : this.curDport;
+      off =
+        hash4(this.portKey, src ? this.newSrc : this.newDst, src ? this.newDst : this.newSrc, src ? this.curSrc : this.curDst, (peerPort << 16) | ownPort) &
+        0xffff;
     }
     const firstOffset = off;
     let attempts = rangeSize < NAT_MAX_ATTEMPTS ? rangeSize : NAT_MAX_ATTEMPTS;
@@ -521,7 +529,7 @@ export class NatEngine {
   // ---- by-source index -------------------------------------------------------------------------
 
   private bysourceBucket(protocol: number, src: number, sport: number): number {
-    return mix3(this.bysourceKey, protocol, src, sport) & this.bysourceMask;
+    return hash3(this.bysourceKey, protocol, src, sport) & this.bysourceMask;
   }
 
   private linkBySource(id: number): void {
@@ -581,16 +589,6 @@ export class NatEngine {
 }
 
 // ---- hashing ---------------------------------------------------------------------------------
-
-/** Keyed hash of two words (stands in for jhash2 in find_best_ips_proto). uint32. */
-export function mix2(key: number, a: number, b: number): number {
-  return hashFinal(hashMix(hashMix(key, a), b) ^ 8);
-}
-
-/** Keyed hash of three words (stands in for siphash in secure_ipv4_port_ephemeral / hash_by_src). uint32. */
-export function mix3(key: number, a: number, b: number, c: number): number {
-  return hashFinal(hashMix(hashMix(hashMix(key, a), b), c) ^ 12);
-}
 
 /**
  * Linux reciprocal_scale(val, ep_ro) = (val * ep_ro) >> 32 for a uint32 `val` and a range size up

@@ -37,7 +37,8 @@ import type { PacketBatch } from "../core/batch.js";
 import type { Clock } from "../core/clock.js";
 import { DropReason } from "../core/drop-reason.js";
 import type { PacketInfo } from "../wire/packet-info.js";
-import { hashFinal, hashMix } from "../core/hash.js";
+import { type HashKey, hashKeyFrom, hsiphash } from "../core/hash.js";
+import { XorShift32 } from "../core/rng.js";
 
 /** Linux ipfrag_time (net/ipv4/ip_fragment.c, IP_FRAG_TIME = 30 * HZ). */
 export const FRAGMENT_TIMEOUT_SECONDS = 30;
@@ -52,8 +53,11 @@ export interface FragmentTableOptions {
   slotSize?: number;
   /** Seconds a datagram's state lives (default 30, Linux ipfrag_time). */
   timeout?: number;
-  /** Hash seed. */
-  seed?: number;
+  /**
+   * Key of the datagram hash (HalfSipHash, src/core/hash.ts); a running router draws a random
+   * one (Linux keys its fragment hash with a random seed too). Default: a fixed key (tests).
+   */
+  key?: HashKey;
 }
 
 export interface FragmentCounters {
@@ -83,7 +87,9 @@ export class FragmentTable {
   readonly timeout: number;
 
   private readonly clock: Clock;
-  private readonly seed: number;
+  /** The datagram hash's key words (options.key). */
+  private readonly k0: number;
+  private readonly k1: number;
 
   // per datagram entry
   private readonly keySrc: Uint32Array;
@@ -123,7 +129,9 @@ export class FragmentTable {
     this.maxHeldFragments = Math.max(0, Math.floor(options.maxHeldFragments ?? 256));
     this.slotSize = Math.max(20, Math.floor(options.slotSize ?? 2048));
     this.timeout = options.timeout ?? FRAGMENT_TIMEOUT_SECONDS;
-    this.seed = (options.seed ?? 0x5bd1e995) | 0;
+    const key = options.key ?? hashKeyFrom(new XorShift32(0x5bd1e995));
+    this.k0 = key.k0 | 0;
+    this.k1 = key.k1 | 0;
 
     const n = this.maxDatagrams;
     this.keySrc = new Uint32Array(n);
@@ -292,7 +300,7 @@ export class FragmentTable {
   // ---- internals -------------------------------------------------------------------------------
 
   private bucketOf(src: number, dst: number, idProto: number): number {
-    return hash3(this.seed, src, dst, idProto) & this.bucketMask;
+    return hsiphash(this.k0, this.k1, 3, src, dst, idProto, 0) & this.bucketMask;
   }
 
   /** The live entry with this key, or -1; an expired one met here is removed first. */
@@ -420,8 +428,4 @@ export class FragmentTable {
 function keyIdProto(buf: Uint8Array, info: PacketInfo): number {
   const o = info.offset;
   return (((buf[o + 4]! << 8) | buf[o + 5]!) * 256 + info.protocol) >>> 0;
-}
-
-function hash3(seed: number, a: number, b: number, c: number): number {
-  return hashFinal(hashMix(hashMix(hashMix(seed, a), b), c));
 }
