@@ -10,7 +10,7 @@
  */
 import { formatCidr } from "../core/addr.js";
 import { DROP_REASON_COUNT, dropReasonName } from "../core/drop-reason.js";
-import type { ConntrackCounters } from "../conntrack/table.js";
+import type { ConntrackChainStats, ConntrackCounters } from "../conntrack/table.js";
 import type { FragmentCounters } from "../nat/fragments.js";
 import { type Dataplane, PortCounter } from "../dataplane/pipeline.js";
 import type { LegHealth } from "../io/leg-supervisor.js";
@@ -73,6 +73,8 @@ export interface ConntrackStatsView {
   readonly capacity: number;
   readonly memoryBytes?: number;
   readonly counters: Readonly<ConntrackCounters>;
+  /** Hash-chain walks: a collision attack on the table shows as a long walk here. */
+  readonly chains?: Readonly<ConntrackChainStats>;
 }
 
 /** The fragment table (src/nat/fragments.ts): datagrams tracked and fragments held, with their bounds. */
@@ -163,7 +165,13 @@ export function collectStats(dataplane: Dataplane, metadata?: MetadataStatsView)
       icmpErrorsSent: counters[port.index * PORT_COUNTERS + PortCounter.IcmpErrorsSent]!,
       drops: portDrops(dataplane.drops, port.index),
     })),
-    conntrack: { count: table.count, capacity: table.capacity, memoryBytes: table.memoryBytes, counters: { ...table.counters } },
+    conntrack: {
+      count: table.count,
+      capacity: table.capacity,
+      memoryBytes: table.memoryBytes,
+      counters: { ...table.counters },
+      chains: table.chainStats,
+    },
     fragments: {
       datagrams: fragments.size,
       maxDatagrams: fragments.maxDatagrams,
@@ -288,6 +296,7 @@ function wrapPairs(pairs: readonly string[], indent: string, width = 80): string
  *   packets: received 14, sent 11, dropped 4, icmp errors sent 1
  *   conntrack: 3 entries, max 262144 (0.0%), 20.0 MiB
  *       found=10 invalid=0 ignore=0 created=3 inserted=3 insert_failed=0 ...
+ *       hash chains: 25 lookups walked 13 nodes (0.52 per lookup), longest walk 2
  *   fragments: 1 datagram, max 1024; 2 held, max 256 (2.9 KiB)
  *       datagrams=1 translated=0 held=2 released=0 expired_held=0 table_full=0
  *       completed=0
@@ -314,6 +323,13 @@ export function formatStats(stats: StatsView): string {
   const memory = ct.memoryBytes !== undefined ? `, ${formatBytes(ct.memoryBytes)}` : "";
   lines.push(`conntrack: ${ct.count} ${ct.count === 1 ? "entry" : "entries"}, max ${ct.capacity}${usage}${memory}`);
   lines.push(...wrapPairs(counterPairs(ct.counters), INDENT));
+  const chains = ct.chains;
+  if (chains !== undefined) {
+    const perLookup = chains.lookups > 0 ? (chains.nodesWalked / chains.lookups).toFixed(2) : "0.00";
+    lines.push(
+      `${INDENT}hash chains: ${chains.lookups} lookups walked ${chains.nodesWalked} nodes (${perLookup} per lookup), longest walk ${chains.longestWalk}`,
+    );
+  }
   const fr = stats.fragments;
   if (fr !== undefined) {
     const datagrams = `${fr.datagrams} ${fr.datagrams === 1 ? "datagram" : "datagrams"}, max ${fr.maxDatagrams}`;

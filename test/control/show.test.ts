@@ -13,7 +13,10 @@ import {
   type StatsView,
 } from "../../src/control/show.js";
 import { controlRequest, serveControl } from "../../src/control/socket.js";
+import { parseIpv4 } from "../../src/core/addr.js";
+import { XorShift32 } from "../../src/core/rng.js";
 import { buildPacket } from "../../src/wire/build.js";
+import { IPPROTO_UDP } from "../../src/wire/packet-info.js";
 import { MemoryRouter } from "../support/memory-router.js";
 
 const QR = "qr-694450d6-f6";
@@ -52,6 +55,7 @@ const seedStats: StatsView = {
     capacity: 262144,
     memoryBytes: 20 * 1024 * 1024,
     counters: { found: 10, invalid: 0, ignore: 0, created: 3, inserted: 3, insertFailed: 0, earlyDrop: 0, dropFull: 0, expired: 0, released: 0, removed: 0 },
+    chains: { lookups: 25, nodesWalked: 13, longestWalk: 2 },
   },
   metadata: { served: 2, notFound: 1, methodNotAllowed: 0 },
 };
@@ -94,6 +98,7 @@ describe("qnat show stats", () => {
         "conntrack: 3 entries, max 262144 (0.0%), 20.0 MiB",
         "    found=10 invalid=0 ignore=0 created=3 inserted=3 insert_failed=0",
         "    early_drop=0 drop_full=0 expired=0 released=0 removed=0",
+        "    hash chains: 25 lookups walked 13 nodes (0.52 per lookup), longest walk 2",
         "port 0: qr-694450d6-f6",
         "            RX packets  RX bytes  TX packets  TX bytes",
         "    wire            12      1234          10      1000",
@@ -121,6 +126,58 @@ describe("qnat show stats", () => {
 
   it("--json is the same data", () => {
     expect(JSON.parse(formatJson(seedStats))).toEqual(seedStats);
+  });
+
+  it("leaves the hash chain line out of a view without chain statistics", () => {
+    const { chains: _unused, ...withoutChains } = seedStats.conntrack;
+    expect(formatStats({ ...seedStats, conntrack: withoutChains })).not.toContain("hash chains");
+  });
+});
+
+describe("show stats makes a hash collision flood visible", () => {
+  const OUTSIDE = "9.186.100.1";
+  const FLOATING = "9.186.100.129";
+  const FLOOD = 48;
+
+  /** UDP source ports from 9.186.100.1 to the floating IP's port 53 whose tuples share one conntrack bucket of `router`. */
+  function aimedPorts(router: MemoryRouter): number[] {
+    const table = router.dataplane.conntrack;
+    const src = parseIpv4(OUTSIDE);
+    const dst = parseIpv4(FLOATING);
+    const target = table.bucketOf(IPPROTO_UDP, src, dst, 1024, 53);
+    const ports: number[] = [];
+    for (let sport = 1024; sport < 65536 && ports.length < FLOOD; sport++) {
+      if (table.bucketOf(IPPROTO_UDP, src, dst, sport, 53) === target) ports.push(sport);
+    }
+    return ports;
+  }
+
+  /** Each port sends twice: the first packet creates its connection, the second finds it. */
+  function flood(router: MemoryRouter, ports: readonly number[]): StatsView {
+    for (let round = 0; round < 2; round++) {
+      for (const sport of ports) router.send(QG, buildPacket({ protocol: "udp", src: OUTSIDE, dst: FLOATING, sport, dport: 53, payload: new Uint8Array(8) }));
+      router.run();
+      expect(router.received(QR)).toHaveLength(ports.length); // all DNATed to 10.0.0.2
+    }
+    return collectStats(router.dataplane);
+  }
+
+  it("48 flows aimed at one bucket under the router's key: the longest walk is the chain, 48 nodes", () => {
+    const router = MemoryRouter.fromFile("examples/seed.yaml", { conntrackCapacity: 1024 });
+    const ports = aimedPorts(router);
+    expect(ports).toHaveLength(FLOOD);
+    const chains = flood(router, ports).conntrack.chains!;
+    expect(chains.longestWalk).toBeGreaterThanOrEqual(FLOOD);
+    expect(chains.nodesWalked / chains.lookups).toBeGreaterThan(8);
+    expect(formatStats(collectStats(router.dataplane))).toMatch(new RegExp(`longest walk ${chains.longestWalk}\n`));
+  });
+
+  it("the same flows at a router with another key spread over the buckets", () => {
+    const aimedAtSeed42 = aimedPorts(MemoryRouter.fromFile("examples/seed.yaml", { conntrackCapacity: 1024 }));
+    const router = MemoryRouter.fromFile("examples/seed.yaml", { conntrackCapacity: 1024, rng: new XorShift32(43) });
+    const chains = flood(router, aimedAtSeed42).conntrack.chains!;
+    expect(chains.longestWalk).toBeLessThanOrEqual(4);
+    expect(chains.nodesWalked / chains.lookups).toBeLessThan(1.5);
   });
 });
 
