@@ -352,7 +352,8 @@ export class ConntrackTable {
    * Hash-chain statistics since the table was made: lookups (packets' and NAT's tuple probes),
    * the chain nodes they walked, and the most one walked. With a good key, nodes per lookup stay
    * near 1 and the longest walk small; a flood of tuples aimed at one bucket would show here.
-   * (Linux counted walked nodes as `searched` in its per-cpu conntrack statistics.)
+   * (Older Linux counted the nodes its lookups passed over as `searched` in the per-cpu
+   * ip_conntrack_stat that `conntrack -S` prints.)
    */
   get chainStats(): ConntrackChainStats {
     return { lookups: this.walks[0]!, nodesWalked: this.walks[1]!, longestWalk: this.walks[2]! };
