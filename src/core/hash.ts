@@ -17,8 +17,9 @@
  * HalfSipHash was slower than this loop. It runs once per packet (the conntrack bucket); int32
  * arithmetic only, no allocation.
  *
- * Keys are drawn when a router starts (`randomHashKey`, or `hashKeyFrom` a CryptoRng, see rng.ts);
- * tests and offline traces derive them from a seeded Rng so their results are reproducible.
+ * Keys are drawn when a router starts (`hashKeyFrom` a CryptoRng, see rng.ts and
+ * dataplane/from-config.ts); tests and offline traces derive them from a seeded Rng so their
+ * results are reproducible.
  */
 import type { Rng } from "./rng.js";
 
@@ -34,7 +35,7 @@ export function hashKeyFrom(rng: Rng): HashKey {
 }
 
 /**
- * HalfSipHash-1-3 of `words` (1 to 4) little-endian 32-bit words `a, b, c, d` (unused ones
+ * HalfSipHash-1-3 of `words` (0 to 4) little-endian 32-bit words `a, b, c, d` (unused ones
  * ignored), i.e. of the 4 * `words` bytes they hold: Linux hsiphash_{1,2,3,4}u32. Returns a uint32.
  *
  * One loop of 4 + `words` SipRounds: one per message word (v3 ^= m; round; v0 ^= m), one for the
