@@ -27,6 +27,9 @@ export const USAGE = `usage: qnat COMMAND ...
   qnat trace [--config CONFIG | --router NAMESPACE] [--json] 'PORT PROTO SRC[:SPORT] > DST[:DPORT] [FLAGS]'
                                         explain one packet hop by hop (offline from a config needs no root)
   qnat rules check FILE                 check iptables nat text; each problem as FILE:LINE: ...
+  qnat conntrack -L|-D|-F [-p PROTO] [-s|-d|-r|-q ADDR[/LEN]] [--sport|--dport|--reply-port-src|--reply-port-dst PORT]
+                 [--state STATE] [--status ASSURED,...] [--router NAMESPACE]
+                                        conntrack-tools' list, delete and flush against the running router
   qnat help                             this text
 `;
 
@@ -52,6 +55,8 @@ function withNewline(text: string): string {
 /** Runs one qnat command line (without `node main.js`); resolves with the exit code. */
 export async function runCli(argv: readonly string[], io: CliIo = processIo): Promise<number> {
   try {
+    // conntrack-tools' own options (-L, -s, -d...), not qnat's: parsed on their own.
+    if (argv[0] === "conntrack") return await conntrackCommand(argv.slice(1), io);
     return await dispatch(parseArgs(argv), io);
   } catch (error) {
     return reportError(error, io);
@@ -182,6 +187,38 @@ async function trace(args: ParsedArgs, rest: readonly string[], io: CliIo): Prom
   if (!response.ok) throw new OperationalError(response.error);
   io.out(withNewline(response.text ?? JSON.stringify(response.data)));
   return 0;
+}
+
+/**
+ * `qnat conntrack ...` (cli/conntrack.ts): the entries listed or deleted on stdout as they
+ * arrive, the tool's summary line on stderr; a mistake in the options is one line, exit 2.
+ */
+async function conntrackCommand(argv: readonly string[], io: CliIo): Promise<number> {
+  const { ConntrackArgsError, conntrackSummary, parseConntrackArgs } = await import("./conntrack.js");
+  let command;
+  try {
+    command = parseConntrackArgs(argv);
+  } catch (error) {
+    if (!(error instanceof ConntrackArgsError)) throw error;
+    io.err(`qnat conntrack: ${error.message}\n`);
+    return 2;
+  }
+  const { controlRequest, controlSocketPath } = await import("../control/socket.js");
+  const namespace = resolveRouterNamespace(command.router, undefined);
+  let lines = 0;
+  const response = await controlRequest(
+    controlSocketPath(namespace),
+    { cmd: "conntrack", op: command.op, filter: command.filter },
+    undefined,
+    (piece) => {
+      for (let at = piece.indexOf("\n"); at >= 0; at = piece.indexOf("\n", at + 1)) lines++;
+      io.out(piece);
+    },
+  );
+  if (!response.ok) throw new OperationalError(response.error);
+  io.err(`${conntrackSummary(command.op, lines)}\n`);
+  // conntrack-tools exits 1 when -D found nothing to delete.
+  return command.op === "delete" && lines === 0 ? 1 : 0;
 }
 
 async function rulesCheck(file: string, io: CliIo): Promise<number> {

@@ -222,7 +222,7 @@ export class ConntrackCursor {
 }
 
 /** What `ConntrackTable.entries()` lists: allocated, confirmed, not expired, not dying. */
-function isListed(table: ConntrackTable, id: number, now: number): boolean {
+export function isListed(table: ConntrackTable, id: number, now: number): boolean {
   return (
     table.isAllocated(id) && table.isConfirmed(id) && table.expiresAt(id) > now && (table.status(id) & CtStatus.Dying) === 0
   );

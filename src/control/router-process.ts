@@ -62,6 +62,7 @@ import {
   outputDnatLocalAddresses,
   parseConfigRules,
 } from "./host-setup.js";
+import { ConntrackWork } from "./conntrack-command.js";
 import { startMetadataServer, type MetadataServer } from "./metadata.js";
 import { collectPorts, collectStats, formatJson, formatPorts, formatStats } from "./show.js";
 import { controlSocketPath, serveControl, type ControlAnswer, type ControlRequest, type ControlServer } from "./socket.js";
@@ -190,6 +191,10 @@ export async function startRouter(configPath: string, options: RouterOptions = {
     if (request.cmd === "trace") {
       const result = runTrace(dataplane, request.packet);
       return request.json ? { ok: true, text: JSON.stringify(result), data: result } : { ok: true, text: formatTrace(result) };
+    }
+    if (request.cmd === "conntrack") {
+      // conntrack -L/-D/-F: ~1 ms of work per turn of the event loop (conntrack-command.ts).
+      return { ok: true, pieces: new ConntrackWork(dataplane.conntrack, request.op, request.filter) };
     }
     if (request.cmd !== "show") return { ok: false, error: "unknown command" };
     switch (request.what) {

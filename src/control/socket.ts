@@ -7,6 +7,7 @@
  * Protocol: newline-delimited JSON. Each request line gets its answer, in order:
  *   {"cmd":"show","what":"ports"|"routes"|"rules"|"conntrack"|"stats","json":bool,"verbose":bool}
  *   {"cmd":"trace","packet":"qr-694450d6-f6 tcp 10.0.0.3:40000 > 8.8.8.8:53 syn","json":bool}
+ *   {"cmd":"conntrack","op":"list"|"delete"|"flush","filter":{...}}   (conntrack-command.ts)
  *   {"cmd":"ping"}
  * ->{"ok":true,"text":"...","data":...} | {"ok":false,"error":"one line"}
  * `ping` is answered by the server itself with `data: { pid }`. A big answer (`show conntrack`)
@@ -25,6 +26,8 @@
 import { createConnection, createServer, type Server, type Socket } from "node:net";
 import { chmodSync, lstatSync, mkdirSync, readFileSync, statSync, unlinkSync, writeFileSync } from "node:fs";
 import { basename, dirname, join } from "node:path";
+import type { ConntrackFilter } from "../conntrack/filter.js";
+import { CONNTRACK_OPS, type ConntrackOp, parseConntrackFilter } from "./conntrack-command.js";
 
 export const DEFAULT_RUN_DIR = "/run/qnat";
 /** A request line longer than this is refused (and the connection closed). */
@@ -63,6 +66,7 @@ export type ShowWhat = (typeof SHOW_WHAT)[number];
 export type ControlRequest =
   | { readonly cmd: "show"; readonly what: ShowWhat; readonly json?: boolean; readonly verbose?: boolean }
   | { readonly cmd: "trace"; readonly packet: string; readonly json?: boolean }
+  | { readonly cmd: "conntrack"; readonly op: ConntrackOp; readonly filter: ConntrackFilter }
   | { readonly cmd: "ping" };
 
 export type ControlResponse =
@@ -155,8 +159,15 @@ export function parseControlRequest(value: unknown): ControlRequest | string {
       if (typeof json === "string") return json;
       return { cmd: "trace", packet, json };
     }
+    case "conntrack": {
+      const op = request["op"];
+      if (typeof op !== "string" || !(CONNTRACK_OPS as readonly string[]).includes(op)) return `conntrack op? expected one of ${CONNTRACK_OPS.join(", ")}`;
+      const filter = parseConntrackFilter(request["filter"]);
+      if (typeof filter === "string") return filter;
+      return { cmd: "conntrack", op: op as ConntrackOp, filter };
+    }
     default:
-      return `unknown command ${JSON.stringify(request["cmd"] ?? null)} (expected show, trace or ping)`;
+      return `unknown command ${JSON.stringify(request["cmd"] ?? null)} (expected show, trace, conntrack or ping)`;
   }
 }
 

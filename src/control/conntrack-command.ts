@@ -1,0 +1,148 @@
+/**
+ * `qnat conntrack -L|-D|-F` on the running router's side: the control request
+ * `{"cmd":"conntrack","op":"list"|"delete"|"flush","filter":{...}}` (filter: ConntrackFilter in
+ * src/conntrack/filter.ts, numbers only) and its streamed answer.
+ *
+ * As `qnat show conntrack`, the work is cut in pieces of about a millisecond (at most
+ * CONNTRACK_PIECE entries formatted or removed, SLOTS looked at), one per turn of the event loop
+ * (socket.ts), so the legs' batches run between pieces: deleting or flushing a table of a
+ * million connections never holds the packet loop for more than a few milliseconds at a time.
+ * Entries are removed with ConntrackTable.remove, whose onRemove releases their NAT binding
+ * (nf_nat_cleanup_conntrack), as Linux's ctnetlink_del_conntrack -> nf_ct_delete does; the next
+ * packet of a deleted connection finds no entry and is NEW, NATed by the rules of that moment.
+ *
+ * The answer's text is the `conntrack -L` line of every entry listed or deleted (conntrack-tools
+ * prints the deleted ones too); the CLI counts the lines for the summary (`N flow entries have
+ * been shown.`). A flush answers nothing.
+ */
+import { formatConntrackEntry, isListed } from "../conntrack/format.js";
+import { type AddressMatch, type ConntrackFilter, matchesFilter } from "../conntrack/filter.js";
+import type { ConntrackTable } from "../conntrack/table.js";
+import type { ControlPieces } from "./socket.js";
+
+export const CONNTRACK_OPS = ["list", "delete", "flush"] as const;
+export type ConntrackOp = (typeof CONNTRACK_OPS)[number];
+
+/** What one piece may do: entries formatted or removed, slots looked at, milliseconds. */
+export interface ConntrackWorkBudget {
+  readonly entries: number;
+  readonly slots: number;
+  readonly ms: number;
+}
+
+export const CONNTRACK_WORK_BUDGET: ConntrackWorkBudget = { entries: 1024, slots: 65_536, ms: 1 };
+
+/** Entries handled between two looks at the clock. */
+const CLOCK_EVERY = 64;
+
+const FILTER_KEYS: readonly (keyof ConntrackFilter)[] = [
+  "protocol",
+  "origSrc",
+  "origDst",
+  "replySrc",
+  "replyDst",
+  "origSport",
+  "origDport",
+  "replySport",
+  "replyDport",
+  "tcpState",
+  "status",
+];
+const ADDRESS_KEYS = new Set<string>(["origSrc", "origDst", "replySrc", "replyDst"]);
+const PORT_KEYS = new Set<string>(["origSport", "origDport", "replySport", "replyDport"]);
+
+function isInteger(value: unknown, max: number): value is number {
+  return typeof value === "number" && Number.isInteger(value) && value >= 0 && value <= max;
+}
+
+function addressMatch(value: unknown): AddressMatch | undefined {
+  if (typeof value !== "object" || value === null) return undefined;
+  const { addr, prefixLength } = value as Record<string, unknown>;
+  return isInteger(addr, 0xffffffff) && isInteger(prefixLength, 32) ? { addr, prefixLength } : undefined;
+}
+
+/** Checks a request's `filter` (from JSON); returns it, or a one-line reason it is not one. */
+export function parseConntrackFilter(value: unknown): ConntrackFilter | string {
+  if (value === undefined) return {};
+  if (typeof value !== "object" || value === null || Array.isArray(value)) return `"filter" must be an object`;
+  const filter: Record<string, unknown> = {};
+  for (const [key, field] of Object.entries(value as Record<string, unknown>)) {
+    if (!(FILTER_KEYS as readonly string[]).includes(key)) return `unknown filter field "${key}"`;
+    if (ADDRESS_KEYS.has(key)) {
+      const match = addressMatch(field);
+      if (match === undefined) return `filter "${key}" must be {"addr": uint32, "prefixLength": 0-32}`;
+      filter[key] = match;
+    } else if (PORT_KEYS.has(key)) {
+      if (!isInteger(field, 0xffff)) return `filter "${key}" must be a port 0-65535`;
+      filter[key] = field;
+    } else if (key === "protocol") {
+      if (!isInteger(field, 255)) return `filter "protocol" must be 0-255`;
+      filter[key] = field;
+    } else if (key === "tcpState") {
+      if (!isInteger(field, 255)) return `filter "tcpState" must be 0-255`;
+      filter[key] = field;
+    } else {
+      if (!isInteger(field, 0x7fffffff)) return `filter "status" must be a bit mask`;
+      filter[key] = field;
+    }
+  }
+  return filter as ConntrackFilter;
+}
+
+/**
+ * The answer to one conntrack request, in pieces: a cursor over entry ids that only moves
+ * forward (an entry keeps its id for its life), so each live entry present from the first piece
+ * to the last is listed or deleted once, as a ctnetlink dump walks the hash between messages.
+ */
+export class ConntrackWork implements ControlPieces {
+  private id = 0;
+  private finished = false;
+  /** Entries listed or removed so far. */
+  count = 0;
+
+  constructor(
+    private readonly table: ConntrackTable,
+    private readonly op: ConntrackOp,
+    private readonly filter: ConntrackFilter,
+    private readonly budget: ConntrackWorkBudget = CONNTRACK_WORK_BUDGET,
+  ) {}
+
+  next(): string | undefined {
+    if (this.finished) return undefined;
+    const table = this.table;
+    const now = table.clock.now();
+    const started = performance.now();
+    const slotEnd = Math.min(table.capacity, this.id + this.budget.slots);
+    let text = "";
+    let handled = 0;
+    let id = this.id;
+    for (; id < slotEnd && handled < this.budget.entries; id++) {
+      if (this.op === "flush") {
+        // conntrack -F (ctnetlink_flush_conntrack -> nf_ct_iterate_cleanup): every confirmed
+        // entry, expired ones not yet collected included.
+        if (!table.isAllocated(id) || !table.isConfirmed(id)) continue;
+        table.remove(id);
+      } else {
+        if (!isListed(table, id, now) || !matchesFilter(table, id, this.filter)) continue;
+        text += formatConntrackEntry(table, id, now) + "\n";
+        if (this.op === "delete") table.remove(id);
+      }
+      this.count++;
+      handled++;
+      if (handled % CLOCK_EVERY === 0 && performance.now() - started >= this.budget.ms) {
+        id++;
+        break;
+      }
+    }
+    this.id = id;
+    if (id >= table.capacity) this.finished = true;
+    return text;
+  }
+
+  /** Runs every piece at once (tests, and a router that is not forwarding). */
+  drain(): string {
+    let text = "";
+    for (let piece = this.next(); piece !== undefined; piece = this.next()) text += piece;
+    return text;
+  }
+}
