@@ -194,6 +194,10 @@ async function trace(args: ParsedArgs, rest: readonly string[], io: CliIo): Prom
  * arrive, the tool's summary line on stderr; a mistake in the options is one line, exit 2.
  */
 async function conntrackCommand(argv: readonly string[], io: CliIo): Promise<number> {
+  if (argv.includes("-h") || argv.includes("--help")) {
+    io.out(USAGE);
+    return 0;
+  }
   const { ConntrackArgsError, conntrackSummary, parseConntrackArgs } = await import("./conntrack.js");
   let command;
   try {

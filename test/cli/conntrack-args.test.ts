@@ -104,6 +104,12 @@ describe("qnat conntrack's command line, as conntrack-tools 1.4.7 reads it", () 
     expect(conntrackSummary("flush", 12)).toBe("conntrack v1.4.7 (conntrack-tools): connection tracking table has been emptied.");
   });
 
+  it("-h prints qnat's usage with the conntrack line, exit 0", async () => {
+    const out: string[] = [];
+    expect(await runCli(["conntrack", "-h"], { out: (t) => out.push(t), err: (t) => out.push(t) })).toBe(0);
+    expect(out.join("")).toContain("qnat conntrack -L|-D|-F [-p PROTO] [-s|-d|-r|-q ADDR[/LEN]]");
+  });
+
   it("a mistake is one line on stderr and exit 2, before any router is asked", async () => {
     const out: string[] = [];
     const err: string[] = [];

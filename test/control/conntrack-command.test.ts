@@ -208,6 +208,51 @@ describe("qnat conntrack against a router's control socket", () => {
     expect(await qnat(["-L", "--router", namespace])).toEqual({ code: 0, out: "", err: "conntrack v1.4.7 (conntrack-tools): 0 flow entries have been shown.\n" });
   });
 
+  it("-F of 6,000 flows over the socket: 10.0.0.3's ping leaves as 9.186.100.2 while the table is still being emptied", async () => {
+    const router = MemoryRouter.fromFile("examples/seed.yaml", { conntrackCapacity: 8192 });
+    for (let i = 0; i < 6000; i++) {
+      router.send(QR, { protocol: "udp", src: "10.0.0.3", dst: "203.0.113.10", sport: 20000 + i, dport: 53 });
+      if (i % 64 === 63) router.run();
+    }
+    router.run();
+    router.received(QG);
+    const table = router.dataplane.conntrack;
+    expect(table.count).toBe(6000);
+    let pieces = 0;
+    let piecesWhenPingLeft = -1;
+    let pingLeftAs: string | undefined;
+    const namespace = "qrouter-ctflush";
+    open.push(
+      await serveControl(controlSocketPath(namespace), () => {
+        const work = new ConntrackWork(table, "flush", {}, SMALL);
+        return {
+          ok: true,
+          pieces: {
+            next: () => {
+              // Scheduled as a leg's readable callback would be: it must run before the flush ends.
+              if (pieces === 0) {
+                setImmediate(() => {
+                  router.send(QR, { protocol: "icmp", src: "10.0.0.3", dst: "203.0.113.10", icmpType: 8, icmpId: 9, icmpSeq: 1 });
+                  router.run();
+                  pingLeftAs = router.received(QG)[0]?.src;
+                  piecesWhenPingLeft = pieces;
+                });
+              }
+              const piece = work.next();
+              if (piece !== undefined) pieces++;
+              return piece;
+            },
+          },
+        };
+      }),
+    );
+    expect(await qnat(["-F", "--router", namespace])).toEqual({ code: 0, out: "", err: "conntrack v1.4.7 (conntrack-tools): connection tracking table has been emptied.\n" });
+    expect(pieces).toBeGreaterThanOrEqual(12);
+    expect(pingLeftAs).toBe("9.186.100.2");
+    expect(piecesWhenPingLeft).toBeGreaterThan(0);
+    expect(piecesWhenPingLeft).toBeLessThan(pieces);
+  });
+
   it("without a router: one line, exit 1", async () => {
     const result = await qnat(["-L", "--router", "qrouter-nobody"]);
     expect(result.code).toBe(1);
