@@ -2,11 +2,12 @@
  * `qnat conntrack -L|-D|-F [FILTERS] [--router NAMESPACE]`: conntrack-tools' command line
  * (conntrack(8), src/conntrack.c of conntrack-tools 1.4.7) against the running router.
  *
- * Filters, combined with AND: `-p PROTO` (name or number), `-s/--src/--orig-src`,
+ * Filters, combined with AND: `-f ipv4|ipv6` (qnat has IPv4 connections only: `ipv6` selects
+ * none, and `-F -f ipv6` empties nothing, as Neutron's dual-stack calls expect), `-p PROTO` (name or number), `-s/--src/--orig-src`,
  * `-d/--dst/--orig-dst`, `-r/--reply-src`, `-q/--reply-dst` (ADDR or ADDR/LEN, as 1.4.6+),
  * after `-p tcp|udp`: `--sport/--orig-port-src`, `--dport/--orig-port-dst`, `--reply-port-src`,
  * `--reply-port-dst`; after `-p tcp`: `--state STATE`; `--status ASSURED,SEEN_REPLY,...`.
- * An option given twice counts once, the last one (getopt). `-F` takes no filter.
+ * An option given twice counts once, the last one (getopt). `-F` takes no filter but `-f`.
  *
  * Output as the tool's: the entries listed or deleted on stdout as `conntrack -L` lines, then on
  * stderr `conntrack v1.4.7 (conntrack-tools): N flow entries have been shown.` (`deleted.`,
@@ -19,7 +20,7 @@
  * tool takes a prefix), and a stray word is refused (the tool ignores it).
  */
 import { parseCidr } from "../core/addr.js";
-import type { ConntrackFilter } from "../conntrack/filter.js";
+import { AF_INET, AF_INET6, type ConntrackFilter } from "../conntrack/filter.js";
 import { CtStatus } from "../conntrack/table.js";
 import { TCP_STATE_NAMES } from "../conntrack/tcp.js";
 import type { ConntrackOp } from "../control/conntrack-command.js";
@@ -47,7 +48,7 @@ const COMMANDS = new Map<string, ConntrackOp>([
 /** conntrack-tools commands qnat does not offer. */
 const OTHER_COMMANDS = new Set(["-G", "--get", "-I", "--create", "-U", "--update", "-E", "--event", "-C", "--count", "-S", "--stats"]);
 
-type FilterField = "protocol" | "origSrc" | "origDst" | "replySrc" | "replyDst" | "origSport" | "origDport" | "replySport" | "replyDport" | "tcpState" | "status";
+type FilterField = "family" | "protocol" | "origSrc" | "origDst" | "replySrc" | "replyDst" | "origSport" | "origDport" | "replySport" | "replyDport" | "tcpState" | "status";
 
 interface OptionSpec {
   readonly field: FilterField | "router";
@@ -72,6 +73,8 @@ const OPTIONS = new Map<string, OptionSpec>([
   ["--reply-src", address("replySrc", "reply-src")],
   ["-q", address("replyDst", "reply-dst")],
   ["--reply-dst", address("replyDst", "reply-dst")],
+  ["-f", { field: "family", flag: "" }],
+  ["--family", { field: "family", flag: "" }],
   ["-p", { field: "protocol", flag: "protonum" }],
   ["--protonum", { field: "protocol", flag: "protonum" }],
   ["-u", { field: "status", flag: "status" }],
@@ -112,6 +115,13 @@ function parseProtocol(text: string): number {
   const named = PROTOCOLS.get(text.toLowerCase());
   if (named !== undefined) return named;
   if (/^\d{1,3}$/.test(text) && Number(text) <= 255) return Number(text);
+  throw new ConntrackArgsError(`\`${text}' unsupported protocol`);
+}
+
+/** `-f ipv4|ipv6` (the tool's words, lower case only). */
+function parseFamily(text: string): number {
+  if (text === "ipv4") return AF_INET;
+  if (text === "ipv6") return AF_INET6;
   throw new ConntrackArgsError(`\`${text}' unsupported protocol`);
 }
 
@@ -185,6 +195,9 @@ export function parseConntrackArgs(argv: readonly string[]): ConntrackCommand {
       case "router":
         if (value === "") throw new ConntrackArgsError("option `--router' requires an argument");
         router = value;
+        break;
+      case "family":
+        filter["family"] = parseFamily(value);
         break;
       case "protocol":
         filter["protocol"] = parseProtocol(value);

@@ -27,7 +27,7 @@ export const USAGE = `usage: qnat COMMAND ...
   qnat trace [--config CONFIG | --router NAMESPACE] [--json] 'PORT PROTO SRC[:SPORT] > DST[:DPORT] [FLAGS]'
                                         explain one packet hop by hop (offline from a config needs no root)
   qnat rules check FILE                 check iptables nat text; each problem as FILE:LINE: ...
-  qnat conntrack -L|-D|-F [-p PROTO] [-s|-d|-r|-q ADDR[/LEN]] [--sport|--dport|--reply-port-src|--reply-port-dst PORT]
+  qnat conntrack -L|-D|-F [-f ipv4|ipv6] [-p PROTO] [-s|-d|-r|-q ADDR[/LEN]] [--sport|--dport|--reply-port-src|--reply-port-dst PORT]
                  [--state STATE] [--status ASSURED,...] [--router NAMESPACE]
                                         conntrack-tools' list, delete and flush against the running router
   qnat help                             this text

@@ -17,7 +17,13 @@ export interface AddressMatch {
   readonly prefixLength: number;
 }
 
+/** Address families of `-f ipv4|ipv6` (Linux AF_INET, AF_INET6). */
+export const AF_INET = 2;
+export const AF_INET6 = 10;
+
 export interface ConntrackFilter {
+  /** `-f`: AF_INET or AF_INET6. qnat tracks IPv4 only, so AF_INET6 selects nothing. */
+  readonly family?: number;
   /** IP protocol number (`-p tcp` is 6). */
   readonly protocol?: number;
   /** `-s`/`--orig-src`, `-d`/`--orig-dst`, `-r`/`--reply-src`, `-q`/`--reply-dst`. */
@@ -42,6 +48,7 @@ function addressMatches(addr: number, match: AddressMatch | undefined): boolean 
 
 /** True when entry `id` has everything `filter` asks for. */
 export function matchesFilter(table: ConntrackTable, id: number, filter: ConntrackFilter): boolean {
+  if (filter.family !== undefined && filter.family !== AF_INET) return false;
   if (filter.protocol !== undefined && table.protocol(id) !== filter.protocol) return false;
   if (!addressMatches(table.tupleSrcOf(id, 0), filter.origSrc)) return false;
   if (!addressMatches(table.tupleDstOf(id, 0), filter.origDst)) return false;

@@ -16,7 +16,7 @@
  * been shown.`). A flush answers nothing.
  */
 import { formatConntrackEntry, isListed } from "../conntrack/format.js";
-import { type AddressMatch, type ConntrackFilter, matchesFilter } from "../conntrack/filter.js";
+import { AF_INET, AF_INET6, type AddressMatch, type ConntrackFilter, matchesFilter } from "../conntrack/filter.js";
 import type { ConntrackTable } from "../conntrack/table.js";
 import type { ControlPieces } from "./socket.js";
 
@@ -36,6 +36,7 @@ export const CONNTRACK_WORK_BUDGET: ConntrackWorkBudget = { entries: 1024, slots
 const CLOCK_EVERY = 64;
 
 const FILTER_KEYS: readonly (keyof ConntrackFilter)[] = [
+  "family",
   "protocol",
   "origSrc",
   "origDst",
@@ -78,6 +79,9 @@ export function parseConntrackFilter(value: unknown): ConntrackFilter | string {
     } else if (key === "protocol") {
       if (!isInteger(field, 255)) return `filter "protocol" must be 0-255`;
       filter[key] = field;
+    } else if (key === "family") {
+      if (field !== AF_INET && field !== AF_INET6) return `filter "family" must be ${AF_INET} or ${AF_INET6}`;
+      filter[key] = field;
     } else if (key === "tcpState") {
       if (!isInteger(field, 255)) return `filter "tcpState" must be 0-255`;
       filter[key] = field;
@@ -119,8 +123,8 @@ export class ConntrackWork implements ControlPieces {
     for (; id < slotEnd && handled < this.budget.entries; id++) {
       if (this.op === "flush") {
         // conntrack -F (ctnetlink_flush_conntrack -> nf_ct_iterate_cleanup): every confirmed
-        // entry, expired ones not yet collected included.
-        if (!table.isAllocated(id) || !table.isConfirmed(id)) continue;
+        // entry of the family, expired ones not yet collected included.
+        if (!table.isAllocated(id) || !table.isConfirmed(id) || !matchesFilter(table, id, this.filter)) continue;
         table.remove(id);
       } else {
         if (!isListed(table, id, now) || !matchesFilter(table, id, this.filter)) continue;

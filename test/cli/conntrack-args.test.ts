@@ -55,6 +55,18 @@ describe("qnat conntrack's command line, as conntrack-tools 1.4.7 reads it", () 
     expect(parseConntrackArgs(["-L", "-p", "tcp", "--state", "LISTEN"]).filter).toEqual({ protocol: 6, tcpState: 9 });
   });
 
+  it("Neutron's calls with -f ipv4 (ip_conntrack.py) are IPv4's; -f ipv6 selects nothing, -F -f ipv6 empties nothing", () => {
+    expect(parseConntrackArgs(["-D", "-f", "ipv4", "-p", "tcp", "--dport", "22", "-d", "10.0.0.2"]).filter).toEqual({
+      family: 2,
+      protocol: 6,
+      origDport: 22,
+      origDst: { addr: ip("10.0.0.2"), prefixLength: 32 },
+    });
+    expect(parseConntrackArgs(["-F", "--family", "ipv6"])).toEqual({ op: "flush", filter: { family: 10 }, router: undefined });
+    expect(refusal(["-L", "-f", "inet"])).toBe("`inet' unsupported protocol");
+    expect(refusal(["-L", "-f", "IPV4"])).toBe("`IPV4' unsupported protocol");
+  });
+
   it("an option given twice counts once, the last, as getopt leaves it", () => {
     expect(parseConntrackArgs(["-L", "-s", "10.0.0.2", "-s", "10.0.0.3"]).filter).toEqual({ origSrc: { addr: ip("10.0.0.3"), prefixLength: 32 } });
     expect(parseConntrackArgs(["-L", "-p", "tcp", "-p", "udp"]).filter).toEqual({ protocol: 17 });
@@ -107,7 +119,7 @@ describe("qnat conntrack's command line, as conntrack-tools 1.4.7 reads it", () 
   it("-h prints qnat's usage with the conntrack line, exit 0", async () => {
     const out: string[] = [];
     expect(await runCli(["conntrack", "-h"], { out: (t) => out.push(t), err: (t) => out.push(t) })).toBe(0);
-    expect(out.join("")).toContain("qnat conntrack -L|-D|-F [-p PROTO] [-s|-d|-r|-q ADDR[/LEN]]");
+    expect(out.join("")).toContain("qnat conntrack -L|-D|-F [-f ipv4|ipv6] [-p PROTO] [-s|-d|-r|-q ADDR[/LEN]]");
   });
 
   it("a mistake is one line on stderr and exit 2, before any router is asked", async () => {

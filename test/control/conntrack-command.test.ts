@@ -74,6 +74,8 @@ describe("conntrack filters over the seed's connections (AND, as conntrack-tools
     [["--status", "SEEN_REPLY"], ["http", "ping"]],
     [["--status", "SEEN_REPLY", "-p", "icmp"], ["ping"]],
     [["-p", "tcp", "-d", "9.186.100.1", "--dport", "22"], []],
+    [["-f", "ipv4", "-p", "udp"], ["dns"]],
+    [["-f", "ipv6"], []],
   ])("-L %j selects %j", (words, names) => {
     expect(selected(router, words)).toEqual(names);
   });
@@ -119,6 +121,15 @@ describe("conntrack -D and -F in pieces", () => {
     expect(pieces.join("")).toBe("");
     expect(router.dataplane.conntrack.count).toBe(0);
     expect(work.count).toBe(6000);
+  });
+
+  it("-F -f ipv6 empties nothing of an IPv4 table; -F -f ipv4 everything", () => {
+    const router = routerWithFlows(100);
+    const table = router.dataplane.conntrack;
+    expect(new ConntrackWork(table, "flush", parseConntrackArgs(["-F", "-f", "ipv6"]).filter).drain()).toBe("");
+    expect(table.count).toBe(200);
+    new ConntrackWork(table, "flush", parseConntrackArgs(["-F", "-f", "ipv4"]).filter).drain();
+    expect(table.count).toBe(0);
   });
 
   it("a piece looks at a bounded number of slots, so a sparse table is also cut", () => {
