@@ -6,7 +6,8 @@
  * none, and `-F -f ipv6` empties nothing, as Neutron's dual-stack calls expect), `-p PROTO` (name or number), `-s/--src/--orig-src`,
  * `-d/--dst/--orig-dst`, `-r/--reply-src`, `-q/--reply-dst` (ADDR or ADDR/LEN, as 1.4.6+),
  * after `-p tcp|udp`: `--sport/--orig-port-src`, `--dport/--orig-port-dst`, `--reply-port-src`,
- * `--reply-port-dst`; after `-p tcp`: `--state STATE`; `--status ASSURED,SEEN_REPLY,...`.
+ * `--reply-port-dst`; after `-p tcp`: `--state STATE`; after `-p icmp`: `--icmp-type`,
+ * `--icmp-code`, `--icmp-id`; `--status ASSURED,SEEN_REPLY,...`.
  * An option given twice counts once, the last one (getopt). `-F` takes no filter but `-f`.
  *
  * Output as the tool's: the entries listed or deleted on stdout as `conntrack -L` lines, then on
@@ -15,9 +16,10 @@
  * the tool; Neutron's ip_conntrack accepts 1). A mistake is one line `qnat conntrack: ...` with
  * the tool's wording (`unknown option `--foo'`, `Invalid IP address `foo'`...), exit 2.
  *
- * Stricter than the tool, on purpose: a port must be a number 0-65535 (the tool takes `abc` as
- * 0), an address a dotted quad (the tool's inet_aton takes `1.2.3`), a status name whole (the
- * tool takes a prefix), and a stray word is refused (the tool ignores it).
+ * Stricter than the tool, on purpose: a port or ICMP id must be a number 0-65535 and an ICMP
+ * type or code 0-255 (the tool takes `abc` as 0), an address a dotted quad (the tool's inet_aton
+ * takes `1.2.3`), a status name whole (the tool takes a prefix), and a stray word is refused
+ * (the tool ignores it).
  */
 import { parseCidr } from "../core/addr.js";
 import { AF_INET, AF_INET6, type ConntrackFilter } from "../conntrack/filter.js";
@@ -48,7 +50,7 @@ const COMMANDS = new Map<string, ConntrackOp>([
 /** conntrack-tools commands qnat does not offer. */
 const OTHER_COMMANDS = new Set(["-G", "--get", "-I", "--create", "-U", "--update", "-E", "--event", "-C", "--count", "-S", "--stats"]);
 
-type FilterField = "family" | "protocol" | "origSrc" | "origDst" | "replySrc" | "replyDst" | "origSport" | "origDport" | "replySport" | "replyDport" | "tcpState" | "status";
+type FilterField = "family" | "protocol" | "origSrc" | "origDst" | "replySrc" | "replyDst" | "origSport" | "origDport" | "replySport" | "replyDport" | "tcpState" | "icmpType" | "icmpCode" | "icmpId" | "status";
 
 interface OptionSpec {
   readonly field: FilterField | "router";
@@ -58,6 +60,7 @@ interface OptionSpec {
   readonly protocols?: readonly number[];
 }
 
+const ICMP = 1;
 const TCP = 6;
 const UDP = 17;
 const address = (field: FilterField, flag: string): OptionSpec => ({ field, flag });
@@ -86,6 +89,9 @@ const OPTIONS = new Map<string, OptionSpec>([
   ["--reply-port-src", port("replySport")],
   ["--reply-port-dst", port("replyDport")],
   ["--state", { field: "tcpState", flag: "", protocols: [TCP] }],
+  ["--icmp-type", { field: "icmpType", flag: "", protocols: [ICMP] }],
+  ["--icmp-code", { field: "icmpCode", flag: "", protocols: [ICMP] }],
+  ["--icmp-id", { field: "icmpId", flag: "", protocols: [ICMP] }],
   ["--router", { field: "router", flag: "" }],
 ]);
 
@@ -133,8 +139,15 @@ function parseAddress(text: string): { addr: number; prefixLength: number } {
   throw new ConntrackArgsError(`Invalid IP address \`${text}'`);
 }
 
-function parsePort(text: string): number {
-  if (!/^\d{1,5}$/.test(text) || Number(text) > 65535) throw new ConntrackArgsError(`invalid port \`${text}'`);
+/** A port, or (for `--icmp-id`) an ICMP echo id: 0-65535. */
+function parsePort(option: string, text: string): number {
+  const what = option === "--icmp-id" ? "icmp-id" : "port";
+  if (!/^\d{1,5}$/.test(text) || Number(text) > 65535) throw new ConntrackArgsError(`invalid ${what} \`${text}'`);
+  return Number(text);
+}
+
+function parseByte(option: string, text: string): number {
+  if (!/^\d{1,3}$/.test(text) || Number(text) > 255) throw new ConntrackArgsError(`invalid ${option.slice(2)} \`${text}'`);
   return Number(text);
 }
 
@@ -214,8 +227,12 @@ export function parseConntrackArgs(argv: readonly string[]): ConntrackCommand {
       case "status":
         filter["status"] = parseStatus(value);
         break;
+      case "icmpType":
+      case "icmpCode":
+        filter[spec.field] = parseByte(name, value);
+        break;
       default:
-        filter[spec.field] = parsePort(value);
+        filter[spec.field] = parsePort(name, value);
     }
   }
   if (op === undefined) throw new ConntrackArgsError("no command: give -L, -D or -F");

@@ -3,7 +3,7 @@
  * with libnetfilter_conntrack's filter, what `qnat conntrack` speaks): every field given must
  * match, AND as the tool combines them. Addresses match under their prefix (`-s 10.0.0.0/24`,
  * conntrack-tools 1.4.6+), ports the tuple's ports (TCP/UDP only), `tcpState` the TCP state
- * (TcpState in tcp.ts), `status` all of its IPS_* bits. Plain data, so it travels as JSON over the
+ * (TcpState in tcp.ts), the ICMP type, code and id those of the original tuple, `status` all of its IPS_* bits. Plain data, so it travels as JSON over the
  * control socket. Control plane only: one call per entry of a listing or a deletion.
  */
 import { inPrefix } from "../core/addr.js";
@@ -36,6 +36,10 @@ export interface ConntrackFilter {
   readonly origDport?: number;
   readonly replySport?: number;
   readonly replyDport?: number;
+  /** `--icmp-type`, `--icmp-code`, `--icmp-id` (ICMP only): of the original tuple. */
+  readonly icmpType?: number;
+  readonly icmpCode?: number;
+  readonly icmpId?: number;
   /** `--state` (TCP only): TcpState number. */
   readonly tcpState?: number;
   /** `--status`: IPS_* bits that must all be set. */
@@ -58,6 +62,10 @@ export function matchesFilter(table: ConntrackTable, id: number, filter: Conntra
   if (filter.origDport !== undefined && table.tupleDportOf(id, 0) !== filter.origDport) return false;
   if (filter.replySport !== undefined && table.tupleSportOf(id, 1) !== filter.replySport) return false;
   if (filter.replyDport !== undefined && table.tupleDportOf(id, 1) !== filter.replyDport) return false;
+  // ICMP tuples (tuple.ts): sport is the echo id, dport type << 8 | code.
+  if (filter.icmpType !== undefined && table.tupleDportOf(id, 0) >>> 8 !== filter.icmpType) return false;
+  if (filter.icmpCode !== undefined && (table.tupleDportOf(id, 0) & 0xff) !== filter.icmpCode) return false;
+  if (filter.icmpId !== undefined && table.tupleSportOf(id, 0) !== filter.icmpId) return false;
   if (filter.tcpState !== undefined && table.tcpState(id) !== filter.tcpState) return false;
   if (filter.status !== undefined && (table.status(id) & filter.status) !== filter.status) return false;
   return true;

@@ -46,11 +46,14 @@ const FILTER_KEYS: readonly (keyof ConntrackFilter)[] = [
   "origDport",
   "replySport",
   "replyDport",
+  "icmpType",
+  "icmpCode",
+  "icmpId",
   "tcpState",
   "status",
 ];
 const ADDRESS_KEYS = new Set<string>(["origSrc", "origDst", "replySrc", "replyDst"]);
-const PORT_KEYS = new Set<string>(["origSport", "origDport", "replySport", "replyDport"]);
+const PORT_KEYS = new Set<string>(["origSport", "origDport", "replySport", "replyDport", "icmpId"]);
 
 function isInteger(value: unknown, max: number): value is number {
   return typeof value === "number" && Number.isInteger(value) && value >= 0 && value <= max;
@@ -82,8 +85,8 @@ export function parseConntrackFilter(value: unknown): ConntrackFilter | string {
     } else if (key === "family") {
       if (field !== AF_INET && field !== AF_INET6) return `filter "family" must be ${AF_INET} or ${AF_INET6}`;
       filter[key] = field;
-    } else if (key === "tcpState") {
-      if (!isInteger(field, 255)) return `filter "tcpState" must be 0-255`;
+    } else if (key === "tcpState" || key === "icmpType" || key === "icmpCode") {
+      if (!isInteger(field, 255)) return `filter "${key}" must be 0-255`;
       filter[key] = field;
     } else {
       if (!isInteger(field, 0x7fffffff)) return `filter "status" must be a bit mask`;

@@ -67,6 +67,14 @@ describe("qnat conntrack's command line, as conntrack-tools 1.4.7 reads it", () 
     expect(refusal(["-L", "-f", "IPV4"])).toBe("`IPV4' unsupported protocol");
   });
 
+  it("after -p icmp: --icmp-type, --icmp-code, --icmp-id of the original tuple", () => {
+    expect(parseConntrackArgs(["-L", "-p", "icmp", "--icmp-type", "8", "--icmp-code", "0", "--icmp-id", "4242"]).filter).toEqual({ protocol: 1, icmpType: 8, icmpCode: 0, icmpId: 4242 });
+    expect(refusal(["-L", "--icmp-type", "8"])).toBe("unknown option `--icmp-type'");
+    expect(refusal(["-L", "-p", "tcp", "--icmp-id", "1"])).toBe("unknown option `--icmp-id'");
+    expect(refusal(["-L", "-p", "icmp", "--icmp-type", "300"])).toBe("invalid icmp-type `300'");
+    expect(refusal(["-L", "-p", "icmp", "--icmp-id", "x"])).toBe("invalid icmp-id `x'");
+  });
+
   it("an option given twice counts once, the last, as getopt leaves it", () => {
     expect(parseConntrackArgs(["-L", "-s", "10.0.0.2", "-s", "10.0.0.3"]).filter).toEqual({ origSrc: { addr: ip("10.0.0.3"), prefixLength: 32 } });
     expect(parseConntrackArgs(["-L", "-p", "tcp", "-p", "udp"]).filter).toEqual({ protocol: 17 });

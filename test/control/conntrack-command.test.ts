@@ -76,6 +76,9 @@ describe("conntrack filters over the seed's connections (AND, as conntrack-tools
     [["-p", "tcp", "-d", "9.186.100.1", "--dport", "22"], []],
     [["-f", "ipv4", "-p", "udp"], ["dns"]],
     [["-f", "ipv6"], []],
+    [["-p", "icmp", "--icmp-type", "8", "--icmp-code", "0", "--icmp-id", "7"], ["ping"]],
+    [["-p", "icmp", "--icmp-type", "0"], []],
+    [["-p", "icmp", "--icmp-id", "8"], []],
   ])("-L %j selects %j", (words, names) => {
     expect(selected(router, words)).toEqual(names);
   });
