@@ -3,8 +3,8 @@
  * `{"cmd":"conntrack","op":"list"|"delete"|"flush","filter":{...}}` (filter: ConntrackFilter in
  * src/conntrack/filter.ts, numbers only) and its streamed answer.
  *
- * As `qnat show conntrack`, the work is cut in pieces of about a millisecond (at most
- * CONNTRACK_PIECE entries formatted or removed, SLOTS looked at), one per turn of the event loop
+ * As `qnat show conntrack`, the work is cut in pieces of about a millisecond (CONNTRACK_WORK_BUDGET:
+ * at most 1024 entries formatted or removed, 65,536 slots looked at), one per turn of the event loop
  * (socket.ts), so the legs' batches run between pieces: deleting or flushing a table of a
  * million connections never holds the packet loop for more than a few milliseconds at a time.
  * Entries are removed with ConntrackTable.remove, whose onRemove releases their NAT binding
