@@ -1,0 +1,546 @@
+/**
+ * Runs a fuzz scenario (scenario.ts) through the whole pipeline — Dataplane.processBatch and its
+ * housekeeping, as the Forwarder drives them, on the seed's router with a manual clock and a
+ * seeded RNG — and checks, for every packet, what must hold whatever the bytes were:
+ *
+ * - nothing throws out of the pipeline;
+ * - parsePacket fills PacketInfo with finite integers (no undefined/NaN), offsets inside the buffer;
+ * - every drop is one count of one DropReason (the counters grow by exactly the packets dropped),
+ *   every packet held for its first fragment is accounted for until released or expired;
+ * - every forwarded packet parses, its IPv4 header checksum is right, its TCP/UDP/ICMP checksum
+ *   is right whenever it was right on arrival (a full recompute equals the incremental update;
+ *   UDP checksum 0 stays 0; partial checksums stay the pseudo-header sum the offload header
+ *   announces), its TTL is one less when forwarded and unchanged when delivered or sent locally;
+ * - its translation is the one its conntrack entry explains (`conntrack -L`'s tuples: the packet
+ *   leaves as the inverse of the other direction's tuple), and nothing is translated without one;
+ * - the translation is reversible: a reply to the forwarded packet's tuple reaches the original
+ *   sender's address and port from the original destination;
+ * - the conntrack table never holds more than its capacity.
+ *
+ * A broken invariant throws FuzzFailure naming the step, the packet and what was wrong; fast-check
+ * then shrinks the scenario. Not a test file; used by pipeline.test.ts and scripts/fuzz.ts.
+ */
+import { formatIpv4 } from "../../src/core/addr.js";
+import { PacketBatch, VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_TCPV4, VIRTIO_NET_HDR_GSO_UDP_L4, VIRTIO_NET_HDR_LEN } from "../../src/core/batch.js";
+import { ManualClock } from "../../src/core/clock.js";
+import { DROP_REASON_COUNT, DropReason, dropReasonName } from "../../src/core/drop-reason.js";
+import { XorShift32 } from "../../src/core/rng.js";
+import { loadConfig, type RouterConfig } from "../../src/config/config.js";
+import { conntrackEntryJson, type ConntrackTupleJson } from "../../src/conntrack/format.js";
+import { ConntrackTable } from "../../src/conntrack/table.js";
+import { icmpInverseType, icmpTupleDport } from "../../src/conntrack/tuple.js";
+import { buildRoutingTable, compileRules } from "../../src/dataplane/from-config.js";
+import { NetfilterNat } from "../../src/dataplane/netfilter-nat.js";
+import { Dataplane } from "../../src/dataplane/pipeline.js";
+import { LEG_WIRE, VERDICT_DROP, VERDICT_STOLEN } from "../../src/dataplane/port.js";
+import { NatEngine } from "../../src/nat/binding.js";
+import type { RoutingTable } from "../../src/route/table.js";
+import { buildPacket, type PacketSpec } from "../../src/wire/build.js";
+import { onesComplementSum, pseudoHeaderSum } from "../../src/wire/checksum.js";
+import { icmpIsQuery } from "../../src/wire/icmp.js";
+import { IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, PacketInfo, TCP_ACK, TCP_SYN } from "../../src/wire/packet-info.js";
+import { parsePacket, verifyL4Checksum } from "../../src/wire/validate.js";
+import { makeChecksumPartial, packetsOf, SEED_CONFIG, type Scenario, type Step } from "./scenario.js";
+
+export class FuzzFailure extends Error {
+  override name = "FuzzFailure";
+}
+
+/** Figures of one run, summed by the long fuzz. */
+export interface RunStats {
+  packets: number;
+  forwarded: number;
+  dropped: number;
+  held: number;
+  replies: number;
+}
+
+const GSO_SLOT = 65_536 + VIRTIO_NET_HDR_LEN;
+const PLAIN_SLOT = 2048;
+
+let shared: { config: RouterConfig; routes: RoutingTable } | null = null;
+
+/** The seed's config and routing table, built once (the table is read-only for the dataplane). */
+function seedRouter(): { config: RouterConfig; routes: RoutingTable } {
+  shared ??= (() => {
+    const config = loadConfig(SEED_CONFIG);
+    return { config, routes: buildRoutingTable(config) };
+  })();
+  return shared;
+}
+
+/** What arrived, kept to judge what left. */
+interface Arrival {
+  bytes: Uint8Array;
+  port: number;
+  leg: number;
+  partial: boolean;
+  gsoSize: number;
+  where: string;
+}
+
+export class PipelineHarness {
+  readonly clock = new ManualClock();
+  readonly dataplane: Dataplane;
+  readonly conntrack: ConntrackTable;
+  readonly stats: RunStats = { packets: 0, forwarded: 0, dropped: 0, held: 0, replies: 0 };
+  private readonly ports: number;
+  private readonly inInfo = new PacketInfo();
+  private readonly outInfo = new PacketInfo();
+  private readonly scratchInfo = new PacketInfo();
+  /** Fragments the dataplane holds (stolen), to recognise them when released. */
+  private held: Arrival[] = [];
+  /** The translation of each datagram's first fragment: key "src dst id proto" -> "src dst" out. */
+  private readonly fragmentTranslations = new Map<string, string>();
+  private where = "";
+
+  constructor(readonly scenario: Pick<Scenario, "capacity" | "rngSeed">) {
+    const { config, routes } = seedRouter();
+    const rng = new XorShift32(scenario.rngSeed);
+    let engine: NatEngine | undefined;
+    this.conntrack = new ConntrackTable({ capacity: scenario.capacity, clock: this.clock, seed: rng.next(), onRemove: (id) => engine?.forget(id) });
+    engine = new NatEngine(this.conntrack, rng);
+    const nat = new NetfilterNat(this.conntrack, compileRules(config), config.ports.map((p) => p.addresses[0]!.addr), engine);
+    this.dataplane = new Dataplane({
+      ports: config.ports.map((p) => ({ name: p.name, addresses: p.addresses, mtu: p.mtu })),
+      routes,
+      conntrack: this.conntrack,
+      clock: this.clock,
+      nat,
+    });
+    this.ports = config.ports.length;
+  }
+
+  /** Runs every step; throws FuzzFailure at the first broken invariant. */
+  run(steps: readonly Step[]): RunStats {
+    steps.forEach((step, index) => {
+      if (step.t === "tick") {
+        this.clock.advance(step.seconds);
+        return;
+      }
+      const arrivals: Arrival[] = [];
+      step.packets.forEach((p, k) => {
+        for (const bytes of packetsOf(p.gen)) {
+          const partial = step.offload && p.partial && makeChecksumPartial(bytes);
+          arrivals.push({ bytes, port: step.port, leg: step.leg, partial, gsoSize: step.offload ? p.gsoSize : 0, where: `step ${index} packet ${k}` });
+        }
+      });
+      // A batch holds at most 64 packets (a fragment train may be longer than its step says).
+      for (let from = 0; from < arrivals.length; from += 64) this.pump(arrivals.slice(from, from + 64), step.offload);
+    });
+    return this.stats;
+  }
+
+  /** One batch through processBatch and housekeeping (Forwarder.pump), every packet judged. */
+  private pump(arrivals: Arrival[], offload: boolean): void {
+    if (arrivals.length === 0) return;
+    const { port, leg } = arrivals[0]!;
+    const dp = this.dataplane;
+    const ct = this.conntrack;
+    const batch = new PacketBatch(arrivals.length, offload ? GSO_SLOT : PLAIN_SLOT, offload ? VIRTIO_NET_HDR_LEN : 0);
+    const kept: Arrival[] = [];
+    for (const a of arrivals) {
+      this.where = a.where;
+      this.checkParse(a.bytes);
+      if (!batch.push(a.bytes)) continue; // larger than a slot: a TUN read would have cut it
+      kept.push(a);
+      if (offload) writeVirtioHeader(batch, batch.count - 1, a);
+    }
+    if (kept.length === 0) return;
+    const verdicts = new Int32Array(batch.capacity).fill(-99);
+    const generated = new PacketBatch(batch.capacity, PLAIN_SLOT + batch.headroom, batch.headroom);
+    const generatedVerdicts = new Int32Array(batch.capacity);
+    const dropsBefore = this.packetDrops();
+    const heldBefore = dp.fragments.heldFragments;
+    const expiredBefore = dp.fragmentsExpired;
+    const volatileBefore = this.volatileCount();
+    const invalidBefore = ct.counters.invalid;
+
+    try {
+      dp.processBatch(batch, port, leg, verdicts, generated, generatedVerdicts);
+    } catch (error) {
+      throw new FuzzFailure(`${kept[0]!.where}: processBatch threw ${String((error as Error)?.stack ?? error)}`);
+    }
+    // Entries may vanish or packets be refused as INVALID within one batch; then a packet's
+    // translation can no longer be read back from the table for sure.
+    const volatile = this.volatileCount() !== volatileBefore;
+    const sawInvalid = ct.counters.invalid !== invalidBefore;
+    let drops = 0;
+    let stolen = 0;
+    const forwarded: { arrival: Arrival; out: Uint8Array; verdict: number }[] = [];
+    for (let i = 0; i < batch.count; i++) {
+      const a = kept[i]!;
+      this.where = a.where;
+      this.stats.packets++;
+      const v = verdicts[i]!;
+      if (v === VERDICT_DROP) drops++;
+      else if (v === VERDICT_STOLEN) {
+        stolen++;
+        this.held.push(a);
+      } else if (v >= 0 && v < this.ports * 2) {
+        forwarded.push({ arrival: a, out: batch.copyOut(i), verdict: v });
+      } else this.fail(`verdict ${v} is neither a leg, a drop nor held`);
+    }
+    const released = dp.released;
+    const releasedArrivals: Arrival[] = [];
+    for (let i = 0; i < released.count; i++) {
+      const out = released.copyOut(i);
+      const v = dp.releasedVerdicts[i]!;
+      const a = this.takeHeld(out, v);
+      releasedArrivals.push(a);
+      this.where = `${a.where} (released)`;
+      if (v === VERDICT_DROP) drops++;
+      else if (v === VERDICT_STOLEN) {
+        stolen++;
+        this.held.push(a);
+      } else if (v >= 0 && v < this.ports * 2) forwarded.push({ arrival: { ...a, leg }, out, verdict: v });
+      else this.fail(`released fragment: verdict ${v}`);
+    }
+    this.where = kept[0]!.where;
+    const dropsCounted = this.packetDrops() - dropsBefore;
+    if (dropsCounted !== drops) {
+      this.fail(`${drops} packets dropped but the drop counters grew by ${dropsCounted} (${this.describeDrops()})`);
+    }
+    for (let i = 0; i < generated.count; i++) this.checkGenerated(generated, i, generatedVerdicts[i]!);
+
+    for (const f of forwarded) {
+      this.where = f.arrival.where;
+      this.checkForwarded(f.arrival, f.out, f.verdict, volatile, sawInvalid);
+    }
+    dp.housekeeping();
+    const expired = dp.fragmentsExpired - expiredBefore;
+    const heldNow = dp.fragments.heldFragments;
+    if (heldNow !== heldBefore + stolen - released.count - expired) {
+      this.fail(`held fragments ${heldBefore} + ${stolen} held - ${released.count} released - ${expired} expired != ${heldNow}`);
+    }
+    if (expired > 0) this.held.splice(0, Math.min(expired, this.held.length));
+    this.stats.dropped += drops;
+    this.stats.held += stolen;
+    this.stats.forwarded += forwarded.length;
+    if (ct.count > ct.capacity) this.fail(`conntrack holds ${ct.count} entries, capacity ${ct.capacity}`);
+
+    // Replies, one batch each, after everything above was judged.
+    for (const f of forwarded) this.checkReply(f.arrival, f.out, f.verdict);
+  }
+
+  private fail(message: string): never {
+    throw new FuzzFailure(`${this.where}: ${message}`);
+  }
+
+  /** Sum of the drop counters over ports and reasons, except suppressed ICMP errors (not packets). */
+  private packetDrops(): number {
+    let sum = 0;
+    const drops = this.dataplane.drops;
+    for (let i = 0; i < drops.length; i++) if (i % DROP_REASON_COUNT !== DropReason.IcmpRateLimited) sum += drops[i]!;
+    return sum;
+  }
+
+  private describeDrops(): string {
+    const names: string[] = [];
+    this.dataplane.drops.forEach((n, i) => n > 0 && names.push(`${dropReasonName(i % DROP_REASON_COUNT)}=${n}`));
+    return names.join(" ");
+  }
+
+  private volatileCount(): number {
+    const c = this.conntrack.counters;
+    return c.earlyDrop + c.removed + c.released + c.insertFailed + c.expired;
+  }
+
+  /** The held arrival a released fragment came from: same IP id, offset and payload (NAT changes only addresses). */
+  private takeHeld(out: Uint8Array, verdict: number): Arrival {
+    const index = this.held.findIndex((a) => sameFragment(a.bytes, out));
+    if (index < 0) this.fail(`a fragment was released (verdict ${verdict}) that was never held`);
+    return this.held.splice(index, 1)[0]!;
+  }
+
+  // ------------------------------------------------------------------------- parse
+
+  /** parsePacket on the raw bytes, at offset 0 and inside a larger buffer: a verdict, finite fields. */
+  private checkParse(bytes: Uint8Array): void {
+    for (const pad of [0, 7]) {
+      const buf = new Uint8Array(bytes.length + pad + 3);
+      buf.set(bytes, pad);
+      const info = this.scratchInfo;
+      let reason: DropReason;
+      try {
+        reason = parsePacket(buf, pad, bytes.length, info);
+      } catch (error) {
+        this.fail(`parsePacket threw ${String(error)}`);
+      }
+      if (!Number.isInteger(reason) || reason < 0 || reason >= DROP_REASON_COUNT) this.fail(`parsePacket returned ${String(reason)}`);
+      for (const [key, value] of Object.entries(info)) {
+        if (key === "buf") continue;
+        if (typeof value === "boolean") continue;
+        if (typeof value !== "number" || !Number.isInteger(value) || value < 0) this.fail(`PacketInfo.${key} is ${String(value)}`);
+      }
+      if (reason !== DropReason.None) continue;
+      const end = pad + info.length;
+      if (end > pad + bytes.length) this.fail(`parsed length ${info.length} beyond ${bytes.length} bytes`);
+      if (info.l4Offset !== pad + info.headerLength || info.l4Offset + info.l4Length !== end) this.fail(`L4 offsets ${info.l4Offset}+${info.l4Length} do not end the packet at ${end}`);
+      if (info.isIcmpError && info.innerOffset + info.innerHeaderLength > end) this.fail(`embedded header ${info.innerOffset}+${info.innerHeaderLength} beyond ${end}`);
+    }
+  }
+
+  // ------------------------------------------------------------------------- forwarded
+
+  private checkForwarded(a: Arrival, out: Uint8Array, verdict: number, volatile: boolean, sawInvalid: boolean): void {
+    const inInfo = this.inInfo;
+    const outInfo = this.outInfo;
+    const inReason = parsePacket(a.bytes, 0, a.bytes.length, inInfo);
+    if (inReason !== DropReason.None) this.fail(`forwarded although invalid on arrival (${dropReasonName(inReason)})`);
+    const outReason = parsePacket(out, 0, out.length, outInfo);
+    if (outReason !== DropReason.None) this.fail(`left invalid: ${dropReasonName(outReason)}`);
+    if (outInfo.length !== out.length) this.fail(`left with ${out.length} bytes for a total length of ${outInfo.length}`);
+    const outLeg = verdict & 1;
+    const forwardedTtl = a.leg === LEG_WIRE && outLeg === LEG_WIRE;
+    const expectedTtl = forwardedTtl ? inInfo.ttl - 1 : inInfo.ttl;
+    if (outInfo.ttl !== expectedTtl) this.fail(`TTL ${inInfo.ttl} -> ${outInfo.ttl}, expected ${expectedTtl} (${forwardedTtl ? "forwarded" : "local"})`);
+    this.checkChecksums(a, out);
+    this.checkTranslation(a, out, volatile, sawInvalid);
+  }
+
+  private checkChecksums(a: Arrival, out: Uint8Array): void {
+    const inInfo = this.inInfo;
+    const outInfo = this.outInfo;
+    if (!inInfo.hasL4 || inInfo.isFragment) return;
+    const protocol = inInfo.protocol;
+    if (protocol === IPPROTO_UDP && read16(a.bytes, inInfo.l4Offset + 6) === 0) {
+      if (read16(out, outInfo.l4Offset + 6) !== 0) this.fail("UDP checksum 0 (none) was replaced");
+      return;
+    }
+    if (a.partial && (protocol === IPPROTO_TCP || protocol === IPPROTO_UDP)) {
+      if (partialConsistent(a.bytes, inInfo) && !partialConsistent(out, outInfo)) this.fail("partial checksum is no longer the pseudo-header sum");
+      return;
+    }
+    if (verifyL4Checksum(a.bytes, inInfo) && !verifyL4Checksum(out, outInfo)) this.fail(`${protocolLabel(protocol)} checksum wrong after rewriting (right on arrival)`);
+    if (inInfo.isIcmpError && innerHeaderComplete(a.bytes, inInfo)) {
+      if (onesComplementSum(a.bytes, inInfo.innerOffset, inInfo.innerHeaderLength) === 0xffff && onesComplementSum(out, outInfo.innerOffset, outInfo.innerHeaderLength) !== 0xffff) {
+        this.fail("embedded IPv4 header checksum wrong after rewriting (right on arrival)");
+      }
+    }
+  }
+
+  private checkTranslation(a: Arrival, out: Uint8Array, volatile: boolean, sawInvalid: boolean): void {
+    const inInfo = this.inInfo;
+    const outInfo = this.outInfo;
+    const protocol = inInfo.protocol;
+    const inKey = `${protocolLabel(protocol)} ${describe(inInfo)}`;
+    const outKey = `${protocolLabel(protocol)} ${describe(outInfo)}`;
+    const hasPorts = protocol === IPPROTO_TCP || protocol === IPPROTO_UDP || protocol === IPPROTO_ICMP;
+    if (inInfo.fragmentOffset !== 0 && hasPorts) {
+      // A later fragment: the translation of its datagram's first fragment, or none.
+      const key = fragmentKey(a.bytes, inInfo);
+      const got = `${formatIpv4(outInfo.src)} ${formatIpv4(outInfo.dst)}`;
+      const untouched = `${formatIpv4(inInfo.src)} ${formatIpv4(inInfo.dst)}`;
+      const expected = this.fragmentTranslations.get(key);
+      if (got !== untouched && got !== expected) this.fail(`fragment ${untouched} left as ${got}; its first fragment left as ${expected ?? "(unknown)"}`);
+      return;
+    }
+    if (inInfo.moreFragments && hasPorts) this.fragmentTranslations.set(fragmentKey(a.bytes, inInfo), `${formatIpv4(outInfo.src)} ${formatIpv4(outInfo.dst)}`);
+    if (inInfo.isIcmpError) return this.checkErrorTranslation(volatile, sawInvalid);
+
+    const lookup = tupleOf(inInfo);
+    const handle = lookup === null ? -1 : this.conntrack.lookup(protocol, inInfo.src | 0, inInfo.dst | 0, lookup.sport, lookup.dport);
+    if (handle < 0) {
+      if (outKey !== inKey && !volatile) this.fail(`translated ${inKey} -> ${outKey} without a conntrack entry`);
+      return;
+    }
+    const entry = conntrackEntryJson(this.conntrack, handle >> 1);
+    const other = (handle & 1) === 0 ? entry.reply : entry.original;
+    const expected = `${protocolLabel(protocol)} ${describeInverse(other, protocol, outInfo)}`;
+    if (outKey === expected) return;
+    if (outKey === inKey && (sawInvalid || volatile)) return; // INVALID in this batch: passes untranslated (Linux)
+    this.fail(`${inKey} left as ${outKey}; conntrack -L explains ${expected}: ${JSON.stringify(entry)}`);
+  }
+
+  /** An ICMP error of a known connection: its embedded packet becomes the other direction's tuple. */
+  private checkErrorTranslation(volatile: boolean, sawInvalid: boolean): void {
+    const inInfo = this.inInfo;
+    const outInfo = this.outInfo;
+    const inner = innerLookup(inInfo);
+    const handle = inner === null ? -1 : this.conntrack.lookup(inInfo.innerProtocol, inInfo.innerDst | 0, inInfo.innerSrc | 0, inner.sport, inner.dport);
+    const inText = describeError(inInfo);
+    const outText = describeError(outInfo);
+    if (handle < 0 || inInfo.dst >>> 0 !== inInfo.innerSrc >>> 0) {
+      if (outText !== inText && !volatile) this.fail(`ICMP error ${inText} translated to ${outText} without a conntrack entry`);
+      return;
+    }
+    const entry = conntrackEntryJson(this.conntrack, handle >> 1);
+    const other = (handle & 1) === 0 ? entry.reply : entry.original;
+    const innerOk = formatIpv4(outInfo.innerSrc) === other.src && formatIpv4(outInfo.innerDst) === other.dst && (!outInfo.innerHasPorts || innerPortsMatch(outInfo, other));
+    const outerOk = formatIpv4(outInfo.dst) === other.src && (outInfo.src === inInfo.src || formatIpv4(outInfo.src) === other.dst);
+    if (innerOk && outerOk) return;
+    if (outText === inText && (sawInvalid || volatile)) return;
+    this.fail(`ICMP error ${inText} left as ${outText}; conntrack -L explains embedded ${JSON.stringify(other)}: ${JSON.stringify(entry)}`);
+  }
+
+  /** The router's own ICMP errors: well-formed, checksums right, counted when dropped. */
+  private checkGenerated(generated: PacketBatch, i: number, verdict: number): void {
+    if (verdict < 0) return;
+    if (verdict >= this.ports * 2) this.fail(`generated ICMP error: verdict ${verdict}`);
+    const out = generated.copyOut(i);
+    const info = this.outInfo;
+    const reason = parsePacket(out, 0, out.length, info);
+    if (reason !== DropReason.None) this.fail(`the router's ICMP error is invalid: ${dropReasonName(reason)}`);
+    if (info.protocol !== IPPROTO_ICMP || !info.isIcmpError) this.fail("the router generated something other than an ICMP error");
+    if (!verifyL4Checksum(out, info)) this.fail("the router's ICMP error has a wrong ICMP checksum");
+  }
+
+  // ------------------------------------------------------------------------- replies
+
+  /**
+   * The reply to a forwarded connection packet (TCP, UDP, ICMP query; not a fragment, not an
+   * error) from where it went: it must reach the original sender's address and port, from the
+   * original destination.
+   */
+  private checkReply(a: Arrival, out: Uint8Array, verdict: number): void {
+    const inInfo = this.inInfo;
+    const outInfo = this.outInfo;
+    parsePacket(a.bytes, 0, a.bytes.length, inInfo);
+    parsePacket(out, 0, out.length, outInfo);
+    if (!outInfo.hasL4 || outInfo.isFragment || outInfo.isIcmpError) return;
+    const protocol = outInfo.protocol;
+    let reply: PacketSpec;
+    const base = { src: formatIpv4(outInfo.dst), dst: formatIpv4(outInfo.src), ttl: 64 };
+    if (protocol === IPPROTO_TCP || protocol === IPPROTO_UDP) {
+      const handle = this.conntrack.lookup(protocol, outInfo.dst | 0, outInfo.src | 0, outInfo.dport, outInfo.sport);
+      if (handle < 0) return; // not tracked (INVALID, or the entry is gone): nothing to reverse
+      const flags = (inInfo.tcpFlags & TCP_SYN) !== 0 && (inInfo.tcpFlags & TCP_ACK) === 0 ? TCP_SYN | TCP_ACK : TCP_ACK;
+      reply = protocol === IPPROTO_TCP ? { ...base, protocol: "tcp", sport: outInfo.dport, dport: outInfo.sport, tcpFlags: flags } : { ...base, protocol: "udp", sport: outInfo.dport, dport: outInfo.sport };
+    } else if (protocol === IPPROTO_ICMP && icmpIsQuery(outInfo.icmpType)) {
+      const type = icmpInverseType(outInfo.icmpType);
+      if (type < 0) return;
+      const handle = this.conntrack.lookup(protocol, outInfo.dst | 0, outInfo.src | 0, outInfo.icmpId, icmpTupleDport(type, outInfo.icmpCode));
+      if (handle < 0) return;
+      reply = { ...base, protocol: "icmp", icmpType: type, icmpCode: outInfo.icmpCode, icmpId: outInfo.icmpId };
+    } else return;
+    const wantDst = inInfo.src;
+    const wantSrc = inInfo.dst;
+    const wantPort = protocol === IPPROTO_ICMP ? inInfo.icmpId : inInfo.sport;
+    const wantFrom = protocol === IPPROTO_ICMP ? -1 : inInfo.dport;
+    const what = `reply ${protocolLabel(protocol)} ${describe(outInfo, true)}`;
+    const egress = verdict >> 1;
+    const leg = verdict & 1;
+    const bytes = buildPacket(reply);
+    const dropsBefore = this.packetDrops();
+    const invalidBefore = this.conntrack.counters.invalid;
+    const batch = new PacketBatch(1, PLAIN_SLOT);
+    batch.push(bytes);
+    const verdicts = new Int32Array(1);
+    const generated = new PacketBatch(1, PLAIN_SLOT);
+    try {
+      this.dataplane.processBatch(batch, egress, leg, verdicts, generated, new Int32Array(1));
+    } catch (error) {
+      this.fail(`${what}: processBatch threw ${String(error)}`);
+    }
+    this.dataplane.housekeeping();
+    this.stats.replies++;
+    const v = verdicts[0]!;
+    if (v < 0) {
+      if (this.packetDrops() - dropsBefore !== 1) this.fail(`${what}: dropped without exactly one drop count`);
+      // A reply may be refused for reasons of its own (TTL, a route back that is not unicast,
+      // a martian original source); never for want of the translation back.
+      const reasons = this.describeDrops();
+      if (/nat-no-free-tuple|conntrack-insert-failed/.test(reasons) && this.conntrack.counters.invalid === invalidBefore) {
+        this.fail(`${what}: dropped (${reasons})`);
+      }
+      return;
+    }
+    if (this.conntrack.counters.invalid !== invalidBefore) return; // INVALID: passes untranslated, as Linux
+    const back = batch.copyOut(0);
+    const info = this.scratchInfo;
+    if (parsePacket(back, 0, back.length, info) !== DropReason.None) this.fail(`${what}: left invalid`);
+    const port = protocol === IPPROTO_ICMP ? info.icmpId : info.dport;
+    const from = protocol === IPPROTO_ICMP ? -1 : info.sport;
+    if (info.dst !== wantDst || port !== wantPort || info.src !== wantSrc || from !== wantFrom) {
+      this.fail(`${what} reached ${describe(info)}, expected ${formatIpv4(wantSrc)}${wantFrom >= 0 ? `:${wantFrom}` : ""} > ${formatIpv4(wantDst)}:${wantPort}`);
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------- helpers
+
+function writeVirtioHeader(batch: PacketBatch, i: number, a: Arrival): void {
+  const at = i * batch.slotSize;
+  const protocol = a.bytes.length > 9 ? a.bytes[9] : 0;
+  if (a.partial) batch.data[at] = VIRTIO_NET_HDR_F_NEEDS_CSUM;
+  if (a.gsoSize > 0 && (protocol === IPPROTO_TCP || protocol === IPPROTO_UDP)) {
+    batch.data[at + 1] = protocol === IPPROTO_TCP ? VIRTIO_NET_HDR_GSO_TCPV4 : VIRTIO_NET_HDR_GSO_UDP_L4;
+    batch.data[at + 4] = a.gsoSize & 0xff;
+    batch.data[at + 5] = a.gsoSize >>> 8;
+  }
+}
+
+function read16(b: Uint8Array, o: number): number {
+  return (b[o]! << 8) | b[o + 1]!;
+}
+
+function protocolLabel(protocol: number): string {
+  return protocol === IPPROTO_TCP ? "tcp" : protocol === IPPROTO_UDP ? "udp" : protocol === IPPROTO_ICMP ? "icmp" : `proto-${protocol}`;
+}
+
+/** "SRC:SPORT > DST:DPORT" (ICMP queries: "SRC > DST id N type T"). */
+function describe(info: PacketInfo, noType = false): string {
+  if (info.protocol === IPPROTO_TCP || info.protocol === IPPROTO_UDP) return `${formatIpv4(info.src)}:${info.sport} > ${formatIpv4(info.dst)}:${info.dport}`;
+  if (info.protocol === IPPROTO_ICMP && icmpIsQuery(info.icmpType)) return `${formatIpv4(info.src)} > ${formatIpv4(info.dst)} id ${info.icmpId}${noType ? "" : ` type ${info.icmpType}`}`;
+  return `${formatIpv4(info.src)} > ${formatIpv4(info.dst)}`;
+}
+
+/** The packet a tuple's inverse describes, in `describe`'s format (ICMP type from the packet). */
+function describeInverse(t: ConntrackTupleJson, protocol: number, like: PacketInfo): string {
+  if (protocol === IPPROTO_TCP || protocol === IPPROTO_UDP) return `${t.dst}:${t.dport} > ${t.src}:${t.sport}`;
+  if (protocol === IPPROTO_ICMP && icmpIsQuery(like.icmpType)) return `${t.dst} > ${t.src} id ${t.id} type ${like.icmpType}`;
+  return `${t.dst} > ${t.src}`;
+}
+
+function describeError(info: PacketInfo): string {
+  const ports = info.innerHasPorts ? ` ${info.innerSport}>${info.innerDport}` : "";
+  return `${formatIpv4(info.src)} > ${formatIpv4(info.dst)} [${protocolLabel(info.innerProtocol)} ${formatIpv4(info.innerSrc)} > ${formatIpv4(info.innerDst)}${ports}]`;
+}
+
+/** The conntrack lookup ports of a packet (track.ts), or null when it cannot have an entry. */
+function tupleOf(info: PacketInfo): { sport: number; dport: number } | null {
+  if (info.protocol === IPPROTO_TCP || info.protocol === IPPROTO_UDP) return info.hasL4 ? { sport: info.sport, dport: info.dport } : null;
+  if (info.protocol === IPPROTO_ICMP) return info.hasL4 && icmpIsQuery(info.icmpType) ? { sport: info.icmpId, dport: icmpTupleDport(info.icmpType, info.icmpCode) } : null;
+  return { sport: 0, dport: 0 };
+}
+
+/** The inverted embedded tuple's ports (track.ts trackIcmpError), or null. */
+function innerLookup(info: PacketInfo): { sport: number; dport: number } | null {
+  const p = info.innerProtocol;
+  if (p === IPPROTO_TCP || p === IPPROTO_UDP) return info.innerHasPorts ? { sport: info.innerDport, dport: info.innerSport } : null;
+  if (p === IPPROTO_ICMP) {
+    if (!info.innerHasPorts) return null;
+    const inverse = icmpInverseType(info.innerIcmpType);
+    return inverse < 0 ? null : { sport: info.innerSport, dport: icmpTupleDport(inverse, info.innerIcmpCode) };
+  }
+  return { sport: 0, dport: 0 };
+}
+
+function innerPortsMatch(info: PacketInfo, t: ConntrackTupleJson): boolean {
+  if (info.innerProtocol === IPPROTO_TCP || info.innerProtocol === IPPROTO_UDP) return info.innerSport === t.sport && info.innerDport === t.dport;
+  if (info.innerProtocol === IPPROTO_ICMP) return !icmpIsQuery(info.innerIcmpType) || info.innerSport === t.id;
+  return true;
+}
+
+function innerHeaderComplete(b: Uint8Array, info: PacketInfo): boolean {
+  return info.innerOffset + info.innerHeaderLength <= info.offset + info.length && b.length >= info.innerOffset + info.innerHeaderLength;
+}
+
+function partialConsistent(b: Uint8Array, info: PacketInfo): boolean {
+  const at = info.l4Offset + (info.protocol === IPPROTO_TCP ? 16 : 6);
+  return read16(b, at) === pseudoHeaderSum(info.src, info.dst, info.protocol, info.l4Length);
+}
+
+function fragmentKey(b: Uint8Array, info: PacketInfo): string {
+  return `${info.src} ${info.dst} ${read16(b, info.offset + 4)} ${info.protocol}`;
+}
+
+/** Same IP identification, fragment field and payload: one fragment before and after NAT. */
+function sameFragment(arrived: Uint8Array, b: Uint8Array): boolean {
+  const a = arrived.subarray(0, Math.min(arrived.length, read16(arrived, 2)));
+  if (a.length !== b.length || a.length < 20 || read16(a, 4) !== read16(b, 4) || read16(a, 6) !== read16(b, 6)) return false;
+  const ihl = (a[0]! & 0x0f) << 2;
+  for (let i = ihl; i < a.length; i++) if (a[i] !== b[i]) return false;
+  return true;
+}
