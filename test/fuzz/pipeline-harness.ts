@@ -27,7 +27,7 @@ import { DROP_REASON_COUNT, DropReason, dropReasonName } from "../../src/core/dr
 import { XorShift32 } from "../../src/core/rng.js";
 import { loadConfig, type RouterConfig } from "../../src/config/config.js";
 import { conntrackEntryJson, type ConntrackTupleJson } from "../../src/conntrack/format.js";
-import { ConntrackTable } from "../../src/conntrack/table.js";
+import { ConntrackTable, CtStatus } from "../../src/conntrack/table.js";
 import { icmpInverseType, icmpTupleDport } from "../../src/conntrack/tuple.js";
 import { buildRoutingTable, compileRules } from "../../src/dataplane/from-config.js";
 import { NetfilterNat } from "../../src/dataplane/netfilter-nat.js";
@@ -40,7 +40,7 @@ import { onesComplementSum, pseudoHeaderSum } from "../../src/wire/checksum.js";
 import { icmpIsQuery } from "../../src/wire/icmp.js";
 import { IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, PacketInfo, TCP_ACK, TCP_SYN } from "../../src/wire/packet-info.js";
 import { parsePacket, verifyL4Checksum } from "../../src/wire/validate.js";
-import { makeChecksumPartial, packetsOf, SEED_CONFIG, type Scenario, type Step } from "./scenario.js";
+import { makeChecksumPartial, packetsOf, readU32, SEED_CONFIG, type Scenario, type Step } from "./scenario.js";
 
 export class FuzzFailure extends Error {
   override name = "FuzzFailure";
@@ -53,6 +53,8 @@ export interface RunStats {
   dropped: number;
   held: number;
   replies: number;
+  /** Packets the established fast path forwarded. */
+  fastPath: number;
 }
 
 const GSO_SLOT = 65_536 + VIRTIO_NET_HDR_LEN;
@@ -77,13 +79,29 @@ interface Arrival {
   partial: boolean;
   gsoSize: number;
   where: string;
+  /** A reply or ICMP error the harness sent back: not answered in turn. */
+  probe?: boolean;
+}
+
+interface Forwarded {
+  arrival: Arrival;
+  out: Uint8Array;
+  verdict: number;
+  explained: boolean;
+}
+
+interface PumpResult {
+  forwarded: Forwarded[];
+  /** Drop reasons counted in this batch, "name=N ...". */
+  dropped: string;
+  sawInvalid: boolean;
 }
 
 export class PipelineHarness {
   readonly clock = new ManualClock();
   readonly dataplane: Dataplane;
   readonly conntrack: ConntrackTable;
-  readonly stats: RunStats = { packets: 0, forwarded: 0, dropped: 0, held: 0, replies: 0 };
+  readonly stats: RunStats = { packets: 0, forwarded: 0, dropped: 0, held: 0, replies: 0, fastPath: 0 };
   private readonly ports: number;
   private readonly inInfo = new PacketInfo();
   private readonly outInfo = new PacketInfo();
@@ -118,6 +136,14 @@ export class PipelineHarness {
         this.clock.advance(step.seconds);
         return;
       }
+      if (step.t === "flow") {
+        step.tcpFlags.forEach((tcpFlags, k) => {
+          const bytes = buildPacket(step.spec.protocol === "tcp" ? { ...step.spec, tcpFlags } : { ...step.spec, icmpSeq: k });
+          const partial = step.offload && step.partial && makeChecksumPartial(bytes);
+          this.pump([{ bytes, port: step.port, leg: step.leg, partial, gsoSize: step.offload ? step.gsoSize : 0, where: `step ${index} packet ${k}` }], step.offload);
+        });
+        return;
+      }
       const arrivals: Arrival[] = [];
       step.packets.forEach((p, k) => {
         for (const bytes of packetsOf(p.gen)) {
@@ -128,12 +154,17 @@ export class PipelineHarness {
       // A batch holds at most 64 packets (a fragment train may be longer than its step says).
       for (let from = 0; from < arrivals.length; from += 64) this.pump(arrivals.slice(from, from + 64), step.offload);
     });
+    this.stats.fastPath = this.dataplane.fastPathPackets;
     return this.stats;
   }
 
-  /** One batch through processBatch and housekeeping (Forwarder.pump), every packet judged. */
-  private pump(arrivals: Arrival[], offload: boolean): void {
-    if (arrivals.length === 0) return;
+  /**
+   * One batch through processBatch and housekeeping (Forwarder.pump), every packet judged; what
+   * left, the drop reasons counted, and whether conntrack found a packet INVALID.
+   */
+  private pump(arrivals: Arrival[], offload: boolean): PumpResult {
+    const result: PumpResult = { forwarded: [], dropped: "", sawInvalid: false };
+    if (arrivals.length === 0) return result;
     const { port, leg } = arrivals[0]!;
     const dp = this.dataplane;
     const ct = this.conntrack;
@@ -146,11 +177,12 @@ export class PipelineHarness {
       kept.push(a);
       if (offload) writeVirtioHeader(batch, batch.count - 1, a);
     }
-    if (kept.length === 0) return;
+    if (kept.length === 0) return result;
     const verdicts = new Int32Array(batch.capacity).fill(-99);
     const generated = new PacketBatch(batch.capacity, PLAIN_SLOT + batch.headroom, batch.headroom);
     const generatedVerdicts = new Int32Array(batch.capacity);
     const dropsBefore = this.packetDrops();
+    const countersBefore = this.dataplane.drops.slice();
     const heldBefore = dp.fragments.heldFragments;
     const expiredBefore = dp.fragmentsExpired;
     const volatileBefore = this.volatileCount();
@@ -167,7 +199,7 @@ export class PipelineHarness {
     const sawInvalid = ct.counters.invalid !== invalidBefore;
     let drops = 0;
     let stolen = 0;
-    const forwarded: { arrival: Arrival; out: Uint8Array; verdict: number }[] = [];
+    const forwarded: Forwarded[] = [];
     for (let i = 0; i < batch.count; i++) {
       const a = kept[i]!;
       this.where = a.where;
@@ -178,7 +210,7 @@ export class PipelineHarness {
         stolen++;
         this.held.push(a);
       } else if (v >= 0 && v < this.ports * 2) {
-        forwarded.push({ arrival: a, out: batch.copyOut(i), verdict: v });
+        forwarded.push({ arrival: a, out: batch.copyOut(i), verdict: v, explained: false });
       } else this.fail(`verdict ${v} is neither a leg, a drop nor held`);
     }
     const released = dp.released;
@@ -193,19 +225,19 @@ export class PipelineHarness {
       else if (v === VERDICT_STOLEN) {
         stolen++;
         this.held.push(a);
-      } else if (v >= 0 && v < this.ports * 2) forwarded.push({ arrival: { ...a, leg }, out, verdict: v });
+      } else if (v >= 0 && v < this.ports * 2) forwarded.push({ arrival: { ...a, leg }, out, verdict: v, explained: false });
       else this.fail(`released fragment: verdict ${v}`);
     }
     this.where = kept[0]!.where;
     const dropsCounted = this.packetDrops() - dropsBefore;
     if (dropsCounted !== drops) {
-      this.fail(`${drops} packets dropped but the drop counters grew by ${dropsCounted} (${this.describeDrops()})`);
+      this.fail(`${drops} packets dropped but the drop counters grew by ${dropsCounted} (${this.describeDrops(countersBefore)})`);
     }
     for (let i = 0; i < generated.count; i++) this.checkGenerated(generated, i, generatedVerdicts[i]!);
 
     for (const f of forwarded) {
       this.where = f.arrival.where;
-      this.checkForwarded(f.arrival, f.out, f.verdict, volatile, sawInvalid);
+      f.explained = this.checkForwarded(f.arrival, f.out, f.verdict, volatile, sawInvalid);
     }
     dp.housekeeping();
     const expired = dp.fragmentsExpired - expiredBefore;
@@ -219,8 +251,16 @@ export class PipelineHarness {
     this.stats.forwarded += forwarded.length;
     if (ct.count > ct.capacity) this.fail(`conntrack holds ${ct.count} entries, capacity ${ct.capacity}`);
 
-    // Replies, one batch each, after everything above was judged.
-    for (const f of forwarded) this.checkReply(f.arrival, f.out, f.verdict);
+    result.forwarded = forwarded;
+    result.dropped = this.describeDrops(countersBefore);
+    result.sawInvalid = sawInvalid;
+    // Replies, one batch each, after everything above was judged (not to the replies themselves).
+    for (const f of forwarded) {
+      if (!f.explained || f.arrival.probe) continue;
+      this.where = `${f.arrival.where} (its reply)`;
+      this.checkReply(f.arrival, f.out, f.verdict);
+    }
+    return result;
   }
 
   private fail(message: string): never {
@@ -235,9 +275,10 @@ export class PipelineHarness {
     return sum;
   }
 
-  private describeDrops(): string {
+  /** The drop reasons counted since `before` (a copy of the counters), as "name=N ...". */
+  private describeDrops(before: Float64Array): string {
     const names: string[] = [];
-    this.dataplane.drops.forEach((n, i) => n > 0 && names.push(`${dropReasonName(i % DROP_REASON_COUNT)}=${n}`));
+    this.dataplane.drops.forEach((n, i) => n > before[i]! && names.push(`${dropReasonName(i % DROP_REASON_COUNT)}=${n - before[i]!}`));
     return names.join(" ");
   }
 
@@ -246,9 +287,33 @@ export class PipelineHarness {
     return c.earlyDrop + c.removed + c.released + c.insertFailed + c.expired;
   }
 
+  /**
+   * The entry (`id << 1 | dir`) with this tuple, -1 for none. A scan, not ConntrackTable.lookup:
+   * a lookup frees the dead entries it meets, and the harness must change nothing. Entries that
+   * were killed in this batch (a RST before any reply: nf_ct_kill) still explain the packet that
+   * killed them; a live entry with the same tuple wins over them.
+   */
+  private findEntry(protocol: number, src: number, dst: number, sport: number, dport: number): number {
+    const t = this.conntrack;
+    let found = -1;
+    for (let id = 0; id < t.capacity; id++) {
+      if (!t.isAllocated(id) || t.protocol(id) !== protocol) continue;
+      for (let dir = 0; dir < 2; dir++) {
+        if ((t.tupleSrcOf(id, dir) | 0) !== (src | 0) || (t.tupleDstOf(id, dir) | 0) !== (dst | 0)) continue;
+        if (t.tupleSportOf(id, dir) !== sport || t.tupleDportOf(id, dir) !== dport) continue;
+        if ((t.status(id) & CtStatus.Dying) === 0) return (id << 1) | dir;
+        found = (id << 1) | dir;
+      }
+    }
+    return found;
+  }
+
   /** The held arrival a released fragment came from: same IP id, offset and payload (NAT changes only addresses). */
   private takeHeld(out: Uint8Array, verdict: number): Arrival {
-    const index = this.held.findIndex((a) => sameFragment(a.bytes, out));
+    // Several held fragments may look alike but for their addresses, which NAT may have changed.
+    const candidates = this.held.filter((a) => sameFragment(a.bytes, out));
+    const exact = candidates.find((a) => readU32(a.bytes, 12) === readU32(out, 12) && readU32(a.bytes, 16) === readU32(out, 16));
+    const index = this.held.indexOf(exact ?? candidates[0]!);
     if (index < 0) this.fail(`a fragment was released (verdict ${verdict}) that was never held`);
     return this.held.splice(index, 1)[0]!;
   }
@@ -283,7 +348,8 @@ export class PipelineHarness {
 
   // ------------------------------------------------------------------------- forwarded
 
-  private checkForwarded(a: Arrival, out: Uint8Array, verdict: number, volatile: boolean, sawInvalid: boolean): void {
+  /** Judges one packet that left; true when a conntrack entry explains its translation. */
+  private checkForwarded(a: Arrival, out: Uint8Array, verdict: number, volatile: boolean, sawInvalid: boolean): boolean {
     const inInfo = this.inInfo;
     const outInfo = this.outInfo;
     const inReason = parsePacket(a.bytes, 0, a.bytes.length, inInfo);
@@ -296,7 +362,7 @@ export class PipelineHarness {
     const expectedTtl = forwardedTtl ? inInfo.ttl - 1 : inInfo.ttl;
     if (outInfo.ttl !== expectedTtl) this.fail(`TTL ${inInfo.ttl} -> ${outInfo.ttl}, expected ${expectedTtl} (${forwardedTtl ? "forwarded" : "local"})`);
     this.checkChecksums(a, out);
-    this.checkTranslation(a, out, volatile, sawInvalid);
+    return this.checkTranslation(a, out, volatile, sawInvalid);
   }
 
   private checkChecksums(a: Arrival, out: Uint8Array): void {
@@ -320,7 +386,7 @@ export class PipelineHarness {
     }
   }
 
-  private checkTranslation(a: Arrival, out: Uint8Array, volatile: boolean, sawInvalid: boolean): void {
+  private checkTranslation(a: Arrival, out: Uint8Array, volatile: boolean, sawInvalid: boolean): boolean {
     const inInfo = this.inInfo;
     const outInfo = this.outInfo;
     const protocol = inInfo.protocol;
@@ -334,22 +400,25 @@ export class PipelineHarness {
       const untouched = `${formatIpv4(inInfo.src)} ${formatIpv4(inInfo.dst)}`;
       const expected = this.fragmentTranslations.get(key);
       if (got !== untouched && got !== expected) this.fail(`fragment ${untouched} left as ${got}; its first fragment left as ${expected ?? "(unknown)"}`);
-      return;
+      return false;
     }
     if (inInfo.moreFragments && hasPorts) this.fragmentTranslations.set(fragmentKey(a.bytes, inInfo), `${formatIpv4(outInfo.src)} ${formatIpv4(outInfo.dst)}`);
-    if (inInfo.isIcmpError) return this.checkErrorTranslation(volatile, sawInvalid);
+    if (inInfo.isIcmpError) {
+      this.checkErrorTranslation(volatile, sawInvalid);
+      return false;
+    }
 
     const lookup = tupleOf(inInfo);
-    const handle = lookup === null ? -1 : this.conntrack.lookup(protocol, inInfo.src | 0, inInfo.dst | 0, lookup.sport, lookup.dport);
+    const handle = lookup === null ? -1 : this.findEntry(protocol, inInfo.src | 0, inInfo.dst | 0, lookup.sport, lookup.dport);
     if (handle < 0) {
       if (outKey !== inKey && !volatile) this.fail(`translated ${inKey} -> ${outKey} without a conntrack entry`);
-      return;
+      return false;
     }
     const entry = conntrackEntryJson(this.conntrack, handle >> 1);
     const other = (handle & 1) === 0 ? entry.reply : entry.original;
     const expected = `${protocolLabel(protocol)} ${describeInverse(other, protocol, outInfo)}`;
-    if (outKey === expected) return;
-    if (outKey === inKey && (sawInvalid || volatile)) return; // INVALID in this batch: passes untranslated (Linux)
+    if (outKey === expected) return true;
+    if (outKey === inKey && (sawInvalid || volatile)) return false; // INVALID in this batch: passes untranslated (Linux)
     this.fail(`${inKey} left as ${outKey}; conntrack -L explains ${expected}: ${JSON.stringify(entry)}`);
   }
 
@@ -358,7 +427,7 @@ export class PipelineHarness {
     const inInfo = this.inInfo;
     const outInfo = this.outInfo;
     const inner = innerLookup(inInfo);
-    const handle = inner === null ? -1 : this.conntrack.lookup(inInfo.innerProtocol, inInfo.innerDst | 0, inInfo.innerSrc | 0, inner.sport, inner.dport);
+    const handle = inner === null ? -1 : this.findEntry(inInfo.innerProtocol, inInfo.innerDst | 0, inInfo.innerSrc | 0, inner.sport, inner.dport);
     const inText = describeError(inInfo);
     const outText = describeError(outInfo);
     if (handle < 0 || inInfo.dst >>> 0 !== inInfo.innerSrc >>> 0) {
@@ -400,60 +469,68 @@ export class PipelineHarness {
     parsePacket(out, 0, out.length, outInfo);
     if (!outInfo.hasL4 || outInfo.isFragment || outInfo.isIcmpError) return;
     const protocol = outInfo.protocol;
-    let reply: PacketSpec;
+    const tuple = tupleOf(inInfo);
+    if (tuple === null) return;
+    if (protocol === IPPROTO_ICMP ? !icmpIsQuery(outInfo.icmpType) || icmpInverseType(outInfo.icmpType) < 0 : protocol !== IPPROTO_TCP && protocol !== IPPROTO_UDP) return;
+    // Only a packet its connection explains has a reply to reverse (not an INVALID one, and not
+    // one whose entry is gone), and the reply must belong to that same connection.
+    const original = this.findEntry(protocol, inInfo.src, inInfo.dst, tuple.sport, tuple.dport);
+    if (original < 0) return;
+    const replyType = icmpInverseType(outInfo.icmpType);
+    const replyHandle =
+      protocol === IPPROTO_ICMP
+        ? this.findEntry(protocol, outInfo.dst, outInfo.src, outInfo.icmpId, icmpTupleDport(replyType, outInfo.icmpCode))
+        : this.findEntry(protocol, outInfo.dst, outInfo.src, outInfo.dport, outInfo.sport);
+    // (A connection to itself, 10.0.0.7:1024 > 10.0.0.7:1024, has one tuple both ways.)
+    if (replyHandle >> 1 !== original >> 1) this.fail(`forwarded ${describe(outInfo)}: its reply tuple is not the other direction of its connection (${original} vs ${replyHandle})`);
     const base = { src: formatIpv4(outInfo.dst), dst: formatIpv4(outInfo.src), ttl: 64 };
-    if (protocol === IPPROTO_TCP || protocol === IPPROTO_UDP) {
-      const handle = this.conntrack.lookup(protocol, outInfo.dst | 0, outInfo.src | 0, outInfo.dport, outInfo.sport);
-      if (handle < 0) return; // not tracked (INVALID, or the entry is gone): nothing to reverse
+    let reply: PacketSpec;
+    if (protocol === IPPROTO_ICMP) {
+      reply = { ...base, protocol: "icmp", icmpType: replyType, icmpCode: outInfo.icmpCode, icmpId: outInfo.icmpId };
+    } else if (protocol === IPPROTO_TCP) {
       const flags = (inInfo.tcpFlags & TCP_SYN) !== 0 && (inInfo.tcpFlags & TCP_ACK) === 0 ? TCP_SYN | TCP_ACK : TCP_ACK;
-      reply = protocol === IPPROTO_TCP ? { ...base, protocol: "tcp", sport: outInfo.dport, dport: outInfo.sport, tcpFlags: flags } : { ...base, protocol: "udp", sport: outInfo.dport, dport: outInfo.sport };
-    } else if (protocol === IPPROTO_ICMP && icmpIsQuery(outInfo.icmpType)) {
-      const type = icmpInverseType(outInfo.icmpType);
-      if (type < 0) return;
-      const handle = this.conntrack.lookup(protocol, outInfo.dst | 0, outInfo.src | 0, outInfo.icmpId, icmpTupleDport(type, outInfo.icmpCode));
-      if (handle < 0) return;
-      reply = { ...base, protocol: "icmp", icmpType: type, icmpCode: outInfo.icmpCode, icmpId: outInfo.icmpId };
-    } else return;
+      reply = { ...base, protocol: "tcp", sport: outInfo.dport, dport: outInfo.sport, tcpFlags: flags };
+    } else {
+      reply = { ...base, protocol: "udp", sport: outInfo.dport, dport: outInfo.sport };
+    }
+    // (pump() below reuses inInfo and outInfo: what is needed is read out first.)
     const wantDst = inInfo.src;
     const wantSrc = inInfo.dst;
     const wantPort = protocol === IPPROTO_ICMP ? inInfo.icmpId : inInfo.sport;
     const wantFrom = protocol === IPPROTO_ICMP ? -1 : inInfo.dport;
     const what = `reply ${protocolLabel(protocol)} ${describe(outInfo, true)}`;
+    const outText = describe(outInfo);
     const egress = verdict >> 1;
     const leg = verdict & 1;
-    const bytes = buildPacket(reply);
-    const dropsBefore = this.packetDrops();
-    const invalidBefore = this.conntrack.counters.invalid;
-    const batch = new PacketBatch(1, PLAIN_SLOT);
-    batch.push(bytes);
-    const verdicts = new Int32Array(1);
-    const generated = new PacketBatch(1, PLAIN_SLOT);
-    try {
-      this.dataplane.processBatch(batch, egress, leg, verdicts, generated, new Int32Array(1));
-    } catch (error) {
-      this.fail(`${what}: processBatch threw ${String(error)}`);
-    }
-    this.dataplane.housekeeping();
+    const embedded = out.subarray(0, Math.min(out.length, 548));
+    const errorSpec: PacketSpec = { protocol: "icmp", src: base.src, dst: base.dst, icmpType: 3, icmpCode: 3, payload: embedded };
+    const probe = { port: egress, leg, partial: false, gsoSize: 0, where: this.where, probe: true };
+
+    const answer = this.pump([{ ...probe, bytes: buildPacket(reply) }], false);
     this.stats.replies++;
-    const v = verdicts[0]!;
-    if (v < 0) {
-      if (this.packetDrops() - dropsBefore !== 1) this.fail(`${what}: dropped without exactly one drop count`);
-      // A reply may be refused for reasons of its own (TTL, a route back that is not unicast,
-      // a martian original source); never for want of the translation back.
-      const reasons = this.describeDrops();
-      if (/nat-no-free-tuple|conntrack-insert-failed/.test(reasons) && this.conntrack.counters.invalid === invalidBefore) {
-        this.fail(`${what}: dropped (${reasons})`);
-      }
-      return;
-    }
-    if (this.conntrack.counters.invalid !== invalidBefore) return; // INVALID: passes untranslated, as Linux
-    const back = batch.copyOut(0);
     const info = this.scratchInfo;
-    if (parsePacket(back, 0, back.length, info) !== DropReason.None) this.fail(`${what}: left invalid`);
-    const port = protocol === IPPROTO_ICMP ? info.icmpId : info.dport;
-    const from = protocol === IPPROTO_ICMP ? -1 : info.sport;
-    if (info.dst !== wantDst || port !== wantPort || info.src !== wantSrc || from !== wantFrom) {
-      this.fail(`${what} reached ${describe(info)}, expected ${formatIpv4(wantSrc)}${wantFrom >= 0 ? `:${wantFrom}` : ""} > ${formatIpv4(wantDst)}:${wantPort}`);
+    if (answer.forwarded.length === 0) {
+      // A reply may be refused for reasons of its own (a martian original source, a route back
+      // that is not unicast); never for want of the translation back.
+      if (/nat-no-free-tuple|conntrack-insert-failed/.test(answer.dropped) && !answer.sawInvalid) this.fail(`${what}: dropped (${answer.dropped})`);
+    } else if (!answer.sawInvalid) {
+      const back = answer.forwarded[0]!.out;
+      parsePacket(back, 0, back.length, info);
+      const port = protocol === IPPROTO_ICMP ? info.icmpId : info.dport;
+      const from = protocol === IPPROTO_ICMP ? -1 : info.sport;
+      if (info.dst !== wantDst || port !== wantPort || info.src !== wantSrc || from !== wantFrom) {
+        this.fail(`${what} reached ${describe(info)}, expected ${formatIpv4(wantSrc)}${wantFrom >= 0 ? `:${wantFrom}` : ""} > ${formatIpv4(wantDst)}:${wantPort}`);
+      }
+    }
+
+    // An ICMP error about the forwarded packet, from where it went (RFC 792 port unreachable):
+    // it reaches the original sender and embeds the packet as that sender sent it.
+    const error = this.pump([{ ...probe, bytes: buildPacket(errorSpec) }], false);
+    if (error.forwarded.length === 0 || error.sawInvalid) return;
+    const back = error.forwarded[0]!.out;
+    parsePacket(back, 0, back.length, info);
+    if (info.dst !== wantDst || info.innerSrc !== wantDst || info.innerDst !== wantSrc || (info.innerHasPorts && info.innerSport !== wantPort)) {
+      this.fail(`ICMP error about ${outText} reached ${describeError(info)}, expected it to reach ${formatIpv4(wantDst)} embedding ${formatIpv4(wantDst)}:${wantPort} > ${formatIpv4(wantSrc)}`);
     }
   }
 }

@@ -77,6 +77,11 @@ export interface BatchPacket {
 
 export type Step =
   | { t: "batch"; port: number; leg: number; offload: boolean; packets: BatchPacket[] }
+  /**
+   * One connection's packets, each in its own batch (the harness answers each one it forwards,
+   * so the connection gets established and its later packets take the established fast path).
+   */
+  | { t: "flow"; port: number; leg: number; offload: boolean; spec: PacketSpec; tcpFlags: number[]; partial: boolean; gsoSize: number }
   | { t: "tick"; seconds: number };
 
 export interface Scenario {
@@ -227,12 +232,34 @@ const batchStep: fc.Arbitrary<Step> = fc
     fc.array(batchPacket(port, leg, offload), { minLength: 1, maxLength: 6 }).map((packets): Step => ({ t: "batch", port, leg, offload, packets })),
   );
 
+const FLOW_FLAGS = [0x02, 0x10, 0x18, 0x18, 0x18, 0x11, 0x10, 0x04, 0x02];
+
+const flowStep: fc.Arbitrary<Step> = fc
+  .record({
+    port: fc.constantFrom(TENANT_PORT, GATEWAY_PORT),
+    leg: fc.oneof({ weight: 6, arbitrary: fc.constant(0) }, { weight: 1, arbitrary: fc.constant(1) }),
+    offload: fc.oneof({ weight: 3, arbitrary: fc.constant(false) }, { weight: 1, arbitrary: fc.constant(true) }),
+  })
+  .chain(({ port, leg, offload }) =>
+    fc.record({
+      t: fc.constant("flow" as const),
+      port: fc.constant(port),
+      leg: fc.constant(leg),
+      offload: fc.constant(offload),
+      spec: specArb(port, leg, offload ? 64_000 : 1400).filter((s) => s.protocol === "tcp" || s.protocol === "udp" || s.protocol === "icmp"),
+      // SYN, then ACKs with data, now and then a FIN or RST or another SYN (a reopened port).
+      tcpFlags: fc.oneof(fc.constant(FLOW_FLAGS.slice(0, 5)), fc.array(fc.constantFrom(...FLOW_FLAGS), { minLength: 1, maxLength: 8 })),
+      partial: offload ? fc.boolean() : fc.constant(false),
+      gsoSize: offload ? fc.constantFrom(0, 1448) : fc.constant(0),
+    }),
+  );
+
 const tickStep: fc.Arbitrary<Step> = fc.record({ t: fc.constant("tick" as const), seconds: fc.constantFrom(1, 10, 31, 121, 700, 432_001) });
 
 export const scenarioArb: fc.Arbitrary<Scenario> = fc.record({
   capacity: fc.constantFrom(8, 64, 1024),
   rngSeed: fc.integer({ min: 1, max: 0x7fffffff }),
-  steps: fc.array(fc.oneof({ weight: 6, arbitrary: batchStep }, { weight: 1, arbitrary: tickStep }), { minLength: 1, maxLength: 12 }),
+  steps: fc.array(fc.oneof({ weight: 6, arbitrary: batchStep }, { weight: 3, arbitrary: flowStep }, { weight: 1, arbitrary: tickStep }), { minLength: 1, maxLength: 12 }),
 });
 
 // ---------------------------------------------------------------------------- bytes
@@ -264,7 +291,11 @@ export function packetsOf(gen: PacketGen): Uint8Array[] {
 }
 
 function fragmentTrain(gen: Extract<PacketGen, { kind: "fragments" }>): Uint8Array[] {
-  const whole = buildPacket({ ...gen.spec, payload: new Uint8Array(gen.size).fill(0xab) });
+  // Bytes that differ from one datagram to another, so a fragment is recognised when it is released.
+  let tag = gen.spec.id ?? 0;
+  for (const c of `${gen.spec.src} ${gen.spec.dst}`) tag = (tag * 31 + c.charCodeAt(0)) >>> 0;
+  const payload = new Uint8Array(gen.size).map((_, i) => (tag >>> (8 * (i % 4))) + i);
+  const whole = buildPacket({ ...gen.spec, payload });
   const l4 = whole.subarray(20);
   const fragments: Uint8Array[] = [];
   for (let offset = 0; offset < l4.length; offset += gen.chunk) {
