@@ -41,7 +41,7 @@ import {
 import { ipv4DecrementTtl } from "../wire/ipv4.js";
 import { IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, PacketInfo } from "../wire/packet-info.js";
 import { gsoSegmentNetworkLength, parsePacket } from "../wire/validate.js";
-import { FragmentTable } from "../nat/fragments.js";
+import { DEFRAG_USER_IN, DEFRAG_USER_OUT, FragmentTable } from "../nat/fragments.js";
 import { RouterAddresses, isMartianDestination, isMartianSource } from "./addresses.js";
 import { EstablishedFastPath, FAST_PATH_MISS } from "./fast-path.js";
 import { ICMP_ERROR_RATE_LIMITED, IcmpErrorWriter } from "./icmp-error.js";
@@ -118,6 +118,8 @@ export class Dataplane {
   readonly fragments: FragmentTable;
   readonly released = new PacketBatch(64, 2048);
   readonly releasedVerdicts = new Int32Array(64);
+  /** The defrag user (DEFRAG_USER_IN: from a wire leg, OUT: from a mirror) each released fragment arrived as. */
+  private readonly releasedUsers = new Uint8Array(64);
   /** Held fragments dropped because their first fragment never came (Linux ipfrag_time). */
   fragmentsExpired = 0;
   /** Set while `qnat trace` runs one packet. */
@@ -227,14 +229,16 @@ export class Dataplane {
       packet.l4Partial = false;
       packet.gsoSize = 0;
     }
-    // Fragments held for a first fragment that this batch brought, as if they arrived now.
+    // Fragments held for a first fragment that this batch brought, as if they arrived now, on
+    // the leg kind they came from (a wire leg or a mirror: see DEFRAG_USER_IN in nat/fragments.ts).
     this.released.clear();
     if (this.fragments.hasReleased) {
-      this.fragments.releaseHeld(this.released);
+      this.fragments.releaseHeld(this.released, this.releasedUsers);
       const rel = this.released;
       for (let i = 0; i < rel.count; i++) {
+        const from = this.releasedUsers[i] === DEFRAG_USER_OUT ? LEG_MIRROR : LEG_WIRE;
         try {
-          this.releasedVerdicts[i] = this.forwardOne(rel.data, rel.offsetOf(i), rel.lengths[i]!, -1, ingress, leg, fast, generated);
+          this.releasedVerdicts[i] = this.forwardOne(rel.data, rel.offsetOf(i), rel.lengths[i]!, -1, ingress, from, fast, generated);
         } catch (error) {
           this.releasedVerdicts[i] = this.internalError(error, rel.data, rel.offsetOf(i), rel.lengths[i]!, ingress);
         }
@@ -316,7 +320,7 @@ export class Dataplane {
 
     // Conntrack (PREROUTING, priority -200) then DNAT (-100).
     const ct = p.ct;
-    const tracked = this.trackPacket(p, ingress);
+    const tracked = this.trackPacket(p, ingress, DEFRAG_USER_IN);
     if (tracked < 0) return tracked;
     if (this.nat !== undefined) {
       const natReason = this.nat.prerouting(buf, info, ct, ingress);
@@ -399,7 +403,7 @@ export class Dataplane {
     info.l4ChecksumPartial = p.l4Partial;
     if (reason !== DropReason.None) return this.drop(ingress, reason);
     const ct = p.ct;
-    const tracked = p.attached >= 0 ? this.attachConnection(p) : this.trackPacket(p, ingress);
+    const tracked = p.attached >= 0 ? this.attachConnection(p) : this.trackPacket(p, ingress, DEFRAG_USER_OUT);
     if (tracked < 0) return tracked;
     if (this.nat !== undefined) {
       const natReason = this.nat.output(buf, info, ct);
@@ -432,12 +436,13 @@ export class Dataplane {
   /**
    * Conntrack for the current packet into `p.ct`. INVALID packets are not dropped (Linux
    * conntrack only marks them; without a filter rule they pass, untranslated); they are counted
-   * by the table. Returns 0, or a drop verdict (table full).
+   * by the table. Returns 0, or a drop verdict (table full). `user`: DEFRAG_USER_IN from a wire
+   * leg, DEFRAG_USER_OUT from a mirror (fragments of the two never make one datagram).
    */
-  private trackPacket(p: PacketContext, ingress: number): number {
+  private trackPacket(p: PacketContext, ingress: number, user: number): number {
     const ct = p.ct;
     const info = p.info;
-    if (info.fragmentOffset !== 0 && hasPorts(info.protocol)) return this.trackFragment(p, ingress);
+    if (info.fragmentOffset !== 0 && hasPorts(info.protocol)) return this.trackFragment(p, ingress, user);
     const reason = track(this.conntrack, info, ct);
     if (reason !== DropReason.None) return this.drop(ingress, reason);
     if (this.tracer !== null) this.traceConntrack(p);
@@ -445,7 +450,7 @@ export class Dataplane {
       // A first fragment: remember its connection for the fragments that follow (before NAT).
       // Untracked (INVALID) ones too: Linux passes the whole datagram untranslated then.
       const ref = ct.id >= 0 ? (ct.id << 1) | ct.dir : FRAGMENT_UNTRACKED;
-      const noted = this.fragments.noteFirstFragment(info.buf, info, ref);
+      const noted = this.fragments.noteFirstFragment(info.buf, info, ref, user);
       if (noted !== DropReason.None) return this.release(p, ingress, noted);
     }
     return 0;
@@ -456,14 +461,14 @@ export class Dataplane {
    * fragment. Without NAT it needs nothing; with NAT it is translated like its first fragment, or
    * held until that arrives.
    */
-  private trackFragment(p: PacketContext, ingress: number): number {
+  private trackFragment(p: PacketContext, ingress: number, user: number): number {
     const ct = p.ct;
     ct.id = -1;
     ct.isNew = false;
     ct.state = CtState.Invalid;
     if (this.nat === undefined) return 0;
     const info = p.info;
-    const ref = this.fragments.lookupFragment(info.buf, info);
+    const ref = this.fragments.lookupFragment(info.buf, info, user);
     if (ref === FRAGMENT_UNTRACKED) {
       if (this.tracer !== null) this.tracer.step("conntrack", `fragment at offset ${info.fragmentOffset}: its first fragment was not tracked; passes without NAT`);
       return 0;
@@ -489,7 +494,7 @@ export class Dataplane {
       if (this.tracer !== null) this.tracer.step("conntrack", `fragment at offset ${info.fragmentOffset}: belongs to ${formatConntrackEntry(this.conntrack, ct.id)}`);
       return 0;
     }
-    const held = this.fragments.holdFragment(info.buf, info);
+    const held = this.fragments.holdFragment(info.buf, info, user);
     if (held !== DropReason.None) return this.drop(ingress, held);
     if (this.tracer !== null) this.tracer.step("conntrack", `fragment at offset ${info.fragmentOffset} came before its first fragment: held`);
     return VERDICT_STOLEN;

@@ -9,8 +9,13 @@
  * datagram, which connection its first fragment belonged to.
  *
  * Key: (source, destination, IP identification, protocol) of the packet as it ARRIVED, before any
- * NAT — RFC 791's reassembly key, the same as Linux ip4_frag key (saddr, daddr, id, protocol).
- * The dataplane records the first fragment before rewriting it.
+ * NAT — RFC 791's reassembly key, the same as Linux ip4_frag key (saddr, daddr, id, protocol) —
+ * and, as in that key, the defrag "user": Linux reassembles packets from the network at
+ * PREROUTING (IP_DEFRAG_CONNTRACK_IN) and those the host sends at OUTPUT
+ * (IP_DEFRAG_CONNTRACK_OUT) in separate queues (nf_defrag_ipv4.c, include/net/ip.h), so a
+ * fragment from a wire leg and one from a mirror never belong to one datagram, and a held
+ * fragment is released to the path it arrived on. The dataplane records the first fragment
+ * before rewriting it.
  *
  * Fragments that arrive before their first fragment are held: copied into a preallocated pool of
  * fixed-size slots (bounded count and bytes, no allocation per packet) and released when the
@@ -39,6 +44,10 @@ import { DropReason } from "../core/drop-reason.js";
 import type { PacketInfo } from "../wire/packet-info.js";
 import { type HashKey, hashKeyFrom, hsiphash } from "../core/hash.js";
 import { XorShift32 } from "../core/rng.js";
+
+/** Defrag users (Linux enum ip_defrag_users): fragments from the network, and from the router's own host. */
+export const DEFRAG_USER_IN = 0;
+export const DEFRAG_USER_OUT = 1;
 
 /** Linux ipfrag_time (net/ipv4/ip_fragment.c, IP_FRAG_TIME = 30 * HZ). */
 export const FRAGMENT_TIMEOUT_SECONDS = 30;
@@ -116,6 +125,8 @@ export class FragmentTable {
   // held fragment slots
   private readonly pool: Uint8Array;
   private readonly slotLength: Uint32Array;
+  /** The defrag user each held fragment arrived as. */
+  private readonly slotUser: Uint8Array;
   private readonly slotNext: Int32Array;
   private freeSlot = NONE;
   private releasedHead = NONE;
@@ -158,6 +169,7 @@ export class FragmentTable {
     const slots = this.maxHeldFragments;
     this.pool = new Uint8Array(slots * this.slotSize);
     this.slotLength = new Uint32Array(slots);
+    this.slotUser = new Uint8Array(slots);
     this.slotNext = new Int32Array(slots);
     for (let s = slots - 1; s >= 0; s--) {
       this.slotNext[s] = this.freeSlot;
@@ -183,9 +195,9 @@ export class FragmentTable {
    * datagram become ready for `releaseHeld`. Returns DropReason.None, or FragmentTableFull when no
    * state can be created (drop the fragment: its followers could not be translated).
    */
-  noteFirstFragment(buf: Uint8Array, info: PacketInfo, ref: number): DropReason {
+  noteFirstFragment(buf: Uint8Array, info: PacketInfo, ref: number, user = DEFRAG_USER_IN): DropReason {
     const now = this.clock.now();
-    const e = this.findOrInsert(info.src, info.dst, keyIdProto(buf, info), now);
+    const e = this.findOrInsert(info.src, info.dst, keyIdProto(buf, info, user), now);
     if (e === NONE) return DropReason.FragmentTableFull;
     this.refs[e] = ref;
     // Hand the waiting fragments over, in arrival order.
@@ -205,8 +217,8 @@ export class FragmentTable {
    * A non-first fragment: the conntrack handle of its datagram's first fragment, or -1 when that
    * has not been seen (then `holdFragment`).
    */
-  lookupFragment(buf: Uint8Array, info: PacketInfo): number {
-    const e = this.find(info.src, info.dst, keyIdProto(buf, info), this.clock.now());
+  lookupFragment(buf: Uint8Array, info: PacketInfo, user = DEFRAG_USER_IN): number {
+    const e = this.find(info.src, info.dst, keyIdProto(buf, info, user), this.clock.now());
     if (e === NONE) return NONE;
     const ref = this.refs[e]!;
     if (ref < 0) return NONE;
@@ -220,14 +232,14 @@ export class FragmentTable {
    * (`info.length` bytes at `info.offset`) into the pool. Returns DropReason.None when held (the
    * caller must not forward it now), FragmentTableFull when there is no room (drop it).
    */
-  holdFragment(buf: Uint8Array, info: PacketInfo): DropReason {
+  holdFragment(buf: Uint8Array, info: PacketInfo, user = DEFRAG_USER_IN): DropReason {
     const now = this.clock.now();
     const length = info.length;
     if (this.freeSlot === NONE || length > this.slotSize) {
       this.counters.tableFull++;
       return DropReason.FragmentTableFull;
     }
-    const e = this.findOrInsert(info.src, info.dst, keyIdProto(buf, info), now);
+    const e = this.findOrInsert(info.src, info.dst, keyIdProto(buf, info, user), now);
     if (e === NONE) return DropReason.FragmentTableFull;
     const slot = this.freeSlot;
     this.freeSlot = this.slotNext[slot]!;
@@ -236,6 +248,7 @@ export class FragmentTable {
     const to = slot * this.slotSize;
     for (let i = 0; i < length; i++) pool[to + i] = buf[from + i]!;
     this.slotLength[slot] = length;
+    this.slotUser[slot] = user;
     this.slotNext[slot] = NONE;
     if (this.heldTail[e] === NONE) this.heldHead[e] = slot;
     else this.slotNext[this.heldTail[e]!] = slot;
@@ -254,9 +267,10 @@ export class FragmentTable {
   /**
    * Copies fragments whose first fragment has arrived into `batch` (as many as fit) and frees
    * their slots; the dataplane runs them through the pipeline, where `lookupFragment` now finds
-   * their state. Returns how many were copied.
+   * their state, on the path of the defrag user each arrived as (`users[i]`, DEFRAG_USER_*).
+   * Returns how many were copied.
    */
-  releaseHeld(batch: PacketBatch): number {
+  releaseHeld(batch: PacketBatch, users?: Uint8Array): number {
     let copied = 0;
     const pool = this.pool;
     while (this.releasedHead !== NONE) {
@@ -268,6 +282,7 @@ export class FragmentTable {
       const data = batch.data;
       for (let i = 0; i < length; i++) data[to + i] = pool[from + i]!;
       batch.lengths[batch.count] = length;
+      if (users !== undefined) users[batch.count] = this.slotUser[slot]!;
       batch.count++;
       this.releasedHead = this.slotNext[slot]!;
       if (this.releasedHead === NONE) this.releasedTail = NONE;
@@ -424,8 +439,8 @@ export class FragmentTable {
   }
 }
 
-/** (IP identification << 8 | protocol) of the fragment at `info.offset` (RFC 791 reassembly key). */
-function keyIdProto(buf: Uint8Array, info: PacketInfo): number {
+/** (IP identification, defrag user, protocol) of the fragment at `info.offset` in one number (RFC 791 reassembly key). */
+function keyIdProto(buf: Uint8Array, info: PacketInfo, user: number): number {
   const o = info.offset;
-  return (((buf[o + 4]! << 8) | buf[o + 5]!) * 256 + info.protocol) >>> 0;
+  return ((((buf[o + 4]! << 8) | buf[o + 5]!) * 2 + user) * 256 + info.protocol) >>> 0;
 }

@@ -1,0 +1,35 @@
+/**
+ * What fuzzing the pipeline found, one regression test each (docs/fuzzing.md lists them).
+ */
+import { describe, expect, it } from "vitest";
+import { decodePacket } from "../../src/wire/build.js";
+import { fragmentDatagram } from "../support/fragments.js";
+import { MemoryRouter } from "../support/memory-router.js";
+
+const QR = "qr-694450d6-f6";
+const QG = "qg-e76de35e-90";
+
+describe("fuzzing findings", () => {
+  it("a fragment from the tenant's wire is not released by a first fragment the router's own host sends: the two are different datagrams (Linux IP_DEFRAG_CONNTRACK_IN / _OUT)", () => {
+    const router = MemoryRouter.fromFile();
+    const payload = new Uint8Array(200).map((_, i) => i);
+    // 10.0.0.3 sends a datagram in two fragments; its second one arrives first and is held.
+    const [first, second] = fragmentDatagram({ protocol: "udp", src: "10.0.0.3", dst: "203.0.113.10", sport: 4000, dport: 53, payload, id: 0x4242 }, 104);
+    router.send(QR, second!);
+    router.run();
+    expect(router.receivedRaw(QG)).toEqual([]);
+    // The router's host sends a first fragment with the same addresses and IP id: it goes out
+    // on its own (OUTPUT), and does not take 10.0.0.3's held fragment along the OUTPUT path.
+    router.sendFromHost(QR, first!);
+    router.run();
+    expect(router.receivedRaw(QG).map((p) => decodePacket(p).fragmentOffset)).toEqual([0]);
+    // 10.0.0.3's own first fragment releases it: both forwarded, TTL 64 -> 63, as 9.186.100.2.
+    router.send(QR, first!);
+    router.run();
+    const out = router.receivedRaw(QG).map((p) => decodePacket(p));
+    expect(out.map((d) => [d.src, d.fragmentOffset, d.ttl])).toEqual([
+      ["9.186.100.2", 0, 63],
+      ["9.186.100.2", 104, 63],
+    ]);
+  });
+});
