@@ -225,7 +225,7 @@ export class PipelineHarness {
       else if (v === VERDICT_STOLEN) {
         stolen++;
         this.held.push(a);
-      } else if (v >= 0 && v < this.ports * 2) forwarded.push({ arrival: { ...a, leg }, out, verdict: v, explained: false });
+      } else if (v >= 0 && v < this.ports * 2) forwarded.push({ arrival: a, out, verdict: v, explained: false });
       else this.fail(`released fragment: verdict ${v}`);
     }
     this.where = kept[0]!.where;
@@ -445,7 +445,7 @@ export class PipelineHarness {
 
   /** The router's own ICMP errors: well-formed, checksums right, counted when dropped. */
   private checkGenerated(generated: PacketBatch, i: number, verdict: number): void {
-    if (verdict < 0) return;
+    if (verdict < 0) this.fail(`the router's own ICMP error was dropped (verdict ${verdict}) and no drop counter says why`);
     if (verdict >= this.ports * 2) this.fail(`generated ICMP error: verdict ${verdict}`);
     const out = generated.copyOut(i);
     const info = this.outInfo;
