@@ -28,6 +28,7 @@ export enum DropReason {
   NatNoFreeTuple,       // port/id range exhausted for this binding
   FragmentNoState,      // non-first fragment whose first fragment was never seen
   FragmentTableFull,
+  FragmentOversize,     // a fragment ending past 65535 bytes of datagram (Linux ip_frag_reasm: "Oversized IP packet")
   // egress
   EgressQueueFull,
   IcmpRateLimited,      // an ICMP error was due but the rate limit suppressed it

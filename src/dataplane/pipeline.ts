@@ -38,7 +38,7 @@ import {
   ICMP_HOST_UNREACHABLE,
   ICMP_ADMIN_PROHIBITED,
 } from "../wire/icmp.js";
-import { ipv4DecrementTtl } from "../wire/ipv4.js";
+import { IPV4_MAX_TOTAL_LENGTH, ipv4DecrementTtl } from "../wire/ipv4.js";
 import { IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, PacketInfo } from "../wire/packet-info.js";
 import { gsoSegmentNetworkLength, parsePacket } from "../wire/validate.js";
 import { DEFRAG_USER_IN, DEFRAG_USER_OUT, FragmentTable } from "../nat/fragments.js";
@@ -442,6 +442,9 @@ export class Dataplane {
   private trackPacket(p: PacketContext, ingress: number, user: number): number {
     const ct = p.ct;
     const info = p.info;
+    // Conntrack sees datagrams whole (nf_defrag_ipv4): a datagram a fragment would make longer
+    // than an IPv4 total length can say is never reassembled (ip_frag_reasm, out_oversize).
+    if (info.headerLength + info.fragmentOffset + info.l4Length > IPV4_MAX_TOTAL_LENGTH) return this.drop(ingress, DropReason.FragmentOversize);
     if (info.fragmentOffset !== 0 && hasPorts(info.protocol)) return this.trackFragment(p, ingress, user);
     const reason = track(this.conntrack, info, ct);
     if (reason !== DropReason.None) return this.drop(ingress, reason);

@@ -2,7 +2,7 @@
  * What fuzzing the pipeline found, one regression test each (docs/fuzzing.md lists them).
  */
 import { describe, expect, it } from "vitest";
-import { decodePacket } from "../../src/wire/build.js";
+import { buildPacket, decodePacket } from "../../src/wire/build.js";
 import { fragmentDatagram } from "../support/fragments.js";
 import { MemoryRouter } from "../support/memory-router.js";
 
@@ -10,6 +10,17 @@ const QR = "qr-694450d6-f6";
 const QG = "qg-e76de35e-90";
 
 describe("fuzzing findings", () => {
+  it("a fragment that would make its datagram longer than 65535 bytes (the ping of death) is dropped and counted, not translated and forwarded", () => {
+    const router = MemoryRouter.fromFile();
+    const [first] = fragmentDatagram({ protocol: "udp", src: "10.0.0.3", dst: "203.0.113.10", sport: 4000, dport: 53, payload: new Uint8Array(200), id: 0x5151 }, 104);
+    const tail = buildPacket({ protocol: "udp", src: "10.0.0.3", dst: "203.0.113.10", id: 0x5151, fragmentOffset: 65528, payload: new Uint8Array(64) });
+    router.send(QR, first!);
+    router.send(QR, tail);
+    router.run();
+    expect(router.receivedRaw(QG).map((p) => decodePacket(p).fragmentOffset)).toEqual([0]);
+    expect(router.drops(QR)).toEqual({ "fragment-oversize": 1 });
+  });
+
   it("a fragment from the tenant's wire is not released by a first fragment the router's own host sends: the two are different datagrams (Linux IP_DEFRAG_CONNTRACK_IN / _OUT)", () => {
     const router = MemoryRouter.fromFile();
     const payload = new Uint8Array(200).map((_, i) => i);

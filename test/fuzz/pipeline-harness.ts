@@ -230,6 +230,7 @@ export class PipelineHarness {
     }
     this.where = kept[0]!.where;
     const dropsCounted = this.packetDrops() - dropsBefore;
+    for (let port = 0; port < this.ports; port++) if (dp.drops[port * DROP_REASON_COUNT + DropReason.None]! > 0) this.fail("a drop was counted with no reason (DropReason.None)");
     if (dropsCounted !== drops) {
       this.fail(`${drops} packets dropped but the drop counters grew by ${dropsCounted} (${this.describeDrops(countersBefore)})`);
     }
@@ -357,6 +358,7 @@ export class PipelineHarness {
     const outReason = parsePacket(out, 0, out.length, outInfo);
     if (outReason !== DropReason.None) this.fail(`left invalid: ${dropReasonName(outReason)}`);
     if (outInfo.length !== out.length) this.fail(`left with ${out.length} bytes for a total length of ${outInfo.length}`);
+    if (outInfo.headerLength + outInfo.fragmentOffset + outInfo.l4Length > 65535) this.fail(`a fragment ending at byte ${outInfo.fragmentOffset + outInfo.l4Length} of a datagram longer than 65535 bytes left`);
     const outLeg = verdict & 1;
     const forwardedTtl = a.leg === LEG_WIRE && outLeg === LEG_WIRE;
     const expectedTtl = forwardedTtl ? inInfo.ttl - 1 : inInfo.ttl;
@@ -399,7 +401,8 @@ export class PipelineHarness {
       const got = `${formatIpv4(outInfo.src)} ${formatIpv4(outInfo.dst)}`;
       const untouched = `${formatIpv4(inInfo.src)} ${formatIpv4(inInfo.dst)}`;
       const expected = this.fragmentTranslations.get(key);
-      if (got !== untouched && got !== expected) this.fail(`fragment ${untouched} left as ${got}; its first fragment left as ${expected ?? "(unknown)"}`);
+      // Never an internal address leaking out untranslated while its datagram is translated.
+      if (expected !== undefined ? got !== expected : got !== untouched) this.fail(`fragment ${untouched} left as ${got}; its first fragment left as ${expected ?? "(not seen)"}`);
       return false;
     }
     if (inInfo.moreFragments && hasPorts) this.fragmentTranslations.set(fragmentKey(a.bytes, inInfo), `${formatIpv4(outInfo.src)} ${formatIpv4(outInfo.dst)}`);
