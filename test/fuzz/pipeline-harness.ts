@@ -34,6 +34,8 @@ import { NetfilterNat } from "../../src/dataplane/netfilter-nat.js";
 import { Dataplane } from "../../src/dataplane/pipeline.js";
 import { LEG_WIRE, VERDICT_DROP, VERDICT_STOLEN } from "../../src/dataplane/port.js";
 import { NatEngine } from "../../src/nat/binding.js";
+import { compile } from "../../src/nat/rules/evaluate.js";
+import { parseRules } from "../../src/nat/rules/parse.js";
 import type { RoutingTable } from "../../src/route/table.js";
 import { buildPacket, type PacketSpec } from "../../src/wire/build.js";
 import { onesComplementSum, pseudoHeaderSum } from "../../src/wire/checksum.js";
@@ -112,13 +114,15 @@ export class PipelineHarness {
   private readonly fragmentTranslations = new Map<string, string>();
   private where = "";
 
-  constructor(readonly scenario: Pick<Scenario, "capacity" | "rngSeed">) {
+  /** `rulesText`: nat rules to use instead of the seed's (they must parse without errors). */
+  constructor(readonly scenario: Pick<Scenario, "capacity" | "rngSeed">, rulesText?: string) {
     const { config, routes } = seedRouter();
     const rng = new XorShift32(scenario.rngSeed);
     let engine: NatEngine | undefined;
     this.conntrack = new ConntrackTable({ capacity: scenario.capacity, clock: this.clock, seed: rng.next(), onRemove: (id) => engine?.forget(id) });
     engine = new NatEngine(this.conntrack, rng);
-    const nat = new NetfilterNat(this.conntrack, compileRules(config), config.ports.map((p) => p.addresses[0]!.addr), engine);
+    const rules = rulesText === undefined ? compileRules(config) : compile(parseRules(rulesText).table, config.ports.map((p) => p.name));
+    const nat = new NetfilterNat(this.conntrack, rules, config.ports.map((p) => p.addresses[0]!.addr), engine);
     this.dataplane = new Dataplane({
       ports: config.ports.map((p) => ({ name: p.name, addresses: p.addresses, mtu: p.mtu })),
       routes,

@@ -1,0 +1,49 @@
+/**
+ * The two fuzzing properties, shared by the bounded runs in `npm test` (pipeline.test.ts,
+ * rules.test.ts) and the long run (scripts/fuzz.ts). Each throws FuzzFailure on a broken
+ * invariant. Not a test file.
+ */
+import fc from "fast-check";
+import { checkRulesText } from "../../src/nat/rules/check.js";
+import { compile } from "../../src/nat/rules/evaluate.js";
+import { formatRules, formatSave } from "../../src/nat/rules/format.js";
+import { parseRules } from "../../src/nat/rules/parse.js";
+import { FuzzFailure, PipelineHarness, type RunStats } from "./pipeline-harness.js";
+import { rulesCaseArb, rulesTextOf, type RulesCase } from "./rules-scenario.js";
+import { scenarioArb, type Scenario } from "./scenario.js";
+
+const PORTS = ["qr-694450d6-f6", "qg-e76de35e-90"];
+
+/** Whatever arrives, the seed's router keeps every invariant of pipeline-harness.ts. */
+export function pipelineProperty(onRun: (stats: RunStats) => void = () => {}): fc.IPropertyWithHooks<[Scenario]> {
+  return fc.property(scenarioArb, (scenario) => {
+    onRun(new PipelineHarness(scenario).run(scenario.steps));
+  });
+}
+
+/**
+ * Whatever the nat rules text, the reader never throws; every problem is one `FILE:LINE: message`
+ * on a line of the text; a text it accepts compiles, prints (`-S` and iptables-save) to text it
+ * accepts again and prints the same, and a router using it keeps every pipeline invariant.
+ */
+export function rulesProperty(onRun: (stats: RunStats) => void = () => {}): fc.IPropertyWithHooks<[RulesCase, Scenario]> {
+  return fc.property(rulesCaseArb, scenarioArb, (rulesCase, scenario) => {
+    const text = rulesTextOf(rulesCase);
+    const lines = text.split("\n").length;
+    const { table, errors } = parseRules(text);
+    for (const line of checkRulesText(text, "nat.rules")) {
+      if (!/^nat\.rules:\d+: \S[^\n]*$/.test(line)) throw new FuzzFailure(`not one FILE:LINE: message line: ${JSON.stringify(line)}`);
+    }
+    for (const error of errors) if (!(error.line >= 1 && error.line <= lines)) throw new FuzzFailure(`problem reported on line ${error.line} of a ${lines}-line text`);
+    if (errors.length > 0) return;
+    compile(table, PORTS);
+    const printed = formatRules(table);
+    for (const [form, again] of [["-S", printed], ["iptables-save", formatSave(table)]] as const) {
+      const reparsed = parseRules(again);
+      if (reparsed.errors.length > 0) throw new FuzzFailure(`the ${form} print of an accepted text is refused: ${JSON.stringify(reparsed.errors)}\n${again}`);
+      const reprinted = formatRules(reparsed.table);
+      if (reprinted !== printed) throw new FuzzFailure(`the ${form} print reads back differently:\n${printed}---\n${reprinted}`);
+    }
+    onRun(new PipelineHarness(scenario, text).run(scenario.steps.slice(0, 4)));
+  });
+}
