@@ -10,6 +10,7 @@
  *
  * Usage errors exit 2 (qnat's convention).
  */
+import { fileURLToPath } from "node:url";
 import fc from "fast-check";
 import type { RunStats } from "../test/fuzz/pipeline-harness.js";
 import { pipelineProperty, rulesProperty } from "../test/fuzz/properties.js";
@@ -107,6 +108,8 @@ function runRound(target: Target, seed: number, runs: number, path?: string): bo
 
 function main(): void {
   const options = parseArgs(process.argv.slice(2));
+  // The scenarios read examples/seed.yaml from the package root (this file is dist/scripts/fuzz.js).
+  process.chdir(fileURLToPath(new URL("../..", import.meta.url)));
   const started = Date.now();
   if (options.seed !== undefined) {
     const ok = runRound(options.targets[0]!, options.seed, options.runsPerRound, options.path);
