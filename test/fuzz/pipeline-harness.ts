@@ -26,7 +26,7 @@ import { ManualClock } from "../../src/core/clock.js";
 import { DROP_REASON_COUNT, DropReason, dropReasonName } from "../../src/core/drop-reason.js";
 import { XorShift32 } from "../../src/core/rng.js";
 import { loadConfig, type RouterConfig } from "../../src/config/config.js";
-import { conntrackEntryJson, type ConntrackTupleJson } from "../../src/conntrack/format.js";
+import { conntrackEntryJson, formatConntrackTable, type ConntrackTupleJson } from "../../src/conntrack/format.js";
 import { ConntrackTable, CtStatus } from "../../src/conntrack/table.js";
 import { icmpInverseType, icmpTupleDport } from "../../src/conntrack/tuple.js";
 import { buildRoutingTable, compileRules } from "../../src/dataplane/from-config.js";
@@ -113,6 +113,12 @@ export class PipelineHarness {
   /** The translation of each datagram's first fragment: key "src dst id proto" -> "src dst" out. */
   private readonly fragmentTranslations = new Map<string, string>();
   private where = "";
+  /**
+   * One line per batch: where, each packet's verdict and a hash of what left (the router's own
+   * ICMP errors too), and of the connection table as `conntrack -L` prints it. Two harnesses that differ only in `dataplane.fastPath` must log the same
+   * (the fast path changes nothing but speed: STYLE.md rule 10).
+   */
+  readonly log: string[] = [];
 
   /** `rulesText`: nat rules to use instead of the seed's (they must parse without errors). */
   constructor(readonly scenario: Pick<Scenario, "capacity" | "rngSeed">, rulesText?: string) {
@@ -142,6 +148,7 @@ export class PipelineHarness {
       }
       if (step.t === "flow") {
         step.tcpFlags.forEach((tcpFlags, k) => {
+          if (k > 0) this.clock.advance(step.gapSeconds);
           const bytes = buildPacket(step.spec.protocol === "tcp" ? { ...step.spec, tcpFlags } : { ...step.spec, icmpSeq: k });
           const partial = step.offload && step.partial && makeChecksumPartial(bytes);
           this.pump([{ bytes, port: step.port, leg: step.leg, partial, gsoSize: step.offload ? step.gsoSize : 0, where: `step ${index} packet ${k}` }], step.offload);
@@ -256,6 +263,12 @@ export class PipelineHarness {
     this.stats.forwarded += forwarded.length;
     if (ct.count > ct.capacity) this.fail(`conntrack holds ${ct.count} entries, capacity ${ct.capacity}`);
 
+    const left: string[] = [];
+    for (let i = 0; i < batch.count; i++) left.push(`${verdicts[i]}:${verdicts[i]! >= 0 ? hashBytes(batch.copyOut(i)) : ""}`);
+    for (let i = 0; i < released.count; i++) left.push(`r${dp.releasedVerdicts[i]}:${hashBytes(released.copyOut(i))}`);
+    for (let i = 0; i < generated.count; i++) left.push(`g${generatedVerdicts[i]}:${hashBytes(generated.copyOut(i))}`);
+    const table = new TextEncoder().encode(formatConntrackTable(ct));
+    this.log.push(`${kept[0]!.where}: ${left.join(" ")} drops ${this.packetDrops()} conntrack ${ct.count}/${hashBytes(table)}`);
     result.forwarded = forwarded;
     result.dropped = this.describeDrops(countersBefore);
     result.sawInvalid = sawInvalid;
@@ -553,6 +566,13 @@ function writeVirtioHeader(batch: PacketBatch, i: number, a: Arrival): void {
     batch.data[at + 4] = a.gsoSize & 0xff;
     batch.data[at + 5] = a.gsoSize >>> 8;
   }
+}
+
+/** FNV-1a over the bytes (a log entry, not a checksum). */
+function hashBytes(b: Uint8Array): string {
+  let h = 0x811c9dc5;
+  for (let i = 0; i < b.length; i++) h = Math.imul(h ^ b[i]!, 0x01000193);
+  return `${b.length}/${(h >>> 0).toString(16)}`;
 }
 
 function read16(b: Uint8Array, o: number): number {

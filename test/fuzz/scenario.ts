@@ -81,7 +81,7 @@ export type Step =
    * One connection's packets, each in its own batch (the harness answers each one it forwards,
    * so the connection gets established and its later packets take the established fast path).
    */
-  | { t: "flow"; port: number; leg: number; offload: boolean; spec: PacketSpec; tcpFlags: number[]; partial: boolean; gsoSize: number }
+  | { t: "flow"; port: number; leg: number; offload: boolean; spec: PacketSpec; tcpFlags: number[]; partial: boolean; gsoSize: number; gapSeconds: number }
   | { t: "tick"; seconds: number };
 
 export interface Scenario {
@@ -251,6 +251,8 @@ const flowStep: fc.Arbitrary<Step> = fc
       tcpFlags: fc.oneof(fc.constant(FLOW_FLAGS.slice(0, 5)), fc.array(fc.constantFrom(...FLOW_FLAGS), { minLength: 1, maxLength: 8 })),
       partial: offload ? fc.boolean() : fc.constant(false),
       gsoSize: offload ? fc.constantFrom(0, 1448) : fc.constant(0),
+      // Time between the packets: none, or across a UDP (30 s, 120 s) or ICMP timeout.
+      gapSeconds: fc.constantFrom(0, 0, 0, 20, 35, 100, 125),
     }),
   );
 
