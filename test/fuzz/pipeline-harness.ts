@@ -34,7 +34,7 @@ import { NetfilterNat } from "../../src/dataplane/netfilter-nat.js";
 import { Dataplane } from "../../src/dataplane/pipeline.js";
 import { LEG_WIRE, VERDICT_DROP, VERDICT_STOLEN } from "../../src/dataplane/port.js";
 import { NatEngine } from "../../src/nat/binding.js";
-import { compile } from "../../src/nat/rules/evaluate.js";
+import { compile, RuleTrace } from "../../src/nat/rules/evaluate.js";
 import { parseRules } from "../../src/nat/rules/parse.js";
 import type { RoutingTable } from "../../src/route/table.js";
 import { buildPacket, type PacketSpec } from "../../src/wire/build.js";
@@ -103,6 +103,7 @@ export class PipelineHarness {
   readonly clock = new ManualClock();
   readonly dataplane: Dataplane;
   readonly conntrack: ConntrackTable;
+  private readonly nat: NetfilterNat;
   readonly stats: RunStats = { packets: 0, forwarded: 0, dropped: 0, held: 0, replies: 0, fastPath: 0 };
   private readonly ports: number;
   private readonly inInfo = new PacketInfo();
@@ -129,6 +130,7 @@ export class PipelineHarness {
     engine = new NatEngine(this.conntrack, rng);
     const rules = rulesText === undefined ? compileRules(config) : compile(parseRules(rulesText).table, config.ports.map((p) => p.name));
     const nat = new NetfilterNat(this.conntrack, rules, config.ports.map((p) => p.addresses[0]!.addr), engine);
+    this.nat = nat;
     this.dataplane = new Dataplane({
       ports: config.ports.map((p) => ({ name: p.name, addresses: p.addresses, mtu: p.mtu })),
       routes,
@@ -137,6 +139,23 @@ export class PipelineHarness {
       nat,
     });
     this.ports = config.ports.length;
+  }
+
+  /**
+   * Explains every packet as `qnat trace` does (the dataplane's and the NAT stage's tracers set,
+   * their text kept): the trace code sees every packet the fuzz makes, and forwarding must not
+   * change for it. Returns the lines written so far.
+   */
+  traceEverything(): string[] {
+    const lines: string[] = [];
+    this.dataplane.tracer = { step: (stage, text) => void lines.push(`${stage} ${text}`) };
+    this.nat.tracer = {
+      ruleTrace: () => new RuleTrace(),
+      rules: (_hook, trace) => void lines.push(...trace.steps.map((s) => s.text)),
+      binding: (_hook, text) => void lines.push(...text),
+      translated: (_hook, what) => void lines.push(what),
+    };
+    return lines;
   }
 
   /** Runs every step; throws FuzzFailure at the first broken invariant. */

@@ -16,7 +16,8 @@ const PORTS = ["qr-694450d6-f6", "qg-e76de35e-90"];
 
 /**
  * Whatever arrives, the seed's router keeps every invariant of pipeline-harness.ts; and, for one
- * scenario in four, it forwards exactly the same bytes with the established fast path off.
+ * scenario in four, it forwards exactly the same bytes with the established fast path off and
+ * every packet explained as `qnat trace` explains it.
  */
 export function pipelineProperty(onRun: (stats: RunStats) => void = () => {}): fc.IPropertyWithHooks<[Scenario]> {
   return fc.property(scenarioArb, (scenario) => {
@@ -25,7 +26,11 @@ export function pipelineProperty(onRun: (stats: RunStats) => void = () => {}): f
     if (scenario.rngSeed % 4 !== 0) return;
     const general = new PipelineHarness(scenario);
     general.dataplane.fastPath = false;
+    const explained = general.traceEverything();
     general.run(scenario.steps);
+    if (explained.some((line) => /undefined|NaN|\[object /.test(line))) {
+      throw new FuzzFailure(`a trace line says: ${explained.find((line) => /undefined|NaN|\[object /.test(line))}`);
+    }
     const at = harness.log.findIndex((line, i) => line !== general.log[i]);
     if (at >= 0 || harness.log.length !== general.log.length) {
       throw new FuzzFailure(`the fast path changed the outcome:\n  with it:    ${harness.log[at] ?? "(nothing)"}\n  without it: ${general.log[at] ?? "(nothing)"}`);
