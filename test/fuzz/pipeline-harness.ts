@@ -421,6 +421,10 @@ export class PipelineHarness {
       if (onesComplementSum(a.bytes, inInfo.innerOffset, inInfo.innerHeaderLength) === 0xffff && onesComplementSum(out, outInfo.innerOffset, outInfo.innerHeaderLength) !== 0xffff) {
         this.fail("embedded IPv4 header checksum wrong after rewriting (right on arrival)");
       }
+      // An embedded packet carried whole has a TCP/UDP/ICMP checksum of its own to keep right.
+      if (embeddedL4ChecksumOk(a.bytes, inInfo) === true && embeddedL4ChecksumOk(out, outInfo) === false) {
+        this.fail("embedded TCP/UDP/ICMP checksum wrong after rewriting (right on arrival)");
+      }
     }
   }
 
@@ -648,6 +652,16 @@ function innerPortsMatch(info: PacketInfo, t: ConntrackTupleJson): boolean {
 
 function innerHeaderComplete(b: Uint8Array, info: PacketInfo): boolean {
   return info.innerOffset + info.innerHeaderLength <= info.offset + info.length && b.length >= info.innerOffset + info.innerHeaderLength;
+}
+
+/** The embedded packet's own L4 checksum when the error carries it whole; undefined when it cannot be judged. */
+function embeddedL4ChecksumOk(b: Uint8Array, info: PacketInfo): boolean | undefined {
+  const end = info.offset + info.length;
+  const inner = b.subarray(info.innerOffset, end);
+  if (inner.length < 20 || ((inner[2]! << 8) | inner[3]!) !== inner.length) return undefined;
+  const innerInfo = new PacketInfo();
+  if (parsePacket(inner, 0, inner.length, innerInfo) !== DropReason.None || !innerInfo.hasL4 || innerInfo.isFragment) return undefined;
+  return verifyL4Checksum(inner, innerInfo);
 }
 
 function partialConsistent(b: Uint8Array, info: PacketInfo): boolean {
