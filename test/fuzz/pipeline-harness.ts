@@ -400,7 +400,38 @@ export class PipelineHarness {
     const expectedTtl = forwardedTtl ? inInfo.ttl - 1 : inInfo.ttl;
     if (outInfo.ttl !== expectedTtl) this.fail(`TTL ${inInfo.ttl} -> ${outInfo.ttl}, expected ${expectedTtl} (${forwardedTtl ? "forwarded" : "local"})`);
     this.checkChecksums(a, out);
+    this.checkOnlyNatFieldsChanged(a, out);
     return this.checkTranslation(a, out, volatile, sawInvalid);
+  }
+
+  /**
+   * NAT and forwarding change the TTL, addresses, ports or ICMP identifier, and the checksums
+   * over them (for an ICMP error, those of the packet it embeds too): any other byte that changed,
+   * or a length that changed, is a write in the wrong place.
+   */
+  private checkOnlyNatFieldsChanged(a: Arrival, out: Uint8Array): void {
+    const info = this.inInfo;
+    const length = info.length;
+    if (out.length !== length) this.fail(`left with ${out.length} bytes, arrived with ${length}`);
+    const may = new Uint8Array(length);
+    const allow = (from: number, count: number): void => void may.fill(1, Math.max(0, from), Math.min(length, from + count));
+    // Ports and checksum of TCP (checksum at 16) and UDP (at 6); checksum and identifier of ICMP.
+    const allowL4 = (protocol: number, at: number): void => {
+      if (protocol === IPPROTO_TCP || protocol === IPPROTO_UDP) allow(at, 4);
+      if (protocol === IPPROTO_TCP) allow(at + 16, 2);
+      else if (protocol === IPPROTO_UDP) allow(at + 6, 2);
+      else if (protocol === IPPROTO_ICMP) allow(at + 2, 4);
+    };
+    allow(8, 1); // TTL
+    allow(10, 10); // header checksum, source, destination
+    if (info.hasL4) allowL4(info.protocol, info.l4Offset);
+    if (info.isIcmpError) {
+      allow(info.innerOffset + 10, 10);
+      allowL4(info.innerProtocol, info.innerOffset + info.innerHeaderLength);
+    }
+    for (let i = 0; i < length; i++) {
+      if (may[i] === 0 && out[i] !== a.bytes[i]) this.fail(`byte ${i} changed from ${a.bytes[i]} to ${out[i]}; NAT has no business there`);
+    }
   }
 
   private checkChecksums(a: Arrival, out: Uint8Array): void {
