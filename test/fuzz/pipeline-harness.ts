@@ -139,7 +139,11 @@ export class PipelineHarness {
       nat,
     });
     this.ports = config.ports.length;
+    this.dataplane.log = (line) => void this.internalErrors.push(line);
   }
+
+  /** What the dataplane logged about exceptions it caught (each is also DropReason.Internal). */
+  private readonly internalErrors: string[] = [];
 
   /**
    * Explains every packet as `qnat trace` does (the dataplane's and the NAT stage's tracers set,
@@ -217,6 +221,7 @@ export class PipelineHarness {
     const expiredBefore = dp.fragmentsExpired;
     const volatileBefore = this.volatileCount();
     const invalidBefore = ct.counters.invalid;
+    const internalBefore = this.countOf(DropReason.Internal);
 
     try {
       dp.processBatch(batch, port, leg, verdicts, generated, generatedVerdicts);
@@ -259,6 +264,10 @@ export class PipelineHarness {
       else this.fail(`released fragment: verdict ${v}`);
     }
     this.where = kept[0]!.where;
+    // An exception inside the pipeline is caught there and counted as DropReason.Internal: for
+    // the fuzz it is a bug all the same.
+    const internal = this.internalErrors.length > 0 || this.countOf(DropReason.Internal) !== internalBefore;
+    if (internal) this.fail(`the pipeline threw: ${this.internalErrors[0] ?? "(not logged)"}`);
     const dropsCounted = this.packetDrops() - dropsBefore;
     for (let port = 0; port < this.ports; port++) if (dp.drops[port * DROP_REASON_COUNT + DropReason.None]! > 0) this.fail("a drop was counted with no reason (DropReason.None)");
     if (dropsCounted !== drops) {
@@ -309,6 +318,13 @@ export class PipelineHarness {
     let sum = 0;
     const drops = this.dataplane.drops;
     for (let i = 0; i < drops.length; i++) if (i % DROP_REASON_COUNT !== DropReason.IcmpRateLimited) sum += drops[i]!;
+    return sum;
+  }
+
+  /** One drop reason's count over all ports. */
+  private countOf(reason: DropReason): number {
+    let sum = 0;
+    for (let port = 0; port < this.ports; port++) sum += this.dataplane.drops[port * DROP_REASON_COUNT + reason]!;
     return sum;
   }
 
