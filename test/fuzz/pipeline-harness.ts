@@ -3,18 +3,24 @@
  * housekeeping, as the Forwarder drives them, on the seed's router with a manual clock and a
  * seeded RNG — and checks, for every packet, what must hold whatever the bytes were:
  *
- * - nothing throws out of the pipeline;
+ * - nothing throws out of the pipeline (nor is caught there as DropReason.Internal);
  * - parsePacket fills PacketInfo with finite integers (no undefined/NaN), offsets inside the buffer;
  * - every drop is one count of one DropReason (the counters grow by exactly the packets dropped),
- *   every packet held for its first fragment is accounted for until released or expired;
- * - every forwarded packet parses, its IPv4 header checksum is right, its TCP/UDP/ICMP checksum
- *   is right whenever it was right on arrival (a full recompute equals the incremental update;
- *   UDP checksum 0 stays 0; partial checksums stay the pseudo-header sum the offload header
- *   announces), its TTL is one less when forwarded and unchanged when delivered or sent locally;
+ *   every packet held for its first fragment is accounted for until released or expired, and the
+ *   router's own ICMP errors are never dropped;
+ * - every forwarded packet parses, has its arrival length, and differs from what arrived only in
+ *   the TTL, addresses, ports or ICMP identifier and the checksums over them; its IPv4 header
+ *   checksum is right; its TCP/UDP/ICMP checksum (and an ICMP error's embedded ones) is right
+ *   whenever it was right on arrival (a full recompute equals the incremental update; UDP
+ *   checksum 0 stays 0; partial checksums stay the pseudo-header sum the offload header
+ *   announces); its TTL is one less when forwarded and unchanged when delivered or sent locally;
+ *   no fragment of a datagram longer than 65535 bytes leaves;
  * - its translation is the one its conntrack entry explains (`conntrack -L`'s tuples: the packet
- *   leaves as the inverse of the other direction's tuple), and nothing is translated without one;
+ *   leaves as the inverse of the other direction's tuple; an ICMP error's embedded packet as that
+ *   tuple), nothing is translated without one, and a later fragment as its first fragment;
  * - the translation is reversible: a reply to the forwarded packet's tuple reaches the original
- *   sender's address and port from the original destination;
+ *   sender's address and port from the original destination, and so does an ICMP error about it,
+ *   embedding the packet as the sender sent it;
  * - the conntrack table never holds more than its capacity.
  *
  * A broken invariant throws FuzzFailure naming the step, the packet and what was wrong; fast-check
@@ -109,15 +115,18 @@ export class PipelineHarness {
   private readonly inInfo = new PacketInfo();
   private readonly outInfo = new PacketInfo();
   private readonly scratchInfo = new PacketInfo();
-  /** Fragments the dataplane holds (stolen), to recognise them when released. */
+  /**
+   * Fragments the dataplane held (stolen), to recognise them when released. Those that expire
+   * stay here (which ones expired is not told); a released fragment is matched by its bytes.
+   */
   private held: Arrival[] = [];
   /** The translation of each datagram's first fragment: key "src dst id proto" -> "src dst" out. */
   private readonly fragmentTranslations = new Map<string, string>();
   private where = "";
   /**
    * One line per batch: where, each packet's verdict and a hash of what left (the router's own
-   * ICMP errors too), and of the connection table as `conntrack -L` prints it. Two harnesses that differ only in `dataplane.fastPath` must log the same
-   * (the fast path changes nothing but speed: STYLE.md rule 10).
+   * ICMP errors too), and of the connection table as `conntrack -L` prints it. Two harnesses
+   * that differ only in `dataplane.fastPath` must log the same (STYLE.md rule 10).
    */
   readonly log: string[] = [];
 
@@ -249,12 +258,10 @@ export class PipelineHarness {
       } else this.fail(`verdict ${v} is neither a leg, a drop nor held`);
     }
     const released = dp.released;
-    const releasedArrivals: Arrival[] = [];
     for (let i = 0; i < released.count; i++) {
       const out = released.copyOut(i);
       const v = dp.releasedVerdicts[i]!;
       const a = this.takeHeld(out, v);
-      releasedArrivals.push(a);
       this.where = `${a.where} (released)`;
       if (v === VERDICT_DROP) drops++;
       else if (v === VERDICT_STOLEN) {
@@ -285,7 +292,6 @@ export class PipelineHarness {
     if (heldNow !== heldBefore + stolen - released.count - expired) {
       this.fail(`held fragments ${heldBefore} + ${stolen} held - ${released.count} released - ${expired} expired != ${heldNow}`);
     }
-    if (expired > 0) this.held.splice(0, Math.min(expired, this.held.length));
     this.stats.dropped += drops;
     this.stats.held += stolen;
     this.stats.forwarded += forwarded.length;
