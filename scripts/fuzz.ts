@@ -13,7 +13,8 @@
 import { fileURLToPath } from "node:url";
 import fc from "fast-check";
 import type { RunStats } from "../test/fuzz/pipeline-harness.js";
-import { pipelineProperty, rulesProperty } from "../test/fuzz/properties.js";
+import { checkPipelineScenario, pipelineFails, pipelineProperty, reduceScenario, rulesProperty } from "../test/fuzz/properties.js";
+import type { Scenario } from "../test/fuzz/scenario.js";
 
 const TARGETS = ["pipeline", "rules"] as const;
 type Target = (typeof TARGETS)[number];
@@ -71,6 +72,7 @@ const rules = rulesProperty((stats) => {
 
 interface Outcome {
   failed: boolean;
+  counterexample: unknown[] | null;
   report: string | undefined;
   error: unknown;
   seed: number;
@@ -83,7 +85,7 @@ function check(target: Target, seed: number, numRuns: number, path: string | und
 }
 
 function outcome<T>(details: fc.RunDetails<T>): Outcome {
-  return { failed: details.failed, report: fc.defaultReportMessage(details), error: details.errorInstance, seed: details.seed, path: details.counterexamplePath };
+  return { failed: details.failed, counterexample: details.counterexample as unknown[] | null, report: fc.defaultReportMessage(details), error: details.errorInstance, seed: details.seed, path: details.counterexamplePath };
 }
 
 function report(prefix: string, started: number): void {
@@ -103,7 +105,21 @@ function runRound(target: Target, seed: number, runs: number, path?: string): bo
   const error = details.error;
   console.log(`\n${error instanceof Error ? (error.name === "FuzzFailure" ? error.message : error.stack) : String(error)}`);
   console.log(`\nreplay: npm run fuzz -- --target ${target} --seed ${details.seed} --path ${details.path ?? ""}`);
+  if (target === "pipeline" && details.counterexample !== null) printReduced(details.counterexample[0] as Scenario);
   return false;
+}
+
+/** fast-check's counterexample with the steps, packets and mutations it did not need removed. */
+function printReduced(scenario: Scenario): void {
+  const reduced = reduceScenario(scenario, pipelineFails);
+  if (reduced === scenario) return;
+  let message = "";
+  try {
+    checkPipelineScenario(reduced);
+  } catch (error) {
+    message = error instanceof Error ? error.message : String(error);
+  }
+  console.log(`\nsmaller still (steps, packets and mutations it does not need removed):\n${fc.stringify(reduced)}\n\n${message}`);
 }
 
 function main(): void {

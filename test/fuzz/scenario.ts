@@ -222,26 +222,34 @@ const batchPacket = (portIndex: number, leg: number, offload: boolean): fc.Arbit
     gsoSize: offload ? fc.oneof(fc.constant(0), fc.constantFrom(536, 1380, 1448, 1460, 1472)) : fc.constant(0),
   });
 
-const batchStep: fc.Arbitrary<Step> = fc
-  .record({
-    port: fc.constantFrom(TENANT_PORT, GATEWAY_PORT),
-    leg: fc.oneof({ weight: 4, arbitrary: fc.constant(0) }, { weight: 1, arbitrary: fc.constant(1) }),
-    offload: fc.oneof({ weight: 4, arbitrary: fc.constant(false) }, { weight: 1, arbitrary: fc.constant(true) }),
-  })
-  .chain(({ port, leg, offload }) =>
-    fc.array(batchPacket(port, leg, offload), { minLength: 1, maxLength: 6 }).map((packets): Step => ({ t: "batch", port, leg, offload, packets })),
-  );
+/**
+ * Every (port, leg, offload) a batch can arrive with, weighted: mostly the wire legs without
+ * offloads. Each is its own arbitrary (fc.oneof, not fc.chain), so that shrinking keeps its
+ * power over the packets.
+ */
+function arrivalKinds(wireWeight: number, offloadWeight: number): { weight: number; port: number; leg: number; offload: boolean }[] {
+  const kinds: { weight: number; port: number; leg: number; offload: boolean }[] = [];
+  for (const offload of [false, true]) {
+    for (const leg of [0, 1]) {
+      for (const port of [TENANT_PORT, GATEWAY_PORT]) kinds.push({ weight: (leg === 0 ? wireWeight : 1) * (offload ? 1 : offloadWeight), port, leg, offload });
+    }
+  }
+  return kinds;
+}
+
+const batchStep: fc.Arbitrary<Step> = fc.oneof(
+  ...arrivalKinds(4, 4).map(({ weight, port, leg, offload }) => ({
+    weight,
+    arbitrary: fc.array(batchPacket(port, leg, offload), { minLength: 1, maxLength: 6 }).map((packets): Step => ({ t: "batch", port, leg, offload, packets })),
+  })),
+);
 
 const FLOW_FLAGS = [0x02, 0x10, 0x18, 0x18, 0x18, 0x11, 0x10, 0x04, 0x02];
 
-const flowStep: fc.Arbitrary<Step> = fc
-  .record({
-    port: fc.constantFrom(TENANT_PORT, GATEWAY_PORT),
-    leg: fc.oneof({ weight: 6, arbitrary: fc.constant(0) }, { weight: 1, arbitrary: fc.constant(1) }),
-    offload: fc.oneof({ weight: 3, arbitrary: fc.constant(false) }, { weight: 1, arbitrary: fc.constant(true) }),
-  })
-  .chain(({ port, leg, offload }) =>
-    fc.record({
+const flowStep: fc.Arbitrary<Step> = fc.oneof(
+  ...arrivalKinds(6, 3).map(({ weight, port, leg, offload }) => ({
+    weight,
+    arbitrary: fc.record({
       t: fc.constant("flow" as const),
       port: fc.constant(port),
       leg: fc.constant(leg),
@@ -254,7 +262,8 @@ const flowStep: fc.Arbitrary<Step> = fc
       // Time between the packets: none, or across a UDP (30 s, 120 s) or ICMP timeout.
       gapSeconds: fc.constantFrom(0, 0, 0, 20, 35, 100, 125),
     }),
-  );
+  })),
+);
 
 const tickStep: fc.Arbitrary<Step> = fc.record({ t: fc.constant("tick" as const), seconds: fc.constantFrom(1, 10, 31, 121, 700, 432_001) });
 
