@@ -50,7 +50,7 @@ function parseArgs(argv: readonly string[]): Options {
   return options;
 }
 
-const total = { cases: 0, packets: 0, forwarded: 0, dropped: 0, held: 0, replies: 0, fastPath: 0, rulesTexts: 0 };
+const total = { cases: 0, packets: 0, forwarded: 0, dropped: 0, held: 0, replies: 0, fastPath: 0, errorsSent: 0, rulesTexts: 0 };
 
 function count(stats: RunStats): void {
   total.packets += stats.packets;
@@ -59,6 +59,7 @@ function count(stats: RunStats): void {
   total.held += stats.held;
   total.replies += stats.replies;
   total.fastPath += stats.fastPath;
+  total.errorsSent += stats.errorsSent;
 }
 
 const pipeline = pipelineProperty((stats) => {
@@ -93,7 +94,7 @@ function report(prefix: string, started: number): void {
   console.log(
     `${prefix} ${seconds.toFixed(0)} s: ${total.cases} pipeline scenarios, ${total.rulesTexts} accepted rules texts; ` +
       `${total.packets} packets (${total.forwarded} forwarded, ${total.dropped} dropped, ${total.held} held; ` +
-      `${total.fastPath} by the fast path), ${total.replies} replies checked`,
+      `${total.fastPath} by the fast path), ${total.replies} replies and ${total.errorsSent} ICMP errors of the router's checked`,
   );
 }
 

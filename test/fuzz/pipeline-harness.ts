@@ -7,7 +7,7 @@
  * - parsePacket fills PacketInfo with finite integers (no undefined/NaN), offsets inside the buffer;
  * - every drop is one count of one DropReason (the counters grow by exactly the packets dropped),
  *   every packet held for its first fragment is accounted for until released or expired, and the
- *   router's own ICMP errors are never dropped;
+ *   router's own ICMP errors are never dropped, and embed a packet as its sender sent it;
  * - every forwarded packet parses, has its arrival length, and differs from what arrived only in
  *   the TTL, addresses, ports or ICMP identifier and the checksums over them; its IPv4 header
  *   checksum is right; its TCP/UDP/ICMP checksum (and an ICMP error's embedded ones) is right
@@ -63,6 +63,8 @@ export interface RunStats {
   replies: number;
   /** Packets the established fast path forwarded. */
   fastPath: number;
+  /** ICMP errors the router sent (each checked to embed a packet as its sender sent it). */
+  errorsSent: number;
 }
 
 const GSO_SLOT = 65_536 + VIRTIO_NET_HDR_LEN;
@@ -110,7 +112,7 @@ export class PipelineHarness {
   readonly dataplane: Dataplane;
   readonly conntrack: ConntrackTable;
   private readonly nat: NetfilterNat;
-  readonly stats: RunStats = { packets: 0, forwarded: 0, dropped: 0, held: 0, replies: 0, fastPath: 0 };
+  readonly stats: RunStats = { packets: 0, forwarded: 0, dropped: 0, held: 0, replies: 0, fastPath: 0, errorsSent: 0 };
   private readonly ports: number;
   private readonly inInfo = new PacketInfo();
   private readonly outInfo = new PacketInfo();
@@ -258,10 +260,12 @@ export class PipelineHarness {
       } else this.fail(`verdict ${v} is neither a leg, a drop nor held`);
     }
     const released = dp.released;
+    const sent = [...kept];
     for (let i = 0; i < released.count; i++) {
       const out = released.copyOut(i);
       const v = dp.releasedVerdicts[i]!;
       const a = this.takeHeld(out, v);
+      sent.push(a);
       this.where = `${a.where} (released)`;
       if (v === VERDICT_DROP) drops++;
       else if (v === VERDICT_STOLEN) {
@@ -280,7 +284,7 @@ export class PipelineHarness {
     if (dropsCounted !== drops) {
       this.fail(`${drops} packets dropped but the drop counters grew by ${dropsCounted} (${this.describeDrops(countersBefore)})`);
     }
-    for (let i = 0; i < generated.count; i++) this.checkGenerated(generated, i, generatedVerdicts[i]!);
+    for (let i = 0; i < generated.count; i++) this.checkGenerated(generated, i, generatedVerdicts[i]!, sent);
 
     for (const f of forwarded) {
       this.where = f.arrival.where;
@@ -540,7 +544,7 @@ export class PipelineHarness {
   }
 
   /** The router's own ICMP errors: well-formed, checksums right, counted when dropped. */
-  private checkGenerated(generated: PacketBatch, i: number, verdict: number): void {
+  private checkGenerated(generated: PacketBatch, i: number, verdict: number, sent: readonly Arrival[]): void {
     if (verdict < 0) this.fail(`the router's own ICMP error was dropped (verdict ${verdict}) and no drop counter says why`);
     if (verdict >= this.ports * 2) this.fail(`generated ICMP error: verdict ${verdict}`);
     const out = generated.copyOut(i);
@@ -549,6 +553,22 @@ export class PipelineHarness {
     if (reason !== DropReason.None) this.fail(`the router's ICMP error is invalid: ${dropReasonName(reason)}`);
     if (info.protocol !== IPPROTO_ICMP || !info.isIcmpError) this.fail("the router generated something other than an ICMP error");
     if (!verifyL4Checksum(out, info)) this.fail("the router's ICMP error has a wrong ICMP checksum");
+    // It is about a packet of this batch and goes back to that packet's sender, embedding the
+    // packet as the sender sent it (Linux translates it back: nf_nat_icmp_reply_translation), so
+    // the sender's stack can match it to its socket (RFC 1122 3.2.2).
+    if (onesComplementSum(out, info.innerOffset, info.innerHeaderLength) !== 0xffff) this.fail("the router's ICMP error embeds a header with a wrong checksum");
+    const embedded = describeError(info);
+    const arrival = this.scratchInfo;
+    const about = sent.find((a) => {
+      if (parsePacket(a.bytes, 0, a.bytes.length, arrival) !== DropReason.None) return false;
+      if (arrival.src !== info.dst || arrival.src !== info.innerSrc || arrival.dst !== info.innerDst || arrival.protocol !== info.innerProtocol) return false;
+      if (read16(a.bytes, 4) !== read16(out, info.innerOffset + 4) || arrival.ttl !== out[info.innerOffset + 8]) return false;
+      if (!info.innerHasPorts) return true;
+      if (arrival.protocol === IPPROTO_ICMP) return !icmpIsQuery(arrival.icmpType) || arrival.icmpId === info.innerSport;
+      return arrival.sport === info.innerSport && arrival.dport === info.innerDport;
+    });
+    if (about === undefined) this.fail(`the router's ICMP error ${embedded} is not about a packet as its sender sent it`);
+    this.stats.errorsSent++;
   }
 
   // ------------------------------------------------------------------------- replies
