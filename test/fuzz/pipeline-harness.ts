@@ -48,7 +48,7 @@ import { onesComplementSum, pseudoHeaderSum } from "../../src/wire/checksum.js";
 import { icmpIsQuery } from "../../src/wire/icmp.js";
 import { IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, PacketInfo, TCP_ACK, TCP_SYN } from "../../src/wire/packet-info.js";
 import { parsePacket, verifyL4Checksum } from "../../src/wire/validate.js";
-import { makeChecksumPartial, packetsOf, readU32, SEED_CONFIG, type Scenario, type Step } from "./scenario.js";
+import { CONFIGS, TENANT_PORT, makeChecksumPartial, packetsOf, readU32, type ConfigName, type Scenario, type Step } from "./scenario.js";
 
 export class FuzzFailure extends Error {
   override name = "FuzzFailure";
@@ -70,15 +70,17 @@ export interface RunStats {
 const GSO_SLOT = 65_536 + VIRTIO_NET_HDR_LEN;
 const PLAIN_SLOT = 2048;
 
-let shared: { config: RouterConfig; routes: RoutingTable } | null = null;
+const loaded = new Map<ConfigName, { config: RouterConfig; routes: RoutingTable }>();
 
-/** The seed's config and routing table, built once (the table is read-only for the dataplane). */
-function seedRouter(): { config: RouterConfig; routes: RoutingTable } {
-  shared ??= (() => {
-    const config = loadConfig(SEED_CONFIG);
-    return { config, routes: buildRoutingTable(config) };
-  })();
-  return shared;
+/** A fuzzed router's config and routing table, built once (the table is read-only for the dataplane). */
+function router(name: ConfigName): { config: RouterConfig; routes: RoutingTable } {
+  let router = loaded.get(name);
+  if (router === undefined) {
+    const config = loadConfig(CONFIGS[name]);
+    router = { config, routes: buildRoutingTable(config) };
+    loaded.set(name, router);
+  }
+  return router;
 }
 
 /** What arrived, kept to judge what left. */
@@ -133,8 +135,8 @@ export class PipelineHarness {
   readonly log: string[] = [];
 
   /** `rulesText`: nat rules to use instead of the seed's (they must parse without errors). */
-  constructor(readonly scenario: Pick<Scenario, "capacity" | "rngSeed">, rulesText?: string) {
-    const { config, routes } = seedRouter();
+  constructor(readonly scenario: Pick<Scenario, "config" | "capacity" | "rngSeed">, rulesText?: string) {
+    const { config, routes } = router(scenario.config);
     const rng = new XorShift32(scenario.rngSeed);
     let engine: NatEngine | undefined;
     this.conntrack = new ConntrackTable({ capacity: scenario.capacity, clock: this.clock, seed: rng.next(), onRemove: (id) => engine?.forget(id) });
@@ -178,6 +180,16 @@ export class PipelineHarness {
     steps.forEach((step, index) => {
       if (step.t === "tick") {
         this.clock.advance(step.seconds);
+        return;
+      }
+      if (step.t === "burst") {
+        const arrivals: Arrival[] = [];
+        for (let k = 0; k < step.count; k++) {
+          const sport = (step.firstPort + k) & 0xffff;
+          const bytes = buildPacket({ protocol: step.protocol, src: step.src, dst: step.dst, sport, dport: step.dport, tcpFlags: TCP_SYN });
+          arrivals.push({ bytes, port: TENANT_PORT, leg: LEG_WIRE, partial: false, gsoSize: 0, where: `step ${index} packet ${k}` });
+        }
+        for (let from = 0; from < arrivals.length; from += 64) this.pump(arrivals.slice(from, from + 64), false);
         return;
       }
       if (step.t === "flow") {

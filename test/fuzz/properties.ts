@@ -70,8 +70,8 @@ export function rulesProperty(onRun: (stats: RunStats) => void = () => {}): fc.I
 
 /**
  * fast-check's array shrinking keeps some trailing elements it could drop (it removes from the
- * front first): this greedy pass removes whole steps, then packets of a batch, flow packets and
- * mutations, one at a time, for as long as `fails` still holds. Used on a shrunk counterexample.
+ * front first): this greedy pass removes whole steps, then packets of a batch, flow packets,
+ * mutations and burst connections, one at a time, for as long as `fails` still holds. Used on a shrunk counterexample.
  */
 export function reduceScenario(scenario: Scenario, fails: (s: Scenario) => boolean): Scenario {
   let best = scenario;
@@ -91,6 +91,9 @@ export function reduceScenario(scenario: Scenario, fails: (s: Scenario) => boole
             }
           }
         }
+      } else if (step.t === "burst" && step.count > 1) {
+        yield replace({ ...step, count: step.count >> 1 });
+        yield replace({ ...step, count: step.count - 1 });
       } else if (step.t === "flow" && step.tcpFlags.length > 1) {
         for (let f = 0; f < step.tcpFlags.length; f++) yield replace({ ...step, tcpFlags: step.tcpFlags.filter((_, k) => k !== f) });
       }

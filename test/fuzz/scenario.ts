@@ -17,12 +17,18 @@ import { l4ChecksumFull, pseudoHeaderSum } from "../../src/wire/checksum.js";
 import { ipv4FillChecksum } from "../../src/wire/ipv4.js";
 import { IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP } from "../../src/wire/packet-info.js";
 
-export const SEED_CONFIG = "examples/seed.yaml";
+/**
+ * The routers fuzzed: the seed's, and the seed with the SNAT port ranges of the flood tests
+ * (examples/floods.yaml: UDP from 10.0.0.4 into 64 ports, from 10.0.0.5 into 64 with
+ * --random-fully), where a burst of flows runs out of ports. Same ports and addresses.
+ */
+export const CONFIGS = { seed: "examples/seed.yaml", floods: "examples/floods.yaml" } as const;
+export type ConfigName = keyof typeof CONFIGS;
 /** Port indexes of examples/seed.yaml. */
 export const TENANT_PORT = 0;
 export const GATEWAY_PORT = 1;
 
-const TENANTS = ["10.0.0.2", "10.0.0.3", "10.0.0.7"];
+const TENANTS = ["10.0.0.2", "10.0.0.3", "10.0.0.4", "10.0.0.5", "10.0.0.7"];
 const OUTSIDE = ["9.186.100.1", "203.0.113.10", "198.51.100.7", "9.186.100.77"];
 const ROUTER = ["10.0.0.1", "9.186.100.2", "9.186.100.129"];
 const SPECIAL = ["169.254.169.254", "10.0.0.255", "9.186.100.255", "255.255.255.255", "224.0.0.5", "127.0.0.1", "0.0.0.0", "192.0.2.1"];
@@ -78,6 +84,11 @@ export interface BatchPacket {
 export type Step =
   | { t: "batch"; port: number; leg: number; offload: boolean; packets: BatchPacket[] }
   /**
+   * `count` new connections from one tenant to one server, source ports `firstPort` and up, in
+   * batches of 64: the NAT port search, a SNAT range or the conntrack table running out.
+   */
+  | { t: "burst"; protocol: "udp" | "tcp"; src: string; dst: string; dport: number; firstPort: number; count: number }
+  /**
    * One connection's packets, each in its own batch (the harness answers each one it forwards,
    * so the connection gets established and its later packets take the established fast path).
    */
@@ -85,6 +96,7 @@ export type Step =
   | { t: "tick"; seconds: number };
 
 export interface Scenario {
+  config: ConfigName;
   /** Maximum conntrack entries (small, so that early drop and a full table happen). */
   capacity: number;
   /** Seed of the NAT port search RNG and the hash keys. */
@@ -265,12 +277,26 @@ const flowStep: fc.Arbitrary<Step> = fc.oneof(
   })),
 );
 
+const burstStep: fc.Arbitrary<Step> = fc.record({
+  t: fc.constant("burst" as const),
+  protocol: fc.constantFrom("udp" as const, "tcp" as const),
+  src: fc.constantFrom(...TENANTS),
+  dst: fc.constantFrom(...OUTSIDE),
+  dport: fc.constantFrom(53, 80),
+  firstPort: fc.constantFrom(1024, 20000, 20100, 65500),
+  count: fc.integer({ min: 1, max: 150 }),
+});
+
 const tickStep: fc.Arbitrary<Step> = fc.record({ t: fc.constant("tick" as const), seconds: fc.constantFrom(1, 10, 31, 121, 700, 432_001) });
 
 export const scenarioArb: fc.Arbitrary<Scenario> = fc.record({
+  config: fc.constantFrom<ConfigName>("seed", "floods"),
   capacity: fc.constantFrom(8, 64, 1024),
   rngSeed: fc.integer({ min: 1, max: 0x7fffffff }),
-  steps: fc.array(fc.oneof({ weight: 6, arbitrary: batchStep }, { weight: 3, arbitrary: flowStep }, { weight: 1, arbitrary: tickStep }), { minLength: 1, maxLength: 12 }),
+  steps: fc.array(
+    fc.oneof({ weight: 12, arbitrary: batchStep }, { weight: 6, arbitrary: flowStep }, { weight: 2, arbitrary: tickStep }, { weight: 1, arbitrary: burstStep }),
+    { minLength: 1, maxLength: 12 },
+  ),
 });
 
 // ---------------------------------------------------------------------------- bytes
