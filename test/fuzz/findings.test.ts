@@ -3,6 +3,7 @@
  */
 import { describe, expect, it } from "vitest";
 import { buildPacket, decodePacket } from "../../src/wire/build.js";
+import { parseRules } from "../../src/nat/rules/parse.js";
 import { fragmentDatagram } from "../support/fragments.js";
 import { MemoryRouter } from "../support/memory-router.js";
 
@@ -42,5 +43,11 @@ describe("fuzzing findings", () => {
       ["9.186.100.2", 0, 63],
       ["9.186.100.2", 104, 63],
     ]);
+  });
+
+  it("a chain name with a quote, declared iptables-save style (`:\"odd - [0:0]`) or with -N, is refused at its line: printed bare by -S it could not be read back", () => {
+    const saved = ["*nat", ":PREROUTING ACCEPT [0:0]", ':"odd - [0:0]', "COMMIT", ""].join("\n");
+    expect(parseRules(saved).errors).toEqual([{ line: 3, message: 'chain name "\\"odd" may not contain quotes or backslashes' }]);
+    expect(parseRules(`-N 'a"b'\n`).errors).toEqual([{ line: 1, message: 'chain name "a\\"b" may not contain quotes or backslashes' }]);
   });
 });

@@ -272,6 +272,9 @@ function chainNameProblem(name: string): string | undefined {
   }
   if (name.startsWith("-") || name.startsWith("!")) return `chain name "${name}" may not start with "${name[0]}"`;
   if (/\s/.test(name)) return `chain name "${name}" may not contain blanks`;
+  // `iptables -S` and iptables-save print chain names bare, and their readers take quotes and
+  // backslashes as quoting (iptables-restore add_param_to_argv): such a name could not be read back.
+  if (/["'\\]/.test(name)) return `chain name ${JSON.stringify(name)} may not contain quotes or backslashes`;
   if (TARGET_NAMES.has(name)) return `chain name "${name}" may not clash with a target name`;
   return undefined;
 }
