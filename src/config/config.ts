@@ -17,12 +17,21 @@ export interface WireConfig {
   readonly device: string;
 }
 
+/**
+ * Reverse-path filtering (Linux net.ipv4.conf.*.rp_filter): off (0), strict (1), loose (2).
+ * The value Linux applies on a device is the larger of conf/all and conf/DEV (IN_DEV_MAXCONF).
+ */
+export const RP_FILTER_MODES = ["off", "strict", "loose"] as const;
+export type RpFilterMode = (typeof RP_FILTER_MODES)[number];
+
 export interface PortConfig {
   readonly name: string;
   /** First address is the primary one (REDIRECT and ICMP errors use it). */
   readonly addresses: readonly Cidr[];
   readonly wire: WireConfig;
   readonly mtu: number;
+  /** The port's own `rp_filter` (conf/DEV); "off" when not given, so the router-wide one applies. */
+  readonly rpFilter: RpFilterMode;
   readonly line: number;
 }
 
@@ -70,6 +79,13 @@ export interface RouterConfig {
   readonly metadata: MetadataConfig | undefined;
   readonly lab: readonly LabHostConfig[];
   readonly conntrack: ConntrackConfig;
+  /** Router-wide `rp_filter` (conf/all), default strict. */
+  readonly rpFilter: RpFilterMode;
+}
+
+/** The rp_filter Linux applies on a port: the larger of conf/all and conf/DEV (off < strict < loose). */
+export function effectiveRpFilter(config: RouterConfig, port: PortConfig): RpFilterMode {
+  return RP_FILTER_MODES[Math.max(RP_FILTER_MODES.indexOf(config.rpFilter), RP_FILTER_MODES.indexOf(port.rpFilter))]!;
 }
 
 /** A user's mistake in a config or rules file: printed as `FILE:LINE: message`. */
@@ -113,7 +129,7 @@ export function parseConfig(text: string, file: string): RouterConfig {
   const root = doc.contents;
   if (!isMap(root)) fail(root, "the config must be a mapping with router, ports, routes and nat");
   const top = root as YAMLMap;
-  const known = new Set(["router", "ports", "routes", "nat", "metadata", "lab", "conntrack"]);
+  const known = new Set(["router", "ports", "routes", "nat", "metadata", "lab", "conntrack", "rp_filter"]);
   for (const pair of top.items) {
     const key = isScalar(pair.key) ? String(pair.key.value) : "";
     if (!known.has(key)) fail(pair.key as YamlNode, `unknown key "${key}" (expected one of ${[...known].join(", ")})`);
@@ -149,6 +165,16 @@ export function parseConfig(text: string, file: string): RouterConfig {
     if (!NAME_PATTERN.test(name) || name === "." || name === "..") fail(node, `${what} "${name}" is not a valid interface name`);
     return name;
   };
+  const rpFilterOf = (node: YamlNode | undefined, what: string): RpFilterMode | undefined => {
+    if (node === undefined) return undefined;
+    const value = isScalar(node) ? String(node.value) : "";
+    if (!(RP_FILTER_MODES as readonly string[]).includes(value)) fail(node, `${what} must be strict, loose or off`);
+    return value as RpFilterMode;
+  };
+
+  // rp_filter (router-wide, Linux conf/all): strict unless the config says otherwise.
+  const rpFilterNode = get(top, "rp_filter");
+  const rpFilter = rpFilterOf(rpFilterNode, "rp_filter") ?? "strict";
 
   // router
   const routerNode = get(top, "router");
@@ -169,7 +195,7 @@ export function parseConfig(text: string, file: string): RouterConfig {
     const port = item as YAMLMap;
     for (const pair of port.items) {
       const key = isScalar(pair.key) ? String(pair.key.value) : "";
-      if (!["name", "addresses", "wire", "mtu"].includes(key)) fail(pair.key as YamlNode, `unknown port key "${key}"`);
+      if (!["name", "addresses", "wire", "mtu", "rp_filter"].includes(key)) fail(pair.key as YamlNode, `unknown port key "${key}"`);
     }
     const name = interfaceName(get(port, "name"), "port name", port);
     if (ports.some((p) => p.name === name)) fail(get(port, "name"), `port "${name}" is defined twice`);
@@ -194,7 +220,17 @@ export function parseConfig(text: string, file: string): RouterConfig {
       // IPv4 needs 68 (RFC 791); qnat's packet slots hold at most 65535.
       if (mtu < 68 || mtu > 65535) fail(mtuNode, `mtu ${mtu} is outside 68..65535`);
     }
-    ports.push({ name, addresses, wire: { namespace: wireNamespace, device }, mtu, line: lineOf(item) });
+    const portRpNode = get(port, "rp_filter");
+    const portRpFilter = rpFilterOf(portRpNode, `port ${name} rp_filter`) ?? "off";
+    // Linux applies max(conf/all, conf/DEV): a port value below the router-wide one does nothing.
+    if (portRpNode !== undefined && RP_FILTER_MODES.indexOf(portRpFilter) < RP_FILTER_MODES.indexOf(rpFilter)) {
+      fail(
+        portRpNode,
+        `port ${name} rp_filter ${portRpFilter} has no effect under the router-wide rp_filter ${rpFilter}: ` +
+          `a port gets the larger of the two (off < strict < loose), as Linux's conf/all and conf/${name}`,
+      );
+    }
+    ports.push({ name, addresses, wire: { namespace: wireNamespace, device }, mtu, rpFilter: portRpFilter, line: lineOf(item) });
   }
   const wires = new Set<string>();
   for (const port of ports) {
@@ -306,5 +342,5 @@ export function parseConfig(text: string, file: string): RouterConfig {
         fail(maxNode, `conntrack.max ${conntrackMax} is outside 1..${MAX_CONNTRACK_CAPACITY}`);
     }
   }
-  return { file, id, namespace, ports, routes, nat, metadata, lab, conntrack: { max: conntrackMax } };
+  return { file, id, namespace, ports, routes, nat, metadata, lab, conntrack: { max: conntrackMax }, rpFilter };
 }

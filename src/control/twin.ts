@@ -10,7 +10,9 @@
  *     the port's wire device (`eth0`) in its wire namespace, same MTU;
  *   - in the router namespace `net.ipv4.ip_forward=1`, the config's routes, and the config's nat
  *     rules loaded verbatim with `iptables-restore` (so `iptables -t nat -S` prints them back),
- *     `send_redirects=0` (qnat never sends ICMP redirects; docs/differences.md);
+ *     `send_redirects=0` (qnat never sends ICMP redirects; docs/differences.md), and the config's
+ *     `rp_filter`: router-wide as `conf.all.rp_filter`, per port as `conf.<port>.rp_filter` (Linux
+ *     applies the larger of the two, as qnat does);
  *   - the lab hosts (`lab:`), as `qnat lab up` configures them (host-setup.ts configureLabHosts);
  *   - when the config has `metadata:`, qnat's own metadata proxy (metadata.ts) listening on its
  *     port in the router namespace, so the REDIRECT to 9697 has the same server behind it.
@@ -27,6 +29,7 @@ import { isMap, isScalar, isSeq, parseDocument, type YAMLMap } from "yaml";
 import { formatCidr, prefixMask, formatIpv4, type Cidr } from "../core/addr.js";
 import { parseConfig, type RouterConfig } from "../config/config.js";
 import { deleteNetns, ensureNetns, ip, isRoot, netnsExec, netnsExists } from "../io/netns.js";
+import { rpFilterValue } from "../dataplane/reverse-path.js";
 import { configureLabHosts, floatingIpsOf, namespacesOf, parseConfigRules, setSysctls } from "./host-setup.js";
 
 /** `X` -> `X-<tag>`: the namespace names of a tagged copy of a config. */
@@ -222,13 +225,14 @@ export async function buildKernelTwin(config: RouterConfig, options: KernelTwinO
       ["net.ipv4.ip_forward", 1],
       ["net.ipv4.conf.all.send_redirects", 0],
       ["net.ipv4.conf.default.send_redirects", 0],
-      ["net.ipv4.conf.all.rp_filter", 0],
+      ["net.ipv4.conf.all.rp_filter", rpFilterValue(config.rpFilter)],
       ["net.ipv4.conf.default.rp_filter", 0],
     ]);
     for (const port of config.ports) {
       // Created in the router namespace, the peer moved straight into the wire namespace.
       ip(router, "link", "add", port.name, "mtu", String(port.mtu), "type", "veth", "peer", "name", port.wire.device, "mtu", String(port.mtu), "netns", port.wire.namespace);
       for (const cidr of port.addresses) ip(router, "addr", "add", formatCidr(cidr), "brd", broadcastOf(cidr), "dev", port.name);
+      setSysctls(router, [[`net.ipv4.conf.${port.name}.rp_filter`, rpFilterValue(port.rpFilter)]]);
       ip(router, "link", "set", port.name, "up");
       ip(port.wire.namespace, "link", "set", port.wire.device, "up");
     }

@@ -16,6 +16,8 @@ export enum DropReason {
   // routing and forwarding
   MartianSource,        // source is 0/8, 127/8, multicast, broadcast (Linux: ip_route_input_slow)
   MartianDestination,   // destination 0.0.0.0 or 127/8 arriving on the wire
+  ReversePathFilter,    // rp_filter: no route back to the source (by the arrival port, when strict);
+                        // Linux LINUX_MIB_IPRPFILTER "IPReversePathFilter" (fib_validate_source -EXDEV)
   TtlExceeded,          // TTL <= 1 on forward: ICMP time exceeded sent (if allowed)
   NoRoute,              // no route: ICMP net unreachable sent (if allowed)
   FragmentationNeeded,  // DF set and larger than egress MTU: ICMP frag needed sent

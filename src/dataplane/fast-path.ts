@@ -26,6 +26,7 @@ import { IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, TCP_ACK, TCP_PSH } from "../wir
 import { rewriteForwardIcmpEcho, rewriteForwardPlain } from "../wire/rewrite.js";
 import { isMartianDestination, isMartianSource, type RouterAddresses } from "./addresses.js";
 import { LEG_WIRE, egressOf, type RouterPort } from "./port.js";
+import { RP_FILTER_OFF, RP_FILTER_STRICT } from "./reverse-path.js";
 
 /** EstablishedFastPath.forward() declines the packet: it takes the general path. */
 export const FAST_PATH_MISS = -100;
@@ -77,6 +78,8 @@ export class EstablishedFastPath {
     private readonly routes: RoutingTable,
     private readonly ports: readonly RouterPort[],
     private readonly addresses: RouterAddresses,
+    /** Reverse-path filtering per port (reverse-path.ts), the pipeline's array. */
+    private readonly rpFilter: Uint8Array,
   ) {}
 
   /** Once per batch, before any packet: the routing table's version for the route caches. */
@@ -137,9 +140,10 @@ export class EstablishedFastPath {
   /**
    * One packet from a wire leg, not a GSO super-packet: its egress (`port * 2 + leg`) when the
    * fast path forwarded it, else FAST_PATH_MISS with nothing changed. `index` is its slot in the
-   * prefetched batch, -1 for a packet outside it; `l4Partial`: its TCP/UDP checksum is partial.
+   * prefetched batch, -1 for a packet outside it; `ingress` the port it came in on; `l4Partial`:
+   * its TCP/UDP checksum is partial.
    */
-  forward(buf: Uint8Array, off: number, length: number, index: number, l4Partial: boolean): number {
+  forward(buf: Uint8Array, off: number, length: number, index: number, ingress: number, l4Partial: boolean): number {
     if (!(off >= 0) || length < 28 || off + length > buf.length) return FAST_PATH_MISS;
     // The header is read as big-endian words through a DataView (one bounds check and one load
     // per word instead of per byte); every read below is inside [off, off + length).
@@ -229,6 +233,23 @@ export class EstablishedFastPath {
       if (route < 0 || routes.routeType(route) !== ROUTE_UNICAST) return FAST_PATH_MISS;
       egress = routes.routePort(route);
       if (egress < 0xff) table.setRouteCache(id, (version << 16) | (current ? cache & (0xff << (shift ^ 8)) : 0) | ((egress + 1) << shift));
+    }
+    // rp_filter (reverse-path.ts), per packet as Linux. The route back to the source is the other
+    // direction's route (its destination after NAT is this tuple's source), so its cached
+    // egress answers; a failing check is the general path's to drop and count.
+    const rpFilter = this.rpFilter[ingress]!;
+    if (rpFilter !== RP_FILTER_OFF) {
+      const both = table.routeCache(id);
+      const backShift = other << 3;
+      let back = both >>> 16 === version ? ((both >>> backShift) & 0xff) - 1 : -1;
+      if (back < 0) {
+        const routes = this.routes;
+        const route = routes.lookup(src);
+        if (route < 0 || routes.routeType(route) !== ROUTE_UNICAST) return FAST_PATH_MISS;
+        back = routes.routePort(route);
+        if (back < 0xff) table.setRouteCache(id, (version << 16) | (both >>> 16 === version ? both & (0xff << shift) : 0) | ((back + 1) << backShift));
+      }
+      if (rpFilter === RP_FILTER_STRICT && back !== ingress) return FAST_PATH_MISS;
     }
     if (w2 >>> 24 <= 1 || total > this.ports[egress]!.mtu) return FAST_PATH_MISS;
     let newSrc = src;

@@ -12,7 +12,7 @@ import type { Clock } from "../core/clock.js";
 import { systemClock } from "../core/clock.js";
 import { hashKeyFrom } from "../core/hash.js";
 import { CryptoRng, type Rng } from "../core/rng.js";
-import { ConfigError, type RouterConfig } from "../config/config.js";
+import { ConfigError, effectiveRpFilter, type RouterConfig } from "../config/config.js";
 import { ConntrackTable } from "../conntrack/table.js";
 import { RouteError, RoutingTable } from "../route/table.js";
 import { NatEngine } from "../nat/binding.js";
@@ -21,6 +21,7 @@ import { compile, type CompiledRules } from "../nat/rules/evaluate.js";
 import { parseRules } from "../nat/rules/parse.js";
 import { NetfilterNat } from "./netfilter-nat.js";
 import { Dataplane } from "./pipeline.js";
+import { rpFilterValue } from "./reverse-path.js";
 
 export interface BuildOptions {
   readonly clock?: Clock;
@@ -73,6 +74,7 @@ export function buildDataplane(config: RouterConfig, options: BuildOptions = {})
     clock,
     nat,
     fragments: new FragmentTable({ clock, key: hashKeyFrom(rng) }),
+    rpFilter: config.ports.map((p) => rpFilterValue(effectiveRpFilter(config, p))),
   });
 }
 

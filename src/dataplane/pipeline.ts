@@ -49,6 +49,7 @@ import { LEG_MIRROR, LEG_WIRE, RouterPort, VERDICT_DROP, VERDICT_STOLEN, egressO
 import type { NatStage } from "./nat-stage.js";
 import { NetfilterNat } from "./netfilter-nat.js";
 import { PacketContext } from "./packet-context.js";
+import { RP_FILTER_OFF, RP_FILTER_STRICT, rpFilterName, validateSource } from "./reverse-path.js";
 
 /** A fragment reference (src/nat/fragments.ts) for a datagram whose first fragment was not tracked. */
 const FRAGMENT_UNTRACKED = 0x7fffffff;
@@ -85,6 +86,11 @@ export interface DataplaneOptions {
   readonly nat?: NatStage;
   /** Fragment tracking for NAT (virtual reassembly); default: a table with Linux-like limits. */
   readonly fragments?: FragmentTable;
+  /**
+   * Reverse-path filtering per port (reverse-path.ts RP_FILTER_*, the port's effective value);
+   * default strict on every port, as the config's default.
+   */
+  readonly rpFilter?: readonly number[];
 }
 
 export class Dataplane {
@@ -96,6 +102,8 @@ export class Dataplane {
   readonly portCounters: Float64Array;
   /** Drops by [port * DROP_REASON_COUNT + reason], counted against the ingress port. */
   readonly drops: Float64Array;
+  /** Reverse-path filtering per port, RP_FILTER_* (reverse-path.ts). */
+  readonly rpFilter: Uint8Array;
 
   private readonly clock: Clock;
   /** The packet being processed, and the ICMP error the router may send about it (packet-context.ts). */
@@ -150,8 +158,10 @@ export class Dataplane {
     this.portCounters = new Float64Array(this.ports.length * PORT_COUNTERS);
     this.drops = new Float64Array(this.ports.length * DROP_REASON_COUNT);
     this.addresses = new RouterAddresses(this.ports);
+    this.rpFilter = new Uint8Array(this.ports.length).fill(RP_FILTER_STRICT);
+    options.rpFilter?.forEach((mode, port) => (this.rpFilter[port] = mode));
     this.icmpErrors = new IcmpErrorWriter(options.clock, this.routes, this.ports, this.addresses);
-    this.established = new EstablishedFastPath(this.conntrack, this.routes, this.ports, this.addresses);
+    this.established = new EstablishedFastPath(this.conntrack, this.routes, this.ports, this.addresses, this.rpFilter);
     this.internalErrors = new RateLimitedLog((line) => this.log(line), () => options.clock.now());
   }
 
@@ -255,7 +265,7 @@ export class Dataplane {
     const p = this.packet;
     let verdict = FAST_PATH_MISS;
     if (leg === LEG_WIRE) {
-      if (fast && p.gsoSize === 0) verdict = this.established.forward(buf, off, length, index, p.l4Partial);
+      if (fast && p.gsoSize === 0) verdict = this.established.forward(buf, off, length, index, ingress, p.l4Partial);
       if (verdict === FAST_PATH_MISS) verdict = this.processFromWire(p, buf, off, length, ingress, generated);
     } else {
       verdict = this.processLocalOut(p, buf, off, length, ingress);
@@ -332,6 +342,8 @@ export class Dataplane {
     // Broadcasts and multicast (qnat runs no multicast routing) go to the router's host too.
     if (this.addresses.isLocalDestination(dst)) {
       if (this.tracer !== null) this.tracer.step("route", `local: ${describePacket(p.info)} is for the router itself (INPUT), delivered through the ${this.ports[ingress]!.name} mirror`);
+      const source = this.validateSource(p, ingress);
+      if (source !== DropReason.None) return this.release(p, ingress, source);
       return this.finishLocalIn(p, buf, ingress);
     }
 
@@ -349,6 +361,8 @@ export class Dataplane {
       return this.release(p, ingress, DropReason.NoRoute);
     }
     const egress = this.routes.routePort(route);
+    const source = this.validateSource(p, ingress);
+    if (source !== DropReason.None) return this.release(p, ingress, source);
 
     // ip_forward(): TTL first, then the MTU check.
     if (info.ttl <= 1) {
@@ -374,6 +388,37 @@ export class Dataplane {
     }
     if (!this.confirm(p, ingress)) return VERDICT_DROP;
     return egressOf(egress, LEG_WIRE);
+  }
+
+  /**
+   * rp_filter (reverse-path.ts): the source of a packet from the wire, after PREROUTING, once its
+   * route is known to be local or unicast (ip_route_input_slow -> fib_validate_source).
+   */
+  private validateSource(p: PacketContext, ingress: number): DropReason {
+    const mode = this.rpFilter[ingress]!;
+    const reason = validateSource(this.routes, mode, p.info.src, ingress);
+    if (this.tracer !== null) this.traceSource(p, ingress, mode, reason);
+    return reason;
+  }
+
+  private traceSource(p: PacketContext, ingress: number, mode: number, reason: DropReason): void {
+    const src = formatIpv4(p.info.src);
+    const port = this.ports[ingress]!.name;
+    if (mode === RP_FILTER_OFF) {
+      this.tracer!.step("rp_filter", `off on ${port}: the source ${src} is not validated`);
+      return;
+    }
+    const back = this.routes.lookup(p.info.src);
+    const via = back < 0 ? `there is no route back to ${src}` : `the route back to ${src} is ${this.routes.describeRoute(back).trim()}`;
+    const verdict =
+      reason === DropReason.None
+        ? "source valid"
+        : reason === DropReason.MartianSource
+          ? "the route back is not unicast: a martian source (fib_validate_source -EINVAL)"
+          : back < 0
+            ? "dropped (IPReversePathFilter)"
+            : `it does not leave by ${port}, the arrival port: dropped (IPReversePathFilter)`;
+    this.tracer!.step("rp_filter", `${rpFilterName(mode)} on ${port}: ${via}; ${verdict}`);
   }
 
   private traceRoute(p: PacketContext, route: number): void {

@@ -1,6 +1,6 @@
 import { describe, expect, it } from "vitest";
 import { readFileSync } from "node:fs";
-import { ConfigError, loadConfig, parseConfig } from "../../src/config/config.js";
+import { ConfigError, effectiveRpFilter, loadConfig, parseConfig } from "../../src/config/config.js";
 import { formatCidr } from "../../src/core/addr.js";
 import { buildDataplane } from "../../src/dataplane/from-config.js";
 
@@ -50,7 +50,7 @@ describe("a broken config gets one line: FILE:LINE: what is wrong", () => {
     );
   });
   it("unknown key, invalid YAML, missing ports, duplicate address", () => {
-    expect(errorOf("router: {id: x}\nportz: []\n")).toBe('bad.yaml:2: unknown key "portz" (expected one of router, ports, routes, nat, metadata, lab, conntrack)');
+    expect(errorOf("router: {id: x}\nportz: []\n")).toBe('bad.yaml:2: unknown key "portz" (expected one of router, ports, routes, nat, metadata, lab, conntrack, rp_filter)');
     expect(errorOf("router: {id: x\n")).toMatch(/^bad\.yaml:\d+: invalid YAML: /);
     expect(errorOf("router: {id: x}\n")).toMatch(/^bad\.yaml:1: ports must be a non-empty list$/);
     expect(errorOf(seedText.replace("9.186.100.129/32]", "10.0.0.1/32]"))).toMatch(/^bad\.yaml:12: address 10\.0\.0\.1\/32 is already on port qr-694450d6-f6$/);
@@ -79,5 +79,29 @@ describe("conntrack.max: the connection table's size (Linux nf_conntrack_max)", 
     expect(errorOf(withConntrack("  max: lots"))).toBe(`bad.yaml:${line}: conntrack.max must be a whole number of entries`);
     expect(errorOf(withConntrack("  maximum: 10"))).toBe(`bad.yaml:${line}: unknown conntrack key "maximum"`);
     expect(errorOf(`${seedText}conntrack: 4096\n`)).toBe(`bad.yaml:${lineOfConntrack}: conntrack must be a mapping, e.g. { max: 65536 }`);
+  });
+});
+
+describe("rp_filter: router-wide (conf/all) and per port (conf/DEV), Linux's max of the two", () => {
+  const withPortKey = (value: string) =>
+    seedText.replace("    wire: { namespace: qnat-external, device: eth0 }\n", `    wire: { namespace: qnat-external, device: eth0 }\n    rp_filter: ${value}\n`);
+  it("is strict on every port when the config says nothing", () => {
+    const config = parseConfig(seedText, "seed.yaml");
+    expect(config.rpFilter).toBe("strict");
+    expect(config.ports.map((p) => effectiveRpFilter(config, p))).toEqual(["strict", "strict"]);
+  });
+  it("a port may raise it (loose over strict); a router-wide off leaves each port its own", () => {
+    const loose = parseConfig(withPortKey("loose"), "seed.yaml");
+    expect(loose.ports.map((p) => effectiveRpFilter(loose, p))).toEqual(["strict", "loose"]);
+    const off = parseConfig(`${withPortKey("strict")}rp_filter: off\n`, "seed.yaml");
+    expect(off.ports.map((p) => effectiveRpFilter(off, p))).toEqual(["off", "strict"]);
+  });
+  it("a bad value, and a port value the router-wide one overrides, are one-line errors", () => {
+    expect(errorOf(`${seedText}rp_filter: yes\n`)).toBe(`bad.yaml:${seedText.split("\n").length}: rp_filter must be strict, loose or off`);
+    expect(errorOf(withPortKey("2"))).toBe("bad.yaml:14: port qg-e76de35e-90 rp_filter must be strict, loose or off");
+    expect(errorOf(withPortKey("off"))).toBe(
+      "bad.yaml:14: port qg-e76de35e-90 rp_filter off has no effect under the router-wide rp_filter strict: " +
+        "a port gets the larger of the two (off < strict < loose), as Linux's conf/all and conf/qg-e76de35e-90",
+    );
   });
 });

@@ -298,6 +298,32 @@ export function plansFor(config: RouterConfig): Plan[] {
     conntrack: (e) => (e.protocol === "gre" || e.protocol === "sctp" || e.protocol === "unknown") && e.original.src === first.addr,
     documented: { conntrack: "SCTP is tracked by address pair only, no ports or SCTP state; GRE without keys (docs/differences.md)" },
   });
+  // rp_filter (the config's, strict by default; the twin sets the same sysctls): a source that
+  // belongs behind another port, from the outside to a floating IP (checked after the DNAT) and
+  // from inside toward the outside; each next to the same packet from a valid source.
+  const spoofedInside = first.addr.replace(/\.\d+$/, ".77");
+  const spoofTarget = t.floating[0];
+  plans.push({
+    name: `crafted: spoofed sources (rp_filter ${config.rpFilter}): ${spoofedInside} from the outside${spoofTarget ? ` to ${spoofTarget.floating}` : ""}, 203.0.113.99 from inside`,
+    agents: {
+      [t.outsideNs]: { udp: [UDP_SERVER] },
+      ...(spoofTarget ? { [spoofTarget.fixed.ns]: { udp: [UDP_SERVER] } } : {}),
+    },
+    steps: [[
+      ...(spoofTarget
+        ? [{ ns: t.outsideNs, actions: [{ kind: "raw", gap: 0.05, packets: [
+            { src: spoofedInside, dst: spoofTarget.floating, udp: { sport: 44000, dport: UDP_SERVER, data_len: 20 } },
+            { src: t.outsideClient, dst: spoofTarget.floating, udp: { sport: 44001, dport: UDP_SERVER, data_len: 20 } },
+          ] } as ClientAction, { kind: "sleep", seconds: 0.3 } as ClientAction] }]
+        : []),
+      { ns: first.ns, actions: [{ kind: "raw", gap: 0.05, packets: [
+        { src: "203.0.113.99", dst: out, udp: { sport: 44002, dport: UDP_SERVER, data_len: 20 } },
+        { src: first.addr, dst: out, udp: { sport: 44003, dport: UDP_SERVER, data_len: 20 } },
+      ] }, { kind: "sleep", seconds: 0.3 }] },
+    ]],
+    knownPorts: [44000, 44001, 44002, 44003, UDP_SERVER],
+    conntrack: byPorts([44000, 44001, 44002, 44003]),
+  });
   const datagram = (sport: number, id: number) => ({ src: first.addr, dst: out, id, udp: { sport, dport: UDP_SERVER, data_len: 1200 } });
   const fragment = (of: object, offset: number, length: number) => ({ src: first.addr, dst: out, fragment: { of, offset, length } });
   const inOrder = datagram(43800, 0x5101);

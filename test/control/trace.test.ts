@@ -28,6 +28,18 @@ describe("qnat trace explains one packet, hop by hop", () => {
     expect(result.out).toEqual({ port: QR, packet: "tcp 10.0.0.2:40000 > 10.0.0.1:9697" });
   });
 
+  it("rp_filter: 10.0.0.5 arriving on the gateway port is dropped after DNAT, and the trace says why", () => {
+    const spoofed = runTrace(MemoryRouter.fromFile().dataplane, `${QG} udp 10.0.0.5:5000 > 9.186.100.129:53`);
+    expect(spoofed.verdict).toBe("drop");
+    expect(spoofed.reason).toBe("reverse-path-filter");
+    expect(formatTrace(spoofed)).toContain(
+      "rp_filter    strict on qg-e76de35e-90: the route back to 10.0.0.5 is 10.0.0.0/24 dev qr-694450d6-f6 proto kernel scope link src 10.0.0.1; " +
+        "it does not leave by qg-e76de35e-90, the arrival port: dropped (IPReversePathFilter)",
+    );
+    const outside = formatTrace(runTrace(MemoryRouter.fromFile().dataplane, `${QG} udp 203.0.113.10:5000 > 9.186.100.129:53`));
+    expect(outside).toContain("rp_filter    strict on qg-e76de35e-90: the route back to 203.0.113.10 is default via 9.186.100.1 dev qg-e76de35e-90; source valid");
+  });
+
   it("TTL 1 is dropped, and the router's time exceeded is shown as it leaves", () => {
     const result = runTrace(MemoryRouter.fromFile().dataplane, `${QR} udp 10.0.0.3:5000 > 203.0.113.10:53 ttl=1`);
     expect(result.verdict).toBe("drop");
