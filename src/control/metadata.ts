@@ -9,7 +9,10 @@
  * from the config's `metadata.instances`, identifying the instance by the TCP connection's
  * source address. REDIRECT only rewrites the destination (Linux nf_nat_redirect.c), so the
  * source is the VM's fixed IP. A client-sent X-Forwarded-For is never trusted: a VM could use it
- * to read another instance's metadata.
+ * to read another instance's metadata. The port is private: the dataplane delivers to it only
+ * connections REDIRECTed from a `qr-` port (pipeline.ts finishLocalIn, DropReason
+ * MetadataNotRedirected), as Neutron's mark and `--dport 9697 -j DROP` filter rules do; a 404
+ * echoes nothing the caller sent.
  *
  * Paths (a modest subset of EC2's and OpenStack's metadata APIs, as nova serves them):
  *   /                                  "latest" (the API versions served)
@@ -117,7 +120,11 @@ interface Answer {
   readonly body: string;
 }
 
-const notFound = (body = "Not Found"): Answer => ({ status: 404, type: TEXT, body: `${body}\n` });
+/**
+ * Every 404 is the same fixed page: it echoes nothing of the request (path, source address,
+ * headers), so the proxy can never reflect what a caller sent.
+ */
+const NOT_FOUND: Answer = { status: 404, type: TEXT, body: "Not Found\n" };
 const text = (body: string): Answer => ({ status: 200, type: TEXT, body });
 
 /** The answer to GET `path` from the instance at `source` (pure; the HTTP part is below). */
@@ -132,7 +139,7 @@ export function answerMetadata(
   const trimmed = clean.length > 1 && clean.endsWith("/") ? clean.slice(0, -1) : clean;
 
   const fields = instances.get(source);
-  if (fields === undefined) return notFound(`no instance with address ${source === "" ? "(unknown)" : source}`);
+  if (fields === undefined) return NOT_FOUND;
 
   switch (trimmed) {
     case "/":
@@ -153,7 +160,7 @@ export function answerMetadata(
     const value = ec2MetaData(source, fields, floatingIps.get(source)).get(trimmed.slice(prefix.length));
     if (value !== undefined) return text(value);
   }
-  return notFound();
+  return NOT_FOUND;
 }
 
 /** Starts the metadata proxy; resolves once it listens (rejects with a one-line message otherwise). */

@@ -15,7 +15,8 @@
  *     applies the larger of the two, as qnat does);
  *   - the lab hosts (`lab:`), as `qnat lab up` configures them (host-setup.ts configureLabHosts);
  *   - when the config has `metadata:`, qnat's own metadata proxy (metadata.ts) listening on its
- *     port in the router namespace, so the REDIRECT to 9697 has the same server behind it.
+ *     port in the router namespace, so the REDIRECT to 9697 has the same server behind it, and
+ *     Neutron's rules that keep that port private (metadataFilterText).
  *
  * Namespace names: the twin and qnat's lab of the same config must be able to exist side by side,
  * so callers rename every namespace with `retagConfigText` (X -> X-<tag>, the router's too) and
@@ -97,6 +98,25 @@ export function natRestoreText(natText: string): string {
     else rules.push(line);
   }
   return ["*nat", ...chains, ...rules, "COMMIT", ""].join("\n");
+}
+
+/**
+ * Neutron's L3 agent rules around the metadata proxy (neutron/agent/l3 and its metadata driver):
+ * requests to 169.254.169.254:80 from a `qr-` port are marked in mangle PREROUTING (before the
+ * nat REDIRECT), the filter INPUT accepts the mark and drops any other TCP to the proxy's port.
+ * qnat does the same in its pipeline (DropReason.MetadataNotRedirected).
+ */
+export function metadataFilterText(port: number): string {
+  return [
+    "*mangle",
+    "-A PREROUTING -d 169.254.169.254/32 -i qr-+ -p tcp -m tcp --dport 80 -j MARK --set-xmark 0x1/0xffff",
+    "COMMIT",
+    "*filter",
+    "-A INPUT -m mark --mark 0x1/0xffff -j ACCEPT",
+    `-A INPUT -p tcp -m tcp --dport ${port} -j DROP`,
+    "COMMIT",
+    "",
+  ].join("\n");
 }
 
 function broadcastOf(cidr: Cidr): string {
@@ -238,6 +258,7 @@ export async function buildKernelTwin(config: RouterConfig, options: KernelTwinO
     }
     for (const route of config.routes) ip(router, "route", "replace", ...route.value.trim().split(/\s+/));
     netnsExec(router, "iptables-restore", ["-w"], { input: rules });
+    if (config.metadata !== undefined) netnsExec(router, "iptables-restore", ["-w", "--noflush"], { input: metadataFilterText(config.metadata.port) });
     configureLabHosts(config);
     if (options.metadata !== false && config.metadata !== undefined) {
       metadataChild = await startMetadataChild(config);

@@ -26,6 +26,9 @@ export enum DropReason {
   ConntrackInvalid,     // ctstate INVALID (out of window / bad TCP flags / orphan ICMP error)
   ConntrackFull,        // table full and no non-ASSURED entry could be evicted
   ConntrackInsertFailed, // a clashing entry was confirmed first (nf_conntrack_confirm insert_failed)
+  // filter (what Neutron's filter rules would drop)
+  MetadataNotRedirected, // TCP to the metadata proxy's port, not REDIRECTed from a qr- port
+                         // (Neutron: mangle mark 0x1 + filter INPUT --dport 9697 -j DROP)
   // NAT
   NatNoFreeTuple,       // port/id range exhausted for this binding
   FragmentNoState,      // non-first fragment whose first fragment was never seen

@@ -75,6 +75,7 @@ export function buildDataplane(config: RouterConfig, options: BuildOptions = {})
     nat,
     fragments: new FragmentTable({ clock, key: hashKeyFrom(rng) }),
     rpFilter: config.ports.map((p) => rpFilterValue(effectiveRpFilter(config, p))),
+    metadataPort: config.metadata?.port ?? 0,
   });
 }
 

@@ -23,7 +23,7 @@ import { DROP_REASON_COUNT, DropReason, dropReasonName } from "../core/drop-reas
 import { PacketBatch } from "../core/batch.js";
 import { RateLimitedLog } from "../core/log-limit.js";
 import type { ConntrackTable } from "../conntrack/table.js";
-import { CtState } from "../conntrack/table.js";
+import { CtState, CtStatus } from "../conntrack/table.js";
 import { track } from "../conntrack/track.js";
 import { formatConntrackEntry } from "../conntrack/format.js";
 import type { RoutingTable } from "../route/table.js";
@@ -50,6 +50,10 @@ import type { NatStage } from "./nat-stage.js";
 import { NetfilterNat } from "./netfilter-nat.js";
 import { PacketContext } from "./packet-context.js";
 import { RP_FILTER_OFF, RP_FILTER_STRICT, rpFilterName, validateSource } from "./reverse-path.js";
+
+/** Neutron's tenant (router interface) ports: `qr-` + port id (iptables `-i qr-+`). */
+const TENANT_PORT_PREFIX = "qr-";
+const CT_STATUS_DST_NAT = CtStatus.DstNat;
 
 /** A fragment reference (src/nat/fragments.ts) for a datagram whose first fragment was not tracked. */
 const FRAGMENT_UNTRACKED = 0x7fffffff;
@@ -91,6 +95,11 @@ export interface DataplaneOptions {
    * default strict on every port, as the config's default.
    */
   readonly rpFilter?: readonly number[];
+  /**
+   * The metadata proxy's TCP port on the router's host (0: none). It serves only connections
+   * REDIRECTed to it from a `qr-` port; see finishLocalIn.
+   */
+  readonly metadataPort?: number;
 }
 
 export class Dataplane {
@@ -104,6 +113,9 @@ export class Dataplane {
   readonly drops: Float64Array;
   /** Reverse-path filtering per port, RP_FILTER_* (reverse-path.ts). */
   readonly rpFilter: Uint8Array;
+  /** The metadata proxy's port (0: none), and per port whether it is a tenant (`qr-`) port. */
+  readonly metadataPort: number;
+  private readonly tenantPort: Uint8Array;
 
   private readonly clock: Clock;
   /** The packet being processed, and the ICMP error the router may send about it (packet-context.ts). */
@@ -160,6 +172,8 @@ export class Dataplane {
     this.addresses = new RouterAddresses(this.ports);
     this.rpFilter = new Uint8Array(this.ports.length).fill(RP_FILTER_STRICT);
     options.rpFilter?.forEach((mode, port) => (this.rpFilter[port] = mode));
+    this.metadataPort = options.metadataPort ?? 0;
+    this.tenantPort = Uint8Array.from(this.ports, (port) => (port.name.startsWith(TENANT_PORT_PREFIX) ? 1 : 0));
     this.icmpErrors = new IcmpErrorWriter(options.clock, this.routes, this.ports, this.addresses);
     this.established = new EstablishedFastPath(this.conntrack, this.routes, this.ports, this.addresses, this.rpFilter);
     this.internalErrors = new RateLimitedLog((line) => this.log(line), () => options.clock.now());
@@ -391,6 +405,22 @@ export class Dataplane {
   }
 
   /**
+   * Whether a packet for the metadata port reached it through the nat table from a tenant port:
+   * Neutron marks `-i qr-+ -d 169.254.169.254 -p tcp --dport 80` in mangle PREROUTING and its
+   * filter INPUT accepts the mark, then drops `-p tcp --dport 9697`. qnat asks the same of the
+   * connection: original direction, destination NATed (the REDIRECT), arriving on a `qr-` port.
+   */
+  private redirectedFromTenant(p: PacketContext, ingress: number): boolean {
+    const ct = p.ct;
+    return (
+      ct.id >= 0 &&
+      ct.dir === 0 &&
+      this.tenantPort[ingress] === 1 &&
+      (this.conntrack.status(ct.id) & CT_STATUS_DST_NAT) !== 0
+    );
+  }
+
+  /**
    * rp_filter (reverse-path.ts): the source of a packet from the wire, after PREROUTING, once its
    * route is known to be local or unicast (ip_route_input_slow -> fib_validate_source).
    */
@@ -427,9 +457,16 @@ export class Dataplane {
     this.tracer!.step("route", `${formatIpv4(dst)}: ${text}`);
   }
 
-  /** INPUT: nat INPUT (SNAT to the router's host is possible), confirm, to the ingress mirror. */
+  /**
+   * INPUT: the metadata port's filter, nat INPUT (SNAT to the router's host is possible), confirm,
+   * to the ingress mirror.
+   */
   private finishLocalIn(p: PacketContext, buf: Uint8Array, ingress: number): number {
     const ct = p.ct;
+    if (p.info.protocol === IPPROTO_TCP && p.info.dport === this.metadataPort && this.metadataPort !== 0 && !this.redirectedFromTenant(p, ingress)) {
+      if (this.tracer !== null) this.tracer.step("filter", `tcp to port ${this.metadataPort} that was not REDIRECTed from a qr- port: the metadata proxy is private (Neutron: INPUT --dport ${this.metadataPort} -j DROP)`);
+      return this.release(p, ingress, DropReason.MetadataNotRedirected);
+    }
     if (this.nat !== undefined) {
       const natReason = this.nat.input(buf, p.info, ct, ingress);
       if (natReason !== DropReason.None) return this.release(p, ingress, natReason);

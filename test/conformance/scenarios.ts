@@ -37,6 +37,8 @@ export interface Topology {
   gatewayMtu: number;
   insideMtu: number;
   gatewayAddress: string;
+  /** The router's primary address on the port of the first inside host. */
+  insideGateway: string;
 }
 
 export function topologyOf(config: RouterConfig): Topology {
@@ -78,6 +80,7 @@ export function topologyOf(config: RouterConfig): Topology {
     gatewayMtu: gateway.mtu,
     insideMtu: Math.min(...insidePorts.map((p) => p.mtu)),
     gatewayAddress: formatIpv4(gateway.addresses[0]!.addr),
+    insideGateway: formatIpv4(config.ports.find((p) => p.wire.namespace === inside[0]?.ns)?.addresses[0]?.addr ?? 0),
   };
 }
 
@@ -249,6 +252,22 @@ export function plansFor(config: RouterConfig): Plan[] {
       knownPorts: [...t.inside.map((_, i) => base + i), r.dport],
       conntrack: byPorts(t.inside.map((_, i) => base + i)),
       settleMs: 500,
+    });
+  }
+
+  if (config.metadata !== undefined) {
+    // The proxy's port is private (Neutron's mark + `--dport 9697 -j DROP`; the twin loads them):
+    // a direct connection to a router address on it gets no answer, from inside or outside.
+    const port = config.metadata.port;
+    const insideGateway = t.insideGateway;
+    plans.push({
+      name: `the metadata port ${port} is private: direct connections to ${insideGateway}:${port} from inside and ${t.gatewayAddress}:${port} from outside get no answer`,
+      steps: [[
+        { ns: first.ns, actions: [{ kind: "tcp", src: first.addr, sport: 43300, dst: insideGateway, dport: port, size: 16, close: "fin", wait: 1.5 }] },
+        { ns: t.outsideNs, actions: [{ kind: "tcp", src: t.outsideClient, sport: 43301, dst: t.gatewayAddress, dport: port, size: 16, close: "fin", wait: 1.5 }] },
+      ]],
+      knownPorts: [43300, 43301, port],
+      conntrack: byPorts([43300, 43301]),
     });
   }
 

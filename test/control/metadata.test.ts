@@ -111,13 +111,17 @@ describe("metadata proxy behind REDIRECT 169.254.169.254:80 -> 9697", () => {
     expect((await get(server, "/latest/meta-data/hostname?x=1", "10.0.0.3")).body).toBe("vm-2");
   });
 
-  it("an unknown address gets 404 naming it; an unknown path gets 404", async () => {
+  it("an unknown address and an unknown path get the same fixed 404, echoing nothing the caller sent", async () => {
     const stranger = await get(server, "/latest/meta-data/instance-id", "10.0.0.99");
     expect(stranger.status).toBe(404);
     expect(stranger.type).toMatch(/^text\/plain/);
-    expect(stranger.body).toBe("no instance with address 10.0.0.99\n");
-    expect((await get(server, "/latest/user-data", "10.0.0.2")).status).toBe(404);
-    expect((await get(server, "/latest/meta-data/nothing-here", "10.0.0.2")).status).toBe(404);
+    expect(stranger.body).toBe("Not Found\n");
+    const probe = "/latest/<script>alert(1)</script>%0d%0aX-Injected:%20yes";
+    const unknownPath = await get(server, probe, "10.0.0.2");
+    expect(unknownPath.status).toBe(404);
+    expect(unknownPath.body).toBe("Not Found\n");
+    expect((await get(server, "/latest/user-data", "10.0.0.2")).body).toBe("Not Found\n");
+    expect((await get(server, probe, "10.0.0.99")).body).toBe("Not Found\n");
   });
 
   it("answers 405 with Allow: GET to anything but GET", async () => {

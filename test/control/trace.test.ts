@@ -40,6 +40,13 @@ describe("qnat trace explains one packet, hop by hop", () => {
     expect(outside).toContain("rp_filter    strict on qg-e76de35e-90: the route back to 203.0.113.10 is default via 9.186.100.1 dev qg-e76de35e-90; source valid");
   });
 
+  it("a direct connection to the metadata port is dropped, and the trace names Neutron's filter rule", () => {
+    const result = runTrace(MemoryRouter.fromFile().dataplane, `${QR} tcp 10.0.0.3:40000 > 10.0.0.1:9697 syn`);
+    expect(result.verdict).toBe("drop");
+    expect(result.reason).toBe("metadata-not-redirected");
+    expect(formatTrace(result)).toContain("filter       tcp to port 9697 that was not REDIRECTed from a qr- port: the metadata proxy is private (Neutron: INPUT --dport 9697 -j DROP)");
+  });
+
   it("TTL 1 is dropped, and the router's time exceeded is shown as it leaves", () => {
     const result = runTrace(MemoryRouter.fromFile().dataplane, `${QR} udp 10.0.0.3:5000 > 203.0.113.10:53 ttl=1`);
     expect(result.verdict).toBe("drop");

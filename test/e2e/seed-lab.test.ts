@@ -179,6 +179,13 @@ describe.skipIf(!isRoot)("the seed's router lab, through qnat", () => {
     expect(id.stdout.trim()).toBe("i-00000001");
   });
 
+  it("the metadata port is private: 10.0.0.3 connecting straight to 10.0.0.1:9697 gets no answer", () => {
+    // The SYN is dropped before the router's host sees it (no RST, no reply): curl's timeout, 28.
+    const direct = inNs(TENANT, "curl", ["-s", "-m", "2", "--interface", "10.0.0.3", "http://10.0.0.1:9697/latest/meta-data/instance-id"], 10_000);
+    expect(direct.code).toBe(28);
+    expect(direct.stdout).toBe("");
+  });
+
   it("ping and traceroute from the tenant behave as through a Linux router", () => {
     const router = inNs(TENANT, "ping", ["-c", "2", "-W", "1", "10.0.0.1"]);
     expect(router.stdout).toMatch(/2 packets transmitted, 2 received/);
