@@ -58,11 +58,16 @@ export interface LabHostConfig {
 }
 
 /**
- * The connection table's size (Linux sysctl net.netfilter.nf_conntrack_max). Linux derives its
- * default from the host's memory; qnat's is 262144 entries (16 MiB of 64-byte records).
+ * The `conntrack:` block. `max`: the connection table's size (Linux sysctl
+ * net.netfilter.nf_conntrack_max). Linux derives its default from the host's memory; qnat's is
+ * 262144 entries (16 MiB of 64-byte records).
  */
 export interface ConntrackConfig {
   readonly max: number;
+  /** Linux nf_conntrack_tcp_be_liberal (default false). */
+  readonly tcpBeLiberal: boolean;
+  /** Drop INVALID packets (Linux: a filter rule `-m conntrack --ctstate INVALID -j DROP`); default false. */
+  readonly dropInvalid: boolean;
 }
 
 export const DEFAULT_CONNTRACK_MAX = 262_144;
@@ -101,6 +106,13 @@ export class ConfigError extends Error {
 }
 
 const NAME_PATTERN = /^[A-Za-z0-9_.:-]+$/;
+
+/** The keys of the `conntrack:` block, one a line. */
+const CONNTRACK_KEYS = [
+  "max",
+  "tcp_be_liberal",
+  "drop_invalid",
+];
 
 export function loadConfig(path: string): RouterConfig {
   let text: string;
@@ -327,11 +339,19 @@ export function parseConfig(text: string, file: string): RouterConfig {
   // conntrack
   const conntrackNode = get(top, "conntrack");
   let conntrackMax = DEFAULT_CONNTRACK_MAX;
+  let tcpBeLiberal = false;
+  let dropInvalid = false;
+  const conntrackFlag = (block: YAMLMap, key: string): boolean | undefined => {
+    const node = get(block, key);
+    if (node === undefined) return undefined;
+    if (!isScalar(node) || typeof node.value !== "boolean") return fail(node, `conntrack.${key} must be true or false`);
+    return node.value;
+  };
   if (conntrackNode !== undefined) {
     if (!isMap(conntrackNode)) return fail(conntrackNode, "conntrack must be a mapping, e.g. { max: 65536 }");
     for (const pair of conntrackNode.items) {
       const key = isScalar(pair.key) ? String(pair.key.value) : "";
-      if (key !== "max") fail(pair.key as YamlNode, `unknown conntrack key "${key}"`);
+      if (!CONNTRACK_KEYS.includes(key)) fail(pair.key as YamlNode, `unknown conntrack key "${key}"`);
     }
     const maxNode = get(conntrackNode, "max");
     if (maxNode !== undefined) {
@@ -341,6 +361,8 @@ export function parseConfig(text: string, file: string): RouterConfig {
       if (conntrackMax < 1 || conntrackMax > MAX_CONNTRACK_CAPACITY)
         fail(maxNode, `conntrack.max ${conntrackMax} is outside 1..${MAX_CONNTRACK_CAPACITY}`);
     }
+    tcpBeLiberal = conntrackFlag(conntrackNode, "tcp_be_liberal") ?? false;
+    dropInvalid = conntrackFlag(conntrackNode, "drop_invalid") ?? false;
   }
-  return { file, id, namespace, ports, routes, nat, metadata, lab, conntrack: { max: conntrackMax }, rpFilter };
+  return { file, id, namespace, ports, routes, nat, metadata, lab, conntrack: { max: conntrackMax, tcpBeLiberal, dropInvalid }, rpFilter };
 }

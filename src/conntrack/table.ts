@@ -100,6 +100,8 @@ export interface ConntrackCounters {
   released: number;
   /** entries removed explicitly (`remove`, TCP reopen) */
   removed: number;
+  /** of `invalid`: a bad TCP/UDP/ICMP checksum (nf_conntrack_checksum, checksum.ts) */
+  invalidChecksum: number;
 }
 
 /** Hash-chain walks (`ConntrackTable.chainStats`), for `qnat show stats`. */
@@ -126,6 +128,8 @@ export interface ConntrackTableOptions {
   seed?: number;
   /** Called just before an entry's slot is freed (NAT releases its binding state). Control-plane rate. */
   onRemove?: (id: number) => void;
+  /** Linux nf_conntrack_tcp_be_liberal: only RSTs are checked against the TCP window. Default false. */
+  tcpBeLiberal?: boolean;
 }
 
 /** TCP private flags byte (see tcp.ts): kept here only to initialise it. */
@@ -168,6 +172,7 @@ export class ConntrackTable {
   readonly counters: ConntrackCounters = {
     found: 0,
     invalid: 0,
+    invalidChecksum: 0,
     ignore: 0,
     created: 0,
     inserted: 0,
@@ -180,6 +185,8 @@ export class ConntrackTable {
   };
   /** After a failed `confirm`: the handle ((id << 1) | dir) of the entry whose tuple clashed, else -1. */
   clashWith = -1;
+  /** nf_conntrack_tcp_be_liberal (config `conntrack.tcp_be_liberal`). */
+  readonly tcpBeLiberal: boolean;
 
   /** The entries, ENTRY_WORDS Int32 words each (layout above). */
   private readonly words: Int32Array;
@@ -219,6 +226,7 @@ export class ConntrackTable {
     this.k0 = key.k0 | 0;
     this.k1 = key.k1 | 0;
     this.onRemove = options.onRemove;
+    this.tcpBeLiberal = options.tcpBeLiberal ?? false;
 
     const memory = new ArrayBuffer(capacity * ENTRY_WORDS * 4);
     this.words = new Int32Array(memory);

@@ -119,6 +119,9 @@ export function metadataFilterText(port: number): string {
   ].join("\n");
 }
 
+/** `conntrack.drop_invalid` as Linux needs it: the filter rules qnat applies at FORWARD and INPUT. */
+const DROP_INVALID_TEXT = ["*filter", "-A FORWARD -m conntrack --ctstate INVALID -j DROP", "-A INPUT -m conntrack --ctstate INVALID -j DROP", "COMMIT", ""].join("\n");
+
 function broadcastOf(cidr: Cidr): string {
   return formatIpv4((cidr.addr | ~prefixMask(cidr.prefixLength)) >>> 0);
 }
@@ -258,6 +261,9 @@ export async function buildKernelTwin(config: RouterConfig, options: KernelTwinO
     }
     for (const route of config.routes) ip(router, "route", "replace", ...route.value.trim().split(/\s+/));
     netnsExec(router, "iptables-restore", ["-w"], { input: rules });
+    // conntrack.drop_invalid is a filter rule on Linux; tcp_be_liberal a per-namespace sysctl.
+    if (config.conntrack.dropInvalid) netnsExec(router, "iptables-restore", ["-w", "--noflush"], { input: DROP_INVALID_TEXT });
+    if (config.conntrack.tcpBeLiberal) setSysctls(router, [["net.netfilter.nf_conntrack_tcp_be_liberal", 1]]);
     if (config.metadata !== undefined) netnsExec(router, "iptables-restore", ["-w", "--noflush"], { input: metadataFilterText(config.metadata.port) });
     configureLabHosts(config);
     if (options.metadata !== false && config.metadata !== undefined) {

@@ -23,7 +23,8 @@ export enum DropReason {
   FragmentationNeeded,  // DF set and larger than egress MTU: ICMP frag needed sent
   TooBigNoDf,           // larger than egress MTU without DF (qnat does not fragment)
   // conntrack
-  ConntrackInvalid,     // ctstate INVALID (out of window / bad TCP flags / orphan ICMP error)
+  ConntrackInvalid,     // ctstate INVALID (bad checksum / bad TCP flags / orphan ICMP error), dropped
+                        // only with conntrack.drop_invalid (Linux: a --ctstate INVALID -j DROP rule)
   ConntrackFull,        // table full and no non-ASSURED entry could be evicted
   ConntrackInsertFailed, // a clashing entry was confirmed first (nf_conntrack_confirm insert_failed)
   // filter (what Neutron's filter rules would drop)

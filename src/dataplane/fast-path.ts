@@ -5,7 +5,8 @@
  * A plain IPv4 packet — no options, not a fragment, not a GSO super-packet — carrying TCP (ACK or
  * ACK+PSH, on an ESTABLISHED connection), UDP or an ICMP echo request/reply, of a confirmed
  * connection whose SNAT and DNAT bindings are both set up, routed to a unicast route that fits
- * it, is validated, tracked, routed and translated here with exactly the effects of the general
+ * it, with a source that passes rp_filter and a right L4 checksum (or a partial one), is
+ * validated, tracked, routed and translated here with exactly the effects of the general
  * path (same checks, same conntrack updates through udpPacket/tcpPacket/icmpPacket, same rewrites
  * in the same order), without filling PacketInfo or walking the hooks. Every test that could
  * refuse the packet or send it elsewhere runs before anything changes; any failing one returns
@@ -24,6 +25,7 @@ import type { RoutingTable } from "../route/table.js";
 import { RouteType } from "../route/table.js";
 import { IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, TCP_ACK, TCP_PSH } from "../wire/packet-info.js";
 import { rewriteForwardIcmpEcho, rewriteForwardPlain } from "../wire/rewrite.js";
+import { onesComplementSumView } from "../wire/checksum.js";
 import { isMartianDestination, isMartianSource, type RouterAddresses } from "./addresses.js";
 import { LEG_WIRE, egressOf, type RouterPort } from "./port.js";
 import { RP_FILTER_OFF, RP_FILTER_STRICT } from "./reverse-path.js";
@@ -252,6 +254,17 @@ export class EstablishedFastPath {
       if (rpFilter === RP_FILTER_STRICT && back !== ingress) return FAST_PATH_MISS;
     }
     if (w2 >>> 24 <= 1 || total > this.ports[egress]!.mtu) return FAST_PATH_MISS;
+    // nf_conntrack_checksum (conntrack/checksum.ts): a bad TCP/UDP/ICMP checksum makes the packet
+    // INVALID — not NATed, counted, perhaps dropped — which is the general path's business. A
+    // partial checksum (a local sender's offload) is not verified; a UDP checksum 0 means none.
+    if (!l4Partial && !(protocol === IPPROTO_UDP && v.getUint16(l4 + 6) === 0)) {
+      let initial = 0;
+      if (!icmp) {
+        initial = (src >>> 16) + (src & 0xffff) + (dst >>> 16) + (dst & 0xffff) + protocol + l4Length;
+        initial = (initial & 0xffff) + (initial >>> 16);
+      }
+      if (onesComplementSumView(v, l4, l4Length, initial) !== 0xffff) return FAST_PATH_MISS;
+    }
     let newSrc = src;
     let newSport = sport;
     if ((status & (dir === 0 ? CT_SRC_NAT : CT_DST_NAT)) !== 0) {

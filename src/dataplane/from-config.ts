@@ -64,6 +64,7 @@ export function buildDataplane(config: RouterConfig, options: BuildOptions = {})
     key: hashKeyFrom(rng),
     // nf_nat_cleanup_conntrack: a freed connection leaves the NAT by-source index.
     onRemove: (id) => engine?.forget(id),
+    tcpBeLiberal: config.conntrack.tcpBeLiberal,
   });
   engine = options.withoutNat ? undefined : new NatEngine(conntrack, rng);
   const nat = engine === undefined ? undefined : new NetfilterNat(conntrack, rules, config.ports.map((p) => p.addresses[0]!.addr), engine);
@@ -76,6 +77,7 @@ export function buildDataplane(config: RouterConfig, options: BuildOptions = {})
     fragments: new FragmentTable({ clock, key: hashKeyFrom(rng) }),
     rpFilter: config.ports.map((p) => rpFilterValue(effectiveRpFilter(config, p))),
     metadataPort: config.metadata?.port ?? 0,
+    dropInvalid: config.conntrack.dropInvalid,
   });
 }
 

@@ -14,6 +14,12 @@ export class PacketContext {
   readonly info = new PacketInfo();
   /** Conntrack's verdict for the packet (track). */
   readonly ct = new TrackResult();
+  /**
+   * Conntrack found the packet INVALID (`-m conntrack --ctstate INVALID`): a bad checksum, state
+   * or ICMP error, or a fragment of a datagram whose first fragment was INVALID. A non-first
+   * fragment that merely has no ports of its own is not.
+   */
+  invalid = false;
   /** GSO segment size of a super-packet (batch virtio_net_hdr), 0 for a plain packet. */
   gsoSize = 0;
   /** The TCP/UDP checksum is partial (batch virtio_net_hdr NEEDS_CSUM): the sender's kernel finishes it. */

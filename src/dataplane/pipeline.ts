@@ -25,6 +25,7 @@ import { RateLimitedLog } from "../core/log-limit.js";
 import type { ConntrackTable } from "../conntrack/table.js";
 import { CtState, CtStatus } from "../conntrack/table.js";
 import { track } from "../conntrack/track.js";
+import { checksumInvalid } from "../conntrack/checksum.js";
 import { formatConntrackEntry } from "../conntrack/format.js";
 import type { RoutingTable } from "../route/table.js";
 import { RouteType } from "../route/table.js";
@@ -100,6 +101,12 @@ export interface DataplaneOptions {
    * REDIRECTed to it from a `qr-` port; see finishLocalIn.
    */
   readonly metadataPort?: number;
+  /**
+   * Drop INVALID packets from the network (config `conntrack.drop_invalid`; Linux needs
+   * `-m conntrack --ctstate INVALID -j DROP` in filter FORWARD and INPUT for it). Default false:
+   * they pass untranslated, as Linux without that rule.
+   */
+  readonly dropInvalid?: boolean;
 }
 
 export class Dataplane {
@@ -113,6 +120,8 @@ export class Dataplane {
   readonly drops: Float64Array;
   /** Reverse-path filtering per port, RP_FILTER_* (reverse-path.ts). */
   readonly rpFilter: Uint8Array;
+  /** conntrack.drop_invalid: INVALID packets from the network are dropped at FORWARD/INPUT. */
+  readonly dropInvalid: boolean;
   /** The metadata proxy's port (0: none), and per port whether it is a tenant (`qr-`) port. */
   readonly metadataPort: number;
   private readonly tenantPort: Uint8Array;
@@ -173,6 +182,7 @@ export class Dataplane {
     this.rpFilter = new Uint8Array(this.ports.length).fill(RP_FILTER_STRICT);
     options.rpFilter?.forEach((mode, port) => (this.rpFilter[port] = mode));
     this.metadataPort = options.metadataPort ?? 0;
+    this.dropInvalid = options.dropInvalid ?? false;
     this.tenantPort = Uint8Array.from(this.ports, (port) => (port.name.startsWith(TENANT_PORT_PREFIX) ? 1 : 0));
     this.icmpErrors = new IcmpErrorWriter(options.clock, this.routes, this.ports, this.addresses);
     this.established = new EstablishedFastPath(this.conntrack, this.routes, this.ports, this.addresses, this.rpFilter);
@@ -395,6 +405,8 @@ export class Dataplane {
     ipv4DecrementTtl(buf, off);
     info.ttl -= 1;
     if (this.tracer !== null) this.tracer.step("forward", `ttl ${info.ttl + 1} -> ${info.ttl}; ${info.length} bytes fit mtu ${mtu} of ${this.ports[egress]!.name}`);
+    // filter FORWARD (ip_forward's NF_INET_FORWARD hook, after the TTL and MTU checks).
+    if (p.invalid && this.dropInvalid) return this.dropInvalidPacket(p, ingress, "FORWARD");
 
     if (this.nat !== undefined) {
       const natReason = this.nat.postrouting(buf, info, ct, ingress, egress);
@@ -463,6 +475,7 @@ export class Dataplane {
    */
   private finishLocalIn(p: PacketContext, buf: Uint8Array, ingress: number): number {
     const ct = p.ct;
+    if (p.invalid && this.dropInvalid) return this.dropInvalidPacket(p, ingress, "INPUT");
     if (p.info.protocol === IPPROTO_TCP && p.info.dport === this.metadataPort && this.metadataPort !== 0 && !this.redirectedFromTenant(p, ingress)) {
       if (this.tracer !== null) this.tracer.step("filter", `tcp to port ${this.metadataPort} that was not REDIRECTed from a qr- port: the metadata proxy is private (Neutron: INPUT --dport ${this.metadataPort} -j DROP)`);
       return this.release(p, ingress, DropReason.MetadataNotRedirected);
@@ -516,21 +529,32 @@ export class Dataplane {
   }
 
   /**
-   * Conntrack for the current packet into `p.ct`. INVALID packets are not dropped (Linux
-   * conntrack only marks them; without a filter rule they pass, untranslated); they are counted
-   * by the table. Returns 0, or a drop verdict (table full). `user`: DEFRAG_USER_IN from a wire
-   * leg, DEFRAG_USER_OUT from a mirror (fragments of the two never make one datagram).
+   * Conntrack for the current packet into `p.ct`. INVALID packets are not dropped here (Linux
+   * conntrack only marks them; without a filter rule they pass, untranslated; with
+   * `drop_invalid` the FORWARD/INPUT filter drops them); they are counted by the table.
+   * Returns 0, or a drop verdict (table full). `user`: DEFRAG_USER_IN from a wire leg
+   * (PREROUTING, where the L4 checksum is verified: checksum.ts), DEFRAG_USER_OUT from a mirror
+   * (fragments of the two never make one datagram).
    */
   private trackPacket(p: PacketContext, ingress: number, user: number): number {
     const ct = p.ct;
     const info = p.info;
+    p.invalid = false;
     // Conntrack sees datagrams whole (nf_defrag_ipv4): a datagram a fragment would make longer
     // than an IPv4 total length can say is never reassembled (ip_frag_reasm, out_oversize).
     if (info.headerLength + info.fragmentOffset + info.l4Length > IPV4_MAX_TOTAL_LENGTH) return this.drop(ingress, DropReason.FragmentOversize);
     if (info.fragmentOffset !== 0 && hasPorts(info.protocol)) return this.trackFragment(p, ingress, user);
-    const reason = track(this.conntrack, info, ct);
-    if (reason !== DropReason.None) return this.drop(ingress, reason);
-    if (this.tracer !== null) this.traceConntrack(p);
+    if (user === DEFRAG_USER_IN && checksumInvalid(this.conntrack, info)) {
+      ct.id = -1;
+      ct.isNew = false;
+      ct.state = CtState.Invalid;
+      if (this.tracer !== null) this.tracer.step("conntrack", `INVALID: bad ${info.protocol === IPPROTO_TCP ? "TCP" : info.protocol === IPPROTO_UDP ? "UDP" : "ICMP"} checksum (nf_conntrack_checksum); not tracked, not NATed`);
+    } else {
+      const reason = track(this.conntrack, info, ct);
+      if (reason !== DropReason.None) return this.drop(ingress, reason);
+      if (this.tracer !== null) this.traceConntrack(p);
+    }
+    p.invalid = ct.state === CtState.Invalid;
     if (info.moreFragments && this.nat !== undefined && hasPorts(info.protocol)) {
       // A first fragment: remember its connection for the fragments that follow (before NAT).
       // Untracked (INVALID) ones too: Linux passes the whole datagram untranslated then.
@@ -555,6 +579,8 @@ export class Dataplane {
     const info = p.info;
     const ref = this.fragments.lookupFragment(info.buf, info, user);
     if (ref === FRAGMENT_UNTRACKED) {
+      // Linux would have reassembled the datagram and found it INVALID as a whole.
+      p.invalid = true;
       if (this.tracer !== null) this.tracer.step("conntrack", `fragment at offset ${info.fragmentOffset}: its first fragment was not tracked; passes without NAT`);
       return 0;
     }
@@ -624,6 +650,12 @@ export class Dataplane {
     if (this.conntrack.confirm(ct.id)) return true;
     this.drop(ingress, DropReason.ConntrackInsertFailed);
     return false;
+  }
+
+  /** conntrack.drop_invalid: the filter rule `-m conntrack --ctstate INVALID -j DROP` at `chain`. */
+  private dropInvalidPacket(p: PacketContext, ingress: number, chain: string): number {
+    if (this.tracer !== null) this.tracer.step("filter", `${chain}: INVALID, dropped (conntrack.drop_invalid, as -m conntrack --ctstate INVALID -j DROP)`);
+    return this.release(p, ingress, DropReason.ConntrackInvalid);
   }
 
   /** Drops the current packet, discarding the unconfirmed entry it created. */

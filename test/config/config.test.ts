@@ -105,3 +105,17 @@ describe("rp_filter: router-wide (conf/all) and per port (conf/DEV), Linux's max
     );
   });
 });
+
+describe("the conntrack: block", () => {
+  it("tcp_be_liberal and drop_invalid are off unless set", () => {
+    expect(parseConfig(seedText, "seed.yaml").conntrack).toMatchObject({ tcpBeLiberal: false, dropInvalid: false });
+    const set = parseConfig(`${seedText}conntrack:\n  max: 4096\n  tcp_be_liberal: true\n  drop_invalid: true\n`, "seed.yaml");
+    expect(set.conntrack).toEqual({ max: 4096, tcpBeLiberal: true, dropInvalid: true });
+  });
+  it("a value that is not a boolean, an unknown key, or no mapping is a one-line error", () => {
+    const end = seedText.split("\n").length;
+    expect(errorOf(`${seedText}conntrack:\n  drop_invalid: yes please\n`)).toBe(`bad.yaml:${end + 1}: conntrack.drop_invalid must be true or false`);
+    expect(errorOf(`${seedText}conntrack:\n  tcp_be_liberal: 1\n`)).toBe(`bad.yaml:${end + 1}: conntrack.tcp_be_liberal must be true or false`);
+    expect(errorOf(`${seedText}conntrack:\n  drop_invalids: true\n`)).toBe(`bad.yaml:${end + 1}: unknown conntrack key "drop_invalids"`);
+  });
+});

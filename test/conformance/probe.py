@@ -258,6 +258,11 @@ def agent(spec):
 
 # ---------------------------------------------------------------- client
 
+def spoil(p, c):
+    """A checksum made wrong on purpose ("bad_csum": true), never 0 (UDP's "none")."""
+    return c ^ 0x0100 if p.get("bad_csum") else c
+
+
 def build_l4(p):
     src, dst = ip2b(p["src"]), ip2b(p["dst"])
     if "udp" in p:
@@ -266,13 +271,13 @@ def build_l4(p):
         length = 8 + len(data)
         head = struct.pack("!HHHH", u["sport"], u["dport"], length, 0)
         c = csum(src + dst + struct.pack("!BBH", 0, 17, length) + head + data) or 0xFFFF
-        return 17, struct.pack("!HHHH", u["sport"], u["dport"], length, c) + data
+        return 17, struct.pack("!HHHH", u["sport"], u["dport"], length, spoil(p, c)) + data
     if "tcp" in p:
         t = p["tcp"]
         head = struct.pack("!HHIIBBHHH", t["sport"], t["dport"], t.get("seq", 1000), t.get("ack", 0), 5 << 4,
                            flag_bits(t["flags"]), 64240, 0, 0)
         c = csum(src + dst + struct.pack("!BBH", 0, 6, len(head)) + head)
-        return 6, head[:16] + struct.pack("!H", c) + head[18:]
+        return 6, head[:16] + struct.pack("!H", spoil(p, c)) + head[18:]
     if "sctp" in p:
         c = p["sctp"]
         # RFC 9260 section 3.3.2: INIT (type 1) with its fixed parameters, no optional ones.
@@ -284,7 +289,7 @@ def build_l4(p):
         data = bytes(range(i.get("data_len", 16)))
         head = struct.pack("!BBHHH", i["type"], i["code"], 0, i["id"], i["seq"]) + data
         c = csum(head)
-        return 1, head[:2] + struct.pack("!H", c) + head[4:]
+        return 1, head[:2] + struct.pack("!H", spoil(p, c)) + head[4:]
     return p["proto"], bytes.fromhex(p.get("payload_hex", "00" * 16))
 
 

@@ -343,6 +343,20 @@ export function plansFor(config: RouterConfig): Plan[] {
     knownPorts: [44000, 44001, 44002, 44003, UDP_SERVER],
     conntrack: byPorts([44000, 44001, 44002, 44003]),
   });
+  // nf_conntrack_checksum=1 (Linux's default; qnat's too): a bad L4 checksum makes the packet
+  // INVALID, so it is not tracked and leaves without NAT, its checksum as bad as it came.
+  plans.push({
+    name: "crafted: bad UDP, TCP and ICMP checksums from inside are INVALID (not tracked, not NATed)",
+    agents: servers,
+    steps: [[{ ns: first.ns, actions: [{ kind: "raw", gap: 0.05, packets: [
+      { src: first.addr, dst: out, bad_csum: true, udp: { sport: 44100, dport: UDP_SERVER, data_len: 20 } },
+      { src: first.addr, dst: out, bad_csum: true, tcp: { sport: 44101, dport: TCP_SERVER, flags: "S" } },
+      { src: first.addr, dst: out, bad_csum: true, icmp: { type: 8, code: 0, id: 44102, seq: 1 } },
+      { src: first.addr, dst: out, udp: { sport: 44103, dport: UDP_SERVER, data_len: 20 } },
+    ] }, { kind: "sleep", seconds: 0.3 }] }]],
+    knownPorts: [44100, 44101, 44102, 44103, UDP_SERVER, TCP_SERVER],
+    conntrack: (e) => byPorts([44100, 44101, 44103])(e) || (e.protocol === "icmp" && e.original.sport === 44102),
+  });
   const datagram = (sport: number, id: number) => ({ src: first.addr, dst: out, id, udp: { sport, dport: UDP_SERVER, data_len: 1200 } });
   const fragment = (of: object, offset: number, length: number) => ({ src: first.addr, dst: out, fragment: { of, offset, length } });
   const inOrder = datagram(43800, 0x5101);
