@@ -225,7 +225,7 @@ export class EstablishedFastPath {
     if (addresses.isLocalDestination(newDst)) return FAST_PATH_MISS;
     // The route: from the entry's route cache when it is current (see routeVersion).
     const version = this.routeVersion;
-    const cache = table.routeCache(id);
+    let cache = table.routeCache(id);
     const shift = dir << 3;
     const current = cache >>> 16 === version;
     let egress = current ? ((cache >>> shift) & 0xff) - 1 : -1;
@@ -234,22 +234,25 @@ export class EstablishedFastPath {
       const route = routes.lookup(newDst);
       if (route < 0 || routes.routeType(route) !== ROUTE_UNICAST) return FAST_PATH_MISS;
       egress = routes.routePort(route);
-      if (egress < 0xff) table.setRouteCache(id, (version << 16) | (current ? cache & (0xff << (shift ^ 8)) : 0) | ((egress + 1) << shift));
+      if (egress < 0xff) {
+        cache = (version << 16) | (current ? cache & (0xff << (shift ^ 8)) : 0) | ((egress + 1) << shift);
+        table.setRouteCache(id, cache);
+      }
     }
     // rp_filter (reverse-path.ts), per packet as Linux. The route back to the source is the other
     // direction's route (its destination after NAT is this tuple's source), so its cached
     // egress answers; a failing check is the general path's to drop and count.
     const rpFilter = this.rpFilter[ingress]!;
     if (rpFilter !== RP_FILTER_OFF) {
-      const both = table.routeCache(id);
       const backShift = other << 3;
-      let back = both >>> 16 === version ? ((both >>> backShift) & 0xff) - 1 : -1;
+      const cacheCurrent = cache >>> 16 === version;
+      let back = cacheCurrent ? ((cache >>> backShift) & 0xff) - 1 : -1;
       if (back < 0) {
         const routes = this.routes;
         const route = routes.lookup(src);
         if (route < 0 || routes.routeType(route) !== ROUTE_UNICAST) return FAST_PATH_MISS;
         back = routes.routePort(route);
-        if (back < 0xff) table.setRouteCache(id, (version << 16) | (both >>> 16 === version ? both & (0xff << shift) : 0) | ((back + 1) << backShift));
+        if (back < 0xff) table.setRouteCache(id, (version << 16) | (cacheCurrent ? cache & (0xff << shift) : 0) | ((back + 1) << backShift));
       }
       if (rpFilter === RP_FILTER_STRICT && back !== ingress) return FAST_PATH_MISS;
     }

@@ -366,7 +366,7 @@ export class Dataplane {
     // Broadcasts and multicast (qnat runs no multicast routing) go to the router's host too.
     if (this.addresses.isLocalDestination(dst)) {
       if (this.tracer !== null) this.tracer.step("route", `local: ${describePacket(p.info)} is for the router itself (INPUT), delivered through the ${this.ports[ingress]!.name} mirror`);
-      const source = this.validateSource(p, ingress);
+      const source = this.checkSource(p, ingress);
       if (source !== DropReason.None) return this.release(p, ingress, source);
       return this.finishLocalIn(p, buf, ingress);
     }
@@ -385,7 +385,7 @@ export class Dataplane {
       return this.release(p, ingress, DropReason.NoRoute);
     }
     const egress = this.routes.routePort(route);
-    const source = this.validateSource(p, ingress);
+    const source = this.checkSource(p, ingress);
     if (source !== DropReason.None) return this.release(p, ingress, source);
 
     // ip_forward(): TTL first, then the MTU check.
@@ -436,7 +436,7 @@ export class Dataplane {
    * rp_filter (reverse-path.ts): the source of a packet from the wire, after PREROUTING, once its
    * route is known to be local or unicast (ip_route_input_slow -> fib_validate_source).
    */
-  private validateSource(p: PacketContext, ingress: number): DropReason {
+  private checkSource(p: PacketContext, ingress: number): DropReason {
     const mode = this.rpFilter[ingress]!;
     const reason = validateSource(this.routes, mode, p.info.src, ingress);
     if (this.tracer !== null) this.traceSource(p, ingress, mode, reason);
@@ -476,7 +476,7 @@ export class Dataplane {
   private finishLocalIn(p: PacketContext, buf: Uint8Array, ingress: number): number {
     const ct = p.ct;
     if (p.invalid && this.dropInvalid) return this.dropInvalidPacket(p, ingress, "INPUT");
-    if (p.info.protocol === IPPROTO_TCP && p.info.dport === this.metadataPort && this.metadataPort !== 0 && !this.redirectedFromTenant(p, ingress)) {
+    if (this.metadataPort !== 0 && p.info.protocol === IPPROTO_TCP && p.info.dport === this.metadataPort && !this.redirectedFromTenant(p, ingress)) {
       if (this.tracer !== null) this.tracer.step("filter", `tcp to port ${this.metadataPort} that was not REDIRECTed from a qr- port: the metadata proxy is private (Neutron: INPUT --dport ${this.metadataPort} -j DROP)`);
       return this.release(p, ingress, DropReason.MetadataNotRedirected);
     }
@@ -632,6 +632,7 @@ export class Dataplane {
     ct.dir = p.attached & 1;
     ct.isNew = false;
     ct.state = CtState.Related;
+    p.invalid = false;
     if (this.tracer !== null) {
       this.tracer.step("conntrack", `RELATED: attached to ${formatConntrackEntry(this.conntrack, ct.id)}, ${ct.dir === 0 ? "original" : "reply"} direction`);
     }
