@@ -11,6 +11,9 @@ const BOOLEAN_OPTIONS = new Map([
   ["--verbose", "verbose"],
   ["-h", "help"],
   ["--help", "help"],
+  // `qnat rules save -c` (iptables-save -c: with counters)
+  ["-c", "counters"],
+  ["--counters", "counters"],
 ]);
 const VALUE_OPTIONS = new Map([
   ["--router", "router"],

@@ -93,7 +93,7 @@ export function floatingIpsOf(table: NatTable): Map<string, string> {
 }
 
 /** `A.B.C.D/N brd +` as iproute2 takes it: the broadcast address as Linux computes it. */
-function broadcastOf(cidr: Cidr): string {
+export function broadcastOf(cidr: Cidr): string {
   return formatIpv4((cidr.addr | ~prefixMask(cidr.prefixLength)) >>> 0);
 }
 

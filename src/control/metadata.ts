@@ -54,6 +54,8 @@ export interface MetadataCounters {
 export interface MetadataServer {
   readonly address: AddressInfo;
   readonly counters: Readonly<MetadataCounters>;
+  /** A live change (`qnat apply`): later requests are answered from these instances and floating IPs. */
+  update(instances: MetadataServerConfig["instances"], floatingIps: ReadonlyMap<string, string>): void;
   close(): Promise<void>;
 }
 
@@ -166,7 +168,8 @@ export function answerMetadata(
 /** Starts the metadata proxy; resolves once it listens (rejects with a one-line message otherwise). */
 export async function startMetadataServer(config: MetadataServerConfig): Promise<MetadataServer> {
   const counters: MetadataCounters = { served: 0, notFound: 0, methodNotAllowed: 0 };
-  const floatingIps = config.floatingIps ?? new Map<string, string>();
+  let floatingIps = config.floatingIps ?? new Map<string, string>();
+  let instances = config.instances;
   const resolveSource = config.resolveSource ?? ((req: IncomingMessage) => normalizeSourceAddress(req.socket.remoteAddress));
   const host = config.host ?? "0.0.0.0";
 
@@ -179,7 +182,7 @@ export async function startMetadataServer(config: MetadataServerConfig): Promise
     const url = req.url ?? "/";
     const query = url.indexOf("?");
     const path = query < 0 ? url : url.slice(0, query);
-    const answer = answerMetadata(path, resolveSource(req), config.instances, floatingIps);
+    const answer = answerMetadata(path, resolveSource(req), instances, floatingIps);
     if (answer.status === 200) counters.served++;
     else counters.notFound++;
     send(res, answer);
@@ -200,6 +203,10 @@ export async function startMetadataServer(config: MetadataServerConfig): Promise
   return {
     address: server.address() as AddressInfo,
     counters,
+    update: (nextInstances, nextFloatingIps) => {
+      instances = nextInstances;
+      floatingIps = nextFloatingIps;
+    },
     close: () =>
       new Promise<void>((resolve) => {
         server.close(() => resolve());

@@ -32,12 +32,13 @@
  *
  * SIGINT/SIGTERM stop it within a second: reading stops, the stop hooks run (state saving), legs
  * close (their devices, the mirrors among them, vanish with them), sockets close, the socket and
- * pid files are removed; the namespaces stay (the lab's to remove). SIGHUP only logs that the
- * config is not re-read yet.
+ * pid files are removed; the namespaces stay (the lab's to remove). SIGHUP applies the config
+ * file again, live, as `qnat apply` does (live-apply.ts).
  */
+import { readFileSync } from "node:fs";
 import { formatCidr } from "../core/addr.js";
 import { CryptoRng } from "../core/rng.js";
-import { type RouterConfig, loadConfig } from "../config/config.js";
+import { type RouterConfig, loadConfig, parseConfig } from "../config/config.js";
 import { ConntrackCursor } from "../conntrack/format.js";
 import { buildDataplane } from "../dataplane/from-config.js";
 import { NetfilterNat } from "../dataplane/netfilter-nat.js";
@@ -52,7 +53,7 @@ import { GSO_SLOT_SIZE, loadTunAddon, TunDevice, type TunError, type TunOffloads
 import { TunLeg } from "../io/tun-leg.js";
 import { LegSupervisor, TICK_MS, openLeg, type LegSpec } from "../io/leg-supervisor.js";
 import { RateLimitedLog } from "../core/log-limit.js";
-import { formatRules } from "../nat/rules/format.js";
+import { formatRules, formatSaveDocument } from "../nat/rules/format.js";
 import type { NatTable } from "../nat/rules/model.js";
 import { PrivilegeError, OperationalError } from "./errors.js";
 import {
@@ -65,8 +66,19 @@ import {
 import { ConntrackWork } from "./conntrack-command.js";
 import { startMetadataServer, type MetadataServer } from "./metadata.js";
 import { collectPorts, collectStats, formatJson, formatPorts, formatStats } from "./show.js";
-import { controlSocketPath, serveControl, type ControlAnswer, type ControlRequest, type ControlServer } from "./socket.js";
+import { controlSocketPath, serveControl, type ControlAnswer, type ControlRequest, type ControlServer, type LiveChangeRequest } from "./socket.js";
 import { formatTrace, runTrace } from "./trace.js";
+import {
+  addKernelSide,
+  carryOverCounters,
+  checkChangeable,
+  diffConfigs,
+  formatDifference,
+  isEmptyDifference,
+  removeKernelSide,
+  tableOf,
+  withRules,
+} from "./live-apply.js";
 
 /** Batches one wake-up of a leg may pump before yielding to the others (uv_poll is level-triggered). */
 export const PUMP_BUDGET = 16;
@@ -131,6 +143,11 @@ export interface RunningRouter {
    * that keep connections"). Hooks run in order; one that throws is logged and the stop goes on.
    */
   onStop(hook: () => void | Promise<void>): void;
+  /**
+   * Applies a config text live (`qnat apply`, SIGHUP; control/live-apply.ts); resolves with the
+   * lines that say what changed (none when nothing differs). A ConfigError changes nothing.
+   */
+  apply(text: string, file: string): Promise<string[]>;
   /** Resolves once stopped. */
   stop(): Promise<void>;
 }
@@ -141,14 +158,24 @@ export const STOP_LIMIT_MS = 900;
 /**
  * Runs `qnat run CONFIG` until SIGINT/SIGTERM; resolves with the exit code (0 after a clean
  * stop). Throws PrivilegeError, ConfigError, ControlError or OperationalError before anything
- * runs. SIGHUP is answered with a log line: the config is not re-read yet (live changes, `qnat
- * apply`, come with their own issue), and the router goes on as it was.
+ * runs. SIGHUP re-reads CONFIG and applies what differs, live (live-apply.ts).
  */
 export async function runRouterCommand(configPath: string, options: RouterOptions = {}): Promise<number> {
   const log = options.log ?? ((line: string) => process.stdout.write(`${line}\n`));
   const router = await startRouter(configPath, { ...options, log });
+  // SIGHUP: `qnat apply` of the file the router was started with (control/live-apply.ts).
   const onHangup = (): void => {
-    log(`qnat: SIGHUP: re-reading the config is not supported yet; still running with ${configPath} as it was at start`);
+    let text: string;
+    try {
+      text = readFileSync(configPath, "utf8");
+    } catch (error) {
+      log(`qnat: SIGHUP: ${configPath}: cannot read config (${(error as NodeJS.ErrnoException).code ?? "error"}); nothing changed`);
+      return;
+    }
+    router.apply(text, configPath).then(
+      (lines) => log(lines.length === 0 ? `qnat: SIGHUP: ${configPath}: nothing differs` : `qnat: SIGHUP: ${configPath} applied:\n${lines.join("\n")}`),
+      (error: unknown) => log(`qnat: SIGHUP: ${error instanceof Error ? error.message.split("\n")[0] : String(error)}; nothing changed`),
+    );
   };
   process.on("SIGHUP", onHangup);
   await new Promise<void>((resolve) => {
@@ -177,17 +204,20 @@ export async function startRouter(configPath: string, options: RouterOptions = {
   const spinMicroseconds = options.spinMicroseconds ?? envMicroseconds("QNAT_SPIN_US", SPIN_MICROSECONDS);
   const wantWarmUp = options.warmUp ?? envSwitch("QNAT_WARMUP", true);
   if (!isRoot()) throw new PrivilegeError("run");
-  const { config, dataplane, rules } = prepareRouter(configPath);
+  // `let`: a live change (applyConfig below) replaces all three between two batches.
+  // eslint-disable-next-line prefer-const
+  let { config, dataplane, rules } = prepareRouter(configPath);
   const addon = loadTunAddon();
-  const natRules = dataplane.nat instanceof NetfilterNat ? dataplane.nat.rules : undefined;
   dataplane.log = log;
 
   let ready = false;
   let metadata: MetadataServer | undefined;
   let supervisor: LegSupervisor | undefined;
-  const wires = config.ports.map((p) => p.wire);
-  const handler = (request: ControlRequest): ControlAnswer => {
+  const handler = (request: ControlRequest): ControlAnswer | Promise<ControlAnswer> => {
     if (!ready) return { ok: false, error: `router ${config.namespace} is starting` };
+    const natRules = dataplane.nat instanceof NetfilterNat ? dataplane.nat.rules : undefined;
+    const wires = config.ports.map((p) => p.wire);
+    if (request.cmd === "apply" || request.cmd === "rules") return liveRequest(request);
     if (request.cmd === "trace") {
       const result = runTrace(dataplane, request.packet);
       return request.json ? { ok: true, text: JSON.stringify(result), data: result } : { ok: true, text: formatTrace(result) };
@@ -391,6 +421,82 @@ export async function startRouter(configPath: string, options: RouterOptions = {
     }
   }, HOUSEKEEPING_INTERVAL_MS);
   housekeeping.unref();
+
+  // Live changes (control/live-apply.ts), one at a time in the order they were asked for; `next`
+  // is read when its turn comes, so a rules restore replaces the rules of the config as it is then.
+  let changing: Promise<unknown> = Promise.resolve();
+  const applyConfig = (next: () => RouterConfig): Promise<string[]> => {
+    const run = changing.then(async () => applyNow(next()));
+    changing = run.catch(() => undefined);
+    return run;
+  };
+  const applyText = (text: string, file: string): Promise<string[]> => applyConfig(() => parseConfig(text, file));
+  const applyNow = async (next: RouterConfig): Promise<string[]> => {
+    // Checked completely before anything changes: the rules parsed here, the routes and the
+    // compiled rules by buildDataplane below (each failure a ConfigError at its FILE:LINE).
+    const nextRules = parseConfigRules(next);
+    checkChangeable(config, next);
+    const difference = diffConfigs(config, rules, next, nextRules);
+    if (isEmptyDifference(difference)) return [];
+    if (passthrough) throw new OperationalError("a pass-through router takes no live changes; restart it");
+    if (difference.portsAdded.length + difference.portsRemoved.length > 0) {
+      throw new OperationalError(`${next.file}: ports added or removed: a running router cannot change its ports yet; restart it`, 2);
+    }
+    const successor = buildDataplane(next, { successorOf: dataplane });
+    const dnatBefore = outputDnatLocalAddresses(config, rules);
+    const dnatAfter = outputDnatLocalAddresses(next, nextRules);
+    await addKernelSide(next, difference, dnatBefore, dnatAfter);
+    // The swap: synchronous, between two batches (this thread runs the packet loop).
+    const running = config;
+    carryOverCounters(dataplane, successor);
+    successor.log = log;
+    successor.conntrack.clearRouteCaches();
+    (forwarder as Forwarder).dataplane = successor;
+    dataplane = successor;
+    config = next;
+    rules = nextRules;
+    for (const { port, to } of difference.mtus) setPortMtu(config.ports.findIndex((p) => p.name === port), to);
+    if (difference.metadataChanged || difference.rulesAdded.length + difference.rulesRemoved.length > 0) await changeMetadata();
+    await removeKernelSide(running, difference, dnatBefore, dnatAfter, log);
+    return formatDifference(difference, next);
+  };
+  const setPortMtu = (port: number, mtu: number): void => {
+    for (const index of [port * 2, port * 2 + 1]) {
+      const leg = forwarder.slots.legs[index];
+      if (leg instanceof TunLeg) leg.device.setMtu(mtu);
+    }
+  };
+  /** The metadata proxy follows the config: started, stopped, or given the new instances. */
+  const changeMetadata = async (): Promise<void> => {
+    const wanted = config.metadata;
+    if (metadata !== undefined && (wanted === undefined || metadata.address.port !== wanted.port)) {
+      await metadata.close();
+      metadata = undefined;
+    }
+    if (wanted === undefined) return;
+    if (metadata === undefined) {
+      metadata = await startMetadataServer({ port: wanted.port, instances: wanted.instances, floatingIps: floatingIpsOf(rules) });
+    } else {
+      metadata.update(wanted.instances, floatingIpsOf(rules));
+    }
+  };
+  const liveRequest = async (request: LiveChangeRequest): Promise<ControlAnswer> => {
+    try {
+      if (request.cmd === "rules" && request.action === "save") {
+        const compiled = dataplane.nat instanceof NetfilterNat ? dataplane.nat.rules : undefined;
+        compiled?.copyCountersToModel();
+        const table = compiled !== undefined ? tableOf(compiled) : rules;
+        return { ok: true, text: formatSaveDocument(table, "qnat rules save", new Date(), { counters: request.counters }) };
+      }
+      const lines =
+        request.cmd === "apply"
+          ? await applyText(request.text, request.file)
+          : await applyConfig(() => withRules(config, request.text, request.file));
+      return { ok: true, text: lines.map((line) => `${line}\n`).join("") };
+    } catch (error) {
+      return { ok: false, error: error instanceof Error ? error.message.split("\n")[0]! : String(error) };
+    }
+  };
   ready = true;
 
   log(`qnat: router ${config.namespace} running (pid ${process.pid}), control socket ${control.path}`);
@@ -411,8 +517,13 @@ export async function startRouter(configPath: string, options: RouterOptions = {
   let stopping: Promise<void> | undefined;
   const stopHooks: Array<() => void | Promise<void>> = [];
   return {
-    config,
-    dataplane,
+    get config() {
+      return config;
+    },
+    get dataplane() {
+      return dataplane;
+    },
+    apply: (text, file) => applyText(text, file),
     onStop: (hook) => {
       stopHooks.push(hook);
     },

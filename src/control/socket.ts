@@ -67,7 +67,14 @@ export type ControlRequest =
   | { readonly cmd: "show"; readonly what: ShowWhat; readonly json?: boolean; readonly verbose?: boolean }
   | { readonly cmd: "trace"; readonly packet: string; readonly json?: boolean }
   | { readonly cmd: "conntrack"; readonly op: ConntrackOp; readonly filter: ConntrackFilter }
-  | { readonly cmd: "ping" };
+  | { readonly cmd: "ping" }
+  | LiveChangeRequest;
+
+/** Live changes (control/live-apply.ts): the text travels, so the router reads no client's file. */
+export type LiveChangeRequest =
+  | { readonly cmd: "apply"; readonly file: string; readonly text: string }
+  | { readonly cmd: "rules"; readonly action: "save"; readonly counters: boolean }
+  | { readonly cmd: "rules"; readonly action: "restore"; readonly file: string; readonly text: string };
 
 export type ControlResponse =
   | { readonly ok: true; readonly text?: string; readonly data?: unknown }
@@ -166,9 +173,23 @@ export function parseControlRequest(value: unknown): ControlRequest | string {
       if (typeof filter === "string") return filter;
       return { cmd: "conntrack", op: op as ConntrackOp, filter };
     }
+    case "apply":
+    case "rules":
+      return parseLiveChangeRequest(request);
     default:
       return `unknown command ${JSON.stringify(request["cmd"] ?? null)} (expected show, trace, conntrack or ping)`;
   }
+}
+
+function parseLiveChangeRequest(request: Record<string, unknown>): LiveChangeRequest | string {
+  const { cmd, action, file, text, counters } = request;
+  if (cmd === "rules" && action === "save") {
+    if (counters !== undefined && typeof counters !== "boolean") return `"counters" must be true or false`;
+    return { cmd, action, counters: counters === true };
+  }
+  if (cmd === "rules" && action !== "restore") return `rules action must be "save" or "restore"`;
+  if (typeof file !== "string" || typeof text !== "string") return `${String(cmd)} needs "file" and "text": a name and its text`;
+  return cmd === "apply" ? { cmd, file, text } : { cmd: "rules", action: "restore", file, text };
 }
 
 /** First line of an error's message: responses and CLI errors are one line. */

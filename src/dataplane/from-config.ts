@@ -34,6 +34,13 @@ export interface BuildOptions {
   readonly conntrackCapacity?: number;
   /** Leave NAT out (plain router). */
   readonly withoutNat?: boolean;
+  /**
+   * A live change (`qnat apply`, control/live-apply.ts): the new dataplane takes over this
+   * running one's connection table, NAT engine (its by-source index), fragment table and clock,
+   * so every connection keeps its binding (Linux: the bindings live in conntrack, not in the
+   * rules) and only ports, addresses, routes and the compiled rules are new.
+   */
+  readonly successorOf?: Dataplane;
 }
 
 export function buildRoutingTable(config: RouterConfig): RoutingTable {
@@ -53,12 +60,13 @@ export function buildRoutingTable(config: RouterConfig): RoutingTable {
 }
 
 export function buildDataplane(config: RouterConfig, options: BuildOptions = {}): Dataplane {
-  const clock = options.clock ?? systemClock;
+  const previous = options.successorOf;
+  const clock = previous?.clock ?? options.clock ?? systemClock;
   const rng = options.rng ?? new CryptoRng();
   const routes = buildRoutingTable(config);
   const rules = compileRules(config);
-  let engine: NatEngine | undefined;
-  const conntrack = new ConntrackTable({
+  let engine: NatEngine | undefined = previous?.nat instanceof NetfilterNat ? previous.nat.engine : undefined;
+  const conntrack = previous?.conntrack ?? new ConntrackTable({
     capacity: options.conntrackCapacity ?? config.conntrack.max,
     clock,
     key: hashKeyFrom(rng),
@@ -66,7 +74,7 @@ export function buildDataplane(config: RouterConfig, options: BuildOptions = {})
     onRemove: (id) => engine?.forget(id),
     tcpBeLiberal: config.conntrack.tcpBeLiberal,
   });
-  engine = options.withoutNat ? undefined : new NatEngine(conntrack, rng);
+  if (previous === undefined) engine = options.withoutNat ? undefined : new NatEngine(conntrack, rng);
   const nat = engine === undefined ? undefined : new NetfilterNat(conntrack, rules, config.ports.map((p) => p.addresses[0]!.addr), engine);
   return new Dataplane({
     ports: config.ports.map((p) => ({ name: p.name, addresses: p.addresses, mtu: p.mtu })),
@@ -74,7 +82,7 @@ export function buildDataplane(config: RouterConfig, options: BuildOptions = {})
     conntrack,
     clock,
     nat,
-    fragments: new FragmentTable({ clock, key: hashKeyFrom(rng) }),
+    fragments: previous?.fragments ?? new FragmentTable({ clock, key: hashKeyFrom(rng) }),
     rpFilter: config.ports.map((p) => rpFilterValue(effectiveRpFilter(config, p))),
     metadataPort: config.metadata?.port ?? 0,
     dropInvalid: config.conntrack.dropInvalid,

@@ -126,7 +126,8 @@ export class Dataplane {
   readonly metadataPort: number;
   private readonly tenantPort: Uint8Array;
 
-  private readonly clock: Clock;
+  /** The dataplane's time; a dataplane built anew for a live change keeps it (BuildOptions.successorOf). */
+  readonly clock: Clock;
   /** The packet being processed, and the ICMP error the router may send about it (packet-context.ts). */
   private readonly packet = new PacketContext();
   private readonly errorPacket = new PacketContext();

@@ -29,7 +29,8 @@ export class Forwarder {
    * own ICMP errors get the same headroom, left zero (a plain packet), in small slots.
    */
   constructor(
-    readonly dataplane: Dataplane,
+    /** Replaced between two batches by a live change (control/live-apply.ts). */
+    public dataplane: Dataplane,
     legs: readonly Leg[],
     batchSize = 64,
     slotSize = 2048,

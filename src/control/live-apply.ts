@@ -1,0 +1,309 @@
+/**
+ * Live changes of a running router (`qnat apply CONFIG`, SIGHUP to `qnat run`, `qnat rules
+ * restore`): what differs between the config a router runs and a new one, and how the new one
+ * takes over without losing a packet of the connections it does not touch.
+ *
+ * How a change is applied (router-process.ts `applyConfig`), and why this way:
+ *   1. The new config is checked completely first (YAML, ports, routes, the nat rules compiled):
+ *      any error is one `FILE:LINE: ...` and nothing has changed.
+ *   2. A new Dataplane is built from the new config that takes over the running one's connection
+ *      table, NAT engine and fragment table (from-config.ts `successorOf`). Ports, addresses,
+ *      routes and the compiled rules are all read-only once built, so building anew is simpler
+ *      and safer than patching them in place, and it is how iptables-restore replaces a table:
+ *      a whole new blob, swapped in at once (net/ipv4/netfilter/ip_tables.c do_replace ->
+ *      xt_replace_table). The bindings live in conntrack, not in the rules, so an existing
+ *      connection keeps the NAT it was given (a new floating IP applies to its VM's new
+ *      connections; connections SNATed to the gateway address go on until they end).
+ *   3. The kernel side is changed in two halves around the swap: what is added (mirror addresses,
+ *      routes, OUTPUT-DNAT policy routing) before it, what is removed after it, so neither the
+ *      old nor the new dataplane ever routes toward something the router namespace lacks.
+ *   4. The swap itself is synchronous JavaScript between two batches (the packet loop runs on the
+ *      same thread): no packet ever sees half a rule set. Counters carry over — per port by name,
+ *      per rule for the rules that did not change (same chain and text, same occurrence), policy
+ *      counters per built-in chain — and every connection's cached route (ConntrackTable's
+ *      route cache, which holds port indexes) is forgotten, so the next packet of each looks its
+ *      route up in the new table.
+ *
+ * What cannot change live is refused with one line, nothing changed: the router's namespace
+ * (that is another router), and `conntrack.max` (the table is allocated once; a restart with
+ * `state:` keeps the connections).
+ */
+import { formatCidr, type Cidr } from "../core/addr.js";
+import { type PortConfig, type RouterConfig } from "../config/config.js";
+import { buildRoutingTable, compileRules } from "../dataplane/from-config.js";
+import { NetfilterNat } from "../dataplane/netfilter-nat.js";
+import type { Dataplane } from "../dataplane/pipeline.js";
+import { formatRule } from "../nat/rules/format.js";
+import { chainsInOrder, rulesInOrder, type NatChain, type NatTable } from "../nat/rules/model.js";
+import { ipAsync } from "../io/netns.js";
+import { OperationalError } from "./errors.js";
+import { OUTPUT_DNAT_RULE_PREF, OUTPUT_DNAT_TABLE, broadcastOf, installOutputDnatRouting, parseConfigRules } from "./host-setup.js";
+
+/** Everything the config check of `qnat apply` and `qnat run` refuses, without touching anything. */
+export function checkConfig(config: RouterConfig): NatTable {
+  const rules = parseConfigRules(config);
+  buildRoutingTable(config);
+  compileRules(config);
+  return rules;
+}
+
+/** One address of one port. */
+export interface PortAddress {
+  readonly port: string;
+  readonly cidr: Cidr;
+}
+
+/** What differs between the running config and a new one, in the order it is printed. */
+export interface ConfigDifference {
+  readonly portsAdded: readonly PortConfig[];
+  readonly portsRemoved: readonly PortConfig[];
+  readonly addressesAdded: readonly PortAddress[];
+  readonly addressesRemoved: readonly PortAddress[];
+  readonly mtus: ReadonlyArray<{ readonly port: string; readonly from: number; readonly to: number }>;
+  /** `ip route` lines, whitespace-normalised. */
+  readonly routesAdded: readonly string[];
+  readonly routesRemoved: readonly string[];
+  /** `-N CHAIN` and `-A ...` lines as `iptables -t nat -S` prints them. */
+  readonly rulesAdded: readonly string[];
+  readonly rulesRemoved: readonly string[];
+  readonly metadataChanged: boolean;
+}
+
+/** True when nothing differs (apply prints nothing and changes nothing). */
+export function isEmptyDifference(difference: ConfigDifference): boolean {
+  return (
+    difference.portsAdded.length +
+      difference.portsRemoved.length +
+      difference.addressesAdded.length +
+      difference.addressesRemoved.length +
+      difference.mtus.length +
+      difference.routesAdded.length +
+      difference.routesRemoved.length +
+      difference.rulesAdded.length +
+      difference.rulesRemoved.length ===
+      0 && !difference.metadataChanged
+  );
+}
+
+/** A port's identity: its name and where its wire leg is (a port whose wire moved is a new port). */
+function portKey(port: PortConfig): string {
+  return `${port.name} ${port.wire.namespace} ${port.wire.device}`;
+}
+
+function normaliseRoute(route: string): string {
+  return route.trim().split(/\s+/).join(" ");
+}
+
+/** Items of `a` not in `b`, counting repeats (a multiset difference), in `a`'s order. */
+function without(a: readonly string[], b: readonly string[]): string[] {
+  const left = new Map<string, number>();
+  for (const item of b) left.set(item, (left.get(item) ?? 0) + 1);
+  const out: string[] = [];
+  for (const item of a) {
+    const count = left.get(item) ?? 0;
+    if (count > 0) left.set(item, count - 1);
+    else out.push(item);
+  }
+  return out;
+}
+
+/** The table's `-N` and `-A` lines (the `-P` lines are always ACCEPT in nat). */
+function ruleLines(table: NatTable): string[] {
+  const lines: string[] = [];
+  for (const chain of chainsInOrder(table)) if (chain.hook === undefined) lines.push(`-N ${chain.name}`);
+  for (const rule of rulesInOrder(table)) lines.push(formatRule(rule));
+  return lines;
+}
+
+function metadataKey(config: RouterConfig): string {
+  if (config.metadata === undefined) return "";
+  return JSON.stringify([config.metadata.port, [...config.metadata.instances.entries()]]);
+}
+
+/**
+ * Refuses what cannot change on a running router (one line, exit 1): the namespace and the
+ * connection table's size.
+ */
+export function checkChangeable(running: RouterConfig, next: RouterConfig): void {
+  if (next.namespace !== running.namespace) {
+    throw new OperationalError(`${next.file}: router namespace ${next.namespace} is not the running router's (${running.namespace})`, 2);
+  }
+  if (next.conntrack.max !== running.conntrack.max) {
+    throw new OperationalError(
+      `${next.file}: conntrack.max ${next.conntrack.max} differs from the running router's ${running.conntrack.max}; the table's size changes only with a restart`,
+      2,
+    );
+  }
+}
+
+export function diffConfigs(running: RouterConfig, runningRules: NatTable, next: RouterConfig, nextRules: NatTable): ConfigDifference {
+  const runningPorts = new Map(running.ports.map((p) => [portKey(p), p]));
+  const nextPorts = new Map(next.ports.map((p) => [portKey(p), p]));
+  const portsAdded = next.ports.filter((p) => !runningPorts.has(portKey(p)));
+  const portsRemoved = running.ports.filter((p) => !nextPorts.has(portKey(p)));
+  const addressesAdded: PortAddress[] = [];
+  const addressesRemoved: PortAddress[] = [];
+  const mtus: Array<{ port: string; from: number; to: number }> = [];
+  const addressesOf = (port: PortConfig | undefined): string[] => (port === undefined ? [] : port.addresses.map(formatCidr));
+  const cidrOf = (port: PortConfig, text: string): Cidr => port.addresses.find((c) => formatCidr(c) === text)!;
+  for (const port of next.ports) {
+    const before = runningPorts.get(portKey(port));
+    for (const text of without(addressesOf(port), addressesOf(before))) addressesAdded.push({ port: port.name, cidr: cidrOf(port, text) });
+    if (before !== undefined && before.mtu !== port.mtu) mtus.push({ port: port.name, from: before.mtu, to: port.mtu });
+  }
+  for (const port of running.ports) {
+    const after = nextPorts.get(portKey(port));
+    for (const text of without(addressesOf(port), addressesOf(after))) addressesRemoved.push({ port: port.name, cidr: cidrOf(port, text) });
+  }
+  const runningRoutes = running.routes.map((r) => normaliseRoute(r.value));
+  const nextRoutes = next.routes.map((r) => normaliseRoute(r.value));
+  const runningRuleLines = ruleLines(runningRules);
+  const nextRuleLines = ruleLines(nextRules);
+  return {
+    portsAdded,
+    portsRemoved,
+    addressesAdded,
+    addressesRemoved,
+    mtus,
+    routesAdded: without(nextRoutes, runningRoutes),
+    routesRemoved: without(runningRoutes, nextRoutes),
+    rulesAdded: without(nextRuleLines, runningRuleLines),
+    rulesRemoved: without(runningRuleLines, nextRuleLines),
+    metadataChanged: metadataKey(running) !== metadataKey(next),
+  };
+}
+
+/** What `qnat apply` prints: one line per change, `-` before `+` in each kind. */
+export function formatDifference(difference: ConfigDifference, next: RouterConfig): string[] {
+  const lines: string[] = [];
+  const describePort = (p: PortConfig): string => `${p.name} ${p.addresses.map(formatCidr).join(" ")} mtu ${p.mtu} <-> ${p.wire.namespace}/${p.wire.device}`;
+  for (const port of difference.portsRemoved) lines.push(`- port ${describePort(port)}`);
+  for (const port of difference.portsAdded) lines.push(`+ port ${describePort(port)}`);
+  for (const a of difference.addressesRemoved) lines.push(`- address ${formatCidr(a.cidr)} on ${a.port}`);
+  for (const a of difference.addressesAdded) lines.push(`+ address ${formatCidr(a.cidr)} on ${a.port}`);
+  for (const m of difference.mtus) lines.push(`~ mtu ${m.from} -> ${m.to} on ${m.port}`);
+  for (const route of difference.routesRemoved) lines.push(`- route ${route}`);
+  for (const route of difference.routesAdded) lines.push(`+ route ${route}`);
+  for (const rule of difference.rulesRemoved) lines.push(rule.startsWith("-N ") ? `- chain ${rule.slice(3)}` : `- rule ${rule}`);
+  for (const rule of difference.rulesAdded) lines.push(rule.startsWith("-N ") ? `+ chain ${rule.slice(3)}` : `+ rule ${rule}`);
+  if (difference.metadataChanged) {
+    const count = next.metadata?.instances.size ?? 0;
+    lines.push(next.metadata === undefined ? "- metadata proxy" : `~ metadata: ${count} instance${count === 1 ? "" : "s"} on port ${next.metadata.port}`);
+  }
+  return lines;
+}
+
+/** Rule keys in evaluation order: the rule's text and its occurrence among rules of that text. */
+function ruleKeys(table: NatTable): string[] {
+  const seen = new Map<string, number>();
+  return rulesInOrder(table).map((rule) => {
+    const text = formatRule(rule);
+    const n = seen.get(text) ?? 0;
+    seen.set(text, n + 1);
+    return `${n} ${text}`;
+  });
+}
+
+/**
+ * Gives `to` (the successor being swapped in) the counters of `from`: per port by name (rx/tx,
+ * mirror, ICMP errors, drops by reason), per rule for the rules that did not change, and the
+ * built-in chains' policy counters. Control plane; runs once per live change.
+ */
+export function carryOverCounters(from: Dataplane, to: Dataplane): void {
+  const portStride = from.portCounters.length / Math.max(1, from.ports.length);
+  const dropStride = from.drops.length / Math.max(1, from.ports.length);
+  for (const port of to.ports) {
+    const before = from.ports.find((p) => p.name === port.name);
+    if (before === undefined) continue;
+    to.portCounters.set(from.portCounters.subarray(before.index * portStride, (before.index + 1) * portStride), port.index * portStride);
+    to.drops.set(from.drops.subarray(before.index * dropStride, (before.index + 1) * dropStride), port.index * dropStride);
+  }
+  to.fragmentsExpired = from.fragmentsExpired;
+  if (!(from.nat instanceof NetfilterNat) || !(to.nat instanceof NetfilterNat)) return;
+  const old = from.nat.rules;
+  const now = to.nat.rules;
+  const oldIndex = new Map(ruleKeys(tableOf(old)).map((key, index) => [key, index]));
+  ruleKeys(tableOf(now)).forEach((key, index) => {
+    const before = oldIndex.get(key);
+    if (before === undefined) return;
+    now.packets[index] = old.packets[before]!;
+    now.bytes[index] = old.bytes[before]!;
+  });
+  now.chains.forEach((chain, c) => {
+    if (chain.hook === undefined) return;
+    const before = old.chains.findIndex((o) => o.name === chain.name);
+    if (before < 0) return;
+    now.policyPackets[c] = old.policyPackets[before]!;
+    now.policyBytes[c] = old.policyBytes[before]!;
+  });
+}
+
+/** The compiled rules' model as a table (its rules in evaluation order). */
+export function tableOf(rules: { readonly chains: readonly NatChain[] }): NatTable {
+  return { chains: new Map(rules.chains.map((c) => [c.name, c])) };
+}
+
+/**
+ * The running config with its nat rules replaced by an iptables-restore text (`qnat rules
+ * restore`): errors in it are reported at the text's own FILE:LINE.
+ */
+export function withRules(running: RouterConfig, text: string, file: string): RouterConfig {
+  return { ...running, nat: { text, firstLine: 1, file } };
+}
+
+/** Cidrs of `a` whose address is not in `b`. */
+function addressesNotIn(a: readonly Cidr[], b: readonly Cidr[]): Cidr[] {
+  return a.filter((x) => !b.some((y) => y.addr === x.addr));
+}
+
+/**
+ * The router namespace's half of a change that must exist before the new dataplane runs: the
+ * added mirror addresses, the added routes (`ip route replace`, as `qnat run` installs them) and
+ * the OUTPUT-DNAT policy routing of newly DNATed local addresses (host-setup.ts).
+ */
+export async function addKernelSide(
+  next: RouterConfig,
+  difference: ConfigDifference,
+  outputDnatBefore: readonly Cidr[],
+  outputDnatAfter: readonly Cidr[],
+): Promise<void> {
+  const ns = next.namespace;
+  for (const { port, cidr } of difference.addressesAdded) {
+    await ipAsync(ns, "addr", "replace", formatCidr(cidr), "brd", broadcastOf(cidr), "dev", port);
+  }
+  for (const route of difference.routesAdded) await ipAsync(ns, "route", "replace", ...route.split(" "));
+  const added = addressesNotIn(outputDnatAfter, outputDnatBefore);
+  if (added.length > 0) installOutputDnatRouting(next, added);
+}
+
+/**
+ * The other half, once the new dataplane runs: removed routes, addresses and OUTPUT-DNAT policy
+ * routing. Best effort: what is already gone (a route the kernel dropped with its address) is
+ * fine; anything else is logged and the router goes on with the new config.
+ */
+export async function removeKernelSide(
+  running: RouterConfig,
+  difference: ConfigDifference,
+  outputDnatBefore: readonly Cidr[],
+  outputDnatAfter: readonly Cidr[],
+  log: (line: string) => void,
+): Promise<void> {
+  const ns = running.namespace;
+  const attempt = async (...args: string[]): Promise<void> => {
+    try {
+      await ipAsync(ns, ...args);
+    } catch (error) {
+      const message = error instanceof Error ? error.message.split("\n")[0]! : String(error);
+      if (!/No such process|Cannot assign requested address|No such file or directory|does not exist/.test(message)) {
+        log(`qnat: apply: ip ${args.join(" ")}: ${message}`);
+      }
+    }
+  };
+  for (const route of difference.routesRemoved) await attempt("route", "del", ...route.split(" "));
+  for (const { port, cidr } of difference.addressesRemoved) await attempt("addr", "del", formatCidr(cidr), "dev", port);
+  for (const cidr of addressesNotIn(outputDnatBefore, outputDnatAfter)) {
+    const to = formatCidr(cidr);
+    await attempt("-4", "rule", "del", "pref", String(OUTPUT_DNAT_RULE_PREF), "iif", "lo", "to", to, "lookup", String(OUTPUT_DNAT_TABLE));
+    await attempt("route", "del", to, "table", String(OUTPUT_DNAT_TABLE));
+  }
+}
