@@ -24,6 +24,11 @@
  *      route cache, which holds port indexes) is forgotten, so the next packet of each looks its
  *      route up in the new table.
  *
+ * Ports added or removed: the legs of the added ports are opened before the swap (their wire
+ * namespaces made where missing, the lab's hosts there configured), and at the swap the loop's
+ * legs are linked anew in the new port order, the legs of unchanged ports staying open; the
+ * removed ports' legs close (router-process.ts relinkLegs).
+ *
  * What cannot change live is refused with one line, nothing changed: the router's namespace
  * (that is another router), and `conntrack.max` (the table is allocated once; a restart with
  * `state:` keeps the connections).
@@ -86,7 +91,7 @@ export function isEmptyDifference(difference: ConfigDifference): boolean {
 }
 
 /** A port's identity: its name and where its wire leg is (a port whose wire moved is a new port). */
-function portKey(port: PortConfig): string {
+export function portKey(port: PortConfig): string {
   return `${port.name} ${port.wire.namespace} ${port.wire.device}`;
 }
 
@@ -294,13 +299,15 @@ export async function removeKernelSide(
       await ipAsync(ns, ...args);
     } catch (error) {
       const message = error instanceof Error ? error.message.split("\n")[0]! : String(error);
-      if (!/No such process|Cannot assign requested address|No such file or directory|does not exist/.test(message)) {
+      if (!/No such process|Cannot assign requested address|No such file or directory|does not exist|Cannot find device/.test(message)) {
         log(`qnat: apply: ip ${args.join(" ")}: ${message}`);
       }
     }
   };
   for (const route of difference.routesRemoved) await attempt("route", "del", ...route.split(" "));
-  for (const { port, cidr } of difference.addressesRemoved) await attempt("addr", "del", formatCidr(cidr), "dev", port);
+  // A removed port's mirror is gone, and its addresses and routes with it.
+  const gone = new Set(difference.portsRemoved.map((p) => p.name));
+  for (const { port, cidr } of difference.addressesRemoved) if (!gone.has(port)) await attempt("addr", "del", formatCidr(cidr), "dev", port);
   for (const cidr of addressesNotIn(outputDnatBefore, outputDnatAfter)) {
     const to = formatCidr(cidr);
     await attempt("-4", "rule", "del", "pref", String(OUTPUT_DNAT_RULE_PREF), "iif", "lo", "to", to, "lookup", String(OUTPUT_DNAT_TABLE));

@@ -57,11 +57,13 @@ import { formatRules, formatSaveDocument } from "../nat/rules/format.js";
 import type { NatTable } from "../nat/rules/model.js";
 import { PrivilegeError, OperationalError } from "./errors.js";
 import {
+  configureLabHosts,
   configureRouterNamespace,
   ensureNamespaces,
   floatingIpsOf,
   outputDnatLocalAddresses,
   parseConfigRules,
+  setSysctls,
 } from "./host-setup.js";
 import { ConntrackWork } from "./conntrack-command.js";
 import { startMetadataServer, type MetadataServer } from "./metadata.js";
@@ -75,6 +77,7 @@ import {
   diffConfigs,
   formatDifference,
   isEmptyDifference,
+  portKey,
   removeKernelSide,
   tableOf,
   withRules,
@@ -321,7 +324,8 @@ export async function startRouter(configPath: string, options: RouterOptions = {
   // the slots hold 64 KiB super-packets.
   const headroom = legs[0]!.device.vnetHeaderLength; // 0 without IFF_VNET_HDR
   const slotSize = offloads !== undefined ? GSO_SLOT_SIZE : 2048 + headroom;
-  const forwarder = passthrough
+  // `let`: a live change that adds or removes ports links the legs anew (relinkLegs below).
+  let forwarder: Forwarder | PassthroughForwarder = passthrough
     ? new PassthroughForwarder(legs, BATCH_SIZE, slotSize, headroom)
     : new Forwarder(dataplane, legs, BATCH_SIZE, slotSize, headroom);
   const capacity = forwarder.batchCapacity;
@@ -331,8 +335,12 @@ export async function startRouter(configPath: string, options: RouterOptions = {
   };
   // Bits of the mirror legs (odd indexes): the router namespace's kernel may answer a packet
   // written to one mirror through another (its own routing decides), so they are swept together.
-  let mirrorBits = 0;
-  for (let index = 1; index < legs.length; index += 2) mirrorBits |= legBit(index);
+  const mirrorBitsOf = (count: number): number => {
+    let bits = 0;
+    for (let index = 1; index < count; index += 2) bits |= legBit(index);
+    return bits;
+  };
+  let mirrorBits = mirrorBitsOf(legs.length);
   // The last line of defence: the pipeline contains a packet's exception and the legs their own
   // (LegSlots), so nothing should reach here; if something does, it is logged and the loop goes on.
   const loopErrors = new RateLimitedLog(log, () => performance.now() / 1000);
@@ -355,28 +363,35 @@ export async function startRouter(configPath: string, options: RouterOptions = {
   // A leg that fails is retired and re-created when it can be (io/leg-supervisor.ts).
   const c = addon.constants;
   const offloadFlags = offloads === undefined ? 0 : c.TUN_F_CSUM | c.TUN_F_TSO4 | c.TUN_F_TSO6 | (offloads.udpSegmentation ? c.TUN_F_USO4 | c.TUN_F_USO6 : 0);
-  const specs: LegSpec[] = legs.map((leg, index) => ({
-    device: leg.name,
-    netns: (index & 1) === 0 ? config.ports[index >> 1]!.wire.namespace : config.namespace,
-    vnetHdr: wantOffloads,
-    offloadFlags,
-    mtu: config.ports[index >> 1]!.mtu,
-  }));
-  supervisor = new LegSupervisor(forwarder.slots, specs, legs, {
-    log,
-    open: openLeg,
-    reopened: (index, leg) => {
-      watch(index, leg);
-      // A mirror made anew has lost its addresses, and the router namespace the routes through it.
-      if ((index & 1) === 1) {
-        try {
-          configureRouterNamespace(config, outputDnatLocalAddresses(config, rules));
-        } catch (error) {
-          log(`qnat: ${leg.name}: re-configuring the router namespace failed: ${error instanceof Error ? error.message : String(error)}`);
+  /** How leg `index` of `ports` is opened: the wire device in its namespace, the mirror in the router's. */
+  const legSpec = (ports: RouterConfig["ports"], index: number): LegSpec => {
+    const port = ports[index >> 1]!;
+    const wire = (index & 1) === 0;
+    return {
+      device: wire ? port.wire.device : port.name,
+      netns: wire ? port.wire.namespace : config.namespace,
+      vnetHdr: wantOffloads,
+      offloadFlags,
+      mtu: port.mtu,
+    };
+  };
+  const superviseLegs = (ports: RouterConfig["ports"], legsNow: readonly TunLeg[]): LegSupervisor =>
+    new LegSupervisor(forwarder.slots, legsNow.map((_, index) => legSpec(ports, index)), legsNow, {
+      log,
+      open: openLeg,
+      reopened: (index, leg) => {
+        watch(index, leg);
+        // A mirror made anew has lost its addresses, and the router namespace the routes through it.
+        if ((index & 1) === 1) {
+          try {
+            configureRouterNamespace(config, outputDnatLocalAddresses(config, rules));
+          } catch (error) {
+            log(`qnat: ${leg.name}: re-configuring the router namespace failed: ${error instanceof Error ? error.message : String(error)}`);
+          }
         }
-      }
-    },
-  });
+      },
+    });
+  supervisor = superviseLegs(config.ports, legs);
   legs.forEach((leg, index) => watch(index, leg));
   const legTicks = setInterval(() => supervisor!.tick(), TICK_MS);
   legTicks.unref();
@@ -390,7 +405,7 @@ export async function startRouter(configPath: string, options: RouterOptions = {
     let lastMoved = started;
     for (;;) {
       let moved = 0;
-      for (let leg = 0; leg < legs.length; leg++) moved += forwarder.pump(leg);
+      for (let leg = 0; leg < forwarder.slots.length; leg++) moved += forwarder.pump(leg);
       const now = performance.now();
       if (moved > 0) lastMoved = now;
       else if ((now - lastMoved) * 1000 >= spinMicroseconds) break;
@@ -410,7 +425,7 @@ export async function startRouter(configPath: string, options: RouterOptions = {
       forwarder.written = 0;
       // Legs past the mask's 31 bits (16 ports and more) are covered by reading every leg.
       const every = (pending & LEGS_BEYOND_MASK) !== 0;
-      for (let index = 0; index < legs.length; index++) if (every || (pending & legBit(index)) !== 0) drain(index);
+      for (let index = 0; index < forwarder.slots.length; index++) if (every || (pending & legBit(index)) !== 0) drain(index);
     }
   };
   housekeeping = setInterval(() => {
@@ -439,19 +454,23 @@ export async function startRouter(configPath: string, options: RouterOptions = {
     const difference = diffConfigs(config, rules, next, nextRules);
     if (isEmptyDifference(difference)) return [];
     if (passthrough) throw new OperationalError("a pass-through router takes no live changes; restart it");
-    if (difference.portsAdded.length + difference.portsRemoved.length > 0) {
-      throw new OperationalError(`${next.file}: ports added or removed: a running router cannot change its ports yet; restart it`, 2);
-    }
     const successor = buildDataplane(next, { successorOf: dataplane });
     const dnatBefore = outputDnatLocalAddresses(config, rules);
     const dnatAfter = outputDnatLocalAddresses(next, nextRules);
-    await addKernelSide(next, difference, dnatBefore, dnatAfter);
+    const opened = openAddedPorts(next, difference.portsAdded);
+    try {
+      await addKernelSide(next, difference, dnatBefore, dnatAfter);
+    } catch (error) {
+      for (const leg of opened.values()) leg.close();
+      throw error;
+    }
     // The swap: synchronous, between two batches (this thread runs the packet loop).
     const running = config;
     carryOverCounters(dataplane, successor);
     successor.log = log;
     successor.conntrack.clearRouteCaches();
-    (forwarder as Forwarder).dataplane = successor;
+    if (opened.size > 0 || difference.portsRemoved.length > 0) relinkLegs(running, next, successor, opened);
+    else (forwarder as Forwarder).dataplane = successor;
     dataplane = successor;
     config = next;
     rules = nextRules;
@@ -459,6 +478,63 @@ export async function startRouter(configPath: string, options: RouterOptions = {
     if (difference.metadataChanged || difference.rulesAdded.length + difference.rulesRemoved.length > 0) await changeMetadata();
     await removeKernelSide(running, difference, dnatBefore, dnatAfter, log);
     return formatDifference(difference, next);
+  };
+  /**
+   * The legs of the ports a live change adds, opened before the swap (their namespaces made
+   * where missing, the lab's hosts there configured, the mirrors' sysctls as configureRouterNamespace
+   * sets them), keyed `name/wire` and `name/mirror`; the loop does not read them until relinkLegs.
+   */
+  const openAddedPorts = (next: RouterConfig, added: RouterConfig["ports"]): Map<string, TunLeg> => {
+    const opened = new Map<string, TunLeg>();
+    if (added.length === 0) return opened;
+    if (passthrough) throw new OperationalError("a pass-through router takes no live changes; restart it");
+    const down = supervisor!.openLegs.length < forwarder.slots.length;
+    if (down) throw new OperationalError("a leg of this router is down: ports are added or removed once every leg is up again");
+    const wireNamespaces = new Set(added.map((p) => p.wire.namespace));
+    const labHosts = next.lab.filter((host) => wireNamespaces.has(host.namespace));
+    try {
+      ensureNamespaces({ ...next, ports: added, lab: labHosts });
+      for (const port of added) {
+        const index = next.ports.indexOf(port) * 2;
+        opened.set(`${port.name}/wire`, openLeg(legSpec(next.ports, index)));
+        opened.set(`${port.name}/mirror`, openLeg(legSpec(next.ports, index + 1)));
+      }
+      setSysctls(
+        next.namespace,
+        added.flatMap((p) => [[`net.ipv4.conf.${p.name}.rp_filter`, 0] as const, [`net.ipv4.conf.${p.name}.accept_local`, 1] as const]),
+      );
+      if (labHosts.length > 0) configureLabHosts({ ...next, lab: labHosts });
+    } catch (error) {
+      for (const leg of opened.values()) leg.close();
+      throw error;
+    }
+    return opened;
+  };
+  /**
+   * Ports added or removed: the loop's legs are linked anew in the new config's port order
+   * (`port * 2 + leg`), the legs of unchanged ports staying open and reused, the added ones
+   * watched for the first time, the removed ones closed (their devices vanish with them).
+   * The forwarder and the leg supervisor are made anew for the new indexes (a leg's
+   * failure history starts again).
+   */
+  const relinkLegs = (running: RouterConfig, next: RouterConfig, successor: Dataplane, opened: ReadonlyMap<string, TunLeg>): void => {
+    const current = forwarder.slots.legs as TunLeg[];
+    const linked: TunLeg[] = [];
+    for (const port of next.ports) {
+      const before = running.ports.findIndex((p) => portKey(p) === portKey(port));
+      if (before >= 0) linked.push(current[before * 2]!, current[before * 2 + 1]!);
+      else linked.push(opened.get(`${port.name}/wire`)!, opened.get(`${port.name}/mirror`)!);
+    }
+    for (const leg of current) {
+      if (linked.includes(leg)) continue;
+      leg.device.stopReadable();
+      leg.close();
+    }
+    supervisor!.stop();
+    forwarder = new Forwarder(successor, linked, BATCH_SIZE, slotSize, headroom);
+    mirrorBits = mirrorBitsOf(linked.length);
+    supervisor = superviseLegs(next.ports, linked);
+    linked.forEach((leg, index) => watch(index, leg));
   };
   const setPortMtu = (port: number, mtu: number): void => {
     for (const index of [port * 2, port * 2 + 1]) {

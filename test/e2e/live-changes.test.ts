@@ -3,6 +3,8 @@
  * namespaces (root only; the seed's router under fresh names qnt-<tag>-*, linked to nothing,
  * removed afterwards even on failure):
  *   - `qnat apply` of the unchanged config prints nothing;
+ *   - a router interface (a new qr- port, its network namespace and a host there) is added and
+ *     removed while the other ports forward;
  *   - a floating IP 9.186.100.130 for 10.0.0.3 is associated (its address on qg-, the DNAT and
  *     SNAT rules) and disassociated, and the outside reaches 10.0.0.3 through it only meanwhile;
  *   - an extra route sends 198.51.100.0/24 to a tenant host;
@@ -84,6 +86,8 @@ describe.skipIf(!isRoot)("a running router changes as Neutron changes it, live",
   const router = config.namespace;
   const dir = mkdtempSync(join(tmpdir(), "qnat-live-"));
   const scratchNs = `qnt-${tag}-ipt`;
+  /** The wire namespace of the router interface a test adds (the lab's, made by qnat apply). */
+  const extraNs = `qnt-${tag}-p2`;
   let n = 0;
 
   /** `qnat apply` of a config text, written to a file of its own. */
@@ -117,10 +121,12 @@ describe.skipIf(!isRoot)("a running router changes as Neutron changes it, live",
     try {
       await lab?.stop();
     } finally {
-      try {
-        deleteNetns(scratchNs);
-      } catch {
-        // not made (not root, or the test failed before)
+      for (const name of [scratchNs, extraNs]) {
+        try {
+          deleteNetns(name);
+        } catch {
+          // not made (not root, or the test failed before)
+        }
       }
       rmSync(dir, { recursive: true, force: true });
     }
@@ -130,6 +136,43 @@ describe.skipIf(!isRoot)("a running router changes as Neutron changes it, live",
     expect(await pingUntil(tenant, "203.0.113.10", WAIT_MS, "10.0.0.3")).toBe(true);
     const run = await apply(seedText);
     expect(run).toEqual({ code: 0, out: "", err: "" });
+  });
+
+  it("a router interface: qr-5e1f0c2a-11 10.1.0.1/24 added with its own network and host 10.1.0.5, then removed", async () => {
+    const port = "qr-5e1f0c2a-11";
+    const withInterface = edit(
+      edit(
+        edit(seedText, "  - name: qg-e76de35e-90\n", `  - name: ${port}\n    addresses: [10.1.0.1/24]\n    wire: { namespace: ${extraNs}, device: eth0 }\n  - name: qg-e76de35e-90\n`),
+        LAST_SNAT_RULE,
+        `${LAST_SNAT_RULE}\n  -A neutron-vpn-agen-snat -s 10.1.0.0/24 -j SNAT --to-source 9.186.100.2`,
+      ),
+      "lab:\n",
+      `lab:\n  ${extraNs}: { addresses: [10.1.0.5/24], routes: [default via 10.1.0.1] }\n`,
+    );
+    const added = await apply(withInterface);
+    expect(added.err).toBe("");
+    expect(added.out.split("\n").filter(Boolean)).toEqual([
+      `+ port ${port} 10.1.0.1/24 mtu 1500 <-> ${extraNs}/eth0`,
+      `+ address 10.1.0.1/24 on ${port}`,
+      "+ rule -A neutron-vpn-agen-snat -s 10.1.0.0/24 -j SNAT --to-source 9.186.100.2",
+    ]);
+    expect(mirrorAddresses(port)).toEqual(["10.1.0.1/24"]);
+    // The new network reaches the outside (as 9.186.100.2) and the tenant network; the old one goes on.
+    expect(await pingUntil(extraNs, "203.0.113.10", WAIT_MS, "10.1.0.5")).toBe(true);
+    expect(await pingUntil(extraNs, "10.0.0.3", WAIT_MS, "10.1.0.5")).toBe(true);
+    expect(await pingUntil(tenant, "203.0.113.10", WAIT_MS, "10.0.0.3")).toBe(true);
+    expect(await traceOut(`${port} udp 10.1.0.5:5000 > 203.0.113.10:53`)).toBe("udp 9.186.100.2:5000 > 203.0.113.10:53");
+
+    const removed = await apply(seedText);
+    expect(removed.out.split("\n").filter(Boolean)).toEqual([
+      `- port ${port} 10.1.0.1/24 mtu 1500 <-> ${extraNs}/eth0`,
+      `- address 10.1.0.1/24 on ${port}`,
+      "- rule -A neutron-vpn-agen-snat -s 10.1.0.0/24 -j SNAT --to-source 9.186.100.2",
+    ]);
+    expect(ip(router, "-o", "link", "show")).not.toContain(port);
+    expect(await pingsOnce(extraNs, "203.0.113.10")).toBe(false);
+    expect(await pingUntil(tenant, "203.0.113.10", WAIT_MS, "10.0.0.3")).toBe(true);
+    expect(await pingUntil(external, "9.186.100.129", WAIT_MS)).toBe(true);
   });
 
   it("a floating IP 9.186.100.130 for 10.0.0.3: associated, the outside reaches 10.0.0.3 through it; disassociated, no more", async () => {
@@ -256,6 +299,10 @@ describe.skipIf(!isRoot)("a running router changes as Neutron changes it, live",
     const again = Date.now();
     while (!lab!.output!().includes(`- address 9.186.100.133/32 on ${QG}`) && Date.now() - again < WAIT_MS) await sleep(50);
     expect(mirrorAddresses(QG)).not.toContain("9.186.100.133/32");
+  });
+
+  it("the router logged no kernel change that failed, and no internal error", () => {
+    expect(lab!.output!()).not.toMatch(/qnat: apply: ip |internal error/);
   });
 
   it("a ping every 50 ms and a TCP stream through the router lose nothing across 50 floating IP apply cycles", async () => {
