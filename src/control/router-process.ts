@@ -208,7 +208,6 @@ export async function startRouter(configPath: string, options: RouterOptions = {
   const wantWarmUp = options.warmUp ?? envSwitch("QNAT_WARMUP", true);
   if (!isRoot()) throw new PrivilegeError("run");
   // `let`: a live change (applyConfig below) replaces all three between two batches.
-  // eslint-disable-next-line prefer-const
   let { config, dataplane, rules } = prepareRouter(configPath);
   const addon = loadTunAddon();
   dataplane.log = log;

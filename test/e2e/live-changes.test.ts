@@ -6,7 +6,9 @@
  *   - a router interface (a new qr- port, its network namespace and a host there) is added and
  *     removed while the other ports forward;
  *   - a floating IP 9.186.100.130 for 10.0.0.3 is associated (its address on qg-, the DNAT and
- *     SNAT rules) and disassociated, and the outside reaches 10.0.0.3 through it only meanwhile;
+ *     SNAT rules) and disassociated as Neutron does it (the config without it, then `qnat
+ *     conntrack -D -d/-q` of its connections), and the outside reaches 10.0.0.3 through it only
+ *     meanwhile;
  *   - an extra route sends 198.51.100.0/24 to a tenant host;
  *   - `qnat rules save` prints what the kernel's `iptables-save -t nat` prints for the same rules,
  *     and `qnat rules restore` replaces the live table, all or nothing;
@@ -190,8 +192,17 @@ describe.skipIf(!isRoot)("a running router changes as Neutron changes it, live",
     // A new connection of 10.0.0.3 leaves as its floating IP now.
     expect(await traceOut(`${QR} tcp 10.0.0.3:41000 > 203.0.113.10:80 syn`)).toBe("tcp 9.186.100.130:41000 > 203.0.113.10:80");
 
+    // The connection the ping made through the floating IP.
+    expect((await qnat("conntrack", "-L", "-d", "9.186.100.130", "--router", router)).out).toContain("dst=9.186.100.130");
+
+    // Neutron's disassociation: the config without it, then conntrack -D of its connections.
     const disassociated = await apply(seedText);
     expect(disassociated.code).toBe(0);
+    const deleted = await qnat("conntrack", "-D", "-d", "9.186.100.130", "--router", router);
+    expect(deleted.err).toMatch(/[1-9]\d* flow entries have been deleted\./);
+    await qnat("conntrack", "-D", "-q", "9.186.100.130", "--router", router);
+    expect((await qnat("conntrack", "-L", "-d", "9.186.100.130", "--router", router)).out).toBe("");
+    expect(await pingsOnce(external, "9.186.100.130")).toBe(false);
     expect(disassociated.out).toContain(`- address 9.186.100.130/32 on ${QG}\n`);
     expect(disassociated.out).toContain("- rule -A neutron-vpn-agen-PREROUTING -d 9.186.100.130/32 -j DNAT --to-destination 10.0.0.3\n");
     expect(mirrorAddresses(QG)).not.toContain("9.186.100.130/32");
