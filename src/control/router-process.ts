@@ -474,6 +474,12 @@ export async function startRouter(configPath: string, options: RouterOptions = {
     config = next;
     rules = nextRules;
     for (const { port, to } of difference.mtus) setPortMtu(config.ports.findIndex((p) => p.name === port), to);
+    // A leg re-created later gets the new MTU (the supervisor's specs), unless one is down now:
+    // then it comes back with the old one until the next change.
+    if (difference.mtus.length > 0 && supervisor!.openLegs.length === forwarder.slots.length) {
+      supervisor!.stop();
+      supervisor = superviseLegs(config.ports, forwarder.slots.legs as TunLeg[]);
+    }
     if (difference.metadataChanged || difference.rulesAdded.length + difference.rulesRemoved.length > 0) await changeMetadata();
     await removeKernelSide(running, difference, dnatBefore, dnatAfter, log);
     return formatDifference(difference, next);

@@ -10,6 +10,7 @@
  *     conntrack -D -d/-q` of its connections), and the outside reaches 10.0.0.3 through it only
  *     meanwhile;
  *   - an extra route sends 198.51.100.0/24 to a tenant host;
+ *   - a port's MTU changes on both its legs; the metadata proxy answers from the new instances;
  *   - `qnat rules save` prints what the kernel's `iptables-save -t nat` prints for the same rules,
  *     and `qnat rules restore` replaces the live table, all or nothing;
  *   - a broken config is refused with one `FILE:LINE:` line, exit 2, nothing changed;
@@ -223,6 +224,26 @@ describe.skipIf(!isRoot)("a running router changes as Neutron changes it, live",
     const removed = await apply(seedText);
     expect(removed.out).toBe(`- route ${route}\n`);
     expect(ip(router, "route", "show", "198.51.100.0/24").trim()).toBe("");
+  });
+
+  it("an MTU: qr- at 1400 on both its legs, then 1500 again", async () => {
+    const mtus = (): string[] => [ip(router, "-o", "link", "show", QR), ip(tenant, "-o", "link", "show", "eth0")].map((line) => /mtu (\d+)/.exec(line)![1]!);
+    const lowered = edit(seedText, "    mtu: 1500\n  - name: qg", "    mtu: 1400\n  - name: qg");
+    expect((await apply(lowered)).out).toBe(`~ mtu 1500 -> 1400 on ${QR}\n`);
+    expect(mtus()).toEqual(["1400", "1400"]);
+    expect((await apply(seedText)).out).toBe(`~ mtu 1400 -> 1500 on ${QR}\n`);
+    expect(mtus()).toEqual(["1500", "1500"]);
+  });
+
+  it("metadata instances: vm-2 renamed vm-2b is what 10.0.0.3 reads from 169.254.169.254 next", async () => {
+    const hostname = (): string =>
+      netnsExec(tenant, "curl", ["-s", "-m", "5", "--interface", "10.0.0.3", "http://169.254.169.254/latest/meta-data/hostname"]).trim();
+    expect(hostname()).toBe("vm-2");
+    const run = await apply(edit(seedText, "hostname: vm-2 }", "hostname: vm-2b }"));
+    expect(run.out).toBe("~ metadata: 2 instances on port 9697\n");
+    expect(hostname()).toBe("vm-2b");
+    expect((await apply(seedText)).out).toBe("~ metadata: 2 instances on port 9697\n");
+    expect(hostname()).toBe("vm-2");
   });
 
   it("qnat rules save prints what the kernel's iptables-save -t nat prints for the same rules", async () => {
