@@ -1,5 +1,7 @@
-import { readFileSync } from "node:fs";
-import { resolve } from "node:path";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join, resolve } from "node:path";
+import { runCli } from "../../src/cli/main.js";
 import { describe, expect, it } from "vitest";
 import { parseConfig } from "../../src/config/config.js";
 import { buildDataplane } from "../../src/dataplane/from-config.js";
@@ -76,5 +78,34 @@ describe("the successor dataplane of a live change", () => {
       const fresh = text.includes("9.186.100.130");
       expect([text, compiled.packets[index]]).toEqual([text, fresh ? 0 : 7]);
     });
+  });
+});
+
+describe("qnat apply and qnat rules restore refuse a broken file before asking any router", () => {
+  async function qnat(...argv: string[]): Promise<{ code: number; err: string }> {
+    let err = "";
+    const code = await runCli(argv, { out: () => undefined, err: (t) => (err += t) });
+    return { code, err };
+  }
+
+  it("a config whose nat rule has an unknown target: FILE:LINE of that rule, exit 2", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "qnat-apply-"));
+    try {
+      const text = SEED.replace(SNAT, `${SNAT}\n  -A neutron-vpn-agen-snat -j NOSUCHTARGET`);
+      const file = join(dir, "broken.yaml");
+      writeFileSync(file, text);
+      const line = text.split("\n").findIndex((l) => l.includes("NOSUCHTARGET")) + 1;
+      const run = await qnat("apply", file, "--router", "qnt-nosuchrouter");
+      expect(run.code).toBe(2);
+      expect(run.err).toMatch(new RegExp(`^${file.replaceAll(".", "\\.")}:${line}: .*\n$`));
+
+      const rules = join(dir, "broken.rules");
+      writeFileSync(rules, "*nat\n:PREROUTING ACCEPT [0:0]\n-A PREROUTING -j NOSUCHTARGET\nCOMMIT\n");
+      const restore = await qnat("rules", "restore", rules, "--router", "qnt-nosuchrouter");
+      expect(restore.code).toBe(2);
+      expect(restore.err).toMatch(new RegExp(`^${rules.replaceAll(".", "\\.")}:3: .*\n$`));
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });
