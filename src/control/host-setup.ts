@@ -175,23 +175,32 @@ export function configureRouterNamespace(config: RouterConfig, outputDnat: reado
 export function installOutputDnatRouting(config: RouterConfig, addresses: readonly Cidr[]): void {
   if (addresses.length === 0) return;
   const ns = config.namespace;
-  const rules = ip(ns, "-4", "rule", "show");
+  for (const args of outputDnatRoutingCommands(config, addresses, ip(ns, "-4", "rule", "show"))) ip(ns, ...args);
+}
+
+/**
+ * The `ip` commands (arguments after `ip -n NS`) that installOutputDnatRouting runs, given what
+ * `ip -4 rule show` lists now; a live change (live-apply.ts) runs them without blocking the loop.
+ */
+export function outputDnatRoutingCommands(config: RouterConfig, addresses: readonly Cidr[], rules: string): string[][] {
+  const commands: string[][] = [];
   if (!new RegExp(`^${LOCAL_RULE_PREF}:\\s+from all lookup local`, "m").test(rules)) {
-    ip(ns, "-4", "rule", "add", "pref", String(LOCAL_RULE_PREF), "lookup", "local");
+    commands.push(["-4", "rule", "add", "pref", String(LOCAL_RULE_PREF), "lookup", "local"]);
   }
-  if (/^0:\s+from all lookup local/m.test(rules)) ip(ns, "-4", "rule", "del", "pref", "0", "lookup", "local");
+  if (/^0:\s+from all lookup local/m.test(rules)) commands.push(["-4", "rule", "del", "pref", "0", "lookup", "local"]);
   for (const cidr of addresses) {
     const owner = config.ports.find((p) => p.addresses.some((a) => a.addr === cidr.addr));
     if (owner === undefined) continue;
     const to = formatCidr(cidr);
     const rule = new RegExp(`^${OUTPUT_DNAT_RULE_PREF}:\\s+from all to ${to.replace("/32", "")} iif lo lookup ${OUTPUT_DNAT_TABLE}`, "m");
     if (!rule.test(rules)) {
-      ip(ns, "-4", "rule", "add", "pref", String(OUTPUT_DNAT_RULE_PREF), "iif", "lo", "to", to, "lookup", String(OUTPUT_DNAT_TABLE));
+      commands.push(["-4", "rule", "add", "pref", String(OUTPUT_DNAT_RULE_PREF), "iif", "lo", "to", to, "lookup", String(OUTPUT_DNAT_TABLE)]);
     }
     // `src` = the address itself, as the local table's route for it has: Linux picks a local
     // destination's own address as the source of the router's packets to it.
-    ip(ns, "route", "replace", to, "dev", owner.name, "src", to.replace("/32", ""), "table", String(OUTPUT_DNAT_TABLE));
+    commands.push(["route", "replace", to, "dev", owner.name, "src", to.replace("/32", ""), "table", String(OUTPUT_DNAT_TABLE)]);
   }
+  return commands;
 }
 
 /** The wire device a lab host's namespace uses (the port facing that namespace). */

@@ -42,7 +42,7 @@ import { formatRule } from "../nat/rules/format.js";
 import { chainsInOrder, rulesInOrder, type NatChain, type NatTable } from "../nat/rules/model.js";
 import { ipAsync } from "../io/netns.js";
 import { OperationalError } from "./errors.js";
-import { OUTPUT_DNAT_RULE_PREF, OUTPUT_DNAT_TABLE, broadcastOf, installOutputDnatRouting, parseConfigRules } from "./host-setup.js";
+import { OUTPUT_DNAT_RULE_PREF, OUTPUT_DNAT_TABLE, broadcastOf, outputDnatRoutingCommands, parseConfigRules } from "./host-setup.js";
 
 /** Everything the config check of `qnat apply` and `qnat run` refuses, without touching anything. */
 export function checkConfig(config: RouterConfig): NatTable {
@@ -278,7 +278,9 @@ export async function addKernelSide(
   }
   for (const route of difference.routesAdded) await ipAsync(ns, "route", "replace", ...route.split(" "));
   const added = addressesNotIn(outputDnatAfter, outputDnatBefore);
-  if (added.length > 0) installOutputDnatRouting(next, added);
+  if (added.length === 0) return;
+  const rules = await ipAsync(ns, "-4", "rule", "show");
+  for (const args of outputDnatRoutingCommands(next, added, rules)) await ipAsync(ns, ...args);
 }
 
 /**
@@ -313,4 +315,16 @@ export async function removeKernelSide(
     await attempt("-4", "rule", "del", "pref", String(OUTPUT_DNAT_RULE_PREF), "iif", "lo", "to", to, "lookup", String(OUTPUT_DNAT_TABLE));
     await attempt("route", "del", to, "table", String(OUTPUT_DNAT_TABLE));
   }
+}
+
+/**
+ * Whether the routing table of `running` serves `next` as it is: the same ports in the same
+ * order with the same addresses, and the same routes. Then a live change reuses it instead of
+ * building another (~0.06 s on the project's VM, time the packet loop does not run: the DIR-24-8
+ * tbl24 of 32 MiB is painted anew).
+ */
+export function sameRouting(running: RouterConfig, next: RouterConfig): boolean {
+  const key = (config: RouterConfig): string =>
+    JSON.stringify([config.ports.map((p) => [p.name, p.addresses.map(formatCidr)]), config.routes.map((r) => normaliseRoute(r.value))]);
+  return key(running) === key(next);
 }

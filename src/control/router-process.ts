@@ -79,6 +79,7 @@ import {
   isEmptyDifference,
   portKey,
   removeKernelSide,
+  sameRouting,
   tableOf,
   withRules,
 } from "./live-apply.js";
@@ -453,7 +454,7 @@ export async function startRouter(configPath: string, options: RouterOptions = {
     const difference = diffConfigs(config, rules, next, nextRules);
     if (isEmptyDifference(difference)) return [];
     if (passthrough) throw new OperationalError("a pass-through router takes no live changes; restart it");
-    const successor = buildDataplane(next, { successorOf: dataplane });
+    const successor = buildDataplane(next, { successorOf: dataplane, ...(sameRouting(config, next) ? { routes: dataplane.routes } : {}) });
     const dnatBefore = outputDnatLocalAddresses(config, rules);
     const dnatAfter = outputDnatLocalAddresses(next, nextRules);
     const opened = openAddedPorts(next, difference.portsAdded);

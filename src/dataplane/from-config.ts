@@ -41,6 +41,8 @@ export interface BuildOptions {
    * rules) and only ports, addresses, routes and the compiled rules are new.
    */
   readonly successorOf?: Dataplane;
+  /** A routing table already built from this config's ports, addresses and routes (a live change that left them as they were). */
+  readonly routes?: RoutingTable;
 }
 
 export function buildRoutingTable(config: RouterConfig): RoutingTable {
@@ -63,7 +65,7 @@ export function buildDataplane(config: RouterConfig, options: BuildOptions = {})
   const previous = options.successorOf;
   const clock = previous?.clock ?? options.clock ?? systemClock;
   const rng = options.rng ?? new CryptoRng();
-  const routes = buildRoutingTable(config);
+  const routes = options.routes ?? buildRoutingTable(config);
   const rules = compileRules(config);
   let engine: NatEngine | undefined = previous?.nat instanceof NetfilterNat ? previous.nat.engine : undefined;
   const conntrack = previous?.conntrack ?? new ConntrackTable({

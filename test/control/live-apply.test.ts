@@ -7,7 +7,7 @@ import { parseConfig } from "../../src/config/config.js";
 import { buildDataplane } from "../../src/dataplane/from-config.js";
 import { NetfilterNat } from "../../src/dataplane/netfilter-nat.js";
 import { parseConfigRules } from "../../src/control/host-setup.js";
-import { carryOverCounters, diffConfigs, formatDifference, isEmptyDifference } from "../../src/control/live-apply.js";
+import { carryOverCounters, diffConfigs, formatDifference, isEmptyDifference, sameRouting } from "../../src/control/live-apply.js";
 import { XorShift32 } from "../../src/core/rng.js";
 import { rulesInOrder } from "../../src/nat/rules/model.js";
 import { formatRule } from "../../src/nat/rules/format.js";
@@ -60,6 +60,13 @@ describe("what qnat apply sees as the difference", () => {
 });
 
 describe("the successor dataplane of a live change", () => {
+  it("reuses the routing table when only rules change, not when an address does", () => {
+    const seed = load(SEED);
+    const rulesOnly = load(SEED.replace(SNAT, `${SNAT}\n  -A neutron-vpn-agen-snat -s 10.9.0.0/24 -j SNAT --to-source 9.186.100.2`));
+    expect(sameRouting(seed.config, rulesOnly.config)).toBe(true);
+    expect(sameRouting(seed.config, load(WITH_FIP).config)).toBe(false);
+  });
+
   it("shares the connection table and keeps the counters of ports and of unchanged rules; the new rule starts at 0", () => {
     const seed = load(SEED);
     const running = buildDataplane(seed.config, { rng: new XorShift32(1), conntrackCapacity: 1024 });
