@@ -72,6 +72,8 @@ export interface ConfigDifference {
   readonly rulesAdded: readonly string[];
   readonly rulesRemoved: readonly string[];
   readonly metadataChanged: boolean;
+  /** Router settings the new dataplane takes (`~ rp_filter strict -> loose`, `~ conntrack drop_invalid ...`). */
+  readonly settings: readonly string[];
 }
 
 /** True when nothing differs (apply prints nothing and changes nothing). */
@@ -85,7 +87,8 @@ export function isEmptyDifference(difference: ConfigDifference): boolean {
       difference.routesAdded.length +
       difference.routesRemoved.length +
       difference.rulesAdded.length +
-      difference.rulesRemoved.length ===
+      difference.rulesRemoved.length +
+      difference.settings.length ===
       0 && !difference.metadataChanged
   );
 }
@@ -133,6 +136,9 @@ export function checkChangeable(running: RouterConfig, next: RouterConfig): void
   if (next.namespace !== running.namespace) {
     throw new OperationalError(`${next.file}: router namespace ${next.namespace} is not the running router's (${running.namespace})`, 2);
   }
+  if (next.conntrack.tcpBeLiberal !== running.conntrack.tcpBeLiberal) {
+    throw new OperationalError(`${next.file}: conntrack.tcp_be_liberal differs from the running router's; the connection table takes it only at a restart`, 2);
+  }
   if (next.conntrack.max !== running.conntrack.max) {
     throw new OperationalError(
       `${next.file}: conntrack.max ${next.conntrack.max} differs from the running router's ${running.conntrack.max}; the table's size changes only with a restart`,
@@ -175,7 +181,22 @@ export function diffConfigs(running: RouterConfig, runningRules: NatTable, next:
     rulesAdded: without(nextRuleLines, runningRuleLines),
     rulesRemoved: without(runningRuleLines, nextRuleLines),
     metadataChanged: metadataKey(running) !== metadataKey(next),
+    settings: settingChanges(running, next),
   };
+}
+
+/** rp_filter (router-wide and per kept port) and conntrack drop_invalid: the dataplane's settings. */
+function settingChanges(running: RouterConfig, next: RouterConfig): string[] {
+  const lines: string[] = [];
+  if (running.rpFilter !== next.rpFilter) lines.push(`~ rp_filter ${running.rpFilter} -> ${next.rpFilter}`);
+  for (const port of next.ports) {
+    const before = running.ports.find((p) => portKey(p) === portKey(port));
+    if (before !== undefined && before.rpFilter !== port.rpFilter) lines.push(`~ rp_filter ${before.rpFilter} -> ${port.rpFilter} on ${port.name}`);
+  }
+  if (running.conntrack.dropInvalid !== next.conntrack.dropInvalid) {
+    lines.push(`~ conntrack drop_invalid ${running.conntrack.dropInvalid} -> ${next.conntrack.dropInvalid}`);
+  }
+  return lines;
 }
 
 /** What `qnat apply` prints: one line per change, `-` before `+` in each kind. */
@@ -191,6 +212,7 @@ export function formatDifference(difference: ConfigDifference, next: RouterConfi
   for (const route of difference.routesAdded) lines.push(`+ route ${route}`);
   for (const rule of difference.rulesRemoved) lines.push(rule.startsWith("-N ") ? `- chain ${rule.slice(3)}` : `- rule ${rule}`);
   for (const rule of difference.rulesAdded) lines.push(rule.startsWith("-N ") ? `+ chain ${rule.slice(3)}` : `+ rule ${rule}`);
+  lines.push(...difference.settings);
   if (difference.metadataChanged) {
     const count = next.metadata?.instances.size ?? 0;
     lines.push(next.metadata === undefined ? "- metadata proxy" : `~ metadata: ${count} instance${count === 1 ? "" : "s"} on port ${next.metadata.port}`);

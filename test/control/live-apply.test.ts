@@ -44,6 +44,15 @@ describe("what qnat apply sees as the difference", () => {
     ]);
   });
 
+  it("rp_filter router-wide and drop_invalid: taken by the new dataplane, and printed", () => {
+    const seed = load(SEED);
+    const changed = load(`${SEED}rp_filter: loose\nconntrack: { drop_invalid: true }\n`);
+    expect(formatDifference(diffConfigs(seed.config, seed.rules, changed.config, changed.rules), changed.config)).toEqual([
+      "~ rp_filter strict -> loose",
+      "~ conntrack drop_invalid false -> true",
+    ]);
+  });
+
   it("an MTU and a route", () => {
     const seed = load(SEED);
     const changed = load(
