@@ -102,6 +102,16 @@ export interface ConntrackCounters {
   removed: number;
   /** of `invalid`: a bad TCP/UDP/ICMP checksum (nf_conntrack_checksum, checksum.ts) */
   invalidChecksum: number;
+  /** TCP packets INVALID for their flag combination (tcp_error: "invalid tcp flag combination") */
+  tcpInvalidFlags: number;
+  /** TCP packets INVALID by the state table (sIV: e.g. an ACK answering nothing, a SYN/ACK in ESTABLISHED) */
+  tcpInvalidState: number;
+  /** TCP segments INVALID outside the window (tcp_in_window: SEQ over the upper bound, ACK over the upper bound) */
+  tcpOutOfWindow: number;
+  /** RSTs INVALID for their sequence number (nf_conntrack_tcp_packet: "invalid rst", before td_maxack) */
+  tcpRstOutOfWindow: number;
+  /** TCP segments accepted but ignored by the window check (retransmitted or overly delayed: NFCT_TCP_IGNORE) */
+  tcpWindowIgnore: number;
 }
 
 /** Hash-chain walks (`ConntrackTable.chainStats`), for `qnat show stats`. */
@@ -128,9 +138,34 @@ export interface ConntrackTableOptions {
   seed?: number;
   /** Called just before an entry's slot is freed (NAT releases its binding state). Control-plane rate. */
   onRemove?: (id: number) => void;
-  /** Linux nf_conntrack_tcp_be_liberal: only RSTs are checked against the TCP window. Default false. */
+  /**
+   * Linux sysctl nf_conntrack_tcp_be_liberal (default off): when on, only out-of-window RSTs are
+   * INVALID; every other segment the TCP window check would refuse is accepted.
+   */
   tcpBeLiberal?: boolean;
 }
+
+/**
+ * TCP window tracking state (Linux `struct ip_ct_tcp`, seen[2] and the last_* fields), written
+ * only by tcp.ts: 10 words per entry in a parallel Int32Array (`tcpWindow`), and last_end and
+ * last_ack in words 14-15 of the entry's record, which only UDP uses otherwise (its start time,
+ * for `ct->proto.udp.stream_ts`; TCP has no use for a start time). The parallel array rather than
+ * a larger record: 64 + 40 bytes would not be a power of two (the hash and lookup code index
+ * records with a shift) and a 128-byte record would cost 64 more bytes for every protocol, over
+ * the 128 bytes an entry may take at 1M entries with the NAT index.
+ *
+ * tcpWindow words: per direction d (original 0, reply 1) at d * 4: td_end, td_maxend, td_maxwin,
+ * td_maxack (uint32 as int32 bits); then (last_win << 16 | last_end - last_seq) — a segment spans
+ * at most 65535 - 40 + 2 sequence numbers, so the length gives last_seq back exactly — and one
+ * word of small fields, TCP_WIN_BITS (see tcp.ts).
+ */
+export const TCP_WINDOW_WORDS = 10;
+export const TCP_WIN_END = 0;
+export const TCP_WIN_MAXEND = 1;
+export const TCP_WIN_MAXWIN = 2;
+export const TCP_WIN_MAXACK = 3;
+export const TCP_WIN_LAST_WIN_LEN = 8;
+export const TCP_WIN_BITS = 9;
 
 /** TCP private flags byte (see tcp.ts): kept here only to initialise it. */
 const TCP_PRIVATE_INITIAL = 5; // last flag index = TCP_NONE_SET, as tcp_new
@@ -155,9 +190,12 @@ const W_STATUS = 9;
 const W_MARK = 10;
 /** The dataplane's route cache (routeCache below); 0: nothing cached. */
 const W_ROUTE = 11;
-/** Float64 index within the entry (words 12-13 and 14-15). */
+/** Float64 index within the entry (words 12-13 and 14-15). D_STARTED is UDP's; TCP uses its words. */
 const D_EXPIRY = 6;
 const D_STARTED = 7;
+/** TCP entries: Linux ip_ct_tcp last_end and last_ack (see TCP_WINDOW_WORDS). */
+const W_TCP_LAST_END = D_STARTED * 2;
+const W_TCP_LAST_ACK = D_STARTED * 2 + 1;
 const META_USED = 1 << 24;
 
 /** Word offset of node `node` ((id << 1) | dir) in the entry array. */
@@ -182,7 +220,14 @@ export class ConntrackTable {
     expired: 0,
     released: 0,
     removed: 0,
+    tcpInvalidFlags: 0,
+    tcpInvalidState: 0,
+    tcpOutOfWindow: 0,
+    tcpRstOutOfWindow: 0,
+    tcpWindowIgnore: 0,
   };
+  /** TCP window tracking state, TCP_WINDOW_WORDS per entry (layout above; tcp.ts reads and writes it). */
+  readonly tcpWindow: Int32Array;
   /** After a failed `confirm`: the handle ((id << 1) | dir) of the entry whose tuple clashed, else -1. */
   clashWith = -1;
   /** nf_conntrack_tcp_be_liberal (config `conntrack.tcp_be_liberal`). */
@@ -227,6 +272,7 @@ export class ConntrackTable {
     this.k1 = key.k1 | 0;
     this.onRemove = options.onRemove;
     this.tcpBeLiberal = options.tcpBeLiberal ?? false;
+    this.tcpWindow = new Int32Array(capacity * TCP_WINDOW_WORDS);
 
     const memory = new ArrayBuffer(capacity * ENTRY_WORDS * 4);
     this.words = new Int32Array(memory);
@@ -249,7 +295,7 @@ export class ConntrackTable {
 
   /** Bytes held by the table's arrays (for `qnat show stats` and the memory test). */
   get memoryBytes(): number {
-    return this.words.byteLength + this.buckets.byteLength;
+    return this.words.byteLength + this.buckets.byteLength + this.tcpWindow.byteLength;
   }
 
   /**
@@ -422,6 +468,12 @@ export class ConntrackTable {
     // usually spans two cache lines, the times (words 12-15) in the second.
     const w = this.words;
     return w[nodeBase(node) + NODE_SRC]! ^ w[((node >> 1) << ENTRY_SHIFT) + (D_EXPIRY << 1)]!;
+  }
+
+  /** Batch prefetch for TCP: loads the TCP window state of the entry of `node` (both ends of its 40 bytes). */
+  touchTcpWindow(node: number): number {
+    const at = (node >> 1) * TCP_WINDOW_WORDS;
+    return this.tcpWindow[at]! ^ this.tcpWindow[at + TCP_WINDOW_WORDS - 1]!;
   }
 
   /**
@@ -749,7 +801,7 @@ export class ConntrackTable {
   expiresAt(id: number): number {
     return this.doubles[(id << DOUBLE_SHIFT) + D_EXPIRY]!;
   }
-  /** Clock time of the entry's first packet. */
+  /** Clock time of the entry's first packet (UDP entries only: a TCP entry keeps window state there). */
   startedAt(id: number): number {
     return this.doubles[(id << DOUBLE_SHIFT) + D_STARTED]!;
   }
@@ -764,7 +816,7 @@ export class ConntrackTable {
     const pinned = this.times[0]!;
     this.doubles[(id << DOUBLE_SHIFT) + D_EXPIRY] = (pinned === pinned ? pinned : this.clock.now()) + timeout;
   }
-  /** True when `now()` is more than `seconds` after the entry's first packet (time_after). */
+  /** True when `now()` is more than `seconds` after the entry's first packet (time_after); UDP entries only. */
   startedMoreThan(id: number, seconds: number): boolean {
     const pinned = this.times[0]!;
     return (pinned === pinned ? pinned : this.clock.now()) > this.doubles[(id << DOUBLE_SHIFT) + D_STARTED]! + seconds;
@@ -772,6 +824,26 @@ export class ConntrackTable {
   /** Sets the absolute expiry time. */
   setExpiresAt(id: number, at: number): void {
     this.doubles[(id << DOUBLE_SHIFT) + D_EXPIRY] = at;
+  }
+
+  /** TCP entries: last_end of ip_ct_tcp (int32 bits), kept where UDP keeps its start time. */
+  tcpLastEnd(id: number): number {
+    return this.words[(id << ENTRY_SHIFT) + W_TCP_LAST_END]!;
+  }
+  /** TCP entries: last_ack of ip_ct_tcp (int32 bits). */
+  tcpLastAck(id: number): number {
+    return this.words[(id << ENTRY_SHIFT) + W_TCP_LAST_ACK]!;
+  }
+  setTcpLastEnd(id: number, end: number): void {
+    this.words[(id << ENTRY_SHIFT) + W_TCP_LAST_END] = end;
+  }
+  setTcpLastAck(id: number, ack: number): void {
+    this.words[(id << ENTRY_SHIFT) + W_TCP_LAST_ACK] = ack;
+  }
+  setTcpLast(id: number, end: number, ack: number): void {
+    const at = (id << ENTRY_SHIFT) + W_TCP_LAST_END;
+    this.words[at] = end;
+    this.words[at + 1] = ack;
   }
 
   // ---- control plane -------------------------------------------------------------------------

@@ -29,7 +29,7 @@ import { IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, type PacketInfo } from "../wire
 import { genericPacket } from "./generic.js";
 import { icmpPacket } from "./icmp.js";
 import { CtDir, CtState, CtStatus, type ConntrackTable } from "./table.js";
-import { TcpVerdict, tcpFlagsValid, tcpMayCreate, tcpPacket } from "./tcp.js";
+import { TcpVerdict, tcpFlagsValid, tcpMayCreate, tcpNew, tcpPacket } from "./tcp.js";
 import { icmpInverseType, icmpMayCreate, icmpTupleDport } from "./tuple.js";
 import { udpPacket } from "./udp.js";
 
@@ -63,7 +63,10 @@ export function track(table: ConntrackTable, info: PacketInfo, result: TrackResu
   if (protocol === IPPROTO_TCP || protocol === IPPROTO_UDP) {
     if (!info.hasL4) return invalid(table, result);
     // tcp_error: invalid flag combinations (SYN+FIN, no flags, ...)
-    if (protocol === IPPROTO_TCP && !tcpFlagsValid(info.tcpFlags)) return invalid(table, result);
+    if (protocol === IPPROTO_TCP && !tcpFlagsValid(info.tcpFlags)) {
+      table.counters.tcpInvalidFlags++;
+      return invalid(table, result);
+    }
     sport = info.sport;
     dport = info.dport;
   } else if (protocol === IPPROTO_ICMP) {
@@ -85,7 +88,7 @@ export function track(table: ConntrackTable, info: PacketInfo, result: TrackResu
     const state = dir === CtDir.Reply || (status & CtStatus.SeenReply) !== 0 ? CtState.Established : CtState.New;
     let reopen = false;
     if (protocol === IPPROTO_TCP) {
-      const verdict = tcpPacket(table, id, dir, info.tcpFlags);
+      const verdict = tcpPacket(table, id, dir, info);
       if (verdict === TcpVerdict.Invalid) return invalid(table, result);
       if (verdict === TcpVerdict.Reopen) {
         // tcp_packet: nf_ct_kill + NF_REPEAT; the SYN is looked up again and starts a new connection.
@@ -110,7 +113,10 @@ export function track(table: ConntrackTable, info: PacketInfo, result: TrackResu
   }
 
   // No connection: may this packet start one? (tcp_new, icmp valid_new)
-  if (protocol === IPPROTO_TCP && !tcpMayCreate(info.tcpFlags)) return invalid(table, result);
+  if (protocol === IPPROTO_TCP && !tcpMayCreate(info.tcpFlags)) {
+    table.counters.tcpInvalidState++;
+    return invalid(table, result);
+  }
   if (protocol === IPPROTO_ICMP && !icmpMayCreate(info.icmpType)) return invalid(table, result);
 
   const id = table.create(protocol, info.src | 0, info.dst | 0, sport, dport);
@@ -118,7 +124,11 @@ export function track(table: ConntrackTable, info: PacketInfo, result: TrackResu
     result.state = CtState.Invalid;
     return DropReason.ConntrackFull;
   }
-  if (protocol === IPPROTO_TCP) tcpPacket(table, id, CtDir.Original, info.tcpFlags);
+  if (protocol === IPPROTO_TCP) {
+    tcpNew(table, id, info);
+    // The first segment always passes the window check (tcp_new set its direction from it).
+    tcpPacket(table, id, CtDir.Original, info);
+  }
   else if (protocol === IPPROTO_UDP) udpPacket(table, id);
   else if (protocol === IPPROTO_ICMP) icmpPacket(table, id);
   else genericPacket(table, id);

@@ -7,7 +7,7 @@
  * connection whose SNAT and DNAT bindings are both set up, routed to a unicast route that fits
  * it, with a source that passes rp_filter and a right L4 checksum (or a partial one), is
  * validated, tracked, routed and translated here with exactly the effects of the general
- * path (same checks, same conntrack updates through udpPacket/tcpPacket/icmpPacket, same rewrites
+ * path (same checks, same conntrack updates through udpPacket/tcpFastPathSegment/icmpPacket, same rewrites
  * in the same order), without filling PacketInfo or walking the hooks. Every test that could
  * refuse the packet or send it elsewhere runs before anything changes; any failing one returns
  * FAST_PATH_MISS and the general path (pipeline.ts) handles the packet from scratch, so drops,
@@ -17,7 +17,7 @@
 import type { PacketBatch } from "../core/batch.js";
 import type { ConntrackTable } from "../conntrack/table.js";
 import { CtStatus } from "../conntrack/table.js";
-import { TcpState, tcpPacket } from "../conntrack/tcp.js";
+import { TcpState, tcpFastPathSegment } from "../conntrack/tcp.js";
 import { udpPacket } from "../conntrack/udp.js";
 import { icmpPacket } from "../conntrack/icmp.js";
 import { ICMP_ECHO, ICMP_ECHO_REPLY } from "../conntrack/tuple.js";
@@ -26,6 +26,7 @@ import { RouteType } from "../route/table.js";
 import { IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, TCP_ACK, TCP_PSH } from "../wire/packet-info.js";
 import { rewriteForwardIcmpEcho, rewriteForwardPlain } from "../wire/rewrite.js";
 import { onesComplementSumView } from "../wire/checksum.js";
+import { TCP_TIMESTAMP_ONLY_WORD } from "../wire/tcp.js";
 import { isMartianDestination, isMartianSource, type RouterAddresses } from "./addresses.js";
 import { LEG_WIRE, egressOf, type RouterPort } from "./port.js";
 import { RP_FILTER_OFF, RP_FILTER_STRICT } from "./reverse-path.js";
@@ -43,6 +44,9 @@ const CT_DST_NAT = CtStatus.DstNat;
 const CT_SRC_NAT = CtStatus.SrcNat;
 const ROUTE_UNICAST = RouteType.Unicast;
 const TCP_ESTABLISHED = TcpState.Established;
+
+/** Marks a prefetched bucket head (a node < 2^26) whose packet is TCP. */
+const PREFETCH_TCP = 1 << 30;
 
 export class EstablishedFastPath {
   /** Packets forwarded here (the rest took the general path). */
@@ -129,11 +133,16 @@ export class EstablishedFastPath {
       const ports = v.getInt32(l4);
       const bucket = conntrack.bucketOf(protocol, v.getInt32(off + 12), dst, ports >>> 16, ports & 0xffff);
       buckets[i] = bucket;
-      heads[i] = conntrack.bucketHeadAt(bucket);
+      const head = conntrack.bucketHeadAt(bucket);
+      heads[i] = head >= 0 && protocol === IPPROTO_TCP ? head | PREFETCH_TCP : head;
     }
     for (let i = 0; i < count; i++) {
-      const node = heads[i]!;
-      if (node >= 0) sink ^= conntrack.touchNode(node);
+      const head = heads[i]!;
+      if (head < 0) continue;
+      const node = head & ~PREFETCH_TCP;
+      sink ^= conntrack.touchNode(node);
+      // a TCP segment's window check reads the entry's window state, in an array of its own
+      if (head !== node) sink ^= conntrack.touchTcpWindow(node);
     }
     this.prefetchSink = sink;
     this.prefetchedCount = count;
@@ -174,6 +183,7 @@ export class EstablishedFastPath {
     const l4 = off + 20;
     const l4Length = total - 20;
     let tcpFlags = 0;
+    let tcpDataOffset = 5;
     if (protocol === IPPROTO_UDP) {
       if (l4Length < 8) return FAST_PATH_MISS;
       const udpLength = v.getUint16(l4 + 4);
@@ -183,6 +193,7 @@ export class EstablishedFastPath {
       const offsetAndFlags = v.getUint16(l4 + 12);
       const dataOffset = offsetAndFlags >>> 12;
       if (dataOffset < 5 || dataOffset << 2 > l4Length) return FAST_PATH_MISS;
+      tcpDataOffset = dataOffset;
       tcpFlags = offsetAndFlags & 0xff;
       if (tcpFlags !== TCP_ACK && tcpFlags !== (TCP_ACK | TCP_PSH)) return FAST_PATH_MISS;
     } else if (protocol === IPPROTO_ICMP) {
@@ -275,12 +286,23 @@ export class EstablishedFastPath {
       if (!icmp) newSport = table.tuplePortsBits(id, other) & 0xffff;
     }
 
-    // Commit: conntrack (track(): the protocol handler, then SEEN_REPLY for a reply).
+    // Commit: conntrack (track(): the protocol handler, then SEEN_REPLY for a reply). TCP first:
+    // tcp_in_window takes only a plain in-window segment here (and then commits it); an old
+    // duplicate, an overshoot, SACK blocks, a direction not seen yet and the rest take the
+    // general path, with nothing changed.
+    if (protocol === IPPROTO_TCP) {
+      const dataOffset = tcpDataOffset;
+      const plainOptions = dataOffset === 5 || (dataOffset === 8 && v.getInt32(l4 + 20) === TCP_TIMESTAMP_ONLY_WORD);
+      if (!tcpFastPathSegment(table, id, dir, v.getInt32(l4 + 4), v.getInt32(l4 + 8), v.getUint16(l4 + 14), l4Length - (dataOffset << 2), plainOptions)) {
+        return FAST_PATH_MISS;
+      }
+    } else if (protocol === IPPROTO_UDP) {
+      udpPacket(table, id);
+    } else {
+      icmpPacket(table, id);
+    }
     this.packets++;
     table.counters.found++;
-    if (protocol === IPPROTO_UDP) udpPacket(table, id);
-    else if (icmp) icmpPacket(table, id);
-    else tcpPacket(table, id, dir, tcpFlags);
     if (dir === 1) table.setStatus(id, CT_SEEN_REPLY);
     // Rewrites in the general path's order: DNAT, TTL, SNAT (one pass, same bytes).
     if (icmp) {

@@ -19,7 +19,7 @@ Client actions (each a dict with "kind"):
   raw  {packets: [PACKET], gap?}  crafted IPv4 with IP_HDRINCL   -> {sent}
   sleep {seconds}
 PACKET: {src, dst, proto, ttl?, id?, df?, mf?, offset? (bytes, multiple of 8), payload_hex?,
-         udp?: {sport, dport, data_len}, tcp?: {sport, dport, flags, seq?, ack?},
+         udp?: {sport, dport, data_len}, tcp?: {sport, dport, flags, seq?, ack?, win?, options_hex?, data_len?},
          icmp?: {type, code, id, seq}, fragment?: {of: PACKET-without-fragment, offset, length}}
 Everything is bounded in time. No third-party modules.
 """
@@ -274,10 +274,13 @@ def build_l4(p):
         return 17, struct.pack("!HHHH", u["sport"], u["dport"], length, spoil(p, c)) + data
     if "tcp" in p:
         t = p["tcp"]
-        head = struct.pack("!HHIIBBHHH", t["sport"], t["dport"], t.get("seq", 1000), t.get("ack", 0), 5 << 4,
-                           flag_bits(t["flags"]), 64240, 0, 0)
-        c = csum(src + dst + struct.pack("!BBH", 0, 6, len(head)) + head)
-        return 6, head[:16] + struct.pack("!H", spoil(p, c)) + head[18:]
+        options = bytes.fromhex(t.get("options_hex", ""))
+        options += b"\0" * (-len(options) % 4)  # padded with End of Option List
+        data = bytes((i * 5 + 1) & 0xFF for i in range(t.get("data_len", 0)))
+        head = struct.pack("!HHIIBBHHH", t["sport"], t["dport"], t.get("seq", 1000) & 0xFFFFFFFF, t.get("ack", 0) & 0xFFFFFFFF,
+                           (5 + len(options) // 4) << 4, flag_bits(t["flags"]), t.get("win", 64240), 0, 0) + options
+        c = csum(src + dst + struct.pack("!BBH", 0, 6, len(head) + len(data)) + head + data)
+        return 6, head[:16] + struct.pack("!H", spoil(p, c)) + head[18:] + data
     if "sctp" in p:
         c = p["sctp"]
         # RFC 9260 section 3.3.2: INIT (type 1) with its fixed parameters, no optional ones.

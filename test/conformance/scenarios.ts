@@ -217,6 +217,64 @@ export function plansFor(config: RouterConfig): Plan[] {
     });
   }
 
+  // TCP window tracking (tcp_in_window): a real transfer with window scaling, and a crafted
+  // connection through the floating IP that the outside then hits with segments out of the window.
+  const scaledFloating = t.floating[0];
+  plans.push({
+    name: "TCP transfers of 60000 bytes with window scaling, through SNAT and through the floating IP",
+    agents: { ...servers, ...(scaledFloating ? { [scaledFloating.fixed.ns]: { tcp: [TCP_SERVER] } } : {}) },
+    steps: [[
+      { ns: first.ns, actions: [tcp(first.addr, 43630, out, TCP_SERVER, { size: 60000 })] },
+      ...(scaledFloating ? [{ ns: t.outsideNs, actions: [tcp(t.outsideClient, 43631, scaledFloating.floating, TCP_SERVER, { size: 60000 })] }] : []),
+    ]],
+    knownPorts: [43630, 43631, TCP_SERVER],
+    conntrack: byPorts([43630, 43631]),
+    settleMs: 500,
+    documented: Object.fromEntries(
+      [t.outsideNs, ...insideNs].map((ns) => [
+        `wire into ${ns}`,
+        "the senders' TSO/GSO super-packets cross qnat whole (TUN offload) and the kernel twin's veth path as MTU-sized segments: same bytes, other segment sizes (docs/differences.md, Forwarding)",
+      ]),
+    ),
+  });
+  if (scaledFloating) {
+    const fixed = scaledFloating.fixed;
+    const client = { src: t.outsideClient, dst: scaledFloating.floating };
+    const server = { src: fixed.addr, dst: t.outsideClient };
+    const fromClient = (flags: string, seq: number, ack: number, extra: Record<string, unknown> = {}) => ({ ...client, tcp: { sport: 43610, dport: 7110, flags, seq, ack, win: 502, ...extra } });
+    const fromServer = (flags: string, seq: number, ack: number, extra: Record<string, unknown> = {}) => ({ ...server, tcp: { sport: 7110, dport: 43610, flags, seq, ack, win: 509, ...extra } });
+    // MSS 1460, SACK permitted, NOP, window scale 7
+    const synOptions = "020405b4040201030307";
+    plans.push({
+      name: `crafted: TCP with window scale through the floating IP ${scaledFloating.floating}: out-of-window data, an old RST and a blind RST from outside`,
+      // No sockets hold this connection: the endpoints' kernels would answer every segment with a
+      // RST, so their RSTs for these two ports are dropped (filter table only, no conntrack). The
+      // kernel sends them with TTL 64; the crafted RSTs below have TTL 60 and pass.
+      setup: [
+        { ns: t.outsideNs, argv: ["iptables", "-A", "OUTPUT", "-p", "tcp", "--sport", "43610", "--tcp-flags", "RST", "RST", "-m", "ttl", "--ttl-eq", "64", "-j", "DROP"] },
+        { ns: fixed.ns, argv: ["iptables", "-A", "OUTPUT", "-p", "tcp", "--sport", "7110", "--tcp-flags", "RST", "RST", "-m", "ttl", "--ttl-eq", "64", "-j", "DROP"] },
+      ],
+      steps: [
+        [{ ns: t.outsideNs, actions: [{ kind: "raw", packets: [fromClient("S", 1000, 0, { win: 64240, options_hex: synOptions })] }, { kind: "sleep", seconds: 0.2 }] }],
+        [{ ns: fixed.ns, actions: [{ kind: "raw", packets: [fromServer("SA", 5000, 1001, { win: 65160, options_hex: synOptions })] }, { kind: "sleep", seconds: 0.2 }] }],
+        [{ ns: t.outsideNs, actions: [{ kind: "raw", gap: 0.05, packets: [fromClient("A", 1001, 5001), fromClient("PA", 1001, 5001, { data_len: 100 })] }, { kind: "sleep", seconds: 0.2 }] }],
+        [{ ns: fixed.ns, actions: [{ kind: "raw", packets: [fromServer("A", 5001, 1101)] }, { kind: "sleep", seconds: 0.2 }] }],
+        [{ ns: t.outsideNs, actions: [{ kind: "raw", gap: 0.1, packets: [
+          // data 10 MB beyond the window: INVALID, not NATed (reaches the router's own address)
+          fromClient("PA", 1101 + 10_000_000, 5001, { data_len: 100 }),
+          // an RST before what the server acknowledged (td_maxack): INVALID, the connection stays
+          { ...fromClient("R", 601, 0), ttl: 60 },
+          // a blind RST far from the window: INVALID
+          { ...fromClient("R", 1101 + 0x40000000, 0), ttl: 60 },
+          // in-window data: still ESTABLISHED, still DNATed
+          fromClient("PA", 1101, 5001, { data_len: 50 }),
+        ] }, { kind: "sleep", seconds: 0.3 }] }],
+      ],
+      knownPorts: [43610, 7110],
+      conntrack: byPorts([43610]),
+    });
+  }
+
   if (insideNs.length >= 2) {
     const a = t.inside.find((h) => h.ns === insideNs[0])!;
     const b = t.inside.find((h) => h.ns === insideNs[1])!;

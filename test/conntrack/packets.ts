@@ -7,7 +7,17 @@ import { ConntrackTable } from "../../src/conntrack/table.js";
 import { TrackResult, track } from "../../src/conntrack/track.js";
 import { ManualClock } from "../../src/core/clock.js";
 import { DropReason } from "../../src/core/drop-reason.js";
-import { IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, PacketInfo } from "../../src/wire/packet-info.js";
+import { write16, write32 } from "../../src/wire/bytes.js";
+import { IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, PacketInfo, TCP_ACK, TCP_RST, TCP_SYN } from "../../src/wire/packet-info.js";
+import { TCP_ACK_NUMBER, TCP_DATA_OFFSET, TCP_SEQ, TCP_WINDOW } from "../../src/wire/tcp.js";
+
+/** The seed's story: 10.0.0.3 (a tenant VM) talks to a web server outside, and the TCP flags it uses. */
+export const VM = "10.0.0.3:40000";
+export const WEB = "9.186.100.1:80";
+export const SYN = TCP_SYN;
+export const SYNACK = TCP_SYN | TCP_ACK;
+export const ACK = TCP_ACK;
+export const RST = TCP_RST;
 
 export function ip(text: string): number {
   const value = parseIpv4(text);
@@ -30,13 +40,46 @@ function base(protocol: number, src: number, dst: number): PacketInfo {
   return info;
 }
 
-export function tcp(from: string, to: string, flags: number): PacketInfo {
+/** A TCP segment's sequence space fields; unset: seq 0, ack 0, window 65535, no payload, no options. */
+export interface Segment {
+  seq?: number;
+  ack?: number;
+  win?: number;
+  /** payload bytes */
+  len?: number;
+  /** option bytes (padded with EOL to a multiple of 4) */
+  options?: number[];
+}
+
+/**
+ * A TCP packet: the parsed facts plus the TCP header (and zeroed payload) in `buf`, which the
+ * window tracking reads as Linux reads the skb.
+ */
+export function tcp(from: string, to: string, flags: number, segment: Segment = {}): PacketInfo {
   const [src, sport] = endpoint(from);
   const [dst, dport] = endpoint(to);
   const info = base(IPPROTO_TCP, src, dst);
   info.sport = sport;
   info.dport = dport;
   info.tcpFlags = flags;
+  const options = segment.options ?? [];
+  const headerLength = 20 + ((options.length + 3) & ~3);
+  const l4Length = headerLength + (segment.len ?? 0);
+  const buf = new Uint8Array(20 + l4Length);
+  const l4 = 20;
+  buf[0] = 0x45;
+  write32(buf, l4 + TCP_SEQ, segment.seq ?? 0);
+  write32(buf, l4 + TCP_ACK_NUMBER, segment.ack ?? 0);
+  buf[l4 + TCP_DATA_OFFSET] = (headerLength / 4) << 4;
+  buf[l4 + 13] = flags;
+  write16(buf, l4 + TCP_WINDOW, segment.win ?? 65535);
+  buf.set(options, l4 + 20);
+  info.buf = buf;
+  info.offset = 0;
+  info.headerLength = 20;
+  info.l4Offset = l4;
+  info.l4Length = l4Length;
+  info.length = 20 + l4Length;
   return info;
 }
 

@@ -306,6 +306,11 @@ describe("ConntrackTable: one million connections", () => {
     info.src = WEB;
     info.sport = 80;
     info.tcpFlags = 0x10;
+    // the segment itself (window tracking reads it): a 20-byte TCP header, seq 0, ack 0
+    info.buf = new Uint8Array(40);
+    info.l4Offset = 20;
+    info.l4Length = 20;
+    info.buf[20 + 12] = 5 << 4;
     const result = new TrackResult();
     let established = 0;
     const trackStart = performance.now();

@@ -2,15 +2,9 @@ import { describe, expect, it } from "vitest";
 import { CtDir, CtState, CtStatus } from "../../src/conntrack/table.js";
 import { TcpState, tcpFlagsValid, tcpMayCreate } from "../../src/conntrack/tcp.js";
 import { TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN, TCP_URG } from "../../src/wire/packet-info.js";
-import { newTable, send, tcp, ttl } from "./packets.js";
+import { ACK, RST, SYN, SYNACK, VM, WEB, newTable, send, tcp, ttl } from "./packets.js";
 
-const VM = "10.0.0.3:40000";
-const WEB = "9.186.100.1:80";
-const SYN = TCP_SYN;
-const SYNACK = TCP_SYN | TCP_ACK;
-const ACK = TCP_ACK;
 const FINACK = TCP_FIN | TCP_ACK;
-const RST = TCP_RST;
 
 /** 10.0.0.3 opens a connection to 9.186.100.1:80 and completes the handshake. */
 function established() {

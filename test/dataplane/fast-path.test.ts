@@ -1,7 +1,7 @@
 import { describe, expect, it } from "vitest";
 import { XorShift32 } from "../../src/core/rng.js";
 import { formatConntrackTable } from "../../src/conntrack/format.js";
-import { buildPacket, decodePacket, type PacketSpec } from "../../src/wire/build.js";
+import { buildPacket, decodePacket, type DecodedPacket, type PacketSpec } from "../../src/wire/build.js";
 import { TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN } from "../../src/wire/packet-info.js";
 import { MemoryRouter } from "../support/memory-router.js";
 
@@ -27,6 +27,44 @@ function vary(rng: XorShift32, spec: PacketSpec): PacketSpec {
   if (r === 3) return { ...spec, mf: true };
   if (r === 4) return { ...spec, protocol: "icmp", icmpType: 8, icmpId: spec.sport };
   return spec;
+}
+
+/** Next sequence number per TCP port: ports survive SNAT here, so both directions of a flow agree. */
+const nextSeq = new Map<number, number>();
+
+/**
+ * Sequence numbers, acknowledgments, windows and options for a TCP packet: mostly the flow's next
+ * ones (in window), now and then old, far ahead, a little beyond the window, acknowledging unseen
+ * data or an overly delayed ACK; zero windows; window scale and SACK-permitted on SYNs; timestamps
+ * and SACK blocks on the rest — so both the fast path's in-window check and the general path's
+ * window verdicts (ignore, INVALID) are exercised.
+ */
+function sequence(rng: XorShift32, spec: PacketSpec): PacketSpec {
+  if (spec.protocol !== "tcp") return spec;
+  const flags = spec.tcpFlags ?? 0;
+  const sport = spec.sport ?? 0;
+  const dport = spec.dport ?? 0;
+  const own = nextSeq.get(sport) ?? Math.imul(sport, 2654435761) >>> 0;
+  const peer = nextSeq.get(dport) ?? Math.imul(dport, 2654435761) >>> 0;
+  const length = spec.payload?.length ?? 0;
+  const r = rng.next() % 10;
+  const seq = (r < 7 ? own : r === 7 ? own - 100_000 : r === 8 ? own + 3_000_000 : own + 70_000) >>> 0;
+  if (r < 7) nextSeq.set(sport, (own + length + (flags & TCP_SYN ? 1 : 0) + (flags & TCP_FIN ? 1 : 0)) >>> 0);
+  const a = rng.next() % 10;
+  const ack = (a < 8 ? peer : a === 8 ? peer + 5000 : peer - 80_000) >>> 0;
+  const window = rng.next() % 20 === 0 ? 0 : 256 + (rng.next() % 65280);
+  let options: number[] = [];
+  const o = rng.next() % 8;
+  if (flags & TCP_SYN) {
+    if (o < 4) options = [2, 4, 0x05, 0xb4, 4, 2, 1, 3, 3, rng.next() % 16];
+  } else if (o < 3) {
+    options = [1, 1, 8, 10, 0, 0, 0, 1, 0, 0, 0, 2];
+  } else if (o === 3) {
+    const left = (ack + 100) >>> 0;
+    const right = (ack + (rng.next() & 1 ? 200 : 100_000)) >>> 0;
+    options = [1, 1, 5, 10, left >>> 24, (left >>> 16) & 0xff, (left >>> 8) & 0xff, left & 0xff, right >>> 24, (right >>> 16) & 0xff, (right >>> 8) & 0xff, right & 0xff];
+  }
+  return { ...spec, seq, ack, window, tcpOptions: new Uint8Array(options) };
 }
 
 describe("the established fast path changes nothing but speed", () => {
@@ -70,7 +108,7 @@ describe("the established fast path changes nothing but speed", () => {
         } else {
           spec = { protocol, src: pick(rng, TENANTS), dst: pick(rng, OUTSIDE), sport: 40000 + (rng.next() % 6), dport: pick(rng, [53, 80, 443]), tcpFlags };
         }
-        const bytes = buildPacket(vary(rng, { ...spec, payload: new Uint8Array(rng.next() % 40) }));
+        const bytes = buildPacket(vary(rng, sequence(rng, { ...spec, payload: new Uint8Array(rng.next() % 40) })));
         fast.send(port, bytes);
         slow.send(port, bytes);
       }
@@ -110,6 +148,89 @@ describe("the established fast path changes nothing but speed", () => {
     expect(forwarded).toBeGreaterThan(2000);
     expect(fast.dataplane.fastPathPackets).toBeGreaterThan(200);
     expect(slow.dataplane.fastPathPackets).toBe(0);
+    expect(slow.dataplane.conntrack.counters.tcpOutOfWindow).toBeGreaterThan(0);
+  });
+
+  it("TCP connections after real handshakes: in-window, old, far, overshooting, SACK, zero-window and RST segments agree", () => {
+    const fast = MemoryRouter.fromFile("examples/seed.yaml");
+    const slow = MemoryRouter.fromFile("examples/seed.yaml");
+    slow.dataplane.fastPath = false;
+    const rng = new XorShift32(9);
+    /** One packet through both routers: same bytes out, same drops; what left, decoded. */
+    const exchange = (port: string, spec: PacketSpec): DecodedPacket[] => {
+      const bytes = buildPacket(spec);
+      fast.send(port, bytes);
+      slow.send(port, bytes);
+      fast.run();
+      slow.run();
+      const out: DecodedPacket[] = [];
+      for (const name of [QR, QG]) {
+        const a = fast.receivedRaw(name).map((p) => Buffer.from(p).toString("hex"));
+        expect(a).toEqual(slow.receivedRaw(name).map((p) => Buffer.from(p).toString("hex")));
+        out.push(...a.map((hex) => decodePacket(Buffer.from(hex, "hex"))));
+        expect(fast.drops(name)).toEqual(slow.drops(name));
+      }
+      return out;
+    };
+    const bytesOf = (n: number) => [n >>> 24, (n >>> 16) & 0xff, (n >>> 8) & 0xff, n & 0xff];
+    const flows: { client: string; sport: number; server: string; outside: string; outsidePort: number; c: number; s: number }[] = [];
+    for (let i = 0; i < 16; i++) {
+      // 10.0.0.x opens a connection to a server on 443, with window scaling or (one in four) without
+      const client = TENANTS[i % 3]!;
+      const sport = 50000 + i;
+      const server = OUTSIDE[i % 3]!;
+      const options = new Uint8Array(i % 4 === 0 ? [] : [2, 4, 0x05, 0xb4, 4, 2, 1, 3, 3, i % 15]);
+      const c = rng.next() >>> 0;
+      const s = rng.next() >>> 0;
+      const [syn] = exchange(QR, { protocol: "tcp", src: client, dst: server, sport, dport: 443, tcpFlags: TCP_SYN, seq: c, window: 64240, tcpOptions: options });
+      const flow = { client, sport, server, outside: syn!.src, outsidePort: syn!.sport!, c: (c + 1) >>> 0, s: (s + 1) >>> 0 };
+      exchange(QG, { protocol: "tcp", src: server, dst: flow.outside, sport: 443, dport: flow.outsidePort, tcpFlags: TCP_SYN | TCP_ACK, seq: s, ack: flow.c, window: 65160, tcpOptions: options });
+      exchange(QR, { protocol: "tcp", src: client, dst: server, sport, dport: 443, tcpFlags: TCP_ACK, seq: flow.c, ack: flow.s, window: 502 });
+      flows.push(flow);
+    }
+    for (let step = 0; step < 2500; step++) {
+      const flow = flows[rng.next() % flows.length]!;
+      const fromClient = (rng.next() & 1) === 1;
+      const own = fromClient ? flow.c : flow.s;
+      const peer = fromClient ? flow.s : flow.c;
+      let length = pick(rng, [0, 0, 100, 1000, 1448]);
+      let flags = pick(rng, [TCP_ACK, TCP_ACK | TCP_PSH]);
+      let seq = own;
+      let ack = peer;
+      let window = 256 + (rng.next() % 1024);
+      const r = rng.next() % 24;
+      if (r === 0) seq = own - 100_000; // an old duplicate
+      else if (r === 1) seq = own + 3_000_000; // far ahead
+      else if (r === 2) seq = own + 70_000; // a little beyond the window
+      else if (r === 3) ack = peer + 5000; // acknowledges data never sent
+      else if (r === 4) ack = peer - 80_000; // an overly delayed ACK
+      else if (r === 5) window = 0;
+      else if (r === 6 && rng.next() % 4 === 0) {
+        flags = TCP_RST;
+        length = 0;
+        seq = own + pick(rng, [0, 100, -2000, 3_000_000]);
+      }
+      if (r > 2 && flags !== TCP_RST) {
+        if (fromClient) flow.c = (own + length) >>> 0;
+        else flow.s = (own + length) >>> 0;
+      }
+      const o = rng.next() % 6;
+      const options =
+        o < 2 ? [1, 1, 8, 10, 0, 0, 0, 1, 0, 0, 0, 2] : o === 2 ? [1, 1, 5, 10, ...bytesOf((ack - 3000) >>> 0), ...bytesOf((ack - 1000) >>> 0)] : [];
+      const segment = { protocol: "tcp" as const, tcpFlags: flags, seq: seq >>> 0, ack: ack >>> 0, window, tcpOptions: new Uint8Array(options), payload: new Uint8Array(length) };
+      if (fromClient) exchange(QR, { ...segment, src: flow.client, dst: flow.server, sport: flow.sport, dport: 443 });
+      else exchange(QG, { ...segment, src: flow.server, dst: flow.outside, sport: 443, dport: flow.outsidePort });
+      if (rng.next() % 50 === 0) {
+        fast.clock.advance(20);
+        slow.clock.advance(20);
+      }
+    }
+    expect(formatConntrackTable(fast.dataplane.conntrack)).toBe(formatConntrackTable(slow.dataplane.conntrack));
+    expect(fast.dataplane.conntrack.counters).toEqual(slow.dataplane.conntrack.counters);
+    const counters = slow.dataplane.conntrack.counters;
+    expect(counters.tcpOutOfWindow).toBeGreaterThan(20);
+    expect(counters.tcpWindowIgnore).toBeGreaterThan(20);
+    expect(fast.dataplane.fastPathPackets).toBeGreaterThan(500);
   });
 
   it("pings through SNAT and through the floating IP take it once their connection is confirmed, byte for byte as the general path", () => {
