@@ -72,6 +72,21 @@ export interface ConntrackConfig {
 
 export const DEFAULT_CONNTRACK_MAX = 262_144;
 
+/**
+ * `state: { file: PATH, interval: SECONDS }`: where the router keeps its connections across
+ * restarts (src/control/state-file.ts), saved every `interval` seconds and when it stops.
+ */
+export interface StateConfig {
+  /** Absolute (a relative path is taken from the config file's directory). */
+  readonly file: string;
+  readonly interval: number;
+  readonly line: number;
+}
+
+export const DEFAULT_STATE_INTERVAL = 1;
+/** The longest save interval accepted: a day. */
+export const MAX_STATE_INTERVAL = 86_400;
+
 export interface RouterConfig {
   readonly file: string;
   readonly id: string;
@@ -86,6 +101,8 @@ export interface RouterConfig {
   readonly conntrack: ConntrackConfig;
   /** Router-wide `rp_filter` (conf/all), default strict. */
   readonly rpFilter: RpFilterMode;
+  /** Absent: connections are not kept across restarts. */
+  readonly state?: StateConfig;
 }
 
 /** The rp_filter Linux applies on a port: the larger of conf/all and conf/DEV (off < strict < loose). */
@@ -141,7 +158,7 @@ export function parseConfig(text: string, file: string): RouterConfig {
   const root = doc.contents;
   if (!isMap(root)) fail(root, "the config must be a mapping with router, ports, routes and nat");
   const top = root as YAMLMap;
-  const known = new Set(["router", "ports", "routes", "nat", "metadata", "lab", "conntrack", "rp_filter"]);
+  const known = new Set(["router", "ports", "routes", "nat", "metadata", "lab", "conntrack", "rp_filter", "state"]);
   for (const pair of top.items) {
     const key = isScalar(pair.key) ? String(pair.key.value) : "";
     if (!known.has(key)) fail(pair.key as YamlNode, `unknown key "${key}" (expected one of ${[...known].join(", ")})`);
@@ -364,5 +381,38 @@ export function parseConfig(text: string, file: string): RouterConfig {
     tcpBeLiberal = conntrackFlag(conntrackNode, "tcp_be_liberal") ?? false;
     dropInvalid = conntrackFlag(conntrackNode, "drop_invalid") ?? false;
   }
-  return { file, id, namespace, ports, routes, nat, metadata, lab, conntrack: { max: conntrackMax, tcpBeLiberal, dropInvalid }, rpFilter };
+  const state = parseStateConfig(get(top, "state"), file, fail, lineOf);
+  return {
+    file, id, namespace, ports, routes, nat, metadata, lab, conntrack: { max: conntrackMax, tcpBeLiberal, dropInvalid }, rpFilter,
+    ...(state ? { state } : {}),
+  };
+}
+
+/** The `state:` mapping: `file` (required) and `interval` (seconds, default 1). */
+function parseStateConfig(
+  node: YamlNode | undefined,
+  configFile: string,
+  fail: (node: YamlNode | null | undefined, message: string) => never,
+  lineOf: (node: YamlNode) => number,
+): StateConfig | undefined {
+  if (node === undefined) return undefined;
+  if (!isMap(node)) return fail(node, "state must be a mapping, e.g. { file: /var/lib/qnat/router.state, interval: 1 }");
+  for (const pair of node.items) {
+    const key = isScalar(pair.key) ? String(pair.key.value) : "";
+    if (key !== "file" && key !== "interval") fail(pair.key as YamlNode, `unknown state key "${key}" (expected file, interval)`);
+  }
+  const fileNode = node.get("file", true) as YamlNode | undefined;
+  if (fileNode === undefined) return fail(node, "state needs a file: PATH");
+  if (!isScalar(fileNode) || typeof fileNode.value !== "string" || fileNode.value.trim() === "") return fail(fileNode, "state.file must be a path");
+  const path = fileNode.value;
+  if (path.endsWith("/")) fail(fileNode, `state.file "${path}" must name a file, not a directory`);
+  const intervalNode = node.get("interval", true) as YamlNode | undefined;
+  let interval = DEFAULT_STATE_INTERVAL;
+  if (intervalNode !== undefined) {
+    if (!isScalar(intervalNode) || typeof intervalNode.value !== "number" || !Number.isFinite(intervalNode.value))
+      fail(intervalNode, "state.interval must be a number of seconds");
+    interval = (intervalNode as { value: number }).value;
+    if (!(interval >= 0.1 && interval <= MAX_STATE_INTERVAL)) fail(intervalNode, `state.interval ${interval} is outside 0.1..${MAX_STATE_INTERVAL} seconds`);
+  }
+  return { file: resolve(dirname(configFile), path), interval, line: lineOf(fileNode) };
 }

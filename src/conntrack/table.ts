@@ -825,6 +825,10 @@ export class ConntrackTable {
   setExpiresAt(id: number, at: number): void {
     this.doubles[(id << DOUBLE_SHIFT) + D_EXPIRY] = at;
   }
+  /** Sets the clock time of the entry's first packet (UDP entries; a restored entry keeps its age). */
+  setStartedAt(id: number, at: number): void {
+    this.doubles[(id << DOUBLE_SHIFT) + D_STARTED] = at;
+  }
 
   /** TCP entries: last_end of ip_ct_tcp (int32 bits), kept where UDP keeps its start time. */
   tcpLastEnd(id: number): number {

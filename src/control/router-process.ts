@@ -69,6 +69,7 @@ import { ConntrackWork } from "./conntrack-command.js";
 import { startMetadataServer, type MetadataServer } from "./metadata.js";
 import { collectPorts, collectStats, formatJson, formatPorts, formatStats } from "./show.js";
 import { controlSocketPath, serveControl, type ControlAnswer, type ControlRequest, type ControlServer, type LiveChangeRequest } from "./socket.js";
+import { StateKeeper } from "./state-keeper.js";
 import { formatTrace, runTrace } from "./trace.js";
 import {
   addKernelSide,
@@ -212,6 +213,9 @@ export async function startRouter(configPath: string, options: RouterOptions = {
   let { config, dataplane, rules } = prepareRouter(configPath);
   const addon = loadTunAddon();
   dataplane.log = log;
+  // Connections kept across restarts (config `state:`): read back before the first packet,
+  // saved every interval and by a stop hook (state-keeper.ts).
+  const state = config.state === undefined ? undefined : new StateKeeper(config.state, dataplane, { log });
 
   let ready = false;
   let metadata: MetadataServer | undefined;
@@ -236,7 +240,7 @@ export async function startRouter(configPath: string, options: RouterOptions = {
         return { ok: true, text: request.json ? formatJson(view) : formatPorts(view), data: view };
       }
       case "stats": {
-        const view = collectStats(dataplane, metadata?.counters);
+        const view = { ...collectStats(dataplane, metadata?.counters), ...(state !== undefined ? { state: state.view() } : {}) };
         return { ok: true, text: request.json ? formatJson(view) : formatStats(view), data: view };
       }
       case "routes": {
@@ -319,6 +323,8 @@ export async function startRouter(configPath: string, options: RouterOptions = {
     await control.close();
     throw startError(error);
   }
+
+  state?.start();
 
   // With IFF_VNET_HDR every slot starts with the virtio_net_hdr (the headroom); with offloads
   // the slots hold 64 KiB super-packets.
@@ -597,7 +603,7 @@ export async function startRouter(configPath: string, options: RouterOptions = {
   if (metadata !== undefined) log(`qnat:   metadata proxy on 0.0.0.0:${metadata.address.port} in ${config.namespace}`);
 
   let stopping: Promise<void> | undefined;
-  const stopHooks: Array<() => void | Promise<void>> = [];
+  const stopHooks: Array<() => void | Promise<void>> = state === undefined ? [] : [() => state.stop()];
   return {
     get config() {
       return config;

@@ -14,6 +14,7 @@ import type { ConntrackChainStats, ConntrackCounters } from "../conntrack/table.
 import type { FragmentCounters } from "../nat/fragments.js";
 import { type Dataplane, PortCounter } from "../dataplane/pipeline.js";
 import type { LegHealth } from "../io/leg-supervisor.js";
+import { formatStateStats, type StateStatsView } from "./state-keeper.js";
 
 /** Packet and byte counts of one leg (wire or mirror) of a port, as the dataplane counts them. */
 export interface LegCounters {
@@ -100,6 +101,8 @@ export interface StatsView {
   readonly fragments?: FragmentStatsView;
   /** Present when the router serves instance metadata. */
   readonly metadata?: MetadataStatsView;
+  /** Present when the router keeps its connections in a state file (config `state:`). */
+  readonly state?: StateStatsView;
 }
 
 // ---- collecting from a dataplane (control plane: reads the counters, allocates freely) ------
@@ -353,6 +356,7 @@ export function formatStats(stats: StatsView): string {
   if (md !== undefined) {
     lines.push(`metadata: served ${md.served}, not found ${md.notFound}, method not allowed ${md.methodNotAllowed}`);
   }
+  if (stats.state !== undefined) lines.push(...formatStateStats(stats.state));
   return lines.join("\n");
 }
 

@@ -242,6 +242,17 @@ export class NatEngine {
     if (id >= 0 && id < this.bysourceBucketOf.length) this.unlinkBySource(id);
   }
 
+  /**
+   * Indexes a connection restored from a state file (control/state-file.ts) whose source binding
+   * was made by an earlier run: the by-source index is this run's (its key is new), so every
+   * SNATed connection is linked again, as Linux's ctnetlink_create_conntrack does through
+   * nf_nat_setup_info for an entry a user space daemon (conntrackd) injects. No-op without
+   * IPS_SRC_NAT_DONE.
+   */
+  restoreBySource(id: number): void {
+    if ((this.table.status(id) & CtStatus.SrcNatDone) !== 0) this.linkBySource(id);
+  }
+
   // ---- get_unique_tuple ------------------------------------------------------------------------
 
   private getUniqueTuple(manip: Manip, range: NatRange, explain: string[] | undefined): boolean {

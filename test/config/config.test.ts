@@ -50,7 +50,7 @@ describe("a broken config gets one line: FILE:LINE: what is wrong", () => {
     );
   });
   it("unknown key, invalid YAML, missing ports, duplicate address", () => {
-    expect(errorOf("router: {id: x}\nportz: []\n")).toBe('bad.yaml:2: unknown key "portz" (expected one of router, ports, routes, nat, metadata, lab, conntrack, rp_filter)');
+    expect(errorOf("router: {id: x}\nportz: []\n")).toBe('bad.yaml:2: unknown key "portz" (expected one of router, ports, routes, nat, metadata, lab, conntrack, rp_filter, state)');
     expect(errorOf("router: {id: x\n")).toMatch(/^bad\.yaml:\d+: invalid YAML: /);
     expect(errorOf("router: {id: x}\n")).toMatch(/^bad\.yaml:1: ports must be a non-empty list$/);
     expect(errorOf(seedText.replace("9.186.100.129/32]", "10.0.0.1/32]"))).toMatch(/^bad\.yaml:12: address 10\.0\.0\.1\/32 is already on port qr-694450d6-f6$/);
@@ -117,5 +117,27 @@ describe("the conntrack: block", () => {
     expect(errorOf(`${seedText}conntrack:\n  drop_invalid: yes please\n`)).toBe(`bad.yaml:${end + 1}: conntrack.drop_invalid must be true or false`);
     expect(errorOf(`${seedText}conntrack:\n  tcp_be_liberal: 1\n`)).toBe(`bad.yaml:${end + 1}: conntrack.tcp_be_liberal must be true or false`);
     expect(errorOf(`${seedText}conntrack:\n  drop_invalids: true\n`)).toBe(`bad.yaml:${end + 1}: unknown conntrack key "drop_invalids"`);
+  });
+});
+
+describe("state: where the router keeps its connections across restarts", () => {
+  const withState = (block: string): string => `${seedText}state:\n${block}\n`;
+  const line = seedText.split("\n").length;
+
+  it("is absent unless configured; file is taken from the config's directory, interval defaults to 1 s", () => {
+    expect(loadConfig("examples/seed.yaml").state).toBeUndefined();
+    const config = parseConfig(withState("  file: state/seed.state"), "/etc/qnat/seed.yaml");
+    expect(config.state).toEqual({ file: "/etc/qnat/state/seed.state", interval: 1, line: line + 1 });
+    expect(parseConfig(withState("  file: /var/lib/qnat/seed.state\n  interval: 0.5"), "x.yaml").state).toMatchObject({ file: "/var/lib/qnat/seed.state", interval: 0.5 });
+  });
+
+  it("each mistake is one line at its place", () => {
+    expect(errorOf(withState("  interval: 2"))).toBe(`bad.yaml:${line + 1}: state needs a file: PATH`);
+    expect(errorOf(withState("  file: /var/lib/qnat/\n"))).toBe(`bad.yaml:${line + 1}: state.file "/var/lib/qnat/" must name a file, not a directory`);
+    expect(errorOf(withState("  file: [a, b]"))).toBe(`bad.yaml:${line + 1}: state.file must be a path`);
+    expect(errorOf(withState("  file: s\n  interval: 0"))).toBe(`bad.yaml:${line + 2}: state.interval 0 is outside 0.1..86400 seconds`);
+    expect(errorOf(withState("  file: s\n  interval: often"))).toBe(`bad.yaml:${line + 2}: state.interval must be a number of seconds`);
+    expect(errorOf(withState("  file: s\n  every: 1"))).toBe(`bad.yaml:${line + 2}: unknown state key "every" (expected file, interval)`);
+    expect(errorOf(`${seedText}state: /var/lib/qnat/seed.state\n`)).toBe(`bad.yaml:${line}: state must be a mapping, e.g. { file: /var/lib/qnat/router.state, interval: 1 }`);
   });
 });
