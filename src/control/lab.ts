@@ -9,6 +9,9 @@
  *       and the addresses on them, go away with the router process); waits until it forwards.
  *       With the router running, a lab namespace deleted meanwhile (`ip netns del`) is made
  *       anew first, and lab up waits until the router has re-created its leg there by itself.
+ *       A router that died (killed, crashed: its socket is stale) is started again, once: two
+ *       `lab up` at the same time start at most one router (the control socket is its lock, and
+ *       the one that loses the race goes on with the winner's).
  * down: stops the router (SIGTERM, then SIGKILL after a bound), ends any process left in the
  *       lab's namespaces, deletes the namespaces (which takes every device in them) and the
  *       socket, pid and log files; also after the router crashed or was killed with -9.
@@ -146,10 +149,17 @@ export async function labUp(configPath: string, out: Out): Promise<number> {
     // Also a leg whose device was deleted comes back by itself; its hosts' addresses come after.
     await waitForLegsUp(socketPath, logPath);
   } else {
+    if (found.state === "stale") out(`qnat: the router of lab ${config.namespace} is not running (its control socket is stale); starting it again\n`);
     pid = startRouterProcess(configPath, logPath);
     const started = Date.now();
     while (!(await routerAnswers(config))) {
       if (!processAlive(pid)) {
+        // Another `lab up` started the router meanwhile: this one's stopped at the lock.
+        const winner = await probeControlSocket(socketPath).catch(() => undefined);
+        if (winner?.state === "live") {
+          pid = winner.pid;
+          break;
+        }
         const why = lastLines(logPath, 1);
         throw new OperationalError(`the router exited while starting${why ? `: ${why.replace(/^qnat: /, "")}` : ""} (log ${logPath})`);
       }
