@@ -377,19 +377,24 @@ export class SnapshotCursor {
 
   /** E_PLACES of entry `id`: the router's own addresses among its tuples, the ports of its two ends. */
   private places(id: number): number {
-    const { conntrack: table, addresses, routes } = this.dataplane;
+    const table = this.dataplane.conntrack;
+    const addresses = this.dataplane.addresses;
     let bits = 0;
-    const addrs = [table.tupleSrcBits(id, 0), table.tupleDstBits(id, 0), table.tupleSrcBits(id, 1), table.tupleDstBits(id, 1)];
-    for (let i = 0; i < 4; i++) if (addresses.isOwn(addrs[i]!)) bits |= 1 << i;
-    const portOf = (addr: number, own: boolean): number => {
-      if (own) return PLACE_NO_PORT;
-      const route = routes.lookup(addr >>> 0);
-      const port = route < 0 ? -1 : routes.routePort(route);
-      return port >= 0 && port < PLACE_NO_PORT ? port : PLACE_NO_PORT;
-    };
-    bits |= portOf(addrs[0]!, (bits & 1) !== 0) << PLACE_ORIG_PORT_SHIFT;
-    bits |= portOf(addrs[2]!, (bits & 4) !== 0) << PLACE_REPLY_PORT_SHIFT;
+    if (addresses.isOwn(table.tupleSrcBits(id, 0))) bits |= 1;
+    if (addresses.isOwn(table.tupleDstBits(id, 0))) bits |= 2;
+    if (addresses.isOwn(table.tupleSrcBits(id, 1))) bits |= 4;
+    if (addresses.isOwn(table.tupleDstBits(id, 1))) bits |= 8;
+    bits |= ((bits & 1) !== 0 ? PLACE_NO_PORT : this.portOf(table.tupleSrcBits(id, 0))) << PLACE_ORIG_PORT_SHIFT;
+    bits |= ((bits & 4) !== 0 ? PLACE_NO_PORT : this.portOf(table.tupleSrcBits(id, 1))) << PLACE_REPLY_PORT_SHIFT;
     return bits;
+  }
+
+  /** The port `addr` is routed to, PLACE_NO_PORT when none (or past 254 ports). */
+  private portOf(addr: number): number {
+    const routes = this.dataplane.routes;
+    const route = routes.lookup(addr >>> 0);
+    const port = route < 0 ? -1 : routes.routePort(route);
+    return port >= 0 && port < PLACE_NO_PORT ? port : PLACE_NO_PORT;
   }
 }
 
