@@ -28,6 +28,7 @@ import {
   describeRestore,
   restoreState,
   type RestoreReport,
+  type SnapshotBudget,
 } from "../../src/control/state-file.js";
 import { isRoot } from "../../src/io/netns.js";
 import { TCP_ACK, TCP_SYN } from "../../src/wire/packet-info.js";
@@ -105,8 +106,8 @@ function listing(r: MemoryRouter): string[] {
     .sort();
 }
 
-async function save(r: MemoryRouter, file: string, atStop = false, logs: string[] = []): Promise<StateKeeper> {
-  const keeper = new StateKeeper({ file, interval: 3600, line: 1 }, r.dataplane, { log: (line) => logs.push(line), wallClock: () => SAVED_AT });
+async function save(r: MemoryRouter, file: string, atStop = false, logs: string[] = [], budget?: SnapshotBudget): Promise<StateKeeper> {
+  const keeper = new StateKeeper({ file, interval: 3600, line: 1 }, r.dataplane, { log: (line) => logs.push(line), wallClock: () => SAVED_AT, ...(budget ? { budget } : {}) });
   if (atStop) await keeper.stop();
   else await keeper.saveNow();
   return keeper;
@@ -274,7 +275,9 @@ describe("a file that cannot be used: one line of warning, an empty table, never
   const file = join(dir, "seed.state");
   const before = router();
   seedTraffic(before);
-  const good = save(before, file).then(() => readFileSync(file));
+  // Written in pieces of two entries: the file's piece boundaries are every other entry's.
+  const written2 = save(before, file, false, [], { entries: 2, slots: 1 << 20, ms: Infinity });
+  const good = written2.then(() => readFileSync(file));
 
   function refused(path: string): RestoreReport {
     const after = router(seedConfig(), 7);
@@ -301,8 +304,9 @@ describe("a file that cannot be used: one line of warning, an empty table, never
     }
   });
 
-  it("truncated at every piece boundary and inside the header", async () => {
+  it("truncated at every piece boundary, every entry boundary and inside the header", async () => {
     const bytes = await good;
+    expect((await written2).view().last!.pieces).toBeGreaterThanOrEqual(3);
     const header = decodeHeader(bytes, bytes.length);
     const cuts = [0, 4, STATE_FIXED_HEADER - 1, STATE_FIXED_HEADER, header.bytes - 1];
     for (let entry = 0; entry < header.count; entry++) cuts.push(header.bytes + entry * STATE_ENTRY_BYTES, header.bytes + entry * STATE_ENTRY_BYTES + 7);
