@@ -215,7 +215,7 @@ export async function startRouter(configPath: string, options: RouterOptions = {
   dataplane.log = log;
   // Connections kept across restarts (config `state:`): read back before the first packet,
   // saved every interval and by a stop hook (state-keeper.ts).
-  const state = config.state === undefined ? undefined : new StateKeeper(config.state, dataplane, { log });
+  const state = config.state === undefined ? undefined : new StateKeeper(config.state, () => dataplane, { log });
 
   let ready = false;
   let metadata: MetadataServer | undefined;

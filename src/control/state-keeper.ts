@@ -80,27 +80,34 @@ export class StateKeeper {
   private last: StateStatsView["last"];
   private timer: NodeJS.Timeout | undefined;
   /** Sequence number of the save in progress (a newer one supersedes it). */
-  private current = 0;
+  private sequence = 0;
   private running: Promise<void> | undefined;
   /** Packets seen at the last save (a save with none since is skipped). */
   private savedFingerprint = -1;
   /** Set when the file is not a qnat state file: nothing is written over it. */
   private foreign = false;
   private readonly wallClock: () => number;
+  /** The router's dataplane now. */
+  private readonly current: () => Dataplane;
 
+  /**
+   * `dataplane`: the router's, or a function returning the current one (a live change replaces
+   * the dataplane and keeps its connection table).
+   */
   constructor(
     readonly config: StateConfig,
-    private readonly dataplane: Dataplane,
+    dataplane: Dataplane | (() => Dataplane),
     private readonly options: StateKeeperOptions,
   ) {
     this.wallClock = options.wallClock ?? Date.now;
+    this.current = typeof dataplane === "function" ? dataplane : () => dataplane;
   }
 
   /** Reads the file back into the (empty) table, logs one line about it, and starts the interval. */
   start(): RestoreReport {
     const { file } = this.config;
     this.removeStaleTemporaries();
-    const report = restoreState(this.dataplane, file, this.options);
+    const report = restoreState(this.current(), file, this.options);
     this.restored = report;
     this.foreign = report.outcome === "refused" && report.warning === "not a qnat state file";
     this.options.log(describeRestore(report) + (this.foreign ? `; it is not written over: move it away or set another state.file` : ""));
@@ -141,7 +148,7 @@ export class StateKeeper {
 
   /** Packets received on every leg so far: unchanged means no connection moved. */
   private fingerprint(): number {
-    const counters = this.dataplane.portCounters;
+    const counters = this.current().portCounters;
     const stride = PortCounter.Count as number;
     let packets = 0;
     for (let at = 0; at < counters.length; at += stride) packets += counters[at + PortCounter.RxPackets]! + counters[at + PortCounter.MirrorRxPackets]!;
@@ -155,7 +162,7 @@ export class StateKeeper {
       this.unchanged++;
       return Promise.resolve();
     }
-    const sequence = ++this.current;
+    const sequence = ++this.sequence;
     const run = this.write(sequence, atStop, budget).then(
       (took) => {
         this.savedFingerprint = fingerprint;
@@ -186,7 +193,8 @@ export class StateKeeper {
     const directory = dirname(file);
     const started = performance.now();
     const savedAt = this.wallClock();
-    const cursor = new SnapshotCursor(this.dataplane, budget);
+    const dataplane = this.current();
+    const cursor = new SnapshotCursor(dataplane, budget);
     const piece = Buffer.alloc(cursor.pieceBytes);
     mkdirSync(directory, { recursive: true, mode: 0o700 });
     const temporary = join(directory, `.${basename(file)}.${process.pid}.${sequence}.tmp`);
@@ -196,7 +204,7 @@ export class StateKeeper {
     try {
       let crc = 0;
       while (!cursor.done) {
-        if (sequence !== this.current) throw new Superseded();
+        if (sequence !== this.sequence) throw new Superseded();
         const bytes = cursor.fill(piece);
         if (bytes > 0) {
           crc = crc32(piece.subarray(0, bytes), crc);
@@ -207,7 +215,7 @@ export class StateKeeper {
           await new Promise((resolve) => setImmediate(resolve));
         }
       }
-      const table = this.dataplane.conntrack;
+      const table = dataplane.conntrack;
       const counters = table.counters as unknown as Record<string, number>;
       const header = encodeHeader(cursor.layout, {
         count: cursor.count,
@@ -219,7 +227,7 @@ export class StateKeeper {
       await handle.write(header, 0, header.length, 0);
       await handle.sync();
       await handle.close();
-      if (sequence !== this.current) throw new Superseded();
+      if (sequence !== this.sequence) throw new Superseded();
       await rename(temporary, file);
       renamed = true;
       await syncDirectory(directory);
