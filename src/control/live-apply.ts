@@ -139,6 +139,9 @@ export function checkChangeable(running: RouterConfig, next: RouterConfig): void
   if (next.conntrack.tcpBeLiberal !== running.conntrack.tcpBeLiberal) {
     throw new OperationalError(`${next.file}: conntrack.tcp_be_liberal differs from the running router's; the connection table takes it only at a restart`, 2);
   }
+  if (next.state?.file !== running.state?.file || next.state?.interval !== running.state?.interval) {
+    throw new OperationalError(`${next.file}: state differs from the running router's; the state file and its interval are taken only at a restart`, 2);
+  }
   if (next.conntrack.max !== running.conntrack.max) {
     throw new OperationalError(
       `${next.file}: conntrack.max ${next.conntrack.max} differs from the running router's ${running.conntrack.max}; the table's size changes only with a restart`,

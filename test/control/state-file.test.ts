@@ -19,6 +19,7 @@ import { XorShift32 } from "../../src/core/rng.js";
 import { NetfilterNat } from "../../src/dataplane/netfilter-nat.js";
 import { formatStats, collectStats } from "../../src/control/show.js";
 import { StateKeeper } from "../../src/control/state-keeper.js";
+import { checkChangeable } from "../../src/control/live-apply.js";
 import {
   STATE_ENTRY_BYTES,
   STATE_FIXED_HEADER,
@@ -422,5 +423,16 @@ describe("the checksum and the pieces", () => {
     const report = restore(after, file);
     console.log(`state restore of ${report.restored} entries: ${(performance.now() - started).toFixed(0)} ms`);
     expect(report).toMatchObject({ outcome: "restored", restored: last.entries });
+  });
+});
+
+describe("qnat apply and the state file", () => {
+  it("a live change of state: is refused (the file and its interval are taken at a restart)", () => {
+    const running = seedConfig((t) => `${t}state: { file: /var/lib/qnat/seed.state }\n`);
+    expect(() => checkChangeable(running, running)).not.toThrow();
+    expect(() => checkChangeable(running, seedConfig((t) => `${t}state: { file: /var/lib/qnat/seed.state, interval: 5 }\n`))).toThrow(
+      "seed.yaml: state differs from the running router's; the state file and its interval are taken only at a restart",
+    );
+    expect(() => checkChangeable(running, seedConfig())).toThrow(/state differs/);
   });
 });
