@@ -26,6 +26,9 @@ export const USAGE = `usage: qnat COMMAND ...
                                         ask the running router (default: the seed's)
   qnat trace [--config CONFIG | --router NAMESPACE] [--json] 'PORT PROTO SRC[:SPORT] > DST[:DPORT] [FLAGS]'
                                         explain one packet hop by hop (offline from a config needs no root)
+                                        FLAGS: syn ack fin rst psh urg, seq=N ack=N win=N, ttl=N len=N df,
+                                        ICMP id=N type=N code=N; a TCP segment of a live connection without
+                                        seq=/ack= gets in-window numbers from the connection
   qnat rules check FILE                 check iptables nat text; each problem as FILE:LINE: ...
   qnat conntrack -L|-D|-F [-f ipv4|ipv6] [-p PROTO] [-s|-d|-r|-q ADDR[/LEN]] [--sport|--dport|--reply-port-src|--reply-port-dst PORT]
                  [--state STATE] [--status ASSURED,...] [--router NAMESPACE]

@@ -26,6 +26,7 @@
 import { type HashKey, hashKeyFrom, hsiphash } from "../core/hash.js";
 import type { Clock } from "../core/clock.js";
 import { XorShift32 } from "../core/rng.js";
+import { UndoLog } from "../core/undo-log.js";
 import { IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP } from "../wire/packet-info.js";
 import { type ConntrackTimeouts, resolveTimeouts } from "./timeouts.js";
 import { icmpInverseDport } from "./tuple.js";
@@ -198,6 +199,11 @@ const W_TCP_LAST_END = D_STARTED * 2;
 const W_TCP_LAST_ACK = D_STARTED * 2 + 1;
 const META_USED = 1 << 24;
 
+/** The table's arrays in its undo journal (the order they are registered in). */
+const JOURNAL_WORDS = 0;
+const JOURNAL_BUCKETS = 1;
+const JOURNAL_WINDOW = 2;
+
 /** Word offset of node `node` ((id << 1) | dir) in the entry array. */
 function nodeBase(node: number): number {
   return ((node >> 1) << ENTRY_SHIFT) + ((node & 1) << 2);
@@ -232,6 +238,16 @@ export class ConntrackTable {
   clashWith = -1;
   /** nf_conntrack_tcp_be_liberal (config `conntrack.tcp_be_liberal`). */
   readonly tcpBeLiberal: boolean;
+
+  /**
+   * The undo journal of the entries, buckets and TCP window state (src/core/undo-log.ts), shared
+   * with the NAT engine's by-source index (nat/binding.ts): `qnat trace` records while its packet
+   * runs and undoes afterwards. Every store to those arrays is preceded by
+   * `if (this.undoLog.recording) this.journalX(index)` — the index crosses the call, never the
+   * value (an int32 or double argument to a call V8 does not inline may be boxed) — so a packet
+   * outside a trace pays one load and a never-taken branch per store.
+   */
+  readonly undoLog = new UndoLog();
 
   /** The entries, ENTRY_WORDS Int32 words each (layout above). */
   private readonly words: Int32Array;
@@ -281,6 +297,10 @@ export class ConntrackTable {
     while (bucketCount < capacity) bucketCount *= 2;
     this.buckets = new Int32Array(bucketCount).fill(-1);
     this.bucketMask = bucketCount - 1;
+    // Registered in the order of JOURNAL_WORDS, JOURNAL_BUCKETS, JOURNAL_WINDOW.
+    this.undoLog.register(this.words, this.doubles);
+    this.undoLog.register(this.buckets);
+    this.undoLog.register(this.tcpWindow);
     // free list in id order so ids are handed out 0, 1, 2, ...
     for (let id = capacity - 1; id >= 0; id--) {
       this.words[(id << ENTRY_SHIFT) + NODE_NEXT] = this.freeHead;
@@ -330,9 +350,43 @@ export class ConntrackTable {
     return this.hashTuple(w[((node >> 1) << ENTRY_SHIFT) + W_META]! & 0xff, w[b + NODE_SRC]!, w[b + NODE_DST]!, w[b + NODE_PORTS]!);
   }
 
+  // ---- undo journal (see `undoLog`) --------------------------------------------------------------
+
+  /** Saves word `at` of the entries before a store (call only while `undoLog.recording`). */
+  private journalWord(at: number): void {
+    this.undoLog.save(JOURNAL_WORDS, at, this.words[at]!);
+  }
+
+  /** Saves Float64 `at` of the entries (its two Int32 words) before a store. */
+  private journalDouble(at: number): void {
+    this.undoLog.save(JOURNAL_WORDS, at << 1, this.words[at << 1]!);
+    this.undoLog.save(JOURNAL_WORDS, (at << 1) + 1, this.words[(at << 1) + 1]!);
+  }
+
+  private journalBucket(bucket: number): void {
+    this.undoLog.save(JOURNAL_BUCKETS, bucket, this.buckets[bucket]!);
+  }
+
+  /**
+   * tcp.ts calls this before every store to `tcpWindow[at]`:
+   * `if (table.undoLog.recording) table.journalWindowWord(at)`.
+   */
+  journalWindowWord(at: number): void {
+    this.undoLog.save(JOURNAL_WINDOW, at, this.tcpWindow[at]!);
+  }
+
+  /** Zeroes the TCP window state of entry `id` (tcp_new starts from a clean ip_ct_tcp). */
+  clearTcpWindow(id: number): void {
+    const base = id * TCP_WINDOW_WORDS;
+    if (this.undoLog.recording) for (let at = base; at < base + TCP_WINDOW_WORDS; at++) this.journalWindowWord(at);
+    this.tcpWindow.fill(0, base, base + TCP_WINDOW_WORDS);
+  }
+
   private link(node: number): void {
     const bucket = this.nodeBucket(node);
+    if (this.undoLog.recording) this.journalWord(nodeBase(node) + NODE_NEXT);
     this.words[nodeBase(node) + NODE_NEXT] = this.buckets[bucket]!;
+    if (this.undoLog.recording) this.journalBucket(bucket);
     this.buckets[bucket] = node;
   }
 
@@ -344,8 +398,14 @@ export class ConntrackTable {
     while (current >= 0) {
       const next = w[nodeBase(current) + NODE_NEXT]!;
       if (current === node) {
-        if (previous < 0) this.buckets[bucket] = next;
-        else w[nodeBase(previous) + NODE_NEXT] = next;
+        if (previous < 0) {
+          if (this.undoLog.recording) this.journalBucket(bucket);
+          this.buckets[bucket] = next;
+        } else {
+          if (this.undoLog.recording) this.journalWord(nodeBase(previous) + NODE_NEXT);
+          w[nodeBase(previous) + NODE_NEXT] = next;
+        }
+        if (this.undoLog.recording) this.journalWord(nodeBase(node) + NODE_NEXT);
         w[nodeBase(node) + NODE_NEXT] = -1;
         return;
       }
@@ -442,13 +502,17 @@ export class ConntrackTable {
   }
 
   setRouteCache(id: number, value: number): void {
+    if (this.undoLog.recording) this.journalWord((id << ENTRY_SHIFT) + W_ROUTE);
     this.words[(id << ENTRY_SHIFT) + W_ROUTE] = value;
   }
 
   /** Forgets every entry's route cache (the routing table version wrapped around). */
   clearRouteCaches(): void {
     const w = this.words;
-    for (let at = W_ROUTE; at < w.length; at += ENTRY_WORDS) w[at] = 0;
+    for (let at = W_ROUTE; at < w.length; at += ENTRY_WORDS) {
+      if (this.undoLog.recording && w[at] !== 0) this.journalWord(at);
+      w[at] = 0;
+    }
   }
 
   /**
@@ -537,26 +601,42 @@ export class ConntrackTable {
     const id = this.freeHead;
     const e = id << ENTRY_SHIFT;
     this.freeHead = w[e + NODE_NEXT]!;
+    if (this.undoLog.recording) this.journalWord(e + W_META);
     w[e + W_META] = protocol | (TCP_PRIVATE_INITIAL << 16) | META_USED;
+    if (this.undoLog.recording) this.journalWord(e + W_STATUS);
     w[e + W_STATUS] = 0;
+    if (this.undoLog.recording) this.journalWord(e + W_MARK);
     w[e + W_MARK] = 0;
+    if (this.undoLog.recording) this.journalWord(e + W_ROUTE);
     w[e + W_ROUTE] = 0;
     const now = this.now();
+    if (this.undoLog.recording) this.journalDouble((id << DOUBLE_SHIFT) + D_EXPIRY);
     this.doubles[(id << DOUBLE_SHIFT) + D_EXPIRY] = now;
+    if (this.undoLog.recording) this.journalDouble((id << DOUBLE_SHIFT) + D_STARTED);
     this.doubles[(id << DOUBLE_SHIFT) + D_STARTED] = now;
+    if (this.undoLog.recording) this.journalWord(e + NODE_SRC);
     w[e + NODE_SRC] = src;
+    if (this.undoLog.recording) this.journalWord(e + NODE_DST);
     w[e + NODE_DST] = dst;
+    if (this.undoLog.recording) this.journalWord(e + NODE_PORTS);
     w[e + NODE_PORTS] = (sport << 16) | dport;
+    if (this.undoLog.recording) this.journalWord(e + 4 + NODE_SRC);
     w[e + 4 + NODE_SRC] = dst;
+    if (this.undoLog.recording) this.journalWord(e + 4 + NODE_DST);
     w[e + 4 + NODE_DST] = src;
     if (protocol === IPPROTO_TCP || protocol === IPPROTO_UDP) {
+      if (this.undoLog.recording) this.journalWord(e + 4 + NODE_PORTS);
       w[e + 4 + NODE_PORTS] = (dport << 16) | sport;
     } else if (protocol === IPPROTO_ICMP) {
+      if (this.undoLog.recording) this.journalWord(e + 4 + NODE_PORTS);
       w[e + 4 + NODE_PORTS] = (sport << 16) | icmpInverseDport(dport);
     } else {
+      if (this.undoLog.recording) this.journalWord(e + 4 + NODE_PORTS);
       w[e + 4 + NODE_PORTS] = (dport << 16) | sport;
     }
+    if (this.undoLog.recording) this.journalWord(e + NODE_NEXT);
     w[e + NODE_NEXT] = -1;
+    if (this.undoLog.recording) this.journalWord(e + 4 + NODE_NEXT);
     w[e + 4 + NODE_NEXT] = -1;
     this.used++;
     this.counters.created++;
@@ -572,8 +652,11 @@ export class ConntrackTable {
     const confirmed = (this.words[(id << ENTRY_SHIFT) + W_STATUS]! & STATUS_CONFIRMED) !== 0;
     if (confirmed) this.unlink(reply);
     const b = nodeBase(reply);
+    if (this.undoLog.recording) this.journalWord(b + NODE_SRC);
     this.words[b + NODE_SRC] = src | 0;
+    if (this.undoLog.recording) this.journalWord(b + NODE_DST);
     this.words[b + NODE_DST] = dst | 0;
+    if (this.undoLog.recording) this.journalWord(b + NODE_PORTS);
     this.words[b + NODE_PORTS] = (sport << 16) | dport;
     if (confirmed) this.link(reply);
   }
@@ -600,6 +683,7 @@ export class ConntrackTable {
       return false;
     }
     this.clashWith = -1;
+    if (this.undoLog.recording) this.journalWord(e + W_STATUS);
     w[e + W_STATUS] = status | STATUS_CONFIRMED;
     this.link(id << 1);
     this.link((id << 1) | 1);
@@ -628,7 +712,9 @@ export class ConntrackTable {
    */
   kill(id: number): void {
     if (!this.isAllocated(id)) return;
+    if (this.undoLog.recording) this.journalWord((id << ENTRY_SHIFT) + W_STATUS);
     this.words[(id << ENTRY_SHIFT) + W_STATUS] |= STATUS_DYING;
+    if (this.undoLog.recording) this.journalDouble((id << DOUBLE_SHIFT) + D_EXPIRY);
     this.doubles[(id << DOUBLE_SHIFT) + D_EXPIRY] = 0;
   }
 
@@ -640,8 +726,11 @@ export class ConntrackTable {
       this.unlink(id << 1);
       this.unlink((id << 1) | 1);
     }
+    if (this.undoLog.recording) this.journalWord(e + W_META);
     w[e + W_META] = 0;
+    if (this.undoLog.recording) this.journalWord(e + W_STATUS);
     w[e + W_STATUS] = 0;
+    if (this.undoLog.recording) this.journalWord(e + NODE_NEXT);
     w[e + NODE_NEXT] = this.freeHead;
     this.freeHead = id;
     this.used--;
@@ -766,10 +855,12 @@ export class ConntrackTable {
   }
   /** ORs `bits` into the status (Linux set_bit / `ct->status |= bits`). */
   setStatus(id: number, bits: number): void {
+    if (this.undoLog.recording) this.journalWord((id << ENTRY_SHIFT) + W_STATUS);
     this.words[(id << ENTRY_SHIFT) + W_STATUS] |= bits;
   }
   /** Clears `bits` from the status (Linux clear_bit). */
   clearStatus(id: number, bits: number): void {
+    if (this.undoLog.recording) this.journalWord((id << ENTRY_SHIFT) + W_STATUS);
     this.words[(id << ENTRY_SHIFT) + W_STATUS] &= ~bits;
   }
   isConfirmed(id: number): boolean {
@@ -781,6 +872,7 @@ export class ConntrackTable {
   }
   setTcpState(id: number, state: number): void {
     const at = (id << ENTRY_SHIFT) + W_META;
+    if (this.undoLog.recording) this.journalWord(at);
     this.words[at] = (this.words[at]! & ~0xff00) | ((state & 0xff) << 8);
   }
   /** The TCP tracker's private bits (last flag index/direction, CLOSE_INIT...; see tcp.ts). */
@@ -789,12 +881,14 @@ export class ConntrackTable {
   }
   setTcpFlags(id: number, bits: number): void {
     const at = (id << ENTRY_SHIFT) + W_META;
+    if (this.undoLog.recording) this.journalWord(at);
     this.words[at] = (this.words[at]! & ~0xff0000) | ((bits & 0xff) << 16);
   }
   mark(id: number): number {
     return this.words[(id << ENTRY_SHIFT) + W_MARK]! >>> 0;
   }
   setMark(id: number, mark: number): void {
+    if (this.undoLog.recording) this.journalWord((id << ENTRY_SHIFT) + W_MARK);
     this.words[(id << ENTRY_SHIFT) + W_MARK] = mark | 0;
   }
   /** Absolute clock time (seconds) at which the entry expires. */
@@ -808,12 +902,14 @@ export class ConntrackTable {
   /** nf_ct_refresh: the entry now expires `timeout` seconds after `now` (unless IPS_FIXED_TIMEOUT). */
   refresh(id: number, timeout: number, now: number): void {
     if (this.words[(id << ENTRY_SHIFT) + W_STATUS]! & STATUS_FIXED_TIMEOUT) return;
+    if (this.undoLog.recording) this.journalDouble((id << DOUBLE_SHIFT) + D_EXPIRY);
     this.doubles[(id << DOUBLE_SHIFT) + D_EXPIRY] = now + timeout;
   }
   /** `refresh` at `now()` (no double crosses the call). */
   refreshNow(id: number, timeout: number): void {
     if (this.words[(id << ENTRY_SHIFT) + W_STATUS]! & STATUS_FIXED_TIMEOUT) return;
     const pinned = this.times[0]!;
+    if (this.undoLog.recording) this.journalDouble((id << DOUBLE_SHIFT) + D_EXPIRY);
     this.doubles[(id << DOUBLE_SHIFT) + D_EXPIRY] = (pinned === pinned ? pinned : this.clock.now()) + timeout;
   }
   /** True when `now()` is more than `seconds` after the entry's first packet (time_after); UDP entries only. */
@@ -823,6 +919,7 @@ export class ConntrackTable {
   }
   /** Sets the absolute expiry time. */
   setExpiresAt(id: number, at: number): void {
+    if (this.undoLog.recording) this.journalDouble((id << DOUBLE_SHIFT) + D_EXPIRY);
     this.doubles[(id << DOUBLE_SHIFT) + D_EXPIRY] = at;
   }
   /** Sets the clock time of the entry's first packet (UDP entries; a restored entry keeps its age). */
@@ -839,14 +936,18 @@ export class ConntrackTable {
     return this.words[(id << ENTRY_SHIFT) + W_TCP_LAST_ACK]!;
   }
   setTcpLastEnd(id: number, end: number): void {
+    if (this.undoLog.recording) this.journalWord((id << ENTRY_SHIFT) + W_TCP_LAST_END);
     this.words[(id << ENTRY_SHIFT) + W_TCP_LAST_END] = end;
   }
   setTcpLastAck(id: number, ack: number): void {
+    if (this.undoLog.recording) this.journalWord((id << ENTRY_SHIFT) + W_TCP_LAST_ACK);
     this.words[(id << ENTRY_SHIFT) + W_TCP_LAST_ACK] = ack;
   }
   setTcpLast(id: number, end: number, ack: number): void {
     const at = (id << ENTRY_SHIFT) + W_TCP_LAST_END;
+    if (this.undoLog.recording) this.journalWord(at);
     this.words[at] = end;
+    if (this.undoLog.recording) this.journalWord(at + 1);
     this.words[at + 1] = ack;
   }
 

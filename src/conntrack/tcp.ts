@@ -280,6 +280,7 @@ function applyOptions(table: ConntrackTable, id: number, d: number, b: Uint8Arra
   const shift = d << 3;
   const bits = table.tcpWindow[at]!;
   const kept = ((bits >>> shift) & F_BE_LIBERAL) | options;
+  if (table.undoLog.recording) table.journalWindowWord(at);
   table.tcpWindow[at] = (bits & ~((0xff << shift) | (MAXACK_SET << d))) | (kept << shift);
   table.setTcpFlags(id, table.tcpFlags(id) & ~closeInitBit(d));
 }
@@ -288,14 +289,18 @@ function applyOptions(table: ConntrackTable, id: number, d: number, b: Uint8Arra
 function initSender(table: ConntrackTable, id: number, dir: number, end: number, win: number, b: Uint8Array, l4: number): void {
   const w = table.tcpWindow;
   const s = id * TCP_WINDOW_WORDS + (dir << 2);
+  if (table.undoLog.recording) table.journalWindowWord(s + TCP_WIN_END);
   w[s + TCP_WIN_END] = end;
+  if (table.undoLog.recording) table.journalWindowWord(s + TCP_WIN_MAXEND);
   w[s + TCP_WIN_MAXEND] = end;
+  if (table.undoLog.recording) table.journalWindowWord(s + TCP_WIN_MAXWIN);
   w[s + TCP_WIN_MAXWIN] = win === 0 ? 1 : win;
   applyOptions(table, id, dir, b, l4);
   // RFC 7323 1.3: both sides must send the Window Scale option to enable scaling in either direction.
   const at = id * TCP_WINDOW_WORDS + TCP_WIN_BITS;
   const bits = w[at]!;
   if (dir === DIR_REPLY && !(bits & F_WINDOW_SCALE && bits & (F_WINDOW_SCALE << 8))) {
+    if (table.undoLog.recording) table.journalWindowWord(at);
     w[at] = bits & ~(SCALE_MASK | (SCALE_MASK << 8));
   }
 }
@@ -304,13 +309,18 @@ function initSender(table: ConntrackTable, id: number, dir: number, end: number,
 function resetDirection(table: ConntrackTable, id: number, d: number): void {
   const w = table.tcpWindow;
   const s = id * TCP_WINDOW_WORDS + (d << 2);
+  if (table.undoLog.recording) table.journalWindowWord(s + TCP_WIN_END);
   w[s + TCP_WIN_END] = 0;
+  if (table.undoLog.recording) table.journalWindowWord(s + TCP_WIN_MAXEND);
   w[s + TCP_WIN_MAXEND] = 0;
+  if (table.undoLog.recording) table.journalWindowWord(s + TCP_WIN_MAXWIN);
   w[s + TCP_WIN_MAXWIN] = 0;
+  if (table.undoLog.recording) table.journalWindowWord(s + TCP_WIN_MAXACK);
   w[s + TCP_WIN_MAXACK] = 0;
   const at = id * TCP_WINDOW_WORDS + TCP_WIN_BITS;
   const shift = d << 3;
   const bits = w[at]!;
+  if (table.undoLog.recording) table.journalWindowWord(at);
   w[at] = (bits & ~((0xff << shift) | (MAXACK_SET << d))) | (bits & (F_BE_LIBERAL << shift));
   table.setTcpFlags(id, table.tcpFlags(id) & ~closeInitBit(d));
 }
@@ -325,7 +335,7 @@ function resetDirection(table: ConntrackTable, id: number, d: number): void {
 export function tcpNew(table: ConntrackTable, id: number, info: PacketInfo): void {
   const w = table.tcpWindow;
   const base = id * TCP_WINDOW_WORDS;
-  w.fill(0, base, base + TCP_WINDOW_WORDS);
+  table.clearTcpWindow(id);
   table.setTcpLast(id, 0, 0);
   const b = info.buf;
   const l4 = info.l4Offset;
@@ -333,13 +343,18 @@ export function tcpNew(table: ConntrackTable, id: number, info: PacketInfo): voi
   const end = segmentEnd(tcpSeqBits(b, l4), flags, b, l4, info.l4Length);
   const win = tcpWindow(b, l4);
   const maxwin = win === 0 ? 1 : win;
+  if (table.undoLog.recording) table.journalWindowWord(base + TCP_WIN_END);
   w[base + TCP_WIN_END] = end;
+  if (table.undoLog.recording) table.journalWindowWord(base + TCP_WIN_MAXWIN);
   w[base + TCP_WIN_MAXWIN] = maxwin;
   if (tcpFlagIndex(flags) === I_SYN) {
+    if (table.undoLog.recording) table.journalWindowWord(base + TCP_WIN_MAXEND);
     w[base + TCP_WIN_MAXEND] = end;
     applyOptions(table, id, DIR_ORIGINAL, b, l4);
   } else {
+    if (table.undoLog.recording) table.journalWindowWord(base + TCP_WIN_MAXEND);
     w[base + TCP_WIN_MAXEND] = (end + maxwin) | 0;
+    if (table.undoLog.recording) table.journalWindowWord(base + TCP_WIN_BITS);
     w[base + TCP_WIN_BITS] = ((F_SACK_PERM | F_BE_LIBERAL) << 8) | F_SACK_PERM | F_BE_LIBERAL;
   }
 }
@@ -382,16 +397,22 @@ function tcpInWindow(
       if ((flags & TCP_ACK) === 0) return WINDOW_ACCEPT;
     } else {
       // "We are in the middle of a connection, its history is lost for us."
+      if (table.undoLog.recording) table.journalWindowWord(s + TCP_WIN_END);
       w[s + TCP_WIN_END] = end;
       const swin = win << ((w[base + TCP_WIN_BITS]! >>> sShift) & SCALE_MASK);
+      if (table.undoLog.recording) table.journalWindowWord(s + TCP_WIN_MAXWIN);
       w[s + TCP_WIN_MAXWIN] = swin === 0 ? 1 : swin;
+      if (table.undoLog.recording) table.journalWindowWord(s + TCP_WIN_MAXEND);
       w[s + TCP_WIN_MAXEND] = (end + w[s + TCP_WIN_MAXWIN]!) | 0;
       if (w[r + TCP_WIN_MAXWIN] === 0) {
         // no traffic seen the other way yet: tweak it so that bounds III and IV pass
+        if (table.undoLog.recording) table.journalWindowWord(r + TCP_WIN_END);
         w[r + TCP_WIN_END] = sack;
+        if (table.undoLog.recording) table.journalWindowWord(r + TCP_WIN_MAXEND);
         w[r + TCP_WIN_MAXEND] = sack;
       } else if (sack === ((w[r + TCP_WIN_END]! + 1) | 0)) {
         // likely a reply to a keepalive
+        if (table.undoLog.recording) table.journalWindowWord(r + TCP_WIN_END);
         w[r + TCP_WIN_END] = sack;
       }
     }
@@ -427,7 +448,9 @@ function tcpInWindow(
     const inReceiveWindow = rMaxwin !== 0 && after(end, (sEnd - rMaxwin - 1) | 0);
     if (inReceiveWindow && ackOk && overshot <= rMaxwin >>> 0 && before(sack, (rEnd + 1) | 0)) {
       // a TCP sending more than the receive window allows: remember the data so its ACK passes
+      if (table.undoLog.recording) table.journalWindowWord(s + TCP_WIN_END);
       w[s + TCP_WIN_END] = end;
+      if (table.undoLog.recording) table.journalWindowWord(base + TCP_WIN_BITS);
       w[base + TCP_WIN_BITS] = bits | (F_DATA_UNACKNOWLEDGED << sShift);
       return liberal ? WINDOW_ACCEPT : WINDOW_IGNORE;
     }
@@ -468,22 +491,31 @@ function windowUpdate(table: ConntrackTable, id: number, dir: number, index: num
   let newBits = bits;
   // sender
   const swin = (win + (sack - ack)) | 0;
+  // Saved whether or not the condition holds: undoing an unchanged word is harmless.
+  if (table.undoLog.recording) table.journalWindowWord(s + TCP_WIN_MAXWIN);
   if (sMaxwin >>> 0 < swin >>> 0) w[s + TCP_WIN_MAXWIN] = swin;
   if (after(end, sEnd)) {
+    if (table.undoLog.recording) table.journalWindowWord(s + TCP_WIN_END);
     w[s + TCP_WIN_END] = end;
     newBits |= F_DATA_UNACKNOWLEDGED << sShift;
   }
   if (flags & TCP_ACK) {
     if ((newBits & (MAXACK_SET << dir)) === 0) {
+      if (table.undoLog.recording) table.journalWindowWord(s + TCP_WIN_MAXACK);
       w[s + TCP_WIN_MAXACK] = ack;
       newBits |= MAXACK_SET << dir;
     } else if (after(ack, w[s + TCP_WIN_MAXACK]!)) {
+      if (table.undoLog.recording) table.journalWindowWord(s + TCP_WIN_MAXACK);
       w[s + TCP_WIN_MAXACK] = ack;
     }
   }
   // receiver
+  // Saved whether or not the condition holds: undoing an unchanged word is harmless.
+  if (table.undoLog.recording) table.journalWindowWord(r + TCP_WIN_MAXWIN);
   if (rMaxwin !== 0 && after(end, sMaxend)) w[r + TCP_WIN_MAXWIN] = (rMaxwin + (end - sMaxend)) | 0;
   const right = (sack + win) | 0;
+  // Saved whether or not the condition holds: undoing an unchanged word is harmless.
+  if (table.undoLog.recording) table.journalWindowWord(r + TCP_WIN_MAXEND);
   if (after(right, (w[r + TCP_WIN_MAXEND]! - 1) | 0)) w[r + TCP_WIN_MAXEND] = win === 0 ? (right + 1) | 0 : right;
   if (ack === w[r + TCP_WIN_END]) newBits &= ~(F_DATA_UNACKNOWLEDGED << rShift);
 
@@ -502,10 +534,12 @@ function windowUpdate(table: ConntrackTable, id: number, dir: number, index: num
       newBits = (newBits & ~(0xff << RETRANS_SHIFT)) | ((((newBits >>> RETRANS_SHIFT) + 1) & 0xff) << RETRANS_SHIFT);
     } else {
       table.setTcpLast(id, end, ack);
+      if (table.undoLog.recording) table.journalWindowWord(base + TCP_WIN_LAST_WIN_LEN);
       w[base + TCP_WIN_LAST_WIN_LEN] = (winRaw << 16) | ((end - seq) & 0xffff);
       newBits &= ~(0xff << RETRANS_SHIFT);
     }
   }
+  if (table.undoLog.recording) table.journalWindowWord(base + TCP_WIN_BITS);
   w[base + TCP_WIN_BITS] = newBits;
 }
 
@@ -551,19 +585,28 @@ export function tcpFastPathSegment(table: ConntrackTable, id: number, dir: numbe
   // windowUpdate
   const scaled = win << ((bits >>> sShift) & SCALE_MASK);
   let newBits = bits;
+  // Saved whether or not the condition holds: undoing an unchanged word is harmless.
+  if (table.undoLog.recording) table.journalWindowWord(s + TCP_WIN_MAXWIN);
   if (sMaxwin >>> 0 < scaled >>> 0) w[s + TCP_WIN_MAXWIN] = scaled;
   if (after(end, sEnd)) {
+    if (table.undoLog.recording) table.journalWindowWord(s + TCP_WIN_END);
     w[s + TCP_WIN_END] = end;
     newBits |= F_DATA_UNACKNOWLEDGED << sShift;
   }
   if ((newBits & (MAXACK_SET << dir)) === 0) {
+    if (table.undoLog.recording) table.journalWindowWord(s + TCP_WIN_MAXACK);
     w[s + TCP_WIN_MAXACK] = ack;
     newBits |= MAXACK_SET << dir;
   } else if (after(ack, w[s + TCP_WIN_MAXACK]!)) {
+    if (table.undoLog.recording) table.journalWindowWord(s + TCP_WIN_MAXACK);
     w[s + TCP_WIN_MAXACK] = ack;
   }
+  // Saved whether or not the condition holds: undoing an unchanged word is harmless.
+  if (table.undoLog.recording) table.journalWindowWord(r + TCP_WIN_MAXWIN);
   if (rMaxwin !== 0 && after(end, sMaxend)) w[r + TCP_WIN_MAXWIN] = (rMaxwin + (end - sMaxend)) | 0;
   const right = (ack + scaled) | 0;
+  // Saved whether or not the condition holds: undoing an unchanged word is harmless.
+  if (table.undoLog.recording) table.journalWindowWord(r + TCP_WIN_MAXEND);
   if (after(right, (w[r + TCP_WIN_MAXEND]! - 1) | 0)) w[r + TCP_WIN_MAXEND] = scaled === 0 ? (right + 1) | 0 : right;
   if (ack === rEnd) newBits &= ~(F_DATA_UNACKNOWLEDGED << rShift);
   const privateBits = table.tcpFlags(id);
@@ -575,9 +618,11 @@ export function tcpFastPathSegment(table: ConntrackTable, id: number, dir: numbe
   } else {
     table.setTcpLast(id, end, ack);
     lastWinLen = (win << 16) | ((end - seq) & 0xffff);
+    if (table.undoLog.recording) table.journalWindowWord(base + TCP_WIN_LAST_WIN_LEN);
     w[base + TCP_WIN_LAST_WIN_LEN] = lastWinLen;
     newBits &= ~(0xff << RETRANS_SHIFT);
   }
+  if (table.undoLog.recording) table.journalWindowWord(base + TCP_WIN_BITS);
   w[base + TCP_WIN_BITS] = newBits;
 
   // tcpAccept (the state stays ESTABLISHED)
@@ -621,8 +666,11 @@ function tcpIgnore(table: ConntrackTable, id: number, dir: number, index: number
     const s = base + (lastDir << 2);
     const lastEnd = table.tcpLastEnd(id);
     const lastWin = w[base + TCP_WIN_LAST_WIN_LEN]! >>> 16;
+    if (table.undoLog.recording) table.journalWindowWord(s + TCP_WIN_END);
     w[s + TCP_WIN_END] = lastEnd;
+    if (table.undoLog.recording) table.journalWindowWord(s + TCP_WIN_MAXEND);
     w[s + TCP_WIN_MAXEND] = lastEnd;
+    if (table.undoLog.recording) table.journalWindowWord(s + TCP_WIN_MAXWIN);
     w[s + TCP_WIN_MAXWIN] = lastWin === 0 ? 1 : lastWin;
     const windowBits = w[base + TCP_WIN_BITS]!;
     const lastFlags =
@@ -630,6 +678,7 @@ function tcpIgnore(table: ConntrackTable, id: number, dir: number, index: number
       (windowBits & LAST_WINDOW_SCALE ? F_WINDOW_SCALE : 0) |
       (windowBits & LAST_SACK_PERM ? F_SACK_PERM : 0);
     const shift = lastDir << 3;
+    if (table.undoLog.recording) table.journalWindowWord(base + TCP_WIN_BITS);
     w[base + TCP_WIN_BITS] = (windowBits & ~((0xff << shift) | (MAXACK_SET << lastDir))) | (lastFlags << shift);
     table.setTcpFlags(id, bits & ~(EXP_CHALLENGE_ACK | closeInitBit(lastDir)));
     resetDirection(table, id, dir);
@@ -639,6 +688,7 @@ function tcpIgnore(table: ConntrackTable, id: number, dir: number, index: number
   const seq = tcpSeqBits(b, l4);
   const end = segmentEnd(seq, flags, b, l4, l4Length);
   table.setTcpLastEnd(id, end);
+  if (table.undoLog.recording) table.journalWindowWord(base + TCP_WIN_LAST_WIN_LEN);
   w[base + TCP_WIN_LAST_WIN_LEN] = (tcpWindow(b, l4) << 16) | ((end - seq) & 0xffff);
   if (index === I_SYN && dir === DIR_ORIGINAL) {
     // a) annotate the SYN's options; the answer (SYN/ACK, or an RFC 5961 challenge ACK) tells
@@ -649,6 +699,7 @@ function tcpIgnore(table: ConntrackTable, id: number, dir: number, index: number
       if (options & TCP_OPTION_WINDOW_SCALE) windowBits |= LAST_WINDOW_SCALE | ((options & SCALE_MASK) << LAST_WSCALE_SHIFT);
       if (options & TCP_OPTION_SACK_PERM) windowBits |= LAST_SACK_PERM;
     }
+    if (table.undoLog.recording) table.journalWindowWord(base + TCP_WIN_BITS);
     w[base + TCP_WIN_BITS] = windowBits;
     // RFC 5961: the peer may answer a SYN in LAST_ACK with a challenge ACK.
     if (oldState === sLA) bits |= EXP_CHALLENGE_ACK;

@@ -17,9 +17,13 @@
  * test fingerprints the whole dataplane around traces so that a new one would show), and the
  * world outside the process (the trace writes to no leg).
  *
- * Cost: one copy of every typed array, dominated by the conntrack table's (136 bytes per entry of
- * capacity with the NAT's by-source index), made and written back while the packet loop waits.
- * It runs only for a trace, never per packet.
+ * Cost: one copy of every typed array it is not told to leave out, made and written back while the
+ * packet loop waits. The big ones — the conntrack table's records, buckets and TCP window state and
+ * the NAT's by-source index, 136 bytes per entry of capacity — are left out by the trace and put
+ * back by their undo journal instead (src/core/undo-log.ts), at the cost of the words the packet
+ * wrote: what remains is small (counters, rate limiter, fragment table, rule counters), and
+ * `copiedBytes` says how much, so a test can hold it to that. It runs only for a trace, never per
+ * packet.
  */
 
 type TypedArray =
@@ -35,14 +39,19 @@ type TypedArray =
   | BigInt64Array
   | BigUint64Array;
 
+/** Puts the saved state back; `copiedBytes`: the bytes of typed arrays the snapshot copied. */
+export type RestoreState = (() => void) & { readonly copiedBytes: number };
+
 /**
  * Saves the state of `root` and everything reachable from it; the function restores it.
  * `unchanged`: objects the caller knows a packet never writes (the routing table, 32 MiB of
- * DIR-24-8 arrays that only a route change touches); they and what hangs from them are neither
- * copied nor restored. The test that fingerprints the dataplane around traces covers them too,
- * so a packet that started writing one would be caught.
+ * DIR-24-8 arrays that only a route change touches), or that something else restores (arrays
+ * covered by an undo journal); they and what hangs from them are neither copied nor restored.
+ * The test that fingerprints the dataplane around traces covers them too, so a packet that
+ * started writing one would be caught.
  */
-export function snapshotState(root: object, unchanged: readonly object[] = []): () => void {
+export function snapshotState(root: object, unchanged: readonly object[] = []): RestoreState {
+  let copiedBytes = 0;
   const restorers: Array<() => void> = [];
   const seen = new Set<object>(unchanged);
   const pending: object[] = [root];
@@ -52,6 +61,7 @@ export function snapshotState(root: object, unchanged: readonly object[] = []): 
     seen.add(value);
     if (ArrayBuffer.isView(value)) {
       restorers.push(viewRestorer(value));
+      copiedBytes += value.byteLength;
       continue;
     }
     if (value instanceof ArrayBuffer || typeof value === "function") continue;
@@ -94,9 +104,10 @@ export function snapshotState(root: object, unchanged: readonly object[] = []): 
     for (const field of saved) if (isObject(field)) pending.push(field);
   }
   // Typed arrays and fields in the order they were saved; objects before the views they hold.
-  return () => {
-    for (const restore of restorers) restore();
+  const restore = (): void => {
+    for (const restorer of restorers) restorer();
   };
+  return Object.assign(restore, { copiedBytes });
 }
 
 function isObject(value: unknown): value is object {

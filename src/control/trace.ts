@@ -11,8 +11,14 @@
  *   PORT   a port name (the packet arrives on its wire), or `host` for a packet the router's
  *          own host sends (the OUTPUT path);
  *   PROTO  tcp, udp, icmp, or an IP protocol number;
- *   FLAGS  syn ack fin rst psh urg, ttl=N, len=N (total length), df, id=N (ICMP identifier),
+ *   FLAGS  syn ack fin rst psh urg, seq=N ack=N win=N (TCP sequence, acknowledgment, window),
+ *          ttl=N, len=N (total length), df, id=N (ICMP identifier),
  *          type=N code=N or N/N (ICMP; default 8/0, echo request).
+ *
+ * A TCP segment without seq= or ack= that belongs to a connection the table holds (not a SYN)
+ * gets them from the connection's window state, so that it is judged in window (Linux
+ * tcp_in_window): seq = td_end of its direction (the next byte that side sends), ack = td_end of
+ * the other (all it has sent); a step says so. Without a connection they stay 0.
  */
 import { parseIpv4 } from "../core/addr.js";
 import { PacketBatch } from "../core/batch.js";
@@ -23,7 +29,9 @@ import { BUILTIN_CHAIN_NAMES, type Hook } from "../nat/rules/model.js";
 import { RuleTrace } from "../nat/rules/evaluate.js";
 import { buildPacket, describePacket, type PacketSpec } from "../wire/build.js";
 import { icmpIsQuery } from "../wire/icmp.js";
-import { PacketInfo, TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN, TCP_URG } from "../wire/packet-info.js";
+import type { ConntrackTable } from "../conntrack/table.js";
+import { tcpWindowState } from "../conntrack/tcp.js";
+import { IPPROTO_TCP, PacketInfo, TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN, TCP_URG } from "../wire/packet-info.js";
 import { parsePacket } from "../wire/validate.js";
 import { snapshotState } from "./state-snapshot.js";
 
@@ -54,6 +62,9 @@ export interface ParsedTraceSpec {
   readonly port: string;
   readonly packet: PacketSpec;
 }
+
+/** TCP flags the spec gives (`seq=`, `ack=`, `win=`): 2^32 - 1 and 65535 at most. */
+const MAX_SEQ = 0xffffffff;
 
 const TCP_FLAG_WORDS: Record<string, number> = { syn: TCP_SYN, ack: TCP_ACK, fin: TCP_FIN, rst: TCP_RST, psh: TCP_PSH, urg: TCP_URG };
 
@@ -97,6 +108,11 @@ export function parseTraceSpec(spec: string): ParsedTraceSpec {
     if (TCP_FLAG_WORDS[lower] !== undefined) {
       if (protocol !== "tcp") throw new TraceSpecError(`flag "${flag}" is for tcp packets`);
       tcpFlags |= TCP_FLAG_WORDS[lower]!;
+    } else if (key === "seq" || key === "ack" || key === "win") {
+      if (protocol !== "tcp") throw new TraceSpecError(`flag "${flag}" is for tcp packets`);
+      if (key === "seq") packet.seq = number(MAX_SEQ);
+      else if (key === "ack") packet.ack = number(MAX_SEQ);
+      else packet.window = number(65535);
     } else if (lower === "df") packet.df = true;
     else if (key === "ttl") packet.ttl = number(255);
     else if (key === "len") packet.length = number(65535);
@@ -107,7 +123,7 @@ export function parseTraceSpec(spec: string): ParsedTraceSpec {
       const [type, code] = lower.split("/").map(Number) as [number, number];
       packet.icmpType = type;
       packet.icmpCode = code;
-    } else throw new TraceSpecError(`unknown flag "${flag}" (syn ack fin rst psh urg ttl=N len=N df id=N type=N code=N)`);
+    } else throw new TraceSpecError(`unknown flag "${flag}" (syn ack fin rst psh urg seq=N ack=N win=N ttl=N len=N df id=N type=N code=N)`);
   }
   if (protocol === "tcp") packet.tcpFlags = tcpFlags === 0 ? TCP_SYN : tcpFlags;
   if (protocol === "icmp") {
@@ -126,21 +142,24 @@ export function runTrace(dataplane: Dataplane, spec: string): TraceResult {
   if (ingress < 0) {
     throw new TraceSpecError(`no port "${parsed.port}" (ports: ${dataplane.ports.map((p) => p.name).join(", ")}, or host)`);
   }
+  const steps: TraceStep[] = [];
+  const restore = holdState(dataplane);
   let bytes: Uint8Array;
   try {
-    bytes = buildPacket(parsed.packet);
+    // Inside the hold: the lookup may count a hit or remove an expired entry.
+    if (parsed.packet.protocol === "tcp") fillInWindow(dataplane.conntrack, parsed.packet, steps);
+    try {
+      bytes = buildPacket(parsed.packet);
+    } catch (error) {
+      throw new TraceSpecError(`cannot build that packet: ${(error as Error).message}`);
+    }
   } catch (error) {
-    throw new TraceSpecError(`cannot build that packet: ${(error as Error).message}`);
+    restore.restore();
+    throw error;
   }
   const inInfo = new PacketInfo();
   parsePacket(bytes, 0, bytes.length, inInfo);
 
-  const steps: TraceStep[] = [];
-  // Everything the packet could change is saved and put back (state-snapshot.ts explains why
-  // this, and not a dry-run test at each mutation).
-  // Packets only read the routing table (routes change from the control plane), so its arrays
-  // are left out of the copy.
-  const restore = snapshotState(dataplane, [dataplane.routes]);
   const nat = dataplane.nat as NetfilterNat | undefined;
   const hasNatTracer = nat !== undefined && "tracer" in nat;
   dataplane.tracer = { step: (stage, text) => steps.push({ stage, text }) };
@@ -158,7 +177,7 @@ export function runTrace(dataplane: Dataplane, spec: string): TraceResult {
     dataplane.tracer = null;
     dataplane.dryRun = false;
     if (hasNatTracer) nat.tracer = null;
-    restore();
+    restore.restore();
   }
 
   const describe = (batch: PacketBatch, i: number): string => {
@@ -179,6 +198,71 @@ export function runTrace(dataplane: Dataplane, spec: string): TraceResult {
   }
   const out = { port: dataplane.ports[verdict >> 1]!.name, packet: describe(rx, 0) };
   return { verdict: (verdict & 1) === LEG_MIRROR ? "local" : "forward", reason: null, in: inDesc, out, steps, responses };
+}
+
+/**
+ * A TCP segment without seq= or ack= (other than a SYN) that belongs to a connection in `table`:
+ * takes an in-window seq and ack from the connection's window state (Linux ip_ct_tcp seen[]),
+ * so that tracing an ACK of a live connection does not show it as out of window only because the
+ * spec had no numbers. seq = td_end of the packet's direction, ack = td_end of the other.
+ */
+function fillInWindow(table: ConntrackTable, packet: PacketSpec, steps: TraceStep[]): void {
+  if ((packet.tcpFlags ?? 0) & TCP_SYN || (packet.seq !== undefined && packet.ack !== undefined)) return;
+  const node = table.lookup(IPPROTO_TCP, parseIpv4(packet.src), parseIpv4(packet.dst), packet.sport ?? 0, packet.dport ?? 0);
+  if (node < 0) return;
+  const id = node >> 1;
+  const dir = node & 1;
+  const own = tcpWindowState(table, id, dir);
+  const other = tcpWindowState(table, id, dir ^ 1);
+  const taken: string[] = [];
+  if (packet.seq === undefined) {
+    packet.seq = own.end;
+    taken.push(`seq ${own.end} (td_end of the ${dir === 0 ? "original" : "reply"} direction)`);
+  }
+  if (packet.ack === undefined) {
+    packet.ack = other.end;
+    taken.push(`ack ${other.end} (td_end of the ${dir === 0 ? "reply" : "original"} direction)`);
+  }
+  steps.push({ stage: "packet", text: `${taken.join(", ")} taken from the connection's window: in window` });
+}
+
+/** What `holdState` saved: `restore` puts it back; the figures say what the saving cost. */
+export interface HeldState {
+  restore(): void;
+  /** Bytes of typed arrays copied by the snapshot (state-snapshot.ts). */
+  readonly copiedBytes: number;
+  /** Words saved by the undo journal (src/core/undo-log.ts): so far, or all of them once restored. */
+  journaledWords(): number;
+}
+
+/**
+ * Saves everything a traced packet could change, for `restore` to put back. Two parts:
+ *  - the conntrack table's arrays and the NAT's by-source index (136 bytes per entry of capacity,
+ *    tens of MiB on a big table) are covered by their undo journal, which saves each word the
+ *    packet writes before it is written: O(what the packet touches);
+ *  - everything else reachable from the dataplane (counters, cursors, the ICMP rate limiter, the
+ *    fragment table: small) is copied by snapshotState, which needs no one to name what it
+ *    covers (state-snapshot.ts explains why this, and not a dry-run test at each mutation).
+ * The routing table is left out of both: packets only read it (routes change from the control
+ * plane). A write to a journaled array that bypasses the journal would show in
+ * test/control/trace-random.test.ts, which fingerprints the whole dataplane around random traces.
+ */
+export function holdState(dataplane: Dataplane): HeldState {
+  const journal = dataplane.conntrack.undoLog;
+  // The journal object itself is part of the snapshot (its recording flag and buffer come back
+  // as they were); the arrays it covers are not.
+  const restoreRest = snapshotState(dataplane, [dataplane.routes, ...journal.covered]);
+  journal.begin();
+  let undone = 0;
+  return {
+    restore(): void {
+      undone = journal.savedWords;
+      journal.undo();
+      restoreRest();
+    },
+    copiedBytes: restoreRest.copiedBytes,
+    journaledWords: () => (journal.recording ? journal.savedWords : undone),
+  };
 }
 
 function natSink(steps: TraceStep[]): NatTraceSink {

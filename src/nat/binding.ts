@@ -38,6 +38,7 @@
 import { formatIpv4 } from "../core/addr.js";
 import { type HashKey, hash2, hash3, hash4, hashKeyFrom } from "../core/hash.js";
 import type { Rng } from "../core/rng.js";
+import type { UndoLog } from "../core/undo-log.js";
 import { CtStatus, type ConntrackTable } from "../conntrack/table.js";
 import { icmpInverseDport } from "../conntrack/tuple.js";
 import { IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, type PacketInfo } from "../wire/packet-info.js";
@@ -106,6 +107,11 @@ export class NatEngine {
   private readonly bysourceNext: Int32Array;
   private readonly bysourceBucketOf: Int32Array;
   private readonly bysourceMask: number;
+  /** The table's undo journal, which covers the by-source index too, and the index's arrays' numbers in it. */
+  private readonly undoLog: UndoLog;
+  private readonly journalHeads: number;
+  private readonly journalNext: number;
+  private readonly journalBucketOf: number;
 
   // The tuple being built (original form), and the current one (invert of the reply tuple).
   private protocol = 0;
@@ -134,6 +140,10 @@ export class NatEngine {
     this.bysourceMask = buckets - 1;
     this.bysourceNext = new Int32Array(table.capacity).fill(-1);
     this.bysourceBucketOf = new Int32Array(table.capacity).fill(-1);
+    this.undoLog = table.undoLog;
+    this.journalHeads = this.undoLog.register(this.bysourceHeads);
+    this.journalNext = this.undoLog.register(this.bysourceNext);
+    this.journalBucketOf = this.undoLog.register(this.bysourceBucketOf);
   }
 
   /** True when the SRC (or DST) binding of the connection is set up (IPS_SRC_NAT_DONE / IPS_DST_NAT_DONE). */
@@ -359,10 +369,10 @@ export class NatEngine {
         this.bysourceBucket(table.protocol(candidate), table.origSrc(candidate), table.origSport(candidate)) !== bucket
       ) {
         // Stale: freed, or reused by a connection that is not (yet) source-bound here.
-        if (previous < 0) this.bysourceHeads[bucket] = next;
-        else this.bysourceNext[previous] = next;
-        this.bysourceNext[candidate] = -1;
-        this.bysourceBucketOf[candidate] = -1;
+        if (previous < 0) this.setHead(bucket, next);
+        else this.setNext(previous, next);
+        this.setNext(candidate, -1);
+        this.setBucketOf(candidate, -1);
         candidate = next;
         continue;
       }
@@ -546,9 +556,9 @@ export class NatEngine {
   private linkBySource(id: number): void {
     this.unlinkBySource(id);
     const bucket = this.bysourceBucket(this.table.protocol(id), this.table.origSrc(id), this.table.origSport(id));
-    this.bysourceNext[id] = this.bysourceHeads[bucket]!;
-    this.bysourceHeads[bucket] = id;
-    this.bysourceBucketOf[id] = bucket;
+    this.setNext(id, this.bysourceHeads[bucket]!);
+    this.setHead(bucket, id);
+    this.setBucketOf(id, bucket);
   }
 
   private unlinkBySource(id: number): void {
@@ -559,15 +569,37 @@ export class NatEngine {
     while (current >= 0) {
       if (current === id) {
         const next = this.bysourceNext[id]!;
-        if (previous < 0) this.bysourceHeads[bucket] = next;
-        else this.bysourceNext[previous] = next;
+        if (previous < 0) this.setHead(bucket, next);
+        else this.setNext(previous, next);
         break;
       }
       previous = current;
       current = this.bysourceNext[current]!;
     }
-    this.bysourceNext[id] = -1;
-    this.bysourceBucketOf[id] = -1;
+    this.setNext(id, -1);
+    this.setBucketOf(id, -1);
+  }
+
+  // The by-source index's stores, each saved first in the conntrack table's undo journal while it
+  // records (`qnat trace`, src/core/undo-log.ts). Values here are ids and buckets, small integers:
+  // nothing is boxed when one of these is not inlined. Runs once per NEW connection, not per packet.
+
+  private setHead(bucket: number, id: number): void {
+    const log = this.undoLog;
+    if (log.recording) log.save(this.journalHeads, bucket, this.bysourceHeads[bucket]!);
+    this.bysourceHeads[bucket] = id;
+  }
+
+  private setNext(id: number, next: number): void {
+    const log = this.undoLog;
+    if (log.recording) log.save(this.journalNext, id, this.bysourceNext[id]!);
+    this.bysourceNext[id] = next;
+  }
+
+  private setBucketOf(id: number, bucket: number): void {
+    const log = this.undoLog;
+    if (log.recording) log.save(this.journalBucketOf, id, this.bysourceBucketOf[id]!);
+    this.bysourceBucketOf[id] = bucket;
   }
 
   // ---- formatting (explain only) ---------------------------------------------------------------
