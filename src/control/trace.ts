@@ -134,8 +134,19 @@ export function parseTraceSpec(spec: string): ParsedTraceSpec {
   return { port, packet };
 }
 
-/** Runs one packet through `dataplane` without changing its state; returns every step. */
-export function runTrace(dataplane: Dataplane, spec: string): TraceResult {
+/** What a trace's saving and restoring cost (for tests and benchmarks; see `holdState`). */
+export interface TraceCost {
+  /** Bytes of typed arrays the snapshot copied. */
+  copiedBytes: number;
+  /** Words the undo journal saved. */
+  journaledWords: number;
+}
+
+/**
+ * Runs one packet through `dataplane` without changing its state; returns every step. `cost`,
+ * when given, receives what saving and restoring the state cost.
+ */
+export function runTrace(dataplane: Dataplane, spec: string, cost?: TraceCost): TraceResult {
   const parsed = parseTraceSpec(spec);
   const fromHost = parsed.port === "host";
   const ingress = fromHost ? 0 : dataplane.ports.findIndex((p) => p.name === parsed.port);
@@ -178,6 +189,10 @@ export function runTrace(dataplane: Dataplane, spec: string): TraceResult {
     dataplane.dryRun = false;
     if (hasNatTracer) nat.tracer = null;
     restore.restore();
+  }
+  if (cost) {
+    cost.copiedBytes = restore.copiedBytes;
+    cost.journaledWords = restore.journaledWords;
   }
 
   const describe = (batch: PacketBatch, i: number): string => {
@@ -231,8 +246,8 @@ export interface HeldState {
   restore(): void;
   /** Bytes of typed arrays copied by the snapshot (state-snapshot.ts). */
   readonly copiedBytes: number;
-  /** Words saved by the undo journal (src/core/undo-log.ts): so far, or all of them once restored. */
-  journaledWords(): number;
+  /** Words the undo journal saved (src/core/undo-log.ts); set by `restore`. */
+  readonly journaledWords: number;
 }
 
 /**
@@ -253,16 +268,16 @@ export function holdState(dataplane: Dataplane): HeldState {
   // as they were); the arrays it covers are not.
   const restoreRest = snapshotState(dataplane, [dataplane.routes, ...journal.covered]);
   journal.begin();
-  let undone = 0;
-  return {
+  const held = {
     restore(): void {
-      undone = journal.savedWords;
+      held.journaledWords = journal.savedWords;
       journal.undo();
       restoreRest();
     },
     copiedBytes: restoreRest.copiedBytes,
-    journaledWords: () => (journal.recording ? journal.savedWords : undone),
+    journaledWords: 0,
   };
+  return held;
 }
 
 function natSink(steps: TraceStep[]): NatTraceSink {

@@ -77,10 +77,4 @@ export class UndoLog {
     for (let at = this.length - 3; at >= 0; at -= 3) this.arrays[e[at]!]![e[at + 1]!] = e[at + 2]!;
     this.length = 0;
   }
-
-  /** Stops recording and keeps every write (the journal is dropped). */
-  commit(): void {
-    this.recording = false;
-    this.length = 0;
-  }
 }
