@@ -232,7 +232,10 @@ export class ConntrackTable {
     tcpRstOutOfWindow: 0,
     tcpWindowIgnore: 0,
   };
-  /** TCP window tracking state, TCP_WINDOW_WORDS per entry (layout above; tcp.ts reads and writes it). */
+  /**
+   * TCP window tracking state, TCP_WINDOW_WORDS per entry (layout above). tcp.ts reads it and
+   * writes it, each store preceded by `journalWindowWord` while the undo journal records.
+   */
   readonly tcpWindow: Int32Array;
   /** After a failed `confirm`: the handle ((id << 1) | dir) of the entry whose tuple clashed, else -1. */
   clashWith = -1;

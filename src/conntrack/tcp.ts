@@ -491,7 +491,7 @@ function windowUpdate(table: ConntrackTable, id: number, dir: number, index: num
   let newBits = bits;
   // sender
   const swin = (win + (sack - ack)) | 0;
-  // Saved whether or not the condition holds: undoing an unchanged word is harmless.
+  // Here and below, a conditional store is journaled whether or not it happens: undoing an unchanged word is harmless.
   if (table.undoLog.recording) table.journalWindowWord(s + TCP_WIN_MAXWIN);
   if (sMaxwin >>> 0 < swin >>> 0) w[s + TCP_WIN_MAXWIN] = swin;
   if (after(end, sEnd)) {
@@ -510,11 +510,9 @@ function windowUpdate(table: ConntrackTable, id: number, dir: number, index: num
     }
   }
   // receiver
-  // Saved whether or not the condition holds: undoing an unchanged word is harmless.
   if (table.undoLog.recording) table.journalWindowWord(r + TCP_WIN_MAXWIN);
   if (rMaxwin !== 0 && after(end, sMaxend)) w[r + TCP_WIN_MAXWIN] = (rMaxwin + (end - sMaxend)) | 0;
   const right = (sack + win) | 0;
-  // Saved whether or not the condition holds: undoing an unchanged word is harmless.
   if (table.undoLog.recording) table.journalWindowWord(r + TCP_WIN_MAXEND);
   if (after(right, (w[r + TCP_WIN_MAXEND]! - 1) | 0)) w[r + TCP_WIN_MAXEND] = win === 0 ? (right + 1) | 0 : right;
   if (ack === w[r + TCP_WIN_END]) newBits &= ~(F_DATA_UNACKNOWLEDGED << rShift);
@@ -585,7 +583,6 @@ export function tcpFastPathSegment(table: ConntrackTable, id: number, dir: numbe
   // windowUpdate
   const scaled = win << ((bits >>> sShift) & SCALE_MASK);
   let newBits = bits;
-  // Saved whether or not the condition holds: undoing an unchanged word is harmless.
   if (table.undoLog.recording) table.journalWindowWord(s + TCP_WIN_MAXWIN);
   if (sMaxwin >>> 0 < scaled >>> 0) w[s + TCP_WIN_MAXWIN] = scaled;
   if (after(end, sEnd)) {
@@ -601,11 +598,9 @@ export function tcpFastPathSegment(table: ConntrackTable, id: number, dir: numbe
     if (table.undoLog.recording) table.journalWindowWord(s + TCP_WIN_MAXACK);
     w[s + TCP_WIN_MAXACK] = ack;
   }
-  // Saved whether or not the condition holds: undoing an unchanged word is harmless.
   if (table.undoLog.recording) table.journalWindowWord(r + TCP_WIN_MAXWIN);
   if (rMaxwin !== 0 && after(end, sMaxend)) w[r + TCP_WIN_MAXWIN] = (rMaxwin + (end - sMaxend)) | 0;
   const right = (ack + scaled) | 0;
-  // Saved whether or not the condition holds: undoing an unchanged word is harmless.
   if (table.undoLog.recording) table.journalWindowWord(r + TCP_WIN_MAXEND);
   if (after(right, (w[r + TCP_WIN_MAXEND]! - 1) | 0)) w[r + TCP_WIN_MAXEND] = scaled === 0 ? (right + 1) | 0 : right;
   if (ack === rEnd) newBits &= ~(F_DATA_UNACKNOWLEDGED << rShift);
