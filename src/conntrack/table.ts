@@ -927,6 +927,7 @@ export class ConntrackTable {
   }
   /** Sets the clock time of the entry's first packet (UDP entries; a restored entry keeps its age). */
   setStartedAt(id: number, at: number): void {
+    if (this.undoLog.recording) this.journalDouble((id << DOUBLE_SHIFT) + D_STARTED);
     this.doubles[(id << DOUBLE_SHIFT) + D_STARTED] = at;
   }
 
