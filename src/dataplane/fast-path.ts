@@ -25,7 +25,6 @@ import type { RoutingTable } from "../route/table.js";
 import { RouteType } from "../route/table.js";
 import { IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, TCP_ACK, TCP_PSH } from "../wire/packet-info.js";
 import { rewriteForwardIcmpEcho, rewriteForwardPlain } from "../wire/rewrite.js";
-import { onesComplementSumView } from "../wire/checksum.js";
 import { TCP_TIMESTAMP_ONLY_WORD } from "../wire/tcp.js";
 import { isMartianDestination, isMartianSource, type RouterAddresses } from "./addresses.js";
 import { LEG_WIRE, egressOf, type RouterPort } from "./port.js";
@@ -277,7 +276,26 @@ export class EstablishedFastPath {
         initial = (src >>> 16) + (src & 0xffff) + (dst >>> 16) + (dst & 0xffff) + protocol + l4Length;
         initial = (initial & 0xffff) + (initial >>> 16);
       }
-      if (onesComplementSumView(v, l4, l4Length, initial) !== 0xffff) return FAST_PATH_MISS;
+      // The RFC 1071 sum of the L4 bytes with 32-bit loads, written out here: as a call it was
+      // not inlined into this large function and cost a quarter of the packet's time (bench,
+      // 64-byte UDP: 6.8 against 9.0 Mpps). A JS number holds the sum of any 64 KiB exactly.
+      // Proved equal to the general path's verification (wire/checksum.ts l4ChecksumValid) by
+      // the differential tests (test/dataplane/fast-path.test.ts, test/fuzz).
+      let sum = initial;
+      let at = l4;
+      const end4 = l4 + (l4Length & ~3);
+      for (; at < end4; at += 4) {
+        const word = v.getUint32(at);
+        sum += (word >>> 16) + (word & 0xffff);
+      }
+      if ((l4Length & 2) !== 0) {
+        sum += v.getUint16(at);
+        at += 2;
+      }
+      if ((l4Length & 1) !== 0) sum += v.getUint8(at) << 8;
+      sum = (sum & 0xffff) + (sum >>> 16);
+      sum = (sum & 0xffff) + (sum >>> 16);
+      if ((sum & 0xffff) + (sum >>> 16) !== 0xffff) return FAST_PATH_MISS;
     }
     let newSrc = src;
     let newSport = sport;

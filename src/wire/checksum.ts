@@ -124,34 +124,6 @@ export function l4ChecksumFull(buf: Uint8Array, ipOff: number): number {
 }
 
 /**
- * `onesComplementSum` over a DataView with 32-bit loads (the established fast path's reads):
- * the folded sum of `len` bytes at `off`, plus `initial` (folded, below 2^17). Same result as
- * onesComplementSum over the same bytes (test/wire/checksum.test.ts compares them).
- */
-export function onesComplementSumView(view: DataView, off: number, len: number, initial: number): number {
-  let sum = initial;
-  let i = off;
-  const end4 = off + (len & ~3);
-  while (i < end4) {
-    // At most 4096 words per chunk: 4096 * 2 * 0xffff + 0x1ffff < 2^30, so the sum stays a Smi.
-    let chunkEnd = i + 16384;
-    if (chunkEnd > end4) chunkEnd = end4;
-    for (; i < chunkEnd; i += 4) {
-      const word = view.getUint32(i);
-      sum += (word >>> 16) + (word & 0xffff);
-    }
-    sum = (sum & 0xffff) + (sum >>> 16);
-  }
-  if ((len & 2) !== 0) {
-    sum += view.getUint16(i);
-    i += 2;
-  }
-  if ((len & 1) !== 0) sum += view.getUint8(i) << 8;
-  sum = (sum & 0xffff) + (sum >>> 16);
-  return (sum & 0xffff) + (sum >>> 16);
-}
-
-/**
  * Whether the TCP/UDP/ICMP checksum of an IPv4 packet's `l4Length` L4 bytes at `l4Off` is right,
  * as Linux nf_ip_checksum (CHECKSUM_NONE) verifies it for conntrack: the sum over the pseudo-header
  * (TCP, UDP; its length is the L4 length) and every L4 byte, checksum field included, is 0xffff.

@@ -6,7 +6,6 @@ import {
   internetChecksum,
   l4ChecksumValid,
   onesComplementSum,
-  onesComplementSumView,
   pseudoHeaderSum,
 } from "../../src/wire/checksum.js";
 import { buildPacket } from "../../src/wire/build.js";
@@ -120,18 +119,6 @@ describe("incremental checksum update (RFC 1624 eqn. 3)", () => {
 });
 
 describe("checksum verification (the fast path's 32-bit loads, nf_conntrack_checksum)", () => {
-  it("the DataView sum equals the naive reference over 3000 seeded random buffers, any offset and length", () => {
-    const rng = new XorShift32(77);
-    for (let n = 0; n < 3000; n++) {
-      const len = n < 2800 ? rng.next() % 200 : 60000 + (rng.next() % 5535);
-      const off = rng.next() % 7;
-      const buf = randomBytes(rng, off + len + 3);
-      const initial = rng.next() % 0x20000;
-      const view = new DataView(buf.buffer);
-      expect(onesComplementSumView(view, off, len, initial)).toBe(naiveSum(buf, off, len, initial));
-    }
-  });
-
   it("accepts what a sender computed and refuses any single-bit corruption; UDP 0 is none", () => {
     const rng = new XorShift32(5);
     for (let n = 0; n < 300; n++) {
