@@ -31,6 +31,7 @@ import { join, resolve } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { parseConfig, type RouterConfig } from "../src/config/config.js";
 import type { StatsView } from "../src/control/show.js";
+import type { ConntrackEntryJson } from "../src/conntrack/format.js";
 import { controlRequest, controlSocketPath, pidPathFor } from "../src/control/socket.js";
 import { ip, isRoot } from "../src/io/netns.js";
 import { namespacesOf } from "../src/control/host-setup.js";
@@ -64,6 +65,16 @@ export interface ActionRecord {
   readonly detail: string;
 }
 
+export interface RestartRecord {
+  readonly at: number;
+  /** The conversations whose connection-table entry had the same reply tuple (the same translated ports) after the restart. */
+  readonly kept: number;
+  readonly of: number;
+  /** What the new router found in its state file (entries restored), when it has one. */
+  readonly restored?: number;
+  readonly changed: readonly string[];
+}
+
 export interface ConversationResult {
   readonly name: string;
   readonly rounds: number;
@@ -82,6 +93,8 @@ export interface SoakResult {
   readonly conversations: readonly ConversationResult[];
   readonly churn: Record<string, { ok: number; failed: number }>;
   readonly pings: { transmitted: number; received: number };
+  /** Per restart: the conversations whose translation (reply tuple) was the same after it, of all. */
+  readonly restarts: readonly RestartRecord[];
   /** Drops by reason over the whole run (every router process summed). */
   readonly drops: Record<string, number>;
   /** Drop reasons counted outside what the soak's actions explain, with where they were seen. */
@@ -153,8 +166,8 @@ s.on("message", (m, peer) => s.send(m, peer.port, peer.address));
 s.bind(Number(port), host, () => console.log("ready"));`;
 
 /**
- * A TCP conversation: a 1 KiB line, its echo, 100 ms, the next line. Prints "ready" after 5
- * rounds; on SIGTERM prints {"rounds","broken","stalledFor"} and exits.
+ * A TCP conversation: a 1 KiB line, its echo, 100 ms, the next line. Prints "ready PORT" (its
+ * own source port) after 5 rounds; on SIGTERM prints {"rounds","broken","stalledFor"} and exits.
  */
 const CONVERSATION = `
 const net = require("net");
@@ -168,7 +181,7 @@ socket.on("data", (data) => {
   if (received.length < 1024) return;
   if (received !== line()) { broken = broken ?? "corrupt"; socket.destroy(); return; }
   received = ""; rounds++; last = Date.now();
-  if (rounds === 5) console.log("ready");
+  if (rounds === 5) console.log("ready " + socket.localPort);
   setTimeout(() => socket.write(line()), 100);
 });
 socket.on("error", (error) => (broken = broken ?? error.code));
@@ -219,6 +232,8 @@ interface Helper {
   readonly child: ChildProcess;
   readonly ready: Promise<void>;
   readonly output: Promise<string>;
+  /** What it printed so far. */
+  text(): string;
   kill(signal?: NodeJS.Signals): void;
 }
 
@@ -241,7 +256,7 @@ function startIn(name: string, netns: string, command: string, args: readonly st
     }),
   );
   const running = (): boolean => child.exitCode === null && child.signalCode === null;
-  return { name, child, ready, output, kill: (signal = "SIGKILL") => void (running() && child.kill(signal)) };
+  return { name, child, ready, output, text: () => out, kill: (signal = "SIGKILL") => void (running() && child.kill(signal)) };
 }
 
 function nodeIn(name: string, netns: string, script: string, args: readonly (string | number)[], limitMs: number): Helper {
@@ -298,6 +313,35 @@ async function stats(config: RouterConfig): Promise<StatsView | null> {
   } catch {
     return null;
   }
+}
+
+/** The connection table as `show conntrack --json` lists it (empty when the router does not answer). */
+async function conntrackEntries(config: RouterConfig): Promise<ConntrackEntryJson[]> {
+  try {
+    const response = await controlRequest(controlSocketPath(config.namespace), { cmd: "show", what: "conntrack", json: true }, 10_000);
+    return response.ok ? (JSON.parse(response.text ?? "[]") as ConntrackEntryJson[]) : [];
+  } catch {
+    return [];
+  }
+}
+
+/** A conversation's flow: its source address and port, and where it goes. */
+interface Flow {
+  readonly name: string;
+  readonly src: string;
+  readonly sport: number;
+  readonly dst: string;
+  readonly dport: number;
+}
+
+/** The reply tuple of each flow's entry ("" when the table has none). */
+function translations(entries: readonly ConntrackEntryJson[], flows: readonly Flow[]): string[] {
+  return flows.map((flow) => {
+    const entry = entries.find(
+      (e) => e.protocol === "tcp" && e.original.src === flow.src && e.original.sport === flow.sport && e.original.dst === flow.dst && e.original.dport === flow.dport,
+    );
+    return entry === undefined ? "" : `${entry.reply.src}:${entry.reply.sport} -> ${entry.reply.dst}:${entry.reply.dport}`;
+  });
 }
 
 /** Drops by reason summed over the ports. */
@@ -383,6 +427,7 @@ export function formatResult(result: SoakResult): string {
     ...result.conversations.map((c) => `  ${c.name.padEnd(52)} ${String(c.rounds).padStart(6)} rounds, ${c.broken === null && c.stalledFor < STALL_S ? "kept" : `LOST (${c.broken ?? `stalled ${c.stalledFor.toFixed(0)} s`})`}`),
     `  new connections and requests: ${Object.entries(result.churn).map(([k, v]) => `${k} ${v.ok} ok / ${v.failed} failed`).join(", ")}`,
     `  pings: ${result.pings.received}/${result.pings.transmitted}`,
+    ...result.restarts.map((r) => `  restart at ${r.at} s: ${r.kept}/${r.of} conversations kept their translated ports${r.restored === undefined ? "" : ` (${r.restored} entries restored from the state file)`}`),
     `drops by reason: ${Object.keys(result.drops).length === 0 ? "none" : Object.entries(result.drops).map(([k, v]) => `${k} ${v}`).join(", ")}`,
     ...(result.unexplained.length > 0 ? [`unexplained drops: ${result.unexplained.join("; ")}`] : []),
     result.failure === null ? "soak: PASS" : `soak: FAIL: ${result.failure}`,
@@ -422,6 +467,8 @@ export async function runSoak(options: SoakOptions): Promise<SoakResult> {
   const helpers: Helper[] = [];
   const samples: MemorySample[] = [];
   const actions: ActionRecord[] = [];
+  const restarts: RestartRecord[] = [];
+  let flows: Flow[] = [];
   /** The drops seen in each sampling interval, with when it ended. */
   const dropEvents: DropEvent[] = [];
   const totals = new Map<string, number>();
@@ -475,11 +522,21 @@ export async function runSoak(options: SoakOptions): Promise<SoakResult> {
         break;
       }
       case "kill-restart": {
+        const before = translations(await conntrackEntries(config), flows);
+        // Let the state file catch up with the table as it is now (one interval).
+        if (stated !== null) await sleep(1500);
         const pid = routerPid(config);
         if (pid !== undefined) process.kill(pid, "SIGKILL");
         await sleep(500);
         await labUpOrFail(configFile);
-        detail = `router pid ${pid} killed (SIGKILL), started again as pid ${routerPid(config)}`;
+        const view = await stats(config);
+        await sleep(2000); // the conversations' next rounds cross the new router
+        const after = translations(await conntrackEntries(config), flows);
+        const changed = flows.flatMap((f, i) => (before[i] !== "" && after[i] === before[i] ? [] : [`${f.name}: ${before[i] || "(none)"} became ${after[i] || "(none)"}`]));
+        const restored = view?.state?.restore.restored;
+        restarts.push({ at: Math.round(since()), kept: flows.length - changed.length, of: flows.length, ...(restored === undefined ? {} : { restored }), changed });
+        detail = `router pid ${pid} killed (SIGKILL), started again as pid ${routerPid(config)}` +
+          `${restored === undefined ? "" : ` with ${restored} entries restored`}; ${flows.length - changed.length}/${flows.length} conversations kept their translation`;
         break;
       }
     }
@@ -510,6 +567,14 @@ export async function runSoak(options: SoakOptions): Promise<SoakResult> {
     ];
     helpers.push(...talks);
     await Promise.race([Promise.all(talks.map((t) => t.ready)), sleep(15_000)]);
+    const ends: [string, string, number][] = [["10.0.0.3", "203.0.113.10", 7001], ["10.0.0.2", "203.0.113.10", 7001], ["203.0.113.10", "9.186.100.129", 7000]];
+    flows = await Promise.all(
+      talks.map(async (talk, i) => {
+        await talk.ready;
+        const sport = Number(/ready (\d+)/.exec(talk.text())?.[1] ?? 0);
+        return { name: talk.name, src: ends[i]![0], sport, dst: ends[i]![1], dport: ends[i]![2] };
+      }),
+    );
     const churner = nodeIn("churn", tenant, CHURN, ["203.0.113.10", 7001, 7002, 5], limitMs);
     const pingCount = Math.ceil(durationMs / 200);
     const pinger = startIn("ping", tenant, "ping", ["-I", "10.0.0.3", "-i", "0.2", "-c", String(pingCount), "-w", String(Math.ceil(durationMs / 1000) + 5), "-W", "1", "-q", "203.0.113.10"], limitMs);
@@ -562,12 +627,13 @@ export async function runSoak(options: SoakOptions): Promise<SoakResult> {
   let failure: string | null = null;
   if (aborted()) failure = "interrupted";
   else if (conversations.length === 0) failure = "the conversations never reported";
+  else if (stated !== null && restarts.some((r) => r.changed.length > 0)) failure = `a restart changed what the state file should have kept: ${restarts.flatMap((r) => r.changed.map((c) => `t=${r.at} s ${c}`)).join("; ")}`;
   else if (stated !== null && lost.length > 0) failure = `lost ${lost.length} connection(s) the state file should have kept: ${lost.map((c) => `${c.name} (${c.broken ?? "stalled"})`).join("; ")}`;
   else if (unexplainedLines.length > 0) failure = `unexplained drops: ${unexplainedLines.join("; ")}`;
   else failure = memoryGrowth(samples);
 
   const drops = Object.fromEntries([...totals].sort((a, b) => b[1] - a[1]));
-  return { minutes: options.minutes, namespaces: namespacesOf(config), stateFile: stated !== null, samples, actions, conversations, churn, pings, drops, unexplained: unexplainedLines, failure };
+  return { minutes: options.minutes, namespaces: namespacesOf(config), stateFile: stated !== null, samples, actions, conversations, churn, pings, restarts, drops, unexplained: unexplainedLines, failure };
 }
 
 function rssFromProc(pid: number): number {

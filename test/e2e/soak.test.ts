@@ -68,6 +68,14 @@ describe.skipIf(!isRoot)("one minute of soak through the seed's router", () => {
         expect(talk.broken, talk.name).toBeNull();
         expect(talk.rounds, talk.name).toBeGreaterThan(100);
       }
+      // With the state file, the restarted router had the conversations' entries back, the same translated ports.
+      expect(result.stateFile).toBe(true);
+      expect(result.restarts.length).toBeGreaterThanOrEqual(1);
+      for (const restart of result.restarts) {
+        expect(restart.changed).toEqual([]);
+        expect(restart.kept).toBe(3);
+        expect(restart.restored).toBeGreaterThan(0);
+      }
       // Churn and pings went through (some fail while a leg is down or the router restarts).
       expect(result.churn.tcp!.ok).toBeGreaterThan(result.churn.tcp!.failed);
       expect(result.churn.udp!.ok).toBeGreaterThan(result.churn.udp!.failed);
