@@ -332,7 +332,9 @@ function resetDirection(table: ConntrackTable, id: number, d: number): void {
  * IP_CT_TCP_FLAG_BE_LIBERAL set on both directions of an injected entry).
  */
 export function tcpSetBeLiberal(table: ConntrackTable, id: number): void {
-  table.tcpWindow[id * TCP_WINDOW_WORDS + TCP_WIN_BITS]! |= (F_BE_LIBERAL << 8) | F_BE_LIBERAL;
+  const at = id * TCP_WINDOW_WORDS + TCP_WIN_BITS;
+  if (table.undoLog.recording) table.journalWindowWord(at);
+  table.tcpWindow[at]! |= (F_BE_LIBERAL << 8) | F_BE_LIBERAL;
 }
 
 /**
