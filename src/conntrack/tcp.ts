@@ -326,6 +326,18 @@ function resetDirection(table: ConntrackTable, id: number, d: number): void {
 }
 
 /**
+ * Both directions BE_LIBERAL, for an entry whose window state was taken elsewhere and earlier (a
+ * state file up to one interval old): the segments sent since would be out of its window, so it
+ * learns the window anew instead, as conntrackd's entries do (TCPWindowTracking Off, the default:
+ * IP_CT_TCP_FLAG_BE_LIBERAL set on both directions of an injected entry).
+ */
+export function tcpSetBeLiberal(table: ConntrackTable, id: number): void {
+  const at = id * TCP_WINDOW_WORDS + TCP_WIN_BITS;
+  if (table.undoLog.recording) table.journalWindowWord(at);
+  table.tcpWindow[at]! |= (F_BE_LIBERAL << 8) | F_BE_LIBERAL;
+}
+
+/**
  * tcp_new: the window state of a connection's first segment (its flags passed tcpMayCreate). A
  * SYN initialises the original direction from its sequence number, window and options; anything
  * else is a connection picked up mid-stream (nf_conntrack_tcp_loose = 1): the original direction

@@ -38,7 +38,7 @@
 import { closeSync, fstatSync, openSync, readSync } from "node:fs";
 import { crc32 as zlibCrc32 } from "node:zlib";
 import { CtStatus, TCP_WINDOW_WORDS, type ConntrackTable } from "../conntrack/table.js";
-import { TcpState } from "../conntrack/tcp.js";
+import { TcpState, tcpSetBeLiberal } from "../conntrack/tcp.js";
 import { icmpInverseDport, icmpMayCreate } from "../conntrack/tuple.js";
 import type { Dataplane } from "../dataplane/pipeline.js";
 import { NetfilterNat } from "../dataplane/netfilter-nat.js";
@@ -551,6 +551,8 @@ class EntryRestorer {
     if (protocol === IPPROTO_TCP) {
       table.setTcpLast(id, w[at + E_TCP_LAST]!, w[at + E_TCP_LAST + 1]!);
       table.tcpWindow.set(w.subarray(at + E_TCP_WINDOW, at + STATE_ENTRY_WORDS), id * TCP_WINDOW_WORDS);
+      // The saved window is up to an interval old: the connection's later segments must not be INVALID.
+      tcpSetBeLiberal(table, id);
     } else if (protocol === IPPROTO_UDP) {
       table.setStartedAt(id, this.now - this.downSeconds - (w[at + E_AGE_MS]! >>> 0) / 1000);
     }

@@ -220,6 +220,17 @@ describe("views collected from the seed's running router", () => {
     expect(formatStats(stats)).toMatch(/drops: 1\n {8}truncated {2}1/);
   });
 
+  it("shows the router process's memory: its resident set and V8's heap, in bytes and as text", () => {
+    const router = MemoryRouter.fromFile("examples/seed.yaml", { conntrackCapacity: 1024 });
+    const stats = collectStats(router.dataplane);
+    const memory = stats.process!;
+    expect(memory.rssBytes).toBeGreaterThan(0);
+    expect(memory.heapUsedBytes).toBeGreaterThan(0);
+    expect(memory.heapUsedBytes).toBeLessThanOrEqual(memory.heapTotalBytes);
+    expect(memory.rssBytes).toBeGreaterThanOrEqual(memory.heapUsedBytes);
+    expect(formatStats(stats)).toMatch(/\nprocess: rss \d+\.\d MiB, heap \d+\.\d MiB used of \d+\.\d MiB, external \d+(\.\d)? [KM]i?B$/);
+  });
+
   it("a fragment of 203.0.113.10's datagram whose first fragment has not come is held, and the pool's bounds are shown", () => {
     const router = MemoryRouter.fromFile("examples/seed.yaml");
     const middle = { protocol: "udp", src: "203.0.113.10", dst: "9.186.100.129", fragmentOffset: 1480, mf: true, payload: new Uint8Array(100) } as const;
