@@ -160,8 +160,8 @@ export interface ListingBudget {
 /** About 1 ms of the packet thread per piece, whatever the table's size. */
 export const LISTING_BUDGET: ListingBudget = { entries: 1024, slots: 65_536, ms: 1 };
 
-/** Entries formatted between two looks at the clock. */
-const CLOCK_EVERY = 64;
+/** Entries handled between two looks at the clock (listing, `qnat conntrack -D/-F`). */
+export const LISTING_CLOCK_EVERY = 64;
 
 /**
  * `formatConntrackTable` (or the `--json` text, `JSON.stringify(conntrackTableJson(table), null,
@@ -206,7 +206,7 @@ export class ConntrackCursor {
       else text += (this.listed === 0 ? "\n" : ",\n") + indentJson(JSON.stringify(conntrackEntryJson(table, id, now), null, 2));
       this.listed++;
       entries++;
-      if (entries % CLOCK_EVERY === 0 && performance.now() - started >= this.budget.ms) {
+      if (entries % LISTING_CLOCK_EVERY === 0 && performance.now() - started >= this.budget.ms) {
         id++;
         break;
       }

@@ -3,7 +3,7 @@
  * `{"cmd":"conntrack","op":"list"|"delete"|"flush","filter":{...}}` (filter: ConntrackFilter in
  * src/conntrack/filter.ts, numbers only) and its streamed answer.
  *
- * As `qnat show conntrack`, the work is cut in pieces of about a millisecond (CONNTRACK_WORK_BUDGET:
+ * As `qnat show conntrack`, the work is cut in pieces of about a millisecond (LISTING_BUDGET:
  * at most 1024 entries formatted or removed, 65,536 slots looked at), one per turn of the event loop
  * (socket.ts), so the legs' batches run between pieces: deleting or flushing a table of a
  * million connections never holds the packet loop for more than a few milliseconds at a time.
@@ -15,7 +15,7 @@
  * prints the deleted ones too); the CLI counts the lines for the summary (`N flow entries have
  * been shown.`). A flush answers nothing.
  */
-import { formatConntrackEntry, isListed } from "../conntrack/format.js";
+import { LISTING_BUDGET, LISTING_CLOCK_EVERY, type ListingBudget, formatConntrackEntry, isListed } from "../conntrack/format.js";
 import { AF_INET, AF_INET6, type AddressMatch, type ConntrackFilter, matchesFilter } from "../conntrack/filter.js";
 import type { ConntrackTable } from "../conntrack/table.js";
 import type { ControlPieces } from "./socket.js";
@@ -23,17 +23,6 @@ import type { ControlPieces } from "./socket.js";
 export const CONNTRACK_OPS = ["list", "delete", "flush"] as const;
 export type ConntrackOp = (typeof CONNTRACK_OPS)[number];
 
-/** What one piece may do: entries formatted or removed, slots looked at, milliseconds. */
-export interface ConntrackWorkBudget {
-  readonly entries: number;
-  readonly slots: number;
-  readonly ms: number;
-}
-
-export const CONNTRACK_WORK_BUDGET: ConntrackWorkBudget = { entries: 1024, slots: 65_536, ms: 1 };
-
-/** Entries handled between two looks at the clock. */
-const CLOCK_EVERY = 64;
 
 const FILTER_KEYS: readonly (keyof ConntrackFilter)[] = [
   "family",
@@ -111,7 +100,7 @@ export class ConntrackWork implements ControlPieces {
     private readonly table: ConntrackTable,
     private readonly op: ConntrackOp,
     private readonly filter: ConntrackFilter,
-    private readonly budget: ConntrackWorkBudget = CONNTRACK_WORK_BUDGET,
+    private readonly budget: ListingBudget = LISTING_BUDGET,
   ) {}
 
   next(): string | undefined {
@@ -136,7 +125,7 @@ export class ConntrackWork implements ControlPieces {
       }
       this.count++;
       handled++;
-      if (handled % CLOCK_EVERY === 0 && performance.now() - started >= this.budget.ms) {
+      if (handled % LISTING_CLOCK_EVERY === 0 && performance.now() - started >= this.budget.ms) {
         id++;
         break;
       }
