@@ -41,7 +41,11 @@ export interface BuildOptions {
    * rules) and only ports, addresses, routes and the compiled rules are new.
    */
   readonly successorOf?: Dataplane;
-  /** A routing table already built from this config's ports, addresses and routes (a live change that left them as they were). */
+  /**
+   * A routing table for this config's ports, addresses and routes instead of one built anew: the
+   * running one of a live change, as it is or changed in place at the swap (control/live-apply.ts
+   * inPlaceRouting).
+   */
   readonly routes?: RoutingTable;
 }
 

@@ -148,6 +148,8 @@ export class RoutingTable {
    * whoever caches lookups (the conntrack route cache of dataplane/pipeline.ts) compares it.
    */
   private generation = 1;
+  /** While `edit` runs: how to undo each change made so far, in order. */
+  private undoLog: (() => void)[] | undefined;
 
   constructor(readonly portNames: readonly string[]) {
     portNames.forEach((name, index) => {
@@ -237,7 +239,9 @@ export class RoutingTable {
     const secondary = list.some(
       (a) => !a.secondary && a.prefixLength === prefixLength && ((a.addr & mask) >>> 0) === prefix,
     );
-    list.push({ addr, prefixLength, secondary });
+    const added: PortAddress = { addr, prefixLength, secondary };
+    list.push(added);
+    this.undoLog?.push(() => void list.splice(list.indexOf(added), 1));
     // fib_add_ifaddr: no prefix route for a /32 (prefix == addr) nor for 0.0.0.0/8.
     if (!secondary && prefixLength < 32 && prefix >>> 24 !== 0) {
       this.insertRoute(
@@ -250,6 +254,38 @@ export class RoutingTable {
       );
     }
     this.refreshSources();
+    this.generation++; // localAddressPort and the routes' sources may have changed
+  }
+
+  /**
+   * `ip addr del ADDR/LEN dev PORT` for an address that is no primary of a secondary
+   * (fib_del_ifaddr, net/ipv4/fib_frontend.c): its connected route goes with it. Removing a
+   * primary that has secondaries (Linux promotes one, net.ipv4.conf.*.promote_secondaries) is
+   * refused: build the table anew for that.
+   */
+  removeAddress(port: number, addr: number, prefixLength: number): void {
+    addr >>>= 0;
+    const list = this.addresses[port];
+    const at = list === undefined ? -1 : list.findIndex((a) => a.addr === addr && a.prefixLength === prefixLength);
+    if (at < 0) throw new RouteError("RTNETLINK answers: Cannot assign requested address");
+    const removed = list![at]!;
+    const mask = prefixMask(prefixLength);
+    const prefix = (addr & mask) >>> 0;
+    if (!removed.secondary && list!.some((a) => a.secondary && a.prefixLength === prefixLength && ((a.addr & mask) >>> 0) === prefix)) {
+      throw new RouteError("Error: removing a primary address with secondaries is not supported in place.");
+    }
+    list!.splice(at, 1);
+    this.undoLog?.push(() => void list!.splice(at, 0, removed));
+    const key = chainKey(prefix, prefixLength);
+    const connected = removed.secondary
+      ? undefined
+      : this.chains.get(key)?.find((id) => {
+          const r = this.routesById[id]!;
+          return r.protocol === RouteProtocol.Kernel && r.port === port && r.prefSrc === addr && r.gateway === 0;
+        });
+    if (connected !== undefined) this.removeFromChain(key, connected);
+    this.refreshSources();
+    this.generation++;
   }
 
   /**
@@ -301,7 +337,21 @@ export class RoutingTable {
    * (fib_table_delete, net/ipv4/fib_trie.c); the covering shorter route takes over its addresses.
    */
   deleteRoute(text: string): void {
+    this.deleteMatching(text, false);
+  }
+
+  /**
+   * Removes the route `addRoute(text)` made (a config's route line that a live change drops):
+   * unlike `ip route del`, a metric not given means metric 0 and a protocol not given means
+   * boot, so of routes that share a prefix exactly that one goes.
+   */
+  deleteAdded(text: string): void {
+    this.deleteMatching(text, true);
+  }
+
+  private deleteMatching(text: string, asAdded: boolean): void {
     const parsed = this.parseRouteText(text);
+    if (asAdded) parsed.metric ??= 0;
     const chain = this.chains.get(chainKey(parsed.prefix, parsed.prefixLength));
     const typeGiven = /\b(blackhole|unreachable|prohibit|unicast)\b/.test(text);
     const id = chain?.find((candidate) => {
@@ -313,18 +363,28 @@ export class RoutingTable {
         (parsed.gateway === 0 || r.gateway === parsed.gateway) &&
         (parsed.port < 0 || r.port === parsed.port) &&
         (parsed.prefSrc === 0 || r.prefSrc === parsed.prefSrc) &&
-        (!/\bproto(col)?\b/.test(text) || r.protocol === parsed.protocol)
+        ((!asAdded && !/\bproto(col)?\b/.test(text)) || r.protocol === parsed.protocol)
       );
     });
     if (id === undefined) throw new RouteError("RTNETLINK answers: No such process");
-    const key = chainKey(parsed.prefix, parsed.prefixLength);
-    const remaining = chain!.filter((candidate) => candidate !== id);
+    this.removeFromChain(chainKey(parsed.prefix, parsed.prefixLength), id);
+  }
+
+  /** Removes route id from its prefix's chain; the next of the chain, or the covering prefix, takes over. */
+  private removeFromChain(key: number, id: number): void {
+    const [prefix, prefixLength] = splitChainKey(key);
+    const chain = this.chains.get(key)!;
+    const at = chain.indexOf(id);
+    const entry = this.routesById[id]!;
+    const gateway = this.gateways[id]!;
+    this.undoLog?.push(() => this.restoreRoute(key, at, entry, gateway));
+    const remaining = chain.filter((candidate) => candidate !== id);
     if (remaining.length === 0) {
       this.chains.delete(key);
-      this.lpm.delete(parsed.prefix, parsed.prefixLength);
+      this.lpm.delete(prefix, prefixLength);
     } else {
       this.chains.set(key, remaining);
-      this.lpm.insert(parsed.prefix, parsed.prefixLength, remaining[0]!);
+      this.lpm.insert(prefix, prefixLength, remaining[0]!);
     }
     this.generation++;
     this.routesById[id] = undefined;
@@ -333,6 +393,45 @@ export class RoutingTable {
     this.gateways[id] = 0;
     this.sources[id] = 0;
     this.freeIds.push(id);
+  }
+
+  /** Undoes removeFromChain: the route back at its place in its chain, with its id. */
+  private restoreRoute(key: number, at: number, entry: MutableRoute, gateway: number): void {
+    const id = entry.id;
+    this.freeIds.splice(this.freeIds.lastIndexOf(id), 1);
+    this.routesById[id] = entry;
+    this.types[id] = entry.type;
+    this.ports[id] = entry.port;
+    this.gateways[id] = gateway;
+    const chain = this.chains.get(key) ?? [];
+    chain.splice(at, 0, id);
+    this.chains.set(key, chain);
+    this.lpm.insert(entry.prefix, entry.prefixLength, chain[0]!);
+    this.generation++;
+  }
+
+  /**
+   * Changes the table in place as one unit (a live change, control/live-apply.ts): if `change`
+   * throws, everything it did is undone and the error rethrown; with `dryRun` everything is undone
+   * in any case (whether the changes apply, checked without the packet loop seeing them).
+   * Lookups between the changes see each step; callers run this between two batches.
+   */
+  edit(change: () => void, options: { readonly dryRun?: boolean } = {}): void {
+    if (this.undoLog !== undefined) throw new Error("RoutingTable.edit does not nest");
+    const undo: (() => void)[] = [];
+    this.undoLog = undo;
+    let failed = true;
+    try {
+      change();
+      failed = false;
+    } finally {
+      this.undoLog = undefined;
+      if (failed || options.dryRun === true) {
+        for (let i = undo.length - 1; i >= 0; i--) undo[i]!();
+        this.refreshSources();
+        this.generation++;
+      }
+    }
   }
 
   /** The route with this id (control plane), or undefined. */
@@ -488,6 +587,7 @@ export class RoutingTable {
     this.chains.set(key, chain);
     this.lpm.insert(route.prefix, route.prefixLength, chain[0]!);
     this.generation++;
+    this.undoLog?.push(() => this.removeFromChain(key, id));
     return id;
   }
 

@@ -4,10 +4,11 @@ import { join, resolve } from "node:path";
 import { runCli } from "../../src/cli/main.js";
 import { describe, expect, it } from "vitest";
 import { parseConfig } from "../../src/config/config.js";
-import { buildDataplane } from "../../src/dataplane/from-config.js";
+import { buildDataplane, buildRoutingTable } from "../../src/dataplane/from-config.js";
 import { NetfilterNat } from "../../src/dataplane/netfilter-nat.js";
 import { parseConfigRules } from "../../src/control/host-setup.js";
-import { carryOverCounters, diffConfigs, formatDifference, isEmptyDifference, sameRouting } from "../../src/control/live-apply.js";
+import { carryOverCounters, diffConfigs, formatDifference, inPlaceRouting, isEmptyDifference } from "../../src/control/live-apply.js";
+import { parseIpv4 } from "../../src/core/addr.js";
 import { XorShift32 } from "../../src/core/rng.js";
 import { rulesInOrder } from "../../src/nat/rules/model.js";
 import { formatRule } from "../../src/nat/rules/format.js";
@@ -69,11 +70,17 @@ describe("what qnat apply sees as the difference", () => {
 });
 
 describe("the successor dataplane of a live change", () => {
-  it("reuses the routing table when only rules change, not when an address does", () => {
+  it("keeps the running routing table: as it is when only rules change, with the floating IP's /32 when one is associated", () => {
     const seed = load(SEED);
     const rulesOnly = load(SEED.replace(SNAT, `${SNAT}\n  -A neutron-vpn-agen-snat -s 10.9.0.0/24 -j SNAT --to-source 9.186.100.2`));
-    expect(sameRouting(seed.config, rulesOnly.config)).toBe(true);
-    expect(sameRouting(seed.config, load(WITH_FIP).config)).toBe(false);
+    const table = buildRoutingTable(seed.config);
+    const before = table.format();
+    inPlaceRouting(seed.config, rulesOnly.config, table)!();
+    expect(table.format()).toBe(before);
+    expect(table.localAddressPort(parseIpv4("9.186.100.130"))).toBe(-1);
+    inPlaceRouting(seed.config, load(WITH_FIP).config, table)!();
+    expect(table.localAddressPort(parseIpv4("9.186.100.130"))).toBe(table.portIndex("qg-e76de35e-90"));
+    expect(table.format()).toBe(before);
   });
 
   it("shares the connection table and keeps the counters of ports and of unchanged rules; the new rule starts at 0", () => {
