@@ -161,7 +161,7 @@ export interface ListingBudget {
 export const LISTING_BUDGET: ListingBudget = { entries: 1024, slots: 65_536, ms: 1 };
 
 /** Entries handled between two looks at the clock (listing, `qnat conntrack -D/-F`). */
-export const LISTING_CLOCK_EVERY = 64;
+const LISTING_CLOCK_EVERY = 64;
 
 /**
  * `formatConntrackTable` (or the `--json` text, `JSON.stringify(conntrackTableJson(table), null,
@@ -178,46 +178,69 @@ export const LISTING_CLOCK_EVERY = 64;
  * reused meanwhile lists the new connection if the cursor has not passed it yet.
  */
 export class ConntrackCursor {
-  private id = 0;
+  private readonly walk: EntryPieces;
   private listed = 0;
-  private finished = false;
   /** Pieces produced so far. */
   pieces = 0;
 
   constructor(
     private readonly table: ConntrackTable,
     private readonly form: "text" | "json",
-    private readonly budget: ListingBudget = LISTING_BUDGET,
-  ) {}
+    budget: ListingBudget = LISTING_BUDGET,
+  ) {
+    this.walk = new EntryPieces(table.capacity, budget);
+  }
 
   /** The next piece of text, or undefined after the last one. */
   next(): string | undefined {
-    if (this.finished) return undefined;
+    if (this.walk.finished) return undefined;
     const table = this.table;
     const now = table.clock.now();
-    const started = performance.now();
-    const slotEnd = Math.min(table.capacity, this.id + this.budget.slots);
     let text = this.pieces === 0 && this.form === "json" ? "[" : "";
-    let entries = 0;
-    let id = this.id;
-    for (; id < slotEnd && entries < this.budget.entries; id++) {
-      if (!isListed(table, id, now)) continue;
+    this.walk.piece((id) => {
+      if (!isListed(table, id, now)) return false;
       if (this.form === "text") text += formatConntrackEntry(table, id, now) + "\n";
       else text += (this.listed === 0 ? "\n" : ",\n") + indentJson(JSON.stringify(conntrackEntryJson(table, id, now), null, 2));
       this.listed++;
-      entries++;
-      if (entries % LISTING_CLOCK_EVERY === 0 && performance.now() - started >= this.budget.ms) {
+      return true;
+    });
+    if (this.walk.finished && this.form === "json") text += this.listed === 0 ? "]" : "\n]";
+    this.pieces++;
+    return text;
+  }
+}
+
+/**
+ * A walk over entry ids in pieces of at most `budget` (entries handled, slots looked at,
+ * milliseconds): the listing's and `qnat conntrack -D/-F`'s. The cursor only moves forward (an
+ * entry keeps its id for its life), so each live entry present from the first piece to the last
+ * is visited once.
+ */
+export class EntryPieces {
+  private id = 0;
+  finished = false;
+
+  constructor(
+    private readonly capacity: number,
+    private readonly budget: ListingBudget,
+  ) {}
+
+  /** One piece: `visit(id)` for the next ids, true when it handled that entry (counted against the budget). */
+  piece(visit: (id: number) => boolean): void {
+    const started = performance.now();
+    const slotEnd = Math.min(this.capacity, this.id + this.budget.slots);
+    let handled = 0;
+    let id = this.id;
+    for (; id < slotEnd && handled < this.budget.entries; id++) {
+      if (!visit(id)) continue;
+      handled++;
+      if (handled % LISTING_CLOCK_EVERY === 0 && performance.now() - started >= this.budget.ms) {
         id++;
         break;
       }
     }
     this.id = id;
-    if (id >= table.capacity) {
-      this.finished = true;
-      if (this.form === "json") text += this.listed === 0 ? "]" : "\n]";
-    }
-    this.pieces++;
-    return text;
+    if (id >= this.capacity) this.finished = true;
   }
 }
 

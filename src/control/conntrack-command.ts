@@ -15,7 +15,7 @@
  * prints the deleted ones too); the CLI counts the lines for the summary (`N flow entries have
  * been shown.`). A flush answers nothing.
  */
-import { LISTING_BUDGET, LISTING_CLOCK_EVERY, type ListingBudget, formatConntrackEntry, isListed } from "../conntrack/format.js";
+import { EntryPieces, LISTING_BUDGET, type ListingBudget, formatConntrackEntry, isListed } from "../conntrack/format.js";
 import { AF_INET, AF_INET6, type AddressMatch, type ConntrackFilter, matchesFilter } from "../conntrack/filter.js";
 import type { ConntrackTable } from "../conntrack/table.js";
 import type { ControlPieces } from "./socket.js";
@@ -91,8 +91,7 @@ export function parseConntrackFilter(value: unknown): ConntrackFilter | string {
  * to the last is listed or deleted once, as a ctnetlink dump walks the hash between messages.
  */
 export class ConntrackWork implements ControlPieces {
-  private id = 0;
-  private finished = false;
+  private readonly walk: EntryPieces;
   /** Entries listed or removed so far. */
   count = 0;
 
@@ -100,38 +99,30 @@ export class ConntrackWork implements ControlPieces {
     private readonly table: ConntrackTable,
     private readonly op: ConntrackOp,
     private readonly filter: ConntrackFilter,
-    private readonly budget: ListingBudget = LISTING_BUDGET,
-  ) {}
+    budget: ListingBudget = LISTING_BUDGET,
+  ) {
+    this.walk = new EntryPieces(table.capacity, budget);
+  }
 
   next(): string | undefined {
-    if (this.finished) return undefined;
+    if (this.walk.finished) return undefined;
     const table = this.table;
     const now = table.clock.now();
-    const started = performance.now();
-    const slotEnd = Math.min(table.capacity, this.id + this.budget.slots);
     let text = "";
-    let handled = 0;
-    let id = this.id;
-    for (; id < slotEnd && handled < this.budget.entries; id++) {
+    this.walk.piece((id) => {
       if (this.op === "flush") {
         // conntrack -F (ctnetlink_flush_conntrack -> nf_ct_iterate_cleanup): every confirmed
         // entry of the family, expired ones not yet collected included.
-        if (!table.isAllocated(id) || !table.isConfirmed(id) || !matchesFilter(table, id, this.filter)) continue;
+        if (!table.isAllocated(id) || !table.isConfirmed(id) || !matchesFilter(table, id, this.filter)) return false;
         table.remove(id);
       } else {
-        if (!isListed(table, id, now) || !matchesFilter(table, id, this.filter)) continue;
+        if (!isListed(table, id, now) || !matchesFilter(table, id, this.filter)) return false;
         text += formatConntrackEntry(table, id, now) + "\n";
         if (this.op === "delete") table.remove(id);
       }
       this.count++;
-      handled++;
-      if (handled % LISTING_CLOCK_EVERY === 0 && performance.now() - started >= this.budget.ms) {
-        id++;
-        break;
-      }
-    }
-    this.id = id;
-    if (id >= table.capacity) this.finished = true;
+      return true;
+    });
     return text;
   }
 
