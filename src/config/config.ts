@@ -3,6 +3,7 @@
  * seed's router). Loading validates everything a user can get wrong and reports the first
  * problem as one line, `FILE:LINE: what is wrong` (a ConfigError), never a stack trace.
  */
+import { createHash } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { isMap, isScalar, isSeq, LineCounter, parseDocument, type Node as YamlNode, type YAMLMap } from "yaml";
 import { dirname, resolve } from "node:path";
@@ -12,9 +13,17 @@ import { MAX_CONNTRACK_CAPACITY } from "../conntrack/table.js";
 /** Linux IFNAMSIZ is 16 including the terminating NUL (include/uapi/linux/if.h). */
 export const MAX_INTERFACE_NAME = 15;
 
+/** How a port's two legs carry packets: `tun` (IPv4 only, as before) or `tap` (Ethernet frames). */
+export const WIRE_MODES = ["tun", "tap"] as const;
+export type WireMode = (typeof WIRE_MODES)[number];
+
 export interface WireConfig {
   readonly namespace: string;
   readonly device: string;
+  /** `tun` unless the config says `tap`: both legs (wire and mirror) are then Ethernet devices. */
+  readonly mode: WireMode;
+  /** A Linux bridge in the wire namespace that the wire leg joins (tap only; created if missing). */
+  readonly bridge?: string;
 }
 
 /**
@@ -30,6 +39,11 @@ export interface PortConfig {
   readonly addresses: readonly Cidr[];
   readonly wire: WireConfig;
   readonly mtu: number;
+  /**
+   * The port's Ethernet address as `ip link` prints it (lower case, colon separated): the config's
+   * `mac:`, or `defaultMacOf(name)`. Used by tap ports (their mirror carries it, ARP answers with it).
+   */
+  readonly mac: string;
   /** The port's own `rp_filter` (conf/DEV); "off" when not given, so the router-wide one applies. */
   readonly rpFilter: RpFilterMode;
   readonly line: number;
@@ -123,6 +137,18 @@ export class ConfigError extends Error {
 }
 
 const NAME_PATTERN = /^[A-Za-z0-9_.:-]+$/;
+const MAC_PATTERN = /^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/;
+
+/**
+ * A port's Ethernet address when the config gives none: Neutron's prefix fa:16:3e (its
+ * base_mac) and three bytes of the SHA-256 of the port name, so a port keeps its MAC across
+ * restarts and two ports of a router differ.
+ */
+export function defaultMacOf(portName: string): string {
+  const digest = createHash("sha256").update(portName).digest();
+  const tail = [digest[0]!, digest[1]!, digest[2]!].map((b) => b.toString(16).padStart(2, "0"));
+  return ["fa", "16", "3e", ...tail].join(":");
+}
 
 /** The keys of the `conntrack:` block, one a line. */
 const CONNTRACK_KEYS = [
@@ -224,7 +250,7 @@ export function parseConfig(text: string, file: string): RouterConfig {
     const port = item as YAMLMap;
     for (const pair of port.items) {
       const key = isScalar(pair.key) ? String(pair.key.value) : "";
-      if (!["name", "addresses", "wire", "mtu", "rp_filter"].includes(key)) fail(pair.key as YamlNode, `unknown port key "${key}"`);
+      if (!["name", "addresses", "wire", "mtu", "mac", "rp_filter"].includes(key)) fail(pair.key as YamlNode, `unknown port key "${key}"`);
     }
     const name = interfaceName(get(port, "name"), "port name", port);
     if (ports.some((p) => p.name === name)) fail(get(port, "name"), `port "${name}" is defined twice`);
@@ -239,7 +265,33 @@ export function parseConfig(text: string, file: string): RouterConfig {
     const wireNamespace = str(get(wireNode, "namespace"), `port ${name} wire.namespace`, wireNode);
     if (!NAME_PATTERN.test(wireNamespace)) fail(get(wireNode, "namespace"), `wire namespace "${wireNamespace}" is not a valid name`);
     if (wireNamespace === namespace) fail(get(wireNode, "namespace"), `port ${name}: the wire leg must be in another namespace than the router's`);
+    for (const pair of (wireNode as YAMLMap).items) {
+      const key = isScalar(pair.key) ? String(pair.key.value) : "";
+      if (!["namespace", "device", "mode", "bridge"].includes(key)) fail(pair.key as YamlNode, `unknown wire key "${key}" (expected namespace, device, mode, bridge)`);
+    }
     const device = interfaceName(get(wireNode, "device"), `port ${name} wire.device`, wireNode);
+    const modeNode = get(wireNode, "mode");
+    const mode = modeNode === undefined ? "tun" : str(modeNode, `port ${name} wire.mode`, wireNode);
+    if (!(WIRE_MODES as readonly string[]).includes(mode)) fail(modeNode, `port ${name}: wire.mode must be tun or tap, not "${mode}"`);
+    const bridgeNode = get(wireNode, "bridge");
+    let bridge: string | undefined;
+    if (bridgeNode !== undefined) {
+      bridge = interfaceName(bridgeNode, `port ${name} wire.bridge`, wireNode);
+      // A bridge forwards Ethernet frames; a TUN device has none (Linux refuses to enslave it).
+      if (mode !== "tap") fail(bridgeNode, `port ${name}: wire.bridge needs wire.mode: tap (a TUN device carries no Ethernet frames)`);
+      if (bridge === device) fail(bridgeNode, `port ${name}: wire.bridge ${bridge} is the wire device itself`);
+    }
+    const macNode = get(port, "mac");
+    let mac = defaultMacOf(name);
+    if (macNode !== undefined) {
+      const text = str(macNode, `port ${name} mac`, port).toLowerCase();
+      if (!MAC_PATTERN.test(text)) fail(macNode, `port ${name}: mac "${text}" is not an Ethernet address like fa:16:3e:5d:18:10`);
+      // The group bit (I/G, the low bit of the first byte) marks multicast; a port needs a unicast address.
+      if ((parseInt(text.slice(0, 2), 16) & 1) === 1) fail(macNode, `port ${name}: mac ${text} is a multicast address`);
+      if (text === "00:00:00:00:00:00") fail(macNode, `port ${name}: mac ${text} is not a usable address`);
+      if (mode !== "tap") fail(macNode, `port ${name}: mac needs wire.mode: tap (a TUN port has no Ethernet address)`);
+      mac = text;
+    }
     const mtuNode = get(port, "mtu");
     let mtu = 1500;
     if (mtuNode !== undefined) {
@@ -259,7 +311,7 @@ export function parseConfig(text: string, file: string): RouterConfig {
           `a port gets the larger of the two (off < strict < loose), as Linux's conf/all and conf/${name}`,
       );
     }
-    ports.push({ name, addresses, wire: { namespace: wireNamespace, device }, mtu, rpFilter: portRpFilter, line: lineOf(item) });
+    ports.push({ name, addresses, wire: { namespace: wireNamespace, device, mode: mode as WireMode, ...(bridge === undefined ? {} : { bridge }) }, mtu, mac, rpFilter: portRpFilter, line: lineOf(item) });
   }
   const wires = new Set<string>();
   for (const port of ports) {

@@ -1,6 +1,6 @@
 import { describe, expect, it } from "vitest";
 import { readFileSync } from "node:fs";
-import { ConfigError, effectiveRpFilter, loadConfig, parseConfig } from "../../src/config/config.js";
+import { ConfigError, effectiveRpFilter, loadConfig, parseConfig, defaultMacOf } from "../../src/config/config.js";
 import { formatCidr } from "../../src/core/addr.js";
 import { buildDataplane } from "../../src/dataplane/from-config.js";
 
@@ -24,7 +24,7 @@ describe("the seed's config", () => {
   it("has the qr- and qg- ports with the seed's addresses", () => {
     expect(config.ports.map((p) => p.name)).toEqual(["qr-694450d6-f6", "qg-e76de35e-90"]);
     expect(config.ports[1]!.addresses.map(formatCidr)).toEqual(["9.186.100.2/24", "9.186.100.129/32"]);
-    expect(config.ports[0]!.wire).toEqual({ namespace: "qnat-tenant", device: "eth0" });
+    expect(config.ports[0]!.wire).toEqual({ namespace: "qnat-tenant", device: "eth0", mode: "tun" });
   });
   it("keeps the nat rules verbatim with their line numbers in the config", () => {
     expect(config.nat.text).toBe(readFileSync("examples/neutron-nat.rules", "utf8"));
@@ -139,5 +139,43 @@ describe("state: where the router keeps its connections across restarts", () => 
     expect(errorOf(withState("  file: s\n  interval: often"))).toBe(`bad.yaml:${line + 2}: state.interval must be a number of seconds`);
     expect(errorOf(withState("  file: s\n  every: 1"))).toBe(`bad.yaml:${line + 2}: unknown state key "every" (expected file, interval)`);
     expect(errorOf(`${seedText}state: /var/lib/qnat/seed.state\n`)).toBe(`bad.yaml:${line}: state must be a mapping, e.g. { file: /var/lib/qnat/router.state, interval: 1 }`);
+  });
+});
+
+describe("Ethernet ports: wire.mode, wire.bridge and mac", () => {
+  const QR_WIRE = "    wire: { namespace: qnat-tenant, device: eth0 }\n";
+  const withTenantWire = (wire: string, extra = "") => seedText.replace(QR_WIRE, `    wire: ${wire}\n${extra}`);
+  const wireLine = seedText.split("\n").findIndex((l) => l === QR_WIRE.trimEnd()) + 1;
+  it("a port is tun unless the config says tap; a tap port gets a stable fa:16:3e MAC from its name", () => {
+    const seed = parseConfig(seedText, "seed.yaml");
+    expect(seed.ports.map((p) => p.wire.mode)).toEqual(["tun", "tun"]);
+    const tap = parseConfig(withTenantWire("{ namespace: qnat-tenant, device: eth0, mode: tap, bridge: br-int }"), "seed.yaml");
+    const qr = tap.ports[0]!;
+    expect(qr.wire).toEqual({ namespace: "qnat-tenant", device: "eth0", mode: "tap", bridge: "br-int" });
+    expect(qr.mac).toMatch(/^fa:16:3e(:[0-9a-f]{2}){3}$/);
+    expect(qr.mac).toBe(defaultMacOf("qr-694450d6-f6"));
+    expect(defaultMacOf("qg-e76de35e-90")).not.toBe(qr.mac);
+  });
+  it("the article's MAC is taken as given (any case), printed as ip link prints it", () => {
+    const config = parseConfig(withTenantWire("{ namespace: qnat-tenant, device: eth0, mode: tap }", "    mac: FA:16:3E:5D:18:10\n"), "seed.yaml");
+    expect(config.ports[0]!.mac).toBe("fa:16:3e:5d:18:10");
+  });
+  it("a bad mode, a bridge or mac on a tun port, a multicast or malformed MAC, an unknown wire key: one line each", () => {
+    expect(errorOf(withTenantWire("{ namespace: qnat-tenant, device: eth0, mode: tan }"))).toBe(`bad.yaml:${wireLine}: port qr-694450d6-f6: wire.mode must be tun or tap, not "tan"`);
+    expect(errorOf(withTenantWire("{ namespace: qnat-tenant, device: eth0, bridge: br-int }"))).toBe(
+      `bad.yaml:${wireLine}: port qr-694450d6-f6: wire.bridge needs wire.mode: tap (a TUN device carries no Ethernet frames)`,
+    );
+    expect(errorOf(withTenantWire("{ namespace: qnat-tenant, device: eth0 }", "    mac: fa:16:3e:5d:18:10\n"))).toBe(
+      `bad.yaml:${wireLine + 1}: port qr-694450d6-f6: mac needs wire.mode: tap (a TUN port has no Ethernet address)`,
+    );
+    expect(errorOf(withTenantWire("{ namespace: qnat-tenant, device: eth0, mode: tap }", "    mac: 01:00:5e:00:00:01\n"))).toBe(
+      `bad.yaml:${wireLine + 1}: port qr-694450d6-f6: mac 01:00:5e:00:00:01 is a multicast address`,
+    );
+    expect(errorOf(withTenantWire("{ namespace: qnat-tenant, device: eth0, mode: tap }", "    mac: fa:16:3e:5d:18\n"))).toBe(
+      `bad.yaml:${wireLine + 1}: port qr-694450d6-f6: mac "fa:16:3e:5d:18" is not an Ethernet address like fa:16:3e:5d:18:10`,
+    );
+    expect(errorOf(withTenantWire("{ namespace: qnat-tenant, device: eth0, vlan: 5 }"))).toBe(
+      `bad.yaml:${wireLine}: unknown wire key "vlan" (expected namespace, device, mode, bridge)`,
+    );
   });
 });
