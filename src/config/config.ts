@@ -101,6 +101,17 @@ export const DEFAULT_STATE_INTERVAL = 1;
 /** The longest save interval accepted: a day. */
 export const MAX_STATE_INTERVAL = 86_400;
 
+/**
+ * `metrics: { listen: ADDR:PORT }`: the Prometheus endpoint (control/metrics.ts), served by the
+ * router process in the router namespace. Absent: no endpoint (the default).
+ */
+export interface MetricsConfig {
+  /** An IPv4 address of the router namespace, or 0.0.0.0 for all of them. */
+  readonly host: string;
+  readonly port: number;
+  readonly line: number;
+}
+
 export interface RouterConfig {
   readonly file: string;
   readonly id: string;
@@ -117,6 +128,8 @@ export interface RouterConfig {
   readonly rpFilter: RpFilterMode;
   /** Absent: connections are not kept across restarts. */
   readonly state?: StateConfig;
+  /** Absent: no Prometheus endpoint. */
+  readonly metrics?: MetricsConfig;
 }
 
 /** The rp_filter Linux applies on a port: the larger of conf/all and conf/DEV (off < strict < loose). */
@@ -184,7 +197,7 @@ export function parseConfig(text: string, file: string): RouterConfig {
   const root = doc.contents;
   if (!isMap(root)) fail(root, "the config must be a mapping with router, ports, routes and nat");
   const top = root as YAMLMap;
-  const known = new Set(["router", "ports", "routes", "nat", "metadata", "lab", "conntrack", "rp_filter", "state"]);
+  const known = new Set(["router", "ports", "routes", "nat", "metadata", "lab", "conntrack", "rp_filter", "state", "metrics"]);
   for (const pair of top.items) {
     const key = isScalar(pair.key) ? String(pair.key.value) : "";
     if (!known.has(key)) fail(pair.key as YamlNode, `unknown key "${key}" (expected one of ${[...known].join(", ")})`);
@@ -434,9 +447,11 @@ export function parseConfig(text: string, file: string): RouterConfig {
     dropInvalid = conntrackFlag(conntrackNode, "drop_invalid") ?? false;
   }
   const state = parseStateConfig(get(top, "state"), file, fail, lineOf);
+  const metrics = parseMetricsConfig(get(top, "metrics"), fail, lineOf);
   return {
     file, id, namespace, ports, routes, nat, metadata, lab, conntrack: { max: conntrackMax, tcpBeLiberal, dropInvalid }, rpFilter,
     ...(state ? { state } : {}),
+    ...(metrics ? { metrics } : {}),
   };
 }
 
@@ -467,4 +482,30 @@ function parseStateConfig(
     if (!(interval >= 0.1 && interval <= MAX_STATE_INTERVAL)) fail(intervalNode, `state.interval ${interval} is outside 0.1..${MAX_STATE_INTERVAL} seconds`);
   }
   return { file: resolve(dirname(configFile), path), interval, line: lineOf(fileNode) };
+}
+
+/** The `metrics:` mapping: `listen: ADDR:PORT`, an IPv4 address (0.0.0.0: all) and a TCP port. */
+function parseMetricsConfig(
+  node: YamlNode | undefined,
+  fail: (node: YamlNode | null | undefined, message: string) => never,
+  lineOf: (node: YamlNode) => number,
+): MetricsConfig | undefined {
+  if (node === undefined) return undefined;
+  if (!isMap(node)) return fail(node, "metrics must be a mapping, e.g. { listen: 0.0.0.0:9100 }");
+  for (const pair of node.items) {
+    const key = isScalar(pair.key) ? String(pair.key.value) : "";
+    if (key !== "listen") fail(pair.key as YamlNode, `unknown metrics key "${key}" (expected listen)`);
+  }
+  const listenNode = node.get("listen", true) as YamlNode | undefined;
+  if (listenNode === undefined) return fail(node, "metrics needs listen: ADDR:PORT, e.g. 0.0.0.0:9100");
+  if (!isScalar(listenNode) || typeof listenNode.value !== "string") return fail(listenNode, "metrics.listen must be ADDR:PORT, e.g. 0.0.0.0:9100");
+  const text = listenNode.value.trim();
+  const colon = text.lastIndexOf(":");
+  if (colon < 0) return fail(listenNode, `metrics.listen "${text}" needs a port: ADDR:PORT, e.g. 0.0.0.0:9100`);
+  const host = text.slice(0, colon);
+  const portText = text.slice(colon + 1);
+  if (parseIpv4(host) < 0) return fail(listenNode, `metrics.listen "${text}": "${host}" is not an IPv4 address`);
+  const port = /^\d{1,5}$/.test(portText) ? Number(portText) : NaN;
+  if (!(port >= 1 && port <= 65535)) return fail(listenNode, `metrics.listen "${text}": port "${portText}" is not 1..65535`);
+  return { host, port, line: lineOf(listenNode) };
 }

@@ -262,7 +262,9 @@ export function carryOverCounters(from: Dataplane, to: Dataplane): void {
     if (before === undefined) return;
     now.packets[index] = old.packets[before]!;
     now.bytes[index] = old.bytes[before]!;
+    now.allocationFailures[index] = old.allocationFailures[before]!;
   });
+  now.allocationFailures[now.rules.length] = old.allocationFailures[old.rules.length]!;
   now.chains.forEach((chain, c) => {
     if (chain.hook === undefined) return;
     const before = old.chains.findIndex((o) => o.name === chain.name);

@@ -172,7 +172,11 @@ export class NetfilterNat implements NatStage {
         }
     }
     if (tracer !== null) tracer.binding(hook, explain!);
-    return ok ? DropReason.None : DropReason.NatNoFreeTuple;
+    if (ok) return DropReason.None;
+    // No free tuple: counted against the deciding rule (the policy's slot past the rules).
+    const failures = this.rules.allocationFailures;
+    failures[decision.ruleIndex >= 0 ? decision.ruleIndex : failures.length - 1]! += 1;
+    return DropReason.NatNoFreeTuple;
   }
 }
 

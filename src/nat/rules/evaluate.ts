@@ -133,6 +133,12 @@ export class CompiledRules {
   /** Per rule. */
   readonly packets: Float64Array;
   readonly bytes: Float64Array;
+  /**
+   * Per rule, and one more slot (index `rules.length`) for the chains' policies: NAT bindings
+   * that found no free tuple for the range the rule decided (DropReason.NatNoFreeTuple; a policy
+   * or ACCEPT decision asks for a null binding). Counted by the NAT stage on that failure only.
+   */
+  readonly allocationFailures: Float64Array;
   /** Per chain (policy counters; used for built-ins only). */
   readonly policyPackets: Float64Array;
   readonly policyBytes: Float64Array;
@@ -190,6 +196,7 @@ export class CompiledRules {
 
     this.packets = new Float64Array(n);
     this.bytes = new Float64Array(n);
+    this.allocationFailures = new Float64Array(n + 1);
     this.policyPackets = new Float64Array(chains.length);
     this.policyBytes = new Float64Array(chains.length);
     this.ruleChain = new Int32Array(n);
@@ -487,6 +494,7 @@ export class CompiledRules {
   resetCounters(): void {
     this.packets.fill(0);
     this.bytes.fill(0);
+    this.allocationFailures.fill(0);
     this.policyPackets.fill(0);
     this.policyBytes.fill(0);
   }
