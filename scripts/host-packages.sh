@@ -17,6 +17,7 @@ declare -A wanted=(
   [python3]=python3  # the conformance harness's probe (test/conformance/probe.py)
   [hping3]=hping3    # the flood tests (test/e2e/floods.test.ts): SYN floods with spoofed sources, fragments
   [systemd-analyze]=systemd  # verifies contrib/qnat@.service (test/control/systemd-unit.test.ts)
+  [tmux]=tmux        # qnat top on a real terminal (test/e2e/metrics-top.test.ts)
 )
 
 missing=()

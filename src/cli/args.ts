@@ -14,6 +14,8 @@ const BOOLEAN_OPTIONS = new Map([
   // `qnat rules save -c` (iptables-save -c: with counters)
   ["-c", "counters"],
   ["--counters", "counters"],
+  // `qnat top --once`: one snapshot instead of the live screen
+  ["--once", "once"],
 ]);
 const VALUE_OPTIONS = new Map([
   ["--router", "router"],

@@ -39,6 +39,9 @@ export const USAGE = `usage: qnat COMMAND ...
                                         the live nat table as iptables-save -t nat (-c: with counters)
   qnat rules restore [FILE|-] [--router NAMESPACE]
                                         replace the live nat table with iptables-restore text, all or nothing
+  qnat top [--router NAMESPACE] [--once]
+                                        the running router's rates, connection table and busiest connections,
+                                        every second (q quits); --once: one snapshot, without a terminal
   qnat help                             this text
 `;
 
@@ -161,6 +164,12 @@ async function dispatch(args: ParsedArgs, io: CliIo): Promise<number> {
       args.allow("rules", []);
       if (sub !== "check" || file === undefined || extra.length > 0) throw new UsageError("usage: qnat rules check FILE");
       return rulesCheck(file, io);
+    }
+    case "top": {
+      args.allow("top", ["router", "config", "once"]);
+      if (rest.length > 0) throw new UsageError("usage: qnat top [--router NAMESPACE] [--once]");
+      const { runTop } = await import("./top.js");
+      return runTop({ namespace: resolveRouterNamespace(args.value("router"), args.value("config")), once: args.flags.has("once"), out: io.out });
     }
     case "apply":
       args.allow("apply", ["router"]);

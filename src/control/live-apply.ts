@@ -192,7 +192,7 @@ export function diffConfigs(running: RouterConfig, runningRules: NatTable, next:
   };
 }
 
-/** rp_filter (router-wide and per kept port) and conntrack drop_invalid: the dataplane's settings. */
+/** rp_filter (router-wide and per kept port), conntrack drop_invalid and the metrics endpoint: the router's settings. */
 function settingChanges(running: RouterConfig, next: RouterConfig): string[] {
   const lines: string[] = [];
   if (running.rpFilter !== next.rpFilter) lines.push(`~ rp_filter ${running.rpFilter} -> ${next.rpFilter}`);
@@ -203,6 +203,9 @@ function settingChanges(running: RouterConfig, next: RouterConfig): string[] {
   if (running.conntrack.dropInvalid !== next.conntrack.dropInvalid) {
     lines.push(`~ conntrack drop_invalid ${running.conntrack.dropInvalid} -> ${next.conntrack.dropInvalid}`);
   }
+  // The Prometheus endpoint (metrics.ts): the router starts, stops or moves it.
+  const listen = (c: RouterConfig): string => (c.metrics === undefined ? "off" : `${c.metrics.host}:${c.metrics.port}`);
+  if (listen(running) !== listen(next)) lines.push(`~ metrics ${listen(running)} -> ${listen(next)}`);
   return lines;
 }
 

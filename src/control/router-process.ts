@@ -67,6 +67,10 @@ import {
 } from "./host-setup.js";
 import { ConntrackWork } from "./conntrack-command.js";
 import { startMetadataServer, type MetadataServer } from "./metadata.js";
+import { MetricsExporter, startMetricsServer, type MetricsServer } from "./metrics.js";
+import { ConntrackCensus } from "./census.js";
+import { collectTop } from "./top-view.js";
+import { LoopStats } from "../io/loop-stats.js";
 import { collectPorts, collectStats, formatJson, formatPorts, formatStats } from "./show.js";
 import { controlSocketPath, serveControl, type ControlAnswer, type ControlRequest, type ControlServer, type LiveChangeRequest } from "./socket.js";
 import { StateKeeper } from "./state-keeper.js";
@@ -219,6 +223,12 @@ export async function startRouter(configPath: string, options: RouterOptions = {
 
   let ready = false;
   let metadata: MetadataServer | undefined;
+  let metrics: MetricsServer | undefined;
+  // The loop's batch sizes and busy time, and the census of the connection table: read by the
+  // Prometheus endpoint (metrics.ts) and `qnat top` (top-view.ts), never by the packet path.
+  const loopStats = new LoopStats();
+  const census = new ConntrackCensus(() => dataplane.conntrack);
+  const exporter = new MetricsExporter({ dataplane: () => dataplane, loop: loopStats, census });
   let supervisor: LegSupervisor | undefined;
   const handler = (request: ControlRequest): ControlAnswer | Promise<ControlAnswer> => {
     if (!ready) return { ok: false, error: `router ${config.namespace} is starting` };
@@ -228,6 +238,10 @@ export async function startRouter(configPath: string, options: RouterOptions = {
     if (request.cmd === "trace") {
       const result = runTrace(dataplane, request.packet);
       return request.json ? { ok: true, text: JSON.stringify(result), data: result } : { ok: true, text: formatTrace(result) };
+    }
+    if (request.cmd === "top") {
+      // Counters now and a census of the table (in ~1 ms pieces, at most one a second: census.ts).
+      return collectTop(dataplane, census, request.connections).then((view) => ({ ok: true, data: view }));
     }
     if (request.cmd === "conntrack") {
       // conntrack -L/-D/-F: ~1 ms of work per turn of the event loop (conntrack-command.ts).
@@ -311,8 +325,11 @@ export async function startRouter(configPath: string, options: RouterOptions = {
         floatingIps: floatingIpsOf(rules),
       });
     }
+    if (config.metrics !== undefined) metrics = await startMetricsServer(config.metrics.host, config.metrics.port, exporter);
   } catch (error) {
     closeLegs();
+    if (metadata !== undefined) await metadata.close();
+    if (metrics !== undefined) await metrics.close();
     for (const name of created.reverse()) {
       try {
         deleteNetns(name);
@@ -337,7 +354,7 @@ export async function startRouter(configPath: string, options: RouterOptions = {
   const capacity = forwarder.batchCapacity;
   /** Pumps leg `index` until a read finds it empty (fewer packets than a batch) or the budget is spent. */
   const drain = (index: number): void => {
-    for (let round = 0; round < PUMP_BUDGET; round++) if (forwarder.pump(index) < capacity) return;
+    for (let round = 0; round < PUMP_BUDGET; round++) if (loopStats.pump(forwarder, index) < capacity) return;
   };
   // Bits of the mirror legs (odd indexes): the router namespace's kernel may answer a packet
   // written to one mirror through another (its own routing decides), so they are swept together.
@@ -356,6 +373,7 @@ export async function startRouter(configPath: string, options: RouterOptions = {
         supervisor!.fail(index, error);
         return;
       }
+      const started = performance.now();
       try {
         forwarder.written = 0;
         drain(index);
@@ -364,6 +382,7 @@ export async function startRouter(configPath: string, options: RouterOptions = {
       } catch (failure) {
         loopErrors.offer(() => `qnat: internal error in the packet loop (it goes on): ${failure instanceof Error ? failure.stack : String(failure)}`);
       }
+      loopStats.wakeUpDone(started);
     });
   };
   // A leg that fails is retired and re-created when it can be (io/leg-supervisor.ts).
@@ -411,7 +430,7 @@ export async function startRouter(configPath: string, options: RouterOptions = {
     let lastMoved = started;
     for (;;) {
       let moved = 0;
-      for (let leg = 0; leg < forwarder.slots.length; leg++) moved += forwarder.pump(leg);
+      for (let leg = 0; leg < forwarder.slots.length; leg++) moved += loopStats.pump(forwarder, leg);
       const now = performance.now();
       if (moved > 0) lastMoved = now;
       else if ((now - lastMoved) * 1000 >= spinMicroseconds) break;
@@ -492,6 +511,7 @@ export async function startRouter(configPath: string, options: RouterOptions = {
       supervisor = superviseLegs(config.ports, forwarder.slots.legs as TunLeg[]);
     }
     if (difference.metadataChanged || difference.rulesAdded.length + difference.rulesRemoved.length > 0) await changeMetadata();
+    await changeMetrics(running);
     await removeKernelSide(running, difference, dnatBefore, dnatAfter, log);
     return formatDifference(difference, next);
   };
@@ -558,6 +578,17 @@ export async function startRouter(configPath: string, options: RouterOptions = {
       if (leg instanceof TunLeg) leg.device.setMtu(mtu);
     }
   };
+  /** The Prometheus endpoint follows the config: started, stopped, or moved to the new address. */
+  const changeMetrics = async (running: RouterConfig): Promise<void> => {
+    const before = running.metrics;
+    const wanted = config.metrics;
+    if (before?.host === wanted?.host && before?.port === wanted?.port) return;
+    if (metrics !== undefined) {
+      await metrics.close();
+      metrics = undefined;
+    }
+    if (wanted !== undefined) metrics = await startMetricsServer(wanted.host, wanted.port, exporter);
+  };
   /** The metadata proxy follows the config: started, stopped, or given the new instances. */
   const changeMetadata = async (): Promise<void> => {
     const wanted = config.metadata;
@@ -605,6 +636,7 @@ export async function startRouter(configPath: string, options: RouterOptions = {
     );
   }
   if (metadata !== undefined) log(`qnat:   metadata proxy on 0.0.0.0:${metadata.address.port} in ${config.namespace}`);
+  if (metrics !== undefined) log(`qnat:   metrics on http://${metrics.address.host}:${metrics.address.port}/metrics in ${config.namespace}`);
 
   let stopping: Promise<void> | undefined;
   const stopHooks: Array<() => void | Promise<void>> = state === undefined ? [] : [() => state.stop()];
@@ -639,6 +671,7 @@ export async function startRouter(configPath: string, options: RouterOptions = {
         // 4. The legs close (the mirrors vanish with their fds), then the servers and the socket.
         closeLegs();
         if (metadata !== undefined) await metadata.close();
+        if (metrics !== undefined) await metrics.close();
         await control.close();
         log(`qnat: router ${config.namespace} stopped`);
       })();

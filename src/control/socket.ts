@@ -8,6 +8,7 @@
  *   {"cmd":"show","what":"ports"|"routes"|"rules"|"conntrack"|"stats","json":bool,"verbose":bool}
  *   {"cmd":"trace","packet":"qr-694450d6-f6 tcp 10.0.0.3:40000 > 8.8.8.8:53 syn","json":bool}
  *   {"cmd":"conntrack","op":"list"|"delete"|"flush","filter":{...}}   (conntrack-command.ts)
+ *   {"cmd":"top","connections":N}   counters and a census for `qnat top` (top-view.ts), N <= 100
  *   {"cmd":"ping"}
  * ->{"ok":true,"text":"...","data":...} | {"ok":false,"error":"one line"}
  * `ping` is answered by the server itself with `data: { pid }`. A big answer (`show conntrack`)
@@ -68,7 +69,11 @@ export type ControlRequest =
   | { readonly cmd: "trace"; readonly packet: string; readonly json?: boolean }
   | { readonly cmd: "conntrack"; readonly op: ConntrackOp; readonly filter: ConntrackFilter }
   | { readonly cmd: "ping" }
+  | { readonly cmd: "top"; readonly connections: number }
   | LiveChangeRequest;
+
+/** The most busiest connections one `top` request may ask for (census.ts MAX_BUSIEST). */
+export const MAX_TOP_CONNECTIONS = 100;
 
 /** Live changes (control/live-apply.ts): the text travels, so the router reads no client's file. */
 export type LiveChangeRequest =
@@ -172,6 +177,12 @@ export function parseControlRequest(value: unknown): ControlRequest | string {
       const filter = parseConntrackFilter(request["filter"]);
       if (typeof filter === "string") return filter;
       return { cmd: "conntrack", op: op as ConntrackOp, filter };
+    }
+    case "top": {
+      const connections = request["connections"] ?? 20;
+      if (typeof connections !== "number" || !Number.isInteger(connections) || connections < 0 || connections > MAX_TOP_CONNECTIONS)
+        return `top "connections" must be a whole number from 0 to ${MAX_TOP_CONNECTIONS}`;
+      return { cmd: "top", connections };
     }
     case "apply":
     case "rules":
