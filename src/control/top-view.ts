@@ -41,8 +41,8 @@ export interface TopView {
 }
 
 /** The router's answer to `{"cmd":"top"}`: bounded work (the census walks in ~1 ms pieces). */
-export async function collectTop(dataplane: Dataplane, census: ConntrackCensus, connections: number): Promise<TopView> {
-  const counted = await census.latest(TOP_CENSUS_MAX_AGE_MS, true);
+export async function collectTop(dataplane: Dataplane, census: ConntrackCensus, connections: number, censusMaxAgeMs = TOP_CENSUS_MAX_AGE_MS): Promise<TopView> {
+  const counted = await census.latest(censusMaxAgeMs, true);
   const stats = collectStats(dataplane);
   return {
     at: Date.now(),

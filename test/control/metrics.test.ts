@@ -3,6 +3,8 @@
  * an in-memory seed router moves the metrics a scrape shows.
  */
 import { describe, expect, it } from "vitest";
+import { readFileSync } from "node:fs";
+import { parseConfig } from "../../src/config/config.js";
 import { MetricsExporter } from "../../src/control/metrics.js";
 import { LoopStats } from "../../src/io/loop-stats.js";
 import { TCP_SYN } from "../../src/wire/packet-info.js";
@@ -109,5 +111,27 @@ describe("metrics: the Prometheus exposition of the seed router", () => {
     expect(value(s, "qnat_port_drops_total", { port: TENANT, reason: "ttl-exceeded" })).toBe(1);
     expect(value(s, "qnat_port_drops_total", { port: GATEWAY, reason: "ttl-exceeded" })).toBe(0);
     expect(value(s, "qnat_port_icmp_errors_sent_total", { port: TENANT })).toBe(1);
+  });
+
+  it("counts a connection the SNAT rule had no free port for against that rule", async () => {
+    // The seed's default SNAT narrowed to one UDP port: the second flow to the same server cannot get it.
+    const seed = readFileSync("examples/seed.yaml", "utf8");
+    const narrowed = seed.replace(
+      "-A neutron-vpn-agen-snat -s 10.0.0.0/24 -j SNAT --to-source 9.186.100.2",
+      "-A neutron-vpn-agen-snat -s 10.0.0.0/24 -p udp -j SNAT --to-source 9.186.100.2:1000",
+    );
+    expect(narrowed).not.toBe(seed);
+    const router = new MemoryRouter(parseConfig(narrowed, "narrowed.yaml"));
+    const exporter = new MetricsExporter({ dataplane: () => router.dataplane, censusMaxAgeMs: 0 });
+    router.send(TENANT, { src: "10.0.0.3", dst: "203.0.113.10", protocol: "udp", sport: 5000, dport: 53 });
+    router.send(TENANT, { src: "10.0.0.4", dst: "203.0.113.10", protocol: "udp", sport: 5000, dport: 53 });
+    router.run();
+    expect(router.received(GATEWAY).map((p) => `${p.src}:${p.sport}`)).toEqual(["9.186.100.2:1000"]);
+    const s = parseExposition(await exporter.scrape()).samples;
+    const rule = { chain: "neutron-vpn-agen-snat", rule: "2", target: "SNAT" };
+    expect(value(s, "qnat_nat_rule_bindings_total", rule)).toBe(1);
+    expect(value(s, "qnat_nat_rule_port_allocation_failures_total", rule)).toBe(1);
+    expect(value(s, "qnat_port_drops_total", { port: TENANT, reason: "nat-no-free-tuple" })).toBe(1);
+    expect(value(s, "qnat_nat_bindings", { type: "snat" })).toBe(1);
   });
 });
