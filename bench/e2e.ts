@@ -20,6 +20,7 @@ import { join } from "node:path";
 import { isRoot } from "../src/io/netns.js";
 import { packageRoot, retagForRun, runTag, startKernelLab, startQnatLab, type Lab, type LabKind } from "./e2e-lab.js";
 import { escapeXml, mergeResults } from "./lib/report.js";
+import { ProgressLine } from "./lib/progress.js";
 import { setTimeout as sleep } from "node:timers/promises";
 
 const TCP_SECONDS = Number(process.env.QNAT_BENCH_TCP_SECONDS ?? 5);
@@ -44,8 +45,12 @@ interface Figures {
   pingP90Us: number;
 }
 
+/** Steps: per path, its lab and three measurements; then two profiled runs unless QNAT_BENCH_PROFILE=0. */
+const PROFILING = process.env.QNAT_BENCH_PROFILE !== "0";
+const progress = new ProgressLine("bench:e2e", 3 * 4 + (PROFILING ? 2 : 0));
+
 function log(line: string): void {
-  process.stderr.write(`${line}\n`);
+  progress.print(() => process.stderr.write(`${line}\n`));
 }
 
 /** Runs a command inside a namespace, killed after `limitMs`; resolves with stdout (rejects on failure). */
@@ -101,11 +106,14 @@ async function measure(lab: Lab, portBase: number): Promise<Figures> {
   const external = lab.config.ports[1]!.wire.namespace;
   // TCP and UDP first: they also warm up the router's JIT (a cold V8 pipeline adds ~50 us per
   // packet), so the ping that follows measures the steady state on every path.
+  progress.step(`${lab.kind}: iperf3 TCP ${TCP_SECONDS} s`);
   log(`  iperf3 TCP ${TCP_SECONDS} s`);
   const tcp = await iperf3(external, tenant, portBase, [], TCP_SECONDS);
+  progress.step(`${lab.kind}: iperf3 UDP ${UDP_PAYLOAD}-byte ${UDP_SECONDS} s`);
   log(`  iperf3 UDP ${UDP_PAYLOAD}-byte ${UDP_SECONDS} s`);
   const udp = await iperf3(external, tenant, portBase + 1, ["-u", "-l", String(UDP_PAYLOAD), "-b", "0"], UDP_SECONDS);
 
+  progress.step(`${lab.kind}: ping x${PING_COUNT}`);
   log(`  ping x${PING_COUNT}`);
   await inNs(tenant, "ping", ["-c", "20", "-i", "0.01", "-W", "1", "-I", CLIENT, SERVER], 10_000);
   const pingOut = await inNs(tenant, "ping", ["-c", String(PING_COUNT), "-i", String(PING_INTERVAL_S), "-W", "1", "-I", CLIENT, SERVER], PING_COUNT * PING_INTERVAL_S * 1000 + SLACK_MS);
@@ -127,6 +135,7 @@ async function measure(lab: Lab, portBase: number): Promise<Figures> {
 async function withLab<T>(kind: LabKind, seed: string, use: (lab: Lab) => Promise<T>, cpuProfDir?: string): Promise<T> {
   const tag = runTag();
   const { text, config } = retagForRun(seed, tag);
+  if (cpuProfDir === undefined) progress.step(`${kind}: starting the lab`);
   log(`${kind}: namespaces qnt-${tag}-*`);
   const lab =
     kind === "kernel"
@@ -194,6 +203,7 @@ async function profileRouter(seed: string): Promise<{ tcp: ProfileEntry[]; udp: 
         async (lab) => {
           const tenant = lab.config.ports[0]!.wire.namespace;
           const external = lab.config.ports[1]!.wire.namespace;
+          progress.step(`qnat: profiling under iperf3 ${load.toUpperCase()}`);
           log(`  profiling under iperf3 ${load.toUpperCase()}`);
           await iperf3(external, tenant, 5301, load === "tcp" ? [] : ["-u", "-l", String(UDP_PAYLOAD), "-b", "0"], load === "tcp" ? TCP_SECONDS : UDP_SECONDS);
         },
@@ -356,7 +366,8 @@ async function main(): Promise<number> {
     const f = runs[kind];
     log(`  ${kind}: TCP ${gbit(f.tcpBitsPerSecond)} Gbit/s (${f.tcpRetransmits} retr), UDP ${kpps(f.udpPacketsPerSecond)} kpps, ping median ${f.pingMedianUs.toFixed(0)} us`);
   }
-  const profile = process.env.QNAT_BENCH_PROFILE === "0" ? undefined : await profileRouter(seed);
+  const profile = PROFILING ? await profileRouter(seed) : undefined;
+  progress.done();
 
   const cpu = cpus();
   const result: E2eResult = {
@@ -403,6 +414,7 @@ async function main(): Promise<number> {
 main().then(
   (code) => process.exit(code),
   (error: unknown) => {
+    progress.done();
     process.stderr.write(`bench:e2e failed: ${error instanceof Error ? error.message : String(error)}\n`);
     process.exit(1);
   },

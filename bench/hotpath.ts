@@ -43,6 +43,7 @@ import {
   newConnectionWorkload,
 } from "./lib/scenario.js";
 import { type Figure, type HotpathResults, machine, markdown, mergeResults, svgChart } from "./lib/report.js";
+import { ProgressLine } from "./lib/progress.js";
 
 const QUICK = process.env.BENCH_QUICK === "1";
 const ONLY = new Set((process.env.BENCH_ONLY ?? "").split(",").filter((s) => s !== ""));
@@ -53,8 +54,12 @@ function wanted(name: string): boolean {
   return ONLY.size === 0 || ONLY.has(name);
 }
 
+const STEPS = ["route", "established64k", "established1m", "inbound", "new", "memory"];
+/** On stderr, only on a terminal (bench/lib/progress.ts): the results on stdout stay as they were. */
+const progress = new ProgressLine("bench", STEPS.filter(wanted).length);
+
 function log(text: string): void {
-  process.stdout.write(text + "\n");
+  progress.print(() => process.stdout.write(text + "\n"));
 }
 
 function collect(): void {
@@ -67,6 +72,8 @@ function collect(): void {
 /** Runs `fn` under benchmark.js; returns calls per second and the relative margin of error (%). */
 function measure(name: string, fn: () => void): { hz: number; rme: number } {
   const bench = new Benchmark(name, fn, { maxTime: MAX_TIME, minSamples: QUICK ? 5 : 20, initCount: 1 });
+  // benchmark.js runs synchronously: the progress line's clock moves once per cycle.
+  if (progress.enabled) bench.on("cycle", () => progress.tick());
   bench.run({ async: false });
   if (bench.error) throw bench.error as Error;
   return { hz: bench.hz, rme: bench.stats.rme };
@@ -405,32 +412,38 @@ async function main(): Promise<void> {
   // Route lookups first: on a 1M-prefix table, after the seed's 3-route table warmed Lpm4.lookup
   // with its /16-summary branch taken, V8's code for it is slower (production has one table).
   if (wanted("route")) {
+    progress.step("route lookups");
     log("route lookups");
     routeLookups();
     collect();
   }
   if (wanted("established64k")) {
+    progress.step("established SNAT, 64k flows");
     log("established SNAT, 64k flows");
     establishedSnat(65_536, "established64k", "established UDP with SNAT, 64k flows", 10e6);
     await finishAllocations();
     collect();
   }
   if (wanted("established1m")) {
+    progress.step("established SNAT, 1M flows");
     log("established SNAT, 1M flows");
     establishedSnat(1_000_000, "established1m", "established UDP with SNAT, 1M flows", 5e6);
     collect();
   }
   if (wanted("inbound")) {
+    progress.step("established inbound TCP through the floating IP");
     log("established inbound TCP through the floating IP");
     inboundTcp();
     collect();
   }
   if (wanted("new")) {
+    progress.step("new connections");
     log("new connections");
     newConnections();
     collect();
   }
   if (wanted("memory")) {
+    progress.step("conntrack memory");
     log("conntrack memory");
     conntrackMemory();
   }
@@ -439,6 +452,7 @@ async function main(): Promise<void> {
   mergeResults(`${dir}/latest.json`, "hotpath", results);
   writeFileSync(`${dir}/latest.md`, markdown(results));
   writeFileSync(`${dir}/hotpath.svg`, svgChart(results));
+  progress.done();
   log(`wrote ${dir}/latest.json, latest.md, hotpath.svg`);
 }
 
