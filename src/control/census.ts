@@ -52,10 +52,28 @@ export interface CensusResult {
  * the status conntrack -L shows: UNREPLIED (no reply yet), ASSURED, or REPLIED.
  */
 export function entryStateName(table: ConntrackTable, id: number): string {
-  if (table.protocol(id) === IPPROTO_TCP) return TCP_STATE_NAMES[table.tcpState(id)] ?? "NONE";
+  return stateName(entryStateCode(table, id));
+}
+
+/** Codes of the states of non-TCP entries, after the TCP states (< STATE_CODES). */
+const STATE_UNREPLIED = 29;
+const STATE_REPLIED = 30;
+const STATE_ASSURED = 31;
+const STATE_CODES = 32;
+
+/** The state as a small number: the TCP state, or one of STATE_UNREPLIED/REPLIED/ASSURED. */
+function entryStateCode(table: ConntrackTable, id: number): number {
+  if (table.protocol(id) === IPPROTO_TCP) return Math.min(table.tcpState(id), STATE_UNREPLIED - 1);
   const status = table.status(id);
-  if ((status & CtStatus.SeenReply) === 0) return "UNREPLIED";
-  return (status & CtStatus.Assured) !== 0 ? "ASSURED" : "REPLIED";
+  if ((status & CtStatus.SeenReply) === 0) return STATE_UNREPLIED;
+  return (status & CtStatus.Assured) !== 0 ? STATE_ASSURED : STATE_REPLIED;
+}
+
+function stateName(code: number): string {
+  if (code === STATE_UNREPLIED) return "UNREPLIED";
+  if (code === STATE_REPLIED) return "REPLIED";
+  if (code === STATE_ASSURED) return "ASSURED";
+  return TCP_STATE_NAMES[code] ?? "NONE";
 }
 
 function nextTurn(): Promise<void> {
@@ -105,7 +123,8 @@ export class ConntrackCensus {
   private async run(): Promise<CensusResult> {
     const table = this.table();
     const walk = new EntryPieces(table.capacity, this.budget);
-    const counts = new Map<string, { protocol: string; state: string; count: number }>();
+    // [protocol * STATE_CODES + state]: numbers, no string per entry.
+    const counts = new Float64Array(256 * STATE_CODES);
     const busiest: Candidate[] = [];
     const tracking = this.trackedTable === table;
     const comparing = tracking && this.primed;
@@ -123,12 +142,7 @@ export class ConntrackCensus {
           return false;
         }
         entries++;
-        const protocol = protocolName(table.protocol(id));
-        const state = entryStateName(table, id);
-        const key = `${protocol} ${state}`;
-        const bucket = counts.get(key);
-        if (bucket !== undefined) bucket.count++;
-        else counts.set(key, { protocol, state, count: 1 });
+        counts[table.protocol(id) * STATE_CODES + entryStateCode(table, id)]! += 1;
         const status = table.status(id);
         if ((status & CtStatus.SrcNat) !== 0) snat++;
         if ((status & CtStatus.DstNat) !== 0) dnat++;
@@ -150,7 +164,7 @@ export class ConntrackCensus {
     const result: CensusResult = {
       at: Date.now(),
       entries,
-      byProtocolState: [...counts.values()].sort((a, b) => a.protocol.localeCompare(b.protocol) || a.state.localeCompare(b.state)),
+      byProtocolState: countsByName(counts),
       snat,
       dnat,
       busiest: busiest
@@ -160,6 +174,15 @@ export class ConntrackCensus {
     this.last = result;
     return result;
   }
+}
+
+/** The non-zero counts with their protocol and state names, sorted by name. */
+function countsByName(counts: Float64Array): { protocol: string; state: string; count: number }[] {
+  const out: { protocol: string; state: string; count: number }[] = [];
+  counts.forEach((count, at) => {
+    if (count > 0) out.push({ protocol: protocolName(Math.floor(at / STATE_CODES)), state: stateName(at % STATE_CODES), count });
+  });
+  return out.sort((a, b) => a.protocol.localeCompare(b.protocol) || a.state.localeCompare(b.state));
 }
 
 /**
