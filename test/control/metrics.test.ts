@@ -6,7 +6,12 @@ import { describe, expect, it } from "vitest";
 import { readFileSync } from "node:fs";
 import { parseConfig } from "../../src/config/config.js";
 import { MetricsExporter } from "../../src/control/metrics.js";
+import { parseConfigRules } from "../../src/control/host-setup.js";
+import { carryOverCounters, diffConfigs, formatDifference } from "../../src/control/live-apply.js";
+import { buildDataplane } from "../../src/dataplane/from-config.js";
+import { NetfilterNat } from "../../src/dataplane/netfilter-nat.js";
 import { LoopStats } from "../../src/io/loop-stats.js";
+import { XorShift32 } from "../../src/core/rng.js";
 import { TCP_SYN } from "../../src/wire/packet-info.js";
 import { MemoryRouter } from "../support/memory-router.js";
 
@@ -133,5 +138,32 @@ describe("metrics: the Prometheus exposition of the seed router", () => {
     expect(value(s, "qnat_nat_rule_port_allocation_failures_total", rule)).toBe(1);
     expect(value(s, "qnat_port_drops_total", { port: TENANT, reason: "nat-no-free-tuple" })).toBe(1);
     expect(value(s, "qnat_nat_bindings", { type: "snat" })).toBe(1);
+  });
+});
+
+describe("metrics across qnat apply", () => {
+  const seedText = readFileSync("examples/seed.yaml", "utf8");
+  const load = (text: string) => {
+    const config = parseConfig(text, "router.yaml");
+    return { config, rules: parseConfigRules(config) };
+  };
+
+  it("apply turns the endpoint on, moves it and turns it off, and says so", () => {
+    const off = load(seedText);
+    const on = load(`${seedText}metrics: { listen: 0.0.0.0:9100 }\n`);
+    const moved = load(`${seedText}metrics: { listen: 127.0.0.1:9464 }\n`);
+    expect(formatDifference(diffConfigs(off.config, off.rules, on.config, on.rules), on.config)).toEqual(["~ metrics off -> 0.0.0.0:9100"]);
+    expect(formatDifference(diffConfigs(on.config, on.rules, moved.config, moved.rules), moved.config)).toEqual(["~ metrics 0.0.0.0:9100 -> 127.0.0.1:9464"]);
+    expect(formatDifference(diffConfigs(moved.config, moved.rules, off.config, off.rules), off.config)).toEqual(["~ metrics 127.0.0.1:9464 -> off"]);
+  });
+
+  it("a rule's port-allocation failures survive a live change that keeps the rule", () => {
+    const { config } = load(seedText);
+    const running = buildDataplane(config, { rng: new XorShift32(1) });
+    const before = (running.nat as NetfilterNat).rules;
+    before.allocationFailures.fill(3);
+    const next = buildDataplane(config, { successorOf: running });
+    carryOverCounters(running, next);
+    expect([...(next.nat as NetfilterNat).rules.allocationFailures]).toEqual([...before.allocationFailures]);
   });
 });
