@@ -5,10 +5,12 @@
  * outside (SNAT) and 10.0.0.2's metadata fetch through the router (REDIRECT to the proxy); the
  * scrape, with curl inside the router namespace, counts them. `qnat top` runs in a tmux pane on
  * its own tmux server (a socket of this test's), shows the ports and a non-zero rate while a
- * bounded ping runs, and quits on `q` with the terminal given back. Every traffic loop is
- * bounded in count and time.
+ * bounded ping runs, and quits on `q` (and Ctrl-C) with the terminal given back; `qnat apply`
+ * moves the endpoint. Every traffic loop is bounded in count and time.
  */
 import { spawn, spawnSync } from "node:child_process";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -46,7 +48,7 @@ describe.skipIf(!isRoot)("metrics and qnat top against the live seed router", ()
   const { text, config } = retagForRun(SEED, runTag());
   const router = config.namespace;
   const tenant = config.ports[0]!.wire.namespace;
-  const scrape = (): string => netnsExec(router, "curl", ["-s", "-m", "5", `http://${METRICS}/metrics`], { timeoutMs: 10_000 });
+  const scrape = (address = METRICS): string => netnsExec(router, "curl", ["-s", "-m", "5", `http://${address}/metrics`], { timeoutMs: 10_000 });
 
   beforeAll(async () => {
     lab = await startQnatLab(`${text}\nmetrics:\n  listen: ${METRICS}\n`, config);
@@ -87,7 +89,7 @@ describe.skipIf(!isRoot)("metrics and qnat top against the live seed router", ()
     expect(refused.stderr.split("\n")[0]).toBe("qnat: top needs a terminal (stdin and stdout); use --once for a snapshot");
   });
 
-  it.skipIf(!hasTmux)("qnat top in a tmux pane shows the ports and a non-zero rate while 10.0.0.3 pings, and q gives the terminal back", async () => {
+  it.skipIf(!hasTmux)("qnat top in a tmux pane shows the ports and a non-zero rate while 10.0.0.3 pings, and q (then Ctrl-C) gives the terminal back", async () => {
     const socket = `qnat-top-${runTag()}`;
     const tmux = (...args: string[]): string => {
       const result = spawnSync("tmux", ["-L", socket, ...args], { encoding: "utf8", timeout: 10_000 });
@@ -124,9 +126,41 @@ describe.skipIf(!isRoot)("metrics and qnat top against the live seed router", ()
       expect(after).not.toContain("qnat top -");
       // The cursor is shown again and the pane left the alternate screen.
       expect(tmux("display-message", "-p", "-t", "top", "#{cursor_flag} #{alternate_on}").trim()).toBe("1 0");
+
+      // Ctrl-C quits the same way (the terminal is in raw mode: top reads it as a key).
+      tmux("send-keys", "-t", "top", "clear", "Enter");
+      tmux("send-keys", "-t", "top", `${process.execPath} ${qnatMain()} top --router ${router}; echo "again-exited $?"`, "Enter");
+      screen = "";
+      for (let attempt = 0; attempt < 50 && !screen.includes("(q quits)"); attempt++) {
+        await sleep(200);
+        screen = tmux("capture-pane", "-p", "-t", "top");
+      }
+      expect(tmux("display-message", "-p", "-t", "top", "#{alternate_on}").trim()).toBe("1");
+      tmux("send-keys", "-t", "top", "C-c");
+      after = "";
+      for (let attempt = 0; attempt < 25 && !after.includes("again-exited"); attempt++) {
+        await sleep(200);
+        after = tmux("capture-pane", "-p", "-t", "top");
+      }
+      expect(after).toContain("again-exited 0");
+      expect(tmux("display-message", "-p", "-t", "top", "#{cursor_flag} #{alternate_on}").trim()).toBe("1 0");
     } finally {
       pinger.kill("SIGKILL");
       spawnSync("tmux", ["-L", socket, "kill-server"], { timeout: 10_000 });
+    }
+  });
+
+  it("qnat apply moves the endpoint: the new address answers, the old one no longer does", () => {
+    const dir = mkdtempSync(join(tmpdir(), "qnat-metrics-"));
+    try {
+      const file = join(dir, "router.yaml");
+      writeFileSync(file, `${text}\nmetrics:\n  listen: 127.0.0.1:9465\n`);
+      const applied = spawnSync(process.execPath, [qnatMain(), "apply", file, "--router", router], { encoding: "utf8", timeout: 20_000 });
+      expect([applied.status, applied.stdout]).toEqual([0, `~ metrics ${METRICS} -> 127.0.0.1:9465\n`]);
+      expect(sample(scrape("127.0.0.1:9465"), "qnat_conntrack_inserts_total")).toBeGreaterThanOrEqual(2);
+      expect(() => scrape()).toThrow();
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
     }
   });
 });
