@@ -103,8 +103,20 @@ export class MetricsExporter {
     this.defineLoop();
   }
 
-  /** The exposition text of every metric, read now. */
-  async scrape(): Promise<string> {
+  /**
+   * The exposition text of every metric, read now. Scrapes run one after the other: each
+   * metric's collect() reads the snapshot of the scrape in progress (prom-client calls them all
+   * before its first await today; the queue keeps that true if a collect ever waits).
+   */
+  scrape(): Promise<string> {
+    const run = this.scraping.then(() => this.scrapeNow());
+    this.scraping = run.catch(() => undefined);
+    return run;
+  }
+
+  private scraping: Promise<unknown> = Promise.resolve();
+
+  private async scrapeNow(): Promise<string> {
     const census = await this.census.latest(this.source.censusMaxAgeMs ?? CENSUS_MAX_AGE_MS);
     const dataplane = this.source.dataplane();
     this.snapshot = { dataplane, stats: collectStats(dataplane), census };
