@@ -256,6 +256,7 @@ export function carryOverCounters(from: Dataplane, to: Dataplane): void {
     to.drops.set(from.drops.subarray(before.index * dropStride, (before.index + 1) * dropStride), port.index * dropStride);
   }
   to.fragmentsExpired = from.fragmentsExpired;
+  Object.assign(to.fragmentOutput.counters, from.fragmentOutput.counters);
   if (!(from.nat instanceof NetfilterNat) || !(to.nat instanceof NetfilterNat)) return;
   const old = from.nat.rules;
   const now = to.nat.rules;

@@ -12,6 +12,7 @@ import { formatCidr } from "../core/addr.js";
 import { DROP_REASON_COUNT, dropReasonName } from "../core/drop-reason.js";
 import type { ConntrackChainStats, ConntrackCounters } from "../conntrack/table.js";
 import type { FragmentCounters } from "../nat/fragments.js";
+import type { FragmentOutputCounters } from "../dataplane/fragment-output.js";
 import { type Dataplane, PortCounter } from "../dataplane/pipeline.js";
 import type { LegHealth } from "../io/leg-supervisor.js";
 import { formatStateStats, type StateStatsView } from "./state-keeper.js";
@@ -99,6 +100,8 @@ export interface StatsView {
   readonly ports: readonly PortStatsView[];
   readonly conntrack: ConntrackStatsView;
   readonly fragments?: FragmentStatsView;
+  /** Packets fragmented on output (dataplane/fragment-output.ts; Linux Ip: FragOKs, FragCreates, FragFails). */
+  readonly fragmentation?: Readonly<FragmentOutputCounters>;
   /** Present when the router serves instance metadata. */
   readonly metadata?: MetadataStatsView;
   /** Present when the router keeps its connections in a state file (config `state:`). */
@@ -200,6 +203,7 @@ export function collectStats(dataplane: Dataplane, metadata?: MetadataStatsView)
       heldBytes: fragments.heldBytes,
       counters: { ...fragments.counters },
     },
+    fragmentation: { ...dataplane.fragmentOutput.counters },
     process: processMemory(),
   };
   return metadata === undefined ? stats : { ...stats, metadata: { ...metadata } };
@@ -321,6 +325,7 @@ function wrapPairs(pairs: readonly string[], indent: string, width = 80): string
  *   fragments: 1 datagram, max 1024; 2 held, max 256 (2.9 KiB)
  *       datagrams=1 translated=0 held=2 released=0 expired_held=0 table_full=0
  *       completed=0
+ *   fragmentation: 2 datagrams too big for their egress MTU left as 4 fragments, 0 failed
  *   port 0: qr-694450d6-f6
  *               RX packets  RX bytes  TX packets  TX bytes
  *       wire            12      1234          10      1000
@@ -357,6 +362,11 @@ export function formatStats(stats: StatsView): string {
     const datagrams = `${fr.datagrams} ${fr.datagrams === 1 ? "datagram" : "datagrams"}, max ${fr.maxDatagrams}`;
     lines.push(`fragments: ${datagrams}; ${fr.held} held, max ${fr.maxHeld} (${formatBytes(fr.heldBytes)})`);
     lines.push(...wrapPairs(counterPairs(fr.counters), INDENT));
+  }
+  const out = stats.fragmentation;
+  if (out !== undefined) {
+    const datagrams = `${out.datagrams} ${out.datagrams === 1 ? "datagram" : "datagrams"}`;
+    lines.push(`fragmentation: ${datagrams} too big for their egress MTU left as ${out.fragments} fragments, ${out.failed} failed`);
   }
 
   const tables = counterTables(stats.ports);

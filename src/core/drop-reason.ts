@@ -21,7 +21,8 @@ export enum DropReason {
   TtlExceeded,          // TTL <= 1 on forward: ICMP time exceeded sent (if allowed)
   NoRoute,              // no route: ICMP net unreachable sent (if allowed)
   FragmentationNeeded,  // DF set and larger than egress MTU: ICMP frag needed sent
-  TooBigNoDf,           // larger than egress MTU without DF (qnat does not fragment)
+  GsoTooBigNoDf,        // a GSO super-packet without DF whose segments exceed the egress MTU
+                        // (Linux segments it, then fragments each segment: ip_finish_output_gso)
   // conntrack
   ConntrackInvalid,     // ctstate INVALID (bad checksum / bad TCP flags / orphan ICMP error), dropped
                         // only with conntrack.drop_invalid (Linux: a --ctstate INVALID -j DROP rule)
@@ -37,6 +38,8 @@ export enum DropReason {
   FragmentOversize,     // a fragment ending past 65535 bytes of datagram (Linux ip_frag_reasm: "Oversized IP packet")
   // egress
   EgressQueueFull,
+  FragmentOutputFull,   // too big without DF, and its fragments did not fit the batch's fragment
+                        // output (dataplane/fragment-output.ts; Linux IPSTATS_MIB_FRAGFAILS)
   IcmpRateLimited,      // an ICMP error was due but the rate limit suppressed it
   // the router itself
   Internal,             // processing the packet threw (a bug): the packet is dropped, the loop goes on

@@ -2,7 +2,9 @@
  * The forwarding pipeline: one batch of packets from one leg of one port in, one verdict per
  * packet out (the egress `port * 2 + leg`, or a drop), with the packets rewritten in place.
  * ICMP errors the router itself originates are written into `generated` and pass the OUTPUT
- * path like anything the router's host sends (Linux: icmp_send -> ip_local_out).
+ * path like anything the router's host sends (Linux: icmp_send -> ip_local_out). A packet
+ * without DF too big for its egress MTU leaves as fragments, written into `fragmentOutput`
+ * (fragment-output.ts; Linux ip_finish_output -> ip_fragment).
  *
  * Order per packet follows Linux (DESIGN.md "Pipeline"):
  *   wire leg:   validate -> conntrack -> PREROUTING nat -> route -> (local: INPUT nat -> mirror)
@@ -45,8 +47,9 @@ import { gsoSegmentNetworkLength, parsePacket } from "../wire/validate.js";
 import { DEFRAG_USER_IN, DEFRAG_USER_OUT, FragmentTable } from "../nat/fragments.js";
 import { RouterAddresses, isMartianDestination, isMartianSource } from "./addresses.js";
 import { EstablishedFastPath, FAST_PATH_MISS } from "./fast-path.js";
+import { FragmentOutput } from "./fragment-output.js";
 import { ICMP_ERROR_RATE_LIMITED, IcmpErrorWriter } from "./icmp-error.js";
-import { LEG_MIRROR, LEG_WIRE, RouterPort, VERDICT_DROP, VERDICT_STOLEN, egressOf, type PortSpec } from "./port.js";
+import { LEG_MIRROR, LEG_WIRE, RouterPort, VERDICT_DROP, VERDICT_FRAGMENTED, VERDICT_STOLEN, egressOf, type PortSpec } from "./port.js";
 import type { NatStage } from "./nat-stage.js";
 import { NetfilterNat } from "./netfilter-nat.js";
 import { PacketContext } from "./packet-context.js";
@@ -152,6 +155,11 @@ export class Dataplane {
   private readonly releasedUsers = new Uint8Array(64);
   /** Held fragments dropped because their first fragment never came (Linux ipfrag_time). */
   fragmentsExpired = 0;
+  /**
+   * The fragments of this batch's packets that were too big for their egress MTU (without DF),
+   * with their egress in `fragmentOutput.verdicts`: the forwarder writes them after the batch.
+   */
+  readonly fragmentOutput: FragmentOutput;
   /** Set while `qnat trace` runs one packet. */
   tracer: PipelineTracer | null = null;
   /**
@@ -177,6 +185,7 @@ export class Dataplane {
     this.nat = options.nat;
     this.netfilterNat = options.nat instanceof NetfilterNat ? options.nat : null;
     this.fragments = options.fragments ?? new FragmentTable({ clock: options.clock });
+    this.fragmentOutput = new FragmentOutput(Math.max(0, ...this.ports.map((port) => port.mtu)));
     this.portCounters = new Float64Array(this.ports.length * PORT_COUNTERS);
     this.drops = new Float64Array(this.ports.length * DROP_REASON_COUNT);
     this.addresses = new RouterAddresses(this.ports);
@@ -238,6 +247,7 @@ export class Dataplane {
     // for the packets that reach it any other way.
     const fast = this.fastPathEnabled();
     const packet = this.packet;
+    this.fragmentOutput.clear();
     for (let i = 0; i < batch.count; i++) {
       let length = batch.lengths[i]!;
       counters[base] += 1;
@@ -396,16 +406,18 @@ export class Dataplane {
     }
     const mtu = this.ports[egress]!.mtu;
     // A GSO super-packet fits when each of its segments does (ip_exceeds_mtu, skb_gso_validate_network_len).
-    if ((p.gsoSize === 0 ? info.length : gsoSegmentNetworkLength(info, p.gsoSize)) > mtu) {
+    const tooBig = (p.gsoSize === 0 ? info.length : gsoSegmentNetworkLength(info, p.gsoSize)) > mtu;
+    if (tooBig) {
       if (info.dontFragment) {
         this.sendIcmpError(p, buf, off, ICMP_DEST_UNREACHABLE, ICMP_FRAGMENTATION_NEEDED, mtu, ingress, generated);
         return this.release(p, ingress, DropReason.FragmentationNeeded);
       }
-      return this.release(p, ingress, DropReason.TooBigNoDf);
+      // Linux segments such a super-packet and fragments each segment (ip_finish_output_gso).
+      if (p.gsoSize !== 0) return this.release(p, ingress, DropReason.GsoTooBigNoDf);
     }
     ipv4DecrementTtl(buf, off);
     info.ttl -= 1;
-    if (this.tracer !== null) this.tracer.step("forward", `ttl ${info.ttl + 1} -> ${info.ttl}; ${info.length} bytes fit mtu ${mtu} of ${this.ports[egress]!.name}`);
+    if (this.tracer !== null) this.tracer.step("forward", `ttl ${info.ttl + 1} -> ${info.ttl}; ${info.length} bytes ${tooBig ? "do not fit" : "fit"} mtu ${mtu} of ${this.ports[egress]!.name}`);
     // filter FORWARD (ip_forward's NF_INET_FORWARD hook, after the TTL and MTU checks).
     if (p.invalid && this.dropInvalid) return this.dropInvalidPacket(p, ingress, "FORWARD");
 
@@ -414,6 +426,7 @@ export class Dataplane {
       if (natReason !== DropReason.None) return this.release(p, ingress, natReason);
     }
     if (!this.confirm(p, ingress)) return VERDICT_DROP;
+    if (tooBig) return this.fragmentOut(p, buf, off, ingress, egress, mtu);
     return egressOf(egress, LEG_WIRE);
   }
 
@@ -526,7 +539,32 @@ export class Dataplane {
       if (natReason !== DropReason.None) return this.release(p, ingress, natReason);
     }
     if (!this.confirm(p, ingress)) return VERDICT_DROP;
+    // The router's host fragments what it sends, too (ip_finish_output); its super-packets are
+    // segmented by the receiver, and its DF packets pass as they are.
+    const mtu = this.ports[egress]!.mtu;
+    if (info.length > mtu && p.gsoSize === 0 && !info.dontFragment) return this.fragmentOut(p, buf, off, ingress, egress, mtu);
     return egressOf(egress, LEG_WIRE);
+  }
+
+  /**
+   * The current packet, translated and confirmed, leaves by the wire leg of `egress` as fragments
+   * of at most `mtu` bytes (fragment-output.ts); they are counted as sent there. Returns
+   * VERDICT_FRAGMENTED, or a drop when the fragment output has no room left in this batch.
+   */
+  private fragmentOut(p: PacketContext, buf: Uint8Array, off: number, ingress: number, egress: number, mtu: number): number {
+    const verdict = egressOf(egress, LEG_WIRE);
+    const count = this.fragmentOutput.fragment(buf, off, p.info, mtu, verdict);
+    if (count === 0) return this.drop(ingress, DropReason.FragmentOutputFull);
+    const out = this.fragmentOutput.batch;
+    for (let i = out.count - count; i < out.count; i++) this.countTx(verdict, out.lengths[i]!);
+    if (this.tracer !== null) {
+      const offset = p.info.fragmentOffset;
+      this.tracer.step(
+        "fragment",
+        `${p.info.length} bytes${offset !== 0 || p.info.moreFragments ? ` (a fragment at offset ${offset})` : ""} leave ${this.ports[egress]!.name} as ${count} fragments of at most ${mtu} bytes, id ${(buf[off + 4]! << 8) | buf[off + 5]!} kept (ip_do_fragment)`,
+      );
+    }
+    return VERDICT_FRAGMENTED;
   }
 
   /**

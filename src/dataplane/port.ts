@@ -12,6 +12,11 @@ export const LEG_MIRROR = 1;
 export const VERDICT_DROP = -1;
 /** The packet was taken by the dataplane (e.g. held until its first fragment arrives). */
 export const VERDICT_STOLEN = -2;
+/**
+ * The packet left as IP fragments (too big for its egress MTU, no DF): the fragments, each with
+ * its egress, are in the dataplane's fragment output (fragment-output.ts), not the packet itself.
+ */
+export const VERDICT_FRAGMENTED = -3;
 
 export function egressOf(port: number, leg: number): number {
   return port * 2 + leg;

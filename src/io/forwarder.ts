@@ -1,8 +1,9 @@
 /**
  * Moves batches between a dataplane and its legs: read one batch from a leg, run it through the
- * pipeline, write each packet to the leg its verdict names (and the router's own ICMP errors
- * after it). The same loop drives TUN devices and in-memory legs. Buffers are allocated once.
- * A leg whose read or write throws is taken out (`slots`, io/leg.ts); the others go on.
+ * pipeline, write each packet to the leg its verdict names, then the fragments of those too big
+ * for their egress MTU, the held fragments the batch released and the router's own ICMP errors.
+ * The same loop drives TUN devices and in-memory legs. Buffers are allocated once. A leg whose
+ * read or write throws is taken out (`slots`, io/leg.ts); the others go on.
  */
 import { PacketBatch } from "../core/batch.js";
 import type { Dataplane } from "../dataplane/pipeline.js";
@@ -55,6 +56,9 @@ export class Forwarder {
     this.generated.clear();
     this.dataplane.processBatch(this.rx, index >> 1, index & 1, this.verdicts, this.generated, this.generatedVerdicts);
     this.flush(this.rx, this.verdicts);
+    // Packets too big for their egress MTU left as fragments (dataplane/fragment-output.ts).
+    const fragments = this.dataplane.fragmentOutput;
+    if (fragments.batch.count > 0) this.flush(fragments.batch, fragments.verdicts);
     const released = this.dataplane.released;
     if (released.count > 0) this.flush(released, this.dataplane.releasedVerdicts);
     if (this.generated.count > 0) this.flush(this.generated, this.generatedVerdicts);
