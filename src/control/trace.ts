@@ -266,7 +266,9 @@ export function holdState(dataplane: Dataplane): HeldState {
   const journal = dataplane.conntrack.undoLog;
   // The journal object itself is part of the snapshot (its recording flag and buffer come back
   // as they were); the arrays it covers are not.
-  const restoreRest = snapshotState(dataplane, [dataplane.routes, ...journal.covered]);
+  // The fragment output's slots are scratch (every batch writes them before the forwarder reads
+  // them): half a MiB that a trace need not copy back.
+  const restoreRest = snapshotState(dataplane, [dataplane.routes, ...journal.covered, dataplane.fragmentOutput.batch.data]);
   journal.begin();
   const held = {
     restore(): void {

@@ -38,7 +38,7 @@ import { icmpInverseType, icmpTupleDport } from "../../src/conntrack/tuple.js";
 import { buildRoutingTable, compileRules } from "../../src/dataplane/from-config.js";
 import { NetfilterNat } from "../../src/dataplane/netfilter-nat.js";
 import { Dataplane } from "../../src/dataplane/pipeline.js";
-import { LEG_WIRE, VERDICT_DROP, VERDICT_STOLEN } from "../../src/dataplane/port.js";
+import { LEG_WIRE, VERDICT_DROP, VERDICT_FRAGMENTED, VERDICT_STOLEN } from "../../src/dataplane/port.js";
 import { NatEngine } from "../../src/nat/binding.js";
 import { compile, RuleTrace } from "../../src/nat/rules/evaluate.js";
 import { parseRules } from "../../src/nat/rules/parse.js";
@@ -46,8 +46,10 @@ import type { RoutingTable } from "../../src/route/table.js";
 import { buildPacket, type PacketSpec } from "../../src/wire/build.js";
 import { onesComplementSum, pseudoHeaderSum } from "../../src/wire/checksum.js";
 import { icmpIsQuery } from "../../src/wire/icmp.js";
+import { ipv4ChecksumValid } from "../../src/wire/ipv4.js";
 import { IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, PacketInfo, TCP_ACK, TCP_SYN } from "../../src/wire/packet-info.js";
 import { parsePacket, verifyL4Checksum } from "../../src/wire/validate.js";
+import { reassembleFragments } from "../support/fragments.js";
 import { CONFIGS, TENANT_PORT, makeChecksumPartial, packetsOf, readU32, type ConfigName, type Scenario, type Step } from "./scenario.js";
 
 export class FuzzFailure extends Error {
@@ -100,6 +102,8 @@ interface Forwarded {
   out: Uint8Array;
   verdict: number;
   explained: boolean;
+  /** It left as fragments (`out` is them put back together): a partial checksum was completed. */
+  fragmented?: boolean;
 }
 
 interface PumpResult {
@@ -258,6 +262,7 @@ export class PipelineHarness {
     let drops = 0;
     let stolen = 0;
     const forwarded: Forwarded[] = [];
+    const pieces = new FragmentCursor(dp, (message) => this.fail(message));
     for (let i = 0; i < batch.count; i++) {
       const a = kept[i]!;
       this.where = a.where;
@@ -267,9 +272,11 @@ export class PipelineHarness {
       else if (v === VERDICT_STOLEN) {
         stolen++;
         this.held.push(a);
+      } else if (v === VERDICT_FRAGMENTED) {
+        forwarded.push(pieces.take(a, batch.copyOut(i)));
       } else if (v >= 0 && v < this.ports * 2) {
         forwarded.push({ arrival: a, out: batch.copyOut(i), verdict: v, explained: false });
-      } else this.fail(`verdict ${v} is neither a leg, a drop nor held`);
+      } else this.fail(`verdict ${v} is neither a leg, a drop, fragmented nor held`);
     }
     const released = dp.released;
     const sent = [...kept];
@@ -283,10 +290,12 @@ export class PipelineHarness {
       else if (v === VERDICT_STOLEN) {
         stolen++;
         this.held.push(a);
-      } else if (v >= 0 && v < this.ports * 2) forwarded.push({ arrival: a, out, verdict: v, explained: false });
+      } else if (v === VERDICT_FRAGMENTED) forwarded.push(pieces.take(a, out));
+      else if (v >= 0 && v < this.ports * 2) forwarded.push({ arrival: a, out, verdict: v, explained: false });
       else this.fail(`released fragment: verdict ${v}`);
     }
     this.where = kept[0]!.where;
+    pieces.done();
     // An exception inside the pipeline is caught there and counted as DropReason.Internal: for
     // the fuzz it is a bug all the same.
     const internal = this.internalErrors.length > 0 || this.countOf(DropReason.Internal) !== internalBefore;
@@ -300,7 +309,7 @@ export class PipelineHarness {
 
     for (const f of forwarded) {
       this.where = f.arrival.where;
-      f.explained = this.checkForwarded(f.arrival, f.out, f.verdict, volatile, sawInvalid);
+      f.explained = this.checkForwarded(f.arrival, f.out, f.verdict, volatile, sawInvalid, f.fragmented === true);
     }
     dp.housekeeping();
     const expired = dp.fragmentsExpired - expiredBefore;
@@ -317,6 +326,8 @@ export class PipelineHarness {
     for (let i = 0; i < batch.count; i++) left.push(`${verdicts[i]}:${verdicts[i]! >= 0 ? hashBytes(batch.copyOut(i)) : ""}`);
     for (let i = 0; i < released.count; i++) left.push(`r${dp.releasedVerdicts[i]}:${hashBytes(released.copyOut(i))}`);
     for (let i = 0; i < generated.count; i++) left.push(`g${generatedVerdicts[i]}:${hashBytes(generated.copyOut(i))}`);
+    const fragmentBatch = dp.fragmentOutput.batch;
+    for (let i = 0; i < fragmentBatch.count; i++) left.push(`f${dp.fragmentOutput.verdicts[i]}:${hashBytes(fragmentBatch.copyOut(i))}`);
     const table = new TextEncoder().encode(formatConntrackTable(ct));
     this.log.push(`${kept[0]!.where}: ${left.join(" ")} drops ${this.packetDrops()} conntrack ${ct.count}/${hashBytes(table)}`);
     result.forwarded = forwarded;
@@ -424,7 +435,7 @@ export class PipelineHarness {
   // ------------------------------------------------------------------------- forwarded
 
   /** Judges one packet that left; true when a conntrack entry explains its translation. */
-  private checkForwarded(a: Arrival, out: Uint8Array, verdict: number, volatile: boolean, sawInvalid: boolean): boolean {
+  private checkForwarded(a: Arrival, out: Uint8Array, verdict: number, volatile: boolean, sawInvalid: boolean, fragmented = false): boolean {
     const inInfo = this.inInfo;
     const outInfo = this.outInfo;
     const inReason = parsePacket(a.bytes, 0, a.bytes.length, inInfo);
@@ -437,7 +448,7 @@ export class PipelineHarness {
     const forwardedTtl = a.leg === LEG_WIRE && outLeg === LEG_WIRE;
     const expectedTtl = forwardedTtl ? inInfo.ttl - 1 : inInfo.ttl;
     if (outInfo.ttl !== expectedTtl) this.fail(`TTL ${inInfo.ttl} -> ${outInfo.ttl}, expected ${expectedTtl} (${forwardedTtl ? "forwarded" : "local"})`);
-    this.checkChecksums(a, out);
+    this.checkChecksums(a, out, fragmented);
     this.checkOnlyNatFieldsChanged(a, out);
     return this.checkTranslation(a, out, volatile, sawInvalid);
   }
@@ -472,7 +483,7 @@ export class PipelineHarness {
     }
   }
 
-  private checkChecksums(a: Arrival, out: Uint8Array): void {
+  private checkChecksums(a: Arrival, out: Uint8Array, fragmented: boolean): void {
     const inInfo = this.inInfo;
     const outInfo = this.outInfo;
     if (!inInfo.hasL4 || inInfo.isFragment) return;
@@ -482,6 +493,11 @@ export class PipelineHarness {
       return;
     }
     if (a.partial && (protocol === IPPROTO_TCP || protocol === IPPROTO_UDP)) {
+      // Fragments leave as plain packets: the checksum was completed first (skb_checksum_help).
+      if (fragmented) {
+        if (partialConsistent(a.bytes, inInfo) && !verifyL4Checksum(out, outInfo)) this.fail("a partial checksum completed before fragmenting is wrong");
+        return;
+      }
       if (partialConsistent(a.bytes, inInfo) && !partialConsistent(out, outInfo)) this.fail("partial checksum is no longer the pseudo-header sum");
       return;
     }
@@ -673,6 +689,51 @@ function writeVirtioHeader(batch: PacketBatch, i: number, a: Arrival): void {
     batch.data[at + 1] = protocol === IPPROTO_TCP ? VIRTIO_NET_HDR_GSO_TCPV4 : VIRTIO_NET_HDR_GSO_UDP_L4;
     batch.data[at + 4] = a.gsoSize & 0xff;
     batch.data[at + 5] = a.gsoSize >>> 8;
+  }
+}
+
+/**
+ * The fragments of the packets that were too big for their egress MTU, in the order the pipeline
+ * cut them (the batch's packets, then the released ones): each packet's pieces must be whole
+ * fragments (a valid header checksum, at most the egress MTU, 8-byte multiples but the last, one
+ * egress) that together give back the packet as it left (`out`, whose header the pipeline changed
+ * only by cutting); checkForwarded then judges that packet.
+ */
+class FragmentCursor {
+  private next = 0;
+
+  constructor(
+    private readonly dp: Dataplane,
+    private readonly fail: (message: string) => never,
+  ) {}
+
+  take(arrival: Arrival, out: Uint8Array): Forwarded {
+    const batch = this.dp.fragmentOutput.batch;
+    const verdicts = this.dp.fragmentOutput.verdicts;
+    const headerLength = (out[0]! & 0x0f) * 4;
+    const want = ((out[2]! << 8) | out[3]!) - headerLength;
+    const pieces: Uint8Array[] = [];
+    let got = 0;
+    const verdict = verdicts[this.next]!;
+    const mtu = this.dp.ports[verdict >> 1]?.mtu ?? 0;
+    while (got < want) {
+      if (this.next >= batch.count) this.fail(`fragmented, but its fragments cover ${got} of ${want} bytes`);
+      const piece = batch.copyOut(this.next);
+      if (verdicts[this.next] !== verdict) this.fail(`the fragments of one packet leave by legs ${verdict} and ${verdicts[this.next]}`);
+      if (piece.length > mtu) this.fail(`a ${piece.length}-byte fragment left a port of MTU ${mtu}`);
+      if (!ipv4ChecksumValid(piece, 0)) this.fail("a fragment left with a bad header checksum");
+      got += piece.length - headerLength;
+      if (got < want && (piece.length - headerLength) % 8 !== 0) this.fail("a fragment before the last is not a multiple of 8 bytes");
+      pieces.push(piece);
+      this.next++;
+    }
+    if (pieces.length < 2) this.fail("fragmented into one piece");
+    return { arrival, out: reassembleFragments(pieces), verdict, explained: false, fragmented: true };
+  }
+
+  /** Every fragment belongs to a packet. */
+  done(): void {
+    if (this.next !== this.dp.fragmentOutput.batch.count) this.fail(`${this.dp.fragmentOutput.batch.count - this.next} fragments of no packet`);
   }
 }
 
