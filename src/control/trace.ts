@@ -24,7 +24,7 @@ import { parseIpv4 } from "../core/addr.js";
 import { PacketBatch } from "../core/batch.js";
 import type { Dataplane } from "../dataplane/pipeline.js";
 import type { NatTraceSink, NetfilterNat } from "../dataplane/netfilter-nat.js";
-import { LEG_MIRROR, LEG_WIRE, VERDICT_DROP } from "../dataplane/port.js";
+import { LEG_MIRROR, LEG_WIRE, VERDICT_DROP, VERDICT_FRAGMENTED } from "../dataplane/port.js";
 import { BUILTIN_CHAIN_NAMES, type Hook } from "../nat/rules/model.js";
 import { RuleTrace } from "../nat/rules/evaluate.js";
 import { buildPacket, describePacket, type PacketSpec } from "../wire/build.js";
@@ -184,6 +184,9 @@ export function runTrace(dataplane: Dataplane, spec: string, cost?: TraceCost): 
   const generatedVerdicts = new Int32Array(4);
   try {
     dataplane.processBatch(rx, ingress, fromHost ? LEG_MIRROR : LEG_WIRE, verdicts, generated, generatedVerdicts);
+    // A packet too big for its egress MTU left as fragments: they say where (the hold puts the
+    // fragment output back as it was).
+    if (verdicts[0] === VERDICT_FRAGMENTED) verdicts[0] = dataplane.fragmentOutput.verdicts[0]!;
   } finally {
     dataplane.tracer = null;
     dataplane.dryRun = false;

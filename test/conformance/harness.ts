@@ -273,6 +273,11 @@ export interface Plan {
   knownBug?: string;
   /** Sections that may differ, with the reason (docs/differences.md): printed, not failed. */
   documented?: Partial<Record<string, string>>;
+  /**
+   * The scenario crafts its datagrams' IP ids, so the ids of the fragments on the wires are
+   * compared too (otherwise an id is each sender's kernel's pick and left out).
+   */
+  fragmentIds?: boolean;
 }
 
 async function startAgent(netns: string, spec: object, limitSeconds: number): Promise<() => Promise<Observation["agents"][string]>> {
@@ -415,7 +420,7 @@ export function packetText(p: Record<string, unknown>, known: ReadonlySet<number
 export function normalisePackets(observation: Observation, plan: Plan, ns: string): string[] {
   const known = new Set(plan.knownPorts);
   const packets = (observation.agents[ns]?.packets ?? []).filter((p) => !(plan.teardownTiming && p.proto === 6 && p.flags === "R"));
-  return [...new Set(packets.map((p) => packetText(p, known)))].sort();
+  return [...new Set(packets.map((p) => packetText(p, known, plan.fragmentIds === true && (p.mf === true || Number(p.offset ?? 0) > 0))))].sort();
 }
 
 export function conntrackText(entry: CtEntry, known: ReadonlySet<number>): string {

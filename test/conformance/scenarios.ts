@@ -446,13 +446,22 @@ export function plansFor(config: RouterConfig): Plan[] {
       steps: [[{ ns: first.ns, actions: [udp(first.addr, 43901, out, UDP_SERVER, { size, df: false }), udp(first.addr, 43900, out, UDP_SERVER, { size, df: true })] }]],
       knownPorts: [43900, 43901, UDP_SERVER],
       conntrack: byPorts([43900, 43901]),
-      documented: {
-        clients: "qnat does not fragment a forwarded packet without DF that is too big for the egress MTU: it drops it (Linux ip_fragment) — docs/differences.md",
-        [`servers in ${t.outsideNs}`]: "as above: the oversize datagram without DF is dropped by qnat",
-        [`wire into ${t.outsideNs}`]: "as above",
-        [`wire into ${first.ns}`]: "as above: no reply to the dropped datagram",
-        conntrack: "as above",
-      },
+    });
+  }
+  // Fragmentation on output (ip_fragment): a datagram as large as the gateway's MTU, from the
+  // outside to a floating IP whose fixed host sits behind a smaller MTU (VXLAN's 1450). Crafted,
+  // so its IP id is known and the fragments' ids, sizes, offsets and MF compare on the tenant wire.
+  const overlay = t.floating.find((f) => (config.ports.find((p) => p.wire.namespace === f.fixed.ns)?.mtu ?? t.gatewayMtu) < t.gatewayMtu);
+  if (overlay !== undefined) {
+    const mtu = config.ports.find((p) => p.wire.namespace === overlay.fixed.ns)!.mtu;
+    const whole = (sport: number, id: number, df: boolean) => ({ src: t.outsideClient, dst: overlay.floating, id, df, udp: { sport, dport: UDP_SERVER, data_len: t.gatewayMtu - 28 } });
+    plans.push({
+      name: `fragmentation on output: ${t.gatewayMtu} bytes without DF from the outside to ${overlay.floating} reach ${overlay.fixed.addr} as fragments for MTU ${mtu}; with DF, fragmentation needed`,
+      agents: { [overlay.fixed.ns]: { udp: [UDP_SERVER] } },
+      steps: [[{ ns: t.outsideNs, actions: [{ kind: "raw", gap: 0.1, packets: [whole(44200, 0x1450, false), whole(44201, 0x1451, true)] }, { kind: "sleep", seconds: 0.3 }] }]],
+      knownPorts: [44200, 44201, UDP_SERVER],
+      conntrack: byPorts([44200, 44201]),
+      fragmentIds: true,
     });
   }
   return plans;

@@ -15,6 +15,7 @@ import { PacketBatch, VIRTIO_NET_HDR_GSO_TCPV4, VIRTIO_NET_HDR_LEN } from "../..
 import { XorShift32 } from "../../src/core/rng.js";
 import { parseConfig } from "../../src/config/config.js";
 import { collectStats, formatStats } from "../../src/control/show.js";
+import { formatTrace, runTrace } from "../../src/control/trace.js";
 import { FragmentOutput } from "../../src/dataplane/fragment-output.js";
 import { buildDataplane } from "../../src/dataplane/from-config.js";
 import { LEG_WIRE, VERDICT_DROP, VERDICT_FRAGMENTED, egressOf } from "../../src/dataplane/port.js";
@@ -199,6 +200,15 @@ describe("fragmentation on output (examples/mtu-1450.yaml)", () => {
     r.send(QG, udp(OUTSIDE, FLOATING, 40200, 7001, 1500, { id: 300 }));
     r.run();
     expect(r.receivedRaw(QR)).toHaveLength(31);
+  });
+
+  it("qnat trace shows the cut: the packet leaves DNATed, as fragments of at most 1450 bytes, id kept", () => {
+    const result = runTrace(router().dataplane, `${QG} udp ${OUTSIDE}:40070 > ${FLOATING}:7001 len=1500`);
+    expect(result.verdict).toBe("forward");
+    expect(result.out).toEqual({ port: QR, packet: `udp ${OUTSIDE}:40070 > ${VM}:7001` });
+    const steps = formatTrace(result);
+    expect(steps).toContain(`1500 bytes do not fit mtu 1450 of ${QR}`);
+    expect(steps).toMatch(new RegExp(`1500 bytes leave ${QR} as 2 fragments of at most 1450 bytes, id \\d+ kept \\(ip_do_fragment\\)`));
   });
 
   it("FragmentOutput refuses a datagram whose fragments do not all fit, leaving the batch as it was", () => {
