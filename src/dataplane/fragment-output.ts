@@ -66,7 +66,8 @@ export class FragmentOutput {
   fragment(buf: Uint8Array, off: number, info: PacketInfo, mtu: number, verdict: number): number {
     const out = this.batch;
     const first = out.count;
-    const count = writeIpv4FragmentsCompleted(buf, off, info, mtu, out);
+    if (info.l4ChecksumPartial && info.fragmentOffset === 0 && info.hasL4) completePartialChecksum(buf, info);
+    const count = writeIpv4Fragments(buf, off, info.length, mtu, out);
     if (count === 0) {
       this.counters.failed++;
       return 0;
@@ -76,11 +77,6 @@ export class FragmentOutput {
     this.counters.fragments += count;
     return count;
   }
-}
-
-function writeIpv4FragmentsCompleted(buf: Uint8Array, off: number, info: PacketInfo, mtu: number, out: PacketBatch): number {
-  if (info.l4ChecksumPartial && info.fragmentOffset === 0 && info.hasL4) completePartialChecksum(buf, info);
-  return writeIpv4Fragments(buf, off, info.length, mtu, out);
 }
 
 /**

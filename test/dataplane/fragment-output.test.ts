@@ -11,20 +11,21 @@ import { describe, expect, it } from "vitest";
 import { parseIpv4 } from "../../src/core/addr.js";
 import { DROP_REASON_COUNT, DropReason } from "../../src/core/drop-reason.js";
 import { ManualClock } from "../../src/core/clock.js";
-import { PacketBatch, VIRTIO_NET_HDR_GSO_TCPV4, VIRTIO_NET_HDR_LEN } from "../../src/core/batch.js";
+import { PacketBatch, VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_TCPV4, VIRTIO_NET_HDR_LEN } from "../../src/core/batch.js";
 import { XorShift32 } from "../../src/core/rng.js";
 import { parseConfig } from "../../src/config/config.js";
 import { collectStats, formatStats } from "../../src/control/show.js";
 import { formatTrace, runTrace } from "../../src/control/trace.js";
 import { FragmentOutput } from "../../src/dataplane/fragment-output.js";
 import { buildDataplane } from "../../src/dataplane/from-config.js";
-import { LEG_WIRE, VERDICT_DROP, VERDICT_FRAGMENTED, egressOf } from "../../src/dataplane/port.js";
+import { LEG_MIRROR, LEG_WIRE, VERDICT_DROP, VERDICT_FRAGMENTED, egressOf } from "../../src/dataplane/port.js";
 import { buildPacket, decodePacket, type PacketSpec } from "../../src/wire/build.js";
 import { internetChecksum, pseudoHeaderSum } from "../../src/wire/checksum.js";
 import { PacketInfo, TCP_ACK } from "../../src/wire/packet-info.js";
 import { parsePacket } from "../../src/wire/validate.js";
 import { fragmentDatagram, reassembleFragments } from "../support/fragments.js";
 import { MemoryRouter } from "../support/memory-router.js";
+import { makeChecksumPartial } from "../fuzz/scenario.js";
 
 const CONFIG = "examples/mtu-1450.yaml";
 const QR = "qr-5a6b7c8d-9e";
@@ -107,7 +108,7 @@ describe("fragmentation on output (examples/mtu-1450.yaml)", () => {
     expect(r.dataplane.fragmentOutput.counters.datagrams).toBe(0);
   });
 
-  it("SNAT: 192.168.10.11's 1500-byte datagram leaves two-subnets' 1400 gateway as two fragments with the MASQUERADE source", () => {
+  it("SNAT: 192.168.10.12's 1500-byte datagram leaves two-subnets' 1400 gateway as two fragments from 172.16.50.10 (MASQUERADE)", () => {
     const r = MemoryRouter.fromFile("examples/two-subnets.yaml");
     const sent = buildPacket(udp("192.168.10.12", "192.0.2.80", 40030, 7001, 1500));
     r.send("qr-a1b2c3d4-01", sent);
@@ -184,6 +185,33 @@ describe("fragmentation on output (examples/mtu-1450.yaml)", () => {
       ["198.18.0.2", VM, 64],
     ]);
     expect(udpChecksumOk(reassembleFragments(out))).toBe(true);
+  });
+
+  it("a partial UDP checksum (the host's checksum offload) is completed before cutting: the fragments leave as plain packets", () => {
+    const dp = buildDataplane(parseConfig(readFileSync(CONFIG, "utf8"), CONFIG), { clock: new ManualClock(), rng: new XorShift32(5) });
+    const batch = new PacketBatch(4, 2048 + VIRTIO_NET_HDR_LEN, VIRTIO_NET_HDR_LEN);
+    const sent = buildPacket(udp("198.18.0.2", FLOATING, 40080, 7001, 1500));
+    const full = sent.slice();
+    expect(makeChecksumPartial(sent)).toBe(true);
+    expect(sent).not.toEqual(full);
+    batch.push(sent);
+    batch.data[0] = VIRTIO_NET_HDR_F_NEEDS_CSUM;
+    const verdicts = new Int32Array(4);
+    // from the gateway port's mirror: the router's own host (OUTPUT DNAT to 10.1.0.5)
+    dp.processBatch(batch, 1, LEG_MIRROR, verdicts, new PacketBatch(4), new Int32Array(4));
+    expect(verdicts[0]).toBe(VERDICT_FRAGMENTED);
+    const out = Array.from({ length: dp.fragmentOutput.batch.count }, (_, i) => dp.fragmentOutput.batch.copyOut(i));
+    expect(layout(out)).toEqual([
+      [1444, 0, true],
+      [76, 1424, false],
+    ]);
+    const whole = reassembleFragments(out);
+    expect(udpChecksumOk(whole)).toBe(true);
+    expect(whole.subarray(28)).toEqual(full.subarray(28));
+    for (let i = 0; i < out.length; i++) {
+      const slot = dp.fragmentOutput.batch.slotSize * i;
+      expect(dp.fragmentOutput.batch.data.subarray(slot, slot + VIRTIO_NET_HDR_LEN)).toEqual(new Uint8Array(VIRTIO_NET_HDR_LEN));
+    }
   });
 
   it("the fragments of one batch that do not fit the fragment output are dropped whole and counted (fragment-output-full)", () => {
