@@ -253,6 +253,9 @@ export class MetricsExporter {
     this.gauge("qnat_fragments_held_bytes", "Bytes of the fragments held.", [], (s) => [[{}, s.stats.fragments?.heldBytes ?? 0]]);
     this.gauge("qnat_fragment_datagrams", "Fragmented datagrams tracked (virtual reassembly state).", [], (s) => [[{}, s.stats.fragments?.datagrams ?? 0]]);
     this.counter("qnat_fragments_expired_total", "Held fragments dropped because their first fragment never came.", [], (s) => [[{}, s.stats.fragments?.counters.expiredHeld ?? 0]]);
+    this.counter("qnat_fragmented_datagrams_total", "Packets without DF too big for their egress MTU that left as fragments (Linux Ip: FragOKs).", [], (s) => [[{}, s.stats.fragmentation?.datagrams ?? 0]]);
+    this.counter("qnat_fragments_created_total", "Fragments those packets were cut into (Linux Ip: FragCreates).", [], (s) => [[{}, s.stats.fragmentation?.fragments ?? 0]]);
+    this.counter("qnat_fragmentation_failures_total", "Packets that needed fragmenting and were dropped: the batch's fragment output was full (Linux Ip: FragFails).", [], (s) => [[{}, s.stats.fragmentation?.failed ?? 0]]);
   }
 
   private defineLoop(): void {

@@ -14,6 +14,7 @@ import { ManualClock } from "../../src/core/clock.js";
 import { PacketBatch, VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_TCPV4, VIRTIO_NET_HDR_LEN } from "../../src/core/batch.js";
 import { XorShift32 } from "../../src/core/rng.js";
 import { parseConfig } from "../../src/config/config.js";
+import { MetricsExporter } from "../../src/control/metrics.js";
 import { collectStats, formatStats } from "../../src/control/show.js";
 import { formatTrace, runTrace } from "../../src/control/trace.js";
 import { FragmentOutput } from "../../src/dataplane/fragment-output.js";
@@ -86,7 +87,7 @@ describe("fragmentation on output (examples/mtu-1450.yaml)", () => {
     expect(r.received(QG).map((d) => [d.src, d.sport, d.dst, d.dport])).toEqual([[FLOATING, 7001, OUTSIDE, 40000]]);
   });
 
-  it("counts the fragments as sent on the tenant wire, and `show stats` says how many datagrams were fragmented", () => {
+  it("counts the fragments as sent on the tenant wire, and `show stats` and the metrics say how many datagrams were fragmented", async () => {
     const r = router();
     for (let i = 0; i < 3; i++) r.send(QG, udp(OUTSIDE, FLOATING, 40010 + i, 7001, 1500, { id: 100 + i }));
     r.run();
@@ -95,6 +96,10 @@ describe("fragmentation on output (examples/mtu-1450.yaml)", () => {
     const tenant = stats.ports.find((p) => p.name === QR)!;
     expect([tenant.wire.txPackets, tenant.wire.txBytes]).toEqual([6, 3 * (1444 + 76)]);
     expect(formatStats(stats)).toContain("fragmentation: 3 datagrams too big for their egress MTU left as 6 fragments, 0 failed");
+    const exposition = await new MetricsExporter({ dataplane: () => r.dataplane, censusMaxAgeMs: 0 }).scrape();
+    expect(exposition).toMatch(/^qnat_fragmented_datagrams_total 3$/m);
+    expect(exposition).toMatch(/^qnat_fragments_created_total 6$/m);
+    expect(exposition).toMatch(/^qnat_fragmentation_failures_total 0$/m);
   });
 
   it("a DF datagram still gets ICMP fragmentation needed, mtu 1450, and nothing is fragmented", () => {
