@@ -8,6 +8,11 @@
 // is preceded by a struct virtio_net_hdr (include/uapi/linux/virtio_net.h), which is how
 // wireguard-go's tun/tun_linux.go receives offloaded super-packets; here the flag is only plumbed
 // through (open flags and TUNSETOFFLOAD), the slot then holds header + packet.
+//
+// A TAP device (IFF_TAP) is the same driver carrying Ethernet frames: one read() is one frame.
+// Slots may leave a gap between the virtio_net_hdr and what the device carries (a TUN leg of a
+// router that also has TAP legs keeps 14 bytes free for an Ethernet header, src/core/batch.ts):
+// then each packet is read and written with readv()/writev() over two pieces of its slot.
 
 #include <napi.h>
 #include <uv.h>
@@ -21,9 +26,11 @@
 #include <fcntl.h>
 #include <linux/if_tun.h>
 #include <net/if.h>
+#include <net/if_arp.h>
 #include <sched.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 namespace {
@@ -148,6 +155,12 @@ struct BatchView {
   size_t slot_size;
   size_t count;
   size_t headroom;
+  // The device's bytes are the slot's first `vnet` bytes (the virtio_net_hdr) and, from
+  // `headroom - link`, the link header (`link` bytes: 14 for TAP) and the packet. When
+  // vnet + link == headroom they are one piece from the slot's start.
+  size_t vnet;
+  size_t link;
+  bool contiguous() const { return vnet + link == headroom; }
 };
 
 // The optional `headroom` argument at `index` (bytes before each packet in its slot), below slotSize.
@@ -157,6 +170,24 @@ bool ReadHeadroom(const Napi::CallbackInfo& info, size_t index, size_t slot_size
   int64_t value = 0;
   if (!ReadInt(info, index, "headroom", 0, static_cast<int64_t>(slot_size) - 1, &value)) return false;
   *headroom = static_cast<size_t>(value);
+  return true;
+}
+
+// The optional `vnetLength` and `linkLength` arguments at `index` and `index + 1` (default: the
+// whole headroom is the virtio_net_hdr, no link header); vnetLength + linkLength <= headroom.
+bool ReadPieces(const Napi::CallbackInfo& info, size_t index, BatchView* batch) {
+  batch->vnet = batch->headroom;
+  batch->link = 0;
+  if (info.Length() <= index || info[index].IsUndefined()) return true;
+  int64_t vnet = 0;
+  int64_t link = 0;
+  if (!ReadInt(info, index, "vnetLength", 0, static_cast<int64_t>(batch->headroom), &vnet)) return false;
+  if (info.Length() > index + 1 && !info[index + 1].IsUndefined() &&
+      !ReadInt(info, index + 1, "linkLength", 0, static_cast<int64_t>(batch->headroom) - vnet, &link)) {
+    return false;
+  }
+  batch->vnet = static_cast<size_t>(vnet);
+  batch->link = static_cast<size_t>(link);
   return true;
 }
 
@@ -184,7 +215,17 @@ bool ReadBatch(const Napi::CallbackInfo& info, const char* count_name, BatchView
   batch->lengths = lengths.Data();
   batch->slot_size = static_cast<size_t>(slot_size);
   batch->count = static_cast<size_t>(count);
-  return ReadHeadroom(info, 5, batch->slot_size, &batch->headroom);
+  return ReadHeadroom(info, 5, batch->slot_size, &batch->headroom) && ReadPieces(info, 6, batch);
+}
+
+// The two pieces of slot `index` that the device's bytes go to / come from (see BatchView).
+int SlotPieces(const BatchView& batch, size_t index, size_t packet_length, struct iovec* iov) {
+  uint8_t* slot = batch.data + index * batch.slot_size;
+  iov[0].iov_base = slot;
+  iov[0].iov_len = batch.vnet;
+  iov[1].iov_base = slot + batch.headroom - batch.link;
+  iov[1].iov_len = packet_length + batch.link;
+  return 2;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -243,8 +284,9 @@ class NetnsScope {
 // ---------------------------------------------------------------------------------------------
 // open(name, netnsPath | null, flags) -> fd
 
-// Flags that open() accepts on top of IFF_TUN | IFF_NO_PI.
-constexpr int kOptionalOpenFlags = IFF_VNET_HDR;
+// Flags that open() accepts on top of IFF_NO_PI: IFF_VNET_HDR, and IFF_TAP for an Ethernet
+// device instead of IFF_TUN.
+constexpr int kOptionalOpenFlags = IFF_VNET_HDR | IFF_TAP;
 
 Napi::Value Open(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
@@ -274,7 +316,8 @@ Napi::Value Open(const Napi::CallbackInfo& info) {
   struct ifreq request;
   std::memset(&request, 0, sizeof(request));
   std::memcpy(request.ifr_name, name.data(), name.size());
-  request.ifr_flags = static_cast<short>(IFF_TUN | IFF_NO_PI | flags);
+  int kind = (flags & IFF_TAP) != 0 ? IFF_TAP : IFF_TUN;
+  request.ifr_flags = static_cast<short>(kind | IFF_NO_PI | (flags & ~IFF_TAP));
   if (ioctl(fd, TUNSETIFF, &request) != 0) {
     int err = errno;
     close(fd);
@@ -354,6 +397,29 @@ Napi::Value SetMtu(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
+// setMac(name, netnsPath, mac): SIOCSIFHWADDR with a 6-byte Ethernet address (ARPHRD_ETHER), as
+// `ip link set NAME address MAC` does for a TAP device (net/core/dev_ioctl.c -> dev_set_mac_address).
+Napi::Value SetMac(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  std::string name;
+  std::string netns;
+  if (!ReadInterfaceName(info, 0, &name) || !ReadNetnsPath(info, 1, &netns)) return env.Undefined();
+  if (!info[2].IsTypedArray() || info[2].As<Napi::TypedArray>().TypedArrayType() != napi_uint8_array ||
+      info[2].As<Napi::Uint8Array>().ElementLength() != 6) {
+    ThrowCoded(env, "ERR_INVALID_ARG_TYPE", "mac must be a Uint8Array of 6 bytes", true);
+    return env.Undefined();
+  }
+  Napi::Uint8Array mac = info[2].As<Napi::Uint8Array>();
+  struct ifreq request;
+  int sock = OpenInterfaceRequest(env, netns, name, &request);
+  if (sock < 0) return env.Undefined();
+  request.ifr_hwaddr.sa_family = ARPHRD_ETHER;
+  std::memcpy(request.ifr_hwaddr.sa_data, mac.Data(), 6);
+  if (ioctl(sock, SIOCSIFHWADDR, &request) != 0) ThrowErrno(env, errno, "SIOCSIFHWADDR", name);
+  close(sock);
+  return env.Undefined();
+}
+
 // setUp(name, netnsPath, up = true): sets or clears IFF_UP (SIOCGIFFLAGS then SIOCSIFFLAGS).
 Napi::Value SetUp(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
@@ -392,8 +458,17 @@ Napi::Value ReadBatchCall(const Napi::CallbackInfo& info) {
   BatchView batch;
   if (!ReadFd(info, 0, &fd) || !ReadBatch(info, "maxPackets", &batch)) return env.Undefined();
   size_t count = 0;
+  const bool contiguous = batch.contiguous();
+  const size_t before = batch.vnet + batch.link;  // device bytes before the packet
+  struct iovec iov[2];
   while (count < batch.count) {
-    ssize_t n = read(fd, batch.data + count * batch.slot_size, batch.slot_size);
+    ssize_t n;
+    if (contiguous) {
+      n = read(fd, batch.data + count * batch.slot_size, batch.slot_size);
+    } else {
+      SlotPieces(batch, count, batch.slot_size - batch.headroom, iov);
+      n = readv(fd, iov, 2);
+    }
     if (n < 0) {
       if (errno == EINTR) continue;
       if (errno == EAGAIN || errno == EWOULDBLOCK) break;
@@ -405,8 +480,8 @@ Napi::Value ReadBatchCall(const Napi::CallbackInfo& info) {
       break;
     }
     size_t length = static_cast<size_t>(n);
-    if (length > batch.slot_size) length = batch.slot_size;
-    batch.lengths[count] = static_cast<uint32_t>(length > batch.headroom ? length - batch.headroom : 0);
+    if (contiguous && length > batch.slot_size) length = batch.slot_size;
+    batch.lengths[count] = static_cast<uint32_t>(length > before ? length - before : 0);
     count++;
   }
   return Napi::Number::New(env, static_cast<double>(count));
@@ -423,8 +498,11 @@ static SlotWrite WriteSlot(Napi::Env env, int fd, const BatchView& batch, size_t
     ThrowCoded(env, "ERR_OUT_OF_RANGE", "lengths[" + std::to_string(index) + "] exceeds slotSize - headroom");
     return SlotWrite::kThrown;
   }
+  const bool contiguous = batch.contiguous();
+  struct iovec iov[2];
+  if (!contiguous) SlotPieces(batch, index, batch.lengths[index], iov);
   for (;;) {
-    ssize_t n = write(fd, batch.data + index * batch.slot_size, length);
+    ssize_t n = contiguous ? write(fd, batch.data + index * batch.slot_size, length) : writev(fd, iov, 2);
     if (n >= 0) return SlotWrite::kWritten;
     if (errno == EINTR) continue;
     if (errno == EAGAIN || errno == EWOULDBLOCK || !first) return SlotWrite::kStop;
@@ -494,7 +572,7 @@ Napi::Value WriteSelectedCall(const Napi::CallbackInfo& info) {
   batch.lengths = lengths.Data();
   batch.slot_size = static_cast<size_t>(slot_size);
   batch.count = static_cast<size_t>(count);
-  if (!ReadHeadroom(info, 7, batch.slot_size, &batch.headroom)) return env.Undefined();
+  if (!ReadHeadroom(info, 7, batch.slot_size, &batch.headroom) || !ReadPieces(info, 8, &batch)) return env.Undefined();
   const int32_t* verdict = verdicts.Data();
   size_t index = 0;
   bool first = true;
@@ -680,6 +758,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("setOffload", Napi::Function::New(env, SetOffload, "setOffload"));
   exports.Set("setMtu", Napi::Function::New(env, SetMtu, "setMtu"));
   exports.Set("setUp", Napi::Function::New(env, SetUp, "setUp"));
+  exports.Set("setMac", Napi::Function::New(env, SetMac, "setMac"));
   exports.Set("readBatch", Napi::Function::New(env, ReadBatchCall, "readBatch"));
   exports.Set("writeBatch", Napi::Function::New(env, WriteBatchCall, "writeBatch"));
   exports.Set("writeSelected", Napi::Function::New(env, WriteSelectedCall, "writeSelected"));
@@ -690,6 +769,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
 
   Napi::Object constants = Napi::Object::New(env);
   constants.Set("IFF_VNET_HDR", Napi::Number::New(env, IFF_VNET_HDR));  // include/uapi/linux/if_tun.h
+  constants.Set("IFF_TAP", Napi::Number::New(env, IFF_TAP));
   constants.Set("TUN_F_CSUM", Napi::Number::New(env, TUN_F_CSUM));
   constants.Set("TUN_F_TSO4", Napi::Number::New(env, TUN_F_TSO4));
   constants.Set("TUN_F_TSO6", Napi::Number::New(env, TUN_F_TSO6));

@@ -10,7 +10,24 @@
  * checksum is only partial (`isChecksumPartial`); the packet bytes alone cannot tell. A header
  * of zeros is a plain packet with a full checksum, so slots of packets the router builds itself
  * only need their header bytes left at zero.
+ *
+ * Slot layout with Ethernet (TAP) ports — a contract the legs, the Ethernet stage and packet
+ * capture rely on. In a router with any TAP port every batch has
+ * `headroom = (vnet ? VIRTIO_NET_HDR_LEN : 0) + ETH_HLEN`: the IPv4 packet of slot i is at
+ * `offsetOf(i)` whatever leg it came from or goes to, the virtio_net_hdr (if any) at the slot's
+ * start, and for a frame read from or written to a TAP leg its 14-byte Ethernet header is at
+ * `offsetOf(i) - ETH_HLEN` (so a TAP leg reads and writes each slot in one piece). A TUN leg of
+ * such a router reads and writes around the 14-byte gap (readv/writev: the virtio_net_hdr at the
+ * slot's start, the packet at `offsetOf(i)`). A router with only TUN ports keeps
+ * `headroom = vnet ? VIRTIO_NET_HDR_LEN : 0` and no gap.
+ *
+ * `nextHops[i]` is the IPv4 address the pipeline routed packet i to (the route's gateway, or the
+ * destination itself on a connected route), what an Ethernet leg resolves with ARP; it is only
+ * meaningful for packets whose verdict is a wire leg.
  */
+
+/** Length of an Ethernet II header (include/uapi/linux/if_ether.h ETH_HLEN). */
+export const ETH_HLEN = 14;
 
 /** sizeof(struct virtio_net_hdr) (include/uapi/linux/virtio_net.h; wireguard-go virtioNetHdrLen). */
 export const VIRTIO_NET_HDR_LEN = 10;
@@ -26,6 +43,8 @@ export const VIRTIO_NET_HDR_GSO_ECN = 0x80;
 export class PacketBatch {
   readonly data: Uint8Array;
   readonly lengths: Uint32Array;
+  /** The next hop of packet i (see the module doc), set by the pipeline with its verdict. */
+  readonly nextHops: Uint32Array;
   count = 0;
 
   constructor(
@@ -37,6 +56,7 @@ export class PacketBatch {
     if (headroom < 0 || headroom >= slotSize) throw new RangeError(`headroom ${headroom} does not fit a ${slotSize}-byte slot`);
     this.data = new Uint8Array(capacity * slotSize);
     this.lengths = new Uint32Array(capacity);
+    this.nextHops = new Uint32Array(capacity);
   }
 
   /** Offset of packet i (after the slot's headroom). */
@@ -49,7 +69,7 @@ export class PacketBatch {
    * little-endian hosts), 0 when the packet is not a super-packet (or there is no header).
    */
   gsoSizeOf(index: number): number {
-    if (this.headroom < VIRTIO_NET_HDR_LEN) return 0;
+    if (this.headroom < VIRTIO_NET_HDR_LEN || this.headroom === ETH_HLEN) return 0;
     const at = index * this.slotSize;
     const data = this.data;
     if ((data[at + 1]! & ~VIRTIO_NET_HDR_GSO_ECN) === VIRTIO_NET_HDR_GSO_NONE) return 0;
@@ -61,7 +81,7 @@ export class PacketBatch {
    * by whoever transmits it (VIRTIO_NET_HDR_F_NEEDS_CSUM; Linux CHECKSUM_PARTIAL).
    */
   isChecksumPartial(index: number): boolean {
-    if (this.headroom < VIRTIO_NET_HDR_LEN) return false;
+    if (this.headroom < VIRTIO_NET_HDR_LEN || this.headroom === ETH_HLEN) return false;
     return (this.data[index * this.slotSize]! & VIRTIO_NET_HDR_F_NEEDS_CSUM) !== 0;
   }
 

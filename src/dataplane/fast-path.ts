@@ -64,8 +64,9 @@ export class EstablishedFastPath {
   private prefetchBuckets = new Int32Array(256);
   private prefetchedCount = 0;
   /**
-   * The route cache in each conntrack entry (ConntrackTable.routeCache): bits 0-7 the egress
-   * port + 1 of original-direction packets, bits 8-15 of reply-direction ones (0: none), bits
+   * The route cache in each conntrack entry (ConntrackTable.routeCache): bits 0-7 the next hop
+   * id + 1 (RoutingTable.routeNexthop: the egress port and the on-wire gateway) of
+   * original-direction packets, bits 8-15 of reply-direction ones (0: none), bits
    * 16-31 the low 16 bits of the routing table version it was looked up in. An established
    * packet whose cache matches skips the route lookup — on a large table, a cache and TLB miss
    * in tbl24 per packet. The destination it was looked up for is the entry's translated one,
@@ -74,6 +75,11 @@ export class EstablishedFastPath {
    */
   private routeVersion = 0;
   private routeEpoch = 0;
+  /**
+   * The next hop of the packet forward() last forwarded (int32 bits): the route's gateway, or
+   * the translated destination on a connected route; what an Ethernet leg resolves with ARP.
+   */
+  nextHop = 0;
   /** forward's DataView (see viewOf) and the bytes it views. */
   private view: DataView<ArrayBufferLike> = new DataView(new ArrayBuffer(0));
   private viewBytes: Uint8Array | null = null;
@@ -238,14 +244,21 @@ export class EstablishedFastPath {
     let cache = table.routeCache(id);
     const shift = dir << 3;
     const current = cache >>> 16 === version;
-    let egress = current ? ((cache >>> shift) & 0xff) - 1 : -1;
-    if (egress < 0) {
-      const routes = this.routes;
+    const routes = this.routes;
+    let nexthop = current ? ((cache >>> shift) & 0xff) - 1 : -1;
+    let egress: number;
+    let gateway: number;
+    if (nexthop >= 0) {
+      egress = routes.nexthopPort(nexthop);
+      gateway = routes.nexthopGateway(nexthop);
+    } else {
       const route = routes.lookup(newDst);
       if (route < 0 || routes.routeType(route) !== ROUTE_UNICAST) return FAST_PATH_MISS;
       egress = routes.routePort(route);
-      if (egress < 0xff) {
-        cache = (version << 16) | (current ? cache & (0xff << (shift ^ 8)) : 0) | ((egress + 1) << shift);
+      gateway = routes.routeGateway(route) | 0;
+      nexthop = routes.routeNexthop(route);
+      if (nexthop >= 0) {
+        cache = (version << 16) | (current ? cache & (0xff << (shift ^ 8)) : 0) | ((nexthop + 1) << shift);
         table.setRouteCache(id, cache);
       }
     }
@@ -256,13 +269,16 @@ export class EstablishedFastPath {
     if (rpFilter !== RP_FILTER_OFF) {
       const backShift = other << 3;
       const cacheCurrent = cache >>> 16 === version;
-      let back = cacheCurrent ? ((cache >>> backShift) & 0xff) - 1 : -1;
-      if (back < 0) {
-        const routes = this.routes;
+      const backNexthop = cacheCurrent ? ((cache >>> backShift) & 0xff) - 1 : -1;
+      let back: number;
+      if (backNexthop >= 0) {
+        back = routes.nexthopPort(backNexthop);
+      } else {
         const route = routes.lookup(src);
         if (route < 0 || routes.routeType(route) !== ROUTE_UNICAST) return FAST_PATH_MISS;
         back = routes.routePort(route);
-        if (back < 0xff) table.setRouteCache(id, (version << 16) | (cacheCurrent ? cache & (0xff << shift) : 0) | ((back + 1) << backShift));
+        const backId = routes.routeNexthop(route);
+        if (backId >= 0) table.setRouteCache(id, (version << 16) | (cacheCurrent ? cache & (0xff << shift) : 0) | ((backId + 1) << backShift));
       }
       if (rpFilter === RP_FILTER_STRICT && back !== ingress) return FAST_PATH_MISS;
     }
@@ -330,6 +346,7 @@ export class EstablishedFastPath {
     } else {
       rewriteForwardPlain(v, off, protocol, newSrc, newSport, newDst, newDport, l4Partial);
     }
+    this.nextHop = gateway !== 0 ? gateway : newDst | 0;
     return egressOf(egress, LEG_WIRE);
   }
 

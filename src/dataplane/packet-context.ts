@@ -31,4 +31,9 @@ export class PacketContext {
    * (nf_nat_icmp_reply_translation).
    */
   attached = -1;
+  /**
+   * Where the packet goes on the wire (int32 bits): the route's gateway, or its destination on a
+   * connected route; copied to the batch's `nextHops` with the verdict (core/batch.ts).
+   */
+  nextHop = 0;
 }

@@ -243,6 +243,7 @@ export class Dataplane {
     const data = batch.data;
     const slot = batch.slotSize;
     const headroom = batch.headroom;
+    const nextHops = batch.nextHops;
     // The fast path is tried here; processFromWire (also used for released fragments) tries it
     // for the packets that reach it any other way.
     const fast = this.fastPathEnabled();
@@ -266,6 +267,7 @@ export class Dataplane {
       // path, which V8 optimises like straight code; the throw itself only happens on a bug.
       try {
         verdicts[i] = this.forwardOne(data, off, length, i, ingress, leg, fast, generated);
+        nextHops[i] = packet.nextHop;
       } catch (error) {
         verdicts[i] = this.internalError(error, data, off, length, ingress);
       }
@@ -284,6 +286,7 @@ export class Dataplane {
         const from = this.releasedUsers[i] === DEFRAG_USER_OUT ? LEG_MIRROR : LEG_WIRE;
         try {
           this.releasedVerdicts[i] = this.forwardOne(rel.data, rel.offsetOf(i), rel.lengths[i]!, -1, ingress, from, fast, generated);
+          rel.nextHops[i] = this.packet.nextHop;
         } catch (error) {
           this.releasedVerdicts[i] = this.internalError(error, rel.data, rel.offsetOf(i), rel.lengths[i]!, ingress);
         }
@@ -302,6 +305,7 @@ export class Dataplane {
     if (leg === LEG_WIRE) {
       if (fast && p.gsoSize === 0) verdict = this.established.forward(buf, off, length, index, ingress, p.l4Partial);
       if (verdict === FAST_PATH_MISS) verdict = this.processFromWire(p, buf, off, length, ingress, generated);
+      else p.nextHop = this.established.nextHop;
     } else {
       verdict = this.processLocalOut(p, buf, off, length, ingress);
     }
@@ -396,6 +400,7 @@ export class Dataplane {
       return this.release(p, ingress, DropReason.NoRoute);
     }
     const egress = this.routes.routePort(route);
+    p.nextHop = nextHopOf(this.routes, route, dst);
     const source = this.checkSource(p, ingress);
     if (source !== DropReason.None) return this.release(p, ingress, source);
 
@@ -534,6 +539,7 @@ export class Dataplane {
     if (this.tracer !== null) this.traceRoute(p, route);
     if (route < 0 || this.routes.routeType(route) !== RouteType.Unicast) return this.release(p, ingress, DropReason.NoRoute);
     egress = this.routes.routePort(route);
+    p.nextHop = nextHopOf(this.routes, route, dst);
     if (this.nat !== undefined) {
       const natReason = this.nat.postrouting(buf, info, ct, -1, egress);
       if (natReason !== DropReason.None) return this.release(p, ingress, natReason);
@@ -748,7 +754,30 @@ export class Dataplane {
     const verdict = this.processLocalOut(error, generated.data, at, length, -1);
     error.attached = -1;
     this.generatedVerdicts[index] = verdict;
+    generated.nextHops[index] = error.nextHop;
     if (verdict >= 0) this.countTx(verdict, length);
+  }
+
+  /**
+   * A packet that was routed out of port `port` but whose neighbour failed to resolve (ARP,
+   * neigh/table.ts): answered with ICMP host unreachable, as Linux's arp_error_report ->
+   * icmp_send does, through the same path as the router's other errors (rate limit, OUTPUT, NAT:
+   * the packet was already translated, so the error is tracked as RELATED through the header it
+   * quotes and translated back). Appends to `generated` (verdicts in `generatedVerdicts`).
+   */
+  hostUnreachable(buf: Uint8Array, off: number, length: number, port: number, generated: PacketBatch, generatedVerdicts: Int32Array): void {
+    this.conntrack.pinTime(this.clock.now());
+    try {
+      this.generatedVerdicts = generatedVerdicts;
+      const p = this.packet;
+      if (parsePacket(buf, off, length, p.info) !== DropReason.None) return;
+      p.ct.id = -1;
+      this.sendIcmpError(p, buf, off, ICMP_DEST_UNREACHABLE, ICMP_HOST_UNREACHABLE, 0, port, generated);
+    } catch (error) {
+      this.internalError(error, buf, off, length, port);
+    } finally {
+      this.conntrack.unpinTime();
+    }
   }
 
   /** Incremental housekeeping, once per batch: expire a bounded number of conntrack entries. */
@@ -757,6 +786,15 @@ export class Dataplane {
     this.fragmentsExpired += this.fragments.expire();
     this.nat?.housekeeping();
   }
+}
+
+/**
+ * The address a packet routed by `route` to `dst` is sent to on the wire (int32 bits): the
+ * route's on-wire gateway, else the destination itself (Linux rt_nexthop: rt_gw4 or daddr).
+ */
+function nextHopOf(routes: RoutingTable, route: number, dst: number): number {
+  const gateway = routes.routeGateway(route) | 0;
+  return gateway !== 0 ? gateway : dst | 0;
 }
 
 /** Protocols whose conntrack tuple needs the L4 header (ports or ICMP identifier). */

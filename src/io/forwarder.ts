@@ -66,6 +66,16 @@ export class Forwarder {
     return count;
   }
 
+  /**
+   * A packet whose neighbour failed to resolve (an Ethernet port, io/ethernet-leg.ts): the
+   * dataplane answers it with ICMP host unreachable, written out at once.
+   */
+  hostUnreachable(buf: Uint8Array, off: number, length: number, port: number): void {
+    this.generated.clear();
+    this.dataplane.hostUnreachable(buf, off, length, port, this.generated, this.generatedVerdicts);
+    if (this.generated.count > 0) this.flush(this.generated, this.generatedVerdicts);
+  }
+
   private flush(batch: PacketBatch, verdicts: Int32Array): void {
     const slots = this.slots;
     // Few ports: one selective pass per leg that has something to send.

@@ -43,10 +43,12 @@ export class TunLeg implements Leg {
   }
 
   writeSelected(batch: PacketBatch, verdicts: Int32Array, want: number): number {
-    if (batch.headroom !== this.device.vnetHeaderLength) return this.writeRestaged(batch, verdicts, want);
+    if (!this.device.acceptsHeadroom(batch.headroom)) return this.writeRestaged(batch, verdicts, want);
     const count = batch.count;
     const fd = this.device.fd;
     const headroom = batch.headroom;
+    const vnet = this.device.vnetHeaderLength;
+    const link = this.device.linkHeaderLength;
     let next = 0;
     let refused = 0;
     while (next < count) {
@@ -54,7 +56,7 @@ export class TunLeg implements Leg {
       try {
         reached =
           next === 0
-            ? this.addon.writeSelected(fd, batch.data, batch.slotSize, batch.lengths, verdicts, count, want, headroom)
+            ? this.addon.writeSelected(fd, batch.data, batch.slotSize, batch.lengths, verdicts, count, want, headroom, vnet, link)
             : // Rare path (after EAGAIN or a refused packet): resume where the last call stopped.
               this.addon.writeSelected(
                 fd,
@@ -65,6 +67,8 @@ export class TunLeg implements Leg {
                 count - next,
                 want,
                 headroom,
+                vnet,
+                link,
               );
       } catch (error) {
         // The kernel refused the first selected packet at or after `next` (a call throws for it).
@@ -89,7 +93,8 @@ export class TunLeg implements Leg {
   /** Rare path: copies the selected packets behind this device's header length, then writes them. */
   private writeRestaged(batch: PacketBatch, verdicts: Int32Array, want: number): number {
     if (this.staging === undefined) {
-      this.staging = new PacketBatch(64, 2048 + this.device.vnetHeaderLength, this.device.vnetHeaderLength);
+      const headroom = this.device.vnetHeaderLength + this.device.linkHeaderLength;
+      this.staging = new PacketBatch(64, 2048 + headroom, headroom);
       this.stagingVerdicts = new Int32Array(64);
     }
     const staging = this.staging;

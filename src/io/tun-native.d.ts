@@ -24,6 +24,8 @@ export interface TunPollHandle {
 export interface TunNativeConstants {
   /** include/uapi/linux/if_tun.h: each packet is preceded by a struct virtio_net_hdr. */
   readonly IFF_VNET_HDR: number;
+  /** include/uapi/linux/if_tun.h: an Ethernet (TAP) device instead of TUN; one read is one frame. */
+  readonly IFF_TAP: number;
   /** TUNSETOFFLOAD flags (include/uapi/linux/if_tun.h). */
   readonly TUN_F_CSUM: number;
   readonly TUN_F_TSO4: number;
@@ -41,7 +43,8 @@ export interface TunNativeConstants {
 export interface TunNative {
   /**
    * Opens /dev/net/tun (O_NONBLOCK | O_CLOEXEC) and attaches it with TUNSETIFF to a TUN device
-   * `name` (IFF_TUN | IFF_NO_PI | flags; flags may only be IFF_VNET_HDR), created if missing.
+   * `name` (IFF_TUN | IFF_NO_PI | flags; flags may be IFF_VNET_HDR and IFF_TAP, which makes it an
+   * Ethernet device: IFF_TAP | IFF_NO_PI), created if missing.
    * With `netnsPath` (e.g. "/run/netns/qnat-tenant") the calling thread enters that namespace
    * for the two calls and returns to its own, also on error. The device lives as long as the fd.
    */
@@ -50,6 +53,8 @@ export interface TunNative {
   setOffload(fd: number, offloadFlags: number): void;
   /** SIOCSIFMTU on the interface `name` in the namespace at `netnsPath` (null: this one). */
   setMtu(name: string, netnsPath: string | null, mtu: number): void;
+  /** SIOCSIFHWADDR (ARPHRD_ETHER): the Ethernet address of `name`, 6 bytes. */
+  setMac(name: string, netnsPath: string | null, mac: Uint8Array): void;
   /** Sets (default) or clears IFF_UP with SIOCGIFFLAGS/SIOCSIFFLAGS. */
   setUp(name: string, netnsPath: string | null, up?: boolean): void;
   /**
@@ -57,14 +62,38 @@ export interface TunNative {
    * `lengths[i]` with the bytes after the slot's first `headroom` (default 0; the virtio_net_hdr
    * of an IFF_VNET_HDR device), cut to the slot when a packet is longer. Returns the count, 0
    * when none was queued. Throws only when the first read fails with something other than EAGAIN.
+   *
+   * `vnetLength` and `linkLength` (defaults: `headroom` and 0) say where the device's bytes go
+   * when they are not one piece from the slot's start: the first `vnetLength` bytes (the
+   * virtio_net_hdr) at the slot's start, the rest (a `linkLength`-byte link header, then the
+   * packet) from `headroom - linkLength` (readv/writev); `lengths[i]` counts the packet only.
+   * The same two arguments follow `headroom` in writeBatch and writeSelected.
    */
-  readBatch(fd: number, data: Uint8Array, slotSize: number, lengths: Uint32Array, maxPackets: number, headroom?: number): number;
+  readBatch(
+    fd: number,
+    data: Uint8Array,
+    slotSize: number,
+    lengths: Uint32Array,
+    maxPackets: number,
+    headroom?: number,
+    vnetLength?: number,
+    linkLength?: number,
+  ): number;
   /**
    * write()s packets 0..count-1 from their slots, each as `headroom + lengths[i]` bytes from the
    * slot's start. Returns how many were written: fewer than `count` on EAGAIN, or before a
    * failing packet (which the next call, starting there, reports by throwing).
    */
-  writeBatch(fd: number, data: Uint8Array, slotSize: number, lengths: Uint32Array, count: number, headroom?: number): number;
+  writeBatch(
+    fd: number,
+    data: Uint8Array,
+    slotSize: number,
+    lengths: Uint32Array,
+    count: number,
+    headroom?: number,
+    vnetLength?: number,
+    linkLength?: number,
+  ): number;
   /**
    * write()s, of packets 0..count-1, those with `verdicts[i] === want` (a processed batch's
    * egress, src/dataplane/port.ts), without copying. Returns the index it got to: every selected
@@ -80,6 +109,8 @@ export interface TunNative {
     count: number,
     want: number,
     headroom?: number,
+    vnetLength?: number,
+    linkLength?: number,
   ): number;
   /**
    * Moves the calling thread (Node's main thread) into the network namespace at `netnsPath` for

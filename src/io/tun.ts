@@ -10,13 +10,18 @@
  * `vnetHeaderLength`). Offloads themselves are off unless `enableOffloads` (or `setOffload`) is
  * called: then the kernel hands over TCP (and UDP, with USO) super-packets of up to 64 KiB with
  * partial checksums (`GSO_SLOT_SIZE` slots hold them), and takes them back the same way.
+ *
+ * With `tap` the device is a TAP (IFF_TAP | IFF_NO_PI): one read is one Ethernet frame, whose
+ * 14-byte header sits at `offsetOf(i) - ETH_HLEN` of the batch (core/batch.ts's slot layout with
+ * Ethernet ports; `lengths[i]` counts what follows it). A TUN device accepts batches with that
+ * layout too, and then reads and writes around the 14-byte gap.
  */
 import { existsSync } from "node:fs";
 import { createRequire } from "node:module";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { getSystemErrorName } from "node:util";
-import { VIRTIO_NET_HDR_LEN, type PacketBatch } from "../core/batch.js";
+import { ETH_HLEN, VIRTIO_NET_HDR_LEN, type PacketBatch } from "../core/batch.js";
 import { netnsPath } from "./netns.js";
 import type { TunNative, TunNativeError, TunPollHandle } from "./tun-native.js";
 
@@ -93,11 +98,20 @@ export interface TunOpenOptions {
   readonly netns?: string;
   /** Open with IFF_VNET_HDR: every packet carries a virtio_net_hdr prefix. */
   readonly vnetHdr?: boolean;
+  /** A TAP (Ethernet) device instead of TUN. */
+  readonly tap?: boolean;
+}
+
+/** "fa:16:3e:5d:18:10" as 6 bytes (the config has checked its form). */
+export function macBytes(mac: string): Uint8Array {
+  return Uint8Array.from(mac.split(":"), (part) => parseInt(part, 16));
 }
 
 export class TunDevice {
   /** Bytes before the packet in each slot: 0, or 10 with `vnetHdr`. */
   readonly vnetHeaderLength: number;
+  /** Bytes of link header before each packet: ETH_HLEN for a TAP device, 0 for TUN. */
+  readonly linkHeaderLength: number;
   /** Packets the kernel refused on write (e.g. EINVAL for a malformed one); they are skipped. */
   writeErrors = 0;
   lastWriteError: TunError | undefined;
@@ -113,8 +127,10 @@ export class TunDevice {
     readonly netns: string | null,
     private readonly netnsFile: string | null,
     vnetHdr: boolean,
+    readonly isTap: boolean,
   ) {
     this.vnetHeaderLength = vnetHdr ? addon.constants.VIRTIO_NET_HDR_LEN : 0;
+    this.linkHeaderLength = isTap ? ETH_HLEN : 0;
   }
 
   /**
@@ -126,8 +142,10 @@ export class TunDevice {
     const netns = options.netns ?? null;
     const file = netns === null ? null : netnsPath(netns);
     const vnetHdr = options.vnetHdr === true;
-    const fd = addon.open(name, file, vnetHdr ? addon.constants.IFF_VNET_HDR : 0);
-    return new TunDevice(addon, name, fd, netns, file, vnetHdr);
+    const tap = options.tap === true;
+    const flags = (vnetHdr ? addon.constants.IFF_VNET_HDR : 0) | (tap ? addon.constants.IFF_TAP : 0);
+    const fd = addon.open(name, file, flags);
+    return new TunDevice(addon, name, fd, netns, file, vnetHdr, tap);
   }
 
   get isClosed(): boolean {
@@ -145,7 +163,9 @@ export class TunDevice {
   readInto(batch: PacketBatch): number {
     this.checkOpen();
     this.checkHeadroom(batch);
-    const count = this.addon.readBatch(this.fd, batch.data, batch.slotSize, batch.lengths, batch.capacity, batch.headroom);
+    const count = this.addon.readBatch(
+      this.fd, batch.data, batch.slotSize, batch.lengths, batch.capacity, batch.headroom, this.vnetHeaderLength, this.linkHeaderLength,
+    );
     batch.count = count;
     return count;
   }
@@ -158,7 +178,9 @@ export class TunDevice {
     this.checkOpen();
     this.checkHeadroom(batch);
     const count = batch.count;
-    let next = this.addon.writeBatch(this.fd, batch.data, batch.slotSize, batch.lengths, count, batch.headroom);
+    const vnet = this.vnetHeaderLength;
+    const link = this.linkHeaderLength;
+    let next = this.addon.writeBatch(this.fd, batch.data, batch.slotSize, batch.lengths, count, batch.headroom, vnet, link);
     if (next === count) return count;
     // Rare path: EAGAIN, or a packet the kernel refused (the next call reports it by throwing).
     let written = next;
@@ -171,6 +193,8 @@ export class TunDevice {
           batch.lengths.subarray(next),
           count - next,
           batch.headroom,
+          vnet,
+          link,
         );
         if (n === 0) break; // EAGAIN
         next += n;
@@ -220,6 +244,12 @@ export class TunDevice {
     this.addon.setMtu(this.name, this.netnsFile, mtu);
   }
 
+  /** SIOCSIFHWADDR: this TAP device's Ethernet address ("fa:16:3e:5d:18:10"), in its namespace. */
+  setMac(mac: string): void {
+    this.checkOpen();
+    this.addon.setMac(this.name, this.netnsFile, macBytes(mac));
+  }
+
   /** Brings the device up (or down) with SIOCSIFFLAGS, in its namespace. */
   setUp(up = true): void {
     this.checkOpen();
@@ -260,11 +290,20 @@ export class TunDevice {
     this.addon.close(this.fd);
   }
 
-  /** A batch's slots must leave room for exactly this device's virtio_net_hdr. */
+  /**
+   * Whether batches with this headroom fit the device: its virtio_net_hdr length, plus ETH_HLEN
+   * for a TAP device; a TUN device also takes the Ethernet layout (the 14-byte gap left unused).
+   */
+  acceptsHeadroom(headroom: number): boolean {
+    const vnet = this.vnetHeaderLength;
+    return headroom === vnet + ETH_HLEN || (!this.isTap && headroom === vnet);
+  }
+
+  /** A batch's slots must leave room for exactly this device's virtio_net_hdr (and Ethernet header). */
   checkHeadroom(batch: PacketBatch): void {
-    if (batch.headroom !== this.vnetHeaderLength) {
+    if (!this.acceptsHeadroom(batch.headroom)) {
       const error = new Error(
-        `TUN ${this.name}: batch headroom ${batch.headroom} does not match the device's virtio_net_hdr length ${this.vnetHeaderLength}`,
+        `TUN ${this.name}: batch headroom ${batch.headroom} does not match the device's virtio_net_hdr length ${this.vnetHeaderLength}${this.isTap ? " plus the Ethernet header" : ""}`,
       ) as TunError;
       error.code = "ERR_INVALID_ARG_VALUE";
       throw error;

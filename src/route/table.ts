@@ -57,6 +57,8 @@ const TYPE_NUMBERS = new Map([...TYPE_NAMES].map(([type, name]) => [name, type])
 
 /** Route ids are LPM values. */
 export const MAX_ROUTES = LPM_MAX_VALUE + 1;
+/** Next hop ids the fast path's route cache can hold in 8 bits (0xff and 0 are taken: 0 = none, ids + 1 stored). */
+export const MAX_NEXTHOP_IDS = 254;
 
 /** A refused route or address, with a one-line message worded like iproute2's. */
 export class RouteError extends Error {
@@ -142,6 +144,16 @@ export class RoutingTable {
   private ports = new Int32Array(16);
   private gateways = new Uint32Array(16);
   private sources = new Uint32Array(16);
+  /** The route's next hop id (see `routeNexthop`), -1 beyond MAX_NEXTHOP_IDS. */
+  private nexthops = new Int16Array(16);
+  /**
+   * Next hops: the distinct (port, on-wire gateway) pairs of the routes ever inserted, numbered
+   * from 0 in order of appearance and never renumbered (append-only, so an id always means the
+   * same pair). The route cache of the fast path (dataplane/fast-path.ts) keeps an id in 8 bits.
+   */
+  private readonly nexthopIds = new Map<string, number>();
+  private readonly nexthopPorts = new Int32Array(MAX_NEXTHOP_IDS);
+  private readonly nexthopGateways = new Int32Array(MAX_NEXTHOP_IDS);
 
   /**
    * Bumped by every change of the lookup result for any address (a route added or deleted):
@@ -189,6 +201,24 @@ export class RoutingTable {
   /** Next hop to resolve on the wire; 0 = directly connected (the next hop is dst itself). */
   routeGateway(id: number): number {
     return this.gateways[id]!;
+  }
+
+  /**
+   * The route's next hop id: its (port, on-wire gateway) pair as a small number that the fast
+   * path's route cache holds, -1 when there are more than MAX_NEXTHOP_IDS distinct pairs.
+   */
+  routeNexthop(id: number): number {
+    return this.nexthops[id]!;
+  }
+
+  /** The port of next hop `nexthop` (routeNexthop). */
+  nexthopPort(nexthop: number): number {
+    return this.nexthopPorts[nexthop]!;
+  }
+
+  /** The on-wire gateway of next hop `nexthop` as int32 bits, 0 for a connected route. */
+  nexthopGateway(nexthop: number): number {
+    return this.nexthopGateways[nexthop]!;
   }
 
   routeType(id: number): RouteType {
@@ -581,6 +611,7 @@ export class RoutingTable {
     this.types[id] = route.type;
     this.ports[id] = route.port;
     this.gateways[id] = route.gateway !== 0 && gatewayOnLink ? route.gateway : 0;
+    this.nexthops[id] = this.nexthopIdOf(route.port, this.gateways[id]!);
     let at = chain.length;
     while (at > 0 && this.routesById[chain[at - 1]!]!.metric > route.metric) at--;
     chain.splice(at, 0, id);
@@ -588,6 +619,20 @@ export class RoutingTable {
     this.lpm.insert(route.prefix, route.prefixLength, chain[0]!);
     this.generation++;
     this.undoLog?.push(() => this.removeFromChain(key, id));
+    return id;
+  }
+
+  /** The id of the (port, gateway) pair, made on first sight; -1 when the ids are used up. */
+  private nexthopIdOf(port: number, gateway: number): number {
+    const key = `${port}/${gateway}`;
+    let id = this.nexthopIds.get(key);
+    if (id === undefined) {
+      if (this.nexthopIds.size >= MAX_NEXTHOP_IDS) return -1;
+      id = this.nexthopIds.size;
+      this.nexthopIds.set(key, id);
+      this.nexthopPorts[id] = port;
+      this.nexthopGateways[id] = gateway | 0;
+    }
     return id;
   }
 
@@ -602,6 +647,7 @@ export class RoutingTable {
       this.ports = grow(this.ports, new Int32Array(capacity));
       this.gateways = grow(this.gateways, new Uint32Array(capacity));
       this.sources = grow(this.sources, new Uint32Array(capacity));
+      this.nexthops = grow(this.nexthops, new Int16Array(capacity));
     }
     this.routesById.push(undefined);
     return id;
@@ -784,7 +830,7 @@ function publicEntry(r: MutableRoute): RouteEntry {
   };
 }
 
-function grow<T extends Uint8Array | Int32Array | Uint32Array>(old: T, fresh: T): T {
+function grow<T extends Uint8Array | Int16Array | Int32Array | Uint32Array>(old: T, fresh: T): T {
   fresh.set(old);
   return fresh;
 }

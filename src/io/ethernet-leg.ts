@@ -1,0 +1,525 @@
+/**
+ * The Ethernet stage between the TAP legs of the router's Ethernet ports and the dataplane. The
+ * pipeline sees IPv4 packets only; the frames around them are this file's business:
+ *
+ * Ingress (`EthernetLeg.readInto`, Linux eth_type_trans + the protocol handlers): the frame's
+ * destination must be the leg's own address, broadcast or a group address; any other unicast
+ * destination is another host's (PACKET_OTHERHOST, which ip_rcv and arp_rcv drop), counted and
+ * dropped. IPv4 (ETH_P_IP) stays in the batch for the pipeline; ARP (ETH_P_ARP) is answered and
+ * learnt from here (net/ipv4/arp.c arp_process) and leaves the batch; anything else is a counted
+ * drop (no handler: __netif_receive_skb's unknown protocol). Nothing here throws on a frame.
+ *
+ * Egress (`EthernetLeg.writeSelected`): each packet's Ethernet header is written in front of it
+ * (core/batch.ts's slot layout: at offsetOf(i) - ETH_HLEN), its destination from the neighbour
+ * table (neigh/table.ts) for the packet's next hop (PacketBatch.nextHops, set by the pipeline);
+ * a packet whose neighbour is not resolved yet is queued there (its verdict becomes
+ * VERDICT_STOLEN) and sent when the ARP reply comes, or answered with ICMP host unreachable
+ * when resolution fails (`onUnreachable`, the forwarder's hostUnreachable). Broadcast and
+ * multicast next hops map to their group address (arp_mc_map) without ARP.
+ *
+ * The two legs of a port:
+ * - the wire leg is qnat on the segment: it owns the port's MAC, answers ARP for the router's
+ *   addresses (arp_ignore=0: any local address, Linux's weak host model; arp_announce=0),
+ *   learns neighbours from ARP requests for its addresses and replies (arp_accept=0: a
+ *   gratuitous ARP only updates an existing entry), resolves next hops; no proxy ARP.
+ * - the mirror is a TAP in the router namespace carrying the port's MAC, so `ip addr` there
+ *   shows `link/ether MAC` as on a Neutron router. Frames from the mirror are routed by qnat at
+ *   L3, so the router namespace's kernel only needs some address to send them to: qnat answers
+ *   every ARP request on the mirror (for any target but the port's own addresses) with the
+ *   port's "side MAC" (`sideMacOf`: the port's MAC with the first byte 0xfe), accepts frames to
+ *   it, and writes frames to the mirror from the side MAC to the port's MAC. The kernel's
+ *   neighbour table there thus holds every destination at the side MAC, as behind a router.
+ */
+import { ETH_HLEN, PacketBatch } from "../core/batch.js";
+import type { Clock } from "../core/clock.js";
+import { VERDICT_STOLEN } from "../dataplane/port.js";
+import { NEIGH_HELD, NUD_REACHABLE, NUD_STALE, type NeighbourIo, type NeighbourTable } from "../neigh/table.js";
+import {
+  ARPOP_REPLY,
+  ARPOP_REQUEST,
+  ZERO_MAC,
+  arpOperation,
+  arpSenderIp,
+  arpSenderMacOffset,
+  arpTargetIp,
+  arpTargetMacOffset,
+  arpValid,
+  writeArp,
+} from "../wire/arp.js";
+import {
+  BROADCAST_MAC,
+  ETH_P_ARP,
+  ETH_P_IP,
+  ETH_ZLEN,
+  ethernetDestIsBroadcast,
+  ethernetDestIsMulticast,
+  ethernetType,
+  macEquals,
+  writeEthernetHeader,
+} from "../wire/ethernet.js";
+import { TunLeg } from "./tun-leg.js";
+import type { TunDevice } from "./tun.js";
+
+export const ETH_ROLE_WIRE = 0;
+export const ETH_ROLE_MIRROR = 1;
+
+/** Per-port Ethernet counters, laid out [port * EthCounter.Count + field]. */
+export const enum EthCounter {
+  /** ARP packets received (valid ones, both legs). */
+  ArpIn = 0,
+  /** ARP packets sent: replies, probes, gratuitous. */
+  ArpOut,
+  /** ARP requests answered on the wire (for one of the router's addresses). */
+  ArpReplies,
+  /** Gratuitous ARP sent (router start, address added). */
+  GratuitousOut,
+  /** ARP requests for addresses that are not the router's (arp_process: ignored, no proxy ARP). */
+  ArpNotForUs,
+  /** Malformed ARP, or ARP about a multicast/loopback address (arp_process drops). */
+  ArpInvalid,
+  /** Frames to another host's unicast MAC (PACKET_OTHERHOST), dropped. */
+  OtherHost,
+  /** Frames of an EtherType qnat does not handle (IPv6, VLAN, ...), dropped. */
+  OtherEthertype,
+  /** Frames shorter than an Ethernet header, dropped. */
+  Runt,
+  /** Packets held for a neighbour being resolved (queued or dropped by neigh/table.ts). */
+  NeighbourHeld,
+  Count,
+}
+export const ETH_COUNTER_NAMES = [
+  "arp_in", "arp_out", "arp_replies", "gratuitous_out", "arp_not_for_us", "arp_invalid",
+  "other_host", "other_ethertype", "runt", "neighbour_held",
+] as const;
+const ETH_COUNTERS = EthCounter.Count as number;
+
+/** The side MAC of a port (see the module doc): the port's MAC with its first byte 0xfe (0xfa if it was 0xfe): locally administered, unicast. */
+export function sideMacOf(mac: Uint8Array): Uint8Array {
+  const side = Uint8Array.from(mac);
+  side[0] = mac[0] === 0xfe ? 0xfa : 0xfe;
+  return side;
+}
+
+/** What the stage knows of an Ethernet port. */
+export interface EthernetPortSpec {
+  readonly index: number;
+  readonly name: string;
+  readonly mac: Uint8Array;
+  /** The port's addresses and prefix lengths. */
+  readonly addresses: readonly { readonly addr: number; readonly prefixLength: number }[];
+}
+
+/** A TUN-leg over a TAP device whose frames pass the Ethernet stage. */
+export class EthernetLeg extends TunLeg {
+  private staging: PacketBatch | undefined;
+  private stagingVerdicts: Int32Array | undefined;
+
+  constructor(
+    device: TunDevice,
+    readonly stage: EthernetStage,
+    readonly port: number,
+    readonly role: number,
+  ) {
+    super(device);
+  }
+
+  override readInto(batch: PacketBatch): number {
+    const count = super.readInto(batch);
+    if (count === 0) return 0;
+    return this.stage.receive(this, batch, count);
+  }
+
+  override writeSelected(batch: PacketBatch, verdicts: Int32Array, want: number): number {
+    if (batch.headroom !== this.stage.headroom) return this.writeRestaged(batch, verdicts, want);
+    this.stage.addHeaders(this, batch, verdicts, want);
+    return super.writeSelected(batch, verdicts, want);
+  }
+
+  /** Frames the stage built itself (ARP, queued packets): written as they are. */
+  writeFrames(batch: PacketBatch, verdicts: Int32Array, want: number): number {
+    return super.writeSelected(batch, verdicts, want);
+  }
+
+  /** Rare path (the pipeline's released fragments, headroom 0): copied into the Ethernet layout first. */
+  private writeRestaged(batch: PacketBatch, verdicts: Int32Array, want: number): number {
+    const headroom = this.stage.headroom;
+    if (this.staging === undefined) {
+      this.staging = new PacketBatch(64, 2048 + headroom, headroom);
+      this.stagingVerdicts = new Int32Array(64);
+    }
+    const staging = this.staging;
+    let written = 0;
+    let i = 0;
+    while (i < batch.count) {
+      staging.clear();
+      for (; i < batch.count && staging.count < staging.capacity; i++) {
+        if (verdicts[i] !== want) continue;
+        const slot = staging.count;
+        if (!staging.push(batch.data, batch.offsetOf(i), batch.lengths[i]!)) continue;
+        staging.nextHops[slot] = batch.nextHops[i]!;
+      }
+      if (staging.count === 0) continue;
+      const stagingVerdicts = this.stagingVerdicts!.fill(want);
+      this.stage.addHeaders(this, staging, stagingVerdicts, want);
+      written += super.writeSelected(staging, stagingVerdicts, want);
+    }
+    return written;
+  }
+}
+
+/**
+ * The Ethernet side of a router: its ports' MACs, the neighbour table, the counters, and the
+ * frames it sends itself (ARP replies, probes, gratuitous ARP, packets that waited for ARP).
+ */
+export class EthernetStage implements NeighbourIo {
+  readonly counters: Float64Array;
+  /** `legs[port * 2 + role]`, set by `attach` when the router opens (or re-opens) a leg. */
+  private readonly legs: (EthernetLeg | null)[];
+  private ports: (EthernetPortSpec | null)[];
+  private sideMacs: (Uint8Array | null)[];
+  /** Per port: its directed broadcast addresses (int32 bits), mapped to ff:ff:ff:ff:ff:ff. */
+  private broadcasts: Int32Array[];
+  /** The router's own addresses (int32 bits), answered on every port (arp_ignore=0). */
+  private own = new Set<number>();
+  private readonly tx: PacketBatch;
+  private readonly txVerdicts = new Int32Array(1);
+  private readonly poolVerdicts: Int32Array;
+  private readonly multicastMac = new Uint8Array([0x01, 0x00, 0x5e, 0, 0, 0]);
+  /** Told about each packet whose neighbour failed (the forwarder answers it with host unreachable). */
+  onUnreachable: ((buf: Uint8Array, off: number, length: number, port: number) => void) | null = null;
+
+  constructor(
+    readonly table: NeighbourTable,
+    portCount: number,
+    ports: readonly EthernetPortSpec[],
+    /** The router's slot headroom (core/batch.ts: virtio_net_hdr length + ETH_HLEN). */
+    readonly headroom: number,
+    private readonly clock: Clock,
+  ) {
+    this.counters = new Float64Array(portCount * ETH_COUNTERS);
+    this.legs = new Array<EthernetLeg | null>(portCount * 2).fill(null);
+    this.ports = [];
+    this.sideMacs = [];
+    this.broadcasts = [];
+    this.setPorts(portCount, ports);
+    this.tx = new PacketBatch(1, 256 + headroom, headroom);
+    this.poolVerdicts = new Int32Array(table.pool.capacity);
+    table.io = this;
+  }
+
+  /** The Ethernet ports (others are TUN) and the router's addresses; called again by a live change. */
+  setPorts(portCount: number, ports: readonly EthernetPortSpec[]): void {
+    this.ports = new Array<EthernetPortSpec | null>(portCount).fill(null);
+    this.sideMacs = new Array<Uint8Array | null>(portCount).fill(null);
+    this.broadcasts = new Array<Int32Array>(portCount).fill(new Int32Array(0));
+    const own = new Set<number>();
+    for (const port of ports) {
+      this.ports[port.index] = port;
+      this.sideMacs[port.index] = sideMacOf(port.mac);
+      this.broadcasts[port.index] = Int32Array.from(
+        port.addresses.filter((a) => a.prefixLength < 31),
+        (a) => (a.addr | ~prefixMaskOf(a.prefixLength)) | 0,
+      );
+      for (const a of port.addresses) own.add(a.addr | 0);
+    }
+    this.own = own;
+  }
+
+  /** Adds the router's addresses of TUN ports too (they are local for arp_ignore=0). */
+  addOwnAddresses(addresses: Iterable<number>): void {
+    for (const a of addresses) this.own.add(a | 0);
+  }
+
+  attach(leg: EthernetLeg): void {
+    this.legs[leg.port * 2 + leg.role] = leg;
+  }
+
+  macOf(port: number): Uint8Array | null {
+    return this.ports[port]?.mac ?? null;
+  }
+
+  counter(port: number, field: EthCounter): number {
+    return this.counters[port * ETH_COUNTERS + field]!;
+  }
+
+  private count(port: number, field: EthCounter): void {
+    this.counters[port * ETH_COUNTERS + field] += 1;
+  }
+
+  /**
+   * Ingress: checks and dispatches the `count` frames just read into `batch`; IPv4 packets stay
+   * (moved down over the frames that left), the rest is handled or dropped here. Returns the
+   * packets left (also `batch.count`).
+   */
+  receive(leg: EthernetLeg, batch: PacketBatch, count: number): number {
+    const port = leg.port;
+    const data = batch.data;
+    const own = leg.role === ETH_ROLE_WIRE ? this.ports[port]?.mac : this.sideMacs[port];
+    if (own === undefined || own === null) {
+      batch.count = 0;
+      return 0;
+    }
+    let kept = 0;
+    for (let i = 0; i < count; i++) {
+      const length = batch.lengths[i]!;
+      const eth = batch.offsetOf(i) - ETH_HLEN;
+      if (length === 0) {
+        this.count(port, EthCounter.Runt);
+        continue;
+      }
+      // eth_type_trans: PACKET_HOST, PACKET_BROADCAST/MULTICAST, else PACKET_OTHERHOST.
+      const toUs = macEquals(data, eth, own);
+      if (!toUs && !ethernetDestIsMulticast(data, eth)) {
+        this.count(port, EthCounter.OtherHost);
+        continue;
+      }
+      const type = ethernetType(data, eth);
+      if (type === ETH_P_IP) {
+        if (kept !== i) {
+          const from = i * batch.slotSize;
+          data.copyWithin(kept * batch.slotSize, from, from + batch.headroom + length);
+          batch.lengths[kept] = length;
+        }
+        kept++;
+        continue;
+      }
+      if (type === ETH_P_ARP) {
+        if (leg.role === ETH_ROLE_WIRE) this.arpFromWire(leg, data, eth, length, toUs);
+        else this.arpFromMirror(leg, data, eth, length);
+        continue;
+      }
+      this.count(port, EthCounter.OtherEthertype);
+    }
+    batch.count = kept;
+    return kept;
+  }
+
+  /**
+   * arp_process on the wire leg: validity; a request for one of the router's addresses creates
+   * or updates the sender's entry (neigh_event_ns, STALE) and is answered; otherwise an existing
+   * entry of the sender is updated (REACHABLE for a reply to our MAC, STALE else), overriding a
+   * different address only past locktime or for a gratuitous ARP (arp_accept=0: never created).
+   */
+  private arpFromWire(leg: EthernetLeg, data: Uint8Array, eth: number, length: number, toUs: boolean): void {
+    const port = leg.port;
+    const arp = eth + ETH_HLEN;
+    if (!arpValid(data, arp, length)) {
+      this.count(port, EthCounter.ArpInvalid);
+      return;
+    }
+    const sip = arpSenderIp(data, arp);
+    const tip = arpTargetIp(data, arp);
+    // arp_process: "Check for bad requests for 127.x.x.x and requests for multicast addresses."
+    if (tip >>> 28 === 0xe || tip >>> 24 === 127 || sip >>> 28 === 0xe) {
+      this.count(port, EthCounter.ArpInvalid);
+      return;
+    }
+    this.count(port, EthCounter.ArpIn);
+    const op = arpOperation(data, arp);
+    const sha = arpSenderMacOffset(arp);
+    const spec = this.ports[port]!;
+    // The sender claims one of our addresses: nothing is learnt (Linux answers a duplicate
+    // address detection probe, sip 0, below; a conflicting sender is not believed).
+    if (this.own.has(sip | 0)) return;
+    if (op === ARPOP_REQUEST && this.own.has(tip | 0)) {
+      // RFC 5227 probe (sip 0.0.0.0): answered, nothing learnt (arp_process "Special case").
+      if (sip !== 0) this.table.update(port, sip, data, sha, NUD_STALE, true, false);
+      this.sendArp(leg, data, sha, ARPOP_REPLY, spec.mac, tip, data, sha, sip);
+      this.count(port, EthCounter.ArpReplies);
+      return;
+    }
+    if (sip === 0) return;
+    // arp_is_garp: sender and target the same address (a reply's target MAC must be broadcast).
+    const gratuitous = sip === tip && (op === ARPOP_REQUEST || ethernetDestIsBroadcast(data, arpTargetMacOffset(arp)));
+    if (op === ARPOP_REQUEST && !gratuitous) this.count(port, EthCounter.ArpNotForUs);
+    const state = op === ARPOP_REPLY && toUs ? NUD_REACHABLE : NUD_STALE;
+    this.table.update(port, sip, data, sha, state, false, gratuitous);
+  }
+
+  /**
+   * ARP from the router namespace's kernel on the mirror: every request is answered with the
+   * side MAC (the kernel sends everything for qnat to route), except for the port's own
+   * addresses and gratuitous announcements; replies need no action (qnat never asks it).
+   */
+  private arpFromMirror(leg: EthernetLeg, data: Uint8Array, eth: number, length: number): void {
+    const port = leg.port;
+    const arp = eth + ETH_HLEN;
+    if (!arpValid(data, arp, length)) {
+      this.count(port, EthCounter.ArpInvalid);
+      return;
+    }
+    this.count(port, EthCounter.ArpIn);
+    if (arpOperation(data, arp) !== ARPOP_REQUEST) return;
+    const sip = arpSenderIp(data, arp);
+    const tip = arpTargetIp(data, arp);
+    if (tip === sip || tip >>> 28 === 0xe || this.isPortAddress(port, tip)) return;
+    const sha = arpSenderMacOffset(arp);
+    this.sendArp(leg, data, sha, ARPOP_REPLY, this.sideMacs[port]!, tip, data, sha, sip);
+  }
+
+  private isPortAddress(port: number, ip: number): boolean {
+    const spec = this.ports[port];
+    if (spec === null || spec === undefined) return false;
+    for (const a of spec.addresses) if (a.addr >>> 0 === ip >>> 0) return true;
+    return false;
+  }
+
+  /** Builds one ARP frame (padded to ETH_ZLEN) in the stage's own batch and writes it to `leg`. */
+  private sendArp(
+    leg: EthernetLeg,
+    dest: Uint8Array,
+    destOffset: number,
+    op: number,
+    senderMac: Uint8Array,
+    senderIp: number,
+    targetMac: Uint8Array,
+    targetMacOffset: number,
+    targetIp: number,
+  ): void {
+    const tx = this.tx;
+    const at = tx.offsetOf(0);
+    const payload = ETH_ZLEN - ETH_HLEN;
+    // The frame is built before anything of `dest`/`targetMac` (which may be the received frame) is overwritten.
+    tx.data.fill(0, 0, at + payload);
+    writeArp(tx.data, at, op, senderMac, senderIp, targetMac, targetMacOffset, targetIp);
+    writeEthernetHeader(tx.data, at - ETH_HLEN, dest, destOffset, senderMac, ETH_P_ARP);
+    tx.lengths[0] = payload;
+    tx.count = 1;
+    this.txVerdicts[0] = 0;
+    leg.writeFrames(tx, this.txVerdicts, 0);
+    this.count(leg.port, EthCounter.ArpOut);
+  }
+
+  /**
+   * Gratuitous ARP for each address of `port` (or only `only`), as Linux's arp_notify and
+   * Neutron's `arping -U` announce an address: a broadcast request with sender and target the
+   * address, target MAC zero (arp_send with a NULL target_hw).
+   */
+  announce(port: number, only?: readonly number[]): number {
+    const leg = this.legs[port * 2 + ETH_ROLE_WIRE];
+    const spec = this.ports[port];
+    if (leg === null || leg === undefined || spec === null || spec === undefined) return 0;
+    let sent = 0;
+    for (const a of spec.addresses) {
+      if (only !== undefined && !only.some((x) => x >>> 0 === a.addr >>> 0)) continue;
+      this.sendArp(leg, BROADCAST_MAC, 0, ARPOP_REQUEST, spec.mac, a.addr >>> 0, ZERO_MAC, 0, a.addr >>> 0);
+      this.count(port, EthCounter.GratuitousOut);
+      sent++;
+    }
+    return sent;
+  }
+
+  /**
+   * Egress: writes the Ethernet header of every packet of `batch` selected for `leg`; a packet
+   * whose neighbour is unresolved is held by the neighbour table and its verdict becomes
+   * VERDICT_STOLEN. Allocation-free for a resolved neighbour.
+   */
+  addHeaders(leg: EthernetLeg, batch: PacketBatch, verdicts: Int32Array, want: number): void {
+    const port = leg.port;
+    const spec = this.ports[port];
+    if (spec === null || spec === undefined) return;
+    const data = batch.data;
+    const mac = spec.mac;
+    if (leg.role === ETH_ROLE_MIRROR) {
+      const side = this.sideMacs[port]!;
+      for (let i = 0; i < batch.count; i++) {
+        if (verdicts[i] !== want) continue;
+        writeEthernetHeader(data, batch.offsetOf(i) - ETH_HLEN, mac, 0, side, ETH_P_IP);
+      }
+      return;
+    }
+    const table = this.table;
+    const macs = table.macs;
+    const broadcasts = this.broadcasts[port]!;
+    let now = -1;
+    for (let i = 0; i < batch.count; i++) {
+      if (verdicts[i] !== want) continue;
+      const eth = batch.offsetOf(i) - ETH_HLEN;
+      const nextHop = batch.nextHops[i]! | 0;
+      // arp_mc_map: multicast and broadcast next hops have their MAC without ARP.
+      if (nextHop >>> 28 === 0xe) {
+        const m = this.multicastMac;
+        m[3] = (nextHop >>> 16) & 0x7f;
+        m[4] = nextHop >>> 8;
+        m[5] = nextHop;
+        writeEthernetHeader(data, eth, m, 0, mac, ETH_P_IP);
+        continue;
+      }
+      if (nextHop === -1 || isIn(broadcasts, nextHop)) {
+        writeEthernetHeader(data, eth, BROADCAST_MAC, 0, mac, ETH_P_IP);
+        continue;
+      }
+      if (now < 0) now = this.clock.now();
+      const entry = table.resolve(port, nextHop, now, batch, i);
+      if (entry === NEIGH_HELD) {
+        verdicts[i] = VERDICT_STOLEN;
+        this.count(port, EthCounter.NeighbourHeld);
+        continue;
+      }
+      writeEthernetHeader(data, eth, macs, entry * 6, mac, ETH_P_IP);
+    }
+  }
+
+  /** NeighbourIo: an ARP request for `targetIp`, from the port's address on its subnet (arp_solicit, inet_select_addr). */
+  solicit(port: number, targetIp: number, unicastMac: boolean, entry: number): void {
+    const leg = this.legs[port * 2 + ETH_ROLE_WIRE];
+    const spec = this.ports[port];
+    if (leg === null || leg === undefined || spec === null || spec === undefined) return;
+    let source = spec.addresses[0]?.addr ?? 0;
+    for (const a of spec.addresses) {
+      const mask = prefixMaskOf(a.prefixLength);
+      if (((a.addr ^ targetIp) & mask) === 0) {
+        source = a.addr;
+        break;
+      }
+    }
+    const dest = unicastMac ? this.table.macs : BROADCAST_MAC;
+    this.sendArp(leg, dest, unicastMac ? entry * 6 : 0, ARPOP_REQUEST, spec.mac, source >>> 0, ZERO_MAC, 0, targetIp);
+  }
+
+  /** NeighbourIo: the packets that waited for `entry` leave with its address. */
+  sendQueued(port: number, entry: number, pool: PacketBatch, slots: Int32Array, count: number): void {
+    const leg = this.legs[port * 2 + ETH_ROLE_WIRE];
+    const spec = this.ports[port];
+    if (leg === null || leg === undefined || spec === null || spec === undefined) return;
+    const verdicts = this.poolVerdicts.fill(-1);
+    for (let k = 0; k < count; k++) {
+      const slot = slots[k]!;
+      verdicts[slot] = 0;
+      writeEthernetHeader(pool.data, pool.offsetOf(slot) - ETH_HLEN, this.table.macs, entry * 6, spec.mac, ETH_P_IP);
+    }
+    leg.writeFrames(pool, verdicts, 0);
+  }
+
+  /** NeighbourIo: a queued packet whose neighbour failed. */
+  unreachable(port: number, pool: PacketBatch, slot: number): void {
+    this.onUnreachable?.(pool.data, pool.offsetOf(slot), pool.lengths[slot]!, port);
+  }
+
+  /** The neighbour timers (neigh/table.ts tick); the router calls it every 100 ms. */
+  tick(): void {
+    this.table.tick();
+  }
+
+  /** `ip neigh`-style lines, one per entry (control plane). */
+  format(portNames: readonly string[]): string {
+    return this.table
+      .view()
+      .map((row) => {
+        const dev = portNames[row.port] ?? `port${row.port}`;
+        return row.lladdr === null ? `${row.dst} dev ${dev} ${row.state}` : `${row.dst} dev ${dev} lladdr ${row.lladdr} ${row.state}`;
+      })
+      .map((line) => `${line}\n`)
+      .join("");
+  }
+}
+
+function prefixMaskOf(prefixLength: number): number {
+  return prefixLength === 0 ? 0 : (~0 << (32 - prefixLength)) | 0;
+}
+
+function isIn(values: Int32Array, value: number): boolean {
+  for (let i = 0; i < values.length; i++) if (values[i] === value) return true;
+  return false;
+}
+
