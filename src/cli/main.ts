@@ -22,7 +22,7 @@ export const USAGE = `usage: qnat COMMAND ...
   qnat lab up [CONFIG]                  build the lab of CONFIG (default examples/seed.yaml) and start its router (root)
   qnat lab down [CONFIG]                stop the lab's router and remove everything the lab made (root)
   qnat demo [CONFIG]                    lab up, then a guided tour with real traffic (what \`npm start\` runs; root)
-  qnat show ports|routes|rules|conntrack|stats [--json] [-v] [--router NAMESPACE | --config CONFIG]
+  qnat show ports|routes|rules|conntrack|stats|neigh [--json] [-v] [--router NAMESPACE | --config CONFIG]
                                         ask the running router (default: the seed's)
   qnat trace [--config CONFIG | --router NAMESPACE] [--json] 'PORT PROTO SRC[:SPORT] > DST[:DPORT] [FLAGS]'
                                         explain one packet hop by hop (offline from a config needs no root)
@@ -132,7 +132,7 @@ async function dispatch(args: ParsedArgs, io: CliIo): Promise<number> {
     }
     case "show": {
       args.allow("show", ["json", "verbose", "router", "config"]);
-      const what = args.exactlyOne(rest, "qnat show ports|routes|rules|conntrack|stats");
+      const what = args.exactlyOne(rest, "qnat show ports|routes|rules|conntrack|stats|neigh");
       const { SHOW_WHAT, controlRequest, controlSocketPath } = await import("../control/socket.js");
       if (!(SHOW_WHAT as readonly string[]).includes(what)) {
         throw new UsageError(`show what? expected one of ${SHOW_WHAT.join(", ")}`);

@@ -47,7 +47,11 @@ import { Forwarder } from "../io/forwarder.js";
 import { LEGS_BEYOND_MASK, legBit } from "../io/leg.js";
 import { PassthroughForwarder } from "../io/passthrough.js";
 import { deleteNetns, isRoot, netnsPath } from "../io/netns.js";
-import { VIRTIO_NET_HDR_LEN } from "../core/batch.js";
+import { ETH_HLEN, VIRTIO_NET_HDR_LEN } from "../core/batch.js";
+import { systemClock } from "../core/clock.js";
+import { ETH_COUNTER_NAMES, ETH_ROLE_MIRROR, ETH_ROLE_WIRE, EthernetLeg, EthernetStage, type EthernetPortSpec } from "../io/ethernet-leg.js";
+import { NeighbourTable } from "../neigh/table.js";
+import { parseMac } from "../wire/ethernet.js";
 import { warmUp, type WarmUpReport } from "../dataplane/warmup.js";
 import { GSO_SLOT_SIZE, loadTunAddon, TunDevice, type TunError, type TunOffloads } from "../io/tun.js";
 import { TunLeg } from "../io/tun-leg.js";
@@ -97,6 +101,16 @@ export const SPIN_MICROSECONDS = 0;
 const SPIN_LIMIT_MS = 2;
 /** Conntrack expiry also runs when no packet arrives. */
 const HOUSEKEEPING_INTERVAL_MS = 1000;
+
+/** How often the neighbour timers run (neigh/table.ts: probes are 1 s apart). */
+const NEIGHBOUR_TICK_MS = 100;
+
+/** The Ethernet (tap) ports of a config as the Ethernet stage knows them. */
+export function ethernetPortsOf(config: RouterConfig): EthernetPortSpec[] {
+  return config.ports.flatMap((port, index) =>
+    port.wire.mode === "tap" ? [{ index, name: port.name, mac: parseMac(port.mac), addresses: port.addresses }] : [],
+  );
+}
 
 /** Packets per batch read from a leg. */
 export const BATCH_SIZE = 64;
@@ -249,12 +263,21 @@ export async function startRouter(configPath: string, options: RouterOptions = {
     }
     if (request.cmd !== "show") return { ok: false, error: "unknown command" };
     switch (request.what) {
+      case "neigh": {
+        const names = config.ports.map((p) => p.name);
+        const view = (ethernet?.table.view() ?? []).map((row) => ({ ...row, dev: names[row.port] ?? `port${row.port}` }));
+        return { ok: true, text: request.json ? JSON.stringify(view) + "\n" : (ethernet?.format(names) ?? ""), data: view };
+      }
       case "ports": {
         const view = collectPorts(dataplane, wires, (index) => supervisor?.health(index));
         return { ok: true, text: request.json ? formatJson(view) : formatPorts(view), data: view };
       }
       case "stats": {
-        const view = { ...collectStats(dataplane, metadata?.counters), ...(state !== undefined ? { state: state.view() } : {}) };
+        const view = {
+          ...collectStats(dataplane, metadata?.counters),
+          ...(state !== undefined ? { state: state.view() } : {}),
+          ...(ethernet !== undefined ? { ethernet: collectEthernetStats(ethernet, config.ports.map((p) => p.name)) } : {}),
+        };
         return { ok: true, text: request.json ? formatJson(view) : formatStats(view), data: view };
       }
       case "routes": {
@@ -281,6 +304,21 @@ export async function startRouter(configPath: string, options: RouterOptions = {
   const control: ControlServer = await serveControl(controlSocketPath(config.namespace), handler);
 
   // 3. the kernel side.
+  // Ethernet (tap) ports: every batch leaves room for an Ethernet header (core/batch.ts), and
+  // the Ethernet stage with the neighbour table sits between their TAP legs and the dataplane.
+  const hasTap = config.ports.some((p) => p.wire.mode === "tap");
+  const vnetLength = wantOffloads ? VIRTIO_NET_HDR_LEN : 0;
+  const headroom = vnetLength + (hasTap ? ETH_HLEN : 0);
+  const wantSlotSize = wantOffloads ? GSO_SLOT_SIZE + (hasTap ? 16 : 0) : 2048 + headroom;
+  const ethernet = hasTap
+    ? new EthernetStage(
+        new NeighbourTable({ clock: systemClock, rng: new CryptoRng(), slotSize: 2048 + headroom, headroom }),
+        config.ports.length,
+        ethernetPortsOf(config),
+        headroom,
+        systemClock,
+      )
+    : undefined;
   const legs: TunLeg[] = [];
   let created: string[] = [];
   let housekeeping: NodeJS.Timeout | undefined;
@@ -301,15 +339,19 @@ export async function startRouter(configPath: string, options: RouterOptions = {
     // Before any device exists: the per-packet code compiled on a scratch dataplane, in the slot
     // geometry the legs will most likely have (offloads on: a header and 64 KiB slots).
     if (wantWarmUp && !passthrough) {
-      warmed = warmUp(config, wantOffloads ? { headroom: VIRTIO_NET_HDR_LEN, slotSize: GSO_SLOT_SIZE } : {});
+      warmed = warmUp(config, { headroom, slotSize: wantSlotSize });
     }
     created = ensureNamespaces(config);
-    for (const port of config.ports) {
-      const wire = TunDevice.open(port.wire.device, { netns: port.wire.namespace, vnetHdr: wantOffloads });
-      legs.push(new TunLeg(wire));
-      const mirror = TunDevice.open(port.name, { netns: config.namespace, vnetHdr: wantOffloads });
-      legs.push(new TunLeg(mirror));
+    for (const [index, port] of config.ports.entries()) {
+      const tap = port.wire.mode === "tap";
+      const wire = TunDevice.open(port.wire.device, { netns: port.wire.namespace, vnetHdr: wantOffloads, tap });
+      legs.push(tap ? new EthernetLeg(wire, ethernet!, index, ETH_ROLE_WIRE) : new TunLeg(wire));
+      const mirror = TunDevice.open(port.name, { netns: config.namespace, vnetHdr: wantOffloads, tap });
+      legs.push(tap ? new EthernetLeg(mirror, ethernet!, index, ETH_ROLE_MIRROR) : new TunLeg(mirror));
+      // The mirror shows the port's MAC in the router namespace (`ip addr`: link/ether MAC).
+      if (tap) mirror.setMac(port.mac);
     }
+    for (const leg of legs) if (leg instanceof EthernetLeg) ethernet!.attach(leg);
     if (wantOffloads) offloads = enableOffloadsOnAll(legs.map((leg) => leg.device), log);
     for (const [index, leg] of legs.entries()) {
       leg.device.setMtu(config.ports[index >> 1]!.mtu);
@@ -343,15 +385,33 @@ export async function startRouter(configPath: string, options: RouterOptions = {
 
   state?.start();
 
-  // With IFF_VNET_HDR every slot starts with the virtio_net_hdr (the headroom); with offloads
-  // the slots hold 64 KiB super-packets.
-  const headroom = legs[0]!.device.vnetHeaderLength; // 0 without IFF_VNET_HDR
-  const slotSize = offloads !== undefined ? GSO_SLOT_SIZE : 2048 + headroom;
+  // With IFF_VNET_HDR every slot starts with the virtio_net_hdr (the headroom), then the room
+  // for an Ethernet header in a router with tap ports; with offloads the slots hold 64 KiB
+  // super-packets.
+  const slotSize = offloads !== undefined ? GSO_SLOT_SIZE + (hasTap ? 16 : 0) : 2048 + headroom;
   // `let`: a live change that adds or removes ports links the legs anew (relinkLegs below).
   let forwarder: Forwarder | PassthroughForwarder = passthrough
     ? new PassthroughForwarder(legs, BATCH_SIZE, slotSize, headroom)
     : new Forwarder(dataplane, legs, BATCH_SIZE, slotSize, headroom);
   const capacity = forwarder.batchCapacity;
+  // Ethernet ports: a packet whose neighbour failed is answered by the dataplane (host
+  // unreachable); the neighbour timers run; each address is announced (gratuitous ARP).
+  let neighbourTicks: NodeJS.Timeout | undefined;
+  if (ethernet !== undefined) {
+    ethernet.onUnreachable = (buf, off, length, port) => {
+      if (forwarder instanceof Forwarder) forwarder.hostUnreachable(buf, off, length, port);
+    };
+    ethernet.addOwnAddresses(config.ports.flatMap((p) => p.addresses.map((a) => a.addr)));
+    neighbourTicks = setInterval(() => {
+      try {
+        ethernet.tick();
+      } catch (failure) {
+        loopErrors.offer(() => `qnat: internal error in the neighbour timers (it goes on): ${failure instanceof Error ? failure.stack : String(failure)}`);
+      }
+    }, NEIGHBOUR_TICK_MS);
+    neighbourTicks.unref();
+    for (const [index, port] of config.ports.entries()) if (port.wire.mode === "tap") ethernet.announce(index);
+  }
   /** Pumps leg `index` until a read finds it empty (fewer packets than a batch) or the budget is spent. */
   const drain = (index: number): void => {
     for (let round = 0; round < PUMP_BUDGET; round++) if (loopStats.pump(forwarder, index) < capacity) return;
@@ -398,6 +458,9 @@ export async function startRouter(configPath: string, options: RouterOptions = {
       vnetHdr: wantOffloads,
       offloadFlags,
       mtu: port.mtu,
+      ...(port.wire.mode === "tap" && ethernet !== undefined
+        ? { ethernet: { stage: ethernet, port: index >> 1, role: index & 1, ...(wire ? {} : { mac: port.mac }) } }
+        : {}),
     };
   };
   const superviseLegs = (ports: RouterConfig["ports"], legsNow: readonly TunLeg[]): LegSupervisor =>
@@ -479,6 +542,9 @@ export async function startRouter(configPath: string, options: RouterOptions = {
     const difference = diffConfigs(config, rules, next, nextRules);
     if (isEmptyDifference(difference)) return [];
     if (passthrough) throw new OperationalError("a pass-through router takes no live changes; restart it");
+    if (ethernet === undefined && next.ports.some((p) => p.wire.mode === "tap")) {
+      throw new OperationalError("a router started without tap ports takes none live (its slots have no room for Ethernet headers); restart it");
+    }
     // Routing changes made in place at the swap when they can be (a floating IP's /32): a new
     // table is ~65 ms the packet loop waits (live-apply.ts inPlaceRouting).
     const changeRoutes = inPlaceRouting(config, next, dataplane.routes);
@@ -504,6 +570,16 @@ export async function startRouter(configPath: string, options: RouterOptions = {
     config = next;
     rules = nextRules;
     for (const { port, to } of difference.mtus) setPortMtu(config.ports.findIndex((p) => p.name === port), to);
+    if (ethernet !== undefined) {
+      // The Ethernet stage follows the ports and addresses; an added address of a tap port is
+      // announced (gratuitous ARP, as Neutron does for a new floating IP).
+      ethernet.setPorts(config.ports.length, ethernetPortsOf(config));
+      ethernet.addOwnAddresses(config.ports.flatMap((p) => p.addresses.map((a) => a.addr)));
+      for (const { port, cidr } of difference.addressesAdded) {
+        const index = config.ports.findIndex((p) => p.name === port);
+        if (index >= 0 && config.ports[index]!.wire.mode === "tap") ethernet.announce(index, [cidr.addr]);
+      }
+    }
     // A leg re-created later gets the new MTU (the supervisor's specs), unless one is down now:
     // then it comes back with the old one until the next change.
     if (difference.mtus.length > 0 && supervisor!.openLegs.length === forwarder.slots.length) {
@@ -567,6 +643,16 @@ export async function startRouter(configPath: string, options: RouterOptions = {
       leg.close();
     }
     supervisor!.stop();
+    if (ethernet !== undefined) {
+      // Port indexes change: the tap legs learn theirs, the neighbours are learnt anew.
+      ethernet.setPorts(next.ports.length, ethernetPortsOf(next));
+      ethernet.table.clear();
+      linked.forEach((leg, index) => {
+        if (!(leg instanceof EthernetLeg)) return;
+        leg.port = index >> 1;
+        ethernet.attach(leg);
+      });
+    }
     forwarder = new Forwarder(successor, linked, BATCH_SIZE, slotSize, headroom);
     mirrorBits = mirrorBitsOf(linked.length);
     supervisor = superviseLegs(next.ports, linked);
@@ -655,6 +741,7 @@ export async function startRouter(configPath: string, options: RouterOptions = {
       stopping ??= (async () => {
         ready = false;
         if (housekeeping !== undefined) clearInterval(housekeeping);
+        if (neighbourTicks !== undefined) clearInterval(neighbourTicks);
         clearInterval(legTicks);
         supervisor!.stop();
         // 1. Stop reading: no wake-up runs the loop again. 2. Flush: nothing to do — every
@@ -685,6 +772,18 @@ export async function startRouter(configPath: string, options: RouterOptions = {
  * (flags 0), so all legs agree and a super-packet never meets a leg that cannot take it. The
  * devices keep IFF_VNET_HDR either way (a zero header is a plain packet).
  */
+/** `show stats`'s Ethernet part: per tap port its ARP and frame counters, and the neighbour table's. */
+function collectEthernetStats(stage: EthernetStage, portNames: readonly string[]): Record<string, unknown> {
+  const ports: Record<string, Record<string, number>> = {};
+  for (const spec of portNames.keys()) {
+    if (stage.macOf(spec) === null) continue;
+    const row: Record<string, number> = {};
+    ETH_COUNTER_NAMES.forEach((name, field) => (row[name] = stage.counter(spec, field)));
+    ports[portNames[spec]!] = row;
+  }
+  return { ports, neighbours: { entries: stage.table.size, ...stage.table.counters } };
+}
+
 function enableOffloadsOnAll(devices: readonly TunDevice[], log: (line: string) => void): TunOffloads | undefined {
   let common: TunOffloads | undefined;
   try {

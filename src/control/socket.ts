@@ -5,7 +5,7 @@
  * answers on it. The socket is mode 0600, owned by the router's user (root), whatever the umask.
  *
  * Protocol: newline-delimited JSON. Each request line gets its answer, in order:
- *   {"cmd":"show","what":"ports"|"routes"|"rules"|"conntrack"|"stats","json":bool,"verbose":bool}
+ *   {"cmd":"show","what":"ports"|"routes"|"rules"|"conntrack"|"stats"|"neigh","json":bool,"verbose":bool}
  *   {"cmd":"trace","packet":"qr-694450d6-f6 tcp 10.0.0.3:40000 > 8.8.8.8:53 syn","json":bool}
  *   {"cmd":"conntrack","op":"list"|"delete"|"flush","filter":{...}}   (conntrack-command.ts)
  *   {"cmd":"top","connections":N}   counters and a census for `qnat top` (top-view.ts), N <= 100
@@ -61,7 +61,7 @@ export const CONTROL_LIMITS: ControlLimits = {
 /** sockaddr_un.sun_path is 108 bytes including the NUL (include/uapi/linux/un.h). */
 const MAX_SOCKET_PATH = 107;
 
-export const SHOW_WHAT = ["ports", "routes", "rules", "conntrack", "stats"] as const;
+export const SHOW_WHAT = ["ports", "routes", "rules", "conntrack", "stats", "neigh"] as const;
 export type ShowWhat = (typeof SHOW_WHAT)[number];
 
 export type ControlRequest =

@@ -111,13 +111,14 @@ export interface EthernetPortSpec {
 
 /** A TUN-leg over a TAP device whose frames pass the Ethernet stage. */
 export class EthernetLeg extends TunLeg {
-  private staging: PacketBatch | undefined;
-  private stagingVerdicts: Int32Array | undefined;
+  private frameStaging: PacketBatch | undefined;
+  private frameStagingVerdicts: Int32Array | undefined;
 
   constructor(
     device: TunDevice,
     readonly stage: EthernetStage,
-    readonly port: number,
+    /** The port's index (changed when a live change renumbers the ports). */
+    public port: number,
     readonly role: number,
   ) {
     super(device);
@@ -130,7 +131,7 @@ export class EthernetLeg extends TunLeg {
   }
 
   override writeSelected(batch: PacketBatch, verdicts: Int32Array, want: number): number {
-    if (batch.headroom !== this.stage.headroom) return this.writeRestaged(batch, verdicts, want);
+    if (batch.headroom !== this.stage.headroom) return this.writeFramesRestaged(batch, verdicts, want);
     this.stage.addHeaders(this, batch, verdicts, want);
     return super.writeSelected(batch, verdicts, want);
   }
@@ -141,13 +142,13 @@ export class EthernetLeg extends TunLeg {
   }
 
   /** Rare path (the pipeline's released fragments, headroom 0): copied into the Ethernet layout first. */
-  private writeRestaged(batch: PacketBatch, verdicts: Int32Array, want: number): number {
+  private writeFramesRestaged(batch: PacketBatch, verdicts: Int32Array, want: number): number {
     const headroom = this.stage.headroom;
-    if (this.staging === undefined) {
-      this.staging = new PacketBatch(64, 2048 + headroom, headroom);
-      this.stagingVerdicts = new Int32Array(64);
+    if (this.frameStaging === undefined) {
+      this.frameStaging = new PacketBatch(64, 2048 + headroom, headroom);
+      this.frameStagingVerdicts = new Int32Array(64);
     }
-    const staging = this.staging;
+    const staging = this.frameStaging;
     let written = 0;
     let i = 0;
     while (i < batch.count) {
@@ -159,7 +160,7 @@ export class EthernetLeg extends TunLeg {
         staging.nextHops[slot] = batch.nextHops[i]!;
       }
       if (staging.count === 0) continue;
-      const stagingVerdicts = this.stagingVerdicts!.fill(want);
+      const stagingVerdicts = this.frameStagingVerdicts!.fill(want);
       this.stage.addHeaders(this, staging, stagingVerdicts, want);
       written += super.writeSelected(staging, stagingVerdicts, want);
     }
@@ -172,7 +173,7 @@ export class EthernetLeg extends TunLeg {
  * frames it sends itself (ARP replies, probes, gratuitous ARP, packets that waited for ARP).
  */
 export class EthernetStage implements NeighbourIo {
-  readonly counters: Float64Array;
+  counters: Float64Array;
   /** `legs[port * 2 + role]`, set by `attach` when the router opens (or re-opens) a leg. */
   private readonly legs: (EthernetLeg | null)[];
   private ports: (EthernetPortSpec | null)[];
@@ -196,7 +197,7 @@ export class EthernetStage implements NeighbourIo {
     readonly headroom: number,
     private readonly clock: Clock,
   ) {
-    this.counters = new Float64Array(portCount * ETH_COUNTERS);
+    this.counters = new Float64Array(0);
     this.legs = new Array<EthernetLeg | null>(portCount * 2).fill(null);
     this.ports = [];
     this.sideMacs = [];
@@ -209,6 +210,11 @@ export class EthernetStage implements NeighbourIo {
 
   /** The Ethernet ports (others are TUN) and the router's addresses; called again by a live change. */
   setPorts(portCount: number, ports: readonly EthernetPortSpec[]): void {
+    if (this.counters.length < portCount * ETH_COUNTERS) {
+      const grown = new Float64Array(portCount * ETH_COUNTERS);
+      grown.set(this.counters);
+      this.counters = grown;
+    }
     this.ports = new Array<EthernetPortSpec | null>(portCount).fill(null);
     this.sideMacs = new Array<Uint8Array | null>(portCount).fill(null);
     this.broadcasts = new Array<Int32Array>(portCount).fill(new Int32Array(0));

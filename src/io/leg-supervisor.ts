@@ -24,6 +24,7 @@ import type { Leg, LegSlots } from "./leg.js";
 import { netnsPath } from "./netns.js";
 import { TunDevice, type TunError } from "./tun.js";
 import { TunLeg } from "./tun-leg.js";
+import { EthernetLeg, type EthernetStage } from "./ethernet-leg.js";
 
 /** How often legs are checked and down ones retried. */
 export const TICK_MS = 250;
@@ -43,6 +44,12 @@ export interface LegSpec {
   /** The TUNSETOFFLOAD flags every leg got (0: none); only with `vnetHdr`. */
   readonly offloadFlags: number;
   readonly mtu: number;
+  /**
+   * For a leg of an Ethernet (tap) port: the TAP device's Ethernet stage, port index and role
+   * (io/ethernet-leg.ts), and the MAC the device gets (the mirror's: the port's; the wire
+   * device's is the kernel's own, undefined).
+   */
+  readonly ethernet?: { readonly stage: EthernetStage; readonly port: number; readonly role: number; readonly mac?: string };
 }
 
 /** Why a leg is down: the errno name, what failed, since when (ms since the epoch). */
@@ -232,16 +239,21 @@ export class LegSupervisor<L extends ClosableLeg = TunLeg> {
 
 /** Opens a leg as the router did at start: the device in its namespace, offloads, MTU, up. */
 export function openLeg(spec: LegSpec): TunLeg {
-  const device = TunDevice.open(spec.device, { netns: spec.netns, vnetHdr: spec.vnetHdr });
+  const ethernet = spec.ethernet;
+  const device = TunDevice.open(spec.device, { netns: spec.netns, vnetHdr: spec.vnetHdr, tap: ethernet !== undefined });
   try {
     if (spec.vnetHdr) device.setOffload(spec.offloadFlags);
     device.setMtu(spec.mtu);
+    if (ethernet?.mac !== undefined) device.setMac(ethernet.mac);
     device.setUp();
   } catch (error) {
     device.close();
     throw error;
   }
-  return new TunLeg(device);
+  if (ethernet === undefined) return new TunLeg(device);
+  const leg = new EthernetLeg(device, ethernet.stage, ethernet.port, ethernet.role);
+  ethernet.stage.attach(leg);
+  return leg;
 }
 
 /** The inode of a named namespace (nsfs: one per namespace), null when it does not exist. */

@@ -598,6 +598,11 @@ export class NeighbourTable {
     }));
   }
 
+  /** Forgets every entry (the ports were renumbered); queued packets are dropped. */
+  clear(): void {
+    for (const row of this.list()) this.destroy(row.entry);
+  }
+
   /** Forgets every entry of `port` (its port was removed or re-created); queued packets are dropped. */
   flushPort(port: number): void {
     for (const row of this.list()) if (row.port === port) this.destroy(row.entry);
