@@ -109,8 +109,16 @@ export interface EthernetPortSpec {
   readonly addresses: readonly { readonly addr: number; readonly prefixLength: number }[];
 }
 
+/** What the Ethernet stage needs of a leg: which port and role it is, and a way to write frames it built. */
+export interface FrameLeg {
+  readonly port: number;
+  readonly role: number;
+  /** Writes the frames of `batch` whose verdict is `want` as they are (Ethernet headers in place). */
+  writeFrames(batch: PacketBatch, verdicts: Int32Array, want: number): number;
+}
+
 /** A TUN-leg over a TAP device whose frames pass the Ethernet stage. */
-export class EthernetLeg extends TunLeg {
+export class EthernetLeg extends TunLeg implements FrameLeg {
   private frameStaging: PacketBatch | undefined;
   private frameStagingVerdicts: Int32Array | undefined;
 
@@ -175,7 +183,7 @@ export class EthernetLeg extends TunLeg {
 export class EthernetStage implements NeighbourIo {
   counters: Float64Array;
   /** `legs[port * 2 + role]`, set by `attach` when the router opens (or re-opens) a leg. */
-  private readonly legs: (EthernetLeg | null)[];
+  private readonly legs: (FrameLeg | null)[];
   private ports: (EthernetPortSpec | null)[];
   private sideMacs: (Uint8Array | null)[];
   /** Per port: its directed broadcast addresses (int32 bits), mapped to ff:ff:ff:ff:ff:ff. */
@@ -198,7 +206,7 @@ export class EthernetStage implements NeighbourIo {
     private readonly clock: Clock,
   ) {
     this.counters = new Float64Array(0);
-    this.legs = new Array<EthernetLeg | null>(portCount * 2).fill(null);
+    this.legs = new Array<FrameLeg | null>(portCount * 2).fill(null);
     this.ports = [];
     this.sideMacs = [];
     this.broadcasts = [];
@@ -236,7 +244,7 @@ export class EthernetStage implements NeighbourIo {
     for (const a of addresses) this.own.add(a | 0);
   }
 
-  attach(leg: EthernetLeg): void {
+  attach(leg: FrameLeg): void {
     this.legs[leg.port * 2 + leg.role] = leg;
   }
 
@@ -257,7 +265,7 @@ export class EthernetStage implements NeighbourIo {
    * (moved down over the frames that left), the rest is handled or dropped here. Returns the
    * packets left (also `batch.count`).
    */
-  receive(leg: EthernetLeg, batch: PacketBatch, count: number): number {
+  receive(leg: FrameLeg, batch: PacketBatch, count: number): number {
     const port = leg.port;
     const data = batch.data;
     const own = leg.role === ETH_ROLE_WIRE ? this.ports[port]?.mac : this.sideMacs[port];
@@ -306,7 +314,7 @@ export class EthernetStage implements NeighbourIo {
    * entry of the sender is updated (REACHABLE for a reply to our MAC, STALE else), overriding a
    * different address only past locktime or for a gratuitous ARP (arp_accept=0: never created).
    */
-  private arpFromWire(leg: EthernetLeg, data: Uint8Array, eth: number, length: number, toUs: boolean): void {
+  private arpFromWire(leg: FrameLeg, data: Uint8Array, eth: number, length: number, toUs: boolean): void {
     const port = leg.port;
     const arp = eth + ETH_HLEN;
     if (!arpValid(data, arp, length)) {
@@ -347,7 +355,7 @@ export class EthernetStage implements NeighbourIo {
    * side MAC (the kernel sends everything for qnat to route), except for the port's own
    * addresses and gratuitous announcements; replies need no action (qnat never asks it).
    */
-  private arpFromMirror(leg: EthernetLeg, data: Uint8Array, eth: number, length: number): void {
+  private arpFromMirror(leg: FrameLeg, data: Uint8Array, eth: number, length: number): void {
     const port = leg.port;
     const arp = eth + ETH_HLEN;
     if (!arpValid(data, arp, length)) {
@@ -372,7 +380,7 @@ export class EthernetStage implements NeighbourIo {
 
   /** Builds one ARP frame (padded to ETH_ZLEN) in the stage's own batch and writes it to `leg`. */
   private sendArp(
-    leg: EthernetLeg,
+    leg: FrameLeg,
     dest: Uint8Array,
     destOffset: number,
     op: number,
@@ -420,7 +428,7 @@ export class EthernetStage implements NeighbourIo {
    * whose neighbour is unresolved is held by the neighbour table and its verdict becomes
    * VERDICT_STOLEN. Allocation-free for a resolved neighbour.
    */
-  addHeaders(leg: EthernetLeg, batch: PacketBatch, verdicts: Int32Array, want: number): void {
+  addHeaders(leg: FrameLeg, batch: PacketBatch, verdicts: Int32Array, want: number): void {
     const port = leg.port;
     const spec = this.ports[port];
     if (spec === null || spec === undefined) return;

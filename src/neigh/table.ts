@@ -547,7 +547,8 @@ export class NeighbourTable {
         this.fail(e, now);
         continue;
       }
-      this.timerAt[e] = now + p.retransTime;
+      // The next probe retrans_time after this one was due (a late tick does not stretch the cadence).
+      this.timerAt[e] = (now - due < p.retransTime ? due : now) + p.retransTime;
       this.probe(e);
     }
     // neigh_periodic_work, every base_reachable_time / 2: above gc_thresh1 entries, FAILED ones
@@ -571,9 +572,19 @@ export class NeighbourTable {
     this.timerAt[e] = NO_TIMER;
     this.counters.resFailed++;
     const port = this.portOf[e]!;
-    for (let s = this.popQueue(e); s >= 0; s = this.popQueue(e)) {
+    // The queue is detached first: answering a packet may queue new ones (for this entry too).
+    let s = this.queueHead[e]!;
+    this.queueHead[e] = -1;
+    this.queueTail[e] = -1;
+    this.queueBytes[e] = 0;
+    this.queueCount[e] = 0;
+    while (s >= 0) {
+      const next = this.poolNext[s]!;
       this.counters.failedDrops++;
       this.io?.unreachable(port, this.pool, s);
+      this.poolNext[s] = this.poolFree;
+      this.poolFree = s;
+      s = next;
     }
   }
 
