@@ -11,11 +11,14 @@
  *   - a dead neighbour (9.186.100.77, nobody there) is answered with ICMP host unreachable after
  *     about 3 s (ping prints "Destination Host Unreachable", from 9.186.100.2's router, the error
  *     translated back to 10.0.0.3);
- *   - `qnat show neigh` lists the neighbours as `ip neigh` does.
+ *   - `qnat show neigh` lists the neighbours as `ip neigh` does;
+ *   - `qnat apply` of a new floating IP's address on qg- announces it with a gratuitous ARP.
  * Every ping and transfer is bounded in count and time.
  */
 import { spawn, type ChildProcess } from "node:child_process";
-import { resolve } from "node:path";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join, resolve } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { runCli } from "../../src/cli/main.js";
@@ -83,10 +86,12 @@ describe.skipIf(!isRoot)("the seed's router with Ethernet (tap) ports", () => {
     await sleep(500);
     lab = await startQnatLab(text, config);
   }, 40_000);
+  const dir = mkdtempSync(join(tmpdir(), "qnat-ethernet-"));
   afterAll(async () => {
     try {
       capture?.kill("SIGKILL");
     } finally {
+      rmSync(dir, { recursive: true, force: true });
       await lab?.stop();
     }
   }, 20_000);
@@ -152,5 +157,15 @@ describe.skipIf(!isRoot)("the seed's router with Ethernet (tap) ports", () => {
     const ethernet = (JSON.parse(stats.out) as { ethernet: { ports: Record<string, Record<string, number>> } }).ethernet;
     expect(ethernet.ports[QR]!["arp_replies"]).toBeGreaterThan(0);
     expect(ethernet.ports[QG]!["gratuitous_out"]).toBe(2);
+  });
+
+  it("qnat apply of an added address on qg- (a new floating IP) announces it with a gratuitous ARP", async () => {
+    const file = join(dir, "with-fip.yaml");
+    writeFileSync(file, text.replace("9.186.100.2/24, 9.186.100.129/32", "9.186.100.2/24, 9.186.100.129/32, 9.186.100.130/32"));
+    const applied = await qnat("apply", file);
+    expect(applied.err).toBe("");
+    expect(applied.out).toContain(`+ address 9.186.100.130/32 on ${QG}`);
+    for (let waited = 0; waited < 3000 && !captured.includes("who-has 9.186.100.130 tell 9.186.100.130"); waited += 100) await sleep(100);
+    expect(captured.split("\n").some((l) => l.includes(QG_MAC) && l.includes("Request who-has 9.186.100.130 tell 9.186.100.130"))).toBe(true);
   });
 });
