@@ -1,5 +1,5 @@
 /**
- * src/ is layered (STYLE.md rule 1): wire formats -> routing / conntrack / nat / config ->
+ * src/ is layered (STYLE.md rule 1): wire formats -> routing / conntrack / nat / config / neigh ->
  * dataplane -> I/O ports -> control -> CLI. A lower layer never imports a higher one; in
  * particular src/control never imports from src/cli (errors both use live in src/control/errors.ts).
  */
@@ -16,6 +16,7 @@ const LAYER: Readonly<Record<string, number>> = {
   conntrack: 2,
   nat: 2,
   config: 2,
+  neigh: 2,
   dataplane: 3,
   io: 4,
   control: 5,
