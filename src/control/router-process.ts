@@ -49,7 +49,7 @@ import { PassthroughForwarder } from "../io/passthrough.js";
 import { deleteNetns, isRoot, netnsPath } from "../io/netns.js";
 import { ETH_HLEN, VIRTIO_NET_HDR_LEN } from "../core/batch.js";
 import { systemClock } from "../core/clock.js";
-import { ETH_COUNTER_NAMES, ETH_ROLE_MIRROR, ETH_ROLE_WIRE, EthernetLeg, EthernetStage, type EthernetPortSpec } from "../io/ethernet-leg.js";
+import { ETH_ROLE_MIRROR, ETH_ROLE_WIRE, EthernetLeg, EthernetStage, type EthernetPortSpec } from "../io/ethernet-leg.js";
 import { NeighbourTable } from "../neigh/table.js";
 import { parseMac } from "../wire/ethernet.js";
 import { warmUp, type WarmUpReport } from "../dataplane/warmup.js";
@@ -75,7 +75,7 @@ import { MetricsExporter, startMetricsServer, type MetricsServer } from "./metri
 import { ConntrackCensus } from "./census.js";
 import { collectTop } from "./top-view.js";
 import { LoopStats } from "../io/loop-stats.js";
-import { collectPorts, collectStats, formatJson, formatPorts, formatStats } from "./show.js";
+import { collectEthernetStats, collectPorts, collectStats, formatEthernetStats, formatJson, formatPorts, formatStats } from "./show.js";
 import { controlSocketPath, serveControl, type ControlAnswer, type ControlRequest, type ControlServer, type LiveChangeRequest } from "./socket.js";
 import { StateKeeper } from "./state-keeper.js";
 import { formatTrace, runTrace } from "./trace.js";
@@ -278,7 +278,8 @@ export async function startRouter(configPath: string, options: RouterOptions = {
           ...(state !== undefined ? { state: state.view() } : {}),
           ...(ethernet !== undefined ? { ethernet: collectEthernetStats(ethernet, config.ports.map((p) => p.name)) } : {}),
         };
-        return { ok: true, text: request.json ? formatJson(view) : formatStats(view), data: view };
+        const text = formatStats(view) + (view.ethernet !== undefined ? `\n${formatEthernetStats(view.ethernet)}` : "");
+        return { ok: true, text: request.json ? formatJson(view) : text, data: view };
       }
       case "routes": {
         const view = dataplane.routes.toJSON();
@@ -772,18 +773,6 @@ export async function startRouter(configPath: string, options: RouterOptions = {
  * (flags 0), so all legs agree and a super-packet never meets a leg that cannot take it. The
  * devices keep IFF_VNET_HDR either way (a zero header is a plain packet).
  */
-/** `show stats`'s Ethernet part: per tap port its ARP and frame counters, and the neighbour table's. */
-function collectEthernetStats(stage: EthernetStage, portNames: readonly string[]): Record<string, unknown> {
-  const ports: Record<string, Record<string, number>> = {};
-  for (const spec of portNames.keys()) {
-    if (stage.macOf(spec) === null) continue;
-    const row: Record<string, number> = {};
-    ETH_COUNTER_NAMES.forEach((name, field) => (row[name] = stage.counter(spec, field)));
-    ports[portNames[spec]!] = row;
-  }
-  return { ports, neighbours: { entries: stage.table.size, ...stage.table.counters } };
-}
-
 function enableOffloadsOnAll(devices: readonly TunDevice[], log: (line: string) => void): TunOffloads | undefined {
   let common: TunOffloads | undefined;
   try {

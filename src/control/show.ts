@@ -15,6 +15,7 @@ import type { FragmentCounters } from "../nat/fragments.js";
 import type { FragmentOutputCounters } from "../dataplane/fragment-output.js";
 import { type Dataplane, PortCounter } from "../dataplane/pipeline.js";
 import type { LegHealth } from "../io/leg-supervisor.js";
+import { ETH_COUNTER_NAMES, type EthernetStage } from "../io/ethernet-leg.js";
 import { formatStateStats, type StateStatsView } from "./state-keeper.js";
 
 /** Packet and byte counts of one leg (wire or mirror) of a port, as the dataplane counts them. */
@@ -398,4 +399,33 @@ export function formatStats(stats: StatsView): string {
 /** `--json`: the view itself, indented, as the CLI prints it. */
 export function formatJson(view: unknown): string {
   return JSON.stringify(view, null, 2);
+}
+
+/** `show stats`'s Ethernet part: per tap port its ARP and frame counters, and the neighbour table's. */
+export interface EthernetStatsView {
+  readonly ports: Record<string, Record<string, number>>;
+  readonly neighbours: Record<string, number>;
+}
+
+export function collectEthernetStats(stage: EthernetStage, portNames: readonly string[]): EthernetStatsView {
+  const ports: Record<string, Record<string, number>> = {};
+  portNames.forEach((name, port) => {
+    if (stage.macOf(port) === null) return;
+    const row: Record<string, number> = {};
+    ETH_COUNTER_NAMES.forEach((counter, field) => (row[counter] = stage.counter(port, field)));
+    ports[name] = row;
+  });
+  return { ports, neighbours: { entries: stage.table.size, ...stage.table.counters } };
+}
+
+/** The Ethernet part as text, after `formatStats` (lines joined as it joins them): the neighbour counters, one block per tap port. */
+export function formatEthernetStats(view: EthernetStatsView): string {
+  const lines = [`neighbours: ${view.neighbours["entries"]} ${view.neighbours["entries"] === 1 ? "entry" : "entries"}`];
+  const { entries: _entries, ...counters } = view.neighbours;
+  lines.push(...wrapPairs(counterPairs(counters), INDENT));
+  for (const [name, row] of Object.entries(view.ports)) {
+    lines.push(`ethernet ${name}:`);
+    lines.push(...wrapPairs(counterPairs(row), INDENT));
+  }
+  return lines.join("\n");
 }

@@ -139,7 +139,7 @@ describe("a running router answers on its control socket", () => {
       { ok: true, text: "routes" },
       { ok: false, error: "request is not valid JSON" },
       { ok: false, error: 'unknown command "reboot" (expected show, trace, conntrack or ping)' },
-      { ok: false, error: "show what? expected one of ports, routes, rules, conntrack, stats" },
+      { ok: false, error: "show what? expected one of ports, routes, rules, conntrack, stats, neigh" },
     ]);
   });
 
@@ -391,7 +391,7 @@ describe("the control socket holds up against its clients", () => {
     expect(await client.lineCount(5)).toEqual([
       { ok: false, error: "request is not valid JSON" },
       { ok: false, error: "request is not valid JSON" },
-      { ok: false, error: "show what? expected one of ports, routes, rules, conntrack, stats" },
+      { ok: false, error: "show what? expected one of ports, routes, rules, conntrack, stats, neigh" },
       { ok: false, error: "request must be a JSON object" },
       { ok: false, error: '"json" must be true or false' },
     ]);

@@ -157,6 +157,9 @@ describe.skipIf(!isRoot)("the seed's router with Ethernet (tap) ports", () => {
     const ethernet = (JSON.parse(stats.out) as { ethernet: { ports: Record<string, Record<string, number>> } }).ethernet;
     expect(ethernet.ports[QR]!["arp_replies"]).toBeGreaterThan(0);
     expect(ethernet.ports[QG]!["gratuitous_out"]).toBe(2);
+    const text = await qnat("show", "stats", "--router", router);
+    expect(text.out).toMatch(new RegExp(`^ethernet ${QR}:$`, "m"));
+    expect(text.out).toMatch(/^neighbours: \d+ entries$/m);
   });
 
   it("qnat apply of an added address on qg- (a new floating IP) announces it with a gratuitous ARP", async () => {

@@ -14,6 +14,7 @@ import { NUD_FAILED, NUD_REACHABLE } from "../../src/neigh/table.js";
 import { ARPOP_REPLY, ARPOP_REQUEST, arpOperation, arpSenderIp, arpTargetIp } from "../../src/wire/arp.js";
 import { ETH_P_ARP, ETH_P_IP, ethernetType, formatMac, parseMac } from "../../src/wire/ethernet.js";
 import { decodePacket } from "../../src/wire/build.js";
+import { collectEthernetStats, formatEthernetStats } from "../../src/control/show.js";
 import { EthernetRouter, QG_MAC, QR_MAC, arpFrame, frame, ipFrame } from "../support/ethernet-router.js";
 
 const QR = 0;
@@ -208,6 +209,21 @@ describe("the mirror: the router namespace's kernel behind the port's MAC", () =
     r.run();
     const [answer] = r.leg(QR).take();
     expect([dest(answer!), source(answer!)]).toEqual([VM2_MAC, QR_MAC]);
+  });
+});
+
+describe("show stats, Ethernet part", () => {
+  it("counts ARP per tap port and the neighbour table's refusals, as JSON and as text", () => {
+    const r = new EthernetRouter();
+    whoHas(r, "10.0.0.1");
+    r.run();
+    const view = collectEthernetStats(r.stage, ["qr-694450d6-f6", "qg-e76de35e-90"]);
+    expect(view.ports["qr-694450d6-f6"]).toMatchObject({ arp_in: 1, arp_out: 1, arp_replies: 1, other_host: 0 });
+    expect(view.neighbours).toMatchObject({ entries: 1, allocs: 1, tableFulls: 0 });
+    const text = formatEthernetStats(view);
+    expect(text).toMatch(/^neighbours: 1 entry$/m);
+    expect(text).toMatch(/^ethernet qr-694450d6-f6:\n {4}arp_in=1 arp_out=1 arp_replies=1 /m);
+    expect(text).toContain("table_fulls=0");
   });
 });
 
