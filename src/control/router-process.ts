@@ -337,6 +337,7 @@ export async function startRouter(configPath: string, options: RouterOptions = {
   let warmed: WarmUpReport | undefined;
   try {
     if (passthrough && config.ports.length !== 2) throw new OperationalError("pass-through mode needs a router with exactly two ports");
+    if (passthrough && hasTap) throw new OperationalError("pass-through mode needs TUN ports (it copies packets between wire legs, without Ethernet)");
     // Before any device exists: the per-packet code compiled on a scratch dataplane, in the slot
     // geometry the legs will most likely have (offloads on: a header and 64 KiB slots).
     if (wantWarmUp && !passthrough) {

@@ -85,11 +85,13 @@ export const enum EthCounter {
   Runt,
   /** Packets held for a neighbour being resolved (queued or dropped by neigh/table.ts). */
   NeighbourHeld,
+  /** Frames the stage built (ARP, packets that waited for ARP) that the leg failed to write (it is down). */
+  TxErrors,
   Count,
 }
 export const ETH_COUNTER_NAMES = [
   "arp_in", "arp_out", "arp_replies", "gratuitous_out", "arp_not_for_us", "arp_invalid",
-  "other_host", "other_ethertype", "runt", "neighbour_held",
+  "other_host", "other_ethertype", "runt", "neighbour_held", "tx_errors",
 ] as const;
 const ETH_COUNTERS = EthCounter.Count as number;
 
@@ -400,8 +402,21 @@ export class EthernetStage implements NeighbourIo {
     tx.lengths[0] = payload;
     tx.count = 1;
     this.txVerdicts[0] = 0;
-    leg.writeFrames(tx, this.txVerdicts, 0);
-    this.count(leg.port, EthCounter.ArpOut);
+    if (this.writeOwn(leg, tx, this.txVerdicts) > 0) this.count(leg.port, EthCounter.ArpOut);
+  }
+
+  /**
+   * Writes frames the stage built: a leg that is down (its device gone, until the supervisor
+   * re-creates it) throws, which is counted here and goes no further (a timer or another leg's
+   * read must not fail for it; the forwarding loop notices the leg itself).
+   */
+  private writeOwn(leg: FrameLeg, batch: PacketBatch, verdicts: Int32Array): number {
+    try {
+      return leg.writeFrames(batch, verdicts, 0);
+    } catch {
+      this.count(leg.port, EthCounter.TxErrors);
+      return 0;
+    }
   }
 
   /**
@@ -502,7 +517,7 @@ export class EthernetStage implements NeighbourIo {
       verdicts[slot] = 0;
       writeEthernetHeader(pool.data, pool.offsetOf(slot) - ETH_HLEN, this.table.macs, entry * 6, spec.mac, ETH_P_IP);
     }
-    leg.writeFrames(pool, verdicts, 0);
+    this.writeOwn(leg, pool, verdicts);
   }
 
   /** NeighbourIo: a queued packet whose neighbour failed. */
