@@ -12,7 +12,11 @@
  *     about 3 s (ping prints "Destination Host Unreachable", from 9.186.100.2's router, the error
  *     translated back to 10.0.0.3);
  *   - `qnat show neigh` lists the neighbours as `ip neigh` does;
- *   - `qnat apply` of a new floating IP's address on qg- announces it with a gratuitous ARP.
+ *   - `qnat apply` of a new floating IP's address on qg- announces it with a gratuitous ARP;
+ *   - a deleted mirror comes back by itself with the port's MAC, and the router namespace's
+ *     kernel reaches the tenant through it again;
+ * and a router with one tap port (qr-) and one TUN port (qg-), offloads off: the TUN leg reads
+ * and writes around the Ethernet gap of the slots, the seed's flows work across the two kinds.
  * Every ping and transfer is bounded in count and time.
  */
 import { spawn, type ChildProcess } from "node:child_process";
@@ -171,4 +175,53 @@ describe.skipIf(!isRoot)("the seed's router with Ethernet (tap) ports", () => {
     for (let waited = 0; waited < 3000 && !captured.includes("who-has 9.186.100.130 tell 9.186.100.130"); waited += 100) await sleep(100);
     expect(captured.split("\n").some((l) => l.includes(QG_MAC) && l.includes("Request who-has 9.186.100.130 tell 9.186.100.130"))).toBe(true);
   });
+
+  it("a deleted mirror is re-created with the port's MAC, and the router's kernel reaches 10.0.0.3 through it again", async () => {
+    ip(router, "link", "del", QR);
+    let shown = "";
+    for (let waited = 0; waited < 10_000 && !shown.includes("inet 10.0.0.1/24"); waited += 200) {
+      await sleep(200);
+      try {
+        shown = ip(router, "addr", "show", "dev", QR);
+      } catch {
+        shown = "";
+      }
+    }
+    expect(shown).toContain(`link/ether ${QR_MAC}`);
+    expect(shown).toContain("inet 10.0.0.1/24");
+    expect(await pingUntil(router, "10.0.0.3", 5000)).toBe(true);
+  }, 20_000);
+});
+
+describe.skipIf(!isRoot)("a router with a tap port and a TUN port, offloads off", () => {
+  let lab: Lab | undefined;
+  const tag = runTag();
+  const retagged = retagForRun(SEED, tag);
+  // Only qr- in tap mode: qg- stays TUN and reads/writes around the 14-byte gap.
+  const text = retagged.text
+    .replace(/(- name: qr-694450d6-f6\n)/, `$1    mac: ${QR_MAC}\n`)
+    .replace(/(- name: qr-694450d6-f6\n(?:.*\n)*?\s+wire: \{[^}]*device: eth0) \}/, "$1, mode: tap }");
+  const config = parseConfig(text, SEED);
+  const tenant = config.ports[0]!.wire.namespace;
+  const external = config.ports[1]!.wire.namespace;
+
+  beforeAll(async () => {
+    lab = await startQnatLab(text, config, { offloads: false });
+  }, 40_000);
+  afterAll(async () => {
+    await lab?.stop();
+  }, 20_000);
+
+  it("qr- is tap and qg- is TUN", () => {
+    expect(config.ports.map((p) => p.wire.mode)).toEqual(["tap", "tun"]);
+    expect(ip(config.namespace, "-o", "link", "show", QR)).toContain(`link/ether ${QR_MAC}`);
+    expect(ip(config.namespace, "-o", "link", "show", QG)).toContain("link/none");
+  });
+
+  it("10.0.0.3 reaches 9.186.100.1 as 9.186.100.2, and the outside reaches 10.0.0.2 through 9.186.100.129", async () => {
+    expect(await pingUntil(tenant, "9.186.100.1", 5000, "10.0.0.3")).toBe(true);
+    expect(await pingUntil(external, "9.186.100.129", 5000)).toBe(true);
+    const result = await run(tenant, ["arping", "-c", "1", "-w", "3", "-I", "eth0", "10.0.0.1"], 6000);
+    expect(result.out.toLowerCase()).toContain(`reply from 10.0.0.1 [${QR_MAC}]`);
+  }, 20_000);
 });
