@@ -14,6 +14,8 @@ import { NUD_FAILED, NUD_REACHABLE } from "../../src/neigh/table.js";
 import { ARPOP_REPLY, ARPOP_REQUEST, arpOperation, arpSenderIp, arpTargetIp } from "../../src/wire/arp.js";
 import { ETH_P_ARP, ETH_P_IP, ethernetType, formatMac, parseMac } from "../../src/wire/ethernet.js";
 import { decodePacket } from "../../src/wire/build.js";
+import { XorShift32 } from "../../src/core/rng.js";
+import { PortCounter } from "../../src/dataplane/pipeline.js";
 import { collectEthernetStats, formatEthernetStats } from "../../src/control/show.js";
 import { EthernetRouter, QG_MAC, QR_MAC, arpFrame, frame, ipFrame } from "../support/ethernet-router.js";
 
@@ -209,6 +211,45 @@ describe("the mirror: the router namespace's kernel behind the port's MAC", () =
     r.run();
     const [answer] = r.leg(QR).take();
     expect([dest(answer!), source(answer!)]).toEqual([VM2_MAC, QR_MAC]);
+  });
+});
+
+describe("random frames", () => {
+  it("never make the stage throw, and every frame is counted once: to the pipeline, as ARP, or as a drop", () => {
+    const r = new EthernetRouter();
+    const rng = new XorShift32(1234);
+    const macs = [QR_MAC, BROADCAST, "01:00:5e:00:00:01", "02:00:00:00:00:42", VM2_MAC];
+    let injected = 0;
+    for (let round = 0; round < 200; round++) {
+      for (let n = 0; n < 1 + (rng.next() % 20); n++) {
+        const kind = rng.next() % 4;
+        let f: Uint8Array;
+        if (kind === 0) {
+          f = new Uint8Array(rng.next() % 80);
+          for (let i = 0; i < f.length; i++) f[i] = rng.next();
+        } else if (kind === 1) {
+          const payload = new Uint8Array(rng.next() % 60);
+          for (let i = 0; i < payload.length; i++) payload[i] = rng.next();
+          if (payload.length > 7 && rng.next() % 2 === 0) payload.set([0, 1, 8, 0, 6, 4, 0, 1 + (rng.next() % 2)]);
+          f = frame(macs[rng.next() % macs.length]!, VM2_MAC, ETH_P_ARP, payload);
+        } else if (kind === 2) {
+          f = arpFrame(macs[rng.next() % macs.length]!, VM2_MAC, 1 + (rng.next() % 2), { mac: VM2_MAC, ip: rng.next() >>> 0 }, { ip: rng.next() % 2 ? ip("10.0.0.1") : rng.next() >>> 0 });
+        } else {
+          f = ipFrame(macs[rng.next() % macs.length]!, VM2_MAC, { protocol: "udp", src: "10.0.0.3", dst: "203.0.113.10", sport: 1000 + (rng.next() % 50), dport: 53 });
+        }
+        r.leg(QR).inject(f);
+        injected++;
+      }
+      r.run();
+      r.advance(0.1);
+    }
+    const c = (field: EthCounter): number => r.stage.counter(QR, field);
+    const toPipeline = r.dataplane.portCounters[QR * PortCounter.Count + PortCounter.RxPackets]!;
+    const counted =
+      toPipeline + c(EthCounter.ArpIn) + c(EthCounter.ArpInvalid) + c(EthCounter.OtherHost) + c(EthCounter.OtherEthertype) + c(EthCounter.Runt);
+    expect(counted).toBe(injected);
+    expect(toPipeline).toBeGreaterThan(0);
+    expect(c(EthCounter.ArpIn)).toBeGreaterThan(0);
   });
 });
 
