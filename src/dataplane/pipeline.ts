@@ -562,7 +562,10 @@ export class Dataplane {
     const count = this.fragmentOutput.fragment(buf, off, p.info, mtu, verdict);
     if (count === 0) return this.drop(ingress, DropReason.FragmentOutputFull);
     const out = this.fragmentOutput.batch;
-    for (let i = out.count - count; i < out.count; i++) this.countTx(verdict, out.lengths[i]!);
+    for (let i = out.count - count; i < out.count; i++) {
+      this.countTx(verdict, out.lengths[i]!);
+      out.nextHops[i] = p.nextHop;
+    }
     if (this.tracer !== null) {
       const offset = p.info.fragmentOffset;
       this.tracer.step(

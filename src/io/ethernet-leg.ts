@@ -60,6 +60,9 @@ import {
 import { TunLeg } from "./tun-leg.js";
 import type { TunDevice } from "./tun.js";
 
+/** The largest packet `EthernetStage.send` copies into its staging batch (a 9216-byte jumbo frame's). */
+const STAGING_PACKET_BYTES = 9216;
+
 export const ETH_ROLE_WIRE = 0;
 export const ETH_ROLE_MIRROR = 1;
 
@@ -85,7 +88,7 @@ export const enum EthCounter {
   Runt,
   /** Packets held for a neighbour being resolved (queued or dropped by neigh/table.ts). */
   NeighbourHeld,
-  /** Frames the stage built (ARP, packets that waited for ARP) that the leg failed to write (it is down). */
+  /** Frames the stage built (ARP, packets that waited for ARP) that the leg failed to write (it is down), or too big to restage. */
   TxErrors,
   Count,
 }
@@ -121,9 +124,6 @@ export interface FrameLeg {
 
 /** A TUN-leg over a TAP device whose frames pass the Ethernet stage. */
 export class EthernetLeg extends TunLeg implements FrameLeg {
-  private frameStaging: PacketBatch | undefined;
-  private frameStagingVerdicts: Int32Array | undefined;
-
   constructor(
     device: TunDevice,
     readonly stage: EthernetStage,
@@ -141,40 +141,12 @@ export class EthernetLeg extends TunLeg implements FrameLeg {
   }
 
   override writeSelected(batch: PacketBatch, verdicts: Int32Array, want: number): number {
-    if (batch.headroom !== this.stage.headroom) return this.writeFramesRestaged(batch, verdicts, want);
-    this.stage.addHeaders(this, batch, verdicts, want);
-    return super.writeSelected(batch, verdicts, want);
+    return this.stage.send(this, batch, verdicts, want);
   }
 
-  /** Frames the stage built itself (ARP, queued packets): written as they are. */
+  /** Frames with their Ethernet headers in place (the stage's): written as they are. */
   writeFrames(batch: PacketBatch, verdicts: Int32Array, want: number): number {
     return super.writeSelected(batch, verdicts, want);
-  }
-
-  /** Rare path (the pipeline's released fragments, headroom 0): copied into the Ethernet layout first. */
-  private writeFramesRestaged(batch: PacketBatch, verdicts: Int32Array, want: number): number {
-    const headroom = this.stage.headroom;
-    if (this.frameStaging === undefined) {
-      this.frameStaging = new PacketBatch(64, 2048 + headroom, headroom);
-      this.frameStagingVerdicts = new Int32Array(64);
-    }
-    const staging = this.frameStaging;
-    let written = 0;
-    let i = 0;
-    while (i < batch.count) {
-      staging.clear();
-      for (; i < batch.count && staging.count < staging.capacity; i++) {
-        if (verdicts[i] !== want) continue;
-        const slot = staging.count;
-        if (!staging.push(batch.data, batch.offsetOf(i), batch.lengths[i]!)) continue;
-        staging.nextHops[slot] = batch.nextHops[i]!;
-      }
-      if (staging.count === 0) continue;
-      const stagingVerdicts = this.frameStagingVerdicts!.fill(want);
-      this.stage.addHeaders(this, staging, stagingVerdicts, want);
-      written += super.writeSelected(staging, stagingVerdicts, want);
-    }
-    return written;
   }
 }
 
@@ -195,6 +167,9 @@ export class EthernetStage implements NeighbourIo {
   private readonly tx: PacketBatch;
   private readonly txVerdicts = new Int32Array(1);
   private readonly poolVerdicts: Int32Array;
+  /** Where `send` copies a batch without room for Ethernet headers. */
+  private readonly staging: PacketBatch;
+  private readonly stagingVerdicts = new Int32Array(64);
   private readonly multicastMac = new Uint8Array([0x01, 0x00, 0x5e, 0, 0, 0]);
   /** Told about each packet whose neighbour failed (the forwarder answers it with host unreachable). */
   onUnreachable: ((buf: Uint8Array, off: number, length: number, port: number) => void) | null = null;
@@ -214,6 +189,8 @@ export class EthernetStage implements NeighbourIo {
     this.broadcasts = [];
     this.setPorts(portCount, ports);
     this.tx = new PacketBatch(1, 256 + headroom, headroom);
+    // Room for a jumbo frame's packet (9000-byte MTUs; a larger one is counted in tx_errors).
+    this.staging = new PacketBatch(64, STAGING_PACKET_BYTES + headroom, headroom);
     this.poolVerdicts = new Int32Array(table.pool.capacity);
     table.io = this;
   }
@@ -439,6 +416,39 @@ export class EthernetStage implements NeighbourIo {
   }
 
   /**
+   * Egress of a leg (`EthernetLeg.writeSelected`): the Ethernet headers, then the frames. A batch
+   * without room for the headers (the pipeline's released fragments, headroom 0; its fragment
+   * output, headroom 10) is first copied, with its next hops, into the stage's staging batch.
+   */
+  send(leg: FrameLeg, batch: PacketBatch, verdicts: Int32Array, want: number): number {
+    if (batch.headroom === this.headroom) {
+      this.addHeaders(leg, batch, verdicts, want);
+      return leg.writeFrames(batch, verdicts, want);
+    }
+    // Rare path.
+    const staging = this.staging;
+    let written = 0;
+    let i = 0;
+    while (i < batch.count) {
+      staging.clear();
+      for (; i < batch.count && staging.count < staging.capacity; i++) {
+        if (verdicts[i] !== want) continue;
+        const slot = staging.count;
+        if (!staging.push(batch.data, batch.offsetOf(i), batch.lengths[i]!)) {
+          this.count(leg.port, EthCounter.TxErrors);
+          continue;
+        }
+        staging.nextHops[slot] = batch.nextHops[i]!;
+      }
+      if (staging.count === 0) continue;
+      const stagingVerdicts = this.stagingVerdicts.fill(want);
+      this.addHeaders(leg, staging, stagingVerdicts, want);
+      written += leg.writeFrames(staging, stagingVerdicts, want);
+    }
+    return written;
+  }
+
+  /**
    * Egress: writes the Ethernet header of every packet of `batch` selected for `leg`; a packet
    * whose neighbour is unresolved is held by the neighbour table and its verdict becomes
    * VERDICT_STOLEN. Allocation-free for a resolved neighbour.
@@ -446,7 +456,7 @@ export class EthernetStage implements NeighbourIo {
   addHeaders(leg: FrameLeg, batch: PacketBatch, verdicts: Int32Array, want: number): void {
     const port = leg.port;
     const spec = this.ports[port];
-    if (spec === null || spec === undefined) return;
+    if (spec === null || spec === undefined || batch.headroom !== this.headroom) return;
     const data = batch.data;
     const mac = spec.mac;
     if (leg.role === ETH_ROLE_MIRROR) {

@@ -17,7 +17,7 @@ import { decodePacket } from "../../src/wire/build.js";
 import { XorShift32 } from "../../src/core/rng.js";
 import { PortCounter } from "../../src/dataplane/pipeline.js";
 import { collectEthernetStats, formatEthernetStats } from "../../src/control/show.js";
-import { EthernetRouter, QG_MAC, QR_MAC, arpFrame, frame, ipFrame } from "../support/ethernet-router.js";
+import { EthernetRouter, QG_MAC, QR_MAC, arpFrame, frame, ipFrame, seedTapText } from "../support/ethernet-router.js";
 
 const QR = 0;
 const QG = 1;
@@ -170,6 +170,23 @@ describe("next hops resolved on an Ethernet port's wire", () => {
     const icmp = decodePacket(error!.subarray(ETH_HLEN));
     expect(icmp).toMatchObject({ protocol: "icmp", src: "9.186.100.2", dst: "10.0.0.3", icmpType: 3, icmpCode: 1 });
     expect(icmp.inner).toMatchObject({ protocol: "udp", src: "10.0.0.3", dst: "9.186.100.77", sport: 40000, dport: 53 });
+  });
+
+  it("a datagram too big for qr-'s MTU 1450 leaves as fragments, each to 10.0.0.2's MAC", () => {
+    const r = new EthernetRouter({}, seedTapText().replace("mtu: 1500", "mtu: 1450"));
+    const VM1_MAC = "02:00:0a:00:00:02";
+    r.table.update(QR, ip("10.0.0.2"), parseMac(VM1_MAC), 0, NUD_REACHABLE, true, false);
+    r.leg(QG).inject(
+      ipFrame(QG_MAC, GW_MAC, { protocol: "udp", src: "9.186.100.1", dst: "9.186.100.129", sport: 5000, dport: 7, payload: new Uint8Array(1472) }),
+    );
+    r.run();
+    const out = r.leg(QR).take();
+    expect(out.length).toBe(2);
+    expect(out.map(dest)).toEqual([VM1_MAC, VM1_MAC]);
+    expect(out.map((f) => decodePacket(f.subarray(ETH_HLEN))).map((p) => [p.dst, p.mf, p.fragmentOffset])).toEqual([
+      ["10.0.0.2", true, 0],
+      ["10.0.0.2", false, 1424],
+    ]);
   });
 
   it("broadcast and multicast next hops need no ARP: ff:ff:ff:ff:ff:ff and 01:00:5e:xx:xx:xx", () => {

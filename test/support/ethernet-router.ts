@@ -66,8 +66,7 @@ export class MemoryFrameLeg implements Leg, FrameLeg {
   }
 
   writeSelected(batch: PacketBatch, verdicts: Int32Array, want: number): number {
-    this.stage.addHeaders(this, batch, verdicts, want);
-    return this.writeFrames(batch, verdicts, want);
+    return this.stage.send(this, batch, verdicts, want);
   }
 
   writeFrames(batch: PacketBatch, verdicts: Int32Array, want: number): number {
