@@ -52,6 +52,8 @@ export class EstablishedFastPath {
   packets = 0;
   /** Keeps the prefetch loads observable so the compiler cannot drop them. */
   prefetchSink = 0;
+  /** The connection (`id << 1 | dir`) of the latest packet forwarded here (a capture's comments read it). */
+  lastConnection = -1;
 
   /** Batch prefetch scratch: bucket head node per packet (see prefetch). */
   private prefetchHeads = new Int32Array(256);
@@ -336,6 +338,7 @@ export class EstablishedFastPath {
       icmpPacket(table, id);
     }
     this.packets++;
+    this.lastConnection = handle;
     table.counters.found++;
     if (dir === 1) table.setStatus(id, CT_SEEN_REPLY);
     // Rewrites in the general path's order: DNAT, TTL, SNAT (one pass, same bytes).

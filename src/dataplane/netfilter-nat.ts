@@ -39,6 +39,12 @@ export class NetfilterNat implements NatStage {
   readonly engine: NatEngine;
   /** Set by `qnat trace` for one packet; null on the hot path. */
   tracer: NatTraceSink | null = null;
+  /**
+   * The rule (CompiledRules ruleIndex, -1: the policy) whose verdict bound the latest connection's
+   * source / destination NAT; read by the pipeline for a capture's comments (dataplane/decisions.ts).
+   */
+  boundSourceRule = -1;
+  boundDestinationRule = -1;
 
   private readonly ruleInput = new RuleInput();
   private readonly range: NatRange = { minAddr: 0, maxAddr: 0, minPort: 0, maxPort: 0, flags: 0 };
@@ -135,6 +141,8 @@ export class NetfilterNat implements NatStage {
     const tracer = this.tracer;
     const trace = tracer !== null ? tracer.ruleTrace() : undefined;
     const decision = this.rules.traverse(hook, input, trace);
+    if (manip === Manip.Src) this.boundSourceRule = decision.ruleIndex;
+    else this.boundDestinationRule = decision.ruleIndex;
     const explain: string[] | undefined = tracer !== null ? [] : undefined;
     if (tracer !== null) tracer.rules(hook, trace!);
 

@@ -53,6 +53,7 @@ import { LEG_MIRROR, LEG_WIRE, RouterPort, VERDICT_DROP, VERDICT_FRAGMENTED, VER
 import type { NatStage } from "./nat-stage.js";
 import { NetfilterNat } from "./netfilter-nat.js";
 import { PacketContext } from "./packet-context.js";
+import { DECISION_FAST_PATH, DECISION_INVALID, DECISION_NEW_CONNECTION, type PacketDecisions } from "./decisions.js";
 import { RP_FILTER_OFF, RP_FILTER_STRICT, rpFilterName, validateSource } from "./reverse-path.js";
 
 /** Neutron's tenant (router interface) ports: `qr-` + port id (iptables `-i qr-+`). */
@@ -162,6 +163,10 @@ export class Dataplane {
   readonly fragmentOutput: FragmentOutput;
   /** Set while `qnat trace` runs one packet. */
   tracer: PipelineTracer | null = null;
+  /** Set while a capture runs: what was decided for each packet of the batch (decisions.ts). */
+  decisions: PacketDecisions | null = null;
+  /** The reason of the latest drop (for `decisions`). */
+  private lastDrop = DropReason.None;
   /**
    * The established fast path (fast-path.ts) and the batch prefetch. On by default; tests turn it
    * off to check that it changes nothing but speed.
@@ -249,6 +254,7 @@ export class Dataplane {
     const fast = this.fastPathEnabled();
     const packet = this.packet;
     this.fragmentOutput.clear();
+    const decisions = this.decisions;
     for (let i = 0; i < batch.count; i++) {
       let length = batch.lengths[i]!;
       counters[base] += 1;
@@ -265,12 +271,14 @@ export class Dataplane {
       }
       // A failure stays with its packet (STYLE.md rule 12): one try per packet around the whole
       // path, which V8 optimises like straight code; the throw itself only happens on a bug.
+      if (decisions !== null) this.beginDecision();
       try {
         verdicts[i] = this.forwardOne(data, off, length, i, ingress, leg, fast, generated);
         nextHops[i] = packet.nextHop;
       } catch (error) {
         verdicts[i] = this.internalError(error, data, off, length, ingress);
       }
+      if (decisions !== null) this.noteDecision(decisions, i);
     }
     if (headroom !== 0) {
       packet.l4Partial = false;
@@ -335,6 +343,35 @@ export class Dataplane {
     return VERDICT_DROP;
   }
 
+  /** Before a packet while a capture runs: nothing of the previous packet's decision is left. */
+  private beginDecision(): void {
+    this.packet.ct.id = -1;
+    this.packet.invalid = false;
+    this.lastDrop = DropReason.None;
+    this.established.lastConnection = -1;
+    const nat = this.netfilterNat;
+    if (nat !== null) {
+      nat.boundSourceRule = -1;
+      nat.boundDestinationRule = -1;
+    }
+  }
+
+  /** After a packet while a capture runs: its connection, ctstate, drop reason and binding rules. */
+  private noteDecision(decisions: PacketDecisions, index: number): void {
+    const fast = this.established.lastConnection;
+    const nat = this.netfilterNat;
+    const sourceRule = nat !== null ? nat.boundSourceRule : -1;
+    const destinationRule = nat !== null ? nat.boundDestinationRule : -1;
+    if (fast >= 0) {
+      decisions.note(index, fast, CtState.Established, DECISION_FAST_PATH, DropReason.None, -1, -1);
+      return;
+    }
+    const ct = this.packet.ct;
+    const flags = (ct.id >= 0 && ct.isNew ? DECISION_NEW_CONNECTION : 0) | (this.packet.invalid ? DECISION_INVALID : 0);
+    const connection = ct.id >= 0 ? (ct.id << 1) | ct.dir : -1;
+    decisions.note(index, connection, ct.id >= 0 ? ct.state : CtState.Invalid, flags, this.lastDrop, sourceRule, destinationRule);
+  }
+
   private countTx(verdict: number, length: number): void {
     const at = (verdict >> 1) * PORT_COUNTERS + ((verdict & 1) === LEG_WIRE ? PortCounter.TxPackets : PortCounter.MirrorTxPackets);
     this.portCounters[at] += 1;
@@ -342,6 +379,7 @@ export class Dataplane {
   }
 
   private drop(port: number, reason: DropReason): number {
+    this.lastDrop = reason;
     if (this.tracer !== null) this.tracer.step("drop", `dropped: ${dropReasonName(reason)}`);
     if (port >= 0) this.drops[port * DROP_REASON_COUNT + reason] += 1;
     return VERDICT_DROP;

@@ -7,6 +7,7 @@
  */
 import { PacketBatch } from "../core/batch.js";
 import type { Dataplane } from "../dataplane/pipeline.js";
+import type { CaptureTap } from "./capture.js";
 import { LegSlots, legBit, type Leg } from "./leg.js";
 
 export class Forwarder {
@@ -22,6 +23,8 @@ export class Forwarder {
   written = 0;
   /** The legs, a failed one replaced by a DownLeg until the router re-creates it. */
   readonly slots: LegSlots;
+  /** The running captures (io/capture.ts), null when there are none: then a batch costs nothing more. */
+  private capture: CaptureTap | null = null;
 
   /**
    * `legs[port * 2 + leg]`: the wire leg and the mirror of every port (see dataplane/port.ts).
@@ -49,20 +52,34 @@ export class Forwarder {
     return this.rx.capacity;
   }
 
+  /** Starts (a tap with sessions) or stops (null) capturing, between two batches. */
+  setCapture(capture: CaptureTap | null): void {
+    this.capture = capture;
+    this.dataplane.decisions = capture !== null ? capture.decisions : null;
+  }
+
   /** Reads and forwards one batch from leg `index`; returns how many packets it read. */
   pump(index: number): number {
     const count = this.slots.read(index, this.rx);
     if (count === 0) return 0;
+    const capture = this.capture;
+    const dataplane = this.dataplane;
+    if (capture !== null) {
+      // A dataplane swapped in by a live change fills the capture's decisions too.
+      dataplane.decisions = capture.decisions;
+      capture.ingress(this.rx, index);
+    }
     this.generated.clear();
-    this.dataplane.processBatch(this.rx, index >> 1, index & 1, this.verdicts, this.generated, this.generatedVerdicts);
+    dataplane.processBatch(this.rx, index >> 1, index & 1, this.verdicts, this.generated, this.generatedVerdicts);
     this.flush(this.rx, this.verdicts);
     // Packets too big for their egress MTU left as fragments (dataplane/fragment-output.ts).
-    const fragments = this.dataplane.fragmentOutput;
+    const fragments = dataplane.fragmentOutput;
     if (fragments.batch.count > 0) this.flush(fragments.batch, fragments.verdicts);
-    const released = this.dataplane.released;
-    if (released.count > 0) this.flush(released, this.dataplane.releasedVerdicts);
+    const released = dataplane.released;
+    if (released.count > 0) this.flush(released, dataplane.releasedVerdicts);
     if (this.generated.count > 0) this.flush(this.generated, this.generatedVerdicts);
-    this.dataplane.housekeeping();
+    if (capture !== null) capture.egress(dataplane, this.rx, this.verdicts, index, released, dataplane.releasedVerdicts, this.generated, this.generatedVerdicts);
+    dataplane.housekeeping();
     return count;
   }
 

@@ -474,6 +474,12 @@ export class CompiledRules {
     return "";
   }
 
+  /** `CHAIN #N` (N counted from 1 in its chain) of a decision's ruleIndex, for a capture's comments. */
+  ruleLabelOf(ruleIndex: number): string {
+    if (ruleIndex < 0 || ruleIndex >= this.rules.length) return "the chain policy";
+    return `${this.chains[this.ruleChain[ruleIndex]!]!.name} #${this.ruleNumber[ruleIndex]!}`;
+  }
+
   /** The rule text of a decision's ruleIndex, for messages. */
   ruleTextOf(ruleIndex: number): string {
     return ruleIndex < 0 ? "(policy)" : this.ruleText[ruleIndex]!;
