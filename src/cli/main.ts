@@ -42,6 +42,9 @@ export const USAGE = `usage: qnat COMMAND ...
   qnat top [--router NAMESPACE] [--once]
                                         the running router's rates, connection table and busiest connections,
                                         every second (q quits); --once: one snapshot, without a terminal
+  qnat capture PORT [PORT...] [--leg wire|mirror|both] [-c COUNT] [-G SECONDS] [-B KIB] [--router NAMESPACE] -w FILE|-
+                                        pcapng of the running router's ports, each packet with a comment
+                                        saying what qnat did to it (-w -: to stdout, e.g. | tcpdump -r -)
   qnat help                             this text
 `;
 
@@ -69,6 +72,8 @@ export async function runCli(argv: readonly string[], io: CliIo = processIo): Pr
   try {
     // conntrack-tools' own options (-L, -s, -d...), not qnat's: parsed on their own.
     if (argv[0] === "conntrack") return await conntrackCommand(argv.slice(1), io);
+    // tcpdump's options (-w, -c COUNT, -G), not qnat's: parsed on their own.
+    if (argv[0] === "capture") return await captureCommand(argv.slice(1), io);
     return await dispatch(parseArgs(argv), io);
   } catch (error) {
     return reportError(error, io);
@@ -245,6 +250,56 @@ async function conntrackCommand(argv: readonly string[], io: CliIo): Promise<num
   io.err(`${conntrackSummary(command.op, lines)}\n`);
   // conntrack-tools exits 1 when -D found nothing to delete.
   return command.op === "delete" && lines === 0 ? 1 : 0;
+}
+
+/**
+ * `qnat capture ...` (cli/capture.ts): the pcapng goes to the file or stdout, one line on stderr
+ * when it starts and a summary when it ends; Ctrl-C asks the router to finish (a second one quits).
+ */
+async function captureCommand(argv: readonly string[], io: CliIo): Promise<number> {
+  if (argv.includes("-h") || argv.includes("--help")) {
+    io.out(USAGE);
+    return 0;
+  }
+  const { captureSummary, parseCaptureArgs, runCapture } = await import("./capture.js");
+  const args = parseCaptureArgs(argv);
+  let interrupted = 0;
+  let onSigint: (() => void) | undefined;
+  let result;
+  // A reader of `-w -` that goes away (`| tcpdump -c 5 -r -`) ends the capture as SIGPIPE would:
+  // one line, exit 0 (main's stdout handler exits).
+  let packets = (): number => 0;
+  const onPipe = (error: NodeJS.ErrnoException): void => {
+    if (error.code === "EPIPE") io.err(`qnat capture: the reader of stdout went away; ${packets()} packets captured\n`);
+  };
+  process.stdout.prependListener("error", onPipe);
+  try {
+    result = await runCapture(
+      args,
+      process.stdout,
+      (line, progress) => {
+        packets = () => progress.packets;
+        io.err(`qnat capture: ${line}; Ctrl-C ends it\n`);
+      },
+      (stop) => {
+        onSigint = () => {
+          interrupted++;
+          if (interrupted === 1) stop();
+          else process.exit(130);
+        };
+        process.on("SIGINT", onSigint);
+        process.on("SIGTERM", onSigint);
+      },
+    );
+  } finally {
+    if (onSigint !== undefined) {
+      process.off("SIGINT", onSigint);
+      process.off("SIGTERM", onSigint);
+    }
+    process.stdout.off("error", onPipe);
+  }
+  io.err(`${captureSummary(result)}${result.complete ? "" : " (the router ended the capture without its statistics)"}\n`);
+  return 0;
 }
 
 async function rulesCheck(file: string, io: CliIo): Promise<number> {

@@ -112,6 +112,26 @@ export interface MetricsConfig {
   readonly line: number;
 }
 
+/** The legs a capture takes (io/capture.ts CaptureLegs). */
+export const CAPTURE_LEG_CHOICES = ["wire", "mirror", "both"] as const;
+
+/**
+ * `capture: { file: PATH, ports: [NAME...], leg: wire|mirror|both, count: N, rotate: SECONDS }`:
+ * a pcapng capture the router writes from its start (docs/capture.md), as `qnat capture` does.
+ */
+export interface CaptureConfig {
+  /** Absolute (a relative path is taken from the config file's directory); may hold strftime %-fields when `rotate` is set. */
+  readonly file: string;
+  /** Port names; all the router's ports when the config gives none. */
+  readonly ports: readonly string[];
+  readonly leg: (typeof CAPTURE_LEG_CHOICES)[number];
+  /** Stop after this many packets (0: no limit). */
+  readonly count: number;
+  /** Start a new file every this many seconds (0: one file), as tcpdump -G. */
+  readonly rotate: number;
+  readonly line: number;
+}
+
 export interface RouterConfig {
   readonly file: string;
   readonly id: string;
@@ -130,6 +150,8 @@ export interface RouterConfig {
   readonly state?: StateConfig;
   /** Absent: no Prometheus endpoint. */
   readonly metrics?: MetricsConfig;
+  /** Absent: the router captures nothing until `qnat capture` asks. */
+  readonly capture?: CaptureConfig;
 }
 
 /** The rp_filter Linux applies on a port: the larger of conf/all and conf/DEV (off < strict < loose). */
@@ -197,7 +219,7 @@ export function parseConfig(text: string, file: string): RouterConfig {
   const root = doc.contents;
   if (!isMap(root)) fail(root, "the config must be a mapping with router, ports, routes and nat");
   const top = root as YAMLMap;
-  const known = new Set(["router", "ports", "routes", "nat", "metadata", "lab", "conntrack", "rp_filter", "state", "metrics"]);
+  const known = new Set(["router", "ports", "routes", "nat", "metadata", "lab", "conntrack", "rp_filter", "state", "metrics", "capture"]);
   for (const pair of top.items) {
     const key = isScalar(pair.key) ? String(pair.key.value) : "";
     if (!known.has(key)) fail(pair.key as YamlNode, `unknown key "${key}" (expected one of ${[...known].join(", ")})`);
@@ -448,11 +470,61 @@ export function parseConfig(text: string, file: string): RouterConfig {
   }
   const state = parseStateConfig(get(top, "state"), file, fail, lineOf);
   const metrics = parseMetricsConfig(get(top, "metrics"), fail, lineOf);
+  const capture = parseCaptureConfig(get(top, "capture"), file, ports, fail, lineOf);
   return {
     file, id, namespace, ports, routes, nat, metadata, lab, conntrack: { max: conntrackMax, tcpBeLiberal, dropInvalid }, rpFilter,
     ...(state ? { state } : {}),
     ...(metrics ? { metrics } : {}),
+    ...(capture ? { capture } : {}),
   };
+}
+
+/** The `capture:` mapping: `file` (required), `ports`, `leg`, `count`, `rotate`. */
+function parseCaptureConfig(
+  node: YamlNode | undefined,
+  configFile: string,
+  ports: readonly PortConfig[],
+  fail: (node: YamlNode | null | undefined, message: string) => never,
+  lineOf: (node: YamlNode) => number,
+): CaptureConfig | undefined {
+  if (node === undefined) return undefined;
+  if (!isMap(node)) return fail(node, "capture must be a mapping, e.g. { file: /var/tmp/qnat.pcapng, ports: [qg-e76de35e-90], leg: wire }");
+  const keys = ["file", "ports", "leg", "count", "rotate"];
+  for (const pair of node.items) {
+    const key = isScalar(pair.key) ? String(pair.key.value) : "";
+    if (!keys.includes(key)) fail(pair.key as YamlNode, `unknown capture key "${key}" (expected ${keys.join(", ")})`);
+  }
+  const fileNode = node.get("file", true) as YamlNode | undefined;
+  if (fileNode === undefined) return fail(node, "capture needs a file: PATH");
+  if (!isScalar(fileNode) || typeof fileNode.value !== "string" || fileNode.value.trim() === "") return fail(fileNode, "capture.file must be a path");
+  const path = fileNode.value;
+  if (path.endsWith("/")) fail(fileNode, `capture.file "${path}" must name a file, not a directory`);
+  const portsNode = node.get("ports", true) as YamlNode | undefined;
+  let names = ports.map((p) => p.name);
+  if (portsNode !== undefined) {
+    if (!isSeq(portsNode) || portsNode.items.length === 0) fail(portsNode, "capture.ports must be a list of port names, e.g. [qr-694450d6-f6, qg-e76de35e-90]");
+    names = [];
+    for (const item of (portsNode as { items: YamlNode[] }).items) {
+      if (!isScalar(item) || typeof item.value !== "string") fail(item, "capture.ports must be a list of port names");
+      const name = (item as { value: string }).value;
+      if (!ports.some((p) => p.name === name)) fail(item, `capture.ports: no port ${name} in this config`);
+      if (names.includes(name)) fail(item, `capture.ports: ${name} is listed twice`);
+      names.push(name);
+    }
+  }
+  const legNode = node.get("leg", true) as YamlNode | undefined;
+  const leg = legNode === undefined ? "wire" : String(isScalar(legNode) ? legNode.value : "");
+  if (!(CAPTURE_LEG_CHOICES as readonly string[]).includes(leg)) fail(legNode, `capture.leg must be wire, mirror or both, not "${leg}"`);
+  const whole = (key: string, max: number): number => {
+    const valueNode = node.get(key, true) as YamlNode | undefined;
+    if (valueNode === undefined) return 0;
+    if (!isScalar(valueNode) || typeof valueNode.value !== "number" || !Number.isInteger(valueNode.value) || valueNode.value < 0 || valueNode.value > max)
+      fail(valueNode, `capture.${key} must be a whole number in 0..${max}`);
+    return (valueNode as { value: number }).value;
+  };
+  const count = whole("count", 2 ** 32);
+  const rotate = whole("rotate", MAX_STATE_INTERVAL);
+  return { file: resolve(dirname(configFile), path), ports: names, leg: leg as CaptureConfig["leg"], count, rotate, line: lineOf(fileNode) };
 }
 
 /** The `state:` mapping: `file` (required) and `interval` (seconds, default 1). */

@@ -44,6 +44,7 @@ import { buildDataplane } from "../dataplane/from-config.js";
 import { NetfilterNat } from "../dataplane/netfilter-nat.js";
 import type { Dataplane } from "../dataplane/pipeline.js";
 import { Forwarder } from "../io/forwarder.js";
+import { RouterCaptures } from "./capture.js";
 import { LEGS_BEYOND_MASK, legBit } from "../io/leg.js";
 import { PassthroughForwarder } from "../io/passthrough.js";
 import { deleteNetns, isRoot, netnsPath } from "../io/netns.js";
@@ -236,6 +237,8 @@ export async function startRouter(configPath: string, options: RouterOptions = {
   const state = config.state === undefined ? undefined : new StateKeeper(config.state, () => dataplane, { log });
 
   let ready = false;
+  // Packet captures (`qnat capture`, config `capture:`): a tap on the forwarder (control/capture.ts).
+  const captures = new RouterCaptures(BATCH_SIZE, () => config, () => dataplane, log);
   let metadata: MetadataServer | undefined;
   let metrics: MetricsServer | undefined;
   // The loop's batch sizes and busy time, and the census of the connection table: read by the
@@ -249,6 +252,7 @@ export async function startRouter(configPath: string, options: RouterOptions = {
     const natRules = dataplane.nat instanceof NetfilterNat ? dataplane.nat.rules : undefined;
     const wires = config.ports.map((p) => p.wire);
     if (request.cmd === "apply" || request.cmd === "rules") return liveRequest(request);
+    if (request.cmd === "capture") return captures.answer(request);
     if (request.cmd === "trace") {
       const result = runTrace(dataplane, request.packet);
       return request.json ? { ok: true, text: JSON.stringify(result), data: result } : { ok: true, text: formatTrace(result) };
@@ -273,10 +277,12 @@ export async function startRouter(configPath: string, options: RouterOptions = {
         return { ok: true, text: request.json ? formatJson(view) : formatPorts(view), data: view };
       }
       case "stats": {
+        const capture = captures.stats();
         const view = {
           ...collectStats(dataplane, metadata?.counters),
           ...(state !== undefined ? { state: state.view() } : {}),
           ...(ethernet !== undefined ? { ethernet: collectEthernetStats(ethernet, config.ports.map((p) => p.name)) } : {}),
+          ...(capture.running > 0 || capture.captured > 0 || capture.lost > 0 ? { capture } : {}),
         };
         const text = formatStats(view) + (view.ethernet !== undefined ? `\n${formatEthernetStats(view.ethernet)}` : "");
         return { ok: true, text: request.json ? formatJson(view) : text, data: view };
@@ -395,6 +401,7 @@ export async function startRouter(configPath: string, options: RouterOptions = {
   let forwarder: Forwarder | PassthroughForwarder = passthrough
     ? new PassthroughForwarder(legs, BATCH_SIZE, slotSize, headroom)
     : new Forwarder(dataplane, legs, BATCH_SIZE, slotSize, headroom);
+  captures.attach(forwarder instanceof Forwarder ? forwarder : undefined);
   const capacity = forwarder.batchCapacity;
   // Ethernet ports: a packet whose neighbour failed is answered by the dataplane (host
   // unreachable); the neighbour timers run; each address is announced (gratuitous ARP).
@@ -656,6 +663,7 @@ export async function startRouter(configPath: string, options: RouterOptions = {
       });
     }
     forwarder = new Forwarder(successor, linked, BATCH_SIZE, slotSize, headroom);
+    captures.attach(forwarder);
     mirrorBits = mirrorBitsOf(linked.length);
     supervisor = superviseLegs(next.ports, linked);
     linked.forEach((leg, index) => watch(index, leg));
@@ -728,6 +736,9 @@ export async function startRouter(configPath: string, options: RouterOptions = {
 
   let stopping: Promise<void> | undefined;
   const stopHooks: Array<() => void | Promise<void>> = state === undefined ? [] : [() => state.stop()];
+  // Running captures end with their statistics blocks before the control socket closes.
+  stopHooks.push(() => captures.stopAll());
+  if (config.capture !== undefined) captures.startFromConfig(config.capture);
   return {
     get config() {
       return config;

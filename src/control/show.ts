@@ -17,6 +17,7 @@ import { type Dataplane, PortCounter } from "../dataplane/pipeline.js";
 import type { LegHealth } from "../io/leg-supervisor.js";
 import { ETH_COUNTER_NAMES, type EthernetStage } from "../io/ethernet-leg.js";
 import { formatStateStats, type StateStatsView } from "./state-keeper.js";
+import type { CaptureStatsView } from "./capture.js";
 
 /** Packet and byte counts of one leg (wire or mirror) of a port, as the dataplane counts them. */
 export interface LegCounters {
@@ -107,6 +108,8 @@ export interface StatsView {
   readonly metadata?: MetadataStatsView;
   /** Present when the router keeps its connections in a state file (config `state:`). */
   readonly state?: StateStatsView;
+  /** Present once the router has run a capture: packets written out and lost (the ring was full). */
+  readonly capture?: CaptureStatsView;
   /** The router process's memory (Node's process.memoryUsage()), for soak runs and operators. */
   readonly process?: ProcessMemoryView;
 }
@@ -387,6 +390,10 @@ export function formatStats(stats: StatsView): string {
     lines.push(`metadata: served ${md.served}, not found ${md.notFound}, method not allowed ${md.methodNotAllowed}`);
   }
   if (stats.state !== undefined) lines.push(...formatStateStats(stats.state));
+  const capture = stats.capture;
+  if (capture !== undefined) {
+    lines.push(`capture: ${capture.running} running; ${capture.captured} packets captured, ${capture.lost} lost (ring full)`);
+  }
   const own = stats.process;
   if (own !== undefined) {
     lines.push(

@@ -9,12 +9,14 @@
  *   {"cmd":"trace","packet":"qr-694450d6-f6 tcp 10.0.0.3:40000 > 8.8.8.8:53 syn","json":bool}
  *   {"cmd":"conntrack","op":"list"|"delete"|"flush","filter":{...}}   (conntrack-command.ts)
  *   {"cmd":"top","connections":N}   counters and a census for `qnat top` (top-view.ts), N <= 100
+ *   {"cmd":"capture","ports":[...],"leg":"wire"|"mirror"|"both","count":N}   (capture.ts)
  *   {"cmd":"ping"}
  * ->{"ok":true,"text":"...","data":...} | {"ok":false,"error":"one line"}
  * `ping` is answered by the server itself with `data: { pid }`. A big answer (`show conntrack`)
  * comes in pieces: lines `{"ok":true,"more":true,"text":PIECE}`, then a last line without
  * `more` (`{"ok":true,"text":""}`, or `{"ok":false,...}` if it failed midway); the texts joined
- * are the answer.
+ * are the answer. A capture answers one line, then the connection carries the pcapng stream
+ * (binary) until the capture ends; the client half-closes its side to end it early.
  *
  * The router serves this socket on its packet thread, so nothing here may hold that thread for
  * long: a streamed answer is produced one piece (about a millisecond of work) per turn of the
@@ -29,6 +31,7 @@ import { chmodSync, lstatSync, mkdirSync, readFileSync, statSync, unlinkSync, wr
 import { basename, dirname, join } from "node:path";
 import type { ConntrackFilter } from "../conntrack/filter.js";
 import { CONNTRACK_OPS, type ConntrackOp, parseConntrackFilter } from "./conntrack-command.js";
+import { parseCaptureRequest, type CaptureRequest } from "./capture.js";
 
 export const DEFAULT_RUN_DIR = "/run/qnat";
 /** A request line longer than this is refused (and the connection closed). */
@@ -70,6 +73,7 @@ export type ControlRequest =
   | { readonly cmd: "conntrack"; readonly op: ConntrackOp; readonly filter: ConntrackFilter }
   | { readonly cmd: "ping" }
   | { readonly cmd: "top"; readonly connections: number }
+  | CaptureRequest
   | LiveChangeRequest;
 
 /** The most busiest connections one `top` request may ask for (census.ts MAX_BUSIEST). */
@@ -96,7 +100,17 @@ export interface ControlStream {
   readonly pieces: ControlPieces;
 }
 
-export type ControlAnswer = ControlResponse | ControlStream;
+/**
+ * An answer that takes the connection over (a capture): `text` is sent as the answer line, then
+ * `takeover` has the socket until it resolves; the connection is closed after it.
+ */
+export interface ControlTakeover {
+  readonly ok: true;
+  readonly text: string;
+  takeover(socket: Socket): Promise<void>;
+}
+
+export type ControlAnswer = ControlResponse | ControlStream | ControlTakeover;
 
 export type ControlHandler = (request: ControlRequest) => Promise<ControlAnswer> | ControlAnswer;
 
@@ -187,8 +201,10 @@ export function parseControlRequest(value: unknown): ControlRequest | string {
     case "apply":
     case "rules":
       return parseLiveChangeRequest(request);
+    case "capture":
+      return parseCaptureRequest(request);
     default:
-      return `unknown command ${JSON.stringify(request["cmd"] ?? null)} (expected show, trace, conntrack or ping)`;
+      return `unknown command ${JSON.stringify(request["cmd"] ?? null)} (expected show, trace, conntrack, top, capture or ping)`;
   }
 }
 
@@ -487,9 +503,10 @@ class ControlConnection {
     try {
       while (this.queue.length > 0 && !this.gone) {
         const request = this.queue[0]!;
+        let handedOver = false;
         try {
           if (request.refusal !== undefined) this.send({ ok: false, error: request.refusal });
-          else await this.answerOne(request.line);
+          else handedOver = await this.answerOne(request.line);
         } finally {
           // vanish() may have emptied the queue and released everything already.
           if (this.queue[0] === request) {
@@ -497,7 +514,7 @@ class ControlConnection {
             this.release(request);
           }
         }
-        if (request.last) {
+        if (request.last || handedOver) {
           this.socket.end();
           return;
         }
@@ -510,26 +527,34 @@ class ControlConnection {
     this.finish();
   }
 
-  private async answerOne(line: string): Promise<void> {
+  /** Answers one request; true when the answer took the connection over (it is then closed). */
+  private async answerOne(line: string): Promise<boolean> {
     const reply = await answer(line, this.handler);
+    if ("takeover" in reply) {
+      this.send({ ok: true, text: reply.text });
+      // Queued requests are not answered on a connection that carries a capture.
+      this.inputDone = true;
+      await reply.takeover(this.socket);
+      return true;
+    }
     if (!("pieces" in reply)) {
       this.send(reply);
-      return;
+      return false;
     }
     // A streamed answer: one piece per turn of the event loop, and only when the client has
     // read the previous ones; a client that went away stops the listing.
     for (;;) {
-      if (this.gone) return;
+      if (this.gone) return false;
       let piece: string | undefined;
       try {
         piece = reply.pieces.next();
       } catch (error) {
         this.send({ ok: false, error: oneLine(error) });
-        return;
+        return false;
       }
       if (piece === undefined) {
         this.send({ ok: true, text: "" });
-        return;
+        return false;
       }
       if (!this.send({ ok: true, more: true, text: piece })) await this.drained();
       await nextTurn();

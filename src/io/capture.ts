@@ -226,8 +226,8 @@ export class CaptureTap {
 
   constructor(
     private readonly batchCapacity: number,
-    /** Per port: its legs carry Ethernet frames (a tap port). */
-    private readonly ethernet: readonly boolean[],
+    /** Per port: its legs carry Ethernet frames (a tap port); replaced when the ports change. */
+    public ethernet: readonly boolean[],
   ) {
     this.decisions = new PacketDecisions(batchCapacity);
   }

@@ -1,0 +1,371 @@
+/**
+ * The router's captures (`qnat capture`, config `capture:`): starts a capture session on the
+ * forwarder's tap (io/capture.ts), drains its ring off the forwarding loop into pcapng blocks
+ * with their comments (io/capture-comment.ts), and hands them to an output — the control
+ * connection of `qnat capture` (which writes the file or stdout on its side) or files of the
+ * router's own (control/capture-file.ts). A capture ends when its count is reached, when its
+ * client hangs up, or when the router stops; it then writes one Interface Statistics Block per
+ * interface with the packets it saw and those it lost (isb_ifrecv, isb_ifdrop).
+ *
+ * The drain runs on timers and setImmediate, a bounded number of packets per turn, so the legs'
+ * reads are served between; an output that does not keep up (a slow reader on the socket) makes
+ * the drain wait, the ring fill, and packets be counted as lost, never forwarding wait.
+ */
+import type { Socket } from "node:net";
+import type { Dataplane } from "../dataplane/pipeline.js";
+import { NetfilterNat } from "../dataplane/netfilter-nat.js";
+import { captureComment, type CommentContext } from "../io/capture-comment.js";
+import {
+  CAPTURE_LEGS,
+  CaptureSession,
+  CaptureTap,
+  Rec,
+  captureInterfaces,
+  nowMicroseconds,
+  type CaptureInterface,
+  type CaptureLegs,
+} from "../io/capture.js";
+import type { Forwarder } from "../io/forwarder.js";
+import {
+  BLOCK_ENHANCED_PACKET,
+  BLOCK_INTERFACE_DESCRIPTION,
+  BLOCK_INTERFACE_STATISTICS,
+  BLOCK_SECTION_HEADER,
+  enhancedPacketBlock,
+  interfaceDescriptionBlock,
+  interfaceStatisticsBlock,
+  sectionHeaderBlock,
+  type PcapngBlock,
+} from "../io/pcapng.js";
+import type { CaptureConfig, RouterConfig } from "../config/config.js";
+import { PcapngFileWriter } from "./capture-file.js";
+import type { ControlResponse, ControlTakeover } from "./socket.js";
+
+/** `{"cmd":"capture",...}` on the control socket. */
+export interface CaptureRequest {
+  readonly cmd: "capture";
+  readonly ports: readonly string[];
+  readonly leg: CaptureLegs;
+  /** Stop after this many packets (0: no limit). */
+  readonly count: number;
+  /** The ring's size in bytes (tcpdump -B, in KiB there); default io/capture.ts DEFAULT_RING_BYTES. */
+  readonly ringBytes?: number;
+}
+
+/** The smallest and largest ring a request may ask for. */
+export const MIN_RING_BYTES = 1024;
+export const MAX_RING_BYTES = 1024 * 1024 * 1024;
+/** Packets written out per turn of the event loop. */
+const DRAIN_BUDGET = 512;
+/** How long the drain sleeps when the ring is empty. */
+const DRAIN_IDLE_MS = 10;
+/** Captures one router runs at once. */
+export const MAX_CAPTURES = 4;
+
+/** Checks a decoded capture request; returns it or a one-line reason it is not one. */
+export function parseCaptureRequest(request: Record<string, unknown>): CaptureRequest | string {
+  const { ports, leg, count, ringBytes } = request;
+  if (!Array.isArray(ports) || ports.length === 0 || !ports.every((p) => typeof p === "string")) return `capture needs "ports": a list of port names`;
+  if (typeof leg !== "string" || !(CAPTURE_LEGS as readonly string[]).includes(leg)) return `capture "leg" must be one of ${CAPTURE_LEGS.join(", ")}`;
+  if (typeof count !== "number" || !Number.isInteger(count) || count < 0) return `capture "count" must be a whole number (0: no limit)`;
+  if (ringBytes !== undefined && (typeof ringBytes !== "number" || !Number.isInteger(ringBytes) || ringBytes < MIN_RING_BYTES || ringBytes > MAX_RING_BYTES)) {
+    return `capture "ringBytes" must be ${MIN_RING_BYTES}..${MAX_RING_BYTES}`;
+  }
+  return { cmd: "capture", ports: ports as string[], leg: leg as CaptureLegs, count, ...(ringBytes !== undefined ? { ringBytes } : {}) };
+}
+
+/** Where a capture's blocks go. */
+export interface CaptureOutput {
+  /** False when the output's buffer is full: the drain waits for `drained`. */
+  write(blocks: readonly PcapngBlock[]): boolean;
+  drained(): Promise<void>;
+  /** The output went away (its client hung up): the capture ends without writing more. */
+  readonly gone: boolean;
+  close(): Promise<void>;
+}
+
+export interface CaptureSummary {
+  readonly captured: number;
+  readonly lost: number;
+}
+
+/** A capture's own view for `qnat show stats`. */
+export interface CaptureStatsView {
+  readonly running: number;
+  /** Packets written out and lost by every capture since the router started (ended and running). */
+  readonly captured: number;
+  readonly lost: number;
+}
+
+/** The pcapng blocks that open a capture: its section and its interfaces. */
+export function captureHeader(interfaces: readonly CaptureInterface[]): PcapngBlock[] {
+  return [
+    { type: BLOCK_SECTION_HEADER, bytes: sectionHeaderBlock("qnat capture") },
+    ...interfaces.map((iface) => ({
+      type: BLOCK_INTERFACE_DESCRIPTION,
+      bytes: interfaceDescriptionBlock({ linkType: iface.linkType, name: iface.name, description: iface.description }),
+    })),
+  ];
+}
+
+/** The comment context of a dataplane: its own addresses and its nat rules' names. */
+export function commentContextOf(dataplane: Dataplane): CommentContext {
+  const nat = dataplane.nat;
+  const rules = nat instanceof NetfilterNat ? nat.rules : undefined;
+  return {
+    isOwn: (addr) => dataplane.addresses.isOwn(addr),
+    ...(rules !== undefined ? { ruleLabel: (index: number) => rules.ruleLabelOf(index) } : {}),
+  };
+}
+
+/** Takes up to `budget` packets out of the ring as Enhanced Packet Blocks. */
+export function drainSession(session: CaptureSession, context: CommentContext, budget = DRAIN_BUDGET): PcapngBlock[] {
+  const blocks: PcapngBlock[] = [];
+  const records = session.records;
+  for (let record = session.peek(); record >= 0 && blocks.length < budget; record = session.peek()) {
+    const r = record * Rec.Words;
+    const comment = captureComment(records, r, context);
+    const bytes = enhancedPacketBlock(records[r + Rec.Interface]!, session.times[record]!, session.bytes, records[r + Rec.Offset]!, records[r + Rec.Length]!, comment);
+    blocks.push({ type: BLOCK_ENHANCED_PACKET, bytes });
+    session.advance();
+  }
+  return blocks;
+}
+
+/** The Interface Statistics Blocks that close a capture. */
+export function captureStatistics(session: CaptureSession): PcapngBlock[] {
+  const now = nowMicroseconds();
+  return session.interfaces.map((_, id) => ({
+    type: BLOCK_INTERFACE_STATISTICS,
+    bytes: interfaceStatisticsBlock({ interfaceId: id, microseconds: now, startMicroseconds: session.startedAt, received: session.seen[id]!, dropped: session.lost[id]! }),
+  }));
+}
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+function nextTurn(): Promise<void> {
+  return new Promise((resolve) => setImmediate(resolve));
+}
+
+/** The output of `qnat capture`: the control connection itself, after its first answer line. */
+export class SocketCaptureOutput implements CaptureOutput {
+  private closedByPeer = false;
+  /** The client half-closed its side (Ctrl-C): finish the capture and hang up. */
+  ended = false;
+
+  constructor(private readonly socket: Socket) {
+    socket.on("close", () => (this.closedByPeer = true));
+    socket.on("error", () => (this.closedByPeer = true));
+    socket.on("end", () => (this.ended = true));
+  }
+
+  get gone(): boolean {
+    return this.closedByPeer || this.socket.destroyed || !this.socket.writable;
+  }
+
+  write(blocks: readonly PcapngBlock[]): boolean {
+    if (this.gone) return true;
+    return this.socket.write(Buffer.concat(blocks.map((b) => b.bytes)));
+  }
+
+  drained(): Promise<void> {
+    if (this.gone || !this.socket.writableNeedDrain) return Promise.resolve();
+    return new Promise((resolve) => {
+      const done = (): void => {
+        this.socket.off("drain", done);
+        this.socket.off("close", done);
+        resolve();
+      };
+      this.socket.on("drain", done);
+      this.socket.on("close", done);
+    });
+  }
+
+  async close(): Promise<void> {}
+}
+
+/** The config's `capture:`: files the router writes itself. */
+export class FileCaptureOutput implements CaptureOutput {
+  readonly writer: PcapngFileWriter;
+  readonly gone = false;
+
+  constructor(file: string, rotateSeconds: number) {
+    this.writer = new PcapngFileWriter(file, rotateSeconds);
+  }
+
+  write(blocks: readonly PcapngBlock[]): boolean {
+    return this.writer.write(blocks);
+  }
+
+  drained(): Promise<void> {
+    return this.writer.drained();
+  }
+
+  close(): Promise<void> {
+    return this.writer.close();
+  }
+}
+
+interface RunningCapture {
+  readonly session: CaptureSession;
+  stop(): void;
+  readonly done: Promise<CaptureSummary>;
+}
+
+/**
+ * The captures of one router: one tap on its forwarder, a session per capture. `attach` is
+ * called with each forwarder the router makes (a live change of ports makes a new one).
+ */
+export class RouterCaptures {
+  readonly tap: CaptureTap;
+  private forwarder: Forwarder | undefined;
+  private readonly running = new Set<RunningCapture>();
+  private capturedBefore = 0;
+  private lostBefore = 0;
+
+  constructor(
+    batchCapacity: number,
+    private readonly config: () => RouterConfig,
+    private readonly dataplane: () => Dataplane,
+    private readonly log: (line: string) => void,
+  ) {
+    this.tap = new CaptureTap(batchCapacity, this.config().ports.map((p) => p.wire.mode === "tap"));
+  }
+
+  /** The forwarder the tap rides on (null: none, e.g. pass-through mode). */
+  attach(forwarder: Forwarder | undefined): void {
+    if (this.forwarder !== undefined && forwarder !== this.forwarder) {
+      // Ports were added or removed: the legs' indexes changed under the running captures, which end.
+      for (const run of this.running) run.stop();
+      this.forwarder = forwarder;
+      forwarder?.setCapture(null);
+      return;
+    }
+    this.forwarder = forwarder;
+    this.tap.ethernet = this.config().ports.map((p) => p.wire.mode === "tap");
+    forwarder?.setCapture(this.tap.empty ? null : this.tap);
+  }
+
+  stats(): CaptureStatsView {
+    let captured = this.capturedBefore;
+    let lost = this.lostBefore;
+    for (const run of this.running) {
+      captured += run.session.admitted - run.session.pending;
+      lost += run.session.lostTotal;
+    }
+    return { running: this.running.size, captured, lost };
+  }
+
+  /** Starts a capture of `ports`/`legs` into `output`; resolves when it has ended. */
+  start(ports: readonly string[], legs: CaptureLegs, count: number, output: CaptureOutput, ringBytes?: number): { done: Promise<CaptureSummary>; stop: () => void } | string {
+    const refusal = this.refusal(ports, legs);
+    if (refusal !== undefined || this.forwarder === undefined) return refusal ?? "no forwarder";
+    const config = this.config();
+    const interfaces = this.interfacesOf(ports, legs) as CaptureInterface[];
+    const ring = ringBytes === undefined ? {} : { bytes: ringBytes, records: Math.max(16, Math.min(8192, Math.floor(ringBytes / 64))) };
+    const session = new CaptureSession(interfaces, config.ports.length * 2, count, ring);
+    let stopping = false;
+    const run: RunningCapture = {
+      session,
+      stop: () => {
+        stopping = true;
+        session.close();
+      },
+      done: this.drive(session, output, () => stopping),
+    };
+    this.running.add(run);
+    this.tap.add(session);
+    this.forwarder.setCapture(this.tap);
+    void run.done.finally(() => {
+      this.running.delete(run);
+      this.tap.remove(session);
+      if (this.tap.empty) this.forwarder?.setCapture(null);
+      this.capturedBefore += session.admitted - session.pending;
+      this.lostBefore += session.lostTotal;
+    });
+    return run;
+  }
+
+  /**
+   * `qnat capture`'s request: a refusal (unknown port, too many captures), or an answer that takes
+   * the control connection over and streams the capture on it until it ends.
+   */
+  answer(request: CaptureRequest): ControlTakeover | ControlResponse {
+    const refusal = this.refusal(request.ports, request.leg);
+    if (refusal !== undefined) return { ok: false, error: refusal };
+    const legs = request.leg === "both" ? "wire and mirror legs" : `${request.leg} leg`;
+    return {
+      ok: true,
+      text: `capturing ${request.ports.join(", ")} (${legs})`,
+      takeover: async (socket) => {
+        const started = this.start(request.ports, request.leg, request.count, new SocketCaptureOutput(socket), request.ringBytes);
+        if (typeof started === "string") return;
+        await started.done;
+      },
+    };
+  }
+
+  /** Why a capture of `ports`/`legs` cannot start now, or undefined. */
+  private refusal(ports: readonly string[], legs: CaptureLegs): string | undefined {
+    if (this.forwarder === undefined) return "this router does not capture (pass-through mode)";
+    if (this.running.size >= MAX_CAPTURES) return `too many captures running (at most ${MAX_CAPTURES})`;
+    const interfaces = this.interfacesOf(ports, legs);
+    return typeof interfaces === "string" ? interfaces : undefined;
+  }
+
+  private interfacesOf(ports: readonly string[], legs: CaptureLegs): CaptureInterface[] | string {
+    const config = this.config();
+    return captureInterfaces(
+      config.ports.map((p) => ({ name: p.name, ethernet: p.wire.mode === "tap", wireNamespace: p.wire.namespace, wireDevice: p.wire.device })),
+      config.namespace,
+      ports,
+      legs,
+    );
+  }
+
+  /** The config's `capture:`, from the router's start until it stops or its count is reached. */
+  startFromConfig(capture: CaptureConfig): void {
+    const output = new FileCaptureOutput(capture.file, capture.rotate);
+    const started = this.start(capture.ports, capture.leg, capture.count, output);
+    if (typeof started === "string") {
+      this.log(`qnat: capture: ${started}`);
+      return;
+    }
+    this.log(`qnat:   capturing ${capture.ports.join(", ")} (${capture.leg}) to ${capture.file}`);
+    void started.done.then((summary) => {
+      const failure = output.writer.error;
+      this.log(`qnat: capture to ${capture.file} ended: ${summary.captured} packets captured, ${summary.lost} lost${failure !== undefined ? `; write error: ${failure.message}` : ""}`);
+    });
+  }
+
+  /** Ends every capture (the router stops): each writes its statistics and closes. */
+  async stopAll(): Promise<void> {
+    const runs = [...this.running];
+    for (const run of runs) run.stop();
+    await Promise.all(runs.map((run) => run.done));
+  }
+
+  private async drive(session: CaptureSession, output: CaptureOutput, stopping: () => boolean): Promise<CaptureSummary> {
+    let captured = 0;
+    try {
+      output.write(captureHeader(session.interfaces));
+      for (;;) {
+        if (output.gone) return { captured, lost: session.lostTotal };
+        if (stopping() || (output instanceof SocketCaptureOutput && output.ended)) session.close();
+        const blocks = drainSession(session, commentContextOf(this.dataplane()));
+        captured += blocks.length;
+        if (blocks.length > 0 && !output.write(blocks)) await output.drained();
+        if (session.finished) break;
+        if (session.pending === 0) await sleep(DRAIN_IDLE_MS);
+        else await nextTurn();
+      }
+      if (!output.gone) output.write(captureStatistics(session));
+      return { captured, lost: session.lostTotal };
+    } finally {
+      session.close();
+      await output.close();
+    }
+  }
+}
