@@ -65,7 +65,8 @@ export function captureComment(records: Int32Array, r: number, context: CommentC
   if (toHost && fromHost) where = "the router's host to itself";
   else if (toHost) where = "local: to the router's host";
   else if (fromHost) where = "from the router's host (OUTPUT)";
-  const parts = [where, nat].filter((part) => part !== "");
+  // "not NATed" says something about a forwarded packet; for the router's own traffic it is the rule.
+  const parts = [where, where !== "" && nat.startsWith("not NATed") ? "" : nat].filter((part) => part !== "");
   return prefix + (parts.length === 0 ? "forwarded" : parts.join("; "));
 }
 
@@ -114,7 +115,11 @@ function natText(records: Int32Array, r: number, context: CommentContext): strin
     const ruleNote = isNew ? ` (${records[r + Rec.SourceRule]! >= 0 ? rule(Rec.SourceRule) : "null binding: the source port clashed"})` : "";
     parts.push(`SNAT ${endpoint(before.src, before.sport, ported)} -> ${endpoint(after.src, after.sport, ported)}${ruleNote}`);
   }
-  if (parts.length === 0) return isNew ? "not NATed (new connection)" : `not NATed (${state})`;
+  if (parts.length === 0) {
+    if (!isNew) return `not NATed (${state})`;
+    const accept = records[r + Rec.SourceRule]!;
+    return accept >= 0 && context.ruleLabel !== undefined ? `not NATed (${rule(Rec.SourceRule)})` : "not NATed (new connection)";
+  }
   return isNew ? parts.join(", ") : `${parts.join(", ")} (${state})`;
 }
 
