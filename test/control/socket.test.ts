@@ -138,7 +138,7 @@ describe("a running router answers on its control socket", () => {
       { ok: true, text: "ports" },
       { ok: true, text: "routes" },
       { ok: false, error: "request is not valid JSON" },
-      { ok: false, error: 'unknown command "reboot" (expected show, trace, conntrack or ping)' },
+      { ok: false, error: 'unknown command "reboot" (expected show, trace, conntrack, top, capture or ping)' },
       { ok: false, error: "show what? expected one of ports, routes, rules, conntrack, stats, neigh" },
     ]);
   });
