@@ -20,6 +20,8 @@ declare -A wanted=(
   [hping3]=hping3    # the flood tests (test/e2e/floods.test.ts): SYN floods with spoofed sources, fragments
   [systemd-analyze]=systemd  # verifies contrib/qnat@.service (test/control/systemd-unit.test.ts)
   [tmux]=tmux        # qnat top on a real terminal (test/e2e/metrics-top.test.ts)
+  [tcpdump]=tcpdump  # reads qnat capture's pcapng (test/e2e/capture.test.ts)
+  [tshark]=tshark    # reads the captured packets' comments (frame.comment)
 )
 
 missing=()
@@ -41,4 +43,6 @@ export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq >/dev/null
 # iperf3 asks whether to start a daemon; the answer is no.
 echo "iperf3 iperf3/start_daemon boolean false" | debconf-set-selections 2>/dev/null || true
+# tshark (wireshark-common) asks whether non-root users may capture; the answer is no.
+echo "wireshark-common wireshark-common/install-setuid boolean false" | debconf-set-selections 2>/dev/null || true
 apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null

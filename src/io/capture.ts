@@ -10,7 +10,8 @@
  * room for its bytes) is counted as lost by the capture and goes on. With no capture the
  * forwarder holds null and does nothing per batch (io/forwarder.ts).
  *
- * Link headers: a TUN leg carries bare IPv4 (LINKTYPE_RAW); a tap port's legs carry Ethernet,
+ * Link headers: a TUN leg carries bare IPv4 (LINKTYPE_RAW alone, LINKTYPE_IPV4 beside other
+ * interfaces: see pcapng.ts); a tap port's legs carry Ethernet,
  * whose 14-byte header sits just before the IPv4 packet in its slot (the slot layout of a
  * router with tap ports, core/batch.ts headroom), and is captured with it (LINKTYPE_ETHERNET).
  */
@@ -18,7 +19,7 @@ import type { PacketBatch } from "../core/batch.js";
 import { PacketDecisions } from "../dataplane/decisions.js";
 import type { Dataplane } from "../dataplane/pipeline.js";
 import { LEG_MIRROR, LEG_WIRE } from "../dataplane/port.js";
-import { LINKTYPE_ETHERNET, LINKTYPE_RAW } from "./pcapng.js";
+import { LINKTYPE_ETHERNET, LINKTYPE_IPV4, LINKTYPE_RAW } from "./pcapng.js";
 
 export const ETHERNET_HEADER_LENGTH = 14;
 const ETHERTYPE_IPV4 = 0x0800;
@@ -398,5 +399,7 @@ export function captureInterfaces(
       });
     }
   }
+  // Several TUN interfaces: LINKTYPE_IPV4, which libpcap 1.10 reads (see pcapng.ts LINKTYPE_IPV4).
+  if (interfaces.length > 1) return interfaces.map((iface) => (iface.linkType === LINKTYPE_RAW ? { ...iface, linkType: LINKTYPE_IPV4 } : iface));
   return interfaces;
 }

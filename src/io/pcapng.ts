@@ -36,6 +36,14 @@ export const ISB_IFDROP = 5;
 export const LINKTYPE_ETHERNET = 1;
 /** Raw IPv4/IPv6, no link header: what a TUN device carries. */
 export const LINKTYPE_RAW = 101;
+/**
+ * Raw IPv4 only, no link header. qnat's TUN interfaces take it instead of LINKTYPE_RAW when a
+ * capture has more than one: libpcap 1.10 (tcpdump on Debian 12) maps the first interface's
+ * LINKTYPE_RAW to DLT_RAW (12), then compares each further interface's 101 with that 12 and
+ * refuses the file ("an interface has a type 101 different from the type of the first
+ * interface"); LINKTYPE_IPV4 is 228 in both numberings.
+ */
+export const LINKTYPE_IPV4 = 228;
 
 /** if_tsresol 6: timestamps in microseconds (10^-6 s), the draft's default made explicit. */
 export const TSRESOL_MICROSECONDS = 6;
