@@ -194,6 +194,28 @@ describe.skipIf(!isRoot || !hasTools)("qnat capture on the live router: the seed
     expect(err).not.toMatch(/at .*\.js:\d+/); // no stack trace
   }, 60_000);
 
+  it("| tcpdump -c 2 -r -: when the reader goes away the capture ends with one line (SIGPIPE), exit 0", async () => {
+    const pipeline = spawn("bash", ["-c", `set -o pipefail; ${process.execPath} ${MAIN} capture ${QG} --router ${router} -w - | tcpdump -c 2 -nn -r -`], { stdio: ["ignore", "pipe", "pipe"] });
+    children.push(pipeline);
+    let out = "";
+    let err = "";
+    pipeline.stdout!.on("data", (chunk: Buffer) => (out += chunk.toString()));
+    pipeline.stderr!.on("data", (chunk: Buffer) => (err += chunk.toString()));
+    const exited = new Promise<number | null>((done) => pipeline.once("exit", (code) => done(code)));
+    const started = Date.now();
+    while (!err.includes("capturing") && Date.now() - started < WAIT_MS) await new Promise((r) => setTimeout(r, 20));
+    // tcpdump leaves after 2 packets; the capture learns it at its next write.
+    for (let i = 0; i < 10 && pipeline.exitCode === null; i++) await pingUntil(tenant, "203.0.113.10", 2000, "10.0.0.3");
+    const timer = setTimeout(() => pipeline.kill("SIGKILL"), WAIT_MS);
+    expect(await exited, err).toBe(0);
+    clearTimeout(timer);
+    expect(out.split("\n").filter((line) => line !== "")).toHaveLength(2);
+    const ours = err.split("\n").filter((line) => line.startsWith("qnat"));
+    expect(ours).toHaveLength(2); // "capturing ..." and the one line at the end
+    expect(ours[1]).toMatch(/^qnat capture: the reader of stdout went away; \d+ packets captured$/);
+    expect(err).not.toMatch(/at .*\.js:\d+/);
+  }, 60_000);
+
   it("a 1 KiB ring (-B 1) loses part of a burst of 300 datagrams to the capture, counted in the file and in show stats; forwarding loses none", async () => {
     const statsBefore = JSON.parse(run(process.execPath, [MAIN, "show", "stats", "--json", "--router", router])) as { ports: { wire: { txPackets: number } }[] };
     const file = join(dir, "burst.pcapng");
