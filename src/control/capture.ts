@@ -31,10 +31,11 @@ import {
   BLOCK_INTERFACE_DESCRIPTION,
   BLOCK_INTERFACE_STATISTICS,
   BLOCK_SECTION_HEADER,
-  enhancedPacketBlock,
+  enhancedPacketBlockLength,
   interfaceDescriptionBlock,
   interfaceStatisticsBlock,
   sectionHeaderBlock,
+  writeEnhancedPacketBlock,
   type PcapngBlock,
 } from "../io/pcapng.js";
 import type { CaptureConfig, RouterConfig } from "../config/config.js";
@@ -118,18 +119,56 @@ export function commentContextOf(dataplane: Dataplane): CommentContext {
   };
 }
 
-/** Takes up to `budget` packets out of the ring as Enhanced Packet Blocks. */
-export function drainSession(session: CaptureSession, context: CommentContext, budget = DRAIN_BUDGET): PcapngBlock[] {
-  const blocks: PcapngBlock[] = [];
+/** Comments already composed, by the record words they depend on (flows repeat them). */
+export class CommentCache {
+  private readonly texts = new Map<string, Buffer>();
+  constructor(private readonly limit = 4096) {}
+
+  /** The comment of record `r` as UTF-8 bytes. */
+  commentOf(records: Int32Array, r: number, context: CommentContext): Buffer {
+    let key = String(records[r + Rec.Kind]);
+    for (let w = Rec.Verdict; w < Rec.Words; w++) key += `,${records[r + w]}`;
+    let text = this.texts.get(key);
+    if (text === undefined) {
+      if (this.texts.size >= this.limit) this.texts.clear();
+      text = Buffer.from(captureComment(records, r, context), "utf8");
+      this.texts.set(key, text);
+    }
+    return text;
+  }
+
+  /** The rules or addresses changed (a live change): names may differ now. */
+  clear(): void {
+    this.texts.clear();
+  }
+}
+
+/**
+ * Takes up to `budget` packets out of the ring as Enhanced Packet Blocks, written one after the
+ * other into one Buffer (one "block" of type BLOCK_ENHANCED_PACKET that holds them all; a file
+ * rotates between two such runs).
+ */
+export function drainSession(session: CaptureSession, context: CommentContext, budget = DRAIN_BUDGET, cache = new CommentCache()): PcapngBlock[] {
   const records = session.records;
-  for (let record = session.peek(); record >= 0 && blocks.length < budget; record = session.peek()) {
+  const comments: Buffer[] = [];
+  let size = 0;
+  // Pass 1: the comments and the size, without taking anything out of the ring.
+  for (let n = 0, record = session.peek(); record >= 0 && n < budget; n++, record = session.next(record)) {
     const r = record * Rec.Words;
-    const comment = captureComment(records, r, context);
-    const bytes = enhancedPacketBlock(records[r + Rec.Interface]!, session.times[record]!, session.bytes, records[r + Rec.Offset]!, records[r + Rec.Length]!, comment);
-    blocks.push({ type: BLOCK_ENHANCED_PACKET, bytes });
+    const comment = cache.commentOf(records, r, context);
+    comments.push(comment);
+    size += enhancedPacketBlockLength(records[r + Rec.Length]!, comment.length);
+  }
+  if (comments.length === 0) return [];
+  const out = Buffer.alloc(size);
+  let at = 0;
+  for (const comment of comments) {
+    const record = session.peek();
+    const r = record * Rec.Words;
+    at = writeEnhancedPacketBlock(out, at, records[r + Rec.Interface]!, session.times[record]!, session.bytes, records[r + Rec.Offset]!, records[r + Rec.Length]!, comment);
     session.advance();
   }
-  return blocks;
+  return [{ type: BLOCK_ENHANCED_PACKET, bytes: out }];
 }
 
 /** The Interface Statistics Blocks that close a capture. */
@@ -349,13 +388,20 @@ export class RouterCaptures {
 
   private async drive(session: CaptureSession, output: CaptureOutput, stopping: () => boolean): Promise<CaptureSummary> {
     let captured = 0;
+    const cache = new CommentCache();
+    let composedFor: Dataplane | undefined;
     try {
       output.write(captureHeader(session.interfaces));
       for (;;) {
         if (output.gone) return { captured, lost: session.lostTotal };
         if (stopping() || (output instanceof SocketCaptureOutput && output.ended)) session.close();
-        const blocks = drainSession(session, commentContextOf(this.dataplane()));
-        captured += blocks.length;
+        const before = session.pending;
+        // A live change brings a new dataplane, perhaps other rules: comments are composed anew.
+        const dataplane = this.dataplane();
+        if (dataplane !== composedFor) cache.clear();
+        composedFor = dataplane;
+        const blocks = drainSession(session, commentContextOf(dataplane), DRAIN_BUDGET, cache);
+        captured += before - session.pending;
         if (blocks.length > 0 && !output.write(blocks)) await output.drained();
         if (session.finished) break;
         if (session.pending === 0) await sleep(DRAIN_IDLE_MS);

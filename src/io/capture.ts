@@ -200,6 +200,12 @@ export class CaptureSession {
     return this.held === 0 ? -1 : this.tail;
   }
 
+  /** The record after `record` among those held, or -1. */
+  next(record: number): number {
+    const following = record + 1 === this.recordCapacity ? 0 : record + 1;
+    return following === this.head ? -1 : following;
+  }
+
   /** Frees the oldest record (after it was written out). */
   advance(): void {
     if (this.held === 0) return;
@@ -283,7 +289,12 @@ export class CaptureTap {
       for (let i = 0; i < batch.count; i++) {
         const record = pending[i]!;
         if (record >= 0) this.annotate(session, record, dataplane, i, verdicts[i]!, legIndex, CaptureKind.Ingress);
-        this.copyOut(session, dataplane, batch, verdicts, i, legIndex, CaptureKind.Egress, true);
+        const copied = this.copyOut(session, dataplane, batch, verdicts, i, legIndex, CaptureKind.Egress, record < 0);
+        // The same packet, before and after: its decision words are the ingress copy's.
+        if (copied >= 0 && record >= 0) {
+          const rec = session.records;
+          rec.copyWithin(copied * REC + Rec.Verdict, record * REC + Rec.Verdict, record * REC + REC);
+        }
       }
       for (let i = 0; i < released.count; i++) this.copyOut(session, dataplane, released, releasedVerdicts, i, legIndex, CaptureKind.Released, false);
       for (let i = 0; i < generated.count; i++) this.copyOut(session, dataplane, generated, generatedVerdicts, i, legIndex, CaptureKind.Generated, false);
@@ -299,13 +310,15 @@ export class CaptureTap {
     ingressLeg: number,
     kind: CaptureKind,
     decided: boolean,
-  ): void {
+  ): number {
     const verdict = verdicts[i]!;
-    if (verdict < 0 || verdict >= session.interfaceOfLeg.length) return;
+    if (verdict < 0 || verdict >= session.interfaceOfLeg.length) return -1;
     const iface = session.interfaceOfLeg[verdict]!;
-    if (iface < 0) return;
+    if (iface < 0) return -1;
     const record = this.copy(session, iface, batch, i, verdict >> 1, kind);
-    if (record >= 0) this.annotate(session, record, dataplane, decided ? i : -1, verdict, ingressLeg, kind);
+    if (record >= 0 && decided) this.annotate(session, record, dataplane, i, verdict, ingressLeg, kind);
+    else if (record >= 0) this.annotate(session, record, dataplane, -1, verdict, ingressLeg, kind);
+    return record;
   }
 
   /** Copies packet `i` of `batch` (with its Ethernet header on a tap port) into the ring. */
@@ -321,17 +334,18 @@ export class CaptureTap {
     rec[r + Rec.Kind] = kind;
     const at = rec[r + Rec.Offset]!;
     const ring = session.bytes;
+    const data = batch.data;
     if (ethernet) {
       // The leg's header is in the slot's headroom when the slot has room for it; a slot without
       // it (a released fragment's) gets a header with zero addresses and the IPv4 EtherType.
-      if (off - i * batch.slotSize >= ETHERNET_HEADER_LENGTH) ring.set(batch.data.subarray(off - ETHERNET_HEADER_LENGTH, off), at);
+      if (off - i * batch.slotSize >= ETHERNET_HEADER_LENGTH) copyBytes(data, off - ETHERNET_HEADER_LENGTH, ring, at, ETHERNET_HEADER_LENGTH);
       else {
         ring.fill(0, at, at + ETHERNET_HEADER_LENGTH - 2);
         ring[at + 12] = ETHERTYPE_IPV4 >> 8;
         ring[at + 13] = ETHERTYPE_IPV4 & 0xff;
       }
     }
-    ring.set(batch.data.subarray(off, off + length), at + link);
+    copyBytes(data, off, ring, at + link, length);
     return record;
   }
 
@@ -363,6 +377,15 @@ export class CaptureTap {
     rec[r + Rec.ReplyDst] = table.replyDst(id);
     rec[r + Rec.ReplyPorts] = (table.replySport(id) << 16) | table.replyDport(id);
   }
+}
+
+/** `length` bytes from `from[start..]` to `to[at..]`: a loop for small packets (no view allocated), set() for large ones. */
+function copyBytes(from: Uint8Array, start: number, to: Uint8Array, at: number, length: number): void {
+  if (length > 256) {
+    to.set(from.subarray(start, start + length), at);
+    return;
+  }
+  for (let k = 0; k < length; k++) to[at + k] = from[start + k]!;
 }
 
 /** The pcapng interfaces of a capture of `ports` (names) and `legs`, in the router's leg order. */

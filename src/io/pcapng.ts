@@ -141,10 +141,47 @@ export function interfaceDescriptionBlock(description: InterfaceDescription): Bu
   return block(BLOCK_INTERFACE_DESCRIPTION, body, options);
 }
 
+/** The length of an Enhanced Packet Block of `length` packet bytes and a `commentBytes`-byte comment (0: none). */
+export function enhancedPacketBlockLength(length: number, commentBytes: number): number {
+  return 32 + pad4(length) + (commentBytes > 0 ? 4 + pad4(commentBytes) + 4 : 0);
+}
+
 /**
- * Enhanced Packet Block (section 4.3): `bytes[start, start + length)` captured whole (original
- * length = captured length), with `comment` as opt_comment when given.
+ * Writes an Enhanced Packet Block (section 4.3) at `out[at..]`, which must be zero-filled (the
+ * padding): `bytes[start, start + length)` captured whole (original length = captured length),
+ * with `comment` (UTF-8) as opt_comment when it is not empty. Returns the offset after it.
  */
+export function writeEnhancedPacketBlock(
+  out: Buffer,
+  at: number,
+  interfaceId: number,
+  microseconds: number,
+  bytes: Uint8Array,
+  start: number,
+  length: number,
+  comment: Uint8Array | undefined,
+): number {
+  const commentBytes = comment === undefined ? 0 : comment.length;
+  const total = enhancedPacketBlockLength(length, commentBytes);
+  out.writeUInt32LE(BLOCK_ENHANCED_PACKET, at);
+  out.writeUInt32LE(total, at + 4);
+  out.writeUInt32LE(interfaceId, at + 8);
+  writeTimestamp(out, at + 12, microseconds);
+  out.writeUInt32LE(length, at + 20);
+  out.writeUInt32LE(length, at + 24);
+  out.set(bytes.subarray(start, start + length), at + 28);
+  if (comment !== undefined && commentBytes > 0) {
+    const option = at + 28 + pad4(length);
+    out.writeUInt16LE(OPT_COMMENT, option);
+    out.writeUInt16LE(commentBytes, option + 2);
+    out.set(comment, option + 4);
+    // opt_endofopt: the zeros after it.
+  }
+  out.writeUInt32LE(total, at + total - 4);
+  return at + total;
+}
+
+/** One Enhanced Packet Block in a Buffer of its own (tests, single packets). */
 export function enhancedPacketBlock(
   interfaceId: number,
   microseconds: number,
@@ -153,13 +190,10 @@ export function enhancedPacketBlock(
   length: number,
   comment?: string,
 ): Buffer {
-  const body = Buffer.alloc(20 + pad4(length));
-  body.writeUInt32LE(interfaceId, 0);
-  writeTimestamp(body, 4, microseconds);
-  body.writeUInt32LE(length, 12);
-  body.writeUInt32LE(length, 16);
-  body.set(bytes.subarray(start, start + length), 20);
-  return block(BLOCK_ENHANCED_PACKET, body, comment === undefined || comment === "" ? [] : [textOption(OPT_COMMENT, comment)]);
+  const text = comment === undefined || comment === "" ? undefined : Buffer.from(comment, "utf8");
+  const out = Buffer.alloc(enhancedPacketBlockLength(length, text === undefined ? 0 : text.length));
+  writeEnhancedPacketBlock(out, 0, interfaceId, microseconds, bytes, start, length, text);
+  return out;
 }
 
 export interface InterfaceStatistics {

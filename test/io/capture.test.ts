@@ -137,7 +137,8 @@ describe("qnat capture inside the forwarding loop", () => {
     router.forwarder.setCapture(tap);
     for (let i = 0; i < 5; i++) router.send(QR, { protocol: "udp", src: "10.0.0.3", dst: "203.0.113.10", sport: 100 + i, dport: 53 });
     router.run();
-    expect(drainSession(session, commentContextOf(router.dataplane))).toHaveLength(3);
+    const blocks = drainSession(session, commentContextOf(router.dataplane));
+    expect(readPcapng(Buffer.concat([...captureHeader(interfaces), ...blocks].map((b) => b.bytes))).packets).toHaveLength(3);
     expect(session.finished).toBe(true);
   });
 
