@@ -37,7 +37,8 @@ const interfaces = captureInterfaces(
   "wire",
 ) as CaptureInterface[];
 const tap = new CaptureTap(BATCH, [false, false]);
-const session = new CaptureSession(interfaces, 4, 0, { bytes: 64 * 1024 * 1024, records: 65_536 });
+// The ring of `qnat capture` (io/capture.ts defaults: 8 MiB, 8192 packets).
+const session = new CaptureSession(interfaces, 4);
 tap.add(session);
 const empty = () => {
   while (session.peek() >= 0) session.advance();
