@@ -379,11 +379,17 @@ export class RouterCaptures {
     });
   }
 
-  /** Ends every capture (the router stops): each writes its statistics and closes. */
-  async stopAll(): Promise<void> {
+  /**
+   * Ends every capture (the router stops): each writes what its ring holds and its statistics,
+   * and closes; a reader that takes nothing does not hold the stop up for more than `limitMs`.
+   */
+  async stopAll(limitMs = 1000): Promise<void> {
     const runs = [...this.running];
     for (const run of runs) run.stop();
-    await Promise.all(runs.map((run) => run.done));
+    let timer: NodeJS.Timeout | undefined;
+    const late = new Promise<void>((resolve) => (timer = setTimeout(resolve, limitMs)));
+    await Promise.race([Promise.all(runs.map((run) => run.done)), late]);
+    clearTimeout(timer);
   }
 
   private async drive(session: CaptureSession, output: CaptureOutput, stopping: () => boolean): Promise<CaptureSummary> {
