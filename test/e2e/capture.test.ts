@@ -245,3 +245,32 @@ describe.skipIf(!isRoot || !hasTools)("qnat capture on the live router: the seed
     expect(run(process.execPath, [MAIN, "show", "stats", "--router", router])).toMatch(/capture: 0 running; \d+ packets captured, \d+ lost \(ring full\)/);
   }, 60_000);
 });
+
+describe.skipIf(!isRoot || !hasTools)("the config's capture: the router captures from its start", () => {
+  let lab: Lab | undefined;
+  const dir = mkdtempSync(join(tmpdir(), "qnat-capture-config-"));
+  const file = join(dir, "qg.pcapng");
+  const retagged = retagForRun(SEED, runTag());
+  const text = `${retagged.text}capture:\n  file: ${file}\n  ports: [${QG}]\n  count: 4\n`;
+  const tenant = retagged.config.ports[0]!.wire.namespace;
+
+  beforeAll(async () => {
+    lab = await startQnatLab(text, retagged.config);
+  }, 60_000);
+  afterAll(async () => {
+    try {
+      await lab?.stop();
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it("capture: { file, ports: [qg-...], count: 4 } writes 10.0.0.3's pings as 9.186.100.2, then says it ended", async () => {
+    const started = Date.now();
+    while (!lab!.output!().includes("ended") && Date.now() - started < WAIT_MS) await pingUntil(tenant, "203.0.113.10", 2000, "10.0.0.3");
+    expect(lab!.output!()).toContain(`qnat: capture to ${file} ended: 4 packets captured, 0 lost`);
+    const dump = run("tcpdump", ["-nn", "-r", file]).split("\n").filter((line) => line !== "");
+    expect(dump).toHaveLength(4);
+    expect(dump.every((line) => / IP (9\.186\.100\.2 > 203\.0\.113\.10: ICMP echo request|203\.0\.113\.10 > 9\.186\.100\.2: ICMP echo reply)/.test(line))).toBe(true);
+  }, 60_000);
+});
