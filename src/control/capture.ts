@@ -119,27 +119,36 @@ export function commentContextOf(dataplane: Dataplane): CommentContext {
   };
 }
 
-/** Comments already composed, by the record words they depend on (flows repeat them). */
+/** Comments already composed, by the record words they depend on (a flow's packets repeat them). */
 export class CommentCache {
-  private readonly texts = new Map<string, Buffer>();
+  /** By a hash of the words: the words (to confirm a hit) and the comment's UTF-8 bytes. */
+  private readonly entries = new Map<number, { readonly words: Int32Array; readonly text: Buffer }>();
   constructor(private readonly limit = 4096) {}
 
   /** The comment of record `r` as UTF-8 bytes. */
   commentOf(records: Int32Array, r: number, context: CommentContext): Buffer {
-    let key = String(records[r + Rec.Kind]);
-    for (let w = Rec.Verdict; w < Rec.Words; w++) key += `,${records[r + w]}`;
-    let text = this.texts.get(key);
-    if (text === undefined) {
-      if (this.texts.size >= this.limit) this.texts.clear();
-      text = Buffer.from(captureComment(records, r, context), "utf8");
-      this.texts.set(key, text);
-    }
+    let hash = records[r + Rec.Kind]! | 0;
+    for (let w = Rec.Verdict as number; w < Rec.Words; w++) hash = (Math.imul(hash, 0x01000193) ^ records[r + w]!) | 0;
+    const found = this.entries.get(hash);
+    if (found !== undefined && this.same(found.words, records, r)) return found.text;
+    if (this.entries.size >= this.limit) this.entries.clear();
+    const words = new Int32Array(Rec.Words);
+    words[Rec.Kind] = records[r + Rec.Kind]!;
+    for (let w = Rec.Verdict as number; w < Rec.Words; w++) words[w] = records[r + w]!;
+    const text = Buffer.from(captureComment(records, r, context), "utf8");
+    this.entries.set(hash, { words, text });
     return text;
+  }
+
+  private same(words: Int32Array, records: Int32Array, r: number): boolean {
+    if (words[Rec.Kind] !== records[r + Rec.Kind]) return false;
+    for (let w = Rec.Verdict as number; w < Rec.Words; w++) if (words[w] !== records[r + w]) return false;
+    return true;
   }
 
   /** The rules or addresses changed (a live change): names may differ now. */
   clear(): void {
-    this.texts.clear();
+    this.entries.clear();
   }
 }
 

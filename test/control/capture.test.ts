@@ -109,3 +109,40 @@ describe("qnat capture's command line (tcpdump's words)", () => {
     expect(mistake(["qg-e76de35e-90", "-w", "x", "-s", "96"])).toBe("qnat capture: unknown option -s");
   });
 });
+
+describe("the drain's comment cache", () => {
+  it("a flow's packets share one composed comment; another connection gets its own", async () => {
+    const { CommentCache } = await import("../../src/control/capture.js");
+    const { Rec } = await import("../../src/io/capture.js");
+    const router = MemoryRouter.fromFile();
+    const { commentContextOf } = await import("../../src/control/capture.js");
+    const context = commentContextOf(router.dataplane);
+    const records = new Int32Array(Rec.Words * 3).fill(-1);
+    // An egress copy on qg-'s wire leg (leg 2) of an established UDP connection from qr-'s (leg 0).
+    const snat = (r: number, sport: number): void => {
+      records[r + Rec.Kind] = 1;
+      records[r + Rec.Verdict] = 2;
+      records[r + Rec.Reason] = 0;
+      records[r + Rec.Flags] = 0;
+      records[r + Rec.CtState] = 1;
+      records[r + Rec.Connection] = 8;
+      records[r + Rec.Protocol] = 17;
+      records[r + Rec.Status] = 0x10 | 0x80 | 0x100;
+      records[r + Rec.OrigSrc] = 0x0a000003;
+      records[r + Rec.OrigDst] = 0xcb00710a | 0;
+      records[r + Rec.OrigPorts] = (sport << 16) | 53;
+      records[r + Rec.ReplySrc] = 0xcb00710a | 0;
+      records[r + Rec.ReplyDst] = 0x09ba6402;
+      records[r + Rec.ReplyPorts] = (53 << 16) | sport;
+      records[r + Rec.IngressLeg] = 0;
+    };
+    snat(0, 40000);
+    snat(Rec.Words, 40000);
+    snat(2 * Rec.Words, 40001);
+    const cache = new CommentCache();
+    const first = cache.commentOf(records, 0, context);
+    expect(first.toString()).toBe("SNAT 10.0.0.3:40000 -> 9.186.100.2:40000 (conntrack ESTABLISHED)");
+    expect(cache.commentOf(records, Rec.Words, context)).toBe(first);
+    expect(cache.commentOf(records, 2 * Rec.Words, context).toString()).toBe("SNAT 10.0.0.3:40001 -> 9.186.100.2:40001 (conntrack ESTABLISHED)");
+  });
+});
