@@ -176,8 +176,7 @@ export class CaptureSession {
     this.byteHead = at + length;
     const r = record * REC;
     const rec = this.records;
-    // A loop, not fill(): a builtin's call costs more than 20 stores.
-    for (let w = r + Rec.Kind; w < r + REC; w++) rec[w] = -1;
+    // The other words are the tap's to write (CaptureTap.annotate writes them all).
     rec[r + Rec.Offset] = at;
     rec[r + Rec.Length] = length;
     rec[r + Rec.Interface] = iface;
@@ -292,7 +291,9 @@ export class CaptureTap {
     generated: PacketBatch,
     generatedVerdicts: Int32Array,
   ): void {
-        for (let s = 0; s < this.sessions.length; s++) {
+    // The copies as written carry the time after the batch's writes.
+    this.time = nowMicroseconds();
+    for (let s = 0; s < this.sessions.length; s++) {
       const session = this.sessions[s]!;
       const pending = this.pendingIngress[s]!;
       for (let i = 0; i < batch.count; i++) {
@@ -391,17 +392,21 @@ export class CaptureTap {
     rec[r + Rec.Kind] = kind;
     rec[r + Rec.Verdict] = verdict;
     rec[r + Rec.IngressLeg] = ingressLeg;
-    if (index < 0) return;
+    // Every word is written here (reserve leaves them as the ring's previous packet had them).
     const d = this.decisions;
-    rec[r + Rec.Reason] = d.reason[index]!;
-    rec[r + Rec.Flags] = d.flags[index]!;
-    rec[r + Rec.CtState] = d.ctState[index]!;
-    rec[r + Rec.SourceRule] = d.sourceRule[index]!;
-    rec[r + Rec.DestinationRule] = d.destinationRule[index]!;
-    const connection = d.connection[index]!;
+    const decided = index >= 0;
+    rec[r + Rec.Reason] = decided ? d.reason[index]! : 0;
+    rec[r + Rec.Flags] = decided ? d.flags[index]! : 0;
+    rec[r + Rec.CtState] = decided ? d.ctState[index]! : -1;
+    rec[r + Rec.SourceRule] = decided ? d.sourceRule[index]! : -1;
+    rec[r + Rec.DestinationRule] = decided ? d.destinationRule[index]! : -1;
+    const connection = decided ? d.connection[index]! : -1;
     const table = dataplane.conntrack;
     const id = connection >> 1;
-    if (connection < 0 || !table.isAllocated(id)) return;
+    if (connection < 0 || !table.isAllocated(id)) {
+      for (let w = Rec.Connection as number; w <= Rec.ReplyPorts; w++) rec[r + w] = -1;
+      return;
+    }
     rec[r + Rec.Connection] = connection;
     rec[r + Rec.Protocol] = table.protocol(id);
     rec[r + Rec.Status] = table.status(id);
