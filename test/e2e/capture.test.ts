@@ -172,6 +172,16 @@ describe.skipIf(!isRoot || !hasTools)("qnat capture on the live router: the seed
     expect(read.statistics.reduce((sum, s) => sum + Number(s.received), 0)).toBe(packets);
   }, 60_000);
 
+  it("a port the router does not have, or a router that is not running, is one line and exit 1", () => {
+    const unknown = spawnSync(process.execPath, [MAIN, "capture", "qg-nope", "--router", router, "-w", join(dir, "x.pcapng")], { encoding: "utf8", timeout: 20_000 });
+    expect(unknown.status).toBe(1);
+    expect(unknown.stderr).toBe(`qnat: no port qg-nope (the router's ports: ${QR}, ${QG})\n`);
+    const absent = spawnSync(process.execPath, [MAIN, "capture", QG, "--router", `${router}-none`, "-w", "-"], { encoding: "utf8", timeout: 20_000 });
+    expect(absent.status).toBe(1);
+    expect(absent.stderr).toMatch(/^qnat: no qnat router is running for namespace \S+-none \(.*\)\n$/);
+    expect(absent.stdout).toBe("");
+  });
+
   it("-w - | tcpdump -r -: the capture streams through the control socket; -c 4 ends it", async () => {
     const pipeline = spawn("bash", ["-c", `set -o pipefail; ${process.execPath} ${MAIN} capture ${QG} -c 4 --router ${router} -w - | tcpdump -nn -r -`], { stdio: ["ignore", "pipe", "pipe"] });
     children.push(pipeline);
