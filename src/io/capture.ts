@@ -50,6 +50,8 @@ export const enum CaptureKind {
   Generated = 2,
   /** A fragment held for its first fragment and released, as written. */
   Released = 3,
+  /** A fragment the router cut from a datagram larger than its egress MTU, as written. */
+  Fragment = 4,
 }
 
 /** Record words (one Int32Array row per captured copy). */
@@ -279,7 +281,8 @@ export class CaptureTap {
   /**
    * After the batch was written: annotates the ingress copies with the pipeline's decisions and
    * copies each packet written to a captured leg, as written (with its link header for a tap
-   * port). `released` and `generated` are the pipeline's other batches of the same turn.
+   * port). `released`, `generated` and `fragments` are the pipeline's other batches of the same
+   * turn (fragments held and released, the router's ICMP errors, the fragments it cut).
    */
   egress(
     dataplane: Dataplane,
@@ -290,6 +293,8 @@ export class CaptureTap {
     releasedVerdicts: Int32Array,
     generated: PacketBatch,
     generatedVerdicts: Int32Array,
+    fragments: PacketBatch,
+    fragmentVerdicts: Int32Array,
   ): void {
     // The copies as written carry the time after the batch's writes.
     this.time = nowMicroseconds();
@@ -310,6 +315,7 @@ export class CaptureTap {
       }
       for (let i = 0; i < released.count; i++) this.copyOut(session, dataplane, released, releasedVerdicts, i, legIndex, CaptureKind.Released, false);
       for (let i = 0; i < generated.count; i++) this.copyOut(session, dataplane, generated, generatedVerdicts, i, legIndex, CaptureKind.Generated, false);
+      for (let i = 0; i < fragments.count; i++) this.copyOut(session, dataplane, fragments, fragmentVerdicts, i, legIndex, CaptureKind.Fragment, false);
     }
   }
 

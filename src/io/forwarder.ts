@@ -78,7 +78,9 @@ export class Forwarder {
     const released = dataplane.released;
     if (released.count > 0) this.flush(released, dataplane.releasedVerdicts);
     if (this.generated.count > 0) this.flush(this.generated, this.generatedVerdicts);
-    if (capture !== null) capture.egress(dataplane, this.rx, this.verdicts, index, released, dataplane.releasedVerdicts, this.generated, this.generatedVerdicts);
+    if (capture !== null) {
+      capture.egress(dataplane, this.rx, this.verdicts, index, released, dataplane.releasedVerdicts, this.generated, this.generatedVerdicts, fragments.batch, fragments.verdicts);
+    }
     dataplane.housekeeping();
     return count;
   }

@@ -3,7 +3,9 @@
  * before and after the pipeline, the comments that say what qnat did, the ring's losses, and the
  * Ethernet header of a tap port's slot.
  */
+import { readFileSync } from "node:fs";
 import { describe, expect, it } from "vitest";
+import { parseConfig } from "../../src/config/config.js";
 import { PacketBatch } from "../../src/core/batch.js";
 import { commentContextOf, captureHeader, captureStatistics, drainSession } from "../../src/control/capture.js";
 import { CaptureSession, CaptureTap, captureInterfaces, type CaptureInterface, type CaptureLegs } from "../../src/io/capture.js";
@@ -112,6 +114,25 @@ describe("qnat capture inside the forwarding loop", () => {
     expect(lines(file())).toEqual([`${QR}/mirror: 10.0.0.1 > 10.0.0.3 | from the router's host (OUTPUT)`, `${QR}: 10.0.0.1 > 10.0.0.3 | from the router's host (OUTPUT)`]);
   });
 
+  it("a datagram larger than qg-'s MTU: the copy as read says it was fragmented, each fragment says qnat made it", () => {
+    const text = readFileSync("examples/seed.yaml", "utf8").replace(/(qg-e76de35e-90[\s\S]*?mtu: )1500/, "$11000");
+    const router = new MemoryRouter(parseConfig(text, "examples/seed.yaml"));
+    const routerPorts = router.config.ports.map((p) => ({ name: p.name, ethernet: false, wireNamespace: p.wire.namespace, wireDevice: p.wire.device }));
+    const interfaces = captureInterfaces(routerPorts, router.config.namespace, [QR, QG], "wire") as CaptureInterface[];
+    const tap = new CaptureTap(64, [false, false]);
+    const session = new CaptureSession(interfaces, 4);
+    tap.add(session);
+    router.forwarder.setCapture(tap);
+    router.send(QR, { protocol: "udp", src: "10.0.0.3", dst: "203.0.113.10", sport: 4000, dport: 53, payload: new Uint8Array(1400) });
+    router.run();
+    const read = readPcapng(Buffer.concat([...captureHeader(interfaces), ...drainSession(session, commentContextOf(router.dataplane))].map((b) => b.bytes)));
+    expect(read.packets.map((p) => `${read.interfaces[p.interfaceId]!.name} ${p.data.length} | ${p.comments[0]}`)).toEqual([
+      `${QR} 1428 | fragmented by qnat: larger than the egress MTU, leaves as fragments; SNAT 10.0.0.3:4000 -> 9.186.100.2:4000 (rule neutron-vpn-agen-snat #2)`,
+      `${QG} 996 | fragment made by qnat: the datagram was larger than the egress MTU (ip_fragment)`,
+      `${QG} 452 | fragment made by qnat: the datagram was larger than the egress MTU (ip_fragment)`,
+    ]);
+  });
+
   it("a ring too small for the burst loses packets to the capture, never to forwarding, and counts them", () => {
     const { router, session, file } = capturing("wire", { bytes: 1024, records: 16 }, [QG]);
     for (let i = 0; i < 40; i++) router.send(QR, { protocol: "udp", src: "10.0.0.3", dst: "203.0.113.10", sport: 6000 + i, dport: 53, payload: new Uint8Array(20) });
@@ -172,11 +193,11 @@ describe("qnat capture inside the forwarding loop", () => {
     tap.ingress(batch, 0);
     const verdicts = Int32Array.of(-1);
     const empty = new PacketBatch(1, 2048);
-    tap.egress(router.dataplane, batch, verdicts, 0, empty, verdicts, empty, verdicts);
+    tap.egress(router.dataplane, batch, verdicts, 0, empty, verdicts, empty, verdicts, empty, verdicts);
     // A released fragment's slot has no headroom: its frame gets zero addresses and the IPv4 type.
     const released = new PacketBatch(1, 2048);
     released.push(packet);
-    tap.egress(router.dataplane, new PacketBatch(1, 2048), verdicts, 2, released, Int32Array.of(0), empty, verdicts);
+    tap.egress(router.dataplane, new PacketBatch(1, 2048), verdicts, 2, released, Int32Array.of(0), empty, verdicts, empty, verdicts);
     const read = readPcapng(Buffer.concat([...captureHeader(interfaces), ...drainSession(session, commentContextOf(router.dataplane))].map((b) => b.bytes)));
     expect(read.packets).toHaveLength(2);
     expect([...read.packets[0]!.data]).toEqual([...header, ...packet]);
