@@ -76,6 +76,7 @@ const captured = (view: Uint8Array): void => {
   tap.ingress(batch, TENANT_PORT * 2);
   driver.generated.count = 0;
   dataplane.processBatch(batch, TENANT_PORT, 0, driver.verdicts, driver.generated, driver.generatedVerdicts);
+  tap.decided(driver.verdicts, BATCH);
   tap.egress(dataplane, batch, driver.verdicts, TENANT_PORT * 2, dataplane.released, dataplane.releasedVerdicts, driver.generated, driver.generatedVerdicts, dataplane.fragmentOutput.batch, dataplane.fragmentOutput.verdicts);
   empty();
 };
@@ -108,6 +109,7 @@ while (performance.now() - drainStart < SECONDS * 1000) {
   batch.count = BATCH;
   tap.ingress(batch, TENANT_PORT * 2);
   dataplane.processBatch(batch, TENANT_PORT, 0, driver.verdicts, driver.generated, driver.generatedVerdicts);
+  tap.decided(driver.verdicts, BATCH);
   tap.egress(dataplane, batch, driver.verdicts, TENANT_PORT * 2, dataplane.released, dataplane.releasedVerdicts, driver.generated, driver.generatedVerdicts, dataplane.fragmentOutput.batch, dataplane.fragmentOutput.verdicts);
   const held = session.pending;
   drainSession(session, context, 1 << 20, cache);

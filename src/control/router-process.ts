@@ -410,6 +410,8 @@ export async function startRouter(configPath: string, options: RouterOptions = {
     ethernet.onUnreachable = (buf, off, length, port) => {
       if (forwarder instanceof Forwarder) forwarder.hostUnreachable(buf, off, length, port);
     };
+    // A capture sees the packets that waited for ARP when they leave (control/capture.ts).
+    ethernet.onQueuedSent = (pool, verdicts, legIndex) => captures.tap.deferred(pool, verdicts, legIndex);
     ethernet.addOwnAddresses(config.ports.flatMap((p) => p.addresses.map((a) => a.addr)));
     neighbourTicks = setInterval(() => {
       try {

@@ -52,6 +52,8 @@ export const enum CaptureKind {
   Released = 3,
   /** A fragment the router cut from a datagram larger than its egress MTU, as written. */
   Fragment = 4,
+  /** A packet that waited for ARP (a tap port), as written when its neighbour answered. */
+  Deferred = 5,
 }
 
 /** Record words (one Int32Array row per captured copy). */
@@ -236,6 +238,8 @@ export class CaptureTap {
   readonly decisions: PacketDecisions;
   /** Per session and packet slot of the batch: the ingress record to annotate after the pipeline. */
   private pendingIngress: Int32Array[] = [];
+  /** The pipeline's verdicts of the batch before the legs wrote it (a tap leg turns a packet that waits for ARP into VERDICT_STOLEN). */
+  private readonly decidedVerdicts: Int32Array;
   private time = 0;
   /** copyBytes' DataView and the bytes it views. */
   private view: DataView<ArrayBufferLike> = new DataView(new ArrayBuffer(0));
@@ -247,6 +251,32 @@ export class CaptureTap {
     public ethernet: readonly boolean[],
   ) {
     this.decisions = new PacketDecisions(batchCapacity);
+    this.decidedVerdicts = new Int32Array(batchCapacity);
+  }
+
+  /** After the pipeline, before the legs write the batch: its verdicts as the pipeline gave them. */
+  decided(verdicts: Int32Array, count: number): void {
+    const saved = this.decidedVerdicts;
+    for (let i = 0; i < count && i < saved.length; i++) saved[i] = verdicts[i]!;
+  }
+
+  /**
+   * Packets of a tap port that waited for ARP, as they leave (`verdicts[slot] === 0` marks them,
+   * EthernetStage.sendQueued): copied with their Ethernet header for the wire leg `legIndex`.
+   */
+  deferred(pool: PacketBatch, verdicts: Int32Array, legIndex: number): void {
+    if (this.sessions.length === 0) return;
+    this.time = nowMicroseconds();
+    for (let s = 0; s < this.sessions.length; s++) {
+      const session = this.sessions[s]!;
+      const iface = legIndex < session.interfaceOfLeg.length ? session.interfaceOfLeg[legIndex]! : -1;
+      if (iface < 0) continue;
+      for (let i = 0; i < pool.count; i++) {
+        if (verdicts[i] !== 0) continue;
+        const record = this.copy(session, iface, pool, i, legIndex >> 1, CaptureKind.Deferred);
+        if (record >= 0) this.annotateUndecided(session, record, legIndex, CaptureKind.Deferred);
+      }
+    }
   }
 
   add(session: CaptureSession): void {
@@ -303,7 +333,7 @@ export class CaptureTap {
       const pending = this.pendingIngress[s]!;
       for (let i = 0; i < batch.count; i++) {
         const record = pending[i]!;
-        if (record >= 0) this.annotate(session, record, dataplane, i, verdicts[i]!, legIndex, CaptureKind.Ingress);
+        if (record >= 0) this.annotate(session, record, dataplane, i, this.decidedVerdicts[i]!, legIndex, CaptureKind.Ingress);
         const copied = this.copyOut(session, dataplane, batch, verdicts, i, legIndex, CaptureKind.Egress, record < 0);
         // The same packet, before and after: its decision words are the ingress copy's.
         if (copied >= 0 && record >= 0) {
@@ -389,6 +419,17 @@ export class CaptureTap {
     this.viewBytes = bytes;
     this.view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
     return this.view;
+  }
+
+  /** A copy with no decision of the pipeline's at hand: its kind and leg say what it is. */
+  private annotateUndecided(session: CaptureSession, record: number, verdict: number, kind: CaptureKind): void {
+    const rec = session.records;
+    const r = record * REC;
+    rec[r + Rec.Kind] = kind;
+    rec[r + Rec.Verdict] = verdict;
+    for (let w = Rec.Reason as number; w < REC; w++) rec[r + w] = -1;
+    rec[r + Rec.Reason] = 0;
+    rec[r + Rec.Flags] = 0;
   }
 
   /** What the pipeline decided for packet `index` (-1: not one of the batch's), and its connection's tuples now. */

@@ -173,6 +173,8 @@ export class EthernetStage implements NeighbourIo {
   private readonly multicastMac = new Uint8Array([0x01, 0x00, 0x5e, 0, 0, 0]);
   /** Told about each packet whose neighbour failed (the forwarder answers it with host unreachable). */
   onUnreachable: ((buf: Uint8Array, off: number, length: number, port: number) => void) | null = null;
+  /** Told about the packets that waited for ARP when they leave (`verdicts[slot] === 0`), for a capture (io/capture.ts). */
+  onQueuedSent: ((pool: PacketBatch, verdicts: Int32Array, legIndex: number) => void) | null = null;
 
   constructor(
     readonly table: NeighbourTable,
@@ -528,6 +530,7 @@ export class EthernetStage implements NeighbourIo {
       writeEthernetHeader(pool.data, pool.offsetOf(slot) - ETH_HLEN, this.table.macs, entry * 6, spec.mac, ETH_P_IP);
     }
     this.writeOwn(leg, pool, verdicts);
+    this.onQueuedSent?.(pool, verdicts, port * 2 + ETH_ROLE_WIRE);
   }
 
   /** NeighbourIo: a queued packet whose neighbour failed. */

@@ -71,6 +71,7 @@ export class Forwarder {
     }
     this.generated.clear();
     dataplane.processBatch(this.rx, index >> 1, index & 1, this.verdicts, this.generated, this.generatedVerdicts);
+    if (capture !== null) capture.decided(this.verdicts, this.rx.count);
     this.flush(this.rx, this.verdicts);
     // Packets too big for their egress MTU left as fragments (dataplane/fragment-output.ts).
     const fragments = dataplane.fragmentOutput;

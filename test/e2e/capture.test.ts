@@ -14,6 +14,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { isRoot as runningAsRoot, netnsExec } from "../../src/io/netns.js";
 import { pingUntil } from "../../src/control/lab.js";
 import { packageRoot, retagForRun, runTag, startQnatLab, type Lab } from "../../bench/e2e-lab.js";
+import { parseConfig } from "../../src/config/config.js";
 import { readPcapng } from "../support/pcapng-reader.js";
 
 const isRoot = runningAsRoot();
@@ -282,5 +283,55 @@ describe.skipIf(!isRoot || !hasTools)("the config's capture: the router captures
     const dump = run("tcpdump", ["-nn", "-r", file]).split("\n").filter((line) => line !== "");
     expect(dump).toHaveLength(4);
     expect(dump.every((line) => / IP (9\.186\.100\.2 > 203\.0\.113\.10: ICMP echo request|203\.0\.113\.10 > 9\.186\.100\.2: ICMP echo reply)/.test(line))).toBe(true);
+  }, 60_000);
+});
+
+describe.skipIf(!isRoot || !hasTools)("a capture of tap ports: Ethernet frames with their addresses (LINKTYPE_ETHERNET)", () => {
+  let lab: Lab | undefined;
+  const dir = mkdtempSync(join(tmpdir(), "qnat-capture-tap-"));
+  const QR_MAC = "fa:16:3e:5d:18:10";
+  const QG_MAC = "fa:16:3e:70:24:92";
+  const retagged = retagForRun(SEED, runTag());
+  const text = retagged.text
+    .replace(/(- name: qr-694450d6-f6\n)/, `$1    mac: ${QR_MAC}\n`)
+    .replace(/(- name: qg-e76de35e-90\n)/, `$1    mac: ${QG_MAC}\n`)
+    .replace(/device: eth0 \}/g, "device: eth0, mode: tap }");
+  const config = parseConfig(text, SEED);
+  const router = config.namespace;
+  const tenant = config.ports[0]!.wire.namespace;
+
+  beforeAll(async () => {
+    lab = await startQnatLab(text, config);
+  }, 60_000);
+  afterAll(async () => {
+    try {
+      await lab?.stop();
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it("10.0.0.3's ping arrives at qr-'s MAC and leaves from qg-'s, SNATed: tcpdump -e shows both frames", async () => {
+    const file = join(dir, "tap.pcapng");
+    const capture = await startCapture([QR, QG, "--router", router, "-w", file]);
+    try {
+      // The first waits for ARP (9.186.100.1's MAC); the second finds the neighbour known.
+      expect(await pingUntil(tenant, "203.0.113.10", WAIT_MS, "10.0.0.3")).toBe(true);
+      expect(await pingUntil(tenant, "203.0.113.10", WAIT_MS, "10.0.0.3")).toBe(true);
+    } finally {
+      expect(await interrupt(capture)).toBe(0);
+    }
+    const read = readPcapng(readFileSync(file));
+    expect(read.interfaces.map((i) => [i.name, i.linkType])).toEqual([
+      [QR, 1],
+      [QG, 1],
+    ]);
+    const dump = run("tcpdump", ["-e", "-nn", "-r", file]).split("\n");
+    expect(dump.some((l) => new RegExp(`> ${QR_MAC}, ethertype IPv4 \\(0x0800\\), length \\d+: 10\\.0\\.0\\.3 > 203\\.0\\.113\\.10: ICMP echo request`).test(l)), dump.join("\n")).toBe(true);
+    expect(dump.some((l) => new RegExp(`${QG_MAC} > [0-9a-f:]{17}, ethertype IPv4 \\(0x0800\\), length \\d+: 9\\.186\\.100\\.2 > 203\\.0\\.113\\.10: ICMP echo request`).test(l)), dump.join("\n")).toBe(true);
+    const rows = run("tshark", ["-r", file, "-T", "fields", "-E", "separator=|", "-e", "frame.interface_name", "-e", "eth.src", "-e", "ip.src", "-e", "frame.comment"]).split("\n");
+    expect(rows, rows.join("\n")).toContain(`${QG}|${QG_MAC}|9.186.100.2|waited for ARP: sent when the next hop's neighbour answered`);
+    expect(rows, rows.join("\n")).toContain(`${QG}|${QG_MAC}|9.186.100.2|SNAT 10.0.0.3 -> 9.186.100.2 (rule neutron-vpn-agen-snat #2)`);
+    expect(rows, rows.join("\n")).toContain(`${QR}|${QR_MAC}|203.0.113.10|un-NAT reply: dst 9.186.100.2 -> 10.0.0.3 (conntrack ESTABLISHED)`);
   }, 60_000);
 });
