@@ -33,6 +33,8 @@ export interface Side {
   /** The original namespace name -> this side's. */
   ns(original: string): string;
   conntrack(): Promise<CtEntry[]>;
+  /** Empties the router's connection table (`conntrack -F`, `qnat conntrack -F`). */
+  flushConntrack(): Promise<void>;
   teardown(): Promise<void>;
 }
 
@@ -177,6 +179,10 @@ export async function startKernelSide(configPath: string, original: RouterConfig
       const out = await runAsync("ip", ["netns", "exec", config.namespace, "conntrack", "-L"]);
       return parseConntrackText(out.stdout);
     },
+    async flushConntrack() {
+      const out = await runAsync("ip", ["netns", "exec", config.namespace, "conntrack", "-F"]);
+      if (out.code !== 0) throw new Error(`conntrack -F in ${config.namespace}: ${out.stderr.trim()}`);
+    },
     async teardown() {
       twin?.destroy();
       twin = undefined;
@@ -212,6 +218,10 @@ export async function startQnatSide(configPath: string, original: RouterConfig):
       if (out.code !== 0) throw new Error(`qnat show conntrack: ${out.stderr.trim()}`);
       return parseQnatConntrack(out.stdout);
     },
+    async flushConntrack() {
+      const out = await runAsync(process.execPath, [CLI, "conntrack", "-F", "--router", config.namespace]);
+      if (out.code !== 0) throw new Error(`qnat conntrack -F: ${out.stderr.trim()}`);
+    },
     teardown: down,
   };
 }
@@ -232,6 +242,8 @@ export interface Observation {
   agents: Record<string, { events: Array<Record<string, unknown>>; packets: Array<Record<string, unknown>> }>;
   /** Per client (in plan order): the results of its actions. */
   clients: Array<Array<Record<string, unknown>>>;
+  /** Per client (in plan order): the actions it ran, one per result. */
+  actions: ClientAction[][];
   conntrack: CtEntry[];
 }
 
@@ -240,6 +252,34 @@ export interface ClientRun {
   ns: string;
   actions: ClientAction[] | ((seen: Observation) => ClientAction[]);
 }
+
+/** One compared record of a section, as an allowance's predicate sees it (before normalising). */
+export type ComparedRecord =
+  | { readonly kind: "client"; readonly result: Record<string, unknown>; readonly action: ClientAction | undefined }
+  | { readonly kind: "server"; readonly event: Record<string, unknown> }
+  | { readonly kind: "packet"; readonly packet: Record<string, unknown> }
+  | { readonly kind: "conntrack"; readonly entry: CtEntry };
+
+/**
+ * A documented difference: the records of one section that may differ, and why. Only records for
+ * which `allows` is true may be on one side only (or differ); the rest of the section is still
+ * compared line by line, so an unrelated difference in an allowed section fails the scenario.
+ */
+export interface Allowance {
+  /** A section's name (`wire into qnat-external`) or a kind of section (`clients`, `servers`, `wire`, `conntrack`). */
+  readonly section: string;
+  /** Why these records differ: what docs/differences.md says. */
+  readonly reason: string;
+  readonly allows: (record: ComparedRecord) => boolean;
+}
+
+/** Predicates for allowances, one per kind of record (each is false for the other kinds). */
+export const allowing = {
+  clients: (test: (result: Record<string, unknown>, action: ClientAction | undefined) => boolean) => (r: ComparedRecord) => r.kind === "client" && test(r.result, r.action),
+  events: (test: (event: Record<string, unknown>) => boolean) => (r: ComparedRecord) => r.kind === "server" && test(r.event),
+  packets: (test: (packet: Record<string, unknown>) => boolean) => (r: ComparedRecord) => r.kind === "packet" && test(r.packet),
+  entries: (test: (entry: CtEntry) => boolean) => (r: ComparedRecord) => r.kind === "conntrack" && test(r.entry),
+};
 
 export interface Plan {
   name: string;
@@ -253,6 +293,12 @@ export interface Plan {
   conntrack?: (entry: CtEntry) => boolean;
   /** Port numbers the scenario chose (client source ports, server ports, ICMP ids): others are the kernel's pick and normalised. */
   knownPorts: number[];
+  /**
+   * IP ids the scenario chose for crafted datagrams: a sniffed packet carrying one shows it
+   * (`id N`), so the fragments of two datagrams with the same sizes are told apart. Other ids are
+   * the sending stack's or a router's pick and are left out.
+   */
+  knownIpIds?: number[];
   /** How long to let packets settle after the last step, ms (default 300). */
   settleMs?: number;
   /**
@@ -269,10 +315,15 @@ export interface Plan {
    * scenarios compare TIME_WAIT and CLOSE as one state and leave RSTs out of the wire view.
    */
   teardownTiming?: boolean;
+  /** Left out of the random-config property (fastPlansFor): long, or about packets rather than the config. */
+  slow?: boolean;
   /** A qnat bug this scenario shows (reported): the test expects the difference until it is fixed. */
   knownBug?: string;
-  /** Sections that may differ, with the reason (docs/differences.md): printed, not failed. */
-  documented?: Partial<Record<string, string>>;
+  /**
+   * Deliberate differences (docs/differences.md), each naming the exact records it lets differ:
+   * those are printed and do not fail; every other record of the section is still compared.
+   */
+  documented?: Allowance[];
   /**
    * The scenario crafts its datagrams' IP ids, so the ids of the fragments on the wires are
    * compared too (otherwise an id is each sender's kernel's pick and left out).
@@ -328,17 +379,18 @@ export async function observe(side: Side, original: RouterConfig, plan: Plan): P
       const device = original.ports.find((p) => p.wire.namespace === ns)?.wire.device;
       stops.set(ns, await startAgent(side.ns(ns), { udp: spec.udp ?? [], tcp: spec.tcp ?? [], sniff: spec.sniff && device ? device : null }, 40));
     }
-    const observation: Observation = { agents: {}, clients: [], conntrack: [] };
+    const observation: Observation = { agents: {}, clients: [], actions: [], conntrack: [] };
     for (const step of plan.steps) {
       const results = await Promise.all(
         step.map(async (client) => {
           const actions = typeof client.actions === "function" ? client.actions(observation) : client.actions;
           const out = await runAsync("ip", ["netns", "exec", side.ns(client.ns), "python3", PROBE, "client", JSON.stringify(actions)], 60_000);
           if (out.code !== 0) throw new Error(`${side.name}: client in ${client.ns} failed: ${out.stderr.trim()}`);
-          return JSON.parse(out.stdout) as Array<Record<string, unknown>>;
+          return { actions, results: JSON.parse(out.stdout) as Array<Record<string, unknown>> };
         }),
       );
-      observation.clients.push(...results);
+      observation.clients.push(...results.map((r) => r.results));
+      observation.actions.push(...results.map((r) => r.actions));
     }
     await sleep(plan.settleMs ?? 300);
     for (const [ns, stop] of stops) observation.agents[ns] = await stop();
@@ -352,20 +404,66 @@ export async function observe(side: Side, original: RouterConfig, plan: Plan): P
 
 // ------------------------------------------------------------------------------- normalising
 
-/** A port the scenario chose stays; one the router picked is "~" (the kernel picks at random). */
-function port(value: unknown, known: ReadonlySet<number>): string {
+function protocolName(protocol: unknown): string {
+  if (protocol === 6 || protocol === "tcp" || protocol === "http") return "tcp";
+  if (protocol === 17 || protocol === "udp") return "udp";
+  if (protocol === 1 || protocol === "icmp") return "icmp";
+  return String(protocol);
+}
+
+function endpointKey(protocol: unknown, address: unknown, port: unknown): string {
+  return `${protocolName(protocol)} ${String(address)}:${String(port)}`;
+}
+
+/**
+ * The endpoints (protocol, address, port) whose port a router picked, from that side's own
+ * connection table: a reply tuple whose port differs from the original's (SNAT/MASQUERADE
+ * remapped a source port or ICMP id, DNAT chose a port of a range).
+ */
+export function pickedEndpoints(entries: readonly CtEntry[]): Set<string> {
+  const picked = new Set<string>();
+  for (const e of entries) {
+    if (e.reply.dport !== undefined && e.original.sport !== undefined) {
+      if (e.protocol === "icmp") {
+        // ICMP: sport is the echo id in both tuples; dport is type << 8 | code.
+        if (e.reply.sport !== e.original.sport) picked.add(endpointKey("icmp", e.reply.dst, e.reply.sport));
+        continue;
+      }
+      if (e.reply.dport !== e.original.sport) picked.add(endpointKey(e.protocol, e.reply.dst, e.reply.dport));
+      if (e.reply.sport !== undefined && e.original.dport !== undefined && e.reply.sport !== e.original.dport) picked.add(endpointKey(e.protocol, e.reply.src, e.reply.sport));
+    }
+  }
+  return picked;
+}
+
+/**
+ * A port the scenario chose stays; one a router picked is "~" (the kernel picks at random):
+ * picked when that side's connection table says a router chose it for this endpoint, or when
+ * the scenario did not choose the number. The table decides first, so a random pick that happens
+ * to equal a port the scenario chose elsewhere (likely with --random-fully) is still "~".
+ */
+function port(value: unknown, known: ReadonlySet<number>, picked?: ReadonlySet<string>, protocol?: unknown, ...addresses: unknown[]): string {
   if (value === undefined) return "";
+  if (picked !== undefined && addresses.some((address) => picked.has(endpointKey(protocol, address, value)))) return "~";
   return known.has(Number(value)) ? String(value) : "~";
 }
 
+/** A compared line and the record it was made from. */
+export interface Line {
+  readonly text: string;
+  readonly record: ComparedRecord;
+}
+
+const byText = (a: Line, b: Line): number => (a.text < b.text ? -1 : a.text > b.text ? 1 : 0);
+
 /** Client results: replies "seen IP:PORT N" keep the port only when it is the client's own (kept). */
-export function normaliseClients(observation: Observation, plan: Plan): string[] {
+export function clientLines(observation: Observation, plan: Plan): Line[] {
   const known = new Set(plan.knownPorts);
-  const lines: string[] = [];
-  let index = 0;
-  for (const results of observation.clients) {
-    for (const result of results) {
-      const reply = typeof result.reply === "string" ? result.reply.replace(/(\d+\.\d+\.\d+\.\d+):(\d+)/g, (_, a: string, p: string) => `${a}:${port(Number(p), known)}`) : undefined;
+  const picked = pickedEndpoints(observation.conntrack);
+  const lines: Line[] = [];
+  for (const [index, results] of observation.clients.entries()) {
+    for (const [n, result] of results.entries()) {
+      const reply = typeof result.reply === "string" ? result.reply.replace(/(\d+\.\d+\.\d+\.\d+):(\d+)/g, (_, a: string, p: string) => `${a}:${port(Number(p), known, picked, result.kind, a)}`) : undefined;
       const parts = [plan.racing ? String(result.kind) : `#${index} ${String(result.kind)}`];
       if (reply !== undefined) parts.push(`reply "${reply.replace(/\r?\n/g, "\\n").slice(0, 160)}"`);
       if (result.error !== undefined) {
@@ -374,41 +472,50 @@ export function normaliseClients(observation: Observation, plan: Plan): string[]
       }
       if (result.sent !== undefined) parts.push(`sent ${String(result.sent)}`);
       if (result.errors !== undefined) parts.push(`send errors ${JSON.stringify(result.errors)}`);
-      lines.push(parts.join(" "));
+      lines.push({ text: parts.join(" "), record: { kind: "client", result, action: observation.actions[index]?.[n] } });
     }
-    index++;
   }
-  return plan.racing ? lines.sort() : lines;
+  return plan.racing ? lines.sort(byText) : lines;
 }
 
-/** Server events: protocol, server port, the peer's address (its port as kept/picked), bytes. */
-export function normaliseEvents(observation: Observation, plan: Plan, ns: string): string[] {
+export function normaliseClients(observation: Observation, plan: Plan): string[] {
+  return clientLines(observation, plan).map((l) => l.text);
+}
+
+/** Server events: protocol, server port (a router-picked one, e.g. a DNAT range's, as "~"), the peer's address (its port as kept/picked), bytes. */
+export function eventLines(observation: Observation, plan: Plan, ns: string): Line[] {
   const known = new Set(plan.knownPorts);
+  const picked = pickedEndpoints(observation.conntrack);
   return (observation.agents[ns]?.events ?? [])
-    .map((e) => {
-      const [address, p] = String(e.peer).split(":");
-      return `${String(e.proto)} ${String(e.to)}:${String(e.port)} from ${address}:${port(p, known)} ${String(e.bytes)} bytes`;
+    .map((event) => {
+      const [address, p] = String(event.peer).split(":");
+      const text = `${String(event.proto)} ${String(event.to)}:${port(event.port, known, picked, event.proto, event.to)} from ${address}:${port(p, known, picked, event.proto, address)} ${String(event.bytes)} bytes`;
+      return { text, record: { kind: "server", event } as const };
     })
-    .sort();
+    .sort(byText);
+}
+
+export function normaliseEvents(observation: Observation, plan: Plan, ns: string): string[] {
+  return eventLines(observation, plan, ns).map((l) => l.text);
 }
 
 /** One sniffed packet as text, without what legitimately differs (arrival time, router-chosen ids and ports). */
-export function packetText(p: Record<string, unknown>, known: ReadonlySet<number>, keepIpId = false): string {
+export function packetText(p: Record<string, unknown>, known: ReadonlySet<number>, keepIpId = false, knownIpIds: ReadonlySet<number> = new Set(), picked: ReadonlySet<string> = new Set()): string {
   // A bare ACK's length is its TCP options (SACK blocks, timestamps): the stacks' timing, not the router's.
   const bareAck = p.proto === 6 && p.flags === "A";
   const parts = [`${String(p.src)} > ${String(p.dst)}`, `p${String(p.proto)}`, `ttl ${String(p.ttl)}`, bareAck ? "len *" : `len ${String(p.len)}`];
-  if (keepIpId) parts.push(`id ${String(p.id)}`);
+  if (keepIpId || knownIpIds.has(Number(p.id))) parts.push(`id ${String(p.id)}`);
   if (p.df) parts.push("DF");
   if (p.mf) parts.push("MF");
   if (p.offset) parts.push(`off ${String(p.offset)}`);
-  if (p.sport !== undefined) parts.push(`${port(p.sport, known)} > ${port(p.dport, known)}`);
+  if (p.sport !== undefined) parts.push(`${port(p.sport, known, picked, p.proto, p.src)} > ${port(p.dport, known, picked, p.proto, p.dst)}`);
   if (p.flags !== undefined) parts.push(`[${String(p.flags)}]`);
   if (p.type !== undefined) parts.push(`icmp ${String(p.type)}/${String(p.code)}`);
-  if (p.icmpid !== undefined) parts.push(`id ${port(p.icmpid, known)} seq ${String(p.seq)}`);
+  if (p.icmpid !== undefined) parts.push(`id ${port(p.icmpid, known, picked, "icmp", p.src, p.dst)} seq ${String(p.seq)}`);
   if (p.mtu !== undefined) parts.push(`mtu ${String(p.mtu)}`);
   if (p.ipcsum !== undefined && p.ipcsum !== "ok") parts.push(`ipcsum ${String(p.ipcsum)}`);
   if (p.l4csum !== undefined && p.l4csum !== "ok") parts.push(`l4csum ${String(p.l4csum)}`);
-  if (p.inner !== undefined) parts.push(`{ ${packetText(p.inner as Record<string, unknown>, known)} }`);
+  if (p.inner !== undefined) parts.push(`{ ${packetText(p.inner as Record<string, unknown>, known, false, knownIpIds, picked)} }`);
   return parts.join(" ");
 }
 
@@ -417,18 +524,31 @@ export function packetText(p: Record<string, unknown>, known: ReadonlySet<number
  * retransmissions two TCP stacks exchange depends on timing (delayed ACK, RTO under load), not on
  * the router; every distinct translated form of a packet still has to appear on both sides.
  */
-export function normalisePackets(observation: Observation, plan: Plan, ns: string): string[] {
+export function packetLines(observation: Observation, plan: Plan, ns: string): Line[] {
   const known = new Set(plan.knownPorts);
-  const packets = (observation.agents[ns]?.packets ?? []).filter((p) => !(plan.teardownTiming && p.proto === 6 && p.flags === "R"));
-  return [...new Set(packets.map((p) => packetText(p, known, plan.fragmentIds === true && (p.mf === true || Number(p.offset ?? 0) > 0))))].sort();
+  const ids = new Set(plan.knownIpIds ?? []);
+  const picked = pickedEndpoints(observation.conntrack);
+  const distinct = new Map<string, Line>();
+  for (const packet of observation.agents[ns]?.packets ?? []) {
+    if (plan.teardownTiming && packet.proto === 6 && packet.flags === "R") continue;
+    const fragment = packet.mf === true || Number(packet.offset ?? 0) > 0;
+    const text = packetText(packet, known, plan.fragmentIds === true && fragment, ids, picked);
+    if (!distinct.has(text)) distinct.set(text, { text, record: { kind: "packet", packet } });
+  }
+  return [...distinct.values()].sort(byText);
+}
+
+export function normalisePackets(observation: Observation, plan: Plan, ns: string): string[] {
+  return packetLines(observation, plan, ns).map((l) => l.text);
 }
 
 export function conntrackText(entry: CtEntry, known: ReadonlySet<number>): string {
+  const picked = pickedEndpoints([entry]);
   const tuple = (t: CtTuple): string => {
     if (t.sport === undefined) return `${t.src} > ${t.dst}`;
     // ICMP: sport is the echo id, dport type << 8 | code (src/conntrack/tuple.ts).
-    if (entry.protocol === "icmp") return `${t.src} > ${t.dst} type ${(t.dport ?? 0) >> 8}/${(t.dport ?? 0) & 0xff} id ${port(t.sport, known)}`;
-    return `${t.src}:${port(t.sport, known)} > ${t.dst}:${port(t.dport, known)}`;
+    if (entry.protocol === "icmp") return `${t.src} > ${t.dst} type ${(t.dport ?? 0) >> 8}/${(t.dport ?? 0) & 0xff} id ${port(t.sport, known, picked, "icmp", t.src, t.dst)}`;
+    return `${t.src}:${port(t.sport, known, picked, entry.protocol, t.src)} > ${t.dst}:${port(t.dport, known, picked, entry.protocol, t.dst)}`;
   };
   const parts = [entry.protocol];
   if (entry.state !== undefined) parts.push(entry.state);
@@ -438,12 +558,19 @@ export function conntrackText(entry: CtEntry, known: ReadonlySet<number>): strin
   return parts.join(" ");
 }
 
-export function normaliseConntrack(observation: Observation, plan: Plan): string[] {
+export function conntrackLines(observation: Observation, plan: Plan): Line[] {
   const known = new Set(plan.knownPorts);
   return observation.conntrack
-    .map((e) => (plan.teardownTiming && (e.state === "TIME_WAIT" || e.state === "CLOSE") ? { ...e, state: "TIME_WAIT|CLOSE" } : e))
-    .map((e) => conntrackText(plan.racing ? { ...e, original: { ...e.original, src: "*" } } : e, known))
-    .sort();
+    .map((entry) => {
+      const shown = plan.teardownTiming && (entry.state === "TIME_WAIT" || entry.state === "CLOSE") ? { ...entry, state: "TIME_WAIT|CLOSE" } : entry;
+      const text = conntrackText(plan.racing ? { ...shown, original: { ...shown.original, src: "*" } } : shown, known);
+      return { text, record: { kind: "conntrack", entry } as const };
+    })
+    .sort(byText);
+}
+
+export function normaliseConntrack(observation: Observation, plan: Plan): string[] {
+  return conntrackLines(observation, plan).map((l) => l.text);
 }
 
 // ------------------------------------------------------------------------------- comparing
@@ -453,8 +580,10 @@ export interface SectionResult {
   kernel: string[];
   qnat: string[];
   equal: boolean;
-  /** Why a difference is expected (docs/differences.md), when it is. */
+  /** Why a difference is expected (docs/differences.md): set when every differing line is allowed. */
   documented?: string;
+  /** The lines (either side) an allowance of the plan covers: shown with `~`, not compared. */
+  allowed: string[];
 }
 
 export interface ScenarioResult {
@@ -468,6 +597,8 @@ export interface ScenarioResult {
   notes: string[];
   /** When the scenario differs or a timing allowance applied: each side's packets in arrival order (timeline()). */
   timelines?: { kernel: string[]; qnat: string[] };
+  /** Which run of the scenario this was (1 = first; a retry is 2 or 3). */
+  attempt: number;
 }
 
 /**
@@ -475,7 +606,15 @@ export interface ScenarioResult {
  * so they are aligned by merging: a line only one side has stands alone on its side.
  * With `onlyDifferences`, equal lines are counted instead of printed.
  */
-export function sideBySide(title: string, left: readonly string[], right: readonly string[], onlyDifferences = false, leftName = "kernel (Linux)", rightName = "qnat"): string {
+export function sideBySide(
+  title: string,
+  left: readonly string[],
+  right: readonly string[],
+  onlyDifferences = false,
+  leftName = "kernel (Linux)",
+  rightName = "qnat",
+  allowed: ReadonlySet<string> = new Set(),
+): string {
   const rows: Array<[string, string]> = [];
   let i = 0;
   let j = 0;
@@ -490,7 +629,8 @@ export function sideBySide(title: string, left: readonly string[], right: readon
   const width = Math.min(100, Math.max(leftName.length, ...shown.map(([a]) => a.length)));
   const fit = (text: string): string => (text.length > width ? text.slice(0, width - 1) + "…" : text.padEnd(width));
   const lines = [`--- ${title}`, `  ${fit(leftName)}   ${rightName}`];
-  for (const [a, b] of shown) lines.push(`${a === b ? " " : "!"} ${fit(a)} ${a === b ? "|" : "!"} ${b}`);
+  const mark = (a: string, b: string): string => (a === b ? " " : allowed.has(a || b) ? "~" : "!");
+  for (const [a, b] of shown) lines.push(`${mark(a, b)} ${fit(a)} ${a === b ? "|" : mark(a, b)} ${b}`);
   if (onlyDifferences && shown.length < rows.length) lines.push(`  (${rows.length - shown.length} equal lines not shown)`);
   if (rows.length === 0) lines.push("  (nothing on either side)");
   return lines.join("\n");
@@ -533,7 +673,39 @@ export function finRetransmitted(observation: Observation): boolean {
   return false;
 }
 
-export function compareObservations(original: Plan, kernel: Observation, qnat: Observation, ms: number): ScenarioResult {
+/** The plan's allowances for a section: those naming it, or its kind (the section name's first word). */
+function allowancesFor(plan: Plan, section: string): Allowance[] {
+  return (plan.documented ?? []).filter((a) => a.section === section || a.section === section.split(" ")[0]);
+}
+
+/**
+ * One section: equal when both sides have the same lines; otherwise the lines an allowance covers
+ * are set aside and the rest must still be equal, line for line, for the difference to be documented.
+ */
+export function compareSection(plan: Plan, section: string, kernel: readonly Line[], qnat: readonly Line[]): SectionResult {
+  const k = kernel.map((l) => l.text);
+  const q = qnat.map((l) => l.text);
+  const same = (a: readonly string[], b: readonly string[]): boolean => a.length === b.length && a.every((line, i) => line === b[i]);
+  const result: SectionResult = { section, kernel: k, qnat: q, equal: same(k, q), allowed: [] };
+  if (result.equal) return result;
+  const allowances = allowancesFor(plan, section);
+  const allowedBy = (line: Line): Allowance | undefined => allowances.find((a) => a.allows(line.record));
+  const used = new Set<Allowance>();
+  const compared = (lines: readonly Line[]): string[] =>
+    lines.flatMap((line) => {
+      const allowance = allowedBy(line);
+      if (allowance === undefined) return [line.text];
+      used.add(allowance);
+      result.allowed.push(line.text);
+      return [];
+    });
+  const kc = compared(kernel);
+  const qc = compared(qnat);
+  if (same(kc, qc) && used.size > 0) result.documented = [...used].map((a) => a.reason).join("; ");
+  return result;
+}
+
+export function compareObservations(original: Plan, kernel: Observation, qnat: Observation, ms: number, attempt = 1): ScenarioResult {
   const retransmitted = [finRetransmitted(kernel) ? "kernel" : "", finRetransmitted(qnat) ? "qnat" : ""].filter((side) => side !== "");
   const plan: Plan = retransmitted.length > 0 ? { ...original, teardownTiming: true } : original;
   const notes =
@@ -541,36 +713,37 @@ export function compareObservations(original: Plan, kernel: Observation, qnat: O
       ? [`a TCP FIN was retransmitted on the ${retransmitted.join(" and ")} side (a round trip outlasted the sender's RTO): RSTs and TIME_WAIT/CLOSE compared as timing`]
       : [];
   const sections: SectionResult[] = [];
-  const add = (section: string, k: string[], q: string[]): void => {
-    const equal = k.length === q.length && k.every((line, i) => line === q[i]);
-    sections.push({ section, kernel: k, qnat: q, equal, documented: equal ? undefined : plan.documented?.[section] ?? plan.documented?.[section.split(" ")[0]!] });
+  const add = (section: string, k: Line[], q: Line[]): void => {
+    sections.push(compareSection(plan, section, k, q));
   };
-  add("clients", normaliseClients(kernel, plan), normaliseClients(qnat, plan));
+  add("clients", clientLines(kernel, plan), clientLines(qnat, plan));
   const namespaces = [...new Set([...Object.keys(kernel.agents), ...Object.keys(qnat.agents)])].sort();
   for (const ns of namespaces) {
-    const k = normaliseEvents(kernel, plan, ns);
-    const q = normaliseEvents(qnat, plan, ns);
+    const k = eventLines(kernel, plan, ns);
+    const q = eventLines(qnat, plan, ns);
     if (k.length > 0 || q.length > 0) add(`servers in ${ns}`, k, q);
   }
   for (const ns of namespaces) {
-    const k = normalisePackets(kernel, plan, ns);
-    const q = normalisePackets(qnat, plan, ns);
+    const k = packetLines(kernel, plan, ns);
+    const q = packetLines(qnat, plan, ns);
     if (k.length > 0 || q.length > 0) add(`wire into ${ns}`, k, q);
   }
-  add("conntrack", normaliseConntrack(kernel, plan), normaliseConntrack(qnat, plan));
+  add("conntrack", conntrackLines(kernel, plan), conntrackLines(qnat, plan));
   const agree = sections.every((s) => s.equal || s.documented !== undefined);
   // Shown when the scenario differs, and when a timing allowance was applied (the evidence).
   const timelines = agree && notes.length === 0 ? undefined : { kernel: timeline(kernel, plan), qnat: timeline(qnat, plan) };
-  return { name: plan.name, sections, agree, ms, knownBug: plan.knownBug, notes, timelines };
+  return { name: plan.name, sections, agree, ms, knownBug: plan.knownBug, notes, timelines, attempt };
 }
 
 export function formatScenario(result: ScenarioResult, verbose = false): string {
-  const head = `${result.agree ? "AGREE " : "DIFFER"} ${result.name} (${(result.ms / 1000).toFixed(1)} s)${result.knownBug && !result.agree ? `\n       known qnat bug: ${result.knownBug}` : ""}`;
+  const verdict = !result.agree ? "DIFFER" : result.attempt > 1 ? "FLAKY " : "AGREE ";
+  const attempt = result.attempt > 1 ? `, attempt ${result.attempt}${result.agree ? ": the earlier attempts differed" : ""}` : "";
+  const head = `${verdict} ${result.name} (${(result.ms / 1000).toFixed(1)} s${attempt})${result.knownBug && !result.agree ? `\n       known qnat bug: ${result.knownBug}` : ""}`;
   const parts = [head, ...result.notes.map((note) => `       note: ${note}`)];
   for (const section of result.sections) {
     if (section.equal && !verbose) continue;
     const label = section.equal ? section.section : section.documented !== undefined ? `${section.section} — differs as documented: ${section.documented}` : `${section.section} — DIFFERS`;
-    parts.push(sideBySide(label, section.kernel, section.qnat, !verbose && !section.equal && section.kernel.length + section.qnat.length > 24));
+    parts.push(sideBySide(label, section.kernel, section.qnat, !verbose && !section.equal && section.kernel.length + section.qnat.length > 24, undefined, undefined, new Set(section.allowed)));
   }
   if (result.timelines !== undefined) {
     for (const side of ["kernel", "qnat"] as const) parts.push([`--- timeline, ${side}`, ...result.timelines[side].map((line) => `  ${line}`)].join("\n"));
@@ -580,7 +753,9 @@ export function formatScenario(result: ScenarioResult, verbose = false): string 
 
 /** Both routers of one config, up side by side. */
 export class ConformancePair {
+  /** Every run of every scenario, retries included, in order. */
   readonly results: ScenarioResult[] = [];
+  private readonly runs = new Map<string, number>();
   private constructor(
     readonly configPath: string,
     readonly original: RouterConfig,
@@ -599,13 +774,40 @@ export class ConformancePair {
     return new ConformancePair(configPath, original, kernel.value, qnat.value);
   }
 
-  /** Runs the plan on both routers at once and compares. */
+  /**
+   * Runs the plan on both routers at once and compares; a second run of the same plan is a retry
+   * (attempt 2). Both connection tables are emptied first, so a scenario (a retry too: it reuses
+   * its ports) never meets the entries an earlier one left.
+   */
   async run(plan: Plan): Promise<ScenarioResult> {
+    const attempt = (this.runs.get(plan.name) ?? 0) + 1;
+    this.runs.set(plan.name, attempt);
+    await Promise.all([this.kernel.flushConntrack(), this.qnat.flushConntrack()]);
     const started = Date.now();
     const [k, q] = await Promise.all([observe(this.kernel, this.original, plan), observe(this.qnat, this.original, plan)]);
-    const result = compareObservations(plan, k, q, Date.now() - started);
+    const result = compareObservations(plan, k, q, Date.now() - started, attempt);
     this.results.push(result);
     return result;
+  }
+
+  /** The scenarios that agreed only on a retry: flaky, to be fixed, not retried away. */
+  flaky(): ScenarioResult[] {
+    return this.results.filter((r) => r.agree && r.attempt > 1);
+  }
+
+  /** The report of every run: each scenario's verdict (retries and flaky ones marked) and a summary line. */
+  report(verbose: boolean, seconds: number): string[] {
+    const last = new Map(this.results.map((r) => [r.name, r]));
+    const final = [...last.values()];
+    const flaky = this.flaky();
+    return [
+      ...this.results.map((r) => (last.get(r.name) === r ? "" : "(retried) ") + formatScenario(r, verbose) + "\n"),
+      `${final.filter((r) => r.agree).length}/${final.length} scenarios agree` +
+        ` (${final.filter((r) => r.agree && r.sections.some((x) => !x.equal)).length} of them with documented differences);` +
+        ` ${flaky.length} flaky (agreed only on a retry${flaky.length > 0 ? `: ${flaky.map((r) => r.name).join("; ")}` : ""});` +
+        ` ${final.filter((r) => !r.agree && r.knownBug !== undefined).length} differ by known qnat bugs,` +
+        ` ${final.filter((r) => !r.agree && r.knownBug === undefined).length} differ otherwise; ${seconds.toFixed(1)} s`,
+    ];
   }
 
   async stop(): Promise<void> {

@@ -75,6 +75,7 @@ describe("teardown timing", () => {
   const observation = (packets: Array<Record<string, unknown>>, state: string): Observation => ({
     agents: { "tenant-a": { events: [], packets } },
     clients: [],
+    actions: [],
     conntrack: [entry(state)],
   });
   const plan: Plan = { name: "hairpin", steps: [], knownPorts: [42131, 7002] };
