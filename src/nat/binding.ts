@@ -480,7 +480,14 @@ export class NatEngine {
         rangeSize = hi - lo + 1;
       }
     } else {
-      // Generic protocols: nothing but the address to vary.
+      // Generic protocols: nothing but the address to vary; nf_nat_l4proto_unique_tuple leaves
+      // the tuple as it is. --random/--random-fully skip get_unique_tuple's "already unique"
+      // check and come here for every protocol, so a free tuple is kept here; a taken one is
+      // what Linux refuses when the connection is confirmed (__nf_conntrack_confirm).
+      if (!this.isUsed()) {
+        if (explain) explain.push(`tuple ${this.formatTuple(this.newSrc, this.newDst, this.newSport, this.newDport)} is free (${this.protocol} has no ports): kept`);
+        return true;
+      }
       if (explain) explain.push(`tuple ${this.formatTuple(this.newSrc, this.newDst, this.newSport, this.newDport)} is taken and ${this.protocol} has no ports: drop (nat-no-free-tuple)`);
       return false;
     }
