@@ -7,7 +7,7 @@ import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { parseConfig } from "../../src/config/config.js";
-import { compareObservations, formatScenario, ROOT, type CtEntry, type Observation, type Plan } from "./harness.js";
+import { compareObservations, finRetransmitted, formatScenario, ROOT, type CtEntry, type Observation, type Plan } from "./harness.js";
 import { plansFor } from "./scenarios.js";
 
 function plansOf(example: string): Plan[] {
@@ -130,6 +130,40 @@ describe("the TSO allowance (TCP transfers with window scaling)", () => {
   it("fails when the SYN leaves with another TTL, in the same allowed section", () => {
     const qnat = observation({ "qnat-external": [{ ...segment("S", 60, 1), ttl: 64 }, segment("PA", 14532, 2), segment("FA", 52, 60002)] });
     expect(compareObservations(transfer, kernel, qnat, 1).agree).toBe(false);
+  });
+});
+
+describe("a teardown decided by a retransmitted FIN to the router's own host (OUTPUT DNAT)", () => {
+  // The router's own host 172.26.244.104 closes a connection to the floating IP, DNATed to
+  // 192.168.15.61:7002. Through the loaded router the server's FIN is probed again (tail loss
+  // probe), the router host ACKs it twice, the server answers the late ACK with a RST: CLOSE.
+  const fin = { src: "192.168.15.61", dst: "172.26.244.104", proto: 6, ttl: 64, len: 52, df: true, sport: 7002, dport: 43411, flags: "FA", tcpseq: 900 };
+  const entry = (state: string): CtEntry => ({
+    protocol: "tcp",
+    state,
+    original: { src: "172.26.244.104", dst: "172.26.244.104", sport: 43411, dport: 7002 },
+    reply: { src: "192.168.15.61", dst: "172.26.244.104", sport: 7002, dport: 43411 },
+    unreplied: false,
+    assured: true,
+    timeout: 10,
+  });
+  const outputDnat: Plan = { name: "OUTPUT DNAT", steps: [], knownPorts: [43411, 7002], sniffRouterHost: ["qr-f9295532-1"] };
+  const kernel: Observation = { ...observation({}, [entry("TIME_WAIT")]), routerHost: [fin] };
+
+  it("is compared as timing when the router host's sniffer saw the FIN twice, and says so", () => {
+    const result = compareObservations(outputDnat, kernel, { ...observation({}, [entry("CLOSE")]), routerHost: [fin, fin] }, 1);
+    expect(result.agree).toBe(true);
+    expect(result.notes).toEqual([expect.stringContaining("retransmitted on the qnat side")]);
+    expect(result.timelines?.qnat.filter((line) => line.includes("into the router's own host") && line.includes("[FA]"))).toHaveLength(2);
+  });
+
+  it("differs without that evidence", () => {
+    expect(compareObservations(outputDnat, kernel, { ...observation({}, [entry("CLOSE")]), routerHost: [fin] }, 1).agree).toBe(false);
+  });
+
+  it("a FIN forwarded without NAT past two sniffers once each is not a retransmission", () => {
+    const twoPlaces: Observation = { ...observation({ "tenant-b": [fin] }), routerHost: [fin] };
+    expect(finRetransmitted(twoPlaces)).toBe(false);
   });
 });
 

@@ -245,6 +245,12 @@ export interface Observation {
   /** Per client (in plan order): the actions it ran, one per result. */
   actions: ClientAction[][];
   conntrack: CtEntry[];
+  /**
+   * Packets that arrived at the router's own host on the ports of plan.sniffRouterHost: evidence
+   * for the timing comparison and the timelines only, never compared (the kernel twin's ports
+   * also carry forwarded packets, qnat's mirrors only the router host's).
+   */
+  routerHost?: Array<Record<string, unknown>>;
 }
 
 export interface ClientRun {
@@ -315,6 +321,12 @@ export interface Plan {
    * scenarios compare TIME_WAIT and CLOSE as one state and leave RSTs out of the wire view.
    */
   teardownTiming?: boolean;
+  /**
+   * Ports (names) on which the router's own host is sniffed, when it is an endpoint of TCP
+   * connections (OUTPUT DNAT, the metadata proxy): a FIN it got twice is then seen, so a teardown
+   * decided by a retransmission (a tail-loss probe fires after ~10 ms) is compared as timing.
+   */
+  sniffRouterHost?: string[];
   /** Left out of the random-config property (fastPlansFor): long, or about packets rather than the config. */
   slow?: boolean;
   /** A qnat bug this scenario shows (reported): the test expects the difference until it is fixed. */
@@ -374,11 +386,13 @@ export async function observe(side: Side, original: RouterConfig, plan: Plan): P
   for (const port of original.ports) agentNs.set(port.wire.namespace, { sniff: true });
   for (const [ns, spec] of Object.entries(plan.agents ?? {})) agentNs.set(ns, { sniff: agentNs.has(ns), ...spec });
   const stops = new Map<string, () => Promise<Observation["agents"][string]>>();
+  const hostSniffers = new Map<string, () => Promise<Observation["agents"][string]>>();
   try {
     for (const [ns, spec] of agentNs) {
       const device = original.ports.find((p) => p.wire.namespace === ns)?.wire.device;
       stops.set(ns, await startAgent(side.ns(ns), { udp: spec.udp ?? [], tcp: spec.tcp ?? [], sniff: spec.sniff && device ? device : null }, 40));
     }
+    for (const port of plan.sniffRouterHost ?? []) hostSniffers.set(port, await startAgent(side.ns(original.namespace), { udp: [], tcp: [], sniff: port }, 40));
     const observation: Observation = { agents: {}, clients: [], actions: [], conntrack: [] };
     for (const step of plan.steps) {
       const results = await Promise.all(
@@ -395,10 +409,15 @@ export async function observe(side: Side, original: RouterConfig, plan: Plan): P
     await sleep(plan.settleMs ?? 300);
     for (const [ns, stop] of stops) observation.agents[ns] = await stop();
     stops.clear();
+    if (hostSniffers.size > 0) {
+      observation.routerHost = [];
+      for (const stop of hostSniffers.values()) observation.routerHost.push(...(await stop()).packets);
+      hostSniffers.clear();
+    }
     observation.conntrack = (await side.conntrack()).filter(plan.conntrack ?? (() => true));
     return observation;
   } finally {
-    for (const stop of stops.values()) await stop().catch(() => undefined);
+    for (const stop of [...stops.values(), ...hostSniffers.values()]) await stop().catch(() => undefined);
   }
 }
 
@@ -645,7 +664,10 @@ const TIMELINE_LINES = 60;
  */
 export function timeline(observation: Observation, plan: Plan): string[] {
   const known = new Set(plan.knownPorts);
-  const all = Object.entries(observation.agents).flatMap(([ns, agent]) => (agent?.packets ?? []).map((p) => ({ ns, p, t: Number(p.t ?? 0) })));
+  const all = [
+    ...Object.entries(observation.agents).flatMap(([ns, agent]) => (agent?.packets ?? []).map((p) => ({ ns, p, t: Number(p.t ?? 0) }))),
+    ...(observation.routerHost ?? []).map((p) => ({ ns: "the router's own host", p, t: Number(p.t ?? 0) })),
+  ];
   all.sort((a, b) => a.t - b.t);
   const start = all[0]?.t ?? 0;
   const lines = all.map(({ ns, p, t }) => `${((t - start) * 1000).toFixed(1).padStart(8)} ms  into ${ns}: ${packetText(p, known)}${p.tcpseq !== undefined ? ` seq ${String(p.tcpseq)}` : ""}`);
@@ -657,13 +679,16 @@ export function timeline(observation: Observation, plan: Plan): string[] {
  * sender's retransmission timer fired before the round trip through the router completed. The
  * late original and the retransmission then both get answered, and the second answer meets a
  * socket that is already gone: a RST, and conntrack in CLOSE instead of TIME_WAIT. That is
- * scheduling (a userspace router descheduled for more than the 200 ms minimum RTO on a loaded
- * machine), not NAT, so such a scenario compares teardown as plan.teardownTiming does.
+ * scheduling (a userspace router descheduled for longer than the sender's tail-loss probe,
+ * about 10 ms at these round trips, or its 200 ms minimum RTO on a loaded machine), not NAT, so
+ * such a scenario compares teardown as plan.teardownTiming does. The router's own host counts as
+ * a host when the plan sniffs it (sniffRouterHost).
  */
 export function finRetransmitted(observation: Observation): boolean {
-  const seen = new Set<string>();
-  for (const packets of Object.values(observation.agents)) {
-    for (const p of packets?.packets ?? []) {
+  // Per place a sniffer listened: a packet forwarded without NAT may pass two of them once each.
+  for (const packets of [...Object.values(observation.agents).map((agent) => agent?.packets ?? []), observation.routerHost ?? []]) {
+    const seen = new Set<string>();
+    for (const p of packets) {
       if (p.proto !== 6 || typeof p.flags !== "string" || !p.flags.includes("F") || p.tcpseq === undefined) continue;
       const key = `${String(p.src)}:${String(p.sport)}>${String(p.dst)}:${String(p.dport)}#${String(p.tcpseq)}`;
       if (seen.has(key)) return true;

@@ -94,7 +94,7 @@ export function topologyOf(config: RouterConfig): Topology {
         const fixed = inside.find((h) => h.addr === formatIpv4(target.range.minAddr));
         if (fixed === undefined) continue;
         const dport = portsMatchOf(rule);
-        if (rule.protocol === 0 && rule.matches.length === 0 && (target.range.flags & NatRangeFlag.ProtoSpecified) === 0) {
+        if (rule.protocol === 0 && rule.matches.every((m) => m.kind === "comment") && (target.range.flags & NatRangeFlag.ProtoSpecified) === 0) {
           floating.push({ fixed, floating: formatIpv4(rule.dst.addr) });
         } else if ((rule.protocol === 6 || rule.protocol === 17) && dport !== undefined) {
           const specified = (target.range.flags & NatRangeFlag.ProtoSpecified) !== 0;
@@ -182,6 +182,8 @@ export function plansFor(config: RouterConfig): Plan[] {
     settleMs: 500,
   });
   const first = t.inside[0]!;
+  /** The router's port toward a wire namespace. */
+  const portTo = (ns: string): string => config.ports.find((p) => p.wire.namespace === ns)!.name;
   const firstPort = config.ports.find((p) => p.wire.namespace === first.ns)!;
   plans.push({
     name: "TCP closed with RST by the server (CLOSE)",
@@ -404,6 +406,7 @@ export function plansFor(config: RouterConfig): Plan[] {
     const base = P(43200) + n * 50;
     plans.push({
       name: `REDIRECT ${r.dst}:${r.dport} to the router's local server (metadata proxy)`,
+      sniffRouterHost: insideNs.map(portTo),
       steps: [fromEachInside((h, i) => [{ kind: "http", src: h.addr, sport: base + i, dst: r.dst, dport: r.dport, path: "/latest/meta-data/instance-id", wait: 3 }])],
       knownPorts: [...t.inside.map((_, i) => base + i), r.dport],
       conntrack: byPorts(t.inside.map((_, i) => base + i)),
@@ -434,6 +437,7 @@ export function plansFor(config: RouterConfig): Plan[] {
     const base = P(43400) + n * 10;
     plans.push({
       name: `OUTPUT DNAT: the router's own host -> ${address} reaches ${f.fixed.addr}`,
+      sniffRouterHost: [portTo(f.fixed.ns)],
       agents: { [f.fixed.ns]: { udp: [UDP], tcp: [TCP] } },
       steps: [[{ ns: t.router, actions: [udp("0.0.0.0", base, address, UDP), tcp("0.0.0.0", base + 1, address, TCP)] }]],
       knownPorts: [base, base + 1, UDP, TCP],
