@@ -5,20 +5,33 @@
 # report: each scenario AGREE or DIFFER, and every difference with both sides side by side.
 # Needs root (network namespaces); run `npm run build` first (npm test's pretest does).
 # Set QNAT_CONFORMANCE_VERBOSE=1 to print every section, equal ones too.
+# `npm run conformance -- random` runs the property instead: random Neutron-style routers from
+# CONFORMANCE_SEED (a fresh one when unset; the report names it, and giving it again replays).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 config="${1:-examples/seed.yaml}"
-if [ ! -f "$config" ]; then echo "qnat conformance: no such config: $config" >&2; exit 2; fi
-if [ "$(id -u)" -ne 0 ]; then echo "qnat conformance: needs root (it builds network namespaces): sudo npm run conformance -- $config" >&2; exit 1; fi
+if [ "$config" = random ]; then
+  export QNAT_CONFORMANCE_RANDOM=1
+  config="random routers"
+elif [ ! -f "$config" ]; then
+  echo "qnat conformance: no such config: $config" >&2; exit 2
+else
+  export QNAT_CONFORMANCE_CONFIG="$config"
+fi
+if [ "$(id -u)" -ne 0 ]; then echo "qnat conformance: needs root (it builds network namespaces): sudo npm run conformance -- ${1:-}" >&2; exit 1; fi
 command -v python3 >/dev/null || { echo "qnat conformance: python3 is missing (scripts/host-packages.sh installs it)" >&2; exit 1; }
 [ -f dist/src/cli/main.js ] || npm run build >/dev/null
 report="$(mktemp /tmp/qnat-conformance.XXXXXX)"
 trap 'rm -f "$report"' EXIT
 status=0
-QNAT_CONFORMANCE_CONFIG="$config" QNAT_CONFORMANCE_REPORT="$report" \
+QNAT_CONFORMANCE_REPORT="$report" \
   npx vitest run test/conformance/conformance.test.ts --reporter=dot >/dev/null 2>&1 || status=$?
 echo
 cat "$report"
+flaky="$(grep -c '^FLAKY ' "$report" || true)"
+if [ "$flaky" -gt 0 ]; then
+  echo "qnat conformance: $flaky scenario(s) agreed only on a retry (FLAKY above): a retry hides a timing dependence to fix" >&2
+fi
 if [ "$status" -eq 0 ]; then
   echo "qnat conformance: the kernel and qnat agree on $config (scenarios marked 'known qnat bug' are reported bugs; documented differences are in docs/differences.md)"
 else

@@ -1,17 +1,53 @@
 /**
- * The Linux kernel as the oracle: for the seed's router, for a second, different router
- * (examples/two-subnets.yaml: two tenant subnets, two floating IPs, MASQUERADE, a smaller gateway
- * MTU) and for a VXLAN tenant network (examples/mtu-1450.yaml: fragmentation on output), the
- * kernel twin and qnat run the same traffic and must agree (harness.ts, scenarios.ts).
+ * The Linux kernel as the oracle: for the seed's router and for the other example routers (two
+ * tenant subnets with a smaller gateway MTU; a VXLAN tenant network, MTU 1450, for fragmentation
+ * on output; three tenant subnets with six floating IPs on 198.51.100.0/24; MASQUERADE; port
+ * forwarding with ranges and --random-fully), the kernel twin
+ * and qnat run the same traffic and must agree (harness.ts, scenarios.ts). Then the property: a
+ * few random Neutron-style routers (random-config.ts) from one seed, each with the fast scenarios.
  * The configs run one after the other in this one file, so only two routers share the CPU.
- * `npm run conformance -- CONFIG` runs it on CONFIG alone (QNAT_CONFORMANCE_CONFIG).
+ *
+ * `npm run conformance -- CONFIG` runs CONFIG alone (QNAT_CONFORMANCE_CONFIG);
+ * `npm run conformance -- random` only the property (QNAT_CONFORMANCE_RANDOM=1).
+ * CONFORMANCE_SEED=0x... replays a property run (alone, unless a CONFIG is given too);
+ * QNAT_CONFORMANCE_RANDOM_COUNT sets how many random routers (default 2).
  */
+import { randomBytes } from "node:crypto";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
+import { afterAll } from "vitest";
+import { parseConfig } from "../../src/config/config.js";
 import { ROOT } from "./harness.js";
+import { propertySeeds, randomNeutronConfig } from "./random-config.js";
+import { fastPlansFor } from "./scenarios.js";
 import { conformanceSuite } from "./suite.js";
 
+const EXAMPLES = ["seed.yaml", "two-subnets.yaml", "mtu-1450.yaml", "three-tenants.yaml", "masquerade.yaml", "port-forwarding.yaml"];
+
 const chosen = process.env.QNAT_CONFORMANCE_CONFIG;
-const configs = chosen
-  ? [resolve(chosen)]
-  : [join(ROOT, "examples/seed.yaml"), join(ROOT, "examples/two-subnets.yaml"), join(ROOT, "examples/mtu-1450.yaml")];
-for (const config of configs) conformanceSuite(config);
+const seedText = process.env.CONFORMANCE_SEED;
+const randomOnly = process.env.QNAT_CONFORMANCE_RANDOM === "1" || (seedText !== undefined && chosen === undefined);
+
+if (chosen) conformanceSuite(resolve(chosen));
+else if (!randomOnly) for (const example of EXAMPLES) conformanceSuite(join(ROOT, "examples", example));
+
+if (!chosen || seedText !== undefined) {
+  if (seedText !== undefined && !/^(0x[0-9a-f]{1,8}|\d+)$/i.test(seedText)) throw new Error(`CONFORMANCE_SEED=${seedText}: give a number (0x1a2b3c4d or decimal)`);
+  const runSeed = seedText !== undefined ? Number(seedText) >>> 0 : randomBytes(4).readUInt32BE(0);
+  const count = Number(process.env.QNAT_CONFORMANCE_RANDOM_COUNT ?? 2);
+  const seedName = `0x${runSeed.toString(16).padStart(8, "0")}`;
+  console.log(`qnat conformance: ${count} random routers from CONFORMANCE_SEED=${seedName} (replay: sudo CONFORMANCE_SEED=${seedName} npm run conformance -- random)`);
+  const dir = mkdtempSync(join(tmpdir(), "qnat-random-config-"));
+  afterAll(() => rmSync(dir, { recursive: true, force: true }));
+  for (const [i, seed] of propertySeeds(runSeed, count).entries()) {
+    const router = randomNeutronConfig(seed);
+    const path = join(dir, `random-${router.seed.toString(16).padStart(8, "0")}.yaml`);
+    writeFileSync(path, router.text);
+    conformanceSuite(path, {
+      title: `random router ${i + 1} of ${count} from CONFORMANCE_SEED=${seedName} (config seed 0x${router.seed.toString(16).padStart(8, "0")})`,
+      plans: (configPath) => fastPlansFor(parseConfig(router.text, configPath)),
+      preamble: router.text.trimEnd().split("\n"),
+    });
+  }
+}
