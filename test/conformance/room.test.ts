@@ -119,3 +119,22 @@ describe("ports a scenario chooses", () => {
     }
   });
 });
+
+describe("the example routers", () => {
+  it("each gets a 'beyond' /24 of its own and keeps the default port blocks", () => {
+    const beyond = Object.fromEntries(
+      ["seed", "two-subnets", "mtu-1450", "three-tenants", "masquerade", "port-forwarding"].map((name) => {
+        const path = join(ROOT, "examples", `${name}.yaml`);
+        const config = parseConfig(readFileSync(path, "utf8"), path);
+        expectNoCollision(config);
+        const t = topologyOf(config);
+        expect([t.port(UDP_SERVER), t.port(40100)]).toEqual([7001, 40100]);
+        return [name, t.room.beyondNet];
+      }),
+    );
+    // three-tenants' gateway subnet is 198.51.100.0/24 and its outside server 203.0.113.50.
+    expect(beyond["three-tenants"]).toBe("192.0.2.0/24");
+    expect(beyond.masquerade).toBe("203.0.113.0/24");
+    expect(beyond.seed).toBe("198.51.100.0/24");
+  });
+});
