@@ -26,6 +26,11 @@ trap 'rm -f "$report"' EXIT
 status=0
 QNAT_CONFORMANCE_REPORT="$report" \
   npx vitest run test/conformance/conformance.test.ts --reporter=dot >/dev/null 2>&1 || status=$?
+if grep -q '^REFUSED ' "$report"; then
+  # A config that leaves no room for the scenarios' addresses or ports: one line, exit 2.
+  sed -n 's/^REFUSED //p' "$report" >&2
+  exit 2
+fi
 echo
 cat "$report"
 flaky="$(grep -c '^FLAKY ' "$report" || true)"
