@@ -1,6 +1,6 @@
 /**
  * The qnat command line's words: positional arguments and the few options
- * (`--json`, `-v`/`--verbose`, `--router NS`, `--config FILE`, `-h`/`--help`). Each command
+ * (`--json`, `-v`/`--verbose`, `--router NS`, `--config FILE`, `--release NAME`, `-h`/`--help`). Each command
  * says which options it takes; anything else is a UsageError (exit 2).
  */
 import { UsageError } from "./errors.js";
@@ -20,6 +20,8 @@ const BOOLEAN_OPTIONS = new Map([
 const VALUE_OPTIONS = new Map([
   ["--router", "router"],
   ["--config", "config"],
+  // `qnat rules generate --release NAME`
+  ["--release", "release"],
 ]);
 
 export class ParsedArgs {

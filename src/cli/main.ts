@@ -30,6 +30,9 @@ export const USAGE = `usage: qnat COMMAND ...
                                         ICMP id=N type=N code=N; a TCP segment of a live connection without
                                         seq=/ack= gets in-window numbers from the connection
   qnat rules check FILE                 check iptables nat text; each problem as FILE:LINE: ...
+  qnat rules generate DESCRIPTION [--release icehouse|kilo|liberty]
+                                        the nat table Neutron's L3 agent installs for the router DESCRIPTION
+                                        describes (examples/seed-router.neutron.yaml), as iptables -t nat -S
   qnat conntrack -L|-D|-F [-f ipv4|ipv6] [-p PROTO] [-s|-d|-r|-q ADDR[/LEN]] [--sport|--dport|--reply-port-src|--reply-port-dst PORT]
                  [--state STATE] [--status ASSURED,...] [--router NAMESPACE]
                                         conntrack-tools' list, delete and flush against the running router
@@ -166,8 +169,13 @@ async function dispatch(args: ParsedArgs, io: CliIo): Promise<number> {
     case "rules": {
       const [sub, file, ...extra] = rest;
       if (sub === "save" || sub === "restore") return liveRules(args, rest, io);
+      if (sub === "generate") {
+        args.allow("rules generate", ["release"]);
+        if (file === undefined || extra.length > 0) throw new UsageError("usage: qnat rules generate DESCRIPTION [--release NAME]");
+        return rulesGenerate(file, args.value("release"), io);
+      }
       args.allow("rules", []);
-      if (sub !== "check" || file === undefined || extra.length > 0) throw new UsageError("usage: qnat rules check FILE");
+      if (sub !== "check" || file === undefined || extra.length > 0) throw new UsageError("usage: qnat rules check FILE | qnat rules generate DESCRIPTION [--release NAME]");
       return rulesCheck(file, io);
     }
     case "top": {
@@ -316,6 +324,22 @@ async function rulesCheck(file: string, io: CliIo): Promise<number> {
   const { parseRules } = await import("../nat/rules/parse.js");
   const { rulesInOrder } = await import("../nat/rules/model.js");
   io.out(`${file}: ${rulesInOrder(parseRules(text).table).length} rules, OK\n`);
+  return 0;
+}
+
+/** `qnat rules generate DESCRIPTION [--release NAME]` (control/neutron-rules.ts). */
+async function rulesGenerate(file: string, releaseName: string | undefined, io: CliIo): Promise<number> {
+  const { DEFAULT_RELEASE, RELEASES, generateNatRules, releaseLayout } = await import("../control/neutron-rules.js");
+  const release = releaseLayout(releaseName ?? DEFAULT_RELEASE);
+  if (release === undefined) throw new UsageError(`unknown release "${releaseName}" (expected one of ${RELEASES.map((r) => r.name).join(", ")})`);
+  let text: string;
+  try {
+    text = readFileSync(file, "utf8");
+  } catch (error) {
+    throw new ConfigError(file, 0, `cannot read description (${(error as NodeJS.ErrnoException).code ?? "error"})`);
+  }
+  const { parseNeutronDescription } = await import("../control/neutron-description.js");
+  io.out(generateNatRules(parseNeutronDescription(text, file), release));
   return 0;
 }
 
