@@ -8,8 +8,9 @@
  * examples/ to a scratch folder with seed.yaml retagged (every namespace X becomes X-<tag>,
  * retagConfigText), runs each command there with bash (`qnat` on the PATH is this checkout's
  * build; the tutorial's namespace names get the tag, its outputs lose it), one after another as
- * a reader would, each bounded to 60 s. Whatever happens, the lab is taken down and the
- * processes left in its namespaces (the tutorial's HTTP servers) are killed by pid.
+ * a reader would, each bounded to 60 s. Each tutorial starts without a lab, and whatever happens
+ * the lab is taken down at the end and the processes left in its namespaces (the tutorial's HTTP
+ * servers) are killed by pid.
  *
  * A command whose qnat subcommand this build does not have (`qnat capture`, being built in
  * parallel) is not run; the test names them (console.warn) and counts them, so a tutorial cannot
@@ -138,13 +139,11 @@ describe.skipIf(!isRoot())("the tutorials on the lab, command by command (root)"
   const renames = namespaceRenames(NAMESPACES, tag);
   let space: { dir: string; env: NodeJS.ProcessEnv } | undefined;
 
-  beforeAll(() => {
-    space = workspace(tag);
-  });
-  afterAll(() => {
-    if (space === undefined) return;
+  /** No lab and no server of a tutorial left: the next one starts as a reader would. */
+  function removeLab(): void {
+    const { dir, env } = space!;
     try {
-      run("qnat lab down", space.dir, space.env);
+      run("qnat lab down", dir, env);
     } finally {
       for (const [, name] of renames) {
         if (!netnsExists(name)) continue;
@@ -158,6 +157,17 @@ describe.skipIf(!isRoot())("the tutorials on the lab, command by command (root)"
         }
         spawnSync("ip", ["netns", "del", name]);
       }
+    }
+  }
+
+  beforeAll(() => {
+    space = workspace(tag);
+  });
+  afterAll(() => {
+    if (space === undefined) return;
+    try {
+      removeLab();
+    } finally {
       rmSync(space.dir, { recursive: true, force: true });
     }
   }, 60_000);
@@ -165,6 +175,7 @@ describe.skipIf(!isRoot())("the tutorials on the lab, command by command (root)"
   for (const path of TUTORIALS) {
     it(`${path}: every command prints what the tutorial shows`, () => {
       const { dir, env } = space!;
+      removeLab();
       const commands = tutorial(path);
       const pending: string[] = [];
       let ran = 0;
