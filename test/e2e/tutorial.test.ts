@@ -37,7 +37,7 @@ import {
 const ROOT = resolve(import.meta.dirname, "../..");
 const TUTORIALS = ["docs/tutorial.md", "docs/tutorial.zh.md"];
 /** How many `$ ` commands each tutorial has; both walk the same steps. */
-const COMMANDS_PER_TUTORIAL = 37;
+const COMMANDS_PER_TUTORIAL = 38;
 const NAMESPACES = ["qrouter-40fff075-d3a2-477b-942c-6b1adb42e35e", "qnat-tenant", "qnat-external"];
 const COMMAND_LIMIT_MS = 60_000;
 
