@@ -15,6 +15,7 @@ declare -A wanted=(
   [arping]=iputils-arping  # tap ports: ARP answered with the port's MAC (test/e2e/ethernet.test.ts)
   [tcpdump]=tcpdump        # tap ports: the gratuitous ARP at start (test/e2e/ethernet.test.ts)
   [traceroute]=traceroute
+  [arping]=iputils-arping  # ARP from the lab hosts (Ethernet ports: test/control/twin-ethernet.test.ts, conformance TAP mode)
   [sysctl]=procps
   [python3]=python3  # the conformance harness's probe (test/conformance/probe.py)
   [hping3]=hping3    # the flood tests (test/e2e/floods.test.ts): SYN floods with spoofed sources, fragments

@@ -69,6 +69,12 @@ export interface LabHostConfig {
   readonly addresses: readonly Cidr[];
   readonly routes: readonly string[];
   readonly loopback: readonly Cidr[];
+  /**
+   * A host in a namespace of its own, plugged into a port's bridge (lab `bridge: BRIDGE` or
+   * `bridge: NAMESPACE/BRIDGE`): the wire namespace and the bridge there. Absent for a host in a
+   * wire namespace, which uses that port (through its bridge when the port has one).
+   */
+  readonly bridge?: { readonly namespace: string; readonly name: string };
 }
 
 /**
@@ -315,6 +321,8 @@ export function parseConfig(text: string, file: string): RouterConfig {
       // A bridge forwards Ethernet frames; a TUN device has none (Linux refuses to enslave it).
       if (mode !== "tap") fail(bridgeNode, `port ${name}: wire.bridge needs wire.mode: tap (a TUN device carries no Ethernet frames)`);
       if (bridge === device) fail(bridgeNode, `port ${name}: wire.bridge ${bridge} is the wire device itself`);
+      if (LAB_DEVICE_PATTERN.test(bridge)) fail(bridgeNode, `port ${name}: wire.bridge ${bridge} is a name qnat lab up gives a lab host's veth`);
+      if (LAB_DEVICE_PATTERN.test(device)) fail(get(wireNode, "device"), `port ${name}: wire.device ${device} is a name qnat lab up gives a lab host's veth on a bridge`);
     }
     const macNode = get(port, "mac");
     let mac = defaultMacOf(name);
@@ -414,18 +422,18 @@ export function parseConfig(text: string, file: string): RouterConfig {
   const lab: LabHostConfig[] = [];
   const labNode = get(top, "lab");
   if (labNode !== undefined) {
-    if (!isMap(labNode)) fail(labNode, "lab must map namespace names to { addresses, routes, loopback }");
+    if (!isMap(labNode)) fail(labNode, "lab must map namespace names to { addresses, routes, loopback, bridge }");
     for (const pair of (labNode as YAMLMap).items) {
       const ns = isScalar(pair.key) ? String(pair.key.value) : "";
       if (!NAME_PATTERN.test(ns)) fail(pair.key as YamlNode, `lab namespace "${ns}" is not a valid name`);
-      if (!ports.some((p) => p.wire.namespace === ns))
-        fail(pair.key as YamlNode, `lab namespace "${ns}" is not the wire namespace of any port`);
+      if (ns === namespace) fail(pair.key as YamlNode, `lab namespace "${ns}" is the router's namespace`);
       const host = pair.value as YamlNode;
       if (!isMap(host)) fail(host ?? (pair.key as YamlNode), `lab ${ns} must be a mapping`);
       for (const field of (host as YAMLMap).items) {
         const k = isScalar(field.key) ? String(field.key.value) : "";
-        if (!["addresses", "routes", "loopback"].includes(k)) fail(field.key as YamlNode, `unknown lab key "${k}"`);
+        if (!["addresses", "routes", "loopback", "bridge"].includes(k)) fail(field.key as YamlNode, `unknown lab key "${k}"`);
       }
+      const bridge = labBridgeOf(get(host as YAMLMap, "bridge"), ns, pair.key as YamlNode, ports, fail);
       const hostRoutes: string[] = [];
       const r = get(host as YAMLMap, "routes");
       if (r !== undefined) {
@@ -437,6 +445,7 @@ export function parseConfig(text: string, file: string): RouterConfig {
         addresses: cidrList(get(host as YAMLMap, "addresses"), `lab ${ns} addresses`, host),
         routes: hostRoutes,
         loopback: cidrList(get(host as YAMLMap, "loopback"), `lab ${ns} loopback`, host, true),
+        ...(bridge === undefined ? {} : { bridge }),
       });
     }
   }
@@ -525,6 +534,44 @@ function parseCaptureConfig(
   const count = whole("count", 2 ** 32);
   const rotate = whole("rotate", MAX_STATE_INTERVAL);
   return { file: resolve(dirname(configFile), path), ports: names, leg: leg as CaptureConfig["leg"], count, rotate, line: lineOf(fileNode) };
+}
+
+/** The names `qnat lab up` gives a lab host's veth pair on a bridge (host-setup.ts): not for ports' devices. */
+export const LAB_DEVICE_PATTERN = /^lab(0|-[0-9a-f]{8})$/;
+
+/**
+ * A lab entry's `bridge:`, for a host in a namespace of its own: `NAMESPACE/BRIDGE`, or `BRIDGE`
+ * when one wire namespace alone has a bridge of that name. A host in a wire namespace has none:
+ * it is on that port's segment already (plugged into its bridge when the port has one).
+ */
+function labBridgeOf(
+  node: YamlNode | undefined,
+  ns: string,
+  keyNode: YamlNode,
+  ports: readonly PortConfig[],
+  fail: (node: YamlNode | null | undefined, message: string) => never,
+): LabHostConfig["bridge"] {
+  const wirePort = ports.find((p) => p.wire.namespace === ns);
+  if (node === undefined) {
+    if (wirePort !== undefined) return undefined;
+    return fail(keyNode, `lab namespace "${ns}" is not the wire namespace of any port (a host of its own namespace needs bridge: BRIDGE of a tap port)`);
+  }
+  if (wirePort !== undefined) {
+    return fail(node, `lab ${ns}: bridge is for a host in a namespace of its own; ${ns} is the wire namespace of port ${wirePort.name}`);
+  }
+  const text = isScalar(node) ? String(node.value) : "";
+  const slash = text.indexOf("/");
+  const [wantNs, wantBridge] = slash < 0 ? [undefined, text] : [text.slice(0, slash), text.slice(slash + 1)];
+  const bridged = ports.filter((p) => p.wire.bridge === wantBridge && (wantNs === undefined || p.wire.namespace === wantNs));
+  const namespaces = [...new Set(bridged.map((p) => p.wire.namespace))];
+  if (namespaces.length === 0) {
+    const known = ports.filter((p) => p.wire.bridge !== undefined).map((p) => `${p.wire.namespace}/${p.wire.bridge}`);
+    return fail(node, `lab ${ns}: bridge "${text}" is not the wire.bridge of any port (${known.length > 0 ? `bridges: ${known.join(", ")}` : "no port has wire.bridge"})`);
+  }
+  if (namespaces.length > 1) {
+    return fail(node, `lab ${ns}: bridge "${text}" is in several wire namespaces (${namespaces.join(", ")}); write NAMESPACE/${wantBridge}`);
+  }
+  return { namespace: namespaces[0]!, name: wantBridge };
 }
 
 /** The `state:` mapping: `file` (required) and `interval` (seconds, default 1). */

@@ -7,11 +7,13 @@
  * `ip_forward=0`; what it sends leaves through a mirror into qnat's OUTPUT path, and what qnat
  * delivers locally arrives through the mirror of the port it came in on.
  */
+import { createHash } from "node:crypto";
 import { formatCidr, formatIpv4, prefixMask, type Cidr } from "../core/addr.js";
-import { ConfigError, type LabHostConfig, type RouterConfig } from "../config/config.js";
+import { ConfigError, type LabHostConfig, type PortConfig, type RouterConfig } from "../config/config.js";
 import { TargetKind, type NatTable } from "../nat/rules/model.js";
 import { parseRules } from "../nat/rules/parse.js";
 import { ensureNetns, ip, netnsExec, netnsExists } from "../io/netns.js";
+import { OperationalError } from "./errors.js";
 
 /**
  * The routing table that sends the router host's own packets for OUTPUT-DNATed local addresses
@@ -203,20 +205,124 @@ export function outputDnatRoutingCommands(config: RouterConfig, addresses: reado
   return commands;
 }
 
-/** The wire device a lab host's namespace uses (the port facing that namespace). */
-export function labDeviceOf(config: RouterConfig, host: LabHostConfig): string {
+/** The device that carries a lab host's addresses when the host is plugged into a bridge (one host per namespace). */
+export const LAB_HOST_DEVICE = "lab0";
+
+/**
+ * The bridge end of a lab host's veth pair, in the bridge's namespace: `lab-` and 8 hex digits of
+ * the host namespace's SHA-256, so several hosts plug into one bridge and the name stays the same
+ * whichever subset of the lab is configured (a live change configures only the added hosts).
+ */
+export function labBridgeEndOf(host: LabHostConfig): string {
+  return `lab-${createHash("sha256").update(host.namespace).digest("hex").slice(0, 8)}`;
+}
+
+/** A Linux bridge in a wire namespace, as a port's `wire.bridge` names it. */
+export interface BridgeSegment {
+  readonly namespace: string;
+  readonly bridge: string;
+  /** The MTU of the port(s) on that bridge: the lab hosts' veths get it too. */
+  readonly mtu: number;
+}
+
+/** The bridge a lab host plugs into: its `bridge:`, else the bridge of the port facing its namespace; none for a host on a bridgeless port. */
+export function labSegmentOf(config: RouterConfig, host: LabHostConfig): BridgeSegment | undefined {
+  const onBridge = (namespace: string, bridge: string): PortConfig[] =>
+    config.ports.filter((p) => p.wire.namespace === namespace && p.wire.bridge === bridge);
+  if (host.bridge !== undefined) {
+    const ports = onBridge(host.bridge.namespace, host.bridge.name);
+    return { namespace: host.bridge.namespace, bridge: host.bridge.name, mtu: Math.min(...ports.map((p) => p.mtu)) };
+  }
   const port = config.ports.find((p) => p.wire.namespace === host.namespace);
-  if (port === undefined) throw new ConfigError(config.file, 1, `lab namespace ${host.namespace} is not the wire namespace of any port`);
-  return port.wire.device;
+  if (port?.wire.bridge === undefined) return undefined;
+  return { namespace: port.wire.namespace, bridge: port.wire.bridge, mtu: Math.min(...onBridge(port.wire.namespace, port.wire.bridge).map((p) => p.mtu)) };
+}
+
+/** The port whose segment a lab host is on: the one its `bridge:` names, else the one facing its namespace. */
+export function labPortOf(config: RouterConfig, host: LabHostConfig): PortConfig {
+  const port = host.bridge === undefined
+    ? config.ports.find((p) => p.wire.namespace === host.namespace)
+    : config.ports.find((p) => p.wire.namespace === host.bridge!.namespace && p.wire.bridge === host.bridge!.name);
+  if (port === undefined) throw new ConfigError(config.file, 1, `lab namespace ${host.namespace} is on no port's segment`);
+  return port;
 }
 
 /**
- * Gives the lab's hosts their addresses and routes on the wire device (which exists while the
- * router holds it open), loopback addresses on lo. Idempotent (`replace`), so `lab up` re-applies
- * it after a router restart, which re-creates the wire devices without addresses.
+ * The device that carries a lab host's addresses: LAB_HOST_DEVICE when the host is plugged into a
+ * bridge, else the wire device of the port facing its namespace (a TUN or bridgeless TAP leg).
+ */
+export function labDeviceOf(config: RouterConfig, host: LabHostConfig): string {
+  return labSegmentOf(config, host) !== undefined ? LAB_HOST_DEVICE : labPortOf(config, host).wire.device;
+}
+
+/** Whether device `name` exists in `netns`. */
+function linkExists(netns: string, name: string): boolean {
+  try {
+    ip(netns, "link", "show", "dev", name);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** Creates the bridge in its namespace when missing (STP off, as `ip link add type bridge` makes it: ports forward at once) and sets it up. */
+export function ensureBridge(segment: Pick<BridgeSegment, "namespace" | "bridge">): void {
+  if (!linkExists(segment.namespace, segment.bridge)) ip(segment.namespace, "link", "add", "name", segment.bridge, "type", "bridge");
+  ip(segment.namespace, "link", "set", segment.bridge, "up");
+}
+
+/**
+ * Puts the wire device of every port with `wire.bridge` (of `ports`, default all) into that bridge,
+ * creating the bridge when missing; idempotent. The device must exist: qnat's router creates its
+ * TAP wire leg when it opens it, so the router calls this once its legs are open (and again for a
+ * wire leg it re-created), `qnat lab up` before it plugs the hosts in, the kernel twin for its veths.
+ */
+export function joinWireBridges(config: RouterConfig, ports: readonly PortConfig[] = config.ports): void {
+  for (const port of ports) {
+    const bridge = port.wire.bridge;
+    if (bridge === undefined) continue;
+    const { namespace, device } = port.wire;
+    ensureBridge({ namespace, bridge });
+    // A bridge takes only Ethernet devices (br_add_if, net/bridge/br_if.c); a TUN leg is link/none.
+    const [link] = JSON.parse(ip(namespace, "-j", "link", "show", "dev", device)) as Array<{ link_type?: string; master?: string }>;
+    if (link?.link_type !== "ether") {
+      throw new OperationalError(
+        `port ${port.name}: the wire device ${namespace}/${device} is link/${link?.link_type ?? "unknown"}, not Ethernet, so it cannot join bridge ${bridge} (wire.mode: tap needs qnat's TAP legs)`,
+      );
+    }
+    if (link.master !== bridge) ip(namespace, "link", "set", "dev", device, "master", bridge);
+    ip(namespace, "link", "set", "dev", device, "up");
+  }
+}
+
+/**
+ * Plugs a lab host into its bridge with a veth pair, unless its end is there already: the bridge
+ * end (labBridgeEndOf) in the bridge's namespace, the host end LAB_HOST_DEVICE in the host's
+ * (the same namespace for the host of a wire namespace). Deleting either namespace deletes the pair.
+ */
+function plugLabHost(host: LabHostConfig, segment: BridgeSegment): void {
+  ensureBridge(segment);
+  const peer = labBridgeEndOf(host);
+  if (!linkExists(host.namespace, LAB_HOST_DEVICE)) {
+    if (linkExists(segment.namespace, peer)) ip(segment.namespace, "link", "del", "dev", peer);
+    const mtu = String(segment.mtu);
+    const elsewhere = host.namespace === segment.namespace ? [] : ["netns", host.namespace];
+    ip(segment.namespace, "link", "add", peer, "mtu", mtu, "type", "veth", "peer", "name", LAB_HOST_DEVICE, "mtu", mtu, ...elsewhere);
+  }
+  ip(segment.namespace, "link", "set", "dev", peer, "master", segment.bridge);
+  ip(segment.namespace, "link", "set", "dev", peer, "up");
+}
+
+/**
+ * Gives the lab's hosts their addresses and routes on their device (labDeviceOf: the wire device
+ * while the router holds it open, or a veth into the port's bridge), loopback addresses on lo.
+ * Idempotent (`replace`), so `lab up` re-applies it after a router restart, which re-creates the
+ * wire devices without addresses.
  */
 export function configureLabHosts(config: RouterConfig): void {
   for (const host of config.lab) {
+    const segment = labSegmentOf(config, host);
+    if (segment !== undefined) plugLabHost(host, segment);
     const device = labDeviceOf(config, host);
     const ns = host.namespace;
     ip(ns, "link", "set", "lo", "up");

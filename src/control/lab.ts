@@ -22,7 +22,7 @@ import { formatIpv4 } from "../core/addr.js";
 import { loadConfig, type RouterConfig } from "../config/config.js";
 import { deleteNetns, ip, isRoot, netnsExecAsync, netnsExists } from "../io/netns.js";
 import { OperationalError, PrivilegeError } from "./errors.js";
-import { configureLabHosts, ensureNamespaces, labDeviceOf, namespacesOf } from "./host-setup.js";
+import { configureLabHosts, ensureNamespaces, joinWireBridges, labDeviceOf, labPortOf, labSegmentOf, namespacesOf } from "./host-setup.js";
 import type { PortView } from "./show.js";
 import { prepareRouter } from "./router-process.js";
 import { controlRequest, controlSocketPath, pidPathFor, probeControlSocket, runDir } from "./socket.js";
@@ -170,12 +170,14 @@ export async function labUp(configPath: string, out: Out): Promise<number> {
     }
   }
 
+  // The router's TAP wire legs exist now (it answered): into their bridges, then the hosts.
+  joinWireBridges(config);
   configureLabHosts(config);
 
   // Forwarding: each lab host reaches the router's address on its port (wire leg -> dataplane ->
   // mirror -> the router's host and back), then the first host reaches the others across it.
   for (const host of config.lab) {
-    const port = config.ports.find((p) => p.wire.namespace === host.namespace)!;
+    const port = labPortOf(config, host);
     const target = formatIpv4(port.addresses[0]!.addr);
     if (!(await pingUntil(host.namespace, target, FORWARD_LIMIT_MS))) {
       throw new OperationalError(`${host.namespace} cannot reach the router at ${target} (log ${logPath}); run qnat lab down`);
@@ -225,10 +227,13 @@ function describeLab(config: RouterConfig, pid: number, socketPath: string, logP
   const lines = [`qnat: lab up: router ${config.namespace} (pid ${pid || "unknown"})`];
   for (const port of config.ports) {
     const addresses = port.addresses.map((a) => `${formatIpv4(a.addr)}/${a.prefixLength}`).join(" ");
-    lines.push(`  ${port.name.padEnd(15)} ${addresses} (mirror in ${config.namespace}) <-> ${port.wire.namespace}/${port.wire.device}`);
+    const bridge = port.wire.bridge === undefined ? "" : ` in bridge ${port.wire.bridge}`;
+    lines.push(`  ${port.name.padEnd(15)} ${addresses} (mirror in ${config.namespace}) <-> ${port.wire.namespace}/${port.wire.device}${bridge} (${port.wire.mode})`);
   }
   for (const host of config.lab) {
-    const parts = [`${host.addresses.map((a) => `${formatIpv4(a.addr)}/${a.prefixLength}`).join(" ")} on ${labDeviceOf(config, host)}`];
+    const segment = labSegmentOf(config, host);
+    const plugged = segment === undefined ? "" : ` (veth into ${segment.namespace}/${segment.bridge})`;
+    const parts = [`${host.addresses.map((a) => `${formatIpv4(a.addr)}/${a.prefixLength}`).join(" ")} on ${labDeviceOf(config, host)}${plugged}`];
     if (host.loopback.length > 0) parts.push(`${host.loopback.map((a) => `${formatIpv4(a.addr)}/${a.prefixLength}`).join(" ")} on lo`);
     if (host.routes.length > 0) parts.push(`routes: ${host.routes.join(", ")}`);
     lines.push(`  host ${host.namespace}: ${parts.join("; ")}`);

@@ -13,7 +13,12 @@
  *     `send_redirects=0` (qnat never sends ICMP redirects; docs/differences.md), and the config's
  *     `rp_filter`: router-wide as `conf.all.rp_filter`, per port as `conf.<port>.rp_filter` (Linux
  *     applies the larger of the two, as qnat does);
- *   - the lab hosts (`lab:`), as `qnat lab up` configures them (host-setup.ts configureLabHosts);
+ *   - tap ports (`wire.mode: tap`): the router end of the veth carries the port's MAC (`mac:`), and
+ *     with `wire.bridge` the wire end joins that Linux bridge in the wire namespace, as qnat's TAP
+ *     leg does (host-setup.ts joinWireBridges): the same Ethernet segment, where the kernel's ARP
+ *     and neighbour table answer and resolve (a TUN config's twin is veths too, without those);
+ *   - the lab hosts (`lab:`), as `qnat lab up` configures them (host-setup.ts configureLabHosts):
+ *     on a bridged port each host is a veth into the bridge;
  *   - when the config has `metadata:`, qnat's own metadata proxy (metadata.ts) listening on its
  *     port in the router namespace, so the REDIRECT to 9697 has the same server behind it, and
  *     Neutron's rules that keep that port private (metadataFilterText).
@@ -31,7 +36,7 @@ import { formatCidr, prefixMask, formatIpv4, type Cidr } from "../core/addr.js";
 import { parseConfig, type RouterConfig } from "../config/config.js";
 import { deleteNetns, ensureNetns, ip, isRoot, netnsExec, netnsExists } from "../io/netns.js";
 import { rpFilterValue } from "../dataplane/reverse-path.js";
-import { configureLabHosts, floatingIpsOf, namespacesOf, parseConfigRules, setSysctls } from "./host-setup.js";
+import { configureLabHosts, floatingIpsOf, joinWireBridges, namespacesOf, parseConfigRules, setSysctls } from "./host-setup.js";
 
 /** `X` -> `X-<tag>`: the namespace names of a tagged copy of a config. */
 export function tagNamespace(name: string, tag: string): string {
@@ -66,10 +71,51 @@ export function retagConfigText(text: string, file: string, tag: string, rename 
   if (isMap(lab)) {
     for (const pair of lab.items) {
       if (isScalar(pair.key)) pair.key.value = rename(String(pair.key.value));
+      // `bridge: NAMESPACE/BRIDGE` names a wire namespace too.
+      const bridge = isMap(pair.value) ? pair.value.get("bridge") : undefined;
+      if (typeof bridge === "string" && bridge.includes("/")) {
+        const slash = bridge.indexOf("/");
+        (pair.value as YAMLMap).set("bridge", `${rename(bridge.slice(0, slash))}${bridge.slice(slash)}`);
+      }
     }
   }
   const nat = doc.get("nat", true);
   if (isMap(nat) && nat.get("file") !== undefined) nat.set("file", resolve(dirname(file), String(nat.get("file"))));
+  return doc.toString();
+}
+
+/**
+ * The Ethernet version of a config (the conformance harness's and bench:e2e's TAP mode): every
+ * port `wire.mode: tap`, and on a Linux bridge in its wire namespace: the one it names, else
+ * `br-ex` for the port of the default route and `br-int` for the others, as Neutron's bridges
+ * (`br-int2`, `br-int3`... when one wire namespace faces several ports). MACs stay as the config
+ * gives them (else each port's default, config.ts defaultMacOf); the lab hosts plug into the bridges.
+ */
+export function tapVariantText(text: string, file: string): string {
+  const original = parseConfig(text, file);
+  const gateway = /\bdev\s+(\S+)/.exec(original.routes.find((r) => /^default\b/.test(r.value.trim()))?.value ?? "")?.[1];
+  const taken = new Map<string, Set<string>>();
+  for (const port of original.ports) {
+    if (port.wire.bridge !== undefined) taken.set(port.wire.namespace, (taken.get(port.wire.namespace) ?? new Set()).add(port.wire.bridge));
+  }
+  const doc = parseDocument(text);
+  const ports = doc.get("ports", true);
+  if (isSeq(ports)) {
+    for (const [index, item] of ports.items.entries()) {
+      const port = original.ports[index]!;
+      const wire = isMap(item) ? item.get("wire", true) : undefined;
+      if (!isMap(wire)) continue;
+      wire.set("mode", "tap");
+      if (port.wire.bridge !== undefined) continue;
+      const names = taken.get(port.wire.namespace) ?? new Set<string>();
+      const base = port.name === gateway ? "br-ex" : "br-int";
+      let bridge = base;
+      for (let n = 2; names.has(bridge); n++) bridge = `${base}${n}`;
+      names.add(bridge);
+      taken.set(port.wire.namespace, names);
+      wire.set("bridge", bridge);
+    }
+  }
   return doc.toString();
 }
 
@@ -252,8 +298,10 @@ export async function buildKernelTwin(config: RouterConfig, options: KernelTwinO
       ["net.ipv4.conf.default.rp_filter", 0],
     ]);
     for (const port of config.ports) {
-      // Created in the router namespace, the peer moved straight into the wire namespace.
-      ip(router, "link", "add", port.name, "mtu", String(port.mtu), "type", "veth", "peer", "name", port.wire.device, "mtu", String(port.mtu), "netns", port.wire.namespace);
+      // Created in the router namespace, the peer moved straight into the wire namespace; a tap
+      // port's router end has the port's MAC, as qnat's TAP mirror and ARP answers do.
+      const mac = port.wire.mode === "tap" ? ["address", port.mac] : [];
+      ip(router, "link", "add", port.name, ...mac, "mtu", String(port.mtu), "type", "veth", "peer", "name", port.wire.device, "mtu", String(port.mtu), "netns", port.wire.namespace);
       for (const cidr of port.addresses) ip(router, "addr", "add", formatCidr(cidr), "brd", broadcastOf(cidr), "dev", port.name);
       setSysctls(router, [[`net.ipv4.conf.${port.name}.rp_filter`, rpFilterValue(port.rpFilter)]]);
       ip(router, "link", "set", port.name, "up");
@@ -265,6 +313,7 @@ export async function buildKernelTwin(config: RouterConfig, options: KernelTwinO
     if (config.conntrack.dropInvalid) netnsExec(router, "iptables-restore", ["-w", "--noflush"], { input: DROP_INVALID_TEXT });
     if (config.conntrack.tcpBeLiberal) setSysctls(router, [["net.netfilter.nf_conntrack_tcp_be_liberal", 1]]);
     if (config.metadata !== undefined) netnsExec(router, "iptables-restore", ["-w", "--noflush"], { input: metadataFilterText(config.metadata.port) });
+    joinWireBridges(config);
     configureLabHosts(config);
     if (options.metadata !== false && config.metadata !== undefined) {
       metadataChild = await startMetadataChild(config);
