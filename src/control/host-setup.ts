@@ -311,6 +311,11 @@ function plugLabHost(host: LabHostConfig, segment: BridgeSegment): void {
   }
   ip(segment.namespace, "link", "set", "dev", peer, "master", segment.bridge);
   ip(segment.namespace, "link", "set", "dev", peer, "up");
+  // A host in the bridge's own namespace: that kernel would also answer ARP for the host's
+  // addresses through the bridge device (arp_ignore=0 answers for any local address), with the
+  // bridge's MAC, and whichever reply comes last wins. NOARP on the bridge device makes arp_rcv
+  // drop what reaches it (net/ipv4/arp.c), so only the host's own device answers.
+  if (host.namespace === segment.namespace) ip(segment.namespace, "link", "set", "dev", segment.bridge, "arp", "off");
 }
 
 /**

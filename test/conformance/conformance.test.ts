@@ -6,8 +6,12 @@
  * and qnat run the same traffic and must agree (harness.ts, scenarios.ts). Then the property: a
  * few random Neutron-style routers (random-config.ts) from one seed, each with the fast scenarios.
  * The configs run one after the other in this one file, so only two routers share the CPU.
+ * Then in TAP mode (Ethernet ports on bridges, harness.ts HarnessMode): the seed's router with the
+ * article's MACs (examples/seed-ethernet.yaml, a second VM on br-int in a namespace of its own) and
+ * two-subnets.yaml's Ethernet version, with ARP, host unreachable and `!H` compared too.
  *
- * `npm run conformance -- CONFIG` runs CONFIG alone (QNAT_CONFORMANCE_CONFIG);
+ * `npm run conformance -- [--tap] CONFIG` runs CONFIG alone (QNAT_CONFORMANCE_CONFIG, and
+ * QNAT_CONFORMANCE_MODE=tap for its Ethernet version);
  * `npm run conformance -- random` only the property (QNAT_CONFORMANCE_RANDOM=1).
  * CONFORMANCE_SEED=0x... replays a property run (alone, unless a CONFIG is given too);
  * QNAT_CONFORMANCE_RANDOM_COUNT sets how many random routers (default 2).
@@ -24,13 +28,20 @@ import { fastPlansFor } from "./scenarios.js";
 import { conformanceSuite } from "./suite.js";
 
 const EXAMPLES = ["seed.yaml", "two-subnets.yaml", "mtu-1450.yaml", "three-tenants.yaml", "masquerade.yaml", "port-forwarding.yaml"];
+/** Run again in TAP mode: a config that is Ethernet already, and a TUN one's Ethernet version. */
+const TAP_EXAMPLES = ["seed-ethernet.yaml", "two-subnets.yaml"];
 
 const chosen = process.env.QNAT_CONFORMANCE_CONFIG;
 const seedText = process.env.CONFORMANCE_SEED;
 const randomOnly = process.env.QNAT_CONFORMANCE_RANDOM === "1" || (seedText !== undefined && chosen === undefined);
 
-if (chosen) conformanceSuite(resolve(chosen));
-else if (!randomOnly) for (const example of EXAMPLES) conformanceSuite(join(ROOT, "examples", example));
+const mode = process.env.QNAT_CONFORMANCE_MODE;
+if (mode !== undefined && mode !== "tun" && mode !== "tap") throw new Error(`QNAT_CONFORMANCE_MODE must be tun or tap, not ${mode}`);
+if (chosen) conformanceSuite(resolve(chosen), { mode: mode ?? "tun" });
+else if (!randomOnly) {
+  for (const example of EXAMPLES) conformanceSuite(join(ROOT, "examples", example));
+  for (const example of TAP_EXAMPLES) conformanceSuite(join(ROOT, "examples", example), { mode: "tap" });
+}
 
 if (!chosen || seedText !== undefined) {
   if (seedText !== undefined && !/^(0x[0-9a-f]{1,8}|\d+)$/i.test(seedText)) throw new Error(`CONFORMANCE_SEED=${seedText}: give a number (0x1a2b3c4d or decimal)`);

@@ -11,9 +11,10 @@ import { spawn, spawnSync } from "node:child_process";
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
-import { parseConfig, type RouterConfig } from "../../src/config/config.js";
-import { buildKernelTwin, randomTag, retagConfigText, type KernelTwin } from "../../src/control/twin.js";
-import { isRoot as runningAsRoot } from "../../src/io/netns.js";
+import { parseConfig, type RouterConfig, type WireMode } from "../../src/config/config.js";
+import { labDeviceOf } from "../../src/control/host-setup.js";
+import { buildKernelTwin, randomTag, retagConfigText, tapVariantText, type KernelTwin } from "../../src/control/twin.js";
+import { ip, isRoot as runningAsRoot } from "../../src/io/netns.js";
 import { setTimeout as sleep } from "node:timers/promises";
 
 export const ROOT = resolve(import.meta.dirname, "../..");
@@ -23,6 +24,26 @@ export const isRoot = runningAsRoot();
 const COMMAND_LIMIT_MS = 30_000;
 
 export type SideName = "kernel" | "qnat";
+
+/**
+ * Which version of the config both routers run: `tun` (the config as written) or `tap` (its
+ * Ethernet version, tapVariantText: every port a TAP leg on a Linux bridge, the kernel twin the
+ * same bridges and MACs on veths), where ARP, neighbours and host unreachable are compared too.
+ */
+export type HarnessMode = WireMode;
+
+/** The config text both sides of `mode` start from (before renaming). */
+export function configTextFor(configPath: string, mode: HarnessMode): string {
+  const text = readFileSync(configPath, "utf8");
+  return mode === "tap" ? tapVariantText(text, configPath) : text;
+}
+
+/**
+ * qnat cannot run the TAP version here: its router opened a tap port's wire leg as a TUN device
+ * (link/none), so this build has no TAP datapath. The TAP suite reports it and skips, saying why;
+ * any other failure to start fails the suite.
+ */
+export class TapDatapathMissing extends Error {}
 
 /** One router built from the config: its renamed namespaces and how to read its conntrack table. */
 export interface Side {
@@ -159,9 +180,9 @@ function renamer(config: RouterConfig, tag: string): (name: string) => string {
 }
 
 /** The kernel twin of CONFIG, renamed with a fresh tag, checksum offload off so the sniffers see real checksums. */
-export async function startKernelSide(configPath: string, original: RouterConfig): Promise<Side> {
+export async function startKernelSide(configPath: string, original: RouterConfig, mode: HarnessMode = "tun"): Promise<Side> {
   const tag = randomTag("k");
-  const text = retagConfigText(readFileSync(configPath, "utf8"), configPath, tag);
+  const text = retagConfigText(configTextFor(configPath, mode), configPath, tag);
   const config = parseConfig(text, configPath);
   let twin: KernelTwin | undefined;
   twin = await buildKernelTwin(config);
@@ -169,6 +190,8 @@ export async function startKernelSide(configPath: string, original: RouterConfig
     run("ip", ["netns", "exec", config.namespace, "python3", PROBE, "txcsum-off", port.name]);
     run("ip", ["netns", "exec", port.wire.namespace, "python3", PROBE, "txcsum-off", port.wire.device]);
   }
+  // On a bridged port the hosts send from their veth into the bridge, not from the wire device.
+  for (const host of config.lab) run("ip", ["netns", "exec", host.namespace, "python3", PROBE, "txcsum-off", labDeviceOf(config, host)]);
   const rename = renamer(original, tag);
   return {
     name: "kernel",
@@ -191,10 +214,10 @@ export async function startKernelSide(configPath: string, original: RouterConfig
 }
 
 /** qnat's lab of CONFIG (`qnat lab up` of a renamed copy in a temp directory). */
-export async function startQnatSide(configPath: string, original: RouterConfig): Promise<Side> {
+export async function startQnatSide(configPath: string, original: RouterConfig, mode: HarnessMode = "tun"): Promise<Side> {
   if (!existsSync(CLI)) throw new Error(`${CLI} is missing: run npm run build`);
   const tag = randomTag("q");
-  const text = retagConfigText(readFileSync(configPath, "utf8"), configPath, tag);
+  const text = retagConfigText(configTextFor(configPath, mode), configPath, tag);
   const config = parseConfig(text, configPath);
   const dir = mkdtempSync(join(tmpdir(), "qnat-conformance-"));
   const path = join(dir, "config.yaml");
@@ -205,8 +228,13 @@ export async function startQnatSide(configPath: string, original: RouterConfig):
   };
   const up = await runAsync(process.execPath, [CLI, "lab", "up", path], 60_000);
   if (up.code !== 0) {
+    const withoutTap = mode === "tap" ? tunLegsOfTapPorts(config) : [];
     await down();
-    throw new Error(`qnat lab up failed (${up.code}): ${up.stderr.trim() || up.stdout.trim()}`);
+    const why = up.stderr.trim() || up.stdout.trim();
+    if (withoutTap.length > 0) {
+      throw new TapDatapathMissing(`qnat's router opened the wire legs of tap ports as TUN devices (${withoutTap.join(", ")}): this build has no TAP datapath (issue 12); lab up said: ${why}`);
+    }
+    throw new Error(`qnat lab up failed (${up.code}): ${why}`);
   }
   return {
     name: "qnat",
@@ -224,6 +252,21 @@ export async function startQnatSide(configPath: string, original: RouterConfig):
     },
     teardown: down,
   };
+}
+
+/** The wire legs of the config's tap ports that exist as something other than an Ethernet device (`NS/DEV link/TYPE`). */
+function tunLegsOfTapPorts(config: RouterConfig): string[] {
+  const found: string[] = [];
+  for (const port of config.ports) {
+    if (port.wire.mode !== "tap") continue;
+    try {
+      const [link] = JSON.parse(ip(port.wire.namespace, "-j", "link", "show", "dev", port.wire.device)) as Array<{ link_type?: string }>;
+      if (link !== undefined && link.link_type !== "ether") found.push(`${port.wire.namespace}/${port.wire.device} link/${link.link_type ?? "?"}`);
+    } catch {
+      // no such leg: the router did not get that far, which is another failure
+    }
+  }
+  return found;
 }
 
 // ------------------------------------------------------------------------------------ plans
@@ -384,12 +427,16 @@ export async function observe(side: Side, original: RouterConfig, plan: Plan): P
   }
   const agentNs = new Map<string, AgentSpec>();
   for (const port of original.ports) agentNs.set(port.wire.namespace, { sniff: true });
+  // A host in a namespace of its own on a port's bridge (lab `bridge:`) is sniffed too.
+  for (const host of original.lab) agentNs.set(host.namespace, { sniff: true });
   for (const [ns, spec] of Object.entries(plan.agents ?? {})) agentNs.set(ns, { sniff: agentNs.has(ns), ...spec });
   const stops = new Map<string, () => Promise<Observation["agents"][string]>>();
   const hostSniffers = new Map<string, () => Promise<Observation["agents"][string]>>();
   try {
     for (const [ns, spec] of agentNs) {
-      const device = original.ports.find((p) => p.wire.namespace === ns)?.wire.device;
+      // What the host there receives: its device (the wire device, or its veth into the bridge).
+      const host = original.lab.find((h) => h.namespace === ns);
+      const device = host !== undefined ? labDeviceOf(original, host) : original.ports.find((p) => p.wire.namespace === ns)?.wire.device;
       stops.set(ns, await startAgent(side.ns(ns), { udp: spec.udp ?? [], tcp: spec.tcp ?? [], sniff: spec.sniff && device ? device : null }, 40));
     }
     for (const port of plan.sniffRouterHost ?? []) hostSniffers.set(port, await startAgent(side.ns(original.namespace), { udp: [], tcp: [], sniff: port }, 40));
@@ -788,9 +835,9 @@ export class ConformancePair {
     readonly qnat: Side,
   ) {}
 
-  static async start(configPath: string): Promise<ConformancePair> {
-    const original = parseConfig(readFileSync(configPath, "utf8"), configPath);
-    const [kernel, qnat] = await Promise.allSettled([startKernelSide(configPath, original), startQnatSide(configPath, original)]);
+  static async start(configPath: string, mode: HarnessMode = "tun"): Promise<ConformancePair> {
+    const original = parseConfig(configTextFor(configPath, mode), configPath);
+    const [kernel, qnat] = await Promise.allSettled([startKernelSide(configPath, original, mode), startQnatSide(configPath, original, mode)]);
     if (kernel.status === "rejected" || qnat.status === "rejected") {
       if (kernel.status === "fulfilled") await kernel.value.teardown();
       if (qnat.status === "fulfilled") await qnat.value.teardown();

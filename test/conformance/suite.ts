@@ -4,11 +4,17 @@
  * readable report (every scenario, both sides side by side) is written there at the end.
  * A scenario that agrees only on a retry is reported as FLAKY in the report and on the test
  * output (console), never silently green.
+ *
+ * In TAP mode both routers run the config's Ethernet version (harness.ts HarnessMode), with the
+ * scenarios of ethernet.ts too (ARP, host unreachable, traceroute's !H). When this qnat build has
+ * no TAP datapath (its router opens tap ports' legs as TUN devices), the TAP suite's tests are
+ * skipped, each saying so, and the report says NOT RUN; any other failure to start fails them.
  */
-import { appendFileSync, readFileSync } from "node:fs";
+import { appendFileSync } from "node:fs";
 import { afterAll, beforeAll, describe, it } from "vitest";
 import { parseConfig } from "../../src/config/config.js";
-import { assertAgree, ConformancePair, isRoot, type Plan } from "./harness.js";
+import { commandChecksFor, ethernetPlansFor, runCommandCheck } from "./ethernet.js";
+import { assertAgree, configTextFor, ConformancePair, isRoot, TapDatapathMissing, type HarnessMode, type Plan } from "./harness.js";
 import { plansFor } from "./scenarios.js";
 
 function appendReport(lines: readonly string[]): void {
@@ -33,13 +39,19 @@ export interface SuiteOptions {
   title?: string;
   /** Lines printed at the head of the suite's report (a generated config's text). */
   preamble?: readonly string[];
+  /** `tun`: the config as written (default); `tap`: its Ethernet version, with ethernet.ts's scenarios too. */
+  mode?: HarnessMode;
 }
 
 export function conformanceSuite(configPath: string, options: SuiteOptions = {}): void {
-  const make = options.plans ?? ((path: string) => plansFor(parseConfig(readFileSync(path, "utf8"), path)));
-  const title = options.title ?? configPath;
+  const mode = options.mode ?? "tun";
+  const configOf = (path: string) => parseConfig(configTextFor(path, mode), path);
+  const make =
+    options.plans ??
+    ((path: string) => (mode === "tap" ? [...plansFor(configOf(path)), ...ethernetPlansFor(configOf(path))] : plansFor(configOf(path))));
+  const title = options.title ?? (mode === "tap" ? `${configPath} (TAP mode)` : configPath);
   if (!isRoot) {
-    console.warn(`test/conformance: not root, so the kernel-vs-qnat conformance scenarios for ${configPath} are skipped (they build network namespaces; CI runs them as root)`);
+    console.warn(`test/conformance: not root, so the kernel-vs-qnat conformance scenarios for ${title} are skipped (they build network namespaces; CI runs them as root)`);
   }
   const plans = plansOf(configPath, make);
   if (typeof plans === "string") {
@@ -52,14 +64,24 @@ export function conformanceSuite(configPath: string, options: SuiteOptions = {})
     });
     return;
   }
+  const checks = mode === "tap" ? commandChecksFor(configOf(configPath)) : [];
   describe.skipIf(!isRoot)(`kernel vs qnat on ${title}`, () => {
     let pair: ConformancePair | undefined;
+    /** Why qnat cannot run this TAP suite (no TAP datapath in this build); the tests skip with it. */
+    let withoutTap: string | undefined;
     let started = Date.now();
     beforeAll(async () => {
       started = Date.now();
-      pair = await ConformancePair.start(configPath);
+      try {
+        pair = await ConformancePair.start(configPath, mode);
+      } catch (error) {
+        if (!(error instanceof TapDatapathMissing)) throw error;
+        withoutTap = error.message;
+        console.warn(`test/conformance: ${title}: qnat's side cannot run, so its scenarios are SKIPPED: ${withoutTap}`);
+      }
     }, 90_000);
     afterAll(async () => {
+      if (withoutTap !== undefined) appendReport([`qnat conformance: ${title}: NOT RUN, qnat's side cannot start: ${withoutTap}`]);
       if (pair) {
         const flaky = pair.flaky();
         if (flaky.length > 0) console.warn(`qnat conformance: ${flaky.length} FLAKY scenario(s) on ${title} agreed only on a retry: ${flaky.map((r) => `"${r.name}" (attempt ${r.attempt})`).join(", ")}`);
@@ -81,13 +103,22 @@ export function conformanceSuite(configPath: string, options: SuiteOptions = {})
       // difference differs every time, and one that agrees only on a retry is reported as FLAKY.
       const test = plan.knownBug === undefined ? it : it.fails;
       const options = { timeout: 60_000, retry: plan.knownBug === undefined ? 2 : 0 };
-      test(plan.knownBug === undefined ? plan.name : `${plan.name} [known qnat bug]`, options, async () => {
+      test(plan.knownBug === undefined ? plan.name : `${plan.name} [known qnat bug]`, options, async (context) => {
+        if (withoutTap !== undefined) context.skip(withoutTap);
         if (pair === undefined) throw new Error("the routers are not up");
         const result = await pair.run(plan);
         if (result.agree && result.attempt > 1) {
           console.warn(`qnat conformance: FLAKY on ${title}: "${plan.name}" agreed only on attempt ${result.attempt}; the report shows the attempts that differed`);
         }
         assertAgree(result);
+      });
+    }
+    for (const check of checks) {
+      const test = check.knownBug === undefined ? it : it.fails;
+      test(check.knownBug === undefined ? check.name : `${check.name} [known qnat bug]`, { timeout: 60_000, retry: check.knownBug === undefined ? 1 : 0 }, async (context) => {
+        if (withoutTap !== undefined) context.skip(withoutTap);
+        if (pair === undefined) throw new Error("the routers are not up");
+        assertAgree(await runCommandCheck(pair, check));
       });
     }
   });
