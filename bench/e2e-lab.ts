@@ -7,6 +7,8 @@
  *   `node --cpu-prof`) as a child process, plus the lab hosts, as `qnat lab up` builds them.
  * - `startKernelLab`: the kernel twin of the same config (src/control/twin.ts): veth ports,
  *   ip_forward=1, the config's iptables nat rules loaded verbatim.
+ * In TAP mode (`retagForRun(..., "tap")`) both run the config's Ethernet version (twin.ts
+ * tapVariantText): TAP legs (qnat) or veths (kernel) on Linux bridges, the hosts on veths into them.
  */
 import { spawn, type ChildProcess } from "node:child_process";
 import { randomBytes } from "node:crypto";
@@ -17,9 +19,9 @@ import { fileURLToPath } from "node:url";
 import { formatIpv4, prefixMask } from "../src/core/addr.js";
 import { parseConfig, type RouterConfig } from "../src/config/config.js";
 import { ip } from "../src/io/netns.js";
-import { configureLabHosts } from "../src/control/host-setup.js";
+import { configureLabHosts, joinWireBridges } from "../src/control/host-setup.js";
 import { routerAnswers } from "../src/control/lab.js";
-import { buildKernelTwin, destroyKernelTwin, retagConfigText } from "../src/control/twin.js";
+import { buildKernelTwin, destroyKernelTwin, retagConfigText, tapVariantText } from "../src/control/twin.js";
 import { setTimeout as sleep } from "node:timers/promises";
 
 export type LabKind = "qnat" | "kernel" | "passthrough";
@@ -47,9 +49,12 @@ export function runTag(): string {
   return randomBytes(3).toString("hex");
 }
 
-/** The config at `path` with its namespaces renamed qnt-<tag>-r (router) and qnt-<tag>-p<N> (wires, lab hosts). */
-export function retagForRun(path: string, tag: string): { text: string; config: RouterConfig } {
-  const text = readFileSync(path, "utf8");
+/**
+ * The config at `path` (its Ethernet version in `tap` mode) with its namespaces renamed
+ * qnt-<tag>-r (router) and qnt-<tag>-p<N> (wires, lab hosts).
+ */
+export function retagForRun(path: string, tag: string, mode: "tun" | "tap" = "tun"): { text: string; config: RouterConfig } {
+  const text = mode === "tap" ? tapVariantText(readFileSync(path, "utf8"), path) : readFileSync(path, "utf8");
   const original = parseConfig(text, path);
   const names = new Map<string, string>([[original.namespace, `qnt-${tag}-r`]]);
   original.ports.forEach((port, index) => {
@@ -128,6 +133,8 @@ export async function startQnatLab(text: string, config: RouterConfig, options: 
       if (Date.now() - started > limit) throw new Error(`qnat run did not answer within ${limit} ms`);
       await sleep(50);
     }
+    // As `qnat lab up`: the router's TAP wire legs into their bridges, then the hosts.
+    joinWireBridges(config);
     configureLabHosts(config);
     if (options.passthrough === true) addPassthroughRoutes(config);
   } catch (error) {

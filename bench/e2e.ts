@@ -8,16 +8,24 @@
  * payloads (packets/s that arrive); ping RTT (median of many). Then the router is profiled
  * (`node --cpu-prof`) under the same TCP and UDP load.
  *
+ * TAP mode, beside it: the seed's Ethernet version (twin.ts tapVariantText: TAP legs on br-int
+ * and br-ex, the hosts on veths into the bridges, ARP) with the same figures for
+ *   (a) qnat with TAP legs, against (b) the kernel twin on the same bridges (veths).
+ * When this qnat build has no TAP legs (its router opens a tap port's wire leg as a TUN device),
+ * (a) is reported as unavailable with the reason and only (b) is measured.
+ * QNAT_BENCH_MODES=tun,tap (default both) chooses the modes.
+ *
  * Every topology is built under fresh names (qnt-<tag>-*), linked to nothing, and removed at the
  * end even on failure. Every iperf3/ping has a duration and a timeout.
- * Writes bench/results/latest.json (key `e2e`, other keys kept), bench/results/e2e.md and
- * bench/results/e2e.svg.
+ * Writes bench/results/latest.json (keys `e2e` and `e2eTap`, other keys kept), bench/results/e2e.md,
+ * bench/results/e2e.svg and bench/results/e2e-tap.md.
  */
 import { spawn } from "node:child_process";
 import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { cpus, hostname, release, tmpdir } from "node:os";
 import { join } from "node:path";
 import { isRoot } from "../src/io/netns.js";
+import { WireLegNotEthernetError } from "../src/control/host-setup.js";
 import { packageRoot, retagForRun, runTag, startKernelLab, startQnatLab, type Lab, type LabKind } from "./e2e-lab.js";
 import { escapeXml, mergeResults } from "./lib/report.js";
 import { ProgressLine } from "./lib/progress.js";
@@ -45,9 +53,14 @@ interface Figures {
   pingP90Us: number;
 }
 
-/** Steps: per path, its lab and three measurements; then two profiled runs unless QNAT_BENCH_PROFILE=0. */
+/** QNAT_BENCH_MODES: which of TUN and TAP mode run (default both). */
+const MODES = (process.env.QNAT_BENCH_MODES ?? "tun,tap").split(",").map((m) => m.trim());
+/**
+ * Steps: per path, its lab and three measurements (TUN mode three paths, then two profiled runs
+ * unless QNAT_BENCH_PROFILE=0; TAP mode two paths).
+ */
 const PROFILING = process.env.QNAT_BENCH_PROFILE !== "0";
-const progress = new ProgressLine("bench:e2e", 3 * 4 + (PROFILING ? 2 : 0));
+const progress = new ProgressLine("bench:e2e", (MODES.includes("tun") ? 3 * 4 + (PROFILING ? 2 : 0) : 0) + (MODES.includes("tap") ? 2 * 4 : 0));
 
 function log(line: string): void {
   progress.print(() => process.stderr.write(`${line}\n`));
@@ -132,11 +145,12 @@ async function measure(lab: Lab, portBase: number): Promise<Figures> {
   };
 }
 
-async function withLab<T>(kind: LabKind, seed: string, use: (lab: Lab) => Promise<T>, cpuProfDir?: string): Promise<T> {
+async function withLab<T>(kind: LabKind, seed: string, use: (lab: Lab) => Promise<T>, cpuProfDir?: string, mode: "tun" | "tap" = "tun"): Promise<T> {
   const tag = runTag();
-  const { text, config } = retagForRun(seed, tag);
-  if (cpuProfDir === undefined) progress.step(`${kind}: starting the lab`);
-  log(`${kind}: namespaces qnt-${tag}-*`);
+  const { text, config } = retagForRun(seed, tag, mode);
+  const label = `${kind}${mode === "tap" ? " (TAP mode)" : ""}`;
+  if (cpuProfDir === undefined) progress.step(`${label}: starting the lab`);
+  log(`${label}: namespaces qnt-${tag}-*`);
   const lab =
     kind === "kernel"
       ? await startKernelLab(config)
@@ -336,6 +350,73 @@ function svg(result: E2eResult): string {
   return parts.join("\n") + "\n";
 }
 
+// ---- TAP mode ---------------------------------------------------------------------------------
+
+interface E2eTapResult {
+  date: string;
+  machine: E2eResult["machine"];
+  settings: Omit<E2eResult["settings"], "offloads">;
+  topology: string;
+  runs: { qnat?: Figures; kernel: Figures };
+  /** Why (a) was not measured: this build's router has no TAP legs. */
+  qnatUnavailable?: string;
+  ratios?: { tcpQnatOverKernel: number; udpQnatOverKernel: number };
+  addedRttUs?: { qnatOverKernelMedian: number };
+}
+
+/** qnat and the kernel twin on the seed's Ethernet version; qnat's figures only when its router has TAP legs. */
+async function measureTap(seed: string, portBase: number): Promise<Pick<E2eTapResult, "runs" | "qnatUnavailable">> {
+  let qnat: Figures | undefined;
+  let qnatUnavailable: string | undefined;
+  try {
+    qnat = await withLab("qnat", seed, (lab) => measure(lab, portBase), undefined, "tap");
+  } catch (error) {
+    if (!(error instanceof WireLegNotEthernetError)) throw error;
+    qnatUnavailable = `this qnat build opens a tap port's wire leg as a TUN device, so it has no TAP datapath to measure (${error.message})`;
+    log(`  qnat (TAP mode): not measured: ${qnatUnavailable}`);
+  }
+  const kernel = await withLab("kernel", seed, (lab) => measure(lab, portBase + 10), undefined, "tap");
+  for (const [kind, f] of [["qnat", qnat], ["kernel", kernel]] as const) {
+    if (f !== undefined) log(`  ${kind} (TAP mode): TCP ${gbit(f.tcpBitsPerSecond)} Gbit/s (${f.tcpRetransmits} retr), UDP ${kpps(f.udpPacketsPerSecond)} kpps, ping median ${f.pingMedianUs.toFixed(0)} us`);
+  }
+  return { runs: { ...(qnat === undefined ? {} : { qnat }), kernel }, ...(qnatUnavailable === undefined ? {} : { qnatUnavailable }) };
+}
+
+function tapTable(result: E2eTapResult): string {
+  const rows: [string, Figures | undefined][] = [
+    ["(a) qnat, TAP legs on the bridges", result.runs.qnat],
+    ["(b) kernel NAT (twin, veths on the bridges)", result.runs.kernel],
+  ];
+  const lines = [
+    `# qnat end to end, TAP mode (\`npm run bench:e2e\`)`,
+    ``,
+    `Run ${result.date} on ${result.machine.host}: ${result.machine.cpu}, ${result.machine.cores} cores, Linux ${result.machine.kernel}, Node ${result.machine.node}, ${result.machine.iperf3}.`,
+    `Topology: ${result.topology}; traffic ${CLIENT} -> ${SERVER} (SNAT to 9.186.100.2).`,
+    `iperf3 TCP: one stream, ${result.settings.tcpSeconds} s. UDP: ${UDP_PAYLOAD}-byte payloads, unlimited rate, ${result.settings.udpSeconds} s, packets/s that arrived. ping: ${result.settings.pingCount} echoes every ${result.settings.pingIntervalS * 1000} ms.`,
+    ``,
+    `| path | TCP Gbit/s | TCP retransmits | UDP 64 B kpps received | UDP kpps sent | UDP loss % | ping median us | ping p90 us |`,
+    `| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |`,
+    ...rows.map(([name, f]) =>
+      f === undefined
+        ? `| ${name} | not measured | | | | | | |`
+        : `| ${name} | ${gbit(f.tcpBitsPerSecond)} | ${f.tcpRetransmits} | ${kpps(f.udpPacketsPerSecond)} | ${kpps(f.udpSentPacketsPerSecond)} | ${f.udpLossPercent.toFixed(1)} | ${f.pingMedianUs.toFixed(0)} | ${f.pingP90Us.toFixed(0)} |`,
+    ),
+    ``,
+  ];
+  if (result.qnatUnavailable !== undefined) lines.push(`(a) not measured: ${result.qnatUnavailable}.`, ``);
+  if (result.ratios !== undefined && result.addedRttUs !== undefined) {
+    lines.push(
+      `| headline | measured |`,
+      `| --- | ---: |`,
+      `| TCP qnat / kernel (a/b) | ${result.ratios.tcpQnatOverKernel.toFixed(2)} |`,
+      `| UDP 64 B qnat / kernel (a/b) | ${result.ratios.udpQnatOverKernel.toFixed(2)} |`,
+      `| median RTT added over the kernel path | ${result.addedRttUs.qnatOverKernelMedian.toFixed(0)} us |`,
+      ``,
+    );
+  }
+  return lines.join("\n");
+}
+
 function iperfVersion(): Promise<string> {
   return new Promise((resolve) => {
     const child = spawn("iperf3", ["--version"], { stdio: ["ignore", "pipe", "ignore"] });
@@ -358,6 +439,42 @@ async function main(): Promise<number> {
     process.stderr.write("bench:e2e needs iperf3 (apt-get install iperf3)\n");
     return 1;
   }
+  if (MODES.some((m) => m !== "tun" && m !== "tap")) {
+    process.stderr.write(`bench:e2e: QNAT_BENCH_MODES is a list of tun and tap, not ${process.env.QNAT_BENCH_MODES}\n`);
+    return 2;
+  }
+  const cpu = cpus();
+  const machine = { host: hostname(), cpu: cpu[0]?.model.trim() ?? "unknown", cores: cpu.length, kernel: release(), node: process.version, iperf3: iperf };
+  const dir = join(root, "bench", "results");
+  mkdirSync(dir, { recursive: true });
+  const latestPath = join(dir, "latest.json");
+  if (MODES.includes("tun")) await runTunMode(seed, machine, dir, latestPath);
+  if (MODES.includes("tap")) {
+    const measured = await measureTap(seed, 5401);
+    progress.done();
+    const { qnat, kernel } = measured.runs;
+    const result: E2eTapResult = {
+      date: new Date().toISOString(),
+      machine,
+      settings: { tcpSeconds: TCP_SECONDS, udpSeconds: UDP_SECONDS, udpPayloadBytes: UDP_PAYLOAD, pingCount: PING_COUNT, pingIntervalS: PING_INTERVAL_S },
+      topology: "the seed's router with Ethernet ports (examples/seed.yaml's TAP version: qr- on br-int, qg- on br-ex, the hosts on veths into the bridges), fresh namespaces",
+      ...measured,
+      ...(qnat === undefined
+        ? {}
+        : {
+            ratios: { tcpQnatOverKernel: ratio(qnat.tcpBitsPerSecond, kernel.tcpBitsPerSecond), udpQnatOverKernel: ratio(qnat.udpPacketsPerSecond, kernel.udpPacketsPerSecond) },
+            addedRttUs: { qnatOverKernelMedian: qnat.pingMedianUs - kernel.pingMedianUs },
+          }),
+    };
+    mergeResults(latestPath, "e2eTap", result);
+    writeFileSync(join(dir, "e2e-tap.md"), tapTable(result));
+    process.stdout.write(tapTable(result));
+  }
+  return 0;
+}
+
+/** TUN mode: (a) qnat, (b) the kernel twin, (c) pass-through, then the profile; writes `e2e`, e2e.md and e2e.svg. */
+async function runTunMode(seed: string, machine: E2eResult["machine"], dir: string, latestPath: string): Promise<void> {
   const runs = {} as Record<LabKind, Figures>;
   let port = 5201;
   for (const kind of ["qnat", "kernel", "passthrough"] as const) {
@@ -367,12 +484,11 @@ async function main(): Promise<number> {
     log(`  ${kind}: TCP ${gbit(f.tcpBitsPerSecond)} Gbit/s (${f.tcpRetransmits} retr), UDP ${kpps(f.udpPacketsPerSecond)} kpps, ping median ${f.pingMedianUs.toFixed(0)} us`);
   }
   const profile = PROFILING ? await profileRouter(seed) : undefined;
-  progress.done();
+  if (!MODES.includes("tap")) progress.done();
 
-  const cpu = cpus();
   const result: E2eResult = {
     date: new Date().toISOString(),
-    machine: { host: hostname(), cpu: cpu[0]?.model.trim() ?? "unknown", cores: cpu.length, kernel: release(), node: process.version, iperf3: iperf },
+    machine,
     settings: {
       tcpSeconds: TCP_SECONDS,
       udpSeconds: UDP_SECONDS,
@@ -401,14 +517,10 @@ async function main(): Promise<number> {
     addedRttAtMost50us: result.addedRttUs.qnatOverKernelMedian <= 50,
   };
 
-  const dir = join(root, "bench", "results");
-  mkdirSync(dir, { recursive: true });
-  const latestPath = join(dir, "latest.json");
   mergeResults(latestPath, "e2e", result); // the hot-path bench writes its own key beside it
   writeFileSync(join(dir, "e2e.md"), table(result));
   writeFileSync(join(dir, "e2e.svg"), svg(result));
   process.stdout.write(table(result));
-  return 0;
 }
 
 main().then(

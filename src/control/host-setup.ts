@@ -271,6 +271,9 @@ export function ensureBridge(segment: Pick<BridgeSegment, "namespace" | "bridge"
   ip(segment.namespace, "link", "set", segment.bridge, "up");
 }
 
+/** A tap port's wire leg is not an Ethernet device (the router opened a TUN leg): it cannot join its bridge. */
+export class WireLegNotEthernetError extends OperationalError {}
+
 /**
  * Puts the wire device of every port with `wire.bridge` (of `ports`, default all) into that bridge,
  * creating the bridge when missing; idempotent. The device must exist: qnat's router creates its
@@ -286,7 +289,7 @@ export function joinWireBridges(config: RouterConfig, ports: readonly PortConfig
     // A bridge takes only Ethernet devices (br_add_if, net/bridge/br_if.c); a TUN leg is link/none.
     const [link] = JSON.parse(ip(namespace, "-j", "link", "show", "dev", device)) as Array<{ link_type?: string; master?: string }>;
     if (link?.link_type !== "ether") {
-      throw new OperationalError(
+      throw new WireLegNotEthernetError(
         `port ${port.name}: the wire device ${namespace}/${device} is link/${link?.link_type ?? "unknown"}, not Ethernet, so it cannot join bridge ${bridge} (wire.mode: tap needs qnat's TAP legs)`,
       );
     }
