@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# `npm run conformance -- [CONFIG]` (default examples/seed.yaml): builds the kernel twin of CONFIG
+# `npm run conformance -- [--tap] [CONFIG]` (default examples/seed.yaml): builds the kernel twin of CONFIG
 # and qnat's lab of it side by side (namespaces renamed X-<tag>, nothing shared, nothing linked to
 # this host's namespace), runs every conformance scenario through both and prints a readable
 # report: each scenario AGREE or DIFFER, and every difference with both sides side by side.
@@ -7,8 +7,11 @@
 # Set QNAT_CONFORMANCE_VERBOSE=1 to print every section, equal ones too.
 # `npm run conformance -- random` runs the property instead: random Neutron-style routers from
 # CONFORMANCE_SEED (a fresh one when unset; the report names it, and giving it again replays).
+# --tap: both routers run the config's Ethernet version (TAP ports on Linux bridges, the twin's
+# veths on the same bridges), with ARP, host unreachable and traceroute's !H compared too.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+if [ "${1:-}" = "--tap" ]; then export QNAT_CONFORMANCE_MODE=tap; shift; fi
 config="${1:-examples/seed.yaml}"
 if [ "$config" = random ]; then
   export QNAT_CONFORMANCE_RANDOM=1
@@ -33,6 +36,10 @@ if grep -q '^REFUSED ' "$report"; then
 fi
 echo
 cat "$report"
+if grep -q "NOT RUN" "$report"; then
+  echo "qnat conformance: $config was NOT compared in ${QNAT_CONFORMANCE_MODE:-tun} mode (see above)" >&2
+  exit 1
+fi
 flaky="$(grep -c '^FLAKY ' "$report" || true)"
 if [ "$flaky" -gt 0 ]; then
   echo "qnat conformance: $flaky scenario(s) agreed only on a retry (FLAKY above): a retry hides a timing dependence to fix" >&2
