@@ -271,6 +271,26 @@ export function ensureBridge(segment: Pick<BridgeSegment, "namespace" | "bridge"
   ip(segment.namespace, "link", "set", segment.bridge, "up");
 }
 
+/** `ip -j link show dev DEVICE` in `netns`: its link type (`ether`, `none` for a TUN device) and bridge. */
+function linkOf(netns: string, device: string): { link_type?: string; master?: string } {
+  const [link] = JSON.parse(ip(netns, "-j", "link", "show", "dev", device)) as Array<{ link_type?: string; master?: string }>;
+  return link ?? {};
+}
+
+/**
+ * The wire legs of the config's tap ports that exist but are no Ethernet device, as
+ * `NS/DEV link/TYPE`: what a router without TAP legs leaves (it opens them as TUN devices).
+ */
+export function tapPortsWithoutTapLegs(config: RouterConfig): string[] {
+  const found: string[] = [];
+  for (const port of config.ports) {
+    if (port.wire.mode !== "tap" || !linkExists(port.wire.namespace, port.wire.device)) continue;
+    const type = linkOf(port.wire.namespace, port.wire.device).link_type;
+    if (type !== "ether") found.push(`${port.wire.namespace}/${port.wire.device} link/${type ?? "?"}`);
+  }
+  return found;
+}
+
 /** A tap port's wire leg is not an Ethernet device (the router opened a TUN leg): it cannot join its bridge. */
 export class WireLegNotEthernetError extends OperationalError {}
 
@@ -287,10 +307,10 @@ export function joinWireBridges(config: RouterConfig, ports: readonly PortConfig
     const { namespace, device } = port.wire;
     ensureBridge({ namespace, bridge });
     // A bridge takes only Ethernet devices (br_add_if, net/bridge/br_if.c); a TUN leg is link/none.
-    const [link] = JSON.parse(ip(namespace, "-j", "link", "show", "dev", device)) as Array<{ link_type?: string; master?: string }>;
-    if (link?.link_type !== "ether") {
+    const link = linkOf(namespace, device);
+    if (link.link_type !== "ether") {
       throw new WireLegNotEthernetError(
-        `port ${port.name}: the wire device ${namespace}/${device} is link/${link?.link_type ?? "unknown"}, not Ethernet, so it cannot join bridge ${bridge} (wire.mode: tap needs qnat's TAP legs)`,
+        `port ${port.name}: the wire device ${namespace}/${device} is link/${link.link_type ?? "unknown"}, not Ethernet, so it cannot join bridge ${bridge} (wire.mode: tap needs qnat's TAP legs)`,
       );
     }
     if (link.master !== bridge) ip(namespace, "link", "set", "dev", device, "master", bridge);

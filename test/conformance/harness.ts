@@ -12,9 +12,9 @@ import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "no
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { parseConfig, type RouterConfig, type WireMode } from "../../src/config/config.js";
-import { labDeviceOf } from "../../src/control/host-setup.js";
+import { labDeviceOf, tapPortsWithoutTapLegs } from "../../src/control/host-setup.js";
 import { buildKernelTwin, randomTag, retagConfigText, tapVariantText, type KernelTwin } from "../../src/control/twin.js";
-import { ip, isRoot as runningAsRoot } from "../../src/io/netns.js";
+import { isRoot as runningAsRoot } from "../../src/io/netns.js";
 import { setTimeout as sleep } from "node:timers/promises";
 
 export const ROOT = resolve(import.meta.dirname, "../..");
@@ -228,7 +228,7 @@ export async function startQnatSide(configPath: string, original: RouterConfig, 
   };
   const up = await runAsync(process.execPath, [CLI, "lab", "up", path], 60_000);
   if (up.code !== 0) {
-    const withoutTap = mode === "tap" ? tunLegsOfTapPorts(config) : [];
+    const withoutTap = mode === "tap" ? tapPortsWithoutTapLegs(config) : [];
     await down();
     const why = up.stderr.trim() || up.stdout.trim();
     if (withoutTap.length > 0) {
@@ -252,21 +252,6 @@ export async function startQnatSide(configPath: string, original: RouterConfig, 
     },
     teardown: down,
   };
-}
-
-/** The wire legs of the config's tap ports that exist as something other than an Ethernet device (`NS/DEV link/TYPE`). */
-function tunLegsOfTapPorts(config: RouterConfig): string[] {
-  const found: string[] = [];
-  for (const port of config.ports) {
-    if (port.wire.mode !== "tap") continue;
-    try {
-      const [link] = JSON.parse(ip(port.wire.namespace, "-j", "link", "show", "dev", port.wire.device)) as Array<{ link_type?: string }>;
-      if (link !== undefined && link.link_type !== "ether") found.push(`${port.wire.namespace}/${port.wire.device} link/${link.link_type ?? "?"}`);
-    } catch {
-      // no such leg: the router did not get that far, which is another failure
-    }
-  }
-  return found;
 }
 
 // ------------------------------------------------------------------------------------ plans
