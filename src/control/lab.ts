@@ -4,7 +4,9 @@
  *
  * up:   checks the config as `qnat run` would (nothing is touched on a mistake); starts
  *       `qnat run CONFIG` detached, logging to /run/qnat/<namespace>.log (it creates the
- *       namespaces and TUN devices); waits until its control socket answers; gives the lab
+ *       namespaces and TUN devices); waits until its control socket answers; puts the wire legs
+ *       of tap ports with `wire.bridge` into their bridges and plugs the lab hosts of bridged
+ *       ports in with veths (host-setup.ts joinWireBridges, configureLabHosts); gives the lab
  *       hosts their addresses and routes (again after a router restart: the wire devices,
  *       and the addresses on them, go away with the router process); waits until it forwards.
  *       With the router running, a lab namespace deleted meanwhile (`ip netns del`) is made
