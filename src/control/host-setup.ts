@@ -1,7 +1,9 @@
 /**
  * What `qnat run` and `qnat lab up` configure in the kernel, through iproute2 (control plane
  * only): the router namespace (its host mirrors' addresses, the configured routes, sysctls and
- * the policy routing that makes OUTPUT DNAT work), the wire namespaces, and the lab's hosts.
+ * the policy routing that makes OUTPUT DNAT work), the wire namespaces with the Linux bridges
+ * tap ports join (`wire.bridge`), and the lab's hosts (on the wire device, or on a veth into the
+ * port's bridge, also from a namespace of their own).
  *
  * The router namespace's kernel is only the router's own host (DESIGN.md "Topology"): it has
  * `ip_forward=0`; what it sends leaves through a mirror into qnat's OUTPUT path, and what qnat
