@@ -14,7 +14,9 @@ import { formatCidr, formatIpv4, prefixMask, type Cidr } from "../core/addr.js";
 import { ConfigError, type LabHostConfig, type PortConfig, type RouterConfig } from "../config/config.js";
 import { TargetKind, type NatTable } from "../nat/rules/model.js";
 import { parseRules } from "../nat/rules/parse.js";
+import { sideMacOf } from "../io/ethernet-leg.js";
 import { ensureNetns, ip, netnsExec, netnsExists } from "../io/netns.js";
+import { formatMac, parseMac } from "../wire/ethernet.js";
 import { OperationalError } from "./errors.js";
 
 /**
@@ -203,6 +205,13 @@ export function outputDnatRoutingCommands(config: RouterConfig, addresses: reado
     // `src` = the address itself, as the local table's route for it has: Linux picks a local
     // destination's own address as the source of the router's packets to it.
     commands.push(["route", "replace", to, "dev", owner.name, "src", to.replace("/32", ""), "table", String(OUTPUT_DNAT_TABLE)]);
+    // A tap port's mirror is Ethernet: before sending, the router host's kernel asks ARP for the
+    // address itself there, which qnat leaves unanswered (a port's own address, and the request
+    // comes from that same address: io/ethernet-leg.ts arpFromMirror). So the address gets a
+    // permanent neighbour entry at the port's side MAC, where qnat takes the mirror's frames.
+    if (owner.wire.mode === "tap") {
+      commands.push(["neigh", "replace", to.replace("/32", ""), "lladdr", formatMac(sideMacOf(parseMac(owner.mac))), "dev", owner.name, "nud", "permanent"]);
+    }
   }
   return commands;
 }
@@ -267,9 +276,14 @@ function linkExists(netns: string, name: string): boolean {
   }
 }
 
-/** Creates the bridge in its namespace when missing (STP off, as `ip link add type bridge` makes it: ports forward at once) and sets it up. */
+/**
+ * Creates the bridge in its namespace when missing and sets it up: STP off (as `ip link add type
+ * bridge` makes it: a port forwards at once) and no multicast snooping, as OVS's br-int has by
+ * default; snooping would also make the bridge device join 224.0.0.106 (all-snoopers, RFC 4286)
+ * and send IGMP reports to every host on the segment. A bridge that exists is left as it is.
+ */
 export function ensureBridge(segment: Pick<BridgeSegment, "namespace" | "bridge">): void {
-  if (!linkExists(segment.namespace, segment.bridge)) ip(segment.namespace, "link", "add", "name", segment.bridge, "type", "bridge");
+  if (!linkExists(segment.namespace, segment.bridge)) ip(segment.namespace, "link", "add", "name", segment.bridge, "type", "bridge", "mcast_snooping", "0");
   ip(segment.namespace, "link", "set", segment.bridge, "up");
 }
 

@@ -8,7 +8,16 @@ import { readFileSync } from "node:fs";
 import { describe, expect, it } from "vitest";
 import { ConfigError, loadConfig, parseConfig } from "../../src/config/config.js";
 import { formatCidr } from "../../src/core/addr.js";
-import { LAB_HOST_DEVICE, labBridgeEndOf, labDeviceOf, labPortOf, labSegmentOf } from "../../src/control/host-setup.js";
+import {
+  LAB_HOST_DEVICE,
+  labBridgeEndOf,
+  labDeviceOf,
+  labPortOf,
+  labSegmentOf,
+  outputDnatLocalAddresses,
+  outputDnatRoutingCommands,
+  parseConfigRules,
+} from "../../src/control/host-setup.js";
 import { retagConfigText, tapVariantText } from "../../src/control/twin.js";
 
 const ethernetText = readFileSync("examples/seed-ethernet.yaml", "utf8");
@@ -130,5 +139,19 @@ describe("the TAP version of a config (tapVariantText)", () => {
     const text = ethernetText.replace("bridge: br-int, addresses", "bridge: qnat-tenant/br-int, addresses");
     const tagged = parseConfig(retagConfigText(text, "x.yaml", "t1"), "x.yaml");
     expect(tagged.lab.find((h) => h.namespace === "qnat-vm2-t1")!.bridge).toEqual({ namespace: "qnat-tenant-t1", name: "br-int" });
+  });
+});
+
+describe("OUTPUT DNAT of the floating IP from the router's own host, on a tap port", () => {
+  it("pins 9.186.100.129 on the qg- mirror at the port's side MAC, as the router host's kernel cannot resolve its own address there", () => {
+    const config = loadConfig("examples/seed-ethernet.yaml");
+    const commands = outputDnatRoutingCommands(config, outputDnatLocalAddresses(config, parseConfigRules(config)), "").map((c) => c.join(" "));
+    expect(commands).toContain("route replace 9.186.100.129/32 dev qg-e76de35e-90 src 9.186.100.129 table 200");
+    expect(commands).toContain("neigh replace 9.186.100.129 lladdr fe:16:3e:70:24:92 dev qg-e76de35e-90 nud permanent");
+  });
+  it("needs no neighbour entry on a TUN mirror", () => {
+    const config = loadConfig("examples/seed.yaml");
+    const commands = outputDnatRoutingCommands(config, outputDnatLocalAddresses(config, parseConfigRules(config)), "");
+    expect(commands.filter((c) => c[0] === "neigh")).toEqual([]);
   });
 });

@@ -67,6 +67,8 @@ describe.skipIf(!root)("qnat lab's bridges for seed-ethernet.yaml", () => {
     expect(links(ns("qnat-external")).filter((l) => l.master === "br-ex").map((l) => l.ifname)).toHaveLength(2);
     // The VM in the bridge's own namespace is the only one there answering ARP for 10.0.0.2.
     expect(tenant.find((l) => l.ifname === "br-int")?.flags).toContain("NOARP");
+    // No multicast snooping (as OVS's br-int): the bridge sends no IGMP reports to the VMs.
+    expect(ip(ns("qnat-tenant"), "-d", "link", "show", "dev", "br-int")).toMatch(/mcast_snooping 0/);
   });
 
   it("gives 10.0.0.3 in qnat-vm2 its address and default route on lab0, and it reaches 10.0.0.2 across br-int", async () => {
