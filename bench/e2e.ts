@@ -22,7 +22,7 @@
  */
 import { spawn } from "node:child_process";
 import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
-import { cpus, hostname, release, tmpdir } from "node:os";
+import { cpus, hostname, loadavg, release, tmpdir } from "node:os";
 import { join } from "node:path";
 import { isRoot } from "../src/io/netns.js";
 import { WireLegNotEthernetError } from "../src/control/host-setup.js";
@@ -357,6 +357,8 @@ interface E2eTapResult {
   machine: E2eResult["machine"];
   settings: Omit<E2eResult["settings"], "offloads">;
   topology: string;
+  /** The 1-minute load average when the run started: other work on the machine skews every figure. */
+  loadAverage: number;
   runs: { qnat?: Figures; kernel: Figures };
   /** Why (a) was not measured: this build's router has no TAP legs. */
   qnatUnavailable?: string;
@@ -390,7 +392,7 @@ function tapTable(result: E2eTapResult): string {
   const lines = [
     `# qnat end to end, TAP mode (\`npm run bench:e2e\`)`,
     ``,
-    `Run ${result.date} on ${result.machine.host}: ${result.machine.cpu}, ${result.machine.cores} cores, Linux ${result.machine.kernel}, Node ${result.machine.node}, ${result.machine.iperf3}.`,
+    `Run ${result.date} on ${result.machine.host}: ${result.machine.cpu}, ${result.machine.cores} cores, Linux ${result.machine.kernel}, Node ${result.machine.node}, ${result.machine.iperf3}; load average ${result.loadAverage.toFixed(1)} when it started.`,
     `Topology: ${result.topology}; traffic ${CLIENT} -> ${SERVER} (SNAT to 9.186.100.2).`,
     `iperf3 TCP: one stream, ${result.settings.tcpSeconds} s. UDP: ${UDP_PAYLOAD}-byte payloads, unlimited rate, ${result.settings.udpSeconds} s, packets/s that arrived. ping: ${result.settings.pingCount} echoes every ${result.settings.pingIntervalS * 1000} ms.`,
     ``,
@@ -450,6 +452,7 @@ async function main(): Promise<number> {
   const latestPath = join(dir, "latest.json");
   if (MODES.includes("tun")) await runTunMode(seed, machine, dir, latestPath);
   if (MODES.includes("tap")) {
+    const loadAverage = loadavg()[0]!;
     const measured = await measureTap(seed, 5401);
     progress.done();
     const { qnat, kernel } = measured.runs;
@@ -457,6 +460,7 @@ async function main(): Promise<number> {
       date: new Date().toISOString(),
       machine,
       settings: { tcpSeconds: TCP_SECONDS, udpSeconds: UDP_SECONDS, udpPayloadBytes: UDP_PAYLOAD, pingCount: PING_COUNT, pingIntervalS: PING_INTERVAL_S },
+      loadAverage,
       topology: "the seed's router with Ethernet ports (examples/seed.yaml's TAP version: qr- on br-int, qg- on br-ex, the hosts on veths into the bridges), fresh namespaces",
       ...measured,
       ...(qnat === undefined
