@@ -7,8 +7,8 @@
  * the only ports normalised away are the ones a router picked.
  */
 import { formatIpv4 } from "../../src/core/addr.js";
-import type { RouterConfig } from "../../src/config/config.js";
-import { chainsReachableFrom, outputDnatLocalAddresses, parseConfigRules } from "../../src/control/host-setup.js";
+import type { PortConfig, RouterConfig } from "../../src/config/config.js";
+import { chainsReachableFrom, labPortOf, outputDnatLocalAddresses, parseConfigRules } from "../../src/control/host-setup.js";
 import { NatRangeFlag, TargetKind, type NatRule, type PortRange } from "../../src/nat/rules/model.js";
 import { NoRoomError, roomOf, type Room } from "./addresses.js";
 import { allowing, type ClientAction, type CtEntry, type Plan } from "./harness.js";
@@ -66,6 +66,15 @@ export interface Topology {
 function portsMatchOf(rule: NatRule): PortRange | undefined {
   for (const match of rule.matches) if ((match.kind === "tcp" || match.kind === "udp") && !match.dportInvert) return match.dport;
   return undefined;
+}
+
+/**
+ * The router's port the lab hosts of namespace `ns` are on: the one facing it, or for a host in a
+ * namespace of its own (lab `bridge:`) the one whose bridge it plugs into.
+ */
+function portOfHost(config: RouterConfig, ns: string): PortConfig | undefined {
+  const host = config.lab.find((h) => h.namespace === ns);
+  return host === undefined ? undefined : labPortOf(config, host);
 }
 
 export function topologyOf(config: RouterConfig): Topology {
@@ -128,7 +137,7 @@ export function topologyOf(config: RouterConfig): Topology {
     gatewayMtu: gateway.mtu,
     insideMtu: Math.min(...insidePorts.map((p) => p.mtu)),
     gatewayAddress: formatIpv4(gateway.addresses[0]!.addr),
-    insideGateway: formatIpv4(config.ports.find((p) => p.wire.namespace === inside[0]?.ns)?.addresses[0]?.addr ?? 0),
+    insideGateway: formatIpv4((inside[0] === undefined ? undefined : portOfHost(config, inside[0].ns))?.addresses[0]?.addr ?? 0),
     room,
     port: (defaultPort) => room.port(defaultPort),
   };
@@ -183,8 +192,8 @@ export function plansFor(config: RouterConfig): Plan[] {
   });
   const first = t.inside[0]!;
   /** The router's port toward a wire namespace. */
-  const portTo = (ns: string): string => config.ports.find((p) => p.wire.namespace === ns)!.name;
-  const firstPort = config.ports.find((p) => p.wire.namespace === first.ns)!;
+  const portTo = (ns: string): string => portOfHost(config, ns)!.name;
+  const firstPort = portOfHost(config, first.ns)!;
   plans.push({
     name: "TCP closed with RST by the server (CLOSE)",
     agents: servers,
@@ -577,9 +586,9 @@ export function plansFor(config: RouterConfig): Plan[] {
   // Fragmentation on output (ip_fragment): a datagram as large as the gateway's MTU, from the
   // outside to a floating IP whose fixed host sits behind a smaller MTU (VXLAN's 1450). Crafted,
   // so its IP id is known and the fragments' ids, sizes, offsets and MF compare on the tenant wire.
-  const overlay = t.floating.find((f) => (config.ports.find((p) => p.wire.namespace === f.fixed.ns)?.mtu ?? t.gatewayMtu) < t.gatewayMtu);
+  const overlay = t.floating.find((f) => (portOfHost(config, f.fixed.ns)?.mtu ?? t.gatewayMtu) < t.gatewayMtu);
   if (overlay !== undefined) {
-    const mtu = config.ports.find((p) => p.wire.namespace === overlay.fixed.ns)!.mtu;
+    const mtu = portOfHost(config, overlay.fixed.ns)!.mtu;
     const whole = (sport: number, id: number, df: boolean) => ({ src: t.outsideClient, dst: overlay.floating, id, df, udp: { sport, dport: UDP, data_len: t.gatewayMtu - 28 } });
     plans.push({
       name: `fragmentation on output: ${t.gatewayMtu} bytes without DF from the outside to ${overlay.floating} reach ${overlay.fixed.addr} as fragments for MTU ${mtu}; with DF, fragmentation needed`,
