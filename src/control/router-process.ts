@@ -63,6 +63,7 @@ import type { NatTable } from "../nat/rules/model.js";
 import { PrivilegeError, OperationalError } from "./errors.js";
 import {
   configureLabHosts,
+  joinWireBridges,
   configureRouterNamespace,
   ensureNamespaces,
   floatingIpsOf,
@@ -366,6 +367,8 @@ export async function startRouter(configPath: string, options: RouterOptions = {
       leg.device.setUp();
     }
     configureRouterNamespace(config, outputDnatLocalAddresses(config, rules));
+    // A tap port's wire leg joins its `wire.bridge` (br-int, br-ex), as `qnat lab up` would.
+    joinWireBridges(config);
     // 4. this process's sockets from now on belong to the router namespace.
     addon.enterNetns(netnsPath(config.namespace));
     if (config.metadata !== undefined) {
@@ -480,6 +483,14 @@ export async function startRouter(configPath: string, options: RouterOptions = {
       open: openLeg,
       reopened: (index, leg) => {
         watch(index, leg);
+        // A wire leg made anew is a new device, outside the bridge its predecessor was in.
+        if ((index & 1) === 0) {
+          try {
+            joinWireBridges(config, [config.ports[index >> 1]!]);
+          } catch (error) {
+            log(`qnat: ${leg.name}: joining its bridge failed: ${error instanceof Error ? error.message : String(error)}`);
+          }
+        }
         // A mirror made anew has lost its addresses, and the router namespace the routes through it.
         if ((index & 1) === 1) {
           try {
@@ -626,6 +637,7 @@ export async function startRouter(configPath: string, options: RouterOptions = {
         next.namespace,
         added.flatMap((p) => [[`net.ipv4.conf.${p.name}.rp_filter`, 0] as const, [`net.ipv4.conf.${p.name}.accept_local`, 1] as const]),
       );
+      joinWireBridges(next, added);
       if (labHosts.length > 0) configureLabHosts({ ...next, lab: labHosts });
     } catch (error) {
       for (const leg of opened.values()) leg.close();

@@ -6,15 +6,14 @@
  * output (console), never silently green.
  *
  * In TAP mode both routers run the config's Ethernet version (harness.ts HarnessMode), with the
- * scenarios of ethernet.ts too (ARP, host unreachable, traceroute's !H). When this qnat build has
- * no TAP datapath (its router opens tap ports' legs as TUN devices), the TAP suite's tests are
- * skipped, each saying so, and the report says NOT RUN; any other failure to start fails them.
+ * scenarios of ethernet.ts too (ARP, host unreachable, traceroute's !H). A router that cannot
+ * start (a tap port's legs opened as TUN devices included) fails the suite.
  */
 import { appendFileSync } from "node:fs";
 import { afterAll, beforeAll, describe, it } from "vitest";
 import { parseConfig } from "../../src/config/config.js";
 import { commandChecksFor, ethernetPlansFor, runCommandCheck } from "./ethernet.js";
-import { assertAgree, configTextFor, ConformancePair, isRoot, TapDatapathMissing, type HarnessMode, type Plan } from "./harness.js";
+import { assertAgree, configTextFor, ConformancePair, isRoot, type HarnessMode, type Plan } from "./harness.js";
 import { plansFor } from "./scenarios.js";
 
 function appendReport(lines: readonly string[]): void {
@@ -67,21 +66,13 @@ export function conformanceSuite(configPath: string, options: SuiteOptions = {})
   const checks = mode === "tap" ? commandChecksFor(configOf(configPath)) : [];
   describe.skipIf(!isRoot)(`kernel vs qnat on ${title}`, () => {
     let pair: ConformancePair | undefined;
-    /** Why qnat cannot run this TAP suite (no TAP datapath in this build); the tests skip with it. */
-    let withoutTap: string | undefined;
     let started = Date.now();
     beforeAll(async () => {
       started = Date.now();
-      try {
-        pair = await ConformancePair.start(configPath, mode);
-      } catch (error) {
-        if (!(error instanceof TapDatapathMissing)) throw error;
-        withoutTap = error.message;
-        console.warn(`test/conformance: ${title}: qnat's side cannot run, so its scenarios are SKIPPED: ${withoutTap}`);
-      }
+      // Any failure to start (a tap port's legs opened as TUN included, harness.ts TapDatapathMissing) fails the suite.
+      pair = await ConformancePair.start(configPath, mode);
     }, 90_000);
     afterAll(async () => {
-      if (withoutTap !== undefined) appendReport([`qnat conformance: ${title}: NOT RUN, qnat's side cannot start: ${withoutTap}`]);
       if (pair) {
         const flaky = pair.flaky();
         if (flaky.length > 0) console.warn(`qnat conformance: ${flaky.length} FLAKY scenario(s) on ${title} agreed only on a retry: ${flaky.map((r) => `"${r.name}" (attempt ${r.attempt})`).join(", ")}`);
@@ -103,8 +94,7 @@ export function conformanceSuite(configPath: string, options: SuiteOptions = {})
       // difference differs every time, and one that agrees only on a retry is reported as FLAKY.
       const test = plan.knownBug === undefined ? it : it.fails;
       const options = { timeout: 60_000, retry: plan.knownBug === undefined ? 2 : 0 };
-      test(plan.knownBug === undefined ? plan.name : `${plan.name} [known qnat bug]`, options, async (context) => {
-        if (withoutTap !== undefined) context.skip(withoutTap);
+      test(plan.knownBug === undefined ? plan.name : `${plan.name} [known qnat bug]`, options, async () => {
         if (pair === undefined) throw new Error("the routers are not up");
         const result = await pair.run(plan);
         if (result.agree && result.attempt > 1) {
@@ -115,8 +105,7 @@ export function conformanceSuite(configPath: string, options: SuiteOptions = {})
     }
     for (const check of checks) {
       const test = check.knownBug === undefined ? it : it.fails;
-      test(check.knownBug === undefined ? check.name : `${check.name} [known qnat bug]`, { timeout: 60_000, retry: check.knownBug === undefined ? 1 : 0 }, async (context) => {
-        if (withoutTap !== undefined) context.skip(withoutTap);
+      test(check.knownBug === undefined ? check.name : `${check.name} [known qnat bug]`, { timeout: 60_000, retry: check.knownBug === undefined ? 1 : 0 }, async () => {
         if (pair === undefined) throw new Error("the routers are not up");
         assertAgree(await runCommandCheck(pair, check));
       });
