@@ -6,7 +6,8 @@
  * When (RFC 1812 4.3.2.7; Linux __icmp_send): never about an ICMP error, a non-first fragment, a
  * packet to a broadcast/multicast address, or from an address that cannot be answered; rate
  * limited as Linux (icmp-rate-limit.ts). From: the preferred source of the route back to the
- * sender, else the primary address of the port that route uses, else of the arrival port.
+ * sender, else the primary address of the port that route uses, else of the arrival port; to one
+ * of the router's own addresses (a packet SNATed before the error was due), that address.
  */
 import type { Clock } from "../core/clock.js";
 import type { PacketBatch } from "../core/batch.js";
@@ -54,10 +55,19 @@ export class IcmpErrorWriter {
     if (generated.count >= generated.capacity) return ICMP_ERROR_NOT_DUE;
     if (!this.limiter.allow(type, code, to)) return ICMP_ERROR_RATE_LIMITED;
     let from = this.ports[ingress]!.primary;
-    const back = this.routes.lookup(to);
-    if (back >= 0) {
-      const prefSrc = this.routes.routePrefSrc(back);
-      from = prefSrc !== 0 ? prefSrc : this.ports[this.routes.routePort(back)]!.primary;
+    if (this.addresses.isOwn(to)) {
+      // The packet's source is one of the router's own addresses: a packet already SNATed when
+      // the error is due (a dead neighbour, after POSTROUTING), or the router host's own. Linux's
+      // __icmp_send leaves the source to ip_route_output, whose route to a local address takes
+      // that address itself (ip_route_output_key_hash_rcu, RTN_LOCAL: saddr = daddr): so the
+      // error for 10.0.0.2's packet, SNATed to its floating IP, comes from the floating IP.
+      from = to;
+    } else {
+      const back = this.routes.lookup(to);
+      if (back >= 0) {
+        const prefSrc = this.routes.routePrefSrc(back);
+        from = prefSrc !== 0 ? prefSrc : this.ports[this.routes.routePort(back)]!.primary;
+      }
     }
     this.lastFrom = from;
     const at = generated.offsetOf(generated.count);

@@ -72,17 +72,6 @@ export function tracerouteLines(output: string): string[] {
     .map((line) => line.trim().replace(/\s+[\d.]+ ms/g, "").replace(/\s+/g, " "));
 }
 
-/**
- * A qnat difference these scenarios show (reported with issue 12's tap ports): Linux makes the
- * host unreachable in arp_error_report -> icmp_send after POSTROUTING, so it is addressed to the
- * packet's SNATed source, one of the router's own addresses, and comes from that address
- * (9.186.100.129 for 10.0.0.2's floating IP), its destination then de-NATed by conntrack; qnat's
- * comes from the gateway port's primary address (9.186.100.2). The scenarios expect the difference
- * (it.fails) until it is fixed.
- */
-export const UNREACHABLE_SOURCE_BUG =
-  "host unreachable for a dead neighbour comes from the egress port's primary address, Linux's from the address the packet was SNATed to";
-
 /** The arping and traceroute checks of a TAP config. */
 export function commandChecksFor(config: RouterConfig): CommandCheck[] {
   const t = topologyOf(config);
@@ -116,7 +105,6 @@ export function commandChecksFor(config: RouterConfig): CommandCheck[] {
       runs: [{ ns: inside.namespace, argv: ["traceroute", "-n", "-q", "1", "-w", "8", "-m", "2", dead] }],
       normalise: tracerouteLines,
       // traceroute's packets leave from the host's first address.
-      ...(snatSourceDiffers(config, formatIpv4(inside.addresses[0]!.addr)) ? { knownBug: UNREACHABLE_SOURCE_BUG } : {}),
     });
   }
   return checks;
@@ -145,17 +133,8 @@ export function ethernetPlansFor(config: RouterConfig): Plan[] {
       ],
       knownPorts: [44100, 44101, UDP_SERVER, TCP_SERVER],
       conntrack: (e) => e.original.sport === 44100 || e.original.sport === 44101,
-      ...(snatSourceDiffers(config, first.addr) ? { knownBug: UNREACHABLE_SOURCE_BUG } : {}),
     },
   ];
-}
-
-/**
- * Whether a lab host's `address` has a floating IP: it then leaves SNATed to that address, not to
- * the gateway port's primary one, and UNREACHABLE_SOURCE_BUG shows.
- */
-function snatSourceDiffers(config: RouterConfig, address: string): boolean {
-  return topologyOf(config).floating.some((f) => f.fixed.addr === address);
 }
 
 /** A command's stdout; arping and traceroute exit non-zero when nothing answers, which is an outcome here, not a failure. */

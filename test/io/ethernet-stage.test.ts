@@ -172,6 +172,21 @@ describe("next hops resolved on an Ethernet port's wire", () => {
     expect(icmp.inner).toMatchObject({ protocol: "udp", src: "10.0.0.3", dst: "9.186.100.77", sport: 40000, dport: 53 });
   });
 
+  it("10.0.0.2, SNATed to its floating IP, gets host unreachable for a dead neighbour from 9.186.100.129, as Linux's icmp_send picks the SNATed source", () => {
+    const r = new EthernetRouter();
+    resolved(r);
+    const VM1_MAC = "02:00:0a:00:00:02";
+    r.table.update(QR, ip("10.0.0.2"), parseMac(VM1_MAC), 0, NUD_REACHABLE, true, false);
+    r.leg(QR).inject(ipFrame(QR_MAC, VM1_MAC, { protocol: "udp", src: "10.0.0.2", dst: "9.186.100.77", sport: 40001, dport: 53 }));
+    r.run();
+    r.advance(3.1);
+    const [error, ...rest] = r.leg(QR).take();
+    expect(rest).toEqual([]);
+    const icmp = decodePacket(error!.subarray(ETH_HLEN));
+    expect(icmp).toMatchObject({ protocol: "icmp", src: "9.186.100.129", dst: "10.0.0.2", icmpType: 3, icmpCode: 1 });
+    expect(icmp.inner).toMatchObject({ protocol: "udp", src: "10.0.0.2", dst: "9.186.100.77", sport: 40001, dport: 53 });
+  });
+
   it("a datagram too big for qr-'s MTU 1450 leaves as fragments, each to 10.0.0.2's MAC", () => {
     const r = new EthernetRouter({}, seedTapText().replace("mtu: 1500", "mtu: 1450"));
     const VM1_MAC = "02:00:0a:00:00:02";
