@@ -33,6 +33,23 @@ export interface WireConfig {
 export const RP_FILTER_MODES = ["off", "strict", "loose"] as const;
 export type RpFilterMode = (typeof RP_FILTER_MODES)[number];
 
+/**
+ * ARP behaviour of a tap port (Linux net.ipv4.conf.*.arp_ignore / arp_announce,
+ * Documentation/networking/ip-sysctl.rst; net/ipv4/arp.c arp_ignore() and arp_solicit()). Linux
+ * applies the larger of conf/all and conf/DEV to each (IN_DEV_MAXCONF), as for rp_filter.
+ *   arp_ignore 0: answer for any local address (the router's, on any port);
+ *              1: only for the incoming port's own addresses;
+ *              2: as 1, and the sender must be on the subnet of one of the port's addresses;
+ *              3: not for scope host addresses: qnat's addresses are all scope global, so as 0;
+ *              8: answer no request at all.
+ *   (4-7 are reserved: Linux answers as with 0; refused here so a config means what it says.)
+ *   arp_announce 0: a request's sender address is the waiting packet's source if it is local;
+ *                1: only if that address is on the target's subnet of this port;
+ *                2: always the port's address on the target's subnet (inet_select_addr).
+ */
+export const ARP_IGNORE_VALUES = [0, 1, 2, 3, 8] as const;
+export const ARP_ANNOUNCE_VALUES = [0, 1, 2] as const;
+
 export interface PortConfig {
   readonly name: string;
   /** First address is the primary one (REDIRECT and ICMP errors use it). */
@@ -46,6 +63,9 @@ export interface PortConfig {
   readonly mac: string;
   /** The port's own `rp_filter` (conf/DEV); "off" when not given, so the router-wide one applies. */
   readonly rpFilter: RpFilterMode;
+  /** The port's own arp_ignore / arp_announce (conf/DEV), 0 when not given; tap ports only. */
+  readonly arpIgnore: number;
+  readonly arpAnnounce: number;
   readonly line: number;
 }
 
@@ -152,6 +172,9 @@ export interface RouterConfig {
   readonly conntrack: ConntrackConfig;
   /** Router-wide `rp_filter` (conf/all), default strict. */
   readonly rpFilter: RpFilterMode;
+  /** Router-wide arp_ignore / arp_announce (conf/all), 0 unless the config says otherwise. */
+  readonly arpIgnore: number;
+  readonly arpAnnounce: number;
   /** Absent: connections are not kept across restarts. */
   readonly state?: StateConfig;
   /** Absent: no Prometheus endpoint. */
@@ -163,6 +186,16 @@ export interface RouterConfig {
 /** The rp_filter Linux applies on a port: the larger of conf/all and conf/DEV (off < strict < loose). */
 export function effectiveRpFilter(config: RouterConfig, port: PortConfig): RpFilterMode {
   return RP_FILTER_MODES[Math.max(RP_FILTER_MODES.indexOf(config.rpFilter), RP_FILTER_MODES.indexOf(port.rpFilter))]!;
+}
+
+/** The arp_ignore Linux applies on a port: the larger of conf/all and conf/DEV. */
+export function effectiveArpIgnore(config: RouterConfig, port: PortConfig): number {
+  return Math.max(config.arpIgnore, port.arpIgnore);
+}
+
+/** The arp_announce Linux applies on a port: the larger of conf/all and conf/DEV. */
+export function effectiveArpAnnounce(config: RouterConfig, port: PortConfig): number {
+  return Math.max(config.arpAnnounce, port.arpAnnounce);
 }
 
 /** A user's mistake in a config or rules file: printed as `FILE:LINE: message`. */
@@ -225,7 +258,7 @@ export function parseConfig(text: string, file: string): RouterConfig {
   const root = doc.contents;
   if (!isMap(root)) fail(root, "the config must be a mapping with router, ports, routes and nat");
   const top = root as YAMLMap;
-  const known = new Set(["router", "ports", "routes", "nat", "metadata", "lab", "conntrack", "rp_filter", "state", "metrics", "capture"]);
+  const known = new Set(["router", "ports", "routes", "nat", "metadata", "lab", "conntrack", "rp_filter", "arp_ignore", "arp_announce", "state", "metrics", "capture"]);
   for (const pair of top.items) {
     const key = isScalar(pair.key) ? String(pair.key.value) : "";
     if (!known.has(key)) fail(pair.key as YamlNode, `unknown key "${key}" (expected one of ${[...known].join(", ")})`);
@@ -268,6 +301,23 @@ export function parseConfig(text: string, file: string): RouterConfig {
     return value as RpFilterMode;
   };
 
+  /** arp_ignore / arp_announce values (see ARP_IGNORE_VALUES): an integer Linux has and a router port can use. */
+  const arpSettingOf = (node: YamlNode | undefined, what: string, key: "arp_ignore" | "arp_announce"): number | undefined => {
+    if (node === undefined) return undefined;
+    const value = isScalar(node) && typeof node.value === "number" && Number.isInteger(node.value) ? node.value : NaN;
+    if (key === "arp_ignore") {
+      if (value >= 4 && value <= 7) fail(node, `${what} ${value} is reserved in Linux (it answers as 0 there); use 0, 1, 2, 3 or 8`);
+      if (!(ARP_IGNORE_VALUES as readonly number[]).includes(value)) fail(node, `${what} must be 0, 1, 2, 3 or 8 (Linux's arp_ignore values)`);
+    } else if (!(ARP_ANNOUNCE_VALUES as readonly number[]).includes(value)) {
+      fail(node, `${what} must be 0, 1 or 2 (Linux's arp_announce values)`);
+    }
+    return value;
+  };
+  const arpIgnoreNode = get(top, "arp_ignore");
+  const arpIgnore = arpSettingOf(arpIgnoreNode, "arp_ignore", "arp_ignore") ?? 0;
+  const arpAnnounceNode = get(top, "arp_announce");
+  const arpAnnounce = arpSettingOf(arpAnnounceNode, "arp_announce", "arp_announce") ?? 0;
+
   // rp_filter (router-wide, Linux conf/all): strict unless the config says otherwise.
   const rpFilterNode = get(top, "rp_filter");
   const rpFilter = rpFilterOf(rpFilterNode, "rp_filter") ?? "strict";
@@ -291,7 +341,7 @@ export function parseConfig(text: string, file: string): RouterConfig {
     const port = item as YAMLMap;
     for (const pair of port.items) {
       const key = isScalar(pair.key) ? String(pair.key.value) : "";
-      if (!["name", "addresses", "wire", "mtu", "mac", "rp_filter"].includes(key)) fail(pair.key as YamlNode, `unknown port key "${key}"`);
+      if (!["name", "addresses", "wire", "mtu", "mac", "rp_filter", "arp_ignore", "arp_announce"].includes(key)) fail(pair.key as YamlNode, `unknown port key "${key}"`);
     }
     const name = interfaceName(get(port, "name"), "port name", port);
     if (ports.some((p) => p.name === name)) fail(get(port, "name"), `port "${name}" is defined twice`);
@@ -354,7 +404,28 @@ export function parseConfig(text: string, file: string): RouterConfig {
           `a port gets the larger of the two (off < strict < loose), as Linux's conf/all and conf/${name}`,
       );
     }
-    ports.push({ name, addresses, wire: { namespace: wireNamespace, device, mode: mode as WireMode, ...(bridge === undefined ? {} : { bridge }) }, mtu, mac, rpFilter: portRpFilter, line: lineOf(item) });
+    // arp_ignore / arp_announce (conf/DEV): ARP is a tap port's; max(conf/all, conf/DEV) applies.
+    const arpSettings = { arp_ignore: arpIgnore, arp_announce: arpAnnounce };
+    const portArp = (key: "arp_ignore" | "arp_announce"): number => {
+      const node = get(port, key);
+      const value = arpSettingOf(node, `port ${name} ${key}`, key);
+      if (value === undefined) return 0;
+      if (mode !== "tap") fail(node, `port ${name}: ${key} needs wire.mode: tap (a TUN port has no ARP)`);
+      if (value < arpSettings[key]) {
+        fail(node, `port ${name} ${key} ${value} has no effect under the router-wide ${key} ${arpSettings[key]}: a port gets the larger of the two, as Linux's conf/all and conf/${name}`);
+      }
+      return value;
+    };
+    const portArpIgnore = portArp("arp_ignore");
+    const portArpAnnounce = portArp("arp_announce");
+    ports.push({
+      name, addresses, wire: { namespace: wireNamespace, device, mode: mode as WireMode, ...(bridge === undefined ? {} : { bridge }) }, mtu, mac,
+      rpFilter: portRpFilter, arpIgnore: portArpIgnore, arpAnnounce: portArpAnnounce, line: lineOf(item),
+    });
+  }
+  // A router-wide ARP setting applies to tap ports only: without one it would silently do nothing.
+  for (const [key, node] of [["arp_ignore", arpIgnoreNode], ["arp_announce", arpAnnounceNode]] as const) {
+    if (node !== undefined && !ports.some((p) => p.wire.mode === "tap")) fail(node, `${key} needs a port with wire.mode: tap (TUN ports have no ARP)`);
   }
   const wires = new Set<string>();
   for (const port of ports) {
@@ -481,7 +552,7 @@ export function parseConfig(text: string, file: string): RouterConfig {
   const metrics = parseMetricsConfig(get(top, "metrics"), fail, lineOf);
   const capture = parseCaptureConfig(get(top, "capture"), file, ports, fail, lineOf);
   return {
-    file, id, namespace, ports, routes, nat, metadata, lab, conntrack: { max: conntrackMax, tcpBeLiberal, dropInvalid }, rpFilter,
+    file, id, namespace, ports, routes, nat, metadata, lab, conntrack: { max: conntrackMax, tcpBeLiberal, dropInvalid }, rpFilter, arpIgnore, arpAnnounce,
     ...(state ? { state } : {}),
     ...(metrics ? { metrics } : {}),
     ...(capture ? { capture } : {}),

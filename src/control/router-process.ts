@@ -38,7 +38,7 @@
 import { readFileSync } from "node:fs";
 import { formatCidr } from "../core/addr.js";
 import { CryptoRng } from "../core/rng.js";
-import { type RouterConfig, loadConfig, parseConfig } from "../config/config.js";
+import { type RouterConfig, effectiveArpAnnounce, effectiveArpIgnore, loadConfig, parseConfig } from "../config/config.js";
 import { ConntrackCursor } from "../conntrack/format.js";
 import { buildDataplane } from "../dataplane/from-config.js";
 import { NetfilterNat } from "../dataplane/netfilter-nat.js";
@@ -110,7 +110,12 @@ const NEIGHBOUR_TICK_MS = 100;
 /** The Ethernet (tap) ports of a config as the Ethernet stage knows them. */
 export function ethernetPortsOf(config: RouterConfig): EthernetPortSpec[] {
   return config.ports.flatMap((port, index) =>
-    port.wire.mode === "tap" ? [{ index, name: port.name, mac: parseMac(port.mac), addresses: port.addresses }] : [],
+    port.wire.mode === "tap"
+      ? [{
+          index, name: port.name, mac: parseMac(port.mac), addresses: port.addresses,
+          arpIgnore: effectiveArpIgnore(config, port), arpAnnounce: effectiveArpAnnounce(config, port),
+        }]
+      : [],
   );
 }
 
@@ -320,7 +325,12 @@ export async function startRouter(configPath: string, options: RouterOptions = {
   const wantSlotSize = wantOffloads ? GSO_SLOT_SIZE + (hasTap ? 16 : 0) : 2048 + headroom;
   const ethernet = hasTap
     ? new EthernetStage(
-        new NeighbourTable({ clock: systemClock, rng: new CryptoRng(), slotSize: 2048 + headroom, headroom }),
+        // With offloads, GSO super-packets waiting for a neighbour are queued whole (as Linux
+        // queues the skb) in slots as large as the batch's.
+        new NeighbourTable({
+          clock: systemClock, rng: new CryptoRng(), slotSize: 2048 + headroom, headroom,
+          ...(wantOffloads ? { superSlotSize: wantSlotSize } : {}),
+        }),
         config.ports.length,
         ethernetPortsOf(config),
         headroom,
@@ -410,6 +420,8 @@ export async function startRouter(configPath: string, options: RouterOptions = {
   // unreachable); the neighbour timers run; each address is announced (gratuitous ARP).
   let neighbourTicks: NodeJS.Timeout | undefined;
   if (ethernet !== undefined) {
+    // ARP requests' senders are validated against the running dataplane's routes (rp_filter).
+    ethernet.sources = dataplane;
     ethernet.onUnreachable = (buf, off, length, port) => {
       if (forwarder instanceof Forwarder) forwarder.hostUnreachable(buf, off, length, port);
     };
@@ -589,6 +601,7 @@ export async function startRouter(configPath: string, options: RouterOptions = {
     if (opened.size > 0 || difference.portsRemoved.length > 0) relinkLegs(running, next, successor, opened);
     else (forwarder as Forwarder).dataplane = successor;
     dataplane = successor;
+    if (ethernet !== undefined) ethernet.sources = successor;
     config = next;
     rules = nextRules;
     for (const { port, to } of difference.mtus) setPortMtu(config.ports.findIndex((p) => p.name === port), to);
@@ -667,9 +680,14 @@ export async function startRouter(configPath: string, options: RouterOptions = {
     }
     supervisor!.stop();
     if (ethernet !== undefined) {
-      // Port indexes change: the tap legs learn theirs, the neighbours are learnt anew.
+      // Port indexes change: the tap legs learn theirs; the neighbours and counters of the ports
+      // that stay follow them (as Linux keeps the neighbours of devices that stay), those of
+      // removed ports go.
+      ethernet.renumberPorts(
+        running.ports.map((port) => next.ports.findIndex((p) => portKey(p) === portKey(port))),
+        next.ports.length,
+      );
       ethernet.setPorts(next.ports.length, ethernetPortsOf(next));
-      ethernet.table.clear();
       linked.forEach((leg, index) => {
         if (!(leg instanceof EthernetLeg)) return;
         leg.port = index >> 1;

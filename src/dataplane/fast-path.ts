@@ -27,6 +27,7 @@ import { IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, TCP_ACK, TCP_PSH } from "../wir
 import { rewriteForwardIcmpEcho, rewriteForwardPlain } from "../wire/rewrite.js";
 import { TCP_TIMESTAMP_ONLY_WORD } from "../wire/tcp.js";
 import { isMartianDestination, isMartianSource, type RouterAddresses } from "./addresses.js";
+import type { PacketContext } from "./packet-context.js";
 import { LEG_WIRE, egressOf, type RouterPort } from "./port.js";
 import { RP_FILTER_OFF, RP_FILTER_STRICT } from "./reverse-path.js";
 
@@ -77,11 +78,6 @@ export class EstablishedFastPath {
    */
   private routeVersion = 0;
   private routeEpoch = 0;
-  /**
-   * The next hop of the packet forward() last forwarded (int32 bits): the route's gateway, or
-   * the translated destination on a connected route; what an Ethernet leg resolves with ARP.
-   */
-  nextHop = 0;
   /** forward's DataView (see viewOf) and the bytes it views. */
   private view: DataView<ArrayBufferLike> = new DataView(new ArrayBuffer(0));
   private viewBytes: Uint8Array | null = null;
@@ -93,6 +89,13 @@ export class EstablishedFastPath {
     private readonly addresses: RouterAddresses,
     /** Reverse-path filtering per port (reverse-path.ts), the pipeline's array. */
     private readonly rpFilter: Uint8Array,
+    /**
+     * The pipeline's packet context: forward() leaves the next hop of a packet it forwarded in
+     * `nextHop` (the route's gateway, or the translated destination on a connected route; what an
+     * Ethernet leg resolves with ARP), where the general path leaves it too, so the pipeline
+     * copies one field to the batch whichever path forwarded the packet.
+     */
+    private readonly packet: PacketContext,
   ) {}
 
   /** Once per batch, before any packet: the routing table's version for the route caches. */
@@ -349,7 +352,7 @@ export class EstablishedFastPath {
     } else {
       rewriteForwardPlain(v, off, protocol, newSrc, newSport, newDst, newDport, l4Partial);
     }
-    this.nextHop = gateway !== 0 ? gateway : newDst | 0;
+    this.packet.nextHop = gateway !== 0 ? gateway : newDst | 0;
     return egressOf(egress, LEG_WIRE);
   }
 

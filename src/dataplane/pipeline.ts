@@ -200,7 +200,7 @@ export class Dataplane {
     this.dropInvalid = options.dropInvalid ?? false;
     this.tenantPort = Uint8Array.from(this.ports, (port) => (port.name.startsWith(TENANT_PORT_PREFIX) ? 1 : 0));
     this.icmpErrors = new IcmpErrorWriter(options.clock, this.routes, this.ports, this.addresses);
-    this.established = new EstablishedFastPath(this.conntrack, this.routes, this.ports, this.addresses, this.rpFilter);
+    this.established = new EstablishedFastPath(this.conntrack, this.routes, this.ports, this.addresses, this.rpFilter, this.packet);
     this.internalErrors = new RateLimitedLog((line) => this.log(line), () => options.clock.now());
   }
 
@@ -312,8 +312,8 @@ export class Dataplane {
     let verdict = FAST_PATH_MISS;
     if (leg === LEG_WIRE) {
       if (fast && p.gsoSize === 0) verdict = this.established.forward(buf, off, length, index, ingress, p.l4Partial);
+      // A hit left its next hop in p.nextHop (fast-path.ts), as the general path does.
       if (verdict === FAST_PATH_MISS) verdict = this.processFromWire(p, buf, off, length, ingress, generated);
-      else p.nextHop = this.established.nextHop;
     } else {
       verdict = this.processLocalOut(p, buf, off, length, ingress);
     }

@@ -32,7 +32,10 @@
  */
 import { ETH_HLEN, PacketBatch } from "../core/batch.js";
 import type { Clock } from "../core/clock.js";
+import { DropReason } from "../core/drop-reason.js";
 import { VERDICT_STOLEN } from "../dataplane/port.js";
+import { validateSource } from "../dataplane/reverse-path.js";
+import type { RoutingTable } from "../route/table.js";
 import { NEIGH_HELD, NUD_REACHABLE, NUD_STALE, type NeighbourIo, type NeighbourTable } from "../neigh/table.js";
 import {
   ARPOP_REPLY,
@@ -90,11 +93,21 @@ export const enum EthCounter {
   NeighbourHeld,
   /** Frames the stage built (ARP, packets that waited for ARP) that the leg failed to write (it is down), or too big to restage. */
   TxErrors,
+  /** ARP requests for one of the router's addresses left unanswered by the port's arp_ignore (arp.c arp_ignore()). */
+  ArpIgnored,
+  /**
+   * ARP requests whose sender failed source validation (arp_process routes the request with
+   * ip_route_input_noref: rp_filter, or a martian sender): not answered, nothing created.
+   */
+  ArpRpFilter,
+  /** ARP requests qnat sent to resolve a neighbour (arp_solicit: broadcast while INCOMPLETE, unicast in PROBE). */
+  ArpRequestsOut,
   Count,
 }
 export const ETH_COUNTER_NAMES = [
   "arp_in", "arp_out", "arp_replies", "gratuitous_out", "arp_not_for_us", "arp_invalid",
-  "other_host", "other_ethertype", "runt", "neighbour_held", "tx_errors",
+  "other_host", "other_ethertype", "runt", "neighbour_held", "tx_errors", "arp_ignored", "arp_rp_filter",
+  "arp_requests_out",
 ] as const;
 const ETH_COUNTERS = EthCounter.Count as number;
 
@@ -112,6 +125,18 @@ export interface EthernetPortSpec {
   readonly mac: Uint8Array;
   /** The port's addresses and prefix lengths. */
   readonly addresses: readonly { readonly addr: number; readonly prefixLength: number }[];
+  /** The arp_ignore and arp_announce in force on the port (config.ts: max of conf/all and conf/DEV); 0 when absent. */
+  readonly arpIgnore?: number;
+  readonly arpAnnounce?: number;
+}
+
+/**
+ * What ARP source validation needs of the dataplane (the running Dataplane: its routing table
+ * and per-port rp_filter, reverse-path.ts).
+ */
+export interface SourceRoutes {
+  readonly routes: RoutingTable;
+  readonly rpFilter: Uint8Array;
 }
 
 /** What the Ethernet stage needs of a leg: which port and role it is, and a way to write frames it built. */
@@ -171,6 +196,12 @@ export class EthernetStage implements NeighbourIo {
   private readonly staging: PacketBatch;
   private readonly stagingVerdicts = new Int32Array(64);
   private readonly multicastMac = new Uint8Array([0x01, 0x00, 0x5e, 0, 0, 0]);
+  /**
+   * The routes ARP requests' senders are validated against (arp_process -> ip_route_input_noref ->
+   * fib_validate_source); the router sets it to the running dataplane (and again after a live
+   * change). Null: no validation.
+   */
+  sources: SourceRoutes | null = null;
   /** Told about each packet whose neighbour failed (the forwarder answers it with host unreachable). */
   onUnreachable: ((buf: Uint8Array, off: number, length: number, port: number) => void) | null = null;
   /** Told about the packets that waited for ARP when they leave (`verdicts[slot] === 0`), for a capture (io/capture.ts). */
@@ -193,7 +224,7 @@ export class EthernetStage implements NeighbourIo {
     this.tx = new PacketBatch(1, 256 + headroom, headroom);
     // Room for a jumbo frame's packet (9000-byte MTUs; a larger one is counted in tx_errors).
     this.staging = new PacketBatch(64, STAGING_PACKET_BYTES + headroom, headroom);
-    this.poolVerdicts = new Int32Array(table.pool.capacity);
+    this.poolVerdicts = new Int32Array(Math.max(table.pool.capacity, table.superPool.capacity));
     table.io = this;
   }
 
@@ -218,6 +249,20 @@ export class EthernetStage implements NeighbourIo {
       for (const a of port.addresses) own.add(a.addr | 0);
     }
     this.own = own;
+  }
+
+  /**
+   * A live change renumbered the ports: port p is now `newIndexOf[p]` (-1: removed). Counters
+   * and neighbour entries follow the ports that stay; those of removed ports are dropped.
+   */
+  renumberPorts(newIndexOf: readonly number[], portCount: number): void {
+    const counters = new Float64Array(Math.max(portCount, 1) * ETH_COUNTERS);
+    newIndexOf.forEach((to, from) => {
+      if (to < 0 || (from + 1) * ETH_COUNTERS > this.counters.length) return;
+      counters.set(this.counters.subarray(from * ETH_COUNTERS, (from + 1) * ETH_COUNTERS), to * ETH_COUNTERS);
+    });
+    this.counters = counters;
+    this.table.renumberPorts(newIndexOf);
   }
 
   /** Adds the router's addresses of TUN ports too (they are local for arp_ignore=0). */
@@ -313,22 +358,73 @@ export class EthernetStage implements NeighbourIo {
     const op = arpOperation(data, arp);
     const sha = arpSenderMacOffset(arp);
     const spec = this.ports[port]!;
-    // The sender claims one of our addresses: nothing is learnt (Linux answers a duplicate
-    // address detection probe, sip 0, below; a conflicting sender is not believed).
+    // The sender claims one of our addresses: nothing is learnt (a conflicting sender is not
+    // believed: fib_validate_source finds a local source martian).
     if (this.own.has(sip | 0)) return;
-    if (op === ARPOP_REQUEST && this.own.has(tip | 0)) {
-      // RFC 5227 probe (sip 0.0.0.0): answered, nothing learnt (arp_process "Special case").
-      if (sip !== 0) this.table.update(port, sip, data, sha, NUD_STALE, true, false);
-      this.sendArp(leg, data, sha, ARPOP_REPLY, spec.mac, tip, data, sha, sip);
-      this.count(port, EthCounter.ArpReplies);
+    if (sip === 0) {
+      // arp_process "Special case: IPv4 duplicate address detection packet" (RFC 5227 probe):
+      // answered if the target is local and arp_ignore allows it; nothing learnt, no routing.
+      if (op === ARPOP_REQUEST && this.own.has(tip | 0)) {
+        if (this.arpIgnored(spec, 0, tip)) this.count(port, EthCounter.ArpIgnored);
+        else this.reply(leg, spec, data, sha, tip, sip);
+      }
       return;
     }
-    if (sip === 0) return;
+    if (op === ARPOP_REQUEST) {
+      // arp_process routes the request (ip_route_input_noref(tip, sip)): a sender that fails
+      // source validation (rp_filter on the port, or a martian source) gets no answer, and the
+      // request only refreshes an existing entry below (the "Update our ARP tables" part).
+      if (!this.senderValid(sip, port)) {
+        this.count(port, EthCounter.ArpRpFilter);
+      } else if (this.own.has(tip | 0)) {
+        // RTN_LOCAL: arp_ignore decides; ignored requests teach nothing (out_consume_skb).
+        if (this.arpIgnored(spec, sip, tip)) {
+          this.count(port, EthCounter.ArpIgnored);
+          return;
+        }
+        this.table.update(port, sip, data, sha, NUD_STALE, true, false);
+        this.reply(leg, spec, data, sha, tip, sip);
+        return;
+      }
+    }
     // arp_is_garp: sender and target the same address (a reply's target MAC must be broadcast).
     const gratuitous = sip === tip && (op === ARPOP_REQUEST || ethernetDestIsBroadcast(data, arpTargetMacOffset(arp)));
-    if (op === ARPOP_REQUEST && !gratuitous) this.count(port, EthCounter.ArpNotForUs);
+    if (op === ARPOP_REQUEST && !gratuitous && !this.own.has(tip | 0)) this.count(port, EthCounter.ArpNotForUs);
     const state = op === ARPOP_REPLY && toUs ? NUD_REACHABLE : NUD_STALE;
     this.table.update(port, sip, data, sha, state, false, gratuitous);
+  }
+
+  /** The ARP reply to a request for `tip` from `sip`, whose sender MAC is at data[sha]: with the port's MAC. */
+  private reply(leg: FrameLeg, spec: EthernetPortSpec, data: Uint8Array, sha: number, tip: number, sip: number): void {
+    this.sendArp(leg, data, sha, ARPOP_REPLY, spec.mac, tip, data, sha, sip);
+    this.count(leg.port, EthCounter.ArpReplies);
+  }
+
+  /**
+   * net/ipv4/arp.c arp_ignore(): whether a request from `sip` for the local address `tip` goes
+   * unanswered on the port. 0 and 3 answer (qnat's addresses are all scope global, so 3's "not
+   * for scope host addresses" changes nothing); 1 needs `tip` on this port; 2 also needs `sip`
+   * on the subnet of one of its addresses holding `tip` (inet_confirm_addr: `sip` 0 skips that);
+   * 8 answers nothing.
+   */
+  private arpIgnored(spec: EthernetPortSpec, sip: number, tip: number): boolean {
+    const mode = spec.arpIgnore ?? 0;
+    if (mode === 0 || mode === 3) return false;
+    if (mode === 8) return true;
+    if (!this.isPortAddress(spec.index, tip)) return true;
+    if (mode === 1 || sip === 0) return false;
+    for (const a of spec.addresses) {
+      const mask = prefixMaskOf(a.prefixLength);
+      if (((a.addr ^ tip) & mask) === 0 && ((a.addr ^ sip) & mask) === 0) return false;
+    }
+    return true;
+  }
+
+  /** ip_route_input_noref's source validation of an ARP request's sender (fib_validate_source, reverse-path.ts). */
+  private senderValid(sip: number, port: number): boolean {
+    const sources = this.sources;
+    if (sources === null) return true;
+    return validateSource(sources.routes, sources.rpFilter[port] ?? 0, sip | 0, port) === DropReason.None;
   }
 
   /**
@@ -501,21 +597,44 @@ export class EthernetStage implements NeighbourIo {
     }
   }
 
-  /** NeighbourIo: an ARP request for `targetIp`, from the port's address on its subnet (arp_solicit, inet_select_addr). */
-  solicit(port: number, targetIp: number, unicastMac: boolean, entry: number): void {
+  /**
+   * NeighbourIo: an ARP request for `targetIp` (arp_solicit). Its sender address follows the
+   * port's arp_announce: 0, the waiting packet's source (`packetSource`, 0 for none) if it is one
+   * of the router's addresses; 1, only if that address is also on the target's subnet of this
+   * port (inet_addr_onlink); 2, or when neither applies, the port's address on the target's
+   * subnet, else its first (inet_select_addr).
+   */
+  solicit(port: number, targetIp: number, unicastMac: boolean, entry: number, packetSource: number): void {
     const leg = this.legs[port * 2 + ETH_ROLE_WIRE];
     const spec = this.ports[port];
     if (leg === null || leg === undefined || spec === null || spec === undefined) return;
-    let source = spec.addresses[0]?.addr ?? 0;
-    for (const a of spec.addresses) {
-      const mask = prefixMaskOf(a.prefixLength);
-      if (((a.addr ^ targetIp) & mask) === 0) {
-        source = a.addr;
-        break;
+    const announce = spec.arpAnnounce ?? 0;
+    let source = 0;
+    if (packetSource !== 0 && announce < 2 && this.own.has(packetSource | 0)) {
+      if (announce === 0 || this.onLink(spec, targetIp, packetSource)) source = packetSource;
+    }
+    if (source === 0) {
+      source = spec.addresses[0]?.addr ?? 0;
+      for (const a of spec.addresses) {
+        const mask = prefixMaskOf(a.prefixLength);
+        if (((a.addr ^ targetIp) & mask) === 0) {
+          source = a.addr;
+          break;
+        }
       }
     }
     const dest = unicastMac ? this.table.macs : BROADCAST_MAC;
     this.sendArp(leg, dest, unicastMac ? entry * 6 : 0, ARPOP_REQUEST, spec.mac, source >>> 0, ZERO_MAC, 0, targetIp);
+    this.count(port, EthCounter.ArpRequestsOut);
+  }
+
+  /** inet_addr_onlink: one of the port's subnets holds both `a` and `b`. */
+  private onLink(spec: EthernetPortSpec, a: number, b: number): boolean {
+    for (const x of spec.addresses) {
+      const mask = prefixMaskOf(x.prefixLength);
+      if (((x.addr ^ a) & mask) === 0 && ((x.addr ^ b) & mask) === 0) return true;
+    }
+    return false;
   }
 
   /** NeighbourIo: the packets that waited for `entry` leave with its address. */

@@ -24,7 +24,9 @@
  * offloading router) are copied into a pool of slots allocated once; per neighbour at most
  * unres_qlen_bytes (Linux's default SK_WMEM_MAX, 212992, counted here as frame bytes), the oldest
  * dropped first on overflow (__neigh_event_send, unres_discards); when the pool is empty the new
- * packet is dropped and counted.
+ * packet is dropped and counted. Linux queues a GSO super-packet whole (the skb as it is), so an
+ * offloading router has a second, small pool of slots as large as its batch slots (`superSlots`
+ * of `superSlotSize`) for them; one queue links slots of both pools, in arrival order.
  *
  * The per-packet entry point (`resolve`) allocates nothing: a hash of typed arrays, the entry's
  * Ethernet address read from `macs`.
@@ -98,9 +100,11 @@ export const LINUX_ARP_PARAMS: NeighbourParams = {
 export interface NeighbourIo {
   /**
    * Sends an ARP request for `targetIp` out of `port`: broadcast, or (`unicastMac`) to the
-   * address at `macs[entry * 6]` of the table; `sourceIp` is the packet's sender address.
+   * address at `macs[entry * 6]` of the table. `packetSource`: the source address of the newest
+   * packet waiting for the entry, 0 if none (neigh_probe's skb_peek_tail, which arp_solicit's
+   * arp_announce looks at).
    */
-  solicit(port: number, targetIp: number, unicastMac: boolean, entry: number): void;
+  solicit(port: number, targetIp: number, unicastMac: boolean, entry: number, packetSource: number): void;
   /** Packets queued for `entry` can go now: `pool` slots `slots[0..count)` to `entry`'s address. */
   sendQueued(port: number, entry: number, pool: PacketBatch, slots: Int32Array, count: number): void;
   /** The neighbour failed: the queued packet at `pool` slot `slot` is answered with host unreachable. */
@@ -117,9 +121,11 @@ export class NeighbourCounters {
   tableFulls = 0;
   /** Packets queued while a neighbour was INCOMPLETE. */
   queued = 0;
+  /** Of those, GSO super-packets (queued whole, in the super-packet pool). */
+  queuedSuper = 0;
   /** Queued packets dropped for a newer one, over unres_qlen_bytes (unres_discards). */
   unresDiscards = 0;
-  /** Packets not queued: the queue pool was empty, or the packet does not fit a pool slot. */
+  /** Packets not queued: the queue pool was empty, or the packet fits no pool slot (a super-packet on a router without offloads' pool). */
   queuePoolFull = 0;
   /** Packets dropped because their neighbour failed (each answered with host unreachable if due). */
   failedDrops = 0;
@@ -139,6 +145,10 @@ export interface NeighbourTableOptions {
   /** The pool's slot size and headroom: the router's batch geometry (core/batch.ts). */
   readonly slotSize?: number;
   readonly headroom?: number;
+  /** Slots for GSO super-packets (default 8 when `superSlotSize` is given, else none). */
+  readonly superSlots?: number;
+  /** Their size: the router's batch slot size when offloads are on (io/tun.ts GSO_SLOT_SIZE). */
+  readonly superSlotSize?: number;
   readonly params?: Partial<NeighbourParams>;
 }
 
@@ -162,8 +172,10 @@ export class NeighbourTable {
   readonly capacity: number;
   /** Ethernet address of entry e at macs[e * 6 .. + 6]. */
   readonly macs: Uint8Array;
-  /** The queue pool (core/batch.ts geometry). */
+  /** The queue pool (core/batch.ts geometry); its slots are queue slots 0..pool.capacity-1. */
   readonly pool: PacketBatch;
+  /** The super-packet pool, queue slots pool.capacity.. (empty without offloads). */
+  readonly superPool: PacketBatch;
   io: NeighbourIo | null = null;
 
   private readonly clock: Clock;
@@ -185,6 +197,7 @@ export class NeighbourTable {
   private readonly bucketMask: number;
   private readonly poolNext: Int32Array;
   private poolFree = -1;
+  private superFree = -1;
   private freeEntry = -1;
   private count = 0;
   /** reachable_time: base_reachable_time randomised, redrawn every 300 s (neigh_periodic_work). */
@@ -224,12 +237,19 @@ export class NeighbourTable {
     const poolSlots = options.poolSlots ?? 256;
     this.pool = new PacketBatch(poolSlots, options.slotSize ?? 2048, options.headroom ?? 0);
     this.pool.count = poolSlots;
-    this.poolNext = new Int32Array(poolSlots);
+    const superSlots = options.superSlotSize === undefined ? 0 : (options.superSlots ?? 8);
+    this.superPool = new PacketBatch(superSlots, options.superSlotSize ?? (options.headroom ?? 0) + 1, options.headroom ?? 0);
+    this.superPool.count = superSlots;
+    this.poolNext = new Int32Array(poolSlots + superSlots);
     for (let s = poolSlots - 1; s >= 0; s--) {
       this.poolNext[s] = this.poolFree;
       this.poolFree = s;
     }
-    this.flushSlots = new Int32Array(poolSlots);
+    for (let s = poolSlots + superSlots - 1; s >= poolSlots; s--) {
+      this.poolNext[s] = this.superFree;
+      this.superFree = s;
+    }
+    this.flushSlots = new Int32Array(Math.max(poolSlots, superSlots));
     const now = this.clock.now();
     this.reachableTime = this.randomReachableTime();
     this.lastRandom = now;
@@ -301,25 +321,25 @@ export class NeighbourTable {
       this.timerAt[e] = now + this.params.delayFirstProbeTime;
       return e;
     }
-    if (state === NUD_NONE || state === NUD_FAILED) this.startResolving(e, now);
+    // __neigh_event_send for NONE/FAILED: INCOMPLETE, probes = ucast_probes; the packet is
+    // queued, then the first probe goes at once (it sees the packet: arp_announce).
+    const starting = state === NUD_NONE || state === NUD_FAILED;
+    if (starting) {
+      this.stateOf[e] = NUD_INCOMPLETE;
+      this.probesOf[e] = this.params.ucastSolicit;
+      this.updatedAt[e] = now;
+      this.timerAt[e] = now + this.params.retransTime;
+    }
     this.enqueue(e, batch, slot);
+    if (starting) this.probe(e);
     return NEIGH_HELD;
-  }
-
-  /** __neigh_event_send for NONE/FAILED: INCOMPLETE, probes = ucast_probes, first probe at once. */
-  private startResolving(e: number, now: number): void {
-    this.stateOf[e] = NUD_INCOMPLETE;
-    this.probesOf[e] = this.params.ucastSolicit;
-    this.updatedAt[e] = now;
-    this.timerAt[e] = now + this.params.retransTime;
-    this.probe(e);
   }
 
   /** neigh_probe -> arp_solicit: unicast while probes < ucast_probes (and an address is known), else broadcast; probes++ after. */
   private probe(e: number): void {
     const unicast = this.probesOf[e]! < this.params.ucastSolicit && (this.stateOf[e]! & NUD_VALID) !== 0;
     this.counters.probes++;
-    this.io?.solicit(this.portOf[e]!, this.ipOf[e]! >>> 0, unicast, e);
+    this.io?.solicit(this.portOf[e]!, this.ipOf[e]! >>> 0, unicast, e, this.newestSource(e));
     this.probesOf[e] = this.probesOf[e]! + 1;
   }
 
@@ -392,10 +412,35 @@ export class NeighbourTable {
     return this.lookup(this.portOf[e]!, this.ipOf[e]!) === e;
   }
 
-  /** Copies the packet at `batch` slot `slot` to the end of e's queue (__neigh_event_send). */
+  /** The pool holding queue slot `s`. */
+  private poolOf(s: number): PacketBatch {
+    return s < this.pool.capacity ? this.pool : this.superPool;
+  }
+
+  /** Queue slot `s`'s index in its pool. */
+  private indexIn(s: number): number {
+    return s < this.pool.capacity ? s : s - this.pool.capacity;
+  }
+
+  /** The IPv4 source address of the newest packet queued for e (neigh_probe's skb_peek_tail), 0 if none. */
+  private newestSource(e: number): number {
+    const s = this.queueTail[e]!;
+    if (s < 0) return 0;
+    const pool = this.poolOf(s);
+    const at = pool.offsetOf(this.indexIn(s)) + 12;
+    const d = pool.data;
+    return ((d[at]! << 24) | (d[at + 1]! << 16) | (d[at + 2]! << 8) | d[at + 3]!) >>> 0;
+  }
+
+  /**
+   * Copies the packet at `batch` slot `slot` to the end of e's queue (__neigh_event_send): into
+   * the pool, or, when it is larger than a pool slot (a GSO super-packet, which Linux queues
+   * whole), into the super-packet pool.
+   */
   private enqueue(e: number, batch: PacketBatch, slot: number): void {
     const length = batch.lengths[slot]!;
-    const pool = this.pool;
+    const large = length + this.pool.headroom > this.pool.slotSize;
+    const pool = large ? this.superPool : this.pool;
     if (length + pool.headroom > pool.slotSize || batch.headroom !== pool.headroom) {
       this.counters.queuePoolFull++;
       return;
@@ -410,16 +455,18 @@ export class NeighbourTable {
       this.counters.unresDiscards++;
       return;
     }
-    const s = this.poolFree;
+    const s = large ? this.superFree : this.poolFree;
     if (s < 0) {
       this.counters.queuePoolFull++;
       return;
     }
-    this.poolFree = this.poolNext[s]!;
+    if (large) this.superFree = this.poolNext[s]!;
+    else this.poolFree = this.poolNext[s]!;
+    const index = this.indexIn(s);
     const from = slot * batch.slotSize;
-    pool.data.set(batch.data.subarray(from, from + batch.headroom + length), s * pool.slotSize);
-    pool.lengths[s] = length;
-    pool.nextHops[s] = this.ipOf[e]! >>> 0;
+    pool.data.set(batch.data.subarray(from, from + batch.headroom + length), index * pool.slotSize);
+    pool.lengths[index] = length;
+    pool.nextHops[index] = this.ipOf[e]! >>> 0;
     this.poolNext[s] = -1;
     if (this.queueTail[e]! >= 0) this.poolNext[this.queueTail[e]!] = s;
     else this.queueHead[e] = s;
@@ -427,6 +474,18 @@ export class NeighbourTable {
     this.queueBytes[e] += bytes;
     this.queueCount[e] += 1;
     this.counters.queued++;
+    if (large) this.counters.queuedSuper++;
+  }
+
+  /** Returns queue slot `s` to its pool's free list. */
+  private freeSlot(s: number): void {
+    if (s < this.pool.capacity) {
+      this.poolNext[s] = this.poolFree;
+      this.poolFree = s;
+    } else {
+      this.poolNext[s] = this.superFree;
+      this.superFree = s;
+    }
   }
 
   /** Removes the oldest packet of e's queue, its slot back to the pool. */
@@ -435,10 +494,9 @@ export class NeighbourTable {
     if (s < 0) return -1;
     this.queueHead[e] = this.poolNext[s]!;
     if (this.queueHead[e]! < 0) this.queueTail[e] = -1;
-    this.queueBytes[e] -= this.pool.lengths[s]! + 14;
+    this.queueBytes[e] -= this.poolOf(s).lengths[this.indexIn(s)]! + 14;
     this.queueCount[e] -= 1;
-    this.poolNext[s] = this.poolFree;
-    this.poolFree = s;
+    this.freeSlot(s);
     return s;
   }
 
@@ -450,14 +508,27 @@ export class NeighbourTable {
     return this.queueCount[entry]!;
   }
 
-  /** Hands e's queue to the port now that it has an address (neigh_update: "Again: avoid dead loop" -> output). */
+  /**
+   * Hands e's queue to the port now that it has an address (neigh_update: "Again: avoid dead
+   * loop" -> output), in arrival order: each run of slots of one pool in one write.
+   */
   private sendQueue(e: number): void {
     const n = this.queueCount[e]!;
     if (n === 0) return;
+    const port = this.portOf[e]!;
     let count = 0;
-    for (let s = this.queueHead[e]!; s >= 0; s = this.poolNext[s]!) this.flushSlots[count++] = s;
-    // The slots stay taken until the port has written them.
-    this.io?.sendQueued(this.portOf[e]!, e, this.pool, this.flushSlots, count);
+    let runPool: PacketBatch | null = null;
+    for (let s = this.queueHead[e]!; s >= 0; s = this.poolNext[s]!) {
+      const pool = this.poolOf(s);
+      if (pool !== runPool && count > 0) {
+        // The slots stay taken until the port has written them.
+        this.io?.sendQueued(port, e, runPool!, this.flushSlots, count);
+        count = 0;
+      }
+      runPool = pool;
+      this.flushSlots[count++] = this.indexIn(s);
+    }
+    if (count > 0) this.io?.sendQueued(port, e, runPool!, this.flushSlots, count);
     this.dropQueue(e);
   }
 
@@ -581,9 +652,8 @@ export class NeighbourTable {
     while (s >= 0) {
       const next = this.poolNext[s]!;
       this.counters.failedDrops++;
-      this.io?.unreachable(port, this.pool, s);
-      this.poolNext[s] = this.poolFree;
-      this.poolFree = s;
+      this.io?.unreachable(port, this.poolOf(s), this.indexIn(s));
+      this.freeSlot(s);
       s = next;
     }
   }
@@ -612,6 +682,35 @@ export class NeighbourTable {
   /** Forgets every entry (the ports were renumbered); queued packets are dropped. */
   clear(): void {
     for (const row of this.list()) this.destroy(row.entry);
+  }
+
+  /**
+   * The ports were renumbered by a live change: entry of port p moves to port `newIndexOf[p]`, or
+   * is forgotten (its queued packets dropped) when that is -1, as Linux keeps the neighbours of
+   * the devices that stay and flushes those of a device that goes (neigh_ifdown).
+   */
+  renumberPorts(newIndexOf: readonly number[]): void {
+    const rows = this.list();
+    for (const row of rows) if ((newIndexOf[row.port] ?? -1) < 0) this.destroy(row.entry);
+    const kept = this.list();
+    this.buckets.fill(-1);
+    for (const row of kept) {
+      const e = row.entry;
+      this.portOf[e] = newIndexOf[row.port]!;
+      const bucket = this.bucketOf(this.portOf[e]!, this.ipOf[e]!);
+      this.chain[e] = this.buckets[bucket]!;
+      this.buckets[bucket] = e;
+    }
+  }
+
+  /** Entries per state name (NONE, INCOMPLETE, ...), for the metrics (control plane). */
+  countByState(): Map<string, number> {
+    const counts = new Map<string, number>();
+    for (const row of this.list()) {
+      const name = nudStateName(row.state);
+      counts.set(name, (counts.get(name) ?? 0) + 1);
+    }
+    return counts;
   }
 
   /** Forgets every entry of `port` (its port was removed or re-created); queued packets are dropped. */

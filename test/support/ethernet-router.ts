@@ -124,6 +124,7 @@ export class EthernetRouter {
     this.table = new NeighbourTable({ clock: this.clock, rng: new XorShift32(7), headroom: ETH_HLEN, slotSize: 2048 + ETH_HLEN, params });
     this.stage = new EthernetStage(this.table, this.config.ports.length, ethernetPortsOf(this.config), ETH_HLEN, this.clock);
     this.stage.addOwnAddresses(this.config.ports.flatMap((p) => p.addresses.map((a) => a.addr)));
+    this.stage.sources = this.dataplane;
     this.legs = this.config.ports.flatMap((_, port) => [new MemoryFrameLeg(this.stage, port, 0), new MemoryFrameLeg(this.stage, port, 1)]);
     for (const leg of this.legs) this.stage.attach(leg);
     this.forwarder = new Forwarder(this.dataplane, this.legs, 64, 2048 + ETH_HLEN, ETH_HLEN);
