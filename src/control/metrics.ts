@@ -16,6 +16,7 @@ import { Counter, Gauge, Histogram, Registry, type LabelValues, type MetricType 
 import { DROP_REASON_COUNT, dropReasonName } from "../core/drop-reason.js";
 import { NetfilterNat } from "../dataplane/netfilter-nat.js";
 import type { Dataplane } from "../dataplane/pipeline.js";
+import { EthCounter, type EthernetStage } from "../io/ethernet-leg.js";
 import type { BucketCounts, LoopStats } from "../io/loop-stats.js";
 import { TargetKind } from "../nat/rules/model.js";
 import type { CompiledRules } from "../nat/rules/evaluate.js";
@@ -32,6 +33,8 @@ export interface MetricsSource {
   readonly loop?: LoopStats;
   /** Shared with `qnat top`, so the two never walk the table twice for the same second. */
   readonly census?: ConntrackCensus;
+  /** The Ethernet stage of a router with tap ports (ARP and neighbour counters); absent or undefined otherwise. */
+  readonly ethernet?: () => EthernetStage | undefined;
   /** How old a census may be to answer a scrape (default CENSUS_MAX_AGE_MS; tests: 0, always a new one). */
   readonly censusMaxAgeMs?: number;
 }
@@ -100,6 +103,7 @@ export class MetricsExporter {
     this.defineConntrack();
     this.defineNat();
     this.defineFragments();
+    this.defineEthernet();
     this.defineLoop();
   }
 
@@ -256,6 +260,75 @@ export class MetricsExporter {
     this.counter("qnat_fragmented_datagrams_total", "Packets without DF too big for their egress MTU that left as fragments (Linux Ip: FragOKs).", [], (s) => [[{}, s.stats.fragmentation?.datagrams ?? 0]]);
     this.counter("qnat_fragments_created_total", "Fragments those packets were cut into (Linux Ip: FragCreates).", [], (s) => [[{}, s.stats.fragmentation?.fragments ?? 0]]);
     this.counter("qnat_fragmentation_failures_total", "Packets that needed fragmenting and were dropped: the batch's fragment output was full (Linux Ip: FragFails).", [], (s) => [[{}, s.stats.fragmentation?.failed ?? 0]]);
+  }
+
+  /** ARP, frame drops and the neighbour table of the tap ports (io/ethernet-leg.ts, neigh/table.ts); nothing without tap ports. */
+  private defineEthernet(): void {
+    const stageOf = (): EthernetStage | undefined => this.source.ethernet?.();
+    /** [port name, counter] of each tap port for `field`, with `labels` added. */
+    const perPort = function* (s: Snapshot, field: EthCounter, labels: Labels = {}): Iterable<[Labels, number]> {
+      const stage = stageOf();
+      if (stage === undefined) return;
+      for (const port of s.dataplane.ports) {
+        if (stage.macOf(port.index) === null) continue;
+        yield [{ port: port.name, ...labels }, stage.counter(port.index, field)];
+      }
+    };
+    this.counter("qnat_arp_received_total", "Valid ARP packets a tap port's wire received, by operation (request, reply).", ["port", "op"], function* (s) {
+      yield* perPort(s, EthCounter.ArpRequestsIn, { op: "request" });
+      yield* perPort(s, EthCounter.ArpRepliesIn, { op: "reply" });
+    });
+    this.counter(
+      "qnat_arp_sent_total",
+      "ARP packets a tap port's wire sent, by kind: reply (to a request for a router address), request (resolving a neighbour), gratuitous (an address announced).",
+      ["port", "kind"],
+      function* (s) {
+        yield* perPort(s, EthCounter.ArpReplies, { kind: "reply" });
+        yield* perPort(s, EthCounter.ArpRequestsOut, { kind: "request" });
+        yield* perPort(s, EthCounter.GratuitousOut, { kind: "gratuitous" });
+      },
+    );
+    const dropReasons: [string, EthCounter][] = [
+      ["other-host", EthCounter.OtherHost],
+      ["other-ethertype", EthCounter.OtherEthertype],
+      ["runt", EthCounter.Runt],
+      ["arp-invalid", EthCounter.ArpInvalid],
+      ["arp-not-for-us", EthCounter.ArpNotForUs],
+      ["arp-ignored", EthCounter.ArpIgnored],
+      ["arp-rp-filter", EthCounter.ArpRpFilter],
+      ["tx-error", EthCounter.TxErrors],
+    ];
+    this.counter(
+      "qnat_ethernet_drops_total",
+      "Frames a tap port dropped before (or instead of) the IPv4 pipeline, by reason: another host's MAC, an EtherType qnat does not handle, a runt, malformed ARP, ARP not answered (not for a router address, arp_ignore, a sender failing rp_filter), a frame the leg could not write.",
+      ["port", "reason"],
+      function* (s) {
+        for (const [reason, field] of dropReasons) yield* perPort(s, field, { reason });
+      },
+    );
+    this.counter("qnat_host_unreachable_sent_total", "ICMP host unreachable sent for packets whose neighbour on the port failed to resolve.", ["port"], (s) => perPort(s, EthCounter.HostUnreachableSent));
+    const STATES = ["INCOMPLETE", "REACHABLE", "STALE", "DELAY", "PROBE", "FAILED"];
+    this.gauge("qnat_neighbour_entries", "Neighbour table entries (ip neigh) by state.", ["state"], function* () {
+      const stage = stageOf();
+      if (stage === undefined) return;
+      const counts = stage.table.countByState();
+      for (const state of STATES) yield [{ state }, counts.get(state) ?? 0];
+    });
+    const neighbour = (read: (c: EthernetStage["table"]["counters"]) => number) => (): Iterable<[Labels, number]> => {
+      const stage = stageOf();
+      return stage === undefined ? [] : [[{}, read(stage.table.counters)]];
+    };
+    this.counter("qnat_neighbour_queued_total", "Packets queued while their neighbour was resolving (INCOMPLETE); GSO super-packets included.", [], neighbour((c) => c.queued));
+    this.counter("qnat_neighbour_queue_drops_total", "Packets waiting for a neighbour that were dropped, by reason: overflow (over unres_qlen_bytes, the oldest first), pool-full (no queue slot free), unresolved (the neighbour failed; each answered with host unreachable if the rate limit allows).", ["reason"], function* () {
+      const stage = stageOf();
+      if (stage === undefined) return;
+      const c = stage.table.counters;
+      yield [{ reason: "overflow" }, c.unresDiscards];
+      yield [{ reason: "pool-full" }, c.queuePoolFull];
+      yield [{ reason: "unresolved" }, c.failedDrops];
+    });
+    this.counter("qnat_neighbour_resolution_failures_total", "Neighbour resolutions that failed (FAILED after the probes went unanswered; Linux res_failed).", [], neighbour((c) => c.resFailed));
+    this.counter("qnat_neighbour_table_full_total", "New neighbour entries refused: the table was full of entries in use (Linux table_fulls).", [], neighbour((c) => c.tableFulls));
   }
 
   private defineLoop(): void {

@@ -119,6 +119,14 @@ export function ethernetPortsOf(config: RouterConfig): EthernetPortSpec[] {
   );
 }
 
+/**
+ * Where each port of `running` is in `next` (-1: removed), matched as the legs are (live-apply.ts
+ * portKey: name and wire): a port whose wire changed is a new device, as in Linux.
+ */
+export function portRenumbering(running: RouterConfig, next: RouterConfig): number[] {
+  return running.ports.map((port) => next.ports.findIndex((p) => portKey(p) === portKey(port)));
+}
+
 /** Packets per batch read from a leg. */
 export const BATCH_SIZE = 64;
 
@@ -251,7 +259,7 @@ export async function startRouter(configPath: string, options: RouterOptions = {
   // Prometheus endpoint (metrics.ts) and `qnat top` (top-view.ts), never by the packet path.
   const loopStats = new LoopStats();
   const census = new ConntrackCensus(() => dataplane.conntrack);
-  const exporter = new MetricsExporter({ dataplane: () => dataplane, loop: loopStats, census });
+  const exporter = new MetricsExporter({ dataplane: () => dataplane, loop: loopStats, census, ethernet: () => ethernet });
   let supervisor: LegSupervisor | undefined;
   const handler = (request: ControlRequest): ControlAnswer | Promise<ControlAnswer> => {
     if (!ready) return { ok: false, error: `router ${config.namespace} is starting` };
@@ -423,7 +431,7 @@ export async function startRouter(configPath: string, options: RouterOptions = {
     // ARP requests' senders are validated against the running dataplane's routes (rp_filter).
     ethernet.sources = dataplane;
     ethernet.onUnreachable = (buf, off, length, port) => {
-      if (forwarder instanceof Forwarder) forwarder.hostUnreachable(buf, off, length, port);
+      return forwarder instanceof Forwarder ? forwarder.hostUnreachable(buf, off, length, port) : 0;
     };
     // A capture sees the packets that waited for ARP when they leave (control/capture.ts).
     ethernet.onQueuedSent = (pool, verdicts, legIndex) => captures.tap.deferred(pool, verdicts, legIndex);
@@ -683,10 +691,7 @@ export async function startRouter(configPath: string, options: RouterOptions = {
       // Port indexes change: the tap legs learn theirs; the neighbours and counters of the ports
       // that stay follow them (as Linux keeps the neighbours of devices that stay), those of
       // removed ports go.
-      ethernet.renumberPorts(
-        running.ports.map((port) => next.ports.findIndex((p) => portKey(p) === portKey(port))),
-        next.ports.length,
-      );
+      ethernet.renumberPorts(portRenumbering(running, next), next.ports.length);
       ethernet.setPorts(next.ports.length, ethernetPortsOf(next));
       linked.forEach((leg, index) => {
         if (!(leg instanceof EthernetLeg)) return;

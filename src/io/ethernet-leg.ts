@@ -33,6 +33,7 @@
 import { ETH_HLEN, PacketBatch } from "../core/batch.js";
 import type { Clock } from "../core/clock.js";
 import { DropReason } from "../core/drop-reason.js";
+import { isMartianSource } from "../dataplane/addresses.js";
 import { VERDICT_STOLEN } from "../dataplane/port.js";
 import { validateSource } from "../dataplane/reverse-path.js";
 import type { RoutingTable } from "../route/table.js";
@@ -102,12 +103,17 @@ export const enum EthCounter {
   ArpRpFilter,
   /** ARP requests qnat sent to resolve a neighbour (arp_solicit: broadcast while INCOMPLETE, unicast in PROBE). */
   ArpRequestsOut,
+  /** ARP requests and replies received on the wire leg (valid ones; ArpIn counts the mirror's too). */
+  ArpRequestsIn,
+  ArpRepliesIn,
+  /** ICMP host unreachable sent for packets whose neighbour failed (rate-limited as the router's other errors). */
+  HostUnreachableSent,
   Count,
 }
 export const ETH_COUNTER_NAMES = [
   "arp_in", "arp_out", "arp_replies", "gratuitous_out", "arp_not_for_us", "arp_invalid",
   "other_host", "other_ethertype", "runt", "neighbour_held", "tx_errors", "arp_ignored", "arp_rp_filter",
-  "arp_requests_out",
+  "arp_requests_out", "arp_requests_in", "arp_replies_in", "host_unreachable_sent",
 ] as const;
 const ETH_COUNTERS = EthCounter.Count as number;
 
@@ -202,8 +208,8 @@ export class EthernetStage implements NeighbourIo {
    * change). Null: no validation.
    */
   sources: SourceRoutes | null = null;
-  /** Told about each packet whose neighbour failed (the forwarder answers it with host unreachable). */
-  onUnreachable: ((buf: Uint8Array, off: number, length: number, port: number) => void) | null = null;
+  /** Told about each packet whose neighbour failed (the forwarder answers it with host unreachable); returns the errors it sent (0 or 1). */
+  onUnreachable: ((buf: Uint8Array, off: number, length: number, port: number) => number) | null = null;
   /** Told about the packets that waited for ARP when they leave (`verdicts[slot] === 0`), for a capture (io/capture.ts). */
   onQueuedSent: ((pool: PacketBatch, verdicts: Int32Array, legIndex: number) => void) | null = null;
 
@@ -356,6 +362,7 @@ export class EthernetStage implements NeighbourIo {
     }
     this.count(port, EthCounter.ArpIn);
     const op = arpOperation(data, arp);
+    this.count(port, op === ARPOP_REQUEST ? EthCounter.ArpRequestsIn : EthCounter.ArpRepliesIn);
     const sha = arpSenderMacOffset(arp);
     const spec = this.ports[port]!;
     // The sender claims one of our addresses: nothing is learnt (a conflicting sender is not
@@ -420,8 +427,13 @@ export class EthernetStage implements NeighbourIo {
     return true;
   }
 
-  /** ip_route_input_noref's source validation of an ARP request's sender (fib_validate_source, reverse-path.ts). */
+  /**
+   * ip_route_input_noref's source validation of an ARP request's sender: a martian source
+   * (loopback, 0/8, the limited broadcast: ip_route_input_slow, whatever rp_filter says), then
+   * fib_validate_source with the port's rp_filter (reverse-path.ts).
+   */
   private senderValid(sip: number, port: number): boolean {
+    if (isMartianSource(sip)) return false;
     const sources = this.sources;
     if (sources === null) return true;
     return validateSource(sources.routes, sources.rpFilter[port] ?? 0, sip | 0, port) === DropReason.None;
@@ -654,7 +666,8 @@ export class EthernetStage implements NeighbourIo {
 
   /** NeighbourIo: a queued packet whose neighbour failed. */
   unreachable(port: number, pool: PacketBatch, slot: number): void {
-    this.onUnreachable?.(pool.data, pool.offsetOf(slot), pool.lengths[slot]!, port);
+    const sent = this.onUnreachable?.(pool.data, pool.offsetOf(slot), pool.lengths[slot]!, port) ?? 0;
+    this.counters[port * ETH_COUNTERS + EthCounter.HostUnreachableSent] += sent;
   }
 
   /** The neighbour timers (neigh/table.ts tick); the router calls it every 100 ms. */

@@ -90,10 +90,13 @@ export class Forwarder {
    * A packet whose neighbour failed to resolve (an Ethernet port, io/ethernet-leg.ts): the
    * dataplane answers it with ICMP host unreachable, written out at once.
    */
-  hostUnreachable(buf: Uint8Array, off: number, length: number, port: number): void {
+  hostUnreachable(buf: Uint8Array, off: number, length: number, port: number): number {
     this.generated.clear();
     this.dataplane.hostUnreachable(buf, off, length, port, this.generated, this.generatedVerdicts);
+    let sent = 0;
+    for (let i = 0; i < this.generated.count; i++) if (this.generatedVerdicts[i]! >= 0) sent++;
     if (this.generated.count > 0) this.flush(this.generated, this.generatedVerdicts);
+    return sent;
   }
 
   private flush(batch: PacketBatch, verdicts: Int32Array): void {
