@@ -1,6 +1,6 @@
 import { describe, expect, it } from "vitest";
 import { readFileSync } from "node:fs";
-import { ConfigError, effectiveRpFilter, loadConfig, parseConfig, defaultMacOf } from "../../src/config/config.js";
+import { ConfigError, effectiveArpAnnounce, effectiveArpIgnore, effectiveRpFilter, loadConfig, parseConfig, defaultMacOf } from "../../src/config/config.js";
 import { formatCidr } from "../../src/core/addr.js";
 import { buildDataplane } from "../../src/dataplane/from-config.js";
 
@@ -103,6 +103,43 @@ describe("rp_filter: router-wide (conf/all) and per port (conf/DEV), Linux's max
       "bad.yaml:14: port qg-e76de35e-90 rp_filter off has no effect under the router-wide rp_filter strict: " +
         "a port gets the larger of the two (off < strict < loose), as Linux's conf/all and conf/qg-e76de35e-90",
     );
+  });
+});
+
+describe("arp_ignore and arp_announce: tap ports only, router-wide (conf/all) and per port (conf/DEV), Linux's max of the two", () => {
+  /** The seed with both ports in tap mode; `qg` lines added to qg-'s mapping (line 14 onwards), `top` at the end. */
+  const tapText = (qg = "", top = "") =>
+    seedText
+      .replace(/device: eth0 \}/g, "device: eth0, mode: tap }")
+      .replace("    wire: { namespace: qnat-external, device: eth0, mode: tap }\n", `    wire: { namespace: qnat-external, device: eth0, mode: tap }\n${qg}`) + top;
+  const lastLine = (text: string) => text.split("\n").length - 1;
+  it("are 0 (Linux's defaults) unless the config says otherwise", () => {
+    const config = parseConfig(tapText(), "seed.yaml");
+    expect(config.ports.map((p) => [effectiveArpIgnore(config, p), effectiveArpAnnounce(config, p)])).toEqual([[0, 0], [0, 0]]);
+  });
+  it("a port takes the larger of its own value and the router-wide one", () => {
+    const config = parseConfig(tapText("    arp_ignore: 2\n    arp_announce: 2\n", "arp_ignore: 1\narp_announce: 1\n"), "seed.yaml");
+    expect(config.ports.map((p) => [effectiveArpIgnore(config, p), effectiveArpAnnounce(config, p)])).toEqual([[1, 1], [2, 2]]);
+    const eight = parseConfig(tapText("    arp_ignore: 8\n"), "seed.yaml");
+    expect(eight.ports.map((p) => effectiveArpIgnore(eight, p))).toEqual([0, 8]);
+  });
+  it("values Linux does not have, or reserves, are one-line errors saying why", () => {
+    expect(errorOf(tapText("    arp_ignore: 5\n"))).toBe("bad.yaml:14: port qg-e76de35e-90 arp_ignore 5 is reserved in Linux (it answers as 0 there); use 0, 1, 2, 3 or 8");
+    expect(errorOf(tapText("    arp_ignore: 9\n"))).toBe("bad.yaml:14: port qg-e76de35e-90 arp_ignore must be 0, 1, 2, 3 or 8 (Linux's arp_ignore values)");
+    expect(errorOf(tapText("    arp_announce: strict\n"))).toBe("bad.yaml:14: port qg-e76de35e-90 arp_announce must be 0, 1 or 2 (Linux's arp_announce values)");
+    const top = tapText("", "arp_announce: 3\n");
+    expect(errorOf(top)).toBe(`bad.yaml:${lastLine(top)}: arp_announce must be 0, 1 or 2 (Linux's arp_announce values)`);
+  });
+  it("a port value the router-wide one overrides is an error, as for rp_filter", () => {
+    expect(errorOf(tapText("    arp_ignore: 1\n", "arp_ignore: 2\n"))).toBe(
+      "bad.yaml:14: port qg-e76de35e-90 arp_ignore 1 has no effect under the router-wide arp_ignore 2: a port gets the larger of the two, as Linux's conf/all and conf/qg-e76de35e-90",
+    );
+  });
+  it("on a TUN port, or router-wide without a tap port, they are errors: TUN ports have no ARP", () => {
+    const tun = seedText.replace("    wire: { namespace: qnat-external, device: eth0 }\n", "    wire: { namespace: qnat-external, device: eth0 }\n    arp_announce: 1\n");
+    expect(errorOf(tun)).toBe("bad.yaml:14: port qg-e76de35e-90: arp_announce needs wire.mode: tap (a TUN port has no ARP)");
+    const wide = `${seedText}arp_ignore: 1\n`;
+    expect(errorOf(wide)).toBe(`bad.yaml:${lastLine(wide)}: arp_ignore needs a port with wire.mode: tap (TUN ports have no ARP)`);
   });
 });
 

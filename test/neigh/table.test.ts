@@ -30,36 +30,43 @@ const OTHER_MAC = parseMac("02:00:00:00:01:02");
 
 /** Records what the table asks of the ports. */
 class RecordingIo implements NeighbourIo {
-  readonly probes: { target: number; unicast: boolean; at: number }[] = [];
-  readonly sent: { entry: number; mac: string; lengths: number[] }[] = [];
+  readonly probes: { target: number; unicast: boolean; at: number; source: number }[] = [];
+  readonly sent: { entry: number; mac: string; lengths: number[]; bytes: number[] }[] = [];
   readonly unreachables: number[] = [];
   constructor(
     private readonly table: () => NeighbourTable,
     private readonly clock: ManualClock,
   ) {}
-  solicit(_port: number, targetIp: number, unicastMac: boolean): void {
-    this.probes.push({ target: targetIp, unicast: unicastMac, at: this.clock.now() });
+  solicit(_port: number, targetIp: number, unicastMac: boolean, _entry: number, packetSource: number): void {
+    this.probes.push({ target: targetIp, unicast: unicastMac, at: this.clock.now(), source: packetSource });
   }
   sendQueued(_port: number, entry: number, pool: PacketBatch, slots: Int32Array, count: number): void {
     const lengths: number[] = [];
-    for (let k = 0; k < count; k++) lengths.push(pool.lengths[slots[k]!]!);
-    this.sent.push({ entry, mac: formatMac(this.table().macs, entry * 6), lengths });
+    const bytes: number[] = [];
+    for (let k = 0; k < count; k++) {
+      lengths.push(pool.lengths[slots[k]!]!);
+      // The packet's last byte: the test's mark of which packet it is, copied whole.
+      bytes.push(pool.data[pool.offsetOf(slots[k]!) + pool.lengths[slots[k]!]! - 1]!);
+    }
+    this.sent.push({ entry, mac: formatMac(this.table().macs, entry * 6), lengths, bytes });
   }
   unreachable(_port: number, pool: PacketBatch, slot: number): void {
     this.unreachables.push(pool.lengths[slot]!);
   }
 }
 
-function setup(params: Partial<NeighbourParams> = {}, options: { capacity?: number; poolSlots?: number } = {}) {
+function setup(params: Partial<NeighbourParams> = {}, options: { capacity?: number; poolSlots?: number; superSlots?: number; superSlotSize?: number } = {}) {
   const clock = new ManualClock();
   const table = new NeighbourTable({ clock, rng: new XorShift32(11), params, headroom: 0, slotSize: 2048, ...options });
   const io = new RecordingIo(() => table, clock);
   table.io = io;
-  const batch = new PacketBatch(4, 2048, 0);
-  /** A packet of `length` bytes routed to `ip`. */
-  const send = (length = 100, ip = GATEWAY): number => {
+  const batch = new PacketBatch(1, options.superSlotSize ?? 2048, 0);
+  /** A packet of `length` bytes routed to `ip`, from `source`, its last byte `mark`. */
+  const send = (length = 100, ip = GATEWAY, source = 0, mark = 0): number => {
     batch.lengths[0] = length;
     batch.count = 1;
+    new DataView(batch.data.buffer).setUint32(12, source);
+    batch.data[length - 1] = mark;
     return table.resolve(PORT, ip, clock.now(), batch, 0);
   };
   /** Runs the timers every 100 ms for `seconds`. */
@@ -104,7 +111,7 @@ describe("the neighbour table resolves 9.186.100.1 as Linux's ARP does", () => {
     t.advance(0.5);
     t.reply();
     expect(t.state()).toBe(NUD_REACHABLE);
-    expect(t.io.sent).toEqual([{ entry: t.table.lookup(PORT, GATEWAY), mac: "02:00:00:00:01:01", lengths: [100, 300] }]);
+    expect(t.io.sent).toMatchObject([{ entry: t.table.lookup(PORT, GATEWAY), mac: "02:00:00:00:01:01", lengths: [100, 300] }]);
     const e = t.send(64);
     expect(e).toBe(t.table.lookup(PORT, GATEWAY));
     expect(formatMac(t.table.macs, e * 6)).toBe("02:00:00:00:01:01");
@@ -196,6 +203,51 @@ describe("the neighbour table resolves 9.186.100.1 as Linux's ARP does", () => {
     expect(t.table.queuedPackets(e)).toBe(3);
     t.reply();
     expect(t.io.sent[0]!.lengths).toEqual([1000, 1000, 500]);
+  });
+
+  it("a GSO super-packet (64 KiB) waiting for the neighbour is queued whole, as Linux queues the skb, and leaves in arrival order among the others", () => {
+    const t = setup({}, { superSlots: 2, superSlotSize: 65536 });
+    t.send(100, GATEWAY, 0, 1);
+    t.send(60000, GATEWAY, 0, 2);
+    t.send(200, GATEWAY, 0, 3);
+    t.send(30000, GATEWAY, 0, 4);
+    // A third super-packet finds the super-packet pool taken: dropped, counted.
+    t.send(40000, GATEWAY, 0, 5);
+    expect(t.table.counters).toMatchObject({ queued: 4, queuedSuper: 2, queuePoolFull: 1 });
+    t.reply();
+    expect(t.io.sent.map((s) => [s.lengths, s.bytes])).toEqual([
+      [[100], [1]],
+      [[60000], [2]],
+      [[200], [3]],
+      [[30000], [4]],
+    ]);
+    // The slots are free again: two more super-packets for a new neighbour are queued.
+    const other = parseIpv4("9.186.100.7");
+    t.send(60000, other);
+    t.send(60000, other);
+    expect(t.table.counters.queuePoolFull).toBe(1);
+    expect(t.table.queuedPackets(t.table.lookup(PORT, other))).toBe(2);
+  });
+
+  it("without a super-packet pool (a router without offloads has none) a packet larger than a slot is refused and counted", () => {
+    const t = setup();
+    expect(t.table.superPool.capacity).toBe(0);
+    t.send(2100);
+    expect(t.table.counters).toMatchObject({ queued: 0, queuePoolFull: 1 });
+  });
+
+  it("each probe is told the source of the newest packet waiting (neigh_probe's skb_peek_tail, for arp_announce); none in PROBE", () => {
+    const t = setup();
+    t.send(100, GATEWAY, parseIpv4("9.186.100.129"));
+    t.send(100, GATEWAY, parseIpv4("10.0.0.3"));
+    t.advance(1.05);
+    expect(t.io.probes.map((p) => p.source)).toEqual([parseIpv4("9.186.100.129"), parseIpv4("10.0.0.3")]);
+    t.reply();
+    t.advance(60);
+    t.send(100);
+    t.advance(6.05);
+    expect(t.state()).toBe(NUD_PROBE);
+    expect(t.io.probes.at(-1)).toMatchObject({ unicast: true, source: 0 });
   });
 
   it("an empty queue pool refuses the packet and counts it; a full table refuses a new neighbour and counts it", () => {
