@@ -14,8 +14,8 @@ import { portRenumbering } from "../../src/control/router-process.js";
 import { EthCounter } from "../../src/io/ethernet-leg.js";
 import { NUD_REACHABLE } from "../../src/neigh/table.js";
 import { ARPOP_REPLY, ARPOP_REQUEST, arpOperation, arpSenderIp, arpTargetIp } from "../../src/wire/arp.js";
-import { buildPacket } from "../../src/wire/build.js";
-import { parseMac } from "../../src/wire/ethernet.js";
+import { buildPacket, decodePacket } from "../../src/wire/build.js";
+import { formatMac as formatMacAt, parseMac } from "../../src/wire/ethernet.js";
 import { EthernetRouter, QR_MAC, arpFrame, ipFrame, seedTapText } from "../support/ethernet-router.js";
 
 const QR = 0;
@@ -234,6 +234,28 @@ describe("Ethernet metrics (qnat_arp_*, qnat_ethernet_*, qnat_neighbour_*)", () 
     const text = await new MetricsExporter({ dataplane: () => r.dataplane, censusMaxAgeMs: 0 }).scrape();
     expect(text).not.toMatch(/^qnat_(arp|ethernet|host_unreachable)_\w+\{/m);
     expect(text).not.toMatch(/^qnat_neighbour_\w+\{/m);
+  });
+});
+
+describe("a packet larger than a queue slot waiting for its neighbour", () => {
+  it("a 9000-byte datagram from 10.0.0.3 (jumbo MTUs; a GSO super-packet takes the same way) waits whole for the gateway's reply, then leaves to its MAC", () => {
+    const r = new EthernetRouter({}, seedTapText().replace(/mtu: 1500/g, "mtu: 9000"), 9216 + ETH_HLEN);
+    r.table.update(QR, ip("10.0.0.3"), parseMac(VM2_MAC), 0, NUD_REACHABLE, true, false);
+    const payload = new Uint8Array(8972).fill(0x5a);
+    r.leg(QR).inject(ipFrame(QR_MAC, VM2_MAC, { protocol: "udp", src: "10.0.0.3", dst: "203.0.113.10", sport: 40000, dport: 9, payload }));
+    r.run();
+    const [request] = r.leg(QG).take();
+    expect(arpTargetIp(request!, ETH_HLEN)).toBe(ip("9.186.100.1"));
+    expect(r.table.counters).toMatchObject({ queued: 1, queuedSuper: 1, queuePoolFull: 0 });
+    r.leg(QG).inject(arpFrame(BROADCAST, GW_MAC, ARPOP_REPLY, { mac: GW_MAC, ip: ip("9.186.100.1") }, { mac: BROADCAST, ip: ip("9.186.100.2") }));
+    r.run();
+    const [datagram, ...rest] = r.leg(QG).take();
+    expect(rest).toEqual([]);
+    expect(formatMacAt(datagram!, 0)).toBe(GW_MAC);
+    const packet = decodePacket(datagram!.subarray(ETH_HLEN));
+    expect(packet).toMatchObject({ protocol: "udp", src: "9.186.100.2", dst: "203.0.113.10", dport: 9 });
+    expect(datagram!.length).toBe(ETH_HLEN + 20 + 8 + 8972);
+    expect(datagram!.subarray(ETH_HLEN + 28).every((b) => b === 0x5a)).toBe(true);
   });
 });
 

@@ -118,16 +118,20 @@ export class EthernetRouter {
   readonly legs: MemoryFrameLeg[];
   readonly forwarder: Forwarder;
 
-  constructor(params: Partial<NeighbourParams> = {}, text = seedTapText()) {
+  /** `slotSize`: the batches' slot size; larger than 2 KiB, the neighbour table gets a pool of slots that size (as an offloading router's). */
+  constructor(params: Partial<NeighbourParams> = {}, text = seedTapText(), slotSize = 2048 + ETH_HLEN) {
     this.config = parseConfig(text, "seed-tap.yaml");
     this.dataplane = buildDataplane(this.config, { clock: this.clock, rng: new XorShift32(42) });
-    this.table = new NeighbourTable({ clock: this.clock, rng: new XorShift32(7), headroom: ETH_HLEN, slotSize: 2048 + ETH_HLEN, params });
+    this.table = new NeighbourTable({
+      clock: this.clock, rng: new XorShift32(7), headroom: ETH_HLEN, slotSize: 2048 + ETH_HLEN, params,
+      ...(slotSize > 2048 + ETH_HLEN ? { superSlotSize: slotSize } : {}),
+    });
     this.stage = new EthernetStage(this.table, this.config.ports.length, ethernetPortsOf(this.config), ETH_HLEN, this.clock);
     this.stage.addOwnAddresses(this.config.ports.flatMap((p) => p.addresses.map((a) => a.addr)));
     this.stage.sources = this.dataplane;
     this.legs = this.config.ports.flatMap((_, port) => [new MemoryFrameLeg(this.stage, port, 0), new MemoryFrameLeg(this.stage, port, 1)]);
     for (const leg of this.legs) this.stage.attach(leg);
-    this.forwarder = new Forwarder(this.dataplane, this.legs, 64, 2048 + ETH_HLEN, ETH_HLEN);
+    this.forwarder = new Forwarder(this.dataplane, this.legs, 64, slotSize, ETH_HLEN);
     this.stage.onUnreachable = (buf, off, length, port) => this.forwarder.hostUnreachable(buf, off, length, port);
   }
 
