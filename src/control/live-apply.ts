@@ -192,14 +192,19 @@ export function diffConfigs(running: RouterConfig, runningRules: NatTable, next:
   };
 }
 
-/** rp_filter (router-wide and per kept port), conntrack drop_invalid and the metrics endpoint: the router's settings. */
+/** rp_filter, arp_ignore and arp_announce (router-wide and per kept port), conntrack drop_invalid and the metrics endpoint: the router's settings. */
 function settingChanges(running: RouterConfig, next: RouterConfig): string[] {
   const lines: string[] = [];
   if (running.rpFilter !== next.rpFilter) lines.push(`~ rp_filter ${running.rpFilter} -> ${next.rpFilter}`);
   for (const port of next.ports) {
     const before = running.ports.find((p) => portKey(p) === portKey(port));
     if (before !== undefined && before.rpFilter !== port.rpFilter) lines.push(`~ rp_filter ${before.rpFilter} -> ${port.rpFilter} on ${port.name}`);
+    // arp_ignore / arp_announce of a tap port: the Ethernet stage takes them with the new ports.
+    if (before !== undefined && before.arpIgnore !== port.arpIgnore) lines.push(`~ arp_ignore ${before.arpIgnore} -> ${port.arpIgnore} on ${port.name}`);
+    if (before !== undefined && before.arpAnnounce !== port.arpAnnounce) lines.push(`~ arp_announce ${before.arpAnnounce} -> ${port.arpAnnounce} on ${port.name}`);
   }
+  if (running.arpIgnore !== next.arpIgnore) lines.push(`~ arp_ignore ${running.arpIgnore} -> ${next.arpIgnore}`);
+  if (running.arpAnnounce !== next.arpAnnounce) lines.push(`~ arp_announce ${running.arpAnnounce} -> ${next.arpAnnounce}`);
   if (running.conntrack.dropInvalid !== next.conntrack.dropInvalid) {
     lines.push(`~ conntrack drop_invalid ${running.conntrack.dropInvalid} -> ${next.conntrack.dropInvalid}`);
   }

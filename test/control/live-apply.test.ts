@@ -54,6 +54,18 @@ describe("what qnat apply sees as the difference", () => {
     ]);
   });
 
+  it("arp_ignore and arp_announce of tap ports, router-wide and per port: printed, taken by the Ethernet stage with the new ports", () => {
+    const tap = SEED.replace(/device: eth0 \}/g, "device: eth0, mode: tap }");
+    const seed = load(tap);
+    const changed = load(
+      `${tap.replace("    wire: { namespace: qnat-external, device: eth0, mode: tap }\n", "    wire: { namespace: qnat-external, device: eth0, mode: tap }\n    arp_announce: 2\n")}arp_ignore: 1\n`,
+    );
+    expect(formatDifference(diffConfigs(seed.config, seed.rules, changed.config, changed.rules), changed.config)).toEqual([
+      "~ arp_announce 0 -> 2 on qg-e76de35e-90",
+      "~ arp_ignore 0 -> 1",
+    ]);
+  });
+
   it("an MTU and a route", () => {
     const seed = load(SEED);
     const changed = load(
