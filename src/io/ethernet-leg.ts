@@ -19,9 +19,11 @@
  *
  * The two legs of a port:
  * - the wire leg is qnat on the segment: it owns the port's MAC, answers ARP for the router's
- *   addresses (arp_ignore=0: any local address, Linux's weak host model; arp_announce=0),
- *   learns neighbours from ARP requests for its addresses and replies (arp_accept=0: a
- *   gratuitous ARP only updates an existing entry), resolves next hops; no proxy ARP.
+ *   addresses as the port's arp_ignore allows (default 0: any local address, Linux's weak host
+ *   model) to senders that pass the port's rp_filter, picks its requests' sender address by the
+ *   port's arp_announce (default 0), learns neighbours from ARP requests for its addresses and
+ *   replies (arp_accept=0: a gratuitous ARP only updates an existing entry), resolves next hops;
+ *   no proxy ARP.
  * - the mirror is a TAP in the router namespace carrying the port's MAC, so `ip addr` there
  *   shows `link/ether MAC` as on a Neutron router. Frames from the mirror are routed by qnat at
  *   L3, so the router namespace's kernel only needs some address to send them to: qnat answers
