@@ -22,7 +22,7 @@ export function checksumInvalid(table: ConntrackTable, info: PacketInfo): boolea
   if (protocol !== IPPROTO_TCP && protocol !== IPPROTO_UDP && protocol !== IPPROTO_ICMP) return false;
   if (info.isFragment || !info.hasL4) return false;
   if (info.l4ChecksumPartial) return false;
-  if (l4ChecksumValid(info.buf, info.l4Offset, info.l4Length, protocol, info.src, info.dst)) return false;
+  if (l4ChecksumValid(info.buf, info.l4Offset, info.l4Length, protocol, info.srcBits, info.dstBits)) return false;
   table.counters.invalid++;
   table.counters.invalidChecksum++;
   return true;

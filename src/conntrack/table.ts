@@ -23,7 +23,7 @@
  * Expiry is O(1) per packet: an expired entry met by a lookup is removed then (Linux
  * `nf_ct_gc_expired`), and `gc(budget)` sweeps `budget` slots per call from a rotating cursor.
  */
-import { type HashKey, hashKeyFrom, hsiphash } from "../core/hash.js";
+import { type HashKey, hashKeyFrom, hsiphashBits } from "../core/hash.js";
 import type { Clock } from "../core/clock.js";
 import { XorShift32 } from "../core/rng.js";
 import { UndoLog } from "../core/undo-log.js";
@@ -344,7 +344,7 @@ export class ConntrackTable {
 
   /** Keyed HalfSipHash of the tuple (Linux hash_conntrack_raw: siphash of the tuple, random key). */
   private hashTuple(protocol: number, src: number, dst: number, ports: number): number {
-    return hsiphash(this.k0, this.k1, 4, protocol, src, dst, ports) & this.bucketMask;
+    return hsiphashBits(this.k0, this.k1, 4, protocol, src, dst, ports) & this.bucketMask;
   }
 
   private nodeBucket(node: number): number {

@@ -79,8 +79,8 @@ export function track(table: ConntrackTable, info: PacketInfo, result: TrackResu
   }
 
   // Time: the table's `now()` (pinned once per batch by the dataplane), read by each step itself.
-  // Addresses as int32 bits: a uint32 of 2^31 or more passed to a call is a boxed (allocated) double.
-  const handle = table.lookup(protocol, info.src | 0, info.dst | 0, sport, dport);
+  // Addresses as int32 bits (packet-info.ts): a uint32 of 2^31 or more passed to a call is a boxed (allocated) double.
+  const handle = table.lookup(protocol, info.srcBits, info.dstBits, sport, dport);
   if (handle >= 0) {
     const id = handle >> 1;
     const dir = handle & 1;
@@ -119,7 +119,7 @@ export function track(table: ConntrackTable, info: PacketInfo, result: TrackResu
   }
   if (protocol === IPPROTO_ICMP && !icmpMayCreate(info.icmpType)) return invalid(table, result);
 
-  const id = table.create(protocol, info.src | 0, info.dst | 0, sport, dport);
+  const id = table.create(protocol, info.srcBits, info.dstBits, sport, dport);
   if (id < 0) {
     result.state = CtState.Invalid;
     return DropReason.ConntrackFull;
@@ -161,8 +161,8 @@ function trackIcmpError(table: ConntrackTable, info: PacketInfo, result: TrackRe
     dport = icmpTupleDport(inverseType, info.innerIcmpCode);
   }
   // ct->tuplehash[dir].tuple.dst is the inverted tuple's dst, i.e. the embedded source.
-  if (info.dst >>> 0 !== info.innerSrc >>> 0) return invalid(table, result);
-  const handle = table.lookup(innerProtocol, info.innerDst, info.innerSrc, sport, dport);
+  if (info.dstBits !== info.innerSrcBits) return invalid(table, result);
+  const handle = table.lookup(innerProtocol, info.innerDstBits, info.innerSrcBits, sport, dport);
   if (handle < 0) return invalid(table, result);
   result.id = handle >> 1;
   result.dir = handle & 1;

@@ -44,6 +44,15 @@ export function hashKeyFrom(rng: Rng): HashKey {
  * form and much smaller.
  */
 export function hsiphash(k0: number, k1: number, words: number, a: number, b: number, c: number, d: number): number {
+  return hsiphashBits(k0, k1, words, a, b, c, d) >>> 0;
+}
+
+/**
+ * `hsiphash` as int32 bits, for per-packet callers: a uint32 of 2^31 or more returned from a call
+ * that is not inlined is a heap number in V8 (allocated), an int32 never is. `& mask` and the
+ * other bit operations give the same result on either form. Words may be int32 or uint32.
+ */
+export function hsiphashBits(k0: number, k1: number, words: number, a: number, b: number, c: number, d: number): number {
   let v0 = k0 | 0;
   let v1 = k1 | 0;
   let v2 = 0x6c796765 ^ k0; // "lyge", HalfSipHash's initial v2 and v3 ("tedb")
@@ -71,7 +80,7 @@ export function hsiphash(k0: number, k1: number, words: number, a: number, b: nu
     v0 ^= m;
     if (i === words) v2 ^= 0xff;
   }
-  return (v1 ^ v3) >>> 0;
+  return v1 ^ v3;
 }
 
 /** Keyed hash of two words (Linux hsiphash_2u32). uint32. */

@@ -27,7 +27,7 @@ export const ICMP_ERROR_NOT_DUE = 0;
 export const ICMP_ERROR_RATE_LIMITED = -1;
 
 export class IcmpErrorWriter {
-  /** The source address of the last error written (for traces). */
+  /** The source address of the last error written (for traces), int32 bits. */
   lastFrom = 0;
   private readonly limiter: IcmpRateLimiter;
   private ipId = 1;
@@ -49,12 +49,13 @@ export class IcmpErrorWriter {
   write(info: PacketInfo, buf: Uint8Array, off: number, type: number, code: number, mtu: number, ingress: number, generated: PacketBatch): number {
     if (info.fragmentOffset !== 0) return ICMP_ERROR_NOT_DUE;
     if (info.protocol === IPPROTO_ICMP && (info.isIcmpError || !info.hasL4)) return ICMP_ERROR_NOT_DUE;
-    const to = info.src;
+    // Addresses as int32 bits (packet-info.ts): a uint32 of 128.0.0.0 or more would be a heap number.
+    const to = info.srcBits;
     if (to === 0 || isMartianSource(to) || this.addresses.isBroadcast(to)) return ICMP_ERROR_NOT_DUE;
-    if (this.addresses.isBroadcast(info.dst) || info.dst >>> 28 === 0xe) return ICMP_ERROR_NOT_DUE;
+    if (this.addresses.isBroadcast(info.dstBits) || info.dstBits >>> 28 === 0xe) return ICMP_ERROR_NOT_DUE;
     if (generated.count >= generated.capacity) return ICMP_ERROR_NOT_DUE;
     if (!this.limiter.allow(type, code, to)) return ICMP_ERROR_RATE_LIMITED;
-    let from = this.ports[ingress]!.primary;
+    let from = this.ports[ingress]!.primary | 0;
     if (this.addresses.isOwn(to)) {
       // The packet's source is one of the router's own addresses: a packet already SNATed when
       // the error is due (a dead neighbour, after POSTROUTING), or the router host's own. Linux's
@@ -65,8 +66,8 @@ export class IcmpErrorWriter {
     } else {
       const back = this.routes.lookup(to);
       if (back >= 0) {
-        const prefSrc = this.routes.routePrefSrc(back);
-        from = prefSrc !== 0 ? prefSrc : this.ports[this.routes.routePort(back)]!.primary;
+        const prefSrc = this.routes.routePrefSrc(back) | 0;
+        from = prefSrc !== 0 ? prefSrc : this.ports[this.routes.routePort(back)]!.primary | 0;
       }
     }
     this.lastFrom = from;

@@ -20,7 +20,8 @@ const GLOBAL_BURST = 50; // icmp_msgs_burst
 const RATE_MASK = 0x1818; // icmp_ratemask
 
 export class IcmpRateLimiter {
-  private readonly peerAddr = new Uint32Array(PEER_SLOTS);
+  /** Peer addresses as int32 bits (packet-info.ts): compared with what `allow` is given, after `| 0`. */
+  private readonly peerAddr = new Int32Array(PEER_SLOTS);
   private readonly peerTokens = new Float64Array(PEER_SLOTS);
   private readonly peerStamp = new Float64Array(PEER_SLOTS);
   private globalTokens = GLOBAL_BURST;
@@ -41,9 +42,10 @@ export class IcmpRateLimiter {
     this.globalTokens = Math.min(GLOBAL_BURST, this.globalTokens + elapsed * GLOBAL_RATE);
     if (this.globalTokens < 1) return false;
 
-    const slot = (Math.imul(dst, 0x9e3779b1) >>> 22) & (PEER_SLOTS - 1);
-    if (this.peerAddr[slot] !== dst || this.peerStamp[slot] === 0) {
-      this.peerAddr[slot] = dst;
+    const peer = dst | 0;
+    const slot = (Math.imul(peer, 0x9e3779b1) >>> 22) & (PEER_SLOTS - 1);
+    if (this.peerAddr[slot] !== peer || this.peerStamp[slot] === 0) {
+      this.peerAddr[slot] = peer;
       this.peerTokens[slot] = PEER_BURST;
       this.peerStamp[slot] = now;
     }

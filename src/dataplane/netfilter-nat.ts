@@ -110,7 +110,10 @@ export class NetfilterNat implements NatStage {
     return DropReason.None;
   }
 
-  /** A binding into [minAddr, maxAddr] with the rule's ports and flags (nf_nat_setup_info). */
+  /**
+   * A binding into [minAddr, maxAddr] with the rule's ports and flags (nf_nat_setup_info). The
+   * addresses are int32 bits: a uint32 of 128.0.0.0 or more passed to a call is a heap number.
+   */
   private setup(id: number, manip: Manip, decision: NatDecision, minAddr: number, maxAddr: number, explain: string[] | undefined): boolean {
     const range = this.range;
     range.minAddr = minAddr;
@@ -126,8 +129,8 @@ export class NetfilterNat implements NatStage {
     const id = ct.id;
     const input = this.ruleInput;
     input.protocol = info.protocol;
-    input.src = info.src;
-    input.dst = info.dst;
+    input.src = info.srcBits;
+    input.dst = info.dstBits;
     input.sport = info.protocol === IPPROTO_ICMP ? 0 : info.sport;
     input.dport = info.protocol === IPPROTO_ICMP ? 0 : info.dport;
     input.icmpType = info.icmpType;
@@ -150,17 +153,17 @@ export class NetfilterNat implements NatStage {
     switch (decision.kind) {
       case NatDecisionKind.Dnat:
       case NatDecisionKind.Snat:
-        ok = this.setup(id, manip, decision, decision.minAddr, decision.maxAddr, explain);
+        ok = this.setup(id, manip, decision, decision.minAddr | 0, decision.maxAddr | 0, explain);
         break;
       case NatDecisionKind.Redirect: {
         // nf_nat_redirect_ipv4: the primary address of the incoming interface; loopback for OUTPUT.
-        const addr = ingress >= 0 ? this.portPrimaries[ingress]! : LOOPBACK;
+        const addr = ingress >= 0 ? this.portPrimaries[ingress]! | 0 : LOOPBACK;
         ok = this.setup(id, manip, decision, addr, addr, explain);
         break;
       }
       case NatDecisionKind.Masquerade: {
         // nf_nat_masquerade_ipv4: the egress interface's address (inet_select_addr).
-        const addr = egress >= 0 ? this.portPrimaries[egress]! : info.src;
+        const addr = egress >= 0 ? this.portPrimaries[egress]! | 0 : info.srcBits;
         ok = this.setup(id, manip, decision, addr, addr, explain);
         break;
       }

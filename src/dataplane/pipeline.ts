@@ -398,12 +398,13 @@ export class Dataplane {
     if (reason !== DropReason.None) return this.drop(ingress, reason);
     // Martian sources (Linux ip_route_input_slow / ip_route_input_mc): multicast, limited
     // broadcast, 0.0.0.0/8 and loopback sources are never routed.
-    const src = info.src;
+    // Addresses as int32 bits (packet-info.ts): a uint32 of 128.0.0.0 or more would be a heap number.
+    const src = info.srcBits;
     // A source that is one of the router's own addresses is a martian too (fib_validate_source).
     if (isMartianSource(src) || this.addresses.isOwnOrBroadcast(src)) {
       return this.drop(ingress, DropReason.MartianSource);
     }
-    if (isMartianDestination(info.dst)) return this.drop(ingress, DropReason.MartianDestination);
+    if (isMartianDestination(info.dstBits)) return this.drop(ingress, DropReason.MartianDestination);
 
     // Conntrack (PREROUTING, priority -200) then DNAT (-100).
     const ct = p.ct;
@@ -414,7 +415,7 @@ export class Dataplane {
       if (natReason !== DropReason.None) return this.release(p, ingress, natReason);
     }
 
-    const dst = info.dst;
+    const dst = info.dstBits;
     // Local delivery: to the mirror of the port the packet came in on (INPUT).
     // Broadcasts and multicast (qnat runs no multicast routing) go to the router's host too.
     if (this.addresses.isLocalDestination(dst)) {
@@ -495,7 +496,7 @@ export class Dataplane {
    */
   private checkSource(p: PacketContext, ingress: number): DropReason {
     const mode = this.rpFilter[ingress]!;
-    const reason = validateSource(this.routes, mode, p.info.src, ingress);
+    const reason = validateSource(this.routes, mode, p.info.srcBits, ingress);
     if (this.tracer !== null) this.traceSource(p, ingress, mode, reason);
     return reason;
   }
@@ -561,7 +562,7 @@ export class Dataplane {
       const natReason = this.nat.output(buf, info, ct);
       if (natReason !== DropReason.None) return this.release(p, ingress, natReason);
     }
-    const dst = info.dst;
+    const dst = info.dstBits;
     let egress: number;
     // Loopback (an OUTPUT REDIRECT: nf_nat_redirect_ipv4 uses 127.0.0.1): Linux delivers it over
     // `lo`, which qnat cannot reach; it must never leave on a wire.
@@ -680,8 +681,8 @@ export class Dataplane {
       if (
         !table.isAllocated(id) ||
         table.protocol(id) !== info.protocol ||
-        (table.tupleSrcOf(id, dir) | 0) !== (info.src | 0) ||
-        (table.tupleDstOf(id, dir) | 0) !== (info.dst | 0)
+        table.tupleSrcBits(id, dir) !== info.srcBits ||
+        table.tupleDstBits(id, dir) !== info.dstBits
       ) {
         return this.drop(ingress, DropReason.FragmentNoState);
       }

@@ -36,7 +36,7 @@
  * array is passed (control plane: `qnat trace`).
  */
 import { formatIpv4 } from "../core/addr.js";
-import { type HashKey, hash2, hash3, hash4, hashKeyFrom } from "../core/hash.js";
+import { type HashKey, hashKeyFrom, hsiphashBits } from "../core/hash.js";
 import type { Rng } from "../core/rng.js";
 import type { UndoLog } from "../core/undo-log.js";
 import { CtStatus, type ConntrackTable } from "../conntrack/table.js";
@@ -114,6 +114,9 @@ export class NatEngine {
   private readonly journalBucketOf: number;
 
   // The tuple being built (original form), and the current one (invert of the reply tuple).
+  // Addresses are int32 bits, as the conntrack table stores them: a uint32 of 128.0.0.0 or more
+  // is a heap number in V8, allocated when held in a field or passed to a call. Order comparisons
+  // (inRange, findBestIps) convert to uint32 locally.
   private protocol = 0;
   private curSrc = 0;
   private curDst = 0;
@@ -161,7 +164,7 @@ export class NatEngine {
   nullBinding(id: number, manip: Manip, explain?: string[]): boolean {
     const table = this.table;
     // "Use reply in case it's already been mangled": the address the packet carries now.
-    const addr = manip === Manip.Src ? table.replyDst(id) : table.replySrc(id);
+    const addr = manip === Manip.Src ? table.tupleDstBits(id, 1) : table.tupleSrcBits(id, 1);
     this.nullRange.minAddr = addr;
     this.nullRange.maxAddr = addr;
     return this.setupNat(id, manip, this.nullRange, explain);
@@ -191,8 +194,8 @@ export class NatEngine {
     this.protocol = protocol;
     this.settingUp = id;
     // What we've got will look like the inverse of the reply (nf_nat_setup_info).
-    this.curSrc = table.replyDst(id);
-    this.curDst = table.replySrc(id);
+    this.curSrc = table.tupleDstBits(id, 1);
+    this.curDst = table.tupleSrcBits(id, 1);
     if (protocol === IPPROTO_ICMP) {
       this.curSport = table.replySport(id);
       const dport = table.replyDport(id);
@@ -322,10 +325,9 @@ export class NatEngine {
   private isUsed(): boolean {
     const protocol = this.protocol;
     if (protocol === IPPROTO_ICMP) {
-      return this.table.isTupleTaken(protocol, this.newDst | 0, this.newSrc | 0, this.newSport, icmpInverseDport(this.newDport), this.settingUp);
+      return this.table.isTupleTaken(protocol, this.newDst, this.newSrc, this.newSport, icmpInverseDport(this.newDport), this.settingUp);
     }
-    // Addresses as int32 bits: a uint32 of 2^31 or more passed to a call is a boxed (allocated) double.
-    return this.table.isTupleTaken(protocol, this.newDst | 0, this.newSrc | 0, this.newDport, this.newSport, this.settingUp);
+    return this.table.isTupleTaken(protocol, this.newDst, this.newSrc, this.newDport, this.newSport, this.settingUp);
   }
 
   /** in_range: the candidate's source (address, and port/id when PROTO_SPECIFIED) lies in the range. */
@@ -366,7 +368,7 @@ export class NatEngine {
       if (
         !table.isAllocated(candidate) ||
         (table.status(candidate) & CtStatus.SrcNatDone) === 0 ||
-        this.bysourceBucket(table.protocol(candidate), table.origSrc(candidate), table.origSport(candidate)) !== bucket
+        this.bysourceBucket(table.protocol(candidate), table.tupleSrcBits(candidate, 0), table.origSport(candidate)) !== bucket
       ) {
         // Stale: freed, or reused by a connection that is not (yet) source-bound here.
         if (previous < 0) this.setHead(bucket, next);
@@ -379,11 +381,11 @@ export class NatEngine {
       if (
         candidate !== this.settingUp &&
         table.protocol(candidate) === protocol &&
-        table.origSrc(candidate) === src &&
+        table.tupleSrcBits(candidate, 0) === src &&
         table.origSport(candidate) === sport
       ) {
         // Copy the source part from the (inverted) reply tuple; keep our destination.
-        this.newSrc = table.replyDst(candidate);
+        this.newSrc = table.tupleDstBits(candidate, 1);
         this.newSport = protocol === IPPROTO_ICMP ? table.replySport(candidate) : table.replyDport(candidate);
         this.newDst = this.curDst;
         this.newDport = this.curDport;
@@ -411,12 +413,14 @@ export class NatEngine {
     if (min === max) {
       chosen = min;
     } else {
-      const j = hash2(this.addrKey, this.newSrc, range.flags & NF_NAT_RANGE_PERSISTENT ? 0 : this.newDst);
+      const key = this.addrKey;
+      // hash2 as int32 bits (hsiphashBits): reciprocalScale reads its two halves either way.
+      const j = hsiphashBits(key.k0, key.k1, 2, this.newSrc, range.flags & NF_NAT_RANGE_PERSISTENT ? 0 : this.newDst, 0, 0);
       const dist = max >= min ? max - min + 1 : 1;
       chosen = (min + reciprocalScale(j, dist)) >>> 0;
     }
-    if (manip === Manip.Src) this.newSrc = chosen;
-    else this.newDst = chosen;
+    if (manip === Manip.Src) this.newSrc = chosen | 0;
+    else this.newDst = chosen | 0;
     if (explain && min !== max) {
       explain.push(
         `address ${formatIpv4(chosen)} chosen from ${formatIpv4(min)}-${formatIpv4(max)} by hash of ` +
@@ -505,8 +509,9 @@ export class NatEngine {
       // and UDP ports are separate spaces, one offset for both costs nothing).
       const peerPort = src ? this.newDport : this.newSport;
       const ownPort = src ? this.curSport : this.curDport;
+      const key = this.portKey;
       off =
-        hash4(this.portKey, src ? this.newSrc : this.newDst, src ? this.newDst : this.newSrc, src ? this.curSrc : this.curDst, (peerPort << 16) | ownPort) &
+        hsiphashBits(key.k0, key.k1, 4, src ? this.newSrc : this.newDst, src ? this.newDst : this.newSrc, src ? this.curSrc : this.curDst, (peerPort << 16) | ownPort) &
         0xffff;
     }
     const firstOffset = off;
@@ -557,12 +562,13 @@ export class NatEngine {
   // ---- by-source index -------------------------------------------------------------------------
 
   private bysourceBucket(protocol: number, src: number, sport: number): number {
-    return hash3(this.bysourceKey, protocol, src, sport) & this.bysourceMask;
+    const key = this.bysourceKey;
+    return hsiphashBits(key.k0, key.k1, 3, protocol, src, sport, 0) & this.bysourceMask;
   }
 
   private linkBySource(id: number): void {
     this.unlinkBySource(id);
-    const bucket = this.bysourceBucket(this.table.protocol(id), this.table.origSrc(id), this.table.origSport(id));
+    const bucket = this.bysourceBucket(this.table.protocol(id), this.table.tupleSrcBits(id, 0), this.table.origSport(id));
     this.setNext(id, this.bysourceHeads[bucket]!);
     this.setHead(bucket, id);
     this.setBucketOf(id, bucket);

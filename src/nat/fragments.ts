@@ -42,7 +42,7 @@ import type { PacketBatch } from "../core/batch.js";
 import type { Clock } from "../core/clock.js";
 import { DropReason } from "../core/drop-reason.js";
 import type { PacketInfo } from "../wire/packet-info.js";
-import { type HashKey, hashKeyFrom, hsiphash } from "../core/hash.js";
+import { type HashKey, hashKeyFrom, hsiphashBits } from "../core/hash.js";
 import { XorShift32 } from "../core/rng.js";
 
 /** Defrag users (Linux enum ip_defrag_users): fragments from the network, and from the router's own host. */
@@ -197,7 +197,7 @@ export class FragmentTable {
    */
   noteFirstFragment(buf: Uint8Array, info: PacketInfo, ref: number, user = DEFRAG_USER_IN): DropReason {
     const now = this.clock.now();
-    const e = this.findOrInsert(info.src, info.dst, keyIdProto(buf, info, user), now);
+    const e = this.findOrInsert(info.srcBits, info.dstBits, keyIdProto(buf, info, user), now);
     if (e === NONE) return DropReason.FragmentTableFull;
     this.refs[e] = ref;
     // Hand the waiting fragments over, in arrival order.
@@ -218,7 +218,7 @@ export class FragmentTable {
    * has not been seen (then `holdFragment`).
    */
   lookupFragment(buf: Uint8Array, info: PacketInfo, user = DEFRAG_USER_IN): number {
-    const e = this.find(info.src, info.dst, keyIdProto(buf, info, user), this.clock.now());
+    const e = this.find(info.srcBits, info.dstBits, keyIdProto(buf, info, user), this.clock.now());
     if (e === NONE) return NONE;
     const ref = this.refs[e]!;
     if (ref < 0) return NONE;
@@ -239,7 +239,7 @@ export class FragmentTable {
       this.counters.tableFull++;
       return DropReason.FragmentTableFull;
     }
-    const e = this.findOrInsert(info.src, info.dst, keyIdProto(buf, info, user), now);
+    const e = this.findOrInsert(info.srcBits, info.dstBits, keyIdProto(buf, info, user), now);
     if (e === NONE) return DropReason.FragmentTableFull;
     const slot = this.freeSlot;
     this.freeSlot = this.slotNext[slot]!;
@@ -315,7 +315,7 @@ export class FragmentTable {
   // ---- internals -------------------------------------------------------------------------------
 
   private bucketOf(src: number, dst: number, idProto: number): number {
-    return hsiphash(this.k0, this.k1, 3, src, dst, idProto, 0) & this.bucketMask;
+    return hsiphashBits(this.k0, this.k1, 3, src, dst, idProto, 0) & this.bucketMask;
   }
 
   /** The live entry with this key, or -1; an expired one met here is removed first. */

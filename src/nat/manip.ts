@@ -11,7 +11,7 @@
  *
  * Rewrites go through src/wire/rewrite.ts (incremental checksums, RFC 1624; UDP 0 stays 0). The
  * PacketInfo is updated to the new addresses/ports so later stages (routing after DNAT, traces)
- * see the translated packet. No allocation.
+ * see the translated packet. No allocation: addresses travel as int32 bits (packet-info.ts).
  */
 import { CT_STATUS_NAT_DONE_MASK, CT_STATUS_NAT_MASK, CtStatus, type ConntrackTable } from "../conntrack/table.js";
 import { ICMP_REDIRECT, icmpIsQuery } from "../wire/icmp.js";
@@ -48,10 +48,10 @@ export function natPacket(table: ConntrackTable, buf: Uint8Array, info: PacketIn
   const o = info.offset;
   const protocol = info.protocol;
   if (manip === Manip.Src) {
-    const addr = table.tupleDstOf(id, other);
-    if (addr !== info.src) {
+    const addr = table.tupleDstBits(id, other);
+    if (addr !== info.srcBits) {
       rewriteSrcAddr(buf, o, addr, info.l4ChecksumPartial);
-      info.src = addr;
+      info.srcBits = addr;
     }
     if (!info.hasL4) return;
     if (protocol === IPPROTO_TCP || protocol === IPPROTO_UDP) {
@@ -64,10 +64,10 @@ export function natPacket(table: ConntrackTable, buf: Uint8Array, info: PacketIn
       translateIcmpId(table, buf, info, id, other);
     }
   } else {
-    const addr = table.tupleSrcOf(id, other);
-    if (addr !== info.dst) {
+    const addr = table.tupleSrcBits(id, other);
+    if (addr !== info.dstBits) {
       rewriteDstAddr(buf, o, addr, info.l4ChecksumPartial);
-      info.dst = addr;
+      info.dstBits = addr;
     }
     if (!info.hasL4) return;
     if (protocol === IPPROTO_TCP || protocol === IPPROTO_UDP) {
@@ -121,17 +121,17 @@ export function natIcmpError(table: ConntrackTable, buf: Uint8Array, info: Packe
   const o = info.offset;
   const inner = info.innerOffset;
   const innerProtocol = info.innerProtocol;
-  const tSrc = table.tupleSrcOf(id, other);
-  const tDst = table.tupleDstOf(id, other);
+  const tSrc = table.tupleSrcBits(id, other);
+  const tDst = table.tupleDstBits(id, other);
   const tSport = table.tupleSportOf(id, other);
   const tDport = table.tupleDportOf(id, other);
 
   // Embedded packet: the inverse manip, towards the other direction's tuple.
   if (manip === Manip.Dst) {
     // inner SRC manip
-    if (info.innerSrc !== tSrc) {
+    if (info.innerSrcBits !== tSrc) {
       rewriteInnerSrcAddr(buf, o, inner, tSrc);
-      info.innerSrc = tSrc;
+      info.innerSrcBits = tSrc;
     }
     if (info.innerHasPorts) {
       if (innerProtocol === IPPROTO_TCP || innerProtocol === IPPROTO_UDP) {
@@ -145,9 +145,9 @@ export function natIcmpError(table: ConntrackTable, buf: Uint8Array, info: Packe
     }
   } else {
     // inner DST manip
-    if (info.innerDst !== tDst) {
+    if (info.innerDstBits !== tDst) {
       rewriteInnerDstAddr(buf, o, inner, tDst);
-      info.innerDst = tDst;
+      info.innerDstBits = tDst;
     }
     if (info.innerHasPorts) {
       if (innerProtocol === IPPROTO_TCP || innerProtocol === IPPROTO_UDP) {
@@ -163,13 +163,13 @@ export function natIcmpError(table: ConntrackTable, buf: Uint8Array, info: Packe
 
   // Outer header: look like the reply to the packet the error is about (addresses only).
   if (manip === Manip.Src) {
-    if (info.src !== tDst) {
+    if (info.srcBits !== tDst) {
       rewriteSrcAddr(buf, o, tDst);
-      info.src = tDst;
+      info.srcBits = tDst;
     }
-  } else if (info.dst !== tSrc) {
+  } else if (info.dstBits !== tSrc) {
     rewriteDstAddr(buf, o, tSrc);
-    info.dst = tSrc;
+    info.dstBits = tSrc;
   }
   return true;
 }

@@ -1,8 +1,14 @@
 /**
  * The facts the pipeline needs about one IPv4 packet, filled in place by `parsePacket`
  * (src/wire/validate.ts) at the edge. One instance is reused for every packet of a batch:
- * nothing here is allocated per packet. All addresses are uint32, all offsets are absolute
- * byte offsets into `buf`.
+ * nothing here is allocated per packet. All offsets are absolute byte offsets into `buf`.
+ *
+ * Addresses are held as int32 bits (`srcBits`, `dstBits`, `innerSrcBits`, `innerDstBits`) and read
+ * as uint32 through `src`, `dst`, `innerSrc`, `innerDst`. V8 keeps an int32 as a small integer
+ * everywhere, but a uint32 of 2^31 or more (128.0.0.0 and up) is a heap number: held in an object
+ * field, passed to a call that is not inlined or returned from one, it allocates. Per-packet code
+ * passes the bits; an order comparison converts locally (`a >>> 0 < b >>> 0`), which allocates
+ * nothing. Equality, masks, shifts, hashes and checksums give the same answer for either form.
  */
 export class PacketInfo {
   buf: Uint8Array = new Uint8Array(0);
@@ -12,8 +18,9 @@ export class PacketInfo {
   length = 0;
   headerLength = 0;
   protocol = 0;
-  src = 0;
-  dst = 0;
+  /** Source and destination address, int32 bits (see the class comment; `src`/`dst` give the uint32). */
+  srcBits = 0;
+  dstBits = 0;
   ttl = 0;
   /** True when MF is set or the fragment offset is non-zero. */
   isFragment = false;
@@ -47,8 +54,8 @@ export class PacketInfo {
   innerOffset = 0;
   innerHeaderLength = 0;
   innerProtocol = 0;
-  innerSrc = 0;
-  innerDst = 0;
+  innerSrcBits = 0;
+  innerDstBits = 0;
   innerSport = 0;
   innerDport = 0;
   innerIcmpType = 0;
@@ -59,6 +66,35 @@ export class PacketInfo {
    * VIRTIO_NET_HDR_F_NEEDS_CSUM): rewrites update it as such. Set by the I/O side per packet.
    */
   l4ChecksumPartial = false;
+
+  /** Source address, uint32 (control plane, traces, tests; per-packet code uses `srcBits`). */
+  get src(): number {
+    return this.srcBits >>> 0;
+  }
+  set src(addr: number) {
+    this.srcBits = addr | 0;
+  }
+  /** Destination address, uint32. */
+  get dst(): number {
+    return this.dstBits >>> 0;
+  }
+  set dst(addr: number) {
+    this.dstBits = addr | 0;
+  }
+  /** The embedded packet's source address (ICMP errors), uint32. */
+  get innerSrc(): number {
+    return this.innerSrcBits >>> 0;
+  }
+  set innerSrc(addr: number) {
+    this.innerSrcBits = addr | 0;
+  }
+  /** The embedded packet's destination address, uint32. */
+  get innerDst(): number {
+    return this.innerDstBits >>> 0;
+  }
+  set innerDst(addr: number) {
+    this.innerDstBits = addr | 0;
+  }
 }
 
 export const IPPROTO_ICMP = 1;

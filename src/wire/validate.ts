@@ -54,8 +54,8 @@ export function parsePacket(buf: Uint8Array, off: number, len: number, info: Pac
   info.headerLength = headerLength;
   info.protocol = protocol;
   info.ttl = buf[off + 8]!;
-  info.src = readU32(buf, off + 12);
-  info.dst = readU32(buf, off + 16);
+  info.srcBits = readI32(buf, off + 12);
+  info.dstBits = readI32(buf, off + 16);
   info.moreFragments = moreFragments;
   info.dontFragment = (flagsFragment & 0x4000) !== 0;
   info.fragmentOffset = fragmentOffset;
@@ -133,8 +133,8 @@ function parseEmbedded(buf: Uint8Array, innerOffset: number, end: number, info: 
   info.innerOffset = innerOffset;
   info.innerHeaderLength = innerHeaderLength;
   info.innerProtocol = innerProtocol;
-  info.innerSrc = readU32(buf, innerOffset + 12);
-  info.innerDst = readU32(buf, innerOffset + 16);
+  info.innerSrcBits = readI32(buf, innerOffset + 12);
+  info.innerDstBits = readI32(buf, innerOffset + 16);
   const innerFragmentOffset = ((buf[innerOffset + 6]! << 8) | buf[innerOffset + 7]!) & 0x1fff;
   const innerL4 = innerOffset + innerHeaderLength;
   // An error about a non-first fragment, or one with fewer than 8 L4 bytes, has no ports.
@@ -153,8 +153,9 @@ function parseEmbedded(buf: Uint8Array, innerOffset: number, end: number, info: 
   return DropReason.None;
 }
 
-function readU32(b: Uint8Array, o: number): number {
-  return ((b[o]! << 24) | (b[o + 1]! << 16) | (b[o + 2]! << 8) | b[o + 3]!) >>> 0;
+/** An address as int32 bits (PacketInfo keeps addresses so: see packet-info.ts). */
+function readI32(b: Uint8Array, o: number): number {
+  return (b[o]! << 24) | (b[o + 1]! << 16) | (b[o + 2]! << 8) | b[o + 3]!;
 }
 
 function resetPacketInfo(info: PacketInfo, buf: Uint8Array, off: number): void {
@@ -164,8 +165,8 @@ function resetPacketInfo(info: PacketInfo, buf: Uint8Array, off: number): void {
   info.length = 0;
   info.headerLength = 0;
   info.protocol = 0;
-  info.src = 0;
-  info.dst = 0;
+  info.srcBits = 0;
+  info.dstBits = 0;
   info.ttl = 0;
   info.isFragment = false;
   info.fragmentOffset = 0;
@@ -184,8 +185,8 @@ function resetPacketInfo(info: PacketInfo, buf: Uint8Array, off: number): void {
   info.innerOffset = 0;
   info.innerHeaderLength = 0;
   info.innerProtocol = 0;
-  info.innerSrc = 0;
-  info.innerDst = 0;
+  info.innerSrcBits = 0;
+  info.innerDstBits = 0;
   info.innerSport = 0;
   info.innerDport = 0;
   info.innerIcmpType = 0;

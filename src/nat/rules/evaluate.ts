@@ -38,6 +38,7 @@ import {
 /** The facts a rule can test about one packet. One instance is reused for every packet. */
 export class RuleInput {
   protocol = 0;
+  /** Addresses; the dataplane gives int32 bits (packet-info.ts), a uint32 matches the same. */
   src = 0;
   dst = 0;
   /** TCP/UDP ports (0 for other protocols). */
