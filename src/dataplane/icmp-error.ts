@@ -66,7 +66,7 @@ export class IcmpErrorWriter {
     } else {
       const back = this.routes.lookup(to);
       if (back >= 0) {
-        const prefSrc = this.routes.routePrefSrc(back) | 0;
+        const prefSrc = this.routes.routePrefSrc(back);
         from = prefSrc !== 0 ? prefSrc : this.ports[this.routes.routePort(back)]!.primary | 0;
       }
     }

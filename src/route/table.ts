@@ -229,10 +229,12 @@ export class RoutingTable {
    * The source address Linux uses for packets the router itself sends on this route
    * (FIB_RES_PREFSRC, include/net/ip_fib.h): the configured `src`, otherwise the port's first
    * primary address in the gateway's subnet, otherwise its first primary address
-   * (inet_select_addr, net/ipv4/devinet.c); 0 if none.
+   * (inet_select_addr, net/ipv4/devinet.c); 0 if none. As int32 bits (`>>> 0` gives the uint32):
+   * the ICMP errors the router sends read it per packet, and a uint32 of 128.0.0.0 or more
+   * returned from a call is a heap number in V8.
    */
   routePrefSrc(id: number): number {
-    return this.sources[id]!;
+    return this.sources[id]! | 0;
   }
 
   /** The port that holds dst as one of its addresses, or -1 (the router's own addresses). */

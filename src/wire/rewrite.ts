@@ -29,7 +29,7 @@
  *   inet_proto_csum_replace4 with pseudohdr on a CHECKSUM_PARTIAL skb); a port change leaves it
  *   alone; UDP's "0 = none" does not apply.
  */
-import { read16, read32, write16, write32 } from "./bytes.js";
+import { read16, read32Bits, write16, write32 } from "./bytes.js";
 import { checksumUpdate16, checksumUpdate32 } from "./checksum.js";
 import { IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP } from "./packet-info.js";
 
@@ -85,7 +85,7 @@ export function rewriteIcmpId(b: Uint8Array, o: number, newId: number): void {
 }
 
 function rewriteAddr(b: Uint8Array, o: number, at: number, newAddr: number, partial: boolean): void {
-  const old = read32(b, at);
+  const old = read32Bits(b, at);
   write32(b, at, newAddr);
   write16(b, o + IP_CHECKSUM, checksumUpdate32(read16(b, o + IP_CHECKSUM), old, newAddr));
   if ((read16(b, o + 6) & 0x1fff) !== 0) return; // non-first fragment: no L4 header
@@ -191,7 +191,7 @@ function patchInnerL4Checksum(
 
 function rewriteInnerAddr(b: Uint8Array, o: number, innerOffset: number, at: number, newAddr: number): void {
   const icmpChecksumAt = outerIcmpChecksumAt(b, o);
-  const old = read32(b, at);
+  const old = read32Bits(b, at);
   const oldHi = old >>> 16;
   const oldLo = old & 0xffff;
   const newHi = newAddr >>> 16;

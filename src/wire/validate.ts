@@ -19,6 +19,7 @@
  * nf_ip_checksum); `verifyL4Checksum` is there for tests.
  */
 import { DropReason } from "../core/drop-reason.js";
+import { read32Bits } from "./bytes.js";
 import { l4ChecksumFull, onesComplementSum } from "./checksum.js";
 import { icmpIsError, icmpIsQuery } from "./icmp.js";
 import { IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, PacketInfo } from "./packet-info.js";
@@ -54,8 +55,8 @@ export function parsePacket(buf: Uint8Array, off: number, len: number, info: Pac
   info.headerLength = headerLength;
   info.protocol = protocol;
   info.ttl = buf[off + 8]!;
-  info.srcBits = readI32(buf, off + 12);
-  info.dstBits = readI32(buf, off + 16);
+  info.srcBits = read32Bits(buf, off + 12);
+  info.dstBits = read32Bits(buf, off + 16);
   info.moreFragments = moreFragments;
   info.dontFragment = (flagsFragment & 0x4000) !== 0;
   info.fragmentOffset = fragmentOffset;
@@ -133,8 +134,8 @@ function parseEmbedded(buf: Uint8Array, innerOffset: number, end: number, info: 
   info.innerOffset = innerOffset;
   info.innerHeaderLength = innerHeaderLength;
   info.innerProtocol = innerProtocol;
-  info.innerSrcBits = readI32(buf, innerOffset + 12);
-  info.innerDstBits = readI32(buf, innerOffset + 16);
+  info.innerSrcBits = read32Bits(buf, innerOffset + 12);
+  info.innerDstBits = read32Bits(buf, innerOffset + 16);
   const innerFragmentOffset = ((buf[innerOffset + 6]! << 8) | buf[innerOffset + 7]!) & 0x1fff;
   const innerL4 = innerOffset + innerHeaderLength;
   // An error about a non-first fragment, or one with fewer than 8 L4 bytes, has no ports.
@@ -153,10 +154,6 @@ function parseEmbedded(buf: Uint8Array, innerOffset: number, end: number, info: 
   return DropReason.None;
 }
 
-/** An address as int32 bits (PacketInfo keeps addresses so: see packet-info.ts). */
-function readI32(b: Uint8Array, o: number): number {
-  return (b[o]! << 24) | (b[o + 1]! << 16) | (b[o + 2]! << 8) | b[o + 3]!;
-}
 
 function resetPacketInfo(info: PacketInfo, buf: Uint8Array, off: number): void {
   info.buf = buf;
