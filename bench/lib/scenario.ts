@@ -7,7 +7,8 @@
 import { PacketBatch } from "../../src/core/batch.js";
 import type { Clock } from "../../src/core/clock.js";
 import { XorShift32 } from "../../src/core/rng.js";
-import { loadConfig } from "../../src/config/config.js";
+import { readFileSync } from "node:fs";
+import { parseConfig } from "../../src/config/config.js";
 import { buildDataplane } from "../../src/dataplane/from-config.js";
 import type { Dataplane } from "../../src/dataplane/pipeline.js";
 import { LEG_WIRE, egressOf } from "../../src/dataplane/port.js";
@@ -39,11 +40,21 @@ export interface Router {
   readonly clock: BenchClock;
 }
 
-export function seedRouter(conntrackCapacity: number): Router {
+/**
+ * The seed's router; `renumbered`: with every address at 128.0.0.0 or above (tenants 172.16.0.0/24
+ * behind 198.51.100.2, floating IP 198.51.100.129), where a uint32 address is a heap number in V8.
+ */
+export function seedRouter(conntrackCapacity: number, renumbered = false): Router {
   const clock = new BenchClock();
-  const dataplane = buildDataplane(loadConfig("examples/seed.yaml"), { clock, rng: new XorShift32(7), conntrackCapacity });
+  let text = readFileSync("examples/seed.yaml", "utf8");
+  if (renumbered) text = text.replaceAll("10.0.0.", "172.16.0.").replaceAll("9.186.100.", "198.51.100.");
+  const dataplane = buildDataplane(parseConfig(text, "examples/seed.yaml"), { clock, rng: new XorShift32(7), conntrackCapacity });
   return { dataplane, clock };
 }
+
+/** The tenant network of seedRouter: 10.0.0.0/24, or 172.16.0.0/24 renumbered. */
+const TENANT_NET = 0x0a000000;
+const TENANT_NET_RENUMBERED = 0xac100000;
 
 /** A flow's endpoints, as numbers. */
 export interface FlowSet {
@@ -66,15 +77,15 @@ function randomPublic(rng: XorShift32): number {
   }
 }
 
-/** Tenant flows 10.0.0.3-254:sport -> random public host, UDP 53/443 (SNAT to 9.186.100.2). */
-export function tenantFlows(count: number, seed: number): FlowSet {
+/** Tenant flows 10.0.0.3-254:sport (`net` 172.16.0.0: 172.16.0.3-254) -> random public host, UDP 53/443 (SNAT). */
+export function tenantFlows(count: number, seed: number, net = TENANT_NET): FlowSet {
   const rng = new XorShift32(seed);
   const src = new Uint32Array(count);
   const dst = new Uint32Array(count);
   const sport = new Uint16Array(count);
   const dport = new Uint16Array(count);
   for (let i = 0; i < count; i++) {
-    src[i] = (0x0a000000 | (3 + (i % 252))) >>> 0;
+    src[i] = (net | (3 + (i % 252))) >>> 0;
     sport[i] = 1024 + (Math.floor(i / 252) % 60000);
     dst[i] = randomPublic(rng);
     dport[i] = rng.next() & 1 ? 53 : 443;
@@ -237,9 +248,9 @@ export function establishInboundTcp(router: Router, flows: FlowSet): Uint8Array[
  * shuffled into batches. Replayed after the clock moved past the UDP timeout, every packet is a
  * new connection that also frees the expired entry of its previous round.
  */
-export function newConnectionWorkload(pool: number): { router: Router; template: PacketTemplate; driver: Driver } {
-  const router = seedRouter(262_144);
-  const flows = tenantFlows(pool, 0xabcd);
+export function newConnectionWorkload(pool: number, renumbered = false): { router: Router; template: PacketTemplate; driver: Driver } {
+  const router = seedRouter(262_144, renumbered);
+  const flows = tenantFlows(pool, 0xabcd, renumbered ? TENANT_NET_RENUMBERED : TENANT_NET);
   const packets: Uint8Array[] = [];
   for (let i = 0; i < pool; i++) packets.push(udpPacket(flows.src[i]!, flows.dst[i]!, flows.sport[i]!, flows.dport[i]!));
   return { router, template: new PacketTemplate(packets, shuffled(pool, 0x1234)), driver: new Driver(router.dataplane) };

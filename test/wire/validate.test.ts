@@ -292,3 +292,24 @@ describe("parsePacket: malformed input becomes a drop reason", () => {
     expect(verifyL4Checksum(b, info)).toBe(false);
   });
 });
+
+describe("addresses on both sides of 128.0.0.0", () => {
+  it("are read as uint32 (src, dst, innerSrc, innerDst) and held as their int32 bits", () => {
+    const info = new PacketInfo();
+    const cases: Array<[string, string]> = [
+      ["0.0.0.1", "127.255.255.255"],
+      ["128.0.0.0", "255.255.255.254"],
+      ["255.255.255.254", "128.0.0.1"],
+    ];
+    for (const [src, dst] of cases) {
+      const inner = buildPacket({ protocol: "udp", src: dst, dst: src, sport: 1, dport: 2 });
+      const error = buildPacket({ protocol: "icmp", src, dst, icmpType: 3, icmpCode: 3, payload: inner.subarray(0, 28) });
+      expect(parsePacket(error, 0, error.length, info)).toBe(DropReason.None);
+      expect([info.src, info.dst, info.innerSrc, info.innerDst]).toEqual([parseIpv4(src), parseIpv4(dst), parseIpv4(dst), parseIpv4(src)]);
+      expect([info.srcBits, info.dstBits]).toEqual([parseIpv4(src) | 0, parseIpv4(dst) | 0]);
+      expect([info.innerSrcBits, info.innerDstBits]).toEqual([parseIpv4(dst) | 0, parseIpv4(src) | 0]);
+    }
+    info.dst = 0x80000000;
+    expect([info.dst, info.dstBits]).toEqual([0x80000000, -0x80000000]);
+  });
+});
