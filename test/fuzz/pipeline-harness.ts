@@ -422,6 +422,11 @@ export class PipelineHarness {
       for (const [key, value] of Object.entries(info)) {
         if (key === "buf") continue;
         if (typeof value === "boolean") continue;
+        // Addresses are held as int32 bits (srcBits, dstBits, ...: packet-info.ts), negative from 128.0.0.0 up.
+        if (key.endsWith("Bits")) {
+          if (value !== (value | 0)) this.fail(`PacketInfo.${key} is ${String(value)}, not int32 bits`);
+          continue;
+        }
         if (typeof value !== "number" || !Number.isInteger(value) || value < 0) this.fail(`PacketInfo.${key} is ${String(value)}`);
       }
       if (reason !== DropReason.None) continue;
