@@ -2,10 +2,10 @@
  * Longest-prefix match over IPv4 in the DIR-24-8 layout (Gupta, Lin, McKeown, "Routing Lookups
  * in Hardware at Memory Access Speeds", INFOCOM 1998; the layout of DPDK's rte_lpm).
  *
- * - `tbl24`: one Uint16 entry per /24 (2^24 entries, 32 MiB). An entry below `TBL8_FLAG` is a
+ * - `tbl24`: one Int32 entry per /24 (2^24 entries, 64 MiB). An entry below `TBL8_FLAG` is a
  *   value (stored as value + 1, so 0 means "no route"); an entry at or above it points to a tbl8
  *   group.
- * - `tbl8`: groups of 256 Uint16 entries, one per address of a /24 that holds a prefix longer
+ * - `tbl8`: groups of 256 Int32 entries, one per address of a /24 that holds a prefix longer
  *   than /24. Entries are value + 1 or 0.
  *
  * A lookup is one load, or two for addresses under a longer-than-/24 prefix; it allocates
@@ -23,22 +23,25 @@
  * Uint8 depth per entry (0 = inherited from the /24-or-shorter cover, kept in `groupCover`).
  *
  * Limits (refused with an `LpmError`, never a crash):
- * - values 0..LPM_MAX_VALUE (32766): the caller maps prefixes to small next-hop/route indices;
+ * - values 0..LPM_MAX_VALUE (2^24 - 2, as DPDK's rte_lpm's 24-bit next hops): enough for a route
+ *   id per prefix of a full Internet table (about 1M). Entries are Int32 so that every value V8
+ *   reads back is a small integer (a Uint32 above 2^31 would be a heap number);
  * - at most LPM_MAX_TBL8_GROUPS (32768) /24s that hold longer-than-/24 prefixes (each such /24
- *   costs one group: 768 bytes). Callers may lower the group limit to bound memory.
+ *   costs one group: 1280 bytes). Callers may lower the group limit to bound memory.
  *
- * Memory: 34 MiB fixed (tbl24 + tbl16 + trie bits) + 768 B per tbl8 group + the prefix store (about
- * 6-12 B per prefix). A 1M-prefix Internet-like table takes about 57 MiB.
+ * Memory: 66 MiB fixed (tbl24 + tbl16 + trie bits) + 1280 B per tbl8 group + the prefix store
+ * (about 10-20 B per prefix). Pages of tbl24 no route ever painted stay untouched (a table without
+ * a default route and with few routes costs little resident memory).
  */
 
 /** Largest value a prefix can map to (values are stored as value + 1 below TBL8_FLAG). */
-export const LPM_MAX_VALUE = 0x7ffe;
+export const LPM_MAX_VALUE = 0xfffffe;
 /** Most tbl8 groups (distinct /24s holding prefixes longer than /24) a table can have. */
 export const LPM_MAX_TBL8_GROUPS = 0x8000;
 
-const TBL8_FLAG = 0x8000;
+const TBL8_FLAG = 0x1000000;
 /** tbl16 entry: the /16 is not uniform, look in tbl24. */
-const TBL16_MIXED = 0xffff;
+const TBL16_MIXED = -1;
 /** The /16 summary is consulted while fewer than half of the /16s are mixed. */
 const TBL16_USEFUL_BELOW = 1 << 15;
 const TBL24_SIZE = 1 << 24;
@@ -58,7 +61,7 @@ export class LpmError extends Error {
  */
 class PrefixSet {
   private keys: Uint32Array;
-  private values: Uint16Array;
+  private values: Int32Array;
   private readonly direct: boolean;
   private mask: number;
   count = 0;
@@ -67,7 +70,7 @@ class PrefixSet {
     this.direct = length <= 16;
     const capacity = this.direct ? 1 << length : 16;
     this.keys = new Uint32Array(this.direct ? 0 : capacity);
-    this.values = new Uint16Array(capacity);
+    this.values = new Int32Array(capacity);
     this.mask = capacity - 1;
   }
 
@@ -176,7 +179,7 @@ class PrefixSet {
     const oldKeys = this.keys;
     const oldValues = this.values;
     this.keys = new Uint32Array(capacity);
-    this.values = new Uint16Array(capacity);
+    this.values = new Int32Array(capacity);
     this.mask = capacity - 1;
     for (let slot = 0; slot < oldValues.length; slot++) {
       const encoded = oldValues[slot]!;
@@ -208,24 +211,24 @@ export interface LpmPrefix {
 
 export class Lpm4 {
   /** Hot-path tables: read by `lookup` only. */
-  private readonly tbl24 = new Uint16Array(TBL24_SIZE);
+  private readonly tbl24 = new Int32Array(TBL24_SIZE);
   /**
-   * One Uint16 per /16 (128 KiB): the tbl24 value shared by all 256 /24s of the /16 when they
+   * One Int32 per /16 (256 KiB): the tbl24 value shared by all 256 /24s of the /16 when they
    * are equal and none holds a tbl8 group, else TBL16_MIXED. A small table (a few routes and a
    * default) answers almost every lookup from here, which stays in the CPU cache, instead of
    * from a random line (and page) of the 32 MiB tbl24. Kept exact by every tbl24 write.
    */
-  private readonly tbl16 = new Uint16Array(1 << 16);
+  private readonly tbl16 = new Int32Array(1 << 16);
   /**
    * How many /16s are TBL16_MIXED. When most are (a full Internet table) the summary would only
    * add a load to every lookup, so `lookup` skips it; with a few routes it answers nearly all.
    */
   private mixed16 = 0;
-  private tbl8 = new Uint16Array(0);
+  private tbl8 = new Int32Array(0);
   /** Prefix length that owns each tbl8 entry; 0 = inherited from the group's cover. */
   private tbl8Depth = new Uint8Array(0);
   /** Per group: the encoded value of the /24-or-shorter cover, and how many >/24 prefixes it holds. */
-  private groupCover = new Uint16Array(0);
+  private groupCover = new Int32Array(0);
   private groupPrefixCount = new Uint16Array(0);
   private groupCapacity = 0;
   private groupsAllocated = 0;
@@ -544,11 +547,11 @@ export class Lpm4 {
   private growGroups(
     capacity = Math.min(this.maxGroups, Math.max(64, this.groupCapacity + (this.groupCapacity >>> 2))),
   ): void {
-    const tbl8 = new Uint16Array(capacity * GROUP_SIZE);
+    const tbl8 = new Int32Array(capacity * GROUP_SIZE);
     tbl8.set(this.tbl8);
     const depth = new Uint8Array(capacity * GROUP_SIZE);
     depth.set(this.tbl8Depth);
-    const cover = new Uint16Array(capacity);
+    const cover = new Int32Array(capacity);
     cover.set(this.groupCover);
     const counts = new Uint16Array(capacity);
     counts.set(this.groupPrefixCount);

@@ -167,7 +167,7 @@ describe("longest-prefix match (DIR-24-8)", () => {
     const lpm = new Lpm4({ maxTbl8Groups: 2 });
     expect(() => lpm.insert(parseIpv4("10.0.0.1"), 24, 1)).toThrow(/host bits set beyond \/24/);
     expect(() => lpm.insert(0, 33, 1)).toThrow(/prefix length 33 out of range/);
-    expect(() => lpm.insert(0, 0, LPM_MAX_VALUE + 1)).toThrow(/value 32767 out of range 0\.\.32766/);
+    expect(() => lpm.insert(0, 0, LPM_MAX_VALUE + 1)).toThrow(/value 16777215 out of range 0\.\.16777214/);
     expect(() => lpm.insert(0, 0, -1)).toThrow(LpmError);
     lpm.insert(...cidr("10.0.0.0/25"), 1);
     lpm.insert(...cidr("10.0.1.0/25"), 1);
@@ -231,7 +231,7 @@ describe("longest-prefix match (DIR-24-8)", () => {
     expect(lookups).toBeGreaterThan(10_000);
   });
 
-  it("holds a full Internet table: 1,000,000 prefixes, under 80 MiB, exact lookups", async () => {
+  it("holds a full Internet table: 1,000,000 prefixes, under 112 MiB, exact lookups", async () => {
     const rng = new XorShift32(20240601);
     const prefixes = syntheticInternetTable(1_000_000, rng);
     const longer = prefixes.filter((p) => p.prefixLength > 24).length;
@@ -248,8 +248,9 @@ describe("longest-prefix match (DIR-24-8)", () => {
     const arrayBufferBytes = process.memoryUsage().arrayBuffers - arrayBuffersBefore;
     const heapBytes = process.memoryUsage().heapUsed - heapBefore;
     expect(lpm.size).toBe(1_000_000);
-    expect(lpm.byteLength()).toBeLessThan(80 * MiB);
-    expect(arrayBufferBytes).toBeLessThan(80 * MiB);
+    // 64 MiB of it is tbl24: 32-bit entries, so a value can be a route id of a full table.
+    expect(lpm.byteLength()).toBeLessThan(112 * MiB);
+    expect(arrayBufferBytes).toBeLessThan(112 * MiB);
 
     // Lookups: random addresses plus addresses inside random prefixes, against a per-length reference.
     const reference = perLengthReference(prefixes);
