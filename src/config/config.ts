@@ -72,6 +72,8 @@ export interface PortConfig {
 export interface Located<T> {
   readonly value: T;
   readonly line: number;
+  /** The file the line is in when it is not the config file (a `routes_file:`). */
+  readonly file?: string;
 }
 
 export interface MetadataInstance {
@@ -242,6 +244,25 @@ export function loadConfig(path: string): RouterConfig {
   return parseConfig(text, path);
 }
 
+/**
+ * The lines of a routes file: one `ip route add` line per line (an `ip route` dump works as it
+ * is), `#` comments and blank lines skipped; each route keeps its file and line for errors.
+ */
+function readRouteLines(text: string, file: string, into: Located<string>[]): void {
+  let line = 0;
+  let start = 0;
+  while (start < text.length) {
+    let end = text.indexOf("\n", start);
+    if (end < 0) end = text.length;
+    line++;
+    const raw = text.slice(start, end);
+    const hash = raw.indexOf("#");
+    const value = (hash >= 0 ? raw.slice(0, hash) : raw).trim();
+    if (value.length > 0) into.push({ value, line, file });
+    start = end + 1;
+  }
+}
+
 export function parseConfig(text: string, file: string): RouterConfig {
   const lines = new LineCounter();
   const doc = parseDocument(text, { lineCounter: lines, prettyErrors: false, uniqueKeys: true });
@@ -258,7 +279,7 @@ export function parseConfig(text: string, file: string): RouterConfig {
   const root = doc.contents;
   if (!isMap(root)) fail(root, "the config must be a mapping with router, ports, routes and nat");
   const top = root as YAMLMap;
-  const known = new Set(["router", "ports", "routes", "nat", "metadata", "lab", "conntrack", "rp_filter", "arp_ignore", "arp_announce", "state", "metrics", "capture"]);
+  const known = new Set(["router", "ports", "routes", "routes_file", "nat", "metadata", "lab", "conntrack", "rp_filter", "arp_ignore", "arp_announce", "state", "metrics", "capture"]);
   for (const pair of top.items) {
     const key = isScalar(pair.key) ? String(pair.key.value) : "";
     if (!known.has(key)) fail(pair.key as YamlNode, `unknown key "${key}" (expected one of ${[...known].join(", ")})`);
@@ -440,6 +461,18 @@ export function parseConfig(text: string, file: string): RouterConfig {
   if (routesNode !== undefined) {
     if (!isSeq(routesNode)) fail(routesNode, "routes must be a list of `ip route add` lines");
     for (const item of (routesNode as { items: YamlNode[] }).items) routes.push({ value: str(item, "route", routesNode!), line: lineOf(item) });
+  }
+  // routes_file: a full table's `ip route` lines, after the `routes:` lines (see docs/config.md).
+  const routesFileNode = get(top, "routes_file");
+  if (routesFileNode !== undefined) {
+    const path = resolve(dirname(file), str(routesFileNode, "routes_file", top));
+    let text = "";
+    try {
+      text = readFileSync(path, "utf8");
+    } catch {
+      fail(routesFileNode, `cannot read routes file ${path}`);
+    }
+    readRouteLines(text, path, routes);
   }
 
   // nat

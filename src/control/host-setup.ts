@@ -15,7 +15,7 @@ import { ConfigError, type LabHostConfig, type PortConfig, type RouterConfig } f
 import { TargetKind, type NatTable } from "../nat/rules/model.js";
 import { parseRules } from "../nat/rules/parse.js";
 import { sideMacOf } from "../io/ethernet-leg.js";
-import { ensureNetns, ip, netnsExec, netnsExists } from "../io/netns.js";
+import { ensureNetns, ip, ipBatch, netnsExec, netnsExists } from "../io/netns.js";
 import { formatMac, parseMac } from "../wire/ethernet.js";
 import { OperationalError } from "./errors.js";
 
@@ -168,7 +168,8 @@ export function configureRouterNamespace(config: RouterConfig, outputDnat: reado
       ip(ns, "addr", "replace", formatCidr(cidr), "brd", broadcastOf(cidr), "dev", port.name);
     }
   }
-  for (const route of config.routes) ip(ns, "route", "replace", ...route.value.trim().split(/\s+/));
+  // One process for all routes (a routes_file may hold a full Internet table).
+  if (config.routes.length > 0) ipBatch(ns, config.routes.map((route) => `route replace ${route.value.trim()}`));
   installOutputDnatRouting(config, outputDnat);
 }
 

@@ -43,7 +43,7 @@ import { NetfilterNat } from "../dataplane/netfilter-nat.js";
 import type { Dataplane } from "../dataplane/pipeline.js";
 import { formatRule } from "../nat/rules/format.js";
 import { chainsInOrder, rulesInOrder, type NatChain, type NatTable } from "../nat/rules/model.js";
-import { ipAsync } from "../io/netns.js";
+import { ipAsync, ipBatchAsync } from "../io/netns.js";
 import { RouteError, type RoutingTable } from "../route/table.js";
 import { OperationalError } from "./errors.js";
 import { OUTPUT_DNAT_RULE_PREF, OUTPUT_DNAT_TABLE, broadcastOf, outputDnatRoutingCommands, parseConfigRules } from "./host-setup.js";
@@ -316,7 +316,7 @@ export async function addKernelSide(
   for (const { port, cidr } of difference.addressesAdded) {
     await ipAsync(ns, "addr", "replace", formatCidr(cidr), "brd", broadcastOf(cidr), "dev", port);
   }
-  for (const route of difference.routesAdded) await ipAsync(ns, "route", "replace", ...route.split(" "));
+  if (difference.routesAdded.length > 0) await ipBatchAsync(ns, difference.routesAdded.map((route) => `route replace ${route}`));
   const added = addressesNotIn(outputDnatAfter, outputDnatBefore);
   if (added.length === 0) return;
   const rules = await ipAsync(ns, "-4", "rule", "show");
@@ -346,7 +346,15 @@ export async function removeKernelSide(
       }
     }
   };
-  for (const route of difference.routesRemoved) await attempt("route", "del", ...route.split(" "));
+  // One forced batch (every line tried; a route the kernel already dropped fails alone).
+  if (difference.routesRemoved.length > 0) {
+    try {
+      await ipBatchAsync(ns, difference.routesRemoved.map((route) => `route del ${route}`), true);
+    } catch (error) {
+      const message = error instanceof Error ? error.message.split("\n")[0]! : String(error);
+      if (!/No such process|Cannot find device/.test(message)) log(`qnat: apply: ip -batch route del: ${message}`);
+    }
+  }
   // A removed port's mirror is gone, and its addresses and routes with it.
   const gone = new Set(difference.portsRemoved.map((p) => p.name));
   for (const { port, cidr } of difference.addressesRemoved) if (!gone.has(port)) await attempt("addr", "del", formatCidr(cidr), "dev", port);

@@ -58,7 +58,7 @@ export function buildRoutingTable(config: RouterConfig): RoutingTable {
     try {
       routes.addRoute(route.value);
     } catch (error) {
-      if (error instanceof RouteError) throw new ConfigError(config.file, route.line, `route "${route.value}": ${error.message}`);
+      if (error instanceof RouteError) throw new ConfigError(route.file ?? config.file, route.line, `route "${route.value}": ${error.message}`);
       throw error;
     }
   }

@@ -14,6 +14,8 @@ const NETNS_NAME_PATTERN = /^[A-Za-z0-9_.:@+-]+$/;
 /** A sysctl key as sysctl(8) writes it: dot-separated, no path tricks. */
 const SYSCTL_KEY_PATTERN = /^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)+$/;
 const COMMAND_TIMEOUT_MS = 30_000;
+/** A batch of a full table's routes takes the kernel some seconds on a loaded machine. */
+const BATCH_TIMEOUT_MS = 300_000;
 
 /** A command qnat ran failed (or could not be started: then `code` is "ENOENT"). */
 export class CommandError extends Error {
@@ -78,6 +80,20 @@ export function listNetns(): string[] {
 /** `ip [-n NETNS] ARGS...`; returns stdout. */
 export function ip(netns: string | null, ...args: string[]): string {
   return run("ip", ipArgs(netns, args));
+}
+
+/**
+ * `ip [-n NETNS] [-force] -batch -` with these command lines (`route replace ...`): a full routing
+ * table's million routes in one process instead of a million. Without `force` the first failing
+ * line fails the batch (its message names the line); with it every line is tried.
+ */
+export function ipBatch(netns: string | null, lines: readonly string[], force = false): string {
+  return run("ip", ipArgs(netns, [...(force ? ["-force"] : []), "-batch", "-"]), { input: lines.join("\n") + "\n", timeoutMs: BATCH_TIMEOUT_MS });
+}
+
+/** ipBatch without blocking the event loop. */
+export function ipBatchAsync(netns: string | null, lines: readonly string[], force = false): Promise<string> {
+  return runAsync("ip", ipArgs(netns, [...(force ? ["-force"] : []), "-batch", "-"]), { input: lines.join("\n") + "\n", timeoutMs: BATCH_TIMEOUT_MS });
 }
 
 /** `ip [-n NETNS] ARGS...` without blocking the event loop; resolves to stdout. */
