@@ -1,0 +1,210 @@
+/**
+ * A lab router that carries a full Internet table: a million `ip route` lines from a
+ * `routes_file:` load and route like a reference longest-prefix match, the old 32,767-route
+ * limit is gone, a routes file's errors point at its own lines, and connections follow a
+ * reloaded table at once (their cached next hop is checked against the table's version).
+ */
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { afterAll, describe, expect, it } from "vitest";
+import { ConfigError, loadConfig, parseConfig } from "../../src/config/config.js";
+import { inPlaceRouting } from "../../src/control/live-apply.js";
+import { formatIpv4, parseIpv4, prefixMask } from "../../src/core/addr.js";
+import { XorShift32 } from "../../src/core/rng.js";
+import { buildRoutingTable } from "../../src/dataplane/from-config.js";
+import { syntheticInternetTable, type SyntheticPrefix } from "../../src/route/synthetic-table.js";
+import { MemoryRouter } from "../support/memory-router.js";
+
+const QR = "qr-tenant";
+const QA = "qa-upstream";
+const QB = "qb-upstream";
+/** Next hops: four gateways on each upstream port. */
+const GATEWAYS = [
+  ...[11, 12, 13, 14].map((host) => ({ port: QA, gateway: `198.51.100.${host}` })),
+  ...[11, 12, 13, 14].map((host) => ({ port: QB, gateway: `203.0.113.${host}` })),
+];
+
+const dir = mkdtempSync(join(tmpdir(), "qnat-full-table-"));
+afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+/** A router with a tenant port and two upstream ports, its routes in `routes.txt` beside it. */
+function configText(extra = ""): string {
+  return `router:
+  id: full-table
+ports:
+  - name: ${QR}
+    addresses: [10.0.0.1/24]
+    wire: { namespace: qnat-tenant, device: eth0 }
+  - name: ${QA}
+    addresses: [198.51.100.1/24]
+    wire: { namespace: qnat-upstream-a, device: eth0 }
+  - name: ${QB}
+    addresses: [203.0.113.1/24]
+    wire: { namespace: qnat-upstream-b, device: eth0 }
+${extra}`;
+}
+
+function writeConfig(name: string, routeLines: readonly string[], extra = ""): string {
+  const routesFile = `${name}.routes`;
+  writeFileSync(join(dir, routesFile), routeLines.join("\n") + "\n");
+  const configFile = join(dir, `${name}.yaml`);
+  writeFileSync(configFile, configText(`routes_file: ${routesFile}\n${extra}`));
+  return configFile;
+}
+
+/** Synthetic Internet prefixes clear of the router's own subnets (10/8, 198/8, 203/8). */
+function internetPrefixes(count: number, seed: number): SyntheticPrefix[] {
+  const first = syntheticInternetTable(count + count / 50, new XorShift32(seed));
+  return first.filter((p) => ![10, 198, 203].includes(p.prefix >>> 24) && p.prefixLength >= 8).slice(0, count);
+}
+
+function routeLine(p: SyntheticPrefix, nexthop: number): string {
+  const { port, gateway } = GATEWAYS[nexthop % GATEWAYS.length]!;
+  return `${formatIpv4(p.prefix)}/${p.prefixLength} via ${gateway} dev ${port}`;
+}
+
+/** Reference: per length an exact-match map to the line's index; tried from /32 down. */
+function reference(prefixes: readonly SyntheticPrefix[]): (dst: number) => number {
+  const byLength = Array.from({ length: 33 }, () => new Map<number, number>());
+  prefixes.forEach((p, index) => byLength[p.prefixLength]!.set(p.prefix, index));
+  return (dst) => {
+    for (let length = 32; length >= 0; length--) {
+      const index = byLength[length]!.get((dst & prefixMask(length)) >>> 0);
+      if (index !== undefined) return index;
+    }
+    return -1;
+  };
+}
+
+describe("a full Internet table", () => {
+  it("1,000,000 routes from a routes file route every address as a reference longest-prefix match", () => {
+    const prefixes = internetPrefixes(1_000_000, 20261130);
+    expect(prefixes.length).toBe(1_000_000);
+    const lines = prefixes.map((p) => routeLine(p, p.value));
+    const config = loadConfig(writeConfig("million", ["# a full table, as `ip route` prints it", "", ...lines]));
+    expect(config.routes.length).toBe(1_000_000);
+    const table = buildRoutingTable(config);
+
+    const expected = reference(prefixes);
+    const rng = new XorShift32(7);
+    let highestId = 0;
+    let routed = 0;
+    for (let i = 0; i < 40_000; i++) {
+      let dst: number;
+      if (i % 2 === 0) {
+        dst = rng.next() >>> 0;
+      } else {
+        const p = prefixes[rng.next() % prefixes.length]!;
+        dst = (p.prefix + (rng.next() % 2 ** (32 - p.prefixLength))) >>> 0;
+      }
+      const index = expected(dst);
+      const id = table.lookup(dst);
+      // Addresses in the router's own subnets have their connected routes; no other route covers them.
+      if ([10, 198, 203].includes(dst >>> 24) && id >= 0 && table.routeGateway(id) === 0) continue;
+      if (index < 0) {
+        expect(id, formatIpv4(dst)).toBe(-1);
+        continue;
+      }
+      const { port, gateway } = GATEWAYS[prefixes[index]!.value % GATEWAYS.length]!;
+      expect([formatIpv4(dst), table.portNames[table.routePort(id)], formatIpv4(table.routeGateway(id))]).toEqual([formatIpv4(dst), port, gateway]);
+      highestId = Math.max(highestId, id);
+      routed++;
+    }
+    expect(routed).toBeGreaterThan(20_000);
+    expect(highestId).toBeGreaterThan(900_000); // route ids far beyond the old 15-bit limit
+  });
+
+  it("40,000 routes in the config's routes: list are all taken (the old limit was 32,767)", () => {
+    const prefixes = internetPrefixes(40_000, 4);
+    const lines = prefixes.map((p, i) => routeLine(p, i));
+    const config = parseConfig(configText(`routes:\n${lines.map((l) => `  - ${l}\n`).join("")}`), join(dir, "forty.yaml"));
+    const table = buildRoutingTable(config);
+    expect(table.routes().filter((r) => r.gateway !== 0).length).toBe(40_000);
+    const last = prefixes[prefixes.length - 1]!;
+    const id = table.lookup(last.prefix);
+    expect(id).toBeGreaterThan(32_767);
+    expect(table.describeRoute(id)).toBe(lines[lines.length - 1]);
+  });
+
+  it("a routes file's mistake is reported at its own file and line, after comments and blank lines", () => {
+    const file = writeConfig("broken", [
+      "# upstream A",
+      "",
+      "1.0.0.0/24 via 198.51.100.11 dev qa-upstream",
+      "  # a comment line",
+      "2.0.0.0/24 via 192.0.2.9 dev qa-upstream   # an unreachable gateway",
+    ]);
+    const config = loadConfig(file);
+    expect(config.routes.map((r) => r.line)).toEqual([3, 5]);
+    expect(() => buildRoutingTable(config)).toThrow(ConfigError);
+    expect(() => buildRoutingTable(config)).toThrow(
+      `${join(dir, "broken.routes")}:5: route "2.0.0.0/24 via 192.0.2.9 dev qa-upstream": Error: Nexthop has invalid gateway.`,
+    );
+  });
+
+  it("a missing routes file is the config's error at its routes_file line", () => {
+    const configFile = join(dir, "missing.yaml");
+    writeFileSync(configFile, configText("routes_file: nowhere.routes\n"));
+    expect(() => loadConfig(configFile)).toThrow(new RegExp(`^${configFile}:13: cannot read routes file ${join(dir, "nowhere.routes")}$`));
+  });
+
+  it("routes: lines come first, then the routes file's (a file route may use a gateway a routes: line makes reachable)", () => {
+    const file = writeConfig("both", ["100.64.1.0/24 via 100.64.0.9"], "routes:\n  - 100.64.0.0/24 dev qb-upstream\n");
+    const table = buildRoutingTable(loadConfig(file));
+    const id = table.lookup(parseIpv4("100.64.1.7"));
+    expect(table.portNames[table.routePort(id)]).toBe(QB);
+    expect(formatIpv4(table.routeGateway(id))).toBe("100.64.0.9");
+  });
+});
+
+describe("connections across a reload of the whole table", () => {
+  it("10.0.0.2's flows leave by the new table's routes at their next packet, their cached next hop never reused", () => {
+    // Table A: 40,000 routes, all by upstream A. Table B: the same prefixes in another order
+    // (so route ids now name other prefixes), half of them by upstream B.
+    const prefixes = internetPrefixes(40_000, 99);
+    const before = prefixes.map((p, i) => routeLine(p, i % 4));
+    const order = prefixes.map((_, i) => i).reverse();
+    const after = order.map((i) => routeLine(prefixes[i]!, i % 2 === 0 ? 4 + (i % 4) : (i + 1) % 4));
+    const running = loadConfig(writeConfig("reload-before", before, "nat: \"\"\n"));
+    const next = loadConfig(writeConfig("reload-after", after, "nat: \"\"\n"));
+    const router = new MemoryRouter(running);
+    const fresh = buildRoutingTable(next);
+
+    // Flows to destinations whose routes have ids beyond 32,767 in table A.
+    const flows = prefixes.slice(35_000, 35_040).map((p, i) => ({ dst: formatIpv4((p.prefix + 1) >>> 0), sport: 40_000 + i }));
+    const portOf = (dst: string, table = fresh): string => table.portNames[table.routePort(table.lookup(parseIpv4(dst)))]!;
+    const sendAll = (): void => {
+      for (const f of flows) router.send(QR, { protocol: "udp", src: "10.0.0.2", dst: f.dst, sport: f.sport, dport: 53, payload: new Uint8Array(16) });
+      router.run();
+    };
+    sendAll();
+    for (const f of flows) router.send(QA, { protocol: "udp", src: f.dst, dst: "10.0.0.2", sport: 53, dport: f.sport, payload: new Uint8Array(8) });
+    router.run();
+    expect(router.received(QR).length).toBe(flows.length); // the replies: every flow is established
+    expect(router.received(QA).length).toBe(flows.length);
+    const fastBefore = router.dataplane.fastPathPackets;
+    sendAll(); // from the route cache
+    expect(router.dataplane.fastPathPackets - fastBefore).toBe(flows.length);
+    expect(router.received(QA).map((p) => p.dst)).toEqual(flows.map((f) => f.dst));
+
+    // The reload, in place as `qnat apply` does it; route caches are not cleared here, so the
+    // table's version alone must keep them from answering.
+    const change = inPlaceRouting(running, next, router.dataplane.routes);
+    expect(change).toBeDefined();
+    change!();
+    sendAll();
+    const leftA = router.received(QA).map((p) => p.dst);
+    const leftB = router.received(QB).map((p) => p.dst);
+    expect(leftB.length).toBeGreaterThan(0);
+    expect(leftA.length).toBeGreaterThan(0);
+    expect(leftA).toEqual(flows.filter((f) => portOf(f.dst) === QA).map((f) => f.dst));
+    expect(leftB).toEqual(flows.filter((f) => portOf(f.dst) === QB).map((f) => f.dst));
+    // Each flow's route is the new table's, gateway included.
+    const table = router.dataplane.routes;
+    for (const f of flows) {
+      expect(table.describeRoute(table.lookup(parseIpv4(f.dst)))).toBe(fresh.describeRoute(fresh.lookup(parseIpv4(f.dst))));
+    }
+    expect(router.drops(QR)).toEqual({});
+  });
+});
