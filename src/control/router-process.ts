@@ -81,6 +81,7 @@ import { collectEthernetStats, collectPorts, collectStats, formatEthernetStats, 
 import { controlSocketPath, serveControl, type ControlAnswer, type ControlRequest, type ControlServer, type LiveChangeRequest } from "./socket.js";
 import { StateKeeper } from "./state-keeper.js";
 import { formatTrace, runTrace } from "./trace.js";
+import { RouteListing } from "../route/route-listing.js";
 import {
   addKernelSide,
   carryOverCounters,
@@ -301,10 +302,9 @@ export async function startRouter(configPath: string, options: RouterOptions = {
         const text = formatStats(view) + (view.ethernet !== undefined ? `\n${formatEthernetStats(view.ethernet)}` : "");
         return { ok: true, text: request.json ? formatJson(view) : text, data: view };
       }
-      case "routes": {
-        const view = dataplane.routes.toJSON();
-        return { ok: true, text: request.json ? JSON.stringify(view) + "\n" : dataplane.routes.format({ trailingSpace: false }), data: view };
-      }
+      case "routes":
+        // In pieces (route-listing.ts): a full Internet table is a million lines.
+        return { ok: true, pieces: new RouteListing(dataplane.routes, request.json ? "json" : "text") };
       case "rules": {
         if (natRules !== undefined) natRules.copyCountersToModel();
         const table: NatTable = natRules !== undefined ? { chains: new Map(natRules.chains.map((c) => [c.name, c])) } : rules;

@@ -167,6 +167,19 @@ class PrefixSet {
     return this.keys.byteLength + this.values.byteLength;
   }
 
+  /** Slots to walk for `keysInSlots` (the direct array's or the hash table's size). */
+  get slotCount(): number {
+    return this.values.length;
+  }
+
+  /** Appends the keys stored in slots [from, to) to `into` (control plane: a listing in pieces). */
+  keysInSlots(from: number, to: number, into: number[]): void {
+    const end = Math.min(to, this.values.length);
+    for (let slot = from; slot < end; slot++) {
+      if (this.values[slot] !== 0) into.push(this.direct ? slot : this.keys[slot]!);
+    }
+  }
+
   /** Makes room for `expected` entries in total without further growth. */
   reserve(expected: number): void {
     if (this.direct) return;
@@ -421,6 +434,23 @@ export class Lpm4 {
       });
     }
     return out;
+  }
+
+  /** Slots of the prefix store of one length, for prefixesInSlots. */
+  prefixSlotCount(prefixLength: number): number {
+    return this.sets[prefixLength]!.slotCount;
+  }
+
+  /**
+   * Appends the prefixes of one length stored in slots [from, to) of its store to `into` (a
+   * listing walks a full table in pieces of a few thousand slots; a change between pieces moves
+   * entries, so a prefix changed meanwhile may be missed or seen twice, as a kernel dump in parts).
+   */
+  prefixesInSlots(prefixLength: number, from: number, to: number, into: number[]): void {
+    const start = into.length;
+    this.sets[prefixLength]!.keysInSlots(from, to, into);
+    if (prefixLength === 0) return;
+    for (let i = start; i < into.length; i++) into[i] = (into[i]! << (32 - prefixLength)) >>> 0;
   }
 
   /** Encoded value of the longest stored prefix of length <= fromLength containing addr (0 = none). */

@@ -491,19 +491,39 @@ export class RoutingTable {
 
   /** The table as `ip -j route` prints it (parsed; JSON.stringify gives iproute2's bytes). */
   toJSON(): RouteJson[] {
-    return this.routes().map((r) => {
-      const out = {} as RouteJson; // keys in iproute2's order
-      if (r.type !== RouteType.Unicast) out.type = TYPE_NAMES.get(r.type)!;
-      out.dst = formatDestination(r);
-      if (r.gateway !== 0) out.gateway = formatIpv4(r.gateway);
-      if (r.port >= 0) out.dev = this.portNames[r.port]!;
-      if (r.protocol !== RouteProtocol.Boot) out.protocol = protocolName(r.protocol);
-      if (r.scope !== RouteScope.Universe) out.scope = scopeName(r.scope);
-      if (r.prefSrc !== 0) out.prefsrc = formatIpv4(r.prefSrc);
-      if (r.metric !== 0) out.metric = r.metric;
-      out.flags = r.onlink ? ["onlink"] : [];
-      return out;
-    });
+    return this.routes().map((r) => this.routeJson(r));
+  }
+
+  /** The routes of one prefix in the kernel's alias order (a listing in pieces, route-listing.ts). */
+  routesOf(prefix: number, prefixLength: number): RouteEntry[] {
+    const out: RouteEntry[] = [];
+    for (let id = this.lpm.get(prefix, prefixLength); id >= 0; id = this.chainNext[id]!) out.push(publicEntry(this.routesById[id]!));
+    return out;
+  }
+
+  /** The store of prefixes the routes are chained from (route-listing.ts walks it in pieces). */
+  get prefixStore(): Pick<Lpm4, "prefixSlotCount" | "prefixesInSlots"> {
+    return this.lpm;
+  }
+
+  /** One route as `ip route` prints it, without the trailing space. */
+  formatRoute(r: RouteEntry): string {
+    return this.formatWords(r).join(" ");
+  }
+
+  /** One route as `ip -j route` prints it. */
+  routeJson(r: RouteEntry): RouteJson {
+    const out = {} as RouteJson; // keys in iproute2's order
+    if (r.type !== RouteType.Unicast) out.type = TYPE_NAMES.get(r.type)!;
+    out.dst = formatDestination(r);
+    if (r.gateway !== 0) out.gateway = formatIpv4(r.gateway);
+    if (r.port >= 0) out.dev = this.portNames[r.port]!;
+    if (r.protocol !== RouteProtocol.Boot) out.protocol = protocolName(r.protocol);
+    if (r.scope !== RouteScope.Universe) out.scope = scopeName(r.scope);
+    if (r.prefSrc !== 0) out.prefsrc = formatIpv4(r.prefSrc);
+    if (r.metric !== 0) out.metric = r.metric;
+    out.flags = r.onlink ? ["onlink"] : [];
+    return out;
   }
 
   // ---------------------------------------------------------------- internals
