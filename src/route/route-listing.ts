@@ -16,7 +16,7 @@ import type { RoutingTable } from "./table.js";
 /** Prefix-store slots gathered per piece. */
 const SLOTS_PER_PIECE = 1 << 15;
 /** Prefixes formatted per piece. */
-const PREFIXES_PER_PIECE = 2000;
+const PREFIXES_PER_PIECE = 1000;
 
 export class RouteListing {
   /** Per first octet: prefixes as prefix * 64 + (32 - length), so a numeric sort is dump order. */
