@@ -8,11 +8,11 @@ import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
-import { ConfigError, loadConfig, parseConfig } from "../../src/config/config.js";
+import { ConfigError, loadConfig, parseConfig, type RouterConfig } from "../../src/config/config.js";
 import { inPlaceRouting } from "../../src/control/live-apply.js";
 import { formatIpv4, parseIpv4, prefixMask } from "../../src/core/addr.js";
 import { XorShift32 } from "../../src/core/rng.js";
-import { buildRoutingTable } from "../../src/dataplane/from-config.js";
+import { buildDataplane, buildRoutingTable } from "../../src/dataplane/from-config.js";
 import { syntheticInternetTable, type SyntheticPrefix } from "../../src/route/synthetic-table.js";
 import { MemoryRouter } from "../support/memory-router.js";
 
@@ -158,22 +158,27 @@ describe("a full Internet table", () => {
   });
 });
 
-describe("connections across a reload of the whole table", () => {
-  it("10.0.0.2's flows leave by the new table's routes at their next packet, their cached next hop never reused", () => {
-    // Table A: 40,000 routes, all by upstream A. Table B: the same prefixes in another order
-    // (so route ids now name other prefixes), half of them by upstream B.
+describe("connections across a reload of the table", () => {
+  /**
+   * 40 flows of 10.0.0.2 to destinations whose routes have ids beyond 32,767 in table A (40,000
+   * routes, all by upstream A), established and answered from the route cache; then `reload`
+   * installs table B, in which `changed` of the prefixes go by upstream B (their routes removed
+   * and added anew, so freed route ids now name other prefixes' routes).
+   */
+  function flowsAcrossReload(name: string, changed: (index: number) => boolean, reload: (router: MemoryRouter, running: RouterConfig, next: RouterConfig) => void): void {
     const prefixes = internetPrefixes(40_000, 99);
     const before = prefixes.map((p, i) => routeLine(p, i % 4));
-    const order = prefixes.map((_, i) => i).reverse();
-    const after = order.map((i) => routeLine(prefixes[i]!, i % 2 === 0 ? 4 + (i % 4) : (i + 1) % 4));
-    const running = loadConfig(writeConfig("reload-before", before, "nat: \"\"\n"));
-    const next = loadConfig(writeConfig("reload-after", after, "nat: \"\"\n"));
+    // The lines that stay, then the changed ones (a live change adds its lines last, live-apply.ts).
+    const after = [
+      ...before.filter((_, i) => !changed(i)),
+      ...prefixes.flatMap((p, i) => (changed(i) ? [routeLine(p, 4 + (i % 4))] : [])),
+    ];
+    const running = loadConfig(writeConfig(`${name}-before`, before, "nat: \"\"\n"));
+    const next = loadConfig(writeConfig(`${name}-after`, after, "nat: \"\"\n"));
     const router = new MemoryRouter(running);
     const fresh = buildRoutingTable(next);
-
-    // Flows to destinations whose routes have ids beyond 32,767 in table A.
     const flows = prefixes.slice(35_000, 35_040).map((p, i) => ({ dst: formatIpv4((p.prefix + 1) >>> 0), sport: 40_000 + i }));
-    const portOf = (dst: string, table = fresh): string => table.portNames[table.routePort(table.lookup(parseIpv4(dst)))]!;
+    const portOf = (dst: string): string => fresh.portNames[fresh.routePort(fresh.lookup(parseIpv4(dst)))]!;
     const sendAll = (): void => {
       for (const f of flows) router.send(QR, { protocol: "udp", src: "10.0.0.2", dst: f.dst, sport: f.sport, dport: 53, payload: new Uint8Array(16) });
       router.run();
@@ -183,16 +188,12 @@ describe("connections across a reload of the whole table", () => {
     router.run();
     expect(router.received(QR).length).toBe(flows.length); // the replies: every flow is established
     expect(router.received(QA).length).toBe(flows.length);
-    const fastBefore = router.dataplane.fastPathPackets;
+    const fastBefore = router.forwarder.dataplane.fastPathPackets;
     sendAll(); // from the route cache
-    expect(router.dataplane.fastPathPackets - fastBefore).toBe(flows.length);
+    expect(router.forwarder.dataplane.fastPathPackets - fastBefore).toBe(flows.length);
     expect(router.received(QA).map((p) => p.dst)).toEqual(flows.map((f) => f.dst));
 
-    // The reload, in place as `qnat apply` does it; route caches are not cleared here, so the
-    // table's version alone must keep them from answering.
-    const change = inPlaceRouting(running, next, router.dataplane.routes);
-    expect(change).toBeDefined();
-    change!();
+    reload(router, running, next);
     sendAll();
     const leftA = router.received(QA).map((p) => p.dst);
     const leftB = router.received(QB).map((p) => p.dst);
@@ -201,10 +202,28 @@ describe("connections across a reload of the whole table", () => {
     expect(leftA).toEqual(flows.filter((f) => portOf(f.dst) === QA).map((f) => f.dst));
     expect(leftB).toEqual(flows.filter((f) => portOf(f.dst) === QB).map((f) => f.dst));
     // Each flow's route is the new table's, gateway included.
-    const table = router.dataplane.routes;
+    const table = router.forwarder.dataplane.routes;
     for (const f of flows) {
       expect(table.describeRoute(table.lookup(parseIpv4(f.dst)))).toBe(fresh.describeRoute(fresh.lookup(parseIpv4(f.dst))));
     }
     expect(router.drops(QR)).toEqual({});
+  }
+
+  it("an eighth of 40,000 routes changed in place: 10.0.0.2's flows follow at their next packet, the table's version alone voiding their cached next hop", () => {
+    flowsAcrossReload("eighth", (i) => i % 8 === 1, (router, running, next) => {
+      const change = inPlaceRouting(running, next, router.dataplane.routes);
+      expect(change).toBeDefined();
+      change!(); // route caches are not cleared here: the version check must do it
+    });
+  });
+
+  it("the whole table replaced (built anew, as `qnat apply` does past a third of the routes): the flows go on by the new routes", () => {
+    flowsAcrossReload("whole", (i) => i % 2 === 0, (router, running, next) => {
+      expect(inPlaceRouting(running, next, router.dataplane.routes)).toBeUndefined();
+      // router-process.ts applyConfig's swap: a successor keeps the connections, their cached routes forgotten.
+      const successor = buildDataplane(next, { successorOf: router.dataplane });
+      successor.conntrack.clearRouteCaches();
+      router.forwarder.dataplane = successor;
+    });
   });
 });
