@@ -23,7 +23,7 @@
  * Expiry is O(1) per packet: an expired entry met by a lookup is removed then (Linux
  * `nf_ct_gc_expired`), and `gc(budget)` sweeps `budget` slots per call from a rotating cursor.
  */
-import { type HashKey, hashKeyFrom, hsiphashBits } from "../core/hash.js";
+import { type HashKey, hashKeyFrom, hsiphash4Batch, hsiphashBits } from "../core/hash.js";
 import type { Clock } from "../core/clock.js";
 import { XorShift32 } from "../core/rng.js";
 import { UndoLog } from "../core/undo-log.js";
@@ -493,6 +493,15 @@ export class ConntrackTable {
    */
   bucketOf(protocol: number, src: number, dst: number, sport: number, dport: number): number {
     return this.hashTuple(protocol, src | 0, dst | 0, (sport << 16) | dport);
+  }
+
+  /**
+   * `bucketOf` for `count` tuples at once: tuple k is `tuples[4k .. 4k+3]` = protocol, src, dst,
+   * ports (sport << 16 | dport) as int32 words; its bucket goes to `out[k]`. The batch prefetch
+   * hashes a whole batch this way (hsiphash4Batch: two hashes interleaved).
+   */
+  bucketsOf(tuples: Int32Array, count: number, out: Int32Array): void {
+    hsiphash4Batch(this.k0, this.k1, tuples, count, out, this.bucketMask);
   }
 
   /**

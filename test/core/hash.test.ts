@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { hash2, hash3, hash4, hashKeyFrom, hsiphash } from "../../src/core/hash.js";
+import { hash2, hash3, hash4, hashKeyFrom, hsiphash, hsiphash4Batch } from "../../src/core/hash.js";
 import { XorShift32 } from "../../src/core/rng.js";
 
 /**
@@ -118,6 +118,30 @@ describe("hsiphash: HalfSipHash-1-3 over 32-bit words, as Linux hsiphash_Nu32", 
     expect(hsiphash(1, 2, 2, 10, 20, 30, 40)).toBe(hsiphash(1, 2, 2, 10, 20, 0, 0));
     expect(hsiphash(1, 2, 2, 10, 20, 0, 0)).not.toBe(hsiphash(1, 3, 2, 10, 20, 0, 0));
     expect(hsiphash(1, 2, 2, 10, 20, 0, 0)).not.toBe(hsiphash(2, 2, 2, 10, 20, 0, 0));
+  });
+});
+
+describe("hsiphash4Batch: a batch of four-word tuples, two hashes interleaved", () => {
+  it("gives hsiphash's value of every tuple, masked, for odd and even counts and random keys", () => {
+    const rng = new XorShift32(0xba7c);
+    for (const count of [0, 1, 2, 3, 7, 256]) {
+      const k0 = rng.next() | 0;
+      const k1 = rng.next();
+      const tuples = Int32Array.from({ length: count * 4 }, () => rng.next() | 0);
+      const out = new Int32Array(count + 1).fill(-7);
+      const mask = count === 7 ? -1 : 0xffff;
+      hsiphash4Batch(k0, k1, tuples, count, out, mask);
+      const expected = Array.from({ length: count }, (_, k) => hsiphash(k0, k1, 4, tuples[4 * k]!, tuples[4 * k + 1]!, tuples[4 * k + 2]!, tuples[4 * k + 3]!) & mask);
+      expect([...out.subarray(0, count)]).toEqual(expected);
+      // nothing past `count` is written
+      expect(out[count]).toBe(-7);
+    }
+  });
+
+  it("is Linux's hsiphash_4u32 on siphash_kunit.c's 16-byte vector", () => {
+    const out = new Int32Array(2);
+    hsiphash4Batch(0x03020100, 0x07060504, Int32Array.of(0x03020100, 0x07060504, 0x0b0a0908, 0x0f0e0d0c, 0x03020100, 0x07060504, 0x0b0a0908, 0x0f0e0d0c), 2, out, -1);
+    expect([out[0]! >>> 0, out[1]! >>> 0]).toEqual([HSIPHASH_1_3[16], HSIPHASH_1_3[16]]);
   });
 });
 
