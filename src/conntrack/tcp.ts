@@ -567,16 +567,18 @@ function windowUpdate(table: ConntrackTable, id: number, dir: number, index: num
  * random traffic, state and bytes, with and without the fast path.
  */
 export function tcpFastPathSegment(table: ConntrackTable, id: number, dir: number, seq: number, ack: number, win: number, payload: number, plainOptions: boolean): boolean {
+  // While the undo journal records (a trace's held state), every store must be journaled: the
+  // general path does that; this one stores without journaling and so declines.
+  if (table.undoLog.recording) return false;
   const w = table.tcpWindow;
   const base = id * TCP_WINDOW_WORDS;
   const s = base + (dir << 2);
   const r = base + ((dir ^ 1) << 2);
   const sShift = dir << 3;
-  const rShift = (dir ^ 1) << 3;
   const sMaxwin = w[s + TCP_WIN_MAXWIN]!;
   if (sMaxwin === 0) return false;
   const bits = w[base + TCP_WIN_BITS]!;
-  if (!plainOptions && (bits >>> rShift) & F_SACK_PERM) return false;
+  if (!plainOptions && (bits >>> ((dir ^ 1) << 3)) & F_SACK_PERM) return false;
   const end = (seq + payload) | 0;
   const sEnd = w[s + TCP_WIN_END]!;
   const sMaxend = w[s + TCP_WIN_MAXEND]!;
@@ -592,48 +594,46 @@ export function tcpFastPathSegment(table: ConntrackTable, id: number, dir: numbe
     return false;
   }
 
-  // windowUpdate
+  // windowUpdate; a store only where a value changes (the steady state of a bulk transfer moves
+  // td_end and td_maxack of one side and td_maxend of the other, nothing else).
   const scaled = win << ((bits >>> sShift) & SCALE_MASK);
   let newBits = bits;
-  if (table.undoLog.recording) table.journalWindowWord(s + TCP_WIN_MAXWIN);
   if (sMaxwin >>> 0 < scaled >>> 0) w[s + TCP_WIN_MAXWIN] = scaled;
   if (after(end, sEnd)) {
-    if (table.undoLog.recording) table.journalWindowWord(s + TCP_WIN_END);
     w[s + TCP_WIN_END] = end;
     newBits |= F_DATA_UNACKNOWLEDGED << sShift;
   }
-  if ((newBits & (MAXACK_SET << dir)) === 0) {
-    if (table.undoLog.recording) table.journalWindowWord(s + TCP_WIN_MAXACK);
+  const maxackSet = MAXACK_SET << dir;
+  if ((newBits & maxackSet) === 0 || after(ack, w[s + TCP_WIN_MAXACK]!)) {
     w[s + TCP_WIN_MAXACK] = ack;
-    newBits |= MAXACK_SET << dir;
-  } else if (after(ack, w[s + TCP_WIN_MAXACK]!)) {
-    if (table.undoLog.recording) table.journalWindowWord(s + TCP_WIN_MAXACK);
-    w[s + TCP_WIN_MAXACK] = ack;
+    newBits |= maxackSet;
   }
-  if (table.undoLog.recording) table.journalWindowWord(r + TCP_WIN_MAXWIN);
   if (rMaxwin !== 0 && after(end, sMaxend)) w[r + TCP_WIN_MAXWIN] = (rMaxwin + (end - sMaxend)) | 0;
   const right = (ack + scaled) | 0;
-  if (table.undoLog.recording) table.journalWindowWord(r + TCP_WIN_MAXEND);
   if (after(right, (w[r + TCP_WIN_MAXEND]! - 1) | 0)) w[r + TCP_WIN_MAXEND] = scaled === 0 ? (right + 1) | 0 : right;
-  if (ack === rEnd) newBits &= ~(F_DATA_UNACKNOWLEDGED << rShift);
+  if (ack === rEnd) newBits &= ~(F_DATA_UNACKNOWLEDGED << ((dir ^ 1) << 3));
   const privateBits = table.tcpFlags(id);
-  const lastDir = privateBits & LAST_DIR_REPLY ? DIR_REPLY : DIR_ORIGINAL;
   let lastWinLen = w[base + TCP_WIN_LAST_WIN_LEN]!;
   const lastEnd = table.tcpLastEnd(id);
-  if (lastDir === dir && lastEnd === end && ((lastEnd - (lastWinLen & 0xffff)) | 0) === seq && table.tcpLastAck(id) === ack && lastWinLen >>> 16 === win) {
+  if (
+    (privateBits & LAST_DIR_REPLY ? DIR_REPLY : DIR_ORIGINAL) === dir &&
+    lastEnd === end &&
+    ((lastEnd - (lastWinLen & 0xffff)) | 0) === seq &&
+    table.tcpLastAck(id) === ack &&
+    lastWinLen >>> 16 === win
+  ) {
     newBits = (newBits & ~(0xff << RETRANS_SHIFT)) | ((((newBits >>> RETRANS_SHIFT) + 1) & 0xff) << RETRANS_SHIFT);
   } else {
     table.setTcpLast(id, end, ack);
     lastWinLen = (win << 16) | ((end - seq) & 0xffff);
-    if (table.undoLog.recording) table.journalWindowWord(base + TCP_WIN_LAST_WIN_LEN);
     w[base + TCP_WIN_LAST_WIN_LEN] = lastWinLen;
     newBits &= ~(0xff << RETRANS_SHIFT);
   }
-  if (table.undoLog.recording) table.journalWindowWord(base + TCP_WIN_BITS);
-  w[base + TCP_WIN_BITS] = newBits;
+  if (newBits !== bits) w[base + TCP_WIN_BITS] = newBits;
 
   // tcpAccept (the state stays ESTABLISHED)
-  table.setTcpFlags(id, withLast(privateBits, I_ACK, dir));
+  const lastBits = withLast(privateBits, I_ACK, dir);
+  if (lastBits !== privateBits) table.setTcpFlags(id, lastBits);
   const timeouts = table.timeouts;
   const established = timeouts.tcpEstablished;
   let timeout = established;
