@@ -386,7 +386,11 @@ export class ConntrackTable {
   }
 
   private link(node: number): void {
-    const bucket = this.nodeBucket(node);
+    this.linkIn(node, this.nodeBucket(node));
+  }
+
+  /** `link` into `bucket`, which must be `nodeBucket(node)`. */
+  private linkIn(node: number, bucket: number): void {
     if (this.undoLog.recording) this.journalWord(nodeBase(node) + NODE_NEXT);
     this.words[nodeBase(node) + NODE_NEXT] = this.buckets[bucket]!;
     if (this.undoLog.recording) this.journalBucket(bucket);
@@ -394,7 +398,11 @@ export class ConntrackTable {
   }
 
   private unlink(node: number): void {
-    const bucket = this.nodeBucket(node);
+    this.unlinkIn(node, this.nodeBucket(node));
+  }
+
+  /** `unlink` from `bucket`, which must be `nodeBucket(node)`. */
+  private unlinkIn(node: number, bucket: number): void {
     const w = this.words;
     let current = this.buckets[bucket]!;
     let previous = -1;
@@ -451,7 +459,7 @@ export class ConntrackTable {
     // isDead(id, now), written out: a double argument to a call V8 does not inline is boxed.
     if (this.doubles[(id << DOUBLE_SHIFT) + D_EXPIRY]! <= this.times[1]! || (w[(id << ENTRY_SHIFT) + W_STATUS]! & STATUS_DYING) !== 0) {
       this.counters.expired++;
-      this.freeEntry(id);
+      this.freeEntryAt(id, node, bucket);
       return -1;
     }
     return node;
@@ -686,8 +694,11 @@ export class ConntrackTable {
     if (status & STATUS_CONFIRMED) return true;
     this.times[1] = this.now();
     const protocol = w[e + W_META]! & 0xff;
-    let clash = this.findNode(protocol, w[e + NODE_SRC]!, w[e + NODE_DST]!, w[e + NODE_PORTS]!);
-    if (clash < 0) clash = this.findNode(protocol, w[e + 4 + NODE_SRC]!, w[e + 4 + NODE_DST]!, w[e + 4 + NODE_PORTS]!);
+    // Each tuple hashed once, for its clash lookup and then its link.
+    const originalBucket = this.hashTuple(protocol, w[e + NODE_SRC]!, w[e + NODE_DST]!, w[e + NODE_PORTS]!);
+    const replyBucket = this.hashTuple(protocol, w[e + 4 + NODE_SRC]!, w[e + 4 + NODE_DST]!, w[e + 4 + NODE_PORTS]!);
+    let clash = this.findNodeIn(originalBucket, protocol, w[e + NODE_SRC]!, w[e + NODE_DST]!, w[e + NODE_PORTS]!);
+    if (clash < 0) clash = this.findNodeIn(replyBucket, protocol, w[e + 4 + NODE_SRC]!, w[e + 4 + NODE_DST]!, w[e + 4 + NODE_PORTS]!);
     if (clash >= 0) {
       this.clashWith = clash;
       this.counters.insertFailed++;
@@ -697,8 +708,8 @@ export class ConntrackTable {
     this.clashWith = -1;
     if (this.undoLog.recording) this.journalWord(e + W_STATUS);
     w[e + W_STATUS] = status | STATUS_CONFIRMED;
-    this.link(id << 1);
-    this.link((id << 1) | 1);
+    this.linkIn(id << 1, originalBucket);
+    this.linkIn((id << 1) | 1, replyBucket);
     this.counters.inserted++;
     return true;
   }
@@ -731,12 +742,21 @@ export class ConntrackTable {
   }
 
   private freeEntry(id: number): void {
+    this.freeEntryAt(id, -1, -1);
+  }
+
+  /**
+   * `freeEntry`, where node `known` of the entry (or -1) is already known to hash to `bucket`
+   * (a lookup that met the dead entry in its chain): that node is unlinked without hashing it
+   * again.
+   */
+  private freeEntryAt(id: number, known: number, bucket: number): void {
     if (this.onRemove) this.onRemove(id);
     const w = this.words;
     const e = id << ENTRY_SHIFT;
     if (w[e + W_STATUS]! & STATUS_CONFIRMED) {
-      this.unlink(id << 1);
-      this.unlink((id << 1) | 1);
+      this.unlinkIn(id << 1, known === id << 1 ? bucket : this.nodeBucket(id << 1));
+      this.unlinkIn((id << 1) | 1, known === ((id << 1) | 1) ? bucket : this.nodeBucket((id << 1) | 1));
     }
     if (this.undoLog.recording) this.journalWord(e + W_META);
     w[e + W_META] = 0;
