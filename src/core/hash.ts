@@ -14,8 +14,9 @@
  * Cost, measured by CPU time on the bench machine (AMD EPYC, Node 20): ~12 ns per conntrack tuple
  * (4 words) against ~4 ns for the seeded murmur mix it replaced; SipHash-1-3 on 64-bit lanes,
  * emulated with int32 pairs, costs about 3.6 times HalfSipHash-1-3, and a fully unrolled
- * HalfSipHash was slower than this loop. It runs once per packet (the conntrack bucket); int32
- * arithmetic only, no allocation.
+ * HalfSipHash was slower than this loop. It runs once per packet (the conntrack bucket), for a
+ * whole batch at once in the dataplane's prefetch (`hsiphash4Batch`, two messages interleaved);
+ * int32 arithmetic only, no allocation.
  *
  * Keys are drawn when a router starts (`hashKeyFrom` a CryptoRng, see rng.ts and
  * dataplane/from-config.ts); tests and offline traces derive them from a seeded Rng so their
