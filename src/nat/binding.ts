@@ -453,11 +453,8 @@ export class NatEngine {
       }
     } else if (protocol === IPPROTO_TCP || protocol === IPPROTO_UDP) {
       if ((flags & NF_NAT_RANGE_PROTO_SPECIFIED) === 0) {
-        // If it's a destination rewrite, the port cannot change.
-        if (manip === Manip.Dst) {
-          if (explain) explain.push(`destination ${this.formatEndpoint(this.newDst, this.newDport)} is taken and no port range is given: drop (nat-no-free-tuple)`);
-          return false;
-        }
+        // If it's a destination rewrite, the port cannot change: the clashing tuple is kept.
+        if (manip === Manip.Dst) return this.keepClashingDestination(explain);
         const port = this.newSport;
         if (port < 1024) {
           // "Loose convention: >> 512 is credential passing."
@@ -535,6 +532,7 @@ export class NatEngine {
       off = this.rng.next() & 0xffff;
     }
     this.counters.searchTries += tries;
+    if (manip === Manip.Dst) return this.keepClashingDestination(explain);
     if (explain) {
       explain.push(
         `${this.sideName(manip)} ${this.keyName()} ${oldKey} is taken; no free ${this.keyName()} in ` +
@@ -542,6 +540,20 @@ export class NatEngine {
       );
     }
     return false;
+  }
+
+  /**
+   * A destination rewrite that finds no free tuple keeps the clashing one, as Linux does
+   * (nf_nat_l4proto_unique_tuple returns with the last candidate; get_unique_tuple cannot fail):
+   * the source NAT that follows — a rule or the null binding at POSTROUTING or INPUT
+   * (nf_nat_alloc_null_binding) — remaps the source port and makes the tuple unique, which is how
+   * a DNATed or REDIRECTed connection and a direct one from the same client port both work
+   * (tools/testing/selftests/net/netfilter/nf_nat_edemux.sh, nft_nat.sh test_dnat_clash). What
+   * still clashes when the connection is confirmed is refused there (conntrack-insert-failed).
+   */
+  private keepClashingDestination(explain: string[] | undefined): boolean {
+    if (explain) explain.push(`destination ${this.formatEndpoint(this.newDst, this.newDport)} is taken: kept, for the source NAT that follows to make the tuple unique`);
+    return true;
   }
 
   private explainSearch(

@@ -11,9 +11,10 @@ import { spawn, spawnSync } from "node:child_process";
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
+import { parseDocument } from "yaml";
 import { parseConfig, type RouterConfig, type WireMode } from "../../src/config/config.js";
 import { labDeviceOf, tapPortsWithoutTapLegs } from "../../src/control/host-setup.js";
-import { buildKernelTwin, randomTag, retagConfigText, tapVariantText, type KernelTwin } from "../../src/control/twin.js";
+import { buildKernelTwin, natRestoreText, randomTag, retagConfigText, tapVariantText, type KernelTwin } from "../../src/control/twin.js";
 import { isRoot as runningAsRoot } from "../../src/io/netns.js";
 import { setTimeout as sleep } from "node:timers/promises";
 
@@ -56,6 +57,8 @@ export interface Side {
   conntrack(): Promise<CtEntry[]>;
   /** Empties the router's connection table (`conntrack -F`, `qnat conntrack -F`). */
   flushConntrack(): Promise<void>;
+  /** Replaces the router's nat rules while it runs: `iptables-restore` on the twin, `qnat apply` on qnat. */
+  setNat(text: string): Promise<void>;
   teardown(): Promise<void>;
 }
 
@@ -206,6 +209,10 @@ export async function startKernelSide(configPath: string, original: RouterConfig
       const out = await runAsync("ip", ["netns", "exec", config.namespace, "conntrack", "-F"]);
       if (out.code !== 0) throw new Error(`conntrack -F in ${config.namespace}: ${out.stderr.trim()}`);
     },
+    async setNat(nat: string) {
+      const out = run("ip", ["netns", "exec", config.namespace, "iptables-restore"], { input: natRestoreText(nat) });
+      if (out.code !== 0) throw new Error(`iptables-restore in ${config.namespace}: ${out.stderr.trim()}`);
+    },
     async teardown() {
       twin?.destroy();
       twin = undefined;
@@ -250,6 +257,14 @@ export async function startQnatSide(configPath: string, original: RouterConfig, 
       const out = await runAsync(process.execPath, [CLI, "conntrack", "-F", "--router", config.namespace]);
       if (out.code !== 0) throw new Error(`qnat conntrack -F: ${out.stderr.trim()}`);
     },
+    async setNat(nat: string) {
+      const document = parseDocument(text);
+      document.set("nat", nat);
+      const changed = join(dir, "changed.yaml");
+      writeFileSync(changed, document.toString());
+      const out = await runAsync(process.execPath, [CLI, "apply", changed, "--router", config.namespace]);
+      if (out.code !== 0) throw new Error(`qnat apply: ${out.stderr.trim() || out.stdout.trim()}`);
+    },
     teardown: down,
   };
 }
@@ -273,6 +288,8 @@ export interface Observation {
   /** Per client (in plan order): the actions it ran, one per result. */
   actions: ClientAction[][];
   conntrack: CtEntry[];
+  /** What plan.invariants read from the router after the steps. */
+  invariants?: string[];
   /**
    * Packets that arrived at the router's own host on the ports of plan.sniffRouterHost: evidence
    * for the timing comparison and the timelines only, never compared (the kernel twin's ports
@@ -292,7 +309,8 @@ export type ComparedRecord =
   | { readonly kind: "client"; readonly result: Record<string, unknown>; readonly action: ClientAction | undefined }
   | { readonly kind: "server"; readonly event: Record<string, unknown> }
   | { readonly kind: "packet"; readonly packet: Record<string, unknown> }
-  | { readonly kind: "conntrack"; readonly entry: CtEntry };
+  | { readonly kind: "conntrack"; readonly entry: CtEntry }
+  | { readonly kind: "fact"; readonly fact: string };
 
 /**
  * A documented difference: the records of one section that may differ, and why. Only records for
@@ -315,12 +333,17 @@ export const allowing = {
   entries: (test: (entry: CtEntry) => boolean) => (r: ComparedRecord) => r.kind === "conntrack" && test(r.entry),
 };
 
+/** A step that replaces the router's nat rules with `nat` (iptables -S or iptables-save text) from then on; the config's own rules come back after the scenario. */
+export interface NatChange {
+  nat: string;
+}
+
 export interface Plan {
   name: string;
   /** Original namespace -> what runs there. Wire namespaces without an entry still get a sniffer. */
   agents?: Record<string, AgentSpec>;
-  /** Steps run one after the other; the clients of one step run at the same time. */
-  steps: ClientRun[][];
+  /** Steps run one after the other; the clients of one step run at the same time (after the step's nat change, if any). */
+  steps: Array<Array<ClientRun | NatChange>>;
   /** Shell commands run in a namespace (original name) before the agents start, on both sides. */
   setup?: Array<{ ns: string; argv: string[] }>;
   /** Which conntrack entries belong to the scenario. */
@@ -364,6 +387,8 @@ export interface Plan {
    * those are printed and do not fail; every other record of the section is still compared.
    */
   documented?: Allowance[];
+  /** Facts read from each router after the steps (e.g. its whole connection table), compared as the section "invariants". */
+  invariants?: (side: Side) => Promise<string[]>;
   /**
    * The scenario crafts its datagrams' IP ids, so the ids of the fragments on the wires are
    * compared too (otherwise an id is each sender's kernel's pick and left out).
@@ -417,6 +442,7 @@ export async function observe(side: Side, original: RouterConfig, plan: Plan): P
   for (const [ns, spec] of Object.entries(plan.agents ?? {})) agentNs.set(ns, { sniff: agentNs.has(ns), ...spec });
   const stops = new Map<string, () => Promise<Observation["agents"][string]>>();
   const hostSniffers = new Map<string, () => Promise<Observation["agents"][string]>>();
+  let natChanged = false;
   try {
     for (const [ns, spec] of agentNs) {
       // What the host there receives: its device (the wire device, or its veth into the bridge).
@@ -427,8 +453,14 @@ export async function observe(side: Side, original: RouterConfig, plan: Plan): P
     for (const port of plan.sniffRouterHost ?? []) hostSniffers.set(port, await startAgent(side.ns(original.namespace), { udp: [], tcp: [], sniff: port }, 40));
     const observation: Observation = { agents: {}, clients: [], actions: [], conntrack: [] };
     for (const step of plan.steps) {
+      for (const change of step) {
+        if (!("nat" in change)) continue;
+        natChanged = true;
+        await side.setNat(change.nat);
+      }
+      const clients = step.filter((c): c is ClientRun => !("nat" in c));
       const results = await Promise.all(
-        step.map(async (client) => {
+        clients.map(async (client) => {
           const actions = typeof client.actions === "function" ? client.actions(observation) : client.actions;
           const out = await runAsync("ip", ["netns", "exec", side.ns(client.ns), "python3", PROBE, "client", JSON.stringify(actions)], 60_000);
           if (out.code !== 0) throw new Error(`${side.name}: client in ${client.ns} failed: ${out.stderr.trim()}`);
@@ -447,9 +479,11 @@ export async function observe(side: Side, original: RouterConfig, plan: Plan): P
       hostSniffers.clear();
     }
     observation.conntrack = (await side.conntrack()).filter(plan.conntrack ?? (() => true));
+    if (plan.invariants) observation.invariants = await plan.invariants(side);
     return observation;
   } finally {
     for (const stop of [...stops.values(), ...hostSniffers.values()]) await stop().catch(() => undefined);
+    if (natChanged) await side.setNat(side.config.nat.text);
   }
 }
 
@@ -786,6 +820,10 @@ export function compareObservations(original: Plan, kernel: Observation, qnat: O
     if (k.length > 0 || q.length > 0) add(`wire into ${ns}`, k, q);
   }
   add("conntrack", conntrackLines(kernel, plan), conntrackLines(qnat, plan));
+  if (kernel.invariants || qnat.invariants) {
+    const facts = (o: Observation): Line[] => (o.invariants ?? []).map((fact) => ({ text: fact, record: { kind: "fact", fact } }));
+    add("invariants", facts(kernel), facts(qnat));
+  }
   const agree = sections.every((s) => s.equal || s.documented !== undefined);
   // Shown when the scenario differs, and when a timing allowance was applied (the evidence).
   const timelines = agree && notes.length === 0 ? undefined : { kernel: timeline(kernel, plan), qnat: timeline(qnat, plan) };

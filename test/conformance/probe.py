@@ -289,7 +289,7 @@ def build_l4(p):
         return 132, head[:8] + struct.pack("<I", crc32c(head)) + head[12:]
     if "icmp" in p:
         i = p["icmp"]
-        data = bytes(range(i.get("data_len", 16)))
+        data = bytes(x & 0xFF for x in range(i.get("data_len", 16)))
         head = struct.pack("!BBHHH", i["type"], i["code"], 0, i["id"], i["seq"]) + data
         c = csum(head)
         return 1, head[:2] + struct.pack("!H", spoil(p, c)) + head[4:]

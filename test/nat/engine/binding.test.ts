@@ -141,14 +141,32 @@ describe("DNAT and REDIRECT (destination manip)", () => {
     expect(translatedDestination(f, id)).toBe("10.0.0.1:9697");
   });
 
-  it("a DNAT onto a destination that is already taken without a port range fails (nat-no-free-tuple)", () => {
+  it("a DNAT onto a destination that is already taken keeps it, and the source null binding that follows remaps the source port (nf_nat_edemux.sh)", () => {
+    const f = makeFixture();
+    const direct = connect(f, IPPROTO_TCP, "198.51.100.7", 5555, "10.0.0.2", 22, (c) => f.nat.nullBinding(c, Manip.Dst) && f.nat.nullBinding(c, Manip.Src));
+    const explain: string[] = [];
+    // Linux get_unique_tuple cannot fail: the DNAT keeps the clashing 10.0.0.2:22, and the null
+    // binding at POSTROUTING (nf_nat_alloc_null_binding) then finds a free source port.
+    const id = connect(f, IPPROTO_TCP, "198.51.100.7", 5555, "9.186.100.129", 22, (c) => f.nat.setupNat(c, Manip.Dst, natRange(ip("10.0.0.2")), explain) && f.nat.nullBinding(c, Manip.Src));
+    expect(id).toBeGreaterThanOrEqual(0);
+    expect(f.nat.counters.noFreeTuple).toBe(0);
+    expect(explain.join("\n")).toContain("destination 10.0.0.2:22 is taken: kept");
+    expect(translatedDestination(f, id)).toBe("10.0.0.2:22");
+    expect(f.table.replyDport(id)).not.toBe(5555);
+    expect(f.table.status(id) & CtStatus.SrcNat).toBe(CtStatus.SrcNat);
+    // both reply directions find their own connection
+    expect(f.table.lookup(IPPROTO_TCP, ip("10.0.0.2"), ip("198.51.100.7"), 22, 5555)).toBe((direct << 1) | 1);
+    expect(f.table.lookup(IPPROTO_TCP, ip("10.0.0.2"), ip("198.51.100.7"), 22, f.table.replyDport(id))).toBe((id << 1) | 1);
+  });
+
+  it("a DNAT whose clash nothing resolves is refused when the connection is confirmed (conntrack insert failed)", () => {
     const f = makeFixture();
     connect(f, IPPROTO_TCP, "198.51.100.7", 5555, "10.0.0.2", 22, (c) => f.nat.nullBinding(c, Manip.Dst));
-    const explain: string[] = [];
-    const id = connect(f, IPPROTO_TCP, "198.51.100.7", 5555, "9.186.100.129", 22, (c) => f.nat.setupNat(c, Manip.Dst, natRange(ip("10.0.0.2")), explain));
-    expect(id).toBe(-1);
-    expect(f.nat.counters.noFreeTuple).toBe(1);
-    expect(explain.join("\n")).toContain("no port range is given");
+    const id = f.table.create(IPPROTO_TCP, ip("198.51.100.7"), FLOATING, 5555, 22);
+    f.table.refresh(id, 3600, f.clock.now());
+    expect(f.nat.setupNat(id, Manip.Dst, natRange(ip("10.0.0.2")))).toBe(true);
+    expect(f.table.confirm(id)).toBe(false);
+    expect(f.table.counters.insertFailed).toBe(1);
   });
 });
 
