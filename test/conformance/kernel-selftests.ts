@@ -192,12 +192,16 @@ function outputDnatClash(config: RouterConfig): Plan | undefined {
   const { t } = rolesOf(config);
   const f = t.floating.find((x) => t.outputDnat.includes(x.floating));
   if (f === undefined) return undefined;
+  // Both connections from one address, as the selftest's client has one: left to the kernel, the
+  // second would leave from the floating IP itself; from an inside address, the tenant SNAT rules
+  // would take the second (hairpin). The gateway address is in no rule's source range.
+  const own = t.gatewayAddress;
   return {
-    name: `kernel nf_nat_edemux.sh OUTPUT DNAT clash: the router's host, port 10001, to ${f.fixed.addr}:${TCP_SERVER} and then to ${f.floating}:${TCP_SERVER} (DNAT to the same server)`,
+    name: `kernel nf_nat_edemux.sh OUTPUT DNAT clash: the router's host, ${own}:10001, to ${f.fixed.addr}:${TCP_SERVER} and then to ${f.floating}:${TCP_SERVER} (DNAT to the same server)`,
     agents: { [f.fixed.ns]: { tcp: [TCP_SERVER] } },
     steps: [
-      [{ ns: t.router, actions: [tcp("0.0.0.0", 10001, f.fixed.addr, TCP_SERVER)] }],
-      [{ ns: t.router, actions: [tcp("0.0.0.0", 10001, f.floating, TCP_SERVER)] }],
+      [{ ns: t.router, actions: [tcp(own, 10001, f.fixed.addr, TCP_SERVER)] }],
+      [{ ns: t.router, actions: [tcp(own, 10001, f.floating, TCP_SERVER)] }],
     ],
     knownPorts: [10001, TCP_SERVER],
     conntrack: bySport([10001]),
