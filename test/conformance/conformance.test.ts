@@ -2,8 +2,9 @@
  * The Linux kernel as the oracle: for the seed's router and for the other example routers (two
  * tenant subnets with a smaller gateway MTU; a VXLAN tenant network, MTU 1450, for fragmentation
  * on output; three tenant subnets with six floating IPs on 198.51.100.0/24; MASQUERADE; port
- * forwarding with ranges and --random-fully), the kernel twin
- * and qnat run the same traffic and must agree (harness.ts, scenarios.ts). Then the property: a
+ * forwarding with ranges and --random-fully; a small connection table), the kernel twin
+ * and qnat run the same traffic and must agree (harness.ts, scenarios.ts), and on two of them the
+ * kernel's own NAT selftests, rewritten (kernel-selftests.ts). Then the property: a
  * few random Neutron-style routers (random-config.ts) from one seed, each with the fast scenarios.
  * The configs run one after the other in this one file, so only two routers share the CPU.
  * Then in TAP mode (Ethernet ports on bridges, harness.ts HarnessMode): the seed's router with the
@@ -23,13 +24,16 @@ import { join, resolve } from "node:path";
 import { afterAll } from "vitest";
 import { parseConfig } from "../../src/config/config.js";
 import { ROOT } from "./harness.js";
+import { plansWithKernelSelftests } from "./kernel-selftests.js";
 import { propertySeeds, randomNeutronConfig } from "./random-config.js";
 import { fastPlansFor } from "./scenarios.js";
 import { conformanceSuite } from "./suite.js";
 
-const EXAMPLES = ["seed.yaml", "two-subnets.yaml", "mtu-1450.yaml", "three-tenants.yaml", "masquerade.yaml", "port-forwarding.yaml"];
+const EXAMPLES = ["seed.yaml", "two-subnets.yaml", "mtu-1450.yaml", "three-tenants.yaml", "masquerade.yaml", "port-forwarding.yaml", "small-table.yaml"];
 /** Run again in TAP mode: a config that is Ethernet already, and a TUN one's Ethernet version. */
 const TAP_EXAMPLES = ["seed-ethernet.yaml", "two-subnets.yaml"];
+/** The examples that also run the kernel's own NAT tests (kernel-selftests.ts); small-table.yaml runs only its table limit. */
+const WITH_KERNEL_SELFTESTS = new Set(["seed.yaml", "two-subnets.yaml", "small-table.yaml"]);
 
 const chosen = process.env.QNAT_CONFORMANCE_CONFIG;
 const seedText = process.env.CONFORMANCE_SEED;
@@ -37,9 +41,9 @@ const randomOnly = process.env.QNAT_CONFORMANCE_RANDOM === "1" || (seedText !== 
 
 const mode = process.env.QNAT_CONFORMANCE_MODE;
 if (mode !== undefined && mode !== "tun" && mode !== "tap") throw new Error(`QNAT_CONFORMANCE_MODE must be tun or tap, not ${mode}`);
-if (chosen) conformanceSuite(resolve(chosen), { mode: mode ?? "tun" });
+if (chosen) conformanceSuite(resolve(chosen), { mode: mode ?? "tun", plans: plansWithKernelSelftests });
 else if (!randomOnly) {
-  for (const example of EXAMPLES) conformanceSuite(join(ROOT, "examples", example));
+  for (const example of EXAMPLES) conformanceSuite(join(ROOT, "examples", example), WITH_KERNEL_SELFTESTS.has(example) ? { plans: plansWithKernelSelftests } : {});
   for (const example of TAP_EXAMPLES) conformanceSuite(join(ROOT, "examples", example), { mode: "tap" });
 }
 

@@ -5,12 +5,13 @@
  * are compared (harness.ts), instead of the selftests' "PASS when the counter reads N".
  *
  * Every address is derived from the config (topologyOf): the inside host that plays the
- * selftests' client, the outside host, the router's addresses, and addresses no subnet of the
- * config uses for the places "beyond" the outside host. A rule a case needs (a MASQUERADE, a
- * DNAT, a REDIRECT) is added to the router's own rules for that scenario only, while it runs — on
- * the twin with iptables-restore, on qnat with `qnat apply` — and the config's rules come back
- * afterwards. Ports are the selftests' own where they chose them (1405, 1234/4321, 5201-5203 and
- * 10000, 80 -> 8080).
+ * selftests' client, the outside host, the router's addresses, and for the places "beyond" the
+ * outside host addresses of the /24 that overlaps nothing of the config (addresses.ts, roomOf). A
+ * rule a case needs (a MASQUERADE, a DNAT, a REDIRECT) is added to the router's own rules for that
+ * scenario only, while it runs — on the twin with iptables-restore, on qnat with `qnat apply` —
+ * and the config's rules come back afterwards. Ports are the selftests' own where they chose them
+ * (1405, 1234/4321, 5201-5203 and 10000, 80 -> 8080); client ports and ICMP ids of our choosing
+ * come from the harness's client block (t.port).
  *
  * | kernel test | scenario below |
  * | nft_nat.sh test_port_shadowing | portShadowing (default, then the `--to-ports 1406-65535 --random` fix) |
@@ -21,13 +22,17 @@
  * | conntrack_resize.sh | tableLimit (configs with a small conntrack.max only) |
  * | nft_nat.sh test_masquerade (fully-random) | masqueradeRandomFully |
  */
-import { formatIpv4, inPrefix, parseIpv4, prefixMask } from "../../src/core/addr.js";
-import type { RouterConfig } from "../../src/config/config.js";
+import { readFileSync } from "node:fs";
+import { formatIpv4, parseCidr } from "../../src/core/addr.js";
+import { parseConfig, type RouterConfig } from "../../src/config/config.js";
 import { CLI, run, type ClientAction, type CtEntry, type Plan, type Side } from "./harness.js";
-import { TCP_SERVER, topologyOf, UDP_SERVER, type Host } from "./scenarios.js";
+import { plansFor, TCP_SERVER, topologyOf, UDP_SERVER, type Host } from "./scenarios.js";
 
-/** conntrack_resize.sh's case needs a table the flood can fill: configs with conntrack.max up to this run it (and only it). */
-export const TABLE_LIMIT_AT_MOST = 1024;
+/**
+ * conntrack_resize.sh's case needs a table the flood can fill: configs with conntrack.max up to
+ * this run it (and only it); its flood, twice the table, takes client ports 44600 upward.
+ */
+export const TABLE_LIMIT_AT_MOST = 64;
 
 /** True when the config's connection table is small enough for the table-limit case (the twin's cannot be made small). */
 export function isSmallTable(config: RouterConfig): boolean {
@@ -47,29 +52,6 @@ export function insertRules(nat: string, chain: string, rules: readonly string[]
   return [...lines.slice(0, at), ...added, ...lines.slice(at)].join("\n");
 }
 
-/**
- * Addresses no part of the config uses (port and lab subnets, loopbacks, route destinations),
- * from the documentation ranges first (RFC 5737), for hosts "beyond" the outside host.
- */
-export function unusedAddresses(config: RouterConfig, count: number): string[] {
-  const taken: Array<{ addr: number; prefixLength: number }> = [];
-  for (const port of config.ports) taken.push(...port.addresses);
-  for (const host of config.lab) taken.push(...host.addresses, ...host.loopback);
-  for (const route of config.routes) {
-    const m = /^(\d+\.\d+\.\d+\.\d+)(?:\/(\d+))?/.exec(route.value.trim());
-    if (m) taken.push({ addr: parseIpv4(m[1]!), prefixLength: m[2] === undefined ? 32 : Number(m[2]) });
-  }
-  const found: string[] = [];
-  for (const base of ["198.51.100.0", "203.0.113.0", "192.0.2.0", "100.64.99.0"]) {
-    for (let host = 200; host < 254 && found.length < count; host++) {
-      const addr = (parseIpv4(base) + host) >>> 0;
-      if (taken.every((c) => !inPrefix(addr, (c.addr & prefixMask(c.prefixLength)) >>> 0, c.prefixLength))) found.push(formatIpv4(addr));
-    }
-  }
-  if (found.length < count) throw new Error("no unused addresses left in the documentation ranges for this config");
-  return found;
-}
-
 const udp = (src: string, sport: number, dst: string, dport: number, extra: Record<string, unknown> = {}): ClientAction => ({ kind: "udp", src, sport, dst, dport, size: 100, wait: 1, ...extra });
 const tcp = (src: string, sport: number, dst: string, dport: number, extra: Record<string, unknown> = {}): ClientAction => ({ kind: "tcp", src, sport, dst, dport, size: 1000, close: "fin", wait: 3, ...extra });
 const sleep = (seconds: number): ClientAction => ({ kind: "sleep", seconds });
@@ -78,6 +60,16 @@ const bySport = (ports: readonly number[]) => (e: CtEntry) => e.protocol !== "ic
 const byIcmpId = (ids: readonly number[]) => (e: CtEntry) => e.protocol === "icmp" && ids.includes(e.original.sport ?? -1);
 /** A shell command that succeeds when run again (scenarios are retried; setup runs each time). */
 const idempotent = (command: string) => ["sh", "-c", command];
+
+/**
+ * The scenarios of scenarios.ts and the kernel selftests' for the config at PATH, or the
+ * table-limit one alone for a config whose table is small (the others would compete with its
+ * flood for entries).
+ */
+export function plansWithKernelSelftests(path: string): Plan[] {
+  const config = parseConfig(readFileSync(path, "utf8"), path);
+  return isSmallTable(config) ? kernelSelftestPlans(config) : [...plansFor(config), ...kernelSelftestPlans(config)];
+}
 
 /** The kernel selftests' scenarios that apply to the config (the table-limit one only on small-table configs). */
 export function kernelSelftestPlans(config: RouterConfig): Plan[] {
@@ -91,6 +83,8 @@ export function kernelSelftestPlans(config: RouterConfig): Plan[] {
 
 interface Roles {
   t: ReturnType<typeof topologyOf>;
+  /** A port of the harness's blocks, moved where the config's rules leave room (addresses.ts). */
+  P: (defaultPort: number) => number;
   /** The selftests' client: the first inside host. */
   client: Host;
   /** The gateway port's name (the MASQUERADE rules' -o). */
@@ -101,7 +95,12 @@ interface Roles {
 function rolesOf(config: RouterConfig): Roles {
   const t = topologyOf(config);
   const gatewayPort = config.ports.find((p) => p.wire.namespace === t.outsideNs)!.name;
-  return { t, client: t.inside[0]!, gatewayPort, nat: config.nat.text };
+  return { t, P: t.port, client: t.inside[0]!, gatewayPort, nat: config.nat.text };
+}
+
+/** Host N of the /24 "beyond the outside host" that nothing of the config overlaps (room.beyondNet). */
+export function beyondAddress(t: ReturnType<typeof topologyOf>, host: number): string {
+  return formatIpv4(parseCidr(t.room.beyondNet)!.addr + host);
 }
 
 /**
@@ -113,9 +112,9 @@ function rolesOf(config: RouterConfig): Roles {
  * and the outside's datagram reaches the router's own service ("ROUTER").
  */
 function portShadowing(config: RouterConfig, mitigated: boolean): Plan {
-  const { t, client, gatewayPort, nat } = rolesOf(config);
+  const { t, P, client, gatewayPort, nat } = rolesOf(config);
   const SERVICE = 1405;
-  const outsidePort = mitigated ? 41406 : 41404;
+  const outsidePort = P(mitigated ? 41406 : 41404);
   const masquerade = `-s ${client.addr}/32 -o ${gatewayPort} -j MASQUERADE`;
   const rules = mitigated ? [`-s ${client.addr}/32 -o ${gatewayPort} -p udp -m udp --sport 1:${SERVICE} -j MASQUERADE --to-ports 1406-65535 --random`, masquerade] : [masquerade];
   return {
@@ -189,21 +188,22 @@ function redirectClash(config: RouterConfig): Plan {
  * with OUTPUT DNAT).
  */
 function outputDnatClash(config: RouterConfig): Plan | undefined {
-  const { t } = rolesOf(config);
+  const { t, P } = rolesOf(config);
   const f = t.floating.find((x) => t.outputDnat.includes(x.floating));
   if (f === undefined) return undefined;
+  const TCP = P(TCP_SERVER);
   // Both connections from one address, as the selftest's client has one: left to the kernel, the
   // second would leave from the floating IP itself; from an inside address, the tenant SNAT rules
   // would take the second (hairpin). The gateway address is in no rule's source range.
   const own = t.gatewayAddress;
   return {
-    name: `kernel nf_nat_edemux.sh OUTPUT DNAT clash: the router's host, ${own}:10001, to ${f.fixed.addr}:${TCP_SERVER} and then to ${f.floating}:${TCP_SERVER} (DNAT to the same server)`,
-    agents: { [f.fixed.ns]: { tcp: [TCP_SERVER] } },
+    name: `kernel nf_nat_edemux.sh OUTPUT DNAT clash: the router's host, ${own}:10001, to ${f.fixed.addr}:${TCP} and then to ${f.floating}:${TCP} (DNAT to the same server)`,
+    agents: { [f.fixed.ns]: { tcp: [TCP] } },
     steps: [
-      [{ ns: t.router, actions: [tcp(own, 10001, f.fixed.addr, TCP_SERVER)] }],
-      [{ ns: t.router, actions: [tcp(own, 10001, f.floating, TCP_SERVER)] }],
+      [{ ns: t.router, actions: [tcp(own, 10001, f.fixed.addr, TCP)] }],
+      [{ ns: t.router, actions: [tcp(own, 10001, f.floating, TCP)] }],
     ],
-    knownPorts: [10001, TCP_SERVER],
+    knownPorts: [10001, TCP],
     conntrack: bySport([10001]),
     settleMs: 500,
   };
@@ -217,8 +217,9 @@ function outputDnatClash(config: RouterConfig): Plan | undefined {
  * gets (the socket reads EMSGSIZE with the MTU). Nothing untranslated and no new connection.
  */
 function icmpRelatedMtu(config: RouterConfig): Plan {
-  const { t, client, gatewayPort, nat } = rolesOf(config);
-  const [far] = unusedAddresses(config, 1);
+  const { t, P, client, gatewayPort, nat } = rolesOf(config);
+  const far = beyondAddress(t, 200);
+  const [echoNear, echoFar, sport, dport] = [P(44570), P(44571), P(44572), P(44573)];
   // A link with MTU 1280 leading nowhere (a veth pair inside the outside host's namespace).
   const device = "qnatmtu0";
   const echo = (id: number, dst: string, total: number) => ({ src: client.addr, dst, df: true, icmp: { type: 8, code: 0, id, seq: 1, data_len: total - 28 } });
@@ -232,13 +233,13 @@ function icmpRelatedMtu(config: RouterConfig): Plan {
     steps: [
       [{ nat: insertRules(nat, "POSTROUTING", [`-o ${gatewayPort} -p icmp -j MASQUERADE`]) }],
       [{ ns: client.ns, actions: [
-        raw([echo(45800, t.outsideServer, 1000)]), sleep(0.3),
-        raw([echo(45801, far!, 1300)]), sleep(0.3),
-        udp(client.addr, 45802, far!, 45803, { size: 1300 - 28, df: true }),
+        raw([echo(echoNear, t.outsideServer, 1000)]), sleep(0.3),
+        raw([echo(echoFar, far, 1300)]), sleep(0.3),
+        udp(client.addr, sport, far, dport, { size: 1300 - 28, df: true }),
       ] }],
     ],
-    knownPorts: [45800, 45801, 45802, 45803],
-    conntrack: (e) => byIcmpId([45800, 45801])(e) || bySport([45802])(e),
+    knownPorts: [echoNear, echoFar, sport, dport],
+    conntrack: (e) => byIcmpId([echoNear, echoFar])(e) || bySport([sport])(e),
   };
 }
 
@@ -250,9 +251,10 @@ function icmpRelatedMtu(config: RouterConfig): Plan {
  * is redirected and completes, and the unreplied entry still expires within SYN_SENT's 120 s.
  */
 function unrepliedThenRedirect(config: RouterConfig): Plan {
-  const { t, client, nat } = rolesOf(config);
-  const [, vip] = unusedAddresses(config, 2);
-  const syn = { src: client.addr, dst: vip!, tcp: { sport: 45400, dport: 80, flags: "S", seq: 1000 } };
+  const { t, P, client, nat } = rolesOf(config);
+  const vip = beyondAddress(t, 201);
+  const [unreplied, redirected] = [P(44560), P(44561)];
+  const syn = { src: client.addr, dst: vip, tcp: { sport: unreplied, dport: 80, flags: "S", seq: 1000 } };
   return {
     name: `kernel conntrack_tcp_unreplied.sh: unreplied SYNs to ${vip}:80, then a REDIRECT to the router's 8080 appears (qnat apply): the old entry keeps its NAT, a new connection is redirected`,
     setup: [{ ns: t.outsideNs, argv: ["ip", "route", "replace", "blackhole", `${vip}/32`] }],
@@ -260,13 +262,13 @@ function unrepliedThenRedirect(config: RouterConfig): Plan {
     steps: [
       [{ ns: client.ns, actions: [raw([syn, syn], 0.2), sleep(0.3)] }],
       [{ nat: insertRules(nat, "PREROUTING", [`-d ${vip}/32 -p tcp -m tcp --dport 80 -j REDIRECT --to-ports 8080`]) }],
-      [{ ns: client.ns, actions: [raw([syn]), sleep(0.3), tcp(client.addr, 45401, vip!, 80)] }],
+      [{ ns: client.ns, actions: [raw([syn]), sleep(0.3), tcp(client.addr, redirected, vip, 80)] }],
     ],
-    knownPorts: [45400, 45401, 80, 8080],
-    conntrack: bySport([45400, 45401]),
+    knownPorts: [unreplied, redirected, 80, 8080],
+    conntrack: bySport([unreplied, redirected]),
     settleMs: 500,
     async invariants(side: Side) {
-      const entry = (await side.conntrack()).find((e) => e.protocol === "tcp" && e.original.sport === 45400);
+      const entry = (await side.conntrack()).find((e) => e.protocol === "tcp" && e.original.sport === unreplied);
       if (entry === undefined) return ["the unreplied connection has no entry"];
       return [`the unreplied ${entry.state ?? "?"} entry times out ${entry.timeout <= 120 ? "within" : "after"} 120 s (nf_conntrack_tcp_timeout_syn_sent)`];
     },
@@ -279,18 +281,20 @@ function unrepliedThenRedirect(config: RouterConfig): Plan {
  * ports are replaced by random ones even though they are free, and replies come back.
  */
 function masqueradeRandomFully(config: RouterConfig): Plan {
-  const { t, client, gatewayPort, nat } = rolesOf(config);
+  const { t, P, client, gatewayPort, nat } = rolesOf(config);
   const out = t.outsideServer;
-  const echo = (seq: number) => ({ src: client.addr, dst: out, icmp: { type: 8, code: 0, id: 45603, seq } });
+  const [UDP, TCP] = [P(UDP_SERVER), P(TCP_SERVER)];
+  const [udpPort, tcpPort, echoId] = [P(44580), P(44581), P(44582)];
+  const echo = (seq: number) => ({ src: client.addr, dst: out, icmp: { type: 8, code: 0, id: echoId, seq } });
   return {
     name: `kernel nft_nat.sh masquerade fully-random: ${client.addr} leaves as ${t.gatewayAddress} with random ports and echo id (MASQUERADE --random-fully)`,
-    agents: { [t.outsideNs]: { udp: [UDP_SERVER], tcp: [TCP_SERVER] } },
+    agents: { [t.outsideNs]: { udp: [UDP], tcp: [TCP] } },
     steps: [
       [{ nat: insertRules(nat, "POSTROUTING", [`-s ${client.addr}/32 -o ${gatewayPort} -j MASQUERADE --random-fully`]) }],
-      [{ ns: client.ns, actions: [raw([echo(1), echo(2)], 0.2), sleep(0.3), udp(client.addr, 45600, out, UDP_SERVER), tcp(client.addr, 45601, out, TCP_SERVER)] }],
+      [{ ns: client.ns, actions: [raw([echo(1), echo(2)], 0.2), sleep(0.3), udp(client.addr, udpPort, out, UDP), tcp(client.addr, tcpPort, out, TCP)] }],
     ],
-    knownPorts: [45600, 45601, 45603, UDP_SERVER, TCP_SERVER],
-    conntrack: (e) => bySport([45600, 45601])(e) || byIcmpId([45603])(e),
+    knownPorts: [udpPort, tcpPort, echoId, UDP, TCP],
+    conntrack: (e) => bySport([udpPort, tcpPort])(e) || byIcmpId([echoId])(e),
     settleMs: 500,
   };
 }
@@ -325,20 +329,20 @@ async function tableFacts(side: Side): Promise<{ entries: CtEntry[]; count: numb
  * checked on qnat alone (or the scenario tested nothing).
  */
 function tableLimit(config: RouterConfig): Plan {
-  const { t, client } = rolesOf(config);
+  const { t, P, client } = rolesOf(config);
   const max = config.conntrack.max;
-  const SILENT = 7099;
-  const flood = Array.from({ length: 2 * max }, (_, i) => 46000 + i);
+  const [SILENT, UDP, last] = [P(7099), P(UDP_SERVER), P(44590)];
+  const flood = Array.from({ length: 2 * max }, (_, i) => P(44600) + i);
   return {
     name: `kernel conntrack_resize.sh table limit: ${flood.length} new UDP connections through a table of ${max} (conntrack.max), then one more request/reply`,
     setup: [{ ns: t.outsideNs, argv: idempotent(`iptables -C INPUT -p udp --dport ${SILENT} -j DROP 2>/dev/null || iptables -A INPUT -p udp --dport ${SILENT} -j DROP`) }],
-    agents: { [t.outsideNs]: { udp: [UDP_SERVER] } },
+    agents: { [t.outsideNs]: { udp: [UDP] } },
     steps: [
       [{ ns: client.ns, actions: [raw(flood.map((sport) => ({ src: client.addr, dst: t.outsideServer, udp: { sport, dport: SILENT, data_len: 20 } })), 0.003), sleep(0.3)] }],
-      [{ ns: client.ns, actions: [udp(client.addr, 45700, t.outsideServer, UDP_SERVER)] }],
+      [{ ns: client.ns, actions: [udp(client.addr, last, t.outsideServer, UDP)] }],
     ],
-    knownPorts: [...flood, SILENT, 45700, UDP_SERVER],
-    conntrack: bySport([45700]),
+    knownPorts: [...flood, SILENT, last, UDP],
+    conntrack: bySport([last]),
     async invariants(side: Side) {
       const facts = await tableFacts(side);
       const keys = facts.entries.map((e) => `${e.protocol} ${e.original.src}:${e.original.sport ?? ""} > ${e.original.dst}:${e.original.dport ?? ""}`);
