@@ -26,7 +26,7 @@ import { readFileSync } from "node:fs";
 import { formatIpv4, parseCidr } from "../../src/core/addr.js";
 import { parseConfig, type RouterConfig } from "../../src/config/config.js";
 import { CLI, run, type ClientAction, type CtEntry, type Plan, type Side } from "./harness.js";
-import { plansFor, TCP_SERVER, topologyOf, UDP_SERVER, type Host } from "./scenarios.js";
+import { plansFor, TCP_SERVER, topologyOf, UDP_SERVER, type Host, type Topology } from "./scenarios.js";
 
 /**
  * conntrack_resize.sh's case needs a table the flood can fill: configs with conntrack.max up to
@@ -82,7 +82,7 @@ export function kernelSelftestPlans(config: RouterConfig): Plan[] {
 }
 
 interface Roles {
-  t: ReturnType<typeof topologyOf>;
+  t: Topology;
   /** A port of the harness's blocks, moved where the config's rules leave room (addresses.ts). */
   P: (defaultPort: number) => number;
   /** The selftests' client: the first inside host. */
@@ -99,7 +99,7 @@ function rolesOf(config: RouterConfig): Roles {
 }
 
 /** Host N of the /24 "beyond the outside host" that nothing of the config overlaps (room.beyondNet). */
-export function beyondAddress(t: ReturnType<typeof topologyOf>, host: number): string {
+export function beyondAddress(t: Topology, host: number): string {
   return formatIpv4(parseCidr(t.room.beyondNet)!.addr + host);
 }
 
