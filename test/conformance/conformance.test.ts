@@ -3,8 +3,8 @@
  * tenant subnets with a smaller gateway MTU; a VXLAN tenant network, MTU 1450, for fragmentation
  * on output; three tenant subnets with six floating IPs on 198.51.100.0/24; MASQUERADE; port
  * forwarding with ranges and --random-fully; a small connection table), the kernel twin
- * and qnat run the same traffic and must agree (harness.ts, scenarios.ts), and on two of them the
- * kernel's own NAT selftests, rewritten (kernel-selftests.ts). Then the property: a
+ * and qnat run the same traffic and must agree (harness.ts, scenarios.ts), and on two of them (and
+ * in TAP mode) the kernel's own NAT selftests, rewritten (kernel-selftests.ts). Then the property: a
  * few random Neutron-style routers (random-config.ts) from one seed, each with the fast scenarios.
  * The configs run one after the other in this one file, so only two routers share the CPU.
  * Then in TAP mode (Ethernet ports on bridges, harness.ts HarnessMode): the seed's router with the
@@ -32,7 +32,7 @@ import { conformanceSuite } from "./suite.js";
 const EXAMPLES = ["seed.yaml", "two-subnets.yaml", "mtu-1450.yaml", "three-tenants.yaml", "masquerade.yaml", "port-forwarding.yaml", "small-table.yaml"];
 /** Run again in TAP mode: a config that is Ethernet already, and a TUN one's Ethernet version. */
 const TAP_EXAMPLES = ["seed-ethernet.yaml", "two-subnets.yaml"];
-/** The examples that also run the kernel's own NAT tests (kernel-selftests.ts); small-table.yaml runs only its table limit. */
+/** The examples that also run the kernel's own NAT tests (kernel-selftests.ts), as the TAP ones do; small-table.yaml runs only its table limit. */
 const WITH_KERNEL_SELFTESTS = new Set(["seed.yaml", "two-subnets.yaml", "small-table.yaml"]);
 
 const chosen = process.env.QNAT_CONFORMANCE_CONFIG;
@@ -44,7 +44,7 @@ if (mode !== undefined && mode !== "tun" && mode !== "tap") throw new Error(`QNA
 if (chosen) conformanceSuite(resolve(chosen), { mode: mode ?? "tun", plans: plansWithKernelSelftests });
 else if (!randomOnly) {
   for (const example of EXAMPLES) conformanceSuite(join(ROOT, "examples", example), WITH_KERNEL_SELFTESTS.has(example) ? { plans: plansWithKernelSelftests } : {});
-  for (const example of TAP_EXAMPLES) conformanceSuite(join(ROOT, "examples", example), { mode: "tap" });
+  for (const example of TAP_EXAMPLES) conformanceSuite(join(ROOT, "examples", example), { mode: "tap", plans: plansWithKernelSelftests });
 }
 
 if (!chosen || seedText !== undefined) {

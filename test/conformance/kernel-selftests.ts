@@ -25,6 +25,7 @@
 import { readFileSync } from "node:fs";
 import { formatIpv4, parseCidr } from "../../src/core/addr.js";
 import { parseConfig, type RouterConfig } from "../../src/config/config.js";
+import { labPortOf } from "../../src/control/host-setup.js";
 import { CLI, run, type ClientAction, type CtEntry, type Plan, type Side } from "./harness.js";
 import { plansFor, TCP_SERVER, topologyOf, UDP_SERVER, type Host, type Topology } from "./scenarios.js";
 
@@ -94,7 +95,7 @@ interface Roles {
 
 function rolesOf(config: RouterConfig): Roles {
   const t = topologyOf(config);
-  const gatewayPort = config.ports.find((p) => p.wire.namespace === t.outsideNs)!.name;
+  const gatewayPort = labPortOf(config, config.lab.find((h) => h.namespace === t.outsideNs)!).name;
   return { t, P: t.port, client: t.inside[0]!, gatewayPort, nat: config.nat.text };
 }
 
@@ -196,8 +197,12 @@ function outputDnatClash(config: RouterConfig): Plan | undefined {
   // second would leave from the floating IP itself; from an inside address, the tenant SNAT rules
   // would take the second (hairpin). The gateway address is in no rule's source range.
   const own = t.gatewayAddress;
+  const toServer = labPortOf(config, config.lab.find((h) => h.namespace === f.fixed.ns)!).name;
   return {
     name: `kernel nf_nat_edemux.sh OUTPUT DNAT clash: the router's host, ${own}:10001, to ${f.fixed.addr}:${TCP} and then to ${f.floating}:${TCP} (DNAT to the same server)`,
+    // The router's own host ends these connections: its FINs are sniffed on its port toward the
+    // server, so a retransmitted one (a round trip that outlasted its RTO) is seen as timing.
+    sniffRouterHost: [toServer],
     agents: { [f.fixed.ns]: { tcp: [TCP] } },
     steps: [
       [{ ns: t.router, actions: [tcp(own, 10001, f.fixed.addr, TCP)] }],
