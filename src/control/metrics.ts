@@ -137,36 +137,24 @@ export class MetricsExporter {
 
   /** A gauge whose values `read` gives as [labels, value] pairs at scrape time. */
   private gauge(name: string, help: string, labelNames: readonly string[], read: (s: Snapshot) => Iterable<[Labels, number]>): void {
-    const snapshot = (): Snapshot | undefined => this.snapshot;
-    new Gauge({
-      name,
-      help,
-      labelNames,
-      registers: [this.registry],
-      collect() {
-        this.reset();
-        const s = snapshot();
-        if (s === undefined) return;
-        for (const [labels, value] of read(s)) this.set(labels, value);
-      },
-    });
+    const fill = this.filler(read);
+    new Gauge({ name, help, labelNames, registers: [this.registry], collect() { fill((labels, value) => { this.set(labels, value); }, this); } });
   }
 
   /** A counter read from the dataplane's own counter at scrape time (never incremented here). */
   private counter(name: string, help: string, labelNames: readonly string[], read: (s: Snapshot) => Iterable<[Labels, number]>): void {
-    const snapshot = (): Snapshot | undefined => this.snapshot;
-    new Counter({
-      name,
-      help,
-      labelNames,
-      registers: [this.registry],
-      collect() {
-        this.reset();
-        const s = snapshot();
-        if (s === undefined) return;
-        for (const [labels, value] of read(s)) this.inc(labels, value);
-      },
-    });
+    const fill = this.filler(read);
+    new Counter({ name, help, labelNames, registers: [this.registry], collect() { fill((labels, value) => { this.inc(labels, value); }, this); } });
+  }
+
+  /** A metric's collect(): emptied, then given every [labels, value] `read` finds in this scrape's snapshot. */
+  private filler(read: (s: Snapshot) => Iterable<[Labels, number]>): (put: (labels: Labels, value: number) => void, metric: { reset(): void }) => void {
+    return (put, metric) => {
+      metric.reset();
+      const s = this.snapshot;
+      if (s === undefined) return;
+      for (const [labels, value] of read(s)) put(labels, value);
+    };
   }
 
   private definePorts(): void {

@@ -39,22 +39,8 @@ function seedWith(from: string, to: string): string {
   return text.replace(from, to);
 }
 
-const HEAD = [
-  "-P PREROUTING ACCEPT",
-  "-P INPUT ACCEPT",
-  "-P OUTPUT ACCEPT",
-  "-P POSTROUTING ACCEPT",
-  "-N neutron-postrouting-bottom",
-  "-N neutron-vpn-agen-OUTPUT",
-  "-N neutron-vpn-agen-POSTROUTING",
-  "-N neutron-vpn-agen-PREROUTING",
-  "-N neutron-vpn-agen-float-snat",
-  "-N neutron-vpn-agen-snat",
-  "-A PREROUTING -j neutron-vpn-agen-PREROUTING",
-  "-A OUTPUT -j neutron-vpn-agen-OUTPUT",
-  "-A POSTROUTING -j neutron-vpn-agen-POSTROUTING",
-  "-A POSTROUTING -j neutron-postrouting-bottom",
-];
+/** The policies, chains and jumps every layout shares: the seed's first 14 lines. */
+const HEAD = SEED_RULES.trimEnd().split("\n").slice(0, 14);
 
 /** Each release's table for the seed's router, as iptables -t nat -S prints it. */
 const EXPECTED: Record<string, string[]> = {

@@ -99,6 +99,18 @@ function run(command: string, args: readonly string[]): string {
   return result.stdout;
 }
 
+/** Collects a capture pipeline's output and waits until the capture says it is capturing. */
+async function capturing(pipeline: ChildProcess, children: ChildProcess[]): Promise<{ io: { out: string; err: string }; exited: Promise<number | null> }> {
+  children.push(pipeline);
+  const io = { out: "", err: "" };
+  pipeline.stdout!.on("data", (chunk: Buffer) => (io.out += chunk.toString()));
+  pipeline.stderr!.on("data", (chunk: Buffer) => (io.err += chunk.toString()));
+  const exited = new Promise<number | null>((done) => pipeline.once("exit", (code) => done(code)));
+  const started = Date.now();
+  while (!io.err.includes("capturing") && Date.now() - started < WAIT_MS) await new Promise((r) => setTimeout(r, 20));
+  return { io, exited };
+}
+
 describe.skipIf(!isRoot || !hasTools)("qnat capture on the live router: the seed's SNAT and floating IP, before and after NAT", () => {
   let lab: Lab | undefined;
   const children: ChildProcess[] = [];
@@ -185,46 +197,32 @@ describe.skipIf(!isRoot || !hasTools)("qnat capture on the live router: the seed
 
   it("-w - | tcpdump -r -: the capture streams through the control socket; -c 4 ends it", async () => {
     const pipeline = spawn("bash", ["-c", `set -o pipefail; ${process.execPath} ${MAIN} capture ${QG} -c 4 --router ${router} -w - | tcpdump -nn -r -`], { stdio: ["ignore", "pipe", "pipe"] });
-    children.push(pipeline);
-    let out = "";
-    let err = "";
-    pipeline.stdout!.on("data", (chunk: Buffer) => (out += chunk.toString()));
-    pipeline.stderr!.on("data", (chunk: Buffer) => (err += chunk.toString()));
-    const exited = new Promise<number | null>((done) => pipeline.once("exit", (code) => done(code)));
-    const started = Date.now();
-    while (!err.includes("capturing") && Date.now() - started < WAIT_MS) await new Promise((r) => setTimeout(r, 20));
+    const { io, exited } = await capturing(pipeline, children);
     for (let i = 0; i < 5 && pipeline.exitCode === null; i++) await pingUntil(tenant, "203.0.113.10", 2000, "10.0.0.3");
     const timer = setTimeout(() => pipeline.kill("SIGKILL"), WAIT_MS);
-    expect(await exited, err).toBe(0);
+    expect(await exited, io.err).toBe(0);
     clearTimeout(timer);
-    const lines = out.split("\n").filter((line) => line !== "");
-    expect(err).toContain("link-type RAW"); // one TUN interface: LINKTYPE_RAW
+    const lines = io.out.split("\n").filter((line) => line !== "");
+    expect(io.err).toContain("link-type RAW"); // one TUN interface: LINKTYPE_RAW
     expect(lines).toHaveLength(4);
     expect(lines.filter((l) => /IP 9\.186\.100\.2 > 203\.0\.113\.10: ICMP echo request/.test(l)).length).toBeGreaterThanOrEqual(2);
-    expect(err).toContain("4 packets captured, 0 lost by the capture");
-    expect(err).not.toMatch(/at .*\.js:\d+/); // no stack trace
+    expect(io.err).toContain("4 packets captured, 0 lost by the capture");
+    expect(io.err).not.toMatch(/at .*\.js:\d+/); // no stack trace
   }, 60_000);
 
   it("| tcpdump -c 2 -r -: when the reader goes away the capture ends with one line (SIGPIPE), exit 0", async () => {
     const pipeline = spawn("bash", ["-c", `set -o pipefail; ${process.execPath} ${MAIN} capture ${QG} --router ${router} -w - | tcpdump -c 2 -nn -r -`], { stdio: ["ignore", "pipe", "pipe"] });
-    children.push(pipeline);
-    let out = "";
-    let err = "";
-    pipeline.stdout!.on("data", (chunk: Buffer) => (out += chunk.toString()));
-    pipeline.stderr!.on("data", (chunk: Buffer) => (err += chunk.toString()));
-    const exited = new Promise<number | null>((done) => pipeline.once("exit", (code) => done(code)));
-    const started = Date.now();
-    while (!err.includes("capturing") && Date.now() - started < WAIT_MS) await new Promise((r) => setTimeout(r, 20));
+    const { io, exited } = await capturing(pipeline, children);
     // tcpdump leaves after 2 packets; the capture learns it at its next write.
     for (let i = 0; i < 10 && pipeline.exitCode === null; i++) await pingUntil(tenant, "203.0.113.10", 2000, "10.0.0.3");
     const timer = setTimeout(() => pipeline.kill("SIGKILL"), WAIT_MS);
-    expect(await exited, err).toBe(0);
+    expect(await exited, io.err).toBe(0);
     clearTimeout(timer);
-    expect(out.split("\n").filter((line) => line !== "")).toHaveLength(2);
-    const ours = err.split("\n").filter((line) => line.startsWith("qnat"));
+    expect(io.out.split("\n").filter((line) => line !== "")).toHaveLength(2);
+    const ours = io.err.split("\n").filter((line) => line.startsWith("qnat"));
     expect(ours).toHaveLength(2); // "capturing ..." and the one line at the end
     expect(ours[1]).toMatch(/^qnat capture: the reader of stdout went away; \d+ packets captured$/);
-    expect(err).not.toMatch(/at .*\.js:\d+/);
+    expect(io.err).not.toMatch(/at .*\.js:\d+/);
   }, 60_000);
 
   it("a 1 KiB ring (-B 1) loses part of a burst of 300 datagrams to the capture, counted in the file and in show stats; forwarding loses none", async () => {
