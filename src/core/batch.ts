@@ -46,6 +46,8 @@ export class PacketBatch {
   /** The next hop of packet i (see the module doc), set by the pipeline with its verdict. */
   readonly nextHops: Uint32Array;
   count = 0;
+  /** Packets the last takeSelected() could not copy (longer than a slot). */
+  refused = 0;
 
   constructor(
     readonly capacity: number,
@@ -97,6 +99,28 @@ export class PacketBatch {
     this.lengths[this.count] = length;
     this.count++;
     return true;
+  }
+
+  /**
+   * Empties this batch and fills it with copies of the packets of `from` whose verdict is `want`
+   * (with their next hops), starting at packet `start`, until it is full. Returns the index to go
+   * on from (`from.count` when all were taken); a packet too long for this batch's slots is
+   * skipped and counted in `refused`. Used to restage packets behind another headroom (rare path).
+   */
+  takeSelected(from: PacketBatch, verdicts: Int32Array, want: number, start: number): number {
+    this.clear();
+    this.refused = 0;
+    let i = start;
+    for (; i < from.count && this.count < this.capacity; i++) {
+      if (verdicts[i] !== want) continue;
+      const slot = this.count;
+      if (!this.push(from.data, from.offsetOf(i), from.lengths[i]!)) {
+        this.refused++;
+        continue;
+      }
+      this.nextHops[slot] = from.nextHops[i]!;
+    }
+    return i;
   }
 
   /** A copy of packet i (tests and control plane only). */

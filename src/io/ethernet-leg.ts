@@ -542,16 +542,8 @@ export class EthernetStage implements NeighbourIo {
     let written = 0;
     let i = 0;
     while (i < batch.count) {
-      staging.clear();
-      for (; i < batch.count && staging.count < staging.capacity; i++) {
-        if (verdicts[i] !== want) continue;
-        const slot = staging.count;
-        if (!staging.push(batch.data, batch.offsetOf(i), batch.lengths[i]!)) {
-          this.count(leg.port, EthCounter.TxErrors);
-          continue;
-        }
-        staging.nextHops[slot] = batch.nextHops[i]!;
-      }
+      i = staging.takeSelected(batch, verdicts, want, i);
+      for (let r = 0; r < staging.refused; r++) this.count(leg.port, EthCounter.TxErrors);
       if (staging.count === 0) continue;
       const stagingVerdicts = this.stagingVerdicts.fill(want);
       this.addHeaders(leg, staging, stagingVerdicts, want);

@@ -101,12 +101,8 @@ export class TunLeg implements Leg {
     let written = 0;
     let i = 0;
     while (i < batch.count) {
-      staging.clear();
-      for (; i < batch.count && staging.count < staging.capacity; i++) {
-        if (verdicts[i] !== want) continue;
-        const at = i * batch.slotSize + batch.headroom;
-        if (!staging.push(batch.data, at, batch.lengths[i]!)) this.writeErrors++;
-      }
+      i = staging.takeSelected(batch, verdicts, want, i);
+      this.writeErrors += staging.refused;
       if (staging.count > 0) written += this.writeSelected(staging, this.stagingVerdicts!.fill(want), want);
     }
     return written;
