@@ -284,9 +284,19 @@ class NetnsScope {
 // ---------------------------------------------------------------------------------------------
 // open(name, netnsPath | null, flags) -> fd
 
-// Flags that open() accepts on top of IFF_NO_PI: IFF_VNET_HDR, and IFF_TAP for an Ethernet
-// device instead of IFF_TUN.
-constexpr int kOptionalOpenFlags = IFF_VNET_HDR | IFF_TAP;
+// Flags that open() accepts on top of IFF_NO_PI: IFF_VNET_HDR, IFF_TAP for an Ethernet device
+// instead of IFF_TUN, and IFF_MULTI_QUEUE for one queue of a multi-queue device.
+//
+// Multi-queue (drivers/net/tun.c): each open() + TUNSETIFF with IFF_MULTI_QUEUE attaches one more
+// queue (fd) to the device, up to MAX_TAP_QUEUES = 256 (tun_attach: E2BIG beyond). tun_set_iff
+// refuses with EINVAL an IFF_MULTI_QUEUE that differs from the existing device's, and tun_attach
+// refuses a second fd of a device without it with EBUSY. The other flags (IFF_VNET_HDR...) belong
+// to the device and are set by the first queue only: later queues with other flags are not
+// refused, the device keeps the first queue's, so every queue must be opened with the same flags.
+constexpr int kOptionalOpenFlags = IFF_VNET_HDR | IFF_TAP | IFF_MULTI_QUEUE;
+
+// MAX_TAP_QUEUES in drivers/net/tun.c: the most queues (fds) one device can have.
+constexpr int kTunMaxQueues = 256;
 
 Napi::Value Open(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
@@ -328,6 +338,8 @@ Napi::Value Open(const Napi::CallbackInfo& info) {
 }
 
 // setOffload(fd, offloadFlags): TUNSETOFFLOAD with TUN_F_* (only meaningful with IFF_VNET_HDR).
+// The offloads belong to the device, not to the queue (tun.c's set_offload sets the device's
+// set_features and calls netdev_update_features): one call through any queue sets them for all.
 Napi::Value SetOffload(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   int fd = -1;
@@ -770,6 +782,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   Napi::Object constants = Napi::Object::New(env);
   constants.Set("IFF_VNET_HDR", Napi::Number::New(env, IFF_VNET_HDR));  // include/uapi/linux/if_tun.h
   constants.Set("IFF_TAP", Napi::Number::New(env, IFF_TAP));
+  constants.Set("IFF_MULTI_QUEUE", Napi::Number::New(env, IFF_MULTI_QUEUE));
+  constants.Set("TUN_MAX_QUEUES", Napi::Number::New(env, kTunMaxQueues));
   constants.Set("TUN_F_CSUM", Napi::Number::New(env, TUN_F_CSUM));
   constants.Set("TUN_F_TSO4", Napi::Number::New(env, TUN_F_TSO4));
   constants.Set("TUN_F_TSO6", Napi::Number::New(env, TUN_F_TSO6));

@@ -26,6 +26,13 @@ export interface TunNativeConstants {
   readonly IFF_VNET_HDR: number;
   /** include/uapi/linux/if_tun.h: an Ethernet (TAP) device instead of TUN; one read is one frame. */
   readonly IFF_TAP: number;
+  /**
+   * include/uapi/linux/if_tun.h: one queue (fd) of a multi-queue device; every open of the same
+   * name with it attaches one more queue. All queues must be opened with the same flags.
+   */
+  readonly IFF_MULTI_QUEUE: number;
+  /** MAX_TAP_QUEUES in drivers/net/tun.c: at most 256 queues per device (E2BIG beyond). */
+  readonly TUN_MAX_QUEUES: number;
   /** TUNSETOFFLOAD flags (include/uapi/linux/if_tun.h). */
   readonly TUN_F_CSUM: number;
   readonly TUN_F_TSO4: number;
@@ -43,13 +50,15 @@ export interface TunNativeConstants {
 export interface TunNative {
   /**
    * Opens /dev/net/tun (O_NONBLOCK | O_CLOEXEC) and attaches it with TUNSETIFF to a TUN device
-   * `name` (IFF_TUN | IFF_NO_PI | flags; flags may be IFF_VNET_HDR and IFF_TAP, which makes it an
-   * Ethernet device: IFF_TAP | IFF_NO_PI), created if missing.
+   * `name` (IFF_TUN | IFF_NO_PI | flags; flags may be IFF_VNET_HDR, IFF_TAP, which makes it an
+   * Ethernet device: IFF_TAP | IFF_NO_PI, and IFF_MULTI_QUEUE, which attaches one more queue of a
+   * multi-queue device), created if missing. A second open of a device without IFF_MULTI_QUEUE
+   * fails with EBUSY; IFF_MULTI_QUEUE on a device created without it (or the reverse) with EINVAL.
    * With `netnsPath` (e.g. "/run/netns/qnat-tenant") the calling thread enters that namespace
    * for the two calls and returns to its own, also on error. The device lives as long as the fd.
    */
   open(name: string, netnsPath: string | null, flags: number): number;
-  /** TUNSETOFFLOAD with TUN_F_* flags (for a device opened with IFF_VNET_HDR). */
+  /** TUNSETOFFLOAD with TUN_F_* flags (for a device opened with IFF_VNET_HDR); per device, through any of its queues. */
   setOffload(fd: number, offloadFlags: number): void;
   /** SIOCSIFMTU on the interface `name` in the namespace at `netnsPath` (null: this one). */
   setMtu(name: string, netnsPath: string | null, mtu: number): void;

@@ -15,6 +15,11 @@
  * 14-byte header sits at `offsetOf(i) - ETH_HLEN` of the batch (core/batch.ts's slot layout with
  * Ethernet ports; `lengths[i]` counts what follows it). A TUN device accepts batches with that
  * layout too, and then reads and writes around the 14-byte gap.
+ *
+ * A device may have several queues (IFF_MULTI_QUEUE, `TunDevice.openQueues`): each is an fd of its
+ * own, one per worker thread; the kernel spreads what it sends over them by flow and takes writes
+ * from any. fds are process-wide, so a worker wraps the fd of a queue opened on the main thread
+ * with `TunDevice.fromFd`.
  */
 import { existsSync } from "node:fs";
 import { createRequire } from "node:module";
@@ -93,6 +98,12 @@ export interface TunOffloads {
   readonly udpSegmentation: boolean;
 }
 
+/**
+ * MAX_TAP_QUEUES in Linux drivers/net/tun.c (the addon's constants.TUN_MAX_QUEUES): the most queues
+ * one device can have, so the most workers that can share a port (`workers: auto` stops there).
+ */
+export const TUN_MAX_QUEUES = 256;
+
 export interface TunOpenOptions {
   /** A namespace name as `ip netns` knows it (under /run/netns), or a path such as /proc/PID/ns/net. */
   readonly netns?: string;
@@ -100,6 +111,18 @@ export interface TunOpenOptions {
   readonly vnetHdr?: boolean;
   /** A TAP (Ethernet) device instead of TUN. */
   readonly tap?: boolean;
+}
+
+/** How a thread wraps a queue fd that another thread opened (`TunDevice.fromFd`). */
+export interface TunQueueOptions extends TunOpenOptions {
+  /** The device's name (as it was opened). */
+  readonly name: string;
+  /**
+   * Whether `close()` closes the fd (default true: it detaches this queue only; the device goes
+   * when its last queue is closed). false when the thread that opened it closes it: every fd must
+   * be closed exactly once, as another open may reuse its number.
+   */
+  readonly ownsFd?: boolean;
 }
 
 /** "fa:16:3e:5d:18:10" as 6 bytes (the config has checked its form). */
@@ -128,6 +151,7 @@ export class TunDevice {
     private readonly netnsFile: string | null,
     vnetHdr: boolean,
     readonly isTap: boolean,
+    private readonly ownsFd: boolean,
   ) {
     this.vnetHeaderLength = vnetHdr ? addon.constants.VIRTIO_NET_HDR_LEN : 0;
     this.linkHeaderLength = isTap ? ETH_HLEN : 0;
@@ -138,14 +162,66 @@ export class TunDevice {
    * The device disappears when it is closed (it is not made persistent).
    */
   static open(name: string, options: TunOpenOptions = {}): TunDevice {
+    return TunDevice.openQueue(loadTunAddon(), name, options, 0, undefined);
+  }
+
+  /**
+   * Opens `queues` queues of the device `name` (IFF_MULTI_QUEUE), queue 0 first: the kernel
+   * numbers a fresh device's queues in the order they attach (tun_attach). With `queues === 1`
+   * this is `open` (no IFF_MULTI_QUEUE), so a one-worker router's device is what it always was.
+   * All queues share the options: the device keeps the first queue's flags (tun_set_iff).
+   * Offloads belong to the device: `enableOffloads` through queue 0 sets them for every queue.
+   * If one fails, those opened are closed; the error says in one line why (multiQueueOpenError).
+   */
+  static openQueues(name: string, options: TunOpenOptions, queues: number): TunDevice[] {
     const addon = loadTunAddon();
+    const limit = addon.constants.TUN_MAX_QUEUES;
+    if (!Number.isInteger(queues) || queues < 1 || queues > limit) {
+      const error = new Error(`TUN ${name}: ${queues} queues: a device has 1..${limit} (MAX_TAP_QUEUES)`) as TunError;
+      error.code = "ERR_OUT_OF_RANGE";
+      throw error;
+    }
+    if (queues === 1) return [TunDevice.open(name, options)];
+    const devices: TunDevice[] = [];
+    try {
+      for (let queue = 0; queue < queues; queue++) {
+        devices.push(TunDevice.openQueue(addon, name, options, addon.constants.IFF_MULTI_QUEUE, queues));
+      }
+    } catch (error) {
+      for (const device of devices) device.close();
+      throw error;
+    }
+    return devices;
+  }
+
+  /**
+   * Wraps the fd of a queue that another thread opened (fds are process-wide): a worker's view of
+   * its queue. It does not create the device; `options` must say what the device was opened with
+   * (`vnetHdr`, `tap`), `netns` for setMtu/setUp. See `ownsFd` for who closes the fd.
+   */
+  static fromFd(fd: number, options: TunQueueOptions): TunDevice {
+    if (!Number.isInteger(fd) || fd < 0) {
+      const error = new Error(`TUN ${options.name}: fd ${fd} is not a file descriptor`) as TunError;
+      error.code = "EBADF";
+      throw error;
+    }
     const netns = options.netns ?? null;
     const file = netns === null ? null : netnsPath(netns);
-    const vnetHdr = options.vnetHdr === true;
-    const tap = options.tap === true;
-    const flags = (vnetHdr ? addon.constants.IFF_VNET_HDR : 0) | (tap ? addon.constants.IFF_TAP : 0);
-    const fd = addon.open(name, file, flags);
-    return new TunDevice(addon, name, fd, netns, file, vnetHdr, tap);
+    return new TunDevice(loadTunAddon(), options.name, fd, netns, file, options.vnetHdr === true, options.tap === true, options.ownsFd !== false);
+  }
+
+  /** One open of `name`: `multiQueue` is 0 or IFF_MULTI_QUEUE (then `queues` says how many are opened). */
+  private static openQueue(addon: TunNative, name: string, options: TunOpenOptions, multiQueue: number, queues: number | undefined): TunDevice {
+    const c = addon.constants;
+    const flags = (options.vnetHdr === true ? c.IFF_VNET_HDR : 0) | (options.tap === true ? c.IFF_TAP : 0) | multiQueue;
+    const file = options.netns === undefined ? null : netnsPath(options.netns);
+    let fd: number;
+    try {
+      fd = addon.open(name, file, flags);
+    } catch (error) {
+      throw queues === undefined ? error : multiQueueOpenError(error as TunError, name, options.tap === true, queues);
+    }
+    return new TunDevice(addon, name, fd, options.netns ?? null, file, options.vnetHdr === true, options.tap === true, true);
   }
 
   get isClosed(): boolean {
@@ -282,12 +358,16 @@ export class TunDevice {
     return { checksum: true, tcpSegmentation: true, udpSegmentation: false };
   }
 
-  /** Stops polling and closes the fd, which removes the device. Idempotent. */
+  /**
+   * Stops polling and closes the fd (unless a `fromFd` device with `ownsFd: false`), which
+   * removes the device, or for a multi-queue device detaches this queue (the device goes with
+   * its last queue). Idempotent.
+   */
   close(): void {
     if (this.closed) return;
     this.stopReadable();
     this.closed = true;
-    this.addon.close(this.fd);
+    if (this.ownsFd) this.addon.close(this.fd);
   }
 
   /**
@@ -317,6 +397,23 @@ export class TunDevice {
       throw error;
     }
   }
+}
+
+/**
+ * A queue of a multi-queue device that TUNSETIFF refused, in one line for the router: EINVAL is
+ * tun_set_iff's answer to an existing device whose IFF_MULTI_QUEUE differs (or of the other
+ * kind, TUN vs TAP), E2BIG tun_attach's to a 257th queue. Keeps the errno fields.
+ */
+function multiQueueOpenError(error: TunError, name: string, tap: boolean, queues: number): TunError {
+  let why: string;
+  if (error.code === "EINVAL") why = `${name} exists without multi-queue (IFF_MULTI_QUEUE) or is not a ${tap ? "TAP" : "TUN"} device`;
+  else if (error.code === "E2BIG") why = `${name} already has ${TUN_MAX_QUEUES} queues (MAX_TAP_QUEUES)`;
+  else return error;
+  const wrapped = new Error(`TUN ${name}: cannot open ${queues} queues: ${why} (${error.message})`) as TunError;
+  wrapped.code = error.code;
+  wrapped.errno = error.errno;
+  wrapped.syscall = error.syscall;
+  return wrapped;
 }
 
 function pollError(name: string, status: number): TunError {
