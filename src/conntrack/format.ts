@@ -197,13 +197,16 @@ export class ConntrackCursor {
     const table = this.table;
     const now = table.clock.now();
     let text = this.pieces === 0 && this.form === "json" ? "[" : "";
-    this.walk.piece((id) => {
-      if (!isListed(table, id, now)) return false;
-      if (this.form === "text") text += formatConntrackEntry(table, id, now) + "\n";
-      else text += (this.listed === 0 ? "\n" : ",\n") + indentJson(JSON.stringify(conntrackEntryJson(table, id, now), null, 2));
-      this.listed++;
-      return true;
-    });
+    // Under the shared tables' lock: no entry is read while a worker writes it.
+    table.locked(() =>
+      this.walk.piece((id) => {
+        if (!isListed(table, id, now)) return false;
+        if (this.form === "text") text += formatConntrackEntry(table, id, now) + "\n";
+        else text += (this.listed === 0 ? "\n" : ",\n") + indentJson(JSON.stringify(conntrackEntryJson(table, id, now), null, 2));
+        this.listed++;
+        return true;
+      }),
+    );
     if (this.walk.finished && this.form === "json") text += this.listed === 0 ? "]" : "\n]";
     this.pieces++;
     return text;

@@ -26,6 +26,7 @@
 import { type HashKey, hashKeyFrom, hsiphash4Batch, hsiphashBits } from "../core/hash.js";
 import type { Clock } from "../core/clock.js";
 import { XorShift32 } from "../core/rng.js";
+import { TABLE_LOCK_WORDS, TableLock } from "../core/table-lock.js";
 import { UndoLog } from "../core/undo-log.js";
 import { IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP } from "../wire/packet-info.js";
 import { type ConntrackTimeouts, resolveTimeouts } from "./timeouts.js";
@@ -144,6 +145,35 @@ export interface ConntrackTableOptions {
    * INVALID; every other segment the TCP window check would refuse is accepted.
    */
   tcpBeLiberal?: boolean;
+  /**
+   * Put the table's memory (records, buckets, TCP window state, the header with the free list,
+   * the entry count, the gc cursor, the hash key and the lock) in SharedArrayBuffers, so that
+   * other threads can `attach` to it (`sharedMemory()`; docs/multi-core.md "Shared tables").
+   */
+  sharable?: boolean;
+  /**
+   * Attach to the memory of a sharable table made by another thread (its `sharedMemory()`): this
+   * object reads and writes the same entries; `capacity` must be that table's, and the hash key
+   * is that table's (`key` and `seed` are not used). Counters, chain statistics, the pinned time,
+   * the undo journal and `clashWith` stay this object's own.
+   */
+  shared?: ConntrackSharedMemory;
+}
+
+/** The table's buffers: SharedArrayBuffers when sharable. */
+type TableMemory = { readonly [K in keyof ConntrackSharedMemory]: ArrayBuffer | SharedArrayBuffer };
+
+/**
+ * The memory of a sharable table (`ConntrackTable.sharedMemory()`): plain SharedArrayBuffers,
+ * so it crosses `postMessage` to a worker thread, which attaches with the `shared` option.
+ */
+export interface ConntrackSharedMemory {
+  /** HEADER_WORDS words of table state, then the TABLE_LOCK_WORDS of the lock. */
+  readonly header: SharedArrayBuffer;
+  /** The records, ENTRY_WORDS Int32 words per entry. */
+  readonly entries: SharedArrayBuffer;
+  readonly buckets: SharedArrayBuffer;
+  readonly tcpWindow: SharedArrayBuffer;
 }
 
 /**
@@ -199,6 +229,19 @@ const W_TCP_LAST_END = D_STARTED * 2;
 const W_TCP_LAST_ACK = D_STARTED * 2 + 1;
 const META_USED = 1 << 24;
 
+/**
+ * The header: the table's mutable state that is not per object, so that every thread attached to
+ * a shared table allocates from one free list and sweeps with one gc cursor; then what an attached
+ * object needs to read the memory (capacity, hash key).
+ */
+const H_FREE_HEAD = 0;
+const H_USED = 1;
+const H_GC_CURSOR = 2;
+const H_CAPACITY = 3;
+const H_K0 = 4;
+const H_K1 = 5;
+const HEADER_WORDS = 8;
+
 /** The table's arrays in its undo journal (the order they are registered in). */
 const JOURNAL_WORDS = 0;
 const JOURNAL_BUCKETS = 1;
@@ -252,6 +295,15 @@ export class ConntrackTable {
    */
   readonly undoLog = new UndoLog();
 
+  /**
+   * The lock of a shared table set (this table and the NAT's by-source index; src/core/table-lock.ts),
+   * null for a table that is not shared. `lock()`/`unlock()` take it; a table that is not shared
+   * pays one never-taken branch for each.
+   */
+  readonly tableLock: TableLock | null;
+  /** The SharedArrayBuffers, for `sharedMemory()`; null when not sharable. */
+  private readonly memory: ConntrackSharedMemory | null;
+
   /** The entries, ENTRY_WORDS Int32 words each (layout above). */
   private readonly words: Int32Array;
   /** The same memory as Float64, 2^DOUBLE_SHIFT per entry (expiry, start time). */
@@ -270,9 +322,8 @@ export class ConntrackTable {
    */
   private readonly walks = new Float64Array(3);
   private readonly onRemove: ((id: number) => void) | undefined;
-  private freeHead = -1;
-  private used = 0;
-  private gcCursor = 0;
+  /** H_FREE_HEAD, H_USED, H_GC_CURSOR, H_CAPACITY, H_K0, H_K1 (shared when the table is). */
+  private readonly header: Int32Array;
   /**
    * [0]: the time pinned by `pinTime` for the current batch (NaN: read the clock); [1]: the time
    * `findNode` judges expiry by. Kept in a Float64Array rather than passed around: a double that
@@ -286,34 +337,97 @@ export class ConntrackTable {
     this.capacity = capacity;
     this.clock = options.clock;
     this.timeouts = resolveTimeouts(options.timeouts);
-    const key = options.key ?? hashKeyFrom(new XorShift32(options.seed ?? 0x2545f491));
-    this.k0 = key.k0 | 0;
-    this.k1 = key.k1 | 0;
     this.onRemove = options.onRemove;
     this.tcpBeLiberal = options.tcpBeLiberal ?? false;
-    this.tcpWindow = new Int32Array(capacity * TCP_WINDOW_WORDS);
-
-    const memory = new ArrayBuffer(capacity * ENTRY_WORDS * 4);
-    this.words = new Int32Array(memory);
-    this.doubles = new Float64Array(memory);
     let bucketCount = 16;
     while (bucketCount < capacity) bucketCount *= 2;
-    this.buckets = new Int32Array(bucketCount).fill(-1);
     this.bucketMask = bucketCount - 1;
+
+    const shared = options.shared;
+    const sharable = shared !== undefined || options.sharable === true;
+    const Memory = sharable ? SharedArrayBuffer : ArrayBuffer;
+    const memory: TableMemory = shared ?? {
+      header: new Memory((HEADER_WORDS + TABLE_LOCK_WORDS) * 4),
+      entries: new Memory(capacity * ENTRY_WORDS * 4),
+      buckets: new Memory(bucketCount * 4),
+      tcpWindow: new Memory(capacity * TCP_WINDOW_WORDS * 4),
+    };
+    this.memory = sharable ? (memory as ConntrackSharedMemory) : null;
+    this.header = new Int32Array(memory.header, 0, HEADER_WORDS);
+    this.tableLock = sharable ? new TableLock(new Int32Array(memory.header, HEADER_WORDS * 4, TABLE_LOCK_WORDS)) : null;
+    this.words = new Int32Array(memory.entries);
+    this.doubles = new Float64Array(memory.entries);
+    this.buckets = new Int32Array(memory.buckets);
+    this.tcpWindow = new Int32Array(memory.tcpWindow);
     // Registered in the order of JOURNAL_WORDS, JOURNAL_BUCKETS, JOURNAL_WINDOW.
     this.undoLog.register(this.words, this.doubles);
     this.undoLog.register(this.buckets);
     this.undoLog.register(this.tcpWindow);
+
+    if (shared !== undefined) {
+      if (this.header[H_CAPACITY] !== capacity || this.words.length !== capacity * ENTRY_WORDS || this.buckets.length !== bucketCount) {
+        throw new RangeError(`conntrack capacity ${capacity} is not the shared table's (${this.header[H_CAPACITY]})`);
+      }
+      this.k0 = this.header[H_K0]!;
+      this.k1 = this.header[H_K1]!;
+      return;
+    }
+    const key = options.key ?? hashKeyFrom(new XorShift32(options.seed ?? 0x2545f491));
+    this.k0 = key.k0 | 0;
+    this.k1 = key.k1 | 0;
+    const h = this.header;
+    h[H_CAPACITY] = capacity;
+    h[H_K0] = this.k0;
+    h[H_K1] = this.k1;
+    this.buckets.fill(-1);
     // free list in id order so ids are handed out 0, 1, 2, ...
+    h[H_FREE_HEAD] = -1;
     for (let id = capacity - 1; id >= 0; id--) {
-      this.words[(id << ENTRY_SHIFT) + NODE_NEXT] = this.freeHead;
-      this.freeHead = id;
+      this.words[(id << ENTRY_SHIFT) + NODE_NEXT] = h[H_FREE_HEAD]!;
+      h[H_FREE_HEAD] = id;
+    }
+  }
+
+  /**
+   * The memory of a sharable table, for another thread to attach to (option `shared`). Throws
+   * for a table made without `sharable`.
+   */
+  sharedMemory(): ConntrackSharedMemory {
+    if (this.memory === null) throw new Error("this conntrack table is not sharable (option sharable)");
+    return this.memory;
+  }
+
+  /** True when the table's memory is shared (or can be): its users must take `lock()`. */
+  get isShared(): boolean {
+    return this.tableLock !== null;
+  }
+
+  /**
+   * Takes the lock of the shared table set (re-entrant; src/core/table-lock.ts) before a batch or
+   * a control-plane command works on the table and the NAT index. No-op on a table that is not shared.
+   */
+  lock(): void {
+    if (this.tableLock !== null) this.tableLock.acquire();
+  }
+
+  /** Gives back one `lock()`. */
+  unlock(): void {
+    if (this.tableLock !== null) this.tableLock.release();
+  }
+
+  /** `work()` under `lock()` (control plane: a closure per call). */
+  locked<T>(work: () => T): T {
+    this.lock();
+    try {
+      return work();
+    } finally {
+      this.unlock();
     }
   }
 
   /** Entries allocated (confirmed and unconfirmed), as Linux nf_conntrack_count. */
   get count(): number {
-    return this.used;
+    return this.header[H_USED]!;
   }
 
   /** Bytes held by the table's arrays (for `qnat show stats` and the memory test). */
@@ -613,14 +727,15 @@ export class ConntrackTable {
   create(protocol: number, src: number, dst: number, sport: number, dport: number): number {
     src |= 0;
     dst |= 0;
-    if (this.freeHead < 0 && !this.earlyDrop(this.hashTuple(protocol, src, dst, (sport << 16) | dport))) {
+    const h = this.header;
+    if (h[H_FREE_HEAD]! < 0 && !this.earlyDrop(this.hashTuple(protocol, src, dst, (sport << 16) | dport))) {
       this.counters.dropFull++;
       return -1;
     }
     const w = this.words;
-    const id = this.freeHead;
+    const id = h[H_FREE_HEAD]!;
     const e = id << ENTRY_SHIFT;
-    this.freeHead = w[e + NODE_NEXT]!;
+    h[H_FREE_HEAD] = w[e + NODE_NEXT]!;
     if (this.undoLog.recording) this.journalWord(e + W_META);
     w[e + W_META] = protocol | (TCP_PRIVATE_INITIAL << 16) | META_USED;
     if (this.undoLog.recording) this.journalWord(e + W_STATUS);
@@ -658,7 +773,7 @@ export class ConntrackTable {
     w[e + NODE_NEXT] = -1;
     if (this.undoLog.recording) this.journalWord(e + 4 + NODE_NEXT);
     w[e + 4 + NODE_NEXT] = -1;
-    this.used++;
+    this.header[H_USED]++;
     this.counters.created++;
     return id;
   }
@@ -763,9 +878,10 @@ export class ConntrackTable {
     if (this.undoLog.recording) this.journalWord(e + W_STATUS);
     w[e + W_STATUS] = 0;
     if (this.undoLog.recording) this.journalWord(e + NODE_NEXT);
-    w[e + NODE_NEXT] = this.freeHead;
-    this.freeHead = id;
-    this.used--;
+    const h = this.header;
+    w[e + NODE_NEXT] = h[H_FREE_HEAD]!;
+    h[H_FREE_HEAD] = id;
+    h[H_USED]--;
   }
 
   /**
@@ -809,7 +925,7 @@ export class ConntrackTable {
   gc(budget: number): number {
     const now = this.now();
     let removed = 0;
-    let cursor = this.gcCursor;
+    let cursor = this.header[H_GC_CURSOR]!;
     const capacity = this.capacity;
     const w = this.words;
     for (let i = 0; i < budget && i < capacity; i++) {
@@ -822,7 +938,7 @@ export class ConntrackTable {
       cursor++;
       if (cursor === capacity) cursor = 0;
     }
-    this.gcCursor = cursor;
+    this.header[H_GC_CURSOR] = cursor;
     return removed;
   }
 

@@ -136,26 +136,32 @@ export class ConntrackCensus {
     for (;;) {
       if (this.table() !== table) return this.run();
       const now = table.clock.now();
-      walk.piece((id) => {
-        if (!isListed(table, id, now)) {
-          if (tracking) streak![id] = 0;
-          return false;
-        }
-        entries++;
-        counts[table.protocol(id) * STATE_CODES + entryStateCode(table, id)]! += 1;
-        const status = table.status(id);
-        if ((status & CtStatus.SrcNat) !== 0) snat++;
-        if ((status & CtStatus.DstNat) !== 0) dnat++;
-        if (tracking) {
-          const expiry = table.expiresAt(id);
-          const active = comparing && expiry !== lastExpiry![id];
-          lastExpiry![id] = expiry;
-          const run = active ? Math.min(255, streak![id]! + 1) : 0;
-          streak![id] = run;
-          if (run > 0) keepBusiest(busiest, id, run, expiry);
-        }
-        return true;
-      });
+      // Each piece under the shared tables' lock: no entry is read while a worker writes it.
+      table.lock();
+      try {
+        walk.piece((id) => {
+          if (!isListed(table, id, now)) {
+            if (tracking) streak![id] = 0;
+            return false;
+          }
+          entries++;
+          counts[table.protocol(id) * STATE_CODES + entryStateCode(table, id)]! += 1;
+          const status = table.status(id);
+          if ((status & CtStatus.SrcNat) !== 0) snat++;
+          if ((status & CtStatus.DstNat) !== 0) dnat++;
+          if (tracking) {
+            const expiry = table.expiresAt(id);
+            const active = comparing && expiry !== lastExpiry![id];
+            lastExpiry![id] = expiry;
+            const run = active ? Math.min(255, streak![id]! + 1) : 0;
+            streak![id] = run;
+            if (run > 0) keepBusiest(busiest, id, run, expiry);
+          }
+          return true;
+        });
+      } finally {
+        table.unlock();
+      }
       if (walk.finished) break;
       await this.yieldTurn();
     }
@@ -167,9 +173,9 @@ export class ConntrackCensus {
       byProtocolState: countsByName(counts),
       snat,
       dnat,
-      busiest: busiest
-        .filter((b) => isListed(table, b.id, now))
-        .map((b) => ({ entry: conntrackEntryJson(table, b.id, now), activeSamples: b.streak })),
+      busiest: table.locked(() =>
+        busiest.filter((b) => isListed(table, b.id, now)).map((b) => ({ entry: conntrackEntryJson(table, b.id, now), activeSamples: b.streak })),
+      ),
     };
     this.last = result;
     return result;

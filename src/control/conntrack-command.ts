@@ -109,20 +109,24 @@ export class ConntrackWork implements ControlPieces {
     const table = this.table;
     const now = table.clock.now();
     let text = "";
-    this.walk.piece((id) => {
-      if (this.op === "flush") {
-        // conntrack -F (ctnetlink_flush_conntrack -> nf_ct_iterate_cleanup): every confirmed
-        // entry of the family, expired ones not yet collected included.
-        if (!table.isAllocated(id) || !table.isConfirmed(id) || !matchesFilter(table, id, this.filter)) return false;
-        table.remove(id);
-      } else {
-        if (!isListed(table, id, now) || !matchesFilter(table, id, this.filter)) return false;
-        text += formatConntrackEntry(table, id, now) + "\n";
-        if (this.op === "delete") table.remove(id);
-      }
-      this.count++;
-      return true;
-    });
+    // Each piece under the shared tables' lock (docs/multi-core.md): a removal unlinks chains and
+    // the NAT index that the workers walk.
+    table.locked(() =>
+      this.walk.piece((id) => {
+        if (this.op === "flush") {
+          // conntrack -F (ctnetlink_flush_conntrack -> nf_ct_iterate_cleanup): every confirmed
+          // entry of the family, expired ones not yet collected included.
+          if (!table.isAllocated(id) || !table.isConfirmed(id) || !matchesFilter(table, id, this.filter)) return false;
+          table.remove(id);
+        } else {
+          if (!isListed(table, id, now) || !matchesFilter(table, id, this.filter)) return false;
+          text += formatConntrackEntry(table, id, now) + "\n";
+          if (this.op === "delete") table.remove(id);
+        }
+        this.count++;
+        return true;
+      }),
+    );
     return text;
   }
 

@@ -605,7 +605,7 @@ export async function startRouter(configPath: string, options: RouterOptions = {
     changeRoutes?.();
     carryOverCounters(dataplane, successor);
     successor.log = log;
-    successor.conntrack.clearRouteCaches();
+    successor.conntrack.locked(() => successor.conntrack.clearRouteCaches());
     if (opened.size > 0 || difference.portsRemoved.length > 0) relinkLegs(running, next, successor, opened);
     else (forwarder as Forwarder).dataplane = successor;
     dataplane = successor;

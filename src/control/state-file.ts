@@ -332,16 +332,22 @@ export class SnapshotCursor {
     const maxEntries = Math.min(this.budget.entries, words.length / STATE_ENTRY_WORDS);
     let written = 0;
     let id = this.id;
-    for (; id < slotEnd && written < maxEntries; id++) {
-      if (!table.isAllocated(id) || !table.isConfirmed(id)) continue;
-      const remaining = table.expiresAt(id) - now;
-      if (!(remaining > 0) || (table.status(id) & CtStatus.Dying) !== 0) continue;
-      this.encode(id, remaining, now, words, written * STATE_ENTRY_WORDS);
-      written++;
-      if (written % CLOCK_EVERY === 0 && performance.now() - started >= this.budget.ms) {
-        id++;
-        break;
+    // The piece under the shared tables' lock (docs/multi-core.md): entries are read whole.
+    table.lock();
+    try {
+      for (; id < slotEnd && written < maxEntries; id++) {
+        if (!table.isAllocated(id) || !table.isConfirmed(id)) continue;
+        const remaining = table.expiresAt(id) - now;
+        if (!(remaining > 0) || (table.status(id) & CtStatus.Dying) !== 0) continue;
+        this.encode(id, remaining, now, words, written * STATE_ENTRY_WORDS);
+        written++;
+        if (written % CLOCK_EVERY === 0 && performance.now() - started >= this.budget.ms) {
+          id++;
+          break;
+        }
       }
+    } finally {
+      table.unlock();
     }
     this.id = id;
     this.count += written;
@@ -433,6 +439,9 @@ export function restoreState(dataplane: Dataplane, path: string, options: Restor
     return report("refused", { warning: `cannot open it (${code ?? String(error)})` });
   }
   const table = dataplane.conntrack;
+  // The whole restore under the shared tables' lock: entries are created, NAT-indexed and confirmed
+  // as a batch does it.
+  table.lock();
   try {
     const size = fstatSync(fd).size;
     const chunk = Buffer.alloc(Math.max(STATE_ENTRY_BYTES, Math.floor((options.readChunk ?? 1 << 20) / STATE_ENTRY_BYTES) * STATE_ENTRY_BYTES));
@@ -474,6 +483,7 @@ export function restoreState(dataplane: Dataplane, path: string, options: Restor
     const warning = error instanceof StateFileError ? error.message : `cannot read it (${(error as NodeJS.ErrnoException).code ?? String(error)})`;
     return report("refused", { warning });
   } finally {
+    table.unlock();
     closeSync(fd);
   }
 }

@@ -154,6 +154,18 @@ export function runTrace(dataplane: Dataplane, spec: string, cost?: TraceCost): 
     throw new TraceSpecError(`no port "${parsed.port}" (ports: ${dataplane.ports.map((p) => p.name).join(", ")}, or host)`);
   }
   const steps: TraceStep[] = [];
+  // The whole trace holds the shared tables' lock (docs/multi-core.md "Shared tables"): its packet
+  // writes the live table and the undo journal takes it back; no worker may see either half.
+  const table = dataplane.conntrack;
+  table.lock();
+  try {
+    return traceHeld(dataplane, parsed, ingress, fromHost, steps, cost);
+  } finally {
+    table.unlock();
+  }
+}
+
+function traceHeld(dataplane: Dataplane, parsed: ParsedTraceSpec, ingress: number, fromHost: boolean, steps: TraceStep[], cost: TraceCost | undefined): TraceResult {
   const restore = holdState(dataplane);
   let bytes: Uint8Array;
   try {
@@ -271,7 +283,10 @@ export function holdState(dataplane: Dataplane): HeldState {
   // as they were); the arrays it covers are not.
   // The fragment output's slots are scratch (every batch writes them before the forwarder reads
   // them): half a MiB that a trace need not copy back.
-  const restoreRest = snapshotState(dataplane, [dataplane.routes, ...journal.covered, dataplane.fragmentOutput.batch.data]);
+  // The shared tables' lock is not state: the trace holds it, and other threads mark it while they
+  // wait (src/core/table-lock.ts); putting its words back would lose their wake-up.
+  const lock = dataplane.conntrack.tableLock;
+  const restoreRest = snapshotState(dataplane, [dataplane.routes, ...journal.covered, dataplane.fragmentOutput.batch.data, ...(lock !== null ? [lock] : [])]);
   journal.begin();
   const held = {
     restore(): void {

@@ -13,9 +13,9 @@ import { systemClock } from "../core/clock.js";
 import { hashKeyFrom } from "../core/hash.js";
 import { CryptoRng, type Rng } from "../core/rng.js";
 import { ConfigError, effectiveRpFilter, type RouterConfig } from "../config/config.js";
-import { ConntrackTable } from "../conntrack/table.js";
+import { type ConntrackSharedMemory, ConntrackTable } from "../conntrack/table.js";
 import { RouteError, RoutingTable } from "../route/table.js";
-import { NatEngine } from "../nat/binding.js";
+import { NatEngine, type NatSharedMemory } from "../nat/binding.js";
 import { FragmentTable } from "../nat/fragments.js";
 import { compile, type CompiledRules } from "../nat/rules/evaluate.js";
 import { parseRules } from "../nat/rules/parse.js";
@@ -47,6 +47,33 @@ export interface BuildOptions {
    * inPlaceRouting).
    */
   readonly routes?: RoutingTable;
+  /**
+   * Make the conntrack table and the NAT engine's state sharable (SharedArrayBuffers), for the
+   * dataplanes of other worker threads to attach to (`sharedTablesOf`, docs/multi-core.md
+   * "Shared tables"). Every user of the tables then takes their lock.
+   */
+  readonly sharable?: boolean;
+  /**
+   * Attach to the tables of another thread's sharable dataplane (`sharedTablesOf` of it, sent
+   * with postMessage): one connection table and one NAT binding state for all workers. The
+   * config must be the same (capacity, NAT or not); fragments stay this dataplane's own.
+   */
+  readonly shared?: SharedTables;
+}
+
+/**
+ * The shared memory of a dataplane's connection table and NAT state (plain SharedArrayBuffers:
+ * postMessage-able). `nat` is null for a dataplane without NAT.
+ */
+export interface SharedTables {
+  readonly conntrack: ConntrackSharedMemory;
+  readonly nat: NatSharedMemory | null;
+}
+
+/** The shared tables of a dataplane built `sharable` (or attached), for other threads to attach to. */
+export function sharedTablesOf(dataplane: Dataplane): SharedTables {
+  const nat = dataplane.nat instanceof NetfilterNat ? dataplane.nat.engine.sharedMemory() : null;
+  return { conntrack: dataplane.conntrack.sharedMemory(), nat };
 }
 
 export function buildRoutingTable(config: RouterConfig): RoutingTable {
@@ -72,15 +99,22 @@ export function buildDataplane(config: RouterConfig, options: BuildOptions = {})
   const routes = options.routes ?? buildRoutingTable(config);
   const rules = compileRules(config);
   let engine: NatEngine | undefined = previous?.nat instanceof NetfilterNat ? previous.nat.engine : undefined;
+  const shared = options.shared;
+  const sharable = options.sharable === true || shared !== undefined;
+  if (shared !== undefined && shared.nat === null && !options.withoutNat) {
+    throw new Error("the shared tables have no NAT state: build with withoutNat, as the dataplane that made them");
+  }
   const conntrack = previous?.conntrack ?? new ConntrackTable({
     capacity: options.conntrackCapacity ?? config.conntrack.max,
     clock,
     key: hashKeyFrom(rng),
+    sharable,
+    shared: shared?.conntrack,
     // nf_nat_cleanup_conntrack: a freed connection leaves the NAT by-source index.
     onRemove: (id) => engine?.forget(id),
     tcpBeLiberal: config.conntrack.tcpBeLiberal,
   });
-  if (previous === undefined) engine = options.withoutNat ? undefined : new NatEngine(conntrack, rng);
+  if (previous === undefined) engine = options.withoutNat ? undefined : new NatEngine(conntrack, rng, { sharable, shared: shared?.nat ?? undefined });
   const nat = engine === undefined ? undefined : new NetfilterNat(conntrack, rules, config.ports.map((p) => p.addresses[0]!.addr), engine);
   return new Dataplane({
     ports: config.ports.map((p) => ({ name: p.name, addresses: p.addresses, mtu: p.mtu })),

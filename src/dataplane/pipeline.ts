@@ -223,14 +223,22 @@ export class Dataplane {
     generated: PacketBatch,
     generatedVerdicts: Int32Array,
   ): void {
+    // The whole batch under the shared tables' lock (a no-op branch when the tables are not
+    // shared; docs/multi-core.md "Shared tables"): the prefetch's bucket reads, every lookup,
+    // creation, NAT port search, confirm with its clash check, expiry and early drop of the batch
+    // are atomic toward the other workers, so a port is chosen once across all of them and no
+    // binding is read half written.
+    const table = this.conntrack;
+    table.lock();
     // One clock read per batch for conntrack (Linux reads jiffies; a batch lasts microseconds).
-    this.conntrack.pinTime(this.clock.now());
+    table.pinTime(this.clock.now());
     this.established.beginBatch();
     try {
       if (this.fastPath && this.tracer === null) this.established.prefetch(batch);
       this.processBatchPinned(batch, ingress, leg, verdicts, generated, generatedVerdicts);
     } finally {
-      this.conntrack.unpinTime();
+      table.unpinTime();
+      table.unlock();
     }
   }
 
@@ -808,6 +816,8 @@ export class Dataplane {
    * quotes and translated back). Appends to `generated` (verdicts in `generatedVerdicts`).
    */
   hostUnreachable(buf: Uint8Array, off: number, length: number, port: number, generated: PacketBatch, generatedVerdicts: Int32Array): void {
+    // The error is tracked as RELATED and translated: the shared tables' lock, as a batch.
+    this.conntrack.lock();
     this.conntrack.pinTime(this.clock.now());
     try {
       this.generatedVerdicts = generatedVerdicts;
@@ -819,14 +829,22 @@ export class Dataplane {
       this.internalError(error, buf, off, length, port);
     } finally {
       this.conntrack.unpinTime();
+      this.conntrack.unlock();
     }
   }
 
   /** Incremental housekeeping, once per batch: expire a bounded number of conntrack entries. */
   housekeeping(): void {
-    this.conntrack.gc(64);
+    const table = this.conntrack;
+    table.lock();
+    try {
+      table.gc(64);
+      this.nat?.housekeeping();
+    } finally {
+      table.unlock();
+    }
+    // The fragment table is this dataplane's own (docs/multi-core.md "Shared tables").
     this.fragmentsExpired += this.fragments.expire();
-    this.nat?.housekeeping();
   }
 }
 

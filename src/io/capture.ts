@@ -326,6 +326,27 @@ export class CaptureTap {
     fragments: PacketBatch,
     fragmentVerdicts: Int32Array,
   ): void {
+    // The comments read the packets' connections: under the shared tables' lock (docs/multi-core.md).
+    dataplane.conntrack.lock();
+    try {
+      this.egressLocked(dataplane, batch, verdicts, legIndex, released, releasedVerdicts, generated, generatedVerdicts, fragments, fragmentVerdicts);
+    } finally {
+      dataplane.conntrack.unlock();
+    }
+  }
+
+  private egressLocked(
+    dataplane: Dataplane,
+    batch: PacketBatch,
+    verdicts: Int32Array,
+    legIndex: number,
+    released: PacketBatch,
+    releasedVerdicts: Int32Array,
+    generated: PacketBatch,
+    generatedVerdicts: Int32Array,
+    fragments: PacketBatch,
+    fragmentVerdicts: Int32Array,
+  ): void {
     // The copies as written carry the time after the batch's writes.
     this.time = nowMicroseconds();
     for (let s = 0; s < this.sessions.length; s++) {

@@ -74,6 +74,34 @@ export interface NatCounters {
   noFreeTuple: number;
 }
 
+/**
+ * The NAT state all threads of a shared table set use (NatEngine `sharedMemory()`, option
+ * `shared`; docs/multi-core.md "Shared tables"): the by-source index and the hash keys, which
+ * must be common so that every thread finds a connection's by-source bucket and probes the same
+ * port offsets. SharedArrayBuffers: it crosses `postMessage`.
+ */
+export interface NatSharedMemory {
+  /** addrKey, portKey, bysourceKey: six Int32 words. */
+  readonly keys: SharedArrayBuffer;
+  readonly bysourceHeads: SharedArrayBuffer;
+  readonly bysourceNext: SharedArrayBuffer;
+  readonly bysourceBucketOf: SharedArrayBuffer;
+}
+
+export interface NatEngineOptions {
+  /**
+   * Keep the by-source index and the keys in SharedArrayBuffers (`sharedMemory()`), for engines
+   * of other threads over the same shared conntrack table to attach to.
+   */
+  readonly sharable?: boolean;
+  /**
+   * Attach to the memory of a sharable engine made by another thread: the same keys and index
+   * (the Rng then serves only `--random` offsets and later search rounds). Its table must be
+   * attached to the same shared conntrack memory.
+   */
+  readonly shared?: NatSharedMemory;
+}
+
 /** Number of buckets of the by-source index for a table of `capacity` entries. */
 function bucketCountFor(capacity: number): number {
   let n = 16;
@@ -107,6 +135,8 @@ export class NatEngine {
   private readonly bysourceNext: Int32Array;
   private readonly bysourceBucketOf: Int32Array;
   private readonly bysourceMask: number;
+  /** The SharedArrayBuffers, for `sharedMemory()`; null when not sharable. */
+  private readonly memory: NatSharedMemory | null;
   /** The table's undo journal, which covers the by-source index too, and the index's arrays' numbers in it. */
   private readonly undoLog: UndoLog;
   private readonly journalHeads: number;
@@ -134,19 +164,53 @@ export class NatEngine {
   constructor(
     readonly table: ConntrackTable,
     private readonly rng: Rng,
+    options: NatEngineOptions = {},
   ) {
-    this.addrKey = hashKeyFrom(rng);
-    this.portKey = hashKeyFrom(rng);
-    this.bysourceKey = hashKeyFrom(rng);
     const buckets = bucketCountFor(table.capacity);
-    this.bysourceHeads = new Int32Array(buckets).fill(-1);
     this.bysourceMask = buckets - 1;
-    this.bysourceNext = new Int32Array(table.capacity).fill(-1);
-    this.bysourceBucketOf = new Int32Array(table.capacity).fill(-1);
+    const shared = options.shared;
+    if (shared !== undefined) {
+      const keys = new Int32Array(shared.keys);
+      this.addrKey = { k0: keys[0]!, k1: keys[1]! };
+      this.portKey = { k0: keys[2]!, k1: keys[3]! };
+      this.bysourceKey = { k0: keys[4]!, k1: keys[5]! };
+      this.bysourceHeads = new Int32Array(shared.bysourceHeads);
+      this.bysourceNext = new Int32Array(shared.bysourceNext);
+      this.bysourceBucketOf = new Int32Array(shared.bysourceBucketOf);
+      if (this.bysourceHeads.length !== buckets || this.bysourceNext.length !== table.capacity) {
+        throw new RangeError("the shared NAT index is not for a table of this capacity");
+      }
+      this.memory = shared;
+    } else {
+      this.addrKey = hashKeyFrom(rng);
+      this.portKey = hashKeyFrom(rng);
+      this.bysourceKey = hashKeyFrom(rng);
+      const Memory = options.sharable === true ? SharedArrayBuffer : ArrayBuffer;
+      const memory = {
+        keys: new Memory(6 * 4),
+        bysourceHeads: new Memory(buckets * 4),
+        bysourceNext: new Memory(table.capacity * 4),
+        bysourceBucketOf: new Memory(table.capacity * 4),
+      };
+      new Int32Array(memory.keys).set([this.addrKey.k0, this.addrKey.k1, this.portKey.k0, this.portKey.k1, this.bysourceKey.k0, this.bysourceKey.k1]);
+      this.bysourceHeads = new Int32Array(memory.bysourceHeads).fill(-1);
+      this.bysourceNext = new Int32Array(memory.bysourceNext).fill(-1);
+      this.bysourceBucketOf = new Int32Array(memory.bysourceBucketOf).fill(-1);
+      this.memory = options.sharable === true ? (memory as NatSharedMemory) : null;
+    }
     this.undoLog = table.undoLog;
     this.journalHeads = this.undoLog.register(this.bysourceHeads);
     this.journalNext = this.undoLog.register(this.bysourceNext);
     this.journalBucketOf = this.undoLog.register(this.bysourceBucketOf);
+  }
+
+  /**
+   * The memory of a sharable engine, for another thread's engine to attach to (option `shared`).
+   * Throws for an engine made without `sharable`.
+   */
+  sharedMemory(): NatSharedMemory {
+    if (this.memory === null) throw new Error("this NAT engine is not sharable (option sharable)");
+    return this.memory;
   }
 
   /** True when the SRC (or DST) binding of the connection is set up (IPS_SRC_NAT_DONE / IPS_DST_NAT_DONE). */

@@ -1,0 +1,83 @@
+/**
+ * The lock of a table set that several threads share (the conntrack table and the NAT's
+ * by-source index in SharedArrayBuffers, docs/multi-core.md "Shared tables"): one mutex word,
+ * taken with Atomics.compareExchange, a short spin, then Atomics.wait until the holder's
+ * Atomics.notify — Ulrich Drepper's "Futexes Are Tricky" mutex 2 (0 free, 1 held, 2 held with
+ * sleepers), the shape of glibc's lowlevellock and Linux's own futex-based mutexes.
+ *
+ * Re-entrant for the thread that holds it (owner = its worker_threads threadId + 1, and a
+ * depth): `qnat trace` and `conntrack -D` on the main thread take the lock, then call code (the
+ * pipeline's processBatch, the table's remove) that takes it again.
+ *
+ * Memory order: every Atomics operation is sequentially consistent, so the plain stores a
+ * holder made to the tables before its releasing Atomics.exchange happen before the plain loads
+ * of the next holder after its acquiring compareExchange/exchange (ECMAScript memory model,
+ * synchronizes-with). A thread that reads the tables without the lock has no such edge.
+ *
+ * The words (`TABLE_LOCK_WORDS` Int32 words): [0] state, [1] owner (threadId + 1, 0: none),
+ * [2] depth (written only by the owner).
+ */
+import { threadId } from "node:worker_threads";
+
+export const TABLE_LOCK_WORDS = 3;
+const STATE = 0;
+const OWNER = 1;
+const DEPTH = 2;
+const FREE = 0;
+const HELD = 1;
+const HELD_WITH_SLEEPERS = 2;
+/** compareExchange tries before sleeping: a holder's critical section is a batch (microseconds). */
+const SPINS = 200;
+
+/** This thread's owner id (main thread: 1). */
+const SELF = threadId + 1;
+
+export class TableLock {
+  /** Times `acquire` found the lock held by another thread (this object's count). */
+  contended = 0;
+
+  /** `words`: TABLE_LOCK_WORDS Int32 words of a SharedArrayBuffer, zero when no one holds it. */
+  constructor(readonly words: Int32Array) {
+    if (words.length < TABLE_LOCK_WORDS || !(words.buffer instanceof SharedArrayBuffer)) {
+      throw new RangeError(`a table lock needs ${TABLE_LOCK_WORDS} words of a SharedArrayBuffer`);
+    }
+  }
+
+  /** Takes the lock (again, when this thread holds it). */
+  acquire(): void {
+    const w = this.words;
+    // Only this thread ever writes SELF into OWNER, and it clears it before releasing: reading
+    // SELF means this thread holds the lock.
+    if (Atomics.load(w, OWNER) === SELF) {
+      w[DEPTH]!++;
+      return;
+    }
+    if (Atomics.compareExchange(w, STATE, FREE, HELD) !== FREE) this.contend();
+    Atomics.store(w, OWNER, SELF);
+    w[DEPTH] = 1;
+  }
+
+  /** Gives back one `acquire`; the last one frees the lock and wakes one sleeper. */
+  release(): void {
+    const w = this.words;
+    if (--w[DEPTH]! > 0) return;
+    Atomics.store(w, OWNER, 0);
+    if (Atomics.exchange(w, STATE, FREE) === HELD_WITH_SLEEPERS) Atomics.notify(w, STATE, 1);
+  }
+
+  /** True while this thread holds the lock. */
+  get held(): boolean {
+    return Atomics.load(this.words, OWNER) === SELF;
+  }
+
+  private contend(): void {
+    this.contended++;
+    const w = this.words;
+    for (let i = 0; i < SPINS; i++) {
+      if (Atomics.load(w, STATE) === FREE && Atomics.compareExchange(w, STATE, FREE, HELD) === FREE) return;
+    }
+    // Mark it "held with sleepers" and sleep until it is free; whoever takes it this way keeps
+    // the mark, so its release wakes the next sleeper (Drepper's mutex 2).
+    while (Atomics.exchange(w, STATE, HELD_WITH_SLEEPERS) !== FREE) Atomics.wait(w, STATE, HELD_WITH_SLEEPERS);
+  }
+}

@@ -1,0 +1,208 @@
+/**
+ * Two worker threads, each with its own Dataplane, over ONE shared conntrack table and NAT state
+ * (docs/multi-core.md "Shared tables"), as `workers: 2` runs them: tenants behind one SNAT
+ * address with a port range of 77 ports open flows from the same source port on both workers at
+ * once, so that the workers' port searches clash. Afterwards no two connections share a
+ * translated tuple, every packet left as its entry says, what found no port was dropped and
+ * counted, and the table counts exactly its live entries. And a connection opened on one worker
+ * is translated back on the other when its reply arrives there (NAT changes the tuple the
+ * kernel's queue hash sees).
+ *
+ * The workers run the built JavaScript (dist/; `npm test` builds it first):
+ * test/support/shared-dataplane-worker.mjs.
+ */
+import { existsSync } from "node:fs";
+import { resolve } from "node:path";
+import { Worker } from "node:worker_threads";
+import fc from "fast-check";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { ManualClock } from "../../src/core/clock.js";
+import { XorShift32 } from "../../src/core/rng.js";
+import { parseConfig } from "../../src/config/config.js";
+import { buildDataplane, sharedTablesOf, type SharedTables } from "../../src/dataplane/from-config.js";
+import type { Dataplane } from "../../src/dataplane/pipeline.js";
+import { formatIpv4 } from "../../src/core/addr.js";
+import type { DecodedPacket, PacketSpec } from "../../src/wire/build.js";
+import { IPPROTO_UDP } from "../../src/wire/packet-info.js";
+
+const TENANT = "qr-694450d6-f6";
+const GATEWAY = "qg-e76de35e-90";
+const NOW = 1_000_000;
+const CONFIG = `router:
+  id: 40fff075-d3a2-477b-942c-6b1adb42e35e
+ports:
+  - name: ${TENANT}
+    addresses: [10.0.0.1/24]
+    wire: { namespace: qnat-tenant, device: eth0 }
+  - name: ${GATEWAY}
+    addresses: [9.186.100.2/24]
+    wire: { namespace: qnat-external, device: eth0 }
+routes:
+  - default via 9.186.100.1 dev ${GATEWAY}
+conntrack:
+  max: 4096
+nat: |
+  -A POSTROUTING -s 10.0.0.0/24 -o ${GATEWAY} -p udp -j SNAT --to-source 9.186.100.2:1024-1100
+`;
+/** Ports of the SNAT range: at most this many flows to one server:port can be translated. */
+const RANGE_PORTS = 1100 - 1024 + 1;
+
+interface Sent {
+  out: ({ port: string; packet: DecodedPacket } | null)[];
+  drops: Record<string, number>;
+}
+
+class DataplaneWorker {
+  private readonly worker: Worker;
+  readonly ready: Promise<void>;
+
+  constructor(shared: SharedTables, seed: number) {
+    this.worker = new Worker(resolve("test/support/shared-dataplane-worker.mjs"), {
+      workerData: { dist: resolve("dist"), configText: CONFIG, shared, seed, now: NOW },
+    });
+    this.ready = new Promise((done) => this.worker.once("message", () => done()));
+    // A worker that fails fails the test that waits on it.
+    this.worker.on("error", (error) => this.failed.push(error));
+  }
+
+  private readonly failed: Error[] = [];
+
+  async send(port: string, packets: PacketSpec[], batch: number, gate?: Int32Array): Promise<Sent> {
+    const answer = new Promise<Sent>((done) => this.worker.once("message", (m: Sent) => done(m)));
+    this.worker.postMessage({ port, packets, batch, gate });
+    const result = await answer;
+    if (this.failed.length > 0) throw this.failed[0]!;
+    return result;
+  }
+
+  stop(): Promise<number> {
+    return this.worker.terminate();
+  }
+}
+
+let owner: Dataplane;
+let a: DataplaneWorker;
+let b: DataplaneWorker;
+
+beforeAll(async () => {
+  expect(existsSync(resolve("dist/src/dataplane/from-config.js")), "the build (npm run build) is needed for this test").toBe(true);
+  // The main thread makes the tables (as the router's control plane will) and keeps a dataplane
+  // over them to look at them; the two workers attach.
+  owner = buildDataplane(parseConfig(CONFIG, "shared-tables.yaml"), { clock: new ManualClock(NOW), rng: new XorShift32(1), sharable: true });
+  const shared = sharedTablesOf(owner);
+  a = new DataplaneWorker(shared, 2);
+  b = new DataplaneWorker(shared, 3);
+  await Promise.all([a.ready, b.ready]);
+});
+
+afterAll(async () => {
+  await Promise.all([a?.stop(), b?.stop()]);
+});
+
+/** Every live connection's tuples, checked against each other; returns them by original source. */
+function liveConnections(dataplane: Dataplane): Map<string, { replyDst: string; replyDport: number }> {
+  const table = dataplane.conntrack;
+  const byOriginal = new Map<string, { replyDst: string; replyDport: number }>();
+  const replies = new Set<string>();
+  table.locked(() => {
+    for (const id of table.entries()) {
+      const original = `${table.protocol(id)} ${formatIpv4(table.origSrc(id))}:${table.origSport(id)} > ${formatIpv4(table.origDst(id))}:${table.origDport(id)}`;
+      const reply = `${table.protocol(id)} ${formatIpv4(table.replySrc(id))}:${table.replySport(id)} > ${formatIpv4(table.replyDst(id))}:${table.replyDport(id)}`;
+      expect(byOriginal.has(original), `two connections for ${original}`).toBe(false);
+      expect(replies.has(reply), `two connections share the reply tuple ${reply}`).toBe(false);
+      byOriginal.set(original, { replyDst: formatIpv4(table.replyDst(id)), replyDport: table.replyDport(id) });
+      replies.add(reply);
+    }
+  });
+  return byOriginal;
+}
+
+describe("two workers over one shared table set", () => {
+  it("tenants behind 9.186.100.2:1024-1100 open clashing flows on both workers at once: every port is handed out once", async () => {
+    const scenario = fc.record({
+      // Flows each worker opens, toward `servers` servers, all from source port 5000.
+      perWorker: fc.integer({ min: 20, max: 110 }),
+      servers: fc.integer({ min: 1, max: 3 }),
+      batch: fc.constantFrom(1, 8, 32),
+    });
+    await fc.assert(
+      fc.asyncProperty(scenario, async ({ perWorker, servers, batch }) => {
+        owner.conntrack.locked(() => owner.conntrack.flush());
+        // Worker A's tenants are 10.0.0.2.., B's 10.0.0.130..: different sources, same port.
+        const flows = (first: number): PacketSpec[] =>
+          Array.from({ length: perWorker }, (_, i) => ({
+            protocol: "udp" as const,
+            src: `10.0.0.${first + i}`,
+            dst: `203.0.113.${10 + (i % servers)}`,
+            sport: 5000,
+            dport: 53,
+          }));
+        const gate = new Int32Array(new SharedArrayBuffer(4));
+        const sentA = a.send(TENANT, flows(2), batch, gate);
+        const sentB = b.send(TENANT, flows(130), batch, gate);
+        Atomics.store(gate, 0, 1);
+        Atomics.notify(gate, 0);
+        const results = await Promise.all([sentA, sentB]);
+        const live = liveConnections(owner);
+        let forwarded = 0;
+        let refused = 0;
+        results.forEach((result, w) => {
+          const sentFlows = flows(w === 0 ? 2 : 130);
+          result.out.forEach((left, i) => {
+            const flow = sentFlows[i]!;
+            const key = `${IPPROTO_UDP} ${flow.src}:${flow.sport} > ${flow.dst}:${flow.dport}`;
+            if (left === null) {
+              refused++;
+              expect(live.has(key), `${key} was dropped but has a connection`).toBe(false);
+              return;
+            }
+            forwarded++;
+            // It left as its entry says: from 9.186.100.2, a port of the range, the reply tuple's.
+            expect(left.port).toBe(GATEWAY);
+            const entry = live.get(key);
+            expect(entry, `${key} left but has no connection`).toBeDefined();
+            expect(left.packet.src).toBe("9.186.100.2");
+            expect(left.packet.src).toBe(entry!.replyDst);
+            expect(left.packet.sport).toBe(entry!.replyDport);
+            expect(left.packet.sport).toBeGreaterThanOrEqual(1024);
+            expect(left.packet.sport).toBeLessThanOrEqual(1100);
+            expect(left.packet.dst).toBe(flow.dst);
+          });
+          const dropped = Object.values(result.drops).reduce((x, y) => x + y, 0);
+          expect(dropped).toBe(result.out.filter((o) => o === null).length);
+          // What was refused found no free port (never a half-written or clashing binding).
+          expect(Object.keys(result.drops).filter((name) => name !== "nat-no-free-tuple")).toEqual([]);
+        });
+        // Per server, the flows that got through are min(sent, the range's 77 ports).
+        const perServer = new Map<string, number>();
+        for (const result of [flows(2), flows(130)]) for (const flow of result) perServer.set(flow.dst, (perServer.get(flow.dst) ?? 0) + 1);
+        let expected = 0;
+        for (const n of perServer.values()) expected += Math.min(n, RANGE_PORTS);
+        expect(forwarded).toBe(expected);
+        expect(forwarded + refused).toBe(2 * perWorker);
+        expect(live.size).toBe(forwarded);
+        expect(owner.conntrack.count).toBe(live.size);
+      }),
+      { numRuns: 12, seed: 0x5eed },
+    );
+  });
+
+  it("10.0.0.3's connection opened on worker A is translated back on worker B when the reply arrives there", async () => {
+    owner.conntrack.locked(() => owner.conntrack.flush());
+    const out = await a.send(TENANT, [{ protocol: "udp", src: "10.0.0.3", dst: "203.0.113.10", sport: 5000, dport: 53 }], 1);
+    const left = out.out[0]!;
+    expect(left.port).toBe(GATEWAY);
+    expect(left.packet.src).toBe("9.186.100.2");
+    const port = left.packet.sport!;
+    const reply = await b.send(GATEWAY, [{ protocol: "udp", src: "203.0.113.10", dst: "9.186.100.2", sport: 53, dport: port }], 1);
+    const back = reply.out[0];
+    expect(back, `the reply was dropped: ${JSON.stringify(reply.drops)}`).not.toBeNull();
+    expect(back!.port).toBe(TENANT);
+    expect(back!.packet).toMatchObject({ src: "203.0.113.10", sport: 53, dst: "10.0.0.3", dport: 5000 });
+    // The reply marked the connection as seen in both directions, for every worker.
+    const table = owner.conntrack;
+    const node = table.locked(() => table.lookup(IPPROTO_UDP, 0x0a000003, 0xcb00710a, 5000, 53));
+    expect(node).toBeGreaterThanOrEqual(0);
+    expect(table.status(node >> 1) & 2).toBe(2); // IPS_SEEN_REPLY
+  });
+});
