@@ -9,7 +9,7 @@ import type { Clock } from "../../src/core/clock.js";
 import { XorShift32 } from "../../src/core/rng.js";
 import { readFileSync } from "node:fs";
 import { parseConfig } from "../../src/config/config.js";
-import { buildDataplane } from "../../src/dataplane/from-config.js";
+import { type BuildOptions, buildDataplane } from "../../src/dataplane/from-config.js";
 import type { Dataplane } from "../../src/dataplane/pipeline.js";
 import { LEG_WIRE, egressOf } from "../../src/dataplane/port.js";
 import { formatIpv4 } from "../../src/core/addr.js";
@@ -44,11 +44,11 @@ export interface Router {
  * The seed's router; `renumbered`: with every address at 128.0.0.0 or above (tenants 172.16.0.0/24
  * behind 198.51.100.2, floating IP 198.51.100.129), where a uint32 address is a heap number in V8.
  */
-export function seedRouter(conntrackCapacity: number, renumbered = false): Router {
+export function seedRouter(conntrackCapacity: number, renumbered = false, options: BuildOptions = {}): Router {
   const clock = new BenchClock();
   let text = readFileSync("examples/seed.yaml", "utf8");
   if (renumbered) text = text.replaceAll("10.0.0.", "172.16.0.").replaceAll("9.186.100.", "198.51.100.");
-  const dataplane = buildDataplane(parseConfig(text, "examples/seed.yaml"), { clock, rng: new XorShift32(7), conntrackCapacity });
+  const dataplane = buildDataplane(parseConfig(text, "examples/seed.yaml"), { clock, rng: new XorShift32(7), conntrackCapacity, ...options });
   return { dataplane, clock };
 }
 

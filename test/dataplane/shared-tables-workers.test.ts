@@ -24,6 +24,8 @@ import type { Dataplane } from "../../src/dataplane/pipeline.js";
 import { formatIpv4 } from "../../src/core/addr.js";
 import type { DecodedPacket, PacketSpec } from "../../src/wire/build.js";
 import { IPPROTO_UDP } from "../../src/wire/packet-info.js";
+import { runTrace } from "../../src/control/trace.js";
+import { ConntrackWork } from "../../src/control/conntrack-command.js";
 
 const TENANT = "qr-694450d6-f6";
 const GATEWAY = "qg-e76de35e-90";
@@ -204,5 +206,27 @@ describe("two workers over one shared table set", () => {
     const node = table.locked(() => table.lookup(IPPROTO_UDP, 0x0a000003, 0xcb00710a, 5000, 53));
     expect(node).toBeGreaterThanOrEqual(0);
     expect(table.status(node >> 1) & 2).toBe(2); // IPS_SEEN_REPLY
+  });
+
+  it("a trace and conntrack -D on the main thread work on the shared table under its lock, and the workers go on", async () => {
+    owner.conntrack.locked(() => owner.conntrack.flush());
+    const opened = await a.send(TENANT, [{ protocol: "udp", src: "10.0.0.3", dst: "203.0.113.10", sport: 5000, dport: 53 }], 1);
+    const port = opened.out[0]!.packet.sport!;
+    const before = [...liveConnections(owner)];
+    // The trace runs its packet through the live shared table and puts everything back.
+    const trace = runTrace(owner, `${TENANT} udp 10.0.0.4:5000 > 203.0.113.10:53`);
+    expect(trace.verdict).toBe("forward");
+    expect(trace.out!.packet).toMatch(/^udp 9\.186\.100\.2:\d+ > 203\.0\.113\.10:53$/);
+    expect([...liveConnections(owner)]).toEqual(before);
+    expect(owner.conntrack.tableLock!.held).toBe(false);
+    // A worker still forwards: the reply of the first connection comes back through worker B.
+    const reply = await b.send(GATEWAY, [{ protocol: "udp", src: "203.0.113.10", dst: "9.186.100.2", sport: 53, dport: port }], 1);
+    expect(reply.out[0]?.packet).toMatchObject({ dst: "10.0.0.3", dport: 5000 });
+    // conntrack -D removes it for every worker: its next reply finds no connection.
+    const deleted = new ConntrackWork(owner.conntrack, "delete", {}).drain();
+    expect(deleted).toMatch(/src=10\.0\.0\.3 dst=203\.0\.113\.10 sport=5000 dport=53/);
+    expect(owner.conntrack.count).toBe(0);
+    const late = await b.send(GATEWAY, [{ protocol: "udp", src: "203.0.113.10", dst: "9.186.100.2", sport: 53, dport: port }], 1);
+    expect(late.out[0]?.packet.dst ?? "dropped").not.toBe("10.0.0.3");
   });
 });

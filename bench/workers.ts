@@ -1,0 +1,157 @@
+/**
+ * `npm run bench:workers`: established UDP flows with SNAT (the seed's rules, 64k flows, batches
+ * of 256 pre-built 64-byte packets, as `npm run bench`'s "established UDP with SNAT, 64k flows")
+ * through 1 and 2 worker threads, each with its own Dataplane over ONE shared conntrack table and
+ * NAT state (docs/multi-core.md "Shared tables"), in one run. The main thread makes the tables
+ * and establishes the flows; each worker attaches, takes its share of the flows (as a queue of a
+ * multi-queue TUN device would get them by flow hash) and forwards them as fast as it can for the
+ * same wall-clock window, started together through a shared gate. Aggregate packets/s is the sum.
+ *
+ * Also measured, for what the lock costs: one worker over a table of its own (not shared: the lock
+ * is one never-taken branch). Writes bench/results/workers.md and the `workersHotpath` key of
+ * bench/results/latest.json. `BENCH_QUICK=1` shortens the windows. The figures depend on the
+ * cores the machine has free: the report states the machine.
+ */
+import { isMainThread, parentPort, Worker, workerData } from "node:worker_threads";
+import { writeFileSync } from "node:fs";
+import { sharedTablesOf, type SharedTables } from "../src/dataplane/from-config.js";
+import { BATCH, Driver, PacketTemplate, TENANT_PORT, establishTenantFlows, seedRouter, shuffled, tenantFlows, udpPacket } from "./lib/scenario.js";
+import { machine, mergeResults } from "./lib/report.js";
+
+const FLOWS = 65_536;
+const CAPACITY = 262_144;
+const FLOW_SEED = 0xc0ffee;
+const QUICK = process.env.BENCH_QUICK === "1";
+const SECONDS = QUICK ? 2 : 8;
+const WARMUP_BATCHES = QUICK ? 1000 : 3000;
+
+interface WorkerJob {
+  /** The tables to attach to; null: a table of the worker's own, flows established by it. */
+  shared: SharedTables | null;
+  /** This worker's share: flows i with i % of === index. */
+  index: number;
+  of: number;
+  gate: Int32Array;
+  seconds: number;
+}
+
+interface WorkerResult {
+  packets: number;
+  wallSeconds: number;
+  cpuSeconds: number;
+  /** Times this worker found the lock held by the other. */
+  contended: number;
+  /** Packets not forwarded (must be 0). */
+  dropped: number;
+}
+
+/** A worker: attaches, builds its share's batches, warms up, waits at the gate, runs for `seconds`. */
+function runWorker(job: WorkerJob): WorkerResult {
+  const flows = tenantFlows(FLOWS, FLOW_SEED);
+  const router = seedRouter(CAPACITY, false, job.shared === null ? {} : { shared: job.shared });
+  let packets: Uint8Array[] = [];
+  if (job.shared === null) packets = establishTenantFlows(router, flows);
+  else for (let i = 0; i < FLOWS; i++) packets.push(udpPacket(flows.src[i]!, flows.dst[i]!, flows.sport[i]!, flows.dport[i]!));
+  const mine: Uint8Array[] = packets.filter((_, i) => i % job.of === job.index);
+  const template = new PacketTemplate(mine, shuffled(mine.length, 0x5eed + job.index));
+  const driver = new Driver(router.dataplane);
+  let next = 0;
+  let dropped = 0;
+  const one = (): void => {
+    driver.run(template.views[next]!, TENANT_PORT);
+    if (++next === template.batches) next = 0;
+  };
+  for (let i = 0; i < WARMUP_BATCHES; i++) one();
+  for (let i = 0; i < BATCH; i++) if (driver.verdicts[i]! < 0) dropped++;
+  const lock = router.dataplane.conntrack.tableLock;
+  const contendedBefore = lock?.contended ?? 0;
+  Atomics.add(job.gate, 1, 1);
+  Atomics.notify(job.gate, 1);
+  while (Atomics.load(job.gate, 0) === 0) Atomics.wait(job.gate, 0, 0);
+  const cpu = process.cpuUsage();
+  const start = performance.now();
+  const end = start + job.seconds * 1000;
+  let batches = 0;
+  while (performance.now() < end) {
+    for (let i = 0; i < 16; i++) one();
+    batches += 16;
+  }
+  const wall = (performance.now() - start) / 1000;
+  const used = process.cpuUsage(cpu);
+  for (let i = 0; i < BATCH; i++) if (driver.verdicts[i]! < 0) dropped++;
+  return { packets: batches * BATCH, wallSeconds: wall, cpuSeconds: (used.user + used.system) / 1e6, contended: (lock?.contended ?? 0) - contendedBefore, dropped };
+}
+
+if (!isMainThread) {
+  parentPort!.postMessage(runWorker(workerData as WorkerJob));
+} else {
+  await main();
+}
+
+/** Runs `count` workers together (over `shared`, or each over a table of its own) and sums them. */
+async function runWorkers(count: number, shared: SharedTables | null): Promise<{ mpps: number; results: WorkerResult[] }> {
+  const gate = new Int32Array(new SharedArrayBuffer(8)); // [0] go, [1] workers ready
+  const results = Array.from({ length: count }, (_, index) => {
+    const worker = new Worker(new URL(import.meta.url), { workerData: { shared, index, of: count, gate, seconds: SECONDS } satisfies WorkerJob });
+    return new Promise<WorkerResult>((done, fail) => {
+      worker.once("message", (r: WorkerResult) => void worker.terminate().then(() => done(r)));
+      worker.once("error", fail);
+    });
+  });
+  // All warmed up, then all go.
+  while (Atomics.load(gate, 1) < count) await new Promise((r) => setTimeout(r, 20));
+  Atomics.store(gate, 0, 1);
+  Atomics.notify(gate, 0);
+  const all = await Promise.all(results);
+  const mpps = all.reduce((sum, r) => sum + r.packets / r.wallSeconds, 0) / 1e6;
+  return { mpps, results: all };
+}
+
+async function main(): Promise<void> {
+  const owner = seedRouter(CAPACITY, false, { sharable: true });
+  establishTenantFlows(owner, tenantFlows(FLOWS, FLOW_SEED));
+  const shared = sharedTablesOf(owner.dataplane);
+  process.stdout.write(`bench:workers: ${FLOWS} established UDP flows with SNAT, ${SECONDS} s per run\n`);
+  const privateTable = await runWorkers(1, null);
+  process.stdout.write(`  1 worker, its own table (no lock):   ${privateTable.mpps.toFixed(2)} M packets/s\n`);
+  const one = await runWorkers(1, shared);
+  process.stdout.write(`  1 worker, shared table:              ${one.mpps.toFixed(2)} M packets/s\n`);
+  const two = await runWorkers(2, shared);
+  process.stdout.write(`  2 workers, one shared table:         ${two.mpps.toFixed(2)} M packets/s (${(two.mpps / one.mpps).toFixed(2)}x one worker)\n`);
+  const dropped = [...privateTable.results, ...one.results, ...two.results].reduce((n, r) => n + r.dropped, 0);
+  if (dropped > 0) throw new Error(`bench:workers: ${dropped} packets of established flows were dropped`);
+
+  const m = machine();
+  const date = new Date().toISOString();
+  const perWorker = (r: WorkerResult): string => `${(r.packets / r.wallSeconds / 1e6).toFixed(2)} M/s, CPU ${((100 * r.cpuSeconds) / r.wallSeconds).toFixed(0)}%, lock found held ${r.contended} times`;
+  const results = {
+    date,
+    machine: m,
+    flows: FLOWS,
+    seconds: SECONDS,
+    oneWorkerPrivateTableMpps: privateTable.mpps,
+    oneWorkerSharedTableMpps: one.mpps,
+    twoWorkersSharedTableMpps: two.mpps,
+    twoOverOne: two.mpps / one.mpps,
+    perWorker: { one: one.results, two: two.results },
+  };
+  mergeResults("bench/results/latest.json", "workersHotpath", results);
+  const md = [
+    "# qnat hot path with worker threads — `npm run bench:workers`",
+    "",
+    `Run ${date} on ${m.cpu}, ${m.cores} cores, ${m.memoryGiB} GiB, Node ${m.node}, ${m.platform}.`,
+    `${FLOWS} established UDP flows with SNAT (the seed's rules), batches of 256 pre-built 64-byte packets, in memory;`,
+    `each worker thread has its own Dataplane and forwards its share of the flows for ${SECONDS} s, all started together.`,
+    "The conntrack table and NAT state are one shared table set under one coarse lock (docs/multi-core.md \"Shared tables\").",
+    "",
+    "| run | packets/s (sum) | per worker |",
+    "|---|---:|---|",
+    `| 1 worker, its own table (lock: one never-taken branch) | ${privateTable.mpps.toFixed(2)} M | ${privateTable.results.map(perWorker).join("; ")} |`,
+    `| 1 worker, shared table | ${one.mpps.toFixed(2)} M | ${one.results.map(perWorker).join("; ")} |`,
+    `| 2 workers, one shared table | ${two.mpps.toFixed(2)} M | ${two.results.map(perWorker).join("; ")} |`,
+    "",
+    `2 workers / 1 worker on the shared table: **${(two.mpps / one.mpps).toFixed(2)}x** (issue 15's target: >= 1.8x).`,
+    "",
+  ].join("\n");
+  writeFileSync("bench/results/workers.md", md);
+}
