@@ -26,8 +26,15 @@ const DEPTH = 2;
 const FREE = 0;
 const HELD = 1;
 const HELD_WITH_SLEEPERS = 2;
-/** compareExchange tries before sleeping: a holder's critical section is a batch (microseconds). */
-const SPINS = 200;
+/**
+ * Loads (and compareExchange tries) before sleeping: about 0.1 ms at ~10 ns a try, two batches'
+ * hold of the lock (a batch of 256 established packets takes ~40 µs). Sleeping is the expensive
+ * way: the release must then Atomics.notify, a futex wake of the sleeper, and once one thread took
+ * the lock by the sleeping path every release notifies (the word stays 2, Drepper's mutex 2); on a
+ * loaded machine each wake also hands the core to the woken thread. Measured (docs/multi-core.md):
+ * with 200 spins two workers slept on nearly every hand-over.
+ */
+const SPINS = 10_000;
 
 /** This thread's owner id (main thread: 1). */
 const SELF = threadId + 1;
