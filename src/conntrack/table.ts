@@ -26,7 +26,7 @@
 import { type HashKey, hashKeyFrom, hsiphash4Batch, hsiphashBits } from "../core/hash.js";
 import type { Clock } from "../core/clock.js";
 import { XorShift32 } from "../core/rng.js";
-import { TABLE_LOCK_WORDS, TableLock } from "../core/table-lock.js";
+import { TABLE_LOCK_EPOCH, TABLE_LOCK_WORDS, TableLock } from "../core/table-lock.js";
 import { UndoLog } from "../core/undo-log.js";
 import { IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP } from "../wire/packet-info.js";
 import { type ConntrackTimeouts, resolveTimeouts } from "./timeouts.js";
@@ -174,6 +174,8 @@ export interface ConntrackSharedMemory {
   readonly entries: SharedArrayBuffer;
   readonly buckets: SharedArrayBuffer;
   readonly tcpWindow: SharedArrayBuffer;
+  /** One sequence word per entry (`findStableInBucket`). */
+  readonly sequence: SharedArrayBuffer;
 }
 
 /**
@@ -241,6 +243,9 @@ const H_CAPACITY = 3;
 const H_K0 = 4;
 const H_K1 = 5;
 const HEADER_WORDS = 8;
+
+/** The most chain nodes a lock-free lookup walks before it gives up (and takes the lock). */
+const LOCK_FREE_WALK = 64;
 
 /** The table's arrays in its undo journal (the order they are registered in). */
 const JOURNAL_WORDS = 0;
@@ -325,6 +330,20 @@ export class ConntrackTable {
   /** H_FREE_HEAD, H_USED, H_GC_CURSOR, H_CAPACITY, H_K0, H_K1 (shared when the table is). */
   private readonly header: Int32Array;
   /**
+   * Shared tables: one sequence word per entry, a seqcount (Linux include/linux/seqlock.h) for the
+   * lock-free established path (`findStableInBucket`). The lock holder makes it odd, changes what
+   * the entry is — its tuples, its chain links, its slot being used and confirmed — and makes it
+   * even again, 2 more than before (`beginChange`/`endChange`). A lock-free reader takes its value
+   * before reading the entry and commits its writes (expiry, route cache) only by
+   * compareExchange from that value to odd and back (`beginLockFreeCommit`): an entry freed,
+   * reused or re-linked meanwhile is never written, nor its packet translated. Empty when not shared.
+   */
+  private readonly sequence: Int32Array;
+  /** [0] the sequence word `findStableInBucket` saw, [1] the readers' epoch it saw. */
+  private readonly stable = new Int32Array(2);
+  /** The lock's words (TableLock; the epoch at TABLE_LOCK_EPOCH), read directly per lock-free packet. */
+  private readonly lockWords: Int32Array;
+  /**
    * [0]: the time pinned by `pinTime` for the current batch (NaN: read the clock); [1]: the time
    * `findNode` judges expiry by. Kept in a Float64Array rather than passed around: a double that
    * crosses a call V8 does not inline is boxed, i.e. allocated, and these run for every packet.
@@ -351,14 +370,17 @@ export class ConntrackTable {
       entries: new Memory(capacity * ENTRY_WORDS * 4),
       buckets: new Memory(bucketCount * 4),
       tcpWindow: new Memory(capacity * TCP_WINDOW_WORDS * 4),
+      sequence: new Memory(sharable ? capacity * 4 : 0),
     };
     this.memory = sharable ? (memory as ConntrackSharedMemory) : null;
     this.header = new Int32Array(memory.header, 0, HEADER_WORDS);
-    this.tableLock = sharable ? new TableLock(new Int32Array(memory.header, HEADER_WORDS * 4, TABLE_LOCK_WORDS)) : null;
+    this.lockWords = new Int32Array(memory.header, HEADER_WORDS * 4, TABLE_LOCK_WORDS);
+    this.tableLock = sharable ? new TableLock(this.lockWords) : null;
     this.words = new Int32Array(memory.entries);
     this.doubles = new Float64Array(memory.entries);
     this.buckets = new Int32Array(memory.buckets);
     this.tcpWindow = new Int32Array(memory.tcpWindow);
+    this.sequence = new Int32Array(memory.sequence);
     // Registered in the order of JOURNAL_WORDS, JOURNAL_BUCKETS, JOURNAL_WINDOW.
     this.undoLog.register(this.words, this.doubles);
     this.undoLog.register(this.buckets);
@@ -643,9 +665,14 @@ export class ConntrackTable {
   /** Forgets every entry's route cache (the routing table version wrapped around). */
   clearRouteCaches(): void {
     const w = this.words;
+    const shared = this.tableLock !== null;
     for (let at = W_ROUTE; at < w.length; at += ENTRY_WORDS) {
-      if (this.undoLog.recording && w[at] !== 0) this.journalWord(at);
+      if (w[at] === 0) continue;
+      if (this.undoLog.recording) this.journalWord(at);
+      // A lock-free commit racing this one would write a cache of the old epoch: it fails instead.
+      const sequence = shared ? this.beginChange(at >> ENTRY_SHIFT) : 0;
       w[at] = 0;
+      if (shared) this.endChange(at >> ENTRY_SHIFT, sequence);
     }
   }
 
@@ -684,6 +711,107 @@ export class ConntrackTable {
     const pinned = this.times[0]!;
     this.times[1] = pinned === pinned ? pinned : this.clock.now();
     return this.findNodeIn(bucket >= 0 ? bucket : this.hashTuple(protocol, src, dst, ports), protocol, src, dst, ports);
+  }
+
+  // ---- the lock-free established path (shared tables; docs/multi-core.md) --------------------
+
+  /**
+   * The lock holder starts changing what entry `id` is (see `sequence`): waits until no lock-free
+   * commit holds its word (a few stores), makes it odd, returns the even value it had.
+   */
+  private beginChange(id: number): number {
+    const sequence = this.sequence;
+    for (;;) {
+      const value = Atomics.load(sequence, id);
+      if ((value & 1) === 0 && Atomics.compareExchange(sequence, id, value, value + 1) === value) return value;
+    }
+  }
+
+  private endChange(id: number, value: number): void {
+    Atomics.store(this.sequence, id, value + 2);
+  }
+
+  /**
+   * `findLiveInBucket` without the lock (Linux's RCU lookup of __nf_conntrack_find_get): the node
+   * of a confirmed, live entry holding exactly this tuple, or -1 — and -1 too whenever it cannot be
+   * sure (an entry being changed, a walk longer than LOCK_FREE_WALK, a trace running): the caller
+   * then takes the lock and the general path. A chain being changed meanwhile may lead the walk
+   * astray (onto another chain, or the free list); it only misses then, it never matches wrongly:
+   * the entry's sequence word, read before its tuple, is what `stillStable` and
+   * `beginLockFreeCommit` check. Removes nothing (an expired entry is the locked path's to free).
+   */
+  findStableInBucket(bucket: number, protocol: number, src: number, dst: number, ports: number): number {
+    const epoch = Atomics.load(this.lockWords, TABLE_LOCK_EPOCH);
+    if ((epoch & 1) !== 0) return -1;
+    const pinned = this.times[0]!;
+    const now = pinned === pinned ? pinned : this.clock.now();
+    const w = this.words;
+    const sequence = this.sequence;
+    const limit = this.capacity << 1;
+    let node = this.buckets[bucket >= 0 ? bucket : this.hashTuple(protocol, src, dst, ports)]!;
+    for (let walked = 0; walked < LOCK_FREE_WALK; walked++) {
+      if (node < 0 || node >= limit) return -1;
+      const id = node >> 1;
+      const seen = Atomics.load(sequence, id);
+      const b = ((node >> 1) << ENTRY_SHIFT) + ((node & 1) << 2);
+      const e = id << ENTRY_SHIFT;
+      if (w[b + NODE_SRC] === src && w[b + NODE_DST] === dst && w[b + NODE_PORTS] === ports && (w[e + W_META]! & 0xff) === protocol) {
+        const status = w[e + W_STATUS]!;
+        if (
+          (seen & 1) !== 0 ||
+          (w[e + W_META]! & META_USED) === 0 ||
+          (status & STATUS_CONFIRMED) === 0 ||
+          (status & STATUS_DYING) !== 0 ||
+          this.doubles[(id << DOUBLE_SHIFT) + D_EXPIRY]! <= now
+        ) {
+          return -1;
+        }
+        this.stable[0] = seen;
+        this.stable[1] = epoch;
+        return node;
+      }
+      node = w[b + NODE_NEXT]!;
+    }
+    return -1;
+  }
+
+  /**
+   * After `findStableInBucket` found entry `id`: true when nothing changed it since (its sequence
+   * word and the readers' epoch as they were), i.e. everything read of it since is one consistent
+   * state (seqcount read_seqcount_retry). Check it before using a value read from the entry as an index.
+   */
+  stillStable(id: number): boolean {
+    return Atomics.load(this.sequence, id) === this.stable[0] && Atomics.load(this.lockWords, TABLE_LOCK_EPOCH) === this.stable[1];
+  }
+
+  /**
+   * Before a lock-free packet writes entry `id` (expiry, route cache): takes its sequence word
+   * from the value `findStableInBucket` saw to odd, so that the lock holder cannot free or change
+   * the entry under the writes. False (nothing may be written; take the locked path) when the
+   * entry changed since. `endLockFreeCommit` gives the word back unchanged: the writes are of
+   * values any reader may see in any order (Linux refreshes ct->timeout without a lock too).
+   */
+  beginLockFreeCommit(id: number): boolean {
+    const seen = this.stable[0]!;
+    if (Atomics.load(this.lockWords, TABLE_LOCK_EPOCH) !== this.stable[1]) return false;
+    return Atomics.compareExchange(this.sequence, id, seen, seen + 1) === seen;
+  }
+
+  endLockFreeCommit(id: number): void {
+    Atomics.store(this.sequence, id, this.stable[0]!);
+  }
+
+  /**
+   * The lock holder is about to write the tables without sequence words (a trace and its undo,
+   * control/trace.ts): every lock-free read that overlaps it, until `admitLockFree`, is refused.
+   * No-op on a table that is not shared.
+   */
+  excludeLockFree(): void {
+    if (this.tableLock !== null) this.tableLock.excludeLockFree();
+  }
+
+  admitLockFree(): void {
+    if (this.tableLock !== null) this.tableLock.admitLockFree();
   }
 
   /**
@@ -735,6 +863,7 @@ export class ConntrackTable {
     const w = this.words;
     const id = h[H_FREE_HEAD]!;
     const e = id << ENTRY_SHIFT;
+    const sequence = this.tableLock !== null ? this.beginChange(id) : 0;
     h[H_FREE_HEAD] = w[e + NODE_NEXT]!;
     if (this.undoLog.recording) this.journalWord(e + W_META);
     w[e + W_META] = protocol | (TCP_PRIVATE_INITIAL << 16) | META_USED;
@@ -773,6 +902,7 @@ export class ConntrackTable {
     w[e + NODE_NEXT] = -1;
     if (this.undoLog.recording) this.journalWord(e + 4 + NODE_NEXT);
     w[e + 4 + NODE_NEXT] = -1;
+    if (this.tableLock !== null) this.endChange(id, sequence);
     this.header[H_USED]++;
     this.counters.created++;
     return id;
@@ -785,6 +915,7 @@ export class ConntrackTable {
   setReplyTuple(id: number, src: number, dst: number, sport: number, dport: number): void {
     const reply = (id << 1) | 1;
     const confirmed = (this.words[(id << ENTRY_SHIFT) + W_STATUS]! & STATUS_CONFIRMED) !== 0;
+    const sequence = this.tableLock !== null ? this.beginChange(id) : 0;
     if (confirmed) this.unlink(reply);
     const b = nodeBase(reply);
     if (this.undoLog.recording) this.journalWord(b + NODE_SRC);
@@ -794,6 +925,7 @@ export class ConntrackTable {
     if (this.undoLog.recording) this.journalWord(b + NODE_PORTS);
     this.words[b + NODE_PORTS] = (sport << 16) | dport;
     if (confirmed) this.link(reply);
+    if (this.tableLock !== null) this.endChange(id, sequence);
   }
 
   /**
@@ -821,10 +953,12 @@ export class ConntrackTable {
       return false;
     }
     this.clashWith = -1;
+    const sequence = this.tableLock !== null ? this.beginChange(id) : 0;
     if (this.undoLog.recording) this.journalWord(e + W_STATUS);
     w[e + W_STATUS] = status | STATUS_CONFIRMED;
     this.linkIn(id << 1, originalBucket);
     this.linkIn((id << 1) | 1, replyBucket);
+    if (this.tableLock !== null) this.endChange(id, sequence);
     this.counters.inserted++;
     return true;
   }
@@ -869,6 +1003,7 @@ export class ConntrackTable {
     if (this.onRemove) this.onRemove(id);
     const w = this.words;
     const e = id << ENTRY_SHIFT;
+    const sequence = this.tableLock !== null ? this.beginChange(id) : 0;
     if (w[e + W_STATUS]! & STATUS_CONFIRMED) {
       this.unlinkIn(id << 1, known === id << 1 ? bucket : this.nodeBucket(id << 1));
       this.unlinkIn((id << 1) | 1, known === ((id << 1) | 1) ? bucket : this.nodeBucket((id << 1) | 1));
@@ -882,6 +1017,7 @@ export class ConntrackTable {
     w[e + NODE_NEXT] = h[H_FREE_HEAD]!;
     h[H_FREE_HEAD] = id;
     h[H_USED]--;
+    if (this.tableLock !== null) this.endChange(id, sequence);
   }
 
   /**

@@ -14,19 +14,24 @@ const ASSURED = CtStatus.Assured;
 export function udpPacket(table: ConntrackTable, id: number): void {
   // The time is the table's (`now()`: pinned once per batch by the dataplane); no double crosses
   // a call, so nothing is boxed per packet.
-  const status = table.status(id);
-  const timeouts = table.timeouts;
-  if (status & SEEN_REPLY) {
-    let extra = timeouts.udpUnreplied;
-    let stream = false;
-    // "Still active after two seconds? Extend timeout." (time_after: strictly later)
-    if (table.startedMoreThan(id, UDP_STREAM_DELAY)) {
-      extra = timeouts.udpReplied;
-      stream = (status & ASSURED) === 0;
-    }
-    table.refreshNow(id, extra);
-    if (stream) table.setStatus(id, ASSURED);
+  const timeout = udpRefreshTimeout(table, id, table.status(id));
+  if (timeout >= 0) {
+    table.refreshNow(id, timeout);
   } else {
-    table.refreshNow(id, timeouts.udpUnreplied);
+    table.refreshNow(id, table.timeouts.udpReplied);
+    table.setStatus(id, ASSURED);
   }
+}
+
+/**
+ * The timeout `udpPacket` refreshes entry `id` (of status `status`) with, or -1 when the packet
+ * also makes it ASSURED (a stream: the 120 s timeout). The lock-free established path
+ * (dataplane/fast-path.ts) refreshes with it and leaves the -1 case to the locked path.
+ */
+export function udpRefreshTimeout(table: ConntrackTable, id: number, status: number): number {
+  const timeouts = table.timeouts;
+  if ((status & SEEN_REPLY) === 0) return timeouts.udpUnreplied;
+  // "Still active after two seconds? Extend timeout." (time_after: strictly later)
+  if (!table.startedMoreThan(id, UDP_STREAM_DELAY)) return timeouts.udpUnreplied;
+  return (status & ASSURED) === 0 ? -1 : timeouts.udpReplied;
 }

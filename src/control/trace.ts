@@ -158,9 +158,13 @@ export function runTrace(dataplane: Dataplane, spec: string, cost?: TraceCost): 
   // writes the live table and the undo journal takes it back; no worker may see either half.
   const table = dataplane.conntrack;
   table.lock();
+  // Its writes and their undo show in no entry's sequence word: other workers' lock-free
+  // established path must not read through them.
+  table.excludeLockFree();
   try {
     return traceHeld(dataplane, parsed, ingress, fromHost, steps, cost);
   } finally {
+    table.admitLockFree();
     table.unlock();
   }
 }
@@ -286,7 +290,7 @@ export function holdState(dataplane: Dataplane): HeldState {
   // The shared tables' lock is not state: the trace holds it, and other threads mark it while they
   // wait (src/core/table-lock.ts); putting its words back would lose their wake-up.
   const lock = dataplane.conntrack.tableLock;
-  const restoreRest = snapshotState(dataplane, [dataplane.routes, ...journal.covered, dataplane.fragmentOutput.batch.data, ...(lock !== null ? [lock] : [])]);
+  const restoreRest = snapshotState(dataplane, [dataplane.routes, ...journal.covered, dataplane.fragmentOutput.batch.data, ...(lock !== null ? [lock, lock.words] : [])]);
   journal.begin();
   const held = {
     restore(): void {

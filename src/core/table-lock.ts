@@ -15,14 +15,19 @@
  * synchronizes-with). A thread that reads the tables without the lock has no such edge.
  *
  * The words (`TABLE_LOCK_WORDS` Int32 words): [0] state, [1] owner (threadId + 1, 0: none),
- * [2] depth (written only by the owner).
+ * [2] depth (written only by the owner), [3] the lock-free readers' epoch: odd while a holder
+ * writes the tables in a way their per-entry sequence words do not show (a trace and its undo,
+ * conntrack/table.ts `excludeLockFree`), so that every lock-free read overlapping it is refused.
  */
 import { threadId } from "node:worker_threads";
 
-export const TABLE_LOCK_WORDS = 3;
+export const TABLE_LOCK_WORDS = 4;
 const STATE = 0;
 const OWNER = 1;
 const DEPTH = 2;
+/** Index of the lock-free readers' epoch in the words (conntrack/table.ts reads it directly). */
+export const TABLE_LOCK_EPOCH = 3;
+const EPOCH = TABLE_LOCK_EPOCH;
 const FREE = 0;
 const HELD = 1;
 const HELD_WITH_SLEEPERS = 2;
@@ -70,6 +75,21 @@ export class TableLock {
     if (--w[DEPTH]! > 0) return;
     Atomics.store(w, OWNER, 0);
     if (Atomics.exchange(w, STATE, FREE) === HELD_WITH_SLEEPERS) Atomics.notify(w, STATE, 1);
+  }
+
+  /** The lock-free readers' epoch (even: lock-free reads may go on). */
+  epoch(): number {
+    return Atomics.load(this.words, EPOCH);
+  }
+
+  /** Makes the epoch odd (call holding the lock); lock-free reads started before or during fail their check. */
+  excludeLockFree(): void {
+    Atomics.add(this.words, EPOCH, 1);
+  }
+
+  /** Makes the epoch even again, and different from any value a reader saw before `excludeLockFree`. */
+  admitLockFree(): void {
+    Atomics.add(this.words, EPOCH, 1);
   }
 
   /** True while this thread holds the lock. */

@@ -18,7 +18,7 @@ import type { PacketBatch } from "../core/batch.js";
 import type { ConntrackTable } from "../conntrack/table.js";
 import { CtStatus } from "../conntrack/table.js";
 import { TcpState, tcpFastPathSegment } from "../conntrack/tcp.js";
-import { udpPacket } from "../conntrack/udp.js";
+import { udpPacket, udpRefreshTimeout } from "../conntrack/udp.js";
 import { icmpPacket } from "../conntrack/icmp.js";
 import { ICMP_ECHO, ICMP_ECHO_REPLY } from "../conntrack/tuple.js";
 import type { RoutingTable } from "../route/table.js";
@@ -51,10 +51,19 @@ const PREFETCH_TCP = 1 << 30;
 export class EstablishedFastPath {
   /** Packets forwarded here (the rest took the general path). */
   packets = 0;
+  /** Of `packets`: forwarded without the shared tables' lock (`unlocked`). */
+  lockFreePackets = 0;
   /** Keeps the prefetch loads observable so the compiler cannot drop them. */
   prefetchSink = 0;
   /** The connection (`id << 1 | dir`) of the latest packet forwarded here (a capture's comments read it). */
   lastConnection = -1;
+  /**
+   * Set by the pipeline while it does not hold the shared tables' lock (docs/multi-core.md,
+   * "lock-free established path"): lookups are `findStableInBucket`'s, writes to the entry wait for
+   * `beginLockFreeCommit`, and anything that would change the entry's status or TCP state misses
+   * (the pipeline then takes the lock).
+   */
+  unlocked = false;
 
   /** Batch prefetch scratch: bucket head node per packet (see prefetch). */
   private prefetchHeads = new Int32Array(256);
@@ -109,7 +118,8 @@ export class EstablishedFastPath {
   beginBatch(): void {
     const version = this.routes.version;
     if (version >>> 16 !== this.routeEpoch) {
-      this.conntrack.clearRouteCaches();
+      const table = this.conntrack;
+      table.locked(() => table.clearRouteCaches());
       this.routeEpoch = version >>> 16;
     }
     this.routeVersion = version & 0xffff;
@@ -255,14 +265,20 @@ export class EstablishedFastPath {
     const dport = ports & 0xffff;
 
     const table = this.conntrack;
+    const unlocked = this.unlocked;
+    // Without the lock: no TCP (its window updates need the entry to themselves, Linux's ct->lock).
+    if (unlocked && protocol === IPPROTO_TCP) return FAST_PATH_MISS;
     // prefetch hashes TCP and UDP tuples; other packets have bucket -1.
     const prefetched = index >= 0 && index < this.prefetchedCount && this.prefetchBuckets[index]! >= 0;
-    const handle = table.findLiveInBucket(prefetched ? this.prefetchBuckets[index]! : -1, protocol, src, dst, ports);
+    const bucket = prefetched ? this.prefetchBuckets[index]! : -1;
+    const handle = unlocked ? table.findStableInBucket(bucket, protocol, src, dst, ports) : table.findLiveInBucket(bucket, protocol, src, dst, ports);
     if (handle < 0) return FAST_PATH_MISS;
     const id = handle >> 1;
     const dir = handle & 1;
     const status = table.status(id);
     if ((status & NAT_DONE_BOTH) !== NAT_DONE_BOTH) return FAST_PATH_MISS;
+    // Without the lock the status is only read: the first reply (SEEN_REPLY) takes the locked path.
+    if (unlocked && dir === 1 && (status & CT_SEEN_REPLY) === 0) return FAST_PATH_MISS;
     if (protocol === IPPROTO_TCP) {
       if (table.tcpState(id) !== TCP_ESTABLISHED) return FAST_PATH_MISS;
       // The entry's window state (tcpFastPathSegment's), loaded now so that its latency overlaps
@@ -282,6 +298,11 @@ export class EstablishedFastPath {
     // The route: from the entry's route cache when it is current (see routeVersion).
     const version = this.routeVersion;
     let cache = table.routeCache(id);
+    // Without the lock, what was read of the entry so far (status, the other tuple, the route
+    // cache) is one state of it only if its sequence word did not move; check before the cache
+    // serves as an index. (Until the commit, nothing is written.)
+    if (unlocked && !table.stillStable(id)) return FAST_PATH_MISS;
+    let cacheChanged = false;
     const shift = dir << 3;
     const current = cache >>> 16 === version;
     const routes = this.routes;
@@ -299,7 +320,8 @@ export class EstablishedFastPath {
       nexthop = routes.routeNexthop(route);
       if (nexthop >= 0) {
         cache = (version << 16) | (current ? cache & (0xff << (shift ^ 8)) : 0) | ((nexthop + 1) << shift);
-        table.setRouteCache(id, cache);
+        if (unlocked) cacheChanged = true;
+        else table.setRouteCache(id, cache);
       }
     }
     // rp_filter (reverse-path.ts), per packet as Linux. The route back to the source is the other
@@ -318,7 +340,15 @@ export class EstablishedFastPath {
         if (route < 0 || routes.routeType(route) !== ROUTE_UNICAST) return FAST_PATH_MISS;
         back = routes.routePort(route);
         const backId = routes.routeNexthop(route);
-        if (backId >= 0) table.setRouteCache(id, (version << 16) | (cacheCurrent ? cache & (0xff << shift) : 0) | ((backId + 1) << backShift));
+        if (backId >= 0) {
+          const both = (version << 16) | (cacheCurrent ? cache & (0xff << shift) : 0) | ((backId + 1) << backShift);
+          if (unlocked) {
+            cache = both;
+            cacheChanged = true;
+          } else {
+            table.setRouteCache(id, both);
+          }
+        }
       }
       if (rpFilter === RP_FILTER_STRICT && back !== ingress) return FAST_PATH_MISS;
     }
@@ -369,12 +399,25 @@ export class EstablishedFastPath {
       newSrc = table.tupleDstBits(id, other);
       if (!icmp) newSport = table.tuplePortsBits(id, other) & 0xffff;
     }
+    // The identifier is the ICMP "port" in both tuples (nf_nat_proto.c icmp_manip_pkt): either
+    // manip sets it to the other tuple's, which equals this one's when nothing translates it.
+    // Read before the commit: without the lock, what is read after it may be another entry's.
+    const icmpId = icmp ? table.tuplePortsBits(id, other) >>> 16 : 0;
 
     // Commit: conntrack (track(): the protocol handler, then SEEN_REPLY for a reply). TCP first:
     // tcp_in_window takes only a plain in-window segment here (and then commits it); an old
     // duplicate, an overshoot, SACK blocks, a direction not seen yet and the rest take the
     // general path, with nothing changed.
-    if (protocol === IPPROTO_TCP) {
+    if (unlocked) {
+      // UDP's timeout from the status read above; a packet that would make the entry ASSURED
+      // takes the locked path. ICMP only refreshes.
+      const timeout = protocol === IPPROTO_UDP ? udpRefreshTimeout(table, id, status) : table.timeouts.icmp;
+      if (timeout < 0 || !table.beginLockFreeCommit(id)) return FAST_PATH_MISS;
+      if (cacheChanged) table.setRouteCache(id, cache);
+      table.refreshNow(id, timeout);
+      table.endLockFreeCommit(id);
+      this.lockFreePackets++;
+    } else if (protocol === IPPROTO_TCP) {
       const dataOffset = tcpDataOffset;
       const plainOptions = dataOffset === 5 || (dataOffset === 8 && v.getInt32(l4 + 20) === TCP_TIMESTAMP_ONLY_WORD);
       if (!tcpFastPathSegment(table, id, dir, v.getInt32(l4 + 4), v.getInt32(l4 + 8), v.getUint16(l4 + 14), l4Length - (dataOffset << 2), plainOptions)) {
@@ -388,12 +431,11 @@ export class EstablishedFastPath {
     this.packets++;
     this.lastConnection = handle;
     table.counters.found++;
-    if (dir === 1) table.setStatus(id, CT_SEEN_REPLY);
+    // (Without the lock SEEN_REPLY is set already: see above.)
+    if (dir === 1 && !unlocked) table.setStatus(id, CT_SEEN_REPLY);
     // Rewrites in the general path's order: DNAT, TTL, SNAT (one pass, same bytes).
     if (icmp) {
-      // The identifier is the ICMP "port" in both tuples (nf_nat_proto.c icmp_manip_pkt): either
-      // manip sets it to the other tuple's, which equals this one's when nothing translates it.
-      rewriteForwardIcmpEcho(v, off, newSrc, newDst, table.tuplePortsBits(id, other) >>> 16);
+      rewriteForwardIcmpEcho(v, off, newSrc, newDst, icmpId);
     } else {
       rewriteForwardPlain(v, off, protocol, newSrc, newSport, newDst, newDport, l4Partial);
     }

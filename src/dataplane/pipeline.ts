@@ -175,6 +175,13 @@ export class Dataplane {
   /** Trace mode: new connections are released instead of confirmed, so the table is unchanged. */
   dryRun = false;
   /**
+   * Shared tables only: established UDP and ICMP packets are forwarded without the tables' lock
+   * (docs/multi-core.md). On by default; off, every batch holds the lock (the coarse lock).
+   */
+  lockFreeFastPath = true;
+  /** While a batch runs: it holds the shared tables' lock (always, when they are not shared). */
+  private holdsLock = false;
+  /**
    * Where a packet that made the pipeline throw is reported (DropReason.Internal), at most one
    * line a second (the router sets its own log; default: stderr).
    */
@@ -209,6 +216,11 @@ export class Dataplane {
     return this.established.packets;
   }
 
+  /** Of `fastPathPackets`: forwarded without the shared tables' lock (`lockFreeFastPath`). */
+  get lockFreePackets(): number {
+    return this.established.lockFreePackets;
+  }
+
   /**
    * Processes `batch`, received on `leg` of port `ingress`. `verdicts[i]` receives the egress
    * (`port * 2 + leg`) or VERDICT_DROP for packet i. ICMP errors the router sends in response
@@ -228,17 +240,27 @@ export class Dataplane {
     // creation, NAT port search, confirm with its clash check, expiry and early drop of the batch
     // are atomic toward the other workers, so a port is chosen once across all of them and no
     // binding is read half written.
+    //
+    // With `lockFreeFastPath`, a batch starts without the lock: established UDP and ICMP packets
+    // go through the fast path's lock-free lookup and commit (fast-path.ts `unlocked`), and the
+    // first packet that needs anything else takes the lock, kept to the end of the batch, so the
+    // packets of a batch are still handled in their order.
     const table = this.conntrack;
-    table.lock();
+    const lockFree = this.lockFreeFastPath && table.isShared && leg === LEG_WIRE && this.fastPathEnabled();
+    if (!lockFree) table.lock();
+    this.holdsLock = !lockFree;
+    this.established.unlocked = lockFree;
     // One clock read per batch for conntrack (Linux reads jiffies; a batch lasts microseconds).
     table.pinTime(this.clock.now());
-    this.established.beginBatch();
     try {
+      this.established.beginBatch();
       if (this.fastPath && this.tracer === null) this.established.prefetch(batch);
       this.processBatchPinned(batch, ingress, leg, verdicts, generated, generatedVerdicts);
     } finally {
       table.unpinTime();
-      table.unlock();
+      this.established.unlocked = false;
+      if (this.holdsLock) table.unlock();
+      this.holdsLock = false;
     }
   }
 
@@ -321,8 +343,12 @@ export class Dataplane {
     if (leg === LEG_WIRE) {
       if (fast && p.gsoSize === 0) verdict = this.established.forward(buf, off, length, index, ingress, p.l4Partial);
       // A hit left its next hop in p.nextHop (fast-path.ts), as the general path does.
-      if (verdict === FAST_PATH_MISS) verdict = this.processFromWire(p, buf, off, length, ingress, generated);
+      if (verdict === FAST_PATH_MISS) {
+        if (!this.holdsLock) this.takeLock();
+        verdict = this.processFromWire(p, buf, off, length, ingress, generated);
+      }
     } else {
+      if (!this.holdsLock) this.takeLock();
       verdict = this.processLocalOut(p, buf, off, length, ingress);
     }
     if (verdict >= 0) this.countTx(verdict, length);
@@ -336,7 +362,15 @@ export class Dataplane {
    * it created is released (release() leaves confirmed and free entries alone), the ICMP error
    * context is detached, offload flags are reset by the next packet.
    */
+  /** The rest of the batch holds the shared tables' lock (from its first packet off the lock-free path). */
+  private takeLock(): void {
+    this.conntrack.lock();
+    this.holdsLock = true;
+    this.established.unlocked = false;
+  }
+
   private internalError(error: unknown, buf: Uint8Array, off: number, length: number, ingress: number): number {
+    if (!this.holdsLock) this.takeLock();
     this.conntrack.release(this.packet.ct.id);
     this.conntrack.release(this.errorPacket.ct.id);
     this.errorPacket.attached = -1;

@@ -193,3 +193,62 @@ describe("the table lock", () => {
     expect(Atomics.load(words, 0)).toBe(0);
   });
 });
+
+describe("the lock-free lookup and commit (seqcount per entry)", () => {
+  const tuple = (table: ConntrackTable, src: string): [number, number, number, number, number] => {
+    const ports = (5000 << 16) | 53;
+    return [table.bucketOf(IPPROTO_UDP, ip(src), ip("203.0.113.10"), 5000, 53), IPPROTO_UDP, ip(src) | 0, ip("203.0.113.10") | 0, ports];
+  };
+
+  it("finds a live confirmed connection, and its commit succeeds when nothing changed it", () => {
+    const { owner, attached } = pair();
+    const id = openUdp(owner, "10.0.0.3", 5000);
+    expect(attached.findStableInBucket(...tuple(attached, "10.0.0.3"))).toBe(id << 1);
+    expect(attached.stillStable(id)).toBe(true);
+    expect(attached.beginLockFreeCommit(id)).toBe(true);
+    // While the commit holds the entry, another lock-free reader does not use it.
+    expect(owner.findStableInBucket(...tuple(owner, "10.0.0.3"))).toBe(-1);
+    attached.endLockFreeCommit(id);
+    expect(owner.findStableInBucket(...tuple(owner, "10.0.0.3"))).toBe(id << 1);
+    expect(attached.findStableInBucket(...tuple(attached, "10.0.0.9"))).toBe(-1);
+  });
+
+  it("refuses a reader whose connection was deleted and its slot given to 10.0.0.4 in between", () => {
+    const { owner, attached } = pair();
+    const id = openUdp(owner, "10.0.0.3", 5000);
+    expect(attached.findStableInBucket(...tuple(attached, "10.0.0.3"))).toBe(id << 1);
+    // Another thread, holding the lock: deletes it, and the next connection takes its slot.
+    owner.remove(id);
+    expect(openUdp(owner, "10.0.0.4", 5000)).toBe(id);
+    // What the reader read of the entry is no longer one state of its connection.
+    expect(attached.stillStable(id)).toBe(false);
+    expect(attached.beginLockFreeCommit(id)).toBe(false);
+  });
+
+  it("refuses a reader during a trace (the trace's writes and undo move no sequence word)", () => {
+    const { owner, attached } = pair();
+    const id = openUdp(owner, "10.0.0.3", 5000);
+    expect(attached.findStableInBucket(...tuple(attached, "10.0.0.3"))).toBe(id << 1);
+    owner.excludeLockFree();
+    expect(attached.findStableInBucket(...tuple(attached, "10.0.0.3"))).toBe(-1);
+    expect(attached.beginLockFreeCommit(id)).toBe(false);
+    owner.admitLockFree();
+    // A read that started before the trace stays refused after it; a new one goes on.
+    expect(attached.stillStable(id)).toBe(false);
+    expect(attached.findStableInBucket(...tuple(attached, "10.0.0.3"))).toBe(id << 1);
+    expect(attached.beginLockFreeCommit(id)).toBe(true);
+    attached.endLockFreeCommit(id);
+  });
+
+  it("misses an expired or killed connection without removing it (the locked path does)", () => {
+    const { owner, attached, clock } = pair();
+    const id = openUdp(owner, "10.0.0.3", 5000);
+    owner.kill(id);
+    expect(attached.findStableInBucket(...tuple(attached, "10.0.0.3"))).toBe(-1);
+    expect(owner.count).toBe(1);
+    const other = openUdp(owner, "10.0.0.4", 5000);
+    clock.advance(31);
+    expect(attached.findStableInBucket(...tuple(attached, "10.0.0.4"))).toBe(-1);
+    expect(owner.isAllocated(other)).toBe(true);
+  });
+});

@@ -21,7 +21,7 @@ import { XorShift32 } from "../../src/core/rng.js";
 import { parseConfig } from "../../src/config/config.js";
 import { buildDataplane, sharedTablesOf, type SharedTables } from "../../src/dataplane/from-config.js";
 import type { Dataplane } from "../../src/dataplane/pipeline.js";
-import { formatIpv4 } from "../../src/core/addr.js";
+import { formatIpv4, parseIpv4 } from "../../src/core/addr.js";
 import type { DecodedPacket, PacketSpec } from "../../src/wire/build.js";
 import { IPPROTO_UDP } from "../../src/wire/packet-info.js";
 import { runTrace } from "../../src/control/trace.js";
@@ -50,8 +50,10 @@ nat: |
 const RANGE_PORTS = 1100 - 1024 + 1;
 
 interface Sent {
-  out: ({ port: string; packet: DecodedPacket } | null)[];
+  out: ({ port: string; leg: number; packet: DecodedPacket } | null)[];
   drops: Record<string, number>;
+  /** Packets the worker forwarded without the tables' lock. */
+  lockFree: number;
 }
 
 class DataplaneWorker {
@@ -69,9 +71,9 @@ class DataplaneWorker {
 
   private readonly failed: Error[] = [];
 
-  async send(port: string, packets: PacketSpec[], batch: number, gate?: Int32Array): Promise<Sent> {
+  async send(port: string, packets: PacketSpec[], batch: number, gate?: Int32Array, more: { rounds?: number; lockFree?: boolean } = {}): Promise<Sent> {
     const answer = new Promise<Sent>((done) => this.worker.once("message", (m: Sent) => done(m)));
-    this.worker.postMessage({ port, packets, batch, gate });
+    this.worker.postMessage({ port, packets, batch, gate, ...more });
     const result = await answer;
     if (this.failed.length > 0) throw this.failed[0]!;
     return result;
@@ -228,5 +230,68 @@ describe("two workers over one shared table set", () => {
     expect(owner.conntrack.count).toBe(0);
     const late = await b.send(GATEWAY, [{ protocol: "udp", src: "203.0.113.10", dst: "9.186.100.2", sport: 53, dport: port }], 1);
     expect(late.out[0]?.packet.dst ?? "dropped").not.toBe("10.0.0.3");
+  });
+});
+
+describe("the lock-free established path, while connections are deleted and their slots reused", () => {
+  it("every packet leaves with its own connection's translation, never another's", async () => {
+    const table = owner.conntrack;
+    table.locked(() => table.flush());
+    // 200 flows, each with its own (server, source port) inside the SNAT range: SNAT keeps the
+    // port, so the one right translation of flow i is 9.186.100.2:sport(i), whatever happens.
+    const flows = Array.from({ length: 200 }, (_, i) => ({ src: `10.0.0.${2 + i}`, sport: 1024 + (i % 77), dst: `203.0.113.${10 + Math.floor(i / 77)}`, dport: 53 }));
+    const out = (f: (typeof flows)[number]): PacketSpec => ({ protocol: "udp", src: f.src, dst: f.dst, sport: f.sport, dport: 53 });
+    const back = (f: (typeof flows)[number]): PacketSpec => ({ protocol: "udp", src: f.dst, dst: "9.186.100.2", sport: 53, dport: f.sport });
+    // Flows 0-99 are answered (and never deleted); flows 100-199 the main thread deletes over and
+    // over while worker A's packets re-create them, so their slots are freed and handed to others.
+    const answered = flows.slice(0, 100);
+    const churned = flows.slice(100);
+    const opened = await a.send(TENANT, flows.map(out), 32);
+    expect(opened.out.every((o) => o !== null)).toBe(true);
+    await b.send(GATEWAY, answered.map(back), 32);
+
+    const gate = new Int32Array(new SharedArrayBuffer(4));
+    const sentA = a.send(TENANT, flows.map(out), 32, gate, { rounds: 60 });
+    const sentB = b.send(GATEWAY, answered.map(back), 32, gate, { rounds: 120 });
+    Atomics.store(gate, 0, 1);
+    Atomics.notify(gate, 0);
+    let deleted = 0;
+    let running = true;
+    const both = Promise.all([sentA, sentB]).finally(() => (running = false));
+    const rng = new XorShift32(9);
+    while (running) {
+      table.locked(() => {
+        for (let k = 0; k < 8; k++) {
+          const f = churned[rng.next() % churned.length]!;
+          const node = table.lookup(IPPROTO_UDP, parseIpv4(f.src), parseIpv4(f.dst), f.sport, 53);
+          if (node >= 0) {
+            table.remove(node >> 1);
+            deleted++;
+          }
+        }
+      });
+      await new Promise((r) => setImmediate(r));
+    }
+    const [resultA, resultB] = await both;
+    resultA.out.forEach((left, k) => {
+      const f = flows[k % flows.length]!;
+      expect(left, `${f.src}:${f.sport} was dropped`).not.toBeNull();
+      expect(left!.packet, `${f.src}:${f.sport} > ${f.dst}`).toMatchObject({ src: "9.186.100.2", sport: f.sport, dst: f.dst, dport: 53 });
+    });
+    resultB.out.forEach((left, k) => {
+      const f = answered[k % answered.length]!;
+      expect(left?.port, `the reply to ${f.src}:${f.sport}`).toBe(TENANT);
+      expect(left!.packet).toMatchObject({ src: f.dst, sport: 53, dst: f.src, dport: f.sport });
+    });
+    // Both workers forwarded without the lock, while connections were deleted and re-made.
+    expect(resultA.lockFree).toBeGreaterThan(0);
+    expect(resultB.lockFree).toBeGreaterThan(0);
+    expect(deleted).toBeGreaterThan(0);
+    console.log(
+      `lock-free: worker A ${resultA.lockFree} of ${resultA.out.length}, worker B ${resultB.lockFree} of ${resultB.out.length} packets; ${deleted} connections deleted meanwhile`,
+    );
+    // The table is whole: every live connection once, counted exactly.
+    const live = liveConnections(owner);
+    expect(table.count).toBe(live.size);
   });
 });

@@ -2,11 +2,13 @@
 // (test/dataplane/shared-tables-workers.test.ts). It runs the built JavaScript (dist/): worker
 // threads cannot load the TypeScript sources. workerData: { dist, configText, shared, seed, now }.
 //
-// Messages in: { op: "send", port, packets: PacketSpec[], batch, gate? } — the packets arrive on
-// `port`'s wire in batches of `batch`; with `gate` (an Int32Array over a SharedArrayBuffer) the
-// worker first waits until gate[0] is 1, so that two workers start together. Answer: { out, drops }:
-// per packet null (dropped) or { port, packet } (where it left, decoded), and the drops of this
-// message by reason name.
+// Messages in: { port, packets: PacketSpec[], batch, rounds?, lockFree?, gate? } — the packets
+// arrive on `port`'s wire in batches of `batch`, all of them `rounds` times (default 1), with the
+// lock-free established path on or off (default on); with `gate` (an Int32Array over a
+// SharedArrayBuffer) the worker first waits until gate[0] is 1, so that two workers start
+// together. Answer: { out, drops, lockFree }: per packet null (dropped) or { port, leg, packet }
+// (where it left, decoded), the drops of this message by reason name, and how many packets the
+// lock-free path forwarded.
 import { parentPort, workerData } from "node:worker_threads";
 
 const { dist, configText, shared, seed, now } = workerData;
@@ -38,6 +40,9 @@ function dropsByName() {
 
 parentPort.on("message", (message) => {
   const { port, packets, batch, gate } = message;
+  const rounds = message.rounds ?? 1;
+  dataplane.lockFreeFastPath = message.lockFree ?? true;
+  const lockFreeBefore = dataplane.lockFreePackets;
   if (gate !== undefined) {
     while (Atomics.load(gate, 0) === 0) Atomics.wait(gate, 0, 0);
   }
@@ -48,10 +53,11 @@ parentPort.on("message", (message) => {
   const generated = new PacketBatch(batch * 2, 2048);
   const generatedVerdicts = new Int32Array(batch * 2);
   const out = [];
-  for (let start = 0; start < packets.length; start += batch) {
+  const built = packets.map((spec) => buildPacket(spec));
+  for (let n = 0; n < rounds * packets.length; n += batch) {
     rx.clear();
     generated.clear();
-    for (const spec of packets.slice(start, start + batch)) rx.push(buildPacket(spec));
+    for (let k = n; k < n + batch && k < rounds * packets.length; k++) rx.push(built[k % packets.length]);
     dataplane.processBatch(rx, ingress, LEG_WIRE, verdicts, generated, generatedVerdicts);
     dataplane.housekeeping();
     for (let i = 0; i < rx.count; i++) {
@@ -59,13 +65,13 @@ parentPort.on("message", (message) => {
       if (verdict < 0) out.push(null);
       else {
         const at = rx.offsetOf(i);
-        out.push({ port: dataplane.ports[verdict >> 1].name, packet: decodePacket(rx.data.subarray(at, at + rx.lengths[i])) });
+        out.push({ port: dataplane.ports[verdict >> 1].name, leg: verdict & 1, packet: decodePacket(rx.data.subarray(at, at + rx.lengths[i])) });
       }
     }
   }
   const after = dropsByName();
   const drops = {};
   for (const [name, n] of Object.entries(after)) if (n !== (before[name] ?? 0)) drops[name] = n - (before[name] ?? 0);
-  parentPort.postMessage({ out, drops, insertFailed: dataplane.conntrack.counters.insertFailed });
+  parentPort.postMessage({ out, drops, lockFree: dataplane.lockFreePackets - lockFreeBefore });
 });
 parentPort.postMessage({ ready: true });
