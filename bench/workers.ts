@@ -132,6 +132,10 @@ async function main(): Promise<void> {
   const line = (what: string, r: { mpps: number; cpuMpps: number }): string => `  ${what.padEnd(40)} ${r.mpps.toFixed(2)} M packets/s, ${r.cpuMpps.toFixed(2)} M per CPU-second`;
   const privateTable = await runWorkers(1, null, false);
   process.stdout.write(`${line("1 worker, its own table:", privateTable)}\n`);
+  // The ceiling: two workers sharing nothing (each a table of its own), what the machine's two
+  // cores give to two independent loops at that moment.
+  const privateTwo = await runWorkers(2, null, false);
+  process.stdout.write(`${line("2 workers, each its own table:", privateTwo)} (${(privateTwo.mpps / privateTable.mpps).toFixed(2)}x; per CPU-second ${(privateTwo.cpuMpps / privateTable.cpuMpps).toFixed(2)}x)\n`);
   const one = await runWorkers(1, shared, false);
   process.stdout.write(`${line("1 worker, shared table, coarse lock:", one)}\n`);
   const two = await runWorkers(2, shared, false);
@@ -140,7 +144,7 @@ async function main(): Promise<void> {
   process.stdout.write(`${line("1 worker, shared table, lock-free path:", oneFree)}\n`);
   const twoFree = await runWorkers(2, shared, true);
   process.stdout.write(`${line("2 workers, shared table, lock-free path:", twoFree)} (${(twoFree.mpps / oneFree.mpps).toFixed(2)}x; per CPU-second ${(twoFree.cpuMpps / oneFree.cpuMpps).toFixed(2)}x)\n`);
-  const all = [...privateTable.results, ...one.results, ...two.results, ...oneFree.results, ...twoFree.results];
+  const all = [...privateTable.results, ...privateTwo.results, ...one.results, ...two.results, ...oneFree.results, ...twoFree.results];
   const dropped = all.reduce((n, r) => n + r.dropped, 0);
   if (dropped > 0) throw new Error(`bench:workers: ${dropped} packets of established flows were dropped`);
 
@@ -155,10 +159,12 @@ async function main(): Promise<void> {
     flows: FLOWS,
     seconds: SECONDS,
     oneWorkerPrivateTableMpps: privateTable.mpps,
+    twoWorkersPrivateTablesMpps: privateTwo.mpps,
     coarseLock: { oneWorkerMpps: one.mpps, twoWorkersMpps: two.mpps, twoOverOne: two.mpps / one.mpps },
     lockFree: { oneWorkerMpps: oneFree.mpps, twoWorkersMpps: twoFree.mpps, twoOverOne: twoFree.mpps / oneFree.mpps },
     perCpuSecond: {
       oneWorkerPrivateTableMpps: privateTable.cpuMpps,
+      twoWorkersPrivateTablesMpps: privateTwo.cpuMpps,
       coarseLock: { oneWorkerMpps: one.cpuMpps, twoWorkersMpps: two.cpuMpps, twoOverOne: two.cpuMpps / one.cpuMpps },
       lockFree: { oneWorkerMpps: oneFree.cpuMpps, twoWorkersMpps: twoFree.cpuMpps, twoOverOne: twoFree.cpuMpps / oneFree.cpuMpps },
     },
@@ -177,13 +183,15 @@ async function main(): Promise<void> {
     "| run | packets/s (sum) | packets per CPU-second (sum) | per worker |",
     "|---|---:|---:|---|",
     `| 1 worker, its own table (lock: one never-taken branch) | ${privateTable.mpps.toFixed(2)} M | ${privateTable.cpuMpps.toFixed(2)} M | ${privateTable.results.map(perWorker).join("; ")} |`,
+    `| 2 workers, each its own table (sharing nothing: the machine's ceiling) | ${privateTwo.mpps.toFixed(2)} M | ${privateTwo.cpuMpps.toFixed(2)} M | ${privateTwo.results.map(perWorker).join("; ")} |`,
     `| 1 worker, shared table, coarse lock | ${one.mpps.toFixed(2)} M | ${one.cpuMpps.toFixed(2)} M | ${one.results.map(perWorker).join("; ")} |`,
     `| 2 workers, one shared table, coarse lock | ${two.mpps.toFixed(2)} M | ${two.cpuMpps.toFixed(2)} M | ${two.results.map(perWorker).join("; ")} |`,
     `| 1 worker, shared table, lock-free path | ${oneFree.mpps.toFixed(2)} M | ${oneFree.cpuMpps.toFixed(2)} M | ${oneFree.results.map(perWorker).join("; ")} |`,
     `| 2 workers, one shared table, lock-free path | ${twoFree.mpps.toFixed(2)} M | ${twoFree.cpuMpps.toFixed(2)} M | ${twoFree.results.map(perWorker).join("; ")} |`,
     "",
     `2 workers / 1 worker, coarse lock: **${(two.mpps / one.mpps).toFixed(2)}x** by wall clock, ${(two.cpuMpps / one.cpuMpps).toFixed(2)}x per CPU-second;`,
-    `lock-free path: **${(twoFree.mpps / oneFree.mpps).toFixed(2)}x** by wall clock, ${(twoFree.cpuMpps / oneFree.cpuMpps).toFixed(2)}x per CPU-second`,
+    `lock-free path: **${(twoFree.mpps / oneFree.mpps).toFixed(2)}x** by wall clock, ${(twoFree.cpuMpps / oneFree.cpuMpps).toFixed(2)}x per CPU-second;`,
+    `two workers sharing nothing: ${(privateTwo.mpps / privateTable.mpps).toFixed(2)}x by wall clock, ${(privateTwo.cpuMpps / privateTable.cpuMpps).toFixed(2)}x per CPU-second (the most this machine gave two loops then)`,
     `(issue 15's target: >= 1.8x). Load average when it ended: ${loadavg().map((l) => l.toFixed(1)).join(", ")} on ${m.cores} cores: on a machine`,
     "shared with other work the wall-clock figure also measures how much CPU the workers got; the per-CPU-second figure does not.",
     "",

@@ -454,7 +454,7 @@ export class ConntrackTable {
 
   /** Bytes held by the table's arrays (for `qnat show stats` and the memory test). */
   get memoryBytes(): number {
-    return this.words.byteLength + this.buckets.byteLength + this.tcpWindow.byteLength;
+    return this.words.byteLength + this.buckets.byteLength + this.tcpWindow.byteLength + this.sequence.byteLength;
   }
 
   /**
