@@ -447,6 +447,16 @@ export class ConntrackTable {
     }
   }
 
+  /**
+   * What other threads change while this one holds the lock, so that no one may put it back as
+   * it was: the lock (its state word turns "held with sleepers", its epoch) and the sequence words
+   * (a lock-free commit holds one odd). A trace's state snapshot leaves them out
+   * (control/trace.ts holdState). Empty for a table that is not shared.
+   */
+  get synchronization(): readonly object[] {
+    return this.tableLock === null ? [] : [this.tableLock, this.lockWords, this.sequence];
+  }
+
   /** Entries allocated (confirmed and unconfirmed), as Linux nf_conntrack_count. */
   get count(): number {
     return this.header[H_USED]!;

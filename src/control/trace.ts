@@ -287,10 +287,11 @@ export function holdState(dataplane: Dataplane): HeldState {
   // as they were); the arrays it covers are not.
   // The fragment output's slots are scratch (every batch writes them before the forwarder reads
   // them): half a MiB that a trace need not copy back.
-  // The shared tables' lock is not state: the trace holds it, and other threads mark it while they
-  // wait (src/core/table-lock.ts); putting its words back would lose their wake-up.
-  const lock = dataplane.conntrack.tableLock;
-  const restoreRest = snapshotState(dataplane, [dataplane.routes, ...journal.covered, dataplane.fragmentOutput.batch.data, ...(lock !== null ? [lock, lock.words] : [])]);
+  // The shared tables' lock and sequence words are not state: the trace holds the lock while other
+  // threads mark it (a sleeper: src/core/table-lock.ts) and hold sequence words (a lock-free
+  // commit); putting them back would lose a wake-up or free an entry under a commit.
+  const sync = dataplane.conntrack.synchronization;
+  const restoreRest = snapshotState(dataplane, [dataplane.routes, ...journal.covered, dataplane.fragmentOutput.batch.data, ...sync]);
   journal.begin();
   const held = {
     restore(): void {

@@ -6,9 +6,12 @@
  */
 import { createHash, type Hash } from "node:crypto";
 
-export function fingerprint(root: object): string {
+export function fingerprint(root: object, skip: readonly object[] = []): string {
   const hash = createHash("sha256");
   const ids = new Map<object, number>();
+  // Objects left out (what other threads change, such as a shared table's lock): each hashes as
+  // a reference, wherever the walk meets it.
+  for (const object of skip) ids.set(object, ids.size);
   walk(root, hash, ids);
   return hash.digest("hex");
 }
