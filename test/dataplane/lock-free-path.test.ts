@@ -1,0 +1,90 @@
+/**
+ * The lock-free established path (docs/multi-core.md) when another worker changes the connection
+ * under it, made deterministic: the other worker's work is done at the exact point the race would
+ * hit — between the lock-free lookup and the check of what was read, or before the commit — by a
+ * second dataplane over the same shared tables, in this thread. The packet must then leave with
+ * the translation of the table as it is after the change, never with the binding of the
+ * connection that took over the slot.
+ */
+import { describe, expect, it } from "vitest";
+import { sharedTablesOf } from "../../src/dataplane/from-config.js";
+import { parseIpv4 } from "../../src/core/addr.js";
+import { IPPROTO_UDP } from "../../src/wire/packet-info.js";
+import type { ConntrackTable } from "../../src/conntrack/table.js";
+import { MemoryRouter } from "../support/memory-router.js";
+
+const QR = "qr-694450d6-f6";
+const QG = "qg-e76de35e-90";
+
+function routers(): { worker: MemoryRouter; other: MemoryRouter } {
+  const worker = MemoryRouter.fromFile("examples/seed.yaml", { sharable: true });
+  const other = MemoryRouter.fromFile("examples/seed.yaml", { shared: sharedTablesOf(worker.dataplane) });
+  return { worker, other };
+}
+
+/** 10.0.0.3:5000 > 203.0.113.10:53, answered: established, in the table, lock-free from now on. */
+function establish(r: MemoryRouter): number {
+  r.send(QR, { protocol: "udp", src: "10.0.0.3", dst: "203.0.113.10", sport: 5000, dport: 53 });
+  r.run();
+  const out = r.received(QG)[0]!;
+  r.send(QG, { protocol: "udp", src: "203.0.113.10", dst: "9.186.100.2", sport: 53, dport: out.sport! });
+  r.run();
+  expect(r.received(QR)).toHaveLength(1);
+  const table = r.dataplane.conntrack;
+  return table.lookup(IPPROTO_UDP, parseIpv4("10.0.0.3"), parseIpv4("203.0.113.10"), 5000, 53) >> 1;
+}
+
+/**
+ * Runs `race` once, the first time `method` of `table` is called, before the method itself: what
+ * another worker would have done at that moment.
+ */
+function raceAt(table: ConntrackTable, method: "stillStable" | "beginLockFreeCommit", race: () => void): void {
+  const original = table[method].bind(table);
+  let done = false;
+  table[method] = (id: number): boolean => {
+    if (!done) {
+      done = true;
+      race();
+    }
+    return original(id);
+  };
+}
+
+describe("the lock-free path when another worker changes the connection under it", () => {
+  for (const method of ["stillStable", "beginLockFreeCommit"] as const) {
+    it(`10.0.0.3's connection deleted and its slot taken by 10.0.0.4's (at ${method}): 10.0.0.3 leaves by its own new binding`, () => {
+      const { worker, other } = routers();
+      const id = establish(worker);
+      const table = worker.dataplane.conntrack;
+      const lockFreeBefore = worker.dataplane.lockFreePackets;
+      raceAt(table, method, () => {
+        // The other worker: conntrack -D of 10.0.0.3's connection, then 10.0.0.4 opens one,
+        // which gets the freed slot, translated 9.186.100.2:6000 toward another server.
+        table.locked(() => table.remove(id));
+        other.send(QR, { protocol: "udp", src: "10.0.0.4", dst: "203.0.113.99", sport: 6000, dport: 80 });
+        other.run();
+        expect(other.received(QG)[0]).toMatchObject({ src: "9.186.100.2", sport: 6000, dst: "203.0.113.99" });
+        expect(table.lookup(IPPROTO_UDP, parseIpv4("10.0.0.4"), parseIpv4("203.0.113.99"), 6000, 80) >> 1).toBe(id);
+      });
+      worker.send(QR, { protocol: "udp", src: "10.0.0.3", dst: "203.0.113.10", sport: 5000, dport: 53 });
+      worker.run();
+      // Not 9.186.100.2:6000 (the slot's new connection): the packet took the locked path, found
+      // no connection, and was NATed anew.
+      expect(worker.received(QG)).toEqual([expect.objectContaining({ src: "9.186.100.2", sport: 5000, dst: "203.0.113.10", dport: 53 })]);
+      expect(worker.dataplane.lockFreePackets).toBe(lockFreeBefore);
+      const again = table.lookup(IPPROTO_UDP, parseIpv4("10.0.0.3"), parseIpv4("203.0.113.10"), 5000, 53);
+      expect(again).toBeGreaterThanOrEqual(0);
+      expect(again >> 1).not.toBe(id);
+    });
+  }
+
+  it("with nothing changed, the same packet goes through without the lock", () => {
+    const { worker } = routers();
+    establish(worker);
+    const lockFreeBefore = worker.dataplane.lockFreePackets;
+    worker.send(QR, { protocol: "udp", src: "10.0.0.3", dst: "203.0.113.10", sport: 5000, dport: 53 });
+    worker.run();
+    expect(worker.received(QG)).toEqual([expect.objectContaining({ src: "9.186.100.2", sport: 5000, dst: "203.0.113.10" })]);
+    expect(worker.dataplane.lockFreePackets).toBe(lockFreeBefore + 1);
+  });
+});
