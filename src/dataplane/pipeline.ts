@@ -235,8 +235,8 @@ export class Dataplane {
     generated: PacketBatch,
     generatedVerdicts: Int32Array,
   ): void {
-    // The whole batch under the shared tables' lock (a no-op branch when the tables are not
-    // shared; docs/multi-core.md "Shared tables"): the prefetch's bucket reads, every lookup,
+    // The batch under the shared tables' lock (a no-op branch when the tables are not shared;
+    // docs/multi-core.md "Shared tables"): the prefetch's bucket reads, every lookup,
     // creation, NAT port search, confirm with its clash check, expiry and early drop of the batch
     // are atomic toward the other workers, so a port is chosen once across all of them and no
     // binding is read half written.
@@ -355,13 +355,6 @@ export class Dataplane {
     return verdict;
   }
 
-  /**
-   * A packet whose processing threw (a bug, never a bad packet: those are verdicts): dropped and
-   * counted as DropReason.Internal, reported with its summary at most once a second, and whatever
-   * it left half done is undone so the next packet starts clean — an unconfirmed conntrack entry
-   * it created is released (release() leaves confirmed and free entries alone), the ICMP error
-   * context is detached, offload flags are reset by the next packet.
-   */
   /** The rest of the batch holds the shared tables' lock (from its first packet off the lock-free path). */
   private takeLock(): void {
     this.conntrack.lock();
@@ -369,6 +362,13 @@ export class Dataplane {
     this.established.unlocked = false;
   }
 
+  /**
+   * A packet whose processing threw (a bug, never a bad packet: those are verdicts): dropped and
+   * counted as DropReason.Internal, reported with its summary at most once a second, and whatever
+   * it left half done is undone so the next packet starts clean — an unconfirmed conntrack entry
+   * it created is released (release() leaves confirmed and free entries alone), the ICMP error
+   * context is detached, offload flags are reset by the next packet.
+   */
   private internalError(error: unknown, buf: Uint8Array, off: number, length: number, ingress: number): number {
     if (!this.holdsLock) this.takeLock();
     this.conntrack.release(this.packet.ct.id);
