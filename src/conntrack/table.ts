@@ -604,8 +604,9 @@ export class ConntrackTable {
     const id = node >> 1;
     // isDead(id, now), written out: a double argument to a call V8 does not inline is boxed.
     if (this.doubles[(id << DOUBLE_SHIFT) + D_EXPIRY]! <= this.times[1]! || (w[(id << ENTRY_SHIFT) + W_STATUS]! & STATUS_DYING) !== 0) {
+      // Refreshed meanwhile by another worker's lock-free commit (shared tables): live after all.
+      if (!this.freeExpiredAt(id, node, bucket)) return node;
       this.counters.expired++;
-      this.freeEntryAt(id, node, bucket);
       return -1;
     }
     return node;
@@ -1011,9 +1012,39 @@ export class ConntrackTable {
    */
   private freeEntryAt(id: number, known: number, bucket: number): void {
     if (this.onRemove) this.onRemove(id);
+    this.unlinkAndFree(id, known, bucket, this.tableLock !== null ? this.beginChange(id) : 0);
+  }
+
+  /**
+   * `freeEntryAt` for an entry found dead by expiry: on a shared table, judged again once its
+   * sequence word is held. Between the holder's look at the expiry and its `beginChange`, another
+   * worker's lock-free commit may have refreshed the entry (its packet already forwarded by it);
+   * freeing it then would lose a live connection — its next packet would make a new one, perhaps
+   * with another NAT port. Linux re-checks the same way after taking its reference
+   * (nf_conntrack_core.c nf_ct_gc_expired -> nf_ct_should_gc); here the check is exact, since no
+   * commit can start while the word is odd. False (nothing changed) when the entry lives.
+   */
+  private freeExpiredAt(id: number, known: number, bucket: number): boolean {
+    if (this.tableLock === null) {
+      if (this.onRemove) this.onRemove(id);
+      this.unlinkAndFree(id, known, bucket, 0);
+      return true;
+    }
+    const sequence = this.beginChange(id);
+    if (!this.isDead(id, this.now())) {
+      // Given back unchanged: nothing was written, so readers that saw `sequence` stay right.
+      Atomics.store(this.sequence, id, sequence);
+      return false;
+    }
+    if (this.onRemove) this.onRemove(id);
+    this.unlinkAndFree(id, known, bucket, sequence);
+    return true;
+  }
+
+  /** The free of `freeEntryAt`, the sequence word already taken (`sequence`: its even value; 0 when not shared). */
+  private unlinkAndFree(id: number, known: number, bucket: number, sequence: number): void {
     const w = this.words;
     const e = id << ENTRY_SHIFT;
-    const sequence = this.tableLock !== null ? this.beginChange(id) : 0;
     if (w[e + W_STATUS]! & STATUS_CONFIRMED) {
       this.unlinkIn(id << 1, known === id << 1 ? bucket : this.nodeBucket(id << 1));
       this.unlinkIn((id << 1) | 1, known === ((id << 1) | 1) ? bucket : this.nodeBucket((id << 1) | 1));
@@ -1041,9 +1072,8 @@ export class ConntrackTable {
       let node = this.buckets[(bucket + i) & this.bucketMask]!;
       while (node >= 0) {
         const id = node >> 1;
-        if (this.isDead(id, now)) {
+        if (this.isDead(id, now) && this.freeExpiredAt(id, -1, -1)) {
           this.counters.expired++;
-          this.freeEntry(id);
           return true;
         }
         if ((w[(id << ENTRY_SHIFT) + W_STATUS]! & STATUS_ASSURED) === 0 || this.canEarlyDropAssured(id)) {
@@ -1076,9 +1106,8 @@ export class ConntrackTable {
     const w = this.words;
     for (let i = 0; i < budget && i < capacity; i++) {
       const e = cursor << ENTRY_SHIFT;
-      if ((w[e + W_META]! & META_USED) !== 0 && (w[e + W_STATUS]! & STATUS_CONFIRMED) !== 0 && this.isDead(cursor, now)) {
+      if ((w[e + W_META]! & META_USED) !== 0 && (w[e + W_STATUS]! & STATUS_CONFIRMED) !== 0 && this.isDead(cursor, now) && this.freeExpiredAt(cursor, -1, -1)) {
         this.counters.expired++;
-        this.freeEntry(cursor);
         removed++;
       }
       cursor++;
@@ -1086,6 +1115,67 @@ export class ConntrackTable {
     }
     this.header[H_GC_CURSOR] = cursor;
     return removed;
+  }
+
+  /**
+   * Tests only (not the hot path; allocates): what is wrong with the table's structure, empty when
+   * nothing. Checks that the entry count is the number of used slots, the free list holds exactly
+   * the other slots once each, every node in a chain is a confirmed entry's and hashes to the
+   * bucket it is in, no node is in two chains (or twice in one), every confirmed entry is
+   * reachable from both its buckets and an unconfirmed one from neither, and, on a shared table,
+   * that no sequence word is left odd. Call holding the lock, with no lock-free commit running.
+   */
+  structureProblems(): string[] {
+    const problems: string[] = [];
+    const w = this.words;
+    const capacity = this.capacity;
+    let used = 0;
+    for (let id = 0; id < capacity; id++) if ((w[(id << ENTRY_SHIFT) + W_META]! & META_USED) !== 0) used++;
+    if (used !== this.header[H_USED]) problems.push(`the entry count is ${this.header[H_USED]}, ${used} slots are used`);
+    const onFreeList = new Uint8Array(capacity);
+    let free = 0;
+    for (let id = this.header[H_FREE_HEAD]!; id >= 0; id = w[(id << ENTRY_SHIFT) + NODE_NEXT]!) {
+      if (id >= capacity || onFreeList[id] !== 0) {
+        problems.push(`the free list reaches ${id} ${id >= capacity ? "(no such slot)" : "twice"}`);
+        break;
+      }
+      onFreeList[id] = 1;
+      free++;
+      if ((w[(id << ENTRY_SHIFT) + W_META]! & META_USED) !== 0) problems.push(`slot ${id} is used and on the free list`);
+    }
+    if (used + free !== capacity) problems.push(`${used} used + ${free} free slots, of ${capacity}`);
+    const chainOf = new Int32Array(capacity * 2).fill(-1);
+    for (let bucket = 0; bucket <= this.bucketMask; bucket++) {
+      for (let node = this.buckets[bucket]!, walked = 0; node >= 0; node = w[nodeBase(node) + NODE_NEXT]!, walked++) {
+        if (node >= capacity * 2 || walked > capacity * 2) {
+          problems.push(`bucket ${bucket}: ${node >= capacity * 2 ? `node ${node} is no node` : "the chain loops"}`);
+          break;
+        }
+        const id = node >> 1;
+        if (chainOf[node] >= 0) {
+          problems.push(`node ${node} (entry ${id}) is in bucket ${chainOf[node]} and again in bucket ${bucket}`);
+          break;
+        }
+        chainOf[node] = bucket;
+        if ((w[(id << ENTRY_SHIFT) + W_META]! & META_USED) === 0 || (w[(id << ENTRY_SHIFT) + W_STATUS]! & STATUS_CONFIRMED) === 0) {
+          problems.push(`bucket ${bucket} holds node ${node} of an entry that is not used and confirmed`);
+        } else if (this.nodeBucket(node) !== bucket) {
+          problems.push(`node ${node} is in bucket ${bucket}, its tuple hashes to ${this.nodeBucket(node)}`);
+        }
+      }
+    }
+    for (let id = 0; id < capacity; id++) {
+      if ((w[(id << ENTRY_SHIFT) + W_META]! & META_USED) === 0) continue;
+      const confirmed = (w[(id << ENTRY_SHIFT) + W_STATUS]! & STATUS_CONFIRMED) !== 0;
+      for (let dir = 0; dir < 2; dir++) {
+        const linked = chainOf[(id << 1) | dir]! >= 0;
+        if (linked !== confirmed) problems.push(`entry ${id} (${confirmed ? "confirmed" : "unconfirmed"}): its direction ${dir} is ${linked ? "" : "not "}in a chain`);
+      }
+    }
+    for (let id = 0; id < this.sequence.length; id++) {
+      if ((Atomics.load(this.sequence, id) & 1) !== 0) problems.push(`entry ${id}: its sequence word is odd`);
+    }
+    return problems;
   }
 
   // ---- accessors (numeric, hot path) ---------------------------------------------------------

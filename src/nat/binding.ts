@@ -635,6 +635,38 @@ export class NatEngine {
     explain.push(`${this.sideName(manip)} ${this.keyName()} ${oldKey} ${why}: chose ${chosen} after ${tries} ${tries === 1 ? "try" : "tries"}`);
   }
 
+  /**
+   * Tests only (allocates): what is wrong with the by-source index, empty when nothing. Every id
+   * in a chain is there once, in the bucket `bysourceBucketOf` names, and every id that names a
+   * bucket is in its chain; with `forget` wired to the table's onRemove (as buildDataplane does),
+   * every linked id is a live allocation with SRC_NAT_DONE whose original source hashes there.
+   * Call holding the table's lock.
+   */
+  bySourceProblems(): string[] {
+    const problems: string[] = [];
+    const table = this.table;
+    const inChain = new Int32Array(this.bysourceBucketOf.length).fill(-1);
+    for (let bucket = 0; bucket <= this.bysourceMask; bucket++) {
+      for (let id = this.bysourceHeads[bucket]!; id >= 0; id = this.bysourceNext[id]!) {
+        if (id >= inChain.length || inChain[id]! >= 0) {
+          problems.push(`by-source bucket ${bucket} reaches ${id} ${id >= inChain.length ? "(no such entry)" : `again (first in bucket ${inChain[id]})`}`);
+          break;
+        }
+        inChain[id] = bucket;
+        if (this.bysourceBucketOf[id] !== bucket) problems.push(`entry ${id} is in by-source bucket ${bucket}, recorded in ${this.bysourceBucketOf[id]}`);
+        if (!table.isAllocated(id) || (table.status(id) & CtStatus.SrcNatDone) === 0) {
+          problems.push(`by-source bucket ${bucket} holds entry ${id}, which is not a source-NATed connection`);
+        } else if (this.bysourceBucket(table.protocol(id), table.tupleSrcBits(id, 0), table.origSport(id)) !== bucket) {
+          problems.push(`entry ${id} is in by-source bucket ${bucket}, its source hashes elsewhere`);
+        }
+      }
+    }
+    for (let id = 0; id < inChain.length; id++) {
+      if (this.bysourceBucketOf[id]! >= 0 && inChain[id] !== this.bysourceBucketOf[id]) problems.push(`entry ${id} names by-source bucket ${this.bysourceBucketOf[id]} but is not in its chain`);
+    }
+    return problems;
+  }
+
   // ---- by-source index -------------------------------------------------------------------------
 
   private bysourceBucket(protocol: number, src: number, sport: number): number {

@@ -78,6 +78,53 @@ describe("the lock-free path when another worker changes the connection under it
     });
   }
 
+  it("10.0.0.3's packet refreshes its connection just as the other worker judged it expired: the reply still goes back by it", () => {
+    const { worker, other } = routers();
+    const id = establish(worker);
+    const table = worker.dataplane.conntrack;
+    // After two seconds the next packet makes the stream ASSURED (locked path); from then on its
+    // packets refresh it to the stream timeout without the lock.
+    worker.clock.advance(3);
+    worker.send(QR, { protocol: "udp", src: "10.0.0.3", dst: "203.0.113.10", sport: 5000, dport: 53 });
+    worker.run();
+    worker.received(QG);
+    const expires = table.expiresAt(id);
+    // The workers' clocks straddle the expiry: for this worker the connection lives one second
+    // more, for the other it died one second ago (two threads read the clock at different times).
+    worker.clock.advance(expires - 1 - worker.clock.now());
+    other.clock.advance(expires + 1 - other.clock.now());
+    const lockFreeBefore = worker.dataplane.lockFreePackets;
+    // The race: the server's reply reaches the other worker, whose lookup (under the lock) has seen
+    // the entry dead and is about to take its sequence word to free it (ConntrackTable's private
+    // beginChange) when this worker's packet refreshes it.
+    const changes = other.dataplane.conntrack as unknown as { beginChange(id: number): number };
+    const beginChange = changes.beginChange.bind(changes);
+    let raced = false;
+    changes.beginChange = (at: number): number => {
+      if (!raced && at === id) {
+        raced = true;
+        worker.send(QR, { protocol: "udp", src: "10.0.0.3", dst: "203.0.113.10", sport: 5000, dport: 53 });
+        worker.run();
+      }
+      return beginChange(at);
+    };
+    other.send(QG, { protocol: "udp", src: "203.0.113.10", dst: "9.186.100.2", sport: 53, dport: 5000 });
+    other.run();
+    expect(raced).toBe(true);
+    // The reply found the connection live after all and went back to 10.0.0.3 (not dropped, nor a
+    // new connection of its own).
+    expect(other.received(QR)).toEqual([expect.objectContaining({ src: "203.0.113.10", dst: "10.0.0.3", dport: 5000 })]);
+    // The packet went out by the connection's binding without the lock, and the connection it
+    // refreshed is still there: its next packet finds it, no new connection is made.
+    expect(worker.received(QG)).toEqual([expect.objectContaining({ src: "9.186.100.2", sport: 5000, dst: "203.0.113.10" })]);
+    expect(worker.dataplane.lockFreePackets).toBe(lockFreeBefore + 1);
+    expect(table.lookup(IPPROTO_UDP, parseIpv4("10.0.0.3"), parseIpv4("203.0.113.10"), 5000, 53) >> 1).toBe(id);
+    expect(table.expiresAt(id)).toBeGreaterThan(other.clock.now());
+    expect(table.counters.created + other.dataplane.conntrack.counters.created).toBe(1);
+    expect(table.count).toBe(1);
+    expect(table.structureProblems()).toEqual([]);
+  });
+
   it("with nothing changed, the same packet goes through without the lock", () => {
     const { worker } = routers();
     establish(worker);
