@@ -125,6 +125,74 @@ describe("the lock-free path when another worker changes the connection under it
     expect(table.structureProblems()).toEqual([]);
   });
 
+  it("a lock-free walk led onto another chain misses 10.0.0.3's live connection: the packet takes the lock and finds it, no second connection is made", () => {
+    // 64 entries, 64 buckets: tuples that share a bucket are easy to find.
+    const worker = MemoryRouter.fromFile("examples/seed.yaml", { sharable: true, conntrackCapacity: 64 });
+    const other = MemoryRouter.fromFile("examples/seed.yaml", { shared: sharedTablesOf(worker.dataplane), conntrackCapacity: 64 });
+    const table = worker.dataplane.conntrack;
+    const server = parseIpv4("203.0.113.10");
+    const id = establish(worker);
+    const bucket = table.bucketOf(IPPROTO_UDP, parseIpv4("10.0.0.3"), server, 5000, 53);
+    // 10.0.0.4 opens a connection whose original tuple shares that bucket: linked after 10.0.0.3's,
+    // it heads the chain, and a lookup of 10.0.0.3's tuple walks through it.
+    let sport = 1024;
+    while (table.bucketOf(IPPROTO_UDP, parseIpv4("10.0.0.4"), server, sport, 53) !== bucket) sport++;
+    worker.send(QR, { protocol: "udp", src: "10.0.0.4", dst: "203.0.113.10", sport, dport: 53 });
+    worker.run();
+    worker.received(QG);
+    const passed = table.lookup(IPPROTO_UDP, parseIpv4("10.0.0.4"), server, sport, 53);
+    expect(table.bucketHeadAt(bucket)).toBe(passed);
+    // And 10.0.0.5's next connection, toward another server, hashes elsewhere.
+    let nextSport = 1024;
+    while (table.bucketOf(IPPROTO_UDP, parseIpv4("10.0.0.5"), parseIpv4("203.0.113.99"), nextSport, 80) === bucket) nextSport++;
+
+    // The race, in the middle of the lock-free walk: when it reads the link out of 10.0.0.4's node
+    // (word 3 of the node's four, conntrack/table.ts's layout), the other worker has just deleted
+    // 10.0.0.4's connection and 10.0.0.5 has taken its slot, so the link now leads into 10.0.0.5's
+    // chain (Linux's hlist_nulls walk would see the wrong end marker and restart).
+    const memory = table as unknown as { words: Int32Array };
+    const words = memory.words;
+    const link = String((passed >> 1) * 16 + (passed & 1) * 4 + 3);
+    let raced = false;
+    memory.words = new Proxy(words, {
+      get(target, key) {
+        if (key === link && !raced) {
+          raced = true;
+          table.locked(() => table.remove(passed >> 1));
+          other.send(QR, { protocol: "udp", src: "10.0.0.5", dst: "203.0.113.99", sport: nextSport, dport: 80 });
+          other.run();
+          expect(other.received(QG)).toHaveLength(1);
+          expect(table.lookup(IPPROTO_UDP, parseIpv4("10.0.0.5"), parseIpv4("203.0.113.99"), nextSport, 80) >> 1).toBe(passed >> 1);
+        }
+        const value: unknown = Reflect.get(target, key, target);
+        return typeof value === "function" ? value.bind(target) : value;
+      },
+    });
+    const findStable = table.findStableInBucket.bind(table);
+    const found: number[] = [];
+    table.findStableInBucket = (...args: Parameters<ConntrackTable["findStableInBucket"]>): number => {
+      const node = findStable(...args);
+      found.push(node);
+      return node;
+    };
+    const lockFreeBefore = worker.dataplane.lockFreePackets;
+    worker.send(QR, { protocol: "udp", src: "10.0.0.3", dst: "203.0.113.10", sport: 5000, dport: 53 });
+    worker.run();
+    memory.words = words;
+    expect(raced).toBe(true);
+    // The walk missed (it never matches wrongly: it misses), and the packet took the lock...
+    expect(found[0]).toBe(-1);
+    expect(worker.dataplane.lockFreePackets).toBe(lockFreeBefore);
+    // ...where the lookup found the live connection: it left by its binding, and no second
+    // connection for 10.0.0.3's tuple was made.
+    expect(worker.received(QG)).toEqual([expect.objectContaining({ src: "9.186.100.2", sport: 5000, dst: "203.0.113.10", dport: 53 })]);
+    expect(table.lookup(IPPROTO_UDP, parseIpv4("10.0.0.3"), server, 5000, 53) >> 1).toBe(id);
+    const mine = table.entries().filter((entry) => table.origSrc(entry) === parseIpv4("10.0.0.3") >>> 0);
+    expect(mine).toEqual([id]);
+    expect(table.count).toBe(2);
+    expect(table.structureProblems()).toEqual([]);
+  });
+
   it("with nothing changed, the same packet goes through without the lock", () => {
     const { worker } = routers();
     establish(worker);
