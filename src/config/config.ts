@@ -5,6 +5,7 @@
  */
 import { createHash } from "node:crypto";
 import { readFileSync } from "node:fs";
+import { availableParallelism } from "node:os";
 import { isMap, isScalar, isSeq, LineCounter, parseDocument, type Node as YamlNode, type YAMLMap } from "yaml";
 import { dirname, resolve } from "node:path";
 import { type Cidr, formatCidr, parseCidr, parseIpv4 } from "../core/addr.js";
@@ -140,6 +141,24 @@ export interface MetricsConfig {
   readonly line: number;
 }
 
+/**
+ * Linux's limit on a multi-queue TUN device's queues (drivers/net/tun.c MAX_TAP_QUEUES, 256):
+ * each worker reads its own queue of every leg, so no router has more workers than that.
+ */
+export const MAX_WORKERS = 256;
+
+/**
+ * `workers: N|auto`: threads that forward (control/workers.ts), each reading queue i of every
+ * leg; `auto` is one per core (os.availableParallelism()), at most MAX_WORKERS. Absent: 1, the
+ * main thread alone, as before the key existed.
+ */
+export interface WorkersConfig {
+  readonly count: number;
+  /** Whether the config said `auto` (count is then this machine's cores). */
+  readonly auto: boolean;
+  readonly line: number;
+}
+
 /** The legs a capture takes (io/capture.ts CaptureLegs). */
 export const CAPTURE_LEG_CHOICES = ["wire", "mirror", "both"] as const;
 
@@ -183,6 +202,13 @@ export interface RouterConfig {
   readonly metrics?: MetricsConfig;
   /** Absent: the router captures nothing until `qnat capture` asks. */
   readonly capture?: CaptureConfig;
+  /** Absent: one worker, the main thread (workersOf). */
+  readonly workers?: WorkersConfig;
+}
+
+/** How many threads forward for `config` (1 unless it says `workers:`). */
+export function workersOf(config: RouterConfig): number {
+  return config.workers?.count ?? 1;
 }
 
 /** The rp_filter Linux applies on a port: the larger of conf/all and conf/DEV (off < strict < loose). */
@@ -279,7 +305,7 @@ export function parseConfig(text: string, file: string): RouterConfig {
   const root = doc.contents;
   if (!isMap(root)) fail(root, "the config must be a mapping with router, ports, routes and nat");
   const top = root as YAMLMap;
-  const known = new Set(["router", "ports", "routes", "routes_file", "nat", "metadata", "lab", "conntrack", "rp_filter", "arp_ignore", "arp_announce", "state", "metrics", "capture"]);
+  const known = new Set(["router", "ports", "routes", "routes_file", "nat", "metadata", "lab", "conntrack", "rp_filter", "arp_ignore", "arp_announce", "state", "metrics", "capture", "workers"]);
   for (const pair of top.items) {
     const key = isScalar(pair.key) ? String(pair.key.value) : "";
     if (!known.has(key)) fail(pair.key as YamlNode, `unknown key "${key}" (expected one of ${[...known].join(", ")})`);
@@ -584,12 +610,34 @@ export function parseConfig(text: string, file: string): RouterConfig {
   const state = parseStateConfig(get(top, "state"), file, fail, lineOf);
   const metrics = parseMetricsConfig(get(top, "metrics"), fail, lineOf);
   const capture = parseCaptureConfig(get(top, "capture"), file, ports, fail, lineOf);
+  const workers = parseWorkersConfig(get(top, "workers"), fail, lineOf);
   return {
     file, id, namespace, ports, routes, nat, metadata, lab, conntrack: { max: conntrackMax, tcpBeLiberal, dropInvalid }, rpFilter, arpIgnore, arpAnnounce,
     ...(state ? { state } : {}),
     ...(metrics ? { metrics } : {}),
     ...(capture ? { capture } : {}),
+    ...(workers ? { workers } : {}),
   };
+}
+
+/** `workers: N|auto`: a whole number 1..MAX_WORKERS, or `auto` (one per core, at most MAX_WORKERS). */
+function parseWorkersConfig(
+  node: YamlNode | undefined,
+  fail: (node: YamlNode | null | undefined, message: string) => never,
+  lineOf: (node: YamlNode) => number,
+): WorkersConfig | undefined {
+  if (node === undefined) return undefined;
+  const value = isScalar(node) ? node.value : undefined;
+  if (value === "auto") return { count: Math.min(availableParallelism(), MAX_WORKERS), auto: true, line: lineOf(node) };
+  if (typeof value !== "number" || !Number.isInteger(value)) return fail(node, `workers must be a whole number of threads or auto, not ${describeScalar(node)}`);
+  if (value < 1 || value > MAX_WORKERS) fail(node, `workers ${value} is outside 1..${MAX_WORKERS} (a TUN device has at most ${MAX_WORKERS} queues)`);
+  return { count: value, auto: false, line: lineOf(node) };
+}
+
+/** A YAML value as a user wrote it, for an error line. */
+function describeScalar(node: YamlNode): string {
+  if (!isScalar(node)) return isMap(node) ? "a mapping" : isSeq(node) ? "a list" : "that";
+  return typeof node.value === "string" ? `"${node.value}"` : String(node.value);
 }
 
 /** The `capture:` mapping: `file` (required), `ports`, `leg`, `count`, `rotate`. */

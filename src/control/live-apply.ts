@@ -37,7 +37,7 @@
  * `state:` keeps the connections).
  */
 import { formatCidr, inPrefix, parseIpv4, prefixMask, type Cidr } from "../core/addr.js";
-import { type PortConfig, type RouterConfig } from "../config/config.js";
+import { type PortConfig, type RouterConfig, workersOf } from "../config/config.js";
 import { buildRoutingTable, compileRules } from "../dataplane/from-config.js";
 import { NetfilterNat } from "../dataplane/netfilter-nat.js";
 import type { Dataplane } from "../dataplane/pipeline.js";
@@ -145,6 +145,9 @@ export function checkChangeable(running: RouterConfig, next: RouterConfig): void
   }
   if (next.state?.file !== running.state?.file || next.state?.interval !== running.state?.interval) {
     throw new OperationalError(`${next.file}: state differs from the running router's; the state file and its interval are taken only at a restart`, 2);
+  }
+  if (workersOf(next) !== workersOf(running)) {
+    throw new OperationalError(`${next.file}: workers ${workersOf(next)} differs from the running router's ${workersOf(running)}; the forwarding threads change only with a restart`, 2);
   }
   if (next.conntrack.max !== running.conntrack.max) {
     throw new OperationalError(

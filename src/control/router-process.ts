@@ -45,7 +45,6 @@ import { NetfilterNat } from "../dataplane/netfilter-nat.js";
 import type { Dataplane } from "../dataplane/pipeline.js";
 import { Forwarder } from "../io/forwarder.js";
 import { RouterCaptures } from "./capture.js";
-import { LEGS_BEYOND_MASK, legBit } from "../io/leg.js";
 import { PassthroughForwarder } from "../io/passthrough.js";
 import { deleteNetns, isRoot, netnsPath } from "../io/netns.js";
 import { ETH_HLEN, VIRTIO_NET_HDR_LEN } from "../core/batch.js";
@@ -57,7 +56,7 @@ import { warmUp, type WarmUpReport } from "../dataplane/warmup.js";
 import { GSO_SLOT_SIZE, loadTunAddon, TunDevice, type TunError, type TunOffloads } from "../io/tun.js";
 import { TunLeg } from "../io/tun-leg.js";
 import { LegSupervisor, TICK_MS, openLeg, type LegSpec } from "../io/leg-supervisor.js";
-import { RateLimitedLog } from "../core/log-limit.js";
+import { PumpLoop, SPIN_MICROSECONDS } from "../io/pump-loop.js";
 import { formatRules, formatSaveDocument } from "../nat/rules/format.js";
 import type { NatTable } from "../nat/rules/model.js";
 import { PrivilegeError, OperationalError } from "./errors.js";
@@ -96,12 +95,7 @@ import {
   withRules,
 } from "./live-apply.js";
 
-/** Batches one wake-up of a leg may pump before yielding to the others (uv_poll is level-triggered). */
-export const PUMP_BUDGET = 16;
-/** Default busy-poll window after a wake-up, in microseconds (QNAT_SPIN_US overrides; 0: off). */
-export const SPIN_MICROSECONDS = 0;
-/** At most this long spinning per wake-up. */
-const SPIN_LIMIT_MS = 2;
+export { PUMP_BUDGET, SPIN_MICROSECONDS } from "../io/pump-loop.js";
 /** Conntrack expiry also runs when no packet arrives. */
 const HOUSEKEEPING_INTERVAL_MS = 1000;
 
@@ -423,7 +417,6 @@ export async function startRouter(configPath: string, options: RouterOptions = {
     ? new PassthroughForwarder(legs, BATCH_SIZE, slotSize, headroom)
     : new Forwarder(dataplane, legs, BATCH_SIZE, slotSize, headroom);
   captures.attach(forwarder instanceof Forwarder ? forwarder : undefined);
-  const capacity = forwarder.batchCapacity;
   // Ethernet ports: a packet whose neighbour failed is answered by the dataplane (host
   // unreachable); the neighbour timers run; each address is announced (gratuitous ARP).
   let neighbourTicks: NodeJS.Timeout | undefined;
@@ -440,45 +433,15 @@ export async function startRouter(configPath: string, options: RouterOptions = {
       try {
         ethernet.tick();
       } catch (failure) {
-        loopErrors.offer(() => `qnat: internal error in the neighbour timers (it goes on): ${failure instanceof Error ? failure.stack : String(failure)}`);
+        loop.errors.offer(() => `qnat: internal error in the neighbour timers (it goes on): ${failure instanceof Error ? failure.stack : String(failure)}`);
       }
     }, NEIGHBOUR_TICK_MS);
     neighbourTicks.unref();
     for (const [index, port] of config.ports.entries()) if (port.wire.mode === "tap") ethernet.announce(index);
   }
-  /** Pumps leg `index` until a read finds it empty (fewer packets than a batch) or the budget is spent. */
-  const drain = (index: number): void => {
-    for (let round = 0; round < PUMP_BUDGET; round++) if (loopStats.pump(forwarder, index) < capacity) return;
-  };
-  // Bits of the mirror legs (odd indexes): the router namespace's kernel may answer a packet
-  // written to one mirror through another (its own routing decides), so they are swept together.
-  const mirrorBitsOf = (count: number): number => {
-    let bits = 0;
-    for (let index = 1; index < count; index += 2) bits |= legBit(index);
-    return bits;
-  };
-  let mirrorBits = mirrorBitsOf(legs.length);
-  // The last line of defence: the pipeline contains a packet's exception and the legs their own
-  // (LegSlots), so nothing should reach here; if something does, it is logged and the loop goes on.
-  const loopErrors = new RateLimitedLog(log, () => performance.now() / 1000);
-  const watch = (index: number, leg: TunLeg): void => {
-    leg.device.onReadable((error?: TunError) => {
-      if (error !== undefined) {
-        supervisor!.fail(index, error);
-        return;
-      }
-      const started = performance.now();
-      try {
-        forwarder.written = 0;
-        drain(index);
-        if (spinMicroseconds > 0) spinPoll();
-        else sweep();
-      } catch (failure) {
-        loopErrors.offer(() => `qnat: internal error in the packet loop (it goes on): ${failure instanceof Error ? failure.stack : String(failure)}`);
-      }
-      loopStats.wakeUpDone(started);
-    });
-  };
+  // The packet loop (io/pump-loop.ts), the same one every worker thread runs over its queues.
+  const loop = new PumpLoop(forwarder, { spinMicroseconds, loopStats, log, legFailed: (index, error) => supervisor!.fail(index, error) });
+  const watch = (index: number, leg: TunLeg): void => loop.watch(index, leg.device);
   // A leg that fails is retired and re-created when it can be (io/leg-supervisor.ts).
   const c = addon.constants;
   const offloadFlags = offloads === undefined ? 0 : c.TUN_F_CSUM | c.TUN_F_TSO4 | c.TUN_F_TSO6 | (offloads.udpSegmentation ? c.TUN_F_USO4 | c.TUN_F_USO6 : 0);
@@ -525,44 +488,11 @@ export async function startRouter(configPath: string, options: RouterOptions = {
   legs.forEach((leg, index) => watch(index, leg));
   const legTicks = setInterval(() => supervisor!.tick(), TICK_MS);
   legTicks.unref();
-  // Latency: what this wake-up wrote often comes back at once (the peer's kernel answers inside
-  // our write()), so before going back to epoll every leg is polled without sleeping until none
-  // had anything for `spinMicroseconds` (bounded per wake-up, so the control socket and timers
-  // still run). A wake-up from epoll costs far more than that on a VM.
-  const spinLimitMs = Math.max(SPIN_LIMIT_MS, spinMicroseconds / 1000);
-  const spinPoll = (): void => {
-    const started = performance.now();
-    let lastMoved = started;
-    for (;;) {
-      let moved = 0;
-      for (let leg = 0; leg < forwarder.slots.length; leg++) moved += loopStats.pump(forwarder, leg);
-      const now = performance.now();
-      if (moved > 0) lastMoved = now;
-      else if ((now - lastMoved) * 1000 >= spinMicroseconds) break;
-      if (now - started >= spinLimitMs) break;
-    }
-  };
-  // Without a spin window: the legs this wake-up wrote to are read again before going back to
-  // epoll, as long as that brings more — a reply the peer's kernel produced inside our write() (a
-  // ping answered, an ACK) leaves now instead of after another wake-up. Only those legs: a read
-  // that finds nothing is a syscall (about 2 us here) for nothing. Level-triggered polling still
-  // catches whatever arrives anywhere else.
-  const sweep = (): void => {
-    for (let round = 0; round < PUMP_BUDGET; round++) {
-      let pending = forwarder.written;
-      if (pending === 0) return;
-      if ((pending & mirrorBits) !== 0) pending |= mirrorBits;
-      forwarder.written = 0;
-      // Legs past the mask's 31 bits (16 ports and more) are covered by reading every leg.
-      const every = (pending & LEGS_BEYOND_MASK) !== 0;
-      for (let index = 0; index < forwarder.slots.length; index++) if (every || (pending & legBit(index)) !== 0) drain(index);
-    }
-  };
   housekeeping = setInterval(() => {
     try {
       dataplane.housekeeping();
     } catch (failure) {
-      loopErrors.offer(() => `qnat: internal error in housekeeping (it goes on): ${failure instanceof Error ? failure.stack : String(failure)}`);
+      loop.errors.offer(() => `qnat: internal error in housekeeping (it goes on): ${failure instanceof Error ? failure.stack : String(failure)}`);
     }
   }, HOUSEKEEPING_INTERVAL_MS);
   housekeeping.unref();
@@ -701,7 +631,7 @@ export async function startRouter(configPath: string, options: RouterOptions = {
     }
     forwarder = new Forwarder(successor, linked, BATCH_SIZE, slotSize, headroom);
     captures.attach(forwarder);
-    mirrorBits = mirrorBitsOf(linked.length);
+    loop.forwarder = forwarder;
     supervisor = superviseLegs(next.ports, linked);
     linked.forEach((leg, index) => watch(index, leg));
   };

@@ -50,7 +50,7 @@ describe("a broken config gets one line: FILE:LINE: what is wrong", () => {
     );
   });
   it("unknown key, invalid YAML, missing ports, duplicate address", () => {
-    expect(errorOf("router: {id: x}\nportz: []\n")).toBe('bad.yaml:2: unknown key "portz" (expected one of router, ports, routes, routes_file, nat, metadata, lab, conntrack, rp_filter, arp_ignore, arp_announce, state, metrics, capture)');
+    expect(errorOf("router: {id: x}\nportz: []\n")).toBe('bad.yaml:2: unknown key "portz" (expected one of router, ports, routes, routes_file, nat, metadata, lab, conntrack, rp_filter, arp_ignore, arp_announce, state, metrics, capture, workers)');
     expect(errorOf("router: {id: x\n")).toMatch(/^bad\.yaml:\d+: invalid YAML: /);
     expect(errorOf("router: {id: x}\n")).toMatch(/^bad\.yaml:1: ports must be a non-empty list$/);
     expect(errorOf(seedText.replace("9.186.100.129/32]", "10.0.0.1/32]"))).toMatch(/^bad\.yaml:12: address 10\.0\.0\.1\/32 is already on port qr-694450d6-f6$/);
