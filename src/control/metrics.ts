@@ -18,6 +18,7 @@ import { NetfilterNat } from "../dataplane/netfilter-nat.js";
 import type { Dataplane } from "../dataplane/pipeline.js";
 import { EthCounter, type EthernetStage } from "../io/ethernet-leg.js";
 import type { BucketCounts, LoopStats } from "../io/loop-stats.js";
+import type { DataplaneCounters } from "../io/worker-protocol.js";
 import { TargetKind } from "../nat/rules/model.js";
 import type { CompiledRules } from "../nat/rules/evaluate.js";
 import { type CensusResult, ConntrackCensus } from "./census.js";
@@ -37,6 +38,8 @@ export interface MetricsSource {
   readonly ethernet?: () => EthernetStage | undefined;
   /** How old a census may be to answer a scrape (default CENSUS_MAX_AGE_MS; tests: 0, always a new one). */
   readonly censusMaxAgeMs?: number;
+  /** A router with several workers: the sum of every worker's counters (control/workers.ts), read at each scrape. */
+  readonly summed?: () => Promise<DataplaneCounters> | undefined;
 }
 
 /** What one scrape reads, gathered once before the registry asks each metric. */
@@ -122,8 +125,9 @@ export class MetricsExporter {
 
   private async scrapeNow(): Promise<string> {
     const census = await this.census.latest(this.source.censusMaxAgeMs ?? CENSUS_MAX_AGE_MS);
+    const summed = await this.source.summed?.();
     const dataplane = this.source.dataplane();
-    this.snapshot = { dataplane, stats: collectStats(dataplane), census };
+    this.snapshot = { dataplane, stats: collectStats(dataplane, undefined, summed), census };
     try {
       return await this.registry.metrics();
     } finally {

@@ -38,7 +38,7 @@
 import { readFileSync } from "node:fs";
 import { formatCidr } from "../core/addr.js";
 import { CryptoRng } from "../core/rng.js";
-import { type RouterConfig, effectiveArpAnnounce, effectiveArpIgnore, loadConfig, parseConfig } from "../config/config.js";
+import { type RouterConfig, effectiveArpAnnounce, effectiveArpIgnore, loadConfig, parseConfig, workersOf } from "../config/config.js";
 import { ConntrackCursor } from "../conntrack/format.js";
 import { buildDataplane } from "../dataplane/from-config.js";
 import { NetfilterNat } from "../dataplane/netfilter-nat.js";
@@ -55,7 +55,9 @@ import { parseMac } from "../wire/ethernet.js";
 import { warmUp, type WarmUpReport } from "../dataplane/warmup.js";
 import { GSO_SLOT_SIZE, loadTunAddon, TunDevice, type TunError, type TunOffloads } from "../io/tun.js";
 import { TunLeg } from "../io/tun-leg.js";
-import { LegSupervisor, TICK_MS, openLeg, type LegSpec } from "../io/leg-supervisor.js";
+import { LegSupervisor, TICK_MS, openLeg, openLegQueues, type LegSpec } from "../io/leg-supervisor.js";
+import { addDataplaneCounters, countersOf, type DataplaneCounters } from "../io/worker-protocol.js";
+import { ForwardingWorkers, MultiQueueLeg } from "./workers.js";
 import { PumpLoop, SPIN_MICROSECONDS } from "../io/pump-loop.js";
 import { formatRules, formatSaveDocument } from "../nat/rules/format.js";
 import type { NatTable } from "../nat/rules/model.js";
@@ -76,7 +78,7 @@ import { MetricsExporter, startMetricsServer, type MetricsServer } from "./metri
 import { ConntrackCensus } from "./census.js";
 import { collectTop } from "./top-view.js";
 import { LoopStats } from "../io/loop-stats.js";
-import { collectEthernetStats, collectPorts, collectStats, formatEthernetStats, formatJson, formatPorts, formatStats } from "./show.js";
+import { collectEthernetStats, collectPorts, collectStats, formatEthernetStats, formatJson, formatPorts, formatStats, type WorkerStatsView } from "./show.js";
 import { controlSocketPath, serveControl, type ControlAnswer, type ControlRequest, type ControlServer, type LiveChangeRequest } from "./socket.js";
 import { StateKeeper } from "./state-keeper.js";
 import { formatTrace, runTrace } from "./trace.js";
@@ -239,6 +241,16 @@ export async function startRouter(configPath: string, options: RouterOptions = {
   if (!isRoot()) throw new PrivilegeError("run");
   // `let`: a live change (applyConfig below) replaces all three between two batches.
   let { config, dataplane, rules } = prepareRouter(configPath);
+  // `workers: N` (N > 1): the main thread forwards queue 0 of every leg, N - 1 worker threads
+  // the others, each with its own dataplane on the shared tables (control/workers.ts).
+  const workerCount = workersOf(config);
+  if (passthrough && workerCount > 1) throw new OperationalError(`pass-through mode runs on one thread; ${config.file} says workers: ${workerCount}`, 2);
+  let workers: ForwardingWorkers | undefined;
+  /** Every worker's counters added to the main thread's, for show, top and metrics: one router. */
+  const summedCounters = async (): Promise<DataplaneCounters> => {
+    const own = countersOf(dataplane);
+    return workers === undefined ? own : addDataplaneCounters(own, await workers.counters());
+  };
   const addon = loadTunAddon();
   dataplane.log = log;
   // Connections kept across restarts (config `state:`): read back before the first packet,
@@ -254,21 +266,28 @@ export async function startRouter(configPath: string, options: RouterOptions = {
   // Prometheus endpoint (metrics.ts) and `qnat top` (top-view.ts), never by the packet path.
   const loopStats = new LoopStats();
   const census = new ConntrackCensus(() => dataplane.conntrack);
-  const exporter = new MetricsExporter({ dataplane: () => dataplane, loop: loopStats, census, ethernet: () => ethernet });
+  const exporter = new MetricsExporter({
+    dataplane: () => dataplane, loop: loopStats, census, ethernet: () => ethernet,
+    summed: () => (workers === undefined ? undefined : summedCounters()),
+  });
   let supervisor: LegSupervisor | undefined;
   const handler = (request: ControlRequest): ControlAnswer | Promise<ControlAnswer> => {
     if (!ready) return { ok: false, error: `router ${config.namespace} is starting` };
     const natRules = dataplane.nat instanceof NetfilterNat ? dataplane.nat.rules : undefined;
     const wires = config.ports.map((p) => p.wire);
     if (request.cmd === "apply" || request.cmd === "rules") return liveRequest(request);
-    if (request.cmd === "capture") return captures.answer(request);
+    if (request.cmd === "capture") {
+      if (workers !== undefined) return { ok: false, error: `router ${config.namespace} forwards on ${workers.count} workers: a capture would see one thread's packets only; captures need workers: 1` };
+      return captures.answer(request);
+    }
     if (request.cmd === "trace") {
       const result = runTrace(dataplane, request.packet);
       return request.json ? { ok: true, text: JSON.stringify(result), data: result } : { ok: true, text: formatTrace(result) };
     }
     if (request.cmd === "top") {
       // Counters now and a census of the table (in ~1 ms pieces, at most one a second: census.ts).
-      return collectTop(dataplane, census, request.connections).then((view) => ({ ok: true, data: view }));
+      const summed = workers === undefined ? undefined : summedCounters();
+      return collectTop(dataplane, census, request.connections, undefined, summed).then((view) => ({ ok: true, data: view }));
     }
     if (request.cmd === "conntrack") {
       // conntrack -L/-D/-F: ~1 ms of work per turn of the event loop (conntrack-command.ts).
@@ -282,19 +301,32 @@ export async function startRouter(configPath: string, options: RouterOptions = {
         return { ok: true, text: request.json ? JSON.stringify(view) + "\n" : (ethernet?.format(names) ?? ""), data: view };
       }
       case "ports": {
-        const view = collectPorts(dataplane, wires, (index) => supervisor?.health(index));
-        return { ok: true, text: request.json ? formatJson(view) : formatPorts(view), data: view };
+        const json = request.json;
+        const answer = (summed?: DataplaneCounters): ControlAnswer => {
+          const view = collectPorts(dataplane, wires, (index) => supervisor?.health(index), summed);
+          return { ok: true, text: json ? formatJson(view) : formatPorts(view), data: view };
+        };
+        return workers === undefined ? answer() : summedCounters().then(answer);
       }
       case "stats": {
-        const capture = captures.stats();
-        const view = {
-          ...collectStats(dataplane, metadata?.counters),
-          ...(state !== undefined ? { state: state.view() } : {}),
-          ...(ethernet !== undefined ? { ethernet: collectEthernetStats(ethernet, config.ports.map((p) => p.name)) } : {}),
-          ...(capture.running > 0 || capture.captured > 0 || capture.lost > 0 ? { capture } : {}),
+        const json = request.json;
+        const answer = (summed?: DataplaneCounters, perWorker?: WorkerStatsView[]): ControlAnswer => {
+          const capture = captures.stats();
+          const view = {
+            ...collectStats(dataplane, metadata?.counters, summed),
+            ...(perWorker !== undefined ? { workers: perWorker } : {}),
+            ...(state !== undefined ? { state: state.view() } : {}),
+            ...(ethernet !== undefined ? { ethernet: collectEthernetStats(ethernet, config.ports.map((p) => p.name)) } : {}),
+            ...(capture.running > 0 || capture.captured > 0 || capture.lost > 0 ? { capture } : {}),
+          };
+          const text = formatStats(view) + (view.ethernet !== undefined ? `\n${formatEthernetStats(view.ethernet)}` : "");
+          return { ok: true, text: json ? formatJson(view) : text, data: view };
         };
-        const text = formatStats(view) + (view.ethernet !== undefined ? `\n${formatEthernetStats(view.ethernet)}` : "");
-        return { ok: true, text: request.json ? formatJson(view) : text, data: view };
+        if (workers === undefined) return answer();
+        // One router: every worker's counters added up, and each thread's share beside them.
+        const running = workers;
+        const own = countersOf(dataplane);
+        return running.counters().then((others) => answer(addDataplaneCounters(own, others), running.perWorker(own, others)));
       }
       case "routes":
         // In pieces (route-listing.ts): a full Internet table is a million lines.
@@ -340,6 +372,12 @@ export async function startRouter(configPath: string, options: RouterOptions = {
       )
     : undefined;
   const legs: TunLeg[] = [];
+  /**
+   * Leg `index` over queue 0 of its device; with more queues (the workers'), a MultiQueueLeg that
+   * has the workers let theirs go before it closes them (control/workers.ts).
+   */
+  const queueLeg = (device: TunDevice, workerQueues: readonly TunDevice[], index: number): TunLeg =>
+    workerQueues.length === 0 ? new TunLeg(device) : new MultiQueueLeg(device, workerQueues, () => workers?.releaseLeg(index) ?? Promise.resolve());
   let created: string[] = [];
   let housekeeping: NodeJS.Timeout | undefined;
   const closeLegs = (): void => {
@@ -365,10 +403,11 @@ export async function startRouter(configPath: string, options: RouterOptions = {
     created = ensureNamespaces(config);
     for (const [index, port] of config.ports.entries()) {
       const tap = port.wire.mode === "tap";
-      const wire = TunDevice.open(port.wire.device, { netns: port.wire.namespace, vnetHdr: wantOffloads, tap });
-      legs.push(tap ? new EthernetLeg(wire, ethernet!, index, ETH_ROLE_WIRE) : new TunLeg(wire));
-      const mirror = TunDevice.open(port.name, { netns: config.namespace, vnetHdr: wantOffloads, tap });
-      legs.push(tap ? new EthernetLeg(mirror, ethernet!, index, ETH_ROLE_MIRROR) : new TunLeg(mirror));
+      // One queue per worker (IFF_MULTI_QUEUE with workers: N > 1; a plain device with one).
+      const [wire, ...wireQueues] = TunDevice.openQueues(port.wire.device, { netns: port.wire.namespace, vnetHdr: wantOffloads, tap }, workerCount);
+      legs.push(tap ? new EthernetLeg(wire!, ethernet!, index, ETH_ROLE_WIRE) : queueLeg(wire!, wireQueues, index * 2));
+      const [mirror, ...mirrorQueues] = TunDevice.openQueues(port.name, { netns: config.namespace, vnetHdr: wantOffloads, tap }, workerCount);
+      legs.push(tap ? new EthernetLeg(mirror!, ethernet!, index, ETH_ROLE_MIRROR) : queueLeg(mirror!, mirrorQueues, index * 2 + 1));
       // The mirror shows the port's MAC in the router namespace (`ip addr`: link/ether MAC).
       if (tap) mirror.setMac(port.mac);
     }
@@ -460,11 +499,19 @@ export async function startRouter(configPath: string, options: RouterOptions = {
         : {}),
     };
   };
-  const superviseLegs = (ports: RouterConfig["ports"], legsNow: readonly TunLeg[]): LegSupervisor =>
-    new LegSupervisor(forwarder.slots, legsNow.map((_, index) => legSpec(ports, index)), legsNow, {
+  const superviseLegs = (ports: RouterConfig["ports"], legsNow: readonly TunLeg[]): LegSupervisor => {
+    const specs = legsNow.map((_, index) => legSpec(ports, index));
+    return new LegSupervisor(forwarder.slots, specs, legsNow, {
       log,
-      open: openLeg,
+      // With workers, a leg is re-created with a queue for each of them, sent to them at once.
+      open: workerCount === 1 ? openLeg : (spec) => {
+        const [device, ...workerQueues] = openLegQueues(spec, workerCount);
+        return queueLeg(device!, workerQueues, specs.indexOf(spec));
+      },
       reopened: (index, leg) => {
+        if (leg instanceof MultiQueueLeg && workers !== undefined) {
+          workers.legUp(index, Array.from({ length: workerCount - 1 }, (_, i) => leg.queueFor(i + 1)));
+        }
         watch(index, leg);
         // A wire leg made anew is a new device, outside the bridge its predecessor was in.
         if ((index & 1) === 0) {
@@ -484,6 +531,7 @@ export async function startRouter(configPath: string, options: RouterOptions = {
         }
       },
     });
+  };
   supervisor = superviseLegs(config.ports, legs);
   legs.forEach((leg, index) => watch(index, leg));
   const legTicks = setInterval(() => supervisor!.tick(), TICK_MS);
@@ -513,6 +561,9 @@ export async function startRouter(configPath: string, options: RouterOptions = {
     checkChangeable(config, next);
     const difference = diffConfigs(config, rules, next, nextRules);
     if (isEmptyDifference(difference)) return [];
+    if (workers !== undefined) {
+      throw new OperationalError(`router ${config.namespace} forwards on ${workers.count} workers: live changes need workers: 1 for now; restart it with the new config`);
+    }
     if (passthrough) throw new OperationalError("a pass-through router takes no live changes; restart it");
     if (ethernet === undefined && next.ports.some((p) => p.wire.mode === "tap")) {
       throw new OperationalError("a router started without tap ports takes none live (its slots have no room for Ethernet headers); restart it");
@@ -683,6 +734,43 @@ export async function startRouter(configPath: string, options: RouterOptions = {
       return { ok: false, error: error instanceof Error ? error.message.split("\n")[0]! : String(error) };
     }
   };
+  // The other workers (workers: N > 1), each on queue i of every leg, their dataplanes on the
+  // main thread's tables; the router is ready once every one forwards (after its JIT warm-up).
+  let workerWarmUps: number[] = [];
+  if (workerCount > 1) {
+    const running = new ForwardingWorkers(
+      {
+        configText: readFileSync(config.file, "utf8"),
+        configFile: config.file,
+        vnetHdr: wantOffloads,
+        batchSize: BATCH_SIZE,
+        slotSize,
+        headroom,
+        spinMicroseconds,
+        warmUp: wantWarmUp,
+      },
+      Array.from({ length: workerCount - 1 }, (_, i) => legs.map((leg) => (leg as MultiQueueLeg).queueFor(i + 1))),
+      log,
+      (index, code, message) => supervisor!.fail(index, Object.assign(new Error(message), { code })),
+    );
+    workers = running;
+    try {
+      workerWarmUps = await running.start();
+    } catch (error) {
+      await running.stop();
+      workers = undefined;
+      supervisor!.stop();
+      clearInterval(legTicks);
+      if (housekeeping !== undefined) clearInterval(housekeeping);
+      if (neighbourTicks !== undefined) clearInterval(neighbourTicks);
+      await state?.stop();
+      closeLegs();
+      if (metadata !== undefined) await metadata.close();
+      if (metrics !== undefined) await metrics.close();
+      await control.close();
+      throw startError(error);
+    }
+  }
   ready = true;
 
   log(`qnat: router ${config.namespace} running (pid ${process.pid}), control socket ${control.path}`);
@@ -692,6 +780,10 @@ export async function startRouter(configPath: string, options: RouterOptions = {
       ? `qnat:   JIT warm-up: ${warmed.packets} synthetic packets through a scratch dataplane in ${warmed.ms.toFixed(0)} ms`
       : "qnat:   JIT warm-up: off",
   );
+  if (workers !== undefined) {
+    const warmUps = workerWarmUps.map((ms) => `${ms.toFixed(0)} ms`).join(", ");
+    log(`qnat:   workers: ${workers.count} (queue 0 on the main thread, queues 1-${workers.count - 1} on worker threads; their JIT warm-ups ${warmUps})`);
+  }
   for (const port of config.ports) {
     log(
       `qnat:   ${port.name} ${port.addresses.map(formatCidr).join(" ")} mtu ${port.mtu}` +
@@ -727,6 +819,8 @@ export async function startRouter(configPath: string, options: RouterOptions = {
         // 1. Stop reading: no wake-up runs the loop again. 2. Flush: nothing to do — every
         // batch is written with write(2) before its wake-up returns, so qnat holds no packet.
         for (const leg of supervisor!.openLegs) leg.device.stopReadable();
+        // The workers stop reading too and end their batches (control/workers.ts).
+        if (workers !== undefined) await workers.stop();
         // 3. What must outlive the process (the conntrack state) is saved by the hooks.
         for (const hook of stopHooks) {
           try {

@@ -16,6 +16,7 @@ import type { FragmentOutputCounters } from "../dataplane/fragment-output.js";
 import { type Dataplane, PortCounter } from "../dataplane/pipeline.js";
 import type { LegHealth } from "../io/leg-supervisor.js";
 import { ETH_COUNTER_NAMES, type EthernetStage } from "../io/ethernet-leg.js";
+import type { DataplaneCounters } from "../io/worker-protocol.js";
 import { formatStateStats, type StateStatsView } from "./state-keeper.js";
 import type { CaptureStatsView } from "./capture.js";
 
@@ -112,6 +113,18 @@ export interface StatsView {
   readonly capture?: CaptureStatsView;
   /** The router process's memory (Node's process.memoryUsage()), for soak runs and operators. */
   readonly process?: ProcessMemoryView;
+  /** With `workers: N` (N > 1): the packets of each forwarding thread (the figures above are their sum). */
+  readonly workers?: readonly WorkerStatsView[];
+}
+
+/** One forwarding thread's packets (worker 0 is the main thread). */
+export interface WorkerStatsView {
+  readonly worker: number;
+  readonly rxPackets: number;
+  readonly txPackets: number;
+  readonly drops: number;
+  /** false for a worker that failed too often and is left stopped (control/workers.ts). */
+  readonly running: boolean;
 }
 
 export interface ProcessMemoryView {
@@ -159,8 +172,14 @@ function legState(health: LegHealth): LegStateView {
  * `wires[i]` is port i's wire leg (from the config: `ports[i].wire`); `health(port * 2 + leg)`,
  * from a running router, the state of each leg.
  */
-export function collectPorts(dataplane: Dataplane, wires: readonly WireLeg[], health?: (index: number) => LegHealth | undefined): PortView[] {
-  const counters = dataplane.portCounters;
+export function collectPorts(
+  dataplane: Dataplane,
+  wires: readonly WireLeg[],
+  health?: (index: number) => LegHealth | undefined,
+  /** A router with several workers: the sum of every worker's counters (io/worker-protocol.ts). */
+  summed?: DataplaneCounters,
+): PortView[] {
+  const counters = summed?.portCounters ?? dataplane.portCounters;
   return dataplane.ports.map((port) => {
     const view: PortView = {
       index: port.index,
@@ -179,8 +198,13 @@ export function collectPorts(dataplane: Dataplane, wires: readonly WireLeg[], he
   });
 }
 
-export function collectStats(dataplane: Dataplane, metadata?: MetadataStatsView): StatsView {
-  const counters = dataplane.portCounters;
+/**
+ * `summed`: a router with several workers gives the sum of every worker's own counters
+ * (io/worker-protocol.ts addDataplaneCounters); the tables' sizes are the shared ones'.
+ */
+export function collectStats(dataplane: Dataplane, metadata?: MetadataStatsView, summed?: DataplaneCounters): StatsView {
+  const counters = summed?.portCounters ?? dataplane.portCounters;
+  const drops = summed?.drops ?? dataplane.drops;
   const table = dataplane.conntrack;
   const fragments = dataplane.fragments;
   const stats: StatsView = {
@@ -190,14 +214,14 @@ export function collectStats(dataplane: Dataplane, metadata?: MetadataStatsView)
       wire: legCounters(counters, port.index, PortCounter.RxPackets),
       mirror: legCounters(counters, port.index, PortCounter.MirrorRxPackets),
       icmpErrorsSent: counters[port.index * PORT_COUNTERS + PortCounter.IcmpErrorsSent]!,
-      drops: portDrops(dataplane.drops, port.index),
+      drops: portDrops(drops, port.index),
     })),
     conntrack: {
       count: table.count,
       capacity: table.capacity,
       memoryBytes: table.memoryBytes,
-      counters: { ...table.counters },
-      chains: table.chainStats,
+      counters: { ...((summed?.conntrack as ConntrackCounters | undefined) ?? table.counters) },
+      chains: summed?.chains ?? table.chainStats,
     },
     fragments: {
       datagrams: fragments.size,
@@ -205,9 +229,9 @@ export function collectStats(dataplane: Dataplane, metadata?: MetadataStatsView)
       held: fragments.heldFragments,
       maxHeld: fragments.maxHeldFragments,
       heldBytes: fragments.heldBytes,
-      counters: { ...fragments.counters },
+      counters: { ...((summed?.fragments as FragmentCounters | undefined) ?? fragments.counters) },
     },
-    fragmentation: { ...dataplane.fragmentOutput.counters },
+    fragmentation: { ...((summed?.fragmentation as FragmentOutputCounters | undefined) ?? dataplane.fragmentOutput.counters) },
     process: processMemory(),
   };
   return metadata === undefined ? stats : { ...stats, metadata: { ...metadata } };
@@ -349,6 +373,14 @@ export function formatStats(stats: StatsView): string {
   const sent = sum((p) => p.wire.txPackets + p.mirror.txPackets);
   const dropped = sum((p) => Object.values(p.drops).reduce((total, n) => total + n, 0));
   lines.push(`packets: received ${received}, sent ${sent}, dropped ${dropped}, icmp errors sent ${sum((p) => p.icmpErrorsSent)}`);
+  if (stats.workers !== undefined) {
+    // Each forwarding thread's share: the kernel spreads flows over the TUN queues by hash.
+    lines.push(`workers: ${stats.workers.length}`);
+    for (const w of stats.workers) {
+      const name = w.worker === 0 ? "0 (main thread)" : `${w.worker}`;
+      lines.push(`${INDENT}${name}: received ${w.rxPackets}, sent ${w.txPackets}, dropped ${w.drops}${w.running ? "" : " (STOPPED: failed too often)"}`);
+    }
+  }
   const ct = stats.conntrack;
   const usage = ct.capacity > 0 ? ` (${((100 * ct.count) / ct.capacity).toFixed(1)}%)` : "";
   const memory = ct.memoryBytes !== undefined ? `, ${formatBytes(ct.memoryBytes)}` : "";

@@ -12,6 +12,7 @@
  */
 import type { Dataplane } from "../dataplane/pipeline.js";
 import type { ConntrackEntryJson, ConntrackTupleJson } from "../conntrack/format.js";
+import type { DataplaneCounters } from "../io/worker-protocol.js";
 import type { ConntrackCensus } from "./census.js";
 import { collectStats, type LegCounters } from "./show.js";
 
@@ -41,9 +42,16 @@ export interface TopView {
 }
 
 /** The router's answer to `{"cmd":"top"}`: bounded work (the census walks in ~1 ms pieces). */
-export async function collectTop(dataplane: Dataplane, census: ConntrackCensus, connections: number, censusMaxAgeMs = TOP_CENSUS_MAX_AGE_MS): Promise<TopView> {
+export async function collectTop(
+  dataplane: Dataplane,
+  census: ConntrackCensus,
+  connections: number,
+  censusMaxAgeMs = TOP_CENSUS_MAX_AGE_MS,
+  /** A router with several workers: the sum of their counters (control/workers.ts), asked while the census runs. */
+  summed?: Promise<DataplaneCounters>,
+): Promise<TopView> {
   const counted = await census.latest(censusMaxAgeMs, true);
-  const stats = collectStats(dataplane);
+  const stats = collectStats(dataplane, undefined, await summed);
   return {
     at: Date.now(),
     ports: stats.ports.map((port) => ({

@@ -240,20 +240,31 @@ export class LegSupervisor<L extends ClosableLeg = TunLeg> {
 /** Opens a leg as the router did at start: the device in its namespace, offloads, MTU, up. */
 export function openLeg(spec: LegSpec): TunLeg {
   const ethernet = spec.ethernet;
-  const device = TunDevice.open(spec.device, { netns: spec.netns, vnetHdr: spec.vnetHdr, tap: ethernet !== undefined });
+  const [device] = openLegQueues(spec, 1);
+  if (ethernet === undefined) return new TunLeg(device!);
+  const leg = new EthernetLeg(device!, ethernet.stage, ethernet.port, ethernet.role);
+  ethernet.stage.attach(leg);
+  return leg;
+}
+
+/**
+ * The device of a leg opened as the router did at start, with `queues` queues (IFF_MULTI_QUEUE
+ * when more than one: one per worker, queue 0 first; io/tun.ts openQueues), set up through
+ * queue 0 (offloads, MTU and flags belong to the device, not to a queue).
+ */
+export function openLegQueues(spec: LegSpec, queues: number): TunDevice[] {
+  const devices = TunDevice.openQueues(spec.device, { netns: spec.netns, vnetHdr: spec.vnetHdr, tap: spec.ethernet !== undefined }, queues);
+  const device = devices[0]!;
   try {
     if (spec.vnetHdr) device.setOffload(spec.offloadFlags);
     device.setMtu(spec.mtu);
-    if (ethernet?.mac !== undefined) device.setMac(ethernet.mac);
+    if (spec.ethernet?.mac !== undefined) device.setMac(spec.ethernet.mac);
     device.setUp();
   } catch (error) {
-    device.close();
+    for (const queue of devices) queue.close();
     throw error;
   }
-  if (ethernet === undefined) return new TunLeg(device);
-  const leg = new EthernetLeg(device, ethernet.stage, ethernet.port, ethernet.role);
-  ethernet.stage.attach(leg);
-  return leg;
+  return devices;
 }
 
 /** The inode of a named namespace (nsfs: one per namespace), null when it does not exist. */

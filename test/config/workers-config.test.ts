@@ -52,4 +52,15 @@ describe("workers: the threads that forward", () => {
     expect(errorOf(withWorkers("[2]"))).toBe(`bad.yaml:${line}: workers must be a whole number of threads or auto, not a list`);
     expect(errorOf(withWorkers("{ count: 2 }"))).toBe(`bad.yaml:${line}: workers must be a whole number of threads or auto, not a mapping`);
   });
+
+  it("tap ports and a capture from the start run on one thread: with workers: 2 they are one line at the workers line", () => {
+    const ethernetText = readFileSync("examples/seed-ethernet.yaml", "utf8");
+    const ethernetLine = ethernetText.split("\n").length;
+    expect(errorOf(`${ethernetText}workers: 2\n`)).toBe(
+      `bad.yaml:${ethernetLine}: workers 2: port qr-694450d6-f6 has wire.mode: tap, whose ARP and neighbour table run on one thread; use workers: 1 with tap ports`,
+    );
+    expect(workersOf(parseConfig(`${ethernetText}workers: 1\n`, "x.yaml"))).toBe(1);
+    const capture = `${seedText}capture:\n  file: /var/tmp/q.pcapng\nworkers: 2\n`;
+    expect(errorOf(capture)).toBe(`bad.yaml:${line + 2}: workers 2: capture would see one thread's packets only; captures need workers: 1`);
+  });
 });

@@ -1,0 +1,298 @@
+/**
+ * The forwarding threads of a router with `workers: N` (N > 1): the main thread forwards queue 0
+ * of every leg and keeps the control plane; `ForwardingWorkers` starts N - 1 worker_threads
+ * (io/dataplane-worker.ts), worker i forwarding queue i of every leg, and speaks for them:
+ *
+ *   - counters: `counters()` asks every worker for a copy of its dataplane's counters (over its
+ *     MessagePort, answered between two batches) so `show stats`, `show ports`, `top` and the
+ *     metrics add them to the main thread's and show one router; a worker that does not answer in
+ *     COUNTERS_TIMEOUT_MS is shown with its last answer. Asking costs the packet path nothing
+ *     until asked, and a worker's counters stay in its own thread's memory.
+ *   - a worker that fails (an exception out of its loop, which the loop's own guards make a bug)
+ *     is logged in one line and started again on the same queues (the main thread holds their
+ *     fds); its counters up to its last answer are carried over. After RESTART_LIMIT failures in
+ *     RESTART_WINDOW_MS it is not started again, and says so: its queues are then not read, and
+ *     the kernel drops what it steers to them (the flows hashed there stall; the router lives).
+ *   - legs: when the main thread's supervisor retires a leg (io/leg-supervisor.ts) every worker
+ *     lets its queue of it go before the fds are closed (`releaseLeg`), so a reused fd number never
+ *     reaches a worker; a leg re-created with N queues gives each worker its new queue (`legUp`).
+ *   - stop: every worker stops reading, ends its batch and answers; then the caller saves state.
+ */
+import { Worker } from "node:worker_threads";
+import { PortCounter } from "../dataplane/pipeline.js";
+import type { TunDevice } from "../io/tun.js";
+import { TunLeg } from "../io/tun-leg.js";
+import type { DataplaneCounters, FromWorker, ToWorker, WorkerLegSetup, WorkerSetup } from "../io/worker-protocol.js";
+import { addDataplaneCounters } from "../io/worker-protocol.js";
+import type { WorkerStatsView } from "./show.js";
+
+/** How long `counters()` waits for a worker's answer. */
+export const COUNTERS_TIMEOUT_MS = 500;
+/** How long `stop()` waits for the workers to stop reading before it ends them. */
+export const STOP_TIMEOUT_MS = 400;
+/** A worker that fails this often within RESTART_WINDOW_MS is left stopped. */
+export const RESTART_LIMIT = 5;
+export const RESTART_WINDOW_MS = 60_000;
+
+/** The module a worker thread runs: dist/src/io/dataplane-worker.js beside this file's dist/src/control. */
+const WORKER_MODULE = new URL("../io/dataplane-worker.js", import.meta.url);
+
+/** Everything a worker is started with but its number and queues. */
+export type WorkerBase = Omit<WorkerSetup, "worker" | "legs">;
+
+/** One worker thread and what the main thread remembers of it. */
+interface WorkerThread {
+  readonly number: number;
+  legs: WorkerLegSetup[];
+  thread: Worker | null;
+  /** Counters of earlier runs of this worker (before it failed and was started again). */
+  carried: DataplaneCounters | null;
+  last: DataplaneCounters | null;
+  failures: number[];
+  stopped: boolean;
+}
+
+export class ForwardingWorkers {
+  private readonly threads: WorkerThread[];
+  private nextRequest = 1;
+  private readonly pending = new Map<number, { remaining: Set<number>; answers: Map<number, DataplaneCounters>; done: () => void }>();
+  private readonly releases = new Map<number, { remaining: Set<number>; done: () => void }>();
+  private readonly stops = new Map<number, () => void>();
+  private stopping = false;
+
+  /** `queues[w - 1][leg]`: worker w's queue of every leg. */
+  constructor(
+    private readonly base: WorkerBase,
+    queues: readonly (readonly WorkerLegSetup[])[],
+    private readonly log: (line: string) => void,
+    /** A worker saw leg `index` fail (its read, write or poll). */
+    private readonly legFailed: (index: number, code: string, message: string) => void,
+  ) {
+    this.threads = queues.map((legs, i) => ({ number: i + 1, legs: [...legs], thread: null, carried: null, last: null, failures: [], stopped: false }));
+  }
+
+  /** How many threads forward, the main thread included. */
+  get count(): number {
+    return this.threads.length + 1;
+  }
+
+  /** Starts every worker; resolves when all forward (after their JIT warm-up), with their warm-up times. */
+  start(): Promise<number[]> {
+    return Promise.all(this.threads.map((t) => this.spawn(t)));
+  }
+
+  private spawn(t: WorkerThread): Promise<number> {
+    const setup: WorkerSetup = { ...this.base, worker: t.number, legs: t.legs };
+    const thread = new Worker(WORKER_MODULE, { workerData: { qnatWorker: setup } });
+    t.thread = thread;
+    return new Promise<number>((resolve, reject) => {
+      let ready = false;
+      thread.on("message", (message: FromWorker) => {
+        if (message.type === "ready") {
+          ready = true;
+          resolve(message.warmUpMs);
+        } else this.received(t, message);
+      });
+      thread.on("error", (error) => {
+        if (!ready) reject(new Error(`worker ${t.number} did not start: ${error.message.split("\n")[0]}`));
+        else this.failed(t, thread, `${error.name}: ${error.message.split("\n")[0]}`);
+      });
+      thread.on("exit", (code) => {
+        if (!ready) reject(new Error(`worker ${t.number} exited with ${code} before it forwarded`));
+        else if (!this.stopping && t.thread === thread) this.failed(t, thread, `exited with code ${code}`);
+        this.settle(t.number);
+      });
+    });
+  }
+
+  private received(t: WorkerThread, message: FromWorker): void {
+    switch (message.type) {
+      case "log":
+        this.log(message.line);
+        return;
+      case "counters": {
+        t.last = message.counters;
+        const request = this.pending.get(message.id);
+        if (request === undefined) return;
+        request.answers.set(t.number, message.counters);
+        request.remaining.delete(t.number);
+        if (request.remaining.size === 0) request.done();
+        return;
+      }
+      case "leg-failed":
+        this.legFailed(message.index, message.code, message.message);
+        return;
+      case "released": {
+        const release = this.releases.get(message.index);
+        release?.remaining.delete(t.number);
+        if (release !== undefined && release.remaining.size === 0) release.done();
+        return;
+      }
+      case "stopped":
+        this.stops.get(t.number)?.();
+        return;
+    }
+  }
+
+  /** Worker `t` failed: one line, and started again on the same queues unless it fails too often. */
+  private failed(t: WorkerThread, thread: Worker, why: string): void {
+    if (t.thread !== thread) return;
+    t.thread = null;
+    if (t.last !== null) t.carried = t.carried === null ? t.last : addDataplaneCounters(t.carried, [t.last]);
+    t.last = null;
+    this.settle(t.number);
+    const now = Date.now();
+    t.failures = [...t.failures.filter((at) => now - at < RESTART_WINDOW_MS), now];
+    if (t.failures.length >= RESTART_LIMIT) {
+      t.stopped = true;
+      this.log(`qnat: worker ${t.number} failed (${why}), ${t.failures.length} times in ${RESTART_WINDOW_MS / 1000} s: left stopped; its queues are not read until a restart`);
+      return;
+    }
+    this.log(`qnat: worker ${t.number} failed (${why}); started again on its queues`);
+    thread.removeAllListeners();
+    void thread.terminate();
+    this.spawn(t).catch((error: unknown) => {
+      t.stopped = true;
+      this.log(`qnat: worker ${t.number} could not be started again (${error instanceof Error ? error.message : String(error)}); its queues are not read until a restart`);
+    });
+  }
+
+  /** A worker that is gone answers nothing more: the requests waiting for it go on without it. */
+  private settle(number: number): void {
+    for (const request of this.pending.values()) {
+      if (request.remaining.delete(number) && request.remaining.size === 0) request.done();
+    }
+    for (const release of this.releases.values()) {
+      if (release.remaining.delete(number) && release.remaining.size === 0) release.done();
+    }
+    this.stops.get(number)?.();
+  }
+
+  private post(t: WorkerThread, message: ToWorker): boolean {
+    if (t.thread === null) return false;
+    t.thread.postMessage(message);
+    return true;
+  }
+
+  /**
+   * Every worker's counters (with what earlier runs of it counted), index w - 1 for worker w;
+   * a worker that does not answer in time is given as it last answered.
+   */
+  async counters(): Promise<DataplaneCounters[]> {
+    const id = this.nextRequest++;
+    const answers = new Map<number, DataplaneCounters>();
+    const remaining = new Set(this.threads.filter((t) => this.post(t, { type: "counters", id })).map((t) => t.number));
+    if (remaining.size > 0) {
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(resolve, COUNTERS_TIMEOUT_MS);
+        this.pending.set(id, {
+          remaining,
+          answers,
+          done: () => {
+            clearTimeout(timer);
+            resolve();
+          },
+        });
+      });
+      this.pending.delete(id);
+    }
+    return this.threads.flatMap((t) => {
+      const now = answers.get(t.number) ?? t.last;
+      const parts = [t.carried, now].filter((c): c is DataplaneCounters => c !== null && c !== undefined);
+      if (parts.length === 0) return [];
+      return [parts.length === 1 ? parts[0]! : addDataplaneCounters(parts[0]!, parts.slice(1))];
+    });
+  }
+
+  /** Packets per worker from counters: `main` the main thread's, `workers` as `counters()` gave them. */
+  perWorker(main: DataplaneCounters, workers: readonly DataplaneCounters[]): WorkerStatsView[] {
+    const view = (worker: number, c: DataplaneCounters, running: boolean): WorkerStatsView => ({ worker, ...packetTotals(c), running });
+    return [view(0, main, true), ...workers.map((c, i) => view(i + 1, c, !this.threads[i]!.stopped))];
+  }
+
+  /**
+   * Leg `index` is down: every worker stops using its queue of it; resolves when all let go (or
+   * are gone), after which the caller may close the queues' fds.
+   */
+  releaseLeg(index: number): Promise<void> {
+    const remaining = new Set(this.threads.filter((t) => this.post(t, { type: "leg-down", index })).map((t) => t.number));
+    if (remaining.size === 0) return Promise.resolve();
+    return new Promise<void>((resolve) => {
+      const done = (): void => {
+        this.releases.delete(index);
+        resolve();
+      };
+      this.releases.set(index, { remaining, done });
+    });
+  }
+
+  /** Leg `index` was re-created: `queues[w - 1]` is worker w's queue of it. */
+  legUp(index: number, queues: readonly WorkerLegSetup[]): void {
+    this.threads.forEach((t, i) => {
+      t.legs[index] = queues[i]!;
+      this.post(t, { type: "leg-up", index, leg: queues[i]! });
+    });
+  }
+
+  /** Every worker stops reading and ends its batch; those that do not answer in time are ended. */
+  async stop(): Promise<void> {
+    this.stopping = true;
+    await Promise.all(
+      this.threads.map(async (t) => {
+        const thread = t.thread;
+        if (thread === null) return;
+        const answered = new Promise<void>((resolve) => this.stops.set(t.number, resolve));
+        thread.postMessage({ type: "stop" } satisfies ToWorker);
+        const timer = new Promise<void>((resolve) => setTimeout(resolve, STOP_TIMEOUT_MS).unref());
+        await Promise.race([answered, timer]);
+        this.stops.delete(t.number);
+        t.thread = null;
+        await thread.terminate();
+      }),
+    );
+  }
+}
+
+/** Received (wire and mirror legs), sent and dropped packets of one dataplane's counters, as `show stats` totals them. */
+function packetTotals(c: DataplaneCounters): { rxPackets: number; txPackets: number; drops: number } {
+  let rxPackets = 0;
+  let txPackets = 0;
+  for (let at = 0; at + PORT_COUNTERS <= c.portCounters.length; at += PORT_COUNTERS) {
+    rxPackets += c.portCounters[at + PortCounter.RxPackets]! + c.portCounters[at + PortCounter.MirrorRxPackets]!;
+    txPackets += c.portCounters[at + PortCounter.TxPackets]! + c.portCounters[at + PortCounter.MirrorTxPackets]!;
+  }
+  let drops = 0;
+  for (const n of c.drops) drops += n;
+  return { rxPackets, txPackets, drops };
+}
+
+const PORT_COUNTERS = PortCounter.Count as number;
+
+/**
+ * Queue 0 of a leg of a multi-queue router: the main thread's own queue, holding the other
+ * queues (the workers'). Closing it (the supervisor retires it, the router stops) has every
+ * worker let its queue go first, then closes them all; the device goes with its last queue.
+ */
+export class MultiQueueLeg extends TunLeg {
+  constructor(
+    device: TunDevice,
+    /** Queues 1..N-1, worker w's at w - 1. */
+    readonly workerQueues: readonly TunDevice[],
+    private readonly release: () => Promise<void>,
+  ) {
+    super(device);
+  }
+
+  /** Worker w's queue as it is sent to it. */
+  queueFor(worker: number): WorkerLegSetup {
+    const device = this.workerQueues[worker - 1]!;
+    return { fd: device.fd, name: device.name, netns: device.netns ?? "" };
+  }
+
+  override close(): void {
+    super.close();
+    void this.release().then(() => {
+      for (const queue of this.workerQueues) queue.close();
+    });
+  }
+}

@@ -1,0 +1,104 @@
+/**
+ * A forwarding worker thread (`workers: N`, N > 1; started by control/workers.ts): it forwards
+ * queue i of every leg of the router, as the main thread forwards queue 0, with the same packet
+ * loop (io/pump-loop.ts) over its own Dataplane. That dataplane is built from the same config
+ * and attached to the main thread's connection table and NAT state (SharedArrayBuffers under one
+ * lock, dataplane/from-config.ts `shared`), so a connection whose two directions the kernel
+ * hands to different queues is one connection, and a NAT port is chosen once across all workers.
+ * Its batches, counters, fragment table and JIT are its own.
+ *
+ * The main thread opened every queue (fds are process-wide) and keeps them: the worker only
+ * polls, reads and writes its fds and never closes them. It answers the main thread's messages
+ * (io/worker-protocol.ts): a copy of its counters, a leg gone or re-created, stop.
+ */
+import { parentPort, workerData, type MessagePort } from "node:worker_threads";
+import { parseConfig } from "../config/config.js";
+import { CryptoRng } from "../core/rng.js";
+import { buildDataplane } from "../dataplane/from-config.js";
+import { warmUp } from "../dataplane/warmup.js";
+import { Forwarder } from "./forwarder.js";
+import { LoopStats } from "./loop-stats.js";
+import { PumpLoop } from "./pump-loop.js";
+import { TunDevice, type TunError } from "./tun.js";
+import { TunLeg } from "./tun-leg.js";
+import { countersOf, type FromWorker, type ToWorker, type WorkerLegSetup, type WorkerSetup } from "./worker-protocol.js";
+
+/** Conntrack expiry also runs when no packet arrives (as the main thread's housekeeping timer). */
+const HOUSEKEEPING_INTERVAL_MS = 1000;
+
+/** Runs worker `setup.worker` until the main thread says stop. */
+export function runDataplaneWorker(setup: WorkerSetup, port: MessagePort): void {
+  const post = (message: FromWorker): void => port.postMessage(message);
+  const log = (line: string): void => post({ type: "log", line });
+  const config = parseConfig(setup.configText, setup.configFile);
+  const started = performance.now();
+  if (setup.warmUp) warmUp(config, { headroom: setup.headroom, slotSize: setup.slotSize });
+  const warmUpMs = performance.now() - started;
+  const dataplane = buildDataplane(config, { rng: new CryptoRng() });
+  dataplane.log = log;
+  const open = (leg: WorkerLegSetup): TunLeg =>
+    new TunLeg(TunDevice.fromFd(leg.fd, { name: leg.name, netns: leg.netns, vnetHdr: setup.vnetHdr, ownsFd: false }));
+  const legs = setup.legs.map(open);
+  const forwarder = new Forwarder(dataplane, legs, setup.batchSize, setup.slotSize, setup.headroom);
+  const loopStats = new LoopStats();
+  /** A leg whose read, write or poll failed here: out of this worker's loop, and the main thread told. */
+  const legFailed = (index: number, error: unknown): void => {
+    legs[index]?.device.stopReadable();
+    const tunError = error as TunError;
+    post({ type: "leg-failed", index, code: typeof tunError?.code === "string" ? tunError.code : "EUNKNOWN", message: error instanceof Error ? error.message : String(error) });
+  };
+  forwarder.slots.onFailure = legFailed;
+  const loop = new PumpLoop(forwarder, {
+    spinMicroseconds: setup.spinMicroseconds,
+    loopStats,
+    log,
+    legFailed: (index, error) => forwarder.slots.fail(index, error),
+  });
+  legs.forEach((leg, index) => loop.watch(index, leg.device));
+  const housekeeping = setInterval(() => {
+    try {
+      dataplane.housekeeping();
+    } catch (failure) {
+      loop.errors.offer(() => `qnat: worker ${setup.worker}: internal error in housekeeping (it goes on): ${failure instanceof Error ? failure.stack : String(failure)}`);
+    }
+  }, HOUSEKEEPING_INTERVAL_MS);
+
+  port.on("message", (message: ToWorker) => {
+    switch (message.type) {
+      case "counters":
+        post({ type: "counters", id: message.id, counters: countersOf(dataplane) });
+        return;
+      case "leg-down": {
+        // The main thread closes the fd once every worker let it go: until then its number
+        // cannot be reused by another open, so this worker never reads someone else's device.
+        const leg = legs[message.index];
+        leg?.device.stopReadable();
+        forwarder.slots.onFailure = null;
+        forwarder.slots.fail(message.index, Object.assign(new Error("leg down"), { code: "ENODEV" }));
+        forwarder.slots.onFailure = legFailed;
+        post({ type: "released", index: message.index, fd: leg?.device.fd ?? -1 });
+        return;
+      }
+      case "leg-up": {
+        const leg = open(message.leg);
+        legs[message.index] = leg;
+        forwarder.slots.replace(message.index, leg);
+        loop.watch(message.index, leg.device);
+        return;
+      }
+      case "stop":
+        // Reading stops: no wake-up runs the loop again. A batch is written before its wake-up
+        // returns, so nothing is held; the worker ends once its port closes.
+        clearInterval(housekeeping);
+        for (const leg of legs) leg.device.stopReadable();
+        post({ type: "stopped" });
+        port.close();
+        return;
+    }
+  });
+  post({ type: "ready", warmUpMs });
+}
+
+if (parentPort !== null && (workerData as { qnatWorker?: WorkerSetup } | null)?.qnatWorker !== undefined) {
+  runDataplaneWorker((workerData as { qnatWorker: WorkerSetup }).qnatWorker, parentPort);
+}

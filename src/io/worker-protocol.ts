@@ -1,0 +1,111 @@
+/**
+ * What the router's main thread and its worker threads (`workers: N`, io/dataplane-worker.ts,
+ * control/workers.ts) tell each other over a worker's MessagePort: plain data only (the structured
+ * clone of postMessage), typed here once for both sides.
+ *
+ * Counters: every worker's dataplane counts its own packets (its own typed arrays, written by
+ * its thread alone, never a shared cache line on the packet path); `show`, `top` and the metrics
+ * ask each worker for a copy when they are asked (`countersOf`) and add them up
+ * (`addDataplaneCounters`), so they show one router. A copy is a few kilobytes per worker.
+ */
+import type { Dataplane } from "../dataplane/pipeline.js";
+
+/** A leg's queue for worker i: queue i of the device (fds are process-wide). */
+export interface WorkerLegSetup {
+  readonly fd: number;
+  /** The device's name and namespace (for log lines and errors). */
+  readonly name: string;
+  readonly netns: string;
+}
+
+/** What a worker thread starts with (its workerData). */
+export interface WorkerSetup {
+  /** 1..N-1 (the main thread forwards queue 0 as worker 0). */
+  readonly worker: number;
+  /** The config as the router read it; the worker parses it again (a RouterConfig is not plain data). */
+  readonly configText: string;
+  readonly configFile: string;
+  /** The worker's queue of every leg, `port * 2 + leg` as the Forwarder's legs. */
+  readonly legs: readonly WorkerLegSetup[];
+  /** Every leg opened with IFF_VNET_HDR. */
+  readonly vnetHdr: boolean;
+  readonly batchSize: number;
+  readonly slotSize: number;
+  readonly headroom: number;
+  readonly spinMicroseconds: number;
+  readonly warmUp: boolean;
+}
+
+/** The counters one dataplane keeps for itself, as plain data. */
+export interface DataplaneCounters {
+  /** Dataplane.portCounters and .drops, copied. */
+  readonly portCounters: Float64Array;
+  readonly drops: Float64Array;
+  readonly conntrack: Record<string, number>;
+  readonly chains: { lookups: number; nodesWalked: number; longestWalk: number };
+  readonly fragments: Record<string, number>;
+  readonly fragmentation: Record<string, number>;
+}
+
+/** From the main thread. */
+export type ToWorker =
+  | { readonly type: "counters"; readonly id: number }
+  /** Stop reading, let the batch in progress end, answer `stopped`. */
+  | { readonly type: "stop" }
+  /** Leg `index` is down (its device gone): stop using its fd and answer `released` (the main thread then closes it). */
+  | { readonly type: "leg-down"; readonly index: number }
+  /** Leg `index` was re-created: this worker's queue of it. */
+  | { readonly type: "leg-up"; readonly index: number; readonly leg: WorkerLegSetup };
+
+/** From a worker. */
+export type FromWorker =
+  | { readonly type: "ready"; readonly warmUpMs: number }
+  | { readonly type: "log"; readonly line: string }
+  | { readonly type: "counters"; readonly id: number; readonly counters: DataplaneCounters }
+  /** A read or write of leg `index` failed in this worker (the main thread's supervisor decides). */
+  | { readonly type: "leg-failed"; readonly index: number; readonly code: string; readonly message: string }
+  | { readonly type: "released"; readonly index: number; readonly fd: number }
+  | { readonly type: "stopped" };
+
+/** A copy of `dataplane`'s own counters (control plane: allocates). */
+export function countersOf(dataplane: Dataplane): DataplaneCounters {
+  const chains = dataplane.conntrack.chainStats;
+  return {
+    portCounters: dataplane.portCounters.slice(),
+    drops: dataplane.drops.slice(),
+    conntrack: { ...dataplane.conntrack.counters },
+    chains: { lookups: chains.lookups, nodesWalked: chains.nodesWalked, longestWalk: chains.longestWalk },
+    fragments: { ...dataplane.fragments.counters },
+    fragmentation: { ...dataplane.fragmentOutput.counters },
+  };
+}
+
+/** `base` plus every one of `others`, one router's counters (the longest walk is the longest of all). */
+export function addDataplaneCounters(base: DataplaneCounters, others: readonly DataplaneCounters[]): DataplaneCounters {
+  const portCounters = base.portCounters.slice();
+  const drops = base.drops.slice();
+  const conntrack = { ...base.conntrack };
+  const chains = { ...base.chains };
+  const fragments = { ...base.fragments };
+  const fragmentation = { ...base.fragmentation };
+  for (const other of others) {
+    addInto(portCounters, other.portCounters);
+    addInto(drops, other.drops);
+    addFields(conntrack, other.conntrack);
+    chains.lookups += other.chains.lookups;
+    chains.nodesWalked += other.chains.nodesWalked;
+    chains.longestWalk = Math.max(chains.longestWalk, other.chains.longestWalk);
+    addFields(fragments, other.fragments);
+    addFields(fragmentation, other.fragmentation);
+  }
+  return { portCounters, drops, conntrack, chains, fragments, fragmentation };
+}
+
+function addInto(into: Float64Array, from: Float64Array): void {
+  const length = Math.min(into.length, from.length);
+  for (let i = 0; i < length; i++) into[i]! += from[i]!;
+}
+
+function addFields(into: Record<string, number>, from: Readonly<Record<string, number>>): void {
+  for (const [key, value] of Object.entries(from)) if (typeof value === "number") into[key] = (into[key] ?? 0) + value;
+}

@@ -1,0 +1,203 @@
+/**
+ * The seed's router with `workers: 2`, in real namespaces (root only; the seed's router under
+ * fresh names qnt-<tag>-*, linked to nothing, removed afterwards even on failure): every leg is a
+ * two-queue TUN device, the main thread forwards queue 0 and a worker thread queue 1, both on one
+ * connection table. The seed's flows work as with one thread (10.0.0.3 leaves as 9.186.100.2,
+ * the floating IP 9.186.100.129 reaches 10.0.0.2, ping, the metadata through REDIRECT); 32
+ * parallel UDP flows, which the kernel spreads over both queues, are all translated and answered;
+ * `show stats` is one router whose per-worker figures add up to its totals; what needs one thread
+ * (captures, live changes) is refused in one line; SIGTERM ends both threads and exits 0.
+ * Every command is bounded in time and count.
+ */
+import { spawn, spawnSync, type ChildProcess } from "node:child_process";
+import { existsSync } from "node:fs";
+import { resolve } from "node:path";
+import { setTimeout as sleep } from "node:timers/promises";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { parseConfig } from "../../src/config/config.js";
+import { isRoot as runningAsRoot } from "../../src/io/netns.js";
+import { controlRequest, controlSocketPath, pidPathFor } from "../../src/control/socket.js";
+import { pingUntil } from "../../src/control/lab.js";
+import type { PortView, StatsView } from "../../src/control/show.js";
+import { retagForRun, runTag, startQnatLab, type Lab } from "../../bench/e2e-lab.js";
+
+const isRoot = runningAsRoot();
+if (!isRoot) console.warn("test/e2e/workers.test.ts: not root, so the two-worker router tests are skipped");
+
+const SEED = resolve(import.meta.dirname, "../../examples/seed.yaml");
+const WAIT_MS = 10_000;
+/** Parallel UDP flows from 10.0.0.3, and datagrams each (all bounded). */
+const FLOWS = 32;
+const PER_FLOW = 10;
+
+/** An HTTP server that answers with the address it saw the client as. */
+const WHO_AM_I = `
+const [host, port] = process.argv.slice(1);
+require("http").createServer((req, res) => res.end("seen " + req.socket.remoteAddress.replace(/^::ffff:/, "") + "\\n"))
+  .listen(Number(port), host, () => console.log("ready"));
+setTimeout(() => process.exit(0), 60000);`;
+
+/** A UDP server on HOST:PORT that answers every datagram with the address and port it came from. */
+const UDP_WHO_AM_I = `
+const socket = require("dgram").createSocket("udp4");
+socket.on("message", (m, from) => socket.send(from.address + ":" + from.port, from.port, from.address));
+socket.bind(Number(process.argv[2]), process.argv[1], () => console.log("ready"));
+setTimeout(() => process.exit(0), 60000);`;
+
+/**
+ * FLOWS sockets bound to SOURCE, PER_FLOW datagrams each to DEST:PORT; prints one JSON line:
+ * the datagrams sent and answered, and per local port the address:port the server saw.
+ */
+const UDP_FLOWS = `
+const dgram = require("dgram");
+const [flows, perFlow, source, dest, port] = process.argv.slice(1);
+const seen = {};
+let sent = 0, answered = 0, bound = 0;
+const sockets = [];
+const done = () => { console.log(JSON.stringify({ sent, answered, seen })); process.exit(0); };
+setTimeout(done, 8000);
+for (let i = 0; i < Number(flows); i++) {
+  const s = dgram.createSocket("udp4");
+  sockets.push(s);
+  s.on("message", (m) => {
+    seen[s.address().port] = m.toString();
+    if (++answered === Number(flows) * Number(perFlow)) done();
+  });
+  s.bind(0, source, () => {
+    if (++bound < Number(flows)) return;
+    for (const t of sockets) for (let k = 0; k < Number(perFlow); k++) t.send("x", Number(port), dest, () => sent++);
+  });
+}`;
+
+/** Starts a node script in a namespace; resolves once it printed its first line (bounded). */
+function startIn(netns: string, script: string, args: readonly string[], children: ChildProcess[]): Promise<ChildProcess> {
+  return new Promise((done, reject) => {
+    const child = spawn("ip", ["netns", "exec", netns, process.execPath, "-e", script, ...args], { stdio: ["ignore", "pipe", "pipe"] });
+    children.push(child);
+    const timer = setTimeout(() => reject(new Error(`script in ${netns} did not start`)), WAIT_MS);
+    child.stdout!.once("data", () => {
+      clearTimeout(timer);
+      done(child);
+    });
+    child.once("exit", (code) => {
+      clearTimeout(timer);
+      reject(new Error(`script in ${netns} exited (${code})`));
+    });
+  });
+}
+
+function inNs(netns: string, command: string, args: readonly string[]): { code: number | null; stdout: string } {
+  const result = spawnSync("ip", ["netns", "exec", netns, command, ...args], { encoding: "utf8", timeout: 20_000 });
+  return { code: result.status, stdout: result.stdout ?? "" };
+}
+
+describe.skipIf(!isRoot)("the seed's router with workers: 2", () => {
+  let lab: Lab | undefined;
+  const children: ChildProcess[] = [];
+  const retagged = retagForRun(SEED, runTag());
+  const text = `${retagged.text}workers: 2\n`;
+  const config = parseConfig(text, "router.yaml");
+  const tenant = config.ports[0]!.wire.namespace;
+  const external = config.ports[1]!.wire.namespace;
+  const socket = controlSocketPath(config.namespace);
+
+  async function stats(): Promise<StatsView> {
+    const response = await controlRequest(socket, { cmd: "show", what: "stats", json: true });
+    if (!response.ok) throw new Error(`qnat show stats: ${response.error}`);
+    return response.data as StatsView;
+  }
+
+  beforeAll(async () => {
+    lab = await startQnatLab(text, config);
+  }, 60_000);
+  afterAll(async () => {
+    for (const child of children) child.kill("SIGKILL");
+    await lab?.stop();
+  }, 30_000);
+
+  it("starts two forwarding threads, each on its queue of every leg", () => {
+    expect(lab!.output!()).toMatch(/workers: 2 \(queue 0 on the main thread, queues 1-1 on worker threads/);
+    // Every leg is a multi-queue TUN device (ip -d link: "multi_queue").
+    expect(inNs(config.namespace, "ip", ["-d", "link", "show", config.ports[0]!.name]).stdout).toContain("multi_queue");
+    expect(inNs(tenant, "ip", ["-d", "link", "show", "eth0"]).stdout).toContain("multi_queue");
+  });
+
+  it("10.0.0.3 pings 203.0.113.10 through the router", async () => {
+    expect(await pingUntil(tenant, "203.0.113.10", WAIT_MS, "10.0.0.3")).toBe(true);
+  });
+
+  it("10.0.0.3 reaches the outside as 9.186.100.2, and 10.0.0.2 as its floating IP 9.186.100.129", async () => {
+    await startIn(external, WHO_AM_I, ["0.0.0.0", "8080"], children);
+    expect(inNs(tenant, "curl", ["-s", "-m", "5", "--interface", "10.0.0.3", "http://203.0.113.10:8080/"]).stdout.trim()).toBe("seen 9.186.100.2");
+    expect(inNs(tenant, "curl", ["-s", "-m", "5", "--interface", "10.0.0.2", "http://9.186.100.1:8080/"]).stdout.trim()).toBe("seen 9.186.100.129");
+  });
+
+  it("a client outside that connects to 9.186.100.129 is answered by 10.0.0.2", async () => {
+    await startIn(tenant, WHO_AM_I, ["10.0.0.2", "8081"], children);
+    expect(inNs(external, "curl", ["-s", "-m", "5", "http://9.186.100.129:8081/"]).stdout.trim()).toBe("seen 9.186.100.1");
+  });
+
+  it("10.0.0.2 fetches its instance id from 169.254.169.254 (REDIRECT to the metadata proxy)", () => {
+    const id = inNs(tenant, "curl", ["-s", "-m", "5", "--interface", "10.0.0.2", "http://169.254.169.254/latest/meta-data/instance-id"]);
+    expect(id.stdout.trim()).toBe("i-00000001");
+  });
+
+  it(`${FLOWS} parallel UDP flows from 10.0.0.3 all leave as 9.186.100.2 with distinct ports, every datagram answered, and both workers carried them`, async () => {
+    await startIn(external, UDP_WHO_AM_I, ["203.0.113.10", "7000"], children);
+    const before = await stats();
+    const client = spawnSync("ip", ["netns", "exec", tenant, process.execPath, "-e", UDP_FLOWS, String(FLOWS), String(PER_FLOW), "10.0.0.3", "203.0.113.10", "7000"], {
+      encoding: "utf8",
+      timeout: 20_000,
+    });
+    const result = JSON.parse(client.stdout) as { sent: number; answered: number; seen: Record<string, string> };
+    expect(result.sent).toBe(FLOWS * PER_FLOW);
+    expect(result.answered).toBe(FLOWS * PER_FLOW);
+    const seen = Object.values(result.seen);
+    expect(seen).toHaveLength(FLOWS);
+    for (const address of seen) expect(address).toMatch(/^9\.186\.100\.2:\d+$/);
+    // No two connections share a translated tuple.
+    expect(new Set(seen).size).toBe(FLOWS);
+
+    const after = await stats();
+    // One router: the tenant's wire leg received exactly the datagrams sent, the outside's exactly the answers.
+    expect(after.ports[0]!.wire.rxPackets - before.ports[0]!.wire.rxPackets).toBe(FLOWS * PER_FLOW);
+    expect(after.ports[1]!.wire.rxPackets - before.ports[1]!.wire.rxPackets).toBe(FLOWS * PER_FLOW);
+    expect(after.ports[1]!.wire.txPackets - before.ports[1]!.wire.txPackets).toBe(FLOWS * PER_FLOW);
+    expect(after.ports[0]!.wire.txPackets - before.ports[0]!.wire.txPackets).toBe(FLOWS * PER_FLOW);
+    // Both threads carried some of them (the kernel spreads flows over the queues by hash), and
+    // their shares add up to the totals.
+    const workers = after.workers!;
+    expect(workers.map((w) => w.worker)).toEqual([0, 1]);
+    const gained = workers.map((w, i) => w.rxPackets - (before.workers![i]?.rxPackets ?? 0));
+    for (const share of gained) expect(share).toBeGreaterThan(0);
+    const received = after.ports.reduce((sum, p) => sum + p.wire.rxPackets + p.mirror.rxPackets, 0);
+    expect(workers.reduce((sum, w) => sum + w.rxPackets, 0)).toBe(received);
+    const text = await controlRequest(socket, { cmd: "show", what: "stats" });
+    expect(text.ok && text.text).toMatch(/\nworkers: 2\n {4}0 \(main thread\): received \d+, sent \d+, dropped \d+\n {4}1: received \d+/);
+    // show ports is the same one router.
+    const ports = await controlRequest(socket, { cmd: "show", what: "ports", json: true });
+    expect(ports.ok && (ports.data as PortView[])[0]!.counters.wire.rxPackets).toBeGreaterThanOrEqual(after.ports[0]!.wire.rxPackets);
+  }, 30_000);
+
+  it("a capture and live changes need one thread: each is refused in one line, and the router goes on", async () => {
+    const capture = await controlRequest(socket, { cmd: "capture", ports: [config.ports[0]!.name], leg: "wire", count: 1 });
+    expect(capture).toEqual({ ok: false, error: `router ${config.namespace} forwards on 2 workers: a capture would see one thread's packets only; captures need workers: 1` });
+    const changed = text.replace("mtu: 1500", "mtu: 1400").replace(/(routes:\n)/, "$1  - 198.51.100.0/24 via 9.186.100.1\n");
+    const apply = await controlRequest(socket, { cmd: "apply", file: "router.yaml", text: changed });
+    expect(apply).toEqual({ ok: false, error: `router ${config.namespace} forwards on 2 workers: live changes need workers: 1 for now; restart it with the new config` });
+    const restore = await controlRequest(socket, { cmd: "rules", action: "restore", file: "-", text: "*nat\nCOMMIT\n" });
+    expect(restore.ok).toBe(false);
+    expect(await pingUntil(tenant, "203.0.113.10", WAIT_MS, "10.0.0.3")).toBe(true);
+  });
+
+  it("SIGTERM: both threads stop and the router exits 0, its control socket and mirrors gone", async () => {
+    process.kill(lab!.pid!, "SIGTERM");
+    const code = await Promise.race([lab!.exited!, sleep(WAIT_MS).then(() => "still running")]);
+    expect(code, lab!.output!()).toBe(0);
+    expect(existsSync(socket)).toBe(false);
+    expect(existsSync(pidPathFor(socket))).toBe(false);
+    expect(inNs(config.namespace, "ip", ["link", "show", config.ports[0]!.name]).code).not.toBe(0);
+    expect(lab!.output!()).toContain("SIGTERM: stopping");
+    expect(lab!.output!()).not.toMatch(/worker \d+ failed/);
+  });
+});
