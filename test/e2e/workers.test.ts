@@ -142,9 +142,8 @@ describe.skipIf(!isRoot)("the seed's router with workers: 2", () => {
     expect(id.stdout.trim()).toBe("i-00000001");
   });
 
-  it(`${FLOWS} parallel UDP flows from 10.0.0.3 all leave as 9.186.100.2 with distinct ports, every datagram answered, and both workers carried them`, async () => {
-    await startIn(external, UDP_WHO_AM_I, ["203.0.113.10", "7000"], children);
-    const before = await stats();
+  /** Runs UDP_FLOWS from 10.0.0.3 to the outside's UDP server; checks every flow left as 9.186.100.2 on a port of its own. */
+  function udpFlows(): void {
     const client = spawnSync("ip", ["netns", "exec", tenant, process.execPath, "-e", UDP_FLOWS, String(FLOWS), String(PER_FLOW), "10.0.0.3", "203.0.113.10", "7000"], {
       encoding: "utf8",
       timeout: 20_000,
@@ -157,26 +156,52 @@ describe.skipIf(!isRoot)("the seed's router with workers: 2", () => {
     for (const address of seen) expect(address).toMatch(/^9\.186\.100\.2:\d+$/);
     // No two connections share a translated tuple.
     expect(new Set(seen).size).toBe(FLOWS);
+  }
 
+  /** Packets each thread received between two `show stats`. */
+  const shares = (before: StatsView, after: StatsView): number[] => after.workers!.map((w, i) => w.rxPackets - (before.workers![i]?.rxPackets ?? 0));
+
+  it(`${FLOWS} parallel UDP flows from 10.0.0.3 all leave as 9.186.100.2 with distinct ports, every datagram answered, and both workers carried them`, async () => {
+    await startIn(external, UDP_WHO_AM_I, ["203.0.113.10", "7000"], children);
+    const before = await stats();
+    udpFlows();
     const after = await stats();
-    // One router: the tenant's wire leg received exactly the datagrams sent, the outside's exactly the answers.
+    // One router: each wire leg received and sent exactly the datagrams and their answers.
     expect(after.ports[0]!.wire.rxPackets - before.ports[0]!.wire.rxPackets).toBe(FLOWS * PER_FLOW);
-    expect(after.ports[1]!.wire.rxPackets - before.ports[1]!.wire.rxPackets).toBe(FLOWS * PER_FLOW);
     expect(after.ports[1]!.wire.txPackets - before.ports[1]!.wire.txPackets).toBe(FLOWS * PER_FLOW);
+    expect(after.ports[1]!.wire.rxPackets - before.ports[1]!.wire.rxPackets).toBe(FLOWS * PER_FLOW);
     expect(after.ports[0]!.wire.txPackets - before.ports[0]!.wire.txPackets).toBe(FLOWS * PER_FLOW);
     // Both threads carried some of them (the kernel spreads flows over the queues by hash), and
     // their shares add up to the totals.
-    const workers = after.workers!;
-    expect(workers.map((w) => w.worker)).toEqual([0, 1]);
-    const gained = workers.map((w, i) => w.rxPackets - (before.workers![i]?.rxPackets ?? 0));
-    for (const share of gained) expect(share).toBeGreaterThan(0);
+    expect(after.workers!.map((w) => w.worker)).toEqual([0, 1]);
+    for (const share of shares(before, after)) expect(share).toBeGreaterThan(0);
     const received = after.ports.reduce((sum, p) => sum + p.wire.rxPackets + p.mirror.rxPackets, 0);
-    expect(workers.reduce((sum, w) => sum + w.rxPackets, 0)).toBe(received);
+    expect(after.workers!.reduce((sum, w) => sum + w.rxPackets, 0)).toBe(received);
     const text = await controlRequest(socket, { cmd: "show", what: "stats" });
     expect(text.ok && text.text).toMatch(/\nworkers: 2\n {4}0 \(main thread\): received \d+, sent \d+, dropped \d+\n {4}1: received \d+/);
     // show ports is the same one router.
     const ports = await controlRequest(socket, { cmd: "show", what: "ports", json: true });
     expect(ports.ok && (ports.data as PortView[])[0]!.counters.wire.rxPackets).toBeGreaterThanOrEqual(after.ports[0]!.wire.rxPackets);
+  }, 30_000);
+
+  it("ip link del of the outside's eth0: the leg comes back with a queue for each worker, and the flows run on both again", async () => {
+    inNs(external, "ip", ["link", "del", "eth0"]);
+    const back = async (): Promise<boolean> => {
+      const response = await controlRequest(socket, { cmd: "show", what: "ports", json: true });
+      const wire = response.ok ? (response.data as PortView[])[1]!.legs?.wire : undefined;
+      return wire?.state === "up" && wire.recoveries === 1;
+    };
+    const started = Date.now();
+    while (!(await back()) && Date.now() - started < WAIT_MS) await sleep(100);
+    expect(await back()).toBe(true);
+    expect(inNs(external, "ip", ["-d", "link", "show", "eth0"]).stdout).toContain("multi_queue");
+    // As qnat lab up would: the outside's host gets its address and route again.
+    inNs(external, "ip", ["addr", "add", "9.186.100.1/24", "dev", "eth0"]);
+    const before = await stats();
+    udpFlows();
+    const after = await stats();
+    for (const share of shares(before, after)) expect(share).toBeGreaterThan(0);
+    expect(lab!.output!()).not.toMatch(/worker \d+ failed/);
   }, 30_000);
 
   it("a capture and live changes need one thread: each is refused in one line, and the router goes on", async () => {
