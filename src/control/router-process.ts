@@ -40,7 +40,7 @@ import { formatCidr } from "../core/addr.js";
 import { CryptoRng } from "../core/rng.js";
 import { type RouterConfig, effectiveArpAnnounce, effectiveArpIgnore, loadConfig, parseConfig, workersOf } from "../config/config.js";
 import { ConntrackCursor } from "../conntrack/format.js";
-import { buildDataplane } from "../dataplane/from-config.js";
+import { buildDataplane, sharedTablesOf } from "../dataplane/from-config.js";
 import { NetfilterNat } from "../dataplane/netfilter-nat.js";
 import type { Dataplane } from "../dataplane/pipeline.js";
 import { Forwarder } from "../io/forwarder.js";
@@ -163,7 +163,9 @@ export function prepareRouter(configPath: string): { config: RouterConfig; datap
   const rules = parseConfigRules(config);
   // Fresh random hash keys and NAT randomness for every start (crypto.getRandomValues), so
   // nobody can aim tuples at one conntrack bucket or predict the ports NAT hands out.
-  const dataplane = buildDataplane(config, { rng: new CryptoRng() });
+  // With workers: N > 1 the connection table and NAT state live in SharedArrayBuffers that the
+  // worker threads' dataplanes attach to (from-config.ts sharedTablesOf): one table for all.
+  const dataplane = buildDataplane(config, { rng: new CryptoRng(), ...(workersOf(config) > 1 ? { sharable: true } : {}) });
   loadTunAddon();
   return { config, dataplane, rules };
 }
@@ -748,6 +750,7 @@ export async function startRouter(configPath: string, options: RouterOptions = {
         headroom,
         spinMicroseconds,
         warmUp: wantWarmUp,
+        tables: sharedTablesOf(dataplane),
       },
       Array.from({ length: workerCount - 1 }, (_, i) => legs.map((leg) => (leg as MultiQueueLeg).queueFor(i + 1))),
       log,

@@ -34,7 +34,8 @@ export function runDataplaneWorker(setup: WorkerSetup, port: MessagePort): void 
   const started = performance.now();
   if (setup.warmUp) warmUp(config, { headroom: setup.headroom, slotSize: setup.slotSize });
   const warmUpMs = performance.now() - started;
-  const dataplane = buildDataplane(config, { rng: new CryptoRng() });
+  // One connection table and NAT state for every worker: the main thread's (from-config.ts shared).
+  const dataplane = buildDataplane(config, { rng: new CryptoRng(), shared: setup.tables });
   dataplane.log = log;
   const open = (leg: WorkerLegSetup): TunLeg =>
     new TunLeg(TunDevice.fromFd(leg.fd, { name: leg.name, netns: leg.netns, vnetHdr: setup.vnetHdr, ownsFd: false }));

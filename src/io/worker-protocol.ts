@@ -8,6 +8,7 @@
  * ask each worker for a copy when they are asked (`countersOf`) and add them up
  * (`addDataplaneCounters`), so they show one router. A copy is a few kilobytes per worker.
  */
+import type { SharedTables } from "../dataplane/from-config.js";
 import type { Dataplane } from "../dataplane/pipeline.js";
 
 /** A leg's queue for worker i: queue i of the device (fds are process-wide). */
@@ -27,6 +28,8 @@ export interface WorkerSetup {
   readonly configFile: string;
   /** The worker's queue of every leg, `port * 2 + leg` as the Forwarder's legs. */
   readonly legs: readonly WorkerLegSetup[];
+  /** The main thread's connection table and NAT state, which the worker's dataplane attaches to. */
+  readonly tables: SharedTables;
   /** Every leg opened with IFF_VNET_HDR. */
   readonly vnetHdr: boolean;
   readonly batchSize: number;
