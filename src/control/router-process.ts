@@ -823,9 +823,13 @@ export async function startRouter(configPath: string, options: RouterOptions = {
         // batch is written with write(2) before its wake-up returns, so qnat holds no packet.
         for (const leg of supervisor!.openLegs) leg.device.stopReadable();
         // The workers stop reading too and end their batches (control/workers.ts).
-        if (workers !== undefined) await workers.stop();
+        const unanswered = workers === undefined ? [] : await workers.stop();
+        if (unanswered.length > 0) {
+          // Ended in the middle of a batch, perhaps holding the tables' lock: nothing may wait for it.
+          log(`qnat: worker ${unanswered.join(", ")} did not stop in time and was ended; the state is not saved (the tables may hold a half-done batch)`);
+        }
         // 3. What must outlive the process (the conntrack state) is saved by the hooks.
-        for (const hook of stopHooks) {
+        for (const hook of unanswered.length > 0 ? [] : stopHooks) {
           try {
             await hook();
           } catch (error) {

@@ -67,6 +67,8 @@ export class ForwardingWorkers {
     private readonly log: (line: string) => void,
     /** A worker saw leg `index` fail (its read, write or poll). */
     private readonly legFailed: (index: number, code: string, message: string) => void,
+    /** Starts one worker thread (tests: a stand-in script); default: io/dataplane-worker.ts. */
+    private readonly spawnThread: (setup: WorkerSetup) => Worker = (setup) => new Worker(WORKER_MODULE, { workerData: { qnatWorker: setup } }),
   ) {
     this.threads = queues.map((legs, i) => ({ number: i + 1, legs: [...legs], thread: null, carried: null, last: null, failures: [], stopped: false }));
   }
@@ -76,6 +78,11 @@ export class ForwardingWorkers {
     return this.threads.length + 1;
   }
 
+  /** The workers left stopped after failing too often (their queues are not read). */
+  get stoppedWorkers(): number[] {
+    return this.threads.filter((t) => t.stopped).map((t) => t.number);
+  }
+
   /** Starts every worker; resolves when all forward (after their JIT warm-up), with their warm-up times. */
   start(): Promise<number[]> {
     return Promise.all(this.threads.map((t) => this.spawn(t)));
@@ -83,7 +90,7 @@ export class ForwardingWorkers {
 
   private spawn(t: WorkerThread): Promise<number> {
     const setup: WorkerSetup = { ...this.base, worker: t.number, legs: t.legs };
-    const thread = new Worker(WORKER_MODULE, { workerData: { qnatWorker: setup } });
+    const thread = this.spawnThread(setup);
     t.thread = thread;
     return new Promise<number>((resolve, reject) => {
       let ready = false;
@@ -176,7 +183,7 @@ export class ForwardingWorkers {
 
   /**
    * Every worker's counters (with what earlier runs of it counted), index w - 1 for worker w;
-   * a worker that does not answer in time is given as it last answered.
+   * a worker that does not answer in time is given as it last answered (nothing, if never).
    */
   async counters(): Promise<DataplaneCounters[]> {
     const id = this.nextRequest++;
@@ -196,11 +203,10 @@ export class ForwardingWorkers {
       });
       this.pending.delete(id);
     }
-    return this.threads.flatMap((t) => {
+    return this.threads.map((t) => {
       const now = answers.get(t.number) ?? t.last;
       const parts = [t.carried, now].filter((c): c is DataplaneCounters => c !== null && c !== undefined);
-      if (parts.length === 0) return [];
-      return [parts.length === 1 ? parts[0]! : addDataplaneCounters(parts[0]!, parts.slice(1))];
+      return addDataplaneCounters(NO_COUNTERS, parts);
     });
   }
 
@@ -234,24 +240,42 @@ export class ForwardingWorkers {
     });
   }
 
-  /** Every worker stops reading and ends its batch; those that do not answer in time are ended. */
-  async stop(): Promise<void> {
+  /**
+   * Every worker stops reading and ends its batch (it answers between two batches, so it holds
+   * no lock then); those that do not answer in STOP_TIMEOUT_MS are ended, and returned: one may
+   * have been ended in the middle of a batch, holding the shared tables' lock.
+   */
+  async stop(): Promise<number[]> {
     this.stopping = true;
+    const unanswered: number[] = [];
     await Promise.all(
       this.threads.map(async (t) => {
         const thread = t.thread;
         if (thread === null) return;
         const answered = new Promise<void>((resolve) => this.stops.set(t.number, resolve));
         thread.postMessage({ type: "stop" } satisfies ToWorker);
-        const timer = new Promise<void>((resolve) => setTimeout(resolve, STOP_TIMEOUT_MS).unref());
-        await Promise.race([answered, timer]);
+        let timer: NodeJS.Timeout | undefined;
+        const late = new Promise<boolean>((resolve) => (timer = setTimeout(() => resolve(true), STOP_TIMEOUT_MS)));
+        if (await Promise.race([answered.then(() => false), late])) unanswered.push(t.number);
+        clearTimeout(timer);
         this.stops.delete(t.number);
         t.thread = null;
         await thread.terminate();
       }),
     );
+    return unanswered;
   }
 }
+
+/** A worker that never answered: nothing counted. */
+const NO_COUNTERS: DataplaneCounters = {
+  portCounters: new Float64Array(0),
+  drops: new Float64Array(0),
+  conntrack: {},
+  chains: { lookups: 0, nodesWalked: 0, longestWalk: 0 },
+  fragments: {},
+  fragmentation: {},
+};
 
 /** Received (wire and mirror legs), sent and dropped packets of one dataplane's counters, as `show stats` totals them. */
 function packetTotals(c: DataplaneCounters): { rxPackets: number; txPackets: number; drops: number } {

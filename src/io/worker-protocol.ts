@@ -85,15 +85,15 @@ export function countersOf(dataplane: Dataplane): DataplaneCounters {
 
 /** `base` plus every one of `others`, one router's counters (the longest walk is the longest of all). */
 export function addDataplaneCounters(base: DataplaneCounters, others: readonly DataplaneCounters[]): DataplaneCounters {
-  const portCounters = base.portCounters.slice();
-  const drops = base.drops.slice();
+  let portCounters: Float64Array = base.portCounters.slice();
+  let drops: Float64Array = base.drops.slice();
   const conntrack = { ...base.conntrack };
   const chains = { ...base.chains };
   const fragments = { ...base.fragments };
   const fragmentation = { ...base.fragmentation };
   for (const other of others) {
-    addInto(portCounters, other.portCounters);
-    addInto(drops, other.drops);
+    portCounters = added(portCounters, other.portCounters);
+    drops = added(drops, other.drops);
     addFields(conntrack, other.conntrack);
     chains.lookups += other.chains.lookups;
     chains.nodesWalked += other.chains.nodesWalked;
@@ -104,9 +104,11 @@ export function addDataplaneCounters(base: DataplaneCounters, others: readonly D
   return { portCounters, drops, conntrack, chains, fragments, fragmentation };
 }
 
-function addInto(into: Float64Array, from: Float64Array): void {
-  const length = Math.min(into.length, from.length);
-  for (let i = 0; i < length; i++) into[i]! += from[i]!;
+/** `into` plus `from`, element by element (a longer `from` makes the sum as long). */
+function added(into: Float64Array, from: Float64Array): Float64Array {
+  const sum = from.length > into.length ? Float64Array.from({ length: from.length }, (_, i) => into[i] ?? 0) : into;
+  for (let i = 0; i < from.length; i++) sum[i]! += from[i]!;
+  return sum;
 }
 
 function addFields(into: Record<string, number>, from: Readonly<Record<string, number>>): void {
