@@ -10,8 +10,9 @@
  * Every command is bounded in time and count.
  */
 import { spawn, spawnSync, type ChildProcess } from "node:child_process";
-import { existsSync } from "node:fs";
-import { resolve } from "node:path";
+import { existsSync, mkdtempSync, rmSync, statSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join, resolve } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { parseConfig } from "../../src/config/config.js";
@@ -95,7 +96,10 @@ describe.skipIf(!isRoot)("the seed's router with workers: 2", () => {
   let lab: Lab | undefined;
   const children: ChildProcess[] = [];
   const retagged = retagForRun(SEED, runTag());
-  const text = `${retagged.text}workers: 2\n`;
+  const dir = mkdtempSync(join(tmpdir(), "qnat-workers-"));
+  const stateFile = join(dir, "router.state");
+  // The main thread saves the one connection table every 0.2 s (control/state-keeper.ts).
+  const text = `${retagged.text}workers: 2\nstate: { file: ${stateFile}, interval: 0.2 }\n`;
   const config = parseConfig(text, "router.yaml");
   const tenant = config.ports[0]!.wire.namespace;
   const external = config.ports[1]!.wire.namespace;
@@ -112,7 +116,11 @@ describe.skipIf(!isRoot)("the seed's router with workers: 2", () => {
   }, 60_000);
   afterAll(async () => {
     for (const child of children) child.kill("SIGKILL");
-    await lab?.stop();
+    try {
+      await lab?.stop();
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   }, 30_000);
 
   it("starts two forwarding threads, each on its queue of every leg", () => {
@@ -179,6 +187,11 @@ describe.skipIf(!isRoot)("the seed's router with workers: 2", () => {
     expect(after.workers!.reduce((sum, w) => sum + w.rxPackets, 0)).toBe(received);
     const text = await controlRequest(socket, { cmd: "show", what: "stats" });
     expect(text.ok && text.text).toMatch(/\nworkers: 2\n {4}0 \(main thread\): received \d+, sent \d+, dropped \d+\n {4}1: received \d+/);
+    // The main thread's state saving sees one table: the worker's connections are in it too.
+    const saved = async (): Promise<number> => (await stats()).state?.last?.entries ?? 0;
+    const waited = Date.now();
+    while ((await saved()) < FLOWS && Date.now() - waited < WAIT_MS) await sleep(100);
+    expect(await saved()).toBeGreaterThanOrEqual(FLOWS);
     // show ports is the same one router.
     const ports = await controlRequest(socket, { cmd: "show", what: "ports", json: true });
     expect(ports.ok && (ports.data as PortView[])[0]!.counters.wire.rxPackets).toBeGreaterThanOrEqual(after.ports[0]!.wire.rxPackets);
@@ -223,6 +236,9 @@ describe.skipIf(!isRoot)("the seed's router with workers: 2", () => {
     expect(existsSync(pidPathFor(socket))).toBe(false);
     expect(inNs(config.namespace, "ip", ["link", "show", config.ports[0]!.name]).code).not.toBe(0);
     expect(lab!.output!()).toContain("SIGTERM: stopping");
+    // The state was saved at the stop, after both threads had stopped reading.
+    expect(statSync(stateFile).size).toBeGreaterThan(0);
+    expect(lab!.output!()).not.toContain("did not stop in time");
     expect(lab!.output!()).not.toMatch(/worker \d+ failed/);
   });
 });
