@@ -18,6 +18,11 @@ import { XorShift32 } from "../../src/core/rng.js";
 import { buildPacket } from "../../src/wire/build.js";
 import { IPPROTO_UDP } from "../../src/wire/packet-info.js";
 import { MemoryRouter } from "../support/memory-router.js";
+import { loadConfig } from "../../src/config/config.js";
+import { DROP_REASON_COUNT, DropReason } from "../../src/core/drop-reason.js";
+import { buildDataplane } from "../../src/dataplane/from-config.js";
+import { PortCounter } from "../../src/dataplane/pipeline.js";
+import { addDataplaneCounters, countersOf } from "../../src/io/worker-protocol.js";
 
 const QR = "qr-694450d6-f6";
 const QG = "qg-e76de35e-90";
@@ -133,6 +138,44 @@ describe("qnat show stats", () => {
   it("leaves the hash chain line out of a view without chain statistics", () => {
     const { chains: _unused, ...withoutChains } = seedStats.conntrack;
     expect(formatStats({ ...seedStats, conntrack: withoutChains })).not.toContain("hash chains");
+  });
+});
+
+describe("qnat show stats of a router with workers: N", () => {
+  it("the totals are every thread's, and each thread's packets follow them", () => {
+    const text = formatStats({
+      ...seedStats,
+      workers: [
+        { worker: 0, rxPackets: 8, txPackets: 6, drops: 3, running: true },
+        { worker: 1, rxPackets: 6, txPackets: 5, drops: 1, running: false },
+      ],
+    });
+    expect(text.split("\n").slice(0, 5)).toEqual([
+      "packets: received 14, sent 11, dropped 4, icmp errors sent 1",
+      "workers: 2",
+      "    0 (main thread): received 8, sent 6, dropped 3",
+      "    1: received 6, sent 5, dropped 1 (STOPPED: failed too often)",
+      "conntrack: 3 entries, max 262144 (0.0%), 20.0 MiB",
+    ]);
+  });
+
+  it("collects one router from two dataplanes' counters: packets, drops and conntrack counters added, the table's size the shared one's", () => {
+    const config = loadConfig("examples/seed.yaml");
+    const main = buildDataplane(config);
+    const worker = buildDataplane(config);
+    // 10.0.0.3's packets into the tenant port's wire leg: 5 on the main thread's queue, 7 on the worker's.
+    main.portCounters[PortCounter.RxPackets] = 5;
+    worker.portCounters[PortCounter.RxPackets] = 7;
+    worker.drops[DROP_REASON_COUNT + DropReason.NoRoute] = 2;
+    worker.conntrack.counters.created = 4;
+    const stats = collectStats(main, undefined, addDataplaneCounters(countersOf(main), [countersOf(worker)]));
+    expect(stats.ports[0]!.wire.rxPackets).toBe(12);
+    expect(stats.ports[1]!.drops).toEqual({ "no-route": 2 });
+    expect(stats.conntrack.counters.created).toBe(4);
+    expect(stats.conntrack.capacity).toBe(main.conntrack.capacity);
+    expect(collectPorts(main, [], undefined, addDataplaneCounters(countersOf(main), [countersOf(worker)]))[0]!.counters.wire.rxPackets).toBe(12);
+    // Without the sum, the main thread's own.
+    expect(collectStats(main).ports[0]!.wire.rxPackets).toBe(5);
   });
 });
 
