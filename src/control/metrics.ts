@@ -22,7 +22,7 @@ import type { DataplaneCounters } from "../io/worker-protocol.js";
 import { TargetKind } from "../nat/rules/model.js";
 import type { CompiledRules } from "../nat/rules/evaluate.js";
 import { type CensusResult, ConntrackCensus } from "./census.js";
-import { collectStats, type LegCounters, type StatsView } from "./show.js";
+import { collectStats, type LegCounters, type StatsView, type WorkerStatsView } from "./show.js";
 
 /** A census younger than this answers a scrape (scrapes come every 15-60 s; `qnat top` every second). */
 const CENSUS_MAX_AGE_MS = 1000;
@@ -38,8 +38,11 @@ export interface MetricsSource {
   readonly ethernet?: () => EthernetStage | undefined;
   /** How old a census may be to answer a scrape (default CENSUS_MAX_AGE_MS; tests: 0, always a new one). */
   readonly censusMaxAgeMs?: number;
-  /** A router with several workers: the sum of every worker's counters (control/workers.ts), read at each scrape. */
-  readonly summed?: () => Promise<DataplaneCounters> | undefined;
+  /**
+   * A router with several workers: the sum of every worker's counters and each thread's packets
+   * (control/workers.ts), read at each scrape; undefined with one thread.
+   */
+  readonly workers?: () => Promise<{ readonly summed: DataplaneCounters; readonly perWorker: readonly WorkerStatsView[] }> | undefined;
 }
 
 /** What one scrape reads, gathered once before the registry asks each metric. */
@@ -125,9 +128,10 @@ export class MetricsExporter {
 
   private async scrapeNow(): Promise<string> {
     const census = await this.census.latest(this.source.censusMaxAgeMs ?? CENSUS_MAX_AGE_MS);
-    const summed = await this.source.summed?.();
+    const workers = await this.source.workers?.();
     const dataplane = this.source.dataplane();
-    this.snapshot = { dataplane, stats: collectStats(dataplane, undefined, summed), census };
+    const stats = collectStats(dataplane, undefined, workers?.summed);
+    this.snapshot = { dataplane, stats: workers === undefined ? stats : { ...stats, workers: workers.perWorker }, census };
     try {
       return await this.registry.metrics();
     } finally {
@@ -329,6 +333,12 @@ export class MetricsExporter {
     new BucketHistogram(this.registry, "qnat_loop_busy_seconds", "Time the packet loop was busy per wake-up (reading, forwarding and writing the batches of that wake-up).", () => loop?.busySeconds);
     this.gauge("qnat_process_resident_memory_bytes", "The router process's resident set size.", [], (s) => [[{}, s.stats.process?.rssBytes ?? 0]]);
     this.gauge("qnat_process_heap_used_bytes", "V8 heap in use by the router process.", [], (s) => [[{}, s.stats.process?.heapUsedBytes ?? 0]]);
+    // workers: N > 1: each forwarding thread's share (worker 0 is the main thread); absent with one.
+    const perWorker = (pick: (w: WorkerStatsView) => number) => (s: Snapshot): Iterable<[Labels, number]> =>
+      (s.stats.workers ?? []).map((w): [Labels, number] => [{ worker: String(w.worker) }, pick(w)]);
+    this.counter("qnat_worker_receive_packets_total", "Packets a forwarding thread read from its queues of every leg (workers: N; worker 0 is the main thread).", ["worker"], perWorker((w) => w.rxPackets));
+    this.counter("qnat_worker_transmit_packets_total", "Packets a forwarding thread wrote to the legs.", ["worker"], perWorker((w) => w.txPackets));
+    this.counter("qnat_worker_drops_total", "Packets a forwarding thread dropped, all reasons.", ["worker"], perWorker((w) => w.drops));
   }
 }
 

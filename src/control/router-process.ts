@@ -248,10 +248,11 @@ export async function startRouter(configPath: string, options: RouterOptions = {
   const workerCount = workersOf(config);
   if (passthrough && workerCount > 1) throw new OperationalError(`pass-through mode runs on one thread; ${config.file} says workers: ${workerCount}`, 2);
   let workers: ForwardingWorkers | undefined;
-  /** Every worker's counters added to the main thread's, for show, top and metrics: one router. */
-  const summedCounters = async (): Promise<DataplaneCounters> => {
+  /** Every worker's counters added to the main thread's, for show, top and metrics (one router), and each thread's share. */
+  const workerCounters = async (running: ForwardingWorkers): Promise<{ summed: DataplaneCounters; perWorker: WorkerStatsView[] }> => {
     const own = countersOf(dataplane);
-    return workers === undefined ? own : addDataplaneCounters(own, await workers.counters());
+    const others = await running.counters();
+    return { summed: addDataplaneCounters(own, others), perWorker: running.perWorker(own, others) };
   };
   const addon = loadTunAddon();
   dataplane.log = log;
@@ -270,7 +271,7 @@ export async function startRouter(configPath: string, options: RouterOptions = {
   const census = new ConntrackCensus(() => dataplane.conntrack);
   const exporter = new MetricsExporter({
     dataplane: () => dataplane, loop: loopStats, census, ethernet: () => ethernet,
-    summed: () => (workers === undefined ? undefined : summedCounters()),
+    workers: () => (workers === undefined ? undefined : workerCounters(workers)),
   });
   let supervisor: LegSupervisor | undefined;
   const handler = (request: ControlRequest): ControlAnswer | Promise<ControlAnswer> => {
@@ -288,7 +289,7 @@ export async function startRouter(configPath: string, options: RouterOptions = {
     }
     if (request.cmd === "top") {
       // Counters now and a census of the table (in ~1 ms pieces, at most one a second: census.ts).
-      const summed = workers === undefined ? undefined : summedCounters();
+      const summed = workers === undefined ? undefined : workerCounters(workers).then((counted) => counted.summed);
       return collectTop(dataplane, census, request.connections, undefined, summed).then((view) => ({ ok: true, data: view }));
     }
     if (request.cmd === "conntrack") {
@@ -308,7 +309,7 @@ export async function startRouter(configPath: string, options: RouterOptions = {
           const view = collectPorts(dataplane, wires, (index) => supervisor?.health(index), summed);
           return { ok: true, text: json ? formatJson(view) : formatPorts(view), data: view };
         };
-        return workers === undefined ? answer() : summedCounters().then(answer);
+        return workers === undefined ? answer() : workerCounters(workers).then((counted) => answer(counted.summed));
       }
       case "stats": {
         const json = request.json;
@@ -326,9 +327,7 @@ export async function startRouter(configPath: string, options: RouterOptions = {
         };
         if (workers === undefined) return answer();
         // One router: every worker's counters added up, and each thread's share beside them.
-        const running = workers;
-        const own = countersOf(dataplane);
-        return running.counters().then((others) => answer(addDataplaneCounters(own, others), running.perWorker(own, others)));
+        return workerCounters(workers).then((counted) => answer(counted.summed, counted.perWorker));
       }
       case "routes":
         // In pieces (route-listing.ts): a full Internet table is a million lines.

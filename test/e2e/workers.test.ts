@@ -46,27 +46,32 @@ socket.bind(Number(process.argv[2]), process.argv[1], () => console.log("ready")
 setTimeout(() => process.exit(0), 60000);`;
 
 /**
- * FLOWS sockets bound to SOURCE, PER_FLOW datagrams each to DEST:PORT; prints one JSON line:
- * the datagrams sent and answered, and per local port the address:port the server saw.
+ * FLOWS sockets bound to SOURCE, each sending PER_FLOW datagrams to DEST:PORT one after the other
+ * (the next when the last was answered: at most FLOWS in flight, so no socket buffer overflows);
+ * prints one JSON line: the datagrams sent and answered, and per local port the address:port the
+ * server saw.
  */
 const UDP_FLOWS = `
 const dgram = require("dgram");
-const [flows, perFlow, source, dest, port] = process.argv.slice(1);
+const [flows, perFlow, source, dest, port] = process.argv.slice(1).map((v, i) => (i < 2 ? Number(v) : v));
 const seen = {};
 let sent = 0, answered = 0, bound = 0;
 const sockets = [];
 const done = () => { console.log(JSON.stringify({ sent, answered, seen })); process.exit(0); };
 setTimeout(done, 8000);
-for (let i = 0; i < Number(flows); i++) {
+const send = (s) => s.send("x", Number(port), dest, () => sent++);
+for (let i = 0; i < flows; i++) {
   const s = dgram.createSocket("udp4");
   sockets.push(s);
+  let mine = 0;
   s.on("message", (m) => {
     seen[s.address().port] = m.toString();
-    if (++answered === Number(flows) * Number(perFlow)) done();
+    answered++;
+    if (++mine < perFlow) send(s);
+    else if (answered === flows * perFlow) done();
   });
   s.bind(0, source, () => {
-    if (++bound < Number(flows)) return;
-    for (const t of sockets) for (let k = 0; k < Number(perFlow); k++) t.send("x", Number(port), dest, () => sent++);
+    if (++bound === flows) for (const t of sockets) send(t);
   });
 }`;
 
@@ -99,7 +104,7 @@ describe.skipIf(!isRoot)("the seed's router with workers: 2", () => {
   const dir = mkdtempSync(join(tmpdir(), "qnat-workers-"));
   const stateFile = join(dir, "router.state");
   // The main thread saves the one connection table every 0.2 s (control/state-keeper.ts).
-  const text = `${retagged.text}workers: 2\nstate: { file: ${stateFile}, interval: 0.2 }\n`;
+  const text = `${retagged.text}workers: 2\nstate: { file: ${stateFile}, interval: 0.2 }\nmetrics: { listen: "127.0.0.1:9466" }\n`;
   const config = parseConfig(text, "router.yaml");
   const tenant = config.ports[0]!.wire.namespace;
   const external = config.ports[1]!.wire.namespace;
@@ -192,6 +197,15 @@ describe.skipIf(!isRoot)("the seed's router with workers: 2", () => {
     const waited = Date.now();
     while ((await saved()) < FLOWS && Date.now() - waited < WAIT_MS) await sleep(100);
     expect(await saved()).toBeGreaterThanOrEqual(FLOWS);
+    // The metrics and qnat top are the same one router, with each thread's share.
+    const metrics = inNs(config.namespace, "curl", ["-s", "-m", "5", "http://127.0.0.1:9466/metrics"]).stdout;
+    const metric = (pattern: RegExp): number => Number(pattern.exec(metrics)?.[1] ?? NaN);
+    const tenantRx = metric(new RegExp(`qnat_port_receive_packets_total\\{port="${config.ports[0]!.name}",leg="wire"\\} (\\d+)`));
+    expect(tenantRx).toBeGreaterThanOrEqual(after.ports[0]!.wire.rxPackets);
+    expect(metric(/qnat_worker_receive_packets_total\{worker="0"\} (\d+)/)).toBeGreaterThan(0);
+    expect(metric(/qnat_worker_receive_packets_total\{worker="1"\} (\d+)/)).toBeGreaterThan(0);
+    const top = await controlRequest(socket, { cmd: "top", connections: 5 });
+    expect(top.ok && (top.data as { ports: { wire: { rxPackets: number } }[] }).ports[0]!.wire.rxPackets).toBeGreaterThanOrEqual(after.ports[0]!.wire.rxPackets);
     // show ports is the same one router.
     const ports = await controlRequest(socket, { cmd: "show", what: "ports", json: true });
     expect(ports.ok && (ports.data as PortView[])[0]!.counters.wire.rxPackets).toBeGreaterThanOrEqual(after.ports[0]!.wire.rxPackets);
