@@ -50,6 +50,8 @@ interface Snapshot {
   readonly dataplane: Dataplane;
   readonly stats: StatsView;
   readonly census: CensusResult;
+  /** workers: N > 1: every thread's rule and NAT engine counters added up (else the dataplane's own are read). */
+  readonly summed?: DataplaneCounters;
 }
 
 type Labels = LabelValues<string>;
@@ -131,7 +133,7 @@ export class MetricsExporter {
     const workers = await this.source.workers?.();
     const dataplane = this.source.dataplane();
     const stats = collectStats(dataplane, undefined, workers?.summed);
-    this.snapshot = { dataplane, stats: workers === undefined ? stats : { ...stats, workers: workers.perWorker }, census };
+    this.snapshot = workers === undefined ? { dataplane, stats, census } : { dataplane, stats: { ...stats, workers: workers.perWorker }, census, summed: workers.summed };
     try {
       return await this.registry.metrics();
     } finally {
@@ -230,7 +232,8 @@ export class MetricsExporter {
     this.counter("qnat_nat_rule_bindings_total", "NAT bindings set up by each nat rule (a connection's first packet matched it and got a tuple).", ["chain", "rule", "target"], function* (s) {
       const nat = natOf(s);
       if (nat === undefined) return;
-      for (const rule of natRules(nat.rules)) yield [rule.labels, nat.rules.packets[rule.index]! - nat.rules.allocationFailures[rule.index]!];
+      const counted = s.summed?.rules ?? nat.rules;
+      for (const rule of natRules(nat.rules)) yield [rule.labels, counted.packets[rule.index]! - counted.allocationFailures[rule.index]!];
     });
     this.counter(
       "qnat_nat_rule_port_allocation_failures_total",
@@ -239,13 +242,13 @@ export class MetricsExporter {
       function* (s) {
         const nat = natOf(s);
         if (nat === undefined) return;
-        const failures = nat.rules.allocationFailures;
+        const failures = (s.summed?.rules ?? nat.rules).allocationFailures;
         for (const rule of natRules(nat.rules)) yield [rule.labels, failures[rule.index]!];
         yield [{ chain: "*", rule: "policy", target: "null" }, failures[failures.length - 1]!];
       },
     );
-    this.counter("qnat_nat_port_searches_total", "Bindings whose port (or ICMP id) had to be searched because the original one was taken.", [], (s) => [[{}, natOf(s)?.engine.counters.searches ?? 0]]);
-    this.counter("qnat_nat_port_search_tries_total", "Candidate tuples those searches tried.", [], (s) => [[{}, natOf(s)?.engine.counters.searchTries ?? 0]]);
+    this.counter("qnat_nat_port_searches_total", "Bindings whose port (or ICMP id) had to be searched because the original one was taken.", [], (s) => [[{}, s.summed?.nat.searches ?? natOf(s)?.engine.counters.searches ?? 0]]);
+    this.counter("qnat_nat_port_search_tries_total", "Candidate tuples those searches tried.", [], (s) => [[{}, s.summed?.nat.searchTries ?? natOf(s)?.engine.counters.searchTries ?? 0]]);
   }
 
   private defineFragments(): void {

@@ -56,7 +56,8 @@ import { warmUp, type WarmUpReport } from "../dataplane/warmup.js";
 import { GSO_SLOT_SIZE, loadTunAddon, TunDevice, type TunError, type TunOffloads } from "../io/tun.js";
 import { TunLeg } from "../io/tun-leg.js";
 import { LegSupervisor, TICK_MS, openLeg, openLegQueues, type LegSpec } from "../io/leg-supervisor.js";
-import { addDataplaneCounters, countersOf, type DataplaneCounters } from "../io/worker-protocol.js";
+import { addDataplaneCounters, copyRuleCountersToModel, countersOf, type DataplaneCounters } from "../io/worker-protocol.js";
+import type { CompiledRules } from "../nat/rules/evaluate.js";
 import { ForwardingWorkers, MultiQueueLeg } from "./workers.js";
 import { PumpLoop, SPIN_MICROSECONDS } from "../io/pump-loop.js";
 import { formatRules, formatSaveDocument } from "../nat/rules/format.js";
@@ -248,6 +249,15 @@ export async function startRouter(configPath: string, options: RouterOptions = {
   const workerCount = workersOf(config);
   if (passthrough && workerCount > 1) throw new OperationalError(`pass-through mode runs on one thread; ${config.file} says workers: ${workerCount}`, 2);
   let workers: ForwardingWorkers | undefined;
+  /** The rules' counters into their model, for `show rules -v` and `rules save -c`: every worker's added up. */
+  const countRules = async (compiled: CompiledRules): Promise<void> => {
+    if (workers === undefined) {
+      compiled.copyCountersToModel();
+      return;
+    }
+    const { summed } = await workerCounters(workers);
+    if (summed.rules !== null) copyRuleCountersToModel(compiled, summed.rules);
+  };
   /** Every worker's counters added to the main thread's, for show, top and metrics (one router), and each thread's share. */
   const workerCounters = async (running: ForwardingWorkers): Promise<{ summed: DataplaneCounters; perWorker: WorkerStatsView[] }> => {
     const own = countersOf(dataplane);
@@ -333,10 +343,15 @@ export async function startRouter(configPath: string, options: RouterOptions = {
         // In pieces (route-listing.ts): a full Internet table is a million lines.
         return { ok: true, pieces: new RouteListing(dataplane.routes, request.json ? "json" : "text") };
       case "rules": {
-        if (natRules !== undefined) natRules.copyCountersToModel();
-        const table: NatTable = natRules !== undefined ? { chains: new Map(natRules.chains.map((c) => [c.name, c])) } : rules;
-        const text = formatRules(table, { counters: request.verbose === true });
-        return { ok: true, text: request.json ? JSON.stringify({ rules: text.trimEnd().split("\n") }) + "\n" : text };
+        const json = request.json;
+        const verbose = request.verbose === true;
+        const answer = (): ControlAnswer => {
+          const table: NatTable = natRules !== undefined ? { chains: new Map(natRules.chains.map((c) => [c.name, c])) } : rules;
+          const text = formatRules(table, { counters: verbose });
+          return { ok: true, text: json ? JSON.stringify({ rules: text.trimEnd().split("\n") }) + "\n" : text };
+        };
+        if (natRules === undefined || !verbose) return answer();
+        return countRules(natRules).then(answer);
       }
       case "conntrack":
         // Streamed from the live table, about 1 ms of formatting per turn of the event loop, so
@@ -722,7 +737,7 @@ export async function startRouter(configPath: string, options: RouterOptions = {
     try {
       if (request.cmd === "rules" && request.action === "save") {
         const compiled = dataplane.nat instanceof NetfilterNat ? dataplane.nat.rules : undefined;
-        compiled?.copyCountersToModel();
+        if (compiled !== undefined) await countRules(compiled);
         const table = compiled !== undefined ? tableOf(compiled) : rules;
         return { ok: true, text: formatSaveDocument(table, "qnat rules save", new Date(), { counters: request.counters }) };
       }

@@ -275,6 +275,8 @@ const NO_COUNTERS: DataplaneCounters = {
   chains: { lookups: 0, nodesWalked: 0, longestWalk: 0 },
   fragments: {},
   fragmentation: {},
+  rules: null,
+  nat: {},
 };
 
 /** Received (wire and mirror legs), sent and dropped packets of one dataplane's counters, as `show stats` totals them. */

@@ -9,7 +9,9 @@
  * (`addDataplaneCounters`), so they show one router. A copy is a few kilobytes per worker.
  */
 import type { SharedTables } from "../dataplane/from-config.js";
+import { NetfilterNat } from "../dataplane/netfilter-nat.js";
 import type { Dataplane } from "../dataplane/pipeline.js";
+import type { CompiledRules } from "../nat/rules/evaluate.js";
 
 /** A leg's queue for worker i: queue i of the device (fds are process-wide). */
 export interface WorkerLegSetup {
@@ -48,6 +50,19 @@ export interface DataplaneCounters {
   readonly chains: { lookups: number; nodesWalked: number; longestWalk: number };
   readonly fragments: Record<string, number>;
   readonly fragmentation: Record<string, number>;
+  /** The compiled nat rules' counters (`iptables -v`), null without NAT. */
+  readonly rules: RuleCounters | null;
+  /** The NAT engine's counters (port searches...). */
+  readonly nat: Record<string, number>;
+}
+
+/** CompiledRules' counters (nat/rules/evaluate.ts), per rule and per chain. */
+export interface RuleCounters {
+  readonly packets: Float64Array;
+  readonly bytes: Float64Array;
+  readonly allocationFailures: Float64Array;
+  readonly policyPackets: Float64Array;
+  readonly policyBytes: Float64Array;
 }
 
 /** From the main thread. */
@@ -73,6 +88,7 @@ export type FromWorker =
 /** A copy of `dataplane`'s own counters (control plane: allocates). */
 export function countersOf(dataplane: Dataplane): DataplaneCounters {
   const chains = dataplane.conntrack.chainStats;
+  const nat = dataplane.nat instanceof NetfilterNat ? dataplane.nat : undefined;
   return {
     portCounters: dataplane.portCounters.slice(),
     drops: dataplane.drops.slice(),
@@ -80,7 +96,34 @@ export function countersOf(dataplane: Dataplane): DataplaneCounters {
     chains: { lookups: chains.lookups, nodesWalked: chains.nodesWalked, longestWalk: chains.longestWalk },
     fragments: { ...dataplane.fragments.counters },
     fragmentation: { ...dataplane.fragmentOutput.counters },
+    rules: nat === undefined ? null : ruleCountersOf(nat.rules),
+    nat: nat === undefined ? {} : { ...nat.engine.counters },
   };
+}
+
+function ruleCountersOf(rules: CompiledRules): RuleCounters {
+  return {
+    packets: rules.packets.slice(),
+    bytes: rules.bytes.slice(),
+    allocationFailures: rules.allocationFailures.slice(),
+    policyPackets: rules.policyPackets.slice(),
+    policyBytes: rules.policyBytes.slice(),
+  };
+}
+
+/**
+ * Writes `counters` (every worker's sum) into the rules' model, as CompiledRules.copyCountersToModel
+ * writes one dataplane's: what `show rules -v` and `rules save -c` print.
+ */
+export function copyRuleCountersToModel(compiled: CompiledRules, counters: RuleCounters): void {
+  compiled.rules.forEach((rule, r) => {
+    rule.packets = counters.packets[r] ?? 0;
+    rule.bytes = counters.bytes[r] ?? 0;
+  });
+  compiled.chains.forEach((chain, c) => {
+    chain.packets = counters.policyPackets[c] ?? 0;
+    chain.bytes = counters.policyBytes[c] ?? 0;
+  });
 }
 
 /** `base` plus every one of `others`, one router's counters (the longest walk is the longest of all). */
@@ -91,6 +134,8 @@ export function addDataplaneCounters(base: DataplaneCounters, others: readonly D
   const chains = { ...base.chains };
   const fragments = { ...base.fragments };
   const fragmentation = { ...base.fragmentation };
+  let rules: RuleCounters | null = base.rules;
+  const nat = { ...base.nat };
   for (const other of others) {
     portCounters = added(portCounters, other.portCounters);
     drops = added(drops, other.drops);
@@ -100,9 +145,29 @@ export function addDataplaneCounters(base: DataplaneCounters, others: readonly D
     chains.longestWalk = Math.max(chains.longestWalk, other.chains.longestWalk);
     addFields(fragments, other.fragments);
     addFields(fragmentation, other.fragmentation);
+    addFields(nat, other.nat);
+    if (other.rules !== null) {
+      // Copies at first (`added` writes into its first argument when it is long enough).
+      const into = rules ?? NO_RULE_COUNTERS;
+      rules = {
+        packets: added(into.packets.slice(), other.rules.packets),
+        bytes: added(into.bytes.slice(), other.rules.bytes),
+        allocationFailures: added(into.allocationFailures.slice(), other.rules.allocationFailures),
+        policyPackets: added(into.policyPackets.slice(), other.rules.policyPackets),
+        policyBytes: added(into.policyBytes.slice(), other.rules.policyBytes),
+      };
+    }
   }
-  return { portCounters, drops, conntrack, chains, fragments, fragmentation };
+  return { portCounters, drops, conntrack, chains, fragments, fragmentation, rules, nat };
 }
+
+const NO_RULE_COUNTERS: RuleCounters = {
+  packets: new Float64Array(0),
+  bytes: new Float64Array(0),
+  allocationFailures: new Float64Array(0),
+  policyPackets: new Float64Array(0),
+  policyBytes: new Float64Array(0),
+};
 
 /** `into` plus `from`, element by element (a longer `from` makes the sum as long). */
 function added(into: Float64Array, from: Float64Array): Float64Array {

@@ -25,7 +25,7 @@ parentPort.on("message", (message) => {
     portCounters[0] = 7;
     parentPort.postMessage({ type: "counters", id: message.id, counters: {
       portCounters, drops: new Float64Array(4), conntrack: { found: 1 },
-      chains: { lookups: 2, nodesWalked: 2, longestWalk: 1 }, fragments: {}, fragmentation: {},
+      chains: { lookups: 2, nodesWalked: 2, longestWalk: 1 }, fragments: {}, fragmentation: {}, rules: null, nat: {},
     } });
   } else if (message.type === "stop") {
     parentPort.postMessage({ type: "stopped" });
@@ -100,7 +100,7 @@ describe("the forwarding workers of a router with workers: N", () => {
     expect(log.at(-1)).toBe(
       `qnat: worker 1 failed (Error: boom in worker 1), ${RESTART_LIMIT} times in 60 s: left stopped; its queues are not read until a restart`,
     );
-    const own = { portCounters: new Float64Array(18), drops: new Float64Array(4), conntrack: {}, chains: { lookups: 0, nodesWalked: 0, longestWalk: 0 }, fragments: {}, fragmentation: {} };
+    const own = { portCounters: new Float64Array(18), drops: new Float64Array(4), conntrack: {}, chains: { lookups: 0, nodesWalked: 0, longestWalk: 0 }, fragments: {}, fragmentation: {}, rules: null, nat: {} };
     expect(workers.perWorker(own, await workers.counters()).map((w) => w.running)).toEqual([true, false]);
     expect(workers.stoppedWorkers).toEqual([1]);
   });

@@ -171,14 +171,24 @@ describe.skipIf(!isRoot)("the seed's router with workers: 2", () => {
     expect(new Set(seen).size).toBe(FLOWS);
   }
 
+  /** The packets counter of the rule that SNATs the tenant to 9.186.100.2 (`show rules -v`: `-A ... -c PKTS BYTES -j SNAT ...`). */
+  async function snatRuleCount(): Promise<number> {
+    const response = await controlRequest(socket, { cmd: "show", what: "rules", verbose: true });
+    const text = response.ok ? (response.text ?? "") : "";
+    return Number(/ -c (\d+) \d+ -j SNAT --to-source 9\.186\.100\.2$/m.exec(text)?.[1] ?? NaN);
+  }
+
   /** Packets each thread received between two `show stats`. */
   const shares = (before: StatsView, after: StatsView): number[] => after.workers!.map((w, i) => w.rxPackets - (before.workers![i]?.rxPackets ?? 0));
 
   it(`${FLOWS} parallel UDP flows from 10.0.0.3 all leave as 9.186.100.2 with distinct ports, every datagram answered, and both workers carried them`, async () => {
     await startIn(external, UDP_WHO_AM_I, ["203.0.113.10", "7000"], children);
     const before = await stats();
+    const snatBefore = await snatRuleCount();
     udpFlows();
     const after = await stats();
+    // show rules -v is one router too: the SNAT rule decided each of the flows' first packets, on whichever thread.
+    expect((await snatRuleCount()) - snatBefore).toBe(FLOWS);
     // One router: each wire leg received and sent exactly the datagrams and their answers.
     expect(after.ports[0]!.wire.rxPackets - before.ports[0]!.wire.rxPackets).toBe(FLOWS * PER_FLOW);
     expect(after.ports[1]!.wire.txPackets - before.ports[1]!.wire.txPackets).toBe(FLOWS * PER_FLOW);
