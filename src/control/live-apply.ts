@@ -39,10 +39,8 @@
 import { formatCidr, inPrefix, parseIpv4, prefixMask, type Cidr } from "../core/addr.js";
 import { type PortConfig, type RouterConfig, workersOf } from "../config/config.js";
 import { buildRoutingTable, compileRules } from "../dataplane/from-config.js";
-import { NetfilterNat } from "../dataplane/netfilter-nat.js";
-import type { Dataplane } from "../dataplane/pipeline.js";
 import { formatRule } from "../nat/rules/format.js";
-import { chainsInOrder, rulesInOrder, type NatChain, type NatTable } from "../nat/rules/model.js";
+import { chainsInOrder, rulesInOrder, type NatTable } from "../nat/rules/model.js";
 import { ipAsync, ipBatchAsync } from "../io/netns.js";
 import { RouteError, type RoutingTable } from "../route/table.js";
 import { OperationalError } from "./errors.js";
@@ -238,58 +236,9 @@ export function formatDifference(difference: ConfigDifference, next: RouterConfi
   return lines;
 }
 
-/** Rule keys in evaluation order: the rule's text and its occurrence among rules of that text. */
-function ruleKeys(table: NatTable): string[] {
-  const seen = new Map<string, number>();
-  return rulesInOrder(table).map((rule) => {
-    const text = formatRule(rule);
-    const n = seen.get(text) ?? 0;
-    seen.set(text, n + 1);
-    return `${n} ${text}`;
-  });
-}
-
-/**
- * Gives `to` (the successor being swapped in) the counters of `from`: per port by name (rx/tx,
- * mirror, ICMP errors, drops by reason), per rule for the rules that did not change, and the
- * built-in chains' policy counters. Control plane; runs once per live change.
- */
-export function carryOverCounters(from: Dataplane, to: Dataplane): void {
-  const portStride = from.portCounters.length / Math.max(1, from.ports.length);
-  const dropStride = from.drops.length / Math.max(1, from.ports.length);
-  for (const port of to.ports) {
-    const before = from.ports.find((p) => p.name === port.name);
-    if (before === undefined) continue;
-    to.portCounters.set(from.portCounters.subarray(before.index * portStride, (before.index + 1) * portStride), port.index * portStride);
-    to.drops.set(from.drops.subarray(before.index * dropStride, (before.index + 1) * dropStride), port.index * dropStride);
-  }
-  to.fragmentsExpired = from.fragmentsExpired;
-  Object.assign(to.fragmentOutput.counters, from.fragmentOutput.counters);
-  if (!(from.nat instanceof NetfilterNat) || !(to.nat instanceof NetfilterNat)) return;
-  const old = from.nat.rules;
-  const now = to.nat.rules;
-  const oldIndex = new Map(ruleKeys(tableOf(old)).map((key, index) => [key, index]));
-  ruleKeys(tableOf(now)).forEach((key, index) => {
-    const before = oldIndex.get(key);
-    if (before === undefined) return;
-    now.packets[index] = old.packets[before]!;
-    now.bytes[index] = old.bytes[before]!;
-    now.allocationFailures[index] = old.allocationFailures[before]!;
-  });
-  now.allocationFailures[now.rules.length] = old.allocationFailures[old.rules.length]!;
-  now.chains.forEach((chain, c) => {
-    if (chain.hook === undefined) return;
-    const before = old.chains.findIndex((o) => o.name === chain.name);
-    if (before < 0) return;
-    now.policyPackets[c] = old.policyPackets[before]!;
-    now.policyBytes[c] = old.policyBytes[before]!;
-  });
-}
-
-/** The compiled rules' model as a table (its rules in evaluation order). */
-export function tableOf(rules: { readonly chains: readonly NatChain[] }): NatTable {
-  return { chains: new Map(rules.chains.map((c) => [c.name, c])) };
-}
+// A successor dataplane's inherited counters, and the rules' model as a table, live with the
+// dataplane (a worker thread swaps its own dataplane too): re-exported for this module's users.
+export { carryOverCounters, tableOf } from "../dataplane/successor.js";
 
 /**
  * The running config with its nat rules replaced by an iptables-restore text (`qnat rules

@@ -577,8 +577,9 @@ export async function startRouter(configPath: string, options: RouterOptions = {
     checkChangeable(config, next);
     const difference = diffConfigs(config, rules, next, nextRules);
     if (isEmptyDifference(difference)) return [];
-    if (workers !== undefined) {
-      throw new OperationalError(`router ${config.namespace} forwards on ${workers.count} workers: live changes need workers: 1 for now; restart it with the new config`);
+    if (workers !== undefined && difference.portsAdded.length + difference.portsRemoved.length > 0) {
+      // Each worker would need its queues of the new legs (and to drop those of removed ones).
+      throw new OperationalError(`router ${config.namespace} forwards on ${workers.count} workers: ports are added or removed live with workers: 1 only; restart it with the new config`);
     }
     if (passthrough) throw new OperationalError("a pass-through router takes no live changes; restart it");
     if (ethernet === undefined && next.ports.some((p) => p.wire.mode === "tap")) {
@@ -609,6 +610,13 @@ export async function startRouter(configPath: string, options: RouterOptions = {
     if (ethernet !== undefined) ethernet.sources = successor;
     config = next;
     rules = nextRules;
+    if (workers !== undefined) {
+      // Every worker swaps in its successor too (between two of its batches); until the last
+      // has, a new connection may still meet the old rules on another thread. The route caches
+      // are cleared again once all run the new routes (a worker may have cached an old route).
+      await workers.apply(next);
+      dataplane.conntrack.locked(() => dataplane.conntrack.clearRouteCaches());
+    }
     for (const { port, to } of difference.mtus) setPortMtu(config.ports.findIndex((p) => p.name === port), to);
     if (ethernet !== undefined) {
       // The Ethernet stage follows the ports and addresses; an added address of a tap port is
@@ -756,8 +764,7 @@ export async function startRouter(configPath: string, options: RouterOptions = {
   if (workerCount > 1) {
     const running = new ForwardingWorkers(
       {
-        configText: readFileSync(config.file, "utf8"),
-        configFile: config.file,
+        config,
         vnetHdr: wantOffloads,
         batchSize: BATCH_SIZE,
         slotSize,

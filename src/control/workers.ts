@@ -52,23 +52,30 @@ interface WorkerThread {
   stopped: boolean;
 }
 
+export interface ForwardingWorkersOptions {
+  /** Starts one worker thread (tests: a stand-in script); default: io/dataplane-worker.ts. */
+  readonly spawnThread?: (setup: WorkerSetup) => Worker;
+  /** How long `counters()` waits for each worker (default COUNTERS_TIMEOUT_MS). */
+  readonly countersTimeoutMs?: number;
+}
+
 export class ForwardingWorkers {
   private readonly threads: WorkerThread[];
   private nextRequest = 1;
   private readonly pending = new Map<number, { remaining: Set<number>; answers: Map<number, DataplaneCounters>; done: () => void }>();
   private readonly releases = new Map<number, { remaining: Set<number>; done: () => void }>();
   private readonly stops = new Map<number, () => void>();
+  private readonly applies = new Map<number, { remaining: Set<number>; failed: Map<number, string>; done: () => void }>();
   private stopping = false;
 
   /** `queues[w - 1][leg]`: worker w's queue of every leg. */
   constructor(
-    private readonly base: WorkerBase,
+    private base: WorkerBase,
     queues: readonly (readonly WorkerLegSetup[])[],
     private readonly log: (line: string) => void,
     /** A worker saw leg `index` fail (its read, write or poll). */
     private readonly legFailed: (index: number, code: string, message: string) => void,
-    /** Starts one worker thread (tests: a stand-in script); default: io/dataplane-worker.ts. */
-    private readonly spawnThread: (setup: WorkerSetup) => Worker = (setup) => new Worker(WORKER_MODULE, { workerData: { qnatWorker: setup } }),
+    private readonly options: ForwardingWorkersOptions = {},
   ) {
     this.threads = queues.map((legs, i) => ({ number: i + 1, legs: [...legs], thread: null, carried: null, last: null, failures: [], stopped: false }));
   }
@@ -90,7 +97,7 @@ export class ForwardingWorkers {
 
   private spawn(t: WorkerThread): Promise<number> {
     const setup: WorkerSetup = { ...this.base, worker: t.number, legs: t.legs };
-    const thread = this.spawnThread(setup);
+    const thread = this.options.spawnThread?.(setup) ?? new Worker(WORKER_MODULE, { workerData: { qnatWorker: setup } });
     t.thread = thread;
     return new Promise<number>((resolve, reject) => {
       let ready = false;
@@ -106,7 +113,11 @@ export class ForwardingWorkers {
       });
       thread.on("exit", (code) => {
         if (!ready) reject(new Error(`worker ${t.number} exited with ${code} before it forwarded`));
-        else if (!this.stopping && t.thread === thread) this.failed(t, thread, `exited with code ${code}`);
+        // A thread that threw reports the error too, which may come just after its exit: that
+        // one names the cause, so the exit waits a turn before it speaks for itself.
+        else setImmediate(() => {
+          if (!this.stopping && t.thread === thread) this.failed(t, thread, `exited with code ${code}`);
+        });
         this.settle(t.number);
       });
     });
@@ -138,6 +149,14 @@ export class ForwardingWorkers {
       case "stopped":
         this.stops.get(t.number)?.();
         return;
+      case "applied": {
+        const change = this.applies.get(message.id);
+        if (change === undefined) return;
+        if (message.error !== undefined) change.failed.set(t.number, message.error);
+        change.remaining.delete(t.number);
+        if (change.remaining.size === 0) change.done();
+        return;
+      }
     }
   }
 
@@ -172,6 +191,9 @@ export class ForwardingWorkers {
     for (const release of this.releases.values()) {
       if (release.remaining.delete(number) && release.remaining.size === 0) release.done();
     }
+    for (const change of this.applies.values()) {
+      if (change.remaining.delete(number) && change.remaining.size === 0) change.done();
+    }
     this.stops.get(number)?.();
   }
 
@@ -191,7 +213,7 @@ export class ForwardingWorkers {
     const remaining = new Set(this.threads.filter((t) => this.post(t, { type: "counters", id })).map((t) => t.number));
     if (remaining.size > 0) {
       await new Promise<void>((resolve) => {
-        const timer = setTimeout(resolve, COUNTERS_TIMEOUT_MS);
+        const timer = setTimeout(resolve, this.options.countersTimeoutMs ?? COUNTERS_TIMEOUT_MS);
         this.pending.set(id, {
           remaining,
           answers,
@@ -230,6 +252,27 @@ export class ForwardingWorkers {
       };
       this.releases.set(index, { remaining, done });
     });
+  }
+
+  /**
+   * A live change with the same ports (control/live-apply.ts): every worker swaps in the
+   * successor dataplane of `config` between two batches; resolves when all did. A worker that
+   * could not (it ran out of memory building it...) is started again with the new config, so no
+   * thread goes on with the old one. Workers started later get `config` too.
+   */
+  async apply(config: WorkerBase["config"]): Promise<void> {
+    this.base = { ...this.base, config };
+    const id = this.nextRequest++;
+    const failed = new Map<number, string>();
+    const remaining = new Set(this.threads.filter((t) => this.post(t, { type: "apply", id, config })).map((t) => t.number));
+    if (remaining.size > 0) {
+      await new Promise<void>((resolve) => this.applies.set(id, { remaining, failed, done: resolve }));
+      this.applies.delete(id);
+    }
+    for (const [number, why] of failed) {
+      const t = this.threads[number - 1]!;
+      if (t.thread !== null) this.failed(t, t.thread, `the live change failed there: ${why}`);
+    }
   }
 
   /** Leg `index` was re-created: `queues[w - 1]` is worker w's queue of it. */

@@ -12,9 +12,9 @@
  * (io/worker-protocol.ts): a copy of its counters, a leg gone or re-created, stop.
  */
 import { parentPort, workerData, type MessagePort } from "node:worker_threads";
-import { parseConfig } from "../config/config.js";
 import { CryptoRng } from "../core/rng.js";
 import { buildDataplane } from "../dataplane/from-config.js";
+import { carryOverCounters } from "../dataplane/successor.js";
 import { warmUp } from "../dataplane/warmup.js";
 import { Forwarder } from "./forwarder.js";
 import { LoopStats } from "./loop-stats.js";
@@ -30,12 +30,12 @@ const HOUSEKEEPING_INTERVAL_MS = 1000;
 export function runDataplaneWorker(setup: WorkerSetup, port: MessagePort): void {
   const post = (message: FromWorker): void => port.postMessage(message);
   const log = (line: string): void => post({ type: "log", line });
-  const config = parseConfig(setup.configText, setup.configFile);
+  const config = setup.config;
   const started = performance.now();
   if (setup.warmUp) warmUp(config, { headroom: setup.headroom, slotSize: setup.slotSize });
   const warmUpMs = performance.now() - started;
   // One connection table and NAT state for every worker: the main thread's (from-config.ts shared).
-  const dataplane = buildDataplane(config, { rng: new CryptoRng(), shared: setup.tables });
+  let dataplane = buildDataplane(config, { rng: new CryptoRng(), shared: setup.tables });
   dataplane.log = log;
   const open = (leg: WorkerLegSetup): TunLeg =>
     new TunLeg(TunDevice.fromFd(leg.fd, { name: leg.name, netns: leg.netns, vnetHdr: setup.vnetHdr, ownsFd: false }));
@@ -78,6 +78,21 @@ export function runDataplaneWorker(setup: WorkerSetup, port: MessagePort): void 
         forwarder.slots.fail(message.index, Object.assign(new Error("leg down"), { code: "ENODEV" }));
         forwarder.slots.onFailure = legFailed;
         post({ type: "released", index: message.index, fd: leg?.device.fd ?? -1 });
+        return;
+      }
+      case "apply": {
+        // A live change, between two batches (this thread runs its packet loop): the successor
+        // keeps the shared connection table and NAT state, and this dataplane's counters.
+        try {
+          const successor = buildDataplane(message.config, { successorOf: dataplane });
+          carryOverCounters(dataplane, successor);
+          successor.log = log;
+          forwarder.dataplane = successor;
+          dataplane = successor;
+          post({ type: "applied", id: message.id });
+        } catch (error) {
+          post({ type: "applied", id: message.id, error: error instanceof Error ? error.message.split("\n")[0]! : String(error) });
+        }
         return;
       }
       case "leg-up": {

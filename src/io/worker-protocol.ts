@@ -8,6 +8,7 @@
  * ask each worker for a copy when they are asked (`countersOf`) and add them up
  * (`addDataplaneCounters`), so they show one router. A copy is a few kilobytes per worker.
  */
+import type { RouterConfig } from "../config/config.js";
 import type { SharedTables } from "../dataplane/from-config.js";
 import { NetfilterNat } from "../dataplane/netfilter-nat.js";
 import type { Dataplane } from "../dataplane/pipeline.js";
@@ -25,9 +26,8 @@ export interface WorkerLegSetup {
 export interface WorkerSetup {
   /** 1..N-1 (the main thread forwards queue 0 as worker 0). */
   readonly worker: number;
-  /** The config as the router read it; the worker parses it again (a RouterConfig is not plain data). */
-  readonly configText: string;
-  readonly configFile: string;
+  /** The config as the router runs it (a RouterConfig is plain data: structured clone copies it). */
+  readonly config: RouterConfig;
   /** The worker's queue of every leg, `port * 2 + leg` as the Forwarder's legs. */
   readonly legs: readonly WorkerLegSetup[];
   /** The main thread's connection table and NAT state, which the worker's dataplane attaches to. */
@@ -73,7 +73,9 @@ export type ToWorker =
   /** Leg `index` is down (its device gone): stop using its fd and answer `released` (the main thread then closes it). */
   | { readonly type: "leg-down"; readonly index: number }
   /** Leg `index` was re-created: this worker's queue of it. */
-  | { readonly type: "leg-up"; readonly index: number; readonly leg: WorkerLegSetup };
+  | { readonly type: "leg-up"; readonly index: number; readonly leg: WorkerLegSetup }
+  /** A live change (same ports): build the successor dataplane of `config` and swap it in between two batches. */
+  | { readonly type: "apply"; readonly id: number; readonly config: RouterConfig };
 
 /** From a worker. */
 export type FromWorker =
@@ -83,6 +85,8 @@ export type FromWorker =
   /** A read or write of leg `index` failed in this worker (the main thread's supervisor decides). */
   | { readonly type: "leg-failed"; readonly index: number; readonly code: string; readonly message: string }
   | { readonly type: "released"; readonly index: number; readonly fd: number }
+  /** The live change `id` is in place (or `error`: nothing changed in this worker). */
+  | { readonly type: "applied"; readonly id: number; readonly error?: string }
   | { readonly type: "stopped" };
 
 /** A copy of `dataplane`'s own counters (control plane: allocates). */

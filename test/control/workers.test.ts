@@ -35,7 +35,7 @@ parentPort.on("message", (message) => {
 parentPort.postMessage({ type: "ready", warmUpMs: 1 });`;
 
 const BASE = {
-  configText: "", configFile: "router.yaml", vnetHdr: false, batchSize: 64, slotSize: 2048, headroom: 0,
+  config: {}, vnetHdr: false, batchSize: 64, slotSize: 2048, headroom: 0,
   spinMicroseconds: 0, warmUp: false, tables: { conntrack: {}, nat: null },
 } as unknown as WorkerBase;
 
@@ -47,9 +47,11 @@ afterEach(async () => {
 
 function standIns(workers: number, crashAfter: (worker: number) => number, log: string[]): ForwardingWorkers {
   const queues = Array.from({ length: workers - 1 }, () => [{ fd: 99, name: "eth0", netns: "x" }]);
-  running = new ForwardingWorkers(BASE, queues, (line) => log.push(line), () => undefined, (setup: WorkerSetup) =>
-    new Worker(STAND_IN, { eval: true, workerData: { setup, crashAfter: crashAfter(setup.worker) } }),
-  );
+  running = new ForwardingWorkers(BASE, queues, (line) => log.push(line), () => undefined, {
+    spawnThread: (setup: WorkerSetup) => new Worker(STAND_IN, { eval: true, workerData: { setup, crashAfter: crashAfter(setup.worker) } }),
+    // A loaded machine may start a thread slowly: the tests wait for every answer.
+    countersTimeoutMs: 10_000,
+  });
   return running;
 }
 
@@ -83,6 +85,7 @@ describe("the forwarding workers of a router with workers: N", () => {
     expect(received(await workers.counters())).toEqual([7]);
     // The request that makes it throw: answered with what it said last.
     expect(received(await workers.counters())).toEqual([7]);
+    await until(() => log.length === 1);
     expect(log).toEqual(["qnat: worker 1 failed (Error: boom in worker 1); started again on its queues"]);
     // Its second run counts on top of the first's 7.
     expect(received(await workers.counters())).toEqual([14]);

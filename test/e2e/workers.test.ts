@@ -156,7 +156,7 @@ describe.skipIf(!isRoot)("the seed's router with workers: 2", () => {
   });
 
   /** Runs UDP_FLOWS from 10.0.0.3 to the outside's UDP server; checks every flow left as 9.186.100.2 on a port of its own. */
-  function udpFlows(): void {
+  function udpFlows(translated = "9.186.100.2"): void {
     const client = spawnSync("ip", ["netns", "exec", tenant, process.execPath, "-e", UDP_FLOWS, String(FLOWS), String(PER_FLOW), "10.0.0.3", "203.0.113.10", "7000"], {
       encoding: "utf8",
       timeout: 20_000,
@@ -166,7 +166,7 @@ describe.skipIf(!isRoot)("the seed's router with workers: 2", () => {
     expect(result.answered).toBe(FLOWS * PER_FLOW);
     const seen = Object.values(result.seen);
     expect(seen).toHaveLength(FLOWS);
-    for (const address of seen) expect(address).toMatch(/^9\.186\.100\.2:\d+$/);
+    for (const address of seen) expect(address).toMatch(new RegExp(`^${translated.replaceAll(".", "\\.")}:\\d+$`));
     // No two connections share a translated tuple.
     expect(new Set(seen).size).toBe(FLOWS);
   }
@@ -241,14 +241,27 @@ describe.skipIf(!isRoot)("the seed's router with workers: 2", () => {
     expect(lab!.output!()).not.toMatch(/worker \d+ failed/);
   }, 30_000);
 
-  it("a capture and live changes need one thread: each is refused in one line, and the router goes on", async () => {
+  it("qnat apply reaches both threads: the tenant's SNAT address becomes 9.186.100.3, and new flows on either thread leave with it", async () => {
+    const changed = text
+      .replace("addresses: [9.186.100.2/24, 9.186.100.129/32]", "addresses: [9.186.100.2/24, 9.186.100.129/32, 9.186.100.3/32]")
+      .replace("-j SNAT --to-source 9.186.100.2", "-j SNAT --to-source 9.186.100.3");
+    expect(changed).toContain("--to-source 9.186.100.3");
+    const apply = await controlRequest(socket, { cmd: "apply", file: "router.yaml", text: changed });
+    expect(apply.ok && apply.text).toContain("+ rule -A neutron-vpn-agen-snat -s 10.0.0.0/24 -j SNAT --to-source 9.186.100.3");
+    const before = await stats();
+    udpFlows("9.186.100.3");
+    for (const share of shares(before, await stats())) expect(share).toBeGreaterThan(0);
+    expect(lab!.output!()).not.toMatch(/worker \d+ failed/);
+  }, 30_000);
+
+  it("a capture, and adding a port live, need one thread: each is refused in one line, and the router goes on", async () => {
     const capture = await controlRequest(socket, { cmd: "capture", ports: [config.ports[0]!.name], leg: "wire", count: 1 });
     expect(capture).toEqual({ ok: false, error: `router ${config.namespace} forwards on 2 workers: a capture would see one thread's packets only; captures need workers: 1` });
-    const changed = text.replace("mtu: 1500", "mtu: 1400").replace(/(routes:\n)/, "$1  - 198.51.100.0/24 via 9.186.100.1\n");
-    const apply = await controlRequest(socket, { cmd: "apply", file: "router.yaml", text: changed });
-    expect(apply).toEqual({ ok: false, error: `router ${config.namespace} forwards on 2 workers: live changes need workers: 1 for now; restart it with the new config` });
-    const restore = await controlRequest(socket, { cmd: "rules", action: "restore", file: "-", text: "*nat\nCOMMIT\n" });
-    expect(restore.ok).toBe(false);
+    const tag = config.ports[0]!.wire.namespace.replace(/-tenant$/, "");
+    const withPort = text.replace("routes:", `  - name: qr-extra0001\n    addresses: [10.9.0.1/24]\n    wire: { namespace: ${tag}-extra, device: eth0 }\nroutes:`);
+    expect(withPort).toContain("qr-extra0001");
+    const added = await controlRequest(socket, { cmd: "apply", file: "router.yaml", text: withPort });
+    expect(added).toEqual({ ok: false, error: `router ${config.namespace} forwards on 2 workers: ports are added or removed live with workers: 1 only; restart it with the new config` });
     expect(await pingUntil(tenant, "203.0.113.10", WAIT_MS, "10.0.0.3")).toBe(true);
   });
 
