@@ -25,6 +25,13 @@
  * Pass-through (`passthrough: true` or QNAT_PASSTHROUGH=1): the same legs and loop, but each
  * packet from a wire leg is written as it is to the other port's wire leg (io/passthrough.ts):
  * the I/O floor the end-to-end benchmark compares qnat with. No NAT, no routing, no TTL.
+ * Workers (`workers: N`, N > 1; control/workers.ts): every leg is opened with N queues
+ * (IFF_MULTI_QUEUE); this thread forwards queue 0 with the same loop as before (io/pump-loop.ts)
+ * and keeps the whole control plane, N - 1 worker threads forward the others, each with its own
+ * dataplane attached to this one's connection table and NAT state (SharedArrayBuffers); show,
+ * top, metrics and rules counters add every thread's counters up. Captures, tap ports,
+ * pass-through and ports added or removed live need one worker and are refused in one line.
+ *
  * Faults stay where they happen: a packet that makes the pipeline throw is one DropReason.Internal
  * drop; a leg that fails (its device deleted, its namespace deleted or replaced, an I/O error) is
  * retired and re-created by itself when it can be (io/leg-supervisor.ts), the other legs
@@ -806,7 +813,8 @@ export async function startRouter(configPath: string, options: RouterOptions = {
   );
   if (workers !== undefined) {
     const warmUps = workerWarmUps.map((ms) => `${ms.toFixed(0)} ms`).join(", ");
-    log(`qnat:   workers: ${workers.count} (queue 0 on the main thread, queues 1-${workers.count - 1} on worker threads; their JIT warm-ups ${warmUps})`);
+    const others = workers.count === 2 ? "queue 1 on a worker thread" : `queues 1-${workers.count - 1} on ${workers.count - 1} worker threads`;
+    log(`qnat:   workers: ${workers.count} (queue 0 on the main thread, ${others}, one connection table; JIT warm-ups ${warmUps})`);
   }
   for (const port of config.ports) {
     log(

@@ -129,7 +129,7 @@ describe.skipIf(!isRoot)("the seed's router with workers: 2", () => {
   }, 30_000);
 
   it("starts two forwarding threads, each on its queue of every leg", () => {
-    expect(lab!.output!()).toMatch(/workers: 2 \(queue 0 on the main thread, queues 1-1 on worker threads/);
+    expect(lab!.output!()).toMatch(/workers: 2 \(queue 0 on the main thread, queue 1 on a worker thread, one connection table; JIT warm-ups \d+ ms\)/);
     // Every leg is a multi-queue TUN device (ip -d link: "multi_queue").
     expect(inNs(config.namespace, "ip", ["-d", "link", "show", config.ports[0]!.name]).stdout).toContain("multi_queue");
     expect(inNs(tenant, "ip", ["-d", "link", "show", "eth0"]).stdout).toContain("multi_queue");
