@@ -243,6 +243,8 @@ export class ForwardingWorkers {
    * are gone), after which the caller may close the queues' fds.
    */
   releaseLeg(index: number): Promise<void> {
+    // A worker started again before the leg is back must not be given the closed fds' numbers.
+    for (const t of this.threads) t.legs[index] = { ...t.legs[index]!, fd: -1 };
     const remaining = new Set(this.threads.filter((t) => this.post(t, { type: "leg-down", index })).map((t) => t.number));
     if (remaining.size === 0) return Promise.resolve();
     return new Promise<void>((resolve) => {

@@ -17,6 +17,7 @@ import { buildDataplane } from "../dataplane/from-config.js";
 import { carryOverCounters } from "../dataplane/successor.js";
 import { warmUp } from "../dataplane/warmup.js";
 import { Forwarder } from "./forwarder.js";
+import { DownLeg } from "./leg.js";
 import { LoopStats } from "./loop-stats.js";
 import { PumpLoop } from "./pump-loop.js";
 import { TunDevice, type TunError } from "./tun.js";
@@ -39,8 +40,9 @@ export function runDataplaneWorker(setup: WorkerSetup, port: MessagePort): void 
   dataplane.log = log;
   const open = (leg: WorkerLegSetup): TunLeg =>
     new TunLeg(TunDevice.fromFd(leg.fd, { name: leg.name, netns: leg.netns, vnetHdr: setup.vnetHdr, ownsFd: false }));
-  const legs = setup.legs.map(open);
-  const forwarder = new Forwarder(dataplane, legs, setup.batchSize, setup.slotSize, setup.headroom);
+  // A leg that is down as the worker starts (fd -1: its queues were closed) waits for `leg-up`.
+  const legs: (TunLeg | null)[] = setup.legs.map((leg) => (leg.fd < 0 ? null : open(leg)));
+  const forwarder = new Forwarder(dataplane, legs.map((leg) => leg ?? new DownLeg()), setup.batchSize, setup.slotSize, setup.headroom);
   const loopStats = new LoopStats();
   /** A leg whose read, write or poll failed here: out of this worker's loop, and the main thread told. */
   const legFailed = (index: number, error: unknown): void => {
@@ -55,7 +57,7 @@ export function runDataplaneWorker(setup: WorkerSetup, port: MessagePort): void 
     log,
     legFailed: (index, error) => forwarder.slots.fail(index, error),
   });
-  legs.forEach((leg, index) => loop.watch(index, leg.device));
+  legs.forEach((leg, index) => leg !== null && loop.watch(index, leg.device));
   const housekeeping = setInterval(() => {
     try {
       dataplane.housekeeping();
@@ -74,6 +76,7 @@ export function runDataplaneWorker(setup: WorkerSetup, port: MessagePort): void 
         // cannot be reused by another open, so this worker never reads someone else's device.
         const leg = legs[message.index];
         leg?.device.stopReadable();
+        legs[message.index] = null;
         forwarder.slots.onFailure = null;
         forwarder.slots.fail(message.index, Object.assign(new Error("leg down"), { code: "ENODEV" }));
         forwarder.slots.onFailure = legFailed;
@@ -106,7 +109,7 @@ export function runDataplaneWorker(setup: WorkerSetup, port: MessagePort): void 
         // Reading stops: no wake-up runs the loop again. A batch is written before its wake-up
         // returns, so nothing is held; the worker ends once its port closes.
         clearInterval(housekeeping);
-        for (const leg of legs) leg.device.stopReadable();
+        for (const leg of legs) leg?.device.stopReadable();
         post({ type: "stopped" });
         port.close();
         return;
