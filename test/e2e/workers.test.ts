@@ -202,6 +202,8 @@ describe.skipIf(!isRoot)("the seed's router with workers: 2", () => {
     expect(after.workers!.reduce((sum, w) => sum + w.rxPackets, 0)).toBe(received);
     const text = await controlRequest(socket, { cmd: "show", what: "stats" });
     expect(text.ok && text.text).toMatch(/\nworkers: 2\n {4}0 \(main thread\): received \d+, sent \d+, dropped \d+\n {4}1: received \d+/);
+    // One connection table: the main thread's view of it holds every flow, whichever thread made it.
+    expect(after.conntrack.count).toBeGreaterThanOrEqual(FLOWS);
     // The main thread's state saving sees one table: the worker's connections are in it too.
     const saved = async (): Promise<number> => (await stats()).state?.last?.entries ?? 0;
     const waited = Date.now();
