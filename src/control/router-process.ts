@@ -594,8 +594,11 @@ export async function startRouter(configPath: string, options: RouterOptions = {
     }
     // Routing changes made in place at the swap when they can be (a floating IP's /32): a new
     // table is ~65 ms the packet loop waits (live-apply.ts inPlaceRouting).
-    const changeRoutes = inPlaceRouting(config, next, dataplane.routes);
+    // With workers every thread builds its successor's table the same way, so their route
+    // versions agree (docs/multi-core.md): no change in place then.
+    const changeRoutes = workers === undefined ? inPlaceRouting(config, next, dataplane.routes) : undefined;
     const successor = buildDataplane(next, { successorOf: dataplane, ...(changeRoutes !== undefined ? { routes: dataplane.routes } : {}) });
+    if (workers !== undefined) successor.routes.continueVersionsFrom(dataplane.routes);
     const dnatBefore = outputDnatLocalAddresses(config, rules);
     const dnatAfter = outputDnatLocalAddresses(next, nextRules);
     const opened = openAddedPorts(next, difference.portsAdded);

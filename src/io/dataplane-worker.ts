@@ -88,6 +88,8 @@ export function runDataplaneWorker(setup: WorkerSetup, port: MessagePort): void 
         // keeps the shared connection table and NAT state, and this dataplane's counters.
         try {
           const successor = buildDataplane(message.config, { successorOf: dataplane });
+          // The same steps as the main thread's successor: the same route versions (route/table.ts).
+          successor.routes.continueVersionsFrom(dataplane.routes);
           carryOverCounters(dataplane, successor);
           successor.log = log;
           forwarder.dataplane = successor;

@@ -190,6 +190,17 @@ export class RoutingTable {
     return this.generation;
   }
 
+  /**
+   * This table, built to replace `previous` (a live change), numbers its versions after it: a
+   * route cached in a connection entry under one table's version is never taken for the other's.
+   * With worker threads the entries are shared and each thread checks its own table's version
+   * (docs/multi-core.md), so every thread builds its successor by the same steps and calls this:
+   * their versions stay equal, and differ from the tables they replace.
+   */
+  continueVersionsFrom(previous: RoutingTable): void {
+    this.generation += previous.generation;
+  }
+
   /** The route for dst (longest prefix, then lowest metric), or -1. No allocation. */
   lookup(dst: number): number {
     return this.lpm.lookup(dst);

@@ -241,3 +241,30 @@ describe("ip route add", () => {
     expect(table.route(id)?.port).toBe(0);
   });
 });
+
+describe("route versions across a live change (route caches shared by worker threads)", () => {
+  it("two threads that build the same successor get the same version, after the tables they replace", () => {
+    // The seed's table on the main thread and on a worker: built by the same steps, equal versions.
+    const mainBefore = seedTable();
+    const workerBefore = seedTable();
+    expect(workerBefore.version).toBe(mainBefore.version);
+    // A change that replaces one route by another: a fresh table, built by as many steps as before.
+    const successor = (): RoutingTable => {
+      const table = new RoutingTable([TENANT, GATEWAY]);
+      table.addConnected(0, parseIpv4("10.0.0.1"), 24);
+      table.addConnected(1, parseIpv4("9.186.100.2"), 24);
+      table.addConnected(1, parseIpv4("9.186.100.129"), 32);
+      table.addRoute(`default via 9.186.100.3 dev ${GATEWAY}`);
+      return table;
+    };
+    const mainAfter = successor();
+    const workerAfter = successor();
+    // Without continuing, the new table's version is the old one's: a route cached under it by a
+    // thread still on the old table would be taken for the new one's.
+    expect(mainAfter.version).toBe(mainBefore.version);
+    mainAfter.continueVersionsFrom(mainBefore);
+    workerAfter.continueVersionsFrom(workerBefore);
+    expect(mainAfter.version).toBeGreaterThan(mainBefore.version);
+    expect(workerAfter.version).toBe(mainAfter.version);
+  });
+});
