@@ -6,12 +6,12 @@ const TENANT = "qr-694450d6-f6";
 const GATEWAY = "qg-e76de35e-90";
 
 /** The seed's qrouter: qr 10.0.0.1/24; qg 9.186.100.2/24 and the floating IP 9.186.100.129/32. */
-function seedTable(): RoutingTable {
+function seedTable(defaultVia = "9.186.100.1"): RoutingTable {
   const table = new RoutingTable([TENANT, GATEWAY]);
   table.addConnected(0, parseIpv4("10.0.0.1"), 24);
   table.addConnected(1, parseIpv4("9.186.100.2"), 24);
   table.addConnected(1, parseIpv4("9.186.100.129"), 32);
-  table.addRoute(`default via 9.186.100.1 dev ${GATEWAY}`);
+  table.addRoute(`default via ${defaultVia} dev ${GATEWAY}`);
   return table;
 }
 
@@ -249,16 +249,8 @@ describe("route versions across a live change (route caches shared by worker thr
     const workerBefore = seedTable();
     expect(workerBefore.version).toBe(mainBefore.version);
     // A change that replaces one route by another: a fresh table, built by as many steps as before.
-    const successor = (): RoutingTable => {
-      const table = new RoutingTable([TENANT, GATEWAY]);
-      table.addConnected(0, parseIpv4("10.0.0.1"), 24);
-      table.addConnected(1, parseIpv4("9.186.100.2"), 24);
-      table.addConnected(1, parseIpv4("9.186.100.129"), 32);
-      table.addRoute(`default via 9.186.100.3 dev ${GATEWAY}`);
-      return table;
-    };
-    const mainAfter = successor();
-    const workerAfter = successor();
+    const mainAfter = seedTable("9.186.100.3");
+    const workerAfter = seedTable("9.186.100.3");
     // Without continuing, the new table's version is the old one's: a route cached under it by a
     // thread still on the old table would be taken for the new one's.
     expect(mainAfter.version).toBe(mainBefore.version);
