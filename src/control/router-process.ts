@@ -792,6 +792,7 @@ export async function startRouter(configPath: string, options: RouterOptions = {
       workerWarmUps = await running.start();
     } catch (error) {
       await running.stop();
+      await running.end();
       workers = undefined;
       supervisor!.stop();
       clearInterval(legTicks);
@@ -856,19 +857,17 @@ export async function startRouter(configPath: string, options: RouterOptions = {
         for (const leg of supervisor!.openLegs) leg.device.stopReadable();
         // The workers stop reading too and end their batches (control/workers.ts).
         const unanswered = workers === undefined ? [] : await workers.stop();
-        if (unanswered.length > 0) {
-          // Ended in the middle of a batch, perhaps holding the tables' lock: nothing may wait for it.
-          log(`qnat: worker ${unanswered.join(", ")} did not stop in time and was ended; the state is not saved (the tables may hold a half-done batch)`);
-        }
+        if (unanswered.length > 0) log(`qnat: worker ${unanswered.join(", ")} did not stop reading in time; it is ended once the state is saved`);
         // 3. What must outlive the process (the conntrack state) is saved by the hooks.
-        for (const hook of unanswered.length > 0 ? [] : stopHooks) {
+        for (const hook of stopHooks) {
           try {
             await hook();
           } catch (error) {
             log(`qnat: while stopping: ${error instanceof Error ? error.message : String(error)}`);
           }
         }
-        // 4. The legs close (the mirrors vanish with their fds), then the servers and the socket.
+        // 4. The workers end, the legs close (the mirrors vanish with their fds), then the servers and the socket.
+        await workers?.end();
         closeLegs();
         if (metadata !== undefined) await metadata.close();
         if (metrics !== undefined) await metrics.close();

@@ -287,8 +287,9 @@ export class ForwardingWorkers {
 
   /**
    * Every worker stops reading and ends its batch (it answers between two batches, so it holds
-   * no lock then); those that do not answer in STOP_TIMEOUT_MS are ended, and returned: one may
-   * have been ended in the middle of a batch, holding the shared tables' lock.
+   * no lock then); resolves when all answered, or after STOP_TIMEOUT_MS with those that did not
+   * (a loaded machine may not have run them yet). Those are still running: the state can still be
+   * saved (it takes the tables' lock as their batches do); `end()` ends every thread afterwards.
    */
   async stop(): Promise<number[]> {
     this.stopping = true;
@@ -304,11 +305,22 @@ export class ForwardingWorkers {
         if (await Promise.race([answered.then(() => false), late])) unanswered.push(t.number);
         clearTimeout(timer);
         this.stops.delete(t.number);
+      }),
+    );
+    return unanswered;
+  }
+
+  /** Ends every worker thread (after `stop()` and the state saving). */
+  async end(): Promise<void> {
+    this.stopping = true;
+    await Promise.all(
+      this.threads.map(async (t) => {
+        const thread = t.thread;
+        if (thread === null) return;
         t.thread = null;
         await thread.terminate();
       }),
     );
-    return unanswered;
   }
 }
 

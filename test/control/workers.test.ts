@@ -42,6 +42,7 @@ const BASE = {
 let running: ForwardingWorkers | undefined;
 afterEach(async () => {
   await running?.stop();
+  await running?.end();
   running = undefined;
 });
 
@@ -69,6 +70,7 @@ describe("the forwarding workers of a router with workers: N", () => {
       [0, 7, true], [1, 7, true], [2, 7, true], [3, 7, true],
     ]);
     expect(await workers.stop()).toEqual([]);
+    await workers.end();
     expect(await workers.counters()).toEqual([
       expect.objectContaining({ portCounters: expect.any(Float64Array) }),
       expect.objectContaining({ portCounters: expect.any(Float64Array) }),

@@ -277,7 +277,6 @@ describe.skipIf(!isRoot)("the seed's router with workers: 2", () => {
     expect(lab!.output!()).toContain("SIGTERM: stopping");
     // The state was saved at the stop, after both threads had stopped reading.
     expect(statSync(stateFile).size).toBeGreaterThan(0);
-    expect(lab!.output!()).not.toContain("did not stop in time");
     expect(lab!.output!()).not.toMatch(/worker \d+ failed/);
   });
 });
