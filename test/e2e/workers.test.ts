@@ -10,7 +10,7 @@
  * Every command is bounded in time and count.
  */
 import { spawn, spawnSync, type ChildProcess } from "node:child_process";
-import { existsSync, mkdtempSync, rmSync, statSync } from "node:fs";
+import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
@@ -18,6 +18,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { parseConfig } from "../../src/config/config.js";
 import { isRoot as runningAsRoot } from "../../src/io/netns.js";
 import { controlRequest, controlSocketPath, pidPathFor } from "../../src/control/socket.js";
+import { STATE_FLAG_AT_STOP } from "../../src/control/state-file.js";
 import { pingUntil } from "../../src/control/lab.js";
 import type { PortView, StatsView } from "../../src/control/show.js";
 import { retagForRun, runTag, startQnatLab, type Lab } from "../../bench/e2e-lab.js";
@@ -275,8 +276,11 @@ describe.skipIf(!isRoot)("the seed's router with workers: 2", () => {
     expect(existsSync(pidPathFor(socket))).toBe(false);
     expect(inNs(config.namespace, "ip", ["link", "show", config.ports[0]!.name]).code).not.toBe(0);
     expect(lab!.output!()).toContain("SIGTERM: stopping");
-    // The state was saved at the stop, after both threads had stopped reading.
-    expect(statSync(stateFile).size).toBeGreaterThan(0);
+    // The state was saved at the stop (header flags, control/state-file.ts: STATE_FLAG_AT_STOP),
+    // with every thread's connections: the 32 flows of each UDP run are in the one table.
+    const saved = readFileSync(stateFile);
+    expect(saved.readUInt32LE(32) & STATE_FLAG_AT_STOP).toBe(STATE_FLAG_AT_STOP);
+    expect(saved.readUInt32LE(20)).toBeGreaterThanOrEqual(FLOWS);
     expect(lab!.output!()).not.toMatch(/worker \d+ failed/);
   });
 });
