@@ -17,7 +17,7 @@ import { DROP_REASON_COUNT, dropReasonName } from "../core/drop-reason.js";
 import { NetfilterNat } from "../dataplane/netfilter-nat.js";
 import type { Dataplane } from "../dataplane/pipeline.js";
 import { EthCounter, type EthernetStage } from "../io/ethernet-leg.js";
-import type { BucketCounts, LoopStats } from "../io/loop-stats.js";
+import { LoopStats, type BucketCounts } from "../io/loop-stats.js";
 import type { DataplaneCounters } from "../io/worker-protocol.js";
 import { TargetKind } from "../nat/rules/model.js";
 import type { CompiledRules } from "../nat/rules/evaluate.js";
@@ -52,6 +52,8 @@ interface Snapshot {
   readonly census: CensusResult;
   /** workers: N > 1: every thread's rule and NAT engine counters added up (else the dataplane's own are read). */
   readonly summed?: DataplaneCounters;
+  /** workers: N > 1: every thread's packet loop added up (else the source's loop is read). */
+  readonly loop?: LoopStats;
 }
 
 type Labels = LabelValues<string>;
@@ -133,7 +135,14 @@ export class MetricsExporter {
     const workers = await this.source.workers?.();
     const dataplane = this.source.dataplane();
     const stats = collectStats(dataplane, undefined, workers?.summed);
-    this.snapshot = workers === undefined ? { dataplane, stats, census } : { dataplane, stats: { ...stats, workers: workers.perWorker }, census, summed: workers.summed };
+    if (workers === undefined) {
+      this.snapshot = { dataplane, stats, census };
+    } else {
+      const loop = new LoopStats();
+      if (this.source.loop !== undefined) loop.add(this.source.loop.snapshot());
+      if (workers.summed.loop !== undefined) loop.add(workers.summed.loop);
+      this.snapshot = { dataplane, stats: { ...stats, workers: workers.perWorker }, census, summed: workers.summed, loop };
+    }
     try {
       return await this.registry.metrics();
     } finally {
@@ -332,8 +341,10 @@ export class MetricsExporter {
 
   private defineLoop(): void {
     const loop = this.source.loop;
-    new BucketHistogram(this.registry, "qnat_batch_packets", "Packets per batch read from a leg (batches of up to 64; a read that found nothing is not counted).", () => loop?.batchSizes);
-    new BucketHistogram(this.registry, "qnat_loop_busy_seconds", "Time the packet loop was busy per wake-up (reading, forwarding and writing the batches of that wake-up).", () => loop?.busySeconds);
+    // With workers: N, every thread's loop added up (the scrape's snapshot).
+    const loops = (): LoopStats | undefined => this.snapshot?.loop ?? loop;
+    new BucketHistogram(this.registry, "qnat_batch_packets", "Packets per batch read from a leg (batches of up to 64; a read that found nothing is not counted).", () => loops()?.batchSizes);
+    new BucketHistogram(this.registry, "qnat_loop_busy_seconds", "Time the packet loop was busy per wake-up (reading, forwarding and writing the batches of that wake-up).", () => loops()?.busySeconds);
     this.gauge("qnat_process_resident_memory_bytes", "The router process's resident set size.", [], (s) => [[{}, s.stats.process?.rssBytes ?? 0]]);
     this.gauge("qnat_process_heap_used_bytes", "V8 heap in use by the router process.", [], (s) => [[{}, s.stats.process?.heapUsedBytes ?? 0]]);
     // workers: N > 1: each forwarding thread's share (worker 0 is the main thread); absent with one.

@@ -69,7 +69,7 @@ export function runDataplaneWorker(setup: WorkerSetup, port: MessagePort): void 
   port.on("message", (message: ToWorker) => {
     switch (message.type) {
       case "counters":
-        post({ type: "counters", id: message.id, counters: countersOf(dataplane) });
+        post({ type: "counters", id: message.id, counters: { ...countersOf(dataplane), loop: loopStats.snapshot() } });
         return;
       case "leg-down": {
         // The main thread closes the fd once every worker let it go: until then its number

@@ -8,6 +8,19 @@
  */
 import type { Forwarder } from "./forwarder.js";
 
+/** BucketCounts as plain data. */
+export interface BucketSnapshot {
+  readonly counts: Float64Array;
+  readonly sum: number;
+  readonly count: number;
+}
+
+/** LoopStats as plain data. */
+export interface LoopSnapshot {
+  readonly batchSizes: BucketSnapshot;
+  readonly busySeconds: BucketSnapshot;
+}
+
 export class BucketCounts {
   /** Observations per bucket (not cumulative: the exposition adds them up), plus one for +Inf. */
   readonly counts: Float64Array;
@@ -34,6 +47,18 @@ export class BucketCounts {
     return this.totals[0]!;
   }
 
+  /** A copy (plain data: another thread's buckets travel this way, control/workers.ts). */
+  snapshot(): BucketSnapshot {
+    return { counts: this.counts.slice(), sum: this.totals[0]!, count: this.totals[1]! };
+  }
+
+  /** Adds another thread's buckets of the same bounds. */
+  add(other: BucketSnapshot): void {
+    for (let i = 0; i < this.counts.length && i < other.counts.length; i++) this.counts[i]! += other.counts[i]!;
+    this.totals[0]! += other.sum;
+    this.totals[1]! += other.count;
+  }
+
   get count(): number {
     return this.totals[1]!;
   }
@@ -56,6 +81,17 @@ export class LoopStats {
     const count = forwarder.pump(index);
     if (count > 0) this.batchSizes.record(count);
     return count;
+  }
+
+  /** A copy, for another thread to add up. */
+  snapshot(): LoopSnapshot {
+    return { batchSizes: this.batchSizes.snapshot(), busySeconds: this.busySeconds.snapshot() };
+  }
+
+  /** Adds another loop's figures (one router's loops: every worker thread's). */
+  add(other: LoopSnapshot): void {
+    this.batchSizes.add(other.batchSizes);
+    this.busySeconds.add(other.busySeconds);
   }
 
   /** A wake-up that started at `startedMs` (performance.now()) ends now. */

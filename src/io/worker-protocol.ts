@@ -13,6 +13,7 @@ import type { SharedTables } from "../dataplane/from-config.js";
 import { NetfilterNat } from "../dataplane/netfilter-nat.js";
 import type { Dataplane } from "../dataplane/pipeline.js";
 import type { CompiledRules } from "../nat/rules/evaluate.js";
+import { LoopStats, type LoopSnapshot } from "./loop-stats.js";
 
 /** A leg's queue for worker i: queue i of the device (fds are process-wide). */
 export interface WorkerLegSetup {
@@ -54,6 +55,8 @@ export interface DataplaneCounters {
   readonly rules: RuleCounters | null;
   /** The NAT engine's counters (port searches...). */
   readonly nat: Record<string, number>;
+  /** A worker thread's packet loop (io/loop-stats.ts); absent for a dataplane alone. */
+  readonly loop?: LoopSnapshot;
 }
 
 /** CompiledRules' counters (nat/rules/evaluate.ts), per rule and per chain. */
@@ -140,6 +143,8 @@ export function addDataplaneCounters(base: DataplaneCounters, others: readonly D
   const fragmentation = { ...base.fragmentation };
   let rules: RuleCounters | null = base.rules;
   const nat = { ...base.nat };
+  let loop: LoopStats | undefined;
+  if (base.loop !== undefined) (loop = new LoopStats()).add(base.loop);
   for (const other of others) {
     portCounters = added(portCounters, other.portCounters);
     drops = added(drops, other.drops);
@@ -150,6 +155,7 @@ export function addDataplaneCounters(base: DataplaneCounters, others: readonly D
     addFields(fragments, other.fragments);
     addFields(fragmentation, other.fragmentation);
     addFields(nat, other.nat);
+    if (other.loop !== undefined) (loop ??= new LoopStats()).add(other.loop);
     if (other.rules !== null) {
       // Copies at first (`added` writes into its first argument when it is long enough).
       const into = rules ?? NO_RULE_COUNTERS;
@@ -162,7 +168,7 @@ export function addDataplaneCounters(base: DataplaneCounters, others: readonly D
       };
     }
   }
-  return { portCounters, drops, conntrack, chains, fragments, fragmentation, rules, nat };
+  return { portCounters, drops, conntrack, chains, fragments, fragmentation, rules, nat, ...(loop !== undefined ? { loop: loop.snapshot() } : {}) };
 }
 
 const NO_RULE_COUNTERS: RuleCounters = {

@@ -217,6 +217,11 @@ describe.skipIf(!isRoot)("the seed's router with workers: 2", () => {
     expect(tenantRx).toBeGreaterThanOrEqual(after.ports[0]!.wire.rxPackets);
     expect(metric(/qnat_worker_receive_packets_total\{worker="0"\} (\d+)/)).toBeGreaterThan(0);
     expect(metric(/qnat_worker_receive_packets_total\{worker="1"\} (\d+)/)).toBeGreaterThan(0);
+    // The loop histograms add every thread's batches up: they hold at least the packets all threads had read at `after`.
+    const batches = metric(/qnat_batch_packets_count (\d+)/);
+    const batchedPackets = metric(/qnat_batch_packets_sum (\d+)/);
+    expect(batchedPackets).toBeGreaterThanOrEqual(after.workers!.reduce((sum, w) => sum + w.rxPackets, 0));
+    expect(batches).toBeGreaterThan(0);
     const top = await controlRequest(socket, { cmd: "top", connections: 5 });
     expect(top.ok && (top.data as { ports: { wire: { rxPackets: number } }[] }).ports[0]!.wire.rxPackets).toBeGreaterThanOrEqual(after.ports[0]!.wire.rxPackets);
     // show ports is the same one router.
