@@ -310,3 +310,31 @@ describe.skipIf(!isRoot)("the seed's router with workers: 2", () => {
     expect(lab!.output!()).not.toMatch(/worker \d+ failed/);
   });
 });
+
+describe.skipIf(!isRoot)("what a router with workers: 2 cannot be, refused before it touches anything", () => {
+  const CLI = resolve(import.meta.dirname, "../../dist/src/cli/main.js");
+  const dir = mkdtempSync(join(tmpdir(), "qnat-workers-refused-"));
+  afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+  function run(file: string, text: string, env: NodeJS.ProcessEnv = {}): { code: number | null; stderr: string } {
+    writeFileSync(file, text);
+    const result = spawnSync(process.execPath, [CLI, "run", file], { encoding: "utf8", timeout: 20_000, env: { ...process.env, ...env } });
+    return { code: result.status, stderr: result.stderr };
+  }
+
+  it("pass-through mode (QNAT_PASSTHROUGH=1) runs on one thread: one line, exit 2", () => {
+    const { text, config } = retagForRun(SEED, runTag());
+    const file = join(dir, "passthrough.yaml");
+    const result = run(file, `${text}workers: 2\n`, { QNAT_PASSTHROUGH: "1" });
+    expect(result).toEqual({ code: 2, stderr: `qnat: pass-through mode runs on one thread; ${file} says workers: 2\n` });
+    expect(existsSync(controlSocketPath(config.namespace))).toBe(false);
+  });
+
+  it("tap ports run on one thread: one line at the workers line, exit 2", () => {
+    const { text } = retagForRun(SEED, runTag(), "tap");
+    const file = join(dir, "tap.yaml");
+    const result = run(file, `${text}workers: 2\n`);
+    expect(result.code).toBe(2);
+    expect(result.stderr).toMatch(new RegExp(`^${file}:\\d+: workers 2: port \\S+ has wire.mode: tap, whose ARP and neighbour table run on one thread; use workers: 1 with tap ports\\n$`));
+  });
+});
