@@ -16,7 +16,9 @@
  *   - legs: when the main thread's supervisor retires a leg (io/leg-supervisor.ts) every worker
  *     lets its queue of it go before the fds are closed (`releaseLeg`), so a reused fd number never
  *     reaches a worker; a leg re-created with N queues gives each worker its new queue (`legUp`).
- *   - stop: every worker stops reading, ends its batch and answers; then the caller saves state.
+ *   - live changes: `apply` has every worker build and swap in its successor dataplane.
+ *   - stop: every worker stops reading, ends its batch and answers (`stop`); the caller saves the
+ *     state, then `end` ends the threads.
  */
 import { Worker } from "node:worker_threads";
 import { PortCounter } from "../dataplane/pipeline.js";
@@ -28,7 +30,7 @@ import type { WorkerStatsView } from "./show.js";
 
 /** How long `counters()` waits for a worker's answer. */
 export const COUNTERS_TIMEOUT_MS = 500;
-/** How long `stop()` waits for the workers to stop reading before it ends them. */
+/** How long `stop()` waits for the workers to answer that they stopped reading. */
 export const STOP_TIMEOUT_MS = 400;
 /** A worker that fails this often within RESTART_WINDOW_MS is left stopped. */
 export const RESTART_LIMIT = 5;
