@@ -9,7 +9,8 @@
  *
  * The main thread opened every queue (fds are process-wide) and keeps them: the worker only
  * polls, reads and writes its fds and never closes them. It answers the main thread's messages
- * (io/worker-protocol.ts): a copy of its counters, a leg gone or re-created, stop.
+ * (io/worker-protocol.ts): a copy of its counters, a leg gone or re-created, a live change
+ * (its successor dataplane, swapped in between two batches), stop.
  */
 import { parentPort, workerData, type MessagePort } from "node:worker_threads";
 import { CryptoRng } from "../core/rng.js";
