@@ -37,11 +37,13 @@
  * `state:` keeps the connections).
  */
 import { formatCidr, inPrefix, parseIpv4, prefixMask, type Cidr } from "../core/addr.js";
-import { type PortConfig, type RouterConfig, workersOf } from "../config/config.js";
+import { inPieces, type PieceOptions } from "../core/pieces.js";
+import { ConfigError, type Located, type PortConfig, type RouterConfig, workersOf } from "../config/config.js";
 import { buildRoutingTable, compileRules } from "../dataplane/from-config.js";
 import { formatRule } from "../nat/rules/format.js";
 import { chainsInOrder, rulesInOrder, type NatTable } from "../nat/rules/model.js";
 import { ipAsync, ipBatchAsync } from "../io/netns.js";
+import { buildTableInPieces, RouteLineError } from "../route/table-build.js";
 import { RouteError, type RoutingTable } from "../route/table.js";
 import { OperationalError } from "./errors.js";
 import { OUTPUT_DNAT_RULE_PREF, OUTPUT_DNAT_TABLE, broadcastOf, outputDnatRoutingCommands, parseConfigRules } from "./host-setup.js";
@@ -100,8 +102,11 @@ export function portKey(port: PortConfig): string {
   return `${port.name} ${port.wire.namespace} ${port.wire.device}`;
 }
 
+/** Whitespace other than single spaces between words. */
+const NOT_NORMALISED = /^\s|\s$|\s\s|[^\S ]/;
+
 function normaliseRoute(route: string): string {
-  return route.trim().split(/\s+/).join(" ");
+  return NOT_NORMALISED.test(route) ? route.trim().split(/\s+/).join(" ") : route;
 }
 
 /** Items of `a` not in `b`, counting repeats (a multiset difference), in `a`'s order. */
@@ -155,7 +160,82 @@ export function checkChangeable(running: RouterConfig, next: RouterConfig): void
   }
 }
 
+/**
+ * The route lines added and removed between two configs (whitespace-normalised, repeats counted:
+ * `without` both ways), one line per step, so a full table's million lines can be compared in
+ * pieces (diffConfigsInPieces) while the packet loop runs.
+ */
+class RouteChanges {
+  readonly added: string[] = [];
+  readonly removed: string[] = [];
+  private readonly before: string[] = [];
+  private readonly after: string[] = [];
+  private counts = new Map<string, number>();
+  private phase = 0;
+  private at = 0;
+
+  constructor(
+    private readonly running: readonly Located<string>[],
+    private readonly next: readonly Located<string>[],
+  ) {}
+
+  /** One line of work; true when the difference is complete. */
+  step(): boolean {
+    const at = this.at++;
+    if (this.phase === 0 && at < this.next.length) {
+      this.count(this.after, normaliseRoute(this.next[at]!.value)); // the new config's lines, counted
+    } else if (this.phase === 1 && at < this.running.length) {
+      this.match(this.before, normaliseRoute(this.running[at]!.value), this.removed); // unmatched: removed
+    } else if (this.phase === 2 && at < this.before.length) {
+      this.count(undefined, this.before[at]!); // the running lines, counted
+    } else if (this.phase === 3 && at < this.after.length) {
+      this.match(undefined, this.after[at]!, this.added); // unmatched: added
+    } else if (this.phase === 3) {
+      return true;
+    } else {
+      if (this.phase === 1) this.counts = new Map();
+      this.phase++;
+      this.at = 0;
+    }
+    return false;
+  }
+
+  private count(into: string[] | undefined, line: string): void {
+    into?.push(line);
+    this.counts.set(line, (this.counts.get(line) ?? 0) + 1);
+  }
+
+  private match(into: string[] | undefined, line: string, unmatched: string[]): void {
+    into?.push(line);
+    const left = this.counts.get(line) ?? 0;
+    if (left > 0) this.counts.set(line, left - 1);
+    else unmatched.push(line);
+  }
+}
+
 export function diffConfigs(running: RouterConfig, runningRules: NatTable, next: RouterConfig, nextRules: NatTable): ConfigDifference {
+  const routes = new RouteChanges(running.routes, next.routes);
+  while (!routes.step());
+  return differenceWith(running, runningRules, next, nextRules, routes);
+}
+
+/**
+ * diffConfigs with the route lines compared in pieces of about a millisecond (core/pieces.ts): a
+ * new full Internet table is a million lines each side, seconds of work at once.
+ */
+export async function diffConfigsInPieces(
+  running: RouterConfig,
+  runningRules: NatTable,
+  next: RouterConfig,
+  nextRules: NatTable,
+  options: PieceOptions = {},
+): Promise<ConfigDifference> {
+  const routes = new RouteChanges(running.routes, next.routes);
+  await inPieces(() => routes.step(), options);
+  return differenceWith(running, runningRules, next, nextRules, routes);
+}
+
+function differenceWith(running: RouterConfig, runningRules: NatTable, next: RouterConfig, nextRules: NatTable, routes: RouteChanges): ConfigDifference {
   const runningPorts = new Map(running.ports.map((p) => [portKey(p), p]));
   const nextPorts = new Map(next.ports.map((p) => [portKey(p), p]));
   const portsAdded = next.ports.filter((p) => !runningPorts.has(portKey(p)));
@@ -174,8 +254,6 @@ export function diffConfigs(running: RouterConfig, runningRules: NatTable, next:
     const after = nextPorts.get(portKey(port));
     for (const text of without(addressesOf(port), addressesOf(after))) addressesRemoved.push({ port: port.name, cidr: cidrOf(port, text) });
   }
-  const runningRoutes = running.routes.map((r) => normaliseRoute(r.value));
-  const nextRoutes = next.routes.map((r) => normaliseRoute(r.value));
   const runningRuleLines = ruleLines(runningRules);
   const nextRuleLines = ruleLines(nextRules);
   return {
@@ -184,8 +262,8 @@ export function diffConfigs(running: RouterConfig, runningRules: NatTable, next:
     addressesAdded,
     addressesRemoved,
     mtus,
-    routesAdded: without(nextRoutes, runningRoutes),
-    routesRemoved: without(runningRoutes, nextRoutes),
+    routesAdded: routes.added,
+    routesRemoved: routes.removed,
     rulesAdded: without(nextRuleLines, runningRuleLines),
     rulesRemoved: without(runningRuleLines, nextRuleLines),
     metadataChanged: metadataKey(running) !== metadataKey(next),
@@ -215,7 +293,13 @@ function settingChanges(running: RouterConfig, next: RouterConfig): string[] {
   return lines;
 }
 
-/** What `qnat apply` prints: one line per change, `-` before `+` in each kind. */
+/** Route lines `qnat apply` prints one by one; beyond, it prints how many were removed and added. */
+const ROUTE_LINES_LISTED = 1000;
+
+/**
+ * What `qnat apply` prints: one line per change, `-` before `+` in each kind (route changes of
+ * more than ROUTE_LINES_LISTED lines as two counts).
+ */
 export function formatDifference(difference: ConfigDifference, next: RouterConfig): string[] {
   const lines: string[] = [];
   const describePort = (p: PortConfig): string => `${p.name} ${p.addresses.map(formatCidr).join(" ")} mtu ${p.mtu} <-> ${p.wire.namespace}/${p.wire.device}`;
@@ -224,8 +308,15 @@ export function formatDifference(difference: ConfigDifference, next: RouterConfi
   for (const a of difference.addressesRemoved) lines.push(`- address ${formatCidr(a.cidr)} on ${a.port}`);
   for (const a of difference.addressesAdded) lines.push(`+ address ${formatCidr(a.cidr)} on ${a.port}`);
   for (const m of difference.mtus) lines.push(`~ mtu ${m.from} -> ${m.to} on ${m.port}`);
-  for (const route of difference.routesRemoved) lines.push(`- route ${route}`);
-  for (const route of difference.routesAdded) lines.push(`+ route ${route}`);
+  if (difference.routesRemoved.length + difference.routesAdded.length <= ROUTE_LINES_LISTED) {
+    for (const route of difference.routesRemoved) lines.push(`- route ${route}`);
+    for (const route of difference.routesAdded) lines.push(`+ route ${route}`);
+  } else {
+    // A new full table: a count, not a million lines on the terminal (or in the log, for SIGHUP).
+    const listed = `not listed: more than ${ROUTE_LINES_LISTED} route lines changed`;
+    if (difference.routesRemoved.length > 0) lines.push(`- ${difference.routesRemoved.length} routes (${listed})`);
+    if (difference.routesAdded.length > 0) lines.push(`+ ${difference.routesAdded.length} routes (${listed})`);
+  }
   for (const rule of difference.rulesRemoved) lines.push(rule.startsWith("-N ") ? `- chain ${rule.slice(3)}` : `- rule ${rule}`);
   for (const rule of difference.rulesAdded) lines.push(rule.startsWith("-N ") ? `+ chain ${rule.slice(3)}` : `+ rule ${rule}`);
   lines.push(...difference.settings);
@@ -253,6 +344,16 @@ function addressesNotIn(a: readonly Cidr[], b: readonly Cidr[]): Cidr[] {
   return a.filter((x) => !b.some((y) => y.addr === x.addr));
 }
 
+/** Route lines per `ip -batch` process: making one batch's text is well under a millisecond. */
+const KERNEL_BATCH_LINES = 4096;
+
+/** `ip -batch` inputs for route lines, KERNEL_BATCH_LINES at a time (a new full table is a million). */
+function* kernelBatches(routes: readonly string[], command: string): Generator<string[]> {
+  for (let at = 0; at < routes.length; at += KERNEL_BATCH_LINES) {
+    yield routes.slice(at, at + KERNEL_BATCH_LINES).map((route) => `${command} ${route}`);
+  }
+}
+
 /**
  * The router namespace's half of a change that must exist before the new dataplane runs: the
  * added mirror addresses, the added routes (`ip route replace`, as `qnat run` installs them) and
@@ -268,7 +369,7 @@ export async function addKernelSide(
   for (const { port, cidr } of difference.addressesAdded) {
     await ipAsync(ns, "addr", "replace", formatCidr(cidr), "brd", broadcastOf(cidr), "dev", port);
   }
-  if (difference.routesAdded.length > 0) await ipBatchAsync(ns, difference.routesAdded.map((route) => `route replace ${route}`));
+  for (const lines of kernelBatches(difference.routesAdded, "route replace")) await ipBatchAsync(ns, lines);
   const added = addressesNotIn(outputDnatAfter, outputDnatBefore);
   if (added.length === 0) return;
   const rules = await ipAsync(ns, "-4", "rule", "show");
@@ -299,9 +400,9 @@ export async function removeKernelSide(
     }
   };
   // One forced batch (every line tried; a route the kernel already dropped fails alone).
-  if (difference.routesRemoved.length > 0) {
+  for (const lines of kernelBatches(difference.routesRemoved, "route del")) {
     try {
-      await ipBatchAsync(ns, difference.routesRemoved.map((route) => `route del ${route}`), true);
+      await ipBatchAsync(ns, lines, true);
     } catch (error) {
       const message = error instanceof Error ? error.message.split("\n")[0]! : String(error);
       if (!/No such process|Cannot find device/.test(message)) log(`qnat: apply: ip -batch route del: ${message}`);
@@ -317,8 +418,12 @@ export async function removeKernelSide(
   }
 }
 
-/** Route changes always made in place when the ports allow it (a floating IP's, an extra route's). */
-const IN_PLACE_ROUTES_MIN = 1000;
+/**
+ * Most route lines a change makes in place at the swap (~10 us each: a dry run before, the change
+ * at the swap, so ~2.5 ms at most of the packet loop). More, and the table is built anew in pieces
+ * (routingForChange): a longer wall time, no longer wait for the loop.
+ */
+const IN_PLACE_ROUTES_MAX = 256;
 
 /**
  * How the running routing table becomes `next`'s in place, between two batches, instead of being
@@ -337,10 +442,17 @@ const IN_PLACE_ROUTES_MIN = 1000;
  *     port's address), and a secondary address's subnet is its primary's: an added or removed
  *     address shares its subnet with no other address.
  * The change is tried once here and undone (RoutingTable.edit dry run): what would fail is left
- * to the table built anew, which reports it at its config line. A change of more than a third of
- * the routes (a new full-table routes file) is built anew too: that is the shorter wait.
+ * to the table built anew, which reports it at its config line. A change of more than
+ * IN_PLACE_ROUTES_MAX route lines (a new full-table routes file) is built anew too, in pieces.
+ * `difference` (diffConfigs of the two) spares comparing the route lines again.
  */
-export function inPlaceRouting(running: RouterConfig, next: RouterConfig, routes: RoutingTable): (() => void) | undefined {
+export function inPlaceRouting(
+  running: RouterConfig,
+  next: RouterConfig,
+  routes: RoutingTable,
+  difference?: Pick<ConfigDifference, "routesAdded" | "routesRemoved">,
+): (() => void) | undefined {
+  if (difference !== undefined && difference.routesAdded.length + difference.routesRemoved.length > IN_PLACE_ROUTES_MAX) return undefined;
   const names = (config: RouterConfig): string => JSON.stringify(config.ports.map((p) => p.name));
   if (names(running) !== names(next)) return undefined;
   const changes: { port: number; removed: Cidr[]; added: Cidr[] }[] = [];
@@ -362,12 +474,9 @@ export function inPlaceRouting(running: RouterConfig, next: RouterConfig, routes
   }
   const beforeRoutes = running.routes.map((r) => normaliseRoute(r.value));
   const afterRoutes = next.routes.map((r) => normaliseRoute(r.value));
-  const routesRemoved = without(beforeRoutes, afterRoutes);
-  const routesAdded = without(afterRoutes, beforeRoutes);
-  // Past a third of the table, building it anew is the shorter wait for the packet loop: an
-  // in-place change costs ~10 us per route changed (checked once as a dry run, then made), a new
-  // table ~3.5 us per route (a full Internet table replaced: ~19 s in place, ~3.5 s anew).
-  if (routesRemoved.length + routesAdded.length > Math.max(IN_PLACE_ROUTES_MIN, afterRoutes.length / 3)) return undefined;
+  const routesRemoved = difference?.routesRemoved ?? without(beforeRoutes, afterRoutes);
+  const routesAdded = difference?.routesAdded ?? without(afterRoutes, beforeRoutes);
+  if (routesRemoved.length + routesAdded.length > IN_PLACE_ROUTES_MAX) return undefined;
   const routesKept = without(beforeRoutes, routesRemoved);
   if (JSON.stringify([...routesKept, ...routesAdded]) !== JSON.stringify(afterRoutes)) return undefined;
   // A route line for an added address's subnet: built anew, the connected route comes first.
@@ -399,4 +508,45 @@ export function inPlaceRouting(running: RouterConfig, next: RouterConfig, routes
     throw error;
   }
   return () => routes.edit(change);
+}
+
+/** The routing table a live change's new dataplane runs with (routingForChange). */
+export interface NextRouting {
+  /** The running table (changed in place at the swap) or one built anew. */
+  readonly routes: RoutingTable;
+  /** For the running table: the change to make at the swap, between two batches. */
+  readonly change?: () => void;
+}
+
+/**
+ * The routing table for `next`, made without holding the packet loop for more than a piece: the
+ * running table with a small change to make in place at the swap (inPlaceRouting), or a table
+ * built anew in pieces of about a millisecond while the running one forwards
+ * (route/table-build.ts; a new full Internet table: seconds of wall time, no packet waits on it).
+ * A route line the new table refuses is the config's error at its FILE:LINE, as `qnat run` reports
+ * it; the running table is untouched then.
+ */
+export async function routingForChange(
+  running: RouterConfig,
+  next: RouterConfig,
+  table: RoutingTable,
+  difference: ConfigDifference,
+  options: PieceOptions & { inPlace?: boolean } = {},
+): Promise<NextRouting> {
+  // With workers every thread builds its successor's table anew, so their route versions agree
+  // (docs/multi-core.md): `inPlace: false` then.
+  const change = options.inPlace === false ? undefined : inPlaceRouting(running, next, table, difference);
+  if (change !== undefined) return { routes: table, change };
+  const source = {
+    portNames: next.ports.map((p) => p.name),
+    addresses: next.ports.flatMap((p, port) => p.addresses.map((cidr) => ({ port, addr: cidr.addr, prefixLength: cidr.prefixLength }))),
+    routes: next.routes,
+  };
+  try {
+    return { routes: await buildTableInPieces(source, options) };
+  } catch (error) {
+    if (!(error instanceof RouteLineError)) throw error;
+    const route = next.routes[error.index]!;
+    throw new ConfigError(route.file ?? next.file, route.line, `route "${route.value}": ${error.message}`);
+  }
 }

@@ -95,12 +95,12 @@ import {
   addKernelSide,
   carryOverCounters,
   checkChangeable,
-  diffConfigs,
+  diffConfigsInPieces,
   formatDifference,
-  inPlaceRouting,
   isEmptyDifference,
   portKey,
   removeKernelSide,
+  routingForChange,
   tableOf,
   withRules,
 } from "./live-apply.js";
@@ -582,7 +582,7 @@ export async function startRouter(configPath: string, options: RouterOptions = {
     // compiled rules by buildDataplane below (each failure a ConfigError at its FILE:LINE).
     const nextRules = parseConfigRules(next);
     checkChangeable(config, next);
-    const difference = diffConfigs(config, rules, next, nextRules);
+    const difference = await diffConfigsInPieces(config, rules, next, nextRules);
     if (isEmptyDifference(difference)) return [];
     if (workers !== undefined && difference.portsAdded.length + difference.portsRemoved.length > 0) {
       // Each worker would need its queues of the new legs (and to drop those of removed ones).
@@ -592,12 +592,11 @@ export async function startRouter(configPath: string, options: RouterOptions = {
     if (ethernet === undefined && next.ports.some((p) => p.wire.mode === "tap")) {
       throw new OperationalError("a router started without tap ports takes none live (its slots have no room for Ethernet headers); restart it");
     }
-    // Routing changes made in place at the swap when they can be (a floating IP's /32): a new
-    // table is ~65 ms the packet loop waits (live-apply.ts inPlaceRouting).
-    // With workers every thread builds its successor's table the same way, so their route
-    // versions agree (docs/multi-core.md): no change in place then.
-    const changeRoutes = workers === undefined ? inPlaceRouting(config, next, dataplane.routes) : undefined;
-    const successor = buildDataplane(next, { successorOf: dataplane, ...(changeRoutes !== undefined ? { routes: dataplane.routes } : {}) });
+    // Routing: a small change made in place at the swap (a floating IP's /32), else a table built
+    // anew in pieces while this one forwards (live-apply.ts routingForChange). With workers every
+    // thread builds its successor's table anew, so their route versions agree (docs/multi-core.md).
+    const { routes: nextRoutes, change: changeRoutes } = await routingForChange(config, next, dataplane.routes, difference, { inPlace: workers === undefined });
+    const successor = buildDataplane(next, { successorOf: dataplane, routes: nextRoutes });
     if (workers !== undefined) successor.routes.continueVersionsFrom(dataplane.routes);
     const dnatBefore = outputDnatLocalAddresses(config, rules);
     const dnatAfter = outputDnatLocalAddresses(next, nextRules);

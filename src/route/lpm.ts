@@ -46,6 +46,8 @@ const TBL16_MIXED = -1;
 const TBL16_USEFUL_BELOW = 1 << 15;
 const TBL24_SIZE = 1 << 24;
 const GROUP_SIZE = 256;
+/** tbl24 entries a deferred fill paints at once (a /8's worth: about 0.1-0.3 ms). */
+const FILL_PIECE = 1 << 16;
 
 export class LpmError extends Error {
   constructor(message: string) {
@@ -254,6 +256,13 @@ export class Lpm4 {
    */
   private readonly nestedBits = new Uint8Array(1 << 21);
   private prefixCount = 0;
+  /**
+   * While a table is built in pieces (table-build.ts): tbl24 fills longer than FILL_PIECE wait
+   * here as (start, end, encoded) triples, in order, until `paintPending` makes them; undefined
+   * otherwise (every fill is made at once).
+   */
+  private pendingFills: number[] | undefined;
+  private pendingAt = 0;
 
   constructor(options: LpmOptions = {}) {
     const maxGroups = options.maxTbl8Groups ?? LPM_MAX_TBL8_GROUPS;
@@ -276,6 +285,46 @@ export class Lpm4 {
     const entry = this.tbl24[dst >>> 8]!;
     if (entry < TBL8_FLAG) return entry - 1;
     return this.tbl8[((entry - TBL8_FLAG) << 8) | (dst & 0xff)]! - 1;
+  }
+
+  /**
+   * From now on, a change that repaints more than FILL_PIECE /24s (a /0 repaints 16M of them, tens
+   * of milliseconds) leaves the painting to `paintPending`, so a table being built off the packet
+   * loop's critical path can be built in pieces of about a millisecond. Until `paintPending`
+   * returns true, lookups may answer from the unpainted ranges; insert and delete finish the
+   * pending painting first, so the table they change is always exact.
+   */
+  deferLargeFills(): void {
+    this.pendingFills ??= [];
+  }
+
+  /**
+   * Paints up to `maxEntries` tbl24 entries of the pending fills (deferLargeFills); true when
+   * none is left. Each fill is made in /16-aligned steps, its /16 summaries with it.
+   */
+  paintPending(maxEntries: number): boolean {
+    const fills = this.pendingFills;
+    if (fills === undefined) return true;
+    let budget = maxEntries;
+    while (this.pendingAt < fills.length) {
+      const start = fills[this.pendingAt]!;
+      const end = fills[this.pendingAt + 1]!;
+      if (budget <= 0) return false;
+      const stop = Math.min(end, ((start >>> 8) + Math.max(1, budget >>> 8)) << 8);
+      this.fillAndSummarise(start, stop, fills[this.pendingAt + 2]!);
+      budget -= stop - start;
+      if (stop >= end) this.pendingAt += 3;
+      else fills[this.pendingAt] = stop;
+    }
+    fills.length = 0;
+    this.pendingAt = 0;
+    return true;
+  }
+
+  /** Stops deferring fills (after the pending ones are painted). */
+  stopDeferringFills(): void {
+    this.paintPending(Infinity);
+    this.pendingFills = undefined;
   }
 
   /** Number of prefixes stored. */
@@ -314,6 +363,7 @@ export class Lpm4 {
    */
   insert(prefix: number, prefixLength: number, value: number): void {
     checkPrefix(prefix, prefixLength);
+    if (this.pendingFills !== undefined) this.paintPending(Infinity);
     if (!Number.isInteger(value) || value < 0 || value > LPM_MAX_VALUE) {
       throw new LpmError(`value ${value} out of range 0..${LPM_MAX_VALUE}`);
     }
@@ -385,6 +435,7 @@ export class Lpm4 {
   /** Removes a prefix; addresses it covered fall back to the longest shorter prefix. */
   delete(prefix: number, prefixLength: number): boolean {
     checkPrefix(prefix, prefixLength);
+    if (this.pendingFills !== undefined) this.paintPending(Infinity);
     prefix >>>= 0;
     if (!this.sets[prefixLength]!.delete(keyOf(prefix, prefixLength))) return false;
     this.prefixCount--;
@@ -532,6 +583,14 @@ export class Lpm4 {
   }
 
   private fillTbl24(start: number, end: number, encoded: number): void {
+    if (this.pendingFills !== undefined && end - start > FILL_PIECE) {
+      this.pendingFills.push(start, end, encoded);
+      return;
+    }
+    this.fillAndSummarise(start, end, encoded);
+  }
+
+  private fillAndSummarise(start: number, end: number, encoded: number): void {
     this.fillTbl24Range(start, end, encoded);
     if (end > start) for (let index16 = start >>> 8; index16 <= (end - 1) >>> 8; index16++) this.summarise16(index16);
   }

@@ -470,6 +470,26 @@ export class RoutingTable {
     }
   }
 
+  /**
+   * For a table being built in pieces (table-build.ts): the LPM leaves repaints of more than a
+   * /8's worth of tbl24 (a default route's is 16M entries) to `paintPending`, so no single route
+   * costs more than a fraction of a piece. Routes added meanwhile stay exact (addRoute finishes
+   * the painting before it resolves a gateway); lookups are exact once paintPending returns true.
+   */
+  deferLargeFills(): void {
+    this.lpm.deferLargeFills();
+  }
+
+  /** Paints up to `maxEntries` tbl24 entries of the deferred repaints; true when none is left. */
+  paintPending(maxEntries: number): boolean {
+    return this.lpm.paintPending(maxEntries);
+  }
+
+  /** Ends deferLargeFills: what is pending is painted now, later repaints at once. */
+  stopDeferringFills(): void {
+    this.lpm.stopDeferringFills();
+  }
+
   /** The route with this id (control plane), or undefined. */
   route(id: number): RouteEntry | undefined {
     const r = this.routesById[id];
@@ -584,6 +604,7 @@ export class RoutingTable {
     // Prefix lengths from /32 down, one chain lookup each (a full table holds a million chains).
     // The LPM's answer is the head of the longest matching prefix's chain: when it qualifies, it is
     // what the walk below finds first (one lookup instead of 33 for each route of a full table).
+    this.lpm.paintPending(Infinity); // a table built in pieces (deferLargeFills): exact lookups
     const head = this.lpm.lookup(gateway);
     const headRoute = head < 0 ? undefined : this.routesById[head];
     let best: MutableRoute | undefined =

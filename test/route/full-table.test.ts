@@ -2,14 +2,16 @@
  * A lab router that carries a full Internet table: a million `ip route` lines from a
  * `routes_file:` load and route like a reference longest-prefix match, the old 32,767-route
  * limit is gone, a routes file's errors point at its own lines, and connections follow a
- * reloaded table at once (their cached next hop is checked against the table's version).
+ * reloaded table at once (their cached next hop is checked against the table's version). A new
+ * full table applied live is built in pieces while the running one forwards, then swapped in.
  */
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import { ConfigError, loadConfig, parseConfig, type RouterConfig } from "../../src/config/config.js";
-import { inPlaceRouting } from "../../src/control/live-apply.js";
+import { diffConfigsInPieces, formatDifference, inPlaceRouting, routingForChange } from "../../src/control/live-apply.js";
+import { parseConfigRules } from "../../src/control/host-setup.js";
 import { formatIpv4, parseIpv4, prefixMask } from "../../src/core/addr.js";
 import { XorShift32 } from "../../src/core/rng.js";
 import { buildDataplane, buildRoutingTable } from "../../src/dataplane/from-config.js";
@@ -165,7 +167,11 @@ describe("connections across a reload of the table", () => {
    * installs table B, in which `changed` of the prefixes go by upstream B (their routes removed
    * and added anew, so freed route ids now name other prefixes' routes).
    */
-  function flowsAcrossReload(name: string, changed: (index: number) => boolean, reload: (router: MemoryRouter, running: RouterConfig, next: RouterConfig) => void): void {
+  async function flowsAcrossReload(
+    name: string,
+    changed: (index: number) => boolean,
+    reload: (router: MemoryRouter, running: RouterConfig, next: RouterConfig) => void | Promise<void>,
+  ): Promise<void> {
     const prefixes = internetPrefixes(40_000, 99);
     const before = prefixes.map((p, i) => routeLine(p, i % 4));
     // The lines that stay, then the changed ones (a live change adds its lines last, live-apply.ts).
@@ -193,7 +199,7 @@ describe("connections across a reload of the table", () => {
     expect(router.forwarder.dataplane.fastPathPackets - fastBefore).toBe(flows.length);
     expect(router.received(QA).map((p) => p.dst)).toEqual(flows.map((f) => f.dst));
 
-    reload(router, running, next);
+    await reload(router, running, next);
     sendAll();
     const leftA = router.received(QA).map((p) => p.dst);
     const leftB = router.received(QB).map((p) => p.dst);
@@ -209,21 +215,109 @@ describe("connections across a reload of the table", () => {
     expect(router.drops(QR)).toEqual({});
   }
 
-  it("an eighth of 40,000 routes changed in place: 10.0.0.2's flows follow at their next packet, the table's version alone voiding their cached next hop", () => {
-    flowsAcrossReload("eighth", (i) => i % 8 === 1, (router, running, next) => {
+  it("20 of 40,000 routes changed in place: 10.0.0.2's flows follow at their next packet, the table's version alone voiding their cached next hop", async () => {
+    await flowsAcrossReload("twenty", (i) => i >= 35_000 && i < 35_040 && i % 2 === 1, (router, running, next) => {
       const change = inPlaceRouting(running, next, router.dataplane.routes);
       expect(change).toBeDefined();
       change!(); // route caches are not cleared here: the version check must do it
     });
   });
 
-  it("the whole table replaced (built anew, as `qnat apply` does past a third of the routes): the flows go on by the new routes", () => {
-    flowsAcrossReload("whole", (i) => i % 2 === 0, (router, running, next) => {
-      expect(inPlaceRouting(running, next, router.dataplane.routes)).toBeUndefined();
-      // router-process.ts applyConfig's swap: a successor keeps the connections, their cached routes forgotten.
-      const successor = buildDataplane(next, { successorOf: router.dataplane });
+  it("half of the table replaced (built anew in pieces, as `qnat apply` does): the flows go on by the new routes", async () => {
+    await flowsAcrossReload("half", (i) => i % 2 === 0, async (router, running, next) => {
+      const runningTable = router.dataplane.routes;
+      const difference = await diffConfigsInPieces(running, parseConfigRules(running), next, parseConfigRules(next));
+      const routing = await routingForChange(running, next, runningTable, difference);
+      expect(routing.change).toBeUndefined();
+      expect(routing.routes).not.toBe(runningTable);
+      // router-process.ts applyNow's swap: a successor keeps the connections, their cached routes forgotten.
+      const successor = buildDataplane(next, { successorOf: router.dataplane, routes: routing.routes });
       successor.conntrack.clearRouteCaches();
       router.forwarder.dataplane = successor;
     });
+  });
+});
+
+describe("`qnat apply` of a new full table, built in pieces while the running one forwards", () => {
+  const COUNT = 100_000;
+  const prefixes = internetPrefixes(COUNT, 31);
+  const taken = new Set(prefixes.map((p) => p.prefix * 64 + p.prefixLength));
+  const replacements = internetPrefixes(COUNT, 32).filter((p) => !taken.has(p.prefix * 64 + p.prefixLength)).slice(0, COUNT / 2);
+  /** The running file: every prefix by upstream A. */
+  const runningLines = prefixes.map((p) => routeLine(p, 0));
+  /** The new file: every other prefix replaced by another one, every route by upstream B. */
+  const nextLines = prefixes.map((p, i) => routeLine(i % 2 === 0 ? p : replacements[i >> 1]!, 4 + (i % 4)));
+  const DEFAULT = "routes:\n  - default via 198.51.100.254 dev qa-upstream\n";
+
+  it("100,000 routes: lookups answer from the new table (next hops changed, replaced prefixes gone), the running table answers until the swap", async () => {
+    const running = loadConfig(writeConfig("apply-a", runningLines, DEFAULT));
+    const next = loadConfig(writeConfig("apply-b", nextLines, DEFAULT));
+    const runningTable = buildRoutingTable(running);
+    const version = runningTable.version;
+    const difference = await diffConfigsInPieces(running, parseConfigRules(running), next, parseConfigRules(next));
+    expect([difference.routesRemoved.length, difference.routesAdded.length]).toEqual([COUNT, COUNT]);
+    // `qnat apply` prints two counts, not 200,000 lines.
+    expect(formatDifference(difference, next)).toEqual([
+      `- ${COUNT} routes (not listed: more than 1000 route lines changed)`,
+      `+ ${COUNT} routes (not listed: more than 1000 route lines changed)`,
+    ]);
+    const { routes, change } = await routingForChange(running, next, runningTable, difference);
+    expect(change).toBeUndefined();
+
+    const reference = buildRoutingTable(next);
+    const rng = new XorShift32(5);
+    for (let i = 0; i < 20_000; i++) {
+      const p = (i % 2 === 0 ? prefixes : replacements)[rng.next() % (i % 2 === 0 ? prefixes.length : replacements.length)]!;
+      const dst = i % 3 === 0 ? rng.next() >>> 0 : (p.prefix + (rng.next() % 2 ** (32 - p.prefixLength))) >>> 0;
+      expect(routes.describeRoute(routes.lookup(dst)), formatIpv4(dst)).toBe(reference.describeRoute(reference.lookup(dst)));
+    }
+    // A replaced prefix is gone from the new table (its addresses fall to a shorter route or the default).
+    const gone = prefixes[1]!;
+    expect(routes.routesOf(gone.prefix, gone.prefixLength)).toEqual([]);
+    expect(runningTable.routesOf(gone.prefix, gone.prefixLength).map((r) => formatIpv4(r.gateway))).toEqual(["198.51.100.11"]);
+    // A kept prefix's next hop is the new file's.
+    const kept = prefixes[2]!;
+    expect(routes.describeRoute(routes.lookup(kept.prefix))).toBe(nextLines[2]);
+    // The running table was never touched: the swap replaces it whole.
+    expect(runningTable.version).toBe(version);
+    expect(runningTable.describeRoute(runningTable.lookup(kept.prefix))).toBe(runningLines[2]);
+  });
+
+  it("the build yields to the event loop: the running table forwards between its pieces", async () => {
+    const running = loadConfig(writeConfig("yield-a", runningLines, DEFAULT));
+    const next = loadConfig(writeConfig("yield-b", nextLines, DEFAULT));
+    const runningTable = buildRoutingTable(running);
+    const difference = await diffConfigsInPieces(running, parseConfigRules(running), next, parseConfigRules(next));
+    // A stand-in for the packet loop: one lookup in the running table per turn of the event loop.
+    const kept = prefixes[2]!;
+    const answers: string[] = [];
+    let building = true;
+    const turn = (): void => {
+      answers.push(runningTable.describeRoute(runningTable.lookup(kept.prefix)));
+      if (building) setImmediate(turn);
+    };
+    setImmediate(turn);
+    const { routes } = await routingForChange(running, next, runningTable, difference);
+    building = false;
+    expect(answers.length).toBeGreaterThan(10); // turns of the loop ran while the table was built
+    expect(new Set(answers)).toEqual(new Set([runningLines[2]])); // each from the running table
+    expect(routes.describeRoute(routes.lookup(kept.prefix))).toBe(nextLines[2]);
+  });
+
+  it("a bad line in the new routes file is one FILE:LINE error and leaves the running table as it was", async () => {
+    const broken = [...nextLines];
+    broken[70_000] = "100.99.0.0/16 via 192.0.2.9 dev qa-upstream";
+    const running = loadConfig(writeConfig("bad-a", runningLines, DEFAULT));
+    const next = loadConfig(writeConfig("bad-b", ["# the new table", ...broken], DEFAULT));
+    const runningTable = buildRoutingTable(running);
+    const version = runningTable.version;
+    const before = runningTable.routes().length;
+    const difference = await diffConfigsInPieces(running, parseConfigRules(running), next, parseConfigRules(next));
+    const failed = routingForChange(running, next, runningTable, difference);
+    await expect(failed).rejects.toThrow(ConfigError);
+    await expect(failed).rejects.toThrow(`${join(dir, "bad-b.routes")}:70002: route "100.99.0.0/16 via 192.0.2.9 dev qa-upstream": Error: Nexthop has invalid gateway.`);
+    expect(runningTable.version).toBe(version);
+    expect(runningTable.routes().length).toBe(before);
+    expect(runningTable.describeRoute(runningTable.lookup(prefixes[1]!.prefix))).toBe(runningLines[1]);
   });
 });
