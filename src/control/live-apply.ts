@@ -11,11 +11,15 @@
  *      compiled rules are read-only once built, so building anew is simpler and safer than
  *      patching them in place, and it is how iptables-restore replaces a table: a whole new
  *      blob, swapped in at once (net/ipv4/netfilter/ip_tables.c do_replace -> xt_replace_table).
- *      The routing table is the exception: a new one costs ~65 ms of packet loop (its DIR-24-8
- *      tbl24 of 32 MiB), so when the ports stay the same the running one is changed in place at
- *      the swap (inPlaceRouting: addresses and their connected routes, route lines), as the
- *      kernel's FIB is by `ip addr` / `ip route`; the result equals a table built anew. The bindings live in conntrack, not in the rules, so an existing
- *      connection keeps the NAT it was given (a new floating IP applies to its VM's new
+ *      The routing table is built anew too, but in pieces of about a millisecond while the
+ *      running one forwards (routingForChange, route/table-build.ts: a full Internet table is
+ *      seconds of work), or, for a small change with the same ports, the running one is changed
+ *      in place at the swap (inPlaceRouting: addresses and their connected routes, up to
+ *      IN_PLACE_ROUTES_MAX route lines), as the kernel's FIB is by `ip addr` / `ip route`; either
+ *      way the result equals a table built at once from the new config. The route lines are
+ *      compared in pieces too (diffConfigsInPieces). A second change asked for meanwhile waits
+ *      its turn (router-process.ts applyConfig). The bindings live in conntrack, not in the
+ *      rules, so an existing connection keeps the NAT it was given (a new floating IP applies to its VM's new
  *      connections; connections SNATed to the gateway address go on until they end).
  *   3. The kernel side is changed in two halves around the swap: what is added (mirror addresses,
  *      routes, OUTPUT-DNAT policy routing) before it, what is removed after it, so neither the
@@ -452,62 +456,159 @@ export function inPlaceRouting(
   routes: RoutingTable,
   difference?: Pick<ConfigDifference, "routesAdded" | "routesRemoved">,
 ): (() => void) | undefined {
-  if (difference !== undefined && difference.routesAdded.length + difference.routesRemoved.length > IN_PLACE_ROUTES_MAX) return undefined;
-  const names = (config: RouterConfig): string => JSON.stringify(config.ports.map((p) => p.name));
-  if (names(running) !== names(next)) return undefined;
-  const changes: { port: number; removed: Cidr[]; added: Cidr[] }[] = [];
-  for (const [port, after] of next.ports.entries()) {
-    const before = running.ports[port]!;
-    const beforeText = before.addresses.map(formatCidr);
-    const afterText = after.addresses.map(formatCidr);
-    const removed = before.addresses.filter((c) => !afterText.includes(formatCidr(c)));
-    const added = after.addresses.filter((c) => !beforeText.includes(formatCidr(c)));
-    const kept = beforeText.filter((text) => afterText.includes(text));
-    if (JSON.stringify([...kept, ...added.map(formatCidr)]) !== JSON.stringify(afterText)) return undefined;
-    if (removed.length + added.length > 0) changes.push({ port, removed, added });
+  const check = new InPlaceCheck(running, next, routes, difference);
+  while (!check.step());
+  return check.result;
+}
+
+/**
+ * inPlaceRouting's check, one route line per step: on a router holding a full table, a floating
+ * IP's change is decided by walking a million lines, in pieces (routingForChange).
+ */
+class InPlaceCheck {
+  /** Once step() returned true: the change to make at the swap, or undefined (build anew). */
+  result: (() => void) | undefined;
+  private done = false;
+  private readonly changes: { port: number; removed: Cidr[]; added: Cidr[] }[] = [];
+  private readonly changed: Cidr[] = [];
+  /** The added addresses' subnets, as route lines name them. */
+  private readonly subnets = new Set<string>();
+  private routeChanges: RouteChanges | undefined;
+  private routesAdded: readonly string[] = [];
+  private routesRemoved: readonly string[] = [];
+  /** Per removed line, how many of its first occurrences in the running lines are still to skip. */
+  private readonly removedLeft = new Map<string, number>();
+  /** The next running line to look at, and how many of them were kept so far. */
+  private at = 0;
+  private kept = 0;
+
+  constructor(
+    private readonly running: RouterConfig,
+    private readonly next: RouterConfig,
+    private readonly routes: RoutingTable,
+    difference: Pick<ConfigDifference, "routesAdded" | "routesRemoved"> | undefined,
+  ) {
+    if (!this.addressesChangeable()) {
+      this.done = true;
+      return;
+    }
+    if (difference === undefined) this.routeChanges = new RouteChanges(running.routes, next.routes);
+    else this.takeRouteChanges(difference.routesAdded, difference.routesRemoved);
   }
-  const changed = changes.flatMap((c) => [...c.removed, ...c.added]);
-  const sharesSubnet = (cidr: Cidr, config: RouterConfig): boolean =>
-    config.ports.some((p) => p.addresses.some((other) => other !== cidr && other.prefixLength === cidr.prefixLength && inPrefix(other.addr, cidr.addr, cidr.prefixLength)));
-  for (const { removed, added } of changes) {
-    if (removed.some((c) => sharesSubnet(c, running)) || added.some((c) => sharesSubnet(c, next))) return undefined;
+
+  step(): boolean {
+    if (this.done) return true;
+    if (this.routeChanges !== undefined) {
+      if (this.routeChanges.step()) this.takeRouteChanges(this.routeChanges.added, this.routeChanges.removed);
+      return false;
+    }
+    if (this.at < this.running.routes.length) {
+      if (!this.keptLineChangeable(normaliseRoute(this.running.routes[this.at++]!.value))) this.done = true;
+      return this.done;
+    }
+    this.result = this.finish();
+    this.done = true;
+    return true;
   }
-  const beforeRoutes = running.routes.map((r) => normaliseRoute(r.value));
-  const afterRoutes = next.routes.map((r) => normaliseRoute(r.value));
-  const routesRemoved = difference?.routesRemoved ?? without(beforeRoutes, afterRoutes);
-  const routesAdded = difference?.routesAdded ?? without(afterRoutes, beforeRoutes);
-  if (routesRemoved.length + routesAdded.length > IN_PLACE_ROUTES_MAX) return undefined;
-  const routesKept = without(beforeRoutes, routesRemoved);
-  if (JSON.stringify([...routesKept, ...routesAdded]) !== JSON.stringify(afterRoutes)) return undefined;
-  // A route line for an added address's subnet: built anew, the connected route comes first.
-  const subnets = new Set(changes.flatMap((c) => c.added).map((c) => formatCidr({ addr: (c.addr & prefixMask(c.prefixLength)) >>> 0, prefixLength: c.prefixLength })));
-  if (afterRoutes.some((route) => route.split(" ").some((word) => subnets.has(word)))) return undefined;
-  for (const route of routesRemoved) {
-    const words = route.split(" ");
-    const errorRoute = ["blackhole", "unreachable", "prohibit"].includes(words[0]!);
-    if (words.includes("scope") || !(words.includes("via") || errorRoute)) return undefined;
+
+  /**
+   * The ports' names and order stay, every port's kept addresses stay in order with the added
+   * ones after them, and no changed address shares its subnet with another.
+   */
+  private addressesChangeable(): boolean {
+    const { running, next } = this;
+    const names = (config: RouterConfig): string => JSON.stringify(config.ports.map((p) => p.name));
+    if (names(running) !== names(next)) return false;
+    for (const [port, after] of next.ports.entries()) {
+      const before = running.ports[port]!;
+      const beforeText = before.addresses.map(formatCidr);
+      const afterText = after.addresses.map(formatCidr);
+      const removed = before.addresses.filter((c) => !afterText.includes(formatCidr(c)));
+      const added = after.addresses.filter((c) => !beforeText.includes(formatCidr(c)));
+      const kept = beforeText.filter((text) => afterText.includes(text));
+      if (JSON.stringify([...kept, ...added.map(formatCidr)]) !== JSON.stringify(afterText)) return false;
+      if (removed.length + added.length > 0) this.changes.push({ port, removed, added });
+    }
+    this.changed.push(...this.changes.flatMap((c) => [...c.removed, ...c.added]));
+    const sharesSubnet = (cidr: Cidr, config: RouterConfig): boolean =>
+      config.ports.some((p) => p.addresses.some((other) => other !== cidr && other.prefixLength === cidr.prefixLength && inPrefix(other.addr, cidr.addr, cidr.prefixLength)));
+    for (const { removed, added } of this.changes) {
+      if (removed.some((c) => sharesSubnet(c, running)) || added.some((c) => sharesSubnet(c, next))) return false;
+    }
+    for (const c of this.changes.flatMap((change) => change.added)) {
+      this.subnets.add(formatCidr({ addr: (c.addr & prefixMask(c.prefixLength)) >>> 0, prefixLength: c.prefixLength }));
+    }
+    return true;
   }
-  for (const route of routesKept) {
+
+  private takeRouteChanges(added: readonly string[], removed: readonly string[]): void {
+    this.routeChanges = undefined;
+    this.routesAdded = added;
+    this.routesRemoved = removed;
+    if (added.length + removed.length > IN_PLACE_ROUTES_MAX) {
+      this.done = true;
+      return;
+    }
+    for (const route of removed) {
+      // A dropped line must not be one that resolves other gateways (scope link or host).
+      const words = route.split(" ");
+      const errorRoute = ["blackhole", "unreachable", "prohibit"].includes(words[0]!);
+      if (words.includes("scope") || !(words.includes("via") || errorRoute)) {
+        this.done = true;
+        return;
+      }
+      this.removedLeft.set(route, (this.removedLeft.get(route) ?? 0) + 1);
+    }
+  }
+
+  /**
+   * One running line: a removed one is skipped (its first occurrences), a kept one must be the
+   * new config's next line (added lines come last, in order), must not name an added address's
+   * subnet (built anew, the connected route comes first), and must not depend on a changed
+   * address (a gateway in its subnet, a `src` that address).
+   */
+  private keptLineChangeable(route: string): boolean {
+    const left = this.removedLeft.get(route) ?? 0;
+    if (left > 0) {
+      this.removedLeft.set(route, left - 1);
+      return true;
+    }
+    const after = this.next.routes[this.kept++];
+    if (after === undefined || normaliseRoute(after.value) !== route || this.namesAddedSubnet(route)) return false;
+    if (this.changed.length === 0) return true;
     const words = route.split(" ");
     const addressAfter = (word: string): number => (words.includes(word) ? parseIpv4(words[words.indexOf(word) + 1] ?? "") : -1);
     const gateway = addressAfter("via");
     const source = addressAfter("src");
-    if (changed.some((c) => (gateway >= 0 && inPrefix(gateway, c.addr, c.prefixLength)) || source === c.addr)) return undefined;
+    return !this.changed.some((c) => (gateway >= 0 && inPrefix(gateway, c.addr, c.prefixLength)) || source === c.addr);
   }
-  if (changes.length === 0 && routesRemoved.length === 0 && routesAdded.length === 0) return () => undefined;
-  const change = (): void => {
-    for (const route of routesRemoved) routes.deleteAdded(route);
-    for (const { port, removed } of changes) for (const c of removed) routes.removeAddress(port, c.addr, c.prefixLength);
-    for (const { port, added } of changes) for (const c of added) routes.addConnected(port, c.addr, c.prefixLength);
-    for (const route of routesAdded) routes.addRoute(route);
-  };
-  try {
-    routes.edit(change, { dryRun: true });
-  } catch (error) {
-    if (error instanceof RouteError) return undefined;
-    throw error;
+
+  private namesAddedSubnet(route: string): boolean {
+    return this.subnets.size > 0 && route.split(" ").some((word) => this.subnets.has(word));
   }
-  return () => routes.edit(change);
+
+  /** After the running lines: the added lines end the new config; then the dry run. */
+  private finish(): (() => void) | undefined {
+    const { next, routes, changes, routesAdded, routesRemoved } = this;
+    if (next.routes.length !== this.kept + routesAdded.length) return undefined;
+    for (const [i, route] of routesAdded.entries()) {
+      if (normaliseRoute(next.routes[this.kept + i]!.value) !== route || this.namesAddedSubnet(route)) return undefined;
+    }
+    if (changes.length === 0 && routesRemoved.length === 0 && routesAdded.length === 0) return () => undefined;
+    const change = (): void => {
+      for (const route of routesRemoved) routes.deleteAdded(route);
+      for (const { port, removed } of changes) for (const c of removed) routes.removeAddress(port, c.addr, c.prefixLength);
+      for (const { port, added } of changes) for (const c of added) routes.addConnected(port, c.addr, c.prefixLength);
+      for (const route of routesAdded) routes.addRoute(route);
+    };
+    try {
+      routes.edit(change, { dryRun: true });
+    } catch (error) {
+      if (error instanceof RouteError) return undefined;
+      throw error;
+    }
+    return () => routes.edit(change);
+  }
 }
 
 /** The routing table a live change's new dataplane runs with (routingForChange). */
@@ -535,8 +636,11 @@ export async function routingForChange(
 ): Promise<NextRouting> {
   // With workers every thread builds its successor's table anew, so their route versions agree
   // (docs/multi-core.md): `inPlace: false` then.
-  const change = options.inPlace === false ? undefined : inPlaceRouting(running, next, table, difference);
-  if (change !== undefined) return { routes: table, change };
+  if (options.inPlace !== false) {
+    const check = new InPlaceCheck(running, next, table, difference);
+    await inPieces(() => check.step(), options);
+    if (check.result !== undefined) return { routes: table, change: check.result };
+  }
   const source = {
     portNames: next.ports.map((p) => p.name),
     addresses: next.ports.flatMap((p, port) => p.addresses.map((cidr) => ({ port, addr: cidr.addr, prefixLength: cidr.prefixLength }))),

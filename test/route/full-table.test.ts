@@ -5,7 +5,7 @@
  * reloaded table at once (their cached next hop is checked against the table's version). A new
  * full table applied live is built in pieces while the running one forwards, then swapped in.
  */
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
@@ -302,6 +302,31 @@ describe("`qnat apply` of a new full table, built in pieces while the running on
     expect(answers.length).toBeGreaterThan(10); // turns of the loop ran while the table was built
     expect(new Set(answers)).toEqual(new Set([runningLines[2]])); // each from the running table
     expect(routes.describeRoute(routes.lookup(kept.prefix))).toBe(nextLines[2]);
+  });
+
+  it("floating IP 198.51.100.130 added to a router holding 100,000 routes: checked in pieces, made in place at the swap", async () => {
+    const running = loadConfig(writeConfig("fip-a", runningLines, DEFAULT));
+    const nextFile = writeConfig("fip-b", runningLines, DEFAULT);
+    writeFileSync(nextFile, readFileSync(nextFile, "utf8").replace("addresses: [198.51.100.1/24]", "addresses: [198.51.100.1/24, 198.51.100.130/32]"));
+    const next = loadConfig(nextFile);
+    const runningTable = buildRoutingTable(running);
+    const difference = await diffConfigsInPieces(running, parseConfigRules(running), next, parseConfigRules(next));
+    expect(formatDifference(difference, next)).toEqual([`+ address 198.51.100.130/32 on ${QA}`]);
+    let turns = 0;
+    let checking = true;
+    const count = (): void => {
+      turns++;
+      if (checking) setImmediate(count);
+    };
+    setImmediate(count);
+    const { routes, change } = await routingForChange(running, next, runningTable, difference);
+    checking = false;
+    expect(turns).toBeGreaterThan(1); // the 100,000 lines were walked in pieces
+    expect(routes).toBe(runningTable);
+    expect(runningTable.localAddressPort(parseIpv4("198.51.100.130"))).toBe(-1);
+    change!();
+    expect(runningTable.localAddressPort(parseIpv4("198.51.100.130"))).toBe(1);
+    expect(runningTable.describeRoute(runningTable.lookup(prefixes[2]!.prefix))).toBe(runningLines[2]);
   });
 
   it("a bad line in the new routes file is one FILE:LINE error and leaves the running table as it was", async () => {
