@@ -45,7 +45,7 @@
 import { readFileSync } from "node:fs";
 import { formatCidr } from "../core/addr.js";
 import { CryptoRng } from "../core/rng.js";
-import { type RouterConfig, effectiveArpAnnounce, effectiveArpIgnore, loadConfig, parseConfig, workersOf } from "../config/config.js";
+import { type RouterConfig, effectiveArpAnnounce, effectiveArpIgnore, loadConfig, parseConfigInPieces, workersOf } from "../config/config.js";
 import { ConntrackCursor } from "../conntrack/format.js";
 import { buildDataplane, sharedTablesOf } from "../dataplane/from-config.js";
 import { NetfilterNat } from "../dataplane/netfilter-nat.js";
@@ -571,12 +571,12 @@ export async function startRouter(configPath: string, options: RouterOptions = {
   // Live changes (control/live-apply.ts), one at a time in the order they were asked for; `next`
   // is read when its turn comes, so a rules restore replaces the rules of the config as it is then.
   let changing: Promise<unknown> = Promise.resolve();
-  const applyConfig = (next: () => RouterConfig): Promise<string[]> => {
-    const run = changing.then(async () => applyNow(next()));
+  const applyConfig = (next: () => RouterConfig | Promise<RouterConfig>): Promise<string[]> => {
+    const run = changing.then(async () => applyNow(await next()));
     changing = run.catch(() => undefined);
     return run;
   };
-  const applyText = (text: string, file: string): Promise<string[]> => applyConfig(() => parseConfig(text, file));
+  const applyText = (text: string, file: string): Promise<string[]> => applyConfig(() => parseConfigInPieces(text, file));
   const applyNow = async (next: RouterConfig): Promise<string[]> => {
     // Checked completely before anything changes: the rules parsed here, the routes and the
     // compiled rules by buildDataplane below (each failure a ConfigError at its FILE:LINE).

@@ -9,7 +9,7 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
-import { ConfigError, loadConfig, parseConfig, type RouterConfig } from "../../src/config/config.js";
+import { ConfigError, loadConfig, parseConfig, parseConfigInPieces, type RouterConfig } from "../../src/config/config.js";
 import { diffConfigsInPieces, formatDifference, inPlaceRouting, routingForChange } from "../../src/control/live-apply.js";
 import { parseConfigRules } from "../../src/control/host-setup.js";
 import { formatIpv4, parseIpv4, prefixMask } from "../../src/core/addr.js";
@@ -149,6 +149,30 @@ describe("a full Internet table", () => {
     const configFile = join(dir, "missing.yaml");
     writeFileSync(configFile, configText("routes_file: nowhere.routes\n"));
     expect(() => loadConfig(configFile)).toThrow(new RegExp(`^${configFile}:13: cannot read routes file ${join(dir, "nowhere.routes")}$`));
+  });
+
+  it("parseConfigInPieces (`qnat apply`, SIGHUP) reads a routes file as parseConfig does, returning to the event loop between pieces", async () => {
+    // 30,000 lines (1.5 MB: lines cross the reader's 64 KiB chunks), comments, blank and CRLF lines, no final newline.
+    const lines = internetPrefixes(30_000, 8).map((p, i) => (i % 1000 === 7 ? "# a comment\r" : i % 997 === 3 ? "" : `${routeLine(p, i)}${i % 5 === 0 ? "\r" : ""}   # next hop ${i % 8}`));
+    const file = writeConfig("pieces", lines);
+    writeFileSync(join(dir, "pieces.routes"), lines.join("\n")); // no newline after the last line
+    let turns = 0;
+    let reading = true;
+    const count = (): void => {
+      turns++;
+      if (reading) setImmediate(count);
+    };
+    setImmediate(count);
+    const inPieces = await parseConfigInPieces(readFileSync(file, "utf8"), file);
+    reading = false;
+    expect(turns).toBeGreaterThan(1);
+    const atOnce = loadConfig(file);
+    expect(inPieces.routes.length).toBeGreaterThan(29_000);
+    expect(inPieces.routes).toEqual(atOnce.routes);
+    expect(inPieces).toEqual(atOnce);
+    const missing = join(dir, "pieces-missing.yaml");
+    writeFileSync(missing, configText("routes_file: nowhere.routes\n"));
+    await expect(parseConfigInPieces(readFileSync(missing, "utf8"), missing)).rejects.toThrow(`${missing}:13: cannot read routes file ${join(dir, "nowhere.routes")}`);
   });
 
   it("routes: lines come first, then the routes file's (a file route may use a gateway a routes: line makes reachable)", () => {
