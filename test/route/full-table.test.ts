@@ -17,6 +17,7 @@ import { XorShift32 } from "../../src/core/rng.js";
 import { buildDataplane, buildRoutingTable } from "../../src/dataplane/from-config.js";
 import { syntheticInternetTable, type SyntheticPrefix } from "../../src/route/synthetic-table.js";
 import { MemoryRouter } from "../support/memory-router.js";
+import { turnsDuring } from "../support/turns.js";
 
 const QR = "qr-tenant";
 const QA = "qa-upstream";
@@ -156,15 +157,7 @@ describe("a full Internet table", () => {
     const lines = internetPrefixes(30_000, 8).map((p, i) => (i % 1000 === 7 ? "# a comment\r" : i % 997 === 3 ? "" : `${routeLine(p, i)}${i % 5 === 0 ? "\r" : ""}   # next hop ${i % 8}`));
     const file = writeConfig("pieces", lines);
     writeFileSync(join(dir, "pieces.routes"), lines.join("\n")); // no newline after the last line
-    let turns = 0;
-    let reading = true;
-    const count = (): void => {
-      turns++;
-      if (reading) setImmediate(count);
-    };
-    setImmediate(count);
-    const inPieces = await parseConfigInPieces(readFileSync(file, "utf8"), file);
-    reading = false;
+    const { result: inPieces, turns } = await turnsDuring(parseConfigInPieces(readFileSync(file, "utf8"), file));
     expect(turns).toBeGreaterThan(1);
     const atOnce = loadConfig(file);
     expect(inPieces.routes.length).toBeGreaterThan(29_000);
@@ -315,15 +308,10 @@ describe("`qnat apply` of a new full table, built in pieces while the running on
     // A stand-in for the packet loop: one lookup in the running table per turn of the event loop.
     const kept = prefixes[2]!;
     const answers: string[] = [];
-    let building = true;
-    const turn = (): void => {
+    const { result: { routes }, turns } = await turnsDuring(routingForChange(running, next, runningTable, difference), () => {
       answers.push(runningTable.describeRoute(runningTable.lookup(kept.prefix)));
-      if (building) setImmediate(turn);
-    };
-    setImmediate(turn);
-    const { routes } = await routingForChange(running, next, runningTable, difference);
-    building = false;
-    expect(answers.length).toBeGreaterThan(10); // turns of the loop ran while the table was built
+    });
+    expect(turns).toBeGreaterThan(10); // turns of the loop ran while the table was built
     expect(new Set(answers)).toEqual(new Set([runningLines[2]])); // each from the running table
     expect(routes.describeRoute(routes.lookup(kept.prefix))).toBe(nextLines[2]);
   });
@@ -336,15 +324,7 @@ describe("`qnat apply` of a new full table, built in pieces while the running on
     const runningTable = buildRoutingTable(running);
     const difference = await diffConfigsInPieces(running, parseConfigRules(running), next, parseConfigRules(next));
     expect(formatDifference(difference, next)).toEqual([`+ address 198.51.100.130/32 on ${QA}`]);
-    let turns = 0;
-    let checking = true;
-    const count = (): void => {
-      turns++;
-      if (checking) setImmediate(count);
-    };
-    setImmediate(count);
-    const { routes, change } = await routingForChange(running, next, runningTable, difference);
-    checking = false;
+    const { result: { routes, change }, turns } = await turnsDuring(routingForChange(running, next, runningTable, difference));
     expect(turns).toBeGreaterThan(1); // the 100,000 lines were walked in pieces
     expect(routes).toBe(runningTable);
     expect(runningTable.localAddressPort(parseIpv4("198.51.100.130"))).toBe(-1);

@@ -12,6 +12,7 @@ import { Lpm4 } from "../../src/route/lpm.js";
 import { buildTableInPieces, RouteLineError } from "../../src/route/table-build.js";
 import { RoutingTable } from "../../src/route/table.js";
 import { syntheticInternetTable } from "../../src/route/synthetic-table.js";
+import { turnsDuring } from "../support/turns.js";
 
 const QR = "qr-694450d6-f6";
 const QG = "qg-e76de35e-90";
@@ -60,16 +61,7 @@ describe("a routing table built in pieces", () => {
   });
 
   it("returns to the event loop between pieces: a setImmediate callback runs while it builds", async () => {
-    let turns = 0;
-    let building = true;
-    const count = (): void => {
-      turns++;
-      if (building) setImmediate(count);
-    };
-    setImmediate(count);
-    const built = buildTableInPieces({ portNames: [QR, QG], addresses: ADDRESSES, routes: routeLines().map((value) => ({ value })) });
-    const table = await built;
-    building = false;
+    const { result: table, turns } = await turnsDuring(buildTableInPieces({ portNames: [QR, QG], addresses: ADDRESSES, routes: routeLines().map((value) => ({ value })) }));
     expect(turns).toBeGreaterThan(1);
     expect(table.describeRoute(table.lookup(parseIpv4("240.1.2.3")))).toBe(`default via 9.186.100.1 dev ${QG}`);
   });
