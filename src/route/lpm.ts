@@ -411,9 +411,7 @@ export class Lpm4 {
       checkPrefix(p.prefix, p.prefixLength);
       perLength[p.prefixLength]!++;
     }
-    for (let length = 0; length <= 32; length++) {
-      this.sets[length]!.reserve(this.sets[length]!.count + perLength[length]!);
-    }
+    this.reservePrefixes(perLength);
     // One tbl8 allocation for every /24 that will need a group.
     const groupedIndexes = new Set<number>();
     for (const p of prefixes) if (p.prefixLength > 24) groupedIndexes.add(p.prefix >>> 8);
@@ -430,6 +428,16 @@ export class Lpm4 {
       const p = prefixes[order[i]!]!;
       this.insert(p.prefix, p.prefixLength, p.value);
     }
+  }
+
+  /**
+   * Makes room in the prefix store for `perLength[L]` more prefixes of each length L, so that
+   * inserting them never rehashes a store of hundreds of thousands of prefixes at once (a table
+   * built in pieces, table-build.ts: one such rehash is tens of ms). A hint: more or fewer
+   * inserts stay correct.
+   */
+  reservePrefixes(perLength: ArrayLike<number>): void {
+    for (let length = 0; length <= 32; length++) this.sets[length]!.reserve(this.sets[length]!.count + (perLength[length] ?? 0));
   }
 
   /** Removes a prefix; addresses it covered fall back to the longest shorter prefix. */

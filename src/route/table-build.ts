@@ -45,6 +45,16 @@ const PAINT_PER_STEP = 1 << 16;
 export async function buildTableInPieces(source: TableSource, options: PieceOptions = {}): Promise<RoutingTable> {
   const table = new RoutingTable(source.portNames);
   table.deferLargeFills();
+  // First the room: the prefix lengths counted from the lines' text, a piece at a time.
+  const perLength = new Uint32Array(33);
+  let counted = 0;
+  await inPieces(() => {
+    if (counted >= source.routes.length) return true;
+    const length = prefixLengthOf(source.routes[counted++]!.value);
+    if (length >= 0) perLength[length]!++;
+    return false;
+  }, options);
+  table.reserve(source.routes.length, perLength);
   for (const a of source.addresses) table.addConnected(a.port, a.addr, a.prefixLength);
   let next = 0;
   await inPieces(() => {
@@ -61,4 +71,17 @@ export async function buildTableInPieces(source: TableSource, options: PieceOpti
   }, options);
   table.stopDeferringFills();
   return table;
+}
+
+/**
+ * The prefix length of an `ip route` line's destination, as far as its text says at a glance (the
+ * first word with a `/`, or an address word: /32), -1 if none; a hint for RoutingTable.reserve.
+ */
+function prefixLengthOf(line: string): number {
+  const slash = line.indexOf("/");
+  if (slash >= 0) {
+    const length = Number.parseInt(line.slice(slash + 1, slash + 3), 10);
+    return length >= 0 && length <= 32 ? length : -1;
+  }
+  return /^(?:\S+ )?\d+\.\d+\.\d+\.\d+(?: |$)/.test(line) ? 32 : -1;
 }

@@ -480,6 +480,18 @@ export class RoutingTable {
     this.lpm.deferLargeFills();
   }
 
+  /**
+   * Makes room for `routes` more routes, `perLength[L]` of them with prefixes of length L (a hint,
+   * table-build.ts): no column copy nor prefix-store rehash of a full table's size happens later
+   * in one step.
+   */
+  reserve(routes: number, perLength: ArrayLike<number>): void {
+    this.lpm.reservePrefixes(perLength);
+    let capacity = this.types.length;
+    while (capacity < this.routesById.length + routes && capacity < MAX_ROUTES) capacity = Math.min(MAX_ROUTES, capacity * 2);
+    if (capacity !== this.types.length) this.growColumns(capacity);
+  }
+
   /** Paints up to `maxEntries` tbl24 entries of the deferred repaints; true when none is left. */
   paintPending(maxEntries: number): boolean {
     return this.lpm.paintPending(maxEntries);
@@ -721,17 +733,18 @@ export class RoutingTable {
     if (free !== undefined) return free;
     const id = this.routesById.length;
     if (id >= MAX_ROUTES) throw new RouteError(`Error: the routing table is full (${MAX_ROUTES} routes).`);
-    if (id >= this.types.length) {
-      const capacity = Math.min(MAX_ROUTES, this.types.length * 2);
-      this.types = grow(this.types, new Uint8Array(capacity));
-      this.ports = grow(this.ports, new Int32Array(capacity));
-      this.gateways = grow(this.gateways, new Uint32Array(capacity));
-      this.sources = grow(this.sources, new Uint32Array(capacity));
-      this.nexthops = grow(this.nexthops, new Int16Array(capacity));
-      this.chainNext = grow(this.chainNext, new Int32Array(capacity));
-    }
+    if (id >= this.types.length) this.growColumns(Math.min(MAX_ROUTES, this.types.length * 2));
     this.routesById.push(undefined);
     return id;
+  }
+
+  private growColumns(capacity: number): void {
+    this.types = grow(this.types, new Uint8Array(capacity));
+    this.ports = grow(this.ports, new Int32Array(capacity));
+    this.gateways = grow(this.gateways, new Uint32Array(capacity));
+    this.sources = grow(this.sources, new Uint32Array(capacity));
+    this.nexthops = grow(this.nexthops, new Int16Array(capacity));
+    this.chainNext = grow(this.chainNext, new Int32Array(capacity));
   }
 
   /** Recomputes every route's FIB_RES_PREFSRC (the kernel does it lazily on address changes). */
