@@ -62,6 +62,11 @@ export const MAX_ROUTES = LPM_MAX_VALUE + 1;
 /** Next hop ids the fast path's route cache can hold in 8 bits (0xff and 0 are taken: 0 = none, ids + 1 stored). */
 export const MAX_NEXTHOP_IDS = 254;
 
+/** RoutingTable's per-route flags column. */
+const ROUTE_ONLINK = 1;
+/** The `via` gateway is used on the wire (nexthop scope link), see routeGateway. */
+const ROUTE_GATEWAY_ON_LINK = 2;
+
 /** A refused route or address, with a one-line message worded like iproute2's. */
 export class RouteError extends Error {
   constructor(message: string) {
@@ -134,7 +139,8 @@ interface ParsedRoute {
 
 export class RoutingTable {
   private readonly lpm = new Lpm4();
-  private readonly routesById: (MutableRoute | undefined)[] = [];
+  /** Route ids handed out so far (free ones included, see freeIds); a free id has type 0. */
+  private idCount = 0;
   private readonly freeIds: number[] = [];
   private readonly addresses: PortAddress[][];
   private readonly portsByName = new Map<string, number>();
@@ -148,6 +154,19 @@ export class RoutingTable {
   private nexthops = new Int16Array(16);
   /** The next route id of the same prefix's chain (see chainOf), -1 at its end. */
   private chainNext = new Int32Array(16);
+  // Control-plane columns: the rest of each route as configured (`ip route` text, traces, deletes,
+  // gateway checks). Columns rather than an object per route, so a full table's million routes are
+  // a few typed arrays, not a million objects for the garbage collector to mark.
+  private prefixes = new Uint32Array(16);
+  private prefixLengths = new Uint8Array(16);
+  /** The configured gateway (`via`), 0 = none; `gateways` holds the on-wire one. */
+  private configGateways = new Uint32Array(16);
+  private protocols = new Uint8Array(16);
+  private scopes = new Uint8Array(16);
+  private prefSrcs = new Uint32Array(16);
+  private metrics = new Uint32Array(16);
+  /** ROUTE_ONLINK | ROUTE_GATEWAY_ON_LINK. */
+  private flags = new Uint8Array(16);
   /**
    * Next hops: the distinct (port, on-wire gateway) pairs of the routes ever inserted, numbered
    * from 0 in order of appearance and never renumbered (append-only, so an id always means the
@@ -324,10 +343,9 @@ export class RoutingTable {
     const key = chainKey(prefix, prefixLength);
     const connected = removed.secondary
       ? undefined
-      : this.chainOf(key).find((id) => {
-          const r = this.routesById[id]!;
-          return r.protocol === RouteProtocol.Kernel && r.port === port && r.prefSrc === addr && r.gateway === 0;
-        });
+      : this.chainOf(key).find(
+          (id) => this.protocols[id] === RouteProtocol.Kernel && this.ports[id] === port && this.prefSrcs[id] === addr && this.configGateways[id] === 0,
+        );
     if (connected !== undefined) this.removeFromChain(key, connected);
     this.refreshSources();
     this.generation++;
@@ -373,7 +391,7 @@ export class RoutingTable {
       throw new RouteError("Error: Invalid prefsrc address."); // fib_valid_prefsrc
     }
     const id = this.insertRoute(route, true, gatewayOnLink);
-    this.sources[id] = this.sourceFor(this.routesById[id]!);
+    this.sources[id] = this.sourceOf(id);
     return id;
   }
 
@@ -400,7 +418,7 @@ export class RoutingTable {
     const chain = this.chainOf(chainKey(parsed.prefix, parsed.prefixLength));
     const typeGiven = /\b(blackhole|unreachable|prohibit|unicast)\b/.test(text);
     const id = chain.find((candidate) => {
-      const r = this.routesById[candidate]!;
+      const r = this.entryOf(candidate)!;
       return (
         (!typeGiven || r.type === parsed.type) &&
         (parsed.metric === undefined || r.metric === parsed.metric) &&
@@ -419,12 +437,11 @@ export class RoutingTable {
   private removeFromChain(key: number, id: number): void {
     const chain = this.chainOf(key);
     const at = chain.indexOf(id);
-    const entry = this.routesById[id]!;
+    const entry = this.entryOf(id)!;
     const gateway = this.gateways[id]!;
     this.undoLog?.push(() => this.restoreRoute(key, at, entry, gateway));
     this.setChain(key, chain.filter((candidate) => candidate !== id));
     this.generation++;
-    this.routesById[id] = undefined;
     this.types[id] = 0;
     this.ports[id] = -1;
     this.gateways[id] = 0;
@@ -436,9 +453,7 @@ export class RoutingTable {
   private restoreRoute(key: number, at: number, entry: MutableRoute, gateway: number): void {
     const id = entry.id;
     this.freeIds.splice(this.freeIds.lastIndexOf(id), 1);
-    this.routesById[id] = entry;
-    this.types[id] = entry.type;
-    this.ports[id] = entry.port;
+    this.writeEntry(entry);
     this.gateways[id] = gateway;
     const chain = this.chainOf(key);
     chain.splice(at, 0, id);
@@ -488,7 +503,7 @@ export class RoutingTable {
   reserve(routes: number, perLength: ArrayLike<number>): void {
     this.lpm.reservePrefixes(perLength);
     let capacity = this.types.length;
-    while (capacity < this.routesById.length + routes && capacity < MAX_ROUTES) capacity = Math.min(MAX_ROUTES, capacity * 2);
+    while (capacity < this.idCount + routes && capacity < MAX_ROUTES) capacity = Math.min(MAX_ROUTES, capacity * 2);
     if (capacity !== this.types.length) this.growColumns(capacity);
   }
 
@@ -504,7 +519,7 @@ export class RoutingTable {
 
   /** The route with this id (control plane), or undefined. */
   route(id: number): RouteEntry | undefined {
-    const r = this.routesById[id];
+    const r = this.entryOf(id);
     return r === undefined ? undefined : publicEntry(r);
   }
 
@@ -513,7 +528,7 @@ export class RoutingTable {
     const prefixes = this.lpm.prefixes().sort((a, b) => a.prefix !== b.prefix ? a.prefix - b.prefix : b.prefixLength - a.prefixLength);
     const out: RouteEntry[] = [];
     for (const p of prefixes) {
-      for (let id = p.value; id >= 0; id = this.chainNext[id]!) out.push(publicEntry(this.routesById[id]!));
+      for (let id = p.value; id >= 0; id = this.chainNext[id]!) out.push(publicEntry(this.entryOf(id)!));
     }
     return out;
   }
@@ -528,7 +543,7 @@ export class RoutingTable {
 
   /** One route as `ip route` prints it, without the trailing space (traces). */
   describeRoute(id: number): string {
-    const r = this.routesById[id];
+    const r = this.entryOf(id);
     return r === undefined ? `route ${id} (deleted)` : this.formatWords(publicEntry(r)).join(" ");
   }
 
@@ -540,7 +555,7 @@ export class RoutingTable {
   /** The routes of one prefix in the kernel's alias order (a listing in pieces, route-listing.ts). */
   routesOf(prefix: number, prefixLength: number): RouteEntry[] {
     const out: RouteEntry[] = [];
-    for (let id = this.lpm.get(prefix, prefixLength); id >= 0; id = this.chainNext[id]!) out.push(publicEntry(this.routesById[id]!));
+    for (let id = this.lpm.get(prefix, prefixLength); id >= 0; id = this.chainNext[id]!) out.push(publicEntry(this.entryOf(id)!));
     return out;
   }
 
@@ -617,23 +632,17 @@ export class RoutingTable {
     // The LPM's answer is the head of the longest matching prefix's chain: when it qualifies, it is
     // what the walk below finds first (one lookup instead of 33 for each route of a full table).
     this.lpm.paintPending(Infinity); // a table built in pieces (deferLargeFills): exact lookups
+    const qualifies = (id: number): boolean => this.scopes[id]! >= wantedScope && (port < 0 || this.ports[id] === port);
     const head = this.lpm.lookup(gateway);
-    const headRoute = head < 0 ? undefined : this.routesById[head];
-    let best: MutableRoute | undefined =
-      headRoute !== undefined && headRoute.scope >= wantedScope && (port < 0 || headRoute.port === port) ? headRoute : undefined;
-    for (let length = 32; length >= 0 && best === undefined; length--) {
+    let best = head >= 0 && qualifies(head) ? head : -1;
+    for (let length = 32; length >= 0 && best < 0; length--) {
       const chain = this.chainOf(chainKey((gateway & prefixMask(length)) >>> 0, length));
-      for (const id of chain) {
-        const r = this.routesById[id]!;
-        if (r.scope < wantedScope || (port >= 0 && r.port !== port)) continue;
-        best = r;
-        break;
-      }
+      best = chain.find(qualifies) ?? -1;
     }
-    if (best === undefined || best.type !== RouteType.Unicast || best.port < 0) {
+    if (best < 0 || this.types[best] !== RouteType.Unicast || this.ports[best]! < 0) {
       throw new RouteError("Error: Nexthop has invalid gateway.");
     }
-    return { port: best.port, onLink: best.scope === RouteScope.Link };
+    return { port: this.ports[best]!, onLink: this.scopes[best] === RouteScope.Link };
   }
 
   private isBroadcastAddress(addr: number): boolean {
@@ -661,7 +670,7 @@ export class RoutingTable {
     const chain = this.chainOf(key);
     // fib_table_insert: same prefix, tos and priority exists -> EEXIST for `ip route add`
     // (NLM_F_EXCL); the kernel's own connected routes are appended (NLM_F_APPEND).
-    if (exclusive && chain.some((id) => this.routesById[id]!.metric === route.metric)) {
+    if (exclusive && chain.some((id) => this.metrics[id] === route.metric)) {
       throw new RouteError("RTNETLINK answers: File exists");
     }
     const id = this.allocateId();
@@ -675,18 +684,15 @@ export class RoutingTable {
         throw error;
       }
     }
-    const entry: MutableRoute = {
+    this.writeEntry({
       id, type: route.type, prefix: route.prefix, prefixLength: route.prefixLength,
       gateway: route.gateway, port: route.port, protocol: route.protocol, scope: route.scope,
       prefSrc: route.prefSrc, metric: route.metric, onlink: route.onlink, gatewayOnLink,
-    };
-    this.routesById[id] = entry;
-    this.types[id] = route.type;
-    this.ports[id] = route.port;
+    });
     this.gateways[id] = route.gateway !== 0 && gatewayOnLink ? route.gateway : 0;
     this.nexthops[id] = this.nexthopIdOf(route.port, this.gateways[id]!);
     let at = chain.length;
-    while (at > 0 && this.routesById[chain[at - 1]!]!.metric > route.metric) at--;
+    while (at > 0 && this.metrics[chain[at - 1]!]! > route.metric) at--;
     chain.splice(at, 0, id);
     this.setChain(key, chain);
     this.generation++;
@@ -731,10 +737,10 @@ export class RoutingTable {
   private allocateId(): number {
     const free = this.freeIds.pop();
     if (free !== undefined) return free;
-    const id = this.routesById.length;
+    const id = this.idCount;
     if (id >= MAX_ROUTES) throw new RouteError(`Error: the routing table is full (${MAX_ROUTES} routes).`);
     if (id >= this.types.length) this.growColumns(Math.min(MAX_ROUTES, this.types.length * 2));
-    this.routesById.push(undefined);
+    this.idCount++;
     return id;
   }
 
@@ -745,15 +751,52 @@ export class RoutingTable {
     this.sources = grow(this.sources, new Uint32Array(capacity));
     this.nexthops = grow(this.nexthops, new Int16Array(capacity));
     this.chainNext = grow(this.chainNext, new Int32Array(capacity));
+    this.prefixes = grow(this.prefixes, new Uint32Array(capacity));
+    this.prefixLengths = grow(this.prefixLengths, new Uint8Array(capacity));
+    this.configGateways = grow(this.configGateways, new Uint32Array(capacity));
+    this.protocols = grow(this.protocols, new Uint8Array(capacity));
+    this.scopes = grow(this.scopes, new Uint8Array(capacity));
+    this.prefSrcs = grow(this.prefSrcs, new Uint32Array(capacity));
+    this.metrics = grow(this.metrics, new Uint32Array(capacity));
+    this.flags = grow(this.flags, new Uint8Array(capacity));
+  }
+
+  /** The route with this id, from the columns (control plane), or undefined for a free id. */
+  private entryOf(id: number): MutableRoute | undefined {
+    if (!(id >= 0 && id < this.idCount) || this.types[id] === 0) return undefined;
+    const flags = this.flags[id]!;
+    return {
+      id, type: this.types[id]!, prefix: this.prefixes[id]!, prefixLength: this.prefixLengths[id]!,
+      gateway: this.configGateways[id]!, port: this.ports[id]!, protocol: this.protocols[id]!, scope: this.scopes[id]!,
+      prefSrc: this.prefSrcs[id]!, metric: this.metrics[id]!, onlink: (flags & ROUTE_ONLINK) !== 0,
+      gatewayOnLink: (flags & ROUTE_GATEWAY_ON_LINK) !== 0,
+    };
+  }
+
+  /** Writes a route's columns (all but the on-wire gateway and the derived ones). */
+  private writeEntry(r: MutableRoute): void {
+    const id = r.id;
+    this.types[id] = r.type;
+    this.ports[id] = r.port;
+    this.prefixes[id] = r.prefix;
+    this.prefixLengths[id] = r.prefixLength;
+    this.configGateways[id] = r.gateway;
+    this.protocols[id] = r.protocol;
+    this.scopes[id] = r.scope;
+    this.prefSrcs[id] = r.prefSrc;
+    this.metrics[id] = r.metric;
+    this.flags[id] = (r.onlink ? ROUTE_ONLINK : 0) | (r.gatewayOnLink ? ROUTE_GATEWAY_ON_LINK : 0);
   }
 
   /** Recomputes every route's FIB_RES_PREFSRC (the kernel does it lazily on address changes). */
   private refreshSources(): void {
-    for (const r of this.routesById) if (r !== undefined) this.sources[r.id] = this.sourceFor(r);
+    for (let id = 0; id < this.idCount; id++) if (this.types[id] !== 0) this.sources[id] = this.sourceOf(id);
   }
 
-  private sourceFor(r: RouteEntry): number {
-    return r.prefSrc !== 0 ? r.prefSrc : r.port < 0 ? 0 : this.selectAddress(r.port, r.gateway);
+  private sourceOf(id: number): number {
+    const prefSrc = this.prefSrcs[id]!;
+    const port = this.ports[id]!;
+    return prefSrc !== 0 ? prefSrc : port < 0 ? 0 : this.selectAddress(port, this.configGateways[id]!);
   }
 
   /** inet_select_addr (net/ipv4/devinet.c) for addresses of scope global. */
