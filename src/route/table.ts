@@ -150,6 +150,8 @@ export class RoutingTable {
   private ports = new Int32Array(16);
   private gateways = new Uint32Array(16);
   private sources = new Uint32Array(16);
+  /** The addressGeneration each `sources` entry was computed in (0: not yet), see routePrefSrc. */
+  private sourceGenerations = new Uint32Array(16);
   /** The route's next hop id (see `routeNexthop`), -1 beyond MAX_NEXTHOP_IDS. */
   private nexthops = new Int16Array(16);
   /** The next route id of the same prefix's chain (see chainOf), -1 at its end. */
@@ -181,6 +183,8 @@ export class RoutingTable {
    * whoever caches lookups (the conntrack route cache of dataplane/pipeline.ts) compares it.
    */
   private generation = 1;
+  /** Bumped by every change of an address (Linux's dev_addr_genid): see routePrefSrc. */
+  private addressGeneration = 1;
   /** While `edit` runs: how to undo each change made so far, in order. */
   private undoLog: (() => void)[] | undefined;
 
@@ -263,9 +267,16 @@ export class RoutingTable {
    * primary address in the gateway's subnet, otherwise its first primary address
    * (inet_select_addr, net/ipv4/devinet.c); 0 if none. As int32 bits (`>>> 0` gives the uint32):
    * the ICMP errors the router sends read it per packet, and a uint32 of 128.0.0.0 or more
-   * returned from a call is a heap number in V8.
+   * returned from a call is a heap number in V8. Computed when first asked for after an address
+   * changed, as Linux does (fib_info_update_nhc_saddr, net/ipv4/fib_semantics.c: the nexthop's
+   * nh_saddr_genid against dev_addr_genid), so an address added to a port that carries a full
+   * table costs nothing per route at the change. No allocation.
    */
   routePrefSrc(id: number): number {
+    if (this.sourceGenerations[id] !== this.addressGeneration) {
+      this.sources[id] = this.sourceOf(id);
+      this.sourceGenerations[id] = this.addressGeneration;
+    }
     return this.sources[id]! | 0;
   }
 
@@ -391,7 +402,7 @@ export class RoutingTable {
       throw new RouteError("Error: Invalid prefsrc address."); // fib_valid_prefsrc
     }
     const id = this.insertRoute(route, true, gatewayOnLink);
-    this.sources[id] = this.sourceOf(id);
+    this.sourceGenerations[id] = 0; // computed when first used (routePrefSrc)
     return id;
   }
 
@@ -446,6 +457,7 @@ export class RoutingTable {
     this.ports[id] = -1;
     this.gateways[id] = 0;
     this.sources[id] = 0;
+    this.sourceGenerations[id] = 0;
     this.freeIds.push(id);
   }
 
@@ -749,6 +761,7 @@ export class RoutingTable {
     this.ports = grow(this.ports, new Int32Array(capacity));
     this.gateways = grow(this.gateways, new Uint32Array(capacity));
     this.sources = grow(this.sources, new Uint32Array(capacity));
+    this.sourceGenerations = grow(this.sourceGenerations, new Uint32Array(capacity));
     this.nexthops = grow(this.nexthops, new Int16Array(capacity));
     this.chainNext = grow(this.chainNext, new Int32Array(capacity));
     this.prefixes = grow(this.prefixes, new Uint32Array(capacity));
@@ -788,9 +801,14 @@ export class RoutingTable {
     this.flags[id] = (r.onlink ? ROUTE_ONLINK : 0) | (r.gatewayOnLink ? ROUTE_GATEWAY_ON_LINK : 0);
   }
 
-  /** Recomputes every route's FIB_RES_PREFSRC (the kernel does it lazily on address changes). */
+  /** An address changed: every route's FIB_RES_PREFSRC is computed again when next used (dev_addr_genid). */
   private refreshSources(): void {
-    for (let id = 0; id < this.idCount; id++) if (this.types[id] !== 0) this.sources[id] = this.sourceOf(id);
+    if (this.addressGeneration === 0xffffffff) {
+      this.sourceGenerations.fill(0);
+      this.addressGeneration = 1;
+    } else {
+      this.addressGeneration++;
+    }
   }
 
   private sourceOf(id: number): number {
