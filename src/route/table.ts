@@ -150,7 +150,7 @@ export class RoutingTable {
   private ports = new Int32Array(16);
   private gateways = new Uint32Array(16);
   private sources = new Uint32Array(16);
-  /** The addressGeneration each `sources` entry was computed in (0: not yet), see routePrefSrc. */
+  /** The addressGeneration each `sources` entry was computed in (0: none), see routePrefSrc. */
   private sourceGenerations = new Uint32Array(16);
   /** The route's next hop id (see `routeNexthop`), -1 beyond MAX_NEXTHOP_IDS. */
   private nexthops = new Int16Array(16);
@@ -267,17 +267,15 @@ export class RoutingTable {
    * primary address in the gateway's subnet, otherwise its first primary address
    * (inet_select_addr, net/ipv4/devinet.c); 0 if none. As int32 bits (`>>> 0` gives the uint32):
    * the ICMP errors the router sends read it per packet, and a uint32 of 128.0.0.0 or more
-   * returned from a call is a heap number in V8. Computed when first asked for after an address
-   * changed, as Linux does (fib_info_update_nhc_saddr, net/ipv4/fib_semantics.c: the nexthop's
-   * nh_saddr_genid against dev_addr_genid), so an address added to a port that carries a full
-   * table costs nothing per route at the change. No allocation.
+   * returned from a call is a heap number in V8. Stored when the route is added and valid until
+   * an address changes, as Linux's (fib_info_update_nhc_saddr, net/ipv4/fib_semantics.c: the
+   * nexthop's nh_saddr_genid against dev_addr_genid); after that computed when asked for (a walk
+   * of the port's few addresses), so an address added to a port that carries a full table costs
+   * nothing per route at the change. Reading it changes nothing (a trace leaves the table as it
+   * was); no allocation.
    */
   routePrefSrc(id: number): number {
-    if (this.sourceGenerations[id] !== this.addressGeneration) {
-      this.sources[id] = this.sourceOf(id);
-      this.sourceGenerations[id] = this.addressGeneration;
-    }
-    return this.sources[id]! | 0;
+    return (this.sourceGenerations[id] === this.addressGeneration ? this.sources[id]! : this.sourceOf(id)) | 0;
   }
 
   /** The port that holds dst as one of its addresses, or -1 (the router's own addresses). */
@@ -402,7 +400,8 @@ export class RoutingTable {
       throw new RouteError("Error: Invalid prefsrc address."); // fib_valid_prefsrc
     }
     const id = this.insertRoute(route, true, gatewayOnLink);
-    this.sourceGenerations[id] = 0; // computed when first used (routePrefSrc)
+    this.sources[id] = this.sourceOf(id);
+    this.sourceGenerations[id] = this.addressGeneration;
     return id;
   }
 
@@ -801,7 +800,7 @@ export class RoutingTable {
     this.flags[id] = (r.onlink ? ROUTE_ONLINK : 0) | (r.gatewayOnLink ? ROUTE_GATEWAY_ON_LINK : 0);
   }
 
-  /** An address changed: every route's FIB_RES_PREFSRC is computed again when next used (dev_addr_genid). */
+  /** An address changed: every stored FIB_RES_PREFSRC is stale, routePrefSrc computes it (dev_addr_genid). */
   private refreshSources(): void {
     if (this.addressGeneration === 0xffffffff) {
       this.sourceGenerations.fill(0);
@@ -819,8 +818,11 @@ export class RoutingTable {
 
   /** inet_select_addr (net/ipv4/devinet.c) for addresses of scope global. */
   private selectAddress(port: number, destination: number): number {
+    // Indexed loops: routePrefSrc runs this for ICMP errors the router sends (no allocation).
     let first = 0;
-    for (const a of this.addresses[port]!) {
+    const own = this.addresses[port]!;
+    for (let i = 0; i < own.length; i++) {
+      const a = own[i]!;
       if (a.secondary) continue;
       const mask = prefixMask(a.prefixLength);
       if (destination === 0 || ((destination & mask) >>> 0) === ((a.addr & mask) >>> 0)) return a.addr;
@@ -828,8 +830,9 @@ export class RoutingTable {
     }
     if (first !== 0) return first;
     // No address on the device: the first primary address of any other device.
-    for (const list of this.addresses) {
-      for (const a of list) if (!a.secondary) return a.addr;
+    for (let p = 0; p < this.addresses.length; p++) {
+      const list = this.addresses[p]!;
+      for (let i = 0; i < list.length; i++) if (!list[i]!.secondary) return list[i]!.addr;
     }
     return 0;
   }
