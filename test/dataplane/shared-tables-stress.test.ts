@@ -38,25 +38,10 @@ import { PacketBatch } from "../../src/core/batch.js";
 import { buildPacket, type PacketSpec } from "../../src/wire/build.js";
 import { LEG_WIRE } from "../../src/dataplane/port.js";
 import { IPPROTO_UDP } from "../../src/wire/packet-info.js";
+import { SHARED_TENANT, sharedSnatConfig } from "../support/shared-snat-config.js";
 
-const TENANT = "qr-694450d6-f6";
-const GATEWAY = "qg-e76de35e-90";
-const CONFIG = `router:
-  id: 40fff075-d3a2-477b-942c-6b1adb42e35e
-ports:
-  - name: ${TENANT}
-    addresses: [10.0.0.1/24]
-    wire: { namespace: qnat-tenant, device: eth0 }
-  - name: ${GATEWAY}
-    addresses: [9.186.100.2/24]
-    wire: { namespace: qnat-external, device: eth0 }
-routes:
-  - default via 9.186.100.1 dev ${GATEWAY}
-conntrack:
-  max: 1024
-nat: |
-  -A POSTROUTING -s 10.0.0.0/24 -o ${GATEWAY} -p udp -j SNAT --to-source 9.186.100.2:1024-1100
-`;
+const TENANT = SHARED_TENANT;
+const CONFIG = sharedSnatConfig(1024);
 /** How long the three threads race (wall clock; a bound, not a measurement). */
 const RUN_MS = 2500;
 

@@ -26,28 +26,13 @@ import type { DecodedPacket, PacketSpec } from "../../src/wire/build.js";
 import { IPPROTO_UDP } from "../../src/wire/packet-info.js";
 import { runTrace } from "../../src/control/trace.js";
 import { ConntrackWork } from "../../src/control/conntrack-command.js";
+import { SHARED_GATEWAY, SHARED_SNAT_PORTS, SHARED_TENANT, sharedSnatConfig } from "../support/shared-snat-config.js";
 
-const TENANT = "qr-694450d6-f6";
-const GATEWAY = "qg-e76de35e-90";
+const TENANT = SHARED_TENANT;
+const GATEWAY = SHARED_GATEWAY;
 const NOW = 1_000_000;
-const CONFIG = `router:
-  id: 40fff075-d3a2-477b-942c-6b1adb42e35e
-ports:
-  - name: ${TENANT}
-    addresses: [10.0.0.1/24]
-    wire: { namespace: qnat-tenant, device: eth0 }
-  - name: ${GATEWAY}
-    addresses: [9.186.100.2/24]
-    wire: { namespace: qnat-external, device: eth0 }
-routes:
-  - default via 9.186.100.1 dev ${GATEWAY}
-conntrack:
-  max: 4096
-nat: |
-  -A POSTROUTING -s 10.0.0.0/24 -o ${GATEWAY} -p udp -j SNAT --to-source 9.186.100.2:1024-1100
-`;
-/** Ports of the SNAT range: at most this many flows to one server:port can be translated. */
-const RANGE_PORTS = 1100 - 1024 + 1;
+const CONFIG = sharedSnatConfig(4096);
+const RANGE_PORTS = SHARED_SNAT_PORTS;
 
 interface Sent {
   out: ({ port: string; leg: number; packet: DecodedPacket } | null)[];
