@@ -1,20 +1,13 @@
 import { readFileSync } from "node:fs";
 import { describe, expect, it } from "vitest";
-import { ConfigError, parseConfig } from "../../src/config/config.js";
+import { parseConfig } from "../../src/config/config.js";
+import { configErrorOf } from "../support/config-error.js";
 
 const seedText = readFileSync("examples/seed.yaml", "utf8");
 const seedLines = seedText.split("\n").length;
 const withCapture = (block: string): string => `${seedText}capture:\n${block}\n`;
 
-function errorOf(text: string): string {
-  try {
-    parseConfig(text, "/etc/qnat/bad.yaml");
-  } catch (error) {
-    expect(error).toBeInstanceOf(ConfigError);
-    return (error as Error).message;
-  }
-  throw new Error("expected a ConfigError");
-}
+const errorOf = (text: string): string => configErrorOf(text, "/etc/qnat/bad.yaml");
 
 describe("capture: a pcapng capture the router writes from its start", () => {
   it("the seed's router captures its gateway port's wire leg to a file beside the config, rotated every minute", () => {

@@ -1,20 +1,13 @@
 import { describe, expect, it } from "vitest";
 import { readFileSync } from "node:fs";
-import { ConfigError, effectiveArpAnnounce, effectiveArpIgnore, effectiveRpFilter, loadConfig, parseConfig, defaultMacOf } from "../../src/config/config.js";
+import { effectiveArpAnnounce, effectiveArpIgnore, effectiveRpFilter, loadConfig, parseConfig, defaultMacOf } from "../../src/config/config.js";
 import { formatCidr } from "../../src/core/addr.js";
 import { buildDataplane } from "../../src/dataplane/from-config.js";
+import { configErrorOf } from "../support/config-error.js";
 
 const seedText = readFileSync("examples/seed.yaml", "utf8");
 
-function errorOf(text: string): string {
-  try {
-    parseConfig(text, "bad.yaml");
-  } catch (error) {
-    expect(error).toBeInstanceOf(ConfigError);
-    return (error as Error).message;
-  }
-  throw new Error("expected a ConfigError");
-}
+const errorOf = configErrorOf;
 
 describe("the seed's config", () => {
   const config = loadConfig("examples/seed.yaml");

@@ -6,7 +6,7 @@
  */
 import { readFileSync } from "node:fs";
 import { describe, expect, it } from "vitest";
-import { ConfigError, loadConfig, parseConfig } from "../../src/config/config.js";
+import { loadConfig, parseConfig } from "../../src/config/config.js";
 import { formatCidr } from "../../src/core/addr.js";
 import {
   LAB_HOST_DEVICE,
@@ -19,18 +19,11 @@ import {
   parseConfigRules,
 } from "../../src/control/host-setup.js";
 import { retagConfigText, tapVariantText } from "../../src/control/twin.js";
+import { configErrorOf } from "../support/config-error.js";
 
 const ethernetText = readFileSync("examples/seed-ethernet.yaml", "utf8");
 
-function errorOf(text: string): string {
-  try {
-    parseConfig(text, "bad.yaml");
-  } catch (error) {
-    expect(error).toBeInstanceOf(ConfigError);
-    return (error as Error).message;
-  }
-  throw new Error("expected a ConfigError");
-}
+const errorOf = configErrorOf;
 
 /** The 1-based line of the first line of `text` that contains `needle`. */
 function lineOf(text: string, needle: string): number {

@@ -4,21 +4,14 @@
  */
 import { readFileSync } from "node:fs";
 import { describe, expect, it } from "vitest";
-import { ConfigError, loadConfig, parseConfig } from "../../src/config/config.js";
+import { loadConfig, parseConfig } from "../../src/config/config.js";
+import { configErrorOf } from "../support/config-error.js";
 
 const seedText = readFileSync("examples/seed.yaml", "utf8");
 /** The line `metrics:` lands on when appended to the seed's config. */
 const line = seedText.split("\n").length;
 
-function errorOf(text: string): string {
-  try {
-    parseConfig(text, "bad.yaml");
-  } catch (error) {
-    expect(error).toBeInstanceOf(ConfigError);
-    return (error as Error).message;
-  }
-  throw new Error("expected a ConfigError");
-}
+const errorOf = configErrorOf;
 
 const withMetrics = (block: string): string => `${seedText}metrics:\n${block}\n`;
 

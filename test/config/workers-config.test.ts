@@ -6,21 +6,14 @@
 import { readFileSync } from "node:fs";
 import { availableParallelism } from "node:os";
 import { describe, expect, it } from "vitest";
-import { ConfigError, loadConfig, MAX_WORKERS, parseConfig, workersOf } from "../../src/config/config.js";
+import { loadConfig, MAX_WORKERS, parseConfig, workersOf } from "../../src/config/config.js";
+import { configErrorOf } from "../support/config-error.js";
 
 const seedText = readFileSync("examples/seed.yaml", "utf8");
 /** The line `workers:` lands on when appended to the seed's config. */
 const line = seedText.split("\n").length;
 
-function errorOf(text: string): string {
-  try {
-    parseConfig(text, "bad.yaml");
-  } catch (error) {
-    expect(error).toBeInstanceOf(ConfigError);
-    return (error as Error).message;
-  }
-  throw new Error("expected a ConfigError");
-}
+const errorOf = configErrorOf;
 
 const withWorkers = (value: string): string => `${seedText}workers: ${value}\n`;
 
