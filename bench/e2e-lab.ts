@@ -22,6 +22,7 @@ import { ip } from "../src/io/netns.js";
 import { configureLabHosts, joinWireBridges } from "../src/control/host-setup.js";
 import { routerAnswers } from "../src/control/lab.js";
 import { buildKernelTwin, destroyKernelTwin, retagConfigText, tapVariantText } from "../src/control/twin.js";
+import { parseDocument } from "yaml";
 import { setTimeout as sleep } from "node:timers/promises";
 
 export type LabKind = "qnat" | "kernel" | "passthrough";
@@ -50,11 +51,24 @@ export function runTag(): string {
 }
 
 /**
- * The config at `path` (its Ethernet version in `tap` mode) with its namespaces renamed
- * qnt-<tag>-r (router) and qnt-<tag>-p<N> (wires, lab hosts).
+ * qnat's config text with `workers: N` set (added, or replacing the config's own): N threads
+ * forward, each reading one queue of every port's multi-queue TUN legs, over one shared
+ * connection table. The kernel twin ignores the key (Linux spreads its work by itself).
  */
-export function retagForRun(path: string, tag: string, mode: "tun" | "tap" = "tun"): { text: string; config: RouterConfig } {
-  const text = mode === "tap" ? tapVariantText(readFileSync(path, "utf8"), path) : readFileSync(path, "utf8");
+export function withWorkersText(text: string, workers: number): string {
+  const document = parseDocument(text);
+  document.set("workers", workers);
+  return document.toString();
+}
+
+/**
+ * The config at `path` (its Ethernet version in `tap` mode) with its namespaces renamed
+ * qnt-<tag>-r (router) and qnt-<tag>-p<N> (wires, lab hosts); with `workers`, it says
+ * `workers: N` too (withWorkersText).
+ */
+export function retagForRun(path: string, tag: string, mode: "tun" | "tap" = "tun", workers?: number): { text: string; config: RouterConfig } {
+  const read = mode === "tap" ? tapVariantText(readFileSync(path, "utf8"), path) : readFileSync(path, "utf8");
+  const text = workers === undefined ? read : withWorkersText(read, workers);
   const original = parseConfig(text, path);
   const names = new Map<string, string>([[original.namespace, `qnt-${tag}-r`]]);
   original.ports.forEach((port, index) => {
