@@ -11,9 +11,15 @@
  * article's MACs (examples/seed-ethernet.yaml, a second VM on br-int in a namespace of its own) and
  * two-subnets.yaml's Ethernet version, with ARP, host unreachable and `!H` compared too.
  *
+ * Then with `workers: 2` (two threads forwarding, one queue of every TUN leg each, one shared
+ * connection table): the seed's router and the port-forwarding router (DNAT to ports and ranges,
+ * SNAT --random-fully), where a connection's reply may come in on the other worker's queue.
+ *
  * `npm run conformance -- [--tap] CONFIG` runs CONFIG alone (QNAT_CONFORMANCE_CONFIG, and
  * QNAT_CONFORMANCE_MODE=tap for its Ethernet version);
- * `npm run conformance -- random` only the property (QNAT_CONFORMANCE_RANDOM=1).
+ * `npm run conformance -- random` only the property (QNAT_CONFORMANCE_RANDOM=1);
+ * `npm run conformance -- --workers N ...` runs every qnat router of the run with `workers: N`
+ * (QNAT_CONFORMANCE_WORKERS=N; TUN configs only, so the TAP suites are left out).
  * CONFORMANCE_SEED=0x... replays a property run (alone, unless a CONFIG is given too);
  * QNAT_CONFORMANCE_RANDOM_COUNT sets how many random routers (default 2).
  */
@@ -34,6 +40,9 @@ const EXAMPLES = ["seed.yaml", "two-subnets.yaml", "mtu-1450.yaml", "three-tenan
 const TAP_EXAMPLES = ["seed-ethernet.yaml", "two-subnets.yaml"];
 /** The examples that also run the kernel's own NAT tests (kernel-selftests.ts), as the TAP ones do; small-table.yaml runs only its table limit. */
 const WITH_KERNEL_SELFTESTS = new Set(["seed.yaml", "two-subnets.yaml", "small-table.yaml"]);
+/** Run again with qnat on WORKERS_IN_CI threads: the seed's router and the NAT-heaviest example. */
+const WORKERS_EXAMPLES = ["seed.yaml", "port-forwarding.yaml"];
+const WORKERS_IN_CI = 2;
 
 const chosen = process.env.QNAT_CONFORMANCE_CONFIG;
 const seedText = process.env.CONFORMANCE_SEED;
@@ -41,10 +50,22 @@ const randomOnly = process.env.QNAT_CONFORMANCE_RANDOM === "1" || (seedText !== 
 
 const mode = process.env.QNAT_CONFORMANCE_MODE;
 if (mode !== undefined && mode !== "tun" && mode !== "tap") throw new Error(`QNAT_CONFORMANCE_MODE must be tun or tap, not ${mode}`);
-if (chosen) conformanceSuite(resolve(chosen), { mode: mode ?? "tun", plans: plansWithKernelSelftests });
+const workersText = process.env.QNAT_CONFORMANCE_WORKERS;
+if (workersText !== undefined && !/^[1-9]\d*$/.test(workersText)) throw new Error(`QNAT_CONFORMANCE_WORKERS must be a whole number of threads, not ${workersText}`);
+/** Every qnat router of the run forwards on this many threads (absent: each config as written). */
+const workers = workersText === undefined ? undefined : Number(workersText);
+if (workers !== undefined && mode === "tap") throw new Error(`QNAT_CONFORMANCE_WORKERS=${workers} runs TUN ports only: qnat's workers do not forward TAP ports yet`);
+const withWorkers = workers === undefined ? {} : { workers };
+
+if (chosen) conformanceSuite(resolve(chosen), { mode: mode ?? "tun", plans: plansWithKernelSelftests, ...withWorkers });
 else if (!randomOnly) {
-  for (const example of EXAMPLES) conformanceSuite(join(ROOT, "examples", example), WITH_KERNEL_SELFTESTS.has(example) ? { plans: plansWithKernelSelftests } : {});
-  for (const example of TAP_EXAMPLES) conformanceSuite(join(ROOT, "examples", example), { mode: "tap", plans: plansWithKernelSelftests });
+  for (const example of EXAMPLES) conformanceSuite(join(ROOT, "examples", example), { ...(WITH_KERNEL_SELFTESTS.has(example) ? { plans: plansWithKernelSelftests } : {}), ...withWorkers });
+  if (workers === undefined) {
+    for (const example of TAP_EXAMPLES) conformanceSuite(join(ROOT, "examples", example), { mode: "tap", plans: plansWithKernelSelftests });
+    for (const example of WORKERS_EXAMPLES) conformanceSuite(join(ROOT, "examples", example), { workers: WORKERS_IN_CI });
+  } else {
+    console.log(`qnat conformance: workers: ${workers} runs TUN ports only, so the TAP suites (${TAP_EXAMPLES.join(", ")}) are left out of this run`);
+  }
 }
 
 if (!chosen || seedText !== undefined) {
@@ -60,9 +81,10 @@ if (!chosen || seedText !== undefined) {
     const path = join(dir, `random-${router.seed.toString(16).padStart(8, "0")}.yaml`);
     writeFileSync(path, router.text);
     conformanceSuite(path, {
-      title: `random router ${i + 1} of ${count} from CONFORMANCE_SEED=${seedName} (config seed 0x${router.seed.toString(16).padStart(8, "0")})`,
+      title: `random router ${i + 1} of ${count} from CONFORMANCE_SEED=${seedName} (config seed 0x${router.seed.toString(16).padStart(8, "0")}${workers === undefined ? "" : `, workers: ${workers}`})`,
       plans: (configPath) => fastPlansFor(parseConfig(router.text, configPath)),
       preamble: router.text.trimEnd().split("\n"),
+      ...withWorkers,
     });
   }
 }

@@ -17,6 +17,7 @@ import { labDeviceOf, tapPortsWithoutTapLegs } from "../../src/control/host-setu
 import { buildKernelTwin, natRestoreText, randomTag, retagConfigText, tapVariantText, type KernelTwin } from "../../src/control/twin.js";
 import { isRoot as runningAsRoot } from "../../src/io/netns.js";
 import { setTimeout as sleep } from "node:timers/promises";
+import { withWorkersText } from "../../bench/e2e-lab.js";
 
 export const ROOT = resolve(import.meta.dirname, "../..");
 export const CLI = join(ROOT, "dist/src/cli/main.js");
@@ -220,11 +221,15 @@ export async function startKernelSide(configPath: string, original: RouterConfig
   };
 }
 
-/** qnat's lab of CONFIG (`qnat lab up` of a renamed copy in a temp directory). */
-export async function startQnatSide(configPath: string, original: RouterConfig, mode: HarnessMode = "tun"): Promise<Side> {
+/**
+ * qnat's lab of CONFIG (`qnat lab up` of a renamed copy in a temp directory); with `workers`, the
+ * copy says `workers: N` (bench/e2e-lab.ts withWorkersText), its nat changes (`qnat apply`) too.
+ */
+export async function startQnatSide(configPath: string, original: RouterConfig, mode: HarnessMode = "tun", workers?: number): Promise<Side> {
   if (!existsSync(CLI)) throw new Error(`${CLI} is missing: run npm run build`);
   const tag = randomTag("q");
-  const text = retagConfigText(configTextFor(configPath, mode), configPath, tag);
+  const retagged = retagConfigText(configTextFor(configPath, mode), configPath, tag);
+  const text = workers === undefined ? retagged : withWorkersText(retagged, workers);
   const config = parseConfig(text, configPath);
   const dir = mkdtempSync(join(tmpdir(), "qnat-conformance-"));
   const path = join(dir, "config.yaml");
@@ -858,9 +863,10 @@ export class ConformancePair {
     readonly qnat: Side,
   ) {}
 
-  static async start(configPath: string, mode: HarnessMode = "tun"): Promise<ConformancePair> {
+  /** `workers`: qnat runs with `workers: N` (withWorkersText); absent, the config as written. */
+  static async start(configPath: string, mode: HarnessMode = "tun", workers?: number): Promise<ConformancePair> {
     const original = parseConfig(configTextFor(configPath, mode), configPath);
-    const [kernel, qnat] = await Promise.allSettled([startKernelSide(configPath, original, mode), startQnatSide(configPath, original, mode)]);
+    const [kernel, qnat] = await Promise.allSettled([startKernelSide(configPath, original, mode), startQnatSide(configPath, original, mode, workers)]);
     if (kernel.status === "rejected" || qnat.status === "rejected") {
       if (kernel.status === "fulfilled") await kernel.value.teardown();
       if (qnat.status === "fulfilled") await qnat.value.teardown();

@@ -8,6 +8,8 @@
  * In TAP mode both routers run the config's Ethernet version (harness.ts HarnessMode), with the
  * scenarios of ethernet.ts too (ARP, host unreachable, traceroute's !H). A router that cannot
  * start (a tap port's legs opened as TUN devices included) fails the suite.
+ * With `workers: N` qnat forwards on N threads over one shared connection table; the kernel twin
+ * is the same, so the same scenarios must agree.
  */
 import { appendFileSync } from "node:fs";
 import { afterAll, beforeAll, describe, it } from "vitest";
@@ -40,6 +42,14 @@ export interface SuiteOptions {
   preamble?: readonly string[];
   /** `tun`: the config as written (default); `tap`: its Ethernet version, with ethernet.ts's scenarios too. */
   mode?: HarnessMode;
+  /** qnat runs with `workers: N` (bench/e2e-lab.ts withWorkersText); absent, the config as written. TUN mode only. */
+  workers?: number;
+}
+
+/** How a suite is named: the config, and the mode and workers when they are not the config's own. */
+function suiteTitle(configPath: string, mode: HarnessMode, workers: number | undefined): string {
+  const notes = [mode === "tap" ? "TAP mode" : "", workers === undefined ? "" : `workers: ${workers}`].filter((note) => note !== "");
+  return notes.length === 0 ? configPath : `${configPath} (${notes.join(", ")})`;
 }
 
 export function conformanceSuite(configPath: string, options: SuiteOptions = {}): void {
@@ -48,7 +58,9 @@ export function conformanceSuite(configPath: string, options: SuiteOptions = {})
   const make =
     options.plans ??
     ((path: string) => (mode === "tap" ? [...plansFor(configOf(path)), ...ethernetPlansFor(configOf(path))] : plansFor(configOf(path))));
-  const title = options.title ?? (mode === "tap" ? `${configPath} (TAP mode)` : configPath);
+  const workers = options.workers;
+  if (workers !== undefined && mode === "tap") throw new Error(`${configPath}: workers: ${workers} runs TUN ports only (qnat's workers do not forward TAP ports yet)`);
+  const title = options.title ?? suiteTitle(configPath, mode, workers);
   if (!isRoot) {
     console.warn(`test/conformance: not root, so the kernel-vs-qnat conformance scenarios for ${title} are skipped (they build network namespaces; CI runs them as root)`);
   }
@@ -70,7 +82,7 @@ export function conformanceSuite(configPath: string, options: SuiteOptions = {})
     beforeAll(async () => {
       started = Date.now();
       // Any failure to start (a tap port's legs opened as TUN included, harness.ts TapDatapathMissing) fails the suite.
-      pair = await ConformancePair.start(configPath, mode);
+      pair = await ConformancePair.start(configPath, mode, workers);
     }, 90_000);
     afterAll(async () => {
       if (pair) {
