@@ -13,15 +13,20 @@
  *   (a) qnat with TAP legs, against (b) the kernel twin on the same bridges (veths).
  * When this qnat build has no TAP legs (its router opens a tap port's wire leg as a TUN device),
  * (a) is reported as unavailable with the reason and only (b) is measured.
- * QNAT_BENCH_MODES=tun,tap (default both) chooses the modes.
+ * Workers, beside them (bench/e2e-workers.ts): qnat with `workers: 1` and `workers: 2` and the
+ * kernel's NAT on the seed's TUN topology, UDP 64-byte packets/s and TCP with `iperf3 -P 4`, the
+ * router's CPU per packet, the machine's core count with every figure; QNAT_BENCH_WORKERS_ROUNDS
+ * rounds of the three (default 3), each path's median round reported.
+ * `npm run bench:e2e -- --only tun|tap|workers` (a comma list) runs those parts alone;
+ * QNAT_BENCH_MODES=tun,tap,workers (default all three) is the same choice from the environment.
  *
  * Every topology is built under fresh names (qnt-<tag>-*), linked to nothing, and removed at the
  * end even on failure. Every iperf3/ping has a duration and a timeout.
- * Writes bench/results/latest.json (keys `e2e` and `e2eTap`, other keys kept), bench/results/e2e.md,
- * bench/results/e2e.svg and bench/results/e2e-tap.md.
+ * Writes bench/results/latest.json (keys `e2e`, `e2eTap` and `e2eWorkers`, other keys kept),
+ * bench/results/e2e.md, bench/results/e2e.svg, bench/results/e2e-tap.md and e2e-workers.md.
  */
 import { spawn } from "node:child_process";
-import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { cpus, hostname, loadavg, release, tmpdir } from "node:os";
 import { join } from "node:path";
 import { isRoot } from "../src/io/netns.js";
@@ -29,15 +34,14 @@ import { WireLegNotEthernetError } from "../src/control/host-setup.js";
 import { packageRoot, retagForRun, runTag, startKernelLab, startQnatLab, type Lab, type LabKind } from "./e2e-lab.js";
 import { escapeXml, mergeResults } from "./lib/report.js";
 import { ProgressLine } from "./lib/progress.js";
-import { setTimeout as sleep } from "node:timers/promises";
+import { inNs, iperf3, SLACK_MS, udpReceivedPerSecond, type IperfPath } from "./lib/iperf.js";
+import { measureWorkers, inMemoryScalingFrom, WORKERS_STEPS, workersTable } from "./e2e-workers.js";
 
 const TCP_SECONDS = Number(process.env.QNAT_BENCH_TCP_SECONDS ?? 5);
 const UDP_SECONDS = Number(process.env.QNAT_BENCH_UDP_SECONDS ?? 5);
 const PING_COUNT = Number(process.env.QNAT_BENCH_PING_COUNT ?? 200);
 const PING_INTERVAL_S = 0.01;
 const UDP_PAYLOAD = 64;
-/** Slack on top of a tool's own duration before it is killed. */
-const SLACK_MS = 15_000;
 
 const SERVER = "203.0.113.10"; // the outside host's loopback (qnat-external in the seed)
 const CLIENT = "10.0.0.3"; // a tenant VM without floating IP: SNAT to 9.186.100.2
@@ -53,57 +57,33 @@ interface Figures {
   pingP90Us: number;
 }
 
-/** QNAT_BENCH_MODES: which of TUN and TAP mode run (default both). */
-const MODES = (process.env.QNAT_BENCH_MODES ?? "tun,tap").split(",").map((m) => m.trim());
+/** The parts of the run: TUN mode, TAP mode and the workers comparison. */
+const PARTS = ["tun", "tap", "workers"] as const;
+
+/** `--only tun,workers` on the command line, else QNAT_BENCH_MODES, else every part. */
+function chosenParts(argv: readonly string[]): string[] {
+  const at = argv.findIndex((a) => a === "--only" || a.startsWith("--only="));
+  const list = at < 0 ? (process.env.QNAT_BENCH_MODES ?? PARTS.join(",")) : argv[at]!.startsWith("--only=") ? argv[at]!.slice("--only=".length) : (argv[at + 1] ?? "");
+  return list.split(",").map((m) => m.trim());
+}
+const MODES = chosenParts(process.argv.slice(2));
 /**
  * Steps: per path, its lab and three measurements (TUN mode three paths, then two profiled runs
- * unless QNAT_BENCH_PROFILE=0; TAP mode two paths).
+ * unless QNAT_BENCH_PROFILE=0; TAP mode two paths); the workers comparison's own (WORKERS_STEPS).
  */
 const PROFILING = process.env.QNAT_BENCH_PROFILE !== "0";
-const progress = new ProgressLine("bench:e2e", (MODES.includes("tun") ? 3 * 4 + (PROFILING ? 2 : 0) : 0) + (MODES.includes("tap") ? 2 * 4 : 0));
+const progress = new ProgressLine(
+  "bench:e2e",
+  (MODES.includes("tun") ? 3 * 4 + (PROFILING ? 2 : 0) : 0) + (MODES.includes("tap") ? 2 * 4 : 0) + (MODES.includes("workers") ? WORKERS_STEPS : 0),
+);
 
 function log(line: string): void {
   progress.print(() => process.stderr.write(`${line}\n`));
 }
 
-/** Runs a command inside a namespace, killed after `limitMs`; resolves with stdout (rejects on failure). */
-function inNs(netns: string, command: string, args: readonly string[], limitMs: number): Promise<string> {
-  return new Promise((resolve, reject) => {
-    const child = spawn("ip", ["netns", "exec", netns, "timeout", "-k", "2", String(Math.ceil(limitMs / 1000)), command, ...args], {
-      stdio: ["ignore", "pipe", "pipe"],
-    });
-    let out = "";
-    let err = "";
-    child.stdout!.on("data", (c: Buffer) => (out += c.toString()));
-    child.stderr!.on("data", (c: Buffer) => (err += c.toString()));
-    child.once("error", reject);
-    child.once("exit", (code) => {
-      if (code === 0) resolve(out);
-      else reject(new Error(`${command} ${args.join(" ")} in ${netns}: exit ${code}: ${(err || out).trim().split("\n").slice(-3).join(" | ")}`));
-    });
-  });
-}
-
-/** One iperf3 test: a one-shot server in `serverNs`, the client in `clientNs`; the client's JSON. */
-async function iperf3(serverNs: string, clientNs: string, port: number, clientArgs: readonly string[], seconds: number): Promise<IperfJson> {
-  const limit = seconds * 1000 + SLACK_MS;
-  const server = inNs(serverNs, "iperf3", ["-s", "-1", "-B", SERVER, "-p", String(port)], limit + 5000).catch(() => "");
-  await sleep(300);
-  let json: string;
-  try {
-    json = await inNs(clientNs, "iperf3", ["-c", SERVER, "-B", CLIENT, "-p", String(port), "-t", String(seconds), "-J", ...clientArgs], limit);
-  } finally {
-    await server;
-  }
-  return JSON.parse(json) as IperfJson;
-}
-
-interface IperfJson {
-  end: {
-    sum_sent?: { bits_per_second: number; retransmits?: number };
-    sum_received?: { bits_per_second: number };
-    sum?: { packets: number; lost_packets: number; seconds: number; lost_percent: number };
-  };
+/** The seed's TUN path of `lab`: tenant 10.0.0.3 -> the outside host's 203.0.113.10. */
+function seedPath(lab: Lab): IperfPath {
+  return { serverNs: lab.config.ports[1]!.wire.namespace, serverAddress: SERVER, clientNs: lab.config.ports[0]!.wire.namespace, clientAddress: CLIENT };
 }
 
 function quantile(sorted: readonly number[], q: number): number {
@@ -116,15 +96,14 @@ function quantile(sorted: readonly number[], q: number): number {
 
 async function measure(lab: Lab, portBase: number): Promise<Figures> {
   const tenant = lab.config.ports[0]!.wire.namespace;
-  const external = lab.config.ports[1]!.wire.namespace;
   // TCP and UDP first: they also warm up the router's JIT (a cold V8 pipeline adds ~50 us per
   // packet), so the ping that follows measures the steady state on every path.
   progress.step(`${lab.kind}: iperf3 TCP ${TCP_SECONDS} s`);
   log(`  iperf3 TCP ${TCP_SECONDS} s`);
-  const tcp = await iperf3(external, tenant, portBase, [], TCP_SECONDS);
+  const tcp = await iperf3(seedPath(lab), portBase, [], TCP_SECONDS);
   progress.step(`${lab.kind}: iperf3 UDP ${UDP_PAYLOAD}-byte ${UDP_SECONDS} s`);
   log(`  iperf3 UDP ${UDP_PAYLOAD}-byte ${UDP_SECONDS} s`);
-  const udp = await iperf3(external, tenant, portBase + 1, ["-u", "-l", String(UDP_PAYLOAD), "-b", "0"], UDP_SECONDS);
+  const udp = await iperf3(seedPath(lab), portBase + 1, ["-u", "-l", String(UDP_PAYLOAD), "-b", "0"], UDP_SECONDS);
 
   progress.step(`${lab.kind}: ping x${PING_COUNT}`);
   log(`  ping x${PING_COUNT}`);
@@ -136,7 +115,7 @@ async function measure(lab: Lab, portBase: number): Promise<Figures> {
   return {
     tcpBitsPerSecond: tcp.end.sum_received!.bits_per_second,
     tcpRetransmits: tcp.end.sum_sent!.retransmits ?? 0,
-    udpPacketsPerSecond: (sum.packets - sum.lost_packets) / sum.seconds,
+    udpPacketsPerSecond: udpReceivedPerSecond(udp),
     udpSentPacketsPerSecond: sum.packets / sum.seconds,
     udpLossPercent: sum.lost_percent,
     pingMedianUs: quantile(rtts, 0.5),
@@ -215,11 +194,9 @@ async function profileRouter(seed: string): Promise<{ tcp: ProfileEntry[]; udp: 
         "qnat",
         seed,
         async (lab) => {
-          const tenant = lab.config.ports[0]!.wire.namespace;
-          const external = lab.config.ports[1]!.wire.namespace;
           progress.step(`qnat: profiling under iperf3 ${load.toUpperCase()}`);
           log(`  profiling under iperf3 ${load.toUpperCase()}`);
-          await iperf3(external, tenant, 5301, load === "tcp" ? [] : ["-u", "-l", String(UDP_PAYLOAD), "-b", "0"], load === "tcp" ? TCP_SECONDS : UDP_SECONDS);
+          await iperf3(seedPath(lab), 5301, load === "tcp" ? [] : ["-u", "-l", String(UDP_PAYLOAD), "-b", "0"], load === "tcp" ? TCP_SECONDS : UDP_SECONDS);
         },
         dir,
       );
@@ -441,8 +418,8 @@ async function main(): Promise<number> {
     process.stderr.write("bench:e2e needs iperf3 (apt-get install iperf3)\n");
     return 1;
   }
-  if (MODES.some((m) => m !== "tun" && m !== "tap")) {
-    process.stderr.write(`bench:e2e: QNAT_BENCH_MODES is a list of tun and tap, not ${process.env.QNAT_BENCH_MODES}\n`);
+  if (MODES.length === 0 || MODES.some((m) => !(PARTS as readonly string[]).includes(m))) {
+    process.stderr.write(`bench:e2e: --only (or QNAT_BENCH_MODES) is a comma list of ${PARTS.join(", ")}, not "${MODES.join(",")}"\n`);
     return 2;
   }
   const cpu = cpus();
@@ -454,7 +431,7 @@ async function main(): Promise<number> {
   if (MODES.includes("tap")) {
     const loadAverage = loadavg()[0]!;
     const measured = await measureTap(seed, 5401);
-    progress.done();
+    if (!MODES.includes("workers")) progress.done();
     const { qnat, kernel } = measured.runs;
     const result: E2eTapResult = {
       date: new Date().toISOString(),
@@ -474,6 +451,14 @@ async function main(): Promise<number> {
     writeFileSync(join(dir, "e2e-tap.md"), tapTable(result));
     process.stdout.write(tapTable(result));
   }
+  if (MODES.includes("workers")) {
+    const latest: unknown = existsSync(latestPath) ? JSON.parse(readFileSync(latestPath, "utf8")) : undefined;
+    const result = await measureWorkers(seed, machine, { udp: UDP_SECONDS, tcp: TCP_SECONDS }, { step: (label) => progress.step(label), log }, inMemoryScalingFrom(latest));
+    progress.done();
+    mergeResults(latestPath, "e2eWorkers", result);
+    writeFileSync(join(dir, "e2e-workers.md"), workersTable(result));
+    process.stdout.write(workersTable(result));
+  }
   return 0;
 }
 
@@ -488,7 +473,7 @@ async function runTunMode(seed: string, machine: E2eResult["machine"], dir: stri
     log(`  ${kind}: TCP ${gbit(f.tcpBitsPerSecond)} Gbit/s (${f.tcpRetransmits} retr), UDP ${kpps(f.udpPacketsPerSecond)} kpps, ping median ${f.pingMedianUs.toFixed(0)} us`);
   }
   const profile = PROFILING ? await profileRouter(seed) : undefined;
-  if (!MODES.includes("tap")) progress.done();
+  if (!MODES.includes("tap") && !MODES.includes("workers")) progress.done();
 
   const result: E2eResult = {
     date: new Date().toISOString(),
