@@ -478,6 +478,7 @@ export async function startRouter(configPath: string, options: RouterOptions = {
   let forwarder: Forwarder | PassthroughForwarder = passthrough
     ? new PassthroughForwarder(legs, BATCH_SIZE, slotSize, headroom)
     : new Forwarder(dataplane, legs, BATCH_SIZE, slotSize, headroom);
+  if (forwarder instanceof Forwarder) forwarder.useQueues(0, workerCount);
   captures.attach(forwarder instanceof Forwarder ? forwarder : undefined);
   // Ethernet ports: a packet whose neighbour failed is answered by the dataplane (host
   // unreachable); the neighbour timers run; each address is announced (gratuitous ARP).

@@ -246,7 +246,7 @@ export class ForwardingWorkers {
    */
   releaseLeg(index: number): Promise<void> {
     // A worker started again before the leg is back must not be given the closed fds' numbers.
-    for (const t of this.threads) t.legs[index] = { ...t.legs[index]!, fd: -1 };
+    for (const t of this.threads) t.legs[index] = { ...t.legs[index]!, fd: -1, queues: [] };
     const remaining = new Set(this.threads.filter((t) => this.post(t, { type: "leg-down", index })).map((t) => t.number));
     if (remaining.size === 0) return Promise.resolve();
     return new Promise<void>((resolve) => {
@@ -366,12 +366,13 @@ export class MultiQueueLeg extends TunLeg {
     private readonly release: () => Promise<void>,
   ) {
     super(device);
+    this.queueFds = [device.fd, ...workerQueues.map((queue) => queue.fd)];
   }
 
   /** Worker w's queue as it is sent to it. */
   queueFor(worker: number): WorkerLegSetup {
     const device = this.workerQueues[worker - 1]!;
-    return { fd: device.fd, name: device.name, netns: device.netns ?? "" };
+    return { fd: device.fd, name: device.name, netns: device.netns ?? "", queues: this.queueFds! };
   }
 
   override close(): void {

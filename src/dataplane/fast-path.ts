@@ -55,6 +55,8 @@ export class EstablishedFastPath {
   lockFreePackets = 0;
   /** Keeps the prefetch loads observable so the compiler cannot drop them. */
   prefetchSink = 0;
+  /** The entry id of the last packet `forward` forwarded (read by the pipeline for multi-queue steering). */
+  hitConnection = -1;
   /** The connection (`id << 1 | dir`) of the latest packet forwarded here (a capture's comments read it). */
   lastConnection = -1;
   /**
@@ -440,6 +442,7 @@ export class EstablishedFastPath {
       rewriteForwardPlain(v, off, protocol, newSrc, newSport, newDst, newDport, l4Partial);
     }
     this.packet.nextHop = gateway !== 0 ? gateway : newDst | 0;
+    this.hitConnection = id;
     return egressOf(egress, LEG_WIRE);
   }
 

@@ -165,6 +165,12 @@ export class Dataplane {
   tracer: PipelineTracer | null = null;
   /** Set while a capture runs: what was decided for each packet of the batch (decisions.ts). */
   decisions: PacketDecisions | null = null;
+  /**
+   * With workers (N queues per device): the connection (entry id) each packet of the last batch
+   * belongs to, -1 for none, so the forwarder can write it through its connection's queue
+   * (io/forwarder.ts steerToOwners). Null, and not filled, on a one-worker router.
+   */
+  connections: Int32Array | null = null;
   /** The reason of the latest drop (for `decisions`). */
   private lastDrop = DropReason.None;
   /**
@@ -285,6 +291,7 @@ export class Dataplane {
     const packet = this.packet;
     this.fragmentOutput.clear();
     const decisions = this.decisions;
+    const connections = this.connections;
     for (let i = 0; i < batch.count; i++) {
       let length = batch.lengths[i]!;
       counters[base] += 1;
@@ -302,12 +309,17 @@ export class Dataplane {
       // A failure stays with its packet (STYLE.md rule 12): one try per packet around the whole
       // path, which V8 optimises like straight code; the throw itself only happens on a bug.
       if (decisions !== null) this.beginDecision();
+      if (connections !== null) {
+        this.established.hitConnection = -1;
+        packet.ct.id = -1;
+      }
       try {
         verdicts[i] = this.forwardOne(data, off, length, i, ingress, leg, fast, generated);
         nextHops[i] = packet.nextHop;
       } catch (error) {
         verdicts[i] = this.internalError(error, data, off, length, ingress);
       }
+      if (connections !== null) connections[i] = this.established.hitConnection >= 0 ? this.established.hitConnection : packet.ct.id;
       if (decisions !== null) this.noteDecision(decisions, i);
     }
     if (headroom !== 0) {

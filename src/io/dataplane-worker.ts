@@ -14,6 +14,7 @@
  */
 import { parentPort, workerData, type MessagePort } from "node:worker_threads";
 import { CryptoRng } from "../core/rng.js";
+import { workersOf } from "../config/config.js";
 import { buildDataplane } from "../dataplane/from-config.js";
 import { carryOverCounters } from "../dataplane/successor.js";
 import { warmUp } from "../dataplane/warmup.js";
@@ -39,11 +40,15 @@ export function runDataplaneWorker(setup: WorkerSetup, port: MessagePort): void 
   // One connection table and NAT state for every worker: the main thread's (from-config.ts shared).
   let dataplane = buildDataplane(config, { rng: new CryptoRng(), shared: setup.tables });
   dataplane.log = log;
-  const open = (leg: WorkerLegSetup): TunLeg =>
-    new TunLeg(TunDevice.fromFd(leg.fd, { name: leg.name, netns: leg.netns, vnetHdr: setup.vnetHdr, ownsFd: false }));
+  const open = (leg: WorkerLegSetup): TunLeg => {
+    const tunLeg = new TunLeg(TunDevice.fromFd(leg.fd, { name: leg.name, netns: leg.netns, vnetHdr: setup.vnetHdr, ownsFd: false }));
+    tunLeg.queueFds = leg.queues;
+    return tunLeg;
+  };
   // A leg that is down as the worker starts (fd -1: its queues were closed) waits for `leg-up`.
   const legs: (TunLeg | null)[] = setup.legs.map((leg) => (leg.fd < 0 ? null : open(leg)));
   const forwarder = new Forwarder(dataplane, legs.map((leg) => leg ?? new DownLeg()), setup.batchSize, setup.slotSize, setup.headroom);
+  forwarder.useQueues(setup.worker, workersOf(config));
   const loopStats = new LoopStats();
   /** A leg whose read, write or poll failed here: out of this worker's loop, and the main thread told. */
   const legFailed = (index: number, error: unknown): void => {

@@ -9,6 +9,13 @@ import { PacketBatch } from "../core/batch.js";
 import type { Dataplane } from "../dataplane/pipeline.js";
 import type { CaptureTap } from "./capture.js";
 import { LegSlots, legBit, type Leg } from "./leg.js";
+import { TunLeg } from "./tun-leg.js";
+
+/**
+ * A verdict of a packet steered to another queue of its leg's device: `leg + (queue + 1) *
+ * STEERED` (legs are numbered far below it).
+ */
+const STEERED = 1 << 16;
 
 export class Forwarder {
   private readonly rx: PacketBatch;
@@ -25,6 +32,12 @@ export class Forwarder {
   readonly slots: LegSlots;
   /** The running captures (io/capture.ts), null when there are none: then a batch costs nothing more. */
   private capture: CaptureTap | null = null;
+  /** `workers: N`: the queue of every device this forwarder reads, and N (useQueues). */
+  private queue = 0;
+  private queueCount = 1;
+  /** Packets written through another queue than this forwarder's, and those whose write failed. */
+  steeredPackets = 0;
+  steerErrors = 0;
 
   /**
    * `legs[port * 2 + leg]`: the wire leg and the mirror of every port (see dataplane/port.ts).
@@ -52,6 +65,19 @@ export class Forwarder {
     return this.rx.capacity;
   }
 
+  /**
+   * `workers: N`: this forwarder reads queue `queue` of every device of `count`. A packet of a
+   * connection is then written through queue `id % count` of its egress device, whichever thread
+   * forwarded it: the TUN driver steers a flow to the queue that last wrote it
+   * (tun_flow_update / tun_automq_select_queue), so both directions of a connection settle on one
+   * queue, hence one thread, and its packets are no longer forwarded by two threads at once (which
+   * reorders a TCP stream) nor moved from thread to thread as each writes (docs/multi-core.md).
+   */
+  useQueues(queue: number, count: number): void {
+    this.queue = queue;
+    this.queueCount = count;
+  }
+
   /** Starts (a tap with sessions) or stops (null) capturing, between two batches. */
   setCapture(capture: CaptureTap | null): void {
     this.capture = capture;
@@ -72,7 +98,9 @@ export class Forwarder {
     this.generated.clear();
     dataplane.processBatch(this.rx, index >> 1, index & 1, this.verdicts, this.generated, this.generatedVerdicts);
     if (capture !== null) capture.decided(this.verdicts, this.rx.count);
+    const steered = this.queueCount > 1 && this.steerToOwners(dataplane, this.rx, this.verdicts);
     this.flush(this.rx, this.verdicts);
+    if (steered) this.flushSteered(this.rx, this.verdicts);
     // Packets too big for their egress MTU left as fragments (dataplane/fragment-output.ts).
     const fragments = dataplane.fragmentOutput;
     if (fragments.batch.count > 0) this.flush(fragments.batch, fragments.verdicts);
@@ -110,6 +138,52 @@ export class Forwarder {
           break;
         }
       }
+    }
+  }
+
+  /**
+   * Marks the packets whose connection's queue (`id % queueCount`) is not this forwarder's with
+   * `STEERED` verdicts; true when there is any. A dataplane not yet asked for its packets'
+   * connections (the first batch, or the first after a live change) is asked now.
+   */
+  private steerToOwners(dataplane: Dataplane, batch: PacketBatch, verdicts: Int32Array): boolean {
+    const connections = dataplane.connections;
+    if (connections === null) {
+      dataplane.connections = new Int32Array(batch.capacity).fill(-1);
+      return false;
+    }
+    const count = this.queueCount;
+    const own = this.queue;
+    const legs = this.slots.legs;
+    let steered = false;
+    for (let i = 0; i < batch.count; i++) {
+      const verdict = verdicts[i]!;
+      const connection = connections[i]!;
+      if (verdict < 0 || connection < 0) continue;
+      const queue = connection % count;
+      if (queue === own) continue;
+      const leg = legs[verdict];
+      if (!(leg instanceof TunLeg) || leg.queueFds === null || leg.queueFds.length !== count) continue;
+      verdicts[i] = verdict + (queue + 1) * STEERED;
+      steered = true;
+    }
+    return steered;
+  }
+
+  /** Writes the packets `steerToOwners` marked, each through its connection's queue of its leg. */
+  private flushSteered(batch: PacketBatch, verdicts: Int32Array): void {
+    for (let i = 0; i < batch.count; i++) {
+      const want = verdicts[i]!;
+      if (want < STEERED) continue;
+      const legIndex = want & (STEERED - 1);
+      const leg = this.slots.legs[legIndex] as TunLeg;
+      try {
+        this.steeredPackets += leg.writeSelectedToQueue((want >>> 16) - 1, batch, verdicts, want);
+      } catch {
+        // The queue's device failed: the main thread's supervisor retires the leg; these are lost.
+        this.steerErrors++;
+      }
+      for (let j = i; j < batch.count; j++) if (verdicts[j] === want) verdicts[j] = legIndex;
     }
   }
 

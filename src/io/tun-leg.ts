@@ -25,6 +25,12 @@ export class TunLeg implements Leg {
   /** Packets not written because the device's queue was full (EAGAIN). */
   writeDropped = 0;
   lastWriteError: TunError | undefined;
+  /**
+   * A multi-queue device (`workers: N`): the fd of every queue of it, queue q at q (queue 0 the
+   * main thread's), so a packet can leave through its connection's queue (io/forwarder.ts). The
+   * main thread owns them all; null on a one-queue device.
+   */
+  queueFds: readonly number[] | null = null;
 
   private readonly addon: TunNative;
   private staging: PacketBatch | undefined;
@@ -44,8 +50,19 @@ export class TunLeg implements Leg {
 
   writeSelected(batch: PacketBatch, verdicts: Int32Array, want: number): number {
     if (!this.device.acceptsHeadroom(batch.headroom)) return this.writeRestaged(batch, verdicts, want);
+    return this.writeSelectedTo(this.device.fd, batch, verdicts, want);
+  }
+
+  /**
+   * `writeSelected` through queue `queue` of this device (`queueFds`), which another thread
+   * reads: the TUN driver then steers the flow's later packets to that queue.
+   */
+  writeSelectedToQueue(queue: number, batch: PacketBatch, verdicts: Int32Array, want: number): number {
+    return this.writeSelectedTo(this.queueFds![queue]!, batch, verdicts, want);
+  }
+
+  private writeSelectedTo(fd: number, batch: PacketBatch, verdicts: Int32Array, want: number): number {
     const count = batch.count;
-    const fd = this.device.fd;
     const headroom = batch.headroom;
     const vnet = this.device.vnetHeaderLength;
     const link = this.device.linkHeaderLength;

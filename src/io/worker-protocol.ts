@@ -18,6 +18,8 @@ import { LoopStats, type LoopSnapshot } from "./loop-stats.js";
 /** A leg's queue for worker i: queue i of the device (fds are process-wide). */
 export interface WorkerLegSetup {
   readonly fd: number;
+  /** The fd of every queue of the device, queue q at q (io/tun-leg.ts queueFds). */
+  readonly queues: readonly number[];
   /** The device's name and namespace (for log lines and errors). */
   readonly name: string;
   readonly netns: string;

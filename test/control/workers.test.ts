@@ -47,7 +47,7 @@ afterEach(async () => {
 });
 
 function standIns(workers: number, crashAfter: (worker: number) => number, log: string[]): ForwardingWorkers {
-  const queues = Array.from({ length: workers - 1 }, () => [{ fd: 99, name: "eth0", netns: "x" }]);
+  const queues = Array.from({ length: workers - 1 }, () => [{ fd: 99, name: "eth0", netns: "x", queues: [] }]);
   running = new ForwardingWorkers(BASE, queues, (line) => log.push(line), () => undefined, {
     spawnThread: (setup: WorkerSetup) => new Worker(STAND_IN, { eval: true, workerData: { setup, crashAfter: crashAfter(setup.worker) } }),
     // A loaded machine may start a thread slowly: the tests wait for every answer.

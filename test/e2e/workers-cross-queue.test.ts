@@ -139,6 +139,38 @@ class UdpAgent {
   }
 }
 
+/** Bulk TCP transfers of the settling test: sequential connections, bytes each, to a server outside. */
+const TCP_CONNECTIONS = 4;
+const TCP_BYTES = 8 << 20;
+const TCP_SERVER = `
+import socket
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("203.0.113.10", 7100))
+s.listen(8)
+s.settimeout(30)
+for _ in range(${TCP_CONNECTIONS}):
+    c, _ = s.accept()
+    c.settimeout(20)
+    n = 0
+    while True:
+        b = c.recv(65536)
+        if not b:
+            break
+        n += len(b)
+    c.sendall(("ok %d" % n).encode())
+    c.close()
+`;
+const TCP_CLIENT = `
+import socket
+c = socket.create_connection(("203.0.113.10", 7100), timeout=20)
+block = b"x" * 65536
+for _ in range(${TCP_BYTES} // 65536):
+    c.sendall(block)
+c.shutdown(socket.SHUT_WR)
+print(c.recv(100).decode())
+`;
+
 /** Packets the namespace's host has sent through each queue of `device` (`tc -s qdisc`: the mq qdisc's children, parent :1 is queue 0). */
 async function queueCounts(netns: string, device: string): Promise<Map<number, number>> {
   const text = await netnsExecAsync(netns, "tc", ["-s", "qdisc", "show", "dev", device]);
@@ -295,5 +327,34 @@ describe.skipIf(!isRoot)(`workers: ${WORKERS}: replies that come in on the other
     const crossed = attributed.filter((c) => c.originalQueue !== c.replyQueue);
     console.log(`workers-cross-queue: ${crossed.length} of ${attributed.length} replies came in on the other worker's queue\n${story}`);
     expect(crossed.length, story).toBeGreaterThan(0);
+  }, 60_000);
+
+  it(`TCP connections settle on their connection's queue: after the handshake both directions of each bulk transfer go through one queue, the same on both legs`, async () => {
+    // qnat writes every packet of a connection through queue (entry id % workers) of its egress
+    // device, whichever worker forwarded it (io/forwarder.ts useQueues), and the TUN driver steers
+    // a flow to the queue that last wrote it: so the client's data (into the tenant leg) and the
+    // server's ACKs (into the outside leg) both come in on that one queue, one worker. Without it
+    // the flow's queue follows whichever worker wrote last and a stream is forwarded by both at once.
+    const server = spawn("ip", ["netns", "exec", external.namespace, "python3", "-c", TCP_SERVER], { stdio: ["ignore", "pipe", "pipe"] });
+    try {
+      await sleep(300);
+      const spreads: string[] = [];
+      for (let n = 0; n < TCP_CONNECTIONS; n++) {
+        const before = [await queueCounts(tenant.namespace, tenant.device), await queueCounts(external.namespace, external.device)];
+        const answer = await netnsExecAsync(tenant.namespace, "python3", ["-c", TCP_CLIENT]);
+        expect(answer.trim()).toBe(`ok ${TCP_BYTES}`);
+        const after = [await queueCounts(tenant.namespace, tenant.device), await queueCounts(external.namespace, external.device)];
+        const perQueue = before.map((b, leg) => Array.from({ length: WORKERS }, (_, q) => (after[leg]!.get(q) ?? 0) - (b.get(q) ?? 0)));
+        spreads.push(`connection ${n}: into qnat from the tenant per queue ${perQueue[0]!.join("/")}, from the outside ${perQueue[1]!.join("/")}`);
+        const dominant = perQueue.map((counts) => counts.indexOf(Math.max(...counts)));
+        const story = spreads.join("\n");
+        // The handshake's first packets go by the flow hash (the driver learns a flow once a written packet was delivered).
+        for (const counts of perQueue) expect(Math.max(...counts) / counts.reduce((a, b) => a + b, 0), story).toBeGreaterThanOrEqual(0.9);
+        expect(dominant[0], story).toBe(dominant[1]);
+      }
+      console.log(`workers-cross-queue: ${spreads.join("; ")}`);
+    } finally {
+      server.kill();
+    }
   }, 60_000);
 });
