@@ -16,6 +16,12 @@ import { TunLeg } from "./tun-leg.js";
  * STEERED` (legs are numbered far below it).
  */
 const STEERED = 1 << 16;
+/**
+ * Connections go to queues in runs of 16 entry ids (`(id >> 4) % queues`), not one by one: the
+ * 16 lock-free sequence words of a run share a 64-byte cache line (conntrack/table.ts), so one
+ * thread writes each line and the threads do not take cache lines from each other per packet.
+ */
+const CONNECTIONS_PER_QUEUE_SHIFT = 4;
 
 export class Forwarder {
   private readonly rx: PacketBatch;
@@ -67,7 +73,7 @@ export class Forwarder {
 
   /**
    * `workers: N`: this forwarder reads queue `queue` of every device of `count`. A packet of a
-   * connection is then written through queue `id % count` of its egress device, whichever thread
+   * connection is then written through queue `(id >> 4) % count` of its egress device, whichever thread
    * forwarded it: the TUN driver steers a flow to the queue that last wrote it
    * (tun_flow_update / tun_automq_select_queue), so both directions of a connection settle on one
    * queue, hence one thread, and its packets are no longer forwarded by two threads at once (which
@@ -142,7 +148,7 @@ export class Forwarder {
   }
 
   /**
-   * Marks the packets whose connection's queue (`id % queueCount`) is not this forwarder's with
+   * Marks the packets whose connection's queue (`(id >> 4) % queueCount`) is not this forwarder's with
    * `STEERED` verdicts; true when there is any. A dataplane not yet asked for its packets'
    * connections (the first batch, or the first after a live change) is asked now.
    */
@@ -160,7 +166,7 @@ export class Forwarder {
       const verdict = verdicts[i]!;
       const connection = connections[i]!;
       if (verdict < 0 || connection < 0) continue;
-      const queue = connection % count;
+      const queue = (connection >> CONNECTIONS_PER_QUEUE_SHIFT) % count;
       if (queue === own) continue;
       const leg = legs[verdict];
       if (!(leg instanceof TunLeg) || leg.queueFds === null || leg.queueFds.length !== count) continue;
