@@ -3,8 +3,8 @@
  * of 256 pre-built 64-byte packets, as `npm run bench`'s "established UDP with SNAT, 64k flows")
  * through 1 and 2 worker threads, each with its own Dataplane over ONE shared conntrack table and
  * NAT state (docs/multi-core.md "Shared tables"), in one run. The main thread makes the tables
- * and establishes the flows; each worker attaches, takes its share of the flows (as a queue of a
- * multi-queue TUN device would get them by flow hash) and forwards them as fast as it can for the
+ * and establishes the flows; each worker attaches, takes its share of the flows (as the router
+ * steers connections to queues, in runs of 16 entry ids) and forwards them as fast as it can for the
  * same wall-clock window, started together through a shared gate. Aggregate packets/s is the sum.
  *
  * Also measured, for what the lock costs: one worker over a table of its own (not shared: the lock
@@ -31,7 +31,10 @@ interface WorkerJob {
   shared: SharedTables | null;
   /** The lock-free established path (Dataplane.lockFreeFastPath); off: every batch takes the lock. */
   lockFree: boolean;
-  /** This worker's share: flows i with i % of === index. */
+  /**
+   * This worker's share: flows i with (i >> 4) % of === index — the router's steering (io/forwarder.ts:
+   * a connection's queue is (entry id >> 4) % workers; the flows are established in id order).
+   */
   index: number;
   of: number;
   gate: Int32Array;
@@ -57,7 +60,7 @@ function runWorker(job: WorkerJob): WorkerResult {
   let packets: Uint8Array[] = [];
   if (job.shared === null) packets = establishTenantFlows(router, flows);
   else for (let i = 0; i < FLOWS; i++) packets.push(udpPacket(flows.src[i]!, flows.dst[i]!, flows.sport[i]!, flows.dport[i]!));
-  const mine: Uint8Array[] = packets.filter((_, i) => i % job.of === job.index);
+  const mine: Uint8Array[] = packets.filter((_, i) => (i >> 4) % job.of === job.index);
   const template = new PacketTemplate(mine, shuffled(mine.length, 0x5eed + job.index));
   const driver = new Driver(router.dataplane);
   router.dataplane.lockFreeFastPath = job.lockFree;
