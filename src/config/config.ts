@@ -667,7 +667,6 @@ function parseConfigWith(
     // Not yet with several forwarding threads (docs/multi-core.md "What runs on one worker only").
     const tap = ports.find((p) => p.wire.mode === "tap");
     if (tap !== undefined) fail(workersNode, `workers ${workers.count}: port ${tap.name} has wire.mode: tap, whose ARP and neighbour table run on one thread; use workers: 1 with tap ports`);
-    if (capture !== undefined) fail(workersNode, `workers ${workers.count}: capture would see one thread's packets only; captures need workers: 1`);
   }
   return {
     file, id, namespace, ports, routes, nat, metadata, lab, conntrack: { max: conntrackMax, tcpBeLiberal, dropInvalid }, rpFilter, arpIgnore, arpAnnounce,

@@ -40,6 +40,7 @@ import {
 } from "../io/pcapng.js";
 import type { CaptureConfig, RouterConfig } from "../config/config.js";
 import { PcapngFileWriter } from "./capture-file.js";
+import { RemoteCapture, captureStartMessage, type CaptureWorkers } from "./worker-capture.js";
 import type { ControlResponse, ControlTakeover } from "./socket.js";
 
 /** `{"cmd":"capture",...}` on the control socket. */
@@ -60,6 +61,8 @@ export const MAX_RING_BYTES = 1024 * 1024 * 1024;
 const DRAIN_BUDGET = 512;
 /** How long the drain sleeps when the ring is empty. */
 const DRAIN_IDLE_MS = 10;
+/** How long a capture that ends waits for the worker threads' last packets. */
+const WORKER_STOP_WAIT_MS = 1000;
 /** Captures one router runs at once. */
 export const MAX_CAPTURES = 4;
 
@@ -180,12 +183,20 @@ export function drainSession(session: CaptureSession, context: CommentContext, b
   return [{ type: BLOCK_ENHANCED_PACKET, bytes: out }];
 }
 
-/** The Interface Statistics Blocks that close a capture. */
-export function captureStatistics(session: CaptureSession): PcapngBlock[] {
+/** The Interface Statistics Blocks that close a capture (with the worker threads' packets, `remote`). */
+export function captureStatistics(session: CaptureSession, remote?: RemoteCapture): PcapngBlock[] {
   const now = nowMicroseconds();
+  const seen = remote?.seen();
+  const lost = remote?.lost();
   return session.interfaces.map((_, id) => ({
     type: BLOCK_INTERFACE_STATISTICS,
-    bytes: interfaceStatisticsBlock({ interfaceId: id, microseconds: now, startMicroseconds: session.startedAt, received: session.seen[id]!, dropped: session.lost[id]! }),
+    bytes: interfaceStatisticsBlock({
+      interfaceId: id,
+      microseconds: now,
+      startMicroseconds: session.startedAt,
+      received: session.seen[id]! + (seen?.[id] ?? 0),
+      dropped: session.lost[id]! + (lost?.[id] ?? 0),
+    }),
   }));
 }
 
@@ -258,6 +269,8 @@ export class FileCaptureOutput implements CaptureOutput {
 
 interface RunningCapture {
   readonly session: CaptureSession;
+  /** The worker threads' packets of this capture (workers: N > 1). */
+  readonly remote: RemoteCapture | undefined;
   stop(): void;
   readonly done: Promise<CaptureSummary>;
 }
@@ -272,6 +285,8 @@ export class RouterCaptures {
   private readonly running = new Set<RunningCapture>();
   private capturedBefore = 0;
   private lostBefore = 0;
+  private workers: CaptureWorkers | undefined;
+  private nextId = 1;
 
   constructor(
     batchCapacity: number,
@@ -296,12 +311,21 @@ export class RouterCaptures {
     forwarder?.setCapture(this.tap.empty ? null : this.tap);
   }
 
+  /** With workers: N > 1, every capture runs a tap on each worker thread too (control/worker-capture.ts). */
+  useWorkers(workers: CaptureWorkers | undefined): void {
+    this.workers = workers;
+    if (workers === undefined) return;
+    workers.onCaptureChunk = (worker, chunk) => {
+      for (const run of this.running) if (run.remote?.id === chunk.id) run.remote.received(worker, chunk);
+    };
+  }
+
   stats(): CaptureStatsView {
     let captured = this.capturedBefore;
     let lost = this.lostBefore;
     for (const run of this.running) {
-      captured += run.session.admitted - run.session.pending;
-      lost += run.session.lostTotal;
+      captured += run.session.admitted - run.session.pending + (run.remote?.captured ?? 0);
+      lost += run.session.lostTotal + (run.remote?.lostTotal ?? 0);
     }
     return { running: this.running.size, captured, lost };
   }
@@ -315,13 +339,17 @@ export class RouterCaptures {
     const ring = ringBytes === undefined ? {} : { bytes: ringBytes, records: Math.max(16, Math.min(8192, Math.floor(ringBytes / 64))) };
     const session = new CaptureSession(interfaces, config.ports.length * 2, count, ring);
     let stopping = false;
+    const id = this.nextId++;
+    const reached = this.workers?.broadcast(captureStartMessage(id, interfaces, config.ports.length * 2, ringBytes));
+    const remote = reached === undefined ? undefined : new RemoteCapture(id, reached, interfaces.length);
     const run: RunningCapture = {
       session,
+      remote,
       stop: () => {
         stopping = true;
         session.close();
       },
-      done: this.drive(session, output, () => stopping),
+      done: this.drive(session, output, () => stopping, remote, count),
     };
     this.running.add(run);
     this.tap.add(session);
@@ -330,8 +358,8 @@ export class RouterCaptures {
       this.running.delete(run);
       this.tap.remove(session);
       if (this.tap.empty) this.forwarder?.setCapture(null);
-      this.capturedBefore += session.admitted - session.pending;
-      this.lostBefore += session.lostTotal;
+      this.capturedBefore += session.admitted - session.pending + (remote?.captured ?? 0);
+      this.lostBefore += session.lostTotal + (remote?.lostTotal ?? 0);
     });
     return run;
   }
@@ -401,31 +429,49 @@ export class RouterCaptures {
     clearTimeout(timer);
   }
 
-  private async drive(session: CaptureSession, output: CaptureOutput, stopping: () => boolean): Promise<CaptureSummary> {
+  private async drive(session: CaptureSession, output: CaptureOutput, stopping: () => boolean, remote: RemoteCapture | undefined, count: number): Promise<CaptureSummary> {
     let captured = 0;
     const cache = new CommentCache();
     let composedFor: Dataplane | undefined;
+    /** With workers: when the workers were told to stop (their last chunks are awaited a while). */
+    let workersStoppedAt = -1;
+    const lost = (): number => session.lostTotal + (remote?.lostTotal ?? 0);
     try {
       output.write(captureHeader(session.interfaces));
       for (;;) {
-        if (output.gone) return { captured, lost: session.lostTotal };
+        if (output.gone) return { captured, lost: lost() };
         if (stopping() || (output instanceof SocketCaptureOutput && output.ended)) session.close();
+        if (remote !== undefined && session.closed && workersStoppedAt < 0) {
+          this.workers?.broadcast({ type: "capture-stop", id: remote.id });
+          workersStoppedAt = performance.now();
+        }
         const before = session.pending;
         // A live change brings a new dataplane, perhaps other rules: comments are composed anew.
         const dataplane = this.dataplane();
         if (dataplane !== composedFor) cache.clear();
         composedFor = dataplane;
-        const blocks = drainSession(session, commentContextOf(dataplane), DRAIN_BUDGET, cache);
-        captured += before - session.pending;
+        // The workers' last chunks count as in only once merged (they arrive between two awaits).
+        const workersComplete = remote === undefined || remote.complete;
+        let blocks = drainSession(session, commentContextOf(dataplane), DRAIN_BUDGET, cache);
+        if (remote === undefined) captured += before - session.pending;
+        else {
+          // The workers' packets join the main thread's in time order; the count holds for them all.
+          const merged = remote.merge(blocks, count > 0 ? count - captured : Infinity);
+          blocks = merged.blocks;
+          captured += merged.packets;
+          if (count > 0 && captured >= count) session.close();
+        }
         if (blocks.length > 0 && !output.write(blocks)) await output.drained();
-        if (session.finished) break;
+        const workersDone = workersComplete || (workersStoppedAt >= 0 && performance.now() - workersStoppedAt > WORKER_STOP_WAIT_MS);
+        if (session.finished && workersDone) break;
         if (session.pending === 0) await sleep(DRAIN_IDLE_MS);
         else await nextTurn();
       }
-      if (!output.gone) output.write(captureStatistics(session));
-      return { captured, lost: session.lostTotal };
+      if (!output.gone) output.write(captureStatistics(session, remote));
+      return { captured, lost: lost() };
     } finally {
       session.close();
+      if (remote !== undefined && workersStoppedAt < 0) this.workers?.broadcast({ type: "capture-stop", id: remote.id });
       await output.close();
     }
   }

@@ -29,7 +29,8 @@
  * (IFF_MULTI_QUEUE); this thread forwards queue 0 with the same loop as before (io/pump-loop.ts)
  * and keeps the whole control plane, N - 1 worker threads forward the others, each with its own
  * dataplane attached to this one's connection table and NAT state (SharedArrayBuffers); show,
- * top, metrics and rules counters add every thread's counters up. Captures, tap ports,
+ * top, metrics and rules counters add every thread's counters up; a capture runs a tap on every
+ * thread and merges their packets into one file (control/worker-capture.ts). Tap ports,
  * pass-through and ports added or removed live need one worker and are refused in one line.
  *
  * Faults stay where they happen: a packet that makes the pipeline throw is one DropReason.Internal
@@ -297,7 +298,6 @@ export async function startRouter(configPath: string, options: RouterOptions = {
     const wires = config.ports.map((p) => p.wire);
     if (request.cmd === "apply" || request.cmd === "rules") return liveRequest(request);
     if (request.cmd === "capture") {
-      if (workers !== undefined) return { ok: false, error: `router ${config.namespace} forwards on ${workers.count} workers: a capture would see one thread's packets only; captures need workers: 1` };
       return captures.answer(request);
     }
     if (request.cmd === "trace") {
@@ -788,12 +788,15 @@ export async function startRouter(configPath: string, options: RouterOptions = {
       (index, code, message) => supervisor!.fail(index, Object.assign(new Error(message), { code })),
     );
     workers = running;
+    // Every capture runs a tap on each worker too (control/worker-capture.ts).
+    captures.useWorkers(running);
     try {
       workerWarmUps = await running.start();
     } catch (error) {
       await running.stop();
       await running.end();
       workers = undefined;
+      captures.useWorkers(undefined);
       supervisor!.stop();
       clearInterval(legTicks);
       if (housekeeping !== undefined) clearInterval(housekeeping);

@@ -151,6 +151,9 @@ export class ForwardingWorkers {
       case "stopped":
         this.stops.get(t.number)?.();
         return;
+      case "capture-chunk":
+        this.onCaptureChunk?.(t.number, message);
+        return;
       case "applied": {
         const change = this.applies.get(message.id);
         if (change === undefined) return;
@@ -197,6 +200,14 @@ export class ForwardingWorkers {
       if (change.remaining.delete(number) && change.remaining.size === 0) change.done();
     }
     this.stops.get(number)?.();
+  }
+
+  /** Every chunk of captured packets a worker sends (control/worker-capture.ts). */
+  onCaptureChunk: ((worker: number, chunk: Extract<FromWorker, { type: "capture-chunk" }>) => void) | null = null;
+
+  /** Posts `message` to every running worker; the workers it reached. */
+  broadcast(message: ToWorker): number[] {
+    return this.threads.filter((t) => this.post(t, message)).map((t) => t.number);
   }
 
   private post(t: WorkerThread, message: ToWorker): boolean {

@@ -19,6 +19,8 @@ import { buildDataplane } from "../dataplane/from-config.js";
 import { carryOverCounters } from "../dataplane/successor.js";
 import { warmUp } from "../dataplane/warmup.js";
 import { Forwarder } from "./forwarder.js";
+// The worker's side of a capture (its tap and ring, drained off the loop): control/worker-capture.ts.
+import { WorkerCaptures } from "../control/worker-capture.js";
 import { DownLeg } from "./leg.js";
 import { LoopStats } from "./loop-stats.js";
 import { PumpLoop } from "./pump-loop.js";
@@ -50,6 +52,8 @@ export function runDataplaneWorker(setup: WorkerSetup, port: MessagePort): void 
   const forwarder = new Forwarder(dataplane, legs.map((leg) => leg ?? new DownLeg()), setup.batchSize, setup.slotSize, setup.headroom);
   forwarder.useQueues(setup.worker, workersOf(config));
   const loopStats = new LoopStats();
+  // Captures (`qnat capture` with workers: N): a tap on this thread's forwarder only while one runs.
+  const captures = new WorkerCaptures(setup.batchSize, forwarder, () => dataplane, (message, transfer) => port.postMessage(message, transfer));
   /** A leg whose read, write or poll failed here: out of this worker's loop, and the main thread told. */
   const legFailed = (index: number, error: unknown): void => {
     legs[index]?.device.stopReadable();
@@ -106,6 +110,12 @@ export function runDataplaneWorker(setup: WorkerSetup, port: MessagePort): void 
         }
         return;
       }
+      case "capture-start":
+        captures.start(message);
+        return;
+      case "capture-stop":
+        captures.stop(message.id);
+        return;
       case "leg-up": {
         const leg = open(message.leg);
         legs[message.index] = leg;
@@ -118,6 +128,7 @@ export function runDataplaneWorker(setup: WorkerSetup, port: MessagePort): void 
         // returns, so nothing is held; the worker ends once its port closes.
         clearInterval(housekeeping);
         for (const leg of legs) leg?.device.stopReadable();
+        captures.stopAll();
         post({ type: "stopped" });
         port.close();
         return;

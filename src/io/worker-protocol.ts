@@ -12,6 +12,7 @@ import type { RouterConfig } from "../config/config.js";
 import type { SharedTables } from "../dataplane/from-config.js";
 import { NetfilterNat } from "../dataplane/netfilter-nat.js";
 import type { Dataplane } from "../dataplane/pipeline.js";
+import type { CaptureInterface } from "./capture.js";
 import type { CompiledRules } from "../nat/rules/evaluate.js";
 import { LoopStats, type LoopSnapshot } from "./loop-stats.js";
 
@@ -80,7 +81,11 @@ export type ToWorker =
   /** Leg `index` was re-created: this worker's queue of it. */
   | { readonly type: "leg-up"; readonly index: number; readonly leg: WorkerLegSetup }
   /** A live change (same ports): build the successor dataplane of `config` and swap it in between two batches. */
-  | { readonly type: "apply"; readonly id: number; readonly config: RouterConfig };
+  | { readonly type: "apply"; readonly id: number; readonly config: RouterConfig }
+  /** Capture `id` starts: a tap of the same interfaces (io/capture.ts), put on the forwarder between two batches. */
+  | { readonly type: "capture-start"; readonly id: number; readonly interfaces: readonly CaptureInterface[]; readonly legCount: number; readonly ringBytes?: number }
+  /** Capture `id` ends: its tap comes off, what its ring holds is sent with `last`. */
+  | { readonly type: "capture-stop"; readonly id: number };
 
 /** From a worker. */
 export type FromWorker =
@@ -92,7 +97,13 @@ export type FromWorker =
   | { readonly type: "released"; readonly index: number; readonly fd: number }
   /** The live change `id` is in place (or `error`: nothing changed in this worker). */
   | { readonly type: "applied"; readonly id: number; readonly error?: string }
-  | { readonly type: "stopped" };
+  | { readonly type: "stopped" }
+  /**
+   * Packets of capture `id` as pcapng Enhanced Packet Blocks one after the other (their
+   * timestamps, interface ids and comments in them), transferred; `seen` and `lost` per interface
+   * are the worker's totals so far. `last`: the capture ended in this worker.
+   */
+  | { readonly type: "capture-chunk"; readonly id: number; readonly blocks: ArrayBuffer; readonly seen: readonly number[]; readonly lost: readonly number[]; readonly last: boolean };
 
 /** A copy of `dataplane`'s own counters (control plane: allocates). */
 export function countersOf(dataplane: Dataplane): DataplaneCounters {

@@ -1,0 +1,230 @@
+/**
+ * Captures with `workers: N` (docs/multi-core.md): every worker thread has a tap of its own
+ * (io/capture.ts CaptureTap, the same interfaces as the main thread's session) and a ring of its
+ * own; off its packet loop it drains the ring into pcapng Enhanced Packet Blocks with their
+ * comments (control/capture.ts drainSession) and posts them to the main thread in chunks,
+ * transferring their ArrayBuffers. The main thread merges them with its own packets into the one
+ * pcapng file, in time order within each flush of the drain (the reorder window: what arrived
+ * in one turn of the drain, about DRAIN_IDLE_MS; packets of two flushes are never reordered).
+ *
+ * Bounded: chunks the main thread has not written yet hold at most MAX_QUEUED_BYTES per capture;
+ * a chunk past that (the output is slower than the packets) is counted lost, per worker.
+ */
+import type { Dataplane } from "../dataplane/pipeline.js";
+import { CaptureSession, CaptureTap, type CaptureInterface } from "../io/capture.js";
+import type { Forwarder } from "../io/forwarder.js";
+import { BLOCK_ENHANCED_PACKET, type PcapngBlock } from "../io/pcapng.js";
+import type { FromWorker, ToWorker } from "../io/worker-protocol.js";
+import { CommentCache, commentContextOf, drainSession } from "./capture.js";
+
+/** How often a worker drains its captures' rings. */
+const WORKER_DRAIN_MS = 10;
+/** Packets a worker writes out per chunk. */
+const WORKER_CHUNK_PACKETS = 512;
+/** Chunks of one capture waiting for the main thread's output, in bytes. */
+export const MAX_QUEUED_BYTES = 32 * 1024 * 1024;
+
+type CaptureChunk = Extract<FromWorker, { type: "capture-chunk" }>;
+type CaptureStart = Extract<ToWorker, { type: "capture-start" }>;
+
+/** A worker thread's captures: its tap on its forwarder while one runs, null otherwise. */
+export class WorkerCaptures {
+  private tap: CaptureTap | null = null;
+  private readonly sessions = new Map<number, { readonly session: CaptureSession; readonly cache: CommentCache }>();
+  private timer: NodeJS.Timeout | null = null;
+
+  constructor(
+    private readonly batchSize: number,
+    private readonly forwarder: Forwarder,
+    private readonly dataplane: () => Dataplane,
+    private readonly post: (message: FromWorker, transfer: ArrayBuffer[]) => void,
+  ) {}
+
+  /** Between two batches: a session of the capture's interfaces on this thread's tap. */
+  start(message: CaptureStart): void {
+    // Tap ports run with workers: 1 only (config.ts): every leg here carries bare IPv4.
+    this.tap ??= new CaptureTap(this.batchSize, []);
+    const ring = message.ringBytes === undefined ? {} : { bytes: message.ringBytes, records: Math.max(16, Math.min(8192, Math.floor(message.ringBytes / 64))) };
+    const session = new CaptureSession(message.interfaces, message.legCount, 0, ring);
+    this.sessions.set(message.id, { session, cache: new CommentCache() });
+    this.tap.add(session);
+    this.forwarder.setCapture(this.tap);
+    this.timer ??= setInterval(() => this.flushAll(), WORKER_DRAIN_MS);
+  }
+
+  /** The capture ends here: its tap comes off, what its ring holds goes out with `last`. */
+  stop(id: number): void {
+    const entry = this.sessions.get(id);
+    if (entry === undefined) {
+      this.post({ type: "capture-chunk", id, blocks: new ArrayBuffer(0), seen: [], lost: [], last: true }, []);
+      return;
+    }
+    entry.session.close();
+    this.tap?.remove(entry.session);
+    if (this.tap?.empty === true) this.forwarder.setCapture(null);
+    this.flush(id, entry.session, entry.cache, true);
+    this.sessions.delete(id);
+    if (this.sessions.size === 0 && this.timer !== null) {
+      clearInterval(this.timer);
+      this.timer = null;
+    }
+  }
+
+  /** The worker stops: every capture ends. */
+  stopAll(): void {
+    for (const id of [...this.sessions.keys()]) this.stop(id);
+  }
+
+  private flushAll(): void {
+    for (const [id, entry] of this.sessions) this.flush(id, entry.session, entry.cache, false);
+  }
+
+  private flush(id: number, session: CaptureSession, cache: CommentCache, last: boolean): void {
+    const context = commentContextOf(this.dataplane());
+    do {
+      const blocks = drainSession(session, context, WORKER_CHUNK_PACKETS, cache);
+      const bytes = blocks[0]?.bytes;
+      if (bytes === undefined && !last) return;
+      const buffer = bytes === undefined ? new ArrayBuffer(0) : ownBuffer(bytes);
+      const done = last && session.pending === 0;
+      this.post({ type: "capture-chunk", id, blocks: buffer, seen: [...session.seen], lost: [...session.lost], last: done }, [buffer]);
+      if (done) return;
+    } while (session.pending > 0);
+  }
+}
+
+/** An ArrayBuffer that holds exactly `bytes` (transferable). */
+function ownBuffer(bytes: Buffer): ArrayBuffer {
+  if (bytes.byteOffset === 0 && bytes.buffer.byteLength === bytes.length && bytes.buffer instanceof ArrayBuffer) return bytes.buffer;
+  const copy = new ArrayBuffer(bytes.length);
+  new Uint8Array(copy).set(bytes);
+  return copy;
+}
+
+/** Who the main thread's captures talk to: the worker threads (control/workers.ts). */
+export interface CaptureWorkers {
+  /** Posts `message` to every running worker; returns the workers it reached. */
+  broadcast(message: ToWorker): number[];
+  /** Called with every chunk a worker sends. */
+  onCaptureChunk: ((worker: number, chunk: CaptureChunk) => void) | null;
+}
+
+/** One capture's packets from the workers, waiting to be merged into the main thread's output. */
+export class RemoteCapture {
+  private readonly queued: Buffer[] = [];
+  private queuedBytes = 0;
+  /** Per worker: its seen and lost per interface (its latest totals), and chunks lost here. */
+  private readonly seenOf = new Map<number, readonly number[]>();
+  private readonly lostOf = new Map<number, readonly number[]>();
+  private readonly behindOf = new Map<number, Float64Array>();
+  private readonly waiting: Set<number>;
+  /** Packets from the workers written out. */
+  captured = 0;
+
+  constructor(
+    readonly id: number,
+    workers: readonly number[],
+    private readonly interfaceCount: number,
+  ) {
+    this.waiting = new Set(workers);
+  }
+
+  /** Every worker sent its last chunk. */
+  get complete(): boolean {
+    return this.waiting.size === 0;
+  }
+
+  received(worker: number, chunk: CaptureChunk): void {
+    this.seenOf.set(worker, chunk.seen);
+    this.lostOf.set(worker, chunk.lost);
+    if (chunk.last) this.waiting.delete(worker);
+    const bytes = Buffer.from(chunk.blocks);
+    if (bytes.length === 0) return;
+    if (this.queuedBytes + bytes.length > MAX_QUEUED_BYTES) {
+      // The output is behind: this chunk's packets are lost (counted per worker and interface).
+      const behind = this.behindOf.get(worker) ?? new Float64Array(this.interfaceCount);
+      this.behindOf.set(worker, behind);
+      for (let at = 0; at + 12 <= bytes.length; at += bytes.readUInt32LE(at + 4)) {
+        const iface = bytes.readUInt32LE(at + 8);
+        if (iface < behind.length) behind[iface]! += 1;
+      }
+      return;
+    }
+    this.queued.push(bytes);
+    this.queuedBytes += bytes.length;
+  }
+
+  /** The workers' seen packets per interface. */
+  seen(): Float64Array {
+    return this.sum([...this.seenOf.values()]);
+  }
+
+  /** The workers' lost packets per interface: their rings' and those the main thread could not hold. */
+  lost(): Float64Array {
+    return this.sum([...this.lostOf.values(), ...this.behindOf.values()]);
+  }
+
+  get lostTotal(): number {
+    return this.lost().reduce((a, b) => a + b, 0);
+  }
+
+  /**
+   * The main thread's `blocks` (runs of Enhanced Packet Blocks) and every chunk waiting, as one
+   * run in time order (stable: one thread's packets keep their order); at most `limit` packets
+   * (Infinity: all), the rest dropped. Returns the run and how many packets it holds.
+   */
+  merge(blocks: readonly PcapngBlock[], limit: number): { blocks: PcapngBlock[]; packets: number; fromWorkers: number } {
+    if (this.queued.length === 0 && limit === Infinity) {
+      const packets = blocks.reduce((n, b) => n + countBlocks(b.bytes), 0);
+      return { blocks: [...blocks], packets, fromWorkers: 0 };
+    }
+    const entries: { bytes: Buffer; at: number; length: number; time: number; remote: boolean }[] = [];
+    const add = (bytes: Buffer, remote: boolean): void => {
+      for (let at = 0; at + 28 <= bytes.length; ) {
+        const length = bytes.readUInt32LE(at + 4);
+        if (length < 28 || at + length > bytes.length) break;
+        entries.push({ bytes, at, length, time: bytes.readUInt32LE(at + 12) * 0x1_0000_0000 + bytes.readUInt32LE(at + 16), remote });
+        at += length;
+      }
+    };
+    for (const block of blocks) add(block.bytes, false);
+    for (const bytes of this.queued) add(bytes, true);
+    this.queued.length = 0;
+    this.queuedBytes = 0;
+    entries.sort((a, b) => a.time - b.time);
+    const kept = entries.length > limit ? entries.slice(0, Math.max(0, limit)) : entries;
+    if (kept.length === 0) return { blocks: [], packets: 0, fromWorkers: 0 };
+    const out = Buffer.alloc(kept.reduce((n, e) => n + e.length, 0));
+    let at = 0;
+    let fromWorkers = 0;
+    for (const e of kept) {
+      e.bytes.copy(out, at, e.at, e.at + e.length);
+      at += e.length;
+      if (e.remote) fromWorkers++;
+    }
+    this.captured += fromWorkers;
+    return { blocks: [{ type: BLOCK_ENHANCED_PACKET, bytes: out }], packets: kept.length, fromWorkers };
+  }
+
+  private sum(rows: readonly ArrayLike<number>[]): Float64Array {
+    const total = new Float64Array(this.interfaceCount);
+    for (const row of rows) for (let i = 0; i < total.length && i < row.length; i++) total[i]! += row[i]!;
+    return total;
+  }
+}
+
+/** Enhanced Packet Blocks in a run of them. */
+function countBlocks(bytes: Buffer): number {
+  let n = 0;
+  for (let at = 0; at + 8 <= bytes.length; n++) {
+    const length = bytes.readUInt32LE(at + 4);
+    if (length < 12) break;
+    at += length;
+  }
+  return n;
+}
+
+/** The start message of a capture of `interfaces` for the workers. */
+export function captureStartMessage(id: number, interfaces: readonly CaptureInterface[], legCount: number, ringBytes: number | undefined): ToWorker {
+  return { type: "capture-start", id, interfaces, legCount, ...(ringBytes !== undefined ? { ringBytes } : {}) };
+}
