@@ -46,7 +46,7 @@ describe("workers: the threads that forward", () => {
     expect(errorOf(withWorkers("{ count: 2 }"))).toBe(`bad.yaml:${line}: workers must be a whole number of threads or auto, not a mapping`);
   });
 
-  it("tap ports and a capture from the start run on one thread: with workers: 2 they are one line at the workers line", () => {
+  it("tap ports run on one thread: with workers: 2 they are one line at the workers line; a capture from the start runs on every thread", () => {
     const ethernetText = readFileSync("examples/seed-ethernet.yaml", "utf8");
     const ethernetLine = ethernetText.split("\n").length;
     expect(errorOf(`${ethernetText}workers: 2\n`)).toBe(
@@ -54,6 +54,8 @@ describe("workers: the threads that forward", () => {
     );
     expect(workersOf(parseConfig(`${ethernetText}workers: 1\n`, "x.yaml"))).toBe(1);
     const capture = `${seedText}capture:\n  file: /var/tmp/q.pcapng\nworkers: 2\n`;
-    expect(errorOf(capture)).toBe(`bad.yaml:${line + 2}: workers 2: capture would see one thread's packets only; captures need workers: 1`);
+    const parsed = parseConfig(capture, "x.yaml");
+    expect(workersOf(parsed)).toBe(2);
+    expect(parsed.capture?.file).toBe("/var/tmp/q.pcapng");
   });
 });
