@@ -4,7 +4,8 @@
  * `capture:` of both ports starts with the router; 32 UDP flows from 10.0.0.3 cross it, which the
  * kernel spreads over both queues (the main thread's and the worker's); the one pcapng file
  * holds every datagram and every answer of every flow, before and after NAT, each with the
- * comment that says what qnat did, and `show stats` counts them all. Bounded in time and count.
+ * comment that says what qnat did, and `show stats` counts them all; `qnat capture -c 100`
+ * takes 100 packets of every thread's together. Bounded in time and count.
  */
 import { spawn, spawnSync, type ChildProcess } from "node:child_process";
 import { mkdtempSync, readFileSync, rmSync } from "node:fs";
@@ -28,6 +29,7 @@ const SEED = resolve(import.meta.dirname, "../../examples/seed.yaml");
 const QR = "qr-694450d6-f6";
 const QG = "qg-e76de35e-90";
 const WAIT_MS = 10_000;
+const MAIN = resolve(import.meta.dirname, "../../dist/src/cli/main.js");
 const FLOWS = 32;
 const PER_FLOW = 10;
 
@@ -101,8 +103,19 @@ describe.skipIf(!isRoot || !hasTools)("a capture of both ports with workers: 2",
     return response.data as StatsView;
   }
 
+  /** Runs UDP_FLOWS from 10.0.0.3 to 203.0.113.10:PORT; every datagram is answered. */
+  function udpFlows(port: number): void {
+    const client = spawnSync("ip", ["netns", "exec", tenant, process.execPath, "-e", UDP_FLOWS, String(FLOWS), String(PER_FLOW), "10.0.0.3", "203.0.113.10", String(port)], {
+      encoding: "utf8",
+      timeout: 20_000,
+    });
+    expect(JSON.parse(client.stdout)).toEqual({ sent: FLOWS * PER_FLOW, answered: FLOWS * PER_FLOW });
+  }
+
   beforeAll(async () => {
     lab = await startQnatLab(text, config);
+    await startIn(external, UDP_WHO_AM_I, ["203.0.113.10", "7000"], children);
+    await startIn(external, UDP_WHO_AM_I, ["203.0.113.10", "7001"], children);
   }, 60_000);
   afterAll(async () => {
     for (const child of children) child.kill("SIGKILL");
@@ -118,14 +131,25 @@ describe.skipIf(!isRoot || !hasTools)("a capture of both ports with workers: 2",
     expect(lab!.output!()).toContain(`capturing ${QR}, ${QG} (wire) to ${file}`);
   });
 
+  it("qnat capture -c 100 of both ports while the flows cross both threads: 100 packets in all, then it ends by itself", async () => {
+    const second = join(dir, "count.pcapng");
+    const capture = spawn(process.execPath, [MAIN, "capture", QR, QG, "-c", "100", "--router", config.namespace, "-w", second], { stdio: ["ignore", "ignore", "pipe"] });
+    children.push(capture);
+    let stderr = "";
+    capture.stderr!.on("data", (chunk: Buffer) => (stderr += chunk.toString()));
+    const exited = new Promise<number | null>((done) => capture.once("exit", (code) => done(code)));
+    const started = Date.now();
+    while (!stderr.includes("capturing") && capture.exitCode === null && Date.now() - started < WAIT_MS) await sleep(20);
+    expect(stderr).toContain("capturing");
+    udpFlows(7001);
+    expect(await Promise.race([exited, sleep(WAIT_MS).then(() => "still running")]), stderr).toBe(0);
+    expect(stderr).toContain("100 packets captured, 0 lost by the capture");
+    expect(run("tcpdump", ["-nn", "-r", second]).split("\n").filter((line) => line !== "")).toHaveLength(100);
+  }, 30_000);
+
   it(`${FLOWS} UDP flows cross both threads: the one file holds every datagram and answer, before and after SNAT, with its comment`, async () => {
-    await startIn(external, UDP_WHO_AM_I, ["203.0.113.10", "7000"], children);
     const before = await stats();
-    const client = spawnSync("ip", ["netns", "exec", tenant, process.execPath, "-e", UDP_FLOWS, String(FLOWS), String(PER_FLOW), "10.0.0.3", "203.0.113.10", "7000"], {
-      encoding: "utf8",
-      timeout: 20_000,
-    });
-    expect(JSON.parse(client.stdout)).toEqual({ sent: FLOWS * PER_FLOW, answered: FLOWS * PER_FLOW });
+    udpFlows(7000);
     const after = await stats();
     // Both threads carried some of the flows (the kernel spreads them over the queues by hash).
     for (const [i, w] of after.workers!.entries()) expect(w.rxPackets - (before.workers![i]?.rxPackets ?? 0)).toBeGreaterThan(0);
