@@ -1,7 +1,7 @@
 /**
  * The forwarding threads of a router with `workers: N` (N > 1): the main thread forwards queue 0
  * of every leg and keeps the control plane; `ForwardingWorkers` starts N - 1 worker_threads
- * (io/dataplane-worker.ts), worker i forwarding queue i of every leg, and speaks for them:
+ * (control/dataplane-worker.ts), worker i forwarding queue i of every leg, and speaks for them:
  *
  *   - counters: `counters()` asks every worker for a copy of its dataplane's counters (over its
  *     MessagePort, answered between two batches) so `show stats`, `show ports`, `top` and the
@@ -36,8 +36,8 @@ export const STOP_TIMEOUT_MS = 400;
 export const RESTART_LIMIT = 5;
 export const RESTART_WINDOW_MS = 60_000;
 
-/** The module a worker thread runs: dist/src/io/dataplane-worker.js beside this file's dist/src/control. */
-const WORKER_MODULE = new URL("../io/dataplane-worker.js", import.meta.url);
+/** The module a worker thread runs: dataplane-worker.js beside this file in dist/src/control. */
+const WORKER_MODULE = new URL("./dataplane-worker.js", import.meta.url);
 
 /** Everything a worker is started with but its number and queues. */
 export type WorkerBase = Omit<WorkerSetup, "worker" | "legs">;
@@ -55,7 +55,7 @@ interface WorkerThread {
 }
 
 export interface ForwardingWorkersOptions {
-  /** Starts one worker thread (tests: a stand-in script); default: io/dataplane-worker.ts. */
+  /** Starts one worker thread (tests: a stand-in script); default: control/dataplane-worker.ts. */
   readonly spawnThread?: (setup: WorkerSetup) => Worker;
   /** How long `counters()` waits for each worker (default COUNTERS_TIMEOUT_MS). */
   readonly countersTimeoutMs?: number;

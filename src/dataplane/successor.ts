@@ -2,7 +2,7 @@
  * What a dataplane built to replace a running one (a live change: `qnat apply`, SIGHUP, `qnat
  * rules restore`; dataplane/from-config.ts `successorOf`) inherits besides the connection table
  * and NAT state it shares: the counters. The router's main thread and every worker thread
- * (io/dataplane-worker.ts) swap their dataplanes with it.
+ * (control/dataplane-worker.ts) swap their dataplanes with it.
  */
 import { NetfilterNat } from "./netfilter-nat.js";
 import type { Dataplane } from "./pipeline.js";

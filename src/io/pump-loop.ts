@@ -3,7 +3,7 @@
  * pumps that leg a bounded number of batches (PUMP_BUDGET), so no leg starves the others, then
  * reads again the legs it wrote to (`sweep`) or busy-polls every leg for a short window
  * (`spinPoll`, QNAT_SPIN_US). The router's main thread runs one (control/router-process.ts) and
- * so does every worker thread (io/dataplane-worker.ts), each over its own queue of every leg.
+ * so does every worker thread (control/dataplane-worker.ts), each over its own queue of every leg.
  *
  * The last line of defence: the pipeline contains a packet's exception and the legs their own
  * (io/leg.ts LegSlots), so nothing should reach the loop; if something does, it is logged at most

@@ -1,5 +1,5 @@
 /**
- * What the router's main thread and its worker threads (`workers: N`, io/dataplane-worker.ts,
+ * What the router's main thread and its worker threads (`workers: N`, control/dataplane-worker.ts,
  * control/workers.ts) tell each other over a worker's MessagePort: plain data only (the structured
  * clone of postMessage), typed here once for both sides.
  *

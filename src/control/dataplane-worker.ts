@@ -18,15 +18,14 @@ import { workersOf } from "../config/config.js";
 import { buildDataplane } from "../dataplane/from-config.js";
 import { carryOverCounters } from "../dataplane/successor.js";
 import { warmUp } from "../dataplane/warmup.js";
-import { Forwarder } from "./forwarder.js";
-// The worker's side of a capture (its tap and ring, drained off the loop): control/worker-capture.ts.
-import { WorkerCaptures } from "../control/worker-capture.js";
-import { DownLeg } from "./leg.js";
-import { LoopStats } from "./loop-stats.js";
-import { PumpLoop } from "./pump-loop.js";
-import { TunDevice, type TunError } from "./tun.js";
-import { TunLeg } from "./tun-leg.js";
-import { countersOf, type FromWorker, type ToWorker, type WorkerLegSetup, type WorkerSetup } from "./worker-protocol.js";
+import { Forwarder } from "../io/forwarder.js";
+import { WorkerCaptures } from "./worker-capture.js";
+import { DownLeg } from "../io/leg.js";
+import { LoopStats } from "../io/loop-stats.js";
+import { PumpLoop } from "../io/pump-loop.js";
+import { TunDevice, type TunError } from "../io/tun.js";
+import { TunLeg } from "../io/tun-leg.js";
+import { countersOf, type FromWorker, type ToWorker, type WorkerLegSetup, type WorkerSetup } from "../io/worker-protocol.js";
 
 /** Conntrack expiry also runs when no packet arrives (as the main thread's housekeeping timer). */
 const HOUSEKEEPING_INTERVAL_MS = 1000;
