@@ -19,6 +19,7 @@ import { controlRequest, controlSocketPath } from "../../src/control/socket.js";
 import type { StatsView } from "../../src/control/show.js";
 import { retagForRun, runTag, startQnatLab, type Lab } from "../../bench/e2e-lab.js";
 import { readPcapng } from "../support/pcapng-reader.js";
+import { startIn, UDP_FLOWS, UDP_WHO_AM_I } from "../support/workers-traffic.js";
 
 const isRoot = runningAsRoot();
 const hasTools = ["tcpdump", "tshark"].every((tool) => spawnSync("sh", ["-c", `command -v ${tool}`]).status === 0);
@@ -32,52 +33,6 @@ const WAIT_MS = 10_000;
 const MAIN = resolve(import.meta.dirname, "../../dist/src/cli/main.js");
 const FLOWS = 32;
 const PER_FLOW = 10;
-
-/** A UDP server on HOST:PORT that answers every datagram with the address and port it came from. */
-const UDP_WHO_AM_I = `
-const socket = require("dgram").createSocket("udp4");
-socket.on("message", (m, from) => socket.send(from.address + ":" + from.port, from.port, from.address));
-socket.bind(Number(process.argv[2]), process.argv[1], () => console.log("ready"));
-setTimeout(() => process.exit(0), 60000);`;
-
-/** FLOWS sockets on SOURCE, each sending PER_FLOW datagrams to DEST:PORT, the next when the last was answered; one JSON line. */
-const UDP_FLOWS = `
-const dgram = require("dgram");
-const [flows, perFlow, source, dest, port] = process.argv.slice(1).map((v, i) => (i < 2 ? Number(v) : v));
-let sent = 0, answered = 0, bound = 0;
-const sockets = [];
-const done = () => { console.log(JSON.stringify({ sent, answered })); process.exit(0); };
-setTimeout(done, 8000);
-const send = (s) => s.send("x", Number(port), dest, () => sent++);
-for (let i = 0; i < flows; i++) {
-  const s = dgram.createSocket("udp4");
-  sockets.push(s);
-  let mine = 0;
-  s.on("message", () => {
-    answered++;
-    if (++mine < perFlow) send(s);
-    else if (answered === flows * perFlow) done();
-  });
-  s.bind(0, source, () => {
-    if (++bound === flows) for (const t of sockets) send(t);
-  });
-}`;
-
-function startIn(netns: string, script: string, args: readonly string[], children: ChildProcess[]): Promise<ChildProcess> {
-  return new Promise((done, reject) => {
-    const child = spawn("ip", ["netns", "exec", netns, process.execPath, "-e", script, ...args], { stdio: ["ignore", "pipe", "pipe"] });
-    children.push(child);
-    const timer = setTimeout(() => reject(new Error(`script in ${netns} did not start`)), WAIT_MS);
-    child.stdout!.once("data", () => {
-      clearTimeout(timer);
-      done(child);
-    });
-    child.once("exit", (code) => {
-      clearTimeout(timer);
-      reject(new Error(`script in ${netns} exited (${code})`));
-    });
-  });
-}
 
 function run(command: string, args: readonly string[]): string {
   const result = spawnSync(command, args, { encoding: "utf8", timeout: 20_000, maxBuffer: 64 * 1024 * 1024 });
@@ -109,7 +64,7 @@ describe.skipIf(!isRoot || !hasTools)("a capture of both ports with workers: 2",
       encoding: "utf8",
       timeout: 20_000,
     });
-    expect(JSON.parse(client.stdout)).toEqual({ sent: FLOWS * PER_FLOW, answered: FLOWS * PER_FLOW });
+    expect(JSON.parse(client.stdout)).toMatchObject({ sent: FLOWS * PER_FLOW, answered: FLOWS * PER_FLOW });
   }
 
   beforeAll(async () => {

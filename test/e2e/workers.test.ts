@@ -9,7 +9,7 @@
  * (adding a port live) is refused in one line; SIGTERM ends both threads and exits 0.
  * Every command is bounded in time and count.
  */
-import { spawn, spawnSync, type ChildProcess } from "node:child_process";
+import { spawnSync, type ChildProcess } from "node:child_process";
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
@@ -22,6 +22,7 @@ import { STATE_FLAG_AT_STOP } from "../../src/control/state-file.js";
 import { labUp, pingUntil } from "../../src/control/lab.js";
 import type { PortView, StatsView } from "../../src/control/show.js";
 import { retagForRun, runTag, startQnatLab, type Lab } from "../../bench/e2e-lab.js";
+import { startIn, UDP_FLOWS, UDP_WHO_AM_I } from "../support/workers-traffic.js";
 
 const isRoot = runningAsRoot();
 if (!isRoot) console.warn("test/e2e/workers.test.ts: not root, so the two-worker router tests are skipped");
@@ -38,60 +39,6 @@ const [host, port] = process.argv.slice(1);
 require("http").createServer((req, res) => res.end("seen " + req.socket.remoteAddress.replace(/^::ffff:/, "") + "\\n"))
   .listen(Number(port), host, () => console.log("ready"));
 setTimeout(() => process.exit(0), 60000);`;
-
-/** A UDP server on HOST:PORT that answers every datagram with the address and port it came from. */
-const UDP_WHO_AM_I = `
-const socket = require("dgram").createSocket("udp4");
-socket.on("message", (m, from) => socket.send(from.address + ":" + from.port, from.port, from.address));
-socket.bind(Number(process.argv[2]), process.argv[1], () => console.log("ready"));
-setTimeout(() => process.exit(0), 60000);`;
-
-/**
- * FLOWS sockets bound to SOURCE, each sending PER_FLOW datagrams to DEST:PORT one after the other
- * (the next when the last was answered: at most FLOWS in flight, so no socket buffer overflows);
- * prints one JSON line: the datagrams sent and answered, and per local port the address:port the
- * server saw.
- */
-const UDP_FLOWS = `
-const dgram = require("dgram");
-const [flows, perFlow, source, dest, port] = process.argv.slice(1).map((v, i) => (i < 2 ? Number(v) : v));
-const seen = {};
-let sent = 0, answered = 0, bound = 0;
-const sockets = [];
-const done = () => { console.log(JSON.stringify({ sent, answered, seen })); process.exit(0); };
-setTimeout(done, 8000);
-const send = (s) => s.send("x", Number(port), dest, () => sent++);
-for (let i = 0; i < flows; i++) {
-  const s = dgram.createSocket("udp4");
-  sockets.push(s);
-  let mine = 0;
-  s.on("message", (m) => {
-    seen[s.address().port] = m.toString();
-    answered++;
-    if (++mine < perFlow) send(s);
-    else if (answered === flows * perFlow) done();
-  });
-  s.bind(0, source, () => {
-    if (++bound === flows) for (const t of sockets) send(t);
-  });
-}`;
-
-/** Starts a node script in a namespace; resolves once it printed its first line (bounded). */
-function startIn(netns: string, script: string, args: readonly string[], children: ChildProcess[]): Promise<ChildProcess> {
-  return new Promise((done, reject) => {
-    const child = spawn("ip", ["netns", "exec", netns, process.execPath, "-e", script, ...args], { stdio: ["ignore", "pipe", "pipe"] });
-    children.push(child);
-    const timer = setTimeout(() => reject(new Error(`script in ${netns} did not start`)), WAIT_MS);
-    child.stdout!.once("data", () => {
-      clearTimeout(timer);
-      done(child);
-    });
-    child.once("exit", (code) => {
-      clearTimeout(timer);
-      reject(new Error(`script in ${netns} exited (${code})`));
-    });
-  });
-}
 
 function inNs(netns: string, command: string, args: readonly string[]): { code: number | null; stdout: string } {
   const result = spawnSync("ip", ["netns", "exec", netns, command, ...args], { encoding: "utf8", timeout: 20_000 });
