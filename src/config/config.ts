@@ -213,6 +213,19 @@ export function workersOf(config: RouterConfig): number {
   return config.workers?.count ?? 1;
 }
 
+/**
+ * `qnat run` with `QNAT_WORKERS=N|auto` in its environment: the workers of a config that has no
+ * `workers:` line (its own line wins). Unset or empty: the config as it is. A value that is not
+ * a whole number 1..MAX_WORKERS or `auto` is a ConfigError at the config's line 0.
+ */
+export function withWorkersFromEnvironment(config: RouterConfig, value: string | undefined): RouterConfig {
+  if (value === undefined || value === "" || config.workers !== undefined) return config;
+  if (value === "auto") return { ...config, workers: { count: Math.min(availableParallelism(), MAX_WORKERS), auto: true, line: 0 } };
+  const count = /^\d+$/.test(value) ? Number(value) : Number.NaN;
+  if (!(count >= 1 && count <= MAX_WORKERS)) throw new ConfigError(config.file, 0, `QNAT_WORKERS=${value}: give a whole number of threads 1..${MAX_WORKERS} or auto`);
+  return { ...config, workers: { count, auto: false, line: 0 } };
+}
+
 /** The rp_filter Linux applies on a port: the larger of conf/all and conf/DEV (off < strict < loose). */
 export function effectiveRpFilter(config: RouterConfig, port: PortConfig): RpFilterMode {
   return RP_FILTER_MODES[Math.max(RP_FILTER_MODES.indexOf(config.rpFilter), RP_FILTER_MODES.indexOf(port.rpFilter))]!;

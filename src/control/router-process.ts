@@ -46,7 +46,7 @@
 import { readFileSync } from "node:fs";
 import { formatCidr } from "../core/addr.js";
 import { CryptoRng } from "../core/rng.js";
-import { type RouterConfig, effectiveArpAnnounce, effectiveArpIgnore, loadConfig, parseConfigInPieces, workersOf } from "../config/config.js";
+import { type RouterConfig, effectiveArpAnnounce, effectiveArpIgnore, loadConfig, parseConfigInPieces, withWorkersFromEnvironment, workersOf } from "../config/config.js";
 import { ConntrackCursor } from "../conntrack/format.js";
 import { buildDataplane, sharedTablesOf } from "../dataplane/from-config.js";
 import { NetfilterNat } from "../dataplane/netfilter-nat.js";
@@ -168,7 +168,7 @@ export function envMicroseconds(name: string, fallback: number, env: NodeJS.Proc
 
 /** The checks of `qnat run` that touch nothing: returns what the router needs. */
 export function prepareRouter(configPath: string): { config: RouterConfig; dataplane: Dataplane; rules: NatTable } {
-  const config = loadConfig(configPath);
+  const config = withWorkersFromEnvironment(loadConfig(configPath), process.env.QNAT_WORKERS);
   const rules = parseConfigRules(config);
   // Fresh random hash keys and NAT randomness for every start (crypto.getRandomValues), so
   // nobody can aim tuples at one conntrack bucket or predict the ports NAT hands out.
@@ -577,7 +577,7 @@ export async function startRouter(configPath: string, options: RouterOptions = {
     changing = run.catch(() => undefined);
     return run;
   };
-  const applyText = (text: string, file: string): Promise<string[]> => applyConfig(() => parseConfigInPieces(text, file));
+  const applyText = (text: string, file: string): Promise<string[]> => applyConfig(async () => withWorkersFromEnvironment(await parseConfigInPieces(text, file), process.env.QNAT_WORKERS));
   const applyNow = async (next: RouterConfig): Promise<string[]> => {
     // Checked completely before anything changes: the rules parsed here, the routes and the
     // compiled rules by buildDataplane below (each failure a ConfigError at its FILE:LINE).

@@ -6,7 +6,7 @@
 import { readFileSync } from "node:fs";
 import { availableParallelism } from "node:os";
 import { describe, expect, it } from "vitest";
-import { loadConfig, MAX_WORKERS, parseConfig, workersOf } from "../../src/config/config.js";
+import { loadConfig, MAX_WORKERS, parseConfig, withWorkersFromEnvironment, workersOf } from "../../src/config/config.js";
 import { configErrorOf } from "../support/config-error.js";
 
 const seedText = readFileSync("examples/seed.yaml", "utf8");
@@ -33,6 +33,19 @@ describe("workers: the threads that forward", () => {
   it("auto is one per core of this machine, at most the TUN queue limit", () => {
     const config = parseConfig(withWorkers("auto"), "x.yaml");
     expect(config.workers).toEqual({ count: Math.min(availableParallelism(), 256), auto: true, line });
+  });
+
+  it("QNAT_WORKERS gives the workers of a config without a workers line; the config's own line wins", () => {
+    const seed = parseConfig(seedText, "seed.yaml");
+    expect(withWorkersFromEnvironment(seed, undefined)).toBe(seed);
+    expect(withWorkersFromEnvironment(seed, "")).toBe(seed);
+    expect(withWorkersFromEnvironment(seed, "2").workers).toEqual({ count: 2, auto: false, line: 0 });
+    expect(workersOf(withWorkersFromEnvironment(seed, "auto"))).toBe(Math.min(availableParallelism(), 256));
+    const three = parseConfig(withWorkers("3"), "x.yaml");
+    expect(workersOf(withWorkersFromEnvironment(three, "2"))).toBe(3);
+    for (const bad of ["0", "257", "two", "1.5", "-1", " 2"]) {
+      expect(() => withWorkersFromEnvironment(seed, bad)).toThrow(`seed.yaml:0: QNAT_WORKERS=${bad}: give a whole number of threads 1..256 or auto`);
+    }
   });
 
   it("each mistake is one line at its place", () => {
