@@ -13,6 +13,7 @@
  * what a projection to more cores needs. Every figure is stated with the machine's core count
  * (os.availableParallelism()) and the load average around the run.
  */
+import { execFileSync } from "node:child_process";
 import { readdirSync, readFileSync } from "node:fs";
 import { availableParallelism, loadavg } from "node:os";
 import { controlRequest, controlSocketPath } from "../src/control/socket.js";
@@ -80,9 +81,11 @@ export interface E2eWorkersResult {
   settings: { udpSeconds: number; tcpSeconds: number; udpPayloadBytes: number; streams: number };
   topology: string;
   /** Each path's median: the UDP figures of its round with the median UDP rate, the TCP ones of its median TCP round. */
-  runs: { qnat1: WorkersFigures; qnat2: WorkersFigures; kernel: WorkersFigures };
-  /** Every round, in the order run (each round: qnat 1 worker, 2 workers, the kernel). */
-  rounds: Array<{ qnat1: WorkersFigures; qnat2: WorkersFigures; kernel: WorkersFigures }>;
+  runs: WorkersRound;
+  /** Every round, in the order run (each round: the build before worker threads if given, qnat 1 worker, 2 workers, the kernel). */
+  rounds: WorkersRound[];
+  /** The build before worker threads that ran as `before` (QNAT_BENCH_BEFORE), by its commit. */
+  before?: { root: string; commit: string };
   ratios: {
     udpTwoOverOneWorker: number;
     tcpTwoOverOneWorker: number;
@@ -90,11 +93,29 @@ export interface E2eWorkersResult {
     udpTwoWorkersOverKernel: number;
     tcpOneWorkerOverKernel: number;
     tcpTwoWorkersOverKernel: number;
+    /** One worker against the build before worker threads, same run (absent without QNAT_BENCH_BEFORE). */
+    udpOneWorkerOverBefore?: number;
+    tcpOneWorkerOverBefore?: number;
   };
   /** The issue's target: two workers >= 1.4x one worker on 64-byte UDP. */
   target: { udpTwoOverOneAtLeast: number; met: boolean };
   projection: WorkersProjection;
 }
+
+/** One round's paths: qnat with 1 and 2 workers, the kernel, and the build before worker threads when given. */
+export interface WorkersRound {
+  qnat1: WorkersFigures;
+  qnat2: WorkersFigures;
+  kernel: WorkersFigures;
+  before?: WorkersFigures;
+}
+
+/**
+ * QNAT_BENCH_BEFORE=DIR: a built qnat tree from before worker threads (for this repository,
+ * `git worktree add DIR d1ada0c && cd DIR && npm ci && npm run build`), run with one thread in
+ * every round beside this one: "one worker is no slower than before", in the same run.
+ */
+export const BEFORE_ROOT = process.env.QNAT_BENCH_BEFORE;
 
 export interface WorkersHooks {
   /** A new step of the run (the progress line). */
@@ -110,7 +131,7 @@ export interface WorkersHooks {
 export const WORKERS_ROUNDS = Number(process.env.QNAT_BENCH_WORKERS_ROUNDS ?? 3);
 
 /** The steps measureWorkers reports: per round and path, its lab, UDP and TCP. */
-export const WORKERS_STEPS = WORKERS_ROUNDS * 3 * 3;
+export const WORKERS_STEPS = WORKERS_ROUNDS * (BEFORE_ROOT === undefined ? 3 : 4) * 3;
 
 // ---- router CPU from /proc ---------------------------------------------------------------------
 
@@ -225,13 +246,17 @@ async function measurePath(lab: Lab, label: string, portBase: number, seconds: {
   return figures;
 }
 
-async function withWorkersLab<T>(seed: string, workers: number | "kernel", hooks: WorkersHooks, use: (lab: Lab) => Promise<T>): Promise<T> {
+/** A path: qnat with N workers, the kernel's NAT, or the build at `before` (its config has no workers line). */
+type WorkersPath = number | "kernel" | { before: string };
+
+async function withWorkersLab<T>(seed: string, workers: WorkersPath, hooks: WorkersHooks, use: (lab: Lab) => Promise<T>): Promise<T> {
   const tag = runTag();
-  const label = workers === "kernel" ? "kernel NAT" : `qnat workers: ${workers}`;
+  const label = workers === "kernel" ? "kernel NAT" : typeof workers === "number" ? `qnat workers: ${workers}` : "qnat before worker threads";
   hooks.step(`${label}: starting the lab`);
   hooks.log(`${label}: namespaces qnt-${tag}-*`);
-  const { text, config } = retagForRun(seed, tag, "tun", workers === "kernel" ? undefined : workers);
-  const lab = workers === "kernel" ? await startKernelLab(config) : await startQnatLab(text, config);
+  const { text, config } = retagForRun(seed, tag, "tun", typeof workers === "number" ? workers : undefined);
+  const lab =
+    workers === "kernel" ? await startKernelLab(config) : typeof workers === "number" ? await startQnatLab(text, config) : await startQnatLab(text, config, { root: workers.before });
   try {
     return await use(lab);
   } finally {
@@ -334,22 +359,25 @@ export async function measureWorkers(
   inMemory: InMemoryScaling | undefined,
 ): Promise<E2eWorkersResult> {
   const start = loadavg()[0]!;
-  const rounds: E2eWorkersResult["rounds"] = [];
+  const rounds: WorkersRound[] = [];
   for (let round = 1; round <= WORKERS_ROUNDS; round++) {
     const tag = WORKERS_ROUNDS > 1 ? ` (round ${round} of ${WORKERS_ROUNDS})` : "";
-    const measured = {
+    const before = BEFORE_ROOT === undefined ? undefined : await withWorkersLab(seed, { before: BEFORE_ROOT }, hooks, (lab) => measurePath(lab, `qnat before worker threads${tag}`, 5531, seconds, hooks));
+    const measured: WorkersRound = {
       qnat1: await withWorkersLab(seed, 1, hooks, (lab) => measurePath(lab, `qnat workers: 1${tag}`, 5501, seconds, hooks)),
       qnat2: await withWorkersLab(seed, 2, hooks, (lab) => measurePath(lab, `qnat workers: 2${tag}`, 5511, seconds, hooks)),
       kernel: await withWorkersLab(seed, "kernel", hooks, (lab) => measurePath(lab, `kernel NAT${tag}`, 5521, seconds, hooks)),
+      ...(before === undefined ? {} : { before }),
     };
-    for (const [name, f] of [["qnat workers: 1", measured.qnat1], ["qnat workers: 2", measured.qnat2], ["kernel NAT", measured.kernel]] as const) {
-      hooks.log(`  ${name}${tag}: UDP ${(f.udpPacketsPerSecond / 1000).toFixed(0)} kpps, TCP -P ${STREAMS} ${(f.tcpBitsPerSecond / 1e9).toFixed(2)} Gbit/s`);
+    for (const [name, f] of [["qnat before worker threads", measured.before], ["qnat workers: 1", measured.qnat1], ["qnat workers: 2", measured.qnat2], ["kernel NAT", measured.kernel]] as const) {
+      if (f !== undefined) hooks.log(`  ${name}${tag}: UDP ${(f.udpPacketsPerSecond / 1000).toFixed(0)} kpps, TCP -P ${STREAMS} ${(f.tcpBitsPerSecond / 1e9).toFixed(2)} Gbit/s`);
     }
     rounds.push(measured);
   }
   const qnat1 = medianFigures(rounds.map((r) => r.qnat1));
   const qnat2 = medianFigures(rounds.map((r) => r.qnat2));
   const kernel = medianFigures(rounds.map((r) => r.kernel));
+  const before = BEFORE_ROOT === undefined ? undefined : medianFigures(rounds.map((r) => r.before!));
   const udpTwoOverOneWorker = ratio(qnat2.udpPacketsPerSecond, qnat1.udpPacketsPerSecond);
   return {
     date: new Date().toISOString(),
@@ -357,8 +385,9 @@ export async function measureWorkers(
     loadAverage: { start, end: loadavg()[0]! },
     settings: { udpSeconds: seconds.udp, tcpSeconds: seconds.tcp, udpPayloadBytes: UDP_PAYLOAD, streams: STREAMS },
     topology: `the seed's router (examples/seed.yaml) in fresh namespaces, TUN ports; ${CLIENT} -> ${SERVER} (SNAT to 9.186.100.2)`,
-    runs: { qnat1, qnat2, kernel },
+    runs: { qnat1, qnat2, kernel, ...(before === undefined ? {} : { before }) },
     rounds,
+    ...(BEFORE_ROOT === undefined ? {} : { before: { root: BEFORE_ROOT, commit: commitOf(BEFORE_ROOT) } }),
     ratios: {
       udpTwoOverOneWorker,
       tcpTwoOverOneWorker: ratio(qnat2.tcpBitsPerSecond, qnat1.tcpBitsPerSecond),
@@ -366,6 +395,9 @@ export async function measureWorkers(
       udpTwoWorkersOverKernel: ratio(qnat2.udpPacketsPerSecond, kernel.udpPacketsPerSecond),
       tcpOneWorkerOverKernel: ratio(qnat1.tcpBitsPerSecond, kernel.tcpBitsPerSecond),
       tcpTwoWorkersOverKernel: ratio(qnat2.tcpBitsPerSecond, kernel.tcpBitsPerSecond),
+      ...(before === undefined
+        ? {}
+        : { udpOneWorkerOverBefore: ratio(qnat1.udpPacketsPerSecond, before.udpPacketsPerSecond), tcpOneWorkerOverBefore: ratio(qnat1.tcpBitsPerSecond, before.tcpBitsPerSecond) }),
     },
     target: { udpTwoOverOneAtLeast: 1.4, met: udpTwoOverOneWorker >= 1.4 },
     projection: projectWorkers(qnat1, qnat2, inMemory),
@@ -380,18 +412,30 @@ function cpuText(cpu: RouterCpu | undefined, unit: string): string {
   return `${cpu.cores.toFixed(2)} (${cpu.threads.map((t) => t.toFixed(2)).join(" + ")}); ${cpu.nsPerUnit.toFixed(0)} ns/${unit}${shares}`;
 }
 
-const ROW_NAMES = { qnat1: "qnat, workers: 1", qnat2: "qnat, workers: 2", kernel: "kernel NAT (twin)" } as const;
+const ROW_NAMES = { before: "qnat before worker threads", qnat1: "qnat, workers: 1", qnat2: "qnat, workers: 2", kernel: "kernel NAT (twin)" } as const;
+
+/** The commit a tree has checked out (short), or "?" when git cannot say. */
+function commitOf(root: string): string {
+  try {
+    return execFileSync("git", ["-C", root, "rev-parse", "--short", "HEAD"], { encoding: "utf8" }).trim();
+  } catch {
+    return "?";
+  }
+}
 
 /** bench/results/e2e-workers.md. */
 export function workersTable(result: E2eWorkersResult): string {
   const r = result.runs;
   const m = result.machine;
   const cores = `${m.cores} cores`;
+  const beforeName = result.before === undefined ? ROW_NAMES.before : `${ROW_NAMES.before} (${result.before.commit}, one thread)`;
   const rows: [string, WorkersFigures][] = [
+    ...(r.before === undefined ? [] : ([[beforeName, r.before]] as [string, WorkersFigures][])),
     [ROW_NAMES.qnat1, r.qnat1],
     [ROW_NAMES.qnat2, r.qnat2],
     [ROW_NAMES.kernel, r.kernel],
   ];
+  const paths = (["before", "qnat1", "qnat2", "kernel"] as const).filter((k) => r[k] !== undefined);
   const p = result.projection;
   const lines = [
     `# qnat end to end with workers (\`npm run bench:e2e -- --only workers\`)`,
@@ -399,9 +443,9 @@ export function workersTable(result: E2eWorkersResult): string {
     `Run ${result.date} on ${m.host}: ${m.cpu}, **${cores}** (os.availableParallelism()), Linux ${m.kernel}, Node ${m.node}, ${m.iperf3}; ` +
       `load average ${result.loadAverage.start.toFixed(2)} when it started, ${result.loadAverage.end.toFixed(2)} when it ended.`,
     `Topology: ${result.topology}. The traffic generators (iperf3 client and server) run on the same ${cores} as the router.`,
-    `Each path ran ${result.rounds.length} time(s), one after the other in rounds (qnat with 1 worker, with 2, the kernel); the table gives each path's median round (UDP and TCP each). ` +
-      `Every round, UDP kpps / TCP Gbit/s: ${(["qnat1", "qnat2", "kernel"] as const)
-        .map((k) => `${ROW_NAMES[k]} ${result.rounds.map((r) => `${(r[k].udpPacketsPerSecond / 1000).toFixed(0)} / ${(r[k].tcpBitsPerSecond / 1e9).toFixed(2)}`).join(", ")}`)
+    `Each path ran ${result.rounds.length} time(s), one after the other in rounds (${r.before === undefined ? "" : "the build before worker threads, "}qnat with 1 worker, with 2, the kernel); the table gives each path's median round (UDP and TCP each). ` +
+      `Every round, UDP kpps / TCP Gbit/s: ${paths
+        .map((k) => `${ROW_NAMES[k]} ${result.rounds.map((round) => `${(round[k]!.udpPacketsPerSecond / 1000).toFixed(0)} / ${(round[k]!.tcpBitsPerSecond / 1e9).toFixed(2)}`).join(", ")}`)
         .join("; ")}.`,
     `UDP: ${result.settings.udpPayloadBytes}-byte payloads, unlimited rate, ${STREAMS} flows (\`iperf3 -u -P ${STREAMS}\`), ${result.settings.udpSeconds} s, packets/s that arrived. ` +
       `TCP: \`iperf3 -P ${STREAMS}\`, ${result.settings.tcpSeconds} s.`,
@@ -422,6 +466,12 @@ export function workersTable(result: E2eWorkersResult): string {
     `| UDP 64 B, qnat 2 workers / kernel | ${result.ratios.udpTwoWorkersOverKernel.toFixed(2)} | | |`,
     `| TCP -P ${STREAMS}, qnat 1 worker / kernel | ${result.ratios.tcpOneWorkerOverKernel.toFixed(2)} | | |`,
     `| TCP -P ${STREAMS}, qnat 2 workers / kernel | ${result.ratios.tcpTwoWorkersOverKernel.toFixed(2)} | | |`,
+    ...(result.ratios.udpOneWorkerOverBefore === undefined
+      ? []
+      : [
+          `| UDP 64 B, 1 worker / before worker threads | ${result.ratios.udpOneWorkerOverBefore.toFixed(2)} | >= 1 (no slower) | ${result.ratios.udpOneWorkerOverBefore >= 1 ? "yes" : "no"} |`,
+          `| TCP -P ${STREAMS}, 1 worker / before worker threads | ${result.ratios.tcpOneWorkerOverBefore!.toFixed(2)} | >= 1 (no slower) | ${result.ratios.tcpOneWorkerOverBefore! >= 1 ? "yes" : "no"} |`,
+        ]),
     ``,
   ];
   if (p.justified && p.udpPacketsPerSecond !== undefined) {

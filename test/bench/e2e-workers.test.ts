@@ -84,6 +84,26 @@ describe("the workers comparison's projection to more cores", () => {
     expect(projectWorkers(oneWorker, two, inMemory).reason).toMatch(/^with two workers only 1 thread of the router was busy/);
   });
 
+  it("the build before worker threads, run beside in every round: its row first, and one worker now against it, no slower or not", () => {
+    const two = figures(150, { cores: 1.9, threads: [0.95, 0.9], busyThreads: 2, nsPerUnit: 12600, workerShares: [0.5, 0.5] });
+    const before = figures(143);
+    const withBefore: E2eWorkersResult = {
+      ...result(two),
+      runs: { qnat1: oneWorker, qnat2: two, kernel: figures(180), before },
+      rounds: [{ qnat1: oneWorker, qnat2: two, kernel: figures(180), before }],
+      before: { root: "/tmp/old", commit: "d1ada0c" },
+      ratios: { ...result(two).ratios, udpOneWorkerOverBefore: 0.979, tcpOneWorkerOverBefore: 1.02 },
+    };
+    const table = workersTable(withBefore);
+    const rows = table.split("\n").filter((line) => line.startsWith("| qnat") || line.startsWith("| kernel"));
+    expect(rows[0]).toMatch(/^\| qnat before worker threads \(d1ada0c, one thread\) \| 143 \|/);
+    expect(rows.slice(1).map((row) => row.split(" | ")[0])).toEqual(["| qnat, workers: 1", "| qnat, workers: 2", "| kernel NAT (twin)"]);
+    expect(table).toContain("Every round, UDP kpps / TCP Gbit/s: qnat before worker threads 143 / 10.00; qnat, workers: 1 140 / 10.00");
+    expect(table).toContain("| UDP 64 B, 1 worker / before worker threads | 0.98 | >= 1 (no slower) | no |");
+    expect(table).toContain("| TCP -P 4, 1 worker / before worker threads | 1.02 | >= 1 (no slower) | yes |");
+    expect(workersTable(result(two))).not.toContain("before worker threads");
+  });
+
   it("every figure's table states the machine's cores", () => {
     const table = workersTable(result(figures(150, { cores: 1.9, threads: [0.95, 0.9], busyThreads: 2, nsPerUnit: 12600, workerShares: [0.5, 0.5] }), 16));
     expect(table).toContain("| path (16 cores) |");
