@@ -107,6 +107,9 @@ describe("the tutorials' commands", () => {
     expect(normaliseOutput("src=10.0.0.3 sport=40000 dport=80")).not.toBe(normaliseOutput("src=10.0.0.2 sport=40000 dport=80"));
     expect(normaliseOutput("sport=40000 dport=80")).not.toBe(normaliseOutput("sport=40000 dport=8080"));
     expect(normaliseOutput("tcp      6 119 SYN_SENT")).not.toBe(normaliseOutput("tcp      6 119 TIME_WAIT"));
+    // A multi-queue TUN device (workers > 1) has the mq root qdisc; any other qdisc stays itself.
+    expect(normaliseOutput("2: qr-1: <UP> mtu 1500 qdisc mq state UNKNOWN")).toBe("2: qr-1: <UP> mtu 1500 qdisc pfifo_fast state UNKNOWN");
+    expect(normaliseOutput("2: qr-1: <UP> mtu 1500 qdisc noqueue state UNKNOWN")).not.toBe(normaliseOutput("2: qr-1: <UP> mtu 1500 qdisc pfifo_fast state UNKNOWN"));
   });
 
   it("rename the lab's namespaces only where they stand alone", () => {

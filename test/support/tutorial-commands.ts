@@ -79,6 +79,9 @@ export function normaliseOutput(text: string): string {
         .replace(/\bpid \d+/g, "pid N")
         .replace(/^(\s+(?:wire|mirror))(\s+\d+){4}$/, "$1 N N N N")
         .replace(/ -c \d+ \d+/g, " -c N N")
+        // The kernel's root qdisc of a TUN device: pfifo_fast, or mq when qnat opens it with one
+        // queue per worker (IFF_MULTI_QUEUE, workers > 1).
+        .replace(/ qdisc mq /g, " qdisc pfifo_fast ")
         .replace(/\b[0-9a-f]{2}(:[0-9a-f]{2}){5}\b/g, "MAC")
         .replace(/\b(seq|ack|win) \d+(:\d+)?/g, "$1 N")
         .replace(/TS val \d+ ecr \d+/g, "TS val N ecr N")
