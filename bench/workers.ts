@@ -8,7 +8,10 @@
  * same wall-clock window, started together through a shared gate. Aggregate packets/s is the sum.
  *
  * Also measured, for what the lock costs: one worker over a table of its own (not shared: the lock
- * is one never-taken branch). Writes bench/results/workers.md and the `workersHotpath` key of
+ * is one never-taken branch). And new connections (first packets of distinct UDP flows, SNAT,
+ * confirm; the pool replayed with the worker's clock 31 s on, so each round meets the last one's
+ * expired entries, as `npm run bench`'s "new connections") with 1 and 2 workers over one empty
+ * shared table: every batch of them takes the tables' lock. Writes bench/results/workers.md and the `workersHotpath` key of
  * bench/results/latest.json. `BENCH_QUICK=1` shortens the windows. The figures depend on the
  * cores the machine has free: the report states the machine.
  */
@@ -25,6 +28,9 @@ const FLOW_SEED = 0xc0ffee;
 const QUICK = process.env.BENCH_QUICK === "1";
 const SECONDS = QUICK ? 2 : 8;
 const WARMUP_BATCHES = QUICK ? 1000 : 3000;
+/** New connections: distinct flows in the pool all workers share out (as bench/hotpath.ts's 131,072). */
+const NEW_POOL = 131_072;
+const NEW_FLOW_SEED = 0xabcd;
 
 interface WorkerJob {
   /** The tables to attach to; null: a table of the worker's own, flows established by it. */
@@ -39,6 +45,8 @@ interface WorkerJob {
   of: number;
   gate: Int32Array;
   seconds: number;
+  /** Established flows (the default), or first packets of new ones. */
+  workload: "established" | "new";
 }
 
 interface WorkerResult {
@@ -55,11 +63,12 @@ interface WorkerResult {
 
 /** A worker: attaches, builds its share's batches, warms up, waits at the gate, runs for `seconds`. */
 function runWorker(job: WorkerJob): WorkerResult {
-  const flows = tenantFlows(FLOWS, FLOW_SEED);
+  const fresh = job.workload === "new";
+  const flows = tenantFlows(fresh ? NEW_POOL : FLOWS, fresh ? NEW_FLOW_SEED : FLOW_SEED);
   const router = seedRouter(CAPACITY, false, job.shared === null ? {} : { shared: job.shared });
   let packets: Uint8Array[] = [];
-  if (job.shared === null) packets = establishTenantFlows(router, flows);
-  else for (let i = 0; i < FLOWS; i++) packets.push(udpPacket(flows.src[i]!, flows.dst[i]!, flows.sport[i]!, flows.dport[i]!));
+  if (job.shared === null && !fresh) packets = establishTenantFlows(router, flows);
+  else for (let i = 0; i < flows.count; i++) packets.push(udpPacket(flows.src[i]!, flows.dst[i]!, flows.sport[i]!, flows.dport[i]!));
   const mine: Uint8Array[] = packets.filter((_, i) => (i >> 4) % job.of === job.index);
   const template = new PacketTemplate(mine, shuffled(mine.length, 0x5eed + job.index));
   const driver = new Driver(router.dataplane);
@@ -68,7 +77,11 @@ function runWorker(job: WorkerJob): WorkerResult {
   let dropped = 0;
   const one = (): void => {
     driver.run(template.views[next]!, TENANT_PORT);
-    if (++next === template.batches) next = 0;
+    if (++next === template.batches) {
+      next = 0;
+      // New connections: the next round's first packets meet this round's entries expired.
+      if (fresh) router.clock.offset += 31;
+    }
   };
   for (let i = 0; i < WARMUP_BATCHES; i++) one();
   for (let i = 0; i < BATCH; i++) if (driver.verdicts[i]! < 0) dropped++;
@@ -106,10 +119,15 @@ if (!isMainThread) {
 }
 
 /** Runs `count` workers together (over `shared`, or each over a table of its own) and sums them. */
-async function runWorkers(count: number, shared: SharedTables | null, lockFree: boolean): Promise<{ mpps: number; cpuMpps: number; results: WorkerResult[] }> {
+async function runWorkers(
+  count: number,
+  shared: SharedTables | null,
+  lockFree: boolean,
+  workload: WorkerJob["workload"] = "established",
+): Promise<{ mpps: number; cpuMpps: number; results: WorkerResult[] }> {
   const gate = new Int32Array(new SharedArrayBuffer(8)); // [0] go, [1] workers ready
   const results = Array.from({ length: count }, (_, index) => {
-    const worker = new Worker(new URL(import.meta.url), { workerData: { shared, lockFree, index, of: count, gate, seconds: SECONDS } satisfies WorkerJob });
+    const worker = new Worker(new URL(import.meta.url), { workerData: { shared, lockFree, index, of: count, gate, seconds: SECONDS, workload } satisfies WorkerJob });
     return new Promise<WorkerResult>((done, fail) => {
       worker.once("message", (r: WorkerResult) => void worker.terminate().then(() => done(r)));
       worker.once("error", fail);
@@ -147,7 +165,16 @@ async function main(): Promise<void> {
   process.stdout.write(`${line("1 worker, shared table, lock-free path:", oneFree)}\n`);
   const twoFree = await runWorkers(2, shared, true);
   process.stdout.write(`${line("2 workers, shared table, lock-free path:", twoFree)} (${(twoFree.mpps / oneFree.mpps).toFixed(2)}x; per CPU-second ${(twoFree.cpuMpps / oneFree.cpuMpps).toFixed(2)}x)\n`);
-  const all = [...privateTable.results, ...privateTwo.results, ...one.results, ...two.results, ...oneFree.results, ...twoFree.results];
+  // New connections: each run over a fresh empty shared table (or the worker's own).
+  const newShared = (): SharedTables => sharedTablesOf(seedRouter(CAPACITY, false, { sharable: true }).dataplane);
+  const newOwn = await runWorkers(1, null, true, "new");
+  const kcps = (r: { mpps: number; cpuMpps: number }): string => `${(r.mpps * 1000).toFixed(0)} k connections/s, ${(r.cpuMpps * 1000).toFixed(0)} k per CPU-second`;
+  process.stdout.write(`  ${"new connections, 1 worker, its own table:".padEnd(40)} ${kcps(newOwn)}\n`);
+  const newOne = await runWorkers(1, newShared(), true, "new");
+  process.stdout.write(`  ${"new connections, 1 worker, shared table:".padEnd(40)} ${kcps(newOne)}\n`);
+  const newTwo = await runWorkers(2, newShared(), true, "new");
+  process.stdout.write(`  ${"new connections, 2 workers, shared table:".padEnd(40)} ${kcps(newTwo)} (${(newTwo.mpps / newOne.mpps).toFixed(2)}x; per CPU-second ${(newTwo.cpuMpps / newOne.cpuMpps).toFixed(2)}x)\n`);
+  const all = [...privateTable.results, ...privateTwo.results, ...one.results, ...two.results, ...oneFree.results, ...twoFree.results, ...newOwn.results, ...newOne.results, ...newTwo.results];
   const dropped = all.reduce((n, r) => n + r.dropped, 0);
   if (dropped > 0) throw new Error(`bench:workers: ${dropped} packets of established flows were dropped`);
 
@@ -165,13 +192,20 @@ async function main(): Promise<void> {
     twoWorkersPrivateTablesMpps: privateTwo.mpps,
     coarseLock: { oneWorkerMpps: one.mpps, twoWorkersMpps: two.mpps, twoOverOne: two.mpps / one.mpps },
     lockFree: { oneWorkerMpps: oneFree.mpps, twoWorkersMpps: twoFree.mpps, twoOverOne: twoFree.mpps / oneFree.mpps },
+    newConnections: {
+      oneWorkerOwnTablePerSecond: newOwn.mpps * 1e6,
+      oneWorkerPerSecond: newOne.mpps * 1e6,
+      twoWorkersPerSecond: newTwo.mpps * 1e6,
+      twoOverOne: newTwo.mpps / newOne.mpps,
+      perCpuSecond: { oneWorkerOwnTable: newOwn.cpuMpps * 1e6, oneWorker: newOne.cpuMpps * 1e6, twoWorkers: newTwo.cpuMpps * 1e6, twoOverOne: newTwo.cpuMpps / newOne.cpuMpps },
+    },
     perCpuSecond: {
       oneWorkerPrivateTableMpps: privateTable.cpuMpps,
       twoWorkersPrivateTablesMpps: privateTwo.cpuMpps,
       coarseLock: { oneWorkerMpps: one.cpuMpps, twoWorkersMpps: two.cpuMpps, twoOverOne: two.cpuMpps / one.cpuMpps },
       lockFree: { oneWorkerMpps: oneFree.cpuMpps, twoWorkersMpps: twoFree.cpuMpps, twoOverOne: twoFree.cpuMpps / oneFree.cpuMpps },
     },
-    perWorker: { coarseOne: one.results, coarseTwo: two.results, lockFreeOne: oneFree.results, lockFreeTwo: twoFree.results },
+    perWorker: { coarseOne: one.results, coarseTwo: two.results, lockFreeOne: oneFree.results, lockFreeTwo: twoFree.results, newOne: newOne.results, newTwo: newTwo.results },
   };
   mergeResults("bench/results/latest.json", "workersHotpath", results);
   const md = [
@@ -197,6 +231,16 @@ async function main(): Promise<void> {
     `two workers sharing nothing: ${(privateTwo.mpps / privateTable.mpps).toFixed(2)}x by wall clock, ${(privateTwo.cpuMpps / privateTable.cpuMpps).toFixed(2)}x per CPU-second (the most this machine gave two loops then)`,
     `(issue 15's target: >= 1.8x). Load average when it ended: ${loadavg().map((l) => l.toFixed(1)).join(", ")} on ${m.cores} cores: on a machine`,
     "shared with other work the wall-clock figure also measures how much CPU the workers got; the per-CPU-second figure does not.",
+    "",
+    `New connections (first packets of ${NEW_POOL} distinct UDP flows, SNAT to 9.186.100.2, confirm; each worker replays its share with its clock 31 s on, so every round also frees the last one's expired entries; every such batch takes the tables' lock):`,
+    "",
+    "| run | connections/s (sum) | per CPU-second (sum) | per worker |",
+    "|---|---:|---:|---|",
+    `| 1 worker, its own table | ${kcps(newOwn).split(", ")[0]} | ${(newOwn.cpuMpps * 1000).toFixed(0)} k | ${newOwn.results.map(perWorker).join("; ")} |`,
+    `| 1 worker, shared table | ${kcps(newOne).split(", ")[0]} | ${(newOne.cpuMpps * 1000).toFixed(0)} k | ${newOne.results.map(perWorker).join("; ")} |`,
+    `| 2 workers, one shared table | ${kcps(newTwo).split(", ")[0]} | ${(newTwo.cpuMpps * 1000).toFixed(0)} k | ${newTwo.results.map(perWorker).join("; ")} |`,
+    "",
+    `New connections, 2 workers / 1 worker over the shared table: **${(newTwo.mpps / newOne.mpps).toFixed(2)}x** by wall clock, ${(newTwo.cpuMpps / newOne.cpuMpps).toFixed(2)}x per CPU-second. A new connection changes the table (its entry, both chains, the NAT binding) under the one lock, which a batch holds from its first new connection to its end; what the other worker does meanwhile (parsing, hashing, building its next batch) overlaps.`,
     "",
   ].join("\n");
   writeFileSync("bench/results/workers.md", md);
