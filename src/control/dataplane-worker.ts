@@ -26,6 +26,7 @@ import { PumpLoop } from "../io/pump-loop.js";
 import { TunDevice, type TunError } from "../io/tun.js";
 import { TunLeg } from "../io/tun-leg.js";
 import { countersOf, type FromWorker, type ToWorker, type WorkerLegSetup, type WorkerSetup } from "../io/worker-protocol.js";
+import { routingTableInPieces } from "./live-apply.js";
 
 /** Conntrack expiry also runs when no packet arrives (as the main thread's housekeeping timer). */
 const HOUSEKEEPING_INTERVAL_MS = 1000;
@@ -75,6 +76,29 @@ export function runDataplaneWorker(setup: WorkerSetup, port: MessagePort): void 
     }
   }, HOUSEKEEPING_INTERVAL_MS);
 
+  /**
+   * A live change: the successor's routing table is built in pieces of about a millisecond with
+   * this thread's packet loop running between them (a full Internet table takes seconds), then
+   * swapped in between two batches. The successor keeps the shared connection table and NAT state,
+   * and this dataplane's counters. Changes are applied one after another, in the order sent.
+   */
+  let changing = Promise.resolve();
+  const applyChange = async (id: number, next: WorkerSetup["config"]): Promise<void> => {
+    try {
+      const routes = await routingTableInPieces(next);
+      const successor = buildDataplane(next, { successorOf: dataplane, routes });
+      // The same steps as the main thread's successor: the same route versions (route/table.ts).
+      successor.routes.continueVersionsFrom(dataplane.routes);
+      carryOverCounters(dataplane, successor);
+      successor.log = log;
+      forwarder.dataplane = successor;
+      dataplane = successor;
+      post({ type: "applied", id });
+    } catch (error) {
+      post({ type: "applied", id, error: error instanceof Error ? error.message.split("\n")[0]! : String(error) });
+    }
+  };
+
   port.on("message", (message: ToWorker) => {
     switch (message.type) {
       case "counters":
@@ -92,23 +116,9 @@ export function runDataplaneWorker(setup: WorkerSetup, port: MessagePort): void 
         post({ type: "released", index: message.index, fd: leg?.device.fd ?? -1 });
         return;
       }
-      case "apply": {
-        // A live change, between two batches (this thread runs its packet loop): the successor
-        // keeps the shared connection table and NAT state, and this dataplane's counters.
-        try {
-          const successor = buildDataplane(message.config, { successorOf: dataplane });
-          // The same steps as the main thread's successor: the same route versions (route/table.ts).
-          successor.routes.continueVersionsFrom(dataplane.routes);
-          carryOverCounters(dataplane, successor);
-          successor.log = log;
-          forwarder.dataplane = successor;
-          dataplane = successor;
-          post({ type: "applied", id: message.id });
-        } catch (error) {
-          post({ type: "applied", id: message.id, error: error instanceof Error ? error.message.split("\n")[0]! : String(error) });
-        }
+      case "apply":
+        changing = changing.then(() => applyChange(message.id, message.config));
         return;
-      }
       case "capture-start":
         captures.start(message);
         return;

@@ -641,13 +641,22 @@ export async function routingForChange(
     await inPieces(() => check.step(), options);
     if (check.result !== undefined) return { routes: table, change: check.result };
   }
+  return { routes: await routingTableInPieces(next, options) };
+}
+
+/**
+ * The routing table of `next` built anew in pieces of about a millisecond, the thread's loop
+ * running between them (a worker thread's successor, too: control/dataplane-worker.ts); a route
+ * line's mistake is a ConfigError at its line.
+ */
+export async function routingTableInPieces(next: RouterConfig, options: PieceOptions = {}): Promise<RoutingTable> {
   const source = {
     portNames: next.ports.map((p) => p.name),
     addresses: next.ports.flatMap((p, port) => p.addresses.map((cidr) => ({ port, addr: cidr.addr, prefixLength: cidr.prefixLength }))),
     routes: next.routes,
   };
   try {
-    return { routes: await buildTableInPieces(source, options) };
+    return await buildTableInPieces(source, options);
   } catch (error) {
     if (!(error instanceof RouteLineError)) throw error;
     const route = next.routes[error.index]!;
