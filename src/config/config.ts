@@ -676,11 +676,6 @@ function parseConfigWith(
   const capture = parseCaptureConfig(get(top, "capture"), file, ports, fail, lineOf);
   const workersNode = get(top, "workers");
   const workers = parseWorkersConfig(workersNode, fail, lineOf);
-  if (workers !== undefined && workers.count > 1) {
-    // Not yet with several forwarding threads (docs/multi-core.md "What runs on one worker only").
-    const tap = ports.find((p) => p.wire.mode === "tap");
-    if (tap !== undefined) fail(workersNode, `workers ${workers.count}: port ${tap.name} has wire.mode: tap, whose ARP and neighbour table run on one thread; use workers: 1 with tap ports`);
-  }
   return {
     file, id, namespace, ports, routes, nat, metadata, lab, conntrack: { max: conntrackMax, tcpBeLiberal, dropInvalid }, rpFilter, arpIgnore, arpAnnounce,
     ...(state ? { state } : {}),

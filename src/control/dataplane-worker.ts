@@ -25,8 +25,10 @@ import { LoopStats } from "../io/loop-stats.js";
 import { PumpLoop } from "../io/pump-loop.js";
 import { TunDevice, type TunError } from "../io/tun.js";
 import { TunLeg } from "../io/tun-leg.js";
-import { countersOf, type FromWorker, type ToWorker, type WorkerLegSetup, type WorkerSetup } from "../io/worker-protocol.js";
 import { routingTableInPieces } from "./live-apply.js";
+import { EthernetLeg } from "../io/ethernet-leg.js";
+import { buildEthernetStage, followConfig, isTapLeg, connectWorkerEthernet, NEIGHBOUR_TICK_MS } from "./ethernet-threads.js";
+import { countersOf, ethernetCountersOf, type FromWorker, type ToWorker, type WorkerLegSetup, type WorkerSetup } from "../io/worker-protocol.js";
 
 /** Conntrack expiry also runs when no packet arrives (as the main thread's housekeeping timer). */
 const HOUSEKEEPING_INTERVAL_MS = 1000;
@@ -42,14 +44,20 @@ export function runDataplaneWorker(setup: WorkerSetup, port: MessagePort): void 
   // One connection table and NAT state for every worker: the main thread's (from-config.ts shared).
   let dataplane = buildDataplane(config, { rng: new CryptoRng(), shared: setup.tables });
   dataplane.log = log;
-  const open = (leg: WorkerLegSetup): TunLeg => {
-    const tunLeg = new TunLeg(TunDevice.fromFd(leg.fd, { name: leg.name, netns: leg.netns, vnetHdr: setup.vnetHdr, ownsFd: false }));
+  // Tap ports: this thread's own Ethernet stage and neighbour table (control/ethernet-threads.ts).
+  const ethernet = buildEthernetStage(config, { headroom: setup.headroom, ...(setup.vnetHdr ? { superSlotSize: setup.slotSize } : {}) }, dataplane);
+  const open = (leg: WorkerLegSetup, index: number): TunLeg => {
+    const tap = ethernet !== undefined && isTapLeg(config, index);
+    const device = TunDevice.fromFd(leg.fd, { name: leg.name, netns: leg.netns, vnetHdr: setup.vnetHdr, tap, ownsFd: false });
+    const tunLeg = tap ? new EthernetLeg(device, ethernet, index >> 1, index & 1) : new TunLeg(device);
     tunLeg.queueFds = leg.queues;
+    if (tunLeg instanceof EthernetLeg) ethernet!.attach(tunLeg);
     return tunLeg;
   };
   // A leg that is down as the worker starts (fd -1: its queues were closed) waits for `leg-up`.
-  const legs: (TunLeg | null)[] = setup.legs.map((leg) => (leg.fd < 0 ? null : open(leg)));
+  const legs: (TunLeg | null)[] = setup.legs.map((leg, index) => (leg.fd < 0 ? null : open(leg, index)));
   const forwarder = new Forwarder(dataplane, legs.map((leg) => leg ?? new DownLeg()), setup.batchSize, setup.slotSize, setup.headroom);
+  if (ethernet !== undefined) connectWorkerEthernet(ethernet, forwarder, post);
   forwarder.useQueues(setup.worker, workersOf(config));
   const loopStats = new LoopStats();
   // Captures (`qnat capture` with workers: N): a tap on this thread's forwarder only while one runs.
@@ -75,6 +83,14 @@ export function runDataplaneWorker(setup: WorkerSetup, port: MessagePort): void 
       loop.errors.offer(() => `qnat: worker ${setup.worker}: internal error in housekeeping (it goes on): ${failure instanceof Error ? failure.stack : String(failure)}`);
     }
   }, HOUSEKEEPING_INTERVAL_MS);
+  // The neighbour timers (probes, FAILED, REACHABLE -> STALE), as on the main thread.
+  const neighbourTicks = ethernet === undefined ? undefined : setInterval(() => {
+    try {
+      ethernet.tick();
+    } catch (failure) {
+      loop.errors.offer(() => `qnat: worker ${setup.worker}: internal error in the neighbour timers (it goes on): ${failure instanceof Error ? failure.stack : String(failure)}`);
+    }
+  }, NEIGHBOUR_TICK_MS);
 
   /**
    * A live change: the successor's routing table is built in pieces of about a millisecond with
@@ -93,6 +109,7 @@ export function runDataplaneWorker(setup: WorkerSetup, port: MessagePort): void 
       successor.log = log;
       forwarder.dataplane = successor;
       dataplane = successor;
+      if (ethernet !== undefined) followConfig(ethernet, next, successor);
       post({ type: "applied", id });
     } catch (error) {
       post({ type: "applied", id, error: error instanceof Error ? error.message.split("\n")[0]! : String(error) });
@@ -102,7 +119,13 @@ export function runDataplaneWorker(setup: WorkerSetup, port: MessagePort): void 
   port.on("message", (message: ToWorker) => {
     switch (message.type) {
       case "counters":
-        post({ type: "counters", id: message.id, counters: { ...countersOf(dataplane), loop: loopStats.snapshot() } });
+        post({
+          type: "counters", id: message.id,
+          counters: { ...countersOf(dataplane), loop: loopStats.snapshot(), ...(ethernet !== undefined ? { ethernet: ethernetCountersOf(ethernet) } : {}) },
+        });
+        return;
+      case "arp":
+        ethernet?.learnRelayed(message.port, message.frame);
         return;
       case "leg-down": {
         // The main thread closes the fd once every worker let it go: until then its number
@@ -110,6 +133,7 @@ export function runDataplaneWorker(setup: WorkerSetup, port: MessagePort): void 
         const leg = legs[message.index];
         leg?.device.stopReadable();
         legs[message.index] = null;
+        ethernet?.detach(message.index >> 1, message.index & 1);
         forwarder.slots.onFailure = null;
         forwarder.slots.fail(message.index, Object.assign(new Error("leg down"), { code: "ENODEV" }));
         forwarder.slots.onFailure = legFailed;
@@ -126,7 +150,7 @@ export function runDataplaneWorker(setup: WorkerSetup, port: MessagePort): void 
         captures.stop(message.id);
         return;
       case "leg-up": {
-        const leg = open(message.leg);
+        const leg = open(message.leg, message.index);
         legs[message.index] = leg;
         forwarder.slots.replace(message.index, leg);
         loop.watch(message.index, leg.device);
@@ -136,6 +160,7 @@ export function runDataplaneWorker(setup: WorkerSetup, port: MessagePort): void 
         // Reading stops: no wake-up runs the loop again. A batch is written before its wake-up
         // returns, so nothing is held; the worker ends once its port closes.
         clearInterval(housekeeping);
+        clearInterval(neighbourTicks);
         for (const leg of legs) leg?.device.stopReadable();
         captures.stopAll();
         post({ type: "stopped" });

@@ -277,9 +277,12 @@ export class MetricsExporter {
     const perPort = function* (s: Snapshot, field: EthCounter, labels: Labels = {}): Iterable<[Labels, number]> {
       const stage = stageOf();
       if (stage === undefined) return;
+      // workers: N > 1: every thread's stage added up (control/ethernet-threads.ts).
+      const summed = s.summed?.ethernet;
       for (const port of s.dataplane.ports) {
         if (stage.macOf(port.index) === null) continue;
-        yield [{ port: port.name, ...labels }, stage.counter(port.index, field)];
+        const value = summed === undefined ? stage.counter(port.index, field) : (summed.ports[port.index * (EthCounter.Count as number) + field] ?? 0);
+        yield [{ port: port.name, ...labels }, value];
       }
     };
     this.counter("qnat_arp_received_total", "Valid ARP packets a tap port's wire received, by operation (request, reply).", ["port", "op"], function* (s) {
@@ -322,15 +325,18 @@ export class MetricsExporter {
       const counts = stage.table.countByState();
       for (const state of STATES) yield [{ state }, counts.get(state) ?? 0];
     });
-    const neighbour = (read: (c: EthernetStage["table"]["counters"]) => number) => (): Iterable<[Labels, number]> => {
+    /** The neighbour counters: every thread's added up with workers. */
+    const countersOf = (s: Snapshot, stage: EthernetStage): EthernetStage["table"]["counters"] =>
+      (s.summed?.ethernet?.neighbours as unknown as EthernetStage["table"]["counters"] | undefined) ?? stage.table.counters;
+    const neighbour = (read: (c: EthernetStage["table"]["counters"]) => number) => (s: Snapshot): Iterable<[Labels, number]> => {
       const stage = stageOf();
-      return stage === undefined ? [] : [[{}, read(stage.table.counters)]];
+      return stage === undefined ? [] : [[{}, read(countersOf(s, stage))]];
     };
     this.counter("qnat_neighbour_queued_total", "Packets queued while their neighbour was resolving (INCOMPLETE); GSO super-packets included.", [], neighbour((c) => c.queued));
-    this.counter("qnat_neighbour_queue_drops_total", "Packets waiting for a neighbour that were dropped, by reason: overflow (over unres_qlen_bytes, the oldest first), pool-full (no queue slot free), unresolved (the neighbour failed; each answered with host unreachable if the rate limit allows).", ["reason"], function* () {
+    this.counter("qnat_neighbour_queue_drops_total", "Packets waiting for a neighbour that were dropped, by reason: overflow (over unres_qlen_bytes, the oldest first), pool-full (no queue slot free), unresolved (the neighbour failed; each answered with host unreachable if the rate limit allows).", ["reason"], function* (s) {
       const stage = stageOf();
       if (stage === undefined) return;
-      const c = stage.table.counters;
+      const c = countersOf(s, stage);
       yield [{ reason: "overflow" }, c.unresDiscards];
       yield [{ reason: "pool-full" }, c.queuePoolFull];
       yield [{ reason: "unresolved" }, c.failedDrops];

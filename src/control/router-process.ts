@@ -30,8 +30,10 @@
  * and keeps the whole control plane, N - 1 worker threads forward the others, each with its own
  * dataplane attached to this one's connection table and NAT state (SharedArrayBuffers); show,
  * top, metrics and rules counters add every thread's counters up; a capture runs a tap on every
- * thread and merges their packets into one file (control/worker-capture.ts). Tap ports,
- * pass-through and ports added or removed live need one worker and are refused in one line.
+ * thread and merges their packets into one file (control/worker-capture.ts). Tap ports have an
+ * Ethernet stage and neighbour table on every thread, kept in step by relaying ARP
+ * (control/ethernet-threads.ts). Pass-through and ports added or removed live need one worker and
+ * are refused in one line.
  *
  * Faults stay where they happen: a packet that makes the pipeline throw is one DropReason.Internal
  * drop; a leg that fails (its device deleted, its namespace deleted or replaced, an I/O error) is
@@ -46,7 +48,7 @@
 import { readFileSync } from "node:fs";
 import { formatCidr } from "../core/addr.js";
 import { CryptoRng } from "../core/rng.js";
-import { type RouterConfig, effectiveArpAnnounce, effectiveArpIgnore, loadConfig, parseConfigInPieces, withWorkersFromEnvironment, workersOf } from "../config/config.js";
+import { type RouterConfig, loadConfig, parseConfigInPieces, withWorkersFromEnvironment, workersOf } from "../config/config.js";
 import { ConntrackCursor } from "../conntrack/format.js";
 import { buildDataplane, sharedTablesOf } from "../dataplane/from-config.js";
 import { NetfilterNat } from "../dataplane/netfilter-nat.js";
@@ -56,17 +58,17 @@ import { RouterCaptures } from "./capture.js";
 import { PassthroughForwarder } from "../io/passthrough.js";
 import { deleteNetns, isRoot, netnsPath } from "../io/netns.js";
 import { ETH_HLEN, VIRTIO_NET_HDR_LEN } from "../core/batch.js";
-import { systemClock } from "../core/clock.js";
-import { ETH_ROLE_MIRROR, ETH_ROLE_WIRE, EthernetLeg, EthernetStage, type EthernetPortSpec } from "../io/ethernet-leg.js";
-import { NeighbourTable } from "../neigh/table.js";
-import { parseMac } from "../wire/ethernet.js";
+import { EthernetLeg } from "../io/ethernet-leg.js";
 import { warmUp, type WarmUpReport } from "../dataplane/warmup.js";
 import { GSO_SLOT_SIZE, loadTunAddon, TunDevice, type TunError, type TunOffloads } from "../io/tun.js";
 import { TunLeg } from "../io/tun-leg.js";
 import { LegSupervisor, TICK_MS, openLeg, openLegQueues, type LegSpec } from "../io/leg-supervisor.js";
-import { addDataplaneCounters, copyRuleCountersToModel, countersOf, type DataplaneCounters } from "../io/worker-protocol.js";
+import { addDataplaneCounters, copyRuleCountersToModel, countersOf, ethernetCountersOf, type DataplaneCounters } from "../io/worker-protocol.js";
 import type { CompiledRules } from "../nat/rules/evaluate.js";
-import { ForwardingWorkers, MultiQueueLeg } from "./workers.js";
+import { ForwardingWorkers, MultiQueueLeg, isWorkerQueued, type WorkerQueued } from "./workers.js";
+import {
+  MultiQueueEthernetLeg, NEIGHBOUR_TICK_MS, buildEthernetStage, ethernetPortsOf, formatThreadNeighbours, isTapLeg, neighboursOfThreads, relayArpBetweenThreads,
+} from "./ethernet-threads.js";
 import { PumpLoop, SPIN_MICROSECONDS } from "../io/pump-loop.js";
 import { formatRules, formatSaveDocument } from "../nat/rules/format.js";
 import type { NatTable } from "../nat/rules/model.js";
@@ -110,20 +112,7 @@ export { PUMP_BUDGET, SPIN_MICROSECONDS } from "../io/pump-loop.js";
 /** Conntrack expiry also runs when no packet arrives. */
 const HOUSEKEEPING_INTERVAL_MS = 1000;
 
-/** How often the neighbour timers run (neigh/table.ts: probes are 1 s apart). */
-const NEIGHBOUR_TICK_MS = 100;
-
-/** The Ethernet (tap) ports of a config as the Ethernet stage knows them. */
-export function ethernetPortsOf(config: RouterConfig): EthernetPortSpec[] {
-  return config.ports.flatMap((port, index) =>
-    port.wire.mode === "tap"
-      ? [{
-          index, name: port.name, mac: parseMac(port.mac), addresses: port.addresses,
-          arpIgnore: effectiveArpIgnore(config, port), arpAnnounce: effectiveArpAnnounce(config, port),
-        }]
-      : [],
-  );
-}
+export { ethernetPortsOf };
 
 /**
  * Where each port of `running` is in `next` (-1: removed), matched as the legs are (live-apply.ts
@@ -268,7 +257,7 @@ export async function startRouter(configPath: string, options: RouterOptions = {
   };
   /** Every worker's counters added to the main thread's, for show, top and metrics (one router), and each thread's share. */
   const workerCounters = async (running: ForwardingWorkers): Promise<{ summed: DataplaneCounters; perWorker: WorkerStatsView[] }> => {
-    const own = countersOf(dataplane);
+    const own = { ...countersOf(dataplane), ...(ethernet !== undefined ? { ethernet: ethernetCountersOf(ethernet) } : {}) };
     const others = await running.counters();
     return { summed: addDataplaneCounters(own, others), perWorker: running.perWorker(own, others) };
   };
@@ -317,6 +306,14 @@ export async function startRouter(configPath: string, options: RouterOptions = {
     switch (request.what) {
       case "neigh": {
         const names = config.ports.map((p) => p.name);
+        if (workers !== undefined && ethernet !== undefined) {
+          // Every thread's table (control/ethernet-threads.ts), each line saying whose.
+          const json = request.json;
+          return workers.counters().then((others) => {
+            const rows = neighboursOfThreads([ethernet.table.view(), ...others.map((c) => c.ethernet?.entries ?? [])], names);
+            return { ok: true, text: json ? JSON.stringify(rows) + "\n" : formatThreadNeighbours(rows), data: rows };
+          });
+        }
         const view = (ethernet?.table.view() ?? []).map((row) => ({ ...row, dev: names[row.port] ?? `port${row.port}` }));
         return { ok: true, text: request.json ? JSON.stringify(view) + "\n" : (ethernet?.format(names) ?? ""), data: view };
       }
@@ -336,7 +333,7 @@ export async function startRouter(configPath: string, options: RouterOptions = {
             ...collectStats(dataplane, metadata?.counters, summed),
             ...(perWorker !== undefined ? { workers: perWorker } : {}),
             ...(state !== undefined ? { state: state.view() } : {}),
-            ...(ethernet !== undefined ? { ethernet: collectEthernetStats(ethernet, config.ports.map((p) => p.name)) } : {}),
+            ...(ethernet !== undefined ? { ethernet: collectEthernetStats(ethernet, config.ports.map((p) => p.name), summed?.ethernet) } : {}),
             ...(capture.running > 0 || capture.captured > 0 || capture.lost > 0 ? { capture } : {}),
           };
           const text = formatStats(view) + (view.ethernet !== undefined ? `\n${formatEthernetStats(view.ethernet)}` : "");
@@ -380,27 +377,24 @@ export async function startRouter(configPath: string, options: RouterOptions = {
   const vnetLength = wantOffloads ? VIRTIO_NET_HDR_LEN : 0;
   const headroom = vnetLength + (hasTap ? ETH_HLEN : 0);
   const wantSlotSize = wantOffloads ? GSO_SLOT_SIZE + (hasTap ? 16 : 0) : 2048 + headroom;
-  const ethernet = hasTap
-    ? new EthernetStage(
-        // With offloads, GSO super-packets waiting for a neighbour are queued whole (as Linux
-        // queues the skb) in slots as large as the batch's.
-        new NeighbourTable({
-          clock: systemClock, rng: new CryptoRng(), slotSize: 2048 + headroom, headroom,
-          ...(wantOffloads ? { superSlotSize: wantSlotSize } : {}),
-        }),
-        config.ports.length,
-        ethernetPortsOf(config),
-        headroom,
-        systemClock,
-      )
-    : undefined;
+  const ethernet = buildEthernetStage(config, { headroom, ...(wantOffloads ? { superSlotSize: wantSlotSize } : {}) }, dataplane);
   const legs: TunLeg[] = [];
   /**
    * Leg `index` over queue 0 of its device; with more queues (the workers'), a MultiQueueLeg that
    * has the workers let theirs go before it closes them (control/workers.ts).
    */
-  const queueLeg = (device: TunDevice, workerQueues: readonly TunDevice[], index: number): TunLeg =>
-    workerQueues.length === 0 ? new TunLeg(device) : new MultiQueueLeg(device, workerQueues, () => workers?.releaseLeg(index) ?? Promise.resolve());
+  const queueLeg = (device: TunDevice, workerQueues: readonly TunDevice[], index: number): TunLeg => {
+    const release = (): Promise<void> => workers?.releaseLeg(index) ?? Promise.resolve();
+    if (ethernet !== undefined && isTapLeg(config, index)) {
+      // A tap port's leg passes the Ethernet stage; with workers it holds their queues too.
+      const leg = workerQueues.length === 0
+        ? new EthernetLeg(device, ethernet, index >> 1, index & 1)
+        : new MultiQueueEthernetLeg(device, ethernet, index >> 1, index & 1, workerQueues, release);
+      ethernet.attach(leg);
+      return leg;
+    }
+    return workerQueues.length === 0 ? new TunLeg(device) : new MultiQueueLeg(device, workerQueues, release);
+  };
   let created: string[] = [];
   let housekeeping: NodeJS.Timeout | undefined;
   const closeLegs = (): void => {
@@ -428,13 +422,12 @@ export async function startRouter(configPath: string, options: RouterOptions = {
       const tap = port.wire.mode === "tap";
       // One queue per worker (IFF_MULTI_QUEUE with workers: N > 1; a plain device with one).
       const [wire, ...wireQueues] = TunDevice.openQueues(port.wire.device, { netns: port.wire.namespace, vnetHdr: wantOffloads, tap }, workerCount);
-      legs.push(tap ? new EthernetLeg(wire!, ethernet!, index, ETH_ROLE_WIRE) : queueLeg(wire!, wireQueues, index * 2));
+      legs.push(queueLeg(wire!, wireQueues, index * 2));
       const [mirror, ...mirrorQueues] = TunDevice.openQueues(port.name, { netns: config.namespace, vnetHdr: wantOffloads, tap }, workerCount);
-      legs.push(tap ? new EthernetLeg(mirror!, ethernet!, index, ETH_ROLE_MIRROR) : queueLeg(mirror!, mirrorQueues, index * 2 + 1));
+      legs.push(queueLeg(mirror!, mirrorQueues, index * 2 + 1));
       // The mirror shows the port's MAC in the router namespace (`ip addr`: link/ether MAC).
       if (tap) mirror.setMac(port.mac);
     }
-    for (const leg of legs) if (leg instanceof EthernetLeg) ethernet!.attach(leg);
     if (wantOffloads) offloads = enableOffloadsOnAll(legs.map((leg) => leg.device), log);
     for (const [index, leg] of legs.entries()) {
       leg.device.setMtu(config.ports[index >> 1]!.mtu);
@@ -484,14 +477,11 @@ export async function startRouter(configPath: string, options: RouterOptions = {
   // unreachable); the neighbour timers run; each address is announced (gratuitous ARP).
   let neighbourTicks: NodeJS.Timeout | undefined;
   if (ethernet !== undefined) {
-    // ARP requests' senders are validated against the running dataplane's routes (rp_filter).
-    ethernet.sources = dataplane;
     ethernet.onUnreachable = (buf, off, length, port) => {
       return forwarder instanceof Forwarder ? forwarder.hostUnreachable(buf, off, length, port) : 0;
     };
     // A capture sees the packets that waited for ARP when they leave (control/capture.ts).
     ethernet.onQueuedSent = (pool, verdicts, legIndex) => captures.tap.deferred(pool, verdicts, legIndex);
-    ethernet.addOwnAddresses(config.ports.flatMap((p) => p.addresses.map((a) => a.addr)));
     neighbourTicks = setInterval(() => {
       try {
         ethernet.tick();
@@ -533,7 +523,7 @@ export async function startRouter(configPath: string, options: RouterOptions = {
         return queueLeg(device!, workerQueues, specs.indexOf(spec));
       },
       reopened: (index, leg) => {
-        if (leg instanceof MultiQueueLeg && workers !== undefined) {
+        if (isWorkerQueued(leg) && workers !== undefined) {
           workers.legUp(index, Array.from({ length: workerCount - 1 }, (_, i) => leg.queueFor(i + 1)));
         }
         watch(index, leg);
@@ -783,11 +773,13 @@ export async function startRouter(configPath: string, options: RouterOptions = {
         warmUp: wantWarmUp,
         tables: sharedTablesOf(dataplane),
       },
-      Array.from({ length: workerCount - 1 }, (_, i) => legs.map((leg) => (leg as MultiQueueLeg).queueFor(i + 1))),
+      Array.from({ length: workerCount - 1 }, (_, i) => legs.map((leg) => (leg as TunLeg & WorkerQueued).queueFor(i + 1))),
       log,
       (index, code, message) => supervisor!.fail(index, Object.assign(new Error(message), { code })),
     );
     workers = running;
+    // Tap ports: every thread's neighbour table learns from every ARP packet (control/ethernet-threads.ts).
+    if (ethernet !== undefined) relayArpBetweenThreads(ethernet, running);
     // Every capture runs a tap on each worker too (control/worker-capture.ts).
     captures.useWorkers(running);
     try {

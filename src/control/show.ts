@@ -16,7 +16,7 @@ import type { FragmentOutputCounters } from "../dataplane/fragment-output.js";
 import { type Dataplane, PortCounter } from "../dataplane/pipeline.js";
 import type { LegHealth } from "../io/leg-supervisor.js";
 import { ETH_COUNTER_NAMES, type EthernetStage } from "../io/ethernet-leg.js";
-import type { DataplaneCounters } from "../io/worker-protocol.js";
+import type { DataplaneCounters, EthernetCounters } from "../io/worker-protocol.js";
 import { formatStateStats, type StateStatsView } from "./state-keeper.js";
 import type { CaptureStatsView } from "./capture.js";
 
@@ -446,15 +446,16 @@ export interface EthernetStatsView {
   readonly neighbours: Record<string, number>;
 }
 
-export function collectEthernetStats(stage: EthernetStage, portNames: readonly string[]): EthernetStatsView {
+/** `summed`: with workers, every thread's stage added up (io/worker-protocol.ts); else `stage`'s own. */
+export function collectEthernetStats(stage: EthernetStage, portNames: readonly string[], summed?: EthernetCounters): EthernetStatsView {
   const ports: Record<string, Record<string, number>> = {};
   portNames.forEach((name, port) => {
     if (stage.macOf(port) === null) return;
     const row: Record<string, number> = {};
-    ETH_COUNTER_NAMES.forEach((counter, field) => (row[counter] = stage.counter(port, field)));
+    ETH_COUNTER_NAMES.forEach((counter, field) => (row[counter] = summed === undefined ? stage.counter(port, field) : (summed.ports[port * ETH_COUNTER_NAMES.length + field] ?? 0)));
     ports[name] = row;
   });
-  return { ports, neighbours: { entries: stage.table.size, ...stage.table.counters } };
+  return { ports, neighbours: summed?.neighbours ?? { entries: stage.table.size, ...stage.table.counters } };
 }
 
 /** The Ethernet part as text, after `formatStats` (lines joined as it joins them): the neighbour counters, one block per tap port. */

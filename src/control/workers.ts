@@ -154,6 +154,9 @@ export class ForwardingWorkers {
       case "capture-chunk":
         this.onCaptureChunk?.(t.number, message);
         return;
+      case "arp":
+        this.onArpFrame?.(t.number, message.port, message.frame);
+        return;
       case "applied": {
         const change = this.applies.get(message.id);
         if (change === undefined) return;
@@ -204,6 +207,14 @@ export class ForwardingWorkers {
 
   /** Every chunk of captured packets a worker sends (control/worker-capture.ts). */
   onCaptureChunk: ((worker: number, chunk: Extract<FromWorker, { type: "capture-chunk" }>) => void) | null = null;
+
+  /** Every ARP frame a worker received on a tap port's wire (control/ethernet-threads.ts). */
+  onArpFrame: ((from: number, port: number, frame: Uint8Array) => void) | null = null;
+
+  /** Posts an ARP frame one thread received (`from`; 0: the main thread) to every other worker. */
+  relayArp(from: number, port: number, frame: Uint8Array): void {
+    for (const t of this.threads) if (t.number !== from) this.post(t, { type: "arp", port, frame });
+  }
 
   /** Posts `message` to every running worker; the workers it reached. */
   broadcast(message: ToWorker): number[] {
@@ -364,12 +375,34 @@ function packetTotals(c: DataplaneCounters): { rxPackets: number; txPackets: num
 
 const PORT_COUNTERS = PortCounter.Count as number;
 
+/** A leg holding the workers' queues of its device (MultiQueueLeg; a tap port's: control/ethernet-threads.ts). */
+export interface WorkerQueued {
+  /** Worker w's queue as it is sent to it. */
+  queueFor(worker: number): WorkerLegSetup;
+}
+
+export function isWorkerQueued(leg: object): leg is WorkerQueued {
+  return typeof (leg as Partial<WorkerQueued>).queueFor === "function";
+}
+
+/** A worker's queue `device` as it is sent to it, with every queue's fd (`queueFds`). */
+export function workerQueueSetup(device: TunDevice, queueFds: readonly number[]): WorkerLegSetup {
+  return { fd: device.fd, name: device.name, netns: device.netns ?? "", queues: queueFds };
+}
+
+/** Closes the workers' queues of a leg once every worker let them go (`release`). */
+export function closeWorkerQueues(release: () => Promise<void>, queues: readonly TunDevice[]): void {
+  void release().then(() => {
+    for (const queue of queues) queue.close();
+  });
+}
+
 /**
  * Queue 0 of a leg of a multi-queue router: the main thread's own queue, holding the other
  * queues (the workers'). Closing it (the supervisor retires it, the router stops) has every
  * worker let its queue go first, then closes them all; the device goes with its last queue.
  */
-export class MultiQueueLeg extends TunLeg {
+export class MultiQueueLeg extends TunLeg implements WorkerQueued {
   constructor(
     device: TunDevice,
     /** Queues 1..N-1, worker w's at w - 1. */
@@ -380,16 +413,12 @@ export class MultiQueueLeg extends TunLeg {
     this.queueFds = [device.fd, ...workerQueues.map((queue) => queue.fd)];
   }
 
-  /** Worker w's queue as it is sent to it. */
   queueFor(worker: number): WorkerLegSetup {
-    const device = this.workerQueues[worker - 1]!;
-    return { fd: device.fd, name: device.name, netns: device.netns ?? "", queues: this.queueFds! };
+    return workerQueueSetup(this.workerQueues[worker - 1]!, this.queueFds!);
   }
 
   override close(): void {
     super.close();
-    void this.release().then(() => {
-      for (const queue of this.workerQueues) queue.close();
-    });
+    closeWorkerQueues(this.release, this.workerQueues);
   }
 }

@@ -68,6 +68,11 @@ import type { TunDevice } from "./tun.js";
 
 /** The largest packet `EthernetStage.send` copies into its staging batch (a 9216-byte jumbo frame's). */
 const STAGING_PACKET_BYTES = 9216;
+/**
+ * `workers: N`: ARP packets from the wire a thread passes on to the others per neighbour tick
+ * (100 ms), at most: ARP is rare, and a flood of it must not become a flood of messages.
+ */
+export const RELAY_PER_TICK = 64;
 
 export const ETH_ROLE_WIRE = 0;
 export const ETH_ROLE_MIRROR = 1;
@@ -110,12 +115,17 @@ export const enum EthCounter {
   ArpRepliesIn,
   /** ICMP host unreachable sent for packets whose neighbour failed (rate-limited as the router's other errors). */
   HostUnreachableSent,
+  /**
+   * `workers: N`: ARP packets from the wire not passed on to the other threads' neighbour tables,
+   * over RELAY_PER_TICK in one neighbour tick (an ARP flood); those threads learn them from a later one.
+   */
+  ArpRelayLimited,
   Count,
 }
 export const ETH_COUNTER_NAMES = [
   "arp_in", "arp_out", "arp_replies", "gratuitous_out", "arp_not_for_us", "arp_invalid",
   "other_host", "other_ethertype", "runt", "neighbour_held", "tx_errors", "arp_ignored", "arp_rp_filter",
-  "arp_requests_out", "arp_requests_in", "arp_replies_in", "host_unreachable_sent",
+  "arp_requests_out", "arp_requests_in", "arp_replies_in", "host_unreachable_sent", "arp_relay_limited",
 ] as const;
 const ETH_COUNTERS = EthCounter.Count as number;
 
@@ -151,8 +161,11 @@ export interface SourceRoutes {
 export interface FrameLeg {
   readonly port: number;
   readonly role: number;
-  /** Writes the frames of `batch` whose verdict is `want` as they are (Ethernet headers in place). */
-  writeFrames(batch: PacketBatch, verdicts: Int32Array, want: number): number;
+  /**
+   * Writes the frames of `batch` whose verdict is `want` as they are (Ethernet headers in place);
+   * through queue `queue` of a multi-queue device (`workers: N`, io/forwarder.ts), or the leg's own when absent.
+   */
+  writeFrames(batch: PacketBatch, verdicts: Int32Array, want: number, queue?: number): number;
 }
 
 /** A TUN-leg over a TAP device whose frames pass the Ethernet stage. */
@@ -177,9 +190,14 @@ export class EthernetLeg extends TunLeg implements FrameLeg {
     return this.stage.send(this, batch, verdicts, want);
   }
 
+  /** A connection's packets through its queue (`workers: N`): the headers first, as `writeSelected`. */
+  override writeSelectedToQueue(queue: number, batch: PacketBatch, verdicts: Int32Array, want: number): number {
+    return this.stage.send(this, batch, verdicts, want, queue);
+  }
+
   /** Frames with their Ethernet headers in place (the stage's): written as they are. */
-  writeFrames(batch: PacketBatch, verdicts: Int32Array, want: number): number {
-    return super.writeSelected(batch, verdicts, want);
+  writeFrames(batch: PacketBatch, verdicts: Int32Array, want: number, queue = -1): number {
+    return queue < 0 ? super.writeSelected(batch, verdicts, want) : super.writeSelectedToQueue(queue, batch, verdicts, want);
   }
 }
 
@@ -214,6 +232,14 @@ export class EthernetStage implements NeighbourIo {
   onUnreachable: ((buf: Uint8Array, off: number, length: number, port: number) => number) | null = null;
   /** Told about the packets that waited for ARP when they leave (`verdicts[slot] === 0`), for a capture (io/capture.ts). */
   onQueuedSent: ((pool: PacketBatch, verdicts: Int32Array, legIndex: number) => void) | null = null;
+  /**
+   * `workers: N`: told about every valid ARP packet this thread's wire legs received (a copy of the
+   * frame), after it was answered and learnt from here, so the other threads' neighbour tables
+   * learn it too (`learnRelayed`; control/ethernet-threads.ts). Null with one thread.
+   */
+  onArpReceived: ((port: number, frame: Uint8Array) => void) | null = null;
+  /** ARP packets this thread may still pass on before the next tick (RELAY_PER_TICK). */
+  private relayBudget = RELAY_PER_TICK;
 
   constructor(
     readonly table: NeighbourTable,
@@ -282,6 +308,11 @@ export class EthernetStage implements NeighbourIo {
     this.legs[leg.port * 2 + leg.role] = leg;
   }
 
+  /** Leg `port * 2 + role` is down (a worker let its queue go): nothing is written to it until attached again. */
+  detach(port: number, role: number): void {
+    this.legs[port * 2 + role] = null;
+  }
+
   macOf(port: number): Uint8Array | null {
     return this.ports[port]?.mac ?? null;
   }
@@ -332,8 +363,8 @@ export class EthernetStage implements NeighbourIo {
         continue;
       }
       if (type === ETH_P_ARP) {
-        if (leg.role === ETH_ROLE_WIRE) this.arpFromWire(leg, data, eth, length, toUs);
-        else this.arpFromMirror(leg, data, eth, length);
+        if (leg.role !== ETH_ROLE_WIRE) this.arpFromMirror(leg, data, eth, length);
+        else if (this.arpFromWire(port, leg, data, eth, length, toUs) && this.onArpReceived !== null) this.relay(port, data, eth, length);
         continue;
       }
       this.count(port, EthCounter.OtherEthertype);
@@ -347,60 +378,93 @@ export class EthernetStage implements NeighbourIo {
    * or updates the sender's entry (neigh_event_ns, STALE) and is answered; otherwise an existing
    * entry of the sender is updated (REACHABLE for a reply to our MAC, STALE else), overriding a
    * different address only past locktime or for a gratuitous ARP (arp_accept=0: never created).
+   * `leg` null: an ARP packet another thread received and handled (`learnRelayed`), which this
+   * thread's table learns from by the same rules, without answering or counting it again.
+   * Returns whether it was a valid ARP packet (one to pass on to the other threads).
    */
-  private arpFromWire(leg: FrameLeg, data: Uint8Array, eth: number, length: number, toUs: boolean): void {
-    const port = leg.port;
+  private arpFromWire(port: number, leg: FrameLeg | null, data: Uint8Array, eth: number, length: number, toUs: boolean): boolean {
+    const counted = leg !== null;
     const arp = eth + ETH_HLEN;
     if (!arpValid(data, arp, length)) {
-      this.count(port, EthCounter.ArpInvalid);
-      return;
+      if (counted) this.count(port, EthCounter.ArpInvalid);
+      return false;
     }
     const sip = arpSenderIp(data, arp);
     const tip = arpTargetIp(data, arp);
     // arp_process: "Check for bad requests for 127.x.x.x and requests for multicast addresses."
     if (tip >>> 28 === 0xe || tip >>> 24 === 127 || sip >>> 28 === 0xe) {
-      this.count(port, EthCounter.ArpInvalid);
-      return;
+      if (counted) this.count(port, EthCounter.ArpInvalid);
+      return false;
     }
-    this.count(port, EthCounter.ArpIn);
     const op = arpOperation(data, arp);
-    this.count(port, op === ARPOP_REQUEST ? EthCounter.ArpRequestsIn : EthCounter.ArpRepliesIn);
+    if (counted) {
+      this.count(port, EthCounter.ArpIn);
+      this.count(port, op === ARPOP_REQUEST ? EthCounter.ArpRequestsIn : EthCounter.ArpRepliesIn);
+    }
     const sha = arpSenderMacOffset(arp);
-    const spec = this.ports[port]!;
+    const spec = this.ports[port];
+    if (spec === null || spec === undefined) return false;
     // The sender claims one of our addresses: nothing is learnt (a conflicting sender is not
     // believed: fib_validate_source finds a local source martian).
-    if (this.own.has(sip | 0)) return;
+    if (this.own.has(sip | 0)) return true;
     if (sip === 0) {
       // arp_process "Special case: IPv4 duplicate address detection packet" (RFC 5227 probe):
       // answered if the target is local and arp_ignore allows it; nothing learnt, no routing.
-      if (op === ARPOP_REQUEST && this.own.has(tip | 0)) {
+      if (leg !== null && op === ARPOP_REQUEST && this.own.has(tip | 0)) {
         if (this.arpIgnored(spec, 0, tip)) this.count(port, EthCounter.ArpIgnored);
         else this.reply(leg, spec, data, sha, tip, sip);
       }
-      return;
+      return true;
     }
     if (op === ARPOP_REQUEST) {
       // arp_process routes the request (ip_route_input_noref(tip, sip)): a sender that fails
       // source validation (rp_filter on the port, or a martian source) gets no answer, and the
       // request only refreshes an existing entry below (the "Update our ARP tables" part).
       if (!this.senderValid(sip, port)) {
-        this.count(port, EthCounter.ArpRpFilter);
+        if (counted) this.count(port, EthCounter.ArpRpFilter);
       } else if (this.own.has(tip | 0)) {
         // RTN_LOCAL: arp_ignore decides; ignored requests teach nothing (out_consume_skb).
         if (this.arpIgnored(spec, sip, tip)) {
-          this.count(port, EthCounter.ArpIgnored);
-          return;
+          if (counted) this.count(port, EthCounter.ArpIgnored);
+          return true;
         }
         this.table.update(port, sip, data, sha, NUD_STALE, true, false);
-        this.reply(leg, spec, data, sha, tip, sip);
-        return;
+        if (leg !== null) this.reply(leg, spec, data, sha, tip, sip);
+        return true;
       }
     }
     // arp_is_garp: sender and target the same address (a reply's target MAC must be broadcast).
     const gratuitous = sip === tip && (op === ARPOP_REQUEST || ethernetDestIsBroadcast(data, arpTargetMacOffset(arp)));
-    if (op === ARPOP_REQUEST && !gratuitous && !this.own.has(tip | 0)) this.count(port, EthCounter.ArpNotForUs);
+    if (counted && op === ARPOP_REQUEST && !gratuitous && !this.own.has(tip | 0)) this.count(port, EthCounter.ArpNotForUs);
     const state = op === ARPOP_REPLY && toUs ? NUD_REACHABLE : NUD_STALE;
     this.table.update(port, sip, data, sha, state, false, gratuitous);
+    return true;
+  }
+
+  /**
+   * `workers: N`: passes a copy of the ARP frame at data[eth] to the other threads (`onArpReceived`),
+   * within this tick's budget. A copy per ARP packet: ARP is rare, and RELAY_PER_TICK bounds it.
+   */
+  private relay(port: number, data: Uint8Array, eth: number, length: number): void {
+    if (this.relayBudget <= 0) {
+      this.count(port, EthCounter.ArpRelayLimited);
+      return;
+    }
+    this.relayBudget--;
+    this.onArpReceived!(port, data.slice(eth, eth + ETH_HLEN + length));
+  }
+
+  /**
+   * `workers: N`: an ARP frame that another thread received on `port`'s wire and answered: this
+   * thread's neighbour table learns from it as Linux's arp_process would (a reply completes an
+   * INCOMPLETE entry here too, and the packets this thread queued for it leave through this
+   * thread's queue; a request for a router address creates the sender's entry). Nothing is
+   * answered or counted again. Control plane: between two batches.
+   */
+  learnRelayed(port: number, frame: Uint8Array): void {
+    const spec = this.ports[port];
+    if (spec === null || spec === undefined || frame.length < ETH_HLEN) return;
+    this.arpFromWire(port, null, frame, 0, frame.length - ETH_HLEN, macEquals(frame, 0, spec.mac));
   }
 
   /** The ARP reply to a request for `tip` from `sip`, whose sender MAC is at data[sha]: with the port's MAC. */
@@ -532,10 +596,10 @@ export class EthernetStage implements NeighbourIo {
    * without room for the headers (the pipeline's released fragments, headroom 0; its fragment
    * output, headroom 10) is first copied, with its next hops, into the stage's staging batch.
    */
-  send(leg: FrameLeg, batch: PacketBatch, verdicts: Int32Array, want: number): number {
+  send(leg: FrameLeg, batch: PacketBatch, verdicts: Int32Array, want: number, queue = -1): number {
     if (batch.headroom === this.headroom) {
       this.addHeaders(leg, batch, verdicts, want);
-      return leg.writeFrames(batch, verdicts, want);
+      return leg.writeFrames(batch, verdicts, want, queue);
     }
     // Rare path.
     const staging = this.staging;
@@ -547,7 +611,7 @@ export class EthernetStage implements NeighbourIo {
       if (staging.count === 0) continue;
       const stagingVerdicts = this.stagingVerdicts.fill(want);
       this.addHeaders(leg, staging, stagingVerdicts, want);
-      written += leg.writeFrames(staging, stagingVerdicts, want);
+      written += leg.writeFrames(staging, stagingVerdicts, want, queue);
     }
     return written;
   }
@@ -666,6 +730,7 @@ export class EthernetStage implements NeighbourIo {
 
   /** The neighbour timers (neigh/table.ts tick); the router calls it every 100 ms. */
   tick(): void {
+    this.relayBudget = RELAY_PER_TICK;
     this.table.tick();
   }
 

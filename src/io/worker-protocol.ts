@@ -14,6 +14,8 @@ import { NetfilterNat } from "../dataplane/netfilter-nat.js";
 import type { Dataplane } from "../dataplane/pipeline.js";
 import type { CaptureInterface } from "./capture.js";
 import type { CompiledRules } from "../nat/rules/evaluate.js";
+import type { NeighbourView } from "../neigh/table.js";
+import type { EthernetStage } from "./ethernet-leg.js";
 import { LoopStats, type LoopSnapshot } from "./loop-stats.js";
 
 /** A leg's queue for worker i: queue i of the device (fds are process-wide). */
@@ -60,6 +62,23 @@ export interface DataplaneCounters {
   readonly nat: Record<string, number>;
   /** A worker thread's packet loop (io/loop-stats.ts); absent for a dataplane alone. */
   readonly loop?: LoopSnapshot;
+  /** The thread's Ethernet stage (tap ports): absent without tap ports. */
+  readonly ethernet?: EthernetCounters;
+}
+
+/** One thread's Ethernet stage and neighbour table (io/ethernet-leg.ts, neigh/table.ts), as plain data. */
+export interface EthernetCounters {
+  /** EthernetStage.counters, copied (`[port * EthCounter.Count + field]`). */
+  readonly ports: Float64Array;
+  /** The neighbour table's counters (NeighbourCounters) and its `entries`. */
+  readonly neighbours: Record<string, number>;
+  /** The thread's neighbour entries (`show neigh`); not summed: each thread has its own table. */
+  readonly entries: readonly NeighbourView[];
+}
+
+/** A copy of `stage`'s counters and neighbour entries (control plane: allocates). */
+export function ethernetCountersOf(stage: EthernetStage): EthernetCounters {
+  return { ports: stage.counters.slice(), neighbours: { entries: stage.table.size, ...stage.table.counters }, entries: stage.table.view() };
 }
 
 /** CompiledRules' counters (nat/rules/evaluate.ts), per rule and per chain. */
@@ -85,7 +104,9 @@ export type ToWorker =
   /** Capture `id` starts: a tap of the same interfaces (io/capture.ts), put on the forwarder between two batches. */
   | { readonly type: "capture-start"; readonly id: number; readonly interfaces: readonly CaptureInterface[]; readonly legCount: number; readonly ringBytes?: number }
   /** Capture `id` ends: its tap comes off, what its ring holds is sent with `last`. */
-  | { readonly type: "capture-stop"; readonly id: number };
+  | { readonly type: "capture-stop"; readonly id: number }
+  /** An ARP frame another thread received on tap port `port`'s wire: learnt here (EthernetStage.learnRelayed). */
+  | { readonly type: "arp"; readonly port: number; readonly frame: Uint8Array };
 
 /** From a worker. */
 export type FromWorker =
@@ -103,7 +124,9 @@ export type FromWorker =
    * timestamps, interface ids and comments in them), transferred; `seen` and `lost` per interface
    * are the worker's totals so far. `last`: the capture ended in this worker.
    */
-  | { readonly type: "capture-chunk"; readonly id: number; readonly blocks: ArrayBuffer; readonly seen: readonly number[]; readonly lost: readonly number[]; readonly last: boolean };
+  | { readonly type: "capture-chunk"; readonly id: number; readonly blocks: ArrayBuffer; readonly seen: readonly number[]; readonly lost: readonly number[]; readonly last: boolean }
+  /** An ARP frame this worker received on tap port `port`'s wire and answered: for the other threads' neighbour tables. */
+  | { readonly type: "arp"; readonly port: number; readonly frame: Uint8Array };
 
 /** A copy of `dataplane`'s own counters (control plane: allocates). */
 export function countersOf(dataplane: Dataplane): DataplaneCounters {
@@ -158,6 +181,7 @@ export function addDataplaneCounters(base: DataplaneCounters, others: readonly D
   const nat = { ...base.nat };
   let loop: LoopStats | undefined;
   if (base.loop !== undefined) (loop = new LoopStats()).add(base.loop);
+  let ethernet = base.ethernet;
   for (const other of others) {
     portCounters = added(portCounters, other.portCounters);
     drops = added(drops, other.drops);
@@ -169,6 +193,7 @@ export function addDataplaneCounters(base: DataplaneCounters, others: readonly D
     addFields(fragmentation, other.fragmentation);
     addFields(nat, other.nat);
     if (other.loop !== undefined) (loop ??= new LoopStats()).add(other.loop);
+    if (other.ethernet !== undefined) ethernet = addEthernetCounters(ethernet, other.ethernet);
     if (other.rules !== null) {
       // Copies at first (`added` writes into its first argument when it is long enough).
       const into = rules ?? NO_RULE_COUNTERS;
@@ -181,7 +206,19 @@ export function addDataplaneCounters(base: DataplaneCounters, others: readonly D
       };
     }
   }
-  return { portCounters, drops, conntrack, chains, fragments, fragmentation, rules, nat, ...(loop !== undefined ? { loop: loop.snapshot() } : {}) };
+  return {
+    portCounters, drops, conntrack, chains, fragments, fragmentation, rules, nat,
+    ...(loop !== undefined ? { loop: loop.snapshot() } : {}),
+    ...(ethernet !== undefined ? { ethernet } : {}),
+  };
+}
+
+/** Two threads' Ethernet counters added (their entries side by side: `show neigh` says whose). */
+function addEthernetCounters(into: EthernetCounters | undefined, from: EthernetCounters): EthernetCounters {
+  if (into === undefined) return from;
+  const neighbours = { ...into.neighbours };
+  addFields(neighbours, from.neighbours);
+  return { ports: added(into.ports.slice(), from.ports), neighbours, entries: [...into.entries, ...from.entries] };
 }
 
 const NO_RULE_COUNTERS: RuleCounters = {

@@ -11,7 +11,7 @@
  * article's MACs (examples/seed-ethernet.yaml, a second VM on br-int in a namespace of its own) and
  * two-subnets.yaml's Ethernet version, with ARP, host unreachable and `!H` compared too.
  *
- * Then with `workers: 2` (two threads forwarding, one queue of every TUN leg each, one shared
+ * Then with `workers: 2` (two threads forwarding, one queue of every leg each, one shared
  * connection table): the seed's router and the port-forwarding router (DNAT to ports and ranges,
  * SNAT --random-fully), where a connection's reply may come in on the other worker's queue.
  *
@@ -19,7 +19,8 @@
  * QNAT_CONFORMANCE_MODE=tap for its Ethernet version);
  * `npm run conformance -- random` only the property (QNAT_CONFORMANCE_RANDOM=1);
  * `npm run conformance -- --workers N ...` runs every qnat router of the run with `workers: N`
- * (QNAT_CONFORMANCE_WORKERS=N; TUN configs only, so the TAP suites are left out).
+ * (QNAT_CONFORMANCE_WORKERS=N), the TAP suites too (each thread with its own neighbour table,
+ * kept in step by relayed ARP: control/ethernet-threads.ts).
  * CONFORMANCE_SEED=0x... replays a property run (alone, unless a CONFIG is given too);
  * QNAT_CONFORMANCE_RANDOM_COUNT sets how many random routers (default 2).
  */
@@ -54,17 +55,14 @@ const workersText = process.env.QNAT_CONFORMANCE_WORKERS;
 if (workersText !== undefined && !/^[1-9]\d*$/.test(workersText)) throw new Error(`QNAT_CONFORMANCE_WORKERS must be a whole number of threads, not ${workersText}`);
 /** Every qnat router of the run forwards on this many threads (absent: each config as written). */
 const workers = workersText === undefined ? undefined : Number(workersText);
-if (workers !== undefined && mode === "tap") throw new Error(`QNAT_CONFORMANCE_WORKERS=${workers} runs TUN ports only: qnat's workers do not forward TAP ports yet`);
 const withWorkers = workers === undefined ? {} : { workers };
 
 if (chosen) conformanceSuite(resolve(chosen), { mode: mode ?? "tun", plans: plansWithKernelSelftests, ...withWorkers });
 else if (!randomOnly) {
   for (const example of EXAMPLES) conformanceSuite(join(ROOT, "examples", example), { ...(WITH_KERNEL_SELFTESTS.has(example) ? { plans: plansWithKernelSelftests } : {}), ...withWorkers });
+  for (const example of TAP_EXAMPLES) conformanceSuite(join(ROOT, "examples", example), { mode: "tap", plans: plansWithKernelSelftests, ...withWorkers });
   if (workers === undefined) {
-    for (const example of TAP_EXAMPLES) conformanceSuite(join(ROOT, "examples", example), { mode: "tap", plans: plansWithKernelSelftests });
     for (const example of WORKERS_EXAMPLES) conformanceSuite(join(ROOT, "examples", example), { workers: WORKERS_IN_CI });
-  } else {
-    console.log(`qnat conformance: workers: ${workers} runs TUN ports only, so the TAP suites (${TAP_EXAMPLES.join(", ")}) are left out of this run`);
   }
 }
 

@@ -42,7 +42,7 @@ export interface SuiteOptions {
   preamble?: readonly string[];
   /** `tun`: the config as written (default); `tap`: its Ethernet version, with ethernet.ts's scenarios too. */
   mode?: HarnessMode;
-  /** qnat runs with `workers: N` (bench/e2e-lab.ts withWorkersText); absent, the config as written. TUN mode only. */
+  /** qnat runs with `workers: N` (bench/e2e-lab.ts withWorkersText); absent, the config as written. */
   workers?: number;
 }
 
@@ -59,7 +59,6 @@ export function conformanceSuite(configPath: string, options: SuiteOptions = {})
     options.plans ??
     ((path: string) => (mode === "tap" ? [...plansFor(configOf(path)), ...ethernetPlansFor(configOf(path))] : plansFor(configOf(path))));
   const workers = options.workers;
-  if (workers !== undefined && mode === "tap") throw new Error(`${configPath}: workers: ${workers} runs TUN ports only (qnat's workers do not forward TAP ports yet)`);
   const title = options.title ?? suiteTitle(configPath, mode, workers);
   if (!isRoot) {
     console.warn(`test/conformance: not root, so the kernel-vs-qnat conformance scenarios for ${title} are skipped (they build network namespaces; CI runs them as root)`);
