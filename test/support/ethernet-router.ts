@@ -24,7 +24,12 @@ export const QG_MAC = "fa:16:3e:70:24:92";
 
 /** The seed's config text with both ports in tap mode and the article's MACs. */
 export function seedTapText(): string {
-  return readFileSync("examples/seed.yaml", "utf8")
+  return withTapPorts(readFileSync("examples/seed.yaml", "utf8"));
+}
+
+/** A text of the seed's config (renamed or not) with both ports in tap mode and the article's MACs. */
+export function withTapPorts(text: string): string {
+  return text
     .replace(/(- name: qr-694450d6-f6\n)/, `$1    mac: ${QR_MAC}\n`)
     .replace(/(- name: qg-e76de35e-90\n)/, `$1    mac: ${QG_MAC}\n`)
     .replace(/device: eth0 \}/g, "device: eth0, mode: tap }");

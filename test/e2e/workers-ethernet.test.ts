@@ -1,0 +1,156 @@
+/**
+ * The seed's router with Ethernet (tap) ports and `workers: 2`, in real namespaces (root only; the
+ * seed's router under fresh names qnt-<tag>-*, linked to nothing, removed afterwards even on
+ * failure): every leg is a two-queue TAP device, the main thread forwards queue 0 and a worker
+ * thread queue 1, each with its own neighbour table, kept in step by the ARP packets each relays
+ * to the other (control/ethernet-threads.ts). The seed's flows work as with one thread (ping,
+ * 10.0.0.3 leaves as 9.186.100.2, the floating IP 9.186.100.129 reaches 10.0.0.2, TCP with curl);
+ * 32 parallel UDP flows, which the kernel spreads over both queues, are all translated and
+ * answered, both threads carry some, and each thread's table holds the tenant host and the
+ * gateway with their MACs; a dead neighbour is answered with host unreachable; `show stats`, the
+ * metrics and `show neigh` are one router. Every command is bounded in time and count.
+ */
+import { spawnSync, type ChildProcess } from "node:child_process";
+import { resolve } from "node:path";
+import { setTimeout as sleep } from "node:timers/promises";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { parseConfig } from "../../src/config/config.js";
+import { isRoot as runningAsRoot } from "../../src/io/netns.js";
+import { controlRequest, controlSocketPath } from "../../src/control/socket.js";
+import { pingUntil } from "../../src/control/lab.js";
+import type { StatsView } from "../../src/control/show.js";
+import type { EthernetStatsView } from "../../src/control/show.js";
+import type { ThreadNeighbourView } from "../../src/control/ethernet-threads.js";
+import { retagForRun, runTag, startQnatLab, type Lab } from "../../bench/e2e-lab.js";
+import { startIn, UDP_FLOWS, UDP_WHO_AM_I } from "../support/workers-traffic.js";
+import { QR_MAC, withTapPorts } from "../support/ethernet-router.js";
+
+const isRoot = runningAsRoot();
+if (!isRoot) console.warn("test/e2e/workers-ethernet.test.ts: not root, so the two-worker tap router tests are skipped");
+
+const SEED = resolve(import.meta.dirname, "../../examples/seed.yaml");
+const WAIT_MS = 10_000;
+const FLOWS = 32;
+const PER_FLOW = 10;
+
+/** An HTTP server that answers with the address it saw the client as. */
+const WHO_AM_I = `
+const [host, port] = process.argv.slice(1);
+require("http").createServer((req, res) => res.end("seen " + req.socket.remoteAddress.replace(/^::ffff:/, "") + "\\n"))
+  .listen(Number(port), host, () => console.log("ready"));
+setTimeout(() => process.exit(0), 60000);`;
+
+function inNs(netns: string, command: string, args: readonly string[]): { code: number | null; stdout: string } {
+  const result = spawnSync("ip", ["netns", "exec", netns, command, ...args], { encoding: "utf8", timeout: 20_000 });
+  return { code: result.status, stdout: (result.stdout ?? "") + (result.stderr ?? "") };
+}
+
+describe.skipIf(!isRoot)("the seed's router with tap ports and workers: 2", () => {
+  let lab: Lab | undefined;
+  const children: ChildProcess[] = [];
+  const retagged = retagForRun(SEED, runTag());
+  const text = `${withTapPorts(retagged.text)}workers: 2\nmetrics: { listen: "127.0.0.1:9467" }\n`;
+  const config = parseConfig(text, "router.yaml");
+  const [qr, qg] = config.ports.map((p) => p.name) as [string, string];
+  const tenant = config.ports[0]!.wire.namespace;
+  const external = config.ports[1]!.wire.namespace;
+  const socket = controlSocketPath(config.namespace);
+
+  async function stats(): Promise<StatsView & { ethernet: EthernetStatsView }> {
+    const response = await controlRequest(socket, { cmd: "show", what: "stats", json: true });
+    if (!response.ok) throw new Error(`qnat show stats: ${response.error}`);
+    return response.data as StatsView & { ethernet: EthernetStatsView };
+  }
+
+  async function neighbours(): Promise<ThreadNeighbourView[]> {
+    const response = await controlRequest(socket, { cmd: "show", what: "neigh", json: true });
+    if (!response.ok) throw new Error(`qnat show neigh: ${response.error}`);
+    return response.data as ThreadNeighbourView[];
+  }
+
+  beforeAll(async () => {
+    lab = await startQnatLab(text, config);
+  }, 60_000);
+  afterAll(async () => {
+    for (const child of children) child.kill("SIGKILL");
+    await lab?.stop();
+  }, 30_000);
+
+  it("starts two forwarding threads; every leg is a multi-queue TAP device with the port's MAC on the mirror", () => {
+    expect(lab!.output!()).toMatch(/workers: 2 \(queue 0 on the main thread, queue 1 on a worker thread/);
+    const mirror = inNs(config.namespace, "ip", ["-d", "link", "show", qr]).stdout;
+    expect(mirror).toContain(`link/ether ${QR_MAC}`);
+    expect(mirror).toMatch(/tun type tap .*multi_queue/);
+    expect(inNs(external, "ip", ["-d", "link", "show", "eth0"]).stdout).toMatch(/tun type tap .*multi_queue/);
+  });
+
+  it("10.0.0.3 pings 203.0.113.10 through the router, the outside pings the floating IP 9.186.100.129", async () => {
+    expect(await pingUntil(tenant, "203.0.113.10", WAIT_MS, "10.0.0.3")).toBe(true);
+    expect(await pingUntil(external, "9.186.100.129", WAIT_MS)).toBe(true);
+  });
+
+  it("10.0.0.3 reaches the outside as 9.186.100.2 over TCP, and 10.0.0.2 as its floating IP 9.186.100.129", async () => {
+    await startIn(external, WHO_AM_I, ["0.0.0.0", "8080"], children);
+    expect(inNs(tenant, "curl", ["-s", "-m", "5", "--interface", "10.0.0.3", "http://203.0.113.10:8080/"]).stdout.trim()).toBe("seen 9.186.100.2");
+    expect(inNs(tenant, "curl", ["-s", "-m", "5", "--interface", "10.0.0.2", "http://9.186.100.1:8080/"]).stdout.trim()).toBe("seen 9.186.100.129");
+  });
+
+  it(`${FLOWS} parallel UDP flows from 10.0.0.3 all leave as 9.186.100.2 with distinct ports, every datagram answered; both threads carried them and both know the neighbours`, async () => {
+    await startIn(external, UDP_WHO_AM_I, ["203.0.113.10", "7000"], children);
+    const before = await stats();
+    const client = spawnSync("ip", ["netns", "exec", tenant, process.execPath, "-e", UDP_FLOWS, String(FLOWS), String(PER_FLOW), "10.0.0.3", "203.0.113.10", "7000"], {
+      encoding: "utf8",
+      timeout: 20_000,
+    });
+    const result = JSON.parse(client.stdout) as { sent: number; answered: number; seen: Record<string, string> };
+    expect(result.sent).toBe(FLOWS * PER_FLOW);
+    expect(result.answered).toBe(FLOWS * PER_FLOW);
+    const seen = Object.values(result.seen);
+    expect(seen).toHaveLength(FLOWS);
+    for (const address of seen) expect(address).toMatch(/^9\.186\.100\.2:\d+$/);
+    expect(new Set(seen).size).toBe(FLOWS);
+    const after = await stats();
+    // One router: the tenant's wire received exactly the datagrams, the outside's sent them.
+    expect(after.ports[0]!.wire.rxPackets - before.ports[0]!.wire.rxPackets).toBe(FLOWS * PER_FLOW);
+    expect(after.ports[1]!.wire.txPackets - before.ports[1]!.wire.txPackets).toBe(FLOWS * PER_FLOW);
+    // Both threads carried some (the kernel spreads the flows over the queues by hash).
+    const shares = after.workers!.map((w, i) => w.rxPackets - (before.workers![i]?.rxPackets ?? 0));
+    expect(shares).toHaveLength(2);
+    for (const share of shares) expect(share).toBeGreaterThan(0);
+    // Each thread wrote frames to the tenant and the gateway: each thread's table holds both with their MACs.
+    const tenantMac = inNs(tenant, "ip", ["link", "show", "eth0"]).stdout.match(/link\/ether (\S+)/)![1]!;
+    const rows = await neighbours();
+    for (const thread of [0, 1]) {
+      expect(rows.find((r) => r.thread === thread && r.dst === "10.0.0.3" && r.dev === qr)?.lladdr).toBe(tenantMac);
+      expect(rows.find((r) => r.thread === thread && r.dst === "9.186.100.1" && r.dev === qg)?.lladdr).toMatch(/^[0-9a-f:]{17}$/);
+    }
+    const text = await controlRequest(socket, { cmd: "show", what: "neigh" });
+    expect(text.ok && text.text).toMatch(new RegExp(`^10\\.0\\.0\\.3 dev ${qr} lladdr ${tenantMac} \\S+ thread 1$`, "m"));
+  }, 40_000);
+
+  it("show stats and the metrics count each ARP packet once, every thread's added up", async () => {
+    const seen = await stats();
+    const ethernet = seen.ethernet;
+    // Announced once, by the main thread: 9.186.100.2 and 9.186.100.129.
+    expect(ethernet.ports[qg]!["gratuitous_out"]).toBe(2);
+    expect(ethernet.ports[qr]!["arp_replies"]).toBeGreaterThan(0);
+    expect(ethernet.ports[qr]!["arp_requests_in"]).toBeGreaterThanOrEqual(ethernet.ports[qr]!["arp_replies"]!);
+    const metrics = inNs(config.namespace, "curl", ["-s", "-m", "5", "http://127.0.0.1:9467/metrics"]).stdout;
+    const metric = (pattern: RegExp): number => Number(pattern.exec(metrics)?.[1] ?? NaN);
+    expect(metric(new RegExp(`qnat_arp_sent_total\\{port="${qg}",kind="gratuitous"\\} (\\d+)`))).toBe(2);
+    expect(metric(new RegExp(`qnat_arp_sent_total\\{port="${qr}",kind="reply"\\} (\\d+)`))).toBeGreaterThanOrEqual(ethernet.ports[qr]!["arp_replies"]!);
+  });
+
+  it("a dead neighbour (9.186.100.77) gives 10.0.0.3 ICMP host unreachable from 9.186.100.2", () => {
+    const result = inNs(tenant, "ping", ["-n", "-c", "1", "-w", "8", "-I", "10.0.0.3", "9.186.100.77"]);
+    expect(result.stdout).toMatch(/From 9\.186\.100\.2 icmp_seq=1 Destination Host Unreachable/);
+  }, 20_000);
+
+  it("SIGTERM: both threads stop and the router exits 0, its mirrors gone", async () => {
+    process.kill(lab!.pid!, "SIGTERM");
+    const code = await Promise.race([lab!.exited!, sleep(WAIT_MS).then(() => "still running")]);
+    expect(code, lab!.output!()).toBe(0);
+    expect(inNs(config.namespace, "ip", ["link", "show", qr]).code).not.toBe(0);
+    expect(lab!.output!()).not.toMatch(/worker \d+ failed|internal error/);
+  });
+});
