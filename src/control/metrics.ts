@@ -17,6 +17,7 @@ import { DROP_REASON_COUNT, dropReasonName } from "../core/drop-reason.js";
 import { NetfilterNat } from "../dataplane/netfilter-nat.js";
 import type { Dataplane } from "../dataplane/pipeline.js";
 import { EthCounter, type EthernetStage } from "../io/ethernet-leg.js";
+import type { NeighbourCounters } from "../neigh/table.js";
 import { LoopStats, type BucketCounts } from "../io/loop-stats.js";
 import type { DataplaneCounters } from "../io/worker-protocol.js";
 import { TargetKind } from "../nat/rules/model.js";
@@ -325,24 +326,24 @@ export class MetricsExporter {
       const counts = stage.table.countByState();
       for (const state of STATES) yield [{ state }, counts.get(state) ?? 0];
     });
-    /** The neighbour counters: every thread's added up with workers. */
-    const countersOf = (s: Snapshot, stage: EthernetStage): EthernetStage["table"]["counters"] =>
-      (s.summed?.ethernet?.neighbours as unknown as EthernetStage["table"]["counters"] | undefined) ?? stage.table.counters;
-    const neighbour = (read: (c: EthernetStage["table"]["counters"]) => number) => (s: Snapshot): Iterable<[Labels, number]> => {
+    /** The neighbour counters (NeighbourCounters' fields): every thread's added up with workers. */
+    const countersOf = (s: Snapshot, stage: EthernetStage): Readonly<Record<string, number>> =>
+      s.summed?.ethernet?.neighbours ?? { ...stage.table.counters };
+    const neighbour = (field: keyof NeighbourCounters) => (s: Snapshot): Iterable<[Labels, number]> => {
       const stage = stageOf();
-      return stage === undefined ? [] : [[{}, read(countersOf(s, stage))]];
+      return stage === undefined ? [] : [[{}, countersOf(s, stage)[field] ?? 0]];
     };
-    this.counter("qnat_neighbour_queued_total", "Packets queued while their neighbour was resolving (INCOMPLETE); GSO super-packets included.", [], neighbour((c) => c.queued));
+    this.counter("qnat_neighbour_queued_total", "Packets queued while their neighbour was resolving (INCOMPLETE); GSO super-packets included.", [], neighbour("queued"));
     this.counter("qnat_neighbour_queue_drops_total", "Packets waiting for a neighbour that were dropped, by reason: overflow (over unres_qlen_bytes, the oldest first), pool-full (no queue slot free), unresolved (the neighbour failed; each answered with host unreachable if the rate limit allows).", ["reason"], function* (s) {
       const stage = stageOf();
       if (stage === undefined) return;
       const c = countersOf(s, stage);
-      yield [{ reason: "overflow" }, c.unresDiscards];
-      yield [{ reason: "pool-full" }, c.queuePoolFull];
-      yield [{ reason: "unresolved" }, c.failedDrops];
+      yield [{ reason: "overflow" }, c["unresDiscards"] ?? 0];
+      yield [{ reason: "pool-full" }, c["queuePoolFull"] ?? 0];
+      yield [{ reason: "unresolved" }, c["failedDrops"] ?? 0];
     });
-    this.counter("qnat_neighbour_resolution_failures_total", "Neighbour resolutions that failed (FAILED after the probes went unanswered; Linux res_failed).", [], neighbour((c) => c.resFailed));
-    this.counter("qnat_neighbour_table_full_total", "New neighbour entries refused: the table was full of entries in use (Linux table_fulls).", [], neighbour((c) => c.tableFulls));
+    this.counter("qnat_neighbour_resolution_failures_total", "Neighbour resolutions that failed (FAILED after the probes went unanswered; Linux res_failed).", [], neighbour("resFailed"));
+    this.counter("qnat_neighbour_table_full_total", "New neighbour entries refused: the table was full of entries in use (Linux table_fulls).", [], neighbour("tableFulls"));
   }
 
   private defineLoop(): void {

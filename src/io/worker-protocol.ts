@@ -72,7 +72,10 @@ export interface EthernetCounters {
   readonly ports: Float64Array;
   /** The neighbour table's counters (NeighbourCounters) and its `entries`. */
   readonly neighbours: Record<string, number>;
-  /** The thread's neighbour entries (`show neigh`); not summed: each thread has its own table. */
+  /**
+   * The thread's neighbour entries (`show neigh`). Not added up: each thread has its own table, and
+   * a sum holds the entries of its last part (a worker started again: its new table's).
+   */
   readonly entries: readonly NeighbourView[];
 }
 
@@ -213,12 +216,12 @@ export function addDataplaneCounters(base: DataplaneCounters, others: readonly D
   };
 }
 
-/** Two threads' Ethernet counters added (their entries side by side: `show neigh` says whose). */
+/** Two Ethernet stages' counters added (the entries are `from`'s: see EthernetCounters.entries). */
 function addEthernetCounters(into: EthernetCounters | undefined, from: EthernetCounters): EthernetCounters {
   if (into === undefined) return from;
   const neighbours = { ...into.neighbours };
   addFields(neighbours, from.neighbours);
-  return { ports: added(into.ports.slice(), from.ports), neighbours, entries: [...into.entries, ...from.entries] };
+  return { ports: added(into.ports.slice(), from.ports), neighbours, entries: from.entries };
 }
 
 const NO_RULE_COUNTERS: RuleCounters = {

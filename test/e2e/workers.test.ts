@@ -274,12 +274,4 @@ describe.skipIf(!isRoot)("what a router with workers: 2 cannot be, refused befor
     expect(result).toEqual({ code: 2, stderr: `qnat: pass-through mode runs on one thread; ${file} says workers: 2\n` });
     expect(existsSync(controlSocketPath(config.namespace))).toBe(false);
   });
-
-  it("tap ports run on one thread: one line at the workers line, exit 2", () => {
-    const { text } = retagForRun(SEED, runTag(), "tap");
-    const file = join(dir, "tap.yaml");
-    const result = run(file, `${text}workers: 2\n`);
-    expect(result.code).toBe(2);
-    expect(result.stderr).toMatch(new RegExp(`^${file}:\\d+: workers 2: port \\S+ has wire.mode: tap, whose ARP and neighbour table run on one thread; use workers: 1 with tap ports\\n$`));
-  });
 });
