@@ -8,22 +8,27 @@
  * 32 parallel UDP flows, which the kernel spreads over both queues, are all translated and
  * answered, both threads carry some, and each thread's table holds the tenant host and the
  * gateway with their MACs; a dead neighbour is answered with host unreachable; `show stats`, the
- * metrics and `show neigh` are one router. Every command is bounded in time and count.
+ * metrics and `show neigh` are one router; a live change's new address is answered for; a wire
+ * leg deleted comes back with a queue per thread, and the outside's gratuitous ARP, which one
+ * thread receives, moves the gateway to its new MAC in both tables. Every command is bounded in
+ * time and count.
  */
 import { spawnSync, type ChildProcess } from "node:child_process";
-import { resolve } from "node:path";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join, resolve } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { parseConfig } from "../../src/config/config.js";
 import { isRoot as runningAsRoot } from "../../src/io/netns.js";
 import { controlRequest, controlSocketPath } from "../../src/control/socket.js";
 import { pingUntil } from "../../src/control/lab.js";
-import type { StatsView } from "../../src/control/show.js";
-import type { EthernetStatsView } from "../../src/control/show.js";
+import type { EthernetStatsView, PortView, StatsView } from "../../src/control/show.js";
+import { runCli } from "../../src/cli/main.js";
 import type { ThreadNeighbourView } from "../../src/control/ethernet-threads.js";
 import { retagForRun, runTag, startQnatLab, type Lab } from "../../bench/e2e-lab.js";
 import { startIn, UDP_FLOWS, UDP_WHO_AM_I } from "../support/workers-traffic.js";
-import { QR_MAC, withTapPorts } from "../support/ethernet-router.js";
+import { QG_MAC, QR_MAC, withTapPorts } from "../support/ethernet-router.js";
 
 const isRoot = runningAsRoot();
 if (!isRoot) console.warn("test/e2e/workers-ethernet.test.ts: not root, so the two-worker tap router tests are skipped");
@@ -55,6 +60,7 @@ describe.skipIf(!isRoot)("the seed's router with tap ports and workers: 2", () =
   const tenant = config.ports[0]!.wire.namespace;
   const external = config.ports[1]!.wire.namespace;
   const socket = controlSocketPath(config.namespace);
+  const dir = mkdtempSync(join(tmpdir(), "qnat-workers-ethernet-"));
 
   async function stats(): Promise<StatsView & { ethernet: EthernetStatsView }> {
     const response = await controlRequest(socket, { cmd: "show", what: "stats", json: true });
@@ -68,12 +74,33 @@ describe.skipIf(!isRoot)("the seed's router with tap ports and workers: 2", () =
     return response.data as ThreadNeighbourView[];
   }
 
+  /** FLOWS UDP flows from 10.0.0.3 to a UDP echo of the peer on 203.0.113.10:`port`: every datagram answered, every flow as 9.186.100.2 on a port of its own. */
+  function udpFlows(port: number): void {
+    const client = spawnSync("ip", ["netns", "exec", tenant, process.execPath, "-e", UDP_FLOWS, String(FLOWS), String(PER_FLOW), "10.0.0.3", "203.0.113.10", String(port)], {
+      encoding: "utf8",
+      timeout: 20_000,
+    });
+    const result = JSON.parse(client.stdout) as { sent: number; answered: number; seen: Record<string, string> };
+    expect(result.sent).toBe(FLOWS * PER_FLOW);
+    expect(result.answered).toBe(FLOWS * PER_FLOW);
+    const seen = Object.values(result.seen);
+    expect(seen).toHaveLength(FLOWS);
+    for (const address of seen) expect(address).toMatch(/^9\.186\.100\.2:\d+$/);
+    expect(new Set(seen).size).toBe(FLOWS);
+  }
+
   beforeAll(async () => {
     lab = await startQnatLab(text, config);
+    await startIn(external, UDP_WHO_AM_I, ["203.0.113.10", "7000"], children);
+    await startIn(external, UDP_WHO_AM_I, ["203.0.113.10", "7001"], children);
   }, 60_000);
   afterAll(async () => {
     for (const child of children) child.kill("SIGKILL");
-    await lab?.stop();
+    try {
+      await lab?.stop();
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   }, 30_000);
 
   it("starts two forwarding threads; every leg is a multi-queue TAP device with the port's MAC on the mirror", () => {
@@ -96,19 +123,8 @@ describe.skipIf(!isRoot)("the seed's router with tap ports and workers: 2", () =
   });
 
   it(`${FLOWS} parallel UDP flows from 10.0.0.3 all leave as 9.186.100.2 with distinct ports, every datagram answered; both threads carried them and both know the neighbours`, async () => {
-    await startIn(external, UDP_WHO_AM_I, ["203.0.113.10", "7000"], children);
     const before = await stats();
-    const client = spawnSync("ip", ["netns", "exec", tenant, process.execPath, "-e", UDP_FLOWS, String(FLOWS), String(PER_FLOW), "10.0.0.3", "203.0.113.10", "7000"], {
-      encoding: "utf8",
-      timeout: 20_000,
-    });
-    const result = JSON.parse(client.stdout) as { sent: number; answered: number; seen: Record<string, string> };
-    expect(result.sent).toBe(FLOWS * PER_FLOW);
-    expect(result.answered).toBe(FLOWS * PER_FLOW);
-    const seen = Object.values(result.seen);
-    expect(seen).toHaveLength(FLOWS);
-    for (const address of seen) expect(address).toMatch(/^9\.186\.100\.2:\d+$/);
-    expect(new Set(seen).size).toBe(FLOWS);
+    udpFlows(7000);
     const after = await stats();
     // One router: the tenant's wire received exactly the datagrams, the outside's sent them.
     expect(after.ports[0]!.wire.rxPackets - before.ports[0]!.wire.rxPackets).toBe(FLOWS * PER_FLOW);
@@ -145,6 +161,47 @@ describe.skipIf(!isRoot)("the seed's router with tap ports and workers: 2", () =
     const result = inNs(tenant, "ping", ["-n", "-c", "1", "-w", "8", "-I", "10.0.0.3", "9.186.100.77"]);
     expect(result.stdout).toMatch(/From 9\.186\.100\.2 icmp_seq=1 Destination Host Unreachable/);
   }, 20_000);
+
+  it("qnat apply of a new floating IP's address 9.186.100.130 on qg- reaches both threads: the outside's arping for it is answered with qg-'s MAC", async () => {
+    const file = join(dir, "with-fip.yaml");
+    writeFileSync(file, text.replace("9.186.100.2/24, 9.186.100.129/32", "9.186.100.2/24, 9.186.100.129/32, 9.186.100.130/32"));
+    let out = "";
+    let err = "";
+    expect(await runCli(["apply", file], { out: (t) => (out += t), err: (t) => (err += t) })).toBe(0);
+    expect(err).toBe("");
+    expect(out).toContain(`+ address 9.186.100.130/32 on ${qg}`);
+    // The outside's ARP frames reach one queue (docs/multi-core.md): the thread there answers.
+    const arping = inNs(external, "arping", ["-c", "2", "-w", "4", "-I", "eth0", "9.186.100.130"]).stdout;
+    expect(arping.toLowerCase()).toContain(`reply from 9.186.100.130 [${QG_MAC}]`);
+  }, 20_000);
+
+  it("ip link del of the outside's eth0: the tap leg comes back with a queue for each thread; the outside's gratuitous ARP moves 9.186.100.1 to its new MAC in both threads' tables, and the flows run on both again", async () => {
+    const oldMac = inNs(external, "ip", ["link", "show", "eth0"]).stdout.match(/link\/ether (\S+)/)![1]!;
+    inNs(external, "ip", ["link", "del", "eth0"]);
+    const back = async (): Promise<boolean> => {
+      const response = await controlRequest(socket, { cmd: "show", what: "ports", json: true });
+      const wire = response.ok ? (response.data as PortView[])[1]!.legs?.wire : undefined;
+      return wire?.state === "up" && wire.recoveries === 1;
+    };
+    const started = Date.now();
+    while (!(await back()) && Date.now() - started < WAIT_MS) await sleep(100);
+    expect(await back()).toBe(true);
+    const link = inNs(external, "ip", ["-d", "link", "show", "eth0"]).stdout;
+    expect(link).toMatch(/tun type tap .*multi_queue/);
+    const newMac = link.match(/link\/ether (\S+)/)![1]!;
+    expect(newMac).not.toBe(oldMac);
+    // As qnat lab up would: the outside's host gets its address again, and announces it.
+    inNs(external, "ip", ["addr", "add", "9.186.100.1/24", "dev", "eth0"]);
+    inNs(external, "arping", ["-U", "-c", "1", "-I", "eth0", "9.186.100.1"]);
+    const gatewayMacs = async (): Promise<string[]> => (await neighbours()).filter((r) => r.dst === "9.186.100.1").map((r) => `${r.thread} ${r.lladdr}`);
+    const waited = Date.now();
+    while ((await gatewayMacs()).join() !== `0 ${newMac},1 ${newMac}` && Date.now() - waited < WAIT_MS) await sleep(100);
+    expect(await gatewayMacs()).toEqual([`0 ${newMac}`, `1 ${newMac}`]);
+    const before = await stats();
+    udpFlows(7001);
+    const after = await stats();
+    for (const share of after.workers!.map((w, i) => w.rxPackets - before.workers![i]!.rxPackets)) expect(share).toBeGreaterThan(0);
+  }, 40_000);
 
   it("SIGTERM: both threads stop and the router exits 0, its mirrors gone", async () => {
     process.kill(lab!.pid!, "SIGTERM");
