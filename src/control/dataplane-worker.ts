@@ -61,7 +61,11 @@ export function runDataplaneWorker(setup: WorkerSetup, port: MessagePort): void 
   forwarder.useQueues(setup.worker, workersOf(config));
   const loopStats = new LoopStats();
   // Captures (`qnat capture` with workers: N): a tap on this thread's forwarder only while one runs.
-  const captures = new WorkerCaptures(setup.batchSize, forwarder, () => dataplane, (message, transfer) => port.postMessage(message, transfer));
+  const captures = new WorkerCaptures(
+    setup.batchSize, forwarder, () => dataplane, (message, transfer) => port.postMessage(message, transfer), config.ports.map((p) => p.wire.mode === "tap"),
+  );
+  // A capture sees the packets that waited for ARP in this thread's table when they leave.
+  if (ethernet !== undefined) ethernet.onQueuedSent = (pool, verdicts, legIndex) => captures.deferred(pool, verdicts, legIndex);
   /** A leg whose read, write or poll failed here: out of this worker's loop, and the main thread told. */
   const legFailed = (index: number, error: unknown): void => {
     legs[index]?.device.stopReadable();

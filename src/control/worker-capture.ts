@@ -10,6 +10,7 @@
  * Bounded: chunks the main thread has not written yet hold at most MAX_QUEUED_BYTES per capture;
  * a chunk past that (the output is slower than the packets) is counted lost, per worker.
  */
+import type { PacketBatch } from "../core/batch.js";
 import type { Dataplane } from "../dataplane/pipeline.js";
 import { CaptureSession, CaptureTap, type CaptureInterface } from "../io/capture.js";
 import type { Forwarder } from "../io/forwarder.js";
@@ -38,18 +39,24 @@ export class WorkerCaptures {
     private readonly forwarder: Forwarder,
     private readonly dataplane: () => Dataplane,
     private readonly post: (message: FromWorker, transfer: ArrayBuffer[]) => void,
+    /** Per port: its legs carry Ethernet frames (a tap port), as the main thread's tap knows them. */
+    private readonly ethernet: readonly boolean[] = [],
   ) {}
 
   /** Between two batches: a session of the capture's interfaces on this thread's tap. */
   start(message: CaptureStart): void {
-    // Tap ports run with workers: 1 only (config.ts): every leg here carries bare IPv4.
-    this.tap ??= new CaptureTap(this.batchSize, []);
+    this.tap ??= new CaptureTap(this.batchSize, this.ethernet);
     const ring = message.ringBytes === undefined ? {} : { bytes: message.ringBytes, records: Math.max(16, Math.min(8192, Math.floor(message.ringBytes / 64))) };
     const session = new CaptureSession(message.interfaces, message.legCount, 0, ring);
     this.sessions.set(message.id, { session, cache: new CommentCache() });
     this.tap.add(session);
     this.forwarder.setCapture(this.tap);
     this.timer ??= setInterval(() => this.flushAll(), WORKER_DRAIN_MS);
+  }
+
+  /** Packets that waited for ARP in this thread's neighbour table, as they leave (io/capture.ts `deferred`). */
+  deferred(pool: PacketBatch, verdicts: Int32Array, legIndex: number): void {
+    this.tap?.deferred(pool, verdicts, legIndex);
   }
 
   /** The capture ends here: its tap comes off, what its ring holds goes out with `last`. */

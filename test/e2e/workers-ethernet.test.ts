@@ -8,13 +8,13 @@
  * 32 parallel UDP flows, which the kernel spreads over both queues, are all translated and
  * answered, both threads carry some, and each thread's table holds the tenant host and the
  * gateway with their MACs; a dead neighbour is answered with host unreachable; `show stats`, the
- * metrics and `show neigh` are one router; a live change's new address is answered for; a wire
+ * metrics and `show neigh` are one router; a capture holds every thread's frames whole; a live change's new address is answered for; a wire
  * leg deleted comes back with a queue per thread, and the outside's gratuitous ARP, which one
  * thread receives, moves the gateway to its new MAC in both tables. Every command is bounded in
  * time and count.
  */
-import { spawnSync, type ChildProcess } from "node:child_process";
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { spawn, spawnSync, type ChildProcess } from "node:child_process";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
@@ -29,11 +29,16 @@ import type { ThreadNeighbourView } from "../../src/control/ethernet-threads.js"
 import { retagForRun, runTag, startQnatLab, type Lab } from "../../bench/e2e-lab.js";
 import { startIn, UDP_FLOWS, UDP_WHO_AM_I } from "../support/workers-traffic.js";
 import { QG_MAC, QR_MAC, withTapPorts } from "../support/ethernet-router.js";
+import { readPcapng } from "../support/pcapng-reader.js";
+import { ETH_P_ARP, ETH_P_IP } from "../../src/wire/ethernet.js";
 
 const isRoot = runningAsRoot();
 if (!isRoot) console.warn("test/e2e/workers-ethernet.test.ts: not root, so the two-worker tap router tests are skipped");
 
 const SEED = resolve(import.meta.dirname, "../../examples/seed.yaml");
+const MAIN = resolve(import.meta.dirname, "../../dist/src/cli/main.js");
+/** pcapng's link type of Ethernet frames (LINKTYPE_ETHERNET). */
+const LINKTYPE_ETHERNET = 1;
 const WAIT_MS = 10_000;
 const FLOWS = 32;
 const PER_FLOW = 10;
@@ -93,6 +98,7 @@ describe.skipIf(!isRoot)("the seed's router with tap ports and workers: 2", () =
     lab = await startQnatLab(text, config);
     await startIn(external, UDP_WHO_AM_I, ["203.0.113.10", "7000"], children);
     await startIn(external, UDP_WHO_AM_I, ["203.0.113.10", "7001"], children);
+    await startIn(external, UDP_WHO_AM_I, ["203.0.113.10", "7002"], children);
   }, 60_000);
   afterAll(async () => {
     for (const child of children) child.kill("SIGKILL");
@@ -143,6 +149,34 @@ describe.skipIf(!isRoot)("the seed's router with tap ports and workers: 2", () =
     const text = await controlRequest(socket, { cmd: "show", what: "neigh" });
     expect(text.ok && text.text).toMatch(new RegExp(`^10\\.0\\.0\\.3 dev ${qr} lladdr ${tenantMac} \\S+ thread 1$`, "m"));
   }, 40_000);
+
+  it("qnat capture -c 100 of both ports' wires while the flows cross both threads: 100 Ethernet frames, every one IPv4 or ARP with its header in place", async () => {
+    const file = join(dir, "flows.pcapng");
+    const capture = spawn(process.execPath, [MAIN, "capture", qr, qg, "-c", "100", "--router", config.namespace, "-w", file], { stdio: ["ignore", "ignore", "pipe"] });
+    children.push(capture);
+    let stderr = "";
+    capture.stderr!.on("data", (chunk: Buffer) => (stderr += chunk.toString()));
+    const exited = new Promise<number | null>((done) => capture.once("exit", (code) => done(code)));
+    const started = Date.now();
+    while (!stderr.includes("capturing") && capture.exitCode === null && Date.now() - started < WAIT_MS) await sleep(20);
+    expect(stderr).toContain("capturing");
+    const before = await stats();
+    udpFlows(7002);
+    const after = await stats();
+    for (const share of after.workers!.map((w, i) => w.rxPackets - before.workers![i]!.rxPackets)) expect(share).toBeGreaterThan(0);
+    expect(await Promise.race([exited, sleep(WAIT_MS).then(() => "still running")]), stderr).toBe(0);
+    const read = readPcapng(readFileSync(file));
+    expect(read.interfaces.map((i) => [i.name, i.linkType])).toEqual([[qr, LINKTYPE_ETHERNET], [qg, LINKTYPE_ETHERNET]]);
+    expect(read.packets).toHaveLength(100);
+    // Every thread's tap writes whole frames: the EtherType where Ethernet puts it, the router's MAC on one side.
+    const macs = [QR_MAC, QG_MAC].map((m) => m.replaceAll(":", ""));
+    for (const packet of read.packets) {
+      const type = (packet.data[12]! << 8) | packet.data[13]!;
+      expect([ETH_P_IP, ETH_P_ARP]).toContain(type);
+      const ends = [Buffer.from(packet.data.subarray(0, 6)).toString("hex"), Buffer.from(packet.data.subarray(6, 12)).toString("hex")];
+      expect(ends.some((mac) => macs.includes(mac)) || ends[0] === "ffffffffffff").toBe(true);
+    }
+  }, 30_000);
 
   it("show stats and the metrics count each ARP packet once, every thread's added up", async () => {
     const seen = await stats();
