@@ -5,7 +5,9 @@
  * and attached to the main thread's connection table and NAT state (SharedArrayBuffers under one
  * lock, dataplane/from-config.ts `shared`), so a connection whose two directions the kernel
  * hands to different queues is one connection, and a NAT port is chosen once across all workers.
- * Its batches, counters, fragment table and JIT are its own.
+ * Its batches, counters, fragment table and JIT are its own, and so are, with tap ports, its
+ * Ethernet stage and neighbour table: the ARP packets its wire legs receive go to the main thread,
+ * and those the other threads received come back to be learnt (control/ethernet-threads.ts).
  *
  * The main thread opened every queue (fds are process-wide) and keeps them: the worker only
  * polls, reads and writes its fds and never closes them. It answers the main thread's messages

@@ -17,6 +17,9 @@
  *     lets its queue of it go before the fds are closed (`releaseLeg`), so a reused fd number never
  *     reaches a worker; a leg re-created with N queues gives each worker its new queue (`legUp`).
  *   - live changes: `apply` has every worker build and swap in its successor dataplane.
+ *   - ARP (tap ports): an ARP frame a worker received comes here (`onArpFrame`) and goes to every
+ *     other worker (`relayArp`), so every thread's neighbour table learns it
+ *     (control/ethernet-threads.ts).
  *   - stop: every worker stops reading, ends its batch and answers (`stop`); the caller saves the
  *     state, then `end` ends the threads.
  */
