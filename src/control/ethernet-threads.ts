@@ -138,7 +138,7 @@ export interface ArpRelay {
 
 /**
  * The main thread's side of the relay: what its own wire legs receive goes to every worker; what
- * a worker received is learnt here and goes to every other worker. `stage()`: the stage now.
+ * a worker received is learnt here and goes to every other worker.
  */
 export function relayArpBetweenThreads(stage: EthernetStage, workers: ArpRelay): void {
   stage.onArpReceived = (port, frame) => workers.relayArp(0, port, frame);
