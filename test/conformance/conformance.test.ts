@@ -11,9 +11,9 @@
  * article's MACs (examples/seed-ethernet.yaml, a second VM on br-int in a namespace of its own) and
  * two-subnets.yaml's Ethernet version, with ARP, host unreachable and `!H` compared too.
  *
- * Then with `workers: 2` (two threads forwarding, one queue of every leg each, one shared
- * connection table): the seed's router and the port-forwarding router (DNAT to ports and ranges,
- * SNAT --random-fully), where a connection's reply may come in on the other worker's queue.
+ * `npm test` runs this whole file twice: as written, and with every qnat router on two threads
+ * (vitest.workers.config.ts sets QNAT_CONFORMANCE_WORKERS=2: one queue of every leg each, one
+ * shared connection table, a connection's reply possibly on the other worker's queue).
  *
  * `npm run conformance -- [--tap] CONFIG` runs CONFIG alone (QNAT_CONFORMANCE_CONFIG, and
  * QNAT_CONFORMANCE_MODE=tap for its Ethernet version);
@@ -41,9 +41,6 @@ const EXAMPLES = ["seed.yaml", "two-subnets.yaml", "mtu-1450.yaml", "three-tenan
 const TAP_EXAMPLES = ["seed-ethernet.yaml", "two-subnets.yaml"];
 /** The examples that also run the kernel's own NAT tests (kernel-selftests.ts), as the TAP ones do; small-table.yaml runs only its table limit. */
 const WITH_KERNEL_SELFTESTS = new Set(["seed.yaml", "two-subnets.yaml", "small-table.yaml"]);
-/** Run again with qnat on WORKERS_IN_CI threads: the seed's router and the NAT-heaviest example. */
-const WORKERS_EXAMPLES = ["seed.yaml", "port-forwarding.yaml"];
-const WORKERS_IN_CI = 2;
 
 const chosen = process.env.QNAT_CONFORMANCE_CONFIG;
 const seedText = process.env.CONFORMANCE_SEED;
@@ -61,9 +58,6 @@ if (chosen) conformanceSuite(resolve(chosen), { mode: mode ?? "tun", plans: plan
 else if (!randomOnly) {
   for (const example of EXAMPLES) conformanceSuite(join(ROOT, "examples", example), { ...(WITH_KERNEL_SELFTESTS.has(example) ? { plans: plansWithKernelSelftests } : {}), ...withWorkers });
   for (const example of TAP_EXAMPLES) conformanceSuite(join(ROOT, "examples", example), { mode: "tap", plans: plansWithKernelSelftests, ...withWorkers });
-  if (workers === undefined) {
-    for (const example of WORKERS_EXAMPLES) conformanceSuite(join(ROOT, "examples", example), { workers: WORKERS_IN_CI });
-  }
 }
 
 if (!chosen || seedText !== undefined) {
