@@ -12,12 +12,14 @@
  * The main thread opened every queue (fds are process-wide) and keeps them: the worker only
  * polls, reads and writes its fds and never closes them. It answers the main thread's messages
  * (io/worker-protocol.ts): a copy of its counters, a leg gone or re-created, a live change
- * (its successor dataplane, swapped in between two batches), stop.
+ * (its successor dataplane, swapped in between two batches; with ports added or removed, its
+ * queues of the new config's legs in the same step), stop.
  */
 import { parentPort, workerData, type MessagePort } from "node:worker_threads";
 import { CryptoRng } from "../core/rng.js";
 import { workersOf } from "../config/config.js";
 import { buildDataplane } from "../dataplane/from-config.js";
+import type { Dataplane } from "../dataplane/pipeline.js";
 import { carryOverCounters } from "../dataplane/successor.js";
 import { warmUp } from "../dataplane/warmup.js";
 import { Forwarder } from "../io/forwarder.js";
@@ -48,8 +50,10 @@ export function runDataplaneWorker(setup: WorkerSetup, port: MessagePort): void 
   dataplane.log = log;
   // Tap ports: this thread's own Ethernet stage and neighbour table (control/ethernet-threads.ts).
   const ethernet = buildEthernetStage(config, { headroom: setup.headroom, ...(setup.vnetHdr ? { superSlotSize: setup.slotSize } : {}) }, dataplane);
+  /** The config whose ports the legs are (the first one, then each change of ports'). */
+  let legsOf = config;
   const open = (leg: WorkerLegSetup, index: number): TunLeg => {
-    const tap = ethernet !== undefined && isTapLeg(config, index);
+    const tap = ethernet !== undefined && isTapLeg(legsOf, index);
     const device = TunDevice.fromFd(leg.fd, { name: leg.name, netns: leg.netns, vnetHdr: setup.vnetHdr, tap, ownsFd: false });
     const tunLeg = tap ? new EthernetLeg(device, ethernet, index >> 1, index & 1) : new TunLeg(device);
     tunLeg.queueFds = leg.queues;
@@ -57,10 +61,15 @@ export function runDataplaneWorker(setup: WorkerSetup, port: MessagePort): void 
     return tunLeg;
   };
   // A leg that is down as the worker starts (fd -1: its queues were closed) waits for `leg-up`.
-  const legs: (TunLeg | null)[] = setup.legs.map((leg, index) => (leg.fd < 0 ? null : open(leg, index)));
-  const forwarder = new Forwarder(dataplane, legs.map((leg) => leg ?? new DownLeg()), setup.batchSize, setup.slotSize, setup.headroom);
-  if (ethernet !== undefined) connectWorkerEthernet(ethernet, forwarder, post);
-  forwarder.useQueues(setup.worker, workersOf(config));
+  // `let`: a live change that adds or removes ports links the legs anew (`relink` below).
+  let legs: (TunLeg | null)[] = setup.legs.map((leg, index) => (leg.fd < 0 ? null : open(leg, index)));
+  const forwarderOver = (over: Dataplane): Forwarder => {
+    const made = new Forwarder(over, legs.map((leg) => leg ?? new DownLeg()), setup.batchSize, setup.slotSize, setup.headroom);
+    if (ethernet !== undefined) connectWorkerEthernet(ethernet, made, post);
+    made.useQueues(setup.worker, workersOf(config));
+    return made;
+  };
+  let forwarder = forwarderOver(dataplane);
   const loopStats = new LoopStats();
   // Captures (`qnat capture` with workers: N): a tap on this thread's forwarder only while one runs.
   const captures = new WorkerCaptures(
@@ -133,21 +142,15 @@ export function runDataplaneWorker(setup: WorkerSetup, port: MessagePort): void 
       case "arp":
         ethernet?.learnRelayed(message.port, message.frame);
         return;
-      case "leg-down": {
-        // The main thread closes the fd once every worker let it go: until then its number
-        // cannot be reused by another open, so this worker never reads someone else's device.
-        const leg = legs[message.index];
-        leg?.device.stopReadable();
-        legs[message.index] = null;
-        ethernet?.detach(message.index >> 1, message.index & 1);
-        forwarder.slots.onFailure = null;
-        forwarder.slots.fail(message.index, Object.assign(new Error("leg down"), { code: "ENODEV" }));
-        forwarder.slots.onFailure = legFailed;
-        post({ type: "released", index: message.index, fd: leg?.device.fd ?? -1 });
+      case "leg-down":
+        afterRelinks(() => legDown(message.index));
         return;
-      }
       case "apply":
         changing = changing.then(() => applyChange(message.id, message.config));
+        return;
+      case "relink":
+        relinksPending++;
+        changing = changing.then(() => relink(message));
         return;
       case "capture-start":
         captures.start(message);
@@ -155,16 +158,13 @@ export function runDataplaneWorker(setup: WorkerSetup, port: MessagePort): void 
       case "capture-stop":
         captures.stop(message.id);
         return;
-      case "leg-up": {
-        const leg = open(message.leg, message.index);
-        legs[message.index] = leg;
-        forwarder.slots.replace(message.index, leg);
-        loop.watch(message.index, leg.device);
+      case "leg-up":
+        afterRelinks(() => legUp(message.index, message.leg));
         return;
-      }
       case "stop":
         // Reading stops: no wake-up runs the loop again. A batch is written before its wake-up
         // returns, so nothing is held; the worker ends once its port closes.
+        halted = true;
         clearInterval(housekeeping);
         clearInterval(neighbourTicks);
         for (const leg of legs) leg?.device.stopReadable();
@@ -174,6 +174,84 @@ export function runDataplaneWorker(setup: WorkerSetup, port: MessagePort): void 
         return;
     }
   });
+  /** Leg `index` is down: stop using its fd and say so (the main thread closes it once every worker let it go). */
+  const legDown = (index: number): void => {
+    // Until the main thread closes the fd its number cannot be reused by another open, so this
+    // worker never reads someone else's device.
+    const leg = legs[index];
+    leg?.device.stopReadable();
+    legs[index] = null;
+    ethernet?.detach(index >> 1, index & 1);
+    forwarder.slots.onFailure = null;
+    forwarder.slots.fail(index, Object.assign(new Error("leg down"), { code: "ENODEV" }));
+    forwarder.slots.onFailure = legFailed;
+    post({ type: "released", index, fd: leg?.device.fd ?? -1 });
+  };
+  /** Leg `index` was re-created: this worker's queue of it. */
+  const legUp = (index: number, setupOfLeg: WorkerLegSetup): void => {
+    const leg = open(setupOfLeg, index);
+    legs[index] = leg;
+    forwarder.slots.replace(index, leg);
+    if (!halted) loop.watch(index, leg.device);
+  };
+  /**
+   * Relinks received and not yet in place: a `leg-down` or `leg-up` the main thread sent after one
+   * numbers the legs as it does, so it waits for it; one sent before (none pending) is in the
+   * legs this worker has, and is done at once (a release is not held up by a change).
+   */
+  let relinksPending = 0;
+  /** Stopped, or left every leg after a change it could not make: nothing is watched again. */
+  let halted = false;
+  const afterRelinks = (work: () => void): void => {
+    if (relinksPending === 0) work();
+    // A failure here must not stop the changes queued after it.
+    else changing = changing.then(work).catch((error: unknown) => log(`qnat: worker ${setup.worker}: ${error instanceof Error ? error.message : String(error)}`));
+  };
+
+  /**
+   * Ports added or removed live: the successor (new port indexes; its routing table built in
+   * pieces, as for any change) and the legs of the new config are swapped in together, between two
+   * batches, as the main thread does (router-process.ts relinkLegs); from the answer on, no fd of
+   * a removed leg is read or written here — not even by a pinned write, since those go through the
+   * queues of the legs the new forwarder holds — so the main thread may close them.
+   */
+  const relink = async (message: Extract<ToWorker, { type: "relink" }>): Promise<void> => {
+    try {
+      const routes = await routingTableInPieces(message.config);
+      const successor = buildDataplane(message.config, { successorOf: dataplane, routes });
+      // The same steps as the main thread's successor: the same route versions (route/table.ts).
+      successor.routes.continueVersionsFrom(dataplane.routes);
+      carryOverCounters(dataplane, successor);
+      successor.log = log;
+      for (const leg of legs) leg?.device.stopReadable();
+      if (ethernet !== undefined) {
+        // As the main thread's stage (router-process.ts relinkLegs): the neighbours and counters
+        // of the ports that stay follow them, those of removed ports go; the new legs attach.
+        legs.forEach((_, index) => ethernet.detach(index >> 1, index & 1));
+        ethernet.renumberPorts(message.ports, message.config.ports.length);
+        followConfig(ethernet, message.config, successor);
+      }
+      legsOf = message.config;
+      legs = message.legs.map((leg, index) => (leg.fd < 0 ? null : open(leg, index)));
+      forwarder = forwarderOver(successor);
+      forwarder.slots.onFailure = legFailed;
+      loop.forwarder = forwarder;
+      // A running capture's interfaces are the old legs': it takes no more packets here, and the
+      // main thread ends it (control/capture.ts attach); later ones tap the new forwarder.
+      captures.moveTo(forwarder, message.config.ports.map((p) => p.wire.mode === "tap"));
+      dataplane = successor;
+      if (!halted) legs.forEach((leg, index) => leg !== null && loop.watch(index, leg.device));
+      post({ type: "relinked", id: message.id });
+    } catch (error) {
+      // This thread cannot follow the change: it lets every leg go (no wake-up runs its loop
+      // again) and is started again with the new config and legs (control/workers.ts).
+      halted = true;
+      for (const leg of legs) leg?.device.stopReadable();
+      post({ type: "relinked", id: message.id, error: error instanceof Error ? error.message.split("\n")[0]! : String(error) });
+    } finally {
+      relinksPending--;
+    }
+  };
   post({ type: "ready", warmUpMs });
 }
 

@@ -113,8 +113,12 @@ export class MultiQueueEthernetLeg extends EthernetLeg implements WorkerQueued {
   }
 
   override close(): void {
+    closeWorkerQueues(this, this.release);
+  }
+
+  closeQueues(): void {
     super.close();
-    closeWorkerQueues(this.release, this.workerQueues);
+    for (const queue of this.workerQueues) queue.close();
   }
 }
 

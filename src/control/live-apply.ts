@@ -34,7 +34,10 @@
  * Ports added or removed: the legs of the added ports are opened before the swap (their wire
  * namespaces made where missing, the lab's hosts there configured), and at the swap the loop's
  * legs are linked anew in the new port order, the legs of unchanged ports staying open; the
- * removed ports' legs close (router-process.ts relinkLegs).
+ * removed ports' legs close (router-process.ts relinkLegs). With `workers: N` the added legs are
+ * opened with a queue per thread, every worker thread links its queues anew in the same step as
+ * it swaps in its successor, and the removed legs' queues close once every thread let them go
+ * (router-process.ts relinkWorkers, control/workers.ts relink; docs/multi-core.md).
  *
  * What cannot change live is refused with one line, nothing changed: the router's namespace
  * (that is another router), and `conntrack.max` (the table is allocated once; a restart with

@@ -32,8 +32,10 @@
  * top, metrics and rules counters add every thread's counters up; a capture runs a tap on every
  * thread and merges their packets into one file (control/worker-capture.ts). Tap ports have an
  * Ethernet stage and neighbour table on every thread, kept in step by relaying ARP
- * (control/ethernet-threads.ts). Pass-through and ports added or removed live need one worker and
- * are refused in one line.
+ * (control/ethernet-threads.ts). Ports added or removed live are given to every thread: each
+ * links its queues of the new legs in the same step as its successor dataplane, and a removed
+ * leg's queues close once every thread let them go (relinkWorkers). Pass-through needs one worker
+ * and is refused in one line.
  *
  * Faults stay where they happen: a packet that makes the pipeline throw is one DropReason.Internal
  * drop; a leg that fails (its device deleted, its namespace deleted or replaced, an I/O error) is
@@ -67,7 +69,7 @@ import { addDataplaneCounters, copyRuleCountersToModel, countersOf, ethernetCoun
 import type { CompiledRules } from "../nat/rules/evaluate.js";
 import { ForwardingWorkers, MultiQueueLeg, isWorkerQueued, type WorkerQueued } from "./workers.js";
 import {
-  MultiQueueEthernetLeg, NEIGHBOUR_TICK_MS, buildEthernetStage, ethernetPortsOf, formatThreadNeighbours, isTapLeg, neighboursOfThreads, relayArpBetweenThreads,
+  MultiQueueEthernetLeg, NEIGHBOUR_TICK_MS, buildEthernetStage, ethernetPortsOf, formatThreadNeighbours, neighboursOfThreads, relayArpBetweenThreads,
 } from "./ethernet-threads.js";
 import { PumpLoop, SPIN_MICROSECONDS } from "../io/pump-loop.js";
 import { formatRules, formatSaveDocument } from "../nat/rules/format.js";
@@ -383,17 +385,40 @@ export async function startRouter(configPath: string, options: RouterOptions = {
    * Leg `index` over queue 0 of its device; with more queues (the workers'), a MultiQueueLeg that
    * has the workers let theirs go before it closes them (control/workers.ts).
    */
-  const queueLeg = (device: TunDevice, workerQueues: readonly TunDevice[], index: number): TunLeg => {
-    const release = (): Promise<void> => workers?.releaseLeg(index) ?? Promise.resolve();
-    if (ethernet !== undefined && isTapLeg(config, index)) {
+  const queueLeg = (device: TunDevice, workerQueues: readonly TunDevice[], index: number, tap: boolean): TunLeg => {
+    // The workers are told the leg's index when it closes: the one it has then (relinkLegs renumbers).
+    let leg: TunLeg | undefined;
+    const release = (): Promise<void> => {
+      const at = multiQueueIndexes.get(leg!);
+      multiQueueIndexes.delete(leg!);
+      return at === undefined ? Promise.resolve() : (workers?.releaseLeg(at) ?? Promise.resolve());
+    };
+    if (ethernet !== undefined && tap) {
       // A tap port's leg passes the Ethernet stage; with workers it holds their queues too.
-      const leg = workerQueues.length === 0
+      const ethernetLeg = workerQueues.length === 0
         ? new EthernetLeg(device, ethernet, index >> 1, index & 1)
         : new MultiQueueEthernetLeg(device, ethernet, index >> 1, index & 1, workerQueues, release);
-      ethernet.attach(leg);
-      return leg;
+      ethernet.attach(ethernetLeg);
+      leg = ethernetLeg;
+    } else {
+      leg = workerQueues.length === 0 ? new TunLeg(device) : new MultiQueueLeg(device, workerQueues, release);
     }
-    return workerQueues.length === 0 ? new TunLeg(device) : new MultiQueueLeg(device, workerQueues, release);
+    if (workerQueues.length > 0) multiQueueIndexes.set(leg, index);
+    return leg;
+  };
+  /** Each open multi-queue leg's index in the loop (`port * 2 + leg`), which a live change of ports renumbers. */
+  const multiQueueIndexes = new Map<TunLeg, number>();
+  /** Closes a leg no worker holds (never given to one, or let go by all): every queue at once. */
+  const closeUnshared = (leg: TunLeg): void => {
+    multiQueueIndexes.delete(leg);
+    if (isWorkerQueued(leg)) leg.closeQueues();
+    else leg.close();
+  };
+  /** A leg of a port added live, or re-created by the supervisor: with workers, one queue for each. */
+  const openPortLeg = (spec: LegSpec, index: number): TunLeg => {
+    if (workerCount === 1) return openLeg(spec);
+    const [device, ...workerQueues] = openLegQueues(spec, workerCount);
+    return queueLeg(device!, workerQueues, index, spec.ethernet !== undefined);
   };
   let created: string[] = [];
   let housekeeping: NodeJS.Timeout | undefined;
@@ -422,9 +447,9 @@ export async function startRouter(configPath: string, options: RouterOptions = {
       const tap = port.wire.mode === "tap";
       // One queue per worker (IFF_MULTI_QUEUE with workers: N > 1; a plain device with one).
       const [wire, ...wireQueues] = TunDevice.openQueues(port.wire.device, { netns: port.wire.namespace, vnetHdr: wantOffloads, tap }, workerCount);
-      legs.push(queueLeg(wire!, wireQueues, index * 2));
+      legs.push(queueLeg(wire!, wireQueues, index * 2, tap));
       const [mirror, ...mirrorQueues] = TunDevice.openQueues(port.name, { netns: config.namespace, vnetHdr: wantOffloads, tap }, workerCount);
-      legs.push(queueLeg(mirror!, mirrorQueues, index * 2 + 1));
+      legs.push(queueLeg(mirror!, mirrorQueues, index * 2 + 1, tap));
       // The mirror shows the port's MAC in the router namespace (`ip addr`: link/ether MAC).
       if (tap) mirror.setMac(port.mac);
     }
@@ -518,10 +543,7 @@ export async function startRouter(configPath: string, options: RouterOptions = {
     return new LegSupervisor(forwarder.slots, specs, legsNow, {
       log,
       // With workers, a leg is re-created with a queue for each of them, sent to them at once.
-      open: workerCount === 1 ? openLeg : (spec) => {
-        const [device, ...workerQueues] = openLegQueues(spec, workerCount);
-        return queueLeg(device!, workerQueues, specs.indexOf(spec));
-      },
+      open: (spec) => openPortLeg(spec, specs.indexOf(spec)),
       reopened: (index, leg) => {
         if (isWorkerQueued(leg) && workers !== undefined) {
           workers.legUp(index, Array.from({ length: workerCount - 1 }, (_, i) => leg.queueFor(i + 1)));
@@ -575,10 +597,6 @@ export async function startRouter(configPath: string, options: RouterOptions = {
     checkChangeable(config, next);
     const difference = await diffConfigsInPieces(config, rules, next, nextRules);
     if (isEmptyDifference(difference)) return [];
-    if (workers !== undefined && difference.portsAdded.length + difference.portsRemoved.length > 0) {
-      // Each worker would need its queues of the new legs (and to drop those of removed ones).
-      throw new OperationalError(`router ${config.namespace} forwards on ${workers.count} workers: ports are added or removed live with workers: 1 only; restart it with the new config`);
-    }
     if (passthrough) throw new OperationalError("a pass-through router takes no live changes; restart it");
     if (ethernet === undefined && next.ports.some((p) => p.wire.mode === "tap")) {
       throw new OperationalError("a router started without tap ports takes none live (its slots have no room for Ethernet headers); restart it");
@@ -595,7 +613,7 @@ export async function startRouter(configPath: string, options: RouterOptions = {
     try {
       await addKernelSide(next, difference, dnatBefore, dnatAfter);
     } catch (error) {
-      for (const leg of opened.values()) leg.close();
+      for (const leg of opened.values()) closeUnshared(leg);
       throw error;
     }
     // The swap: synchronous, between two batches (this thread runs the packet loop).
@@ -604,8 +622,9 @@ export async function startRouter(configPath: string, options: RouterOptions = {
     carryOverCounters(dataplane, successor);
     successor.log = log;
     successor.conntrack.locked(() => successor.conntrack.clearRouteCaches());
-    if (opened.size > 0 || difference.portsRemoved.length > 0) relinkLegs(running, next, successor, opened);
-    else (forwarder as Forwarder).dataplane = successor;
+    const relinked = opened.size > 0 || difference.portsRemoved.length > 0;
+    const removedLegs = relinked ? relinkLegs(running, next, successor, opened) : [];
+    if (!relinked) (forwarder as Forwarder).dataplane = successor;
     dataplane = successor;
     if (ethernet !== undefined) ethernet.sources = successor;
     config = next;
@@ -614,7 +633,8 @@ export async function startRouter(configPath: string, options: RouterOptions = {
       // Every worker swaps in its successor too (between two of its batches); until the last
       // has, a new connection may still meet the old rules on another thread. The route caches
       // are cleared again once all run the new routes (a worker may have cached an old route).
-      await workers.apply(next);
+      if (relinked) await relinkWorkers(workers, running, next, removedLegs);
+      else await workers.apply(next);
       dataplane.conntrack.locked(() => dataplane.conntrack.clearRouteCaches());
     }
     for (const { port, to } of difference.mtus) setPortMtu(config.ports.findIndex((p) => p.name === port), to);
@@ -656,8 +676,8 @@ export async function startRouter(configPath: string, options: RouterOptions = {
       ensureNamespaces({ ...next, ports: added, lab: labHosts });
       for (const port of added) {
         const index = next.ports.indexOf(port) * 2;
-        opened.set(`${port.name}/wire`, openLeg(legSpec(next.ports, index)));
-        opened.set(`${port.name}/mirror`, openLeg(legSpec(next.ports, index + 1)));
+        opened.set(`${port.name}/wire`, openPortLeg(legSpec(next.ports, index), index));
+        opened.set(`${port.name}/mirror`, openPortLeg(legSpec(next.ports, index + 1), index + 1));
       }
       setSysctls(
         next.namespace,
@@ -666,7 +686,8 @@ export async function startRouter(configPath: string, options: RouterOptions = {
       joinWireBridges(next, added);
       if (labHosts.length > 0) configureLabHosts({ ...next, lab: labHosts });
     } catch (error) {
-      for (const leg of opened.values()) leg.close();
+      // No worker was given these legs: their queues close at once.
+      for (const leg of opened.values()) closeUnshared(leg);
       throw error;
     }
     return opened;
@@ -678,7 +699,7 @@ export async function startRouter(configPath: string, options: RouterOptions = {
    * The forwarder and the leg supervisor are made anew for the new indexes (a leg's
    * failure history starts again).
    */
-  const relinkLegs = (running: RouterConfig, next: RouterConfig, successor: Dataplane, opened: ReadonlyMap<string, TunLeg>): void => {
+  const relinkLegs = (running: RouterConfig, next: RouterConfig, successor: Dataplane, opened: ReadonlyMap<string, TunLeg>): TunLeg[] => {
     const current = forwarder.slots.legs as TunLeg[];
     const linked: TunLeg[] = [];
     for (const port of next.ports) {
@@ -686,11 +707,15 @@ export async function startRouter(configPath: string, options: RouterOptions = {
       if (before >= 0) linked.push(current[before * 2]!, current[before * 2 + 1]!);
       else linked.push(opened.get(`${port.name}/wire`)!, opened.get(`${port.name}/mirror`)!);
     }
-    for (const leg of current) {
-      if (linked.includes(leg)) continue;
+    // A removed port's leg that is down was closed when it went down (io/leg-supervisor.ts).
+    const removed = current.filter((leg) => !linked.includes(leg) && leg instanceof TunLeg);
+    for (const leg of removed) {
       leg.device.stopReadable();
-      leg.close();
+      // With workers the removed legs close once every worker let them go (relinkWorkers).
+      if (workers === undefined) leg.close();
+      multiQueueIndexes.delete(leg);
     }
+    linked.forEach((leg, index) => isWorkerQueued(leg) && multiQueueIndexes.set(leg, index));
     supervisor!.stop();
     if (ethernet !== undefined) {
       // Port indexes change: the tap legs learn theirs; the neighbours and counters of the ports
@@ -709,6 +734,35 @@ export async function startRouter(configPath: string, options: RouterOptions = {
     loop.forwarder = forwarder;
     supervisor = superviseLegs(next.ports, linked);
     linked.forEach((leg, index) => watch(index, leg));
+    return removed;
+  };
+  /**
+   * Ports added or removed with workers, once this thread runs the new legs (relinkLegs): every
+   * worker is given its queue of each leg in the new order and swaps its successor in with them
+   * (control/workers.ts relink); the removed legs' queues close once every worker let them go,
+   * never before (a worker writes through every queue of a device: io/forwarder.ts useQueues).
+   * Posted before this turn of the event loop ends, so the workers get it before any later
+   * `leg-down` or `leg-up` of the new numbering. Waits at most RELINK_TIMEOUT_MS; a worker still
+   * building its successor then (a full routing table) is named in one line and follows later.
+   */
+  const relinkWorkers = async (running: ForwardingWorkers, before: RouterConfig, next: RouterConfig, removed: readonly TunLeg[]): Promise<void> => {
+    const linked = forwarder.slots.legs as TunLeg[];
+    // A leg that went down meanwhile has no queues: the workers wait for its `leg-up`.
+    const queues = Array.from({ length: workerCount - 1 }, (_, i) =>
+      linked.map((leg) => (isWorkerQueued(leg) ? leg.queueFor(i + 1) : { fd: -1, queues: [], name: "", netns: "" })),
+    );
+    const late = await running.relink(next, queues, portRenumbering(before, next), () => {
+      for (const leg of removed) {
+        try {
+          closeUnshared(leg);
+        } catch (error) {
+          log(`qnat: apply: closing ${leg.name} failed (${error instanceof Error ? error.message : String(error)}); its fds go with the process`);
+        }
+      }
+    });
+    if (late.length > 0) {
+      log(`qnat: apply: worker ${late.join(", ")} has not taken the new ports yet (it is still building its dataplane); the removed ports' devices close once it has`);
+    }
   };
   const setPortMtu = (port: number, mtu: number): void => {
     for (const index of [port * 2, port * 2 + 1]) {

@@ -36,11 +36,11 @@ export class WorkerCaptures {
 
   constructor(
     private readonly batchSize: number,
-    private readonly forwarder: Forwarder,
+    private forwarder: Forwarder,
     private readonly dataplane: () => Dataplane,
     private readonly post: (message: FromWorker, transfer: ArrayBuffer[]) => void,
     /** Per port: its legs carry Ethernet frames (a tap port), as the main thread's tap knows them. */
-    private readonly ethernet: readonly boolean[] = [],
+    private ethernet: readonly boolean[] = [],
   ) {}
 
   /** Between two batches: a session of the capture's interfaces on this thread's tap. */
@@ -75,6 +75,20 @@ export class WorkerCaptures {
       clearInterval(this.timer);
       this.timer = null;
     }
+  }
+
+  /**
+   * Ports were added or removed live and this thread forwards with `forwarder` now: the running
+   * captures' interfaces are the old legs', so their sessions take no more packets (the main
+   * thread ends them, control/capture.ts attach, and `stop` still sends what their rings hold);
+   * captures started later tap the new forwarder, with the new ports' `ethernet` (tap or not).
+   */
+  moveTo(forwarder: Forwarder, ethernet: readonly boolean[]): void {
+    for (const { session } of this.sessions.values()) session.close();
+    this.tap = null;
+    this.forwarder.setCapture(null);
+    this.forwarder = forwarder;
+    this.ethernet = ethernet;
   }
 
   /** The worker stops: every capture ends. */

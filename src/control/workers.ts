@@ -16,7 +16,9 @@
  *   - legs: when the main thread's supervisor retires a leg (io/leg-supervisor.ts) every worker
  *     lets its queue of it go before the fds are closed (`releaseLeg`), so a reused fd number never
  *     reaches a worker; a leg re-created with N queues gives each worker its new queue (`legUp`).
- *   - live changes: `apply` has every worker build and swap in its successor dataplane.
+ *   - live changes: `apply` has every worker build and swap in its successor dataplane; `relink`
+ *     (ports added or removed) swaps the legs too: every worker gets its queue of each new leg and
+ *     lets those of the removed legs go before the main thread closes their fds.
  *   - ARP (tap ports): an ARP frame a worker received comes here (`onArpFrame`) and goes to every
  *     other worker (`relayArp`), so every thread's neighbour table learns it
  *     (control/ethernet-threads.ts).
@@ -28,13 +30,15 @@ import { PortCounter } from "../dataplane/pipeline.js";
 import type { TunDevice } from "../io/tun.js";
 import { TunLeg } from "../io/tun-leg.js";
 import type { DataplaneCounters, FromWorker, ToWorker, WorkerLegSetup, WorkerSetup } from "../io/worker-protocol.js";
-import { addDataplaneCounters } from "../io/worker-protocol.js";
+import { addDataplaneCounters, renumberPortCounters } from "../io/worker-protocol.js";
 import type { WorkerStatsView } from "./show.js";
 
 /** How long `counters()` waits for a worker's answer. */
 export const COUNTERS_TIMEOUT_MS = 500;
 /** How long `stop()` waits for the workers to answer that they stopped reading. */
 export const STOP_TIMEOUT_MS = 400;
+/** How long `relink` waits for every worker to take the new ports before it says which have not. */
+export const RELINK_TIMEOUT_MS = 5000;
 /** A worker that fails this often within RESTART_WINDOW_MS is left stopped. */
 export const RESTART_LIMIT = 5;
 export const RESTART_WINDOW_MS = 60_000;
@@ -55,6 +59,18 @@ interface WorkerThread {
   last: DataplaneCounters | null;
   failures: number[];
   stopped: boolean;
+  /**
+   * The port renumberings (`relink`) posted to this worker that it has not answered yet, oldest
+   * first: what it says meanwhile (a leg that failed, its counters) is in the ports it had.
+   * `last` and `carried` are always in the main thread's ports.
+   */
+  renumberings: PortRenumbering[];
+}
+
+/** Where each port went in a live change (-1: removed), and how many ports there are now. */
+interface PortRenumbering {
+  readonly ports: readonly number[];
+  readonly portCount: number;
 }
 
 export interface ForwardingWorkersOptions {
@@ -62,6 +78,8 @@ export interface ForwardingWorkersOptions {
   readonly spawnThread?: (setup: WorkerSetup) => Worker;
   /** How long `counters()` waits for each worker (default COUNTERS_TIMEOUT_MS). */
   readonly countersTimeoutMs?: number;
+  /** How long `relink` waits before it reports the workers that have not answered (default RELINK_TIMEOUT_MS). */
+  readonly relinkTimeoutMs?: number;
 }
 
 export class ForwardingWorkers {
@@ -71,6 +89,7 @@ export class ForwardingWorkers {
   private readonly releases = new Map<number, { remaining: Set<number>; done: () => void }>();
   private readonly stops = new Map<number, () => void>();
   private readonly applies = new Map<number, { remaining: Set<number>; failed: Map<number, string>; done: () => void }>();
+  private readonly relinks = new Map<number, { remaining: Set<number>; done: () => void }>();
   private stopping = false;
 
   /** `queues[w - 1][leg]`: worker w's queue of every leg. */
@@ -82,7 +101,7 @@ export class ForwardingWorkers {
     private readonly legFailed: (index: number, code: string, message: string) => void,
     private readonly options: ForwardingWorkersOptions = {},
   ) {
-    this.threads = queues.map((legs, i) => ({ number: i + 1, legs: [...legs], thread: null, carried: null, last: null, failures: [], stopped: false }));
+    this.threads = queues.map((legs, i) => ({ number: i + 1, legs: [...legs], thread: null, carried: null, last: null, failures: [], stopped: false, renumberings: [] }));
   }
 
   /** How many threads forward, the main thread included. */
@@ -134,17 +153,21 @@ export class ForwardingWorkers {
         this.log(message.line);
         return;
       case "counters": {
-        t.last = message.counters;
+        const counters = inPortsNow(message.counters, t.renumberings);
+        t.last = counters;
         const request = this.pending.get(message.id);
         if (request === undefined) return;
-        request.answers.set(t.number, message.counters);
+        request.answers.set(t.number, counters);
         request.remaining.delete(t.number);
         if (request.remaining.size === 0) request.done();
         return;
       }
-      case "leg-failed":
-        this.legFailed(message.index, message.code, message.message);
+      case "leg-failed": {
+        // Said in the legs the worker had: the main thread's index of it now (a removed leg: none).
+        const index = t.renumberings.reduce((at, { ports }) => (at < 0 ? at : legIndexAfter(at, ports)), message.index);
+        if (index >= 0) this.legFailed(index, message.code, message.message);
         return;
+      }
       case "released": {
         const release = this.releases.get(message.index);
         release?.remaining.delete(t.number);
@@ -168,6 +191,14 @@ export class ForwardingWorkers {
         if (change.remaining.size === 0) change.done();
         return;
       }
+      case "relinked": {
+        t.renumberings.shift();
+        const change = this.relinks.get(message.id);
+        if (change !== undefined && change.remaining.delete(t.number) && change.remaining.size === 0) change.done();
+        // It let every leg go: started again on the new ones now, whether the others answered or not.
+        if (message.error !== undefined && t.thread !== null) this.failed(t, t.thread, `the live change failed there: ${message.error}`);
+        return;
+      }
     }
   }
 
@@ -177,6 +208,8 @@ export class ForwardingWorkers {
     t.thread = null;
     if (t.last !== null) t.carried = t.carried === null ? t.last : addDataplaneCounters(t.carried, [t.last]);
     t.last = null;
+    // Started again, it runs the ports the main thread has now (t.legs, the base's config).
+    t.renumberings = [];
     this.settle(t.number);
     const now = Date.now();
     t.failures = [...t.failures.filter((at) => now - at < RESTART_WINDOW_MS), now];
@@ -202,7 +235,7 @@ export class ForwardingWorkers {
     for (const release of this.releases.values()) {
       if (release.remaining.delete(number) && release.remaining.size === 0) release.done();
     }
-    for (const change of this.applies.values()) {
+    for (const change of [...this.applies.values(), ...this.relinks.values()]) {
       if (change.remaining.delete(number) && change.remaining.size === 0) change.done();
     }
     this.stops.get(number)?.();
@@ -304,6 +337,50 @@ export class ForwardingWorkers {
     }
   }
 
+  /**
+   * A live change that adds or removes ports (router-process.ts relinkLegs, after the main thread
+   * linked its own legs anew): every worker swaps in the successor dataplane of `config` and
+   * forwards over `queues[w - 1]` (its queue of every leg of `config`) in one step between two
+   * batches; `ports[p]` is where port p went (-1: removed). `released` is called once every
+   * worker answered (or is gone): none then holds an fd of the legs it had and `config` lacks, so
+   * the caller may close them. Resolves with `released` called, or after RELINK_TIMEOUT_MS with the
+   * workers that had not answered (a loaded machine; a full routing table to build): they follow
+   * when they get to it, and `released` waits for them. A worker that could not build the
+   * successor let all its legs go; it is started again with the new config, as `apply` does.
+   */
+  async relink(config: WorkerBase["config"], queues: readonly (readonly WorkerLegSetup[])[], ports: readonly number[], released: () => void): Promise<number[]> {
+    this.base = { ...this.base, config };
+    const id = this.nextRequest++;
+    const renumbering: PortRenumbering = { ports, portCount: config.ports.length };
+    const remaining = new Set<number>();
+    for (const t of this.threads) {
+      // A worker started again from now on is given the new legs and config (spawn).
+      t.legs = [...queues[t.number - 1]!];
+      if (t.last !== null) t.last = inPortsNow(t.last, [renumbering]);
+      if (t.carried !== null) t.carried = inPortsNow(t.carried, [renumbering]);
+      if (!this.post(t, { type: "relink", id, config, legs: t.legs, ports })) continue;
+      t.renumberings.push(renumbering);
+      remaining.add(t.number);
+    }
+    let timer: NodeJS.Timeout | undefined;
+    const answered = new Promise<void>((resolve) => {
+      const done = (): void => {
+        this.relinks.delete(id);
+        try {
+          released();
+        } finally {
+          resolve();
+        }
+      };
+      if (remaining.size === 0) done();
+      else this.relinks.set(id, { remaining, done });
+    });
+    const late = new Promise<boolean>((resolve) => (timer = setTimeout(() => resolve(true), this.options.relinkTimeoutMs ?? RELINK_TIMEOUT_MS)));
+    const timedOut = await Promise.race([answered.then(() => false), late]);
+    clearTimeout(timer);
+    return timedOut ? [...remaining].sort((a, b) => a - b) : [];
+  }
+
   /** Leg `index` was re-created: `queues[w - 1]` is worker w's queue of it. */
   legUp(index: number, queues: readonly WorkerLegSetup[]): void {
     this.threads.forEach((t, i) => {
@@ -351,6 +428,17 @@ export class ForwardingWorkers {
   }
 }
 
+/** `counters`, said in the ports a worker had before `renumberings`, in the ports after them. */
+function inPortsNow(counters: DataplaneCounters, renumberings: readonly PortRenumbering[]): DataplaneCounters {
+  return renumberings.reduce((now, { ports, portCount }) => renumberPortCounters(now, ports, portCount), counters);
+}
+
+/** Leg `index` (`port * 2 + leg`) after its port moved as `ports` says; -1 when its port was removed. */
+function legIndexAfter(index: number, ports: readonly number[]): number {
+  const port = ports[index >> 1] ?? -1;
+  return port < 0 ? -1 : port * 2 + (index & 1);
+}
+
 /** A worker that never answered: nothing counted. */
 const NO_COUNTERS: DataplaneCounters = {
   portCounters: new Float64Array(0),
@@ -382,6 +470,8 @@ const PORT_COUNTERS = PortCounter.Count as number;
 export interface WorkerQueued {
   /** Worker w's queue as it is sent to it. */
   queueFor(worker: number): WorkerLegSetup;
+  /** Closes every queue now, queue 0 included: for a caller that knows no worker holds their fds (a leg of a port removed live, once every worker relinked). */
+  closeQueues(): void;
 }
 
 export function isWorkerQueued(leg: object): leg is WorkerQueued {
@@ -393,11 +483,14 @@ export function workerQueueSetup(device: TunDevice, queueFds: readonly number[])
   return { fd: device.fd, name: device.name, netns: device.netns ?? "", queues: queueFds };
 }
 
-/** Closes the workers' queues of a leg once every worker let them go (`release`). */
-export function closeWorkerQueues(release: () => Promise<void>, queues: readonly TunDevice[]): void {
-  void release().then(() => {
-    for (const queue of queues) queue.close();
-  });
+/**
+ * How a multi-queue leg closes (the supervisor retires it, the router stops): queue 0 is no longer
+ * read at once; every queue, queue 0 included (every thread writes through it: io/forwarder.ts
+ * useQueues), is closed once every worker let its fds go (`release`).
+ */
+export function closeWorkerQueues(leg: TunLeg & WorkerQueued, release: () => Promise<void>): void {
+  leg.device.stopReadable();
+  void release().then(() => leg.closeQueues());
 }
 
 /**
@@ -421,7 +514,11 @@ export class MultiQueueLeg extends TunLeg implements WorkerQueued {
   }
 
   override close(): void {
+    closeWorkerQueues(this, this.release);
+  }
+
+  closeQueues(): void {
     super.close();
-    closeWorkerQueues(this.release, this.workerQueues);
+    for (const queue of this.workerQueues) queue.close();
   }
 }

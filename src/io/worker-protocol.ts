@@ -104,6 +104,14 @@ export type ToWorker =
   | { readonly type: "leg-up"; readonly index: number; readonly leg: WorkerLegSetup }
   /** A live change (same ports): build the successor dataplane of `config` and swap it in between two batches. */
   | { readonly type: "apply"; readonly id: number; readonly config: RouterConfig }
+  /**
+   * A live change that adds or removes ports: build the successor dataplane of `config` and, in
+   * the same step between two batches, forward over `legs` (this worker's queue of every leg of
+   * `config`, `port * 2 + leg`) instead of the legs it had (`ports[p]`: where its port p went, -1:
+   * removed); answer `relinked`, after which it uses no fd of the legs it had that `legs` does not
+   * name (the main thread then closes them).
+   */
+  | { readonly type: "relink"; readonly id: number; readonly config: RouterConfig; readonly legs: readonly WorkerLegSetup[]; readonly ports: readonly number[] }
   /** Capture `id` starts: a tap of the same interfaces (io/capture.ts), put on the forwarder between two batches. */
   | { readonly type: "capture-start"; readonly id: number; readonly interfaces: readonly CaptureInterface[]; readonly legCount: number; readonly ringBytes?: number }
   /** Capture `id` ends: its tap comes off, what its ring holds is sent with `last`. */
@@ -121,6 +129,12 @@ export type FromWorker =
   | { readonly type: "released"; readonly index: number; readonly fd: number }
   /** The live change `id` is in place (or `error`: nothing changed in this worker). */
   | { readonly type: "applied"; readonly id: number; readonly error?: string }
+  /**
+   * The ports of change `id` are in place; or `error`: the successor could not be built, and this
+   * worker stopped reading every leg (it holds none of their fds any more) and waits to be
+   * started again with the new config.
+   */
+  | { readonly type: "relinked"; readonly id: number; readonly error?: string }
   | { readonly type: "stopped" }
   /**
    * Packets of capture `id` as pcapng Enhanced Packet Blocks one after the other (their
@@ -222,6 +236,25 @@ function addEthernetCounters(into: EthernetCounters | undefined, from: EthernetC
   const neighbours = { ...into.neighbours };
   addFields(neighbours, from.neighbours);
   return { ports: added(into.ports.slice(), from.ports), neighbours, entries: from.entries };
+}
+
+/**
+ * `counters` of a dataplane whose ports were renumbered by a live change: port `p`'s counters
+ * (per-port counters and drops) move to port `ports[p]` (-1: the port was removed, its counters
+ * go), among `portCount` ports; the other counters stay. What a worker counted before it swapped
+ * (its last answer, the runs before it failed) adds up with what its successor counts.
+ */
+export function renumberPortCounters(counters: DataplaneCounters, ports: readonly number[], portCount: number): DataplaneCounters {
+  const perPort = (values: Float64Array): Float64Array => {
+    if (values.length === 0 || ports.length === 0 || values.length % ports.length !== 0) return values;
+    const stride = values.length / ports.length;
+    const out = new Float64Array(stride * portCount);
+    ports.forEach((to, from) => {
+      if (to >= 0 && to < portCount) out.set(values.subarray(from * stride, (from + 1) * stride), to * stride);
+    });
+    return out;
+  };
+  return { ...counters, portCounters: perPort(counters.portCounters), drops: perPort(counters.drops) };
 }
 
 const NO_RULE_COUNTERS: RuleCounters = {

@@ -99,3 +99,44 @@ describe.skipIf(!existsSync(WORKER))("a worker thread's live change", () => {
     expect(await worker.next((m) => m.type === "counters")).toMatchObject({ type: "counters", id: 8 });
   });
 });
+
+describe.skipIf(!existsSync(WORKER))("a worker thread's live change of ports (relink)", () => {
+  /** The seed with a third port, qr-extra 10.9.0.1/24, before the gateway's (its legs 2 and 3; the gateway's 4 and 5). */
+  const withPort = (routes: number): string =>
+    withRoutes(routes).replace("  - name: qg-gateway\n", "  - name: qr-extra\n    addresses: [10.9.0.1/24]\n    wire: { namespace: qnat-worker-apply-x, device: eth0 }\n  - name: qg-gateway\n");
+  const downLegs = (config: RouterConfig) => config.ports.flatMap((port) => [0, 1].map((leg) => ({ fd: -1, queues: [], name: `${port.name}-${leg}`, netns: port.wire.namespace })));
+
+  it("a leg-down sent after the relink is done in the new legs, after the swap; a counters request is answered meanwhile, in the old ports", async () => {
+    const worker = new WorkerUnderTest(parseConfig(SEED, "router.yaml"));
+    running.push(worker.thread);
+    await worker.next((m) => m.type === "ready");
+    const next = parseConfig(withPort(20_000), "router.yaml");
+    worker.send({ type: "relink", id: 1, config: next, legs: downLegs(next), ports: [0, 2] });
+    // Leg 5 exists only in the new numbering (the gateway's mirror).
+    worker.send({ type: "leg-down", index: 5 });
+    worker.send({ type: "counters", id: 2 });
+    await worker.next((m) => m.type === "released");
+    const order = worker.received.filter((m) => m.type !== "log" && m.type !== "ready").map((m) => m.type);
+    expect(order).toEqual(["counters", "relinked", "released"]);
+    expect(worker.received.find((m) => m.type === "relinked")).toEqual({ type: "relinked", id: 1 });
+    expect(worker.received.find((m) => m.type === "released")).toMatchObject({ index: 5 });
+    // Before the swap: two ports of counters; after it, three.
+    const counted = (m: FromWorker | undefined): number => (m?.type === "counters" ? m.counters.portCounters.length : -1);
+    const before = counted(worker.received.find((m) => m.type === "counters"));
+    worker.send({ type: "counters", id: 3 });
+    const after = counted(await worker.next((m) => m.type === "counters" && m.id === 3));
+    expect(after / before).toBe(3 / 2);
+  });
+
+  it("a relink whose routes it cannot build is answered with the line's error, and a leg-down sent after it is still answered", async () => {
+    const worker = new WorkerUnderTest(parseConfig(SEED, "router.yaml"));
+    running.push(worker.thread);
+    await worker.next((m) => m.type === "ready");
+    const next = parseConfig(withPort(10).replace("routes:\n", "routes:\n  - 203.0.113.0/24 dev qr-nosuchport\n"), "router.yaml");
+    worker.send({ type: "relink", id: 4, config: next, legs: downLegs(next), ports: [0, 2] });
+    worker.send({ type: "leg-down", index: 1 });
+    const relinked = await worker.next((m) => m.type === "relinked");
+    expect((relinked as { error?: string }).error).toMatch(/^router\.yaml:\d+: route "203\.0\.113\.0\/24 dev qr-nosuchport": /);
+    expect(await worker.next((m) => m.type === "released")).toMatchObject({ index: 1 });
+  });
+});

@@ -5,12 +5,13 @@
  * connection table. The seed's flows work as with one thread (10.0.0.3 leaves as 9.186.100.2,
  * the floating IP 9.186.100.129 reaches 10.0.0.2, ping, the metadata through REDIRECT); 32
  * parallel UDP flows, which the kernel spreads over both queues, are all translated and answered;
- * `show stats` is one router whose per-worker figures add up to its totals; what needs one thread
- * (adding a port live) is refused in one line; SIGTERM ends both threads and exits 0.
+ * `show stats` is one router whose per-worker figures add up to its totals; a tenant network added
+ * live (a qr- port and its host) forwards on both threads and, removed live, leaves no TUN queue
+ * open; SIGTERM ends both threads and exits 0.
  * Every command is bounded in time and count.
  */
 import { spawnSync, type ChildProcess } from "node:child_process";
-import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
@@ -104,8 +105,8 @@ describe.skipIf(!isRoot)("the seed's router with workers: 2", () => {
   });
 
   /** Runs UDP_FLOWS from 10.0.0.3 to the outside's UDP server; checks every flow left as 9.186.100.2 on a port of its own. */
-  function udpFlows(translated = "9.186.100.2", port = 7000): void {
-    const client = spawnSync("ip", ["netns", "exec", tenant, process.execPath, "-e", UDP_FLOWS, String(FLOWS), String(PER_FLOW), "10.0.0.3", "203.0.113.10", String(port)], {
+  function udpFlows(translated = "9.186.100.2", port = 7000, from = tenant, source = "10.0.0.3"): void {
+    const client = spawnSync("ip", ["netns", "exec", from, process.execPath, "-e", UDP_FLOWS, String(FLOWS), String(PER_FLOW), source, "203.0.113.10", String(port)], {
       encoding: "utf8",
       timeout: 20_000,
     });
@@ -230,14 +231,115 @@ describe.skipIf(!isRoot)("the seed's router with workers: 2", () => {
     expect(lab!.output!()).not.toMatch(/worker \d+ failed/);
   }, 30_000);
 
-  it("adding a port live needs one thread: it is refused in one line, and the router goes on", async () => {
-    const tag = config.ports[0]!.wire.namespace.replace(/-tenant$/, "");
-    const withPort = text.replace("routes:", `  - name: qr-extra0001\n    addresses: [10.9.0.1/24]\n    wire: { namespace: ${tag}-extra, device: eth0 }\nroutes:`);
-    expect(withPort).toContain("qr-extra0001");
-    const added = await controlRequest(socket, { cmd: "apply", file: "router.yaml", text: withPort });
-    expect(added).toEqual({ ok: false, error: `router ${config.namespace} forwards on 2 workers: ports are added or removed live with workers: 1 only; restart it with the new config` });
-    expect(await pingUntil(tenant, "203.0.113.10", WAIT_MS, "10.0.0.3")).toBe(true);
+  /** The TUN queues process `pid` holds open (fds that are /dev/net/tun): 2 queues of 2 legs per port. */
+  function tunQueues(pid: number): number {
+    return readdirSync(`/proc/${pid}/fd`).filter((fd) => {
+      try {
+        return readlinkSync(`/proc/${pid}/fd/${fd}`) === "/dev/net/tun";
+      } catch {
+        return false; // closed between the listing and the readlink
+      }
+    }).length;
+  }
+
+  /** The config the router runs after the change of the SNAT address above. */
+  const running = text
+    .replace("addresses: [9.186.100.2/24, 9.186.100.129/32]", "addresses: [9.186.100.2/24, 9.186.100.129/32, 9.186.100.3/32]")
+    .replace("-j SNAT --to-source 9.186.100.2", "-j SNAT --to-source 9.186.100.3");
+  /** With a tenant network added: qr-extra0001 10.9.0.1/24 before the qg- port, its host 10.9.0.5 in extraNs, SNATed as 9.186.100.2. */
+  const extraPort = "qr-extra0001";
+  const extraNs = config.namespace.replace(/-r$/, "-p9");
+  const withExtraPort = running
+    .replace("  - name: qg-", `  - name: ${extraPort}\n    addresses: [10.9.0.1/24]\n    wire: { namespace: ${extraNs}, device: eth0 }\n  - name: qg-`)
+    .replace("-j SNAT --to-source 9.186.100.3\n", "-j SNAT --to-source 9.186.100.3\n  -A neutron-vpn-agen-snat -s 10.9.0.0/24 -j SNAT --to-source 9.186.100.2\n")
+    .replace("lab:\n", `lab:\n  ${extraNs}: { addresses: [10.9.0.5/24], routes: [default via 10.9.0.1] }\n`);
+  afterAll(() => {
+    try {
+      deleteNetns(extraNs);
+    } catch {
+      // removed by the test, or never made
+    }
   });
+
+  it("a tenant network added live, qr-extra0001 10.9.0.1/24 with its host 10.9.0.5: its legs open with a queue for each thread, and its flows leave as 9.186.100.2 through both threads", async () => {
+    expect(withExtraPort).toContain(`name: ${extraPort}`);
+    expect(withExtraPort).toContain("-s 10.9.0.0/24 -j SNAT --to-source 9.186.100.2");
+    expect(withExtraPort).toContain(`${extraNs}: { addresses: [10.9.0.5/24]`);
+    const pid = lab!.pid!;
+    expect(tunQueues(pid)).toBe(2 * 2 * 2);
+    const added = await controlRequest(socket, { cmd: "apply", file: "router.yaml", text: withExtraPort });
+    expect(added.ok && added.text?.split("\n").filter(Boolean)).toEqual([
+      `+ port ${extraPort} 10.9.0.1/24 mtu 1500 <-> ${extraNs}/eth0`,
+      `+ address 10.9.0.1/24 on ${extraPort}`,
+      "+ rule -A neutron-vpn-agen-snat -s 10.9.0.0/24 -j SNAT --to-source 9.186.100.2",
+    ]);
+    // Both new legs are two-queue devices, every queue held by the router.
+    expect(inNs(extraNs, "ip", ["-d", "link", "show", "eth0"]).stdout).toContain("multi_queue");
+    expect(inNs(config.namespace, "ip", ["-d", "link", "show", extraPort]).stdout).toContain("multi_queue");
+    expect(tunQueues(pid)).toBe(3 * 2 * 2);
+    await startIn(external, UDP_WHO_AM_I, ["203.0.113.10", "7002"], children);
+    const before = await stats();
+    udpFlows("9.186.100.2", 7002, extraNs, "10.9.0.5");
+    const after = await stats();
+    // The new port is port 1 now (the qg- port moved to 2): its wire leg took every datagram in and every answer out.
+    expect(after.ports.map((p) => p.name)).toEqual([config.ports[0]!.name, extraPort, config.ports[1]!.name]);
+    expect(after.ports[1]!.wire.rxPackets - (before.ports[1]?.name === extraPort ? before.ports[1].wire.rxPackets : 0)).toBe(FLOWS * PER_FLOW);
+    expect(after.ports[1]!.wire.txPackets).toBe(FLOWS * PER_FLOW);
+    // Both threads forwarded some of its flows (the kernel spread them over the new device's two queues).
+    for (const share of shares(before, after)) expect(share).toBeGreaterThan(0);
+    // The 10.0.0.0/24 tenant goes on beside it, through the qg- port's new index, as 9.186.100.3.
+    udpFlows("9.186.100.3", 7002);
+    expect(lab!.output!()).not.toMatch(/worker \d+ failed/);
+  }, 30_000);
+
+  it("with the new port before it, ip link del of the outside's eth0 (leg 4 now, 2 at the start): that leg comes back and both networks' flows run on both threads", async () => {
+    inNs(external, "ip", ["link", "del", "eth0"]);
+    const back = async (): Promise<boolean> => {
+      const response = await controlRequest(socket, { cmd: "show", what: "ports", json: true });
+      const wire = response.ok ? (response.data as PortView[])[2]?.legs?.wire : undefined;
+      return wire?.state === "up" && wire.recoveries === 1;
+    };
+    const started = Date.now();
+    while (!(await back()) && Date.now() - started < WAIT_MS) await sleep(100);
+    expect(await back()).toBe(true);
+    inNs(external, "ip", ["addr", "add", "9.186.100.1/24", "dev", "eth0"]);
+    // The workers let go of the outside's leg, not of the leg that had its index before the change.
+    const before = await stats();
+    udpFlows("9.186.100.2", 7002, extraNs, "10.9.0.5");
+    udpFlows("9.186.100.3", 7002);
+    for (const share of shares(before, await stats())) expect(share).toBeGreaterThan(0);
+    expect(tunQueues(lab!.pid!)).toBe(3 * 2 * 2);
+    expect(lab!.output!()).not.toMatch(/worker \d+ failed/);
+  }, 30_000);
+
+  it("removed live: every queue of its legs closes (no TUN fd left over), its host is cut off, and the ports that stay forward on both threads", async () => {
+    const pid = lab!.pid!;
+    const removed = await controlRequest(socket, { cmd: "apply", file: "router.yaml", text: running });
+    expect(removed.ok && removed.text?.split("\n").filter(Boolean)).toEqual([
+      `- port ${extraPort} 10.9.0.1/24 mtu 1500 <-> ${extraNs}/eth0`,
+      `- address 10.9.0.1/24 on ${extraPort}`,
+      "- rule -A neutron-vpn-agen-snat -s 10.9.0.0/24 -j SNAT --to-source 9.186.100.2",
+    ]);
+    expect(tunQueues(pid)).toBe(2 * 2 * 2);
+    // Its devices went with their last queue: the mirror in the router namespace, eth0 in its own.
+    expect(inNs(config.namespace, "ip", ["-o", "link", "show"]).stdout).not.toContain(extraPort);
+    expect(inNs(extraNs, "ip", ["link", "show", "eth0"]).code).not.toBe(0);
+    expect(await pingUntil(extraNs, "203.0.113.10", 1, "10.9.0.5")).toBe(false);
+    await startIn(external, UDP_WHO_AM_I, ["203.0.113.10", "7003"], children);
+    const before = await stats();
+    udpFlows("9.186.100.3", 7003);
+    const after = await stats();
+    for (const share of shares(before, after)) expect(share).toBeGreaterThan(0);
+    // Still one router: each thread's share adds up to the ports' totals, the removed port's counters gone with it.
+    expect(after.ports.map((p) => p.name)).toEqual(config.ports.map((p) => p.name));
+    const received = after.ports.reduce((sum, p) => sum + p.wire.rxPackets + p.mirror.rxPackets, 0);
+    expect(after.workers!.reduce((sum, w) => sum + w.rxPackets, 0)).toBe(received);
+    expect(await pingUntil(external, "9.186.100.129", WAIT_MS)).toBe(true);
+    expect(lab!.output!()).not.toMatch(/worker \d+ failed/);
+    // The lab's namespace of the removed network goes too: nothing of it is left.
+    deleteNetns(extraNs);
+    expect(spawnSync("ip", ["netns", "list"], { encoding: "utf8" }).stdout).not.toContain(extraNs);
+  }, 30_000);
 
   it("SIGTERM: both threads stop and the router exits 0, its control socket and mirrors gone", async () => {
     process.kill(lab!.pid!, "SIGTERM");
