@@ -10,17 +10,18 @@
  * gateway with their MACs; a dead neighbour is answered with host unreachable; `show stats`, the
  * metrics and `show neigh` are one router; a capture holds every thread's frames whole; a live change's new address is answered for; a wire
  * leg deleted comes back with a queue per thread, and the outside's gratuitous ARP, which one
- * thread receives, moves the gateway to its new MAC in both tables. Every command is bounded in
+ * thread receives, moves the gateway to its new MAC in both tables; a tap port added live carries
+ * flows on both threads, and removed live leaves no TAP queue open. Every command is bounded in
  * time and count.
  */
 import { spawn, spawnSync, type ChildProcess } from "node:child_process";
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { parseConfig } from "../../src/config/config.js";
-import { isRoot as runningAsRoot } from "../../src/io/netns.js";
+import { deleteNetns, isRoot as runningAsRoot } from "../../src/io/netns.js";
 import { controlRequest, controlSocketPath } from "../../src/control/socket.js";
 import { pingUntil } from "../../src/control/lab.js";
 import type { EthernetStatsView, PortView, StatsView } from "../../src/control/show.js";
@@ -80,8 +81,8 @@ describe.skipIf(!isRoot)("the seed's router with tap ports and workers: 2", () =
   }
 
   /** FLOWS UDP flows from 10.0.0.3 to a UDP echo of the peer on 203.0.113.10:`port`: every datagram answered, every flow as 9.186.100.2 on a port of its own. */
-  function udpFlows(port: number): void {
-    const client = spawnSync("ip", ["netns", "exec", tenant, process.execPath, "-e", UDP_FLOWS, String(FLOWS), String(PER_FLOW), "10.0.0.3", "203.0.113.10", String(port)], {
+  function udpFlows(port: number, from = tenant, source = "10.0.0.3"): void {
+    const client = spawnSync("ip", ["netns", "exec", from, process.execPath, "-e", UDP_FLOWS, String(FLOWS), String(PER_FLOW), source, "203.0.113.10", String(port)], {
       encoding: "utf8",
       timeout: 20_000,
     });
@@ -235,6 +236,89 @@ describe.skipIf(!isRoot)("the seed's router with tap ports and workers: 2", () =
     udpFlows(7001);
     const after = await stats();
     for (const share of after.workers!.map((w, i) => w.rxPackets - before.workers![i]!.rxPackets)) expect(share).toBeGreaterThan(0);
+  }, 40_000);
+
+  /** The TAP queues the router holds open (fds that are /dev/net/tun): 2 queues of 2 legs per port. */
+  function tapQueues(): number {
+    const pid = lab!.pid!;
+    return readdirSync(`/proc/${pid}/fd`).filter((fd) => {
+      try {
+        return readlinkSync(`/proc/${pid}/fd/${fd}`) === "/dev/net/tun";
+      } catch {
+        return false; // closed between the listing and the readlink
+      }
+    }).length;
+  }
+  /** The config the router runs (the floating IP's address of the test above), and with a tap tenant network qr-extra0001 10.9.0.1/24 added before qg-, its host 10.9.0.5. */
+  const running = text.replace("9.186.100.2/24, 9.186.100.129/32", "9.186.100.2/24, 9.186.100.129/32, 9.186.100.130/32");
+  const extraPort = "qr-extra0001";
+  const extraMac = "fa:16:3e:00:09:01";
+  const extraNs = config.namespace.replace(/-r$/, "-p9");
+  const withExtraPort = running
+    .replace(`  - name: ${qg}\n`, `  - name: ${extraPort}\n    mac: ${extraMac}\n    addresses: [10.9.0.1/24]\n    wire: { namespace: ${extraNs}, device: eth0, mode: tap }\n  - name: ${qg}\n`)
+    .replace("-s 10.0.0.0/24 -j SNAT --to-source 9.186.100.2\n", "-s 10.0.0.0/24 -j SNAT --to-source 9.186.100.2\n  -A neutron-vpn-agen-snat -s 10.9.0.0/24 -j SNAT --to-source 9.186.100.2\n")
+    .replace("lab:\n", `lab:\n  ${extraNs}: { addresses: [10.9.0.5/24], routes: [default via 10.9.0.1] }\n`);
+  afterAll(() => {
+    try {
+      deleteNetns(extraNs);
+    } catch {
+      // removed by the test, or never made
+    }
+  });
+
+  async function applyText(configText: string, name: string): Promise<string> {
+    const file = join(dir, name);
+    writeFileSync(file, configText);
+    let out = "";
+    let err = "";
+    expect(await runCli(["apply", file], { out: (t) => (out += t), err: (t) => (err += t) })).toBe(0);
+    expect(err).toBe("");
+    return out;
+  }
+
+  it("a tap tenant network added live before qg- (qr-extra0001 10.9.0.1/24, its host 10.9.0.5): both threads resolve the host on it and forward its flows as 9.186.100.2; the gateway's entries follow qg- to its new index", async () => {
+    expect(withExtraPort).toContain(`${extraNs}: { addresses: [10.9.0.5/24]`);
+    expect(withExtraPort).toContain("-s 10.9.0.0/24 -j SNAT");
+    expect(tapQueues()).toBe(2 * 2 * 2);
+    expect((await applyText(withExtraPort, "with-extra.yaml")).split("\n").filter(Boolean)).toEqual([
+      `+ port ${extraPort} 10.9.0.1/24 mtu 1500 <-> ${extraNs}/eth0`,
+      `+ address 10.9.0.1/24 on ${extraPort}`,
+      "+ rule -A neutron-vpn-agen-snat -s 10.9.0.0/24 -j SNAT --to-source 9.186.100.2",
+    ]);
+    expect(inNs(extraNs, "ip", ["-d", "link", "show", "eth0"]).stdout).toMatch(/tun type tap .*multi_queue/);
+    expect(tapQueues()).toBe(3 * 2 * 2);
+    const before = await stats();
+    udpFlows(7000, extraNs, "10.9.0.5");
+    const after = await stats();
+    expect(after.ports.map((p) => p.name)).toEqual([qr, extraPort, qg]);
+    expect(after.ports[1]!.wire.rxPackets).toBe(FLOWS * PER_FLOW);
+    for (const share of after.workers!.map((w, i) => w.rxPackets - before.workers![i]!.rxPackets)) expect(share).toBeGreaterThan(0);
+    // Each thread wrote frames to the new host, and kept the gateway's entry through the renumbering.
+    const hostMac = inNs(extraNs, "ip", ["link", "show", "eth0"]).stdout.match(/link\/ether (\S+)/)![1]!;
+    const rows = await neighbours();
+    for (const thread of [0, 1]) {
+      expect(rows.find((r) => r.thread === thread && r.dst === "10.9.0.5" && r.dev === extraPort)?.lladdr).toBe(hostMac);
+      expect(rows.find((r) => r.thread === thread && r.dst === "9.186.100.1" && r.dev === qg)?.lladdr).toMatch(/^[0-9a-f:]{17}$/);
+    }
+    expect(lab!.output!()).not.toMatch(/worker \d+ failed|internal error/);
+  }, 40_000);
+
+  it("removed live: every queue of its legs closes, its neighbours go, and the tenant's flows run on both threads", async () => {
+    expect((await applyText(running, "without-extra.yaml")).split("\n").filter(Boolean)).toEqual([
+      `- port ${extraPort} 10.9.0.1/24 mtu 1500 <-> ${extraNs}/eth0`,
+      `- address 10.9.0.1/24 on ${extraPort}`,
+      "- rule -A neutron-vpn-agen-snat -s 10.9.0.0/24 -j SNAT --to-source 9.186.100.2",
+    ]);
+    expect(tapQueues()).toBe(2 * 2 * 2);
+    expect(inNs(config.namespace, "ip", ["-o", "link", "show"]).stdout).not.toContain(extraPort);
+    expect((await neighbours()).filter((r) => r.dst === "10.9.0.5")).toEqual([]);
+    const before = await stats();
+    udpFlows(7000);
+    const after = await stats();
+    for (const share of after.workers!.map((w, i) => w.rxPackets - before.workers![i]!.rxPackets)) expect(share).toBeGreaterThan(0);
+    expect(lab!.output!()).not.toMatch(/worker \d+ failed|internal error/);
+    deleteNetns(extraNs);
+    expect(spawnSync("ip", ["netns", "list"], { encoding: "utf8" }).stdout).not.toContain(extraNs);
   }, 40_000);
 
   it("SIGTERM: both threads stop and the router exits 0, its mirrors gone", async () => {
