@@ -15,7 +15,7 @@
  * time and count.
  */
 import { spawn, spawnSync, type ChildProcess } from "node:child_process";
-import { mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
@@ -28,7 +28,7 @@ import type { EthernetStatsView, PortView, StatsView } from "../../src/control/s
 import { runCli } from "../../src/cli/main.js";
 import type { ThreadNeighbourView } from "../../src/control/ethernet-threads.js";
 import { retagForRun, runTag, startQnatLab, type Lab } from "../../bench/e2e-lab.js";
-import { startIn, UDP_FLOWS, UDP_WHO_AM_I } from "../support/workers-traffic.js";
+import { startIn, tunQueuesOf, UDP_FLOWS, UDP_WHO_AM_I } from "../support/workers-traffic.js";
 import { QG_MAC, QR_MAC, withTapPorts } from "../support/ethernet-router.js";
 import { readPcapng } from "../support/pcapng-reader.js";
 import { ETH_P_ARP, ETH_P_IP } from "../../src/wire/ethernet.js";
@@ -238,17 +238,6 @@ describe.skipIf(!isRoot)("the seed's router with tap ports and workers: 2", () =
     for (const share of after.workers!.map((w, i) => w.rxPackets - before.workers![i]!.rxPackets)) expect(share).toBeGreaterThan(0);
   }, 40_000);
 
-  /** The TAP queues the router holds open (fds that are /dev/net/tun): 2 queues of 2 legs per port. */
-  function tapQueues(): number {
-    const pid = lab!.pid!;
-    return readdirSync(`/proc/${pid}/fd`).filter((fd) => {
-      try {
-        return readlinkSync(`/proc/${pid}/fd/${fd}`) === "/dev/net/tun";
-      } catch {
-        return false; // closed between the listing and the readlink
-      }
-    }).length;
-  }
   /** The config the router runs (the floating IP's address of the test above), and with a tap tenant network qr-extra0001 10.9.0.1/24 added before qg-, its host 10.9.0.5. */
   const running = text.replace("9.186.100.2/24, 9.186.100.129/32", "9.186.100.2/24, 9.186.100.129/32, 9.186.100.130/32");
   const extraPort = "qr-extra0001";
@@ -279,14 +268,14 @@ describe.skipIf(!isRoot)("the seed's router with tap ports and workers: 2", () =
   it("a tap tenant network added live before qg- (qr-extra0001 10.9.0.1/24, its host 10.9.0.5): both threads resolve the host on it and forward its flows as 9.186.100.2; the gateway's entries follow qg- to its new index", async () => {
     expect(withExtraPort).toContain(`${extraNs}: { addresses: [10.9.0.5/24]`);
     expect(withExtraPort).toContain("-s 10.9.0.0/24 -j SNAT");
-    expect(tapQueues()).toBe(2 * 2 * 2);
+    expect(tunQueuesOf(lab!.pid!)).toBe(2 * 2 * 2);
     expect((await applyText(withExtraPort, "with-extra.yaml")).split("\n").filter(Boolean)).toEqual([
       `+ port ${extraPort} 10.9.0.1/24 mtu 1500 <-> ${extraNs}/eth0`,
       `+ address 10.9.0.1/24 on ${extraPort}`,
       "+ rule -A neutron-vpn-agen-snat -s 10.9.0.0/24 -j SNAT --to-source 9.186.100.2",
     ]);
     expect(inNs(extraNs, "ip", ["-d", "link", "show", "eth0"]).stdout).toMatch(/tun type tap .*multi_queue/);
-    expect(tapQueues()).toBe(3 * 2 * 2);
+    expect(tunQueuesOf(lab!.pid!)).toBe(3 * 2 * 2);
     const before = await stats();
     udpFlows(7000, extraNs, "10.9.0.5");
     const after = await stats();
@@ -309,7 +298,7 @@ describe.skipIf(!isRoot)("the seed's router with tap ports and workers: 2", () =
       `- address 10.9.0.1/24 on ${extraPort}`,
       "- rule -A neutron-vpn-agen-snat -s 10.9.0.0/24 -j SNAT --to-source 9.186.100.2",
     ]);
-    expect(tapQueues()).toBe(2 * 2 * 2);
+    expect(tunQueuesOf(lab!.pid!)).toBe(2 * 2 * 2);
     expect(inNs(config.namespace, "ip", ["-o", "link", "show"]).stdout).not.toContain(extraPort);
     expect((await neighbours()).filter((r) => r.dst === "10.9.0.5")).toEqual([]);
     const before = await stats();

@@ -11,7 +11,7 @@
  * Every command is bounded in time and count.
  */
 import { spawnSync, type ChildProcess } from "node:child_process";
-import { existsSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
@@ -23,7 +23,7 @@ import { STATE_FLAG_AT_STOP } from "../../src/control/state-file.js";
 import { labUp, pingUntil } from "../../src/control/lab.js";
 import type { PortView, StatsView } from "../../src/control/show.js";
 import { retagForRun, runTag, startQnatLab, type Lab } from "../../bench/e2e-lab.js";
-import { startIn, UDP_FLOWS, UDP_WHO_AM_I } from "../support/workers-traffic.js";
+import { startIn, tunQueuesOf, UDP_FLOWS, UDP_WHO_AM_I } from "../support/workers-traffic.js";
 
 const isRoot = runningAsRoot();
 if (!isRoot) console.warn("test/e2e/workers.test.ts: not root, so the two-worker router tests are skipped");
@@ -231,17 +231,6 @@ describe.skipIf(!isRoot)("the seed's router with workers: 2", () => {
     expect(lab!.output!()).not.toMatch(/worker \d+ failed/);
   }, 30_000);
 
-  /** The TUN queues process `pid` holds open (fds that are /dev/net/tun): 2 queues of 2 legs per port. */
-  function tunQueues(pid: number): number {
-    return readdirSync(`/proc/${pid}/fd`).filter((fd) => {
-      try {
-        return readlinkSync(`/proc/${pid}/fd/${fd}`) === "/dev/net/tun";
-      } catch {
-        return false; // closed between the listing and the readlink
-      }
-    }).length;
-  }
-
   /** The config the router runs after the change of the SNAT address above. */
   const running = text
     .replace("addresses: [9.186.100.2/24, 9.186.100.129/32]", "addresses: [9.186.100.2/24, 9.186.100.129/32, 9.186.100.3/32]")
@@ -266,7 +255,7 @@ describe.skipIf(!isRoot)("the seed's router with workers: 2", () => {
     expect(withExtraPort).toContain("-s 10.9.0.0/24 -j SNAT --to-source 9.186.100.2");
     expect(withExtraPort).toContain(`${extraNs}: { addresses: [10.9.0.5/24]`);
     const pid = lab!.pid!;
-    expect(tunQueues(pid)).toBe(2 * 2 * 2);
+    expect(tunQueuesOf(pid)).toBe(2 * 2 * 2);
     const added = await controlRequest(socket, { cmd: "apply", file: "router.yaml", text: withExtraPort });
     expect(added.ok && added.text?.split("\n").filter(Boolean)).toEqual([
       `+ port ${extraPort} 10.9.0.1/24 mtu 1500 <-> ${extraNs}/eth0`,
@@ -276,7 +265,7 @@ describe.skipIf(!isRoot)("the seed's router with workers: 2", () => {
     // Both new legs are two-queue devices, every queue held by the router.
     expect(inNs(extraNs, "ip", ["-d", "link", "show", "eth0"]).stdout).toContain("multi_queue");
     expect(inNs(config.namespace, "ip", ["-d", "link", "show", extraPort]).stdout).toContain("multi_queue");
-    expect(tunQueues(pid)).toBe(3 * 2 * 2);
+    expect(tunQueuesOf(pid)).toBe(3 * 2 * 2);
     await startIn(external, UDP_WHO_AM_I, ["203.0.113.10", "7002"], children);
     const before = await stats();
     udpFlows("9.186.100.2", 7002, extraNs, "10.9.0.5");
@@ -308,7 +297,7 @@ describe.skipIf(!isRoot)("the seed's router with workers: 2", () => {
     udpFlows("9.186.100.2", 7002, extraNs, "10.9.0.5");
     udpFlows("9.186.100.3", 7002);
     for (const share of shares(before, await stats())) expect(share).toBeGreaterThan(0);
-    expect(tunQueues(lab!.pid!)).toBe(3 * 2 * 2);
+    expect(tunQueuesOf(lab!.pid!)).toBe(3 * 2 * 2);
     expect(lab!.output!()).not.toMatch(/worker \d+ failed/);
   }, 30_000);
 
@@ -320,7 +309,7 @@ describe.skipIf(!isRoot)("the seed's router with workers: 2", () => {
       `- address 10.9.0.1/24 on ${extraPort}`,
       "- rule -A neutron-vpn-agen-snat -s 10.9.0.0/24 -j SNAT --to-source 9.186.100.2",
     ]);
-    expect(tunQueues(pid)).toBe(2 * 2 * 2);
+    expect(tunQueuesOf(pid)).toBe(2 * 2 * 2);
     // Its devices went with their last queue: the mirror in the router namespace, eth0 in its own.
     expect(inNs(config.namespace, "ip", ["-o", "link", "show"]).stdout).not.toContain(extraPort);
     expect(inNs(extraNs, "ip", ["link", "show", "eth0"]).code).not.toBe(0);

@@ -1,8 +1,10 @@
 /**
  * The traffic of the workers tests (test/e2e/workers*.test.ts), run as node scripts inside the
- * lab's namespaces: a UDP echo of the peer's address, and a bounded set of UDP flows.
+ * lab's namespaces: a UDP echo of the peer's address, and a bounded set of UDP flows; and the
+ * count of TUN queues a router holds open.
  */
 import { spawn, type ChildProcess } from "node:child_process";
+import { readdirSync, readlinkSync } from "node:fs";
 
 /** How long a script may take to say it is ready. */
 const WAIT_MS = 10_000;
@@ -59,4 +61,15 @@ export function startIn(netns: string, script: string, args: readonly string[], 
       reject(new Error(`script in ${netns} exited (${code})`));
     });
   });
+}
+
+/** The TUN and TAP queues process `pid` holds open (its fds that are /dev/net/tun). */
+export function tunQueuesOf(pid: number): number {
+  return readdirSync(`/proc/${pid}/fd`).filter((fd) => {
+    try {
+      return readlinkSync(`/proc/${pid}/fd/${fd}`) === "/dev/net/tun";
+    } catch {
+      return false; // closed between the listing and the readlink
+    }
+  }).length;
 }
