@@ -6,8 +6,9 @@
  * lock, dataplane/from-config.ts `shared`), so a connection whose two directions the kernel
  * hands to different queues is one connection, and a NAT port is chosen once across all workers.
  * Its batches, counters, fragment table and JIT are its own, and so are, with tap ports, its
- * Ethernet stage and neighbour table: the ARP packets its wire legs receive go to the main thread,
- * and those the other threads received come back to be learnt (control/ethernet-threads.ts).
+ * Ethernet stage and neighbour table: the ARP packets its wire legs receive, and what its table
+ * has to tell the others (a neighbour it started resolving or completed), go to the main thread,
+ * and those of the other threads come back to be learnt (control/ethernet-threads.ts).
  *
  * The main thread opened every queue (fds are process-wide) and keeps them: the worker only
  * polls, reads and writes its fds and never closes them. It answers the main thread's messages
@@ -141,6 +142,9 @@ export function runDataplaneWorker(setup: WorkerSetup, port: MessagePort): void 
         return;
       case "arp":
         ethernet?.learnRelayed(message.port, message.frame);
+        return;
+      case "neigh":
+        ethernet?.learnNews(message.news);
         return;
       case "leg-down":
         afterRelinks(() => legDown(message.index));

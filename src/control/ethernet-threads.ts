@@ -5,15 +5,20 @@
  * Each thread has an Ethernet stage and a neighbour table of its own (io/ethernet-leg.ts,
  * neigh/table.ts): nothing of them is shared, so the per-packet neighbour lookup stays a read of
  * the thread's own typed arrays, and a packet a thread queued while its neighbour was INCOMPLETE
- * leaves through that thread's queue (or is answered with host unreachable by it). What keeps the
- * tables in step is ARP: every valid ARP packet a thread receives on a wire leg is answered and
- * learnt from there, once, and a copy goes to every other thread (a worker's through the main
- * thread, which learns from it too), which learns from it by the same arp_process rules
- * (`EthernetStage.learnRelayed`). So a reply to a request one thread sent completes the entry on
- * every thread that had one INCOMPLETE, and a request for a router address creates the sender's
- * entry everywhere. A thread that had no entry yet still resolves for itself the first time it
- * sends to a neighbour (arp_accept=0: a reply creates nothing), so the segment may see one
- * request per thread for a new neighbour; they are counted (arp_requests_out).
+ * leaves through that thread's queue (or is answered with host unreachable by it). What makes the
+ * tables behave as Linux's one table is messages between the threads (a worker's through the main
+ * thread, which learns them too):
+ * - every valid ARP packet a thread receives on a wire leg is answered and learnt from there, once,
+ *   and a copy goes to every other thread, which learns from it by the same arp_process rules
+ *   (`EthernetStage.learnRelayed`): a request for a router address creates the sender's entry
+ *   everywhere; a gratuitous ARP or an unsolicited reply only updates entries that exist
+ *   (arp_accept=0);
+ * - neighbour news (NeighbourNews, `EthernetStage.learnNews`): a thread that starts resolving a
+ *   neighbour tells the others (`resolving`), whose entries go INCOMPLETE without a request of
+ *   their own, so the segment sees one request per retrans_time as from Linux's one entry; and a
+ *   thread whose INCOMPLETE entry gets its address (the reply, received or relayed) tells the
+ *   others (`resolved`), which create or complete theirs: after one solicited reply every
+ *   thread's table holds the neighbour, and their queued packets leave.
  *
  * Counters: each thread's stage counts what it received and sent; the counter snapshots carry
  * them (io/worker-protocol.ts EthernetCounters) and `show stats`, `show ports` and the metrics add
@@ -24,7 +29,7 @@ import { effectiveArpAnnounce, effectiveArpIgnore } from "../config/config.js";
 import { systemClock } from "../core/clock.js";
 import { CryptoRng } from "../core/rng.js";
 import type { Dataplane } from "../dataplane/pipeline.js";
-import { EthernetLeg, EthernetStage, type EthernetPortSpec } from "../io/ethernet-leg.js";
+import { EthernetLeg, EthernetStage, type EthernetPortSpec, type NeighbourNews } from "../io/ethernet-leg.js";
 import type { TunDevice } from "../io/tun.js";
 import type { Forwarder } from "../io/forwarder.js";
 import type { FromWorker, WorkerLegSetup } from "../io/worker-protocol.js";
@@ -130,6 +135,7 @@ export class MultiQueueEthernetLeg extends EthernetLeg implements WorkerQueued {
 export function connectWorkerEthernet(stage: EthernetStage, forwarder: Forwarder, post: (message: FromWorker) => void): void {
   stage.onUnreachable = (buf, off, length, port) => forwarder.hostUnreachable(buf, off, length, port);
   stage.onArpReceived = (port, frame) => post({ type: "arp", port, frame });
+  stage.onNeighbourNews = (news) => post({ type: "neigh", news });
 }
 
 /** What the main thread needs of its workers to relay ARP between the threads (control/workers.ts ForwardingWorkers). */
@@ -138,17 +144,29 @@ export interface ArpRelay {
   relayArp(from: number, port: number, frame: Uint8Array): void;
   /** Set to receive the ARP frames each worker received. */
   onArpFrame: ((from: number, port: number, frame: Uint8Array) => void) | null;
+  /** Posts a thread's neighbour news to every worker but `from` (0: the main thread). */
+  relayNeighbourNews(from: number, news: NeighbourNews): void;
+  /** Set to receive each worker's neighbour news. */
+  onNeighbourNews: ((from: number, news: NeighbourNews) => void) | null;
 }
 
 /**
- * The main thread's side of the relay: what its own wire legs receive goes to every worker; what
- * a worker received is learnt here and goes to every other worker.
+ * The main thread's side of the relay: what its own wire legs receive, and its table's news, go
+ * to every worker; what a worker received or tells is learnt here and goes to every other worker.
+ * News is passed on once, from the thread that told it to every other: learning it tells nothing,
+ * so nothing loops. A worker's messages reach the others in the order it posted them (one port to
+ * the main thread, one from it to each worker), so a `resolving` never arrives after its `resolved`.
  */
 export function relayArpBetweenThreads(stage: EthernetStage, workers: ArpRelay): void {
   stage.onArpReceived = (port, frame) => workers.relayArp(0, port, frame);
+  stage.onNeighbourNews = (news) => workers.relayNeighbourNews(0, news);
   workers.onArpFrame = (from, port, frame) => {
     stage.learnRelayed(port, frame);
     workers.relayArp(from, port, frame);
+  };
+  workers.onNeighbourNews = (from, news) => {
+    stage.learnNews(news);
+    workers.relayNeighbourNews(from, news);
   };
 }
 

@@ -19,14 +19,16 @@
  *   - live changes: `apply` has every worker build and swap in its successor dataplane; `relink`
  *     (ports added or removed) swaps the legs too: every worker gets its queue of each new leg and
  *     lets those of the removed legs go before the main thread closes their fds.
- *   - ARP (tap ports): an ARP frame a worker received comes here (`onArpFrame`) and goes to every
- *     other worker (`relayArp`), so every thread's neighbour table learns it
+ *   - ARP (tap ports): an ARP frame a worker received, and its neighbour table's news, come here
+ *     (`onArpFrame`, `onNeighbourNews`) and go to every other worker (`relayArp`,
+ *     `relayNeighbourNews`), so every thread's neighbour table learns them
  *     (control/ethernet-threads.ts).
  *   - stop: every worker stops reading, ends its batch and answers (`stop`); the caller saves the
  *     state, then `end` ends the threads.
  */
 import { Worker } from "node:worker_threads";
 import { PortCounter } from "../dataplane/pipeline.js";
+import type { NeighbourNews } from "../io/ethernet-leg.js";
 import type { TunDevice } from "../io/tun.js";
 import { TunLeg } from "../io/tun-leg.js";
 import type { DataplaneCounters, FromWorker, ToWorker, WorkerLegSetup, WorkerSetup } from "../io/worker-protocol.js";
@@ -183,6 +185,9 @@ export class ForwardingWorkers {
       case "arp":
         this.onArpFrame?.(t.number, message.port, message.frame);
         return;
+      case "neigh":
+        this.onNeighbourNews?.(t.number, message.news);
+        return;
       case "applied": {
         const change = this.applies.get(message.id);
         if (change === undefined) return;
@@ -250,6 +255,14 @@ export class ForwardingWorkers {
   /** Posts an ARP frame one thread received (`from`; 0: the main thread) to every other worker. */
   relayArp(from: number, port: number, frame: Uint8Array): void {
     for (const t of this.threads) if (t.number !== from) this.post(t, { type: "arp", port, frame });
+  }
+
+  /** Every neighbour news a worker's table tells (control/ethernet-threads.ts). */
+  onNeighbourNews: ((from: number, news: NeighbourNews) => void) | null = null;
+
+  /** Posts one thread's neighbour news (`from`; 0: the main thread) to every other worker. */
+  relayNeighbourNews(from: number, news: NeighbourNews): void {
+    for (const t of this.threads) if (t.number !== from) this.post(t, { type: "neigh", news });
   }
 
   /** Posts `message` to every running worker; the workers it reached. */

@@ -74,6 +74,18 @@ const STAGING_PACKET_BYTES = 9216;
  */
 export const RELAY_PER_TICK = 64;
 
+/**
+ * `workers: N`: what one thread's neighbour table tells the others' (control/ethernet-threads.ts),
+ * so that the threads' tables behave as Linux's one: `resolving`, the thread started resolving
+ * `ip` (its entry went INCOMPLETE and its broadcast request left), and the others wait for that
+ * request's reply instead of asking themselves; `resolved`, an INCOMPLETE entry of the thread got
+ * its address `mac` (`state`: REACHABLE for a reply to the port's MAC), and every other thread's
+ * table holds the neighbour so (created if it had none). Learning news never sends news.
+ */
+export type NeighbourNews =
+  | { readonly kind: "resolving"; readonly port: number; readonly ip: number }
+  | { readonly kind: "resolved"; readonly port: number; readonly ip: number; readonly mac: Uint8Array; readonly state: number };
+
 export const ETH_ROLE_WIRE = 0;
 export const ETH_ROLE_MIRROR = 1;
 
@@ -116,8 +128,9 @@ export const enum EthCounter {
   /** ICMP host unreachable sent for packets whose neighbour failed (rate-limited as the router's other errors). */
   HostUnreachableSent,
   /**
-   * `workers: N`: ARP packets from the wire not passed on to the other threads' neighbour tables,
-   * over RELAY_PER_TICK in one neighbour tick (an ARP flood); those threads learn them from a later one.
+   * `workers: N`: ARP packets from the wire, or neighbour news (NeighbourNews), not passed on to the
+   * other threads' neighbour tables, over RELAY_PER_TICK of each in one neighbour tick (an ARP
+   * flood, a sweep of new neighbours); those threads learn them from a later one or ask themselves.
    */
   ArpRelayLimited,
   Count,
@@ -238,8 +251,14 @@ export class EthernetStage implements NeighbourIo {
    * learn it too (`learnRelayed`; control/ethernet-threads.ts). Null with one thread.
    */
   onArpReceived: ((port: number, frame: Uint8Array) => void) | null = null;
-  /** ARP packets this thread may still pass on before the next tick (RELAY_PER_TICK). */
+  /**
+   * `workers: N`: told what this thread's neighbour table has to tell the others (NeighbourNews),
+   * which learn it with `learnNews`. Null with one thread.
+   */
+  onNeighbourNews: ((news: NeighbourNews) => void) | null = null;
+  /** ARP packets, and neighbour news, this thread may still pass on before the next tick (RELAY_PER_TICK each). */
   private relayBudget = RELAY_PER_TICK;
+  private newsBudget = RELAY_PER_TICK;
 
   constructor(
     readonly table: NeighbourTable,
@@ -437,8 +456,37 @@ export class EthernetStage implements NeighbourIo {
     const gratuitous = sip === tip && (op === ARPOP_REQUEST || ethernetDestIsBroadcast(data, arpTargetMacOffset(arp)));
     if (counted && op === ARPOP_REQUEST && !gratuitous && !this.own.has(tip | 0)) this.count(port, EthCounter.ArpNotForUs);
     const state = op === ARPOP_REPLY && toUs ? NUD_REACHABLE : NUD_STALE;
-    this.table.update(port, sip, data, sha, state, false, gratuitous);
+    // An INCOMPLETE entry completed (the reply to a request: this thread's, or another's it waited
+    // for): Linux's one table now holds the neighbour for every CPU, so every thread's must.
+    if (this.table.update(port, sip, data, sha, state, false, gratuitous)) {
+      this.tell({ kind: "resolved", port, ip: sip, mac: data.slice(sha, sha + 6), state });
+    }
     return true;
+  }
+
+  /** `workers: N`: passes `news` to the other threads (`onNeighbourNews`), within this tick's budget. */
+  private tell(news: NeighbourNews): void {
+    if (this.onNeighbourNews === null) return;
+    if (this.newsBudget <= 0) {
+      this.count(news.port, EthCounter.ArpRelayLimited);
+      return;
+    }
+    this.newsBudget--;
+    this.onNeighbourNews(news);
+  }
+
+  /**
+   * `workers: N`: news from another thread's neighbour table (NeighbourNews). `resolving`: this
+   * table's entry waits for that thread's request (NeighbourTable.learnResolving); `resolved`: the
+   * entry is created or updated with the address as a solicited reply would (neigh_update, with
+   * arp_process's locktime), and the packets this thread queued for it leave through this thread's
+   * queue. Nothing is sent on the wire, counted, or told again. Control plane: between two batches.
+   */
+  learnNews(news: NeighbourNews): void {
+    const spec = this.ports[news.port];
+    if (spec === null || spec === undefined) return;
+    if (news.kind === "resolving") this.table.learnResolving(news.port, news.ip);
+    else this.table.update(news.port, news.ip, news.mac, 0, news.state, true, false);
   }
 
   /**
@@ -722,6 +770,11 @@ export class EthernetStage implements NeighbourIo {
     this.onQueuedSent?.(pool, verdicts, port * 2 + ETH_ROLE_WIRE);
   }
 
+  /** NeighbourIo: this thread's table started resolving `targetIp` (its first request sent): the other threads wait for its reply. */
+  resolving(port: number, targetIp: number): void {
+    this.tell({ kind: "resolving", port, ip: targetIp });
+  }
+
   /** NeighbourIo: a queued packet whose neighbour failed. */
   unreachable(port: number, pool: PacketBatch, slot: number): void {
     const sent = this.onUnreachable?.(pool.data, pool.offsetOf(slot), pool.lengths[slot]!, port) ?? 0;
@@ -731,6 +784,7 @@ export class EthernetStage implements NeighbourIo {
   /** The neighbour timers (neigh/table.ts tick); the router calls it every 100 ms. */
   tick(): void {
     this.relayBudget = RELAY_PER_TICK;
+    this.newsBudget = RELAY_PER_TICK;
     this.table.tick();
   }
 

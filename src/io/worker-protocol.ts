@@ -15,7 +15,7 @@ import type { Dataplane } from "../dataplane/pipeline.js";
 import type { CaptureInterface } from "./capture.js";
 import type { CompiledRules } from "../nat/rules/evaluate.js";
 import type { NeighbourView } from "../neigh/table.js";
-import type { EthernetStage } from "./ethernet-leg.js";
+import type { EthernetStage, NeighbourNews } from "./ethernet-leg.js";
 import { LoopStats, type LoopSnapshot } from "./loop-stats.js";
 
 /** A leg's queue for worker i: queue i of the device (fds are process-wide). */
@@ -117,7 +117,9 @@ export type ToWorker =
   /** Capture `id` ends: its tap comes off, what its ring holds is sent with `last`. */
   | { readonly type: "capture-stop"; readonly id: number }
   /** An ARP frame another thread received on tap port `port`'s wire: learnt here (EthernetStage.learnRelayed). */
-  | { readonly type: "arp"; readonly port: number; readonly frame: Uint8Array };
+  | { readonly type: "arp"; readonly port: number; readonly frame: Uint8Array }
+  /** Another thread's neighbour table started resolving a neighbour, or completed one: learnt here (EthernetStage.learnNews). */
+  | { readonly type: "neigh"; readonly news: NeighbourNews };
 
 /** From a worker. */
 export type FromWorker =
@@ -143,7 +145,9 @@ export type FromWorker =
    */
   | { readonly type: "capture-chunk"; readonly id: number; readonly blocks: ArrayBuffer; readonly seen: readonly number[]; readonly lost: readonly number[]; readonly last: boolean }
   /** An ARP frame this worker received on tap port `port`'s wire and answered: for the other threads' neighbour tables. */
-  | { readonly type: "arp"; readonly port: number; readonly frame: Uint8Array };
+  | { readonly type: "arp"; readonly port: number; readonly frame: Uint8Array }
+  /** This worker's neighbour table started resolving a neighbour, or completed one: for the other threads' tables. */
+  | { readonly type: "neigh"; readonly news: NeighbourNews };
 
 /** A copy of `dataplane`'s own counters (control plane: allocates). */
 export function countersOf(dataplane: Dataplane): DataplaneCounters {

@@ -109,6 +109,12 @@ export interface NeighbourIo {
   sendQueued(port: number, entry: number, pool: PacketBatch, slots: Int32Array, count: number): void;
   /** The neighbour failed: the queued packet at `pool` slot `slot` is answered with host unreachable. */
   unreachable(port: number, pool: PacketBatch, slot: number): void;
+  /**
+   * `targetIp` on `port` went INCOMPLETE for a packet of this table and its first request was just
+   * sent (`workers: N`: the other threads' tables are told, `learnResolving`, so they wait for
+   * this request's reply instead of sending their own). Optional: one table needs no telling.
+   */
+  resolving?(port: number, targetIp: number): void;
 }
 
 /** Counters (Linux /proc/net/stat/arp_cache and ip -s neigh where they exist). */
@@ -184,6 +190,8 @@ export class NeighbourTable {
   private readonly ipOf: Int32Array;
   private readonly stateOf: Uint8Array;
   private readonly probesOf: Uint8Array;
+  /** 1: INCOMPLETE for another thread's request (`learnResolving`): this table sends no probe of its own. */
+  private readonly remoteOf: Uint8Array;
   private readonly timerAt: Float64Array;
   private readonly confirmedAt: Float64Array;
   private readonly updatedAt: Float64Array;
@@ -216,6 +224,7 @@ export class NeighbourTable {
     this.ipOf = new Int32Array(capacity);
     this.stateOf = new Uint8Array(capacity);
     this.probesOf = new Uint8Array(capacity);
+    this.remoteOf = new Uint8Array(capacity);
     this.timerAt = new Float64Array(capacity);
     this.confirmedAt = new Float64Array(capacity);
     this.updatedAt = new Float64Array(capacity);
@@ -324,19 +333,63 @@ export class NeighbourTable {
     // __neigh_event_send for NONE/FAILED: INCOMPLETE, probes = ucast_probes; the packet is
     // queued, then the first probe goes at once (it sees the packet: arp_announce).
     const starting = state === NUD_NONE || state === NUD_FAILED;
-    if (starting) {
-      this.stateOf[e] = NUD_INCOMPLETE;
-      this.probesOf[e] = this.params.ucastSolicit;
-      this.updatedAt[e] = now;
-      this.timerAt[e] = now + this.params.retransTime;
-    }
+    if (starting) this.startIncomplete(e, now, 0);
     this.enqueue(e, batch, slot);
-    if (starting) this.probe(e);
+    if (starting) {
+      this.probe(e);
+      this.io?.resolving?.(port, ip >>> 0);
+    }
     return NEIGH_HELD;
   }
 
-  /** neigh_probe -> arp_solicit: unicast while probes < ucast_probes (and an address is known), else broadcast; probes++ after. */
+  /** NONE/FAILED -> INCOMPLETE (__neigh_event_send): probes = ucast_probes, the next probe retrans_time from now. */
+  private startIncomplete(e: number, now: number, remote: number): void {
+    this.stateOf[e] = NUD_INCOMPLETE;
+    this.remoteOf[e] = remote;
+    this.probesOf[e] = this.params.ucastSolicit;
+    this.updatedAt[e] = now;
+    this.timerAt[e] = now + this.params.retransTime;
+  }
+
+  /**
+   * `workers: N`: another thread's table started resolving `ip` on `port` (NeighbourIo.resolving)
+   * and sent the request. Linux has one entry for the router, INCOMPLETE, and one request per
+   * retrans_time; here this table makes its entry INCOMPLETE too (unless it has one in another
+   * state: nothing changes then), but sends no request of its own: packets for `ip` wait in its
+   * queue for that request's reply, which completes the entry as a solicited one (the relayed
+   * reply, or the other thread's `resolved` news). The entry keeps Linux's timer: unanswered for
+   * mcast_solicit retrans_times, it fails here too and its queued packets are answered with host
+   * unreachable. Control plane: between two batches.
+   */
+  learnResolving(port: number, ip: number): void {
+    const now = this.clock.now();
+    let e = this.lookup(port, ip);
+    if (e < 0) {
+      e = this.create(port, ip, now);
+      if (e < 0) return;
+    }
+    const state = this.stateOf[e]!;
+    if (state !== NUD_NONE && state !== NUD_FAILED) return;
+    this.startIncomplete(e, now, 1);
+    // That thread's first request, counted toward neigh_max_probes as if this entry had sent it.
+    this.probe(e);
+  }
+
+  /** Whether `entry` is INCOMPLETE for another thread's request (`learnResolving`). */
+  waitsForAnotherThread(entry: number): boolean {
+    return this.stateOf[entry] === NUD_INCOMPLETE && this.remoteOf[entry] !== 0;
+  }
+
+  /**
+   * neigh_probe -> arp_solicit: unicast while probes < ucast_probes (and an address is known), else
+   * broadcast; probes++ after. An entry INCOMPLETE for another thread's request only counts the
+   * probe toward neigh_max_probes: that thread sends it.
+   */
   private probe(e: number): void {
+    if (this.waitsForAnotherThread(e)) {
+      this.probesOf[e] = this.probesOf[e]! + 1;
+      return;
+    }
     const unicast = this.probesOf[e]! < this.params.ucastSolicit && (this.stateOf[e]! & NUD_VALID) !== 0;
     this.counters.probes++;
     this.io?.solicit(this.portOf[e]!, this.ipOf[e]! >>> 0, unicast, e, this.newestSource(e));
@@ -360,6 +413,7 @@ export class NeighbourTable {
     this.ipOf[e] = ip | 0;
     this.stateOf[e] = NUD_NONE;
     this.probesOf[e] = 0;
+    this.remoteOf[e] = 0;
     this.timerAt[e] = NO_TIMER;
     this.confirmedAt[e] = now - this.params.baseReachableTime;
     this.updatedAt[e] = now;
@@ -537,15 +591,18 @@ export class NeighbourTable {
    * and the new state (NUD_REACHABLE for a reply to us, NUD_STALE otherwise). `override`: the
    * address may replace a different one (arp_process: past locktime, or a gratuitous ARP).
    * `create`: make the entry if there is none (a request for one of our addresses,
-   * neigh_event_ns); otherwise only an existing entry is updated (arp_accept = 0).
+   * neigh_event_ns); otherwise only an existing entry is updated (arp_accept = 0). Returns whether
+   * this completed an INCOMPLETE entry (it had no address and now has one: a solicited reply, or
+   * any ARP of the neighbour while it was being resolved), which `workers: N` tells the other
+   * threads (control/ethernet-threads.ts).
    */
-  update(port: number, ip: number, mac: Uint8Array, macOffset: number, state: number, create: boolean, gratuitous: boolean): void {
+  update(port: number, ip: number, mac: Uint8Array, macOffset: number, state: number, create: boolean, gratuitous: boolean): boolean {
     const now = this.clock.now();
     let e = this.lookup(port, ip);
     if (e < 0) {
-      if (!create) return;
+      if (!create) return false;
       e = this.create(port, ip, now);
-      if (e < 0) return;
+      if (e < 0) return false;
     }
     const old = this.stateOf[e]!;
     const at = e * 6;
@@ -553,7 +610,7 @@ export class NeighbourTable {
     const same = hadAddress && sameMac(this.macs, at, mac, macOffset);
     // arp_process: override past locktime since the last update, or for a gratuitous ARP.
     const override = gratuitous || now >= this.updatedAt[e]! + this.params.locktime || !hadAddress;
-    if (hadAddress && !same && !override) return; // neigh_update without NEIGH_UPDATE_F_OVERRIDE
+    if (hadAddress && !same && !override) return false; // neigh_update without NEIGH_UPDATE_F_OVERRIDE
     let next = state;
     // neigh_update: "Do not change entry state if new one is STALE ... and address is the same".
     if (same && next === NUD_STALE) next = old;
@@ -570,6 +627,7 @@ export class NeighbourTable {
     }
     // neigh_update: once the entry is VALID its queued packets leave.
     if ((next & NUD_VALID) !== 0) this.sendQueue(e);
+    return old === NUD_INCOMPLETE && (next & NUD_VALID) !== 0;
   }
 
   /**

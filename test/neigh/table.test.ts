@@ -80,7 +80,7 @@ function setup(params: Partial<NeighbourParams> = {}, options: { capacity?: numb
     const e = table.lookup(PORT, ip);
     return e < 0 ? NUD_NONE : table.state(e);
   };
-  const reply = (mac = GATEWAY_MAC, ip = GATEWAY): void => table.update(PORT, ip, mac, 0, NUD_REACHABLE, false, false);
+  const reply = (mac = GATEWAY_MAC, ip = GATEWAY): boolean => table.update(PORT, ip, mac, 0, NUD_REACHABLE, false, false);
   return { clock, table, io, send, advance, state, reply };
 }
 
