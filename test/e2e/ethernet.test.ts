@@ -27,7 +27,7 @@ import { setTimeout as sleep } from "node:timers/promises";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { runCli } from "../../src/cli/main.js";
 import { pingUntil } from "../../src/control/lab.js";
-import { parseConfig } from "../../src/config/config.js";
+import { parseConfig, withWorkersFromEnvironment, workersOf } from "../../src/config/config.js";
 import { ensureNetns, ip, isRoot as runningAsRoot } from "../../src/io/netns.js";
 import { retagForRun, runTag, startQnatLab, type Lab } from "../../bench/e2e-lab.js";
 
@@ -152,8 +152,13 @@ describe.skipIf(!isRoot)("the seed's router with Ethernet (tap) ports", () => {
     const neigh = await qnat("show", "neigh", "--router", router);
     expect(neigh.code).toBe(0);
     const tenantMac = ip(tenant, "link", "show", "eth0").match(/link\/ether (\S+)/)![1]!;
-    expect(neigh.out).toMatch(new RegExp(`^10\\.0\\.0\\.3 dev ${QR} lladdr ${tenantMac} (REACHABLE|STALE|DELAY|PROBE)$`, "m"));
-    expect(neigh.out).toMatch(new RegExp(`^9\\.186\\.100\\.1 dev ${QG} lladdr [0-9a-f:]{17} (REACHABLE|STALE|DELAY|PROBE)$`, "m"));
+    // With workers (the suite's second pass, QNAT_WORKERS=2) each line ends in the thread whose table holds it.
+    const threads = workersOf(withWorkersFromEnvironment(config, process.env.QNAT_WORKERS));
+    const thread = threads > 1 ? " thread \\d+" : "";
+    // The gateway, resolved by the thread that forwarded the ping, is in every thread's table.
+    for (let t = 0; threads > 1 && t < threads; t++) expect(neigh.out).toMatch(new RegExp(`^9\\.186\\.100\\.1 dev ${QG} lladdr [0-9a-f:]{17} \\S+ thread ${t}$`, "m"));
+    expect(neigh.out).toMatch(new RegExp(`^10\\.0\\.0\\.3 dev ${QR} lladdr ${tenantMac} (REACHABLE|STALE|DELAY|PROBE)${thread}$`, "m"));
+    expect(neigh.out).toMatch(new RegExp(`^9\\.186\\.100\\.1 dev ${QG} lladdr [0-9a-f:]{17} (REACHABLE|STALE|DELAY|PROBE)${thread}$`, "m"));
     const json = await qnat("show", "neigh", "--json", "--router", router);
     const rows = JSON.parse(json.out) as { dst: string; dev: string; state: string }[];
     expect(rows.find((r) => r.dst === "10.0.0.3")?.dev).toBe(QR);
