@@ -3,7 +3,8 @@
  * seed's router under fresh names qnt-<tag>-*, linked to nothing, removed afterwards even on
  * failure): every leg is a two-queue TAP device, the main thread forwards queue 0 and a worker
  * thread queue 1, each with its own neighbour table, kept in step by the ARP packets each relays
- * to the other (control/ethernet-threads.ts). The seed's flows work as with one thread (ping,
+ * to the other and by the news of what each resolves (control/ethernet-threads.ts): the gateway is
+ * asked for once, and its reply fills both tables. The seed's flows work as with one thread (ping,
  * 10.0.0.3 leaves as 9.186.100.2, the floating IP 9.186.100.129 reaches 10.0.0.2, TCP with curl);
  * 32 parallel UDP flows, which the kernel spreads over both queues, are all translated and
  * answered, both threads carry some, and each thread's table holds the tenant host and the
@@ -118,8 +119,14 @@ describe.skipIf(!isRoot)("the seed's router with tap ports and workers: 2", () =
     expect(inNs(external, "ip", ["-d", "link", "show", "eth0"]).stdout).toMatch(/tun type tap .*multi_queue/);
   });
 
-  it("10.0.0.3 pings 203.0.113.10 through the router, the outside pings the floating IP 9.186.100.129", async () => {
+  it("10.0.0.3 pings 203.0.113.10 through the router: the gateway 9.186.100.1 is asked for once and is then in both threads' tables; the outside pings the floating IP 9.186.100.129", async () => {
     expect(await pingUntil(tenant, "203.0.113.10", WAIT_MS, "10.0.0.3")).toBe(true);
+    // One thread forwarded the ping and resolved the gateway; its reply filled the other thread's
+    // table too (the outside has not asked for a router address yet, which would also make it).
+    expect((await stats()).ethernet.ports[qg]!["arp_requests_out"]).toBe(1);
+    const gatewayMac = inNs(external, "ip", ["link", "show", "eth0"]).stdout.match(/link\/ether (\S+)/)![1]!;
+    const rows = await neighbours();
+    for (const thread of [0, 1]) expect(rows.find((r) => r.thread === thread && r.dst === "9.186.100.1" && r.dev === qg)?.lladdr).toBe(gatewayMac);
     expect(await pingUntil(external, "9.186.100.129", WAIT_MS)).toBe(true);
   });
 
