@@ -319,7 +319,7 @@ export class MetricsExporter {
       },
     );
     this.counter("qnat_host_unreachable_sent_total", "ICMP host unreachable sent for packets whose neighbour on the port failed to resolve.", ["port"], (s) => perPort(s, EthCounter.HostUnreachableSent));
-    this.counter("qnat_arp_relay_limited_total", "With workers: ARP packets a thread received on a tap port's wire but did not pass on to the other threads' neighbour tables (over 64 per 100 ms: an ARP flood).", ["port"], (s) => perPort(s, EthCounter.ArpRelayLimited));
+    this.counter("qnat_arp_relay_limited_total", "With workers: ARP packets a thread received on a tap port's wire, or neighbour news of its table, that it did not pass on to the other threads' neighbour tables (over 64 of each per 100 ms: an ARP flood).", ["port"], (s) => perPort(s, EthCounter.ArpRelayLimited));
     const STATES = ["INCOMPLETE", "REACHABLE", "STALE", "DELAY", "PROBE", "FAILED"];
     this.gauge("qnat_neighbour_entries", "Neighbour table entries (ip neigh) by state.", ["state"], function* () {
       const stage = stageOf();

@@ -163,6 +163,21 @@ describe("ARP relayed between the threads of a router with workers", () => {
     });
   }
 
+  it(`a sweep of 100 new neighbours in one tick: thread A tells ${RELAY_PER_TICK} of them and counts the rest in arp_relay_limited; thread B asks for those itself`, () => {
+    const { a, b, told } = twoThreads();
+    tenantKnown(a, b);
+    const targets = Array.from({ length: 100 }, (_, i) => `9.186.100.${10 + i}`);
+    for (const [i, dst] of targets.entries()) a.leg(QR).inject(ping(i, dst));
+    for (let batch = 0; batch < 2; batch++) a.run();
+    expect(sent(a, QG).requests).toEqual(targets);
+    expect(told[0]).toEqual(targets.slice(0, RELAY_PER_TICK).map((dst) => `resolving ${dst}`));
+    expect(a.stage.counter(QG, EthCounter.ArpRelayLimited)).toBe(100 - RELAY_PER_TICK);
+    // B waits for A's requests for the first 64, and asks for the others itself.
+    for (const [i, dst] of targets.entries()) b.leg(QR).inject(ping(i, dst));
+    for (let batch = 0; batch < 2; batch++) b.run();
+    expect(sent(b, QG).requests).toEqual(targets.slice(RELAY_PER_TICK));
+  });
+
   it("an unsolicited reply from 9.186.100.1 and a gratuitous ARP of 9.186.100.7 create nothing on either thread (arp_accept=0), and tell nothing", () => {
     const { a, b, told } = twoThreads();
     a.leg(QG).inject(gatewayReply());
