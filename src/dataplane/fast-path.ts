@@ -19,7 +19,6 @@ import type { ConntrackTable } from "../conntrack/table.js";
 import { CtStatus } from "../conntrack/table.js";
 import { TcpState, tcpFastPathSegment } from "../conntrack/tcp.js";
 import { udpPacket, udpRefreshTimeout } from "../conntrack/udp.js";
-import { icmpPacket } from "../conntrack/icmp.js";
 import { ICMP_ECHO, ICMP_ECHO_REPLY } from "../conntrack/tuple.js";
 import type { RoutingTable } from "../route/table.js";
 import { RouteType } from "../route/table.js";
@@ -290,11 +289,13 @@ export class EstablishedFastPath {
     }
     // nf_nat_packet at PREROUTING (destination) and POSTROUTING (source), as manip.ts natPacket.
     const other = dir ^ 1;
+    // The other direction's ports: the translated ports (and the ICMP identifier, below).
+    const otherPorts = table.tuplePortsBits(id, other);
     let newDst = dst;
     let newDport = dport;
     if ((status & (dir === 0 ? CT_DST_NAT : CT_SRC_NAT)) !== 0) {
       newDst = table.tupleSrcBits(id, other);
-      if (!icmp) newDport = table.tuplePortsBits(id, other) >>> 16;
+      if (!icmp) newDport = otherPorts >>> 16;
     }
     if (addresses.isLocalDestination(newDst)) return FAST_PATH_MISS;
     // The route: from the entry's route cache when it is current (see routeVersion).
@@ -399,36 +400,39 @@ export class EstablishedFastPath {
     let newSport = sport;
     if ((status & (dir === 0 ? CT_SRC_NAT : CT_DST_NAT)) !== 0) {
       newSrc = table.tupleDstBits(id, other);
-      if (!icmp) newSport = table.tuplePortsBits(id, other) & 0xffff;
+      if (!icmp) newSport = otherPorts & 0xffff;
     }
     // The identifier is the ICMP "port" in both tuples (nf_nat_proto.c icmp_manip_pkt): either
     // manip sets it to the other tuple's, which equals this one's when nothing translates it.
     // Read before the commit: without the lock, what is read after it may be another entry's.
-    const icmpId = icmp ? table.tuplePortsBits(id, other) >>> 16 : 0;
+    const icmpId = otherPorts >>> 16;
 
     // Commit: conntrack (track(): the protocol handler, then SEEN_REPLY for a reply). TCP first:
     // tcp_in_window takes only a plain in-window segment here (and then commits it); an old
     // duplicate, an overshoot, SACK blocks, a direction not seen yet and the rest take the
     // general path, with nothing changed.
-    if (unlocked) {
-      // UDP's timeout from the status read above; a packet that would make the entry ASSURED
-      // takes the locked path. ICMP only refreshes.
-      const timeout = protocol === IPPROTO_UDP ? udpRefreshTimeout(table, id, status) : table.timeouts.icmp;
-      if (timeout < 0 || !table.beginLockFreeCommit(id)) return FAST_PATH_MISS;
-      if (cacheChanged) table.setRouteCache(id, cache);
-      table.refreshNow(id, timeout);
-      table.endLockFreeCommit(id);
-      this.lockFreePackets++;
-    } else if (protocol === IPPROTO_TCP) {
+    if (protocol === IPPROTO_TCP) {
       const dataOffset = tcpDataOffset;
       const plainOptions = dataOffset === 5 || (dataOffset === 8 && v.getInt32(l4 + 20) === TCP_TIMESTAMP_ONLY_WORD);
       if (!tcpFastPathSegment(table, id, dir, v.getInt32(l4 + 4), v.getInt32(l4 + 8), v.getUint16(l4 + 14), l4Length - (dataOffset << 2), plainOptions)) {
         return FAST_PATH_MISS;
       }
-    } else if (protocol === IPPROTO_UDP) {
-      udpPacket(table, id);
     } else {
-      icmpPacket(table, id);
+      // UDP and ICMP only refresh the entry (udpPacket, icmpPacket), with UDP's timeout from the
+      // status read above; -1: this packet makes the UDP stream ASSURED (udpPacket's other step).
+      const timeout = icmp ? table.timeouts.icmp : udpRefreshTimeout(table, id, status);
+      if (unlocked) {
+        // Without the lock a packet that would make the entry ASSURED takes the locked path.
+        if (timeout < 0 || !table.beginLockFreeCommit(id)) return FAST_PATH_MISS;
+        if (cacheChanged) table.setRouteCache(id, cache);
+        table.refreshNow(id, timeout);
+        table.endLockFreeCommit(id);
+        this.lockFreePackets++;
+      } else if (timeout >= 0) {
+        table.refreshNow(id, timeout);
+      } else {
+        udpPacket(table, id);
+      }
     }
     this.packets++;
     this.lastConnection = handle;
