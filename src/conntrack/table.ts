@@ -4,7 +4,7 @@
  *
  * Layout (no object per entry): an entry `id` owns two tuple nodes, `node = (id << 1) | dir` —
  * node 2*id is the original tuple, 2*id+1 the reply tuple. A node is exactly the handle `lookup`
- * returns. Each entry is one packed 64-byte record (see ENTRY_WORDS below): per node src, dst,
+ * returns. Each entry is one packed 64-byte record (see Entry.Words below): per node src, dst,
  * (sport << 16 | dport) and the hash-chain link (-1 terminated); per entry protocol, TCP state and
  * private flags, status (Linux IPS_* bits), mark, the dataplane's route cache, expiry time and
  * start time. Buckets: a power of two >= capacity, each the head node of a chain. Free entries
@@ -60,13 +60,15 @@ export enum CtStatus {
 }
 
 /**
- * Status bits the per-packet code tests, as plain constants: CtStatus is a (non-const) enum, an
- * object whose properties optimized code would load on every use.
+ * Status bits the per-packet code tests. CtStatus is a (non-const) enum, an object whose
+ * properties optimized code would load on every use; a const enum is written as number literals.
  */
-const STATUS_DYING = CtStatus.Dying;
-const STATUS_FIXED_TIMEOUT = CtStatus.FixedTimeout;
-const STATUS_CONFIRMED = CtStatus.Confirmed;
-const STATUS_ASSURED = CtStatus.Assured;
+const enum Status {
+  Dying = CtStatus.Dying,
+  FixedTimeout = CtStatus.FixedTimeout,
+  Confirmed = CtStatus.Confirmed,
+  Assured = CtStatus.Assured,
+}
 
 /** IPS_NAT_MASK and IPS_NAT_DONE_MASK. */
 export const CT_STATUS_NAT_MASK = CtStatus.SrcNat | CtStatus.DstNat;
@@ -168,9 +170,9 @@ type TableMemory = { readonly [K in keyof ConntrackSharedMemory]: ArrayBuffer | 
  * so it crosses `postMessage` to a worker thread, which attaches with the `shared` option.
  */
 export interface ConntrackSharedMemory {
-  /** HEADER_WORDS words of table state, then the TABLE_LOCK_WORDS of the lock. */
+  /** Header.Words words of table state, then the TABLE_LOCK_WORDS of the lock. */
   readonly header: SharedArrayBuffer;
-  /** The records, ENTRY_WORDS Int32 words per entry. */
+  /** The records, Entry.Words Int32 words per entry. */
   readonly entries: SharedArrayBuffer;
   readonly buckets: SharedArrayBuffer;
   readonly tcpWindow: SharedArrayBuffer;
@@ -205,44 +207,64 @@ const TCP_PRIVATE_INITIAL = 5; // last flag index = TCP_NONE_SET, as tcp_new
 
 /**
  * Packed entry layout: one 64-byte record (a cache line) per entry in one ArrayBuffer, read as
- * Int32 words (`ENTRY_WORDS` per entry) and, for the two times, as Float64.
+ * Int32 words (`Entry.Words` per entry) and, for the two times, as Float64.
  * A lookup that hits touches its bucket and this one record; the struct-of-arrays layout before it
  * touched one cache line (and TLB page) per field array, 8-10 per packet.
+ *
+ * The layout's numbers are const enums, which TypeScript writes as literals: a module-level
+ * `const` is, in every function that reads it, a context-slot load and a check that it is
+ * initialised — bytecode that V8 counts against the budget of what it inlines into the fast path
+ * (dataplane/fast-path.ts), and a load and a test per use in the optimized code.
  */
-const ENTRY_WORDS = 16;
-const ENTRY_SHIFT = 4; // log2(ENTRY_WORDS)
-const DOUBLE_SHIFT = 3; // log2(Float64 per entry)
+const enum Entry {
+  /** Int32 words per entry. */
+  Words = 16,
+  /** log2(Words) */
+  Shift = 4,
+  /** log2(Float64 per entry) */
+  DoubleShift = 3,
+  /** protocol (bits 0-7) | TCP state (8-15) | TCP private flags (16-23) | slot used (bit 24). */
+  Meta = 8,
+  Status = 9,
+  Mark = 10,
+  /** The dataplane's route cache (routeCache below); 0: nothing cached. */
+  Route = 11,
+  /** TCP entries: Linux ip_ct_tcp last_end and last_ack (see TCP_WINDOW_WORDS), UDP's start time's words. */
+  TcpLastEnd = 14,
+  TcpLastAck = 15,
+}
+/** Float64 index within the entry (words 12-13 and 14-15). Started is UDP's; TCP uses its words. */
+const enum EntryDouble {
+  Expiry = 6,
+  Started = 7,
+}
 /** Node words: src, dst, ports, next. The original node is at word 0, the reply node at word 4. */
-const NODE_SRC = 0;
-const NODE_DST = 1;
-const NODE_PORTS = 2;
-const NODE_NEXT = 3;
-/** protocol (bits 0-7) | TCP state (8-15) | TCP private flags (16-23) | slot used (bit 24). */
-const W_META = 8;
-const W_STATUS = 9;
-const W_MARK = 10;
-/** The dataplane's route cache (routeCache below); 0: nothing cached. */
-const W_ROUTE = 11;
-/** Float64 index within the entry (words 12-13 and 14-15). D_STARTED is UDP's; TCP uses its words. */
-const D_EXPIRY = 6;
-const D_STARTED = 7;
-/** TCP entries: Linux ip_ct_tcp last_end and last_ack (see TCP_WINDOW_WORDS). */
-const W_TCP_LAST_END = D_STARTED * 2;
-const W_TCP_LAST_ACK = D_STARTED * 2 + 1;
-const META_USED = 1 << 24;
+const enum NodeWord {
+  Src = 0,
+  Dst = 1,
+  Ports = 2,
+  Next = 3,
+}
+/** Bits of the Meta word. */
+const enum Meta {
+  Used = 1 << 24,
+}
 
 /**
  * The header: the table's mutable state that is not per object, so that every thread attached to
  * a shared table allocates from one free list and sweeps with one gc cursor; then what an attached
  * object needs to read the memory (capacity, hash key).
  */
-const H_FREE_HEAD = 0;
-const H_USED = 1;
-const H_GC_CURSOR = 2;
-const H_CAPACITY = 3;
-const H_K0 = 4;
-const H_K1 = 5;
-const HEADER_WORDS = 8;
+const enum Header {
+  FreeHead = 0,
+  Used = 1,
+  GcCursor = 2,
+  Capacity = 3,
+  K0 = 4,
+  K1 = 5,
+  /** Words in the header. */
+  Words = 8,
+}
 
 /** The most chain nodes a lock-free lookup walks before it gives up (and takes the lock). */
 const LOCK_FREE_WALK = 64;
@@ -254,7 +276,7 @@ const JOURNAL_WINDOW = 2;
 
 /** Word offset of node `node` ((id << 1) | dir) in the entry array. */
 function nodeBase(node: number): number {
-  return ((node >> 1) << ENTRY_SHIFT) + ((node & 1) << 2);
+  return ((node >> 1) << Entry.Shift) + ((node & 1) << 2);
 }
 
 export class ConntrackTable {
@@ -309,9 +331,9 @@ export class ConntrackTable {
   /** The SharedArrayBuffers, for `sharedMemory()`; null when not sharable. */
   private readonly memory: ConntrackSharedMemory | null;
 
-  /** The entries, ENTRY_WORDS Int32 words each (layout above). */
+  /** The entries, Entry.Words Int32 words each (layout above). */
   private readonly words: Int32Array;
-  /** The same memory as Float64, 2^DOUBLE_SHIFT per entry (expiry, start time). */
+  /** The same memory as Float64, 2^Entry.DoubleShift per entry (expiry, start time). */
   private readonly doubles: Float64Array;
   // per bucket
   private readonly buckets: Int32Array;
@@ -327,7 +349,7 @@ export class ConntrackTable {
    */
   private readonly walks = new Float64Array(3);
   private readonly onRemove: ((id: number) => void) | undefined;
-  /** H_FREE_HEAD, H_USED, H_GC_CURSOR, H_CAPACITY, H_K0, H_K1 (shared when the table is). */
+  /** Header.FreeHead, Header.Used, Header.GcCursor, Header.Capacity, Header.K0, Header.K1 (shared when the table is). */
   private readonly header: Int32Array;
   /**
    * Shared tables: one sequence word per entry, a seqcount (Linux include/linux/seqlock.h) for the
@@ -366,15 +388,15 @@ export class ConntrackTable {
     const sharable = shared !== undefined || options.sharable === true;
     const Memory = sharable ? SharedArrayBuffer : ArrayBuffer;
     const memory: TableMemory = shared ?? {
-      header: new Memory((HEADER_WORDS + TABLE_LOCK_WORDS) * 4),
-      entries: new Memory(capacity * ENTRY_WORDS * 4),
+      header: new Memory((Header.Words + TABLE_LOCK_WORDS) * 4),
+      entries: new Memory(capacity * Entry.Words * 4),
       buckets: new Memory(bucketCount * 4),
       tcpWindow: new Memory(capacity * TCP_WINDOW_WORDS * 4),
       sequence: new Memory(sharable ? capacity * 4 : 0),
     };
     this.memory = sharable ? (memory as ConntrackSharedMemory) : null;
-    this.header = new Int32Array(memory.header, 0, HEADER_WORDS);
-    this.lockWords = new Int32Array(memory.header, HEADER_WORDS * 4, TABLE_LOCK_WORDS);
+    this.header = new Int32Array(memory.header, 0, Header.Words);
+    this.lockWords = new Int32Array(memory.header, Header.Words * 4, TABLE_LOCK_WORDS);
     this.tableLock = sharable ? new TableLock(this.lockWords) : null;
     this.words = new Int32Array(memory.entries);
     this.doubles = new Float64Array(memory.entries);
@@ -387,26 +409,26 @@ export class ConntrackTable {
     this.undoLog.register(this.tcpWindow);
 
     if (shared !== undefined) {
-      if (this.header[H_CAPACITY] !== capacity || this.words.length !== capacity * ENTRY_WORDS || this.buckets.length !== bucketCount) {
-        throw new RangeError(`conntrack capacity ${capacity} is not the shared table's (${this.header[H_CAPACITY]})`);
+      if (this.header[Header.Capacity] !== capacity || this.words.length !== capacity * Entry.Words || this.buckets.length !== bucketCount) {
+        throw new RangeError(`conntrack capacity ${capacity} is not the shared table's (${this.header[Header.Capacity]})`);
       }
-      this.k0 = this.header[H_K0]!;
-      this.k1 = this.header[H_K1]!;
+      this.k0 = this.header[Header.K0]!;
+      this.k1 = this.header[Header.K1]!;
       return;
     }
     const key = options.key ?? hashKeyFrom(new XorShift32(options.seed ?? 0x2545f491));
     this.k0 = key.k0 | 0;
     this.k1 = key.k1 | 0;
     const h = this.header;
-    h[H_CAPACITY] = capacity;
-    h[H_K0] = this.k0;
-    h[H_K1] = this.k1;
+    h[Header.Capacity] = capacity;
+    h[Header.K0] = this.k0;
+    h[Header.K1] = this.k1;
     this.buckets.fill(-1);
     // free list in id order so ids are handed out 0, 1, 2, ...
-    h[H_FREE_HEAD] = -1;
+    h[Header.FreeHead] = -1;
     for (let id = capacity - 1; id >= 0; id--) {
-      this.words[(id << ENTRY_SHIFT) + NODE_NEXT] = h[H_FREE_HEAD]!;
-      h[H_FREE_HEAD] = id;
+      this.words[(id << Entry.Shift) + NodeWord.Next] = h[Header.FreeHead]!;
+      h[Header.FreeHead] = id;
     }
   }
 
@@ -459,7 +481,7 @@ export class ConntrackTable {
 
   /** Entries allocated (confirmed and unconfirmed), as Linux nf_conntrack_count. */
   get count(): number {
-    return this.header[H_USED]!;
+    return this.header[Header.Used]!;
   }
 
   /** Bytes held by the table's arrays (for `qnat show stats` and the memory test). */
@@ -496,7 +518,7 @@ export class ConntrackTable {
   private nodeBucket(node: number): number {
     const w = this.words;
     const b = nodeBase(node);
-    return this.hashTuple(w[((node >> 1) << ENTRY_SHIFT) + W_META]! & 0xff, w[b + NODE_SRC]!, w[b + NODE_DST]!, w[b + NODE_PORTS]!);
+    return this.hashTuple(w[((node >> 1) << Entry.Shift) + Entry.Meta]! & 0xff, w[b + NodeWord.Src]!, w[b + NodeWord.Dst]!, w[b + NodeWord.Ports]!);
   }
 
   // ---- undo journal (see `undoLog`) --------------------------------------------------------------
@@ -537,8 +559,8 @@ export class ConntrackTable {
 
   /** `link` into `bucket`, which must be `nodeBucket(node)`. */
   private linkIn(node: number, bucket: number): void {
-    if (this.undoLog.recording) this.journalWord(nodeBase(node) + NODE_NEXT);
-    this.words[nodeBase(node) + NODE_NEXT] = this.buckets[bucket]!;
+    if (this.undoLog.recording) this.journalWord(nodeBase(node) + NodeWord.Next);
+    this.words[nodeBase(node) + NodeWord.Next] = this.buckets[bucket]!;
     if (this.undoLog.recording) this.journalBucket(bucket);
     this.buckets[bucket] = node;
   }
@@ -553,17 +575,17 @@ export class ConntrackTable {
     let current = this.buckets[bucket]!;
     let previous = -1;
     while (current >= 0) {
-      const next = w[nodeBase(current) + NODE_NEXT]!;
+      const next = w[nodeBase(current) + NodeWord.Next]!;
       if (current === node) {
         if (previous < 0) {
           if (this.undoLog.recording) this.journalBucket(bucket);
           this.buckets[bucket] = next;
         } else {
-          if (this.undoLog.recording) this.journalWord(nodeBase(previous) + NODE_NEXT);
-          w[nodeBase(previous) + NODE_NEXT] = next;
+          if (this.undoLog.recording) this.journalWord(nodeBase(previous) + NodeWord.Next);
+          w[nodeBase(previous) + NodeWord.Next] = next;
         }
-        if (this.undoLog.recording) this.journalWord(nodeBase(node) + NODE_NEXT);
-        w[nodeBase(node) + NODE_NEXT] = -1;
+        if (this.undoLog.recording) this.journalWord(nodeBase(node) + NodeWord.Next);
+        w[nodeBase(node) + NodeWord.Next] = -1;
         return;
       }
       previous = current;
@@ -573,7 +595,7 @@ export class ConntrackTable {
 
   private isDead(id: number, now: number): boolean {
     // nf_ct_is_expired: (s32)(ct->timeout - nfct_time_stamp) <= 0; a killed entry is dying.
-    return this.doubles[(id << DOUBLE_SHIFT) + D_EXPIRY]! <= now || (this.words[(id << ENTRY_SHIFT) + W_STATUS]! & STATUS_DYING) !== 0;
+    return this.doubles[(id << Entry.DoubleShift) + EntryDouble.Expiry]! <= now || (this.words[(id << Entry.Shift) + Entry.Status]! & Status.Dying) !== 0;
   }
 
   /**
@@ -595,15 +617,15 @@ export class ConntrackTable {
     let walked = 0;
     while (node >= 0) {
       walked++;
-      const b = ((node >> 1) << ENTRY_SHIFT) + ((node & 1) << 2);
-      if (w[b + NODE_SRC] === src && w[b + NODE_DST] === dst && w[b + NODE_PORTS] === ports && (w[((node >> 1) << ENTRY_SHIFT) + W_META]! & 0xff) === protocol) break;
-      node = w[b + NODE_NEXT]!;
+      const b = ((node >> 1) << Entry.Shift) + ((node & 1) << 2);
+      if (w[b + NodeWord.Src] === src && w[b + NodeWord.Dst] === dst && w[b + NodeWord.Ports] === ports && (w[((node >> 1) << Entry.Shift) + Entry.Meta]! & 0xff) === protocol) break;
+      node = w[b + NodeWord.Next]!;
     }
     this.countWalk(walked);
     if (node < 0) return -1;
     const id = node >> 1;
     // isDead(id, now), written out: a double argument to a call V8 does not inline is boxed.
-    if (this.doubles[(id << DOUBLE_SHIFT) + D_EXPIRY]! <= this.times[1]! || (w[(id << ENTRY_SHIFT) + W_STATUS]! & STATUS_DYING) !== 0) {
+    if (this.doubles[(id << Entry.DoubleShift) + EntryDouble.Expiry]! <= this.times[1]! || (w[(id << Entry.Shift) + Entry.Status]! & Status.Dying) !== 0) {
       // Refreshed meanwhile by another worker's lock-free commit (shared tables): live after all.
       if (!this.freeExpiredAt(id, node, bucket)) return node;
       this.counters.expired++;
@@ -665,25 +687,25 @@ export class ConntrackTable {
    * (dataplane/fast-path.ts). Zero when the entry is created.
    */
   routeCache(id: number): number {
-    return this.words[(id << ENTRY_SHIFT) + W_ROUTE]!;
+    return this.words[(id << Entry.Shift) + Entry.Route]!;
   }
 
   setRouteCache(id: number, value: number): void {
-    if (this.undoLog.recording) this.journalWord((id << ENTRY_SHIFT) + W_ROUTE);
-    this.words[(id << ENTRY_SHIFT) + W_ROUTE] = value;
+    if (this.undoLog.recording) this.journalWord((id << Entry.Shift) + Entry.Route);
+    this.words[(id << Entry.Shift) + Entry.Route] = value;
   }
 
   /** Forgets every entry's route cache (the routing table version wrapped around). */
   clearRouteCaches(): void {
     const w = this.words;
     const shared = this.tableLock !== null;
-    for (let at = W_ROUTE; at < w.length; at += ENTRY_WORDS) {
+    for (let at = Entry.Route; at < w.length; at += Entry.Words) {
       if (w[at] === 0) continue;
       if (this.undoLog.recording) this.journalWord(at);
       // A lock-free commit racing this one would write a cache of the old epoch: it fails instead.
-      const sequence = shared ? this.beginChange(at >> ENTRY_SHIFT) : 0;
+      const sequence = shared ? this.beginChange(at >> Entry.Shift) : 0;
       w[at] = 0;
-      if (shared) this.endChange(at >> ENTRY_SHIFT, sequence);
+      if (shared) this.endChange(at >> Entry.Shift, sequence);
     }
   }
 
@@ -703,7 +725,7 @@ export class ConntrackTable {
     // 64-byte aligned (glibc's mmap'd chunks start 16 bytes into a page), so a 64-byte record
     // usually spans two cache lines, the times (words 12-15) in the second.
     const w = this.words;
-    return w[nodeBase(node) + NODE_SRC]! ^ w[((node >> 1) << ENTRY_SHIFT) + (D_EXPIRY << 1)]!;
+    return w[nodeBase(node) + NodeWord.Src]! ^ w[((node >> 1) << Entry.Shift) + (EntryDouble.Expiry << 1)]!;
   }
 
   /** Batch prefetch for TCP: loads the TCP window state of the entry of `node` (both ends of its 40 bytes). */
@@ -764,16 +786,16 @@ export class ConntrackTable {
       if (node < 0 || node >= limit) return -1;
       const id = node >> 1;
       const seen = Atomics.load(sequence, id);
-      const b = ((node >> 1) << ENTRY_SHIFT) + ((node & 1) << 2);
-      const e = id << ENTRY_SHIFT;
-      if (w[b + NODE_SRC] === src && w[b + NODE_DST] === dst && w[b + NODE_PORTS] === ports && (w[e + W_META]! & 0xff) === protocol) {
-        const status = w[e + W_STATUS]!;
+      const b = ((node >> 1) << Entry.Shift) + ((node & 1) << 2);
+      const e = id << Entry.Shift;
+      if (w[b + NodeWord.Src] === src && w[b + NodeWord.Dst] === dst && w[b + NodeWord.Ports] === ports && (w[e + Entry.Meta]! & 0xff) === protocol) {
+        const status = w[e + Entry.Status]!;
         if (
           (seen & 1) !== 0 ||
-          (w[e + W_META]! & META_USED) === 0 ||
-          (status & STATUS_CONFIRMED) === 0 ||
-          (status & STATUS_DYING) !== 0 ||
-          this.doubles[(id << DOUBLE_SHIFT) + D_EXPIRY]! <= now
+          (w[e + Entry.Meta]! & Meta.Used) === 0 ||
+          (status & Status.Confirmed) === 0 ||
+          (status & Status.Dying) !== 0 ||
+          this.doubles[(id << Entry.DoubleShift) + EntryDouble.Expiry]! <= now
         ) {
           return -1;
         }
@@ -781,7 +803,7 @@ export class ConntrackTable {
         this.stable[1] = epoch;
         return node;
       }
-      node = w[b + NODE_NEXT]!;
+      node = w[b + NodeWord.Next]!;
     }
     return -1;
   }
@@ -841,17 +863,17 @@ export class ConntrackTable {
       walked++;
       const b = nodeBase(node);
       if (
-        w[b + NODE_SRC] === src &&
-        w[b + NODE_DST] === dst &&
-        w[b + NODE_PORTS] === ports &&
-        (w[((node >> 1) << ENTRY_SHIFT) + W_META]! & 0xff) === protocol &&
+        w[b + NodeWord.Src] === src &&
+        w[b + NodeWord.Dst] === dst &&
+        w[b + NodeWord.Ports] === ports &&
+        (w[((node >> 1) << Entry.Shift) + Entry.Meta]! & 0xff) === protocol &&
         node >> 1 !== ignoreId &&
         // !isDead(id, now), written out (no boxed double argument)
-        !(this.doubles[((node >> 1) << DOUBLE_SHIFT) + D_EXPIRY]! <= now || (w[((node >> 1) << ENTRY_SHIFT) + W_STATUS]! & STATUS_DYING) !== 0)
+        !(this.doubles[((node >> 1) << Entry.DoubleShift) + EntryDouble.Expiry]! <= now || (w[((node >> 1) << Entry.Shift) + Entry.Status]! & Status.Dying) !== 0)
       ) {
         break;
       }
-      node = w[b + NODE_NEXT]!;
+      node = w[b + NodeWord.Next]!;
     }
     this.countWalk(walked);
     return node >= 0;
@@ -867,54 +889,54 @@ export class ConntrackTable {
     src |= 0;
     dst |= 0;
     const h = this.header;
-    if (h[H_FREE_HEAD]! < 0 && !this.earlyDrop(this.hashTuple(protocol, src, dst, (sport << 16) | dport))) {
+    if (h[Header.FreeHead]! < 0 && !this.earlyDrop(this.hashTuple(protocol, src, dst, (sport << 16) | dport))) {
       this.counters.dropFull++;
       return -1;
     }
     const w = this.words;
-    const id = h[H_FREE_HEAD]!;
-    const e = id << ENTRY_SHIFT;
+    const id = h[Header.FreeHead]!;
+    const e = id << Entry.Shift;
     const sequence = this.tableLock !== null ? this.beginChange(id) : 0;
-    h[H_FREE_HEAD] = w[e + NODE_NEXT]!;
-    if (this.undoLog.recording) this.journalWord(e + W_META);
-    w[e + W_META] = protocol | (TCP_PRIVATE_INITIAL << 16) | META_USED;
-    if (this.undoLog.recording) this.journalWord(e + W_STATUS);
-    w[e + W_STATUS] = 0;
-    if (this.undoLog.recording) this.journalWord(e + W_MARK);
-    w[e + W_MARK] = 0;
-    if (this.undoLog.recording) this.journalWord(e + W_ROUTE);
-    w[e + W_ROUTE] = 0;
+    h[Header.FreeHead] = w[e + NodeWord.Next]!;
+    if (this.undoLog.recording) this.journalWord(e + Entry.Meta);
+    w[e + Entry.Meta] = protocol | (TCP_PRIVATE_INITIAL << 16) | Meta.Used;
+    if (this.undoLog.recording) this.journalWord(e + Entry.Status);
+    w[e + Entry.Status] = 0;
+    if (this.undoLog.recording) this.journalWord(e + Entry.Mark);
+    w[e + Entry.Mark] = 0;
+    if (this.undoLog.recording) this.journalWord(e + Entry.Route);
+    w[e + Entry.Route] = 0;
     const now = this.now();
-    if (this.undoLog.recording) this.journalDouble((id << DOUBLE_SHIFT) + D_EXPIRY);
-    this.doubles[(id << DOUBLE_SHIFT) + D_EXPIRY] = now;
-    if (this.undoLog.recording) this.journalDouble((id << DOUBLE_SHIFT) + D_STARTED);
-    this.doubles[(id << DOUBLE_SHIFT) + D_STARTED] = now;
-    if (this.undoLog.recording) this.journalWord(e + NODE_SRC);
-    w[e + NODE_SRC] = src;
-    if (this.undoLog.recording) this.journalWord(e + NODE_DST);
-    w[e + NODE_DST] = dst;
-    if (this.undoLog.recording) this.journalWord(e + NODE_PORTS);
-    w[e + NODE_PORTS] = (sport << 16) | dport;
-    if (this.undoLog.recording) this.journalWord(e + 4 + NODE_SRC);
-    w[e + 4 + NODE_SRC] = dst;
-    if (this.undoLog.recording) this.journalWord(e + 4 + NODE_DST);
-    w[e + 4 + NODE_DST] = src;
+    if (this.undoLog.recording) this.journalDouble((id << Entry.DoubleShift) + EntryDouble.Expiry);
+    this.doubles[(id << Entry.DoubleShift) + EntryDouble.Expiry] = now;
+    if (this.undoLog.recording) this.journalDouble((id << Entry.DoubleShift) + EntryDouble.Started);
+    this.doubles[(id << Entry.DoubleShift) + EntryDouble.Started] = now;
+    if (this.undoLog.recording) this.journalWord(e + NodeWord.Src);
+    w[e + NodeWord.Src] = src;
+    if (this.undoLog.recording) this.journalWord(e + NodeWord.Dst);
+    w[e + NodeWord.Dst] = dst;
+    if (this.undoLog.recording) this.journalWord(e + NodeWord.Ports);
+    w[e + NodeWord.Ports] = (sport << 16) | dport;
+    if (this.undoLog.recording) this.journalWord(e + 4 + NodeWord.Src);
+    w[e + 4 + NodeWord.Src] = dst;
+    if (this.undoLog.recording) this.journalWord(e + 4 + NodeWord.Dst);
+    w[e + 4 + NodeWord.Dst] = src;
     if (protocol === IPPROTO_TCP || protocol === IPPROTO_UDP) {
-      if (this.undoLog.recording) this.journalWord(e + 4 + NODE_PORTS);
-      w[e + 4 + NODE_PORTS] = (dport << 16) | sport;
+      if (this.undoLog.recording) this.journalWord(e + 4 + NodeWord.Ports);
+      w[e + 4 + NodeWord.Ports] = (dport << 16) | sport;
     } else if (protocol === IPPROTO_ICMP) {
-      if (this.undoLog.recording) this.journalWord(e + 4 + NODE_PORTS);
-      w[e + 4 + NODE_PORTS] = (sport << 16) | icmpInverseDport(dport);
+      if (this.undoLog.recording) this.journalWord(e + 4 + NodeWord.Ports);
+      w[e + 4 + NodeWord.Ports] = (sport << 16) | icmpInverseDport(dport);
     } else {
-      if (this.undoLog.recording) this.journalWord(e + 4 + NODE_PORTS);
-      w[e + 4 + NODE_PORTS] = (dport << 16) | sport;
+      if (this.undoLog.recording) this.journalWord(e + 4 + NodeWord.Ports);
+      w[e + 4 + NodeWord.Ports] = (dport << 16) | sport;
     }
-    if (this.undoLog.recording) this.journalWord(e + NODE_NEXT);
-    w[e + NODE_NEXT] = -1;
-    if (this.undoLog.recording) this.journalWord(e + 4 + NODE_NEXT);
-    w[e + 4 + NODE_NEXT] = -1;
+    if (this.undoLog.recording) this.journalWord(e + NodeWord.Next);
+    w[e + NodeWord.Next] = -1;
+    if (this.undoLog.recording) this.journalWord(e + 4 + NodeWord.Next);
+    w[e + 4 + NodeWord.Next] = -1;
     if (this.tableLock !== null) this.endChange(id, sequence);
-    this.header[H_USED]++;
+    this.header[Header.Used]++;
     this.counters.created++;
     return id;
   }
@@ -925,16 +947,16 @@ export class ConntrackTable {
    */
   setReplyTuple(id: number, src: number, dst: number, sport: number, dport: number): void {
     const reply = (id << 1) | 1;
-    const confirmed = (this.words[(id << ENTRY_SHIFT) + W_STATUS]! & STATUS_CONFIRMED) !== 0;
+    const confirmed = (this.words[(id << Entry.Shift) + Entry.Status]! & Status.Confirmed) !== 0;
     const sequence = this.tableLock !== null ? this.beginChange(id) : 0;
     if (confirmed) this.unlink(reply);
     const b = nodeBase(reply);
-    if (this.undoLog.recording) this.journalWord(b + NODE_SRC);
-    this.words[b + NODE_SRC] = src | 0;
-    if (this.undoLog.recording) this.journalWord(b + NODE_DST);
-    this.words[b + NODE_DST] = dst | 0;
-    if (this.undoLog.recording) this.journalWord(b + NODE_PORTS);
-    this.words[b + NODE_PORTS] = (sport << 16) | dport;
+    if (this.undoLog.recording) this.journalWord(b + NodeWord.Src);
+    this.words[b + NodeWord.Src] = src | 0;
+    if (this.undoLog.recording) this.journalWord(b + NodeWord.Dst);
+    this.words[b + NodeWord.Dst] = dst | 0;
+    if (this.undoLog.recording) this.journalWord(b + NodeWord.Ports);
+    this.words[b + NodeWord.Ports] = (sport << 16) | dport;
     if (confirmed) this.link(reply);
     if (this.tableLock !== null) this.endChange(id, sequence);
   }
@@ -947,16 +969,16 @@ export class ConntrackTable {
   confirm(id: number): boolean {
     if (!this.isAllocated(id)) return false;
     const w = this.words;
-    const e = id << ENTRY_SHIFT;
-    const status = w[e + W_STATUS]!;
-    if (status & STATUS_CONFIRMED) return true;
+    const e = id << Entry.Shift;
+    const status = w[e + Entry.Status]!;
+    if (status & Status.Confirmed) return true;
     this.times[1] = this.now();
-    const protocol = w[e + W_META]! & 0xff;
+    const protocol = w[e + Entry.Meta]! & 0xff;
     // Each tuple hashed once, for its clash lookup and then its link.
-    const originalBucket = this.hashTuple(protocol, w[e + NODE_SRC]!, w[e + NODE_DST]!, w[e + NODE_PORTS]!);
-    const replyBucket = this.hashTuple(protocol, w[e + 4 + NODE_SRC]!, w[e + 4 + NODE_DST]!, w[e + 4 + NODE_PORTS]!);
-    let clash = this.findNodeIn(originalBucket, protocol, w[e + NODE_SRC]!, w[e + NODE_DST]!, w[e + NODE_PORTS]!);
-    if (clash < 0) clash = this.findNodeIn(replyBucket, protocol, w[e + 4 + NODE_SRC]!, w[e + 4 + NODE_DST]!, w[e + 4 + NODE_PORTS]!);
+    const originalBucket = this.hashTuple(protocol, w[e + NodeWord.Src]!, w[e + NodeWord.Dst]!, w[e + NodeWord.Ports]!);
+    const replyBucket = this.hashTuple(protocol, w[e + 4 + NodeWord.Src]!, w[e + 4 + NodeWord.Dst]!, w[e + 4 + NodeWord.Ports]!);
+    let clash = this.findNodeIn(originalBucket, protocol, w[e + NodeWord.Src]!, w[e + NodeWord.Dst]!, w[e + NodeWord.Ports]!);
+    if (clash < 0) clash = this.findNodeIn(replyBucket, protocol, w[e + 4 + NodeWord.Src]!, w[e + 4 + NodeWord.Dst]!, w[e + 4 + NodeWord.Ports]!);
     if (clash >= 0) {
       this.clashWith = clash;
       this.counters.insertFailed++;
@@ -965,8 +987,8 @@ export class ConntrackTable {
     }
     this.clashWith = -1;
     const sequence = this.tableLock !== null ? this.beginChange(id) : 0;
-    if (this.undoLog.recording) this.journalWord(e + W_STATUS);
-    w[e + W_STATUS] = status | STATUS_CONFIRMED;
+    if (this.undoLog.recording) this.journalWord(e + Entry.Status);
+    w[e + Entry.Status] = status | Status.Confirmed;
     this.linkIn(id << 1, originalBucket);
     this.linkIn((id << 1) | 1, replyBucket);
     if (this.tableLock !== null) this.endChange(id, sequence);
@@ -977,7 +999,7 @@ export class ConntrackTable {
   /** Frees an unconfirmed entry whose packet was dropped. No-op on a free slot or a confirmed entry. */
   release(id: number): void {
     if (!this.isAllocated(id)) return;
-    if (this.words[(id << ENTRY_SHIFT) + W_STATUS]! & STATUS_CONFIRMED) return;
+    if (this.words[(id << Entry.Shift) + Entry.Status]! & Status.Confirmed) return;
     this.counters.released++;
     this.freeEntry(id);
   }
@@ -995,10 +1017,10 @@ export class ConntrackTable {
    */
   kill(id: number): void {
     if (!this.isAllocated(id)) return;
-    if (this.undoLog.recording) this.journalWord((id << ENTRY_SHIFT) + W_STATUS);
-    this.words[(id << ENTRY_SHIFT) + W_STATUS] |= STATUS_DYING;
-    if (this.undoLog.recording) this.journalDouble((id << DOUBLE_SHIFT) + D_EXPIRY);
-    this.doubles[(id << DOUBLE_SHIFT) + D_EXPIRY] = 0;
+    if (this.undoLog.recording) this.journalWord((id << Entry.Shift) + Entry.Status);
+    this.words[(id << Entry.Shift) + Entry.Status] |= Status.Dying;
+    if (this.undoLog.recording) this.journalDouble((id << Entry.DoubleShift) + EntryDouble.Expiry);
+    this.doubles[(id << Entry.DoubleShift) + EntryDouble.Expiry] = 0;
   }
 
   private freeEntry(id: number): void {
@@ -1044,20 +1066,20 @@ export class ConntrackTable {
   /** The free of `freeEntryAt`, the sequence word already taken (`sequence`: its even value; 0 when not shared). */
   private unlinkAndFree(id: number, known: number, bucket: number, sequence: number): void {
     const w = this.words;
-    const e = id << ENTRY_SHIFT;
-    if (w[e + W_STATUS]! & STATUS_CONFIRMED) {
+    const e = id << Entry.Shift;
+    if (w[e + Entry.Status]! & Status.Confirmed) {
       this.unlinkIn(id << 1, known === id << 1 ? bucket : this.nodeBucket(id << 1));
       this.unlinkIn((id << 1) | 1, known === ((id << 1) | 1) ? bucket : this.nodeBucket((id << 1) | 1));
     }
-    if (this.undoLog.recording) this.journalWord(e + W_META);
-    w[e + W_META] = 0;
-    if (this.undoLog.recording) this.journalWord(e + W_STATUS);
-    w[e + W_STATUS] = 0;
-    if (this.undoLog.recording) this.journalWord(e + NODE_NEXT);
+    if (this.undoLog.recording) this.journalWord(e + Entry.Meta);
+    w[e + Entry.Meta] = 0;
+    if (this.undoLog.recording) this.journalWord(e + Entry.Status);
+    w[e + Entry.Status] = 0;
+    if (this.undoLog.recording) this.journalWord(e + NodeWord.Next);
     const h = this.header;
-    w[e + NODE_NEXT] = h[H_FREE_HEAD]!;
-    h[H_FREE_HEAD] = id;
-    h[H_USED]--;
+    w[e + NodeWord.Next] = h[Header.FreeHead]!;
+    h[Header.FreeHead] = id;
+    h[Header.Used]--;
     if (this.tableLock !== null) this.endChange(id, sequence);
   }
 
@@ -1076,12 +1098,12 @@ export class ConntrackTable {
           this.counters.expired++;
           return true;
         }
-        if ((w[(id << ENTRY_SHIFT) + W_STATUS]! & STATUS_ASSURED) === 0 || this.canEarlyDropAssured(id)) {
+        if ((w[(id << Entry.Shift) + Entry.Status]! & Status.Assured) === 0 || this.canEarlyDropAssured(id)) {
           this.counters.earlyDrop++;
           this.freeEntry(id);
           return true;
         }
-        node = w[nodeBase(node) + NODE_NEXT]!;
+        node = w[nodeBase(node) + NodeWord.Next]!;
       }
     }
     return false;
@@ -1101,19 +1123,19 @@ export class ConntrackTable {
   gc(budget: number): number {
     const now = this.now();
     let removed = 0;
-    let cursor = this.header[H_GC_CURSOR]!;
+    let cursor = this.header[Header.GcCursor]!;
     const capacity = this.capacity;
     const w = this.words;
     for (let i = 0; i < budget && i < capacity; i++) {
-      const e = cursor << ENTRY_SHIFT;
-      if ((w[e + W_META]! & META_USED) !== 0 && (w[e + W_STATUS]! & STATUS_CONFIRMED) !== 0 && this.isDead(cursor, now) && this.freeExpiredAt(cursor, -1, -1)) {
+      const e = cursor << Entry.Shift;
+      if ((w[e + Entry.Meta]! & Meta.Used) !== 0 && (w[e + Entry.Status]! & Status.Confirmed) !== 0 && this.isDead(cursor, now) && this.freeExpiredAt(cursor, -1, -1)) {
         this.counters.expired++;
         removed++;
       }
       cursor++;
       if (cursor === capacity) cursor = 0;
     }
-    this.header[H_GC_CURSOR] = cursor;
+    this.header[Header.GcCursor] = cursor;
     return removed;
   }
 
@@ -1130,23 +1152,23 @@ export class ConntrackTable {
     const w = this.words;
     const capacity = this.capacity;
     let used = 0;
-    for (let id = 0; id < capacity; id++) if ((w[(id << ENTRY_SHIFT) + W_META]! & META_USED) !== 0) used++;
-    if (used !== this.header[H_USED]) problems.push(`the entry count is ${this.header[H_USED]}, ${used} slots are used`);
+    for (let id = 0; id < capacity; id++) if ((w[(id << Entry.Shift) + Entry.Meta]! & Meta.Used) !== 0) used++;
+    if (used !== this.header[Header.Used]) problems.push(`the entry count is ${this.header[Header.Used]}, ${used} slots are used`);
     const onFreeList = new Uint8Array(capacity);
     let free = 0;
-    for (let id = this.header[H_FREE_HEAD]!; id >= 0; id = w[(id << ENTRY_SHIFT) + NODE_NEXT]!) {
+    for (let id = this.header[Header.FreeHead]!; id >= 0; id = w[(id << Entry.Shift) + NodeWord.Next]!) {
       if (id >= capacity || onFreeList[id] !== 0) {
         problems.push(`the free list reaches ${id} ${id >= capacity ? "(no such slot)" : "twice"}`);
         break;
       }
       onFreeList[id] = 1;
       free++;
-      if ((w[(id << ENTRY_SHIFT) + W_META]! & META_USED) !== 0) problems.push(`slot ${id} is used and on the free list`);
+      if ((w[(id << Entry.Shift) + Entry.Meta]! & Meta.Used) !== 0) problems.push(`slot ${id} is used and on the free list`);
     }
     if (used + free !== capacity) problems.push(`${used} used + ${free} free slots, of ${capacity}`);
     const chainOf = new Int32Array(capacity * 2).fill(-1);
     for (let bucket = 0; bucket <= this.bucketMask; bucket++) {
-      for (let node = this.buckets[bucket]!, walked = 0; node >= 0; node = w[nodeBase(node) + NODE_NEXT]!, walked++) {
+      for (let node = this.buckets[bucket]!, walked = 0; node >= 0; node = w[nodeBase(node) + NodeWord.Next]!, walked++) {
         if (node >= capacity * 2 || walked > capacity * 2) {
           problems.push(`bucket ${bucket}: ${node >= capacity * 2 ? `node ${node} is no node` : "the chain loops"}`);
           break;
@@ -1157,7 +1179,7 @@ export class ConntrackTable {
           break;
         }
         chainOf[node] = bucket;
-        if ((w[(id << ENTRY_SHIFT) + W_META]! & META_USED) === 0 || (w[(id << ENTRY_SHIFT) + W_STATUS]! & STATUS_CONFIRMED) === 0) {
+        if ((w[(id << Entry.Shift) + Entry.Meta]! & Meta.Used) === 0 || (w[(id << Entry.Shift) + Entry.Status]! & Status.Confirmed) === 0) {
           problems.push(`bucket ${bucket} holds node ${node} of an entry that is not used and confirmed`);
         } else if (this.nodeBucket(node) !== bucket) {
           problems.push(`node ${node} is in bucket ${bucket}, its tuple hashes to ${this.nodeBucket(node)}`);
@@ -1165,8 +1187,8 @@ export class ConntrackTable {
       }
     }
     for (let id = 0; id < capacity; id++) {
-      if ((w[(id << ENTRY_SHIFT) + W_META]! & META_USED) === 0) continue;
-      const confirmed = (w[(id << ENTRY_SHIFT) + W_STATUS]! & STATUS_CONFIRMED) !== 0;
+      if ((w[(id << Entry.Shift) + Entry.Meta]! & Meta.Used) === 0) continue;
+      const confirmed = (w[(id << Entry.Shift) + Entry.Status]! & Status.Confirmed) !== 0;
       for (let dir = 0; dir < 2; dir++) {
         const linked = chainOf[(id << 1) | dir]! >= 0;
         if (linked !== confirmed) problems.push(`entry ${id} (${confirmed ? "confirmed" : "unconfirmed"}): its direction ${dir} is ${linked ? "" : "not "}in a chain`);
@@ -1181,155 +1203,155 @@ export class ConntrackTable {
   // ---- accessors (numeric, hot path) ---------------------------------------------------------
 
   isAllocated(id: number): boolean {
-    return id >= 0 && id < this.capacity && (this.words[(id << ENTRY_SHIFT) + W_META]! & META_USED) !== 0;
+    return id >= 0 && id < this.capacity && (this.words[(id << Entry.Shift) + Entry.Meta]! & Meta.Used) !== 0;
   }
   protocol(id: number): number {
-    return this.words[(id << ENTRY_SHIFT) + W_META]! & 0xff;
+    return this.words[(id << Entry.Shift) + Entry.Meta]! & 0xff;
   }
   origSrc(id: number): number {
-    return this.words[(id << ENTRY_SHIFT) + NODE_SRC]! >>> 0;
+    return this.words[(id << Entry.Shift) + NodeWord.Src]! >>> 0;
   }
   origDst(id: number): number {
-    return this.words[(id << ENTRY_SHIFT) + NODE_DST]! >>> 0;
+    return this.words[(id << Entry.Shift) + NodeWord.Dst]! >>> 0;
   }
   origSport(id: number): number {
-    return this.words[(id << ENTRY_SHIFT) + NODE_PORTS]! >>> 16;
+    return this.words[(id << Entry.Shift) + NodeWord.Ports]! >>> 16;
   }
   origDport(id: number): number {
-    return this.words[(id << ENTRY_SHIFT) + NODE_PORTS]! & 0xffff;
+    return this.words[(id << Entry.Shift) + NodeWord.Ports]! & 0xffff;
   }
   replySrc(id: number): number {
-    return this.words[(id << ENTRY_SHIFT) + 4 + NODE_SRC]! >>> 0;
+    return this.words[(id << Entry.Shift) + 4 + NodeWord.Src]! >>> 0;
   }
   replyDst(id: number): number {
-    return this.words[(id << ENTRY_SHIFT) + 4 + NODE_DST]! >>> 0;
+    return this.words[(id << Entry.Shift) + 4 + NodeWord.Dst]! >>> 0;
   }
   replySport(id: number): number {
-    return this.words[(id << ENTRY_SHIFT) + 4 + NODE_PORTS]! >>> 16;
+    return this.words[(id << Entry.Shift) + 4 + NodeWord.Ports]! >>> 16;
   }
   replyDport(id: number): number {
-    return this.words[(id << ENTRY_SHIFT) + 4 + NODE_PORTS]! & 0xffff;
+    return this.words[(id << Entry.Shift) + 4 + NodeWord.Ports]! & 0xffff;
   }
   /** Tuple of direction `dir` (0 original, 1 reply). */
   tupleSrcOf(id: number, dir: number): number {
-    return this.words[(id << ENTRY_SHIFT) + (dir << 2) + NODE_SRC]! >>> 0;
+    return this.words[(id << Entry.Shift) + (dir << 2) + NodeWord.Src]! >>> 0;
   }
   tupleDstOf(id: number, dir: number): number {
-    return this.words[(id << ENTRY_SHIFT) + (dir << 2) + NODE_DST]! >>> 0;
+    return this.words[(id << Entry.Shift) + (dir << 2) + NodeWord.Dst]! >>> 0;
   }
   /** Source address of direction `dir` as stored: int32 bits (`>>> 0` gives the uint32). */
   tupleSrcBits(id: number, dir: number): number {
-    return this.words[(id << ENTRY_SHIFT) + (dir << 2) + NODE_SRC]!;
+    return this.words[(id << Entry.Shift) + (dir << 2) + NodeWord.Src]!;
   }
   tupleDstBits(id: number, dir: number): number {
-    return this.words[(id << ENTRY_SHIFT) + (dir << 2) + NODE_DST]!;
+    return this.words[(id << Entry.Shift) + (dir << 2) + NodeWord.Dst]!;
   }
   /** Ports of direction `dir` as stored: sport << 16 | dport (int32). */
   tuplePortsBits(id: number, dir: number): number {
-    return this.words[(id << ENTRY_SHIFT) + (dir << 2) + NODE_PORTS]!;
+    return this.words[(id << Entry.Shift) + (dir << 2) + NodeWord.Ports]!;
   }
   tupleSportOf(id: number, dir: number): number {
-    return this.words[(id << ENTRY_SHIFT) + (dir << 2) + NODE_PORTS]! >>> 16;
+    return this.words[(id << Entry.Shift) + (dir << 2) + NodeWord.Ports]! >>> 16;
   }
   tupleDportOf(id: number, dir: number): number {
-    return this.words[(id << ENTRY_SHIFT) + (dir << 2) + NODE_PORTS]! & 0xffff;
+    return this.words[(id << Entry.Shift) + (dir << 2) + NodeWord.Ports]! & 0xffff;
   }
   status(id: number): number {
-    return this.words[(id << ENTRY_SHIFT) + W_STATUS]!;
+    return this.words[(id << Entry.Shift) + Entry.Status]!;
   }
   /** ORs `bits` into the status (Linux set_bit / `ct->status |= bits`). */
   setStatus(id: number, bits: number): void {
-    if (this.undoLog.recording) this.journalWord((id << ENTRY_SHIFT) + W_STATUS);
-    this.words[(id << ENTRY_SHIFT) + W_STATUS] |= bits;
+    if (this.undoLog.recording) this.journalWord((id << Entry.Shift) + Entry.Status);
+    this.words[(id << Entry.Shift) + Entry.Status] |= bits;
   }
   /** Clears `bits` from the status (Linux clear_bit). */
   clearStatus(id: number, bits: number): void {
-    if (this.undoLog.recording) this.journalWord((id << ENTRY_SHIFT) + W_STATUS);
-    this.words[(id << ENTRY_SHIFT) + W_STATUS] &= ~bits;
+    if (this.undoLog.recording) this.journalWord((id << Entry.Shift) + Entry.Status);
+    this.words[(id << Entry.Shift) + Entry.Status] &= ~bits;
   }
   isConfirmed(id: number): boolean {
-    return (this.words[(id << ENTRY_SHIFT) + W_STATUS]! & STATUS_CONFIRMED) !== 0;
+    return (this.words[(id << Entry.Shift) + Entry.Status]! & Status.Confirmed) !== 0;
   }
   /** TCP state (TcpState in tcp.ts); 0 (NONE) for other protocols. */
   tcpState(id: number): number {
-    return (this.words[(id << ENTRY_SHIFT) + W_META]! >>> 8) & 0xff;
+    return (this.words[(id << Entry.Shift) + Entry.Meta]! >>> 8) & 0xff;
   }
   setTcpState(id: number, state: number): void {
-    const at = (id << ENTRY_SHIFT) + W_META;
+    const at = (id << Entry.Shift) + Entry.Meta;
     if (this.undoLog.recording) this.journalWord(at);
     this.words[at] = (this.words[at]! & ~0xff00) | ((state & 0xff) << 8);
   }
   /** The TCP tracker's private bits (last flag index/direction, CLOSE_INIT...; see tcp.ts). */
   tcpFlags(id: number): number {
-    return (this.words[(id << ENTRY_SHIFT) + W_META]! >>> 16) & 0xff;
+    return (this.words[(id << Entry.Shift) + Entry.Meta]! >>> 16) & 0xff;
   }
   setTcpFlags(id: number, bits: number): void {
-    const at = (id << ENTRY_SHIFT) + W_META;
+    const at = (id << Entry.Shift) + Entry.Meta;
     if (this.undoLog.recording) this.journalWord(at);
     this.words[at] = (this.words[at]! & ~0xff0000) | ((bits & 0xff) << 16);
   }
   mark(id: number): number {
-    return this.words[(id << ENTRY_SHIFT) + W_MARK]! >>> 0;
+    return this.words[(id << Entry.Shift) + Entry.Mark]! >>> 0;
   }
   setMark(id: number, mark: number): void {
-    if (this.undoLog.recording) this.journalWord((id << ENTRY_SHIFT) + W_MARK);
-    this.words[(id << ENTRY_SHIFT) + W_MARK] = mark | 0;
+    if (this.undoLog.recording) this.journalWord((id << Entry.Shift) + Entry.Mark);
+    this.words[(id << Entry.Shift) + Entry.Mark] = mark | 0;
   }
   /** Absolute clock time (seconds) at which the entry expires. */
   expiresAt(id: number): number {
-    return this.doubles[(id << DOUBLE_SHIFT) + D_EXPIRY]!;
+    return this.doubles[(id << Entry.DoubleShift) + EntryDouble.Expiry]!;
   }
   /** Clock time of the entry's first packet (UDP entries only: a TCP entry keeps window state there). */
   startedAt(id: number): number {
-    return this.doubles[(id << DOUBLE_SHIFT) + D_STARTED]!;
+    return this.doubles[(id << Entry.DoubleShift) + EntryDouble.Started]!;
   }
   /** nf_ct_refresh: the entry now expires `timeout` seconds after `now` (unless IPS_FIXED_TIMEOUT). */
   refresh(id: number, timeout: number, now: number): void {
-    if (this.words[(id << ENTRY_SHIFT) + W_STATUS]! & STATUS_FIXED_TIMEOUT) return;
-    if (this.undoLog.recording) this.journalDouble((id << DOUBLE_SHIFT) + D_EXPIRY);
-    this.doubles[(id << DOUBLE_SHIFT) + D_EXPIRY] = now + timeout;
+    if (this.words[(id << Entry.Shift) + Entry.Status]! & Status.FixedTimeout) return;
+    if (this.undoLog.recording) this.journalDouble((id << Entry.DoubleShift) + EntryDouble.Expiry);
+    this.doubles[(id << Entry.DoubleShift) + EntryDouble.Expiry] = now + timeout;
   }
   /** `refresh` at `now()` (no double crosses the call). */
   refreshNow(id: number, timeout: number): void {
-    if (this.words[(id << ENTRY_SHIFT) + W_STATUS]! & STATUS_FIXED_TIMEOUT) return;
+    if (this.words[(id << Entry.Shift) + Entry.Status]! & Status.FixedTimeout) return;
     const pinned = this.times[0]!;
-    if (this.undoLog.recording) this.journalDouble((id << DOUBLE_SHIFT) + D_EXPIRY);
-    this.doubles[(id << DOUBLE_SHIFT) + D_EXPIRY] = (pinned === pinned ? pinned : this.clock.now()) + timeout;
+    if (this.undoLog.recording) this.journalDouble((id << Entry.DoubleShift) + EntryDouble.Expiry);
+    this.doubles[(id << Entry.DoubleShift) + EntryDouble.Expiry] = (pinned === pinned ? pinned : this.clock.now()) + timeout;
   }
   /** True when `now()` is more than `seconds` after the entry's first packet (time_after); UDP entries only. */
   startedMoreThan(id: number, seconds: number): boolean {
     const pinned = this.times[0]!;
-    return (pinned === pinned ? pinned : this.clock.now()) > this.doubles[(id << DOUBLE_SHIFT) + D_STARTED]! + seconds;
+    return (pinned === pinned ? pinned : this.clock.now()) > this.doubles[(id << Entry.DoubleShift) + EntryDouble.Started]! + seconds;
   }
   /** Sets the absolute expiry time. */
   setExpiresAt(id: number, at: number): void {
-    if (this.undoLog.recording) this.journalDouble((id << DOUBLE_SHIFT) + D_EXPIRY);
-    this.doubles[(id << DOUBLE_SHIFT) + D_EXPIRY] = at;
+    if (this.undoLog.recording) this.journalDouble((id << Entry.DoubleShift) + EntryDouble.Expiry);
+    this.doubles[(id << Entry.DoubleShift) + EntryDouble.Expiry] = at;
   }
   /** Sets the clock time of the entry's first packet (UDP entries; a restored entry keeps its age). */
   setStartedAt(id: number, at: number): void {
-    if (this.undoLog.recording) this.journalDouble((id << DOUBLE_SHIFT) + D_STARTED);
-    this.doubles[(id << DOUBLE_SHIFT) + D_STARTED] = at;
+    if (this.undoLog.recording) this.journalDouble((id << Entry.DoubleShift) + EntryDouble.Started);
+    this.doubles[(id << Entry.DoubleShift) + EntryDouble.Started] = at;
   }
 
   /** TCP entries: last_end of ip_ct_tcp (int32 bits), kept where UDP keeps its start time. */
   tcpLastEnd(id: number): number {
-    return this.words[(id << ENTRY_SHIFT) + W_TCP_LAST_END]!;
+    return this.words[(id << Entry.Shift) + Entry.TcpLastEnd]!;
   }
   /** TCP entries: last_ack of ip_ct_tcp (int32 bits). */
   tcpLastAck(id: number): number {
-    return this.words[(id << ENTRY_SHIFT) + W_TCP_LAST_ACK]!;
+    return this.words[(id << Entry.Shift) + Entry.TcpLastAck]!;
   }
   setTcpLastEnd(id: number, end: number): void {
-    if (this.undoLog.recording) this.journalWord((id << ENTRY_SHIFT) + W_TCP_LAST_END);
-    this.words[(id << ENTRY_SHIFT) + W_TCP_LAST_END] = end;
+    if (this.undoLog.recording) this.journalWord((id << Entry.Shift) + Entry.TcpLastEnd);
+    this.words[(id << Entry.Shift) + Entry.TcpLastEnd] = end;
   }
   setTcpLastAck(id: number, ack: number): void {
-    if (this.undoLog.recording) this.journalWord((id << ENTRY_SHIFT) + W_TCP_LAST_ACK);
-    this.words[(id << ENTRY_SHIFT) + W_TCP_LAST_ACK] = ack;
+    if (this.undoLog.recording) this.journalWord((id << Entry.Shift) + Entry.TcpLastAck);
+    this.words[(id << Entry.Shift) + Entry.TcpLastAck] = ack;
   }
   setTcpLast(id: number, end: number, ack: number): void {
-    const at = (id << ENTRY_SHIFT) + W_TCP_LAST_END;
+    const at = (id << Entry.Shift) + Entry.TcpLastEnd;
     if (this.undoLog.recording) this.journalWord(at);
     this.words[at] = end;
     if (this.undoLog.recording) this.journalWord(at + 1);

@@ -34,18 +34,20 @@ import { RP_FILTER_OFF, RP_FILTER_STRICT } from "./reverse-path.js";
 export const FAST_PATH_MISS = -100;
 
 /**
- * CtStatus bits and states tested per packet, as module constants: CtStatus is a (non-const)
- * enum, i.e. an object whose properties optimized code loads on every use.
+ * CtStatus bits and states tested per packet, as a const enum: CtStatus is a (non-const) enum, i.e.
+ * an object whose properties optimized code loads on every use, and a module-level `const` is a
+ * context-slot load with an initialisation check; TypeScript writes a const enum's members as
+ * literals (see Entry in conntrack/table.ts).
  */
-const NAT_DONE_BOTH = CtStatus.SrcNatDone | CtStatus.DstNatDone;
-const CT_SEEN_REPLY = CtStatus.SeenReply;
-const CT_DST_NAT = CtStatus.DstNat;
-const CT_SRC_NAT = CtStatus.SrcNat;
-const ROUTE_UNICAST = RouteType.Unicast;
-const TCP_ESTABLISHED = TcpState.Established;
-
-/** Marks a prefetched bucket head (a node < 2^26) whose packet is TCP. */
-const PREFETCH_TCP = 1 << 30;
+const enum Tested {
+  NatDoneBoth = CtStatus.SrcNatDone | CtStatus.DstNatDone,
+  SeenReply = CtStatus.SeenReply,
+  DstNat = CtStatus.DstNat,
+  SrcNat = CtStatus.SrcNat,
+  TcpEstablished = TcpState.Established,
+  /** Marks a prefetched bucket head (a node < 2^26) whose packet is TCP. */
+  PrefetchTcp = 1 << 30,
+}
 
 export class EstablishedFastPath {
   /** Packets forwarded here (the rest took the general path). */
@@ -78,7 +80,7 @@ export class EstablishedFastPath {
   private prefetchedCount = 0;
   /**
    * prefetch's scratch: the tuples it hashes (protocol, src, dst, ports per TCP/UDP packet), the
-   * packet each came from (| PREFETCH_TCP for TCP) and their buckets.
+   * packet each came from (| Tested.PrefetchTcp for TCP) and their buckets.
    */
   private prefetchTuples = new Int32Array(256 * 4);
   private prefetchSlots = new Int32Array(256);
@@ -169,7 +171,7 @@ export class EstablishedFastPath {
       tuples[at + 1] = v.getInt32(off + 12);
       tuples[at + 2] = v.getInt32(off + 16);
       tuples[at + 3] = v.getInt32(l4);
-      slots[n++] = protocol === IPPROTO_TCP ? i | PREFETCH_TCP : i;
+      slots[n++] = protocol === IPPROTO_TCP ? i | Tested.PrefetchTcp : i;
     }
     // 2. Their buckets, two keyed hashes at a time (hsiphash4Batch), in a loop of its own: the
     // hash is ~100 dependent instructions, and a loop that hashed and loaded each bucket kept
@@ -179,17 +181,17 @@ export class EstablishedFastPath {
     // 3. The bucket loads: one miss every few instructions.
     for (let k = 0; k < n; k++) {
       const slot = slots[k]!;
-      const i = slot & ~PREFETCH_TCP;
+      const i = slot & ~Tested.PrefetchTcp;
       const bucket = hashed[k]!;
       buckets[i] = bucket;
       const head = conntrack.bucketHeadAt(bucket);
-      if (head >= 0) heads[i] = head | (slot & PREFETCH_TCP);
+      if (head >= 0) heads[i] = head | (slot & Tested.PrefetchTcp);
     }
     // 4. The entry records the buckets point to.
     for (let i = 0; i < count; i++) {
       const head = heads[i]!;
       if (head < 0) continue;
-      const node = head & ~PREFETCH_TCP;
+      const node = head & ~Tested.PrefetchTcp;
       sink ^= conntrack.touchNode(node);
       // a TCP segment's window check reads the entry's window state, in an array of its own
       if (head !== node) sink ^= conntrack.touchTcpWindow(node);
@@ -277,11 +279,11 @@ export class EstablishedFastPath {
     const id = handle >> 1;
     const dir = handle & 1;
     const status = table.status(id);
-    if ((status & NAT_DONE_BOTH) !== NAT_DONE_BOTH) return FAST_PATH_MISS;
+    if ((status & Tested.NatDoneBoth) !== Tested.NatDoneBoth) return FAST_PATH_MISS;
     // Without the lock the status is only read: the first reply (SEEN_REPLY) takes the locked path.
-    if (unlocked && dir === 1 && (status & CT_SEEN_REPLY) === 0) return FAST_PATH_MISS;
+    if (unlocked && dir === 1 && (status & Tested.SeenReply) === 0) return FAST_PATH_MISS;
     if (protocol === IPPROTO_TCP) {
-      if (table.tcpState(id) !== TCP_ESTABLISHED) return FAST_PATH_MISS;
+      if (table.tcpState(id) !== Tested.TcpEstablished) return FAST_PATH_MISS;
       // The entry's window state (tcpFastPathSegment's), loaded now so that its latency overlaps
       // the NAT, route and checksum work below instead of stalling the window check (established
       // inbound TCP: +8-12 % measured, on top of the batch prefetch's own load of it).
@@ -293,7 +295,7 @@ export class EstablishedFastPath {
     const otherPorts = table.tuplePortsBits(id, other);
     let newDst = dst;
     let newDport = dport;
-    if ((status & (dir === 0 ? CT_DST_NAT : CT_SRC_NAT)) !== 0) {
+    if ((status & (dir === 0 ? Tested.DstNat : Tested.SrcNat)) !== 0) {
       newDst = table.tupleSrcBits(id, other);
       if (!icmp) newDport = otherPorts >>> 16;
     }
@@ -317,7 +319,7 @@ export class EstablishedFastPath {
       gateway = routes.nexthopGateway(nexthop);
     } else {
       const route = routes.lookup(newDst);
-      if (route < 0 || routes.routeType(route) !== ROUTE_UNICAST) return FAST_PATH_MISS;
+      if (route < 0 || routes.routeType(route) !== RouteType.Unicast) return FAST_PATH_MISS;
       egress = routes.routePort(route);
       gateway = routes.routeGateway(route) | 0;
       nexthop = routes.routeNexthop(route);
@@ -340,7 +342,7 @@ export class EstablishedFastPath {
         back = routes.nexthopPort(backNexthop);
       } else {
         const route = routes.lookup(src);
-        if (route < 0 || routes.routeType(route) !== ROUTE_UNICAST) return FAST_PATH_MISS;
+        if (route < 0 || routes.routeType(route) !== RouteType.Unicast) return FAST_PATH_MISS;
         back = routes.routePort(route);
         const backId = routes.routeNexthop(route);
         if (backId >= 0) {
@@ -398,7 +400,7 @@ export class EstablishedFastPath {
     }
     let newSrc = src;
     let newSport = sport;
-    if ((status & (dir === 0 ? CT_SRC_NAT : CT_DST_NAT)) !== 0) {
+    if ((status & (dir === 0 ? Tested.SrcNat : Tested.DstNat)) !== 0) {
       newSrc = table.tupleDstBits(id, other);
       if (!icmp) newSport = otherPorts & 0xffff;
     }
@@ -438,7 +440,7 @@ export class EstablishedFastPath {
     this.lastConnection = handle;
     table.counters.found++;
     // (Without the lock SEEN_REPLY is set already: see above.)
-    if (dir === 1 && !unlocked) table.setStatus(id, CT_SEEN_REPLY);
+    if (dir === 1 && !unlocked) table.setStatus(id, Tested.SeenReply);
     // Rewrites in the general path's order: DNAT, TTL, SNAT (one pass, same bytes).
     if (icmp) {
       rewriteForwardIcmpEcho(v, off, newSrc, newDst, icmpId);
