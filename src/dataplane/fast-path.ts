@@ -19,16 +19,13 @@ import type { ConntrackTable } from "../conntrack/table.js";
 import { CtStatus } from "../conntrack/table.js";
 import { TcpState, tcpFastPathSegment } from "../conntrack/tcp.js";
 import { udpPacket, udpRefreshTimeout } from "../conntrack/udp.js";
-import { ICMP_ECHO, ICMP_ECHO_REPLY } from "../conntrack/tuple.js";
 import type { RoutingTable } from "../route/table.js";
 import { RouteType } from "../route/table.js";
-import { IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, TCP_ACK, TCP_PSH } from "../wire/packet-info.js";
 import { rewriteForwardIcmpEcho, rewriteForwardPlain } from "../wire/rewrite.js";
 import { TCP_TIMESTAMP_ONLY_WORD } from "../wire/tcp.js";
 import { isMartianDestination, isMartianSource, type RouterAddresses } from "./addresses.js";
 import type { PacketContext } from "./packet-context.js";
-import { LEG_WIRE, egressOf, type RouterPort } from "./port.js";
-import { RP_FILTER_OFF, RP_FILTER_STRICT } from "./reverse-path.js";
+import { egressOf, type RouterPort } from "./port.js";
 
 /** EstablishedFastPath.forward() declines the packet: it takes the general path. */
 export const FAST_PATH_MISS = -100;
@@ -47,6 +44,26 @@ const enum Tested {
   TcpEstablished = TcpState.Established,
   /** Marks a prefetched bucket head (a node < 2^26) whose packet is TCP. */
   PrefetchTcp = 1 << 30,
+}
+
+/**
+ * The protocol numbers, TCP flags, ICMP types, rp_filter modes and leg forward() tests, as
+ * literals (a const enum) rather than the imported constants they equal — IPPROTO_*, TCP_ACK and
+ * TCP_PSH (wire/packet-info.ts), ICMP_ECHO and ICMP_ECHO_REPLY (conntrack/tuple.ts), RP_FILTER_*
+ * (reverse-path.ts), LEG_WIRE (port.ts): an imported binding is a module-cell load and an
+ * initialisation check at every use. test/dataplane/fast-path.test.ts checks that they agree.
+ */
+export const enum FastPathLiteral {
+  Icmp = 1,
+  Tcp = 6,
+  Udp = 17,
+  TcpAck = 0x10,
+  TcpPsh = 0x08,
+  IcmpEcho = 8,
+  IcmpEchoReply = 0,
+  RpFilterOff = 0,
+  RpFilterStrict = 1,
+  LegWire = 0,
 }
 
 export class EstablishedFastPath {
@@ -165,13 +182,13 @@ export class EstablishedFastPath {
       const b0 = v.getUint8(off);
       const protocol = v.getUint8(off + 9);
       const l4 = off + ((b0 & 0x0f) << 2);
-      if (b0 >>> 4 !== 4 || (protocol !== IPPROTO_TCP && protocol !== IPPROTO_UDP) || l4 + 4 > end) continue;
+      if (b0 >>> 4 !== 4 || (protocol !== FastPathLiteral.Tcp && protocol !== FastPathLiteral.Udp) || l4 + 4 > end) continue;
       const at = n << 2;
       tuples[at] = protocol;
       tuples[at + 1] = v.getInt32(off + 12);
       tuples[at + 2] = v.getInt32(off + 16);
       tuples[at + 3] = v.getInt32(l4);
-      slots[n++] = protocol === IPPROTO_TCP ? i | Tested.PrefetchTcp : i;
+      slots[n++] = protocol === FastPathLiteral.Tcp ? i | Tested.PrefetchTcp : i;
     }
     // 2. Their buckets, two keyed hashes at a time (hsiphash4Batch), in a loop of its own: the
     // hash is ~100 dependent instructions, and a loop that hashed and loaded each bucket kept
@@ -236,24 +253,24 @@ export class EstablishedFastPath {
     const l4Length = total - 20;
     let tcpFlags = 0;
     let tcpDataOffset = 5;
-    if (protocol === IPPROTO_UDP) {
+    if (protocol === FastPathLiteral.Udp) {
       if (l4Length < 8) return FAST_PATH_MISS;
       const udpLength = v.getUint16(l4 + 4);
       if (udpLength < 8 || udpLength > l4Length) return FAST_PATH_MISS;
-    } else if (protocol === IPPROTO_TCP) {
+    } else if (protocol === FastPathLiteral.Tcp) {
       if (l4Length < 20) return FAST_PATH_MISS;
       const offsetAndFlags = v.getUint16(l4 + 12);
       const dataOffset = offsetAndFlags >>> 12;
       if (dataOffset < 5 || dataOffset << 2 > l4Length) return FAST_PATH_MISS;
       tcpDataOffset = dataOffset;
       tcpFlags = offsetAndFlags & 0xff;
-      if (tcpFlags !== TCP_ACK && tcpFlags !== (TCP_ACK | TCP_PSH)) return FAST_PATH_MISS;
-    } else if (protocol === IPPROTO_ICMP) {
+      if (tcpFlags !== FastPathLiteral.TcpAck && tcpFlags !== (FastPathLiteral.TcpAck | FastPathLiteral.TcpPsh)) return FAST_PATH_MISS;
+    } else if (protocol === FastPathLiteral.Icmp) {
       // Echo request and reply only (a ping): errors and the other queries take the general path,
       // and so does an ICMP checksum the kernel left partial.
       if (l4Length < 8 || l4Partial) return FAST_PATH_MISS;
       const typeCode = v.getUint16(l4);
-      if (typeCode !== ICMP_ECHO << 8 && typeCode !== ICMP_ECHO_REPLY << 8) return FAST_PATH_MISS;
+      if (typeCode !== FastPathLiteral.IcmpEcho << 8 && typeCode !== FastPathLiteral.IcmpEchoReply << 8) return FAST_PATH_MISS;
     } else {
       return FAST_PATH_MISS;
     }
@@ -262,7 +279,7 @@ export class EstablishedFastPath {
     if (isMartianDestination(dst)) return FAST_PATH_MISS;
     // The tuple's ports: TCP/UDP source and destination port; ICMP identifier and type/code
     // (conntrack/tuple.ts), so one lookup serves both.
-    const icmp = protocol === IPPROTO_ICMP;
+    const icmp = protocol === FastPathLiteral.Icmp;
     const ports = icmp ? (v.getUint16(l4 + 4) << 16) | v.getUint16(l4) : v.getInt32(l4);
     const sport = ports >>> 16;
     const dport = ports & 0xffff;
@@ -270,7 +287,7 @@ export class EstablishedFastPath {
     const table = this.conntrack;
     const unlocked = this.unlocked;
     // Without the lock: no TCP (its window updates need the entry to themselves, Linux's ct->lock).
-    if (unlocked && protocol === IPPROTO_TCP) return FAST_PATH_MISS;
+    if (unlocked && protocol === FastPathLiteral.Tcp) return FAST_PATH_MISS;
     // prefetch hashes TCP and UDP tuples; other packets have bucket -1.
     const prefetched = index >= 0 && index < this.prefetchedCount && this.prefetchBuckets[index]! >= 0;
     const bucket = prefetched ? this.prefetchBuckets[index]! : -1;
@@ -282,7 +299,7 @@ export class EstablishedFastPath {
     if ((status & Tested.NatDoneBoth) !== Tested.NatDoneBoth) return FAST_PATH_MISS;
     // Without the lock the status is only read: the first reply (SEEN_REPLY) takes the locked path.
     if (unlocked && dir === 1 && (status & Tested.SeenReply) === 0) return FAST_PATH_MISS;
-    if (protocol === IPPROTO_TCP) {
+    if (protocol === FastPathLiteral.Tcp) {
       if (table.tcpState(id) !== Tested.TcpEstablished) return FAST_PATH_MISS;
       // The entry's window state (tcpFastPathSegment's), loaded now so that its latency overlaps
       // the NAT, route and checksum work below instead of stalling the window check (established
@@ -333,7 +350,7 @@ export class EstablishedFastPath {
     // direction's route (its destination after NAT is this tuple's source), so its cached
     // egress answers; a failing check is the general path's to drop and count.
     const rpFilter = this.rpFilter[ingress]!;
-    if (rpFilter !== RP_FILTER_OFF) {
+    if (rpFilter !== FastPathLiteral.RpFilterOff) {
       const backShift = other << 3;
       const cacheCurrent = cache >>> 16 === version;
       const backNexthop = cacheCurrent ? ((cache >>> backShift) & 0xff) - 1 : -1;
@@ -355,13 +372,13 @@ export class EstablishedFastPath {
           }
         }
       }
-      if (rpFilter === RP_FILTER_STRICT && back !== ingress) return FAST_PATH_MISS;
+      if (rpFilter === FastPathLiteral.RpFilterStrict && back !== ingress) return FAST_PATH_MISS;
     }
     if (w2 >>> 24 <= 1 || total > this.ports[egress]!.mtu) return FAST_PATH_MISS;
     // nf_conntrack_checksum (conntrack/checksum.ts): a bad TCP/UDP/ICMP checksum makes the packet
     // INVALID — not NATed, counted, perhaps dropped — which is the general path's business. A
     // partial checksum (a local sender's offload) is not verified; a UDP checksum 0 means none.
-    if (!l4Partial && !(protocol === IPPROTO_UDP && v.getUint16(l4 + 6) === 0)) {
+    if (!l4Partial && !(protocol === FastPathLiteral.Udp && v.getUint16(l4 + 6) === 0)) {
       let initial = 0;
       if (!icmp) {
         initial = (src >>> 16) + (src & 0xffff) + (dst >>> 16) + (dst & 0xffff) + protocol + l4Length;
@@ -413,7 +430,7 @@ export class EstablishedFastPath {
     // tcp_in_window takes only a plain in-window segment here (and then commits it); an old
     // duplicate, an overshoot, SACK blocks, a direction not seen yet and the rest take the
     // general path, with nothing changed.
-    if (protocol === IPPROTO_TCP) {
+    if (protocol === FastPathLiteral.Tcp) {
       const dataOffset = tcpDataOffset;
       const plainOptions = dataOffset === 5 || (dataOffset === 8 && v.getInt32(l4 + 20) === TCP_TIMESTAMP_ONLY_WORD);
       if (!tcpFastPathSegment(table, id, dir, v.getInt32(l4 + 4), v.getInt32(l4 + 8), v.getUint16(l4 + 14), l4Length - (dataOffset << 2), plainOptions)) {
@@ -449,7 +466,7 @@ export class EstablishedFastPath {
     }
     this.packet.nextHop = gateway !== 0 ? gateway : newDst | 0;
     this.hitConnection = id;
-    return egressOf(egress, LEG_WIRE);
+    return egressOf(egress, FastPathLiteral.LegWire);
   }
 
   /** A DataView of `buf`'s bytes for forward, made once per packet buffer. */

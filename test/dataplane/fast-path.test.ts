@@ -2,7 +2,11 @@ import { describe, expect, it } from "vitest";
 import { XorShift32 } from "../../src/core/rng.js";
 import { formatConntrackTable } from "../../src/conntrack/format.js";
 import { buildPacket, decodePacket, type DecodedPacket, type PacketSpec } from "../../src/wire/build.js";
-import { TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN } from "../../src/wire/packet-info.js";
+import { IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN } from "../../src/wire/packet-info.js";
+import { FastPathLiteral } from "../../src/dataplane/fast-path.js";
+import { ICMP_ECHO, ICMP_ECHO_REPLY } from "../../src/conntrack/tuple.js";
+import { RP_FILTER_OFF, RP_FILTER_STRICT } from "../../src/dataplane/reverse-path.js";
+import { LEG_WIRE } from "../../src/dataplane/port.js";
 import { MemoryRouter } from "../support/memory-router.js";
 
 const QR = "qr-694450d6-f6";
@@ -68,6 +72,15 @@ function sequence(rng: XorShift32, spec: PacketSpec): PacketSpec {
 }
 
 describe("the established fast path changes nothing but speed", () => {
+  it("tests the same protocol numbers, TCP flags, ICMP types, rp_filter modes and leg as the general path", () => {
+    // forward() writes them as literals (FastPathLiteral); a value that drifted from the named
+    // constant would make the fast path decline or take the wrong packets.
+    expect([FastPathLiteral.Icmp, FastPathLiteral.Tcp, FastPathLiteral.Udp]).toEqual([IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP]);
+    expect([FastPathLiteral.TcpAck, FastPathLiteral.TcpPsh]).toEqual([TCP_ACK, TCP_PSH]);
+    expect([FastPathLiteral.IcmpEcho, FastPathLiteral.IcmpEchoReply]).toEqual([ICMP_ECHO, ICMP_ECHO_REPLY]);
+    expect([FastPathLiteral.RpFilterOff, FastPathLiteral.RpFilterStrict, FastPathLiteral.LegWire]).toEqual([RP_FILTER_OFF, RP_FILTER_STRICT, LEG_WIRE]);
+  });
+
   // Also over tables made sharable (docs/multi-core.md): one worker's batches then start without
   // the lock, UDP and ICMP through the lock-free lookup and commit, the rest under the lock.
   it.each([
