@@ -192,15 +192,20 @@ export interface ConntrackSharedMemory {
  * tcpWindow words: per direction d (original 0, reply 1) at d * 4: td_end, td_maxend, td_maxwin,
  * td_maxack (uint32 as int32 bits); then (last_win << 16 | last_end - last_seq) — a segment spans
  * at most 65535 - 40 + 2 sequence numbers, so the length gives last_seq back exactly — and one
- * word of small fields, TCP_WIN_BITS (see tcp.ts).
+ * word of small fields, TcpWindowWord.Bits (see tcp.ts).
  */
-export const TCP_WINDOW_WORDS = 10;
-export const TCP_WIN_END = 0;
-export const TCP_WIN_MAXEND = 1;
-export const TCP_WIN_MAXWIN = 2;
-export const TCP_WIN_MAXACK = 3;
-export const TCP_WIN_LAST_WIN_LEN = 8;
-export const TCP_WIN_BITS = 9;
+export const enum TcpWindowWord {
+  End = 0,
+  MaxEnd = 1,
+  MaxWin = 2,
+  MaxAck = 3,
+  LastWinLen = 8,
+  Bits = 9,
+  /** Words per entry. */
+  Words = 10,
+}
+/** TcpWindowWord.Words for the control plane (the state file's entry layout). */
+export const TCP_WINDOW_WORDS: number = TcpWindowWord.Words;
 
 /** TCP private flags byte (see tcp.ts): kept here only to initialise it. */
 const TCP_PRIVATE_INITIAL = 5; // last flag index = TCP_NONE_SET, as tcp_new
@@ -229,7 +234,7 @@ const enum Entry {
   Mark = 10,
   /** The dataplane's route cache (routeCache below); 0: nothing cached. */
   Route = 11,
-  /** TCP entries: Linux ip_ct_tcp last_end and last_ack (see TCP_WINDOW_WORDS), UDP's start time's words. */
+  /** TCP entries: Linux ip_ct_tcp last_end and last_ack (see TcpWindowWord.Words), UDP's start time's words. */
   TcpLastEnd = 14,
   TcpLastAck = 15,
 }
@@ -303,7 +308,7 @@ export class ConntrackTable {
     tcpWindowIgnore: 0,
   };
   /**
-   * TCP window tracking state, TCP_WINDOW_WORDS per entry (layout above). tcp.ts reads it and
+   * TCP window tracking state, TcpWindowWord.Words per entry (layout above). tcp.ts reads it and
    * writes it, each store preceded by `journalWindowWord` while the undo journal records.
    */
   readonly tcpWindow: Int32Array;
@@ -391,7 +396,7 @@ export class ConntrackTable {
       header: new Memory((Header.Words + TABLE_LOCK_WORDS) * 4),
       entries: new Memory(capacity * Entry.Words * 4),
       buckets: new Memory(bucketCount * 4),
-      tcpWindow: new Memory(capacity * TCP_WINDOW_WORDS * 4),
+      tcpWindow: new Memory(capacity * TcpWindowWord.Words * 4),
       sequence: new Memory(sharable ? capacity * 4 : 0),
     };
     this.memory = sharable ? (memory as ConntrackSharedMemory) : null;
@@ -548,9 +553,9 @@ export class ConntrackTable {
 
   /** Zeroes the TCP window state of entry `id` (tcp_new starts from a clean ip_ct_tcp). */
   clearTcpWindow(id: number): void {
-    const base = id * TCP_WINDOW_WORDS;
-    if (this.undoLog.recording) for (let at = base; at < base + TCP_WINDOW_WORDS; at++) this.journalWindowWord(at);
-    this.tcpWindow.fill(0, base, base + TCP_WINDOW_WORDS);
+    const base = id * TcpWindowWord.Words;
+    if (this.undoLog.recording) for (let at = base; at < base + TcpWindowWord.Words; at++) this.journalWindowWord(at);
+    this.tcpWindow.fill(0, base, base + TcpWindowWord.Words);
   }
 
   private link(node: number): void {
@@ -730,8 +735,8 @@ export class ConntrackTable {
 
   /** Batch prefetch for TCP: loads the TCP window state of the entry of `node` (both ends of its 40 bytes). */
   touchTcpWindow(node: number): number {
-    const at = (node >> 1) * TCP_WINDOW_WORDS;
-    return this.tcpWindow[at]! ^ this.tcpWindow[at + TCP_WINDOW_WORDS - 1]!;
+    const at = (node >> 1) * TcpWindowWord.Words;
+    return this.tcpWindow[at]! ^ this.tcpWindow[at + TcpWindowWord.Words - 1]!;
   }
 
   /**

@@ -14,7 +14,7 @@
  * timeout; a RST sets the CLOSE timeout.
  *
  * Window tracking as Linux `tcp_in_window`: per direction td_end, td_maxend, td_maxwin, td_maxack,
- * td_scale and the flags WINDOW_SCALE, SACK_PERM, BE_LIBERAL, DATA_UNACKNOWLEDGED, MAXACK_SET
+ * td_scale and the flags WINDOW_SCALE, SACK_PERM, BE_LIBERAL, DATA_UNACKNOWLEDGED, WinBits.MaxackSet
  * (CLOSE_INIT lives in the private byte below); window scale and SACK-permitted from the SYN and
  * SYN/ACK options (`tcp_options`), the highest SACK right edge (`tcp_sack`); the four bounds
  * (I-IV in Linux's comment) with before/after wraparound arithmetic; segments that overshoot the
@@ -39,17 +39,7 @@ import {
   tcpSynOptions,
   tcpWindow,
 } from "../wire/tcp.js";
-import {
-  CtStatus,
-  TCP_WINDOW_WORDS,
-  TCP_WIN_BITS,
-  TCP_WIN_END,
-  TCP_WIN_LAST_WIN_LEN,
-  TCP_WIN_MAXACK,
-  TCP_WIN_MAXEND,
-  TCP_WIN_MAXWIN,
-  type ConntrackTable,
-} from "./table.js";
+import { CtStatus, TcpWindowWord, type ConntrackTable } from "./table.js";
 
 /** Linux `enum tcp_conntrack` (include/uapi/linux/netfilter/nf_conntrack_tcp.h). */
 export enum TcpState {
@@ -110,19 +100,27 @@ export const TCP_STATE_IGNORE = 11;
 const sIV = TCP_STATE_INVALID;
 const sIG = TCP_STATE_IGNORE;
 const sNO = TcpState.None;
-// Plain constants for the per-packet code: TcpState and CtStatus are (non-const) enums and
-// TcpFlagIndex an object, whose properties optimized code would load on every use.
-const I_SYN = 0;
-const I_SYNACK = 1;
-const I_FIN = 2;
-const I_ACK = 3;
-const I_RST = 4;
-const I_NONE = 5;
-const DIR_ORIGINAL = 0;
-const DIR_REPLY = 1;
-const STATUS_SEEN_REPLY = CtStatus.SeenReply;
-const STATUS_ASSURED = CtStatus.Assured;
-const STATUS_FIXED_TIMEOUT = CtStatus.FixedTimeout;
+// Const enums for the per-packet code, which TypeScript writes as literals: TcpState and CtStatus
+// are (non-const) enums and TcpFlagIndex an object, whose properties optimized code would load on
+// every use, and a module-level `const` is a context-slot load and an initialisation check.
+/** TcpFlagIndex's values. */
+const enum Index {
+  Syn = 0,
+  SynAck = 1,
+  Fin = 2,
+  Ack = 3,
+  Rst = 4,
+  None = 5,
+}
+const enum Dir {
+  Original = 0,
+  Reply = 1,
+}
+const enum Status {
+  SeenReply = CtStatus.SeenReply,
+  Assured = CtStatus.Assured,
+  FixedTimeout = CtStatus.FixedTimeout,
+}
 
 const STATES = 10;
 /** tcp_conntracks[dir][flag index][old state], flattened: (dir * 6 + index) * 10 + state. */
@@ -169,34 +167,36 @@ export function tcpFlagsValid(flags: number): boolean {
 
 /** get_conntrack_index(). */
 export function tcpFlagIndex(flags: number): number {
-  if (flags & TCP_RST) return I_RST;
-  if (flags & TCP_SYN) return flags & TCP_ACK ? I_SYNACK : I_SYN;
-  if (flags & TCP_FIN) return I_FIN;
-  if (flags & TCP_ACK) return I_ACK;
-  return I_NONE;
+  if (flags & TCP_RST) return Index.Rst;
+  if (flags & TCP_SYN) return flags & TCP_ACK ? Index.SynAck : Index.Syn;
+  if (flags & TCP_FIN) return Index.Fin;
+  if (flags & TCP_ACK) return Index.Ack;
+  return Index.None;
 }
 
 /** tcp_new(): may a segment with these (valid) flags create a connection? (loose = 1) */
 export function tcpMayCreate(flags: number): boolean {
-  return tcpNextState(DIR_ORIGINAL, tcpFlagIndex(flags), sNO) < TCP_STATE_INVALID;
+  return tcpNextState(Dir.Original, tcpFlagIndex(flags), sNO) < TCP_STATE_INVALID;
 }
 
 // The per-entry private byte (ConntrackTable.tcpFlags): Linux ip_ct_tcp last_index, last_dir,
 // seen[dir].flags & IP_CT_TCP_FLAG_CLOSE_INIT, last_flags & IP_CT_TCP_SIMULTANEOUS_OPEN /
 // IP_CT_EXP_CHALLENGE_ACK.
-const LAST_INDEX_MASK = 0x07;
-const LAST_DIR_REPLY = 0x08;
-const CLOSE_INIT_ORIGINAL = 0x10;
-const CLOSE_INIT_REPLY = 0x20;
-const SIMULTANEOUS_OPEN = 0x40;
-const EXP_CHALLENGE_ACK = 0x80;
+const enum Private {
+  LastIndexMask = 0x07,
+  LastDirReply = 0x08,
+  CloseInitOriginal = 0x10,
+  CloseInitReply = 0x20,
+  SimultaneousOpen = 0x40,
+  ExpChallengeAck = 0x80,
+}
 
 function closeInitBit(dir: number): number {
-  return dir === DIR_ORIGINAL ? CLOSE_INIT_ORIGINAL : CLOSE_INIT_REPLY;
+  return dir === Dir.Original ? Private.CloseInitOriginal : Private.CloseInitReply;
 }
 
 function withLast(bits: number, index: number, dir: number): number {
-  return (bits & ~(LAST_INDEX_MASK | LAST_DIR_REPLY)) | index | (dir === DIR_REPLY ? LAST_DIR_REPLY : 0);
+  return (bits & ~(Private.LastIndexMask | Private.LastDirReply)) | index | (dir === Dir.Reply ? Private.LastDirReply : 0);
 }
 
 /** Timeout of a TCP state, from the table's timeouts. */
@@ -226,26 +226,30 @@ export function tcpStateTimeout(table: ConntrackTable, state: number): number {
   }
 }
 
-// The small fields of the window state (word TCP_WIN_BITS of table.tcpWindow). Per direction d a
+// The small fields of the window state (word TcpWindowWord.Bits of table.tcpWindow). Per direction d a
 // byte at d * 8: td_scale (bits 0-3) and the flags below (the option bits of wire/tcp.ts
 // tcpSynOptions line up with them). Linux IP_CT_TCP_FLAG_* in include/uapi/linux/netfilter/nf_conntrack_tcp.h.
-const SCALE_MASK = 0x0f;
 const F_WINDOW_SCALE = TCP_OPTION_WINDOW_SCALE;
 const F_SACK_PERM = TCP_OPTION_SACK_PERM;
-const F_BE_LIBERAL = 0x40;
-const F_DATA_UNACKNOWLEDGED = 0x80;
-/** IP_CT_TCP_FLAG_MAXACK_SET of direction d: bit 16 + d. */
-const MAXACK_SET = 1 << 16;
-/** last_wscale (bits 18-21) and last_flags' WINDOW_SCALE / SACK_PERM (the ignored SYN's options). */
-const LAST_WSCALE_SHIFT = 18;
-const LAST_WINDOW_SCALE = 1 << 22;
-const LAST_SACK_PERM = 1 << 23;
-/** retrans (bits 24-31): a u8 as in Linux, so it wraps as Linux's does. */
-const RETRANS_SHIFT = 24;
-/** Linux nf_conntrack_tcp_max_retrans. */
-export const TCP_MAX_RETRANS = 3;
-/** MAXACKWINCONST. */
-const MAX_ACK_WINDOW_CONST = 66000;
+const enum WinBits {
+  ScaleMask = 0x0f,
+  BeLiberal = 0x40,
+  DataUnacknowledged = 0x80,
+  /** IP_CT_TCP_FLAG_MAXACK_SET of direction d: bit 16 + d. */
+  MaxackSet = 1 << 16,
+  /** last_wscale (bits 18-21) and last_flags' WINDOW_SCALE / SACK_PERM (the ignored SYN's options). */
+  LastWscaleShift = 18,
+  LastWindowScale = 1 << 22,
+  LastSackPerm = 1 << 23,
+  /** retrans (bits 24-31): a u8 as in Linux, so it wraps as Linux's does. */
+  RetransShift = 24,
+}
+const enum Limit {
+  /** Linux nf_conntrack_tcp_max_retrans. */
+  MaxRetrans = 3,
+  /** MAXACKWINCONST. */
+  MaxAckWindow = 66000,
+}
 
 /** What tcp_in_window decided (enum nf_ct_tcp_action). */
 const WINDOW_ACCEPT = 0;
@@ -270,58 +274,58 @@ function segmentEnd(seq: number, flags: number, b: Uint8Array, l4: number, l4Len
 
 /**
  * tcp_options for direction `d`: when the segment has option bytes, td_scale and the flags
- * become what they announce (BE_LIBERAL kept; MAXACK_SET, DATA_UNACKNOWLEDGED and CLOSE_INIT
+ * become what they announce (BE_LIBERAL kept; WinBits.MaxackSet, DATA_UNACKNOWLEDGED and CLOSE_INIT
  * cleared); without option bytes nothing changes.
  */
 function applyOptions(table: ConntrackTable, id: number, d: number, b: Uint8Array, l4: number): void {
   const options = tcpSynOptions(b, l4);
   if (options < 0) return;
-  const at = id * TCP_WINDOW_WORDS + TCP_WIN_BITS;
+  const at = id * TcpWindowWord.Words + TcpWindowWord.Bits;
   const shift = d << 3;
   const bits = table.tcpWindow[at]!;
-  const kept = ((bits >>> shift) & F_BE_LIBERAL) | options;
+  const kept = ((bits >>> shift) & WinBits.BeLiberal) | options;
   if (table.undoLog.recording) table.journalWindowWord(at);
-  table.tcpWindow[at] = (bits & ~((0xff << shift) | (MAXACK_SET << d))) | (kept << shift);
+  table.tcpWindow[at] = (bits & ~((0xff << shift) | (WinBits.MaxackSet << d))) | (kept << shift);
   table.setTcpFlags(id, table.tcpFlags(id) & ~closeInitBit(d));
 }
 
 /** tcp_init_sender: a SYN or SYN/ACK (re)initialises its direction's window from the segment. */
 function initSender(table: ConntrackTable, id: number, dir: number, end: number, win: number, b: Uint8Array, l4: number): void {
   const w = table.tcpWindow;
-  const s = id * TCP_WINDOW_WORDS + (dir << 2);
-  if (table.undoLog.recording) table.journalWindowWord(s + TCP_WIN_END);
-  w[s + TCP_WIN_END] = end;
-  if (table.undoLog.recording) table.journalWindowWord(s + TCP_WIN_MAXEND);
-  w[s + TCP_WIN_MAXEND] = end;
-  if (table.undoLog.recording) table.journalWindowWord(s + TCP_WIN_MAXWIN);
-  w[s + TCP_WIN_MAXWIN] = win === 0 ? 1 : win;
+  const s = id * TcpWindowWord.Words + (dir << 2);
+  if (table.undoLog.recording) table.journalWindowWord(s + TcpWindowWord.End);
+  w[s + TcpWindowWord.End] = end;
+  if (table.undoLog.recording) table.journalWindowWord(s + TcpWindowWord.MaxEnd);
+  w[s + TcpWindowWord.MaxEnd] = end;
+  if (table.undoLog.recording) table.journalWindowWord(s + TcpWindowWord.MaxWin);
+  w[s + TcpWindowWord.MaxWin] = win === 0 ? 1 : win;
   applyOptions(table, id, dir, b, l4);
   // RFC 7323 1.3: both sides must send the Window Scale option to enable scaling in either direction.
-  const at = id * TCP_WINDOW_WORDS + TCP_WIN_BITS;
+  const at = id * TcpWindowWord.Words + TcpWindowWord.Bits;
   const bits = w[at]!;
-  if (dir === DIR_REPLY && !(bits & F_WINDOW_SCALE && bits & (F_WINDOW_SCALE << 8))) {
+  if (dir === Dir.Reply && !(bits & F_WINDOW_SCALE && bits & (F_WINDOW_SCALE << 8))) {
     if (table.undoLog.recording) table.journalWindowWord(at);
-    w[at] = bits & ~(SCALE_MASK | (SCALE_MASK << 8));
+    w[at] = bits & ~(WinBits.ScaleMask | (WinBits.ScaleMask << 8));
   }
 }
 
 /** nf_ct_tcp_state_reset for direction `d`: everything but BE_LIBERAL forgotten. */
 function resetDirection(table: ConntrackTable, id: number, d: number): void {
   const w = table.tcpWindow;
-  const s = id * TCP_WINDOW_WORDS + (d << 2);
-  if (table.undoLog.recording) table.journalWindowWord(s + TCP_WIN_END);
-  w[s + TCP_WIN_END] = 0;
-  if (table.undoLog.recording) table.journalWindowWord(s + TCP_WIN_MAXEND);
-  w[s + TCP_WIN_MAXEND] = 0;
-  if (table.undoLog.recording) table.journalWindowWord(s + TCP_WIN_MAXWIN);
-  w[s + TCP_WIN_MAXWIN] = 0;
-  if (table.undoLog.recording) table.journalWindowWord(s + TCP_WIN_MAXACK);
-  w[s + TCP_WIN_MAXACK] = 0;
-  const at = id * TCP_WINDOW_WORDS + TCP_WIN_BITS;
+  const s = id * TcpWindowWord.Words + (d << 2);
+  if (table.undoLog.recording) table.journalWindowWord(s + TcpWindowWord.End);
+  w[s + TcpWindowWord.End] = 0;
+  if (table.undoLog.recording) table.journalWindowWord(s + TcpWindowWord.MaxEnd);
+  w[s + TcpWindowWord.MaxEnd] = 0;
+  if (table.undoLog.recording) table.journalWindowWord(s + TcpWindowWord.MaxWin);
+  w[s + TcpWindowWord.MaxWin] = 0;
+  if (table.undoLog.recording) table.journalWindowWord(s + TcpWindowWord.MaxAck);
+  w[s + TcpWindowWord.MaxAck] = 0;
+  const at = id * TcpWindowWord.Words + TcpWindowWord.Bits;
   const shift = d << 3;
   const bits = w[at]!;
   if (table.undoLog.recording) table.journalWindowWord(at);
-  w[at] = (bits & ~((0xff << shift) | (MAXACK_SET << d))) | (bits & (F_BE_LIBERAL << shift));
+  w[at] = (bits & ~((0xff << shift) | (WinBits.MaxackSet << d))) | (bits & (WinBits.BeLiberal << shift));
   table.setTcpFlags(id, table.tcpFlags(id) & ~closeInitBit(d));
 }
 
@@ -332,9 +336,9 @@ function resetDirection(table: ConntrackTable, id: number, d: number): void {
  * IP_CT_TCP_FLAG_BE_LIBERAL set on both directions of an injected entry).
  */
 export function tcpSetBeLiberal(table: ConntrackTable, id: number): void {
-  const at = id * TCP_WINDOW_WORDS + TCP_WIN_BITS;
+  const at = id * TcpWindowWord.Words + TcpWindowWord.Bits;
   if (table.undoLog.recording) table.journalWindowWord(at);
-  table.tcpWindow[at]! |= (F_BE_LIBERAL << 8) | F_BE_LIBERAL;
+  table.tcpWindow[at]! |= (WinBits.BeLiberal << 8) | WinBits.BeLiberal;
 }
 
 /**
@@ -346,7 +350,7 @@ export function tcpSetBeLiberal(table: ConntrackTable, id: number): void {
  */
 export function tcpNew(table: ConntrackTable, id: number, info: PacketInfo): void {
   const w = table.tcpWindow;
-  const base = id * TCP_WINDOW_WORDS;
+  const base = id * TcpWindowWord.Words;
   table.clearTcpWindow(id);
   table.setTcpLast(id, 0, 0);
   const b = info.buf;
@@ -355,19 +359,19 @@ export function tcpNew(table: ConntrackTable, id: number, info: PacketInfo): voi
   const end = segmentEnd(tcpSeqBits(b, l4), flags, b, l4, info.l4Length);
   const win = tcpWindow(b, l4);
   const maxwin = win === 0 ? 1 : win;
-  if (table.undoLog.recording) table.journalWindowWord(base + TCP_WIN_END);
-  w[base + TCP_WIN_END] = end;
-  if (table.undoLog.recording) table.journalWindowWord(base + TCP_WIN_MAXWIN);
-  w[base + TCP_WIN_MAXWIN] = maxwin;
-  if (tcpFlagIndex(flags) === I_SYN) {
-    if (table.undoLog.recording) table.journalWindowWord(base + TCP_WIN_MAXEND);
-    w[base + TCP_WIN_MAXEND] = end;
-    applyOptions(table, id, DIR_ORIGINAL, b, l4);
+  if (table.undoLog.recording) table.journalWindowWord(base + TcpWindowWord.End);
+  w[base + TcpWindowWord.End] = end;
+  if (table.undoLog.recording) table.journalWindowWord(base + TcpWindowWord.MaxWin);
+  w[base + TcpWindowWord.MaxWin] = maxwin;
+  if (tcpFlagIndex(flags) === Index.Syn) {
+    if (table.undoLog.recording) table.journalWindowWord(base + TcpWindowWord.MaxEnd);
+    w[base + TcpWindowWord.MaxEnd] = end;
+    applyOptions(table, id, Dir.Original, b, l4);
   } else {
-    if (table.undoLog.recording) table.journalWindowWord(base + TCP_WIN_MAXEND);
-    w[base + TCP_WIN_MAXEND] = (end + maxwin) | 0;
-    if (table.undoLog.recording) table.journalWindowWord(base + TCP_WIN_BITS);
-    w[base + TCP_WIN_BITS] = ((F_SACK_PERM | F_BE_LIBERAL) << 8) | F_SACK_PERM | F_BE_LIBERAL;
+    if (table.undoLog.recording) table.journalWindowWord(base + TcpWindowWord.MaxEnd);
+    w[base + TcpWindowWord.MaxEnd] = (end + maxwin) | 0;
+    if (table.undoLog.recording) table.journalWindowWord(base + TcpWindowWord.Bits);
+    w[base + TcpWindowWord.Bits] = ((F_SACK_PERM | WinBits.BeLiberal) << 8) | F_SACK_PERM | WinBits.BeLiberal;
   }
 }
 
@@ -389,7 +393,7 @@ function tcpInWindow(
   l4Length: number,
 ): number {
   const w = table.tcpWindow;
-  const base = id * TCP_WINDOW_WORDS;
+  const base = id * TcpWindowWord.Words;
   const s = base + (dir << 2);
   const r = base + ((dir ^ 1) << 2);
   const sShift = dir << 3;
@@ -400,58 +404,58 @@ function tcpInWindow(
   let win = winRaw;
   let end = segmentEnd(seq, flags, b, l4, l4Length);
   let sack = ack;
-  if ((w[base + TCP_WIN_BITS]! >>> rShift) & F_SACK_PERM && tcpHeaderLength(b, l4) > TCP_MIN_HEADER_LENGTH) sack = tcpSackEdge(b, l4, sack);
+  if ((w[base + TcpWindowWord.Bits]! >>> rShift) & F_SACK_PERM && tcpHeaderLength(b, l4) > TCP_MIN_HEADER_LENGTH) sack = tcpSackEdge(b, l4, sack);
 
-  if (w[s + TCP_WIN_MAXWIN] === 0) {
+  if (w[s + TcpWindowWord.MaxWin] === 0) {
     if (flags & TCP_SYN) {
       initSender(table, id, dir, end, win, b, l4);
       // simultaneous open
       if ((flags & TCP_ACK) === 0) return WINDOW_ACCEPT;
     } else {
       // "We are in the middle of a connection, its history is lost for us."
-      if (table.undoLog.recording) table.journalWindowWord(s + TCP_WIN_END);
-      w[s + TCP_WIN_END] = end;
-      const swin = win << ((w[base + TCP_WIN_BITS]! >>> sShift) & SCALE_MASK);
-      if (table.undoLog.recording) table.journalWindowWord(s + TCP_WIN_MAXWIN);
-      w[s + TCP_WIN_MAXWIN] = swin === 0 ? 1 : swin;
-      if (table.undoLog.recording) table.journalWindowWord(s + TCP_WIN_MAXEND);
-      w[s + TCP_WIN_MAXEND] = (end + w[s + TCP_WIN_MAXWIN]!) | 0;
-      if (w[r + TCP_WIN_MAXWIN] === 0) {
+      if (table.undoLog.recording) table.journalWindowWord(s + TcpWindowWord.End);
+      w[s + TcpWindowWord.End] = end;
+      const swin = win << ((w[base + TcpWindowWord.Bits]! >>> sShift) & WinBits.ScaleMask);
+      if (table.undoLog.recording) table.journalWindowWord(s + TcpWindowWord.MaxWin);
+      w[s + TcpWindowWord.MaxWin] = swin === 0 ? 1 : swin;
+      if (table.undoLog.recording) table.journalWindowWord(s + TcpWindowWord.MaxEnd);
+      w[s + TcpWindowWord.MaxEnd] = (end + w[s + TcpWindowWord.MaxWin]!) | 0;
+      if (w[r + TcpWindowWord.MaxWin] === 0) {
         // no traffic seen the other way yet: tweak it so that bounds III and IV pass
-        if (table.undoLog.recording) table.journalWindowWord(r + TCP_WIN_END);
-        w[r + TCP_WIN_END] = sack;
-        if (table.undoLog.recording) table.journalWindowWord(r + TCP_WIN_MAXEND);
-        w[r + TCP_WIN_MAXEND] = sack;
-      } else if (sack === ((w[r + TCP_WIN_END]! + 1) | 0)) {
+        if (table.undoLog.recording) table.journalWindowWord(r + TcpWindowWord.End);
+        w[r + TcpWindowWord.End] = sack;
+        if (table.undoLog.recording) table.journalWindowWord(r + TcpWindowWord.MaxEnd);
+        w[r + TcpWindowWord.MaxEnd] = sack;
+      } else if (sack === ((w[r + TcpWindowWord.End]! + 1) | 0)) {
         // likely a reply to a keepalive
-        if (table.undoLog.recording) table.journalWindowWord(r + TCP_WIN_END);
-        w[r + TCP_WIN_END] = sack;
+        if (table.undoLog.recording) table.journalWindowWord(r + TcpWindowWord.End);
+        w[r + TcpWindowWord.End] = sack;
       }
     }
-  } else if (flags & TCP_SYN && after(end, w[s + TCP_WIN_END]!) && (state === sSS || state === sSR)) {
+  } else if (flags & TCP_SYN && after(end, w[s + TcpWindowWord.End]!) && (state === sSS || state === sSR)) {
     // RFC 793: a reinitialised TCP uses larger sequence numbers; take the new SYN(/ACK) as the first.
     initSender(table, id, dir, end, win, b, l4);
-    if (dir === DIR_REPLY && (flags & TCP_ACK) === 0) return WINDOW_ACCEPT;
+    if (dir === Dir.Reply && (flags & TCP_ACK) === 0) return WINDOW_ACCEPT;
   }
 
   if ((flags & TCP_ACK) === 0) {
     // no ACK: pretend it was set and OK
-    ack = sack = w[r + TCP_WIN_END]!;
+    ack = sack = w[r + TcpWindowWord.End]!;
   } else if (flags & TCP_RST && ack === 0) {
     // broken stacks that send RST+ACK with a zero ack
-    ack = sack = w[r + TCP_WIN_END]!;
+    ack = sack = w[r + TcpWindowWord.End]!;
   }
   // RST answering a SYN
-  if (flags & TCP_RST && seq === 0 && state === sSS) seq = end = w[s + TCP_WIN_END]!;
+  if (flags & TCP_RST && seq === 0 && state === sSS) seq = end = w[s + TcpWindowWord.End]!;
 
-  const bits = w[base + TCP_WIN_BITS]!;
-  const liberal = table.tcpBeLiberal || ((bits >>> sShift) & F_BE_LIBERAL) !== 0;
-  const sEnd = w[s + TCP_WIN_END]!;
-  const sMaxend = w[s + TCP_WIN_MAXEND]!;
-  const sMaxwin = w[s + TCP_WIN_MAXWIN]!;
-  const rEnd = w[r + TCP_WIN_END]!;
-  const rMaxwin = w[r + TCP_WIN_MAXWIN]!;
-  const maxAckWindow = sMaxwin >>> 0 > MAX_ACK_WINDOW_CONST ? sMaxwin : MAX_ACK_WINDOW_CONST;
+  const bits = w[base + TcpWindowWord.Bits]!;
+  const liberal = table.tcpBeLiberal || ((bits >>> sShift) & WinBits.BeLiberal) !== 0;
+  const sEnd = w[s + TcpWindowWord.End]!;
+  const sMaxend = w[s + TcpWindowWord.MaxEnd]!;
+  const sMaxwin = w[s + TcpWindowWord.MaxWin]!;
+  const rEnd = w[r + TcpWindowWord.End]!;
+  const rMaxwin = w[r + TcpWindowWord.MaxWin]!;
+  const maxAckWindow = sMaxwin >>> 0 > Limit.MaxAckWindow ? sMaxwin : Limit.MaxAckWindow;
 
   // I. seq <= sender.td_maxend
   if (!before(seq, (sMaxend + 1) | 0)) {
@@ -460,10 +464,10 @@ function tcpInWindow(
     const inReceiveWindow = rMaxwin !== 0 && after(end, (sEnd - rMaxwin - 1) | 0);
     if (inReceiveWindow && ackOk && overshot <= rMaxwin >>> 0 && before(sack, (rEnd + 1) | 0)) {
       // a TCP sending more than the receive window allows: remember the data so its ACK passes
-      if (table.undoLog.recording) table.journalWindowWord(s + TCP_WIN_END);
-      w[s + TCP_WIN_END] = end;
-      if (table.undoLog.recording) table.journalWindowWord(base + TCP_WIN_BITS);
-      w[base + TCP_WIN_BITS] = bits | (F_DATA_UNACKNOWLEDGED << sShift);
+      if (table.undoLog.recording) table.journalWindowWord(s + TcpWindowWord.End);
+      w[s + TcpWindowWord.End] = end;
+      if (table.undoLog.recording) table.journalWindowWord(base + TcpWindowWord.Bits);
+      w[base + TcpWindowWord.Bits] = bits | (WinBits.DataUnacknowledged << sShift);
       return liberal ? WINDOW_ACCEPT : WINDOW_IGNORE;
     }
     return liberal ? WINDOW_ACCEPT : WINDOW_INVALID; // "SEQ is over upper bound"
@@ -487,53 +491,53 @@ function tcpInWindow(
  */
 function windowUpdate(table: ConntrackTable, id: number, dir: number, index: number, flags: number, seq: number, ack: number, sack: number, end: number, winRaw: number): void {
   const w = table.tcpWindow;
-  const base = id * TCP_WINDOW_WORDS;
+  const base = id * TcpWindowWord.Words;
   const s = base + (dir << 2);
   const r = base + ((dir ^ 1) << 2);
   const sShift = dir << 3;
   const rShift = (dir ^ 1) << 3;
-  const bits = w[base + TCP_WIN_BITS]!;
-  const sEnd = w[s + TCP_WIN_END]!;
-  const sMaxend = w[s + TCP_WIN_MAXEND]!;
-  const sMaxwin = w[s + TCP_WIN_MAXWIN]!;
-  const rMaxwin = w[r + TCP_WIN_MAXWIN]!;
+  const bits = w[base + TcpWindowWord.Bits]!;
+  const sEnd = w[s + TcpWindowWord.End]!;
+  const sMaxend = w[s + TcpWindowWord.MaxEnd]!;
+  const sMaxwin = w[s + TcpWindowWord.MaxWin]!;
+  const rMaxwin = w[r + TcpWindowWord.MaxWin]!;
   let win = winRaw;
   // RFC 7323: the window of a segment other than a SYN is scaled.
-  if ((flags & TCP_SYN) === 0) win = win << ((bits >>> sShift) & SCALE_MASK);
+  if ((flags & TCP_SYN) === 0) win = win << ((bits >>> sShift) & WinBits.ScaleMask);
   let newBits = bits;
   // sender
   const swin = (win + (sack - ack)) | 0;
   // Here and below, a conditional store is journaled whether or not it happens: undoing an unchanged word is harmless.
-  if (table.undoLog.recording) table.journalWindowWord(s + TCP_WIN_MAXWIN);
-  if (sMaxwin >>> 0 < swin >>> 0) w[s + TCP_WIN_MAXWIN] = swin;
+  if (table.undoLog.recording) table.journalWindowWord(s + TcpWindowWord.MaxWin);
+  if (sMaxwin >>> 0 < swin >>> 0) w[s + TcpWindowWord.MaxWin] = swin;
   if (after(end, sEnd)) {
-    if (table.undoLog.recording) table.journalWindowWord(s + TCP_WIN_END);
-    w[s + TCP_WIN_END] = end;
-    newBits |= F_DATA_UNACKNOWLEDGED << sShift;
+    if (table.undoLog.recording) table.journalWindowWord(s + TcpWindowWord.End);
+    w[s + TcpWindowWord.End] = end;
+    newBits |= WinBits.DataUnacknowledged << sShift;
   }
   if (flags & TCP_ACK) {
-    if ((newBits & (MAXACK_SET << dir)) === 0) {
-      if (table.undoLog.recording) table.journalWindowWord(s + TCP_WIN_MAXACK);
-      w[s + TCP_WIN_MAXACK] = ack;
-      newBits |= MAXACK_SET << dir;
-    } else if (after(ack, w[s + TCP_WIN_MAXACK]!)) {
-      if (table.undoLog.recording) table.journalWindowWord(s + TCP_WIN_MAXACK);
-      w[s + TCP_WIN_MAXACK] = ack;
+    if ((newBits & (WinBits.MaxackSet << dir)) === 0) {
+      if (table.undoLog.recording) table.journalWindowWord(s + TcpWindowWord.MaxAck);
+      w[s + TcpWindowWord.MaxAck] = ack;
+      newBits |= WinBits.MaxackSet << dir;
+    } else if (after(ack, w[s + TcpWindowWord.MaxAck]!)) {
+      if (table.undoLog.recording) table.journalWindowWord(s + TcpWindowWord.MaxAck);
+      w[s + TcpWindowWord.MaxAck] = ack;
     }
   }
   // receiver
-  if (table.undoLog.recording) table.journalWindowWord(r + TCP_WIN_MAXWIN);
-  if (rMaxwin !== 0 && after(end, sMaxend)) w[r + TCP_WIN_MAXWIN] = (rMaxwin + (end - sMaxend)) | 0;
+  if (table.undoLog.recording) table.journalWindowWord(r + TcpWindowWord.MaxWin);
+  if (rMaxwin !== 0 && after(end, sMaxend)) w[r + TcpWindowWord.MaxWin] = (rMaxwin + (end - sMaxend)) | 0;
   const right = (sack + win) | 0;
-  if (table.undoLog.recording) table.journalWindowWord(r + TCP_WIN_MAXEND);
-  if (after(right, (w[r + TCP_WIN_MAXEND]! - 1) | 0)) w[r + TCP_WIN_MAXEND] = win === 0 ? (right + 1) | 0 : right;
-  if (ack === w[r + TCP_WIN_END]) newBits &= ~(F_DATA_UNACKNOWLEDGED << rShift);
+  if (table.undoLog.recording) table.journalWindowWord(r + TcpWindowWord.MaxEnd);
+  if (after(right, (w[r + TcpWindowWord.MaxEnd]! - 1) | 0)) w[r + TcpWindowWord.MaxEnd] = win === 0 ? (right + 1) | 0 : right;
+  if (ack === w[r + TcpWindowWord.End]) newBits &= ~(WinBits.DataUnacknowledged << rShift);
 
   // retransmissions: the same ACK segment again, in the same direction
-  if (index === I_ACK) {
-    const lastWinLen = w[base + TCP_WIN_LAST_WIN_LEN]!;
+  if (index === Index.Ack) {
+    const lastWinLen = w[base + TcpWindowWord.LastWinLen]!;
     const lastEnd = table.tcpLastEnd(id);
-    const lastDir = table.tcpFlags(id) & LAST_DIR_REPLY ? DIR_REPLY : DIR_ORIGINAL;
+    const lastDir = table.tcpFlags(id) & Private.LastDirReply ? Dir.Reply : Dir.Original;
     if (
       lastDir === dir &&
       lastEnd === end &&
@@ -541,16 +545,16 @@ function windowUpdate(table: ConntrackTable, id: number, dir: number, index: num
       table.tcpLastAck(id) === ack &&
       lastWinLen >>> 16 === winRaw
     ) {
-      newBits = (newBits & ~(0xff << RETRANS_SHIFT)) | ((((newBits >>> RETRANS_SHIFT) + 1) & 0xff) << RETRANS_SHIFT);
+      newBits = (newBits & ~(0xff << WinBits.RetransShift)) | ((((newBits >>> WinBits.RetransShift) + 1) & 0xff) << WinBits.RetransShift);
     } else {
       table.setTcpLast(id, end, ack);
-      if (table.undoLog.recording) table.journalWindowWord(base + TCP_WIN_LAST_WIN_LEN);
-      w[base + TCP_WIN_LAST_WIN_LEN] = (winRaw << 16) | ((end - seq) & 0xffff);
-      newBits &= ~(0xff << RETRANS_SHIFT);
+      if (table.undoLog.recording) table.journalWindowWord(base + TcpWindowWord.LastWinLen);
+      w[base + TcpWindowWord.LastWinLen] = (winRaw << 16) | ((end - seq) & 0xffff);
+      newBits &= ~(0xff << WinBits.RetransShift);
     }
   }
-  if (table.undoLog.recording) table.journalWindowWord(base + TCP_WIN_BITS);
-  w[base + TCP_WIN_BITS] = newBits;
+  if (table.undoLog.recording) table.journalWindowWord(base + TcpWindowWord.Bits);
+  w[base + TcpWindowWord.Bits] = newBits;
 }
 
 /**
@@ -571,20 +575,20 @@ export function tcpFastPathSegment(table: ConntrackTable, id: number, dir: numbe
   // general path does that; this one stores without journaling and so declines.
   if (table.undoLog.recording) return false;
   const w = table.tcpWindow;
-  const base = id * TCP_WINDOW_WORDS;
+  const base = id * TcpWindowWord.Words;
   const s = base + (dir << 2);
   const r = base + ((dir ^ 1) << 2);
   const sShift = dir << 3;
-  const sMaxwin = w[s + TCP_WIN_MAXWIN]!;
+  const sMaxwin = w[s + TcpWindowWord.MaxWin]!;
   if (sMaxwin === 0) return false;
-  const bits = w[base + TCP_WIN_BITS]!;
+  const bits = w[base + TcpWindowWord.Bits]!;
   if (!plainOptions && (bits >>> ((dir ^ 1) << 3)) & F_SACK_PERM) return false;
   const end = (seq + payload) | 0;
-  const sEnd = w[s + TCP_WIN_END]!;
-  const sMaxend = w[s + TCP_WIN_MAXEND]!;
-  const rEnd = w[r + TCP_WIN_END]!;
-  const rMaxwin = w[r + TCP_WIN_MAXWIN]!;
-  const maxAckWindow = sMaxwin >>> 0 > MAX_ACK_WINDOW_CONST ? sMaxwin : MAX_ACK_WINDOW_CONST;
+  const sEnd = w[s + TcpWindowWord.End]!;
+  const sMaxend = w[s + TcpWindowWord.MaxEnd]!;
+  const rEnd = w[r + TcpWindowWord.End]!;
+  const rMaxwin = w[r + TcpWindowWord.MaxWin]!;
+  const maxAckWindow = sMaxwin >>> 0 > Limit.MaxAckWindow ? sMaxwin : Limit.MaxAckWindow;
   if (
     !before(seq, (sMaxend + 1) | 0) ||
     !before(ack, (rEnd + 1) | 0) ||
@@ -596,55 +600,55 @@ export function tcpFastPathSegment(table: ConntrackTable, id: number, dir: numbe
 
   // windowUpdate; a store only where a value changes (the steady state of a bulk transfer moves
   // td_end and td_maxack of one side and td_maxend of the other, nothing else).
-  const scaled = win << ((bits >>> sShift) & SCALE_MASK);
+  const scaled = win << ((bits >>> sShift) & WinBits.ScaleMask);
   let newBits = bits;
-  if (sMaxwin >>> 0 < scaled >>> 0) w[s + TCP_WIN_MAXWIN] = scaled;
+  if (sMaxwin >>> 0 < scaled >>> 0) w[s + TcpWindowWord.MaxWin] = scaled;
   if (after(end, sEnd)) {
-    w[s + TCP_WIN_END] = end;
-    newBits |= F_DATA_UNACKNOWLEDGED << sShift;
+    w[s + TcpWindowWord.End] = end;
+    newBits |= WinBits.DataUnacknowledged << sShift;
   }
-  const maxackSet = MAXACK_SET << dir;
-  if ((newBits & maxackSet) === 0 || after(ack, w[s + TCP_WIN_MAXACK]!)) {
-    w[s + TCP_WIN_MAXACK] = ack;
+  const maxackSet = WinBits.MaxackSet << dir;
+  if ((newBits & maxackSet) === 0 || after(ack, w[s + TcpWindowWord.MaxAck]!)) {
+    w[s + TcpWindowWord.MaxAck] = ack;
     newBits |= maxackSet;
   }
-  if (rMaxwin !== 0 && after(end, sMaxend)) w[r + TCP_WIN_MAXWIN] = (rMaxwin + (end - sMaxend)) | 0;
+  if (rMaxwin !== 0 && after(end, sMaxend)) w[r + TcpWindowWord.MaxWin] = (rMaxwin + (end - sMaxend)) | 0;
   const right = (ack + scaled) | 0;
-  if (after(right, (w[r + TCP_WIN_MAXEND]! - 1) | 0)) w[r + TCP_WIN_MAXEND] = scaled === 0 ? (right + 1) | 0 : right;
-  if (ack === rEnd) newBits &= ~(F_DATA_UNACKNOWLEDGED << ((dir ^ 1) << 3));
+  if (after(right, (w[r + TcpWindowWord.MaxEnd]! - 1) | 0)) w[r + TcpWindowWord.MaxEnd] = scaled === 0 ? (right + 1) | 0 : right;
+  if (ack === rEnd) newBits &= ~(WinBits.DataUnacknowledged << ((dir ^ 1) << 3));
   const privateBits = table.tcpFlags(id);
-  let lastWinLen = w[base + TCP_WIN_LAST_WIN_LEN]!;
+  let lastWinLen = w[base + TcpWindowWord.LastWinLen]!;
   const lastEnd = table.tcpLastEnd(id);
   if (
-    (privateBits & LAST_DIR_REPLY ? DIR_REPLY : DIR_ORIGINAL) === dir &&
+    (privateBits & Private.LastDirReply ? Dir.Reply : Dir.Original) === dir &&
     lastEnd === end &&
     ((lastEnd - (lastWinLen & 0xffff)) | 0) === seq &&
     table.tcpLastAck(id) === ack &&
     lastWinLen >>> 16 === win
   ) {
-    newBits = (newBits & ~(0xff << RETRANS_SHIFT)) | ((((newBits >>> RETRANS_SHIFT) + 1) & 0xff) << RETRANS_SHIFT);
+    newBits = (newBits & ~(0xff << WinBits.RetransShift)) | ((((newBits >>> WinBits.RetransShift) + 1) & 0xff) << WinBits.RetransShift);
   } else {
     table.setTcpLast(id, end, ack);
     lastWinLen = (win << 16) | ((end - seq) & 0xffff);
-    w[base + TCP_WIN_LAST_WIN_LEN] = lastWinLen;
-    newBits &= ~(0xff << RETRANS_SHIFT);
+    w[base + TcpWindowWord.LastWinLen] = lastWinLen;
+    newBits &= ~(0xff << WinBits.RetransShift);
   }
-  if (newBits !== bits) w[base + TCP_WIN_BITS] = newBits;
+  if (newBits !== bits) w[base + TcpWindowWord.Bits] = newBits;
 
   // tcpAccept (the state stays ESTABLISHED)
-  const lastBits = withLast(privateBits, I_ACK, dir);
+  const lastBits = withLast(privateBits, Index.Ack, dir);
   if (lastBits !== privateBits) table.setTcpFlags(id, lastBits);
   const timeouts = table.timeouts;
   const established = timeouts.tcpEstablished;
   let timeout = established;
-  if (newBits >>> RETRANS_SHIFT >= TCP_MAX_RETRANS && established > timeouts.tcpRetrans) timeout = timeouts.tcpRetrans;
-  else if (newBits & (F_DATA_UNACKNOWLEDGED | (F_DATA_UNACKNOWLEDGED << 8)) && established > timeouts.tcpUnack) timeout = timeouts.tcpUnack;
+  if (newBits >>> WinBits.RetransShift >= Limit.MaxRetrans && established > timeouts.tcpRetrans) timeout = timeouts.tcpRetrans;
+  else if (newBits & (WinBits.DataUnacknowledged | (WinBits.DataUnacknowledged << 8)) && established > timeouts.tcpUnack) timeout = timeouts.tcpUnack;
   else if (lastWinLen >>> 16 === 0 && established > timeouts.tcpRetrans) timeout = timeouts.tcpRetrans;
   const status = table.status(id);
-  if ((status & STATUS_SEEN_REPLY) === 0) {
+  if ((status & Status.SeenReply) === 0) {
     if (timeout > timeouts.tcpUnack) timeout = timeouts.tcpUnack;
-  } else if ((status & STATUS_ASSURED) === 0) {
-    table.setStatus(id, STATUS_ASSURED);
+  } else if ((status & Status.Assured) === 0) {
+    table.setStatus(id, Status.Assured);
   }
   table.refreshNow(id, timeout);
   return true;
@@ -664,30 +668,30 @@ function isClosing(state: number): boolean {
 function tcpIgnore(table: ConntrackTable, id: number, dir: number, index: number, flags: number, oldState: number, b: Uint8Array, l4: number, l4Length: number): number {
   let bits = table.tcpFlags(id);
   const w = table.tcpWindow;
-  const base = id * TCP_WINDOW_WORDS;
-  const lastIndex = bits & LAST_INDEX_MASK;
-  const lastDir = bits & LAST_DIR_REPLY ? DIR_REPLY : DIR_ORIGINAL;
+  const base = id * TcpWindowWord.Words;
+  const lastIndex = bits & Private.LastIndexMask;
+  const lastDir = bits & Private.LastDirReply ? Dir.Reply : Dir.Original;
   const ack = tcpAckBits(b, l4);
-  if (index === I_SYNACK && lastIndex === I_SYN && lastDir !== dir && ack === table.tcpLastEnd(id)) {
+  if (index === Index.SynAck && lastIndex === Index.Syn && lastDir !== dir && ack === table.tcpLastEnd(id)) {
     // b) both ends are in sync, the entry is not: take the ignored SYN as the connection's start
     const s = base + (lastDir << 2);
     const lastEnd = table.tcpLastEnd(id);
-    const lastWin = w[base + TCP_WIN_LAST_WIN_LEN]! >>> 16;
-    if (table.undoLog.recording) table.journalWindowWord(s + TCP_WIN_END);
-    w[s + TCP_WIN_END] = lastEnd;
-    if (table.undoLog.recording) table.journalWindowWord(s + TCP_WIN_MAXEND);
-    w[s + TCP_WIN_MAXEND] = lastEnd;
-    if (table.undoLog.recording) table.journalWindowWord(s + TCP_WIN_MAXWIN);
-    w[s + TCP_WIN_MAXWIN] = lastWin === 0 ? 1 : lastWin;
-    const windowBits = w[base + TCP_WIN_BITS]!;
+    const lastWin = w[base + TcpWindowWord.LastWinLen]! >>> 16;
+    if (table.undoLog.recording) table.journalWindowWord(s + TcpWindowWord.End);
+    w[s + TcpWindowWord.End] = lastEnd;
+    if (table.undoLog.recording) table.journalWindowWord(s + TcpWindowWord.MaxEnd);
+    w[s + TcpWindowWord.MaxEnd] = lastEnd;
+    if (table.undoLog.recording) table.journalWindowWord(s + TcpWindowWord.MaxWin);
+    w[s + TcpWindowWord.MaxWin] = lastWin === 0 ? 1 : lastWin;
+    const windowBits = w[base + TcpWindowWord.Bits]!;
     const lastFlags =
-      ((windowBits >>> LAST_WSCALE_SHIFT) & SCALE_MASK) |
-      (windowBits & LAST_WINDOW_SCALE ? F_WINDOW_SCALE : 0) |
-      (windowBits & LAST_SACK_PERM ? F_SACK_PERM : 0);
+      ((windowBits >>> WinBits.LastWscaleShift) & WinBits.ScaleMask) |
+      (windowBits & WinBits.LastWindowScale ? F_WINDOW_SCALE : 0) |
+      (windowBits & WinBits.LastSackPerm ? F_SACK_PERM : 0);
     const shift = lastDir << 3;
-    if (table.undoLog.recording) table.journalWindowWord(base + TCP_WIN_BITS);
-    w[base + TCP_WIN_BITS] = (windowBits & ~((0xff << shift) | (MAXACK_SET << lastDir))) | (lastFlags << shift);
-    table.setTcpFlags(id, bits & ~(EXP_CHALLENGE_ACK | closeInitBit(lastDir)));
+    if (table.undoLog.recording) table.journalWindowWord(base + TcpWindowWord.Bits);
+    w[base + TcpWindowWord.Bits] = (windowBits & ~((0xff << shift) | (WinBits.MaxackSet << lastDir))) | (lastFlags << shift);
+    table.setTcpFlags(id, bits & ~(Private.ExpChallengeAck | closeInitBit(lastDir)));
     resetDirection(table, id, dir);
     return RESYNC;
   }
@@ -695,24 +699,24 @@ function tcpIgnore(table: ConntrackTable, id: number, dir: number, index: number
   const seq = tcpSeqBits(b, l4);
   const end = segmentEnd(seq, flags, b, l4, l4Length);
   table.setTcpLastEnd(id, end);
-  if (table.undoLog.recording) table.journalWindowWord(base + TCP_WIN_LAST_WIN_LEN);
-  w[base + TCP_WIN_LAST_WIN_LEN] = (tcpWindow(b, l4) << 16) | ((end - seq) & 0xffff);
-  if (index === I_SYN && dir === DIR_ORIGINAL) {
+  if (table.undoLog.recording) table.journalWindowWord(base + TcpWindowWord.LastWinLen);
+  w[base + TcpWindowWord.LastWinLen] = (tcpWindow(b, l4) << 16) | ((end - seq) & 0xffff);
+  if (index === Index.Syn && dir === Dir.Original) {
     // a) annotate the SYN's options; the answer (SYN/ACK, or an RFC 5961 challenge ACK) tells
-    bits &= ~(SIMULTANEOUS_OPEN | EXP_CHALLENGE_ACK);
-    let windowBits = w[base + TCP_WIN_BITS]! & ~((SCALE_MASK << LAST_WSCALE_SHIFT) | LAST_WINDOW_SCALE | LAST_SACK_PERM);
+    bits &= ~(Private.SimultaneousOpen | Private.ExpChallengeAck);
+    let windowBits = w[base + TcpWindowWord.Bits]! & ~((WinBits.ScaleMask << WinBits.LastWscaleShift) | WinBits.LastWindowScale | WinBits.LastSackPerm);
     const options = tcpSynOptions(b, l4);
     if (options > 0) {
-      if (options & TCP_OPTION_WINDOW_SCALE) windowBits |= LAST_WINDOW_SCALE | ((options & SCALE_MASK) << LAST_WSCALE_SHIFT);
-      if (options & TCP_OPTION_SACK_PERM) windowBits |= LAST_SACK_PERM;
+      if (options & TCP_OPTION_WINDOW_SCALE) windowBits |= WinBits.LastWindowScale | ((options & WinBits.ScaleMask) << WinBits.LastWscaleShift);
+      if (options & TCP_OPTION_SACK_PERM) windowBits |= WinBits.LastSackPerm;
     }
-    if (table.undoLog.recording) table.journalWindowWord(base + TCP_WIN_BITS);
-    w[base + TCP_WIN_BITS] = windowBits;
+    if (table.undoLog.recording) table.journalWindowWord(base + TcpWindowWord.Bits);
+    w[base + TcpWindowWord.Bits] = windowBits;
     // RFC 5961: the peer may answer a SYN in LAST_ACK with a challenge ACK.
-    if (oldState === sLA) bits |= EXP_CHALLENGE_ACK;
+    if (oldState === sLA) bits |= Private.ExpChallengeAck;
   }
   // c) a possible challenge ACK answering the SYN
-  if (oldState === sSS && index === I_ACK && dir === DIR_REPLY) table.setTcpLastAck(id, ack);
+  if (oldState === sSS && index === Index.Ack && dir === Dir.Reply) table.setTcpLastAck(id, ack);
   table.setTcpFlags(id, bits);
   table.counters.ignore++;
   return TcpVerdict.Ignore;
@@ -725,12 +729,12 @@ function tcpIgnore(table: ConntrackTable, id: number, dir: number, index: number
  */
 function handleInvalid(table: ConntrackTable, id: number, dir: number, index: number): void {
   const status = table.status(id);
-  if ((status & STATUS_ASSURED) === 0 || (status & STATUS_FIXED_TIMEOUT) !== 0) return;
-  if (index !== I_RST && index !== I_FIN) return;
+  if ((status & Status.Assured) === 0 || (status & Status.FixedTimeout) !== 0) return;
+  if (index !== Index.Rst && index !== Index.Fin) return;
   const bits = table.tcpFlags(id);
-  const lastIndex = bits & LAST_INDEX_MASK;
-  const lastDir = bits & LAST_DIR_REPLY ? DIR_REPLY : DIR_ORIGINAL;
-  if (lastDir !== dir && (lastIndex === I_FIN || lastIndex === I_RST)) {
+  const lastIndex = bits & Private.LastIndexMask;
+  const lastDir = bits & Private.LastDirReply ? Dir.Reply : Dir.Original;
+  if (lastDir !== dir && (lastIndex === Index.Fin || lastIndex === Index.Rst)) {
     const remaining = table.expiresAt(id) - table.now();
     if (remaining < 120) return;
     if (remaining > table.timeouts.tcpUnack) table.refreshNow(id, table.timeouts.tcpUnack);
@@ -756,8 +760,8 @@ export function tcpSegment(table: ConntrackTable, id: number, dir: number, flags
   const index = tcpFlagIndex(flags);
   let newState = tcpNextState(dir, index, oldState);
   let bits = table.tcpFlags(id);
-  const lastIndex = bits & LAST_INDEX_MASK;
-  const lastDir = bits & LAST_DIR_REPLY ? DIR_REPLY : DIR_ORIGINAL;
+  const lastIndex = bits & Private.LastIndexMask;
+  const lastDir = bits & Private.LastDirReply ? Dir.Reply : Dir.Original;
   let checkWindow = true;
 
   switch (newState) {
@@ -766,7 +770,7 @@ export function tcpSegment(table: ConntrackTable, id: number, dir: number, flags
       if (newState === sSS) {
         if (oldState < sTW) break;
         // RFC 1122 4.2.2.13: a SYN may reopen a connection from TIME-WAIT; also aborted connections.
-        if (bits & (CLOSE_INIT_ORIGINAL | CLOSE_INIT_REPLY) || (lastDir === dir && lastIndex === I_RST)) {
+        if (bits & (Private.CloseInitOriginal | Private.CloseInitReply) || (lastDir === dir && lastIndex === Index.Rst)) {
           return TcpVerdict.Reopen;
         }
         // a SYN that may not reopen is ignored
@@ -784,34 +788,34 @@ export function tcpSegment(table: ConntrackTable, id: number, dir: number, flags
     case sTW:
       if (
         oldState === sLA &&
-        index === I_ACK &&
+        index === Index.Ack &&
         lastDir !== dir &&
-        lastIndex === I_SYN &&
-        bits & EXP_CHALLENGE_ACK
+        lastIndex === Index.Syn &&
+        bits & Private.ExpChallengeAck
       ) {
         // Detected RFC 5961 challenge ACK: it does not acknowledge the last FIN.
-        table.setTcpFlags(id, bits & ~EXP_CHALLENGE_ACK);
+        table.setTcpFlags(id, bits & ~Private.ExpChallengeAck);
         table.counters.ignore++;
         return TcpVerdict.Ignore;
       }
       break;
     case sS2:
       // the table cannot express simultaneous open by itself
-      bits |= SIMULTANEOUS_OPEN;
+      bits |= Private.SimultaneousOpen;
       table.setTcpFlags(id, bits);
       break;
     case sSR:
-      if (dir === DIR_REPLY && index === I_ACK && bits & SIMULTANEOUS_OPEN) newState = sES;
+      if (dir === Dir.Reply && index === Index.Ack && bits & Private.SimultaneousOpen) newState = sES;
       break;
     case sCL: {
-      if (index !== I_RST) break;
+      if (index !== Index.Rst) break;
       // closing: the tuple may have been reused already, the window data is stale
       if (isClosing(oldState)) {
         checkWindow = false;
         break;
       }
       const w = table.tcpWindow;
-      const base = id * TCP_WINDOW_WORDS;
+      const base = id * TcpWindowWord.Words;
       const other = dir ^ 1;
       const seq = tcpSeqBits(b, l4);
       const status = table.status(id);
@@ -819,11 +823,11 @@ export function tcpSegment(table: ConntrackTable, id: number, dir: number, flags
       // switch for the window check, as Linux's `break` in its case TCP_CONNTRACK_CLOSE.
       rst: {
         // td_maxack might be outdated if a SYN was let through
-        if ((w[base + TCP_WIN_BITS]! & (MAXACK_SET << other)) === 0 || lastIndex === I_SYN) break rst;
-        const established = oldState === sES && (status & STATUS_ASSURED) !== 0;
+        if ((w[base + TcpWindowWord.Bits]! & (WinBits.MaxackSet << other)) === 0 || lastIndex === Index.Syn) break rst;
+        const established = oldState === sES && (status & Status.Assured) !== 0;
         // not established and seq 0: most likely the answer to a SYN let through above
         if (seq === 0 && !established) break;
-        const maxack = w[base + (other << 2) + TCP_WIN_MAXACK]!;
+        const maxack = w[base + (other << 2) + TcpWindowWord.MaxAck]!;
         if (before(seq, maxack)) {
           // "invalid rst" (nf_conntrack_tcp_ignore_invalid_rst = 0)
           table.counters.tcpRstOutOfWindow++;
@@ -831,22 +835,22 @@ export function tcpSegment(table: ConntrackTable, id: number, dir: number, flags
         }
         if (!established || seq === maxack) break;
         // an RST ending a train: P seq..end, then R at end
-        if (lastIndex === I_ACK && lastDir === dir && seq === table.tcpLastEnd(id)) break;
+        if (lastIndex === Index.Ack && lastDir === dir && seq === table.tcpLastEnd(id)) break;
         // the RST does not match exactly: keep ESTABLISHED, room for a challenge ACK
         newState = oldState;
       }
       const ack = tcpAckBits(b, l4);
       if (
-        (((status & STATUS_SEEN_REPLY) !== 0 && lastIndex === I_SYN) ||
-          ((status & STATUS_ASSURED) === 0 && lastIndex === I_ACK)) &&
+        (((status & Status.SeenReply) !== 0 && lastIndex === Index.Syn) ||
+          ((status & Status.Assured) === 0 && lastIndex === Index.Ack)) &&
         ack === table.tcpLastEnd(id)
       ) {
         // RST answering an invalid SYN or ACK let through at a) or c): no window check
         checkWindow = false;
       } else if (
         oldState === sSS &&
-        lastIndex === I_ACK &&
-        lastDir === DIR_REPLY &&
+        lastIndex === Index.Ack &&
+        lastDir === Dir.Reply &&
         seq === table.tcpLastAck(id)
       ) {
         // RST answering a challenge ACK let through
@@ -889,31 +893,31 @@ function tcpAccept(table: ConntrackTable, id: number, dir: number, index: number
 
   const timeouts = table.timeouts;
   const stateTimeout = tcpStateTimeout(table, newState);
-  const windowBits = table.tcpWindow[id * TCP_WINDOW_WORDS + TCP_WIN_BITS]!;
+  const windowBits = table.tcpWindow[id * TcpWindowWord.Words + TcpWindowWord.Bits]!;
   let timeout: number;
-  if (windowBits >>> RETRANS_SHIFT >= TCP_MAX_RETRANS && stateTimeout > timeouts.tcpRetrans) timeout = timeouts.tcpRetrans;
-  else if (index === I_RST) timeout = timeouts.tcpClose;
-  else if (windowBits & (F_DATA_UNACKNOWLEDGED | (F_DATA_UNACKNOWLEDGED << 8)) && stateTimeout > timeouts.tcpUnack) timeout = timeouts.tcpUnack;
-  else if (table.tcpWindow[id * TCP_WINDOW_WORDS + TCP_WIN_LAST_WIN_LEN]! >>> 16 === 0 && stateTimeout > timeouts.tcpRetrans) timeout = timeouts.tcpRetrans;
+  if (windowBits >>> WinBits.RetransShift >= Limit.MaxRetrans && stateTimeout > timeouts.tcpRetrans) timeout = timeouts.tcpRetrans;
+  else if (index === Index.Rst) timeout = timeouts.tcpClose;
+  else if (windowBits & (WinBits.DataUnacknowledged | (WinBits.DataUnacknowledged << 8)) && stateTimeout > timeouts.tcpUnack) timeout = timeouts.tcpUnack;
+  else if (table.tcpWindow[id * TcpWindowWord.Words + TcpWindowWord.LastWinLen]! >>> 16 === 0 && stateTimeout > timeouts.tcpRetrans) timeout = timeouts.tcpRetrans;
   else timeout = stateTimeout;
 
   const status = table.status(id);
-  if ((status & STATUS_SEEN_REPLY) === 0) {
+  if ((status & Status.SeenReply) === 0) {
     // "If only reply is a RST, we can consider ourselves not to have an established connection"
     if (flags & TCP_RST) {
       table.kill(id);
       return TcpVerdict.Accept;
     }
     // do not renew the timeout on a SYN retransmit (port reuse could keep the entry alive forever)
-    if (index === I_SYN && oldState === sSS) return TcpVerdict.Accept;
+    if (index === Index.Syn && oldState === sSS) return TcpVerdict.Accept;
     // ESTABLISHED without SEEN_REPLY (mid-stream pickup): avoid the large ESTABLISHED timeout
     if (newState === sES && timeout > timeouts.tcpUnack) timeout = timeouts.tcpUnack;
   } else if (
-    (status & STATUS_ASSURED) === 0 &&
+    (status & Status.Assured) === 0 &&
     (oldState === sSR || oldState === sES) &&
     newState === sES
   ) {
-    table.setStatus(id, STATUS_ASSURED);
+    table.setStatus(id, Status.Assured);
   }
   // At the table's time (`now()`, pinned once per batch): no double crosses a call.
   table.refreshNow(id, timeout);
@@ -943,26 +947,26 @@ export interface TcpWindowState {
 /** The window data of direction `dir` of TCP entry `id` (allocates: not for the per-packet path). */
 export function tcpWindowState(table: ConntrackTable, id: number, dir: number): TcpWindowState {
   const w = table.tcpWindow;
-  const base = id * TCP_WINDOW_WORDS;
+  const base = id * TcpWindowWord.Words;
   const s = base + (dir << 2);
-  const bits = w[base + TCP_WIN_BITS]!;
+  const bits = w[base + TcpWindowWord.Bits]!;
   const byte = (bits >>> (dir << 3)) & 0xff;
   return {
-    end: w[s + TCP_WIN_END]! >>> 0,
-    maxend: w[s + TCP_WIN_MAXEND]! >>> 0,
-    maxwin: w[s + TCP_WIN_MAXWIN]! >>> 0,
-    maxack: w[s + TCP_WIN_MAXACK]! >>> 0,
-    scale: byte & SCALE_MASK,
+    end: w[s + TcpWindowWord.End]! >>> 0,
+    maxend: w[s + TcpWindowWord.MaxEnd]! >>> 0,
+    maxwin: w[s + TcpWindowWord.MaxWin]! >>> 0,
+    maxack: w[s + TcpWindowWord.MaxAck]! >>> 0,
+    scale: byte & WinBits.ScaleMask,
     windowScale: (byte & F_WINDOW_SCALE) !== 0,
     sackPermitted: (byte & F_SACK_PERM) !== 0,
-    beLiberal: (byte & F_BE_LIBERAL) !== 0,
-    dataUnacknowledged: (byte & F_DATA_UNACKNOWLEDGED) !== 0,
-    maxackSet: (bits & (MAXACK_SET << dir)) !== 0,
+    beLiberal: (byte & WinBits.BeLiberal) !== 0,
+    dataUnacknowledged: (byte & WinBits.DataUnacknowledged) !== 0,
+    maxackSet: (bits & (WinBits.MaxackSet << dir)) !== 0,
     closeInit: (table.tcpFlags(id) & closeInitBit(dir)) !== 0,
   };
 }
 
 /** Linux ip_ct_tcp.retrans: how many times in a row the last ACK segment was seen again. */
 export function tcpRetransCount(table: ConntrackTable, id: number): number {
-  return table.tcpWindow[id * TCP_WINDOW_WORDS + TCP_WIN_BITS]! >>> RETRANS_SHIFT;
+  return table.tcpWindow[id * TcpWindowWord.Words + TcpWindowWord.Bits]! >>> WinBits.RetransShift;
 }
