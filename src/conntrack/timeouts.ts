@@ -47,12 +47,6 @@ export const DEFAULT_CONNTRACK_TIMEOUTS: Readonly<ConntrackTimeouts> = Object.fr
   generic: 600,
 });
 
-/**
- * Seconds after the first packet from which a replied UDP flow counts as a stream (gets the
- * stream timeout and ASSURED): `ct->proto.udp.stream_ts = 2 * HZ + jiffies` in nf_conntrack_proto_udp.c.
- */
-export const UDP_STREAM_DELAY = 2;
-
 export function resolveTimeouts(overrides?: Partial<ConntrackTimeouts>): ConntrackTimeouts {
   const resolved: ConntrackTimeouts = { ...DEFAULT_CONNTRACK_TIMEOUTS };
   if (overrides) {

@@ -10,7 +10,7 @@
  * path (same checks, same conntrack updates through udpPacket/tcpFastPathSegment/icmpPacket, same rewrites
  * in the same order), without filling PacketInfo or walking the hooks. Every test that could
  * refuse the packet or send it elsewhere runs before anything changes; any failing one returns
- * FAST_PATH_MISS and the general path (pipeline.ts) handles the packet from scratch, so drops,
+ * FastPathVerdict.Miss and the general path (pipeline.ts) handles the packet from scratch, so drops,
  * ICMP errors and counters stay its business. test/dataplane/fast-path.test.ts proves the two
  * equal over random traffic (STYLE.md rule 10).
  */
@@ -27,8 +27,11 @@ import { isMartianDestination, isMartianSource, type RouterAddresses } from "./a
 import type { PacketContext } from "./packet-context.js";
 import { egressOf, type RouterPort } from "./port.js";
 
-/** EstablishedFastPath.forward() declines the packet: it takes the general path. */
-export const FAST_PATH_MISS = -100;
+/** What EstablishedFastPath.forward() returns besides an egress. */
+export const enum FastPathVerdict {
+  /** Declined: the packet takes the general path. */
+  Miss = -100,
+}
 
 /**
  * CtStatus bits and states tested per packet, as a const enum: CtStatus is a (non-const) enum, i.e.
@@ -219,18 +222,18 @@ export class EstablishedFastPath {
 
   /**
    * One packet from a wire leg, not a GSO super-packet: its egress (`port * 2 + leg`) when the
-   * fast path forwarded it, else FAST_PATH_MISS with nothing changed. `index` is its slot in the
+   * fast path forwarded it, else FastPathVerdict.Miss with nothing changed. `index` is its slot in the
    * prefetched batch, -1 for a packet outside it; `ingress` the port it came in on; `l4Partial`:
    * its TCP/UDP checksum is partial.
    */
   forward(buf: Uint8Array, off: number, length: number, index: number, ingress: number, l4Partial: boolean): number {
-    if (!(off >= 0) || length < 28 || off + length > buf.length) return FAST_PATH_MISS;
+    if (!(off >= 0) || length < 28 || off + length > buf.length) return FastPathVerdict.Miss;
     // The header is read as big-endian words through a DataView (one bounds check and one load
     // per word instead of per byte); every read below is inside [off, off + length).
     const v = buf === this.viewBytes ? this.view : this.viewOf(buf);
     const w0 = v.getUint32(off);
     // Version 4, IHL 5 (options take the general path).
-    if (w0 >>> 24 !== 0x45) return FAST_PATH_MISS;
+    if (w0 >>> 24 !== 0x45) return FastPathVerdict.Miss;
     const w1 = v.getUint32(off + 4);
     const w2 = v.getUint32(off + 8);
     // Addresses stay int32 here: a uint32 of 2^31 or more is a heap number in V8, and passing one
@@ -243,40 +246,40 @@ export class EstablishedFastPath {
       (src >>> 16) + (src & 0xffff) + (dst >>> 16) + (dst & 0xffff);
     sum = (sum & 0xffff) + (sum >>> 16);
     sum = (sum & 0xffff) + (sum >>> 16);
-    if (sum !== 0xffff) return FAST_PATH_MISS;
+    if (sum !== 0xffff) return FastPathVerdict.Miss;
     const total = w0 & 0xffff;
-    if (total > length) return FAST_PATH_MISS;
+    if (total > length) return FastPathVerdict.Miss;
     // Not a fragment (MF clear, offset 0); DF may be set. The reserved bit takes the general path.
-    if ((w1 & 0xbfff) !== 0) return FAST_PATH_MISS;
+    if ((w1 & 0xbfff) !== 0) return FastPathVerdict.Miss;
     const protocol = (w2 >>> 16) & 0xff;
     const l4 = off + 20;
     const l4Length = total - 20;
     let tcpFlags = 0;
     let tcpDataOffset = 5;
     if (protocol === FastPathLiteral.Udp) {
-      if (l4Length < 8) return FAST_PATH_MISS;
+      if (l4Length < 8) return FastPathVerdict.Miss;
       const udpLength = v.getUint16(l4 + 4);
-      if (udpLength < 8 || udpLength > l4Length) return FAST_PATH_MISS;
+      if (udpLength < 8 || udpLength > l4Length) return FastPathVerdict.Miss;
     } else if (protocol === FastPathLiteral.Tcp) {
-      if (l4Length < 20) return FAST_PATH_MISS;
+      if (l4Length < 20) return FastPathVerdict.Miss;
       const offsetAndFlags = v.getUint16(l4 + 12);
       const dataOffset = offsetAndFlags >>> 12;
-      if (dataOffset < 5 || dataOffset << 2 > l4Length) return FAST_PATH_MISS;
+      if (dataOffset < 5 || dataOffset << 2 > l4Length) return FastPathVerdict.Miss;
       tcpDataOffset = dataOffset;
       tcpFlags = offsetAndFlags & 0xff;
-      if (tcpFlags !== FastPathLiteral.TcpAck && tcpFlags !== (FastPathLiteral.TcpAck | FastPathLiteral.TcpPsh)) return FAST_PATH_MISS;
+      if (tcpFlags !== FastPathLiteral.TcpAck && tcpFlags !== (FastPathLiteral.TcpAck | FastPathLiteral.TcpPsh)) return FastPathVerdict.Miss;
     } else if (protocol === FastPathLiteral.Icmp) {
       // Echo request and reply only (a ping): errors and the other queries take the general path,
       // and so does an ICMP checksum the kernel left partial.
-      if (l4Length < 8 || l4Partial) return FAST_PATH_MISS;
+      if (l4Length < 8 || l4Partial) return FastPathVerdict.Miss;
       const typeCode = v.getUint16(l4);
-      if (typeCode !== FastPathLiteral.IcmpEcho << 8 && typeCode !== FastPathLiteral.IcmpEchoReply << 8) return FAST_PATH_MISS;
+      if (typeCode !== FastPathLiteral.IcmpEcho << 8 && typeCode !== FastPathLiteral.IcmpEchoReply << 8) return FastPathVerdict.Miss;
     } else {
-      return FAST_PATH_MISS;
+      return FastPathVerdict.Miss;
     }
     const addresses = this.addresses;
-    if (isMartianSource(src) || addresses.isOwnOrBroadcast(src)) return FAST_PATH_MISS;
-    if (isMartianDestination(dst)) return FAST_PATH_MISS;
+    if (isMartianSource(src) || addresses.isOwnOrBroadcast(src)) return FastPathVerdict.Miss;
+    if (isMartianDestination(dst)) return FastPathVerdict.Miss;
     // The tuple's ports: TCP/UDP source and destination port; ICMP identifier and type/code
     // (conntrack/tuple.ts), so one lookup serves both.
     const icmp = protocol === FastPathLiteral.Icmp;
@@ -287,20 +290,20 @@ export class EstablishedFastPath {
     const table = this.conntrack;
     const unlocked = this.unlocked;
     // Without the lock: no TCP (its window updates need the entry to themselves, Linux's ct->lock).
-    if (unlocked && protocol === FastPathLiteral.Tcp) return FAST_PATH_MISS;
+    if (unlocked && protocol === FastPathLiteral.Tcp) return FastPathVerdict.Miss;
     // prefetch hashes TCP and UDP tuples; other packets have bucket -1.
     const prefetched = index >= 0 && index < this.prefetchedCount && this.prefetchBuckets[index]! >= 0;
     const bucket = prefetched ? this.prefetchBuckets[index]! : -1;
     const handle = unlocked ? table.findStableInBucket(bucket, protocol, src, dst, ports) : table.findLiveInBucket(bucket, protocol, src, dst, ports);
-    if (handle < 0) return FAST_PATH_MISS;
+    if (handle < 0) return FastPathVerdict.Miss;
     const id = handle >> 1;
     const dir = handle & 1;
     const status = table.status(id);
-    if ((status & Tested.NatDoneBoth) !== Tested.NatDoneBoth) return FAST_PATH_MISS;
+    if ((status & Tested.NatDoneBoth) !== Tested.NatDoneBoth) return FastPathVerdict.Miss;
     // Without the lock the status is only read: the first reply (SEEN_REPLY) takes the locked path.
-    if (unlocked && dir === 1 && (status & Tested.SeenReply) === 0) return FAST_PATH_MISS;
+    if (unlocked && dir === 1 && (status & Tested.SeenReply) === 0) return FastPathVerdict.Miss;
     if (protocol === FastPathLiteral.Tcp) {
-      if (table.tcpState(id) !== Tested.TcpEstablished) return FAST_PATH_MISS;
+      if (table.tcpState(id) !== Tested.TcpEstablished) return FastPathVerdict.Miss;
       // The entry's window state (tcpFastPathSegment's), loaded now so that its latency overlaps
       // the NAT, route and checksum work below instead of stalling the window check (established
       // inbound TCP: +8-12 % measured, on top of the batch prefetch's own load of it).
@@ -316,14 +319,14 @@ export class EstablishedFastPath {
       newDst = table.tupleSrcBits(id, other);
       if (!icmp) newDport = otherPorts >>> 16;
     }
-    if (addresses.isLocalDestination(newDst)) return FAST_PATH_MISS;
+    if (addresses.isLocalDestination(newDst)) return FastPathVerdict.Miss;
     // The route: from the entry's route cache when it is current (see routeVersion).
     const version = this.routeVersion;
     let cache = table.routeCache(id);
     // Without the lock, what was read of the entry so far (status, the other tuple, the route
     // cache) is one state of it only if its sequence word did not move; check before the cache
     // serves as an index. (Until the commit, nothing is written.)
-    if (unlocked && !table.stillStable(id)) return FAST_PATH_MISS;
+    if (unlocked && !table.stillStable(id)) return FastPathVerdict.Miss;
     let cacheChanged = false;
     const shift = dir << 3;
     const current = cache >>> 16 === version;
@@ -336,7 +339,7 @@ export class EstablishedFastPath {
       gateway = routes.nexthopGateway(nexthop);
     } else {
       const route = routes.lookup(newDst);
-      if (route < 0 || routes.routeType(route) !== RouteType.Unicast) return FAST_PATH_MISS;
+      if (route < 0 || routes.routeType(route) !== RouteType.Unicast) return FastPathVerdict.Miss;
       egress = routes.routePort(route);
       gateway = routes.routeGateway(route) | 0;
       nexthop = routes.routeNexthop(route);
@@ -359,7 +362,7 @@ export class EstablishedFastPath {
         back = routes.nexthopPort(backNexthop);
       } else {
         const route = routes.lookup(src);
-        if (route < 0 || routes.routeType(route) !== RouteType.Unicast) return FAST_PATH_MISS;
+        if (route < 0 || routes.routeType(route) !== RouteType.Unicast) return FastPathVerdict.Miss;
         back = routes.routePort(route);
         const backId = routes.routeNexthop(route);
         if (backId >= 0) {
@@ -372,9 +375,9 @@ export class EstablishedFastPath {
           }
         }
       }
-      if (rpFilter === FastPathLiteral.RpFilterStrict && back !== ingress) return FAST_PATH_MISS;
+      if (rpFilter === FastPathLiteral.RpFilterStrict && back !== ingress) return FastPathVerdict.Miss;
     }
-    if (w2 >>> 24 <= 1 || total > this.ports[egress]!.mtu) return FAST_PATH_MISS;
+    if (w2 >>> 24 <= 1 || total > this.ports[egress]!.mtu) return FastPathVerdict.Miss;
     // nf_conntrack_checksum (conntrack/checksum.ts): a bad TCP/UDP/ICMP checksum makes the packet
     // INVALID — not NATed, counted, perhaps dropped — which is the general path's business. A
     // partial checksum (a local sender's offload) is not verified; a UDP checksum 0 means none.
@@ -413,7 +416,7 @@ export class EstablishedFastPath {
       if ((l4Length & 1) !== 0) sum += v.getUint8(at) << 8;
       sum = (sum & 0xffff) + (sum >>> 16);
       sum = (sum & 0xffff) + (sum >>> 16);
-      if ((sum & 0xffff) + (sum >>> 16) !== 0xffff) return FAST_PATH_MISS;
+      if ((sum & 0xffff) + (sum >>> 16) !== 0xffff) return FastPathVerdict.Miss;
     }
     let newSrc = src;
     let newSport = sport;
@@ -434,7 +437,7 @@ export class EstablishedFastPath {
       const dataOffset = tcpDataOffset;
       const plainOptions = dataOffset === 5 || (dataOffset === 8 && v.getInt32(l4 + 20) === TCP_TIMESTAMP_ONLY_WORD);
       if (!tcpFastPathSegment(table, id, dir, v.getInt32(l4 + 4), v.getInt32(l4 + 8), v.getUint16(l4 + 14), l4Length - (dataOffset << 2), plainOptions)) {
-        return FAST_PATH_MISS;
+        return FastPathVerdict.Miss;
       }
     } else {
       // UDP and ICMP only refresh the entry (udpPacket, icmpPacket), with UDP's timeout from the
@@ -442,7 +445,7 @@ export class EstablishedFastPath {
       const timeout = icmp ? table.timeouts.icmp : udpRefreshTimeout(table, id, status);
       if (unlocked) {
         // Without the lock a packet that would make the entry ASSURED takes the locked path.
-        if (timeout < 0 || !table.beginLockFreeCommit(id)) return FAST_PATH_MISS;
+        if (timeout < 0 || !table.beginLockFreeCommit(id)) return FastPathVerdict.Miss;
         if (cacheChanged) table.setRouteCache(id, cache);
         table.refreshNow(id, timeout);
         table.endLockFreeCommit(id);

@@ -46,7 +46,7 @@ import { IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, PacketInfo } from "../wire/pack
 import { gsoSegmentNetworkLength, parsePacket } from "../wire/validate.js";
 import { DEFRAG_USER_IN, DEFRAG_USER_OUT, FragmentTable } from "../nat/fragments.js";
 import { RouterAddresses, isMartianDestination, isMartianSource } from "./addresses.js";
-import { EstablishedFastPath, FAST_PATH_MISS } from "./fast-path.js";
+import { EstablishedFastPath, FastPathVerdict } from "./fast-path.js";
 import { FragmentOutput } from "./fragment-output.js";
 import { ICMP_ERROR_RATE_LIMITED, IcmpErrorWriter } from "./icmp-error.js";
 import { LEG_MIRROR, LEG_WIRE, RouterPort, VERDICT_DROP, VERDICT_FRAGMENTED, VERDICT_STOLEN, egressOf, type PortSpec } from "./port.js";
@@ -63,7 +63,7 @@ const CT_STATUS_DST_NAT = CtStatus.DstNat;
 /** A fragment reference (src/nat/fragments.ts) for a datagram whose first fragment was not tracked. */
 const FRAGMENT_UNTRACKED = 0x7fffffff;
 
-/** Per-port counters, laid out [port * PORT_COUNTERS + field] in one Float64Array. */
+/** Per-port counters, laid out [port * PortCounter.Count + field] in one Float64Array. */
 export const enum PortCounter {
   RxPackets = 0,
   RxBytes,
@@ -76,7 +76,6 @@ export const enum PortCounter {
   IcmpErrorsSent,
   Count,
 }
-const PORT_COUNTERS = PortCounter.Count as number;
 
 /**
  * Receives the pipeline's decisions for one packet when `qnat trace` runs it (control plane:
@@ -204,7 +203,7 @@ export class Dataplane {
     this.netfilterNat = options.nat instanceof NetfilterNat ? options.nat : null;
     this.fragments = options.fragments ?? new FragmentTable({ clock: options.clock });
     this.fragmentOutput = new FragmentOutput(Math.max(0, ...this.ports.map((port) => port.mtu)));
-    this.portCounters = new Float64Array(this.ports.length * PORT_COUNTERS);
+    this.portCounters = new Float64Array(this.ports.length * PortCounter.Count);
     this.drops = new Float64Array(this.ports.length * DROP_REASON_COUNT);
     this.addresses = new RouterAddresses(this.ports);
     this.rpFilter = new Uint8Array(this.ports.length).fill(RP_FILTER_STRICT);
@@ -280,7 +279,7 @@ export class Dataplane {
   ): void {
     this.generatedVerdicts = generatedVerdicts;
     const counters = this.portCounters;
-    const base = ingress * PORT_COUNTERS + (leg === LEG_WIRE ? PortCounter.RxPackets : PortCounter.MirrorRxPackets);
+    const base = ingress * PortCounter.Count + (leg === LEG_WIRE ? PortCounter.RxPackets : PortCounter.MirrorRxPackets);
     const data = batch.data;
     const slot = batch.slotSize;
     const headroom = batch.headroom;
@@ -351,11 +350,11 @@ export class Dataplane {
    */
   private forwardOne(buf: Uint8Array, off: number, length: number, index: number, ingress: number, leg: number, fast: boolean, generated: PacketBatch): number {
     const p = this.packet;
-    let verdict = FAST_PATH_MISS;
+    let verdict = FastPathVerdict.Miss;
     if (leg === LEG_WIRE) {
       if (fast && p.gsoSize === 0) verdict = this.established.forward(buf, off, length, index, ingress, p.l4Partial);
       // A hit left its next hop in p.nextHop (fast-path.ts), as the general path does.
-      if (verdict === FAST_PATH_MISS) {
+      if (verdict === FastPathVerdict.Miss) {
         if (!this.holdsLock) this.takeLock();
         verdict = this.processFromWire(p, buf, off, length, ingress, generated);
       }
@@ -427,7 +426,7 @@ export class Dataplane {
   }
 
   private countTx(verdict: number, length: number): void {
-    const at = (verdict >> 1) * PORT_COUNTERS + ((verdict & 1) === LEG_WIRE ? PortCounter.TxPackets : PortCounter.MirrorTxPackets);
+    const at = (verdict >> 1) * PortCounter.Count + ((verdict & 1) === LEG_WIRE ? PortCounter.TxPackets : PortCounter.MirrorTxPackets);
     this.portCounters[at] += 1;
     this.portCounters[at + 1] += length;
   }
@@ -835,7 +834,7 @@ export class Dataplane {
     const index = generated.count++;
     // Dropped unless the OUTPUT path below decides (it may throw: see internalError).
     this.generatedVerdicts[index] = VERDICT_DROP;
-    this.portCounters[ingress * PORT_COUNTERS + PortCounter.IcmpErrorsSent] += 1;
+    this.portCounters[ingress * PortCounter.Count + PortCounter.IcmpErrorsSent] += 1;
 
     // The error takes the OUTPUT path now, while the offending packet's connection (even an
     // unconfirmed one) still exists: Linux sends it from inside ip_forward (icmp_send).
