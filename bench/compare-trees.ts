@@ -5,10 +5,11 @@
  * neighbour's load then slows both trees alike within a pair of blocks, and time the process
  * spends descheduled is not counted; the median of the paired ratios is far steadier than
  * comparing two separate `npm run bench` runs (docs/performance.md, round 5). Usage:
- *   node dist/bench/compare-trees.js OLD_TREE NEW_TREE e64|e1m|inbound|new [seconds] [flows]
+ *   node dist/bench/compare-trees.js OLD_TREE NEW_TREE e64|e1m|inbound|new|e64shared [seconds] [flows]
  * Each tree is a checkout with `npm run build` done (its dist/bench/lib/scenario.js is loaded);
  * run it from a checkout that has examples/seed.yaml. Prints the median rates and new/old.
- * `flows` replaces the established workloads' flow count: a few hundred flows keep every table
+ * `e64shared` is e64 over sharable tables, one thread: the lock-free established path
+ * (docs/multi-core.md), for trees that have it (from 89e5bb3 on). `flows` replaces the established workloads' flow count: a few hundred flows keep every table
  * line in the L1/L2 cache, so the figure is the fast path's instruction cost alone (no memory
  * stalls), a steadier measure of a change in compute than the full-size workloads.
  */
@@ -17,8 +18,8 @@ import { resolve } from "node:path";
 import type * as Scenario from "./lib/scenario.js";
 
 const [oldTree, newTree, workload, secondsArg, flowsArg] = process.argv.slice(2);
-if (oldTree === undefined || newTree === undefined || !["e64", "e1m", "inbound", "new"].includes(workload ?? "")) {
-  process.stderr.write("usage: compare-trees.js OLD_TREE NEW_TREE e64|e1m|inbound|new [seconds] [flows]\n");
+if (oldTree === undefined || newTree === undefined || !["e64", "e1m", "inbound", "new", "e64shared"].includes(workload ?? "")) {
+  process.stderr.write("usage: compare-trees.js OLD_TREE NEW_TREE e64|e1m|inbound|new|e64shared [seconds] [flows]\n");
   process.exit(2);
 }
 const seconds = Number(secondsArg ?? 10);
@@ -38,7 +39,7 @@ async function workloadOf(tree: string): Promise<() => void> {
     };
   }
   const count = flowsArg !== undefined ? Number(flowsArg) : workload === "e1m" ? 1_000_000 : 65_536;
-  const router = s.seedRouter(Math.max(262_144, Math.ceil(count * 1.05)));
+  const router = s.seedRouter(Math.max(262_144, Math.ceil(count * 1.05)), false, workload === "e64shared" ? { sharable: true } : {});
   const inbound = workload === "inbound";
   const packets = inbound ? s.establishInboundTcp(router, s.inboundFlows(count, 0xbeef)) : s.establishTenantFlows(router, s.tenantFlows(count, 0xc0ffee));
   const template = new s.PacketTemplate(packets, s.shuffled(count, inbound ? 0xfeed : 0x5eed));
