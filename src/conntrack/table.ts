@@ -775,8 +775,8 @@ export class ConntrackTable {
    * sure (an entry being changed, a walk longer than LOCK_FREE_WALK, a trace running): the caller
    * then takes the lock and the general path. A chain being changed meanwhile may lead the walk
    * astray (onto another chain, or the free list); it only misses then, it never matches wrongly:
-   * the entry's sequence word, read before its tuple, is what `stillStable` and
-   * `beginLockFreeCommit` check. Removes nothing (an expired entry is the locked path's to free).
+   * the entry's sequence word, read before its tuple, is what `beginLockFreeCommit` checks.
+   * Removes nothing (an expired entry is the locked path's to free).
    */
   findStableInBucket(bucket: number, protocol: number, src: number, dst: number, ports: number): number {
     const epoch = Atomics.load(this.lockWords, TABLE_LOCK_EPOCH);
@@ -811,15 +811,6 @@ export class ConntrackTable {
       node = w[b + NodeWord.Next]!;
     }
     return -1;
-  }
-
-  /**
-   * After `findStableInBucket` found entry `id`: true when nothing changed it since (its sequence
-   * word and the readers' epoch as they were), i.e. everything read of it since is one consistent
-   * state (seqcount read_seqcount_retry). Check it before using a value read from the entry as an index.
-   */
-  stillStable(id: number): boolean {
-    return Atomics.load(this.sequence, id) === this.stable[0] && Atomics.load(this.lockWords, TABLE_LOCK_EPOCH) === this.stable[1];
   }
 
   /**

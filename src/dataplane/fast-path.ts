@@ -323,10 +323,13 @@ export class EstablishedFastPath {
     // The route: from the entry's route cache when it is current (see routeVersion).
     const version = this.routeVersion;
     let cache = table.routeCache(id);
-    // Without the lock, what was read of the entry so far (status, the other tuple, the route
-    // cache) is one state of it only if its sequence word did not move; check before the cache
-    // serves as an index. (Until the commit, nothing is written.)
-    if (unlocked && !table.stillStable(id)) return FastPathVerdict.Miss;
+    // Without the lock, what is read of the entry before the commit (status, the other tuple,
+    // the route cache) may mix two states of it when another thread changes it meanwhile. Nothing
+    // is written and the packet is not touched before `beginLockFreeCommit`, which refuses when the
+    // entry's sequence word moved since the lookup, so a mixed read only ever decides for a packet
+    // that then takes the locked path. Until then it can do no harm: the route cache word is read
+    // whole (an aligned Int32 read does not tear) and any value it holds was written as a cache, so
+    // its next hop ids index the routing table's next hop arrays within their bounds.
     let cacheChanged = false;
     const shift = dir << 3;
     const current = cache >>> 16 === version;
