@@ -22,7 +22,6 @@ import { udpPacket, udpRefreshTimeout } from "../conntrack/udp.js";
 import type { RoutingTable } from "../route/table.js";
 import { RouteType } from "../route/table.js";
 import { rewriteForwardIcmpEcho, rewriteForwardPlain } from "../wire/rewrite.js";
-import { TCP_TIMESTAMP_ONLY_WORD } from "../wire/tcp.js";
 import { isMartianDestination, isMartianSource, type RouterAddresses } from "./addresses.js";
 import type { PacketContext } from "./packet-context.js";
 import { egressOf, type RouterPort } from "./port.js";
@@ -50,11 +49,12 @@ const enum Tested {
 }
 
 /**
- * The protocol numbers, TCP flags, ICMP types, rp_filter modes and leg forward() tests, as
- * literals (a const enum) rather than the imported constants they equal — IPPROTO_*, TCP_ACK and
- * TCP_PSH (wire/packet-info.ts), ICMP_ECHO and ICMP_ECHO_REPLY (conntrack/tuple.ts), RP_FILTER_*
- * (reverse-path.ts), LEG_WIRE (port.ts): an imported binding is a module-cell load and an
- * initialisation check at every use. test/dataplane/fast-path.test.ts checks that they agree.
+ * The protocol numbers, TCP flags and options, ICMP types, rp_filter modes and leg forward()
+ * tests, as literals (a const enum) rather than the imported constants they equal — IPPROTO_*,
+ * TCP_ACK and TCP_PSH (wire/packet-info.ts), ICMP_ECHO and ICMP_ECHO_REPLY (conntrack/tuple.ts),
+ * RP_FILTER_* (reverse-path.ts), LEG_WIRE (port.ts), TCP_TIMESTAMP_ONLY_WORD (wire/tcp.ts): an
+ * imported binding is a module-cell load and an initialisation check at every use.
+ * test/dataplane/fast-path.test.ts checks that they agree.
  */
 export const enum FastPathLiteral {
   Icmp = 1,
@@ -67,6 +67,8 @@ export const enum FastPathLiteral {
   RpFilterOff = 0,
   RpFilterStrict = 1,
   LegWire = 0,
+  /** NOP, NOP, timestamp option (kind 8, length 10): the options of a plain segment. */
+  TcpTimestampOnlyWord = 0x0101080a,
 }
 
 export class EstablishedFastPath {
@@ -440,7 +442,7 @@ export class EstablishedFastPath {
     // general path, with nothing changed.
     if (protocol === FastPathLiteral.Tcp) {
       const dataOffset = tcpDataOffset;
-      const plainOptions = dataOffset === 5 || (dataOffset === 8 && v.getInt32(l4 + 20) === TCP_TIMESTAMP_ONLY_WORD);
+      const plainOptions = dataOffset === 5 || (dataOffset === 8 && v.getInt32(l4 + 20) === FastPathLiteral.TcpTimestampOnlyWord);
       if (!tcpFastPathSegment(table, id, dir, v.getInt32(l4 + 4), v.getInt32(l4 + 8), v.getUint16(l4 + 14), l4Length - (dataOffset << 2), plainOptions)) {
         return FastPathVerdict.Miss;
       }

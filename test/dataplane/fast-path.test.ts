@@ -7,6 +7,7 @@ import { FastPathLiteral } from "../../src/dataplane/fast-path.js";
 import { ICMP_ECHO, ICMP_ECHO_REPLY } from "../../src/conntrack/tuple.js";
 import { RP_FILTER_OFF, RP_FILTER_STRICT } from "../../src/dataplane/reverse-path.js";
 import { LEG_WIRE } from "../../src/dataplane/port.js";
+import { TCP_TIMESTAMP_ONLY_WORD } from "../../src/wire/tcp.js";
 import { MemoryRouter } from "../support/memory-router.js";
 
 const QR = "qr-694450d6-f6";
@@ -72,11 +73,11 @@ function sequence(rng: XorShift32, spec: PacketSpec): PacketSpec {
 }
 
 describe("the established fast path changes nothing but speed", () => {
-  it("tests the same protocol numbers, TCP flags, ICMP types, rp_filter modes and leg as the general path", () => {
+  it("tests the same protocol numbers, TCP flags and options, ICMP types, rp_filter modes and leg as the general path", () => {
     // forward() writes them as literals (FastPathLiteral); a value that drifted from the named
     // constant would make the fast path decline or take the wrong packets.
     expect([FastPathLiteral.Icmp, FastPathLiteral.Tcp, FastPathLiteral.Udp]).toEqual([IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP]);
-    expect([FastPathLiteral.TcpAck, FastPathLiteral.TcpPsh]).toEqual([TCP_ACK, TCP_PSH]);
+    expect([FastPathLiteral.TcpAck, FastPathLiteral.TcpPsh, FastPathLiteral.TcpTimestampOnlyWord]).toEqual([TCP_ACK, TCP_PSH, TCP_TIMESTAMP_ONLY_WORD]);
     expect([FastPathLiteral.IcmpEcho, FastPathLiteral.IcmpEchoReply]).toEqual([ICMP_ECHO, ICMP_ECHO_REPLY]);
     expect([FastPathLiteral.RpFilterOff, FastPathLiteral.RpFilterStrict, FastPathLiteral.LegWire]).toEqual([RP_FILTER_OFF, RP_FILTER_STRICT, LEG_WIRE]);
   });
