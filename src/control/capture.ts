@@ -452,18 +452,22 @@ export class RouterCaptures {
         composedFor = dataplane;
         // The workers' last chunks count as in only once merged (they arrive between two awaits).
         const workersComplete = remote === undefined || remote.complete;
+        const workersDone = workersComplete || (workersStoppedAt >= 0 && performance.now() - workersStoppedAt > WORKER_STOP_WAIT_MS);
+        // Between two batches of this thread: every packet it captured before now is in the ring.
+        const drainedAt = nowMicroseconds();
         let blocks = drainSession(session, commentContextOf(dataplane), DRAIN_BUDGET, cache);
+        const last = session.finished && workersDone;
         if (remote === undefined) captured += before - session.pending;
         else {
-          // The workers' packets join the main thread's in time order; the count holds for them all.
-          const merged = remote.merge(blocks, count > 0 ? count - captured : Infinity);
+          // The workers' packets join the main thread's in time order (worker-capture.ts: a
+          // packet waits until every thread has sent all older ones); the count holds for them all.
+          const merged = remote.merge(blocks, count > 0 ? count - captured : Infinity, { drainedAt, caughtUp: session.pending === 0 }, last);
           blocks = merged.blocks;
           captured += merged.packets;
           if (count > 0 && captured >= count) session.close();
         }
         if (blocks.length > 0 && !output.write(blocks)) await output.drained();
-        const workersDone = workersComplete || (workersStoppedAt >= 0 && performance.now() - workersStoppedAt > WORKER_STOP_WAIT_MS);
-        if (session.finished && workersDone) break;
+        if (last) break;
         if (session.pending === 0) await sleep(DRAIN_IDLE_MS);
         else await nextTurn();
       }

@@ -4,15 +4,18 @@
  * own; off its packet loop it drains the ring into pcapng Enhanced Packet Blocks with their
  * comments (control/capture.ts drainSession) and posts them to the main thread in chunks,
  * transferring their ArrayBuffers. The main thread merges them with its own packets into the one
- * pcapng file, in time order within each flush of the drain (the reorder window: what arrived
- * in one turn of the drain, about DRAIN_IDLE_MS; packets of two flushes are never reordered).
+ * pcapng file in time order: every chunk says how far its worker has sent (`through`: all its
+ * packets captured before that time), and a packet is written only once every thread has sent
+ * everything older (a watermark merge, as a stream processor merges its sources). So a request one
+ * thread forwarded comes before the reply another forwarded, and `-c N` keeps the N oldest. A
+ * worker that says nothing for STALE_MS (stopped, failed) no longer holds the others back.
  *
  * Bounded: chunks the main thread has not written yet hold at most MAX_QUEUED_BYTES per capture;
  * a chunk past that (the output is slower than the packets) is counted lost, per worker.
  */
 import type { PacketBatch } from "../core/batch.js";
 import type { Dataplane } from "../dataplane/pipeline.js";
-import { CaptureSession, CaptureTap, type CaptureInterface } from "../io/capture.js";
+import { CaptureSession, CaptureTap, nowMicroseconds, type CaptureInterface } from "../io/capture.js";
 import type { Forwarder } from "../io/forwarder.js";
 import { BLOCK_ENHANCED_PACKET, type PcapngBlock } from "../io/pcapng.js";
 import type { FromWorker, ToWorker } from "../io/worker-protocol.js";
@@ -24,6 +27,8 @@ const WORKER_DRAIN_MS = 10;
 const WORKER_CHUNK_PACKETS = 512;
 /** Chunks of one capture waiting for the main thread's output, in bytes. */
 export const MAX_QUEUED_BYTES = 32 * 1024 * 1024;
+/** A worker whose watermark has not moved for this long no longer holds the merge back. */
+export const STALE_MS = 250;
 
 type CaptureChunk = Extract<FromWorker, { type: "capture-chunk" }>;
 type CaptureStart = Extract<ToWorker, { type: "capture-start" }>;
@@ -63,7 +68,7 @@ export class WorkerCaptures {
   stop(id: number): void {
     const entry = this.sessions.get(id);
     if (entry === undefined) {
-      this.post({ type: "capture-chunk", id, blocks: new ArrayBuffer(0), seen: [], lost: [], last: true }, []);
+      this.post({ type: "capture-chunk", id, blocks: new ArrayBuffer(0), seen: [], lost: [], last: true, through: Infinity }, []);
       return;
     }
     entry.session.close();
@@ -100,16 +105,22 @@ export class WorkerCaptures {
     for (const [id, entry] of this.sessions) this.flush(id, entry.session, entry.cache, false);
   }
 
+  /**
+   * Everything in the ring, in chunks; the last says `through` the time the drain began: this
+   * runs between two batches of this thread, so every packet captured before then is in the
+   * ring. Sent even when there is nothing (the watermark moves).
+   */
   private flush(id: number, session: CaptureSession, cache: CommentCache, last: boolean): void {
     const context = commentContextOf(this.dataplane());
+    const through = nowMicroseconds();
     do {
       const blocks = drainSession(session, context, WORKER_CHUNK_PACKETS, cache);
       const bytes = blocks[0]?.bytes;
-      if (bytes === undefined && !last) return;
       const buffer = bytes === undefined ? new ArrayBuffer(0) : ownBuffer(bytes);
-      const done = last && session.pending === 0;
-      this.post({ type: "capture-chunk", id, blocks: buffer, seen: [...session.seen], lost: [...session.lost], last: done }, [buffer]);
-      if (done) return;
+      const drained = session.pending === 0;
+      const done = last && drained;
+      this.post({ type: "capture-chunk", id, blocks: buffer, seen: [...session.seen], lost: [...session.lost], last: done, through: drained ? through : 0 }, [buffer]);
+      if (drained) return;
     } while (session.pending > 0);
   }
 }
@@ -130,10 +141,21 @@ export interface CaptureWorkers {
   onCaptureChunk: ((worker: number, chunk: CaptureChunk) => void) | null;
 }
 
+/** A packet (an Enhanced Packet Block) waiting in the merge, with its time. */
+interface HeldPacket {
+  readonly bytes: Buffer;
+  readonly time: number;
+  readonly remote: boolean;
+}
+
 /** One capture's packets from the workers, waiting to be merged into the main thread's output. */
 export class RemoteCapture {
   private readonly queued: Buffer[] = [];
   private queuedBytes = 0;
+  /** Packets of every thread not written yet, oldest first: newer than some thread's watermark. */
+  private held: HeldPacket[] = [];
+  /** Per worker: how far it has sent (microseconds; Infinity once it sent its last chunk) and when that last moved. */
+  private readonly watermarks = new Map<number, { through: number; movedAt: number }>();
   /** Per worker: its seen and lost per interface (its latest totals), and chunks lost here. */
   private readonly seenOf = new Map<number, readonly number[]>();
   private readonly lostOf = new Map<number, readonly number[]>();
@@ -146,8 +168,12 @@ export class RemoteCapture {
     readonly id: number,
     workers: readonly number[],
     private readonly interfaceCount: number,
+    /** Milliseconds, for STALE_MS (injected in tests). */
+    private readonly clock: () => number = () => performance.now(),
   ) {
     this.waiting = new Set(workers);
+    const now = clock();
+    for (const worker of workers) this.watermarks.set(worker, { through: 0, movedAt: now });
   }
 
   /** Every worker sent its last chunk. */
@@ -159,6 +185,9 @@ export class RemoteCapture {
     this.seenOf.set(worker, chunk.seen);
     this.lostOf.set(worker, chunk.lost);
     if (chunk.last) this.waiting.delete(worker);
+    const mark = this.watermarks.get(worker);
+    const through = chunk.last ? Infinity : chunk.through;
+    if (mark !== undefined && through > mark.through) this.watermarks.set(worker, { through, movedAt: this.clock() });
     const bytes = Buffer.from(chunk.blocks);
     if (bytes.length === 0) return;
     if (this.queuedBytes + bytes.length > MAX_QUEUED_BYTES) {
@@ -190,21 +219,29 @@ export class RemoteCapture {
   }
 
   /**
-   * The main thread's `blocks` (runs of Enhanced Packet Blocks) and every chunk waiting, as one
-   * run in time order (stable: one thread's packets keep their order); at most `limit` packets
-   * (Infinity: all), the rest dropped. Returns the run and how many packets it holds.
+   * The main thread's `blocks` (runs of Enhanced Packet Blocks) and every chunk waiting, joined
+   * to the packets held from before, in time order (stable: one thread's packets keep their
+   * order); written out are those no thread can still send an older packet than: up to the
+   * lowest watermark of the workers and of the main thread (`main`: when its drain began, if it
+   * drained everything, else its newest packet drained; absent: no bound). `final`: everything,
+   * the capture ends. At most `limit` packets (Infinity: all); past it the rest is dropped.
    */
-  merge(blocks: readonly PcapngBlock[], limit: number): { blocks: PcapngBlock[]; packets: number; fromWorkers: number } {
-    if (this.queued.length === 0 && limit === Infinity) {
-      const packets = blocks.reduce((n, b) => n + countBlocks(b.bytes), 0);
-      return { blocks: [...blocks], packets, fromWorkers: 0 };
-    }
-    const entries: { bytes: Buffer; at: number; length: number; time: number; remote: boolean }[] = [];
+  merge(
+    blocks: readonly PcapngBlock[],
+    limit: number,
+    main?: { readonly drainedAt: number; readonly caughtUp: boolean },
+    final = false,
+  ): { blocks: PcapngBlock[]; packets: number; fromWorkers: number } {
+    const arrived: HeldPacket[] = [];
+    let newestMain = -Infinity;
     const add = (bytes: Buffer, remote: boolean): void => {
       for (let at = 0; at + 28 <= bytes.length; ) {
         const length = bytes.readUInt32LE(at + 4);
         if (length < 28 || at + length > bytes.length) break;
-        entries.push({ bytes, at, length, time: bytes.readUInt32LE(at + 12) * 0x1_0000_0000 + bytes.readUInt32LE(at + 16), remote });
+        const time = bytes.readUInt32LE(at + 12) * 0x1_0000_0000 + bytes.readUInt32LE(at + 16);
+        // A copy: the drain's buffers are its own to reuse once written.
+        arrived.push({ bytes: Buffer.from(bytes.subarray(at, at + length)), time, remote });
+        if (!remote && time > newestMain) newestMain = time;
         at += length;
       }
     };
@@ -212,19 +249,30 @@ export class RemoteCapture {
     for (const bytes of this.queued) add(bytes, true);
     this.queued.length = 0;
     this.queuedBytes = 0;
-    entries.sort((a, b) => a.time - b.time);
-    const kept = entries.length > limit ? entries.slice(0, Math.max(0, limit)) : entries;
-    if (kept.length === 0) return { blocks: [], packets: 0, fromWorkers: 0 };
-    const out = Buffer.alloc(kept.reduce((n, e) => n + e.length, 0));
-    let at = 0;
-    let fromWorkers = 0;
-    for (const e of kept) {
-      e.bytes.copy(out, at, e.at, e.at + e.length);
-      at += e.length;
-      if (e.remote) fromWorkers++;
+    if (arrived.length > 0) {
+      // Array.prototype.sort is stable: held packets and each thread's own keep their order.
+      this.held = this.held.concat(arrived).sort((a, b) => a.time - b.time);
     }
+    const mainThrough = main === undefined ? Infinity : main.caughtUp ? main.drainedAt : newestMain;
+    const bound = final ? Infinity : Math.min(mainThrough, this.workersThrough());
+    let ready = 0;
+    while (ready < this.held.length && this.held[ready]!.time <= bound) ready++;
+    const emitted = this.held.slice(0, Math.min(ready, Math.max(0, limit)));
+    this.held = ready >= this.held.length ? [] : this.held.slice(ready);
+    if (emitted.length === 0) return { blocks: [], packets: 0, fromWorkers: 0 };
+    const fromWorkers = emitted.reduce((n, p) => n + (p.remote ? 1 : 0), 0);
     this.captured += fromWorkers;
-    return { blocks: [{ type: BLOCK_ENHANCED_PACKET, bytes: out }], packets: kept.length, fromWorkers };
+    return { blocks: [{ type: BLOCK_ENHANCED_PACKET, bytes: Buffer.concat(emitted.map((p) => p.bytes)) }], packets: emitted.length, fromWorkers };
+  }
+
+  /** The lowest watermark of the workers that still send (a stale one, STALE_MS without moving, counts as caught up). */
+  private workersThrough(): number {
+    const now = this.clock();
+    let lowest = Infinity;
+    for (const mark of this.watermarks.values()) {
+      if (mark.through !== Infinity && now - mark.movedAt < STALE_MS) lowest = Math.min(lowest, mark.through);
+    }
+    return lowest;
   }
 
   private sum(rows: readonly ArrayLike<number>[]): Float64Array {
@@ -232,17 +280,6 @@ export class RemoteCapture {
     for (const row of rows) for (let i = 0; i < total.length && i < row.length; i++) total[i]! += row[i]!;
     return total;
   }
-}
-
-/** Enhanced Packet Blocks in a run of them. */
-function countBlocks(bytes: Buffer): number {
-  let n = 0;
-  for (let at = 0; at + 8 <= bytes.length; n++) {
-    const length = bytes.readUInt32LE(at + 4);
-    if (length < 12) break;
-    at += length;
-  }
-  return n;
 }
 
 /** The start message of a capture of `interfaces` for the workers. */

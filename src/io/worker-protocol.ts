@@ -143,7 +143,11 @@ export type FromWorker =
    * timestamps, interface ids and comments in them), transferred; `seen` and `lost` per interface
    * are the worker's totals so far. `last`: the capture ended in this worker.
    */
-  | { readonly type: "capture-chunk"; readonly id: number; readonly blocks: ArrayBuffer; readonly seen: readonly number[]; readonly lost: readonly number[]; readonly last: boolean }
+  /**
+   * A capture's packets from a worker; `through` (microseconds, the packets' clock): every packet
+   * this worker captured at an earlier time is in this chunk or an earlier one (0: no such claim).
+   */
+  | { readonly type: "capture-chunk"; readonly id: number; readonly blocks: ArrayBuffer; readonly seen: readonly number[]; readonly lost: readonly number[]; readonly last: boolean; readonly through: number }
   /** An ARP frame this worker received on tap port `port`'s wire and answered: for the other threads' neighbour tables. */
   | { readonly type: "arp"; readonly port: number; readonly frame: Uint8Array }
   /** This worker's neighbour table started resolving a neighbour, or completed one: for the other threads' tables. */

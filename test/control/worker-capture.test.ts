@@ -5,7 +5,7 @@
  */
 import { describe, expect, it } from "vitest";
 import { BLOCK_ENHANCED_PACKET, LINKTYPE_IPV4, enhancedPacketBlock } from "../../src/io/pcapng.js";
-import { MAX_QUEUED_BYTES, RemoteCapture } from "../../src/control/worker-capture.js";
+import { MAX_QUEUED_BYTES, RemoteCapture, STALE_MS } from "../../src/control/worker-capture.js";
 import { readPcapng } from "../support/pcapng-reader.js";
 import { captureHeader } from "../../src/control/capture.js";
 
@@ -14,10 +14,10 @@ function run(packets: readonly (readonly [number, number, number])[]): Buffer {
   return Buffer.concat(packets.map(([iface, time, byte]) => enhancedPacketBlock(iface, time, Uint8Array.of(byte, 0, 0, 0), 0, 4, `packet ${byte}`)));
 }
 
-function chunk(blocks: Buffer, last = false, seen = [0, 0], lost = [0, 0]) {
+function chunk(blocks: Buffer, last = false, seen = [0, 0], lost = [0, 0], through = Infinity) {
   const copy = new ArrayBuffer(blocks.length);
   new Uint8Array(copy).set(blocks);
-  return { type: "capture-chunk" as const, id: 7, blocks: copy, seen, lost, last };
+  return { type: "capture-chunk" as const, id: 7, blocks: copy, seen, lost, last, through };
 }
 
 const header = captureHeader([
@@ -54,6 +54,53 @@ describe("RemoteCapture: the workers' packets in the one file", () => {
     const merged = remote.merge([{ type: BLOCK_ENHANCED_PACKET, bytes: run([[1, 20, 2], [1, 30, 3]]) }], 3);
     expect(packetsOf(merged.blocks).map((p) => p[2])).toEqual([1, 2, 3]);
     expect(merged.packets).toBe(3);
+  });
+
+  it("a reply the main thread forwarded waits for the request a worker forwarded before it: written once the worker has sent everything older", () => {
+    let now = 0;
+    const remote = new RemoteCapture(7, [1], 2, () => now);
+    remote.received(1, chunk(Buffer.alloc(0), false, [0, 0], [0, 0], 50));
+    // The main thread drained everything up to 120, the reply at 100; worker 1 has only said "up to 50".
+    const early = remote.merge([{ type: BLOCK_ENHANCED_PACKET, bytes: run([[0, 100, 2]]) }], Infinity, { drainedAt: 120, caughtUp: true });
+    expect(early.packets).toBe(0);
+    now = 10;
+    remote.received(1, chunk(run([[1, 80, 1]]), false, [1, 0], [0, 0], 130));
+    const merged = remote.merge([], Infinity, { drainedAt: 140, caughtUp: true });
+    expect(packetsOf(merged.blocks).map((p) => [p[1], p[2]])).toEqual([
+      [80, 1],
+      [100, 2],
+    ]);
+  });
+
+  it("-c 1 keeps the oldest packet of all threads, not the first to reach the main thread", () => {
+    const remote = new RemoteCapture(7, [1], 2, () => 0);
+    remote.received(1, chunk(Buffer.alloc(0), false, [0, 0], [0, 0], 50));
+    expect(remote.merge([{ type: BLOCK_ENHANCED_PACKET, bytes: run([[0, 100, 2]]) }], 1, { drainedAt: 120, caughtUp: true }).packets).toBe(0);
+    remote.received(1, chunk(run([[1, 80, 1]]), false, [1, 0], [0, 0], 130));
+    expect(packetsOf(remote.merge([], 1, { drainedAt: 140, caughtUp: true }).blocks).map((p) => p[2])).toEqual([1]);
+  });
+
+  it("the main thread's own bound: its newest drained packet while its ring still holds more, the drain's start once empty", () => {
+    const remote = new RemoteCapture(7, [1], 2, () => 0);
+    remote.received(1, chunk(run([[1, 150, 3]]), false, [1, 0], [0, 0], 1000));
+    // Not caught up: the main thread's ring may still hold packets after 100, so 150 waits.
+    const partial = remote.merge([{ type: BLOCK_ENHANCED_PACKET, bytes: run([[0, 90, 1], [0, 100, 2]]) }], Infinity, { drainedAt: 500, caughtUp: false });
+    expect(packetsOf(partial.blocks).map((p) => p[2])).toEqual([1, 2]);
+    expect(packetsOf(remote.merge([], Infinity, { drainedAt: 500, caughtUp: true }).blocks).map((p) => p[2])).toEqual([3]);
+  });
+
+  it(`a worker silent for ${STALE_MS} ms no longer holds the merge back; the capture's end writes everything held`, () => {
+    let now = 0;
+    const remote = new RemoteCapture(7, [1, 2], 2, () => now);
+    remote.received(1, chunk(Buffer.alloc(0), false, [0, 0], [0, 0], 1000));
+    remote.received(2, chunk(run([[1, 60, 1]]), false, [1, 0], [0, 0], 70));
+    expect(packetsOf(remote.merge([{ type: BLOCK_ENHANCED_PACKET, bytes: run([[0, 100, 2]]) }], Infinity, { drainedAt: 200, caughtUp: true }).blocks).map((p) => p[2])).toEqual([1]);
+    now = STALE_MS + 1;
+    remote.received(1, chunk(Buffer.alloc(0), false, [0, 0], [0, 0], 2000));
+    // Worker 2 said nothing since 0 ms: the reply at 100 goes out.
+    expect(packetsOf(remote.merge([{ type: BLOCK_ENHANCED_PACKET, bytes: run([[0, 300, 3]]) }], Infinity, { drainedAt: 5000, caughtUp: true }).blocks).map((p) => p[2])).toEqual([2, 3]);
+    remote.received(1, chunk(run([[1, 4000, 4]]), false, [0, 0], [0, 0], 1500));
+    expect(remote.merge([], Infinity, { drainedAt: 5000, caughtUp: true }, true).packets).toBe(1);
   });
 
   it("a chunk past the bound is lost for its worker and interfaces; each worker's last chunk completes it", () => {
