@@ -6,7 +6,8 @@
  * endpoint how the loop worked — packets per batch read from a leg, wake-ups per second, busy time
  * per wake-up — and sorts each thread's profile samples into what they were spent on:
  *   - waiting (the profiler's "(idle)": the thread blocked in epoll, nothing to do),
- *   - the TUN system calls (the native addon's batched reads and writes),
+ *   - the TUN system calls (the native addon's batched reads and writes, with the kernel's work
+ *     inside them: a packet written to a TUN device is received by the kernel in that call),
  *   - the dataplane (parsing, conntrack, NAT, routing, rewriting: src/dataplane, src/conntrack,
  *     src/nat, src/route, src/wire, src/core),
  *   - the loop and the rest of the I/O layer (src/io), the garbage collector, and everything else.
@@ -46,8 +47,10 @@ function categoryOf(frame: ProfileNode["callFrame"]): Category {
   if (name === "(idle)") return "waiting";
   if (name === "(garbage collector)") return "garbage collector";
   const url = frame.url;
-  // The addon's functions have no script: native frames named after its exports.
-  if (url === "" && /^(readBatch|writeBatch|readv|writev|read|write|readPackets|writePackets|recv|send)/i.test(name)) return "TUN system calls";
+  // The profiler has no frames for the addon's native code: the batched read and write system
+  // calls (and the kernel's work inside them) count as self time of the TunDevice methods that
+  // call them, which do nothing else.
+  if ((/\/dist\/src\/io\/tun\.js$/.test(url) && /^(readInto|write)$/.test(name)) || (/\/dist\/src\/io\/tun-leg\.js$/.test(url) && name === "writeSelectedTo")) return "TUN system calls";
   if (/\/dist\/src\/(dataplane|conntrack|nat|route|wire|core)\//.test(url)) return "dataplane";
   if (/\/dist\/src\/io\//.test(url)) return "loop and I/O layer";
   return "other";
