@@ -115,20 +115,25 @@ export function runDataplaneWorker(setup: WorkerSetup, port: MessagePort): void 
    * and this dataplane's counters. Changes are applied one after another, in the order sent.
    */
   let changing = Promise.resolve();
+  /** The successor dataplane of `next`: its routing table built in pieces, this one's counters carried over. */
+  const successorFor = async (next: WorkerSetup["config"]): Promise<Dataplane> => {
+    const routes = await routingTableInPieces(next);
+    const successor = buildDataplane(next, { successorOf: dataplane, routes });
+    // The same steps as the main thread's successor: the same route versions (route/table.ts).
+    successor.routes.continueVersionsFrom(dataplane.routes);
+    carryOverCounters(dataplane, successor);
+    successor.log = log;
+    return successor;
+  };
   const applyChange = async (id: number, next: WorkerSetup["config"]): Promise<void> => {
     try {
-      const routes = await routingTableInPieces(next);
-      const successor = buildDataplane(next, { successorOf: dataplane, routes });
-      // The same steps as the main thread's successor: the same route versions (route/table.ts).
-      successor.routes.continueVersionsFrom(dataplane.routes);
-      carryOverCounters(dataplane, successor);
-      successor.log = log;
+      const successor = await successorFor(next);
       forwarder.dataplane = successor;
       dataplane = successor;
       if (ethernet !== undefined) followConfig(ethernet, next, successor);
       post({ type: "applied", id });
     } catch (error) {
-      post({ type: "applied", id, error: error instanceof Error ? error.message.split("\n")[0]! : String(error) });
+      post({ type: "applied", id, error: firstLineOf(error) });
     }
   };
 
@@ -221,12 +226,7 @@ export function runDataplaneWorker(setup: WorkerSetup, port: MessagePort): void 
    */
   const relink = async (message: Extract<ToWorker, { type: "relink" }>): Promise<void> => {
     try {
-      const routes = await routingTableInPieces(message.config);
-      const successor = buildDataplane(message.config, { successorOf: dataplane, routes });
-      // The same steps as the main thread's successor: the same route versions (route/table.ts).
-      successor.routes.continueVersionsFrom(dataplane.routes);
-      carryOverCounters(dataplane, successor);
-      successor.log = log;
+      const successor = await successorFor(message.config);
       for (const leg of legs) leg?.device.stopReadable();
       if (ethernet !== undefined) {
         // As the main thread's stage (router-process.ts relinkLegs): the neighbours and counters
@@ -251,12 +251,17 @@ export function runDataplaneWorker(setup: WorkerSetup, port: MessagePort): void 
       // again) and is started again with the new config and legs (control/workers.ts).
       halted = true;
       for (const leg of legs) leg?.device.stopReadable();
-      post({ type: "relinked", id: message.id, error: error instanceof Error ? error.message.split("\n")[0]! : String(error) });
+      post({ type: "relinked", id: message.id, error: firstLineOf(error) });
     } finally {
       relinksPending--;
     }
   };
   post({ type: "ready", warmUpMs });
+}
+
+/** An error's first line, for the one-line answer to the main thread. */
+function firstLineOf(error: unknown): string {
+  return error instanceof Error ? error.message.split("\n")[0]! : String(error);
 }
 
 if (parentPort !== null && (workerData as { qnatWorker?: WorkerSetup } | null)?.qnatWorker !== undefined) {
