@@ -241,6 +241,8 @@ export class CaptureTap {
   /** The pipeline's verdicts of the batch before the legs wrote it (a tap leg turns a packet that waits for ARP into VERDICT_STOLEN). */
   private readonly decidedVerdicts: Int32Array;
   private time = 0;
+  /** When the batch's writes began (`decided`): the time its copies as written carry. */
+  private writesBegan = 0;
   /** copyBytes' DataView and the bytes it views. */
   private view: DataView<ArrayBufferLike> = new DataView(new ArrayBuffer(0));
   private viewBytes: Uint8Array | null = null;
@@ -258,6 +260,7 @@ export class CaptureTap {
   decided(verdicts: Int32Array, count: number): void {
     const saved = this.decidedVerdicts;
     for (let i = 0; i < count && i < saved.length; i++) saved[i] = verdicts[i]!;
+    this.writesBegan = nowMicroseconds();
   }
 
   /**
@@ -347,8 +350,10 @@ export class CaptureTap {
     fragments: PacketBatch,
     fragmentVerdicts: Int32Array,
   ): void {
-    // The copies as written carry the time after the batch's writes.
-    this.time = nowMicroseconds();
+    // The copies as written carry the time the batch's writes began: an answer the kernel makes
+    // inside a write (an echo reply, an ACK), which another thread may read before this write
+    // returns, is then later than the packet it answers (workers: N).
+    this.time = this.writesBegan;
     for (let s = 0; s < this.sessions.length; s++) {
       const session = this.sessions[s]!;
       const pending = this.pendingIngress[s]!;
