@@ -3,8 +3,10 @@
  * of 256 pre-built 64-byte packets, as `npm run bench`'s "established UDP with SNAT, 64k flows")
  * through 1 and 2 worker threads, each with its own Dataplane over ONE shared conntrack table and
  * NAT state (docs/multi-core.md "Shared tables"), in one run. The main thread makes the tables
- * and establishes the flows; each worker attaches, takes its share of the flows (as the router
- * steers connections to queues, in runs of 16 entry ids) and forwards them as fast as it can for the
+ * and establishes the flows, each as the thread of queue (i >> 4) % 2 (the queue its first packet
+ * came by, whose thread forwards the connection in a router with two workers); each worker attaches,
+ * takes its share of the flows (as the router steers each connection to its owner queue, whose slots
+ * come from that queue's free list) and forwards them as fast as it can for the
  * same wall-clock window, started together through a shared gate. Aggregate packets/s is the sum.
  *
  * Also measured, for what the lock costs: one worker over a table of its own (not shared: the lock
@@ -19,7 +21,7 @@ import { isMainThread, parentPort, Worker, workerData } from "node:worker_thread
 import { writeFileSync } from "node:fs";
 import { loadavg } from "node:os";
 import { sharedTablesOf, type SharedTables } from "../src/dataplane/from-config.js";
-import { BATCH, Driver, PacketTemplate, TENANT_PORT, establishTenantFlows, seedRouter, shuffled, tenantFlows, udpPacket } from "./lib/scenario.js";
+import { BATCH, Driver, PacketTemplate, TENANT_PORT, establishTenantFlows, seedRouter, shuffled, tenantFlows, udpPacket, type FlowSet } from "./lib/scenario.js";
 import { machine, mergeResults } from "./lib/report.js";
 
 const FLOWS = 65_536;
@@ -38,8 +40,8 @@ interface WorkerJob {
   /** The lock-free established path (Dataplane.lockFreeFastPath); off: every batch takes the lock. */
   lockFree: boolean;
   /**
-   * This worker's share: flows i with (i >> 4) % of === index — the router's steering (io/forwarder.ts:
-   * a connection's queue is (entry id >> 4) % workers; the flows are established in id order).
+   * This worker's share: flows i with (i >> 4) % of === index — the flows whose owner queue is this
+   * worker's (io/forwarder.ts steerToOwners; the main thread established flow i as queue (i >> 4) % 2).
    */
   index: number;
   of: number;
@@ -66,6 +68,8 @@ function runWorker(job: WorkerJob): WorkerResult {
   const fresh = job.workload === "new";
   const flows = tenantFlows(fresh ? NEW_POOL : FLOWS, fresh ? NEW_FLOW_SEED : FLOW_SEED);
   const router = seedRouter(CAPACITY, false, job.shared === null ? {} : { shared: job.shared });
+  // A new connection's slot comes from this worker's queue's free list, as in a router.
+  router.dataplane.conntrack.ownQueue = job.index;
   let packets: Uint8Array[] = [];
   if (job.shared === null && !fresh) packets = establishTenantFlows(router, flows);
   else for (let i = 0; i < flows.count; i++) packets.push(udpPacket(flows.src[i]!, flows.dst[i]!, flows.sport[i]!, flows.dport[i]!));
@@ -147,9 +151,25 @@ async function runWorkers(
   return { mpps, cpuMpps, results: all };
 }
 
+/** The flows of `flows` whose index `keep` accepts, in order. */
+function flowSubset(flows: FlowSet, keep: (index: number) => boolean): FlowSet {
+  const picked = Array.from({ length: flows.count }, (_, i) => i).filter(keep);
+  return {
+    count: picked.length,
+    src: Uint32Array.from(picked, (i) => flows.src[i]!),
+    dst: Uint32Array.from(picked, (i) => flows.dst[i]!),
+    sport: Uint16Array.from(picked, (i) => flows.sport[i]!),
+    dport: Uint16Array.from(picked, (i) => flows.dport[i]!),
+  };
+}
+
 async function main(): Promise<void> {
-  const owner = seedRouter(CAPACITY, false, { sharable: true });
-  establishTenantFlows(owner, tenantFlows(FLOWS, FLOW_SEED));
+  const owner = seedRouter(CAPACITY, false, { sharable: true, queues: 2 });
+  const flows = tenantFlows(FLOWS, FLOW_SEED);
+  for (const queue of [0, 1]) {
+    owner.dataplane.conntrack.ownQueue = queue;
+    establishTenantFlows(owner, flowSubset(flows, (i) => (i >> 4) % 2 === queue));
+  }
   const shared = sharedTablesOf(owner.dataplane);
   process.stdout.write(`bench:workers: ${FLOWS} established UDP flows with SNAT, ${SECONDS} s per run\n`);
   const line = (what: string, r: { mpps: number; cpuMpps: number }): string => `  ${what.padEnd(40)} ${r.mpps.toFixed(2)} M packets/s, ${r.cpuMpps.toFixed(2)} M per CPU-second`;
@@ -168,7 +188,7 @@ async function main(): Promise<void> {
   const twoFree = await runWorkers(2, shared, true);
   process.stdout.write(`${line("2 workers, shared table, lock-free path:", twoFree)} (${(twoFree.mpps / oneFree.mpps).toFixed(2)}x; per CPU-second ${(twoFree.cpuMpps / oneFree.cpuMpps).toFixed(2)}x)\n`);
   // New connections: each run over a fresh empty shared table (or the worker's own).
-  const newShared = (): SharedTables => sharedTablesOf(seedRouter(CAPACITY, false, { sharable: true }).dataplane);
+  const newShared = (): SharedTables => sharedTablesOf(seedRouter(CAPACITY, false, { sharable: true, queues: 2 }).dataplane);
   const newOwn = await runWorkers(1, null, true, "new");
   const kcps = (r: { mpps: number; cpuMpps: number }): string => `${(r.mpps * 1000).toFixed(0)} k connections/s, ${(r.cpuMpps * 1000).toFixed(0)} k per CPU-second`;
   process.stdout.write(`  ${"new connections, 1 worker, its own table:".padEnd(40)} ${kcps(newOwn)}\n`);

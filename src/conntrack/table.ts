@@ -64,6 +64,9 @@ export enum CtStatus {
  * properties optimized code would load on every use; a const enum is written as number literals.
  */
 const enum Status {
+  /** Bits 0-23 are CtStatus bits (Linux uses 0-15); bits 24-31 are the owner queue (`ownerQueue`). */
+  Bits = 0xffffff,
+  OwnerShift = 24,
   Dying = CtStatus.Dying,
   FixedTimeout = CtStatus.FixedTimeout,
   Confirmed = CtStatus.Confirmed,
@@ -154,6 +157,14 @@ export interface ConntrackTableOptions {
    */
   sharable?: boolean;
   /**
+   * The queues of a router with workers (`workers: N`, default 1): the free slots are kept in one
+   * list per queue, slot `id` on list `(id >> 4) % queues`, and a thread takes slots from its own
+   * queue's list first (`ownQueue`). A connection's packets are forwarded by the thread of the
+   * queue its first packet came by (`ownerQueue`), so the lock-free sequence words of 16
+   * consecutive slots, which share a cache line, are mostly written by one thread.
+   */
+  queues?: number;
+  /**
    * Attach to the memory of a sharable table made by another thread (its `sharedMemory()`): this
    * object reads and writes the same entries; `capacity` must be that table's, and the hash key
    * is that table's (`key` and `seed` are not used). Counters, chain statistics, the pinned time,
@@ -170,7 +181,7 @@ type TableMemory = { readonly [K in keyof ConntrackSharedMemory]: ArrayBuffer | 
  * so it crosses `postMessage` to a worker thread, which attaches with the `shared` option.
  */
 export interface ConntrackSharedMemory {
-  /** Header.Words words of table state, then the TABLE_LOCK_WORDS of the lock. */
+  /** Header.Words words of table state, the TABLE_LOCK_WORDS of the lock, then a free-list head per queue. */
   readonly header: SharedArrayBuffer;
   /** The records, Entry.Words Int32 words per entry. */
   readonly entries: SharedArrayBuffer;
@@ -257,11 +268,11 @@ const enum Meta {
 
 /**
  * The header: the table's mutable state that is not per object, so that every thread attached to
- * a shared table allocates from one free list and sweeps with one gc cursor; then what an attached
+ * a shared table allocates from the same free lists and sweeps with one gc cursor; then what an attached
  * object needs to read the memory (capacity, hash key).
  */
 const enum Header {
-  FreeHead = 0,
+  /** Word 0 is unused (the free lists' heads follow the lock's words: `freeHeads`). */
   Used = 1,
   GcCursor = 2,
   Capacity = 3,
@@ -354,8 +365,10 @@ export class ConntrackTable {
    */
   private readonly walks = new Float64Array(3);
   private readonly onRemove: ((id: number) => void) | undefined;
-  /** Header.FreeHead, Header.Used, Header.GcCursor, Header.Capacity, Header.K0, Header.K1 (shared when the table is). */
+  /** Header.Used, Header.GcCursor, Header.Capacity, Header.K0, Header.K1 (shared when the table is). */
   private readonly header: Int32Array;
+  /** The head of every free list (-1: empty); slot `id` is on list `(id >> 4) % freeHeads.length`. */
+  private readonly freeHeads: Int32Array;
   /**
    * Shared tables: one sequence word per entry, a seqcount (Linux include/linux/seqlock.h) for the
    * lock-free established path (`findStableInBucket`). The lock holder makes it odd, changes what
@@ -376,6 +389,11 @@ export class ConntrackTable {
    * crosses a call V8 does not inline is boxed, i.e. allocated, and these run for every packet.
    */
   private readonly times = new Float64Array([NaN, 0]);
+  /**
+   * With workers: the queue of every device this thread reads (0..255, MAX_TAP_QUEUES), recorded
+   * in the entries it creates (`ownerQueue`). Set by the forwarder (io/forwarder.ts useQueues).
+   */
+  ownQueue = 0;
 
   constructor(options: ConntrackTableOptions) {
     const capacity = Math.floor(options.capacity);
@@ -392,8 +410,10 @@ export class ConntrackTable {
     const shared = options.shared;
     const sharable = shared !== undefined || options.sharable === true;
     const Memory = sharable ? SharedArrayBuffer : ArrayBuffer;
+    const queues = options.queues ?? 1;
+    if (!(Number.isInteger(queues) && queues >= 1 && queues <= 256)) throw new RangeError(`conntrack queues ${queues}: 1..256`);
     const memory: TableMemory = shared ?? {
-      header: new Memory((Header.Words + TABLE_LOCK_WORDS) * 4),
+      header: new Memory((Header.Words + TABLE_LOCK_WORDS + queues) * 4),
       entries: new Memory(capacity * Entry.Words * 4),
       buckets: new Memory(bucketCount * 4),
       tcpWindow: new Memory(capacity * TcpWindowWord.Words * 4),
@@ -402,6 +422,7 @@ export class ConntrackTable {
     this.memory = sharable ? (memory as ConntrackSharedMemory) : null;
     this.header = new Int32Array(memory.header, 0, Header.Words);
     this.lockWords = new Int32Array(memory.header, Header.Words * 4, TABLE_LOCK_WORDS);
+    this.freeHeads = new Int32Array(memory.header, (Header.Words + TABLE_LOCK_WORDS) * 4);
     this.tableLock = sharable ? new TableLock(this.lockWords) : null;
     this.words = new Int32Array(memory.entries);
     this.doubles = new Float64Array(memory.entries);
@@ -429,12 +450,9 @@ export class ConntrackTable {
     h[Header.K0] = this.k0;
     h[Header.K1] = this.k1;
     this.buckets.fill(-1);
-    // free list in id order so ids are handed out 0, 1, 2, ...
-    h[Header.FreeHead] = -1;
-    for (let id = capacity - 1; id >= 0; id--) {
-      this.words[(id << Entry.Shift) + NodeWord.Next] = h[Header.FreeHead]!;
-      h[Header.FreeHead] = id;
-    }
+    // every free list in id order, so that one queue's ids are handed out 0, 1, 2, ... (queues 1)
+    this.freeHeads.fill(-1);
+    for (let id = capacity - 1; id >= 0; id--) this.pushFree(id);
   }
 
   /**
@@ -884,20 +902,21 @@ export class ConntrackTable {
   create(protocol: number, src: number, dst: number, sport: number, dport: number): number {
     src |= 0;
     dst |= 0;
-    const h = this.header;
-    if (h[Header.FreeHead]! < 0 && !this.earlyDrop(this.hashTuple(protocol, src, dst, (sport << 16) | dport))) {
-      this.counters.dropFull++;
-      return -1;
+    let id = this.takeFree();
+    if (id < 0) {
+      if (!this.earlyDrop(this.hashTuple(protocol, src, dst, (sport << 16) | dport))) {
+        this.counters.dropFull++;
+        return -1;
+      }
+      id = this.takeFree();
     }
     const w = this.words;
-    const id = h[Header.FreeHead]!;
     const e = id << Entry.Shift;
     const sequence = this.tableLock !== null ? this.beginChange(id) : 0;
-    h[Header.FreeHead] = w[e + NodeWord.Next]!;
     if (this.undoLog.recording) this.journalWord(e + Entry.Meta);
     w[e + Entry.Meta] = protocol | (TCP_PRIVATE_INITIAL << 16) | Meta.Used;
     if (this.undoLog.recording) this.journalWord(e + Entry.Status);
-    w[e + Entry.Status] = 0;
+    w[e + Entry.Status] = this.ownQueue << Status.OwnerShift;
     if (this.undoLog.recording) this.journalWord(e + Entry.Mark);
     w[e + Entry.Mark] = 0;
     if (this.undoLog.recording) this.journalWord(e + Entry.Route);
@@ -1072,11 +1091,36 @@ export class ConntrackTable {
     if (this.undoLog.recording) this.journalWord(e + Entry.Status);
     w[e + Entry.Status] = 0;
     if (this.undoLog.recording) this.journalWord(e + NodeWord.Next);
-    const h = this.header;
-    w[e + NodeWord.Next] = h[Header.FreeHead]!;
-    h[Header.FreeHead] = id;
-    h[Header.Used]--;
+    this.pushFree(id);
+    this.header[Header.Used]--;
     if (this.tableLock !== null) this.endChange(id, sequence);
+  }
+
+  /**
+   * Takes a free slot: from this thread's queue's list (`ownQueue`), else from the next list that
+   * has one; -1 when every list is empty. Under the table's lock, as every change of the lists.
+   */
+  private takeFree(): number {
+    const heads = this.freeHeads;
+    const lists = heads.length;
+    let list = this.ownQueue < lists ? this.ownQueue : this.ownQueue % lists;
+    for (let tried = 0; tried < lists; tried++) {
+      const id = heads[list]!;
+      if (id >= 0) {
+        heads[list] = this.words[(id << Entry.Shift) + NodeWord.Next]!;
+        return id;
+      }
+      list = list + 1 === lists ? 0 : list + 1;
+    }
+    return -1;
+  }
+
+  /** Puts slot `id` at the head of its free list (`(id >> 4) % lists`), so a create then a release leaves the lists as they were. */
+  private pushFree(id: number): void {
+    const heads = this.freeHeads;
+    const list = heads.length === 1 ? 0 : (id >> 4) % heads.length;
+    this.words[(id << Entry.Shift) + NodeWord.Next] = heads[list]!;
+    heads[list] = id;
   }
 
   /**
@@ -1152,14 +1196,18 @@ export class ConntrackTable {
     if (used !== this.header[Header.Used]) problems.push(`the entry count is ${this.header[Header.Used]}, ${used} slots are used`);
     const onFreeList = new Uint8Array(capacity);
     let free = 0;
-    for (let id = this.header[Header.FreeHead]!; id >= 0; id = w[(id << Entry.Shift) + NodeWord.Next]!) {
-      if (id >= capacity || onFreeList[id] !== 0) {
-        problems.push(`the free list reaches ${id} ${id >= capacity ? "(no such slot)" : "twice"}`);
-        break;
+    const lists = this.freeHeads.length;
+    for (let list = 0; list < lists; list++) {
+      for (let id = this.freeHeads[list]!; id >= 0; id = w[(id << Entry.Shift) + NodeWord.Next]!) {
+        if (id >= capacity || onFreeList[id] !== 0) {
+          problems.push(`free list ${list} reaches ${id} ${id >= capacity ? "(no such slot)" : "twice"}`);
+          break;
+        }
+        onFreeList[id] = 1;
+        free++;
+        if ((w[(id << Entry.Shift) + Entry.Meta]! & Meta.Used) !== 0) problems.push(`slot ${id} is used and on the free list`);
+        if ((id >> 4) % lists !== list) problems.push(`slot ${id} is on free list ${list}, not ${(id >> 4) % lists}`);
       }
-      onFreeList[id] = 1;
-      free++;
-      if ((w[(id << Entry.Shift) + Entry.Meta]! & Meta.Used) !== 0) problems.push(`slot ${id} is used and on the free list`);
     }
     if (used + free !== capacity) problems.push(`${used} used + ${free} free slots, of ${capacity}`);
     const chainOf = new Int32Array(capacity * 2).fill(-1);
@@ -1253,17 +1301,25 @@ export class ConntrackTable {
     return this.words[(id << Entry.Shift) + (dir << 2) + NodeWord.Ports]! & 0xffff;
   }
   status(id: number): number {
-    return this.words[(id << Entry.Shift) + Entry.Status]!;
+    return this.words[(id << Entry.Shift) + Entry.Status]! & Status.Bits;
+  }
+  /**
+   * The queue whose thread read the connection's first packet (`ownQueue` of the thread that
+   * created the entry): with workers, the forwarder writes every packet of the connection through
+   * that queue (io/forwarder.ts steerToOwners), so the kernel steers both its directions there.
+   */
+  ownerQueue(id: number): number {
+    return this.words[(id << Entry.Shift) + Entry.Status]! >>> Status.OwnerShift;
   }
   /** ORs `bits` into the status (Linux set_bit / `ct->status |= bits`). */
   setStatus(id: number, bits: number): void {
     if (this.undoLog.recording) this.journalWord((id << Entry.Shift) + Entry.Status);
-    this.words[(id << Entry.Shift) + Entry.Status] |= bits;
+    this.words[(id << Entry.Shift) + Entry.Status] |= bits & Status.Bits;
   }
   /** Clears `bits` from the status (Linux clear_bit). */
   clearStatus(id: number, bits: number): void {
     if (this.undoLog.recording) this.journalWord((id << Entry.Shift) + Entry.Status);
-    this.words[(id << Entry.Shift) + Entry.Status] &= ~bits;
+    this.words[(id << Entry.Shift) + Entry.Status] &= ~(bits & Status.Bits);
   }
   isConfirmed(id: number): boolean {
     return (this.words[(id << Entry.Shift) + Entry.Status]! & Status.Confirmed) !== 0;

@@ -12,7 +12,7 @@ import type { Clock } from "../core/clock.js";
 import { systemClock } from "../core/clock.js";
 import { hashKeyFrom } from "../core/hash.js";
 import { CryptoRng, type Rng } from "../core/rng.js";
-import { ConfigError, effectiveRpFilter, type RouterConfig } from "../config/config.js";
+import { ConfigError, effectiveRpFilter, workersOf, type RouterConfig } from "../config/config.js";
 import { type ConntrackSharedMemory, ConntrackTable } from "../conntrack/table.js";
 import { RouteError, RoutingTable } from "../route/table.js";
 import { NatEngine, type NatSharedMemory } from "../nat/binding.js";
@@ -53,6 +53,11 @@ export interface BuildOptions {
    * "Shared tables"). Every user of the tables then takes their lock.
    */
   readonly sharable?: boolean;
+  /**
+   * A sharable table's free lists, one per queue (conntrack/table.ts `queues`): the config's
+   * `workers` unless given (a benchmark that runs one and two workers over one table gives 2).
+   */
+  readonly queues?: number;
   /**
    * Attach to the tables of another thread's sharable dataplane (`sharedTablesOf` of it, sent
    * with postMessage): one connection table and one NAT binding state for all workers. The
@@ -110,6 +115,7 @@ export function buildDataplane(config: RouterConfig, options: BuildOptions = {})
     key: hashKeyFrom(rng),
     sharable,
     shared: shared?.conntrack,
+    queues: sharable ? (options.queues ?? workersOf(config)) : 1,
     // nf_nat_cleanup_conntrack: a freed connection leaves the NAT by-source index.
     onRemove: (id) => engine?.forget(id),
     tcpBeLiberal: config.conntrack.tcpBeLiberal,

@@ -16,12 +16,6 @@ import { TunLeg } from "./tun-leg.js";
  * STEERED` (legs are numbered far below it).
  */
 const STEERED = 1 << 16;
-/**
- * Connections go to queues in runs of 16 entry ids (`(id >> 4) % queues`), not one by one: the
- * 16 lock-free sequence words of a run share a 64-byte cache line (conntrack/table.ts), so one
- * thread writes each line and the threads do not take cache lines from each other per packet.
- */
-const CONNECTIONS_PER_QUEUE_SHIFT = 4;
 
 export class Forwarder {
   private readonly rx: PacketBatch;
@@ -73,15 +67,18 @@ export class Forwarder {
 
   /**
    * `workers: N`: this forwarder reads queue `queue` of every device of `count`. A packet of a
-   * connection is then written through queue `(id >> 4) % count` of its egress device, whichever thread
-   * forwarded it: the TUN driver steers a flow to the queue that last wrote it
-   * (tun_flow_update / tun_automq_select_queue), so both directions of a connection settle on one
-   * queue, hence one thread, and its packets are no longer forwarded by two threads at once (which
-   * reorders a TCP stream) nor moved from thread to thread as each writes (docs/multi-core.md).
+   * connection is then written through its owner queue (the queue its first packet was read
+   * from, conntrack/table.ts `ownerQueue`) of its egress device, whichever thread forwarded it:
+   * the TUN driver steers a flow to the queue that last wrote it (tun_flow_update /
+   * tun_automq_select_queue), so both directions of a connection settle on the queue its first
+   * packet came by, hence one thread, and its packets are no longer forwarded by two threads at
+   * once (which reorders a TCP stream) nor moved from thread to thread as each writes
+   * (docs/multi-core.md "Queues and threads").
    */
   useQueues(queue: number, count: number): void {
     this.queue = queue;
     this.queueCount = count;
+    this.dataplane.conntrack.ownQueue = queue;
   }
 
   /** Starts (a tap with sessions) or stops (null) capturing, between two batches. */
@@ -148,7 +145,7 @@ export class Forwarder {
   }
 
   /**
-   * Marks the packets whose connection's queue (`(id >> 4) % queueCount`) is not this forwarder's with
+   * Marks the packets whose connection's owner queue is not this forwarder's with
    * `STEERED` verdicts; true when there is any. A dataplane not yet asked for its packets'
    * connections (the first batch, or the first after a live change) is asked now.
    */
@@ -161,13 +158,14 @@ export class Forwarder {
     const count = this.queueCount;
     const own = this.queue;
     const legs = this.slots.legs;
+    const table = dataplane.conntrack;
     let steered = false;
     for (let i = 0; i < batch.count; i++) {
       const verdict = verdicts[i]!;
       const connection = connections[i]!;
       if (verdict < 0 || connection < 0) continue;
-      const queue = (connection >> CONNECTIONS_PER_QUEUE_SHIFT) % count;
-      if (queue === own) continue;
+      const queue = table.ownerQueue(connection);
+      if (queue === own || queue >= count) continue;
       const leg = legs[verdict];
       if (!(leg instanceof TunLeg) || leg.queueFds === null || leg.queueFds.length !== count) continue;
       verdicts[i] = verdict + (queue + 1) * STEERED;
@@ -176,7 +174,7 @@ export class Forwarder {
     return steered;
   }
 
-  /** Writes the packets `steerToOwners` marked, each through its connection's queue of its leg. */
+  /** Writes the packets `steerToOwners` marked, each through its connection's owner queue of its leg. */
   private flushSteered(batch: PacketBatch, verdicts: Int32Array): void {
     for (let i = 0; i < batch.count; i++) {
       const want = verdicts[i]!;

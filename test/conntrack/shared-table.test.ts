@@ -116,6 +116,67 @@ describe("a sharable table and a table attached to its memory", () => {
   });
 });
 
+describe("free lists per queue and a connection's owner queue (workers: 2)", () => {
+  function queuePair(capacity: number): { owner: ConntrackTable; attached: ConntrackTable } {
+    const clock = new ManualClock(1000);
+    const owner = new ConntrackTable({ capacity, clock, seed: 7, sharable: true, queues: 2 });
+    const attached = new ConntrackTable({ capacity, clock, shared: owner.sharedMemory() });
+    attached.ownQueue = 1;
+    return { owner, attached };
+  }
+
+  it("record the queue whose thread opened the connection, out of its status bits, and hand each thread ids from its own runs of 16", () => {
+    const { owner, attached } = queuePair(64);
+    for (let i = 0; i < 12; i++) {
+      const mine = openUdp(owner, `10.0.0.${10 + i}`, 4000);
+      const theirs = openUdp(attached, `10.0.0.${10 + i}`, 4001);
+      expect([(mine >> 4) % 2, owner.ownerQueue(mine), attached.ownerQueue(mine)]).toEqual([0, 0, 0]);
+      expect([(theirs >> 4) % 2, owner.ownerQueue(theirs), attached.ownerQueue(theirs)]).toEqual([1, 1, 1]);
+      // The owner queue is not a status bit: Linux's IPS_* bits only, as `conntrack -L` shows them.
+      expect(owner.status(theirs)).toBe(CtStatus.Confirmed);
+    }
+    owner.setStatus(0, 0xff000000);
+    expect(owner.ownerQueue(0)).toBe(0);
+    expect(owner.structureProblems()).toEqual([]);
+  });
+
+  it("let a thread whose list is empty take another's slot (owned by it all the same), and a create released at once leaves the lists as they were", () => {
+    const { owner, attached } = queuePair(32);
+    const ids: number[] = [];
+    for (let i = 0; i < 20; i++) ids.push(openUdp(attached, `10.0.0.${10 + i}`, 4000));
+    expect(ids.slice(0, 16)).toEqual(Array.from({ length: 16 }, (_, i) => 16 + i));
+    expect(ids.slice(16)).toEqual([0, 1, 2, 3]);
+    for (const id of ids) expect(owner.ownerQueue(id)).toBe(1);
+    // `qnat trace` creates and releases: the next create gets the same slot.
+    const traced = owner.create(IPPROTO_UDP, ip("10.0.0.99"), ip("203.0.113.10"), 4000, 53);
+    owner.release(traced);
+    expect(owner.create(IPPROTO_UDP, ip("10.0.0.98"), ip("203.0.113.10"), 4000, 53)).toBe(traced);
+    // A freed slot goes back to its own run's list, whoever frees it.
+    owner.remove(ids[0]!);
+    expect(openUdp(attached, "10.0.0.97", 4000)).toBe(ids[0]);
+    expect(owner.structureProblems()).toEqual([]);
+  });
+
+  it("stay well formed through 2,000 random opens and removals by both threads, and a full table is full for both", () => {
+    const { owner, attached } = queuePair(48);
+    const rng = new XorShift32(11);
+    const open: number[] = [];
+    for (let step = 0; step < 2000; step++) {
+      const table = rng.next() % 2 === 0 ? owner : attached;
+      if (open.length > 0 && (open.length === 48 || rng.next() % 3 === 0)) {
+        table.remove(open.splice(rng.next() % open.length, 1)[0]!);
+      } else {
+        open.push(openUdp(table, `10.${step >> 8}.${step & 255}.1`, 4000));
+      }
+    }
+    expect(owner.structureProblems()).toEqual([]);
+    while (open.length < 48) open.push(openUdp(owner, `10.9.${open.length}.1`, 4000));
+    for (const id of open) owner.setStatus(id, CtStatus.Assured);
+    expect(attached.create(IPPROTO_UDP, ip("10.0.0.99"), ip("203.0.113.10"), 4000, 53)).toBe(-1);
+    expect(owner.create(IPPROTO_UDP, ip("10.0.0.99"), ip("203.0.113.10"), 4000, 53)).toBe(-1);
+  });
+});
+
 describe("the table lock", () => {
   it("is re-entrant for the thread that holds it", () => {
     const { owner, attached } = pair();
