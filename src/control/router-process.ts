@@ -634,7 +634,10 @@ export async function startRouter(configPath: string, options: RouterOptions = {
       // has, a new connection may still meet the old rules on another thread. The route caches
       // are cleared again once all run the new routes (a worker may have cached an old route).
       if (relinked) await relinkWorkers(workers, running, next, removedLegs);
-      else await workers.apply(next);
+      else {
+        const late = await workers.apply(next);
+        if (late.length > 0) log(`qnat: apply: worker ${late.join(", ")} has not taken the change yet (it is still building its dataplane); it forwards by the previous config until it has`);
+      }
       dataplane.conntrack.locked(() => dataplane.conntrack.clearRouteCaches());
     }
     for (const { port, to } of difference.mtus) setPortMtu(config.ports.findIndex((p) => p.name === port), to);
@@ -742,7 +745,7 @@ export async function startRouter(configPath: string, options: RouterOptions = {
    * (control/workers.ts relink); the removed legs' queues close once every worker let them go,
    * never before (a worker writes through every queue of a device: io/forwarder.ts useQueues).
    * Posted before this turn of the event loop ends, so the workers get it before any later
-   * `leg-down` or `leg-up` of the new numbering. Waits at most RELINK_TIMEOUT_MS; a worker still
+   * `leg-down` or `leg-up` of the new numbering. Waits at most CHANGE_TIMEOUT_MS; a worker still
    * building its successor then (a full routing table) is named in one line and follows later.
    */
   const relinkWorkers = async (running: ForwardingWorkers, before: RouterConfig, next: RouterConfig, removed: readonly TunLeg[]): Promise<void> => {

@@ -39,8 +39,11 @@ import type { WorkerStatsView } from "./show.js";
 export const COUNTERS_TIMEOUT_MS = 500;
 /** How long `stop()` waits for the workers to answer that they stopped reading. */
 export const STOP_TIMEOUT_MS = 400;
-/** How long `relink` waits for every worker to take the new ports before it says which have not. */
-export const RELINK_TIMEOUT_MS = 5000;
+/**
+ * How long a live change (`apply`, `relink`) waits for every worker to swap in its successor
+ * before it says which have not (a worker builds a full routing table in pieces for seconds).
+ */
+export const CHANGE_TIMEOUT_MS = 5000;
 /** A worker that fails this often within RESTART_WINDOW_MS is left stopped. */
 export const RESTART_LIMIT = 5;
 export const RESTART_WINDOW_MS = 60_000;
@@ -80,8 +83,8 @@ export interface ForwardingWorkersOptions {
   readonly spawnThread?: (setup: WorkerSetup) => Worker;
   /** How long `counters()` waits for each worker (default COUNTERS_TIMEOUT_MS). */
   readonly countersTimeoutMs?: number;
-  /** How long `relink` waits before it reports the workers that have not answered (default RELINK_TIMEOUT_MS). */
-  readonly relinkTimeoutMs?: number;
+  /** How long `apply` and `relink` wait before they report the workers that have not answered (default CHANGE_TIMEOUT_MS). */
+  readonly changeTimeoutMs?: number;
 }
 
 export class ForwardingWorkers {
@@ -90,7 +93,7 @@ export class ForwardingWorkers {
   private readonly pending = new Map<number, { remaining: Set<number>; answers: Map<number, DataplaneCounters>; done: () => void }>();
   private readonly releases = new Map<number, { remaining: Set<number>; done: () => void }>();
   private readonly stops = new Map<number, () => void>();
-  private readonly applies = new Map<number, { remaining: Set<number>; failed: Map<number, string>; done: () => void }>();
+  private readonly applies = new Map<number, { remaining: Set<number>; done: () => void }>();
   private readonly relinks = new Map<number, { remaining: Set<number>; done: () => void }>();
   private stopping = false;
 
@@ -190,10 +193,10 @@ export class ForwardingWorkers {
         return;
       case "applied": {
         const change = this.applies.get(message.id);
-        if (change === undefined) return;
-        if (message.error !== undefined) change.failed.set(t.number, message.error);
-        change.remaining.delete(t.number);
-        if (change.remaining.size === 0) change.done();
+        if (change !== undefined && change.remaining.delete(t.number) && change.remaining.size === 0) change.done();
+        // It kept its running dataplane: started again with the new config, so that no thread
+        // goes on with the old one, whether the others answered or not.
+        if (message.error !== undefined && t.thread !== null) this.failed(t, t.thread, `the live change failed there: ${message.error}`);
         return;
       }
       case "relinked": {
@@ -331,23 +334,34 @@ export class ForwardingWorkers {
 
   /**
    * A live change with the same ports (control/live-apply.ts): every worker swaps in the
-   * successor dataplane of `config` between two batches; resolves when all did. A worker that
-   * could not (it ran out of memory building it...) is started again with the new config, so no
-   * thread goes on with the old one. Workers started later get `config` too.
+   * successor dataplane of `config` between two batches. Resolves when all did, with [], or after
+   * CHANGE_TIMEOUT_MS with the workers that had not answered (a loaded machine; a full routing
+   * table to build): they swap when they get to it, still by the old config until then. A worker
+   * that could not (it ran out of memory building it...) is started again with the new config, so
+   * no thread goes on with the old one. Workers started later get `config` too.
    */
-  async apply(config: WorkerBase["config"]): Promise<void> {
+  async apply(config: WorkerBase["config"]): Promise<number[]> {
     this.base = { ...this.base, config };
     const id = this.nextRequest++;
-    const failed = new Map<number, string>();
     const remaining = new Set(this.threads.filter((t) => this.post(t, { type: "apply", id, config })).map((t) => t.number));
-    if (remaining.size > 0) {
-      await new Promise<void>((resolve) => this.applies.set(id, { remaining, failed, done: resolve }));
-      this.applies.delete(id);
-    }
-    for (const [number, why] of failed) {
-      const t = this.threads[number - 1]!;
-      if (t.thread !== null) this.failed(t, t.thread, `the live change failed there: ${why}`);
-    }
+    const answered = new Promise<void>((resolve) => {
+      const done = (): void => {
+        this.applies.delete(id);
+        resolve();
+      };
+      if (remaining.size === 0) done();
+      else this.applies.set(id, { remaining, done });
+    });
+    return this.lateAfterWait(answered, remaining);
+  }
+
+  /** Waits for `answered` at most CHANGE_TIMEOUT_MS; then the workers still in `remaining`, in order, else []. */
+  private async lateAfterWait(answered: Promise<void>, remaining: ReadonlySet<number>): Promise<number[]> {
+    let timer: NodeJS.Timeout | undefined;
+    const late = new Promise<boolean>((resolve) => (timer = setTimeout(() => resolve(true), this.options.changeTimeoutMs ?? CHANGE_TIMEOUT_MS)));
+    const timedOut = await Promise.race([answered.then(() => false), late]);
+    clearTimeout(timer);
+    return timedOut ? [...remaining].sort((a, b) => a - b) : [];
   }
 
   /**
@@ -356,7 +370,7 @@ export class ForwardingWorkers {
    * forwards over `queues[w - 1]` (its queue of every leg of `config`) in one step between two
    * batches; `ports[p]` is where port p went (-1: removed). `released` is called once every
    * worker answered (or is gone): none then holds an fd of the legs it had and `config` lacks, so
-   * the caller may close them. Resolves with `released` called, or after RELINK_TIMEOUT_MS with the
+   * the caller may close them. Resolves with `released` called, or after CHANGE_TIMEOUT_MS with the
    * workers that had not answered (a loaded machine; a full routing table to build): they follow
    * when they get to it, and `released` waits for them. A worker that could not build the
    * successor let all its legs go; it is started again with the new config, as `apply` does.
@@ -375,7 +389,6 @@ export class ForwardingWorkers {
       t.renumberings.push(renumbering);
       remaining.add(t.number);
     }
-    let timer: NodeJS.Timeout | undefined;
     const answered = new Promise<void>((resolve) => {
       const done = (): void => {
         this.relinks.delete(id);
@@ -388,10 +401,7 @@ export class ForwardingWorkers {
       if (remaining.size === 0) done();
       else this.relinks.set(id, { remaining, done });
     });
-    const late = new Promise<boolean>((resolve) => (timer = setTimeout(() => resolve(true), this.options.relinkTimeoutMs ?? RELINK_TIMEOUT_MS)));
-    const timedOut = await Promise.race([answered.then(() => false), late]);
-    clearTimeout(timer);
-    return timedOut ? [...remaining].sort((a, b) => a - b) : [];
+    return this.lateAfterWait(answered, remaining);
   }
 
   /** Leg `index` was re-created: `queues[w - 1]` is worker w's queue of it. */

@@ -23,18 +23,20 @@ import { renumberPortCounters, type DataplaneCounters, type FromWorker, type Wor
  * A stand-in worker. `relink`: logs the fds it was given ("worker W relinked to FD,FD,..."),
  * reports the legs named in workerData.failLegs as failed (in the legs it had), then answers
  * `relinked` — with an error when workerData.relink is "fail", only when next asked for its
- * counters when "late", never when "silent". `counters`: 7 packets received on its port 0's wire
- * leg, in the ports it runs.
+ * counters when "late", never when "silent". `apply` (a change with the same ports): logs "worker
+ * W applied N ports" and answers `applied`, the same four ways. `counters`: 7 packets received on
+ * its port 0's wire leg, in the ports it runs.
  */
 const STAND_IN = `
 const { parentPort, workerData } = require("node:worker_threads");
 const { setup, relink, failLegs } = workerData;
 let held = null;
 const answer = (message) => {
-  parentPort.postMessage({ type: "log", line: "worker " + setup.worker + " relinked to " + message.legs.map((l) => l.fd).join(",") });
-  parentPort.postMessage(relink === "fail"
-    ? { type: "relinked", id: message.id, error: "out of memory" }
-    : { type: "relinked", id: message.id });
+  const type = message.type === "apply" ? "applied" : "relinked";
+  parentPort.postMessage({ type: "log", line: message.type === "apply"
+    ? "worker " + setup.worker + " applied " + message.config.ports.length + " ports"
+    : "worker " + setup.worker + " relinked to " + message.legs.map((l) => l.fd).join(",") });
+  parentPort.postMessage(relink === "fail" ? { type, id: message.id, error: "out of memory" } : { type, id: message.id });
 };
 parentPort.on("message", (message) => {
   if (message.type === "counters") {
@@ -46,8 +48,8 @@ parentPort.on("message", (message) => {
       portCounters, drops: new Float64Array(2 * (setup.legs.length / 2)), conntrack: {},
       chains: { lookups: 0, nodesWalked: 0, longestWalk: 0 }, fragments: {}, fragmentation: {}, rules: null, nat: {},
     } });
-  } else if (message.type === "relink") {
-    for (const index of failLegs) parentPort.postMessage({ type: "leg-failed", index, code: "EIO", message: "read failed" });
+  } else if (message.type === "relink" || message.type === "apply") {
+    if (message.type === "relink") for (const index of failLegs) parentPort.postMessage({ type: "leg-failed", index, code: "EIO", message: "read failed" });
     if (relink === "late") held = message;
     else if (relink !== "silent") answer(message);
   } else if (message.type === "stop") {
@@ -82,7 +84,7 @@ afterEach(async () => {
   running = undefined;
 });
 
-function standIns(workers: number, behaviour: (worker: number, run: number) => StandIn, log: string[], failed: number[] = [], relinkTimeoutMs = 10_000): ForwardingWorkers {
+function standIns(workers: number, behaviour: (worker: number, run: number) => StandIn, log: string[], failed: number[] = [], changeTimeoutMs = 10_000): ForwardingWorkers {
   const base = {
     config: config(2), vnetHdr: false, batchSize: 64, slotSize: 2048, headroom: 0,
     spinMicroseconds: 0, warmUp: false, tables: { conntrack: {}, nat: null },
@@ -96,7 +98,7 @@ function standIns(workers: number, behaviour: (worker: number, run: number) => S
       return new Worker(STAND_IN, { eval: true, workerData: { setup, relink, failLegs } });
     },
     countersTimeoutMs: 10_000,
-    relinkTimeoutMs,
+    changeTimeoutMs,
   });
   return running;
 }
@@ -174,6 +176,37 @@ describe("ports added or removed live on a router with workers: N", () => {
     expect(after.portCounters).toHaveLength(27);
     expect(after.portCounters[0]).toBe(0);
     expect(after.portCounters[9]).toBe(7);
+  });
+});
+
+describe("a change with the same ports on a router with workers: N", () => {
+  it("every worker applies it and the apply names nobody", async () => {
+    const log: string[] = [];
+    const workers = standIns(3, () => ({}), log);
+    await workers.start();
+    expect(await workers.apply(config(2))).toEqual([]);
+    expect(log).toEqual(expect.arrayContaining(["worker 1 applied 2 ports", "worker 2 applied 2 ports"]));
+  });
+
+  it("a worker slower than the wait is named and applies the change when it gets to it; one that never answers is named too, and the apply returns all the same", async () => {
+    const log: string[] = [];
+    const workers = standIns(3, (worker) => ({ relink: worker === 1 ? "late" : "silent" }), log, [], 100);
+    await workers.start();
+    // Worker 2 never answers: only the wait's end can return this.
+    expect(await workers.apply(config(2))).toEqual([1, 2]);
+    expect(log.some((line) => line.includes("applied"))).toBe(false);
+    // Asked for its counters, worker 1 gets to the change at last.
+    await workers.counters();
+    await until(() => log.includes("worker 1 applied 2 ports"));
+  });
+
+  it("a worker that cannot build its successor is logged in one line and started again with the new config", async () => {
+    const log: string[] = [];
+    const workers = standIns(2, (_, run) => ({ relink: run === 1 ? "fail" : "answer" }), log);
+    await workers.start();
+    expect(await workers.apply(config(3))).toEqual([]);
+    await until(() => log.includes("worker 1 started on 101,201,301,401 with 3 ports"));
+    expect(log).toContain("qnat: worker 1 failed (the live change failed there: out of memory); started again on its queues");
   });
 });
 
