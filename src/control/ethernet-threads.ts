@@ -182,6 +182,15 @@ export function neighboursOfThreads(perThread: readonly (readonly NeighbourView[
   return rows.sort((a, b) => a.port - b.port || order(a.dst) - order(b.dst) || a.thread - b.thread);
 }
 
+/**
+ * How many neighbours the router knows: each (port, address) once, however many threads' tables
+ * hold it (`show stats`' `entries` with workers; the threads' counters are added up, but an entry
+ * two threads learned is one neighbour).
+ */
+export function distinctNeighbours(perThread: readonly (readonly NeighbourView[])[]): number {
+  return new Set(perThread.flatMap((entries) => entries.map((row) => `${row.port} ${row.dst}`))).size;
+}
+
 /** `ip neigh`-style lines, each ending in the thread whose table holds the entry. */
 export function formatThreadNeighbours(rows: readonly ThreadNeighbourView[]): string {
   return rows

@@ -69,7 +69,7 @@ import { addDataplaneCounters, copyRuleCountersToModel, countersOf, ethernetCoun
 import type { CompiledRules } from "../nat/rules/evaluate.js";
 import { ForwardingWorkers, MultiQueueLeg, isWorkerQueued, type WorkerQueued } from "./workers.js";
 import {
-  MultiQueueEthernetLeg, NEIGHBOUR_TICK_MS, buildEthernetStage, ethernetPortsOf, formatThreadNeighbours, neighboursOfThreads, relayArpBetweenThreads,
+  MultiQueueEthernetLeg, NEIGHBOUR_TICK_MS, buildEthernetStage, distinctNeighbours, ethernetPortsOf, formatThreadNeighbours, neighboursOfThreads, relayArpBetweenThreads,
 } from "./ethernet-threads.js";
 import { PumpLoop, SPIN_MICROSECONDS } from "../io/pump-loop.js";
 import { formatRules, formatSaveDocument } from "../nat/rules/format.js";
@@ -261,7 +261,13 @@ export async function startRouter(configPath: string, options: RouterOptions = {
   const workerCounters = async (running: ForwardingWorkers): Promise<{ summed: DataplaneCounters; perWorker: WorkerStatsView[] }> => {
     const own = { ...countersOf(dataplane), ...(ethernet !== undefined ? { ethernet: ethernetCountersOf(ethernet) } : {}) };
     const others = await running.counters();
-    return { summed: addDataplaneCounters(own, others), perWorker: running.perWorker(own, others) };
+    const summed = addDataplaneCounters(own, others);
+    const neighbours = summed.ethernet?.neighbours;
+    if (neighbours !== undefined) {
+      // One router: a neighbour in two threads' tables is one entry (the other counters add up).
+      neighbours["entries"] = distinctNeighbours([own, ...others].map((c) => c.ethernet?.entries ?? []));
+    }
+    return { summed, perWorker: running.perWorker(own, others) };
   };
   const addon = loadTunAddon();
   dataplane.log = log;

@@ -9,12 +9,12 @@
 import { Worker } from "node:worker_threads";
 import { afterEach, describe, expect, it } from "vitest";
 import { parseIpv4 } from "../../src/core/addr.js";
-import { formatThreadNeighbours, neighboursOfThreads, relayArpBetweenThreads } from "../../src/control/ethernet-threads.js";
+import { distinctNeighbours, formatThreadNeighbours, neighboursOfThreads, relayArpBetweenThreads } from "../../src/control/ethernet-threads.js";
 import { collectEthernetStats } from "../../src/control/show.js";
 import { ForwardingWorkers, type WorkerBase } from "../../src/control/workers.js";
 import { EthCounter } from "../../src/io/ethernet-leg.js";
 import { addDataplaneCounters, countersOf, ethernetCountersOf, type WorkerSetup } from "../../src/io/worker-protocol.js";
-import { NUD_REACHABLE, NUD_STALE } from "../../src/neigh/table.js";
+import { NUD_REACHABLE, NUD_STALE, type NeighbourView } from "../../src/neigh/table.js";
 import { ARPOP_REQUEST } from "../../src/wire/arp.js";
 import { formatMac, parseMac } from "../../src/wire/ethernet.js";
 import { EthernetRouter, QG_MAC, arpFrame, ipFrame } from "../support/ethernet-router.js";
@@ -121,7 +121,7 @@ describe("neighbour news between the main thread and its workers", () => {
 });
 
 describe("one router's Ethernet counters and neighbours over two threads", () => {
-  it("show stats adds both threads' ARP counters; show neigh lists each thread's entry of 10.0.0.3", () => {
+  it("show stats adds both threads' ARP counters and counts 10.0.0.3, in both tables, once; show neigh lists each thread's entry of it", () => {
     const threads = [new EthernetRouter(), new EthernetRouter()];
     threads.forEach((r, thread) => {
       r.leg(QR).inject(request);
@@ -134,12 +134,23 @@ describe("one router's Ethernet counters and neighbours over two threads", () =>
     const view = collectEthernetStats(threads[0]!.stage, names, summed.ethernet);
     expect(view.ports[names[0]!]!["arp_requests_in"]).toBe(2);
     expect(view.ports[names[0]!]!["arp_replies"]).toBe(2);
+    // The threads' table sizes add up to 3; the router knows 2 neighbours (router-process.ts
+    // workerCounters puts the distinct count in `show stats`).
     expect(view.neighbours["entries"]).toBe(3);
+    expect(distinctNeighbours([main!.ethernet.entries, worker!.ethernet.entries])).toBe(2);
     const rows = neighboursOfThreads([main!.ethernet.entries, worker!.ethernet.entries], names);
     expect(formatThreadNeighbours(rows)).toBe(
       `10.0.0.3 dev ${names[0]} lladdr ${VM2_MAC} STALE thread 0\n` +
         `10.0.0.3 dev ${names[0]} lladdr ${VM2_MAC} STALE thread 1\n` +
         `10.0.0.4 dev ${names[0]} lladdr 02:00:0a:00:00:04 STALE thread 1\n`,
     );
+  });
+});
+
+describe("distinctNeighbours", () => {
+  const row = (port: number, dst: string): NeighbourView => ({ port, dst, lladdr: null, state: "INCOMPLETE", queued: 0 });
+  it("counts an address once per port, however many threads hold it, and the same address on two ports twice", () => {
+    expect(distinctNeighbours([[row(0, "10.0.0.3"), row(1, "10.0.0.3")], [row(0, "10.0.0.3")], []])).toBe(2);
+    expect(distinctNeighbours([])).toBe(0);
   });
 });

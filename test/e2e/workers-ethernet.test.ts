@@ -156,6 +156,10 @@ describe.skipIf(!isRoot)("the seed's router with tap ports and workers: 2", () =
     }
     const text = await controlRequest(socket, { cmd: "show", what: "neigh" });
     expect(text.ok && text.text).toMatch(new RegExp(`^10\\.0\\.0\\.3 dev ${qr} lladdr ${tenantMac} \\S+ thread 1$`, "m"));
+    // `show stats` counts each neighbour once, though both threads' tables hold it.
+    const distinct = new Set(rows.map((r) => `${r.dev} ${r.dst}`)).size;
+    expect(rows.length).toBeGreaterThan(distinct);
+    expect((await stats()).ethernet.neighbours["entries"]).toBe(distinct);
   }, 40_000);
 
   it("qnat capture -c 100 of both ports' wires while the flows cross both threads: 100 Ethernet frames, every one IPv4 or ARP with its header in place", async () => {
