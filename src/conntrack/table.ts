@@ -268,16 +268,16 @@ const enum Meta {
 
 /**
  * The header: the table's mutable state that is not per object, so that every thread attached to
- * a shared table allocates from the same free lists and sweeps with one gc cursor; then what an attached
- * object needs to read the memory (capacity, hash key).
+ * a shared table counts its entries and sweeps with one gc cursor; then what an attached object
+ * needs to read the memory (capacity, hash key). The free lists' heads follow the lock's words
+ * (`freeHeads`).
  */
 const enum Header {
-  /** Word 0 is unused (the free lists' heads follow the lock's words: `freeHeads`). */
-  Used = 1,
-  GcCursor = 2,
-  Capacity = 3,
-  K0 = 4,
-  K1 = 5,
+  Used = 0,
+  GcCursor = 1,
+  Capacity = 2,
+  K0 = 3,
+  K1 = 4,
   /** Words in the header. */
   Words = 8,
 }
