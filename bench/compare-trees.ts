@@ -12,47 +12,23 @@
  * (docs/multi-core.md), for trees that have it (from 89e5bb3 on). `flows` replaces the established workloads' flow count: a few hundred flows keep every table
  * line in the L1/L2 cache, so the figure is the fast path's instruction cost alone (no memory
  * stalls), a steadier measure of a change in compute than the full-size workloads.
+ * The two trees share the process's caches: at full size each block starts on the other tree's
+ * leftovers, so a change in a tree's memory footprint is judged against the other's, and the
+ * full-size ratios come out higher than with each tree alone (inbound TCP against 3264a9f: 0.72-0.82
+ * here, 0.55-0.69 alone). For a figure to quote, bench/defences.ts runs each tree in its own process.
  */
-import { pathToFileURL } from "node:url";
-import { resolve } from "node:path";
-import type * as Scenario from "./lib/scenario.js";
+import { isTreeWorkload, loadTreeWorkload } from "./lib/tree-workload.js";
 
 const [oldTree, newTree, workload, secondsArg, flowsArg] = process.argv.slice(2);
-if (oldTree === undefined || newTree === undefined || !["e64", "e1m", "inbound", "new", "e64shared"].includes(workload ?? "")) {
+if (oldTree === undefined || newTree === undefined || !isTreeWorkload(workload)) {
   process.stderr.write("usage: compare-trees.js OLD_TREE NEW_TREE e64|e1m|inbound|new|e64shared [seconds] [flows]\n");
   process.exit(2);
 }
 const seconds = Number(secondsArg ?? 10);
+const flows = flowsArg !== undefined ? Number(flowsArg) : undefined;
 
-/** One batch of the workload per call, in `tree`'s code. */
-async function workloadOf(tree: string): Promise<() => void> {
-  const s = (await import(pathToFileURL(resolve(tree, "dist/bench/lib/scenario.js")).href)) as typeof Scenario;
-  let next = 0;
-  if (workload === "new") {
-    const { router, template, driver } = s.newConnectionWorkload(131_072);
-    return () => {
-      driver.run(template.views[next]!, s.TENANT_PORT);
-      if (++next === template.batches) {
-        next = 0;
-        router.clock.offset += 31;
-      }
-    };
-  }
-  const count = flowsArg !== undefined ? Number(flowsArg) : workload === "e1m" ? 1_000_000 : 65_536;
-  const router = s.seedRouter(Math.max(262_144, Math.ceil(count * 1.05)), false, workload === "e64shared" ? { sharable: true } : {});
-  const inbound = workload === "inbound";
-  const packets = inbound ? s.establishInboundTcp(router, s.inboundFlows(count, 0xbeef)) : s.establishTenantFlows(router, s.tenantFlows(count, 0xc0ffee));
-  const template = new s.PacketTemplate(packets, s.shuffled(count, inbound ? 0xfeed : 0x5eed));
-  const driver = new s.Driver(router.dataplane);
-  const port = inbound ? s.GATEWAY_PORT : s.TENANT_PORT;
-  return () => {
-    driver.run(template.views[next]!, port);
-    if (++next === template.batches) next = 0;
-  };
-}
-
-const runOld = await workloadOf(oldTree);
-const runNew = await workloadOf(newTree);
+const runOld = (await loadTreeWorkload(oldTree, workload, flows)).step;
+const runNew = (await loadTreeWorkload(newTree, workload, flows)).step;
 for (let i = 0; i < 3000; i++) {
   runOld();
   runNew();
