@@ -23,7 +23,8 @@
  * Expiry is O(1) per packet: an expired entry met by a lookup is removed then (Linux
  * `nf_ct_gc_expired`), and `gc(budget)` sweeps `budget` slots per call from a rotating cursor.
  */
-import { type HashKey, hashKeyFrom, hsiphash4Batch, hsiphashBits } from "../core/hash.js";
+import { type HashKey, hashKeyFrom, hsiphashBits } from "../core/hash.js";
+import type { HashLanes } from "../core/hash-lanes.js";
 import type { Clock } from "../core/clock.js";
 import { XorShift32 } from "../core/rng.js";
 import { TABLE_LOCK_EPOCH, TABLE_LOCK_WORDS, TableLock } from "../core/table-lock.js";
@@ -696,12 +697,13 @@ export class ConntrackTable {
   }
 
   /**
-   * `bucketOf` for `count` tuples at once: tuple k is `tuples[4k .. 4k+3]` = protocol, src, dst,
-   * ports (sport << 16 | dport) as int32 words; its bucket goes to `out[k]`. The batch prefetch
-   * hashes a whole batch this way (hsiphash4Batch: two hashes interleaved).
+   * `bucketOf` for `count` tuples at once: tuple k is `lanes.tuples[4k .. 4k+3]` = protocol, src,
+   * dst, ports (sport << 16 | dport) as int32 words; its bucket goes to `lanes.hashes[k]`. The
+   * batch prefetch hashes a whole batch this way (core/hash-lanes.ts: eight tuples at a time in
+   * WebAssembly SIMD lanes).
    */
-  bucketsOf(tuples: Int32Array, count: number, out: Int32Array): void {
-    hsiphash4Batch(this.k0, this.k1, tuples, count, out, this.bucketMask);
+  bucketsOf(lanes: HashLanes, count: number): void {
+    lanes.hash(this.k0, this.k1, count, this.bucketMask);
   }
 
   /**

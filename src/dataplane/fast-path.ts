@@ -15,6 +15,7 @@
  * equal over random traffic (STYLE.md rule 10).
  */
 import type { PacketBatch } from "../core/batch.js";
+import { HashLanes } from "../core/hash-lanes.js";
 import type { ConntrackTable } from "../conntrack/table.js";
 import { CtStatus } from "../conntrack/table.js";
 import { TcpState, tcpFastPathSegment } from "../conntrack/tcp.js";
@@ -101,12 +102,12 @@ export class EstablishedFastPath {
   private prefetchBuckets = new Int32Array(256);
   private prefetchedCount = 0;
   /**
-   * prefetch's scratch: the tuples it hashes (protocol, src, dst, ports per TCP/UDP packet), the
-   * packet each came from (| Tested.PrefetchTcp for TCP) and their buckets.
+   * prefetch's scratch: the tuples it hashes and their buckets (protocol, src, dst, ports per
+   * TCP/UDP packet, in the hash's own memory: core/hash-lanes.ts), and the packet each came from
+   * (| Tested.PrefetchTcp for TCP).
    */
-  private prefetchTuples = new Int32Array(256 * 4);
+  private prefetchLanes = new HashLanes(256);
   private prefetchSlots = new Int32Array(256);
-  private prefetchHashes = new Int32Array(256);
   /**
    * The route cache in each conntrack entry (ConntrackTable.routeCache): bits 0-7 the next hop
    * id + 1 (RoutingTable.routeNexthop: the egress port and the on-wire gateway) of
@@ -164,13 +165,13 @@ export class EstablishedFastPath {
     if (this.prefetchHeads.length < count) {
       this.prefetchHeads = new Int32Array(batch.capacity);
       this.prefetchBuckets = new Int32Array(batch.capacity);
-      this.prefetchTuples = new Int32Array(batch.capacity * 4);
+      this.prefetchLanes = new HashLanes(batch.capacity);
       this.prefetchSlots = new Int32Array(batch.capacity);
-      this.prefetchHashes = new Int32Array(batch.capacity);
     }
     const heads = this.prefetchHeads;
     const buckets = this.prefetchBuckets;
-    const tuples = this.prefetchTuples;
+    const lanes = this.prefetchLanes;
+    const tuples = lanes.tuples;
     const slots = this.prefetchSlots;
     const data = batch.data;
     const end = data.length;
@@ -195,11 +196,11 @@ export class EstablishedFastPath {
       tuples[at + 3] = v.getInt32(l4);
       slots[n++] = protocol === FastPathLiteral.Tcp ? i | Tested.PrefetchTcp : i;
     }
-    // 2. Their buckets, two keyed hashes at a time (hsiphash4Batch), in a loop of its own: the
-    // hash is ~100 dependent instructions, and a loop that hashed and loaded each bucket kept
-    // only two or three bucket misses in flight (the reorder buffer full of hash work).
-    const hashed = this.prefetchHashes;
-    conntrack.bucketsOf(tuples, n, hashed);
+    // 2. Their buckets, eight keyed hashes at a time in WebAssembly SIMD lanes (HashLanes), in a
+    // pass of its own: the hash is ~100 dependent instructions, and a loop that hashed and loaded
+    // each bucket kept only two or three bucket misses in flight (the reorder buffer full of hash work).
+    conntrack.bucketsOf(lanes, n);
+    const hashed = lanes.hashes;
     // 3. The bucket loads: one miss every few instructions.
     for (let k = 0; k < n; k++) {
       const slot = slots[k]!;
