@@ -279,6 +279,26 @@ function laneModule(): WebAssembly.Module | null {
   return compiled;
 }
 
+/** Set once a WebAssembly.Memory was refused: later HashLanes do not ask again. */
+let memoryRefused = false;
+
+/**
+ * A WebAssembly.Memory of at least `bytes`, or null when none can be had: V8 reserves several GiB
+ * of address space for each (its bounds-check guard region), so a process that holds some
+ * thirteen thousand at once is refused another, after a full garbage collection. The hash then
+ * runs in JavaScript, as fast as before the lanes, rather than failing the dataplane that asked;
+ * and since each refusal costs that collection, the process stops asking.
+ */
+function laneMemory(bytes: number): WebAssembly.Memory | null {
+  if (memoryRefused) return null;
+  try {
+    return new WebAssembly.Memory({ initial: Math.ceil(bytes / 65536) });
+  } catch {
+    memoryRefused = true;
+    return null;
+  }
+}
+
 type HashFunction = (k0: number, k1: number, turns: number, out: number, mask: number) => void;
 
 /**
@@ -300,11 +320,10 @@ export class HashLanes {
   constructor(capacity: number, options: { simd?: boolean } = {}) {
     const rounded = Math.max(TURN, Math.ceil(capacity / TURN) * TURN);
     this.capacity = capacity;
-    const module = options.simd === false ? null : laneModule();
     this.outOffset = rounded * 16;
-    if (module !== null) {
-      const bytes = this.outOffset + rounded * 4;
-      const memory = new WebAssembly.Memory({ initial: Math.ceil(bytes / 65536) });
+    const memory = options.simd === false ? null : laneMemory(this.outOffset + rounded * 4);
+    const module = memory === null ? null : laneModule();
+    if (memory !== null && module !== null) {
       const instance = new WebAssembly.Instance(module, { q: { m: memory } });
       this.run = instance.exports.hash as HashFunction;
       this.tuples = new Int32Array(memory.buffer, 0, rounded * 4);

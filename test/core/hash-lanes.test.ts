@@ -48,3 +48,24 @@ describe("HashLanes: a batch of four-word tuples hashed eight at a time in WebAs
     }
   });
 });
+
+describe("HashLanes when WebAssembly memory runs out", () => {
+  it("falls back to the JavaScript hash, same values, and stops asking for memory", () => {
+    // V8 reserves several GiB of address space per WebAssembly.Memory: hold lanes until it refuses
+    const held: HashLanes[] = [];
+    let lanes = new HashLanes(256);
+    for (let i = 0; i < 40_000 && lanes.simd; i++) {
+      held.push(lanes);
+      lanes = new HashLanes(256);
+    }
+    expect(lanes.simd).toBe(false);
+    expect(held.length).toBeGreaterThan(100);
+    held.length = 0;
+    // refused once: later lanes do not try again (each refusal costs a full garbage collection)
+    expect(new HashLanes(256).simd).toBe(false);
+    const rng = new XorShift32(0x51ed);
+    for (let i = 0; i < 40; i++) lanes.tuples[i] = rng.next() | 0;
+    lanes.hash(0x1234, 0x5678, 10, 0xffff);
+    expect([...lanes.hashes.subarray(0, 10)]).toEqual(expected(lanes, 0x1234, 0x5678, 10, 0xffff));
+  });
+});
