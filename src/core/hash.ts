@@ -15,7 +15,8 @@
  * (4 words) against ~4 ns for the seeded murmur mix it replaced; SipHash-1-3 on 64-bit lanes,
  * emulated with int32 pairs, costs about 3.6 times HalfSipHash-1-3, and a fully unrolled
  * HalfSipHash was slower than this loop. It runs once per packet (the conntrack bucket), for a
- * whole batch at once in the dataplane's prefetch (`hsiphash4Batch`, two messages interleaved);
+ * whole batch at once in the dataplane's prefetch (core/hash-lanes.ts: eight tuples in
+ * WebAssembly SIMD lanes, ~4 ns a tuple; `hsiphash4Batch` below where that is missing);
  * int32 arithmetic only, no allocation.
  *
  * Keys are drawn when a router starts (`hashKeyFrom` a CryptoRng, see rng.ts and
@@ -104,8 +105,8 @@ export function hash4(key: HashKey, a: number, b: number, c: number, d: number):
  * into `out[k]`: the same values, two messages at a time with their rounds interleaved. One
  * HalfSipHash is a chain of dependent additions, rotations and xors (~100 instructions, each
  * waiting for the one before); two independent chains side by side keep more of the CPU's ALUs
- * busy, so a batch of tuples (the dataplane's prefetch hashes 256 at once) costs less than one
- * call per tuple. int32 arithmetic only, no allocation.
+ * busy, so a batch of tuples costs less than one call per tuple (~11 ns a tuple). The prefetch's
+ * HashLanes runs it where WebAssembly SIMD is missing. int32 arithmetic only, no allocation.
  */
 export function hsiphash4Batch(k0: number, k1: number, tuples: Int32Array, count: number, out: Int32Array, mask: number): void {
   k0 |= 0;
