@@ -19,6 +19,7 @@ import { execFileSync, spawnSync } from "node:child_process";
 import { existsSync, mkdirSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
+import { pathToFileURL } from "node:url";
 import { machine, mergeResults } from "./lib/report.js";
 import type { TreeWorkload } from "./lib/tree-workload.js";
 
@@ -37,7 +38,7 @@ const WORKLOADS: readonly { workload: TreeWorkload; label: string; unit: string 
   { workload: "new", label: "new connections (rules, port choice, insert)", unit: "connections/s" },
 ];
 
-interface Comparison {
+export interface Comparison {
   workload: TreeWorkload;
   label: string;
   unit: string;
@@ -58,6 +59,13 @@ function median(values: readonly number[]): number {
   const sorted = [...values].sort((a, b) => a - b);
   const mid = sorted.length >> 1;
   return sorted.length % 2 === 1 ? sorted[mid]! : (sorted[mid - 1]! + sorted[mid]!) / 2;
+}
+
+/** One workload's rounds, before and after (round i of each ran side by side), judged against the budget. */
+export function comparisonOf(what: { workload: TreeWorkload; label: string; unit: string }, before: readonly number[], after: readonly number[]): Comparison {
+  const ratios = after.map((a, i) => a / before[i]!);
+  const ratio = median(ratios);
+  return { ...what, before: median(before), after: median(after), ratio, ratios, met: ratio >= BUDGET };
 }
 
 /** A built tree of BEFORE_COMMIT, or the one line that says why there is none. */
@@ -93,7 +101,7 @@ function rateOf(tree: string, workload: TreeWorkload): number {
   return rate;
 }
 
-function markdownOf(comparisons: readonly Comparison[], skipped: string | null): string {
+export function defencesMarkdown(comparisons: readonly Comparison[], skipped: string | null): string {
   const m = machine();
   const lines = [
     "# What the defences against hostile traffic cost the hot path — `npm run bench`",
@@ -136,15 +144,14 @@ function main(): void {
           before.push(rateOf(tree.dir, workload));
         }
       }
-      const ratios = after.map((a, i) => a / before[i]!);
-      const ratio = median(ratios);
-      comparisons.push({ workload, label, unit, before: median(before), after: median(after), ratio, ratios, met: ratio >= BUDGET });
-      log(`  ${label}: before ${(median(before) / 1e6).toFixed(2)} M, after ${(median(after) / 1e6).toFixed(2)} M, after/before ${ratio.toFixed(3)} (rounds ${ratios.map((r) => r.toFixed(3)).join(", ")})`);
+      const c = comparisonOf({ workload, label, unit }, before, after);
+      comparisons.push(c);
+      log(`  ${label}: before ${(c.before / 1e6).toFixed(2)} M, after ${(c.after / 1e6).toFixed(2)} M, after/before ${c.ratio.toFixed(3)} (rounds ${c.ratios.map((r) => r.toFixed(3)).join(", ")})`);
     }
   }
   mergeResults("bench/results/latest.json", "defences", { date: new Date().toISOString(), machine: machine(), before: BEFORE_COMMIT, budget: BUDGET, skipped, comparisons });
-  writeFileSync("bench/results/defences.md", markdownOf(comparisons, skipped));
+  writeFileSync("bench/results/defences.md", defencesMarkdown(comparisons, skipped));
   log("  wrote bench/results/defences.md and the defences key of bench/results/latest.json");
 }
 
-main();
+if (process.argv[1] !== undefined && import.meta.url === pathToFileURL(process.argv[1]).href) main();
