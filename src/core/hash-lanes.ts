@@ -6,7 +6,7 @@
  * bench machine. Here each 128-bit lane register holds the state word of four tuples, and two
  * groups of four run interleaved, so eight tuples take one chain's time: ~4 ns a tuple.
  *
- * The module is a few hundred bytes assembled below (no toolchain): the tuples are read as the
+ * The module (about 4 KB) is assembled below, no toolchain: the tuples are read as the
  * prefetch writes them, four int32 words a tuple one after the other, and transposed four tuples at
  * a time into lanes (word i of four tuples in one register) with byte shuffles. It runs in the
  * memory of its `HashLanes` (a WebAssembly.Memory), where the prefetch writes its tuples and reads
