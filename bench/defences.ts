@@ -20,7 +20,7 @@ import { existsSync, mkdirSync, rmSync, symlinkSync, writeFileSync } from "node:
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { pathToFileURL } from "node:url";
-import { machine, mergeResults } from "./lib/report.js";
+import { machine, median, mergeResults } from "./lib/report.js";
 import type { TreeWorkload } from "./lib/tree-workload.js";
 
 /** The last commit before the defences (issue 9's first change came after it). */
@@ -53,12 +53,6 @@ export interface Comparison {
 
 function log(text: string): void {
   process.stdout.write(text + "\n");
-}
-
-function median(values: readonly number[]): number {
-  const sorted = [...values].sort((a, b) => a - b);
-  const mid = sorted.length >> 1;
-  return sorted.length % 2 === 1 ? sorted[mid]! : (sorted[mid - 1]! + sorted[mid]!) / 2;
 }
 
 /** One workload's rounds, before and after (round i of each ran side by side), judged against the budget. */

@@ -34,6 +34,7 @@ import type { StatsView } from "../src/control/show.js";
 import type { ConntrackEntryJson } from "../src/conntrack/format.js";
 import { controlRequest, controlSocketPath, pidPathFor } from "../src/control/socket.js";
 import { ip, isRoot } from "../src/io/netns.js";
+import { median } from "./lib/report.js";
 import { namespacesOf } from "../src/control/host-setup.js";
 import { packageRoot, retagForRun, runTag } from "./e2e-lab.js";
 
@@ -363,12 +364,6 @@ function withStateFile(text: string, path: string, file: string): string | null 
 }
 
 // ---- the figures ---------------------------------------------------------------------------------
-
-function median(values: readonly number[]): number {
-  const sorted = [...values].sort((a, b) => a - b);
-  const mid = sorted.length >> 1;
-  return sorted.length % 2 === 1 ? sorted[mid]! : (sorted[mid - 1]! + sorted[mid]!) / 2;
-}
 
 /** Growth allowances: RSS may end 25% + 16 MiB above its start, the heap 50% + 16 MiB. */
 export const RSS_ALLOWANCE = { ratio: 1.25, bytes: 16 * MiB };

@@ -49,6 +49,13 @@ export interface HotpathResults {
   stages: Figure[];
 }
 
+/** The middle value (the mean of the two middle ones for an even count). */
+export function median(values: readonly number[]): number {
+  const sorted = [...values].sort((a, b) => a - b);
+  const mid = sorted.length >> 1;
+  return sorted.length % 2 === 1 ? sorted[mid]! : (sorted[mid - 1]! + sorted[mid]!) / 2;
+}
+
 export function met(f: Figure): boolean | undefined {
   if (f.target === undefined) return undefined;
   return f.higher === false ? f.value <= f.target : f.value >= f.target;

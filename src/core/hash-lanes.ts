@@ -101,7 +101,8 @@ function moduleBytes(): Uint8Array<ArrayBuffer> {
   const keyV3 = next++;
   const maskV = next++;
   const temp = [next++, next++, next++, next++];
-  const groups = [0, 1].map(() => ({ v: [next++, next++, next++, next++], m: next++, words: [next++, next++, next++, next++] }));
+  const finalBlock = next++;
+  const groups = [0, 1].map(() => ({ v: [next++, next++, next++, next++], words: [next++, next++, next++, next++] }));
   const v128Locals = next - 7;
 
   const code: number[] = [];
@@ -221,12 +222,10 @@ function moduleBytes(): Uint8Array<ArrayBuffer> {
     }
   }
   for (let word = 0; word < 4; word++) absorb((g) => g.words[word]!);
-  // the final block: the message length (16 bytes) in the top byte
-  for (const g of groups) {
-    splat(16 << 24);
-    set(g.m);
-  }
-  absorb((g) => g.m);
+  // the final block, the same for every tuple: the message length (16 bytes) in the top byte
+  splat(16 << 24);
+  set(finalBlock);
+  absorb(() => finalBlock);
   for (const g of groups) {
     get(g.v[2]!);
     splat(0xff);
@@ -308,7 +307,6 @@ type HashFunction = (k0: number, k1: number, turns: number, out: number, mask: n
  * allocation per call.
  */
 export class HashLanes {
-  readonly capacity: number;
   readonly tuples: Int32Array;
   readonly hashes: Int32Array;
   /** True when the WebAssembly SIMD module runs (else hsiphash4Batch). */
@@ -319,7 +317,6 @@ export class HashLanes {
   /** `simd: false` runs the JavaScript hash (tests compare the two). */
   constructor(capacity: number, options: { simd?: boolean } = {}) {
     const rounded = Math.max(TURN, Math.ceil(capacity / TURN) * TURN);
-    this.capacity = capacity;
     this.outOffset = rounded * 16;
     const memory = options.simd === false ? null : laneMemory(this.outOffset + rounded * 4);
     const module = memory === null ? null : laneModule();
