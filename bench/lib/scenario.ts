@@ -147,7 +147,8 @@ export function shuffled(count: number, seed: number): Uint32Array {
 
 /** Reusable batch + verdict buffers for driving processBatch. */
 export class Driver {
-  readonly batch = new PacketBatch(BATCH, SLOT);
+  /** Like a forwarder's receive batch (io/forwarder.ts), in a memory the checksum kernel reads. */
+  readonly batch = new PacketBatch(BATCH, SLOT, 0, { checksumLanes: true });
   readonly verdicts = new Int32Array(BATCH);
   readonly generated = new PacketBatch(BATCH, SLOT);
   readonly generatedVerdicts = new Int32Array(BATCH);

@@ -26,6 +26,8 @@
  * meaningful for packets whose verdict is a wire leg.
  */
 
+import { ChecksumLanes } from "./checksum-lanes.js";
+
 /** Length of an Ethernet II header (include/uapi/linux/if_ether.h ETH_HLEN). */
 export const ETH_HLEN = 14;
 
@@ -42,6 +44,12 @@ export const VIRTIO_NET_HDR_GSO_ECN = 0x80;
 
 export class PacketBatch {
   readonly data: Uint8Array;
+  /**
+   * The L4 checksum kernel over `data` (core/checksum-lanes.ts), when the batch was made with
+   * `checksumLanes` and WebAssembly could give it a memory (`data` is then that memory's first
+   * bytes); else null. The fast path's prefetch verifies the batch's TCP/UDP checksums with it.
+   */
+  readonly checksumLanes: ChecksumLanes | null;
   readonly lengths: Uint32Array;
   /** The next hop of packet i (see the module doc), set by the pipeline with its verdict. */
   readonly nextHops: Uint32Array;
@@ -54,9 +62,12 @@ export class PacketBatch {
     readonly slotSize = 2048,
     /** Bytes before each packet in its slot: 0, or VIRTIO_NET_HDR_LEN for IFF_VNET_HDR devices. */
     readonly headroom = 0,
+    /** `checksumLanes`: keep the packets in a WebAssembly memory for the batch checksum kernel (receive batches). */
+    options: { readonly checksumLanes?: boolean } = {},
   ) {
     if (headroom < 0 || headroom >= slotSize) throw new RangeError(`headroom ${headroom} does not fit a ${slotSize}-byte slot`);
-    this.data = new Uint8Array(capacity * slotSize);
+    this.checksumLanes = options.checksumLanes === true ? ChecksumLanes.create(capacity * slotSize, capacity) : null;
+    this.data = this.checksumLanes?.data ?? new Uint8Array(capacity * slotSize);
     this.lengths = new Uint32Array(capacity);
     this.nextHops = new Uint32Array(capacity);
   }

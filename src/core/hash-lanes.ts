@@ -14,72 +14,10 @@
  * arrays instead.
  */
 import { hsiphash4Batch } from "./hash.js";
-
-/** WebAssembly opcodes used below (WebAssembly core spec 5.4, SIMD proposal's 0xfd prefix). */
-const enum Op {
-  Block = 0x02,
-  Loop = 0x03,
-  End = 0x0b,
-  Br = 0x0c,
-  BrIf = 0x0d,
-  LocalGet = 0x20,
-  LocalSet = 0x21,
-  I32Const = 0x41,
-  I32GeU = 0x4f,
-  I32Add = 0x6a,
-  I32Shl = 0x74,
-  Simd = 0xfd,
-  EmptyBlock = 0x40,
-  I32 = 0x7f,
-  V128 = 0x7b,
-}
-const enum SimdOp {
-  Load = 0x00,
-  Store = 0x0b,
-  Shuffle = 0x0d,
-  Splat = 0x11,
-  And = 0x4e,
-  Or = 0x50,
-  Xor = 0x51,
-  Shl = 0xab,
-  ShrU = 0xad,
-  Add = 0xae,
-}
+import { compiledOnce, Emitter, laneMemory, Op, SimdOp, singleFunctionModule } from "./wasm-simd.js";
 
 /** Tuples a loop turn hashes: two groups of four lanes. */
 const TURN = 8;
-
-function uleb(value: number): number[] {
-  const out: number[] = [];
-  do {
-    let byte = value & 0x7f;
-    value >>>= 7;
-    if (value !== 0) byte |= 0x80;
-    out.push(byte);
-  } while (value !== 0);
-  return out;
-}
-
-function sleb(value: number): number[] {
-  const out: number[] = [];
-  for (;;) {
-    const byte = value & 0x7f;
-    value >>= 7;
-    if ((value === 0 && (byte & 0x40) === 0) || (value === -1 && (byte & 0x40) !== 0)) {
-      out.push(byte);
-      return out;
-    }
-    out.push(byte | 0x80);
-  }
-}
-
-function section(id: number, body: number[]): number[] {
-  return [id, ...uleb(body.length), ...body];
-}
-
-function name(text: string): number[] {
-  return [...uleb(text.length), ...Array.from(text, (c) => c.charCodeAt(0))];
-}
 
 /**
  * The module: imports its memory as q.m, exports `hash(k0, k1, turns, out, mask)`, which hashes
@@ -105,11 +43,7 @@ function moduleBytes(): Uint8Array<ArrayBuffer> {
   const groups = [0, 1].map(() => ({ v: [next++, next++, next++, next++], words: [next++, next++, next++, next++] }));
   const v128Locals = next - 7;
 
-  const code: number[] = [];
-  const get = (i: number): void => void code.push(Op.LocalGet, ...uleb(i));
-  const set = (i: number): void => void code.push(Op.LocalSet, ...uleb(i));
-  const simd = (op: number): void => void code.push(Op.Simd, ...uleb(op));
-  const i32 = (n: number): void => void code.push(Op.I32Const, ...sleb(n | 0));
+  const { code, get, set, simd, simdAt, i32, loopWhileBelow, nextTurn } = new Emitter();
   const splat = (n: number): void => {
     i32(n);
     simd(SimdOp.Splat);
@@ -192,10 +126,7 @@ function moduleBytes(): Uint8Array<ArrayBuffer> {
   simd(SimdOp.Splat);
   set(maskV);
 
-  code.push(Op.Block, Op.EmptyBlock, Op.Loop, Op.EmptyBlock);
-  get(T);
-  get(TURNS);
-  code.push(Op.I32GeU, Op.BrIf, 1);
+  loopWhileBelow(T, TURNS);
   // p = turn * 128: eight tuples of 16 bytes
   get(T);
   i32(7);
@@ -205,7 +136,7 @@ function moduleBytes(): Uint8Array<ArrayBuffer> {
     // four tuples, one per register, transposed into word i of the four in words[i]
     for (let row = 0; row < 4; row++) {
       get(P);
-      code.push(Op.Simd, ...uleb(SimdOp.Load), 0, ...uleb(index * 64 + row * 16));
+      simdAt(SimdOp.Load, index * 64 + row * 16);
       set(g.words[row]!);
     }
     shuffle32(temp[0]!, g.words[0]!, g.words[1]!, [0, 4, 1, 5]);
@@ -246,57 +177,16 @@ function moduleBytes(): Uint8Array<ArrayBuffer> {
     simd(SimdOp.Xor);
     get(maskV);
     simd(SimdOp.And);
-    code.push(Op.Simd, ...uleb(SimdOp.Store), 0, ...uleb(index * 16));
+    simdAt(SimdOp.Store, index * 16);
   }
-  get(T);
-  i32(1);
-  code.push(Op.I32Add);
-  set(T);
-  code.push(Op.Br, 0, Op.End, Op.End, Op.End);
+  nextTurn(T);
+  code.push(Op.End);
 
-  const locals = [2, ...uleb(2), Op.I32, ...uleb(v128Locals), Op.V128];
-  const body = [...locals, ...code];
-  const bytes = [
-    0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00,
-    ...section(1, [1, 0x60, 5, Op.I32, Op.I32, Op.I32, Op.I32, Op.I32, 0]),
-    ...section(2, [1, ...name("q"), ...name("m"), 0x02, 0x00, 1]),
-    ...section(3, [1, 0]),
-    ...section(7, [1, ...name("hash"), 0x00, 0]),
-    ...section(10, [1, ...uleb(body.length), ...body]),
-  ];
-  return new Uint8Array(bytes);
+  return singleFunctionModule("hash", 5, [[2, Op.I32], [v128Locals, Op.V128]], code);
 }
 
 /** The compiled module, or null where this WebAssembly has no SIMD (compiled once, on first use). */
-let compiled: WebAssembly.Module | null | undefined;
-
-function laneModule(): WebAssembly.Module | null {
-  if (compiled === undefined) {
-    const bytes = moduleBytes();
-    compiled = WebAssembly.validate(bytes) ? new WebAssembly.Module(bytes) : null;
-  }
-  return compiled;
-}
-
-/** Set once a WebAssembly.Memory was refused: later HashLanes do not ask again. */
-let memoryRefused = false;
-
-/**
- * A WebAssembly.Memory of at least `bytes`, or null when none can be had: V8 reserves several GiB
- * of address space for each (its bounds-check guard region), so a process that holds some
- * thirteen thousand at once is refused another, after a full garbage collection. The hash then
- * runs in JavaScript, as fast as before the lanes, rather than failing the dataplane that asked;
- * and since each refusal costs that collection, the process stops asking.
- */
-function laneMemory(bytes: number): WebAssembly.Memory | null {
-  if (memoryRefused) return null;
-  try {
-    return new WebAssembly.Memory({ initial: Math.ceil(bytes / 65536) });
-  } catch {
-    memoryRefused = true;
-    return null;
-  }
-}
+const laneModule = compiledOnce(moduleBytes);
 
 type HashFunction = (k0: number, k1: number, turns: number, out: number, mask: number) => void;
 

@@ -143,7 +143,8 @@ class Runner {
     slotSize: number,
     ports: number,
   ) {
-    this.batch = new PacketBatch(BATCH, slotSize, headroom);
+    // as the Forwarder's receive batch, so the fast path is warmed with its checksum kernel
+    this.batch = new PacketBatch(BATCH, slotSize, headroom, { checksumLanes: true });
     // As the Forwarder's batch of the router's own ICMP errors: small slots, the legs' headroom.
     this.errors = new PacketBatch(BATCH, Math.min(slotSize, 2048 + headroom), headroom);
     this.perPort = new Array<number>(ports).fill(0);

@@ -18,7 +18,8 @@ import { TunLeg } from "./tun-leg.js";
 const STEERED = 1 << 16;
 
 export class Forwarder {
-  private readonly rx: PacketBatch;
+  /** The receive batch (read by tests: its packets live in the checksum kernel's memory). */
+  readonly rx: PacketBatch;
   private readonly verdicts: Int32Array;
   private readonly generated: PacketBatch;
   private readonly generatedVerdicts: Int32Array;
@@ -54,7 +55,8 @@ export class Forwarder {
     headroom = 0,
   ) {
     this.slots = new LegSlots(legs);
-    this.rx = new PacketBatch(batchSize, slotSize, headroom);
+    // the packets in a WebAssembly memory, for the fast path's batch checksum kernel
+    this.rx = new PacketBatch(batchSize, slotSize, headroom, { checksumLanes: true });
     this.verdicts = new Int32Array(batchSize);
     this.generated = new PacketBatch(batchSize, Math.min(slotSize, 2048 + headroom), headroom);
     this.generatedVerdicts = new Int32Array(batchSize);

@@ -147,6 +147,22 @@ describe("INVALID packets: bad checksums as nf_conntrack_checksum=1, drop_invali
       expect(router.dataplane.fastPathPackets).toBe(fastBefore + 1);
     }
     expect(router.dataplane.conntrack.counters.invalidChecksum).toBe(16);
+    // The same packets in one batch: the fast path then verifies with the receive batch's SIMD
+    // kernel (core/checksum-lanes.ts), which sums each segment in 16-byte loads and a masked rest.
+    expect(router.forwarder.rx.checksumLanes).not.toBeNull();
+    const fastBefore = router.dataplane.fastPathPackets;
+    for (let total = 29; total <= 44; total++) {
+      router.send(QR, { ...udpOut(40020), length: total });
+      const corrupt = buildPacket({ ...udpOut(40020), length: total });
+      corrupt[total - 1] ^= 0x5a;
+      router.send(QR, corrupt);
+    }
+    router.run();
+    const out = router.received(QG);
+    expect(out).toHaveLength(32);
+    out.forEach((packet, i) => expect(packet, `packet ${i}`).toMatchObject(i % 2 === 0 ? { src: "9.186.100.2" } : { src: "10.0.0.3" }));
+    expect(router.dataplane.fastPathPackets).toBe(fastBefore + 16);
+    expect(router.dataplane.conntrack.counters.invalidChecksum).toBe(32);
   });
 
   it("a partial checksum from a local sender's offload (CHECKSUM_PARTIAL) is not verified", () => {

@@ -118,6 +118,8 @@ export class PipelineHarness {
   readonly dataplane: Dataplane;
   readonly conntrack: ConntrackTable;
   private readonly nat: NetfilterNat;
+  private readonly laneBatches = new Map<string, PacketBatch>();
+  private pumps = 0;
   readonly stats: RunStats = { packets: 0, forwarded: 0, dropped: 0, held: 0, replies: 0, fastPath: 0, errorsSent: 0 };
   private readonly ports: number;
   private readonly inInfo = new PacketInfo();
@@ -223,13 +225,33 @@ export class PipelineHarness {
    * One batch through processBatch and housekeeping (Forwarder.pump), every packet judged; what
    * left, the drop reasons counted, and whether conntrack found a packet INVALID.
    */
+  /**
+   * A receive batch of at least `count` slots whose packets live in the checksum kernel's memory,
+   * one per shape, reused (a WebAssembly memory per batch would soon exhaust the address space).
+   */
+  private laneBatch(count: number, slot: number, headroom: number): PacketBatch {
+    const capacity = Math.max(16, 2 ** Math.ceil(Math.log2(count)));
+    const key = `${capacity}/${slot}/${headroom}`;
+    let batch = this.laneBatches.get(key);
+    if (batch === undefined) {
+      batch = new PacketBatch(capacity, slot, headroom, { checksumLanes: true });
+      this.laneBatches.set(key, batch);
+    }
+    batch.clear();
+    return batch;
+  }
+
   private pump(arrivals: Arrival[], offload: boolean): PumpResult {
     const result: PumpResult = { forwarded: [], dropped: "", sawInvalid: false };
     if (arrivals.length === 0) return result;
     const { port, leg } = arrivals[0]!;
     const dp = this.dataplane;
     const ct = this.conntrack;
-    const batch = new PacketBatch(arrivals.length, offload ? GSO_SLOT : PLAIN_SLOT, offload ? VIRTIO_NET_HDR_LEN : 0);
+    const slot = offload ? GSO_SLOT : PLAIN_SLOT;
+    const headroom = offload ? VIRTIO_NET_HDR_LEN : 0;
+    // every other batch as a forwarder's receive batch: in WebAssembly memory, its L4 checksums
+    // verified by the fast path's batch kernel (core/checksum-lanes.ts)
+    const batch = this.pumps++ % 2 === 0 ? new PacketBatch(arrivals.length, slot, headroom) : this.laneBatch(arrivals.length, slot, headroom);
     const kept: Arrival[] = [];
     for (const a of arrivals) {
       this.where = a.where;
