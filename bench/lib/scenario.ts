@@ -107,8 +107,8 @@ export function inboundFlows(count: number, seed: number): FlowSet {
   return { count, src, dst, sport, dport };
 }
 
-export function udpPacket(src: number, dst: number, sport: number, dport: number): Uint8Array {
-  return buildPacket({ protocol: "udp", src: formatIpv4(src), dst: formatIpv4(dst), sport, dport, length: PACKET_BYTES });
+export function udpPacket(src: number, dst: number, sport: number, dport: number, length = PACKET_BYTES): Uint8Array {
+  return buildPacket({ protocol: "udp", src: formatIpv4(src), dst: formatIpv4(dst), sport, dport, length });
 }
 
 export function tcpPacket(src: number, dst: number, sport: number, dport: number, flags: number): Uint8Array {
@@ -124,11 +124,12 @@ export class PacketTemplate {
   readonly views: Uint8Array[] = [];
   readonly batches: number;
 
-  constructor(packets: readonly Uint8Array[], order: Uint32Array) {
+  /** `slot`: the bytes per packet, as the Driver's batch that runs the views. */
+  constructor(packets: readonly Uint8Array[], order: Uint32Array, slot = SLOT) {
     this.batches = Math.floor(order.length / BATCH);
-    this.bytes = new Uint8Array(this.batches * BATCH * SLOT);
-    for (let i = 0; i < this.batches * BATCH; i++) this.bytes.set(packets[order[i]!]!, i * SLOT);
-    for (let b = 0; b < this.batches; b++) this.views.push(this.bytes.subarray(b * BATCH * SLOT, (b + 1) * BATCH * SLOT));
+    this.bytes = new Uint8Array(this.batches * BATCH * slot);
+    for (let i = 0; i < this.batches * BATCH; i++) this.bytes.set(packets[order[i]!]!, i * slot);
+    for (let b = 0; b < this.batches; b++) this.views.push(this.bytes.subarray(b * BATCH * slot, (b + 1) * BATCH * slot));
   }
 }
 
@@ -148,13 +149,19 @@ export function shuffled(count: number, seed: number): Uint32Array {
 /** Reusable batch + verdict buffers for driving processBatch. */
 export class Driver {
   /** Like a forwarder's receive batch (io/forwarder.ts), in a memory the checksum kernel reads. */
-  readonly batch = new PacketBatch(BATCH, SLOT, 0, { checksumLanes: true });
+  readonly batch: PacketBatch;
   readonly verdicts = new Int32Array(BATCH);
   readonly generated = new PacketBatch(BATCH, SLOT);
   readonly generatedVerdicts = new Int32Array(BATCH);
 
-  constructor(readonly dataplane: Dataplane) {
-    for (let i = 0; i < BATCH; i++) this.batch.lengths[i] = PACKET_BYTES;
+  /** `slot` and `packetBytes`: the batch's slot size and the length of the packets `run` replays. */
+  constructor(
+    readonly dataplane: Dataplane,
+    slot = SLOT,
+    private readonly packetBytes = PACKET_BYTES,
+  ) {
+    this.batch = new PacketBatch(BATCH, slot, 0, { checksumLanes: true });
+    for (let i = 0; i < BATCH; i++) this.batch.lengths[i] = packetBytes;
   }
 
   /** Copies one pre-built batch in and runs it (the measured operation). */
@@ -180,7 +187,7 @@ export class Driver {
       out.push(batch.copyOut(i));
       verdicts.push(this.verdicts[i]!);
     }
-    for (let i = 0; i < BATCH; i++) batch.lengths[i] = PACKET_BYTES;
+    for (let i = 0; i < BATCH; i++) batch.lengths[i] = this.packetBytes;
     return { out, verdicts };
   }
 }
