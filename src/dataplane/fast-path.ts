@@ -195,14 +195,16 @@ export class EstablishedFastPath {
       heads[i] = -1;
       buckets[i] = -1;
       const off = batch.offsetOf(i);
+      // version and IHL, total length
+      const w0 = off + 24 <= end ? v.getInt32(off) : 0;
       if (ranges !== null) {
-        const total = off + 4 <= end && v.getUint8(off) === 0x45 ? v.getUint16(off + 2) : 0;
+        const total = w0 >>> 24 === 0x45 ? w0 & 0xffff : 0;
         const plain = total >= 20 && off + total <= end;
         ranges[i << 1] = plain ? off + 20 : 0;
         ranges[(i << 1) + 1] = plain ? off + total : 0;
       }
       if (off + 24 > end) continue;
-      const b0 = v.getUint8(off);
+      const b0 = w0 >>> 24;
       const protocol = v.getUint8(off + 9);
       const l4 = off + ((b0 & 0x0f) << 2);
       if (b0 >>> 4 !== 4 || (protocol !== FastPathLiteral.Tcp && protocol !== FastPathLiteral.Udp) || l4 + 4 > end) continue;
