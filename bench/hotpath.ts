@@ -280,7 +280,7 @@ const LARGE_SLOT = 1536;
 /**
  * Established SNAT flows (64k) replayed with 1500-byte datagrams whose UDP checksums are complete,
  * as from a sender without offloads: the per-byte work — the copy into the receive batch and the
- * L4 checksum verification (core/checksum-lanes.ts) — on top of the per-packet work the 64-byte
+ * L4 checksum verification (core/batch-lanes.ts) — on top of the per-packet work the 64-byte
  * figures measure. The NAT rewrite itself is incremental and does not read the payload.
  */
 function establishedLarge(): void {

@@ -160,7 +160,7 @@ export class Driver {
     slot = SLOT,
     private readonly packetBytes = PACKET_BYTES,
   ) {
-    this.batch = new PacketBatch(BATCH, slot, 0, { checksumLanes: true });
+    this.batch = new PacketBatch(BATCH, slot, 0, { lanes: true });
     for (let i = 0; i < BATCH; i++) this.batch.lengths[i] = packetBytes;
   }
 

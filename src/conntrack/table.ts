@@ -24,7 +24,7 @@
  * `nf_ct_gc_expired`), and `gc(budget)` sweeps `budget` slots per call from a rotating cursor.
  */
 import { type HashKey, hashKeyFrom, hsiphashBits } from "../core/hash.js";
-import type { HashLanes } from "../core/hash-lanes.js";
+import type { BucketHasher } from "../core/hash-lanes.js";
 import type { Clock } from "../core/clock.js";
 import { XorShift32 } from "../core/rng.js";
 import { TABLE_LOCK_EPOCH, TABLE_LOCK_WORDS, TableLock } from "../core/table-lock.js";
@@ -702,7 +702,7 @@ export class ConntrackTable {
    * batch prefetch hashes a whole batch this way (core/hash-lanes.ts: eight tuples at a time in
    * WebAssembly SIMD lanes).
    */
-  bucketsOf(lanes: HashLanes, count: number): void {
+  bucketsOf(lanes: BucketHasher, count: number): void {
     lanes.hash(this.k0, this.k1, count, this.bucketMask);
   }
 

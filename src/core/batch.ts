@@ -26,7 +26,7 @@
  * meaningful for packets whose verdict is a wire leg.
  */
 
-import { ChecksumLanes } from "./checksum-lanes.js";
+import { BatchLanes } from "./batch-lanes.js";
 
 /** Length of an Ethernet II header (include/uapi/linux/if_ether.h ETH_HLEN). */
 export const ETH_HLEN = 14;
@@ -45,11 +45,11 @@ export const VIRTIO_NET_HDR_GSO_ECN = 0x80;
 export class PacketBatch {
   readonly data: Uint8Array;
   /**
-   * The L4 checksum kernel over `data` (core/checksum-lanes.ts), when the batch was made with
-   * `checksumLanes` and WebAssembly could give it a memory (`data` is then that memory's first
-   * bytes); else null. The fast path's prefetch verifies the batch's TCP/UDP checksums with it.
+   * The SIMD kernels over `data` (core/batch-lanes.ts: L4 sums, tuples, their conntrack buckets),
+   * when the batch was made with `lanes` and WebAssembly could give it a memory (`data` is then
+   * that memory's first bytes); else null. The fast path's batch prefetch runs them.
    */
-  readonly checksumLanes: ChecksumLanes | null;
+  readonly lanes: BatchLanes | null;
   readonly lengths: Uint32Array;
   /** The next hop of packet i (see the module doc), set by the pipeline with its verdict. */
   readonly nextHops: Uint32Array;
@@ -62,12 +62,12 @@ export class PacketBatch {
     readonly slotSize = 2048,
     /** Bytes before each packet in its slot: 0, or VIRTIO_NET_HDR_LEN for IFF_VNET_HDR devices. */
     readonly headroom = 0,
-    /** `checksumLanes`: keep the packets in a WebAssembly memory for the batch checksum kernel (receive batches). */
-    options: { readonly checksumLanes?: boolean } = {},
+    /** `lanes`: keep the packets in a WebAssembly memory for the prefetch's SIMD kernels (receive batches). */
+    options: { readonly lanes?: boolean } = {},
   ) {
     if (headroom < 0 || headroom >= slotSize) throw new RangeError(`headroom ${headroom} does not fit a ${slotSize}-byte slot`);
-    this.checksumLanes = options.checksumLanes === true ? ChecksumLanes.create(capacity * slotSize, capacity) : null;
-    this.data = this.checksumLanes?.data ?? new Uint8Array(capacity * slotSize);
+    this.lanes = options.lanes === true ? BatchLanes.create(capacity * slotSize, capacity) : null;
+    this.data = this.lanes?.data ?? new Uint8Array(capacity * slotSize);
     this.lengths = new Uint32Array(capacity);
     this.nextHops = new Uint32Array(capacity);
   }

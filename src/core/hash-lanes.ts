@@ -17,22 +17,24 @@ import { hsiphash4Batch } from "./hash.js";
 import { compiledOnce, Emitter, laneMemory, Op, SimdOp, singleFunctionModule } from "./wasm-simd.js";
 
 /** Tuples a loop turn hashes: two groups of four lanes. */
-const TURN = 8;
+export const TURN = 8;
 
 /**
- * The module: imports its memory as q.m, exports `hash(k0, k1, turns, out, mask)`, which hashes
- * `turns * 8` tuples from byte 0 (16 bytes each) and stores `hash & mask` of tuple k at `out + 4k`.
+ * The module: imports its memory as q.m, exports `hash(k0, k1, turns, out, mask, tuples)`, which
+ * hashes `turns * 8` tuples from byte `tuples` on (16 bytes each) and stores `hash & mask` of
+ * tuple k at `out + 4k`.
  */
 function moduleBytes(): Uint8Array<ArrayBuffer> {
-  // locals: params 0-4 (k0, k1, turns, out, mask), then i32 turn (5), p (6), then v128 from 7
+  // locals: params 0-5 (k0, k1, turns, out, mask, tuples), then i32 turn (6), p (7), then v128 from 8
   const K0 = 0;
   const K1 = 1;
   const TURNS = 2;
   const OUT = 3;
   const MASK = 4;
-  const T = 5;
-  const P = 6;
-  let next = 7;
+  const TUPLES = 5;
+  const T = 6;
+  const P = 7;
+  let next = 8;
   const keyV0 = next++;
   const keyV1 = next++;
   const keyV2 = next++;
@@ -41,7 +43,7 @@ function moduleBytes(): Uint8Array<ArrayBuffer> {
   const temp = [next++, next++, next++, next++];
   const finalBlock = next++;
   const groups = [0, 1].map(() => ({ v: [next++, next++, next++, next++], words: [next++, next++, next++, next++] }));
-  const v128Locals = next - 7;
+  const v128Locals = next - 8;
 
   const { code, get, set, simd, simdAt, i32, loopWhileBelow, nextTurn } = new Emitter();
   const splat = (n: number): void => {
@@ -127,10 +129,12 @@ function moduleBytes(): Uint8Array<ArrayBuffer> {
   set(maskV);
 
   loopWhileBelow(T, TURNS);
-  // p = turn * 128: eight tuples of 16 bytes
+  // p = tuples + turn * 128: eight tuples of 16 bytes
   get(T);
   i32(7);
   code.push(Op.I32Shl);
+  get(TUPLES);
+  code.push(Op.I32Add);
   set(P);
   for (const [index, g] of groups.entries()) {
     // four tuples, one per register, transposed into word i of the four in words[i]
@@ -182,13 +186,20 @@ function moduleBytes(): Uint8Array<ArrayBuffer> {
   nextTurn(T);
   code.push(Op.End);
 
-  return singleFunctionModule("hash", 5, [[2, Op.I32], [v128Locals, Op.V128]], code);
+  return singleFunctionModule("hash", 6, [[2, Op.I32], [v128Locals, Op.V128]], code);
 }
 
 /** The compiled module, or null where this WebAssembly has no SIMD (compiled once, on first use). */
-const laneModule = compiledOnce(moduleBytes);
+export const laneModule = compiledOnce(moduleBytes);
 
-type HashFunction = (k0: number, k1: number, turns: number, out: number, mask: number) => void;
+/** The module's export: see moduleBytes. */
+export type HashFunction = (k0: number, k1: number, turns: number, out: number, mask: number, tuples: number) => void;
+
+/** What ConntrackTable.bucketsOf hashes with: a HashLanes, or a receive batch's BatchLanes. */
+export interface BucketHasher {
+  /** Hashes tuples 0 .. count-1 into its `hashes`, masked with `mask`. */
+  hash(k0: number, k1: number, count: number, mask: number): void;
+}
 
 /**
  * Tuple and bucket arrays for `capacity` tuples, and the hash that reads and fills them:
@@ -196,7 +207,7 @@ type HashFunction = (k0: number, k1: number, turns: number, out: number, mask: n
  * `hashes[k] = hsiphash(k0, k1, 4, ...tuple k) & mask` out. One per dataplane thread; no
  * allocation per call.
  */
-export class HashLanes {
+export class HashLanes implements BucketHasher {
   readonly tuples: Int32Array;
   readonly hashes: Int32Array;
   /** True when the WebAssembly SIMD module runs (else hsiphash4Batch). */
@@ -226,7 +237,7 @@ export class HashLanes {
   /** Hashes tuples 0 .. count-1 (count <= capacity) into `hashes`, masked with `mask`. */
   hash(k0: number, k1: number, count: number, mask: number): void {
     const run = this.run;
-    if (run !== null) run(k0, k1, (count + TURN - 1) >> 3, this.outOffset, mask);
+    if (run !== null) run(k0, k1, (count + TURN - 1) >> 3, this.outOffset, mask, 0);
     else hsiphash4Batch(k0, k1, this.tuples, count, this.hashes, mask);
   }
 }

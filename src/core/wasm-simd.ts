@@ -1,6 +1,6 @@
 /**
  * What the WebAssembly SIMD kernels of the hot path share (core/hash-lanes.ts, the batch hash;
- * core/checksum-lanes.ts, the batch's L4 sums): the opcodes and encodings they are assembled with
+ * core/batch-lanes.ts, a receive batch's L4 sums and tuples): the opcodes and encodings they are assembled with
  * (no toolchain: each module is a few hundred bytes written out in TypeScript), and the memories
  * they run in.
  */
@@ -15,13 +15,19 @@ export const enum Op {
   LocalGet = 0x20,
   LocalSet = 0x21,
   I32Load = 0x28,
+  I32Load8U = 0x2d,
   I32Store = 0x36,
   I32Const = 0x41,
+  I32Eq = 0x46,
+  I32Ne = 0x47,
+  I32LtU = 0x49,
   I32GtU = 0x4b,
   I32GeU = 0x4f,
   I32Add = 0x6a,
   I32Sub = 0x6b,
+  I32Mul = 0x6c,
   I32And = 0x71,
+  I32Or = 0x72,
   I32Shl = 0x74,
   I32ShrU = 0x76,
   Simd = 0xfd,
@@ -123,15 +129,22 @@ export function compiledOnce(bytes: () => Uint8Array<ArrayBuffer>): () => WebAss
 }
 
 /**
- * A module of one function, `exported`, of `params` i32 parameters and no result, that imports
- * its memory as q.m; `locals` are [count, type] runs.
+ * A module of one function, `exported`, of `params` i32 parameters and no result (or one i32 when
+ * `returnsI32`), that imports its memory as q.m; `locals` are [count, type] runs.
  */
-export function singleFunctionModule(exported: string, params: number, locals: readonly (readonly [number, number])[], code: readonly number[]): Uint8Array<ArrayBuffer> {
+export function singleFunctionModule(
+  exported: string,
+  params: number,
+  locals: readonly (readonly [number, number])[],
+  code: readonly number[],
+  returnsI32 = false,
+): Uint8Array<ArrayBuffer> {
   const localBytes = [...uleb(locals.length), ...locals.flatMap(([count, type]) => [...uleb(count), type])];
   const body = [...localBytes, ...code];
+  const results = returnsI32 ? [1, Op.I32] : [0];
   return new Uint8Array([
     0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00,
-    ...section(1, [1, 0x60, ...uleb(params), ...new Array<number>(params).fill(Op.I32), 0]),
+    ...section(1, [1, 0x60, ...uleb(params), ...new Array<number>(params).fill(Op.I32), ...results]),
     ...section(2, [1, ...name("q"), ...name("m"), 0x02, 0x00, 1]),
     ...section(3, [1, 0]),
     ...section(7, [1, ...name(exported), 0x00, 0]),

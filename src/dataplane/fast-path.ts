@@ -102,8 +102,8 @@ export class EstablishedFastPath {
   private prefetchBuckets = new Int32Array(256);
   private prefetchedCount = 0;
   /**
-   * The L4 sums of the prefetched batch's packets (core/checksum-lanes.ts) when its memory has the
-   * checksum kernel, else null: packet i's when i < prefetchedCount. Its bytes are not touched
+   * The L4 sums of the prefetched batch's packets (core/batch-lanes.ts) when its memory has the
+   * kernels, else null: packet i's when i < prefetchedCount (-1: none). Its bytes are not touched
    * before it is processed, so the sum stays the sum of what forward verifies.
    */
   private prefetchSums: Int32Array | null = null;
@@ -177,51 +177,32 @@ export class EstablishedFastPath {
     }
     const heads = this.prefetchHeads;
     const buckets = this.prefetchBuckets;
-    const lanes = this.prefetchLanes;
-    const tuples = lanes.tuples;
-    const slots = this.prefetchSlots;
-    const data = batch.data;
-    const end = data.length;
-    const v = data === this.viewBytes ? this.view : this.viewOf(data);
     const conntrack = this.conntrack;
-    const checksums = batch.checksumLanes;
-    const ranges = checksums === null ? null : checksums.ranges;
+    heads.fill(-1, 0, count);
+    buckets.fill(-1, 0, count);
     let sink = 0;
-    // 1. The tuples of the TCP and UDP packets, gathered for the hash; with the batch's checksum
-    // kernel, the L4 segment of each packet with a plain 20-byte header (what forward verifies:
-    // the same bytes, so the same bounds) or an empty one.
-    let n = 0;
-    for (let i = 0; i < count; i++) {
-      heads[i] = -1;
-      buckets[i] = -1;
-      const off = batch.offsetOf(i);
-      // version and IHL, total length
-      const w0 = off + 24 <= end ? v.getInt32(off) : 0;
-      if (ranges !== null) {
-        const total = w0 >>> 24 === 0x45 ? w0 & 0xffff : 0;
-        const plain = total >= 20 && off + total <= end;
-        ranges[i << 1] = plain ? off + 20 : 0;
-        ranges[(i << 1) + 1] = plain ? off + total : 0;
-      }
-      if (off + 24 > end) continue;
-      const b0 = w0 >>> 24;
-      const protocol = v.getUint8(off + 9);
-      const l4 = off + ((b0 & 0x0f) << 2);
-      if (b0 >>> 4 !== 4 || (protocol !== FastPathLiteral.Tcp && protocol !== FastPathLiteral.Udp) || l4 + 4 > end) continue;
-      const at = n << 2;
-      tuples[at] = protocol;
-      tuples[at + 1] = v.getInt32(off + 12);
-      tuples[at + 2] = v.getInt32(off + 16);
-      tuples[at + 3] = v.getInt32(l4);
-      slots[n++] = protocol === FastPathLiteral.Tcp ? i | Tested.PrefetchTcp : i;
+    // 1. The tuples of the TCP and UDP packets, gathered for the hash; 2. their buckets, eight
+    // keyed hashes at a time in WebAssembly SIMD lanes, in a pass of its own: the hash is ~100
+    // dependent instructions, and a loop that hashed and loaded each bucket kept only two or three
+    // bucket misses in flight (the reorder buffer full of hash work).
+    const batchLanes = batch.lanes;
+    let n: number;
+    let hashed: Int32Array;
+    let slots: Int32Array;
+    if (batchLanes !== null) {
+      // In the batch's own memory (core/batch-lanes.ts), which also sums every packet's L4 bytes
+      // for forward's checksum verification.
+      n = batchLanes.prepare(count, batch.slotSize, batch.headroom);
+      conntrack.bucketsOf(batchLanes, n);
+      hashed = batchLanes.hashes;
+      slots = batchLanes.slots;
+      this.prefetchSums = batchLanes.sums;
+    } else {
+      n = this.gather(batch, count);
+      conntrack.bucketsOf(this.prefetchLanes, n);
+      hashed = this.prefetchLanes.hashes;
+      slots = this.prefetchSlots;
     }
-    // 2. Their buckets, eight keyed hashes at a time in WebAssembly SIMD lanes (HashLanes), in a
-    // pass of its own: the hash is ~100 dependent instructions, and a loop that hashed and loaded
-    // each bucket kept only two or three bucket misses in flight (the reorder buffer full of hash work).
-    conntrack.bucketsOf(lanes, n);
-    const hashed = lanes.hashes;
-    if (checksums !== null) checksums.sum(count);
-    this.prefetchSums = checksums === null ? null : checksums.sums;
     // 3. The bucket loads: one miss every few instructions.
     for (let k = 0; k < n; k++) {
       const slot = slots[k]!;
@@ -242,6 +223,35 @@ export class EstablishedFastPath {
     }
     this.prefetchSink = sink;
     this.prefetchedCount = count;
+  }
+
+  /**
+   * prefetch's step 1 for a batch without lanes: the tuples of its TCP and UDP packets into
+   * prefetchLanes' tuples (protocol, source, destination, ports as big-endian words), their packet
+   * indices (| Tested.PrefetchTcp for TCP) into prefetchSlots; returns how many.
+   */
+  private gather(batch: PacketBatch, count: number): number {
+    const tuples = this.prefetchLanes.tuples;
+    const slots = this.prefetchSlots;
+    const data = batch.data;
+    const end = data.length;
+    const v = data === this.viewBytes ? this.view : this.viewOf(data);
+    let n = 0;
+    for (let i = 0; i < count; i++) {
+      const off = batch.offsetOf(i);
+      if (off + 24 > end) continue;
+      const b0 = v.getUint8(off);
+      const protocol = v.getUint8(off + 9);
+      const l4 = off + ((b0 & 0x0f) << 2);
+      if (b0 >>> 4 !== 4 || (protocol !== FastPathLiteral.Tcp && protocol !== FastPathLiteral.Udp) || l4 + 4 > end) continue;
+      const at = n << 2;
+      tuples[at] = protocol;
+      tuples[at + 1] = v.getInt32(off + 12);
+      tuples[at + 2] = v.getInt32(off + 16);
+      tuples[at + 3] = v.getInt32(l4);
+      slots[n++] = protocol === FastPathLiteral.Tcp ? i | Tested.PrefetchTcp : i;
+    }
+    return n;
   }
 
   /**
@@ -432,9 +442,10 @@ export class EstablishedFastPath {
       // is compiled with a check that it fits an int32, which payload bytes fail half the time.
       let sum = initial;
       const sums = this.prefetchSums;
-      if (sums !== null && index >= 0 && index < this.prefetchedCount) {
+      const prepared = sums !== null && index >= 0 && index < this.prefetchedCount ? sums[index]! : -1;
+      if (prepared >= 0) {
         // the batch kernel's sum of these very bytes, in the same (little-endian) order
-        sum += sums[index]!;
+        sum += prepared;
       } else {
         let odd = 0;
         let at = l4;

@@ -144,7 +144,7 @@ class Runner {
     ports: number,
   ) {
     // as the Forwarder's receive batch, so the fast path is warmed with its checksum kernel
-    this.batch = new PacketBatch(BATCH, slotSize, headroom, { checksumLanes: true });
+    this.batch = new PacketBatch(BATCH, slotSize, headroom, { lanes: true });
     // As the Forwarder's batch of the router's own ICMP errors: small slots, the legs' headroom.
     this.errors = new PacketBatch(BATCH, Math.min(slotSize, 2048 + headroom), headroom);
     this.perPort = new Array<number>(ports).fill(0);

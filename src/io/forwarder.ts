@@ -56,7 +56,7 @@ export class Forwarder {
   ) {
     this.slots = new LegSlots(legs);
     // the packets in a WebAssembly memory, for the fast path's batch checksum kernel
-    this.rx = new PacketBatch(batchSize, slotSize, headroom, { checksumLanes: true });
+    this.rx = new PacketBatch(batchSize, slotSize, headroom, { lanes: true });
     this.verdicts = new Int32Array(batchSize);
     this.generated = new PacketBatch(batchSize, Math.min(slotSize, 2048 + headroom), headroom);
     this.generatedVerdicts = new Int32Array(batchSize);

@@ -170,8 +170,8 @@ describe("the established fast path changes nothing but speed", () => {
     else expect(fast.dataplane.lockFreePackets).toBe(0);
     expect(slow.dataplane.fastPathPackets).toBe(0);
     expect(slow.dataplane.conntrack.counters.tcpOutOfWindow).toBeGreaterThan(0);
-    // the fast path verified the L4 checksums with the receive batch's kernel (core/checksum-lanes.ts)
-    expect(fast.forwarder.rx.checksumLanes).not.toBeNull();
+    // the prefetch ran the receive batch's kernels (core/batch-lanes.ts): sums, tuples, buckets
+    expect(fast.forwarder.rx.lanes).not.toBeNull();
   });
 
   it("TCP connections after real handshakes: in-window, old, far, overshooting, SACK, zero-window and RST segments agree", () => {

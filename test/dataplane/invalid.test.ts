@@ -148,8 +148,8 @@ describe("INVALID packets: bad checksums as nf_conntrack_checksum=1, drop_invali
     }
     expect(router.dataplane.conntrack.counters.invalidChecksum).toBe(16);
     // The same packets in one batch: the fast path then verifies with the receive batch's SIMD
-    // kernel (core/checksum-lanes.ts), which sums each segment in 16-byte loads and a masked rest.
-    expect(router.forwarder.rx.checksumLanes).not.toBeNull();
+    // kernel (core/batch-lanes.ts), which sums each segment in 16-byte loads and a masked rest.
+    expect(router.forwarder.rx.lanes).not.toBeNull();
     const fastBefore = router.dataplane.fastPathPackets;
     for (let total = 29; total <= 44; total++) {
       router.send(QR, { ...udpOut(40020), length: total });

@@ -234,7 +234,7 @@ export class PipelineHarness {
     const key = `${capacity}/${slot}/${headroom}`;
     let batch = this.laneBatches.get(key);
     if (batch === undefined) {
-      batch = new PacketBatch(capacity, slot, headroom, { checksumLanes: true });
+      batch = new PacketBatch(capacity, slot, headroom, { lanes: true });
       this.laneBatches.set(key, batch);
     }
     batch.clear();
@@ -250,7 +250,7 @@ export class PipelineHarness {
     const slot = offload ? GSO_SLOT : PLAIN_SLOT;
     const headroom = offload ? VIRTIO_NET_HDR_LEN : 0;
     // every other batch as a forwarder's receive batch: in WebAssembly memory, its L4 checksums
-    // verified by the fast path's batch kernel (core/checksum-lanes.ts)
+    // verified and its tuples cut out by the prefetch's kernels (core/batch-lanes.ts)
     const batch = this.pumps++ % 2 === 0 ? new PacketBatch(arrivals.length, slot, headroom) : this.laneBatch(arrivals.length, slot, headroom);
     const kept: Arrival[] = [];
     for (const a of arrivals) {
