@@ -26,7 +26,7 @@ import type { TreeWorkload } from "./lib/tree-workload.js";
 /** The last commit before the defences (issue 9's first change came after it). */
 const BEFORE_COMMIT = "3264a9f3fb413bc3e5f65fcdf3a52773d1ad02fd";
 const QUICK = process.env.BENCH_QUICK === "1";
-const ROUNDS = QUICK ? 1 : 3;
+const ROUNDS = QUICK ? 1 : 5;
 const SECONDS = QUICK ? 1 : 4;
 const BUDGET = 0.85;
 const ROOT = resolve(".");
