@@ -1,7 +1,10 @@
 /**
  * A batch of packets in fixed-size slots of one buffer that the TypeScript side owns.
  * Packet i lives at `data[i * slotSize + headroom .. + lengths[i])`. The TUN addon reads
- * into and writes from batches in one call; in-memory ports queue them.
+ * into and writes from batches in one call; in-memory ports queue them. A receive batch (the
+ * forwarder's) keeps that buffer at the start of a WebAssembly memory, where the fast path's
+ * batch prefetch runs its SIMD kernels over the packets in place (`lanes`, core/batch-lanes.ts);
+ * every other batch has a plain one.
  *
  * `headroom` is what each slot holds before its packet: 0, or the 10-byte struct virtio_net_hdr
  * (include/uapi/linux/virtio_net.h) that a TUN device opened with IFF_VNET_HDR puts before every
