@@ -45,7 +45,7 @@ const enum Tested {
   DstNat = CtStatus.DstNat,
   SrcNat = CtStatus.SrcNat,
   TcpEstablished = TcpState.Established,
-  /** Marks a prefetched bucket head (a node < 2^26) whose packet is TCP. */
+  /** Marks a prefetched bucket head (a node < 2^26) whose packet is TCP; BatchLanes' slots mark a TCP tuple's packet with the same bit (BATCH_LANES_TCP). */
   PrefetchTcp = 1 << 30,
 }
 

@@ -4,6 +4,7 @@ import { formatConntrackTable } from "../../src/conntrack/format.js";
 import { buildPacket, decodePacket, type DecodedPacket, type PacketSpec } from "../../src/wire/build.js";
 import { IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN } from "../../src/wire/packet-info.js";
 import { FastPathLiteral } from "../../src/dataplane/fast-path.js";
+import { BATCH_LANES_TCP } from "../../src/core/batch-lanes.js";
 import { ICMP_ECHO, ICMP_ECHO_REPLY } from "../../src/conntrack/tuple.js";
 import { RP_FILTER_OFF, RP_FILTER_STRICT } from "../../src/dataplane/reverse-path.js";
 import { LEG_WIRE } from "../../src/dataplane/port.js";
@@ -80,6 +81,8 @@ describe("the established fast path changes nothing but speed", () => {
     expect([FastPathLiteral.TcpAck, FastPathLiteral.TcpPsh, FastPathLiteral.TcpTimestampOnlyWord]).toEqual([TCP_ACK, TCP_PSH, TCP_TIMESTAMP_ONLY_WORD]);
     expect([FastPathLiteral.IcmpEcho, FastPathLiteral.IcmpEchoReply]).toEqual([ICMP_ECHO, ICMP_ECHO_REPLY]);
     expect([FastPathLiteral.RpFilterOff, FastPathLiteral.RpFilterStrict, FastPathLiteral.LegWire]).toEqual([RP_FILTER_OFF, RP_FILTER_STRICT, LEG_WIRE]);
+    // the TCP mark of a prefetched bucket head (Tested.PrefetchTcp, not exported) is BatchLanes' slot mark
+    expect(BATCH_LANES_TCP).toBe(1 << 30);
   });
 
   // Also over tables made sharable (docs/multi-core.md): one worker's batches then start without
