@@ -4,6 +4,9 @@
 import { describe, expect, it } from "vitest";
 import { buildPacket, decodePacket } from "../../src/wire/build.js";
 import { parseRules } from "../../src/nat/rules/parse.js";
+import { formatConntrackTable } from "../../src/conntrack/format.js";
+import { ipv4FillChecksum } from "../../src/wire/ipv4.js";
+import { TCP_ACK, TCP_RST, TCP_SYN } from "../../src/wire/packet-info.js";
 import { fragmentDatagram } from "../support/fragments.js";
 import { MemoryRouter } from "../support/memory-router.js";
 
@@ -42,6 +45,38 @@ describe("fuzzing findings", () => {
     expect(out.map((d) => [d.src, d.fragmentOffset, d.ttl])).toEqual([
       ["9.186.100.2", 0, 63],
       ["9.186.100.2", 104, 63],
+    ]);
+  });
+
+  it("a RST before any reply kills the connection (nf_ct_kill): a reply then is a connection of its own, picked up mid-stream and not translated back", () => {
+    const router = MemoryRouter.fromFile();
+    const flow = { protocol: "tcp" as const, src: "10.0.0.7", dst: "9.186.100.1", sport: 80, dport: 80 };
+    router.send(QR, { ...flow, tcpFlags: TCP_SYN, seq: 0x7ffffffa, payload: new Uint8Array(5) });
+    router.send(QR, { ...flow, tcpFlags: TCP_RST, seq: 0x80000000 });
+    router.run();
+    expect(router.received(QG).map((p) => [p.src, p.tcpFlags])).toEqual([
+      ["9.186.100.2", TCP_SYN],
+      ["9.186.100.2", TCP_RST],
+    ]);
+    expect(formatConntrackTable(router.dataplane.conntrack)).toBe("");
+    router.send(QG, { protocol: "tcp", src: "9.186.100.1", dst: "9.186.100.2", sport: 80, dport: 80, tcpFlags: TCP_ACK });
+    router.run();
+    expect(router.received(QR)).toEqual([]);
+    expect(router.delivered(QG)).toMatchObject([{ src: "9.186.100.1", dst: "9.186.100.2", dport: 80 }]);
+    expect(formatConntrackTable(router.dataplane.conntrack)).toMatch(/^tcp +6 \d+ ESTABLISHED src=9\.186\.100\.1 dst=9\.186\.100\.2 sport=80 dport=80 \[UNREPLIED\]/);
+  });
+
+  it("a datagram with the reserved flag that must be fragmented leaves in fragments without it: frag_off is written anew (Linux ip_frag_next)", () => {
+    const router = MemoryRouter.fromFile();
+    const packet = buildPacket({ protocol: "udp", src: "10.0.0.3", dst: "203.0.113.10", sport: 4000, dport: 53, length: 1600 });
+    packet[6] |= 0x80;
+    ipv4FillChecksum(packet, 0);
+    router.send(QR, packet);
+    router.run();
+    const out = router.receivedRaw(QG);
+    expect(out.map((p) => [p[6]! & 0xe0, decodePacket(p).fragmentOffset, decodePacket(p).src])).toEqual([
+      [0x20, 0, "9.186.100.2"],
+      [0, 1480, "9.186.100.2"],
     ]);
   });
 
