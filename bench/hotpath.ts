@@ -97,22 +97,30 @@ function establishedSnat(count: number, key: string, label: string, target: numb
   const driver = new Driver(router.dataplane);
   log(`  ${count} flows established in ${((performance.now() - started) / 1000).toFixed(1)} s (conntrack ${router.dataplane.conntrack.count})`);
   collect();
-  let next = 0;
-  const views = template.views;
-  const batches = template.batches;
-  const result = measure(key, () => {
-    driver.run(views[next]!, TENANT_PORT);
-    if (++next === batches) next = 0;
-  });
-  const pps = result.hz * BATCH;
-  checkForwarded(driver, GATEWAY_PORT * 2);
-  figures.push({ key, label, value: pps, unit: "packets/s", target, higher: true, rme: result.rme });
-  log(`  ${label}: ${(pps / 1e6).toFixed(2)} Mpps ±${result.rme.toFixed(1)}%`);
+  const { pps, rme } = replayRate(key, driver, template, TENANT_PORT, GATEWAY_PORT * 2);
+  figures.push({ key, label, value: pps, unit: "packets/s", target, higher: true, rme });
+  log(`  ${label}: ${(pps / 1e6).toFixed(2)} Mpps ±${rme.toFixed(1)}%`);
   if (key === "established64k") {
     stageCosts(router.dataplane.conntrack, router.dataplane.nat as NetfilterNat, router.dataplane, template, driver, pps);
     allocations(driver, template, router.clock);
   }
   return driver;
+}
+
+/**
+ * Benchmark `key`: the template's batches replayed in turn through `driver` from port `ingress`;
+ * packets per second and the relative error. The last batch must have left by `verdict`.
+ */
+function replayRate(key: string, driver: Driver, template: PacketTemplate, ingress: number, verdict: number): { pps: number; rme: number } {
+  let next = 0;
+  const views = template.views;
+  const batches = template.batches;
+  const result = measure(key, () => {
+    driver.run(views[next]!, ingress);
+    if (++next === batches) next = 0;
+  });
+  checkForwarded(driver, verdict);
+  return { pps: result.hz * BATCH, rme: result.rme };
 }
 
 function checkForwarded(driver: Driver, verdict: number): void {
@@ -294,23 +302,17 @@ function establishedLarge(): void {
   packets.length = 0;
   const driver = new Driver(router.dataplane, LARGE_SLOT, LARGE_BYTES);
   collect();
-  let next = 0;
-  const r = measure("established64kLarge", () => {
-    driver.run(template.views[next]!, TENANT_PORT);
-    if (++next === template.batches) next = 0;
-  });
-  checkForwarded(driver, GATEWAY_PORT * 2);
-  const pps = r.hz * BATCH;
+  const { pps, rme } = replayRate("established64kLarge", driver, template, TENANT_PORT, GATEWAY_PORT * 2);
   const label = `established UDP with SNAT, 64k flows, ${LARGE_BYTES}-byte packets`;
   figures.push({
     key: "established64kLarge",
     label,
     value: pps,
     unit: "packets/s",
-    rme: r.rme,
+    rme,
     note: `${((pps * LARGE_BYTES * 8) / 1e9).toFixed(1)} Gbit/s of IPv4 packets; each copied into the batch (as a TUN read does) and its UDP checksum verified`,
   });
-  log(`  ${label}: ${(pps / 1e6).toFixed(2)} Mpps ±${r.rme.toFixed(1)}% (${((pps * LARGE_BYTES * 8) / 1e9).toFixed(1)} Gbit/s)`);
+  log(`  ${label}: ${(pps / 1e6).toFixed(2)} Mpps ±${rme.toFixed(1)}% (${((pps * LARGE_BYTES * 8) / 1e9).toFixed(1)} Gbit/s)`);
 }
 
 /** Established TCP segments from outside to the floating IP 9.186.100.129:80 (DNAT to 10.0.0.2). */
@@ -322,15 +324,9 @@ function inboundTcp(): void {
   const template = new PacketTemplate(packets, shuffled(count, 0xfeed));
   const driver = new Driver(router.dataplane);
   collect();
-  let next = 0;
-  const r = measure("inboundTcp", () => {
-    driver.run(template.views[next]!, GATEWAY_PORT);
-    if (++next === template.batches) next = 0;
-  });
-  checkForwarded(driver, TENANT_PORT * 2);
-  const pps = r.hz * BATCH;
-  figures.push({ key: "inboundTcpDnat", label: "established inbound TCP via floating-IP DNAT, 64k flows", value: pps, unit: "packets/s", rme: r.rme });
-  log(`  inbound TCP DNAT: ${(pps / 1e6).toFixed(2)} Mpps ±${r.rme.toFixed(1)}%`);
+  const { pps, rme } = replayRate("inboundTcp", driver, template, GATEWAY_PORT, TENANT_PORT * 2);
+  figures.push({ key: "inboundTcpDnat", label: "established inbound TCP via floating-IP DNAT, 64k flows", value: pps, unit: "packets/s", rme });
+  log(`  inbound TCP DNAT: ${(pps / 1e6).toFixed(2)} Mpps ±${rme.toFixed(1)}%`);
 }
 
 /**

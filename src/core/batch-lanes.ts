@@ -234,6 +234,28 @@ function align16(offset: number): number {
   return (offset + 15) & ~15;
 }
 
+/** Where each part of a BatchLanes memory starts (see the module doc), and its size. */
+interface Layout {
+  masks: number;
+  sums: number;
+  tuples: number;
+  slots: number;
+  hashes: number;
+  bytes: number;
+  /** capacity rounded up to whole hash turns */
+  rounded: number;
+}
+
+function layoutOf(dataBytes: number, capacity: number): Layout {
+  const rounded = Math.ceil(capacity / TURN) * TURN;
+  const masks = align16(dataBytes + READ_PAST);
+  const sums = masks + MASK_BYTES;
+  const tuples = align16(sums + capacity * 4);
+  const slots = tuples + rounded * 16;
+  const hashes = slots + rounded * 4;
+  return { masks, sums, tuples, slots, hashes, bytes: hashes + rounded * 4, rounded };
+}
+
 /**
  * Packet memory of `dataBytes` for a batch of `capacity` packets, and the kernels over it. `create`
  * returns null where they cannot run (no SIMD, or no memory to be had: see laneMemory); the batch
@@ -258,38 +280,32 @@ export class BatchLanes implements BucketHasher {
   private readonly slotsOffset: number;
   private readonly hashesOffset: number;
 
-  private constructor(memory: WebAssembly.Memory, prepare: WebAssembly.Module, hash: WebAssembly.Module, dataBytes: number, capacity: number) {
-    const rounded = Math.ceil(capacity / TURN) * TURN;
-    this.masksOffset = align16(dataBytes + READ_PAST);
-    this.sumsOffset = this.masksOffset + MASK_BYTES;
-    this.tuplesOffset = align16(this.sumsOffset + capacity * 4);
-    this.slotsOffset = this.tuplesOffset + rounded * 16;
-    this.hashesOffset = this.slotsOffset + rounded * 4;
+  private constructor(memory: WebAssembly.Memory, prepare: WebAssembly.Module, hash: WebAssembly.Module, dataBytes: number, capacity: number, layout: Layout) {
+    this.masksOffset = layout.masks;
+    this.sumsOffset = layout.sums;
+    this.tuplesOffset = layout.tuples;
+    this.slotsOffset = layout.slots;
+    this.hashesOffset = layout.hashes;
     const buffer = memory.buffer;
     this.data = new Uint8Array(buffer, 0, dataBytes);
-    this.sums = new Int32Array(buffer, this.sumsOffset, capacity);
-    this.tuples = new Int32Array(buffer, this.tuplesOffset, rounded * 4);
-    this.slots = new Int32Array(buffer, this.slotsOffset, rounded);
-    this.hashes = new Int32Array(buffer, this.hashesOffset, rounded);
-    const masks = new Uint8Array(buffer, this.masksOffset, MASK_BYTES);
+    this.sums = new Int32Array(buffer, layout.sums, capacity);
+    this.tuples = new Int32Array(buffer, layout.tuples, layout.rounded * 4);
+    this.slots = new Int32Array(buffer, layout.slots, layout.rounded);
+    this.hashes = new Int32Array(buffer, layout.hashes, layout.rounded);
+    const masks = new Uint8Array(buffer, layout.masks, MASK_BYTES);
     for (let r = 0; r < 16; r++) masks.fill(0xff, r * 16, r * 16 + r);
     const imports = { q: { m: memory } };
     this.runPrepare = new WebAssembly.Instance(prepare, imports).exports.prepare as PrepareFunction;
     this.runHash = new WebAssembly.Instance(hash, imports).exports.hash as HashFunction;
   }
 
-  /** Bytes of memory the lanes of `capacity` packets need after `dataBytes` of packets. */
-  private static bytesFor(dataBytes: number, capacity: number): number {
-    const rounded = Math.ceil(capacity / TURN) * TURN;
-    return align16(align16(dataBytes + READ_PAST) + MASK_BYTES + capacity * 4) + rounded * 24;
-  }
-
   static create(dataBytes: number, capacity: number): BatchLanes | null {
     const prepare = prepareModule();
     const hash = laneModule();
     if (prepare === null || hash === null) return null;
-    const memory = laneMemory(BatchLanes.bytesFor(dataBytes, capacity));
-    return memory === null ? null : new BatchLanes(memory, prepare, hash, dataBytes, capacity);
+    const layout = layoutOf(dataBytes, capacity);
+    const memory = laneMemory(layout.bytes);
+    return memory === null ? null : new BatchLanes(memory, prepare, hash, dataBytes, capacity, layout);
   }
 
   /**
