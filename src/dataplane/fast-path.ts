@@ -372,8 +372,8 @@ export class EstablishedFastPath {
     let egress: number;
     let gateway: number;
     if (nexthop >= 0) {
-      egress = routes.nexthopPort(nexthop);
-      gateway = routes.nexthopGateway(nexthop);
+      egress = routes.nexthopPorts[nexthop]!;
+      gateway = routes.nexthopGateways[nexthop]!;
     } else {
       const route = routes.lookup(newDst);
       if (route < 0 || routes.routeType(route) !== RouteType.Unicast) return FastPathVerdict.Miss;
@@ -396,7 +396,7 @@ export class EstablishedFastPath {
       const backNexthop = cacheCurrent ? ((cache >>> backShift) & 0xff) - 1 : -1;
       let back: number;
       if (backNexthop >= 0) {
-        back = routes.nexthopPort(backNexthop);
+        back = routes.nexthopPorts[backNexthop]!;
       } else {
         const route = routes.lookup(src);
         if (route < 0 || routes.routeType(route) !== RouteType.Unicast) return FastPathVerdict.Miss;
