@@ -178,9 +178,9 @@ export class RoutingTable {
   /**
    * Next hop id -> its port, and its on-wire gateway as int32 bits (0: a connected route); the
    * same arrays for the table's life. Read directly by the fast path's route cache hit, so that
-   * it is a load wherever V8 compiles it: a call there (nexthopPort) is inlined only when the
-   * branch was frequent when the function was optimised, which a router that starts with many new
-   * flows (every route cache empty) is not.
+   * it is a load wherever V8 compiles it: an accessor method there is inlined only when the branch
+   * was frequent when the function was optimised, which a router that starts with many new flows
+   * (every route cache empty) is not (docs/performance.md, round 9).
    */
   readonly nexthopPorts = new Int32Array(MAX_NEXTHOP_IDS);
   readonly nexthopGateways = new Int32Array(MAX_NEXTHOP_IDS);
@@ -252,16 +252,6 @@ export class RoutingTable {
    */
   routeNexthop(id: number): number {
     return this.nexthops[id]!;
-  }
-
-  /** The port of next hop `nexthop` (routeNexthop). */
-  nexthopPort(nexthop: number): number {
-    return this.nexthopPorts[nexthop]!;
-  }
-
-  /** The on-wire gateway of next hop `nexthop` as int32 bits, 0 for a connected route. */
-  nexthopGateway(nexthop: number): number {
-    return this.nexthopGateways[nexthop]!;
   }
 
   routeType(id: number): RouteType {
