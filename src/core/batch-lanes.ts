@@ -274,18 +274,11 @@ export class BatchLanes implements BucketHasher {
   readonly hashes: Int32Array;
   private readonly runPrepare: PrepareFunction;
   private readonly runHash: HashFunction;
-  private readonly masksOffset: number;
-  private readonly sumsOffset: number;
-  private readonly tuplesOffset: number;
-  private readonly slotsOffset: number;
-  private readonly hashesOffset: number;
+  /** Where the kernels' arrays are in the memory (the byte addresses they take). */
+  private readonly layout: Layout;
 
   private constructor(memory: WebAssembly.Memory, prepare: WebAssembly.Module, hash: WebAssembly.Module, dataBytes: number, capacity: number, layout: Layout) {
-    this.masksOffset = layout.masks;
-    this.sumsOffset = layout.sums;
-    this.tuplesOffset = layout.tuples;
-    this.slotsOffset = layout.slots;
-    this.hashesOffset = layout.hashes;
+    this.layout = layout;
     const buffer = memory.buffer;
     this.data = new Uint8Array(buffer, 0, dataBytes);
     this.sums = new Int32Array(buffer, layout.sums, capacity);
@@ -313,11 +306,13 @@ export class BatchLanes implements BucketHasher {
    * fills `sums`, and `tuples` and `slots` for its TCP/UDP packets; returns how many tuples.
    */
   prepare(count: number, slotSize: number, headroom: number): number {
-    return this.runPrepare(count, slotSize, headroom, this.data.length, this.sumsOffset, this.tuplesOffset, this.slotsOffset, this.masksOffset);
+    const layout = this.layout;
+    return this.runPrepare(count, slotSize, headroom, this.data.length, layout.sums, layout.tuples, layout.slots, layout.masks);
   }
 
   /** Hashes tuples 0 .. count-1 into `hashes`, masked with `mask` (ConntrackTable.bucketsOf). */
   hash(k0: number, k1: number, count: number, mask: number): void {
-    this.runHash(k0, k1, (count + TURN - 1) >> 3, this.hashesOffset, mask, this.tuplesOffset);
+    const layout = this.layout;
+    this.runHash(k0, k1, (count + TURN - 1) >> 3, layout.hashes, mask, layout.tuples);
   }
 }
