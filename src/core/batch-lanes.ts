@@ -236,14 +236,14 @@ function align16(offset: number): number {
 
 /** Where each part of a BatchLanes memory starts (see the module doc), and its size. */
 interface Layout {
-  masks: number;
-  sums: number;
-  tuples: number;
-  slots: number;
-  hashes: number;
-  bytes: number;
+  readonly masks: number;
+  readonly sums: number;
+  readonly tuples: number;
+  readonly slots: number;
+  readonly hashes: number;
+  readonly bytes: number;
   /** capacity rounded up to whole hash turns */
-  rounded: number;
+  readonly rounded: number;
 }
 
 function layoutOf(dataBytes: number, capacity: number): Layout {
